@@ -1,0 +1,5 @@
+import sys
+
+from clusterchat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+"""Presence and bus for a node that is alone: its own sessions are the truth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from clusterchat.bus.base import Deliver
+
+
+class LocalPresence:
+    def __init__(self) -> None:
+        self._online: set[int] = set()
+
+    async def claim(self, uid: int) -> bool:
+        if uid in self._online:
+            return False
+        self._online.add(uid)
+        return True
+
+    async def release(self, uid: int) -> None:
+        self._online.discard(uid)
+
+    async def online(self, uids: Iterable[int]) -> set[int]:
+        return self._online.intersection(uids)
+
+
+class NoBus:
+    """No other nodes: a user not connected here is offline."""
+
+    async def start(self, deliver: Deliver) -> None:
+        return None
+
+    async def send(self, uid: int, payload: bytes) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None

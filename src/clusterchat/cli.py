@@ -1,0 +1,151 @@
+"""`clusterchat`: the one entry point. Every option can also come from the
+environment (the variable is named in each option's help)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
+from clusterchat.service.passwords import HashCost
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        default=_env("CLUSTERCHAT_DB", ""),
+        metavar="URL",
+        help="SQLAlchemy URL of the store, e.g. mysql+asyncmy://root@127.0.0.1:3306/chat "
+        "[env CLUSTERCHAT_DB; default: an SQLite file in $CLUSTERCHAT_HOME or "
+        "~/.local/share/clusterchat]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clusterchat",
+        description="A cluster chat server, wire-compatible with the classic C++ "
+        "muduo chat system. Start a node with `clusterchat server`.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("CLUSTERCHAT_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR [env CLUSTERCHAT_LOG_LEVEL; default INFO]",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    srv = sub.add_parser(
+        "server",
+        help="run a chat server node",
+        description="Run one chat server node. With no options it listens on "
+        f"{DEFAULT_HOST}:{DEFAULT_PORT} and keeps everything in an embedded SQLite file. "
+        "The original's form `clusterchat server IP PORT` works too.",
+    )
+    srv.add_argument("ip", nargs="?", help=argparse.SUPPRESS)
+    srv.add_argument("port_pos", nargs="?", type=int, help=argparse.SUPPRESS)
+    srv.add_argument(
+        "--host",
+        default=_env("CLUSTERCHAT_HOST", DEFAULT_HOST),
+        help=f"address to listen on [env CLUSTERCHAT_HOST; default {DEFAULT_HOST}]",
+    )
+    srv.add_argument(
+        "--port",
+        type=int,
+        default=_env_int("CLUSTERCHAT_PORT", DEFAULT_PORT),
+        help=f"TCP port [env CLUSTERCHAT_PORT; default {DEFAULT_PORT}]",
+    )
+    _add_db(srv)
+    srv.add_argument(
+        "--max-frame",
+        type=int,
+        default=_env_int("CLUSTERCHAT_MAX_FRAME", DEFAULT_MAX_FRAME),
+        metavar="BYTES",
+        help="largest request accepted; a bigger one gets an error and the connection "
+        f"is closed [env CLUSTERCHAT_MAX_FRAME; default {DEFAULT_MAX_FRAME}]",
+    )
+    cost = HashCost()
+    srv.add_argument(
+        "--hash-cost",
+        default=_env(
+            "CLUSTERCHAT_HASH_COST", f"{cost.time_cost},{cost.memory_kib},{cost.parallelism}"
+        ),
+        metavar="T,M,P",
+        help="argon2id time cost, memory in KiB, parallelism for password hashes "
+        "[env CLUSTERCHAT_HASH_COST; default %(default)s, OWASP's minimum]",
+    )
+
+    db = sub.add_parser("db", help="manage the store", description="Manage the SQL store.")
+    dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    init = dbsub.add_parser(
+        "init",
+        help="create the database and tables if missing",
+        description="Create the schema (and, on MySQL/MariaDB, the database). Safe to "
+        "run again. A server also does this on first start.",
+    )
+    _add_db(init)
+    return parser
+
+
+def _hash_cost(text: str) -> HashCost:
+    try:
+        t, m, p = (int(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--hash-cost wants T,M,P (three integers), not {text!r}") from None
+    return HashCost(time_cost=t, memory_kib=m, parallelism=p)
+
+
+def _run(coro: object) -> None:
+    import uvloop
+
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "server":
+        from clusterchat.server.node import Node
+
+        settings = Settings(
+            host=args.ip or args.host,
+            port=args.port_pos or args.port,
+            db_url=args.db or default_db_url(),
+            max_frame=args.max_frame,
+            hash_cost=_hash_cost(args.hash_cost),
+        )
+        _run(Node(settings).run_until_signalled())
+        return 0
+    if args.command == "db":
+        from clusterchat.storage.sql import SqlStore
+
+        async def init() -> None:
+            store = SqlStore(args.db or default_db_url())
+            try:
+                await store.create_schema()
+                print(f"schema ready in {store.url}")
+            finally:
+                await store.close()
+
+        _run(init())
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Node settings, with defaults that are safe for users.
+
+Tests make things fast (cheap hash cost, short timeouts) by passing their
+own :class:`Settings`; nothing here is weakened for them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
+from clusterchat.service.passwords import HashCost
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 6000
+
+
+def data_dir() -> Path:
+    """``$CLUSTERCHAT_HOME``, else the per-user data directory (XDG)."""
+    home = os.environ.get("CLUSTERCHAT_HOME")
+    if home:
+        return Path(home)
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "clusterchat"
+
+
+def default_db_url() -> str:
+    return f"sqlite+aiosqlite:///{data_dir() / 'chat.db'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    db_url: str = field(default_factory=default_db_url)
+    max_frame: int = DEFAULT_MAX_FRAME
+    hash_cost: HashCost = HashCost()
+    shutdown_grace: float = 5.0

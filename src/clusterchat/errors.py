@@ -1,0 +1,53 @@
+"""The exceptions that cross module boundaries.
+
+    ClusterChatError
+     ├── Unavailable          a backend (SQL store, Redis) cannot be reached now
+     └── Refused              a request that is well-formed but not allowed
+          ├── NameTaken
+          ├── GroupNameTaken
+          ├── NoSuchUser
+          ├── NoSuchGroup
+          ├── AlreadyFriends
+          └── AlreadyMember
+
+Driver exceptions (SQLAlchemy, redis) are translated into these at the
+storage and bus boundaries; the service maps them to protocol error codes.
+"""
+
+from __future__ import annotations
+
+
+class ClusterChatError(Exception):
+    pass
+
+
+class Unavailable(ClusterChatError):
+    pass
+
+
+class Refused(ClusterChatError):
+    pass
+
+
+class NameTaken(Refused):
+    pass
+
+
+class GroupNameTaken(Refused):
+    pass
+
+
+class NoSuchUser(Refused):
+    pass
+
+
+class NoSuchGroup(Refused):
+    pass
+
+
+class AlreadyFriends(Refused):
+    pass
+
+
+class AlreadyMember(Refused):
+    pass

@@ -1,0 +1,131 @@
+"""JSON bytes <-> typed messages, and every reply the server builds.
+
+Decoding never raises anything but :class:`BadRequest`, which carries the
+``errno`` and a sentence for the client; encoding returns ready-to-write
+bytes (newline included) so a relayed message is serialised exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from clusterchat.protocol.messages import ErrCode, MsgId, Request
+
+_decoder = msgspec.json.Decoder(Request)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+class BadRequest(Exception):
+    """A frame that is not a valid request; ``msgid`` is what it claimed, if anything."""
+
+    def __init__(self, code: ErrCode, errmsg: str, msgid: int | None = None) -> None:
+        super().__init__(errmsg)
+        self.code = code
+        self.errmsg = errmsg
+        self.msgid = msgid
+
+
+def decode_request(frame: bytes) -> Request:
+    try:
+        return _decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise _classify(frame, exc) from None
+    except msgspec.DecodeError:
+        raise BadRequest(ErrCode.MALFORMED, "request is not valid JSON") from None
+
+
+def _classify(frame: bytes, exc: msgspec.ValidationError) -> BadRequest:
+    """Slow path, errors only: tell a bad msgid from a bad field."""
+    doc = _any_decoder.decode(frame)
+    if not isinstance(doc, dict):
+        return BadRequest(ErrCode.MALFORMED, "request must be a JSON object")
+    msgid = doc.get("msgid")
+    if "msgid" not in doc:
+        return BadRequest(ErrCode.INVALID_FIELD, "request has no msgid")
+    if type(msgid) is not int:
+        return BadRequest(ErrCode.INVALID_FIELD, "msgid must be an integer")
+    if msgid not in _REQUEST_IDS:
+        return BadRequest(ErrCode.UNKNOWN_MSGID, f"unknown msgid {msgid}", msgid)
+    return BadRequest(ErrCode.INVALID_FIELD, _field_error(str(exc)), msgid)
+
+
+def _field_error(text: str) -> str:
+    # msgspec says e.g. "Expected `int`, got `str` - at `$.toid`".
+    head, sep, where = text.partition(" - at `$.")
+    if sep:
+        return f"field {where.rstrip('`')!r}: {head}"
+    return text
+
+
+_REQUEST_IDS = frozenset(
+    int(cls.__struct_config__.tag)  # type: ignore[arg-type]
+    for cls in Request.__args__  # type: ignore[attr-defined]
+)
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    return _encoder.encode(doc) + b"\n"
+
+
+def dumps(doc: Any) -> str:
+    """A JSON document as text, for the original's arrays-of-JSON-strings fields."""
+    return _encoder.encode(doc).decode()
+
+
+def loads(data: bytes | str) -> Any:
+    return _any_decoder.decode(data)
+
+
+def error(code: ErrCode, errmsg: str, re: int | None = None) -> bytes:
+    return encode({"msgid": MsgId.ERROR, "errno": int(code), "errmsg": errmsg, "re": re})
+
+
+def login_ack(
+    uid: int,
+    name: str,
+    friends: Sequence[str],
+    groups: Sequence[str],
+    offline: Sequence[str],
+) -> bytes:
+    doc: dict[str, Any] = {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
+    # The original only includes these keys when non-empty.
+    if friends:
+        doc["friends"] = friends
+    if groups:
+        doc["groups"] = groups
+    if offline:
+        doc["offlinemsg"] = offline
+    return encode(doc)
+
+
+def login_refused(errno: int, errmsg: str) -> bytes:
+    return encode({"msgid": MsgId.LOGIN_ACK, "errno": errno, "errmsg": errmsg})
+
+
+def reg_ack(uid: int) -> bytes:
+    return encode({"msgid": MsgId.REG_ACK, "errno": 0, "id": uid})
+
+
+def reg_refused(errno: int, errmsg: str) -> bytes:
+    return encode({"msgid": MsgId.REG_ACK, "errno": errno, "errmsg": errmsg})
+
+
+def friend_doc(uid: int, name: str, online: bool) -> str:
+    return dumps({"id": uid, "name": name, "state": "online" if online else "offline"})
+
+
+def member_doc(uid: int, name: str, online: bool, role: str) -> str:
+    state = "online" if online else "offline"
+    return dumps({"id": uid, "name": name, "state": state, "role": role})
+
+
+def group_doc(gid: int, name: str, desc: str, members: Iterable[str]) -> str:
+    return dumps({"id": gid, "groupname": name, "groupdesc": desc, "users": list(members)})
+
+
+def ack(msgid: MsgId, **fields: Any) -> bytes:
+    return encode({"msgid": msgid, "errno": 0, **fields})

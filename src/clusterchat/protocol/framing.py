@@ -1,0 +1,80 @@
+"""Sans-I/O framing: bytes in, complete frames out.
+
+Requests end with ``\\n`` (our dialect) or NUL (the original C++ client's
+``strlen(json) + 1`` send); both are accepted on one connection. The decoder
+keeps at most ``max_frame`` bytes of an unfinished frame, so a peer cannot
+make it buffer without bound.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+DEFAULT_MAX_FRAME: Final = 64 * 1024
+
+NUL: Final = 0
+NEWLINE: Final = 10
+
+_TERMINATOR = re.compile(rb"[\n\x00]")
+
+
+class FrameTooLarge(Exception):
+    """A frame (or an unfinished one) exceeded the decoder's limit.
+
+    ``frames`` holds the complete frames that came before it in the same
+    read, so the caller can still serve them before closing.
+    """
+
+    def __init__(self, limit: int, frames: list[tuple[bytes, int]]) -> None:
+        super().__init__(f"frame exceeds the {limit}-byte limit")
+        self.limit = limit
+        self.frames = frames
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames, whatever the TCP read boundaries.
+
+    ``feed`` returns ``(frame, terminator)`` pairs, where terminator is
+    :data:`NUL` or :data:`NEWLINE`. Empty frames (``\\r\\n``-style blank lines,
+    a stray NUL) are dropped; a trailing ``\\r`` is stripped.
+    """
+
+    __slots__ = ("_buf", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._buf = b""
+        self.max_frame = max_frame
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame not yet terminated."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
+        buf = self._buf + data if self._buf else data
+        frames: list[tuple[bytes, int]] = []
+        start = 0
+        limit = self.max_frame
+        for m in _TERMINATOR.finditer(buf):
+            end = m.start()
+            if end - start > limit:
+                self._buf = b""
+                raise FrameTooLarge(limit, frames)
+            frame = buf[start:end]
+            if frame.endswith(b"\r"):
+                frame = frame[:-1]
+            if frame.strip():
+                frames.append((frame, buf[end]))
+            start = end + 1
+        rest = buf[start:]
+        if len(rest) > limit:
+            self._buf = b""
+            raise FrameTooLarge(limit, frames)
+        self._buf = rest
+        return frames
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Replies always end with a newline, whichever dialect the peer spoke."""
+    return payload + b"\n"

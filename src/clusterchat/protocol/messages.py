@@ -1,0 +1,148 @@
+"""Message ids, error codes and the typed requests a client may send.
+
+Ids 1-10 are the original C++ system's and keep their numbers and field
+names; 11 and up are ours (see docs/PROTOCOL.md). Requests are msgspec
+structs tagged by ``msgid``, so decoding validates types and bounds in C.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Annotated, Final, Union
+
+import msgspec
+
+
+class MsgId(IntEnum):
+    LOGIN = 1
+    LOGIN_ACK = 2
+    LOGOUT = 3
+    REG = 4
+    REG_ACK = 5
+    ONE_CHAT = 6
+    ADD_FRIEND = 7
+    CREATE_GROUP = 8
+    ADD_GROUP = 9
+    GROUP_CHAT = 10
+    # Ours, unknown to the original client.
+    ERROR = 11
+    PING = 12
+    PONG = 13
+    ADD_FRIEND_ACK = 14
+    CREATE_GROUP_ACK = 15
+    ADD_GROUP_ACK = 16
+    LOGOUT_ACK = 17
+    CHAT_ACK = 18
+
+
+#: Replies the original server could send; a legacy-dialect peer gets only these.
+LEGACY_REPLIES: Final = frozenset(
+    {MsgId.LOGIN_ACK, MsgId.REG_ACK, MsgId.ONE_CHAT, MsgId.GROUP_CHAT}
+)
+
+
+class LoginErr(IntEnum):
+    OK = 0
+    BAD_CREDENTIALS = 1
+    ALREADY_ONLINE = 2
+    ALREADY_LOGGED_IN_HERE = 3
+    UNAVAILABLE = 4
+
+
+class RegErr(IntEnum):
+    OK = 0
+    FAILED = 1
+    UNAVAILABLE = 4
+
+
+class ErrCode(IntEnum):
+    """``errno`` of an ERROR (11) reply; stable, documented in PROTOCOL.md."""
+
+    MALFORMED = 100  # not JSON, or not a JSON object
+    UNKNOWN_MSGID = 101
+    INVALID_FIELD = 102  # missing, wrong type, out of range, too long
+    FRAME_TOO_LARGE = 103
+    NOT_LOGGED_IN = 110
+    NO_SUCH_USER = 120
+    FRIEND_SELF = 121
+    ALREADY_FRIENDS = 122
+    NO_SUCH_GROUP = 130
+    GROUP_NAME_TAKEN = 131
+    NOT_GROUP_MEMBER = 132
+    ALREADY_MEMBER = 133
+    UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
+    INTERNAL = 199
+
+
+class ChatStatus:
+    """``status`` of a CHAT_ACK: where the message went."""
+
+    DELIVERED = "delivered"  # written to the receiver's connection
+    STORED = "stored"  # receiver offline: kept for their next login
+    SENT = "sent"  # group chat: fanned out (online members now, others later)
+
+
+# Bounds, matching the original schema's column widths where it had them.
+MAX_ID: Final = 2**31 - 1
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+GroupName = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
+GroupDesc = Annotated[str, msgspec.Meta(max_length=200)]
+ClientTime = Annotated[str, msgspec.Meta(max_length=64)]
+# Chat text is bounded only by the frame limit.
+
+
+class _Request(msgspec.Struct, frozen=True, tag_field="msgid"):
+    pass
+
+
+class Login(_Request, tag=int(MsgId.LOGIN)):
+    id: Id
+    password: Password
+
+
+class Logout(_Request, tag=int(MsgId.LOGOUT)):
+    pass
+
+
+class Register(_Request, tag=int(MsgId.REG)):
+    name: Name
+    password: Password
+
+
+class OneChat(_Request, tag=int(MsgId.ONE_CHAT)):
+    toid: Id
+    msg: str
+    time: ClientTime = ""
+
+
+class AddFriend(_Request, tag=int(MsgId.ADD_FRIEND)):
+    friendid: Id
+
+
+class CreateGroup(_Request, tag=int(MsgId.CREATE_GROUP)):
+    groupname: GroupName
+    groupdesc: GroupDesc = ""
+
+
+class AddGroup(_Request, tag=int(MsgId.ADD_GROUP)):
+    groupid: Id
+
+
+class GroupChat(_Request, tag=int(MsgId.GROUP_CHAT)):
+    groupid: Id
+    msg: str
+    time: ClientTime = ""
+
+
+class Ping(_Request, tag=int(MsgId.PING)):
+    pass
+
+
+Request = Union[
+    Login, Logout, Register, OneChat, AddFriend, CreateGroup, AddGroup, GroupChat, Ping
+]
+
+#: Requests accepted before login.
+ANONYMOUS_OK: Final = (Login, Register, Ping)

@@ -1,0 +1,114 @@
+"""One TCP connection: the asyncio Protocol that feeds bytes to the core.
+
+A connection is a Protocol, not a Task with streams, so an idle logged-in
+user costs a few hundred bytes. Requests are served in order: while one
+awaits I/O (a login, an offline store), later frames wait in a small queue
+and reading pauses if that queue grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
+from clusterchat.service.session import Session
+
+if TYPE_CHECKING:
+    from clusterchat.server.node import Node
+
+log = logging.getLogger(__name__)
+
+_QUEUE_PAUSE = 64  # queued frames before we stop reading from this peer
+_OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = ("node", "transport", "decoder", "session", "_queue", "_paused")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder(node.settings.max_frame)
+        self.session = Session(self)
+        self._queue: deque[tuple[bytes, int]] | None = None
+        self._paused = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.node.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+            oversize = False
+        except FrameTooLarge as exc:
+            frames, oversize = exc.frames, True
+        for frame in frames:
+            self._serve(frame)
+        if oversize:
+            self._serve(_OVERSIZE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.node.connections.discard(self)
+        self.node.service.disconnected(self.session)
+        self.transport = None
+
+    # -- service.Peer ----------------------------------------------------------------
+
+    def send(self, data: bytes) -> bool:
+        t = self.transport
+        if t is None or t.is_closing():
+            return False
+        t.write(data)
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- request ordering ------------------------------------------------------------
+
+    def _serve(self, item: tuple[bytes, int]) -> None:
+        if self._queue is not None:
+            self._queue.append(item)
+            if len(self._queue) >= _QUEUE_PAUSE and not self._paused and self.transport:
+                self._paused = True
+                self.transport.pause_reading()
+            return
+        work = self._dispatch(item)
+        if work is not None:
+            self._queue = deque()
+            self.node.spawn(self._drain(work))
+
+    def _dispatch(self, item: tuple[bytes, int]) -> Any:
+        frame, term = item
+        if term == -1:
+            self.node.service.frame_too_large(self.session, self.decoder.max_frame)
+            self._queue = deque()  # nothing after this is served
+            self.close()
+            return None
+        return self.node.service.handle(self.session, frame, term == NUL)
+
+    async def _drain(self, work: Any) -> None:
+        await work
+        queue = self._queue
+        while queue:
+            work = self._dispatch(queue.popleft())
+            if work is not None:
+                await work
+            queue = self._queue
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._queue = None
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()

@@ -1,0 +1,84 @@
+"""A server node: wires store, presence, bus and service to a TCP listener.
+
+Shutdown runs in uvicorn's order: stop accepting, close every connection,
+let the service mark its users offline, then close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+from clusterchat.bus.local import LocalPresence, NoBus
+from clusterchat.config import Settings
+from clusterchat.server.connection import Connection
+from clusterchat.service.chat import ChatService
+from clusterchat.service.passwords import Passwords
+from clusterchat.storage.base import Store
+from clusterchat.storage.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store: Store = store or SqlStore(settings.db_url)
+        self.service = ChatService(self.store, Passwords(settings.hash_cost), LocalPresence(), NoBus())
+        self.connections: set[Connection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.port = settings.port
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("connection task failed", exc_info=task.exception())
+
+    async def start(self) -> None:
+        await self.store.create_schema()
+        # Alone, this node is the only one that can have marked users online:
+        # whatever is still marked is left over from a crash.
+        await self.store.reset_states()
+        await self.service.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self), self.settings.host, self.settings.port, backlog=4096
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "listening on %s:%d, store %s", self.settings.host, self.port, self.store.url
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.settings.shutdown_grace)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.service.shutdown()
+        await self.store.close()
+        log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            log.info("signal received, shutting down")
+        finally:
+            await self.stop()

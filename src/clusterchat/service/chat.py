@@ -1,0 +1,457 @@
+"""The chat logic: who may do what, and where each message goes.
+
+``handle`` is called once per request frame. Requests that need no I/O
+(chat to a user on this node, with group membership cached) are served
+synchronously and return None; the rest return an awaitable that the
+transport runs before it serves the connection's next request, so every
+connection's requests take effect in the order sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from clusterchat import errors
+from clusterchat.bus.base import Bus, Presence
+from clusterchat.protocol import codec
+from clusterchat.protocol.codec import BadRequest
+from clusterchat.protocol.messages import (
+    ANONYMOUS_OK,
+    AddFriend,
+    AddGroup,
+    ChatStatus,
+    CreateGroup,
+    ErrCode,
+    GroupChat,
+    Login,
+    LoginErr,
+    Logout,
+    MsgId,
+    OneChat,
+    Ping,
+    RegErr,
+    Register,
+    Request,
+)
+from clusterchat.service.passwords import Passwords
+from clusterchat.service.session import Session
+from clusterchat.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+_PONG = codec.encode({"msgid": MsgId.PONG})
+_LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
+_MAX_CACHED_GROUPS = 10_000
+
+_REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
+    errors.NoSuchUser: (ErrCode.NO_SUCH_USER, "no user has id {}"),
+    errors.NoSuchGroup: (ErrCode.NO_SUCH_GROUP, "no group has id {}"),
+    errors.AlreadyFriends: (ErrCode.ALREADY_FRIENDS, "you are already friends with {}"),
+    errors.AlreadyMember: (ErrCode.ALREADY_MEMBER, "you are already a member of group {}"),
+    errors.GroupNameTaken: (ErrCode.GROUP_NAME_TAKEN, "a group named {!r} already exists"),
+}
+
+
+class ChatService:
+    def __init__(
+        self,
+        store: Store,
+        passwords: Passwords,
+        presence: Presence,
+        bus: Bus,
+        node_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.passwords = passwords
+        self.presence = presence
+        self.bus = bus
+        self.node_id = node_id or os.urandom(3).hex()
+        self.sessions: dict[int, Session] = {}
+        self._members: dict[int, frozenset[int]] = {}
+        self._mids = itertools.count(1)
+        # Offline writes in flight per receiver; a login waits for them.
+        self._storing: dict[int, set[asyncio.Future[None]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
+            Login: self._login,
+            Logout: self._logout,
+            Register: self._register,
+            OneChat: self._one_chat,
+            AddFriend: self._add_friend,
+            CreateGroup: self._create_group,
+            AddGroup: self._add_group,
+            GroupChat: self._group_chat,
+            Ping: self._ping,
+        }
+
+    async def start(self) -> None:
+        await self.bus.start(self._deliver_from_bus)
+
+    # -- entry points from the transport ----------------------------------------
+
+    def handle(self, s: Session, frame: bytes, legacy: bool) -> Awaitable[None] | None:
+        if s.legacy is None:
+            s.legacy = legacy
+        try:
+            req = codec.decode_request(frame)
+        except BadRequest as exc:
+            self._refuse_bad(s, exc)
+            return None
+        if not s.logged_in and not isinstance(req, ANONYMOUS_OK):
+            self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
+            return None
+        result = self._handlers[type(req)](s, req)
+        if result is None:
+            return None
+        return self._guarded(s, req, result)
+
+    def frame_too_large(self, s: Session, limit: int) -> None:
+        msg = f"request exceeds the {limit}-byte frame limit; closing the connection"
+        if s.legacy:
+            log.info("closing legacy connection (uid %s): %s", s.uid, msg)
+        else:
+            s.peer.send(codec.error(ErrCode.FRAME_TOO_LARGE, msg))
+
+    def disconnected(self, s: Session) -> None:
+        s.closed = True
+        if s.logged_in:
+            self._spawn(self._leave(s))
+
+    async def shutdown(self) -> None:
+        """Mark every local user offline in one statement, then release them."""
+        uids = list(self.sessions)
+        self.sessions.clear()
+        for t in list(self._background):
+            if not t.done():
+                await asyncio.wait([t], timeout=5)
+        if uids:
+            try:
+                await self.store.set_state(uids, online=False)
+            except errors.Unavailable:
+                log.warning("could not mark %d users offline: store unavailable", len(uids))
+            for uid in uids:
+                await self.presence.release(uid)
+        await self.bus.close()
+
+    # -- refusals ------------------------------------------------------------------
+
+    def _refuse_bad(self, s: Session, exc: BadRequest) -> None:
+        if s.legacy:
+            # The original client understands only its own reply types.
+            if exc.msgid == MsgId.LOGIN:
+                s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, exc.errmsg))
+            elif exc.msgid == MsgId.REG:
+                s.peer.send(codec.reg_refused(RegErr.FAILED, exc.errmsg))
+            else:
+                log.info("refused legacy request (uid %s): %s", s.uid, exc.errmsg)
+            return
+        s.peer.send(codec.error(exc.code, exc.errmsg, exc.msgid))
+
+    def _refuse(self, s: Session, req: Request, code: ErrCode, errmsg: str) -> None:
+        msgid = int(req.__struct_config__.tag)  # type: ignore[arg-type]
+        if s.legacy:
+            log.info("refused legacy msgid %d (uid %s): %s", msgid, s.uid, errmsg)
+        else:
+            s.peer.send(codec.error(code, errmsg, msgid))
+
+    async def _guarded(self, s: Session, req: Request, work: Awaitable[None]) -> None:
+        """Turn a handler's failure into a reply; nothing a client sends escapes."""
+        try:
+            await work
+        except errors.Refused as exc:
+            code, text = _REFUSALS[type(exc)]
+            self._refuse(s, req, code, text.format(*exc.args))
+        except errors.Unavailable as exc:
+            log.warning("%s", exc)
+            self._refuse(s, req, ErrCode.UNAVAILABLE, "service temporarily unavailable, retry")
+        except Exception:
+            log.exception("handler failed for %r", req)
+            self._refuse(s, req, ErrCode.INTERNAL, "internal error")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- register, login, logout ---------------------------------------------------------
+
+    async def _register(self, s: Session, req: Register) -> None:
+        digest = await self.passwords.hash(req.password)
+        try:
+            uid = await self.store.create_user(req.name, digest)
+        except errors.NameTaken:
+            s.peer.send(codec.reg_refused(RegErr.FAILED, f"the name {req.name!r} is taken"))
+            return
+        except errors.Unavailable:
+            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, "service unavailable, retry"))
+            return
+        s.peer.send(codec.reg_ack(uid))
+
+    async def _login(self, s: Session, req: Login) -> None:
+        if s.logged_in:
+            s.peer.send(
+                codec.login_refused(
+                    LoginErr.ALREADY_LOGGED_IN_HERE, "already logged in here; log out first"
+                )
+            )
+            return
+        try:
+            creds = await self.store.credentials(req.id)
+        except errors.Unavailable:
+            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
+            return
+        name, digest = creds if creds else ("", None)
+        if not await self.passwords.verify(digest, req.password):
+            s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
+            return
+        uid = req.id
+        if uid in self.sessions or s.logged_in or not await self.presence.claim(uid):
+            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            return
+        if uid in self.sessions or s.logged_in:  # lost a race while claiming
+            await self.presence.release(uid)
+            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            return
+        if s.closed:  # the connection dropped while we checked the password
+            await self.presence.release(uid)
+            return
+        s.uid, s.name, s.held = uid, name, []
+        self.sessions[uid] = s
+        try:
+            pending = self._storing.get(uid)
+            if pending:
+                await asyncio.wait(list(pending))
+            view = await self.store.login_view(uid)
+            await self.store.set_state([uid], online=True)
+            ids = {f for f, _ in view.friends}
+            ids.update(m.id for g in view.groups for m in g.members)
+            online = await self.presence.online(ids)
+        except BaseException:
+            self._forget(s)
+            await self.presence.release(uid)
+            raise
+        friends = [codec.friend_doc(f, n, f in online) for f, n in view.friends]
+        groups = [
+            codec.group_doc(
+                g.id,
+                g.name,
+                g.desc,
+                (codec.member_doc(m.id, m.name, m.id in online, m.role) for m in g.members),
+            )
+            for g in view.groups
+        ]
+        for g in view.groups:
+            self._cache_members(g.id, frozenset(m.id for m in g.members))
+        held, s.held = s.held or [], None
+        sent = s.peer.send(codec.login_ack(uid, name, friends, groups, [m for _, m in view.offline]))
+        for payload in held:
+            sent = s.peer.send(payload) and sent
+        if not sent:  # gone before it got them: keep everything for next time
+            for payload in held:
+                await self._store_offline(uid, payload)
+            if self.sessions.get(uid) is s:
+                await self._leave(s)
+            return
+        if view.offline:
+            await self.store.delete_offline(uid, view.offline[-1][0])
+
+    def _logout(self, s: Session, req: Logout) -> Awaitable[None]:
+        return self._leave(s, reply=not s.legacy)
+
+    async def _leave(self, s: Session, reply: bool = False) -> None:
+        uid = s.uid
+        held = s.held
+        self._forget(s)
+        if reply:
+            s.peer.send(_LOGOUT_ACK)
+        for payload in held or ():
+            await self._store_offline(uid, payload)
+        try:
+            await self.store.set_state([uid], online=False)
+        finally:
+            await self.presence.release(uid)
+
+    def _forget(self, s: Session) -> None:
+        if self.sessions.get(s.uid) is s:
+            del self.sessions[s.uid]
+        s.uid, s.name, s.held = 0, "", None
+
+    def _ping(self, s: Session, req: Ping) -> None:
+        if not s.legacy:
+            s.peer.send(_PONG)
+
+    # -- friends and groups -----------------------------------------------------------
+
+    async def _add_friend(self, s: Session, req: AddFriend) -> None:
+        if req.friendid == s.uid:
+            self._refuse(s, req, ErrCode.FRIEND_SELF, "you cannot befriend yourself")
+            return
+        name = await self.store.add_friend(s.uid, req.friendid)
+        if not s.legacy:
+            online = bool(await self.presence.online([req.friendid]))
+            friend = {"id": req.friendid, "name": name, "state": _state(online)}
+            s.peer.send(codec.ack(MsgId.ADD_FRIEND_ACK, friend=friend))
+
+    async def _create_group(self, s: Session, req: CreateGroup) -> None:
+        gid = await self.store.create_group(s.uid, req.groupname, req.groupdesc)
+        self._cache_members(gid, frozenset((s.uid,)))
+        if not s.legacy:
+            s.peer.send(
+                codec.ack(
+                    MsgId.CREATE_GROUP_ACK,
+                    groupid=gid,
+                    groupname=req.groupname,
+                    groupdesc=req.groupdesc,
+                )
+            )
+
+    async def _add_group(self, s: Session, req: AddGroup) -> None:
+        await self.store.join_group(s.uid, req.groupid)
+        self._members.pop(req.groupid, None)
+        if not s.legacy:
+            s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid))
+
+    def _cache_members(self, gid: int, members: frozenset[int]) -> None:
+        if len(self._members) >= _MAX_CACHED_GROUPS:
+            self._members.clear()
+        self._members[gid] = members
+
+    # -- chat: the hot path ---------------------------------------------------------------
+
+    def _stamp(self) -> tuple[int, str]:
+        return int(time.time() * 1000), f"{self.node_id}-{next(self._mids)}"
+
+    def _one_chat(self, s: Session, req: OneChat) -> Awaitable[None] | None:
+        ts, mid = self._stamp()
+        payload = codec.encode(
+            {
+                "msgid": MsgId.ONE_CHAT,
+                "id": s.uid,
+                "name": s.name,
+                "toid": req.toid,
+                "msg": req.msg,
+                "time": req.time,
+                "ts": ts,
+                "mid": mid,
+            }
+        )
+        target = self.sessions.get(req.toid)
+        if target is not None and target.deliver(payload):
+            if not s.legacy:
+                s.peer.send(_chat_ack(mid, ts, ChatStatus.DELIVERED))
+            return None
+        return self._one_chat_away(s, req.toid, payload, mid, ts)
+
+    async def _one_chat_away(self, s: Session, toid: int, payload: bytes, mid: str, ts: int) -> None:
+        if await self.bus.send(toid, payload):
+            status = ChatStatus.DELIVERED
+        else:
+            await self._store_offline(toid, payload)
+            status = ChatStatus.STORED
+        if not s.legacy:
+            s.peer.send(_chat_ack(mid, ts, status))
+
+    def _group_chat(self, s: Session, req: GroupChat) -> Awaitable[None] | None:
+        members = self._members.get(req.groupid)
+        if members is None:
+            return self._group_chat_load(s, req)
+        return self._fan_out(s, req, members)
+
+    async def _group_chat_load(self, s: Session, req: GroupChat) -> None:
+        members = await self.store.group_members(req.groupid)
+        if members:
+            self._cache_members(req.groupid, members)
+        work = self._fan_out(s, req, members)
+        if work is not None:
+            await work
+
+    def _fan_out(
+        self, s: Session, req: GroupChat, members: frozenset[int]
+    ) -> Awaitable[None] | None:
+        if s.uid not in members:
+            if members:
+                self._refuse(s, req, ErrCode.NOT_GROUP_MEMBER, "you are not in this group")
+            else:
+                self._refuse(s, req, ErrCode.NO_SUCH_GROUP, f"no group has id {req.groupid}")
+            return None
+        ts, mid = self._stamp()
+        payload = codec.encode(
+            {
+                "msgid": MsgId.GROUP_CHAT,
+                "id": s.uid,
+                "name": s.name,
+                "groupid": req.groupid,
+                "msg": req.msg,
+                "time": req.time,
+                "ts": ts,
+                "mid": mid,
+            }
+        )
+        away: list[int] = []
+        sessions = self.sessions
+        for uid in members:
+            if uid != s.uid:
+                target = sessions.get(uid)
+                if target is None or not target.deliver(payload):
+                    away.append(uid)
+        if not away:
+            if not s.legacy:
+                s.peer.send(_chat_ack(mid, ts, ChatStatus.SENT))
+            return None
+        return self._fan_out_away(s, away, payload, mid, ts)
+
+    async def _fan_out_away(
+        self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
+    ) -> None:
+        sent = await asyncio.gather(*(self.bus.send(uid, payload) for uid in away))
+        offline = [uid for uid, ok in zip(away, sent, strict=True) if not ok]
+        await self._store_offline_many(offline, payload)
+        if not s.legacy:
+            s.peer.send(_chat_ack(mid, ts, ChatStatus.SENT))
+
+    async def _deliver_from_bus(self, uid: int, payload: bytes) -> bool:
+        target = self.sessions.get(uid)
+        return target is not None and target.deliver(payload)
+
+    # -- offline storage ------------------------------------------------------------------
+
+    async def _store_offline(self, uid: int, payload: bytes) -> None:
+        await self._tracked([uid], self.store.store_offline(uid, _text(payload)))
+
+    async def _store_offline_many(self, uids: list[int], payload: bytes) -> None:
+        if uids:
+            text = _text(payload)
+            await self._tracked(uids, self.store.store_offline_many([(u, text) for u in uids]))
+
+    async def _tracked(self, uids: list[int], work: Awaitable[None]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for uid in uids:
+            self._storing.setdefault(uid, set()).add(done)
+        try:
+            await work
+        finally:
+            done.set_result(None)
+            for uid in uids:
+                pending = self._storing.get(uid)
+                if pending is not None:
+                    pending.discard(done)
+                    if not pending:
+                        del self._storing[uid]
+
+
+def _text(payload: bytes) -> str:
+    return payload[:-1].decode()  # stored without the frame's newline
+
+
+def _state(online: bool) -> str:
+    return "online" if online else "offline"
+
+
+def _chat_ack(mid: str, ts: int, status: str) -> bytes:
+    return codec.encode({"msgid": MsgId.CHAT_ACK, "errno": 0, "mid": mid, "ts": ts, "status": status})

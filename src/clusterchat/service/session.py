@@ -1,0 +1,45 @@
+"""A connection as the chat service sees it: a peer to write to, and who it is."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Peer(Protocol):
+    """What a transport offers the service."""
+
+    def send(self, data: bytes) -> bool:
+        """Queue bytes for the peer; False if the connection is closing."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Session:
+    """Login state of one connection.
+
+    ``legacy`` is fixed by the first request's terminator: a NUL means the
+    original C++ client, which must only ever see the original's reply types.
+    While a login is being completed, deliveries are held in ``held`` so that
+    live messages cannot overtake the offline ones the login reply carries.
+    """
+
+    __slots__ = ("peer", "uid", "name", "legacy", "held", "closed")
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.uid = 0
+        self.name = ""
+        self.legacy: bool | None = None
+        self.held: list[bytes] | None = None
+        self.closed = False
+
+    @property
+    def logged_in(self) -> bool:
+        return self.uid != 0
+
+    def deliver(self, payload: bytes) -> bool:
+        if self.held is not None:
+            self.held.append(payload)
+            return True
+        return self.peer.send(payload)

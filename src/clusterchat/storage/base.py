@@ -1,0 +1,75 @@
+"""What the chat service needs from a store, and nothing more.
+
+A new backend implements :class:`Store`; the service never sees SQL.
+Methods raise :class:`clusterchat.errors.Unavailable` when the backend is
+unreachable and a :class:`clusterchat.errors.Refused` subclass when the
+request conflicts with what is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    id: int
+    name: str
+    role: str  # "creator" | "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    id: int
+    name: str
+    desc: str
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoginView:
+    """Everything a login reply needs, read in one go."""
+
+    friends: list[tuple[int, str]]
+    groups: list[Group]
+    offline: list[tuple[int, str]]  # (ordering key, stored message document)
+
+
+class Store(Protocol):
+    url: str  # for logs, password masked
+
+    async def create_schema(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def create_user(self, name: str, password_hash: str) -> int: ...
+    async def credentials(self, uid: int) -> tuple[str, str] | None:
+        """(name, password hash) of a user, or None."""
+        ...
+
+    async def set_state(self, uids: Sequence[int], online: bool) -> None: ...
+    async def reset_states(self) -> None:
+        """Mark every user offline: a lone node starting after a crash."""
+        ...
+
+    async def login_view(self, uid: int) -> LoginView: ...
+
+    async def add_friend(self, uid: int, friendid: int) -> str:
+        """Befriend both ways; returns the friend's name."""
+        ...
+
+    async def create_group(self, uid: int, name: str, desc: str) -> int: ...
+    async def join_group(self, uid: int, gid: int) -> None: ...
+    async def group_members(self, gid: int) -> frozenset[int]:
+        """Member ids, empty when the group does not exist."""
+        ...
+
+    async def store_offline(self, uid: int, message: str) -> None:
+        """Keep a message for a user; raises NoSuchUser for an unknown id."""
+        ...
+
+    async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None: ...
+    async def delete_offline(self, uid: int, upto: int) -> None:
+        """Drop a user's offline messages with ordering key <= upto."""
+        ...

@@ -1,0 +1,288 @@
+"""The SQL store: SQLAlchemy 2 Core on its asyncio extension, pooled.
+
+One class serves SQLite (aiosqlite, the embedded default) and MariaDB/MySQL
+(asyncmy); dialect differences stay in :func:`make_engine`. Driver errors are
+translated in :func:`_translated`, the one place that knows them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, event, exists, insert, literal, select, update
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from clusterchat import errors
+from clusterchat.storage.base import Group, LoginView, Member
+from clusterchat.storage.tables import (
+    allgroup,
+    friend,
+    groupuser,
+    metadata,
+    offlinemessage,
+    user,
+)
+
+log = logging.getLogger(__name__)
+
+_MYSQL_NO_SUCH_DB = 1049
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except (DBAPIError, OSError, ConnectionError, TimeoutError) as exc:
+        raise errors.Unavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+
+
+def _is_mysql(url: URL) -> bool:
+    return url.get_backend_name() in ("mysql", "mariadb")
+
+
+def make_engine(url: URL) -> AsyncEngine:
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    if _is_mysql(url):
+        if "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})
+        return create_async_engine(
+            url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=3600
+        )
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+class SqlStore:
+    def __init__(self, url: str | URL) -> None:
+        self._url = make_url(url)
+        self.url = self._url.render_as_string(hide_password=True)
+        self.engine = make_engine(self._url)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def create_schema(self) -> None:
+        """Create the database (MySQL) and tables if missing; idempotent."""
+        try:
+            await self._create_tables()
+        except OperationalError as exc:
+            code = getattr(exc.orig, "args", (None,))[0]
+            if not (_is_mysql(self._url) and code == _MYSQL_NO_SUCH_DB):
+                raise errors.Unavailable(str(exc.orig)) from exc
+            await self._create_mysql_database()
+            await self._create_tables()
+
+    async def _create_tables(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def _create_mysql_database(self) -> None:
+        name = self._url.database
+        assert name is not None
+        server = create_async_engine(self._url.set(database=""))
+        try:
+            async with server.begin() as conn:
+                quoted = server.dialect.identifier_preparer.quote_identifier(name)
+                await conn.exec_driver_sql(
+                    f"CREATE DATABASE IF NOT EXISTS {quoted} CHARACTER SET utf8mb4"
+                )
+            log.info("created database %s", name)
+        finally:
+            await server.dispose()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        with _translated():
+            async with self.engine.begin() as conn:
+                yield conn
+
+    # -- users ---------------------------------------------------------------
+
+    async def create_user(self, name: str, password_hash: str) -> int:
+        try:
+            async with self._tx() as conn:
+                res = await conn.execute(insert(user).values(name=name, password=password_hash))
+        except IntegrityError:
+            raise errors.NameTaken(name) from None
+        pk = res.inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    async def credentials(self, uid: int) -> tuple[str, str] | None:
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(select(user.c.name, user.c.password).where(user.c.id == uid))
+            ).first()
+        return (row.name, row.password) if row else None
+
+    async def set_state(self, uids: Sequence[int], online: bool) -> None:
+        if not uids:
+            return
+        state = "online" if online else "offline"
+        async with self._tx() as conn:
+            await conn.execute(update(user).where(user.c.id.in_(uids)).values(state=state))
+
+    async def reset_states(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                update(user).where(user.c.state == "online").values(state="offline")
+            )
+
+    # -- login ---------------------------------------------------------------
+
+    async def login_view(self, uid: int) -> LoginView:
+        async with self._tx() as conn:
+            friends = (
+                await conn.execute(
+                    select(user.c.id, user.c.name)
+                    .join(friend, friend.c.friendid == user.c.id)
+                    .where(friend.c.userid == uid)
+                    .order_by(user.c.id)
+                )
+            ).all()
+            mine = select(groupuser.c.groupid).where(groupuser.c.userid == uid)
+            rows = (
+                await conn.execute(
+                    select(
+                        allgroup.c.id,
+                        allgroup.c.groupname,
+                        allgroup.c.groupdesc,
+                        user.c.id.label("uid"),
+                        user.c.name,
+                        groupuser.c.grouprole,
+                    )
+                    .join(groupuser, groupuser.c.groupid == allgroup.c.id)
+                    .join(user, user.c.id == groupuser.c.userid)
+                    .where(allgroup.c.id.in_(mine))
+                    .order_by(allgroup.c.id, user.c.id)
+                )
+            ).all()
+            offline = (
+                await conn.execute(
+                    select(offlinemessage.c.id, offlinemessage.c.message)
+                    .where(offlinemessage.c.userid == uid)
+                    .order_by(offlinemessage.c.id)
+                )
+            ).all()
+        groups: dict[int, tuple[str, str, list[Member]]] = {}
+        for r in rows:
+            g = groups.setdefault(r.id, (r.groupname, r.groupdesc, []))
+            g[2].append(Member(r.uid, r.name, r.grouprole))
+        return LoginView(
+            friends=[(r.id, r.name) for r in friends],
+            groups=[Group(gid, n, d, tuple(m)) for gid, (n, d, m) in groups.items()],
+            offline=[(r.id, r.message) for r in offline],
+        )
+
+    # -- friends and groups ----------------------------------------------------
+
+    async def add_friend(self, uid: int, friendid: int) -> str:
+        async with self._tx() as conn:
+            name = (await conn.execute(select(user.c.name).where(user.c.id == friendid))).scalar()
+            if name is None:
+                raise errors.NoSuchUser(friendid)
+            have = set(
+                (
+                    await conn.execute(
+                        select(friend.c.userid).where(
+                            ((friend.c.userid == uid) & (friend.c.friendid == friendid))
+                            | ((friend.c.userid == friendid) & (friend.c.friendid == uid))
+                        )
+                    )
+                ).scalars()
+            )
+            if {uid, friendid} <= have:
+                raise errors.AlreadyFriends(friendid)
+            rows = [
+                {"userid": a, "friendid": b}
+                for a, b in ((uid, friendid), (friendid, uid))
+                if a not in have
+            ]
+            try:
+                await conn.execute(insert(friend), rows)
+            except IntegrityError:  # a concurrent add of the same pair
+                raise errors.AlreadyFriends(friendid) from None
+        return str(name)
+
+    async def create_group(self, uid: int, name: str, desc: str) -> int:
+        try:
+            async with self._tx() as conn:
+                res = await conn.execute(insert(allgroup).values(groupname=name, groupdesc=desc))
+                pk = res.inserted_primary_key
+                assert pk is not None
+                gid = int(pk[0])
+                await conn.execute(
+                    insert(groupuser).values(groupid=gid, userid=uid, grouprole="creator")
+                )
+        except IntegrityError:
+            raise errors.GroupNameTaken(name) from None
+        return gid
+
+    async def join_group(self, uid: int, gid: int) -> None:
+        try:
+            async with self._tx() as conn:
+                found = (
+                    await conn.execute(select(allgroup.c.id).where(allgroup.c.id == gid))
+                ).first()
+                if found is None:
+                    raise errors.NoSuchGroup(gid)
+                await conn.execute(
+                    insert(groupuser).values(groupid=gid, userid=uid, grouprole="normal")
+                )
+        except IntegrityError:
+            raise errors.AlreadyMember(gid) from None
+
+    async def group_members(self, gid: int) -> frozenset[int]:
+        async with self._tx() as conn:
+            rows = await conn.execute(select(groupuser.c.userid).where(groupuser.c.groupid == gid))
+            return frozenset(rows.scalars())
+
+    # -- offline messages ---------------------------------------------------------
+
+    async def store_offline(self, uid: int, message: str) -> None:
+        # One statement that inserts only if the user exists: no check-then-act race.
+        stmt = insert(offlinemessage).from_select(
+            ["userid", "message"],
+            select(literal(uid), literal(message)).where(exists().where(user.c.id == uid)),
+        )
+        async with self._tx() as conn:
+            res = await conn.execute(stmt)
+        if res.rowcount == 0:
+            raise errors.NoSuchUser(uid)
+
+    async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
+        if not items:
+            return
+        async with self._tx() as conn:
+            await conn.execute(
+                insert(offlinemessage), [{"userid": u, "message": m} for u, m in items]
+            )
+
+    async def delete_offline(self, uid: int, upto: int) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                delete(offlinemessage).where(
+                    (offlinemessage.c.userid == uid) & (offlinemessage.c.id <= upto)
+                )
+            )
