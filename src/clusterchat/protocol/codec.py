@@ -40,7 +40,10 @@ def decode_request(frame: bytes) -> Request:
 
 def _classify(frame: bytes, exc: msgspec.ValidationError) -> BadRequest:
     """Slow path, errors only: tell a bad msgid from a bad field."""
-    doc = _any_decoder.decode(frame)
+    try:
+        doc = _any_decoder.decode(frame)
+    except msgspec.MsgspecError:  # valid JSON msgspec cannot hold, e.g. 1e400
+        return BadRequest(ErrCode.INVALID_FIELD, _field_error(str(exc)))
     if not isinstance(doc, dict):
         return BadRequest(ErrCode.MALFORMED, "request must be a JSON object")
     msgid = doc.get("msgid")

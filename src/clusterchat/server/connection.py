@@ -96,7 +96,12 @@ class Connection(asyncio.Protocol):
             self._queue = deque()  # nothing after this is served
             self.close()
             return None
-        return self.node.service.handle(self.session, frame, term == NUL)
+        try:
+            return self.node.service.handle(self.session, frame, term == NUL)
+        except Exception:  # a bug must cost one request, never the node
+            log.exception("request failed: %r", frame[:200])
+            self.node.service.internal_error(self.session)
+            return None
 
     async def _drain(self, work: Any) -> None:
         await work

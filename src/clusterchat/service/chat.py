@@ -118,6 +118,10 @@ class ChatService:
         else:
             s.peer.send(codec.error(ErrCode.FRAME_TOO_LARGE, msg))
 
+    def internal_error(self, s: Session) -> None:
+        if not s.legacy:
+            s.peer.send(codec.error(ErrCode.INTERNAL, "internal error"))
+
     def disconnected(self, s: Session) -> None:
         s.closed = True
         if s.logged_in:

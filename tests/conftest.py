@@ -1,0 +1,131 @@
+"""Real-service fixtures: every store test runs on SQLite and on a real MariaDB.
+
+MariaDB is expected on 127.0.0.1:3306 (root, no password), overridable with
+CLUSTERCHAT_TEST_MYSQL. Each run creates its own database and drops it. If
+MariaDB cannot be reached the run fails: a missing service is not a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import uvloop
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from clusterchat.client.connection import ChatConnection
+from clusterchat.config import Settings
+from clusterchat.server.node import Node
+from clusterchat.service.passwords import HashCost
+
+MYSQL_SERVER = os.environ.get("CLUSTERCHAT_TEST_MYSQL", "mysql+asyncmy://root@127.0.0.1:3306")
+#: Cheap hashing so the suite is fast; users get the safe default.
+FAST_HASH = HashCost(time_cost=1, memory_kib=8, parallelism=1)
+PASSWORD = "s3cret"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run every async test on uvloop, as the server runs in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+async def _mysql(sql: str) -> None:
+    engine = create_async_engine(MYSQL_SERVER + "/")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    name = f"cc_test_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_mysql("SELECT 1"))
+    except Exception as exc:  # fail loudly: CI must not pass without MariaDB
+        pytest.fail(f"MariaDB is not reachable at {MYSQL_SERVER}: {exc}", pytrace=False)
+    # The database itself is created by the store on first start.
+    yield f"{MYSQL_SERVER}/{name}"
+    asyncio.run(_mysql(f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
+    return str(request.getfixturevalue("mariadb_url"))
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(host="127.0.0.1", port=0, db_url=db_url, hash_cost=FAST_HASH)
+
+
+@pytest.fixture
+async def node(settings: Settings) -> AsyncIterator[Node]:
+    n = Node(settings)
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
+Connect = Callable[..., Awaitable[ChatConnection]]
+
+
+@pytest.fixture
+async def connect(node: Node) -> AsyncIterator[Connect]:
+    """Open real TCP connections to the node; all closed at teardown."""
+    opened: list[ChatConnection] = []
+
+    async def _connect(legacy: bool = False) -> ChatConnection:
+        conn = await ChatConnection.open("127.0.0.1", node.port, legacy=legacy)
+        opened.append(conn)
+        return conn
+
+    yield _connect
+    for conn in opened:
+        await conn.close()
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}{secrets.token_hex(6)}"
+
+
+class User:
+    """A registered, logged-in user on its own connection."""
+
+    def __init__(self, conn: ChatConnection, uid: int, name: str, login: dict[str, object]):
+        self.conn = conn
+        self.id = uid
+        self.name = name
+        self.login_ack = login
+
+
+UserFactory = Callable[..., Awaitable[User]]
+
+
+@pytest.fixture
+def user(connect: Connect) -> UserFactory:
+    async def _user(legacy: bool = False, name: str | None = None) -> User:
+        conn = await connect(legacy=legacy)
+        name = name or unique()
+        uid = await conn.register(name, PASSWORD)
+        ack = await conn.login(uid, PASSWORD)
+        assert ack["errno"] == 0, ack
+        return User(conn, uid, name, ack)
+
+    return _user
+
+
+__all__ = ["FAST_HASH", "PASSWORD", "User", "replace", "unique"]

@@ -1,0 +1,90 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clusterchat.protocol.framing import NEWLINE, NUL, FrameDecoder, FrameTooLarge
+
+import pytest
+
+LIMIT = 64
+
+payloads = st.binary(min_size=1, max_size=LIMIT).map(
+    lambda b: b.replace(b"\n", b"x").replace(b"\x00", b"y")
+).filter(lambda b: b.strip() and not b.endswith(b"\r"))
+frames = st.lists(st.tuples(payloads, st.sampled_from([NUL, NEWLINE])), max_size=20)
+
+
+def _stream(items: list[tuple[bytes, int]]) -> bytes:
+    return b"".join(p + bytes([t]) for p, t in items)
+
+
+def _feed_in_pieces(data: bytes, cuts: list[int]) -> list[tuple[bytes, int]]:
+    dec = FrameDecoder(max_frame=LIMIT)
+    out: list[tuple[bytes, int]] = []
+    prev = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        out += dec.feed(data[prev:cut])
+        prev = cut
+    assert dec.pending == 0
+    return out
+
+
+@given(frames, st.lists(st.integers(min_value=0, max_value=20 * (LIMIT + 1))))
+def test_any_split_gives_the_same_frames(items: list[tuple[bytes, int]], cuts: list[int]) -> None:
+    data = _stream(items)
+    cuts = [c for c in cuts if c <= len(data)]
+    assert _feed_in_pieces(data, cuts) == items
+
+
+@given(frames)
+def test_byte_at_a_time(items: list[tuple[bytes, int]]) -> None:
+    data = _stream(items)
+    assert _feed_in_pieces(data, list(range(len(data)))) == items
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=0, max_value=300)))
+def test_arbitrary_bytes_same_outcome_for_any_split(data: bytes, cuts: list[int]) -> None:
+    """Whatever the bytes, splitting never changes the frames or whether the limit trips."""
+
+    def run(pieces: list[bytes]) -> tuple[list[tuple[bytes, int]], bool]:
+        dec = FrameDecoder(max_frame=LIMIT)
+        out: list[tuple[bytes, int]] = []
+        for piece in pieces:
+            try:
+                out += dec.feed(piece)
+            except FrameTooLarge as exc:
+                return out + exc.frames, True
+        return out, False
+
+    bounds = [0, *sorted({c for c in cuts if c <= len(data)}), len(data)]
+    pieces = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    whole, whole_err = run([data])
+    split, split_err = run(pieces)
+    assert whole_err == split_err
+    if whole_err:
+        # Frames completed before the oversized one are served in both cases.
+        assert split[: len(whole)] == whole or whole[: len(split)] == split
+    else:
+        assert split == whole
+
+
+def test_crlf_and_blank_lines() -> None:
+    dec = FrameDecoder()
+    assert dec.feed(b'{"a":1}\r\n\n\x00  \n{"b":2}\x00') == [
+        (b'{"a":1}', NEWLINE),
+        (b'{"b":2}', NUL),
+    ]
+
+
+def test_frame_at_limit_passes_and_one_more_byte_fails() -> None:
+    dec = FrameDecoder(max_frame=8)
+    assert dec.feed(b"12345678\n") == [(b"12345678", NEWLINE)]
+    with pytest.raises(FrameTooLarge) as info:
+        dec.feed(b"ok\n123456789\n")
+    assert info.value.frames == [(b"ok", NEWLINE)]
+
+
+def test_unterminated_frame_over_limit_fails_before_its_end_arrives() -> None:
+    dec = FrameDecoder(max_frame=8)
+    dec.feed(b"1234")
+    with pytest.raises(FrameTooLarge):
+        dec.feed(b"56789")
