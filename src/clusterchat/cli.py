@@ -4,7 +4,6 @@ environment (the variable is named in each option's help)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys

@@ -36,5 +36,5 @@ class Settings:
     port: int = DEFAULT_PORT
     db_url: str = field(default_factory=default_db_url)
     max_frame: int = DEFAULT_MAX_FRAME
-    hash_cost: HashCost = HashCost()
+    hash_cost: HashCost = field(default_factory=HashCost)
     shutdown_grace: float = 5.0

@@ -41,7 +41,9 @@ BAD_FRAMES: list[tuple[bytes, ErrCode]] = [
 ]
 
 
-@pytest.mark.parametrize(("frame", "code"), BAD_FRAMES, ids=[f[0][:40].decode("latin-1") for f in BAD_FRAMES])
+@pytest.mark.parametrize(
+    ("frame", "code"), BAD_FRAMES, ids=[f[0][:40].decode("latin-1") for f in BAD_FRAMES]
+)
 async def test_bad_request_gets_a_specific_error_and_the_connection_stays_usable(
     user: UserFactory, frame: bytes, code: ErrCode
 ) -> None:

@@ -22,9 +22,7 @@ async def test_register_refuses_a_taken_name(connect: Connect) -> None:
     conn = await connect()
     name = unique()
     await conn.register(name, PASSWORD)
-    ack = await conn.request(
-        {"msgid": MsgId.REG, "name": name, "password": "x"}, MsgId.REG_ACK
-    )
+    ack = await conn.request({"msgid": MsgId.REG, "name": name, "password": "x"}, MsgId.REG_ACK)
     assert ack["errno"] == 1
     assert "taken" in ack["errmsg"]
 
@@ -130,7 +128,7 @@ async def test_dropped_connection_marks_the_user_offline(
     alice = await user()
     await alice.conn.close()
     async with asyncio.timeout(5):
-        while alice.id in node.service.sessions:
+        while alice.id in node.service.sessions:  # noqa: ASYNC110 - polled with a deadline
             await asyncio.sleep(0.01)
     again = await connect()
     assert (await again.login(alice.id, PASSWORD))["errno"] == 0
@@ -192,7 +190,12 @@ async def test_groups_create_join_chat_and_login_view(user: UserFactory) -> None
     (group,) = [json.loads(g) for g in ack["groups"]]
     assert (group["id"], group["groupname"], group["groupdesc"]) == (gid, gname, "about")
     users = {u["id"]: u for u in map(json.loads, group["users"])}
-    assert users[alice.id] == {"id": alice.id, "name": alice.name, "state": "online", "role": "creator"}
+    assert users[alice.id] == {
+        "id": alice.id,
+        "name": alice.name,
+        "state": "online",
+        "role": "creator",
+    }
     assert users[bob.id]["role"] == "normal" and users[carol.id]["role"] == "normal"
 
 

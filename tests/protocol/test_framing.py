@@ -1,15 +1,18 @@
+import itertools
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from clusterchat.protocol.framing import NEWLINE, NUL, FrameDecoder, FrameTooLarge
 
-import pytest
-
 LIMIT = 64
 
-payloads = st.binary(min_size=1, max_size=LIMIT).map(
-    lambda b: b.replace(b"\n", b"x").replace(b"\x00", b"y")
-).filter(lambda b: b.strip() and not b.endswith(b"\r"))
+payloads = (
+    st.binary(min_size=1, max_size=LIMIT)
+    .map(lambda b: b.replace(b"\n", b"x").replace(b"\x00", b"y"))
+    .filter(lambda b: b.strip() and not b.endswith(b"\r"))
+)
 frames = st.lists(st.tuples(payloads, st.sampled_from([NUL, NEWLINE])), max_size=20)
 
 
@@ -21,7 +24,7 @@ def _feed_in_pieces(data: bytes, cuts: list[int]) -> list[tuple[bytes, int]]:
     dec = FrameDecoder(max_frame=LIMIT)
     out: list[tuple[bytes, int]] = []
     prev = 0
-    for cut in sorted(set(cuts)) + [len(data)]:
+    for cut in [*sorted(set(cuts)), len(data)]:
         out += dec.feed(data[prev:cut])
         prev = cut
     assert dec.pending == 0
@@ -56,7 +59,7 @@ def test_arbitrary_bytes_same_outcome_for_any_split(data: bytes, cuts: list[int]
         return out, False
 
     bounds = [0, *sorted({c for c in cuts if c <= len(data)}), len(data)]
-    pieces = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
     whole, whole_err = run([data])
     split, split_err = run(pieces)
     assert whole_err == split_err

@@ -64,12 +64,16 @@ class ChatConnection:
             raise AssertionError(f"expected msgid {msgid}, got {msg}")
         return msg
 
-    async def request(self, doc: dict[str, Any], reply: int, timeout: float = 10.0) -> dict[str, Any]:
+    async def request(
+        self, doc: dict[str, Any], reply: int, timeout: float = 10.0
+    ) -> dict[str, Any]:
         await self.send(doc)
         return await self.expect(reply, timeout)
 
     async def register(self, name: str, password: str) -> int:
-        ack = await self.request({"msgid": MsgId.REG, "name": name, "password": password}, MsgId.REG_ACK)
+        ack = await self.request(
+            {"msgid": MsgId.REG, "name": name, "password": password}, MsgId.REG_ACK
+        )
         if ack["errno"] != 0:
             raise RuntimeError(f"register {name!r} failed: {ack.get('errmsg')}")
         return int(ack["id"])

@@ -31,11 +31,12 @@ class BadRequest(Exception):
 
 def decode_request(frame: bytes) -> Request:
     try:
-        return _decoder.decode(frame)
+        req: Request = _decoder.decode(frame)
     except msgspec.ValidationError as exc:
         raise _classify(frame, exc) from None
     except msgspec.DecodeError:
         raise BadRequest(ErrCode.MALFORMED, "request is not valid JSON") from None
+    return req
 
 
 def _classify(frame: bytes, exc: msgspec.ValidationError) -> BadRequest:
@@ -65,8 +66,8 @@ def _field_error(text: str) -> str:
 
 
 _REQUEST_IDS = frozenset(
-    int(cls.__struct_config__.tag)  # type: ignore[arg-type]
-    for cls in Request.__args__  # type: ignore[attr-defined]
+    int(cls.__struct_config__.tag)
+    for cls in Request.__args__
 )
 
 

@@ -8,7 +8,7 @@ structs tagged by ``msgid``, so decoding validates types and bounds in C.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Annotated, Final, Union
+from typing import Annotated, Final
 
 import msgspec
 
@@ -97,52 +97,52 @@ class _Request(msgspec.Struct, frozen=True, tag_field="msgid"):
     pass
 
 
-class Login(_Request, tag=int(MsgId.LOGIN)):
+class Login(_Request, frozen=True, tag=int(MsgId.LOGIN)):
     id: Id
     password: Password
 
 
-class Logout(_Request, tag=int(MsgId.LOGOUT)):
+class Logout(_Request, frozen=True, tag=int(MsgId.LOGOUT)):
     pass
 
 
-class Register(_Request, tag=int(MsgId.REG)):
+class Register(_Request, frozen=True, tag=int(MsgId.REG)):
     name: Name
     password: Password
 
 
-class OneChat(_Request, tag=int(MsgId.ONE_CHAT)):
+class OneChat(_Request, frozen=True, tag=int(MsgId.ONE_CHAT)):
     toid: Id
     msg: str
     time: ClientTime = ""
 
 
-class AddFriend(_Request, tag=int(MsgId.ADD_FRIEND)):
+class AddFriend(_Request, frozen=True, tag=int(MsgId.ADD_FRIEND)):
     friendid: Id
 
 
-class CreateGroup(_Request, tag=int(MsgId.CREATE_GROUP)):
+class CreateGroup(_Request, frozen=True, tag=int(MsgId.CREATE_GROUP)):
     groupname: GroupName
     groupdesc: GroupDesc = ""
 
 
-class AddGroup(_Request, tag=int(MsgId.ADD_GROUP)):
+class AddGroup(_Request, frozen=True, tag=int(MsgId.ADD_GROUP)):
     groupid: Id
 
 
-class GroupChat(_Request, tag=int(MsgId.GROUP_CHAT)):
+class GroupChat(_Request, frozen=True, tag=int(MsgId.GROUP_CHAT)):
     groupid: Id
     msg: str
     time: ClientTime = ""
 
 
-class Ping(_Request, tag=int(MsgId.PING)):
+class Ping(_Request, frozen=True, tag=int(MsgId.PING)):
     pass
 
 
-Request = Union[
-    Login, Logout, Register, OneChat, AddFriend, CreateGroup, AddGroup, GroupChat, Ping
-]
+Request = (
+    Login | Logout | Register | OneChat | AddFriend | CreateGroup | AddGroup | GroupChat | Ping
+)
 
 #: Requests accepted before login.
 ANONYMOUS_OK: Final = (Login, Register, Ping)

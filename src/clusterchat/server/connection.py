@@ -27,7 +27,7 @@ _OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("node", "transport", "decoder", "session", "_queue", "_paused")
+    __slots__ = ("_paused", "_queue", "decoder", "node", "session", "transport")
 
     def __init__(self, node: Node) -> None:
         self.node = node

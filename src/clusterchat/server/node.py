@@ -27,7 +27,9 @@ class Node:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self.store: Store = store or SqlStore(settings.db_url)
-        self.service = ChatService(self.store, Passwords(settings.hash_cost), LocalPresence(), NoBus())
+        self.service = ChatService(
+            self.store, Passwords(settings.hash_cost), LocalPresence(), NoBus()
+        )
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -54,9 +56,7 @@ class Node:
             lambda: Connection(self), self.settings.host, self.settings.port, backlog=4096
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info(
-            "listening on %s:%d, store %s", self.settings.host, self.port, self.store.url
-        )
+        log.info("listening on %s:%d, store %s", self.settings.host, self.port, self.store.url)
 
     async def stop(self) -> None:
         if self._server is not None:

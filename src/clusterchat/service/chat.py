@@ -253,7 +253,9 @@ class ChatService:
         for g in view.groups:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
         held, s.held = s.held or [], None
-        sent = s.peer.send(codec.login_ack(uid, name, friends, groups, [m for _, m in view.offline]))
+        sent = s.peer.send(
+            codec.login_ack(uid, name, friends, groups, [m for _, m in view.offline])
+        )
         for payload in held:
             sent = s.peer.send(payload) and sent
         if not sent:  # gone before it got them: keep everything for next time
@@ -352,7 +354,9 @@ class ChatService:
             return None
         return self._one_chat_away(s, req.toid, payload, mid, ts)
 
-    async def _one_chat_away(self, s: Session, toid: int, payload: bytes, mid: str, ts: int) -> None:
+    async def _one_chat_away(
+        self, s: Session, toid: int, payload: bytes, mid: str, ts: int
+    ) -> None:
         if await self.bus.send(toid, payload):
             status = ChatStatus.DELIVERED
         else:
@@ -458,4 +462,6 @@ def _state(online: bool) -> str:
 
 
 def _chat_ack(mid: str, ts: int, status: str) -> bytes:
-    return codec.encode({"msgid": MsgId.CHAT_ACK, "errno": 0, "mid": mid, "ts": ts, "status": status})
+    return codec.encode(
+        {"msgid": MsgId.CHAT_ACK, "errno": 0, "mid": mid, "ts": ts, "status": status}
+    )

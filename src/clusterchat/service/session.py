@@ -24,7 +24,7 @@ class Session:
     live messages cannot overtake the offline ones the login reply carries.
     """
 
-    __slots__ = ("peer", "uid", "name", "legacy", "held", "closed")
+    __slots__ = ("closed", "held", "legacy", "name", "peer", "uid")
 
     def __init__(self, peer: Peer) -> None:
         self.peer = peer

@@ -145,9 +145,7 @@ class SqlStore:
 
     async def reset_states(self) -> None:
         async with self._tx() as conn:
-            await conn.execute(
-                update(user).where(user.c.state == "online").values(state="offline")
-            )
+            await conn.execute(update(user).where(user.c.state == "online").values(state="offline"))
 
     # -- login ---------------------------------------------------------------
 

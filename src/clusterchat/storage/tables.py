@@ -23,8 +23,6 @@ from sqlalchemy.dialects import mysql, sqlite
 
 metadata = MetaData()
 
-_mysql = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
-
 # SQLite only auto-increments INTEGER PRIMARY KEY, so BIGINT needs a variant.
 _BigId = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
 
@@ -40,7 +38,8 @@ user = Table(
         nullable=False,
         server_default="offline",
     ),
-    **_mysql,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )
 
 friend = Table(
@@ -48,7 +47,8 @@ friend = Table(
     metadata,
     Column("userid", Integer, primary_key=True, autoincrement=False),
     Column("friendid", Integer, primary_key=True, autoincrement=False),
-    **_mysql,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )
 
 allgroup = Table(
@@ -57,7 +57,8 @@ allgroup = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("groupname", String(50), nullable=False, unique=True),
     Column("groupdesc", String(200), nullable=False, server_default=""),
-    **_mysql,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )
 
 groupuser = Table(
@@ -72,7 +73,8 @@ groupuser = Table(
         server_default="normal",
     ),
     Index("ix_groupuser_userid", "userid"),
-    **_mysql,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )
 
 offlinemessage = Table(
@@ -82,5 +84,6 @@ offlinemessage = Table(
     Column("userid", Integer, nullable=False),
     Column("message", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
     Index("ix_offlinemessage_userid_id", "userid", "id"),
-    **_mysql,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )

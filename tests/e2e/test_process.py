@@ -1,0 +1,135 @@
+"""The real `clusterchat` command in a child process: start, serve, stop on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from clusterchat.client.connection import ChatConnection
+from clusterchat.storage.tables import user
+from tests.conftest import FAST_HASH, PASSWORD, unique
+
+_LISTENING = re.compile(rb"listening on [\d.]+:(\d+), store (\S+)")
+
+
+@asynccontextmanager
+async def server_process(
+    *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, str]]:
+    cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
+    full_env = {**os.environ, "CLUSTERCHAT_HASH_COST": cost, **(env or {})}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "server", *args,
+        env=full_env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                line = await proc.stderr.readline()
+                if not line:
+                    raise AssertionError("server exited before listening")
+                if m := _LISTENING.search(line):
+                    break
+        yield proc, int(m.group(1)), m.group(2).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _online_count(db_url: str) -> int:
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            q = select(func.count()).select_from(user).where(user.c.state == "online")
+            return int((await conn.execute(q)).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_shuts_down_cleanly_and_leaves_nobody_online(
+    db_url: str, sig: signal.Signals
+) -> None:
+    async with server_process("--port", "0", "--db", db_url) as (proc, port, _):
+        conns = []
+        for _ in range(3):
+            c = await ChatConnection.open("127.0.0.1", port)
+            uid = await c.register(unique(), PASSWORD)
+            assert (await c.login(uid, PASSWORD))["errno"] == 0
+            conns.append(c)
+        assert await _online_count(db_url) >= 3
+        proc.send_signal(sig)
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 0
+        for c in conns:
+            assert await c.at_eof()
+            await c.close()
+    assert await _online_count(db_url) == 0
+
+
+async def test_default_store_is_an_sqlite_file_in_clusterchat_home(tmp_path: Path) -> None:
+    env = {"CLUSTERCHAT_HOME": str(tmp_path), "CLUSTERCHAT_DB": ""}
+    async with server_process("127.0.0.1", "0", env=env) as (proc, port, store):
+        assert store == f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
+        c = await ChatConnection.open("127.0.0.1", port)
+        assert await c.register(unique(), PASSWORD) > 0
+        await c.close()
+        proc.terminate()
+        assert await proc.wait() == 0
+    assert (tmp_path / "chat.db").exists()
+
+
+async def test_options_come_from_the_environment(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'env.db'}"
+    async with server_process(env={"CLUSTERCHAT_DB": db, "CLUSTERCHAT_PORT": "0"}) as (
+        proc,
+        port,
+        store,
+    ):
+        assert store == db and port > 0
+        proc.terminate()
+        assert await proc.wait() == 0
+
+
+async def test_a_crashed_lone_node_frees_its_users_on_restart(db_url: str) -> None:
+    async with server_process("--port", "0", "--db", db_url) as (proc, port, _):
+        c = await ChatConnection.open("127.0.0.1", port)
+        uid = await c.register(unique(), PASSWORD)
+        await c.login(uid, PASSWORD)
+        proc.kill()
+        await proc.wait()
+        await c.close()
+    async with server_process("--port", "0", "--db", db_url) as (proc, port, _):
+        c = await ChatConnection.open("127.0.0.1", port)
+        assert (await c.login(uid, PASSWORD))["errno"] == 0
+        await c.close()
+
+
+async def test_db_init_creates_the_schema(tmp_path: Path, mariadb_url: str) -> None:
+    for url in (f"sqlite+aiosqlite:///{tmp_path / 'init.db'}", mariadb_url + "_init"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clusterchat", "db", "init", "--db", url,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0 and b"schema ready" in out
+        assert await _online_count(url) == 0
+    engine = create_async_engine(mariadb_url.rsplit("/", 1)[0] + "/")
+    try:
+        async with engine.begin() as conn:
+            name = mariadb_url.rsplit("/", 1)[1] + "_init"
+            await conn.exec_driver_sql(f"DROP DATABASE `{name}`")
+    finally:
+        await engine.dispose()

@@ -1,0 +1,133 @@
+"""The service against a real SQLite store, with peers we can cut at will."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from clusterchat.bus.local import LocalPresence, NoBus
+from clusterchat.protocol import codec
+from clusterchat.protocol.messages import MsgId
+from clusterchat.service.chat import ChatService
+from clusterchat.service.passwords import Passwords
+from clusterchat.service.session import Session
+from clusterchat.storage.sql import SqlStore
+from tests.conftest import FAST_HASH
+
+
+class Peer:
+    """A connection whose far end can vanish between two writes."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+        self.open = True
+
+    def send(self, data: bytes) -> bool:
+        if not self.open:
+            return False
+        self.sent.append(codec.loads(data))
+        return True
+
+    def close(self) -> None:
+        self.open = False
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[ChatService]:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'svc.db'}")
+    await store.create_schema()
+    svc = ChatService(store, Passwords(FAST_HASH), LocalPresence(), NoBus())
+    await svc.start()
+    yield svc
+    await svc.shutdown()
+    await store.close()
+
+
+async def request(svc: ChatService, s: Session, doc: dict[str, object]) -> None:
+    work = svc.handle(s, codec.dumps(doc).encode(), legacy=False)
+    if work is not None:
+        await work
+
+
+async def login(svc: ChatService, name: str) -> tuple[Session, Peer]:
+    peer = Peer()
+    s = Session(peer)
+    await request(svc, s, {"msgid": 4, "name": name, "password": "pw"})
+    uid = peer.sent[-1]["id"]
+    await request(svc, s, {"msgid": 1, "id": uid, "password": "pw"})
+    assert peer.sent[-1]["errno"] == 0
+    return s, peer
+
+
+async def test_message_to_a_user_whose_connection_is_closing_is_stored(
+    service: ChatService,
+) -> None:
+    alice, alice_peer = await login(service, "alice")
+    bob, bob_peer = await login(service, "bob")
+    bob_peer.close()  # the socket is gone; connection_lost has not run yet
+    await request(service, alice, {"msgid": 6, "toid": bob.uid, "msg": "are you there?"})
+    assert alice_peer.sent[-1] == {
+        **alice_peer.sent[-1],
+        "msgid": MsgId.CHAT_ACK,
+        "status": "stored",
+    }
+    bob_id = bob.uid
+    service.disconnected(bob)
+    for task in list(service._background):  # the disconnect's bookkeeping
+        await task
+    peer = Peer()
+    await request(service, Session(peer), {"msgid": 1, "id": bob_id, "password": "pw"})
+    ack = peer.sent[-1]
+    assert [json.loads(m)["msg"] for m in ack["offlinemsg"]] == ["are you there?"]
+
+
+async def test_offline_messages_stay_stored_if_the_login_reply_cannot_be_written(
+    service: ChatService,
+) -> None:
+    alice, _ = await login(service, "alice")
+    bob, _ = await login(service, "bob")
+    bob_id = bob.uid
+    await request(service, bob, {"msgid": 3})
+    await request(service, alice, {"msgid": 6, "toid": bob_id, "msg": "keep me"})
+
+    gone = Peer()
+    gone.open = False
+    await request(service, Session(gone), {"msgid": 1, "id": bob_id, "password": "pw"})
+    assert gone.sent == []
+    for task in list(service._background):
+        await task
+
+    back = Peer()
+    await request(service, Session(back), {"msgid": 1, "id": bob_id, "password": "pw"})
+    ack = back.sent[-1]
+    assert ack["errno"] == 0
+    assert [json.loads(m)["msg"] for m in ack["offlinemsg"]] == ["keep me"]
+
+
+async def test_messages_arriving_during_login_follow_the_offline_ones(
+    service: ChatService,
+) -> None:
+    alice, _ = await login(service, "alice")
+    bob, _ = await login(service, "bob")
+    bob_id = bob.uid
+    await request(service, bob, {"msgid": 3})
+    await request(service, alice, {"msgid": 6, "toid": bob_id, "msg": "1"})
+
+    peer = Peer()
+    frame = codec.dumps({"msgid": 1, "id": bob_id, "password": "pw"}).encode()
+    work = service.handle(Session(peer), frame, legacy=False)
+    assert work is not None
+    task = asyncio.ensure_future(work)
+    async with asyncio.timeout(5):
+        # Yield until the login has registered bob but not yet replied.
+        while bob_id not in service.sessions:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    await request(service, alice, {"msgid": 6, "toid": bob_id, "msg": "2"})
+    await task
+    ack, live = peer.sent[0], peer.sent[1]
+    assert [json.loads(m)["msg"] for m in ack["offlinemsg"]] == ["1"]
+    assert live["msg"] == "2"
