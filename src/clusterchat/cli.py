@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run again. A server also does this on first start.",
     )
     _add_db(init)
+    schema = dbsub.add_parser(
+        "schema",
+        help="print the MySQL/MariaDB schema (chat.sql)",
+        description="Print the schema as MySQL statements, for creating the database by hand.",
+    )
+    schema.add_argument("--database", default="chat", help="database name [default chat]")
     return parser
 
 
@@ -129,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             hash_cost=_hash_cost(args.hash_cost),
         )
         _run(Node(settings).run_until_signalled())
+        return 0
+    if args.command == "db" and args.db_command == "schema":
+        from clusterchat.storage.tables import mysql_ddl
+
+        print(mysql_ddl(args.database), end="")
         return 0
     if args.command == "db":
         from clusterchat.storage.sql import SqlStore
