@@ -65,10 +65,7 @@ def _field_error(text: str) -> str:
     return text
 
 
-_REQUEST_IDS = frozenset(
-    int(cls.__struct_config__.tag)
-    for cls in Request.__args__
-)
+_REQUEST_IDS = frozenset(int(cls.__struct_config__.tag) for cls in Request.__args__)
 
 
 def encode(doc: dict[str, Any]) -> bytes:
