@@ -92,7 +92,7 @@ offlinemessage = Table(
 def mysql_ddl(database: str = "chat") -> str:
     """The schema as MySQL statements: what ships as ``sql/chat.sql``."""
     from sqlalchemy.dialects import mysql
-    from sqlalchemy.schema import CreateIndex, CreateTable
+    from sqlalchemy.schema import CreateIndex, CreateTable, ExecutableDDLElement
 
     dialect = mysql.dialect()
     out = [
@@ -105,7 +105,7 @@ def mysql_ddl(database: str = "chat") -> str:
         "",
     ]
     for table in metadata.sorted_tables:
-        stmts = [CreateTable(table, if_not_exists=True)]
+        stmts: list[ExecutableDDLElement] = [CreateTable(table, if_not_exists=True)]
         stmts += [CreateIndex(ix, if_not_exists=True) for ix in sorted(table.indexes, key=str)]
         for stmt in stmts:
             lines = str(stmt.compile(dialect=dialect)).strip().splitlines()
