@@ -1,19 +1,16 @@
 """The seam between the chat service and other nodes.
 
-A lone node uses :mod:`clusterchat.bus.local`; a cluster node plugs in a
-Redis-backed pair without the service changing. Presence answers "is this
-user logged in anywhere?"; the bus carries a ready-encoded message to the
-node holding a user.
+A lone node uses :mod:`clusterchat.bus.local`; a cluster node plugs in
+:mod:`clusterchat.bus.redis` without the service changing. Presence answers
+"is this user logged in anywhere?"; the bus carries ready-encoded messages to
+the nodes holding users, and the service is its :class:`Inbox` for messages
+arriving from other nodes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
-
-#: Called by a bus for a message that arrived for a local user; returns False
-#: if the user is not (or no longer) here, so the bus can store it offline.
-Deliver = Callable[[int, bytes], Awaitable[bool]]
 
 
 class Presence(Protocol):
@@ -28,11 +25,35 @@ class Presence(Protocol):
         ...
 
 
-class Bus(Protocol):
-    async def start(self, deliver: Deliver) -> None: ...
+class Inbox(Protocol):
+    """What a bus calls on the service for traffic from other nodes."""
 
-    async def send(self, uid: int, payload: bytes) -> bool:
-        """Hand a message to the node holding ``uid``; False if no node took it."""
+    def deliver(self, uid: int, payload: bytes) -> bool:
+        """Write to a local user; False if the user is not (or no longer) here."""
+        ...
+
+    async def store_offline(self, uids: Sequence[int], payload: bytes) -> None:
+        """Keep a message no node could deliver."""
+        ...
+
+    def nudged(self, uid: int) -> None:
+        """Messages were stored for a local user after their login read them."""
+        ...
+
+    def local_users(self) -> list[int]:
+        """Users logged in here, to re-assert presence after a bus outage."""
+        ...
+
+
+class Bus(Protocol):
+    async def start(self, inbox: Inbox) -> None: ...
+
+    async def send(self, uids: Sequence[int], payload: bytes) -> list[int]:
+        """Hand one message to the nodes holding ``uids``; returns the uids no node took."""
+        ...
+
+    async def nudge(self, uids: Sequence[int]) -> None:
+        """Tell whichever nodes hold ``uids`` to deliver their stored messages."""
         ...
 
     async def close(self) -> None: ...

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from clusterchat.bus.base import Deliver
+from clusterchat.bus.base import Inbox
 
 
 class LocalPresence:
@@ -27,11 +27,14 @@ class LocalPresence:
 class NoBus:
     """No other nodes: a user not connected here is offline."""
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, inbox: Inbox) -> None:
         return None
 
-    async def send(self, uid: int, payload: bytes) -> bool:
-        return False
+    async def send(self, uids: Sequence[int], payload: bytes) -> list[int]:
+        return list(uids)
+
+    async def nudge(self, uids: Sequence[int]) -> None:
+        return None
 
     async def close(self) -> None:
         return None

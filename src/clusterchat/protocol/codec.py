@@ -72,6 +72,11 @@ def encode(doc: dict[str, Any]) -> bytes:
     return _encoder.encode(doc) + b"\n"
 
 
+def encode_text(doc: str) -> bytes:
+    """A stored JSON document, framed for the wire."""
+    return doc.encode() + b"\n"
+
+
 def dumps(doc: Any) -> str:
     """A JSON document as text, for the original's arrays-of-JSON-strings fields."""
     return _encoder.encode(doc).decode()

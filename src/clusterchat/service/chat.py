@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from clusterchat import errors
@@ -75,8 +75,6 @@ class ChatService:
         self.sessions: dict[int, Session] = {}
         self._members: dict[int, frozenset[int]] = {}
         self._mids = itertools.count(1)
-        # Offline writes in flight per receiver; a login waits for them.
-        self._storing: dict[int, set[asyncio.Future[None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
@@ -91,7 +89,7 @@ class ChatService:
         }
 
     async def start(self) -> None:
-        await self.bus.start(self._deliver_from_bus)
+        await self.bus.start(self)
 
     # -- entry points from the transport ----------------------------------------
 
@@ -226,17 +224,16 @@ class ChatService:
             await self.presence.release(uid)
             return
         s.uid, s.name, s.held = uid, name, []
+        s.flushing, s.recheck, s.offline_upto = True, False, 0
         self.sessions[uid] = s
         try:
-            pending = self._storing.get(uid)
-            if pending:
-                await asyncio.wait(list(pending))
             view = await self.store.login_view(uid)
             await self.store.set_state([uid], online=True)
             ids = {f for f, _ in view.friends}
             ids.update(m.id for g in view.groups for m in g.members)
             online = await self.presence.online(ids)
         except BaseException:
+            s.flushing = False
             self._forget(s)
             await self.presence.release(uid)
             raise
@@ -259,13 +256,38 @@ class ChatService:
         for payload in held:
             sent = s.peer.send(payload) and sent
         if not sent:  # gone before it got them: keep everything for next time
-            for payload in held:
-                await self._store_offline(uid, payload)
+            s.flushing = False
+            await self.store_offline_each(uid, held)
             if self.sessions.get(uid) is s:
                 await self._leave(s)
             return
-        if view.offline:
-            await self.store.delete_offline(uid, view.offline[-1][0])
+        await self._offline_written(s, view.offline)
+        await self._flush_offline(s, running=True)
+
+    async def _offline_written(self, s: Session, rows: list[tuple[int, str]]) -> None:
+        if rows:
+            s.offline_upto = rows[-1][0]
+            await self.store.delete_offline(s.uid, s.offline_upto)
+
+    async def _flush_offline(self, s: Session, running: bool = False) -> None:
+        """Deliver messages stored for a logged-in user, e.g. by a node that
+        did not yet know of the login. One delivery at a time per session."""
+        if s.flushing and not running:
+            s.recheck = True
+            return
+        s.flushing = True
+        try:
+            while s.recheck and s.logged_in:
+                s.recheck = False
+                uid = s.uid
+                rows = await self.store.offline_after(uid, s.offline_upto)
+                if not rows or s.uid != uid:
+                    continue
+                if not all([s.peer.send(codec.encode_text(m)) for _, m in rows]):
+                    return
+                await self._offline_written(s, rows)
+        finally:
+            s.flushing = False
 
     def _logout(self, s: Session, req: Logout) -> Awaitable[None]:
         return self._leave(s, reply=not s.legacy)
@@ -276,8 +298,7 @@ class ChatService:
         self._forget(s)
         if reply:
             s.peer.send(_LOGOUT_ACK)
-        for payload in held or ():
-            await self._store_offline(uid, payload)
+        await self.store_offline_each(uid, held or [])
         try:
             await self.store.set_state([uid], online=False)
         finally:
@@ -287,6 +308,7 @@ class ChatService:
         if self.sessions.get(s.uid) is s:
             del self.sessions[s.uid]
         s.uid, s.name, s.held = 0, "", None
+        s.recheck = False
 
     def _ping(self, s: Session, req: Ping) -> None:
         if not s.legacy:
@@ -357,10 +379,11 @@ class ChatService:
     async def _one_chat_away(
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int
     ) -> None:
-        if await self.bus.send(toid, payload):
+        if not await self.bus.send([toid], payload):
             status = ChatStatus.DELIVERED
         else:
-            await self._store_offline(toid, payload)
+            await self.store.store_offline(toid, _text(payload))
+            await self._after_store([toid])
             status = ChatStatus.STORED
         if not s.legacy:
             s.peer.send(_chat_ack(mid, ts, status))
@@ -417,40 +440,51 @@ class ChatService:
     async def _fan_out_away(
         self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
     ) -> None:
-        sent = await asyncio.gather(*(self.bus.send(uid, payload) for uid in away))
-        offline = [uid for uid, ok in zip(away, sent, strict=True) if not ok]
-        await self._store_offline_many(offline, payload)
+        await self.store_offline(await self.bus.send(away, payload), payload)
         if not s.legacy:
             s.peer.send(_chat_ack(mid, ts, ChatStatus.SENT))
 
-    async def _deliver_from_bus(self, uid: int, payload: bytes) -> bool:
+    # -- the bus's inbox: traffic from other nodes ---------------------------------------
+
+    def deliver(self, uid: int, payload: bytes) -> bool:
         target = self.sessions.get(uid)
         return target is not None and target.deliver(payload)
 
+    def nudged(self, uid: int) -> None:
+        s = self.sessions.get(uid)
+        if s is not None:
+            self._spawn(self._flush_offline(s))
+
+    def local_users(self) -> list[int]:
+        return list(self.sessions)
+
     # -- offline storage ------------------------------------------------------------------
 
-    async def _store_offline(self, uid: int, payload: bytes) -> None:
-        await self._tracked([uid], self.store.store_offline(uid, _text(payload)))
-
-    async def _store_offline_many(self, uids: list[int], payload: bytes) -> None:
+    async def store_offline(self, uids: Sequence[int], payload: bytes) -> None:
         if uids:
             text = _text(payload)
-            await self._tracked(uids, self.store.store_offline_many([(u, text) for u in uids]))
+            await self.store.store_offline_many([(u, text) for u in uids])
+            await self._after_store(uids)
 
-    async def _tracked(self, uids: list[int], work: Awaitable[None]) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def store_offline_each(self, uid: int, payloads: list[bytes]) -> None:
+        if payloads:
+            await self.store.store_offline_many([(uid, _text(p)) for p in payloads])
+            await self._after_store([uid])
+
+    async def _after_store(self, uids: Sequence[int]) -> None:
+        """Close the race with a login that read its offline messages just
+        before these were stored: have them delivered now, not next login."""
+        away = []
         for uid in uids:
-            self._storing.setdefault(uid, set()).add(done)
-        try:
-            await work
-        finally:
-            done.set_result(None)
-            for uid in uids:
-                pending = self._storing.get(uid)
-                if pending is not None:
-                    pending.discard(done)
-                    if not pending:
-                        del self._storing[uid]
+            s = self.sessions.get(uid)
+            if s is None:
+                away.append(uid)
+            elif s.held is None:
+                self._spawn(self._flush_offline(s))
+            else:  # login in progress: it reads the store again when done
+                s.recheck = True
+        if away:
+            await self.bus.nudge(away)
 
 
 def _text(payload: bytes) -> str:

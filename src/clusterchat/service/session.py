@@ -22,9 +22,21 @@ class Session:
     original C++ client, which must only ever see the original's reply types.
     While a login is being completed, deliveries are held in ``held`` so that
     live messages cannot overtake the offline ones the login reply carries.
+    Messages stored for the user after that (a race with another node) are
+    fetched again when ``recheck`` is set.
     """
 
-    __slots__ = ("closed", "held", "legacy", "name", "peer", "uid")
+    __slots__ = (
+        "closed",
+        "flushing",
+        "held",
+        "legacy",
+        "name",
+        "offline_upto",
+        "peer",
+        "recheck",
+        "uid",
+    )
 
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
@@ -33,6 +45,16 @@ class Session:
         self.legacy: bool | None = None
         self.held: list[bytes] | None = None
         self.closed = False
+        # Offline delivery: the last stored message written to this peer, and
+        # whether a delivery is running / must run again when it finishes.
+        self.offline_upto = 0
+        self.flushing = False
+        self.recheck = False
+        # Offline delivery: the last stored message written to this peer, and
+        # whether a delivery is running / must run again when it finishes.
+        self.offline_upto = 0
+        self.flushing = False
+        self.recheck = False
 
     @property
     def logged_in(self) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, exists, insert, literal, select, update
+from sqlalchemy import Select, delete, event, exists, insert, literal, select, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -69,6 +69,14 @@ def make_engine(url: URL) -> AsyncEngine:
             url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=3600
         )
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def _offline_after(uid: int, after: int) -> Select[tuple[int, str]]:
+    return (
+        select(offlinemessage.c.id, offlinemessage.c.message)
+        .where((offlinemessage.c.userid == uid) & (offlinemessage.c.id > after))
+        .order_by(offlinemessage.c.id)
+    )
 
 
 class SqlStore:
@@ -176,13 +184,7 @@ class SqlStore:
                     .order_by(allgroup.c.id, user.c.id)
                 )
             ).all()
-            offline = (
-                await conn.execute(
-                    select(offlinemessage.c.id, offlinemessage.c.message)
-                    .where(offlinemessage.c.userid == uid)
-                    .order_by(offlinemessage.c.id)
-                )
-            ).all()
+            offline = (await conn.execute(_offline_after(uid, 0))).all()
         groups: dict[int, tuple[str, str, list[Member]]] = {}
         for r in rows:
             g = groups.setdefault(r.id, (r.groupname, r.groupdesc, []))
@@ -276,6 +278,11 @@ class SqlStore:
             await conn.execute(
                 insert(offlinemessage), [{"userid": u, "message": m} for u, m in items]
             )
+
+    async def offline_after(self, uid: int, after: int) -> list[tuple[int, str]]:
+        async with self._tx() as conn:
+            rows = (await conn.execute(_offline_after(uid, after))).all()
+        return [(r.id, r.message) for r in rows]
 
     async def delete_offline(self, uid: int, upto: int) -> None:
         async with self._tx() as conn:
