@@ -75,6 +75,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request accepted; a bigger one gets an error and the connection "
         f"is closed [env CLUSTERCHAT_MAX_FRAME; default {DEFAULT_MAX_FRAME}]",
     )
+    srv.add_argument(
+        "--redis",
+        default=_env("CLUSTERCHAT_REDIS", ""),
+        metavar="URL",
+        help="join a cluster through this Redis, e.g. redis://127.0.0.1:6379/0; without "
+        "it the node runs alone [env CLUSTERCHAT_REDIS]",
+    )
+    srv.add_argument(
+        "--redis-prefix",
+        default=_env("CLUSTERCHAT_REDIS_PREFIX", "clusterchat:"),
+        metavar="PREFIX",
+        help="prefix of every Redis key and channel, so clusters can share a Redis "
+        "[env CLUSTERCHAT_REDIS_PREFIX; default %(default)s]",
+    )
+    srv.add_argument(
+        "--presence-ttl",
+        type=float,
+        default=float(_env("CLUSTERCHAT_PRESENCE_TTL", "10")),
+        metavar="SECONDS",
+        help="a node that dies without a goodbye frees its users after this long "
+        "[env CLUSTERCHAT_PRESENCE_TTL; default %(default)s]",
+    )
+    srv.add_argument(
+        "--node-id",
+        default=_env("CLUSTERCHAT_NODE_ID", ""),
+        help="name of this node in the cluster [env CLUSTERCHAT_NODE_ID; default random]",
+    )
+    srv.add_argument(
+        "--workers",
+        type=int,
+        default=_env_int("CLUSTERCHAT_WORKERS", 1),
+        metavar="N",
+        help="run N processes sharing the port (SO_REUSEPORT), joined through --redis "
+        "[env CLUSTERCHAT_WORKERS; default 1]",
+    )
     cost = HashCost()
     srv.add_argument(
         "--hash-cost",
@@ -118,6 +153,34 @@ def _run(coro: object) -> None:
     uvloop.run(coro)  # type: ignore[arg-type]
 
 
+def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from clusterchat.server.node import Node
+    from clusterchat.server.workers import WORKER_ENV, supervise
+
+    worker = os.environ.get(WORKER_ENV) == "1"
+    if args.workers > 1 and not worker:
+        if not args.redis:
+            raise SystemExit("--workers needs --redis: the workers talk through it")
+        return supervise(list(argv if argv is not None else sys.argv[1:]), args.workers)
+    node_id = args.node_id
+    if worker and node_id:
+        node_id += "-" + os.environ.get("CLUSTERCHAT_WORKER_SLOT", "0")
+    settings = Settings(
+        host=args.ip or args.host,
+        port=args.port_pos or args.port,
+        db_url=args.db or default_db_url(),
+        max_frame=args.max_frame,
+        hash_cost=_hash_cost(args.hash_cost),
+        redis_url=args.redis or None,
+        redis_prefix=args.redis_prefix,
+        presence_ttl=args.presence_ttl,
+        node_id=node_id,
+        reuse_port=worker,
+    )
+    _run(Node(settings).run_until_signalled())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -125,17 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "server":
-        from clusterchat.server.node import Node
-
-        settings = Settings(
-            host=args.ip or args.host,
-            port=args.port_pos or args.port,
-            db_url=args.db or default_db_url(),
-            max_frame=args.max_frame,
-            hash_cost=_hash_cost(args.hash_cost),
-        )
-        _run(Node(settings).run_until_signalled())
-        return 0
+        return _server(args, argv)
     if args.command == "db" and args.db_command == "schema":
         from clusterchat.storage.tables import mysql_ddl
 

@@ -38,3 +38,13 @@ class Settings:
     max_frame: int = DEFAULT_MAX_FRAME
     hash_cost: HashCost = field(default_factory=HashCost)
     shutdown_grace: float = 5.0
+    #: Join a cluster through this Redis; None runs a lone node.
+    redis_url: str | None = None
+    #: Key and channel prefix, so several clusters can share one Redis.
+    redis_prefix: str = "clusterchat:"
+    #: Seconds after which a node that stopped heartbeating (killed) frees its users.
+    presence_ttl: float = 10.0
+    #: Names this node in Redis and in PONG replies; random when empty.
+    node_id: str = ""
+    #: Share the port with sibling worker processes (SO_REUSEPORT).
+    reuse_port: bool = False

@@ -19,7 +19,7 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.storage.tables import user
 from tests.conftest import FAST_HASH, PASSWORD, unique
 
-_LISTENING = re.compile(rb"listening on [\d.]+:(\d+), store (\S+)")
+_LISTENING = re.compile(rb"listening on [\d.]+:(\d+), store (\S+?),")
 
 
 @asynccontextmanager

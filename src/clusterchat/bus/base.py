@@ -44,6 +44,10 @@ class Inbox(Protocol):
         """Users logged in here, to re-assert presence after a bus outage."""
         ...
 
+    def group_changed(self, gid: int) -> None:
+        """Another node changed a group's members: drop what is cached."""
+        ...
+
 
 class Bus(Protocol):
     async def start(self, inbox: Inbox) -> None: ...
@@ -54,6 +58,10 @@ class Bus(Protocol):
 
     async def nudge(self, uids: Sequence[int]) -> None:
         """Tell whichever nodes hold ``uids`` to deliver their stored messages."""
+        ...
+
+    async def announce_group(self, gid: int) -> None:
+        """Tell the other nodes a group's members changed."""
         ...
 
     async def close(self) -> None: ...

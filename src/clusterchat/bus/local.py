@@ -36,5 +36,8 @@ class NoBus:
     async def nudge(self, uids: Sequence[int]) -> None:
         return None
 
+    async def announce_group(self, gid: int) -> None:
+        return None
+
     async def close(self) -> None:
         return None

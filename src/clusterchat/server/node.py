@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Coroutine
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.local import LocalPresence, NoBus
+from clusterchat.bus.redis import RedisCluster
 from clusterchat.config import Settings
 from clusterchat.server.connection import Connection
 from clusterchat.service.chat import ChatService
@@ -27,8 +31,18 @@ class Node:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self.store: Store = store or SqlStore(settings.db_url)
+        self.node_id = settings.node_id or os.urandom(3).hex()
+        presence: Presence
+        bus: Bus
+        if settings.redis_url:
+            cluster = RedisCluster(
+                settings.redis_url, self.node_id, settings.redis_prefix, settings.presence_ttl
+            )
+            presence = bus = cluster
+        else:
+            presence, bus = LocalPresence(), NoBus()
         self.service = ChatService(
-            self.store, Passwords(settings.hash_cost), LocalPresence(), NoBus()
+            self.store, Passwords(settings.hash_cost), presence, bus, self.node_id
         )
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -47,16 +61,31 @@ class Node:
 
     async def start(self) -> None:
         await self.store.create_schema()
-        # Alone, this node is the only one that can have marked users online:
-        # whatever is still marked is left over from a crash.
-        await self.store.reset_states()
+        if not self.settings.redis_url:
+            # Alone, this node is the only one that can have marked users online:
+            # whatever is still marked is left over from a crash.
+            await self.store.reset_states()
         await self.service.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self), self.settings.host, self.settings.port, backlog=4096
+            lambda: Connection(self),
+            self.settings.host,
+            self.settings.port,
+            backlog=4096,
+            reuse_port=self.settings.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("listening on %s:%d, store %s", self.settings.host, self.port, self.store.url)
+        cluster = (
+            f"cluster {_mask(self.settings.redis_url)}" if self.settings.redis_url else "alone"
+        )
+        log.info(
+            "listening on %s:%d, store %s, node %s, %s",
+            self.settings.host,
+            self.port,
+            self.store.url,
+            self.node_id,
+            cluster,
+        )
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -82,3 +111,12 @@ class Node:
             log.info("signal received, shutting down")
         finally:
             await self.stop()
+
+
+def _mask(url: str) -> str:
+    """A URL fit for logs: no password."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

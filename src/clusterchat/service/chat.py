@@ -45,7 +45,6 @@ from clusterchat.storage.base import Store
 
 log = logging.getLogger(__name__)
 
-_PONG = codec.encode({"msgid": MsgId.PONG})
 _LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
 _MAX_CACHED_GROUPS = 10_000
 
@@ -75,6 +74,7 @@ class ChatService:
         self.sessions: dict[int, Session] = {}
         self._members: dict[int, frozenset[int]] = {}
         self._mids = itertools.count(1)
+        self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
@@ -312,7 +312,7 @@ class ChatService:
 
     def _ping(self, s: Session, req: Ping) -> None:
         if not s.legacy:
-            s.peer.send(_PONG)
+            s.peer.send(self._pong)
 
     # -- friends and groups -----------------------------------------------------------
 
@@ -342,6 +342,7 @@ class ChatService:
     async def _add_group(self, s: Session, req: AddGroup) -> None:
         await self.store.join_group(s.uid, req.groupid)
         self._members.pop(req.groupid, None)
+        await self.bus.announce_group(req.groupid)
         if not s.legacy:
             s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid))
 
@@ -457,6 +458,9 @@ class ChatService:
 
     def local_users(self) -> list[int]:
         return list(self.sessions)
+
+    def group_changed(self, gid: int) -> None:
+        self._members.pop(gid, None)
 
     # -- offline storage ------------------------------------------------------------------
 
