@@ -121,6 +121,63 @@ def build_parser() -> argparse.ArgumentParser:
         "[env CLUSTERCHAT_HASH_COST; default %(default)s, OWASP's minimum]",
     )
 
+    cl = sub.add_parser(
+        "cluster",
+        help="run a cluster on this machine behind nginx",
+        description="Start or stop N server nodes plus nginx (TCP stream load balancer) in "
+        "front of them, all on this machine; or print an nginx configuration.",
+    )
+    clsub = cl.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    run_dir_help = (
+        "where logs, nginx.conf and the record of what runs go [env "
+        "CLUSTERCHAT_CLUSTER_DIR; default $CLUSTERCHAT_HOME/cluster]"
+    )
+    cup = clsub.add_parser(
+        "up",
+        help="start N nodes and nginx",
+        description="Start N `clusterchat server` processes on consecutive ports and nginx "
+        "on --listen-port balancing TCP connections over them. Nodes share --db and talk "
+        "through --redis. Connect clients to the nginx port.",
+    )
+    cup.add_argument("--nodes", type=int, default=2, help="how many nodes [default 2]")
+    cup.add_argument(
+        "--host", default="127.0.0.1", help="address for everything [default %(default)s]"
+    )
+    cup.add_argument("--listen-port", type=int, default=8000, help="nginx's port [default 8000]")
+    cup.add_argument(
+        "--base-port", type=int, default=6000, help="node i listens on base-port + i [default 6000]"
+    )
+    _add_db(cup)
+    cup.add_argument(
+        "--redis",
+        default=_env("CLUSTERCHAT_REDIS", "redis://127.0.0.1:6379/0"),
+        metavar="URL",
+        help="Redis the nodes share [env CLUSTERCHAT_REDIS; default %(default)s]",
+    )
+    cup.add_argument("--dir", default=_env("CLUSTERCHAT_CLUSTER_DIR", ""), help=run_dir_help)
+    cup.add_argument(
+        "--nginx", default="/usr/sbin/nginx", help="nginx binary [default %(default)s]"
+    )
+    cup.add_argument(
+        "server_args",
+        nargs=argparse.REMAINDER,
+        help="after --, options for every node (see `clusterchat server -h`)",
+    )
+    cdown = clsub.add_parser(
+        "down",
+        help="stop what `cluster up` started",
+        description="Stop exactly the processes `cluster up` recorded in its directory.",
+    )
+    cdown.add_argument("--dir", default=_env("CLUSTERCHAT_CLUSTER_DIR", ""), help=run_dir_help)
+    conf = clsub.add_parser(
+        "nginx-conf",
+        help="print an nginx stream configuration",
+        description="Print the `stream {}` block that balances TCP connections over the "
+        "given nodes, for an nginx you run yourself (needs the stream module).",
+    )
+    conf.add_argument("upstreams", nargs="+", metavar="HOST:PORT", help="the nodes")
+    conf.add_argument("--listen", default="8000", help="nginx's listen address [default 8000]")
+
     db = sub.add_parser("db", help="manage the store", description="Manage the SQL store.")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     init = dbsub.add_parser(
@@ -181,6 +238,36 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clusterchat.cluster import launcher
+    from clusterchat.cluster.nginx import stream_block
+    from clusterchat.config import data_dir
+
+    if args.cluster_command == "nginx-conf":
+        print(stream_block(args.upstreams, args.listen), end="")
+        return 0
+    run_dir = Path(args.dir) if args.dir else data_dir() / "cluster"
+    try:
+        if args.cluster_command == "down":
+            stopped = launcher.down(run_dir)
+            print(f"stopped {', '.join(stopped) or 'nothing (already gone)'}")
+            return 0
+        extra = [a for a in args.server_args if a != "--"]
+        extra += ["--db", args.db or default_db_url(), "--redis", args.redis]
+        state = launcher.up(
+            run_dir, args.nodes, args.listen_port, args.base_port, args.host, extra, args.nginx
+        )
+    except RuntimeError as exc:
+        print(f"clusterchat cluster: {exc}", file=sys.stderr)
+        return 1
+    nodes = ", ".join(f"{p.name} :{p.port}" for p in state.procs if p.name != "nginx")
+    print(f"cluster up: nginx on {state.listen} -> {nodes}")
+    print(f"logs and nginx.conf in {run_dir}; stop with `clusterchat cluster down`")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -189,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "server":
         return _server(args, argv)
+    if args.command == "cluster":
+        return _cluster(args)
     if args.command == "db" and args.db_command == "schema":
         from clusterchat.storage.tables import mysql_ddl
 

@@ -131,3 +131,16 @@ async def test_messages_arriving_during_login_follow_the_offline_ones(
     ack, live = peer.sent[0], peer.sent[1]
     assert [json.loads(m)["msg"] for m in ack["offlinemsg"]] == ["1"]
     assert live["msg"] == "2"
+
+
+async def test_message_stored_for_a_user_who_is_online_is_delivered_at_once(
+    service: ChatService,
+) -> None:
+    """What another node stores while it missed a login reaches the user now."""
+    bob, bob_peer = await login(service, "bob")
+    payload = codec.encode({"msgid": 6, "id": 99, "name": "far", "toid": bob.uid, "msg": "late"})
+    await service.store_offline([bob.uid], payload)
+    for task in list(service._background):
+        await task
+    assert bob_peer.sent[-1]["msg"] == "late"
+    assert await service.store.offline_after(bob.uid, 0) == []

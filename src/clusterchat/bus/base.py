@@ -44,6 +44,10 @@ class Inbox(Protocol):
         """Users logged in here, to re-assert presence after a bus outage."""
         ...
 
+    async def reconnected(self) -> None:
+        """The bus was cut off: messages may have been stored for local users."""
+        ...
+
     def group_changed(self, gid: int) -> None:
         """Another node changed a group's members: drop what is cached."""
         ...

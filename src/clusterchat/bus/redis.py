@@ -109,6 +109,7 @@ class RedisCluster:
         self._misdelivered: asyncio.Queue[tuple[list[int], bytes, int]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
+        self._was_connected = False
         self._closing = False
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(list[Item])
@@ -273,6 +274,9 @@ class RedisCluster:
             try:
                 await pubsub.subscribe(self._channel(self.node_id), f"{self.prefix}events")
                 await self._resync()
+                if self._was_connected:
+                    self._spawn_reconnected()
+                self._was_connected = True
                 self.connected.set()
                 backoff = 0.05
                 while True:
@@ -288,6 +292,12 @@ class RedisCluster:
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _spawn_reconnected(self) -> None:
+        assert self._inbox is not None
+        task = asyncio.ensure_future(self._inbox.reconnected())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
 
     async def _resync(self) -> None:
         """After (re)connecting: Redis may have lost everything, and events were missed."""

@@ -179,7 +179,17 @@ class ChatService:
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, errors.Unavailable):
+            log.warning("background work failed: %s", exc)
+        elif exc is not None:
+            log.error("background work failed", exc_info=exc)
 
     # -- register, login, logout ---------------------------------------------------------
 
@@ -272,9 +282,10 @@ class ChatService:
     async def _flush_offline(self, s: Session, running: bool = False) -> None:
         """Deliver messages stored for a logged-in user, e.g. by a node that
         did not yet know of the login. One delivery at a time per session."""
-        if s.flushing and not running:
+        if not running:
             s.recheck = True
-            return
+            if s.flushing:  # the running delivery will look again
+                return
         s.flushing = True
         try:
             while s.recheck and s.logged_in:
@@ -296,13 +307,14 @@ class ChatService:
         uid = s.uid
         held = s.held
         self._forget(s)
-        if reply:
-            s.peer.send(_LOGOUT_ACK)
-        await self.store_offline_each(uid, held or [])
         try:
+            await self.store_offline_each(uid, held or [])
             await self.store.set_state([uid], online=False)
         finally:
+            # Acknowledge only once the whole cluster sees the user offline.
             await self.presence.release(uid)
+            if reply:
+                s.peer.send(_LOGOUT_ACK)
 
     def _forget(self, s: Session) -> None:
         if self.sessions.get(s.uid) is s:
@@ -458,6 +470,15 @@ class ChatService:
 
     def local_users(self) -> list[int]:
         return list(self.sessions)
+
+    async def reconnected(self) -> None:
+        try:
+            waiting = await self.store.offline_users(list(self.sessions))
+        except errors.Unavailable as exc:
+            log.warning("could not check stored messages after reconnecting: %s", exc)
+            return
+        for uid in waiting:
+            self.nudged(uid)
 
     def group_changed(self, gid: int) -> None:
         self._members.pop(gid, None)

@@ -74,6 +74,10 @@ class Store(Protocol):
         """A user's offline messages with ordering key > after, oldest first."""
         ...
 
+    async def offline_users(self, uids: Sequence[int]) -> set[int]:
+        """Those of ``uids`` with stored messages."""
+        ...
+
     async def delete_offline(self, uid: int, upto: int) -> None:
         """Drop a user's offline messages with ordering key <= upto."""
         ...

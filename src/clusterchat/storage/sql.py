@@ -32,6 +32,7 @@ from clusterchat.storage.tables import (
 log = logging.getLogger(__name__)
 
 _MYSQL_NO_SUCH_DB = 1049
+_MYSQL_TABLE_EXISTS = 1050
 
 
 @contextlib.contextmanager
@@ -99,8 +100,16 @@ class SqlStore:
             await self._create_tables()
 
     async def _create_tables(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        for attempt in range(3):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(metadata.create_all)
+                return
+            except OperationalError as exc:
+                # Nodes of a cluster starting together race to create the tables.
+                code = getattr(exc.orig, "args", (None,))[0]
+                if code != _MYSQL_TABLE_EXISTS or attempt == 2:
+                    raise
 
     async def _create_mysql_database(self) -> None:
         name = self._url.database
@@ -283,6 +292,15 @@ class SqlStore:
         async with self._tx() as conn:
             rows = (await conn.execute(_offline_after(uid, after))).all()
         return [(r.id, r.message) for r in rows]
+
+    async def offline_users(self, uids: Sequence[int]) -> set[int]:
+        found: set[int] = set()
+        async with self._tx() as conn:
+            for i in range(0, len(uids), 1000):
+                chunk = uids[i : i + 1000]
+                q = select(offlinemessage.c.userid).where(offlinemessage.c.userid.in_(chunk))
+                found.update((await conn.execute(q.distinct())).scalars())
+        return found
 
     async def delete_offline(self, uid: int, upto: int) -> None:
         async with self._tx() as conn:

@@ -1,0 +1,161 @@
+"""`clusterchat cluster up/down`: N node processes and an nginx in front, on one machine.
+
+Everything goes into one run directory: the nginx.conf used, each process's
+log, and ``cluster.json`` recording what was started, so ``down`` stops
+exactly that and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from clusterchat.cluster.nginx import NGINX, nginx_command, standalone_conf
+
+STATE = "cluster.json"
+
+#: Processes this interpreter started; kept so they are reaped, not collected running.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    port: int
+    log: str
+
+
+@dataclass
+class ClusterState:
+    listen: str
+    procs: list[Proc] = field(default_factory=list)
+
+
+def _wait_port(
+    host: str, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.name}: exited with {proc.returncode}; see {log}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s; see {log}")
+
+
+def up(
+    run_dir: Path,
+    nodes: int,
+    listen_port: int,
+    base_port: int,
+    host: str,
+    server_args: list[str],
+    nginx: str = NGINX,
+    env: dict[str, str] | None = None,
+) -> ClusterState:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / STATE).exists():
+        raise RuntimeError(f"a cluster is already up in {run_dir}; run `clusterchat cluster down`")
+    state = ClusterState(listen=f"{host}:{listen_port}")
+    started: list[subprocess.Popen[bytes]] = []
+    full_env = {**os.environ, **(env or {})}
+    try:
+        for i in range(nodes):
+            port = base_port + i
+            log = run_dir / f"node-{i}.log"
+            cmd = [sys.executable, "-m", "clusterchat", "server", "--host", host]
+            cmd += ["--port", str(port), "--node-id", f"node{i}", *server_args]
+            with log.open("ab") as out:
+                p = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+                )
+            started.append(p)
+            state.procs.append(Proc(f"node{i}", p.pid, port, str(log)))
+        for p, proc in zip(started, state.procs, strict=True):
+            _wait_port(host, proc.port, p, Path(proc.log), 30)
+        conf = run_dir / "nginx.conf"
+        upstreams = [f"{host}:{p.port}" for p in state.procs]
+        conf.write_text(standalone_conf(upstreams, f"{host}:{listen_port}", run_dir))
+        log = run_dir / "nginx-error.log"
+        with (run_dir / "nginx.out").open("ab") as out:
+            ng = subprocess.Popen(
+                nginx_command(conf, run_dir, nginx),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(ng)
+        state.procs.append(Proc("nginx", ng.pid, listen_port, str(log)))
+        _wait_port(host, listen_port, ng, log, 15)
+    except BaseException:
+        for p in started:
+            p.kill()
+            p.wait()
+        raise
+    (run_dir / STATE).write_text(json.dumps(asdict(state), indent=2))
+    _children.update((p.pid, p) for p in started)
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has finished
+
+
+def _same_process(pid: int, name: str) -> bool:
+    """Guard against a recycled pid: only signal what looks like ours."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return (b"nginx" in cmdline) if name == "nginx" else (b"clusterchat" in cmdline)
+
+
+def down(run_dir: Path, timeout: float = 15.0) -> list[str]:
+    path = run_dir / STATE
+    if not path.exists():
+        raise RuntimeError(f"no cluster recorded in {run_dir}")
+    raw = json.loads(path.read_text())
+    procs = [Proc(**p) for p in raw["procs"]]
+    stopped = []
+    # nginx first, so no new connections reach nodes that are going away.
+    for proc in sorted(procs, key=lambda p: p.name != "nginx"):
+        if _alive(proc.pid) and _same_process(proc.pid, proc.name):
+            os.kill(proc.pid, signal.SIGTERM if proc.name != "nginx" else signal.SIGQUIT)
+            deadline = time.monotonic() + timeout
+            while _alive(proc.pid) and time.monotonic() < deadline:
+                _reap(proc.pid)
+                time.sleep(0.05)
+            if _alive(proc.pid):
+                os.kill(proc.pid, signal.SIGKILL)
+            stopped.append(proc.name)
+        _reap(proc.pid)
+        if (child := _children.pop(proc.pid, None)) is not None:
+            child.wait()
+    path.unlink()
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _children[pid]
+        return
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

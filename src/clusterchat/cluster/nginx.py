@@ -1,0 +1,47 @@
+"""nginx stream (TCP) configuration for a row of clusterchat nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+NGINX = "/usr/sbin/nginx"
+#: Debian ships the stream module as a dynamic module (libnginx-mod-stream).
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+
+
+def stream_block(upstreams: Sequence[str], listen: str) -> str:
+    """The part to paste into an nginx.conf of your own."""
+    servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
+    return f"""stream {{
+    upstream clusterchat {{
+{servers}
+    }}
+    server {{
+        listen {listen};
+        proxy_pass clusterchat;
+        proxy_connect_timeout 1s;
+        # chat connections idle for long: the client pings, nginx must not cut them
+        proxy_timeout 1h;
+        tcp_nodelay on;
+    }}
+}}
+"""
+
+
+def standalone_conf(upstreams: Sequence[str], listen: str, run_dir: Path) -> str:
+    """A whole nginx.conf that runs in the foreground with everything in run_dir."""
+    module = f"load_module {STREAM_MODULE};\n" if STREAM_MODULE.exists() else ""
+    return f"""# written by `clusterchat cluster up`
+{module}daemon off;
+worker_processes 1;
+pid {run_dir / "nginx.pid"};
+error_log {run_dir / "nginx-error.log"} notice;
+events {{
+    worker_connections 16384;
+}}
+{stream_block(upstreams, listen)}"""
+
+
+def nginx_command(conf: Path, run_dir: Path, nginx: str = NGINX) -> list[str]:
+    return [nginx, "-c", str(conf), "-p", str(run_dir), "-e", str(run_dir / "nginx-error.log")]

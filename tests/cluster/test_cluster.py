@@ -1,0 +1,137 @@
+"""Users on different nodes behind nginx chat as if on one node; nothing is lost
+when a node dies, stops, or Redis restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+from clusterchat.client.connection import ChatConnection
+from clusterchat.protocol.messages import MsgId
+from tests.cluster.conftest import PRESENCE_TTL, Cluster
+from tests.conftest import PASSWORD, unique
+from tests.helpers import OwnRedis
+
+
+async def test_users_on_different_nodes_chat_one_to_one(cluster: Cluster) -> None:
+    alice, bob = await cluster.user_on("node0"), await cluster.user_on("node1")
+    await alice.conn.send({"msgid": 6, "toid": bob.id, "msg": "across"})
+    got = await bob.conn.expect(MsgId.ONE_CHAT)
+    assert (got["id"], got["name"], got["msg"]) == (alice.id, alice.name, "across")
+    assert (await alice.conn.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+    await bob.conn.send({"msgid": 6, "toid": alice.id, "msg": "and back"})
+    assert (await alice.conn.expect(MsgId.ONE_CHAT))["msg"] == "and back"
+
+
+async def test_group_chat_spans_nodes(cluster: Cluster) -> None:
+    members = [await cluster.user_on(n) for n in ("node0", "node1", "node0", "node1")]
+    owner = members[0]
+    gid = (
+        await owner.conn.request({"msgid": 8, "groupname": unique("g")}, MsgId.CREATE_GROUP_ACK)
+    )["groupid"]
+    for m in members[1:]:
+        await m.conn.request({"msgid": 9, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    sender = members[1]
+    await sender.conn.send({"msgid": 10, "groupid": gid, "msg": "to everyone"})
+    for m in members:
+        if m is not sender:
+            got = await m.conn.expect(MsgId.GROUP_CHAT)
+            assert (got["id"], got["groupid"], got["msg"]) == (sender.id, gid, "to everyone")
+
+
+async def test_messages_across_nodes_keep_their_order(cluster: Cluster) -> None:
+    alice, bob = await cluster.user_on("node0"), await cluster.user_on("node1")
+    for i in range(300):
+        await alice.conn.send({"msgid": 6, "toid": bob.id, "msg": str(i)})
+    got = [int((await bob.conn.expect(MsgId.ONE_CHAT))["msg"]) for _ in range(300)]
+    assert got == list(range(300))
+
+
+async def test_duplicate_login_is_refused_across_nodes(cluster: Cluster) -> None:
+    alice = await cluster.user_on("node0")
+    other = await cluster.connect_to("node1")
+    assert (await other.login(alice.id, PASSWORD))["errno"] == 2
+
+
+async def test_offline_messages_across_nodes(cluster: Cluster) -> None:
+    alice, bob = await cluster.user_on("node0"), await cluster.user_on("node1")
+    await bob.conn.request({"msgid": 3}, MsgId.LOGOUT_ACK)
+    for i in range(3):
+        await alice.conn.send({"msgid": 6, "toid": bob.id, "msg": f"later {i}"})
+        assert (await alice.conn.expect(MsgId.CHAT_ACK))["status"] == "stored"
+    again = await cluster.connect_to("node0")
+    ack = await again.login(bob.id, PASSWORD)
+    assert [json.loads(m)["msg"] for m in ack["offlinemsg"]] == ["later 0", "later 1", "later 2"]
+
+
+async def login_when_free(cluster: Cluster, uid: int, deadline: float) -> dict[str, object]:
+    """Log in through nginx, retrying while the account still shows as online."""
+    async with asyncio.timeout(deadline):
+        while True:
+            conn, _ = await cluster.connect()
+            ack = await conn.login(uid, PASSWORD)
+            if ack["errno"] == 0:
+                return ack
+            assert ack["errno"] == 2, ack
+            await conn.close()
+            await asyncio.sleep(0.2)
+
+
+async def test_killed_node_frees_its_users_and_loses_nothing(cluster: Cluster) -> None:
+    victim, sender = await cluster.user_on("node0"), await cluster.user_on("node1")
+    await cluster.kill("node0", signal.SIGKILL)
+    assert await victim.conn.at_eof()
+    sent = [f"while down {i}" for i in range(5)]
+    for text in sent:
+        await sender.conn.send({"msgid": 6, "toid": victim.id, "msg": text})
+        assert (await sender.conn.expect(MsgId.CHAT_ACK))["status"] == "stored"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ack = await login_when_free(cluster, victim.id, deadline=PRESENCE_TTL + 5)
+    assert loop.time() - started <= PRESENCE_TTL + 5
+    assert [json.loads(m)["msg"] for m in ack["offlinemsg"]] == sent
+
+
+async def test_gracefully_stopped_node_releases_its_users_at_once(cluster: Cluster) -> None:
+    leaving, staying = await cluster.user_on("node0"), await cluster.user_on("node1")
+    await cluster.kill("node0", signal.SIGTERM)
+    assert await leaving.conn.at_eof()
+    # No wait for presence expiry: the node said goodbye.
+    conn, where = await cluster.connect()
+    assert where == "node1"  # nginx skips the stopped node
+    assert (await conn.login(leaving.id, PASSWORD))["errno"] == 0
+    await staying.conn.send({"msgid": 6, "toid": leaving.id, "msg": "found you"})
+    assert (await conn.expect(MsgId.ONE_CHAT))["msg"] == "found you"
+
+
+async def test_redis_restart_mid_conversation(
+    cluster_on_own_redis: Cluster, own_redis: OwnRedis
+) -> None:
+    cluster = cluster_on_own_redis
+    alice, bob = await cluster.user_on("node0"), await cluster.user_on("node1")
+    carol = await cluster.user_on("node1")
+    await alice.conn.send({"msgid": 6, "toid": bob.id, "msg": "before"})
+    assert (await bob.conn.expect(MsgId.ONE_CHAT))["msg"] == "before"
+    assert (await alice.conn.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+
+    await own_redis.kill()
+    # Same node: still delivered. Across nodes: kept, not dropped.
+    await carol.conn.send({"msgid": 6, "toid": bob.id, "msg": "local during outage"})
+    assert (await bob.conn.expect(MsgId.ONE_CHAT))["msg"] == "local during outage"
+    assert (await carol.conn.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+    during = [f"during {i}" for i in range(3)]
+    for text in during:
+        await alice.conn.send({"msgid": 6, "toid": bob.id, "msg": text})
+        assert (await alice.conn.expect(MsgId.CHAT_ACK))["status"] == "stored"
+
+    await own_redis.start()
+    # Once the nodes are back on Redis, bob gets what was kept, without logging in again.
+    got = [(await bob.conn.expect(MsgId.ONE_CHAT, timeout=15))["msg"] for _ in during]
+    assert got == during
+    await alice.conn.send({"msgid": 6, "toid": bob.id, "msg": "after"})
+    assert (await bob.conn.expect(MsgId.ONE_CHAT))["msg"] == "after"
+    assert (await alice.conn.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+    # Presence was re-asserted: a second login of bob is still refused.
+    other: ChatConnection = await cluster.connect_to("node0")
+    assert (await other.login(bob.id, PASSWORD))["errno"] == 2

@@ -1,0 +1,73 @@
+"""MariaDB unreachable for a while: error replies, a live node, recovery on its own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from clusterchat.client.connection import ChatConnection
+from clusterchat.config import Settings
+from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.server.node import Node
+from tests.conftest import FAST_HASH, MYSQL_SERVER, PASSWORD, unique
+from tests.helpers import CuttableProxy
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[CuttableProxy]:
+    p = CuttableProxy(target_port=3306)
+    await p.start()
+    yield p
+    await p.cut()
+
+
+@pytest.fixture
+async def node_via_proxy(proxy: CuttableProxy, mariadb_url: str) -> AsyncIterator[Node]:
+    host = MYSQL_SERVER.rsplit(":", 1)[0]
+    url = f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}"
+    n = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH))
+    await n.start()
+    yield n
+    await n.stop()
+
+
+async def _user(node: Node) -> tuple[ChatConnection, int]:
+    conn = await ChatConnection.open("127.0.0.1", node.port)
+    uid = await conn.register(unique(), PASSWORD)
+    assert (await conn.login(uid, PASSWORD))["errno"] == 0
+    return conn, uid
+
+
+async def test_store_outage_gives_errors_and_recovers(
+    node_via_proxy: Node, proxy: CuttableProxy
+) -> None:
+    node = node_via_proxy
+    (alice, _), (carol, carol_id) = await _user(node), await _user(node)
+    bob, bob_id = await _user(node)
+    await bob.request({"msgid": 3}, MsgId.LOGOUT_ACK)
+
+    await proxy.cut()
+    # Needs the store: a clear, retryable refusal.
+    err = await alice.request({"msgid": 6, "toid": bob_id, "msg": "kept?"}, MsgId.ERROR)
+    assert err["errno"] == ErrCode.UNAVAILABLE and err["re"] == 6
+    newcomer = await ChatConnection.open("127.0.0.1", node.port)
+    reg = await newcomer.request(
+        {"msgid": 4, "name": unique(), "password": PASSWORD}, MsgId.REG_ACK
+    )
+    assert reg["errno"] == 4
+    assert (await bob.login(bob_id, PASSWORD))["errno"] == 4
+    # Needs no store: unaffected.
+    await alice.send({"msgid": 6, "toid": carol_id, "msg": "still live"})
+    assert (await carol.expect(MsgId.ONE_CHAT))["msg"] == "still live"
+    assert (await alice.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+
+    await proxy.start()
+    # Recovered by itself: the refused message can be sent again and is kept.
+    await alice.send({"msgid": 6, "toid": bob_id, "msg": "kept?"})
+    assert (await alice.expect(MsgId.CHAT_ACK))["status"] == "stored"
+    ack = await bob.login(bob_id, PASSWORD)
+    assert ack["errno"] == 0 and len(ack["offlinemsg"]) == 1
+    assert await newcomer.register(unique(), PASSWORD) > 0
+    for c in (alice, carol, bob, newcomer):
+        await c.close()

@@ -1,0 +1,107 @@
+"""Test-owned real processes: a Redis we may kill, free ports, a cuttable TCP proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import socket
+from pathlib import Path
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(n: int) -> int:
+    """A base port such that base .. base+n-1 are free."""
+    for _ in range(200):
+        base = random.randrange(20000, 40000)
+        if all(port_is_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no free port range")
+
+
+async def wait_port(port: int, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            w.close()
+            return
+
+
+class OwnRedis:
+    """A redis-server on its own port that a test can kill and bring back."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_ports(1)
+        self.workdir = workdir
+        self.proc: asyncio.subprocess.Process | None = None
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (scripts/services installs it)"
+        self.binary = binary
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
+        self.proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL)
+        await wait_port(self.port)
+
+    async def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            await self.proc.wait()
+            self.proc = None
+
+
+class CuttableProxy:
+    """Forwards 127.0.0.1:port to a target until cut; after restore it forwards again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_ports(1)
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for w in list(self._pipes):
+            w.transport.abort()
+        self._pipes.clear()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            w.close()
+            return
+        self._pipes.update((w, uw))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(r, uw), pump(ur, w))
