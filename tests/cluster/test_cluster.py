@@ -135,3 +135,30 @@ async def test_redis_restart_mid_conversation(
     # Presence was re-asserted: a second login of bob is still refused.
     other: ChatConnection = await cluster.connect_to("node0")
     assert (await other.login(bob.id, PASSWORD))["errno"] == 2
+
+
+async def test_node_receiving_a_message_for_a_user_who_left_stores_it(cluster: Cluster) -> None:
+    """A stale route (the user left that node) ends in offline storage, not loss."""
+    import msgspec
+    import redis.asyncio as aioredis
+
+    from clusterchat.protocol import codec
+
+    bob = await cluster.user_on("node1")
+    await bob.conn.request({"msgid": 3}, MsgId.LOGOUT_ACK)
+    payload = codec.encode({"msgid": 6, "id": 1, "name": "x", "toid": bob.id, "msg": "stale"})
+    client = aioredis.Redis.from_url(cluster.redis_url)
+    try:
+        batch = msgspec.msgpack.encode([(0, [bob.id], payload, 0)])
+        assert await client.publish(f"{cluster.prefix}to:node1", batch) == 1
+    finally:
+        await client.aclose()
+    async with asyncio.timeout(10):
+        while True:  # the node stores it asynchronously; log in once it is there
+            again = await cluster.connect_to("node0")
+            ack = await again.login(bob.id, PASSWORD)
+            if "offlinemsg" in ack:
+                break
+            await again.request({"msgid": 3}, MsgId.LOGOUT_ACK)
+            await asyncio.sleep(0.1)
+    assert [json.loads(m)["msg"] for m in ack["offlinemsg"]] == ["stale"]
