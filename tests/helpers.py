@@ -105,3 +105,13 @@ class CuttableProxy:
             dst.close()
 
         await asyncio.gather(pump(r, uw), pump(ur, w))
+
+
+def server_cmd(port: int, db_url: str, *extra: str) -> list[str]:
+    import sys
+
+    from tests.conftest import FAST_HASH
+
+    cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
+    return [sys.executable, "-m", "clusterchat", "server", "--port", str(port),
+            "--db", db_url, "--hash-cost", cost, *extra]  # fmt: skip

@@ -121,6 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
         "[env CLUSTERCHAT_HASH_COST; default %(default)s, OWASP's minimum]",
     )
 
+    cli = sub.add_parser(
+        "client",
+        help="chat from the terminal",
+        description="Chat from the terminal. With a terminal: a login/register menu, then a "
+        "prompt (type help). Without one (stdin a pipe or file): reads one command per line "
+        "and prints one event per line, for scripts. Reconnects by itself. The server is "
+        "127.0.0.1:8000 (nginx) when `clusterchat cluster up` runs on this machine, else "
+        "127.0.0.1:6000 (a lone node).",
+    )
+    cli.add_argument("host_pos", nargs="?", metavar="HOST", help="server address")
+    cli.add_argument("port_pos", nargs="?", type=int, metavar="PORT", help="server port")
+    cli.add_argument("--host", default=_env("CLUSTERCHAT_HOST", "127.0.0.1"),
+                     help="server address [env CLUSTERCHAT_HOST; default 127.0.0.1]")  # fmt: skip
+    cli.add_argument("--port", type=int, default=None,
+                     help="server port [env CLUSTERCHAT_PORT; default 8000 if a cluster is "
+                     "up here, else 6000]")  # fmt: skip
+    cli.add_argument("--user", type=int, default=None, metavar="ID",
+                     help="log in as this user id at once")  # fmt: skip
+    cli.add_argument("--password", default=None,
+                     help="password for --user [env CLUSTERCHAT_PASSWORD; else asked]")  # fmt: skip
+    cli.add_argument("--json", action="store_true",
+                     help="print each protocol message received, raw, one per line")  # fmt: skip
+
     cl = sub.add_parser(
         "cluster",
         help="run a cluster on this machine behind nginx",
@@ -278,6 +301,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _server(args, argv)
     if args.command == "cluster":
         return _cluster(args)
+    if args.command == "client":
+        from clusterchat.client.main import ClientOptions, default_port
+        from clusterchat.client.main import run as run_client
+
+        env_port = os.environ.get("CLUSTERCHAT_PORT")
+        port = args.port_pos or args.port or (int(env_port) if env_port else default_port())
+        opts = ClientOptions(args.host_pos or args.host, port, args.user, args.password, args.json)
+        result: list[int] = []
+
+        async def client() -> None:
+            result.append(await run_client(opts))
+
+        _run(client())
+        return result[0]
     if args.command == "db" and args.db_command == "schema":
         from clusterchat.storage.tables import mysql_ddl
 

@@ -242,3 +242,34 @@ async def test_messages_between_two_users_keep_their_order(user: UserFactory) ->
         await alice.conn.send({"msgid": 6, "toid": bob.id, "msg": str(i)})
     got = [int((await bob.conn.expect(MsgId.ONE_CHAT))["msg"]) for _ in range(200)]
     assert got == list(range(200))
+
+
+async def test_list_friends_and_groups_with_live_state(user: UserFactory) -> None:
+    alice, bob, carol = await user(), await user(), await user()
+    await alice.conn.request({"msgid": 7, "friendid": bob.id}, MsgId.ADD_FRIEND_ACK)
+    await alice.conn.request({"msgid": 7, "friendid": carol.id}, MsgId.ADD_FRIEND_ACK)
+    await carol.conn.request({"msgid": 3}, MsgId.LOGOUT_ACK)
+    got = await alice.conn.request({"msgid": MsgId.LIST_FRIENDS}, MsgId.FRIEND_LIST)
+    assert got["friends"] == [
+        {"id": bob.id, "name": bob.name, "state": "online"},
+        {"id": carol.id, "name": carol.name, "state": "offline"},
+    ]
+    gname = unique("g")
+    gid = (
+        await bob.conn.request(
+            {"msgid": 8, "groupname": gname, "groupdesc": "d"}, MsgId.CREATE_GROUP_ACK
+        )
+    )["groupid"]
+    await alice.conn.request({"msgid": 9, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    got = await alice.conn.request({"msgid": MsgId.LIST_GROUPS}, MsgId.GROUP_LIST)
+    assert got["groups"] == [
+        {
+            "id": gid,
+            "groupname": gname,
+            "groupdesc": "d",
+            "users": [
+                {"id": alice.id, "name": alice.name, "state": "online", "role": "normal"},
+                {"id": bob.id, "name": bob.name, "state": "online", "role": "creator"},
+            ],
+        }
+    ]

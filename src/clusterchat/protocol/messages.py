@@ -33,6 +33,16 @@ class MsgId(IntEnum):
     ADD_GROUP_ACK = 16
     LOGOUT_ACK = 17
     CHAT_ACK = 18
+    LIST_FRIENDS = 19
+    FRIEND_LIST = 20
+    LIST_GROUPS = 21
+    GROUP_LIST = 22
+    NOTICE = 23  # server-initiated text for people, e.g. "this node is shutting down"
+
+
+#: Messages the server sends without being asked; everything else it sends
+#: answers exactly one request, in request order.
+PUSHED: Final = frozenset({MsgId.ONE_CHAT, MsgId.GROUP_CHAT, MsgId.NOTICE})
 
 
 #: Replies the original server could send; a legacy-dialect peer gets only these.
@@ -140,8 +150,26 @@ class Ping(_Request, frozen=True, tag=int(MsgId.PING)):
     pass
 
 
+class ListFriends(_Request, frozen=True, tag=int(MsgId.LIST_FRIENDS)):
+    pass
+
+
+class ListGroups(_Request, frozen=True, tag=int(MsgId.LIST_GROUPS)):
+    pass
+
+
 Request = (
-    Login | Logout | Register | OneChat | AddFriend | CreateGroup | AddGroup | GroupChat | Ping
+    Login
+    | Logout
+    | Register
+    | OneChat
+    | AddFriend
+    | CreateGroup
+    | AddGroup
+    | GroupChat
+    | Ping
+    | ListFriends
+    | ListGroups
 )
 
 #: Requests accepted before login.

@@ -58,7 +58,7 @@ class Connection(asyncio.Protocol):
             self._serve(_OVERSIZE)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.node.connections.discard(self)
+        self.node.connection_closed(self)
         self.node.service.disconnected(self.session)
         self.transport = None
 

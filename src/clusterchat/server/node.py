@@ -45,9 +45,15 @@ class Node:
             self.store, Passwords(settings.hash_cost), presence, bus, self.node_id
         )
         self.connections: set[Connection] = set()
+        self._drained = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.port = settings.port
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._drained.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -90,8 +96,15 @@ class Node:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        self._drained.clear()
         for conn in list(self.connections):
             conn.close()
+        # Let every connection_lost run, so each user's logout work is under way.
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._drained.wait(), self.settings.shutdown_grace)
+            except TimeoutError:
+                log.warning("%d connections did not close in time", len(self.connections))
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.settings.shutdown_grace)
         for task in list(self._tasks):

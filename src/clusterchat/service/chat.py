@@ -29,6 +29,8 @@ from clusterchat.protocol.messages import (
     CreateGroup,
     ErrCode,
     GroupChat,
+    ListFriends,
+    ListGroups,
     Login,
     LoginErr,
     Logout,
@@ -86,6 +88,8 @@ class ChatService:
             AddGroup: self._add_group,
             GroupChat: self._group_chat,
             Ping: self._ping,
+            ListFriends: self._list_friends,
+            ListGroups: self._list_groups,
         }
 
     async def start(self) -> None:
@@ -357,6 +361,33 @@ class ChatService:
         await self.bus.announce_group(req.groupid)
         if not s.legacy:
             s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid))
+
+    async def _list_friends(self, s: Session, req: ListFriends) -> None:
+        if s.legacy:
+            return
+        friends = await self.store.friends(s.uid)
+        online = await self.presence.online(f for f, _ in friends)
+        docs = [{"id": f, "name": n, "state": _state(f in online)} for f, n in friends]
+        s.peer.send(codec.ack(MsgId.FRIEND_LIST, friends=docs))
+
+    async def _list_groups(self, s: Session, req: ListGroups) -> None:
+        if s.legacy:
+            return
+        groups = await self.store.groups(s.uid)
+        online = await self.presence.online({m.id for g in groups for m in g.members})
+        docs = [
+            {
+                "id": g.id,
+                "groupname": g.name,
+                "groupdesc": g.desc,
+                "users": [
+                    {"id": m.id, "name": m.name, "state": _state(m.id in online), "role": m.role}
+                    for m in g.members
+                ],
+            }
+            for g in groups
+        ]
+        s.peer.send(codec.ack(MsgId.GROUP_LIST, groups=docs))
 
     def _cache_members(self, gid: int, members: frozenset[int]) -> None:
         if len(self._members) >= _MAX_CACHED_GROUPS:

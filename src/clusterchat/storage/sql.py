@@ -80,6 +80,39 @@ def _offline_after(uid: int, after: int) -> Select[tuple[int, str]]:
     )
 
 
+async def _friends(conn: AsyncConnection, uid: int) -> list[tuple[int, str]]:
+    rows = await conn.execute(
+        select(user.c.id, user.c.name)
+        .join(friend, friend.c.friendid == user.c.id)
+        .where(friend.c.userid == uid)
+        .order_by(user.c.id)
+    )
+    return [(r.id, r.name) for r in rows]
+
+
+async def _groups(conn: AsyncConnection, uid: int) -> list[Group]:
+    mine = select(groupuser.c.groupid).where(groupuser.c.userid == uid)
+    rows = await conn.execute(
+        select(
+            allgroup.c.id,
+            allgroup.c.groupname,
+            allgroup.c.groupdesc,
+            user.c.id.label("uid"),
+            user.c.name,
+            groupuser.c.grouprole,
+        )
+        .join(groupuser, groupuser.c.groupid == allgroup.c.id)
+        .join(user, user.c.id == groupuser.c.userid)
+        .where(allgroup.c.id.in_(mine))
+        .order_by(allgroup.c.id, user.c.id)
+    )
+    groups: dict[int, tuple[str, str, list[Member]]] = {}
+    for r in rows:
+        g = groups.setdefault(r.id, (r.groupname, r.groupdesc, []))
+        g[2].append(Member(r.uid, r.name, r.grouprole))
+    return [Group(gid, n, d, tuple(m)) for gid, (n, d, m) in groups.items()]
+
+
 class SqlStore:
     def __init__(self, url: str | URL) -> None:
         self._url = make_url(url)
@@ -168,41 +201,18 @@ class SqlStore:
 
     async def login_view(self, uid: int) -> LoginView:
         async with self._tx() as conn:
-            friends = (
-                await conn.execute(
-                    select(user.c.id, user.c.name)
-                    .join(friend, friend.c.friendid == user.c.id)
-                    .where(friend.c.userid == uid)
-                    .order_by(user.c.id)
-                )
-            ).all()
-            mine = select(groupuser.c.groupid).where(groupuser.c.userid == uid)
-            rows = (
-                await conn.execute(
-                    select(
-                        allgroup.c.id,
-                        allgroup.c.groupname,
-                        allgroup.c.groupdesc,
-                        user.c.id.label("uid"),
-                        user.c.name,
-                        groupuser.c.grouprole,
-                    )
-                    .join(groupuser, groupuser.c.groupid == allgroup.c.id)
-                    .join(user, user.c.id == groupuser.c.userid)
-                    .where(allgroup.c.id.in_(mine))
-                    .order_by(allgroup.c.id, user.c.id)
-                )
-            ).all()
+            friends = await _friends(conn, uid)
+            groups = await _groups(conn, uid)
             offline = (await conn.execute(_offline_after(uid, 0))).all()
-        groups: dict[int, tuple[str, str, list[Member]]] = {}
-        for r in rows:
-            g = groups.setdefault(r.id, (r.groupname, r.groupdesc, []))
-            g[2].append(Member(r.uid, r.name, r.grouprole))
-        return LoginView(
-            friends=[(r.id, r.name) for r in friends],
-            groups=[Group(gid, n, d, tuple(m)) for gid, (n, d, m) in groups.items()],
-            offline=[(r.id, r.message) for r in offline],
-        )
+        return LoginView(friends, groups, [(r.id, r.message) for r in offline])
+
+    async def friends(self, uid: int) -> list[tuple[int, str]]:
+        async with self._tx() as conn:
+            return await _friends(conn, uid)
+
+    async def groups(self, uid: int) -> list[Group]:
+        async with self._tx() as conn:
+            return await _groups(conn, uid)
 
     # -- friends and groups ----------------------------------------------------
 

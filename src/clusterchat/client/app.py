@@ -1,0 +1,235 @@
+"""The terminal client: an interactive prompt for people, a line protocol for programs.
+
+Both front ends share :class:`Controller`, which turns a parsed command into
+requests and the replies into lines; the interactive one draws with
+prompt_toolkit so incoming messages never break the line being typed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from clusterchat.client import commands as c
+from clusterchat.client import render
+from clusterchat.client.session import ChatClient, ConnectionLost
+from clusterchat.protocol.messages import ChatStatus, MsgId
+
+Out = Callable[[str], None]
+AskPassword = Callable[[str], Awaitable[str]]
+
+
+class Controller:
+    def __init__(self, client: ChatClient, out: Out, ask_password: AskPassword | None) -> None:
+        self.client = client
+        self.out = out
+        self.ask_password = ask_password
+
+    def pushed(self, msg: dict[str, Any]) -> None:
+        if msg.get("msgid") == MsgId.NOTICE:
+            self.out(render.notice(msg))
+        else:
+            self.out(render.chat(msg))
+
+    async def run(self, cmd: c.Command) -> bool:
+        """Carry out one command; False when the user asked to quit."""
+        if isinstance(cmd, c.Quit):
+            return False
+        if isinstance(cmd, c.Help):
+            for line in c.HELP.splitlines():
+                self.out(line)
+            return True
+        try:
+            await self._run(cmd)
+        except ConnectionLost:
+            self.out("Not done: the connection is down (reconnecting); try again in a moment.")
+        return True
+
+    async def _password(self, given: str | None) -> str | None:
+        if given is not None:
+            return given
+        if self.ask_password is None:
+            self.out("Not done: give the password too, e.g. login:ID:PASSWORD.")
+            return None
+        return await self.ask_password("password: ")
+
+    async def _run(self, cmd: c.Command) -> None:
+        client = self.client
+        if isinstance(cmd, c.Login):
+            if client.uid:
+                self.out(
+                    f"Already logged in as {render.who(client.uid, client.name)}; /logout first."
+                )
+                return
+            password = await self._password(cmd.password)
+            if password is not None:
+                await self.login(cmd.uid, password)
+            return
+        if isinstance(cmd, c.Register):
+            password = await self._password(cmd.password)
+            if password is None:
+                return
+            ack = await client.request({"msgid": MsgId.REG, "name": cmd.name, "password": password})
+            if ack.get("errno") == 0:
+                self.out(f"Registered {render.clean(cmd.name)} with id {ack['id']}.")
+            else:
+                self.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
+            return
+        if isinstance(cmd, c.Ping):
+            pong = await client.request({"msgid": MsgId.PING})
+            self.out(f"pong from node {render.clean(pong.get('node', '?'))}")
+            return
+        if not client.uid:
+            self.out("Log in first: /login ID, or /register NAME.")
+            return
+        reply = await client.request(_request(cmd))
+        if reply.get("msgid") == MsgId.ERROR:
+            self.out(render.refusal(reply))
+            return
+        for line in _done(cmd, reply):
+            self.out(line)
+        if isinstance(cmd, c.Logout):
+            client.uid, client.name = 0, ""
+
+    async def login(self, uid: int, password: str) -> bool:
+        ack = await self.client.login(uid, password)
+        if ack.get("errno") != 0:
+            self.out(f"Login refused: {render.clean(ack.get('errmsg'))}.")
+            return False
+        for line in render.login_summary(ack):
+            self.out(line)
+        return True
+
+
+def _request(cmd: c.Command) -> dict[str, Any]:
+    match cmd:
+        case c.Chat(toid, text):
+            return {"msgid": MsgId.ONE_CHAT, "toid": toid, "msg": text, "time": _now()}
+        case c.GroupChat(gid, text):
+            return {"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": text, "time": _now()}
+        case c.AddFriend(fid):
+            return {"msgid": MsgId.ADD_FRIEND, "friendid": fid}
+        case c.CreateGroup(name, desc):
+            return {"msgid": MsgId.CREATE_GROUP, "groupname": name, "groupdesc": desc}
+        case c.JoinGroup(gid):
+            return {"msgid": MsgId.ADD_GROUP, "groupid": gid}
+        case c.Friends():
+            return {"msgid": MsgId.LIST_FRIENDS}
+        case c.Groups():
+            return {"msgid": MsgId.LIST_GROUPS}
+        case c.Logout():
+            return {"msgid": MsgId.LOGOUT}
+    raise AssertionError(cmd)
+
+
+def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
+    match cmd:
+        case c.Chat(toid, _) if reply.get("status") == ChatStatus.STORED:
+            return [f"(user {toid} is offline: they get it at their next login)"]
+        case c.AddFriend(_):
+            f = reply.get("friend") or {}
+            return [
+                f"{render.who(f.get('id'), f.get('name'))} is now your friend ({f.get('state')})."
+            ]
+        case c.CreateGroup(name, _):
+            return [f"Created group {render.clean(name)} with id {reply.get('groupid')}."]
+        case c.JoinGroup(gid):
+            return [f"Joined group {gid}."]
+        case c.Friends():
+            return render.friends(reply.get("friends"))
+        case c.Groups():
+            return render.groups(reply.get("groups"))
+        case c.Logout():
+            return ["Logged out."]
+    return []
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- front ends -------------------------------------------------------------------------
+
+
+async def scripted(ctl: Controller) -> None:
+    """stdin is not a terminal: one command per line, one event per output line."""
+    while True:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            return
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            cmd = c.parse(line)
+        except c.BadCommand as exc:
+            ctl.out(f"Not understood: {exc}.")
+            continue
+        if not await ctl.run(cmd):
+            return
+
+
+MENU = "1. login  2. register  3. quit  (or a command, e.g. /login ID)"
+
+
+async def interactive(ctl: Controller, client: ChatClient) -> None:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    session: PromptSession[str] = PromptSession()
+
+    async def ask(prompt: str, password: bool = False) -> str:
+        return await session.prompt_async(prompt, is_password=password)
+
+    ctl.ask_password = lambda prompt: ask(prompt, password=True)
+    with patch_stdout():
+        while True:
+            try:
+                if not client.uid:
+                    ctl.out(MENU)
+                    line = await ask("choice: ")
+                    if line.strip() in ("1", "2", "3"):
+                        if not await _menu(ctl, client, line.strip(), ask):
+                            return
+                        continue
+                else:
+                    line = await ask(f"{client.name}> ")
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                return
+            try:
+                cmd = c.parse(line)
+            except c.BadCommand as exc:
+                ctl.out(f"Not understood: {exc}.")
+                continue
+            if not await ctl.run(cmd):
+                return
+
+
+async def _menu(
+    ctl: Controller, client: ChatClient, choice: str, ask: Callable[..., Awaitable[str]]
+) -> bool:
+    if choice == "3":
+        return False
+    try:
+        if choice == "1":
+            uid = c.parse(f"login:{await ask('user id: ')}:x").uid  # type: ignore[union-attr]
+            await ctl.login(uid, await ask("password: ", password=True))
+            return True
+        name = (await ask("name: ")).strip()
+        password = await ask("password: ", password=True)
+        ack = await client.request({"msgid": MsgId.REG, "name": name, "password": password})
+        if ack.get("errno") != 0:
+            ctl.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
+            return True
+        ctl.out(f"Registered {render.clean(name)} with id {ack['id']}; logging you in.")
+        await ctl.login(int(ack["id"]), password)
+    except c.BadCommand as exc:
+        ctl.out(f"Not understood: {exc}.")
+    except ConnectionLost:
+        ctl.out("Not done: the connection is down (reconnecting); try again in a moment.")
+    return True

@@ -1,0 +1,76 @@
+"""`clusterchat client`: wire a ChatClient to the right front end."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from clusterchat.client.app import Controller, interactive, scripted
+from clusterchat.client.session import ChatClient
+from clusterchat.config import data_dir
+
+CLUSTER_PORT = 8000
+NODE_PORT = 6000
+
+
+def default_port() -> int:
+    """8000 (nginx) when `clusterchat cluster up` is running here, else a lone node's 6000."""
+    return CLUSTER_PORT if (data_dir() / "cluster" / "cluster.json").exists() else NODE_PORT
+
+
+@dataclass
+class ClientOptions:
+    host: str
+    port: int
+    user: int | None
+    password: str | None
+    json: bool
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _eprint(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def run(opts: ClientOptions) -> int:
+    out = _eprint if opts.json else _print
+    holder: list[Controller] = []
+
+    def raw(frame: bytes) -> None:
+        print(frame.decode(errors="replace"), flush=True)
+
+    client = ChatClient(
+        opts.host,
+        opts.port,
+        on_push=lambda msg: holder[0].pushed(msg) if not opts.json else None,
+        on_status=out,
+        on_raw=raw if opts.json else None,
+    )
+    ctl = Controller(client, out, ask_password=None)
+    holder.append(ctl)
+    try:
+        await client.connect()
+    except OSError as exc:
+        _eprint(f"Cannot connect to {opts.host}:{opts.port}: {exc.strerror or exc}")
+        return 1
+    out(f"Connected to {opts.host}:{opts.port}. Type help for commands.")
+    try:
+        if opts.user is not None:
+            password = opts.password or os.environ.get("CLUSTERCHAT_PASSWORD")
+            if password is None and sys.stdin.isatty():
+                from prompt_toolkit import prompt
+
+                password = prompt("password: ", is_password=True)
+            if password is not None:
+                await ctl.login(opts.user, password)
+        if sys.stdin.isatty():
+            await interactive(ctl, client)
+        else:
+            await scripted(ctl)
+    finally:
+        await client.close()
+    return 0

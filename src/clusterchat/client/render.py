@@ -1,0 +1,105 @@
+"""Server messages as lines for people. Pure: no I/O.
+
+Everything another user wrote is untrusted: control characters, escape
+sequences and invisible formatting characters (bidi overrides) are shown
+as visible escapes, never passed to the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from clusterchat.protocol.messages import MsgId
+
+
+def clean(text: object) -> str:
+    s = str(text)
+    if s.isprintable():
+        return s
+    out = []
+    for ch in s:
+        if ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
+def _clock(msg: dict[str, Any]) -> str:
+    ts = msg.get("ts")
+    if isinstance(ts, int):
+        return time.strftime("%H:%M:%S", time.localtime(ts / 1000))
+    return clean(msg.get("time", "")) or "--:--:--"
+
+
+def who(uid: object, name: object) -> str:
+    return f"{clean(name)} (#{clean(uid)})"
+
+
+def chat(msg: dict[str, Any]) -> str:
+    sender = who(msg.get("id"), msg.get("name"))
+    text = clean(msg.get("msg", ""))
+    if msg.get("msgid") == MsgId.GROUP_CHAT:
+        return f"[{_clock(msg)}] [group {clean(msg.get('groupid'))}] {sender}: {text}"
+    return f"[{_clock(msg)}] {sender}: {text}"
+
+
+def _docs(items: object) -> list[dict[str, Any]]:
+    """The original sends lists of JSON strings; our list replies send objects."""
+    out = []
+    for item in items if isinstance(items, list) else []:
+        doc = json.loads(item) if isinstance(item, str) else item
+        if isinstance(doc, dict):
+            out.append(doc)
+    return out
+
+
+def friends(items: object) -> list[str]:
+    docs = _docs(items)
+    if not docs:
+        return ["No friends yet: add one with /add ID."]
+    lines = ["Friends:"]
+    for f in docs:
+        lines.append(f"  {who(f.get('id'), f.get('name'))}  {clean(f.get('state', '?'))}")
+    return lines
+
+
+def groups(items: object) -> list[str]:
+    docs = _docs(items)
+    if not docs:
+        return ["No groups yet: /create NAME or /join GROUPID."]
+    lines = ["Groups:"]
+    for g in docs:
+        desc = clean(g.get("groupdesc", ""))
+        head = f"  [group {clean(g.get('id'))}] {clean(g.get('groupname'))}"
+        lines.append(f"{head} - {desc}" if desc else head)
+        for m in _docs(g.get("users")):
+            role = clean(m.get("role", ""))
+            lines.append(
+                f"      {who(m.get('id'), m.get('name'))}  {clean(m.get('state'))}  {role}"
+            )
+    return lines
+
+
+def login_summary(ack: dict[str, Any]) -> list[str]:
+    lines = [f"Logged in as {who(ack.get('id'), ack.get('name'))}."]
+    lines += friends(ack.get("friends"))
+    lines += groups(ack.get("groups"))
+    offline = _docs(ack.get("offlinemsg"))
+    if offline:
+        lines.append(f"While you were away ({len(offline)}):")
+        lines += ["  " + chat(m) for m in offline]
+    return lines
+
+
+def refusal(msg: dict[str, Any]) -> str:
+    """A refusal as a sentence."""
+    text = clean(msg.get("errmsg") or "refused")
+    return f"Not done: {text[:1].upper()}{text[1:]}."
+
+
+def notice(msg: dict[str, Any]) -> str:
+    return f"*** {clean(msg.get('text', ''))}"

@@ -1,0 +1,81 @@
+import pytest
+
+from clusterchat.client import commands as c
+from clusterchat.client import render
+
+
+@pytest.mark.parametrize(
+    ("line", "cmd"),
+    [
+        ("help", c.Help()),
+        ("chat:42:hello: there", c.Chat(42, "hello: there")),
+        ("addfriend:7", c.AddFriend(7)),
+        ("creategroup:room:a nice place", c.CreateGroup("room", "a nice place")),
+        ("creategroup:room", c.CreateGroup("room", "")),
+        ("addgroup:3", c.JoinGroup(3)),
+        ("groupchat:3:hi all", c.GroupChat(3, "hi all")),
+        ("loginout", c.Logout()),
+        ("login:5:pw", c.Login(5, "pw")),
+        ("register:ann:pw", c.Register("ann", "pw")),
+        ("friends", c.Friends()),
+        ("groups", c.Groups()),
+        ("quit", c.Quit()),
+        ("/msg 42 hello there", c.Chat(42, "hello there")),
+        ("/m 42 hi", c.Chat(42, "hi")),
+        ("/g 3 hi all", c.GroupChat(3, "hi all")),
+        ("/add 7", c.AddFriend(7)),
+        ("/create room a nice place", c.CreateGroup("room", "a nice place")),
+        ("/join 3", c.JoinGroup(3)),
+        ("/friends", c.Friends()),
+        ("/groups", c.Groups()),
+        ("/logout", c.Logout()),
+        ("/login 5", c.Login(5, None)),
+        ("/login 5 secret", c.Login(5, "secret")),
+        ("/register ann", c.Register("ann", None)),
+        ("/quit", c.Quit()),
+        ("/help", c.Help()),
+        ("/ping", c.Ping()),
+    ],
+)
+def test_parse(line: str, cmd: c.Command) -> None:
+    assert c.parse(line) == cmd
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("chat:x:hi", "the user id must be a number"),
+        ("chat:5:", "the message is missing"),
+        ("chat:0:hi", "must be 1 or more"),
+        ("/msg 5", "the message is missing"),
+        ("/join", "the group id must be a number"),
+        ("frobnicate", "unknown command"),
+        ("/frobnicate", "unknown command"),
+        ("", "type a command"),
+    ],
+)
+def test_bad_commands_say_how_to_fix_them(line: str, says: str) -> None:
+    with pytest.raises(c.BadCommand, match=says):
+        c.parse(line)
+
+
+def test_untrusted_text_cannot_drive_the_terminal() -> None:
+    hostile = "hi\x1b[2J\x1b]0;pwned\x07\r\nfake line\u202egnp.exe\x9b"
+    shown = render.clean(hostile)
+    assert shown.isprintable()
+    assert "\x1b" not in shown and "\r" not in shown and "\u202e" not in shown
+    assert shown == "hi\\x1b[2J\\x1b]0;pwned\\x07\\x0d\\x0afake line\\u202egnp.exe\\x9b"
+
+
+def test_chat_lines_show_sender_id_time_and_group() -> None:
+    msg = {"msgid": 10, "id": 3, "name": "ann\x1b", "groupid": 7, "msg": "yo", "ts": 0}
+    line = render.chat(msg)
+    assert "[group 7]" in line and "ann\\x1b (#3): yo" in line
+    one = render.chat({"msgid": 6, "id": 3, "name": "ann", "msg": "hey", "time": "t"})
+    assert one == "[t] ann (#3): hey"
+
+
+def test_refusals_read_as_sentences() -> None:
+    assert render.refusal({"msgid": 11, "errno": 120, "errmsg": "no user has id 9"}) == (
+        "Not done: No user has id 9."
+    )

@@ -1,0 +1,102 @@
+"""Two real clients, driven line by line as another program would."""
+
+from __future__ import annotations
+
+import json
+
+from clusterchat.config import Settings
+from clusterchat.server.node import Node
+from tests.client.conftest import Scripted
+
+
+async def registered(port: int, name: str, scripted: list[Scripted]) -> tuple[Scripted, int]:
+    s = await Scripted.start(port)
+    scripted.append(s)
+    await s.say(f"register:{name}:pw")
+    uid = int((await s.expect(rf"Registered {name} with id (\d+)")).group(1))
+    await s.say(f"login:{uid}:pw")
+    await s.expect(rf"Logged in as {name} \(#{uid}\)")
+    return s, uid
+
+
+async def test_two_clients_chat_befriend_group_and_get_offline_messages(
+    lone_node: Node, scripted: list[Scripted]
+) -> None:
+    port = lone_node.port
+    ann, ann_id = await registered(port, "ann", scripted)
+    bob, bob_id = await registered(port, "bob", scripted)
+
+    await ann.say(f"addfriend:{bob_id}")
+    await ann.expect(rf"bob \(#{bob_id}\) is now your friend \(online\)")
+    await ann.say(f"chat:{bob_id}:hello bob")
+    await bob.expect(rf"\] ann \(#{ann_id}\): hello bob$")
+    await bob.say(f"/msg {ann_id} hi ann")
+    await ann.expect(rf"\] bob \(#{bob_id}\): hi ann$")
+
+    await ann.say("creategroup:room:our room")
+    gid = int((await ann.expect(r"Created group room with id (\d+)")).group(1))
+    await bob.say(f"/join {gid}")
+    await bob.expect(rf"Joined group {gid}\.")
+    await bob.say(f"groupchat:{gid}:hello room")
+    await ann.expect(rf"\[group {gid}\] bob \(#{bob_id}\): hello room$")
+
+    await bob.say("/friends")
+    await bob.expect(rf"ann \(#{ann_id}\)  online")
+    await bob.say("/groups")
+    await bob.expect(rf"\[group {gid}\] room - our room")
+
+    # bob logs out; ann's messages wait for him, in order.
+    await bob.say("loginout")
+    await bob.expect("Logged out.")
+    await ann.say(f"chat:{bob_id}:first")
+    await ann.expect(r"offline: they get it at their next login")
+    await ann.say(f"chat:{bob_id}:second \x1b[31mred\x1b[0m")
+    await ann.expect(r"offline")
+    await bob.say(f"login:{bob_id}:pw")
+    await bob.expect(r"While you were away \(2\)")
+    await bob.expect(rf"ann \(#{ann_id}\): first$")
+    await bob.expect(r"ann \(#\d+\): second \\x1b\[31mred\\x1b\[0m$")  # escaped, not obeyed
+
+    await ann.say(f"chat:{ann_id + 10_000}:anyone?")
+    await ann.expect(r"Not done: No user has id \d+\.")
+    await ann.say("nonsense")
+    await ann.expect(r"Not understood: unknown command 'nonsense'")
+    assert await ann.quit() == 0
+    assert await bob.quit() == 0
+
+
+async def test_json_mode_prints_raw_protocol(lone_node: Node, scripted: list[Scripted]) -> None:
+    s = await Scripted.start(lone_node.port, "--json")
+    scripted.append(s)
+    await s.say("register:jay:pw")
+    m = await s.expect(r'^\{"msgid":5')
+    assert json.loads(m.string) == {"msgid": 5, "errno": 0, "id": json.loads(m.string)["id"]}
+    await s.say("/ping")
+    pong = json.loads((await s.expect(r'^\{"msgid":13')).string)
+    assert pong["node"] == lone_node.node_id
+    assert await s.quit() == 0
+
+
+async def test_client_reconnects_and_logs_back_in_after_a_node_restart(
+    lone_node: Node, scripted: list[Scripted]
+) -> None:
+    port = lone_node.port
+    ann, ann_id = await registered(port, "ann", scripted)
+    bob, bob_id = await registered(port, "bob", scripted)
+    await lone_node.stop()
+    await ann.expect("Connection lost; reconnecting")
+    restarted = Node(
+        Settings(
+            port=port, db_url=lone_node.settings.db_url, hash_cost=lone_node.settings.hash_cost
+        )
+    )
+    await restarted.start()
+    try:
+        await ann.expect("Reconnected to .*, logged in again", timeout=15)
+        await bob.expect("Reconnected to .*, logged in again", timeout=15)
+        await ann.say(f"chat:{bob_id}:after the restart")
+        await bob.expect(rf"ann \(#{ann_id}\): after the restart$")
+        assert await ann.quit() == 0
+        assert await bob.quit() == 0
+    finally:
+        await restarted.stop()

@@ -1,0 +1,85 @@
+"""The interactive client in a real pseudo-terminal, as a person uses it."""
+
+from __future__ import annotations
+
+import sys
+
+import pexpect
+
+from tests.client.conftest import CLIENT_ENV
+
+
+def spawn(port: int, *args: str) -> pexpect.spawn:
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "clusterchat", "client", "127.0.0.1", str(port), *args],
+        env=CLIENT_ENV,
+        encoding="utf-8",
+        timeout=10,
+        dimensions=(40, 160),
+    )
+    return child
+
+
+def register_via_menu(child: pexpect.spawn, name: str, password: str) -> int:
+    child.expect("choice:")
+    child.sendline("2")
+    child.expect("name:")
+    child.sendline(name)
+    child.expect("password:")
+    child.sendline(password)
+    child.expect(rf"Registered {name} with id (\d+); logging you in")
+    uid = int(child.match.group(1))
+    child.expect(rf"{name}>")
+    return uid
+
+
+def test_menu_login_hides_the_password_and_shows_the_user(server_port: int) -> None:
+    first = spawn(server_port)
+    uid = register_via_menu(first, "ann", "hunter22")
+    first.sendline("/logout")
+    first.expect("Logged out.")
+    first.expect("choice:")
+    first.sendline("1")
+    first.expect("user id:")
+    first.sendline(str(uid))
+    first.expect("password:")
+    first.sendline("hunter22")
+    first.expect(rf"Logged in as ann \(#{uid}\)")
+    first.expect("ann>")
+    transcript = first.before or ""
+    first.sendline("quit")
+    first.expect(pexpect.EOF)
+    assert "hunter22" not in transcript
+
+
+def test_incoming_message_does_not_break_the_line_being_typed(server_port: int) -> None:
+    ann = spawn(server_port)
+    ann_id = register_via_menu(ann, "ann", "pw")
+    bob = spawn(server_port)
+    bob_id = register_via_menu(bob, "bob", "pw")
+
+    ann.send(f"chat:{bob_id}:half a sen")  # typed, not yet sent
+    ann.expect("half a sen")
+    bob.sendline(f"/msg {ann_id} interrupting!")
+    ann.expect(rf"bob \(#{bob_id}\): interrupting!")
+    # The prompt comes back with the half-typed line intact; finishing it sends it whole.
+    ann.expect(r"ann> chat:\d+:half a sen")
+    ann.send("tence\r")
+    bob.expect(rf"ann \(#{ann_id}\): half a sentence")
+
+    ann.sendline("groupchat:999:x")
+    ann.expect("Not done: No group has id 999.")
+    for child in (ann, bob):
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+
+
+def test_help_lists_original_and_slash_commands(server_port: int) -> None:
+    child = spawn(server_port)
+    register_via_menu(child, "cat", "pw")
+    child.sendline("help")
+    for form in ("chat:ID:MESSAGE", "/msg ID MESSAGE", "creategroup:NAME:DESC", "/join GROUPID"):
+        child.expect_exact(form)
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
