@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A cluster chat server, wire-compatible with the classic C++ "
         "muduo chat system. Start a node with `clusterchat server`.",
     )
-    parser.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--log-level",
         default=_env("CLUSTERCHAT_LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING or ERROR [env CLUSTERCHAT_LOG_LEVEL; default INFO]",
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser(
         "server",
+        parents=[common],
         help="run a chat server node",
         description="Run one chat server node. With no options it listens on "
         f"{DEFAULT_HOST}:{DEFAULT_PORT} and keeps everything in an embedded SQLite file. "
@@ -123,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli = sub.add_parser(
         "client",
+        parents=[common],
         help="chat from the terminal",
         description="Chat from the terminal. With a terminal: a login/register menu, then a "
         "prompt (type help). Without one (stdin a pipe or file): reads one command per line "
@@ -146,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cl = sub.add_parser(
         "cluster",
+        parents=[common],
         help="run a cluster on this machine behind nginx",
         description="Start or stop N server nodes plus nginx (TCP stream load balancer) in "
         "front of them, all on this machine; or print an nginx configuration.",
@@ -201,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("upstreams", nargs="+", metavar="HOST:PORT", help="the nodes")
     conf.add_argument("--listen", default="8000", help="nginx's listen address [default 8000]")
 
-    db = sub.add_parser("db", help="manage the store", description="Manage the SQL store.")
+    db = sub.add_parser(
+        "db", parents=[common], help="manage the store", description="Manage the SQL store."
+    )
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     init = dbsub.add_parser(
         "init",

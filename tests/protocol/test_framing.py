@@ -70,6 +70,12 @@ def test_arbitrary_bytes_same_outcome_for_any_split(data: bytes, cuts: list[int]
         assert split == whole
 
 
+def test_blank_frames_are_dropped_in_either_dialect() -> None:
+    assert FrameDecoder().feed(b"  \x00") == []
+    assert FrameDecoder().feed(b" \t \n") == []
+    assert FrameDecoder().feed(b"\r\n") == []
+
+
 def test_crlf_and_blank_lines() -> None:
     dec = FrameDecoder()
     assert dec.feed(b'{"a":1}\r\n\n\x00  \n{"b":2}\x00') == [

@@ -90,6 +90,52 @@ def error(code: ErrCode, errmsg: str, re: int | None = None) -> bytes:
     return encode({"msgid": MsgId.ERROR, "errno": int(code), "errmsg": errmsg, "re": re})
 
 
+class _OneChatOut(msgspec.Struct):
+    msgid: int
+    id: int
+    name: str
+    toid: int
+    msg: str
+    time: str
+    ts: int
+    mid: str
+
+
+class _GroupChatOut(msgspec.Struct):
+    msgid: int
+    id: int
+    name: str
+    groupid: int
+    msg: str
+    time: str
+    ts: int
+    mid: str
+
+
+class _ChatAck(msgspec.Struct):
+    msgid: int
+    errno: int
+    mid: str
+    ts: int
+    status: str
+
+
+_ONE_CHAT, _GROUP_CHAT, _CHAT_ACK = int(MsgId.ONE_CHAT), int(MsgId.GROUP_CHAT), int(MsgId.CHAT_ACK)
+
+
+# The relay path: structs encode faster than dicts, and plain ints than IntEnums.
+def one_chat(uid: int, name: str, toid: int, msg: str, time: str, ts: int, mid: str) -> bytes:
+    return _encoder.encode(_OneChatOut(_ONE_CHAT, uid, name, toid, msg, time, ts, mid)) + b"\n"
+
+
+def group_chat(uid: int, name: str, gid: int, msg: str, time: str, ts: int, mid: str) -> bytes:
+    return _encoder.encode(_GroupChatOut(_GROUP_CHAT, uid, name, gid, msg, time, ts, mid)) + b"\n"
+
+
+def chat_ack(mid: str, ts: int, status: str) -> bytes:
+    return _encoder.encode(_ChatAck(_CHAT_ACK, 0, mid, ts, status)) + b"\n"
+
+
 def login_ack(
     uid: int,
     name: str,

@@ -53,6 +53,36 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[tuple[bytes, int]]:
         buf = self._buf + data if self._buf else data
+        # Common cases first, with C-speed scans (an int needle is the fast
+        # path of bytes.__contains__): one dialect per read, often one frame.
+        if NUL not in buf:
+            return self._split(buf, b"\n", NEWLINE)
+        if NEWLINE not in buf:
+            return self._split(buf, b"\x00", NUL)
+        return self._split_mixed(buf)
+
+    def _split(self, buf: bytes, sep: bytes, term: int) -> list[tuple[bytes, int]]:
+        end = len(buf) - 1
+        if buf.find(sep) == end and 0 < end <= self.max_frame and buf[end - 1] != 13:
+            # Exactly one whole frame: the relay's usual read.
+            self._buf = b""
+            frame = buf[:end]
+            return [] if frame.isspace() else [(frame, term)]
+        parts = buf.split(sep)
+        rest = parts.pop()
+        limit = self.max_frame
+        frames: list[tuple[bytes, int]] = []
+        for frame in parts:
+            if len(frame) > limit:
+                self._buf = b""
+                raise FrameTooLarge(limit, frames)
+            if frame.endswith(b"\r"):
+                frame = frame[:-1]
+            if frame and not frame.isspace():
+                frames.append((frame, term))
+        return self._keep(rest, frames)
+
+    def _split_mixed(self, buf: bytes) -> list[tuple[bytes, int]]:
         frames: list[tuple[bytes, int]] = []
         start = 0
         limit = self.max_frame
@@ -64,13 +94,15 @@ class FrameDecoder:
             frame = buf[start:end]
             if frame.endswith(b"\r"):
                 frame = frame[:-1]
-            if frame.strip():
+            if frame and not frame.isspace():
                 frames.append((frame, buf[end]))
             start = end + 1
-        rest = buf[start:]
-        if len(rest) > limit:
+        return self._keep(buf[start:], frames)
+
+    def _keep(self, rest: bytes, frames: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+        if len(rest) > self.max_frame:
             self._buf = b""
-            raise FrameTooLarge(limit, frames)
+            raise FrameTooLarge(self.max_frame, frames)
         self._buf = rest
         return frames
 

@@ -49,13 +49,25 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             frames = self.decoder.feed(data)
-            oversize = False
         except FrameTooLarge as exc:
-            frames, oversize = exc.frames, True
-        for frame in frames:
-            self._serve(frame)
-        if oversize:
+            for item in exc.frames:
+                self._serve(item)
             self._serve(_OVERSIZE)
+            return
+        if self._queue is None and len(frames) == 1:
+            # The relay's usual case, without the general path's calls.
+            frame, term = frames[0]
+            try:
+                work = self.node.service.handle(self.session, frame, term == NUL)
+            except Exception:
+                self._failed(frame)
+                return
+            if work is not None:
+                self._queue = deque()
+                self.node.spawn(self._drain(work))
+            return
+        for item in frames:
+            self._serve(item)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.node.connection_closed(self)
@@ -98,10 +110,14 @@ class Connection(asyncio.Protocol):
             return None
         try:
             return self.node.service.handle(self.session, frame, term == NUL)
-        except Exception:  # a bug must cost one request, never the node
-            log.exception("request failed: %r", frame[:200])
-            self.node.service.internal_error(self.session)
+        except Exception:
+            self._failed(frame)
             return None
+
+    def _failed(self, frame: bytes) -> None:
+        """A bug must cost one request, never the node."""
+        log.exception("request failed: %r", frame[:200])
+        self.node.service.internal_error(self.session)
 
     async def _drain(self, work: Any) -> None:
         await work

@@ -105,7 +105,7 @@ class ChatService:
         except BadRequest as exc:
             self._refuse_bad(s, exc)
             return None
-        if not s.logged_in and not isinstance(req, ANONYMOUS_OK):
+        if not s.uid and not isinstance(req, ANONYMOUS_OK):
             self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
             return None
         result = self._handlers[type(req)](s, req)
@@ -396,27 +396,14 @@ class ChatService:
 
     # -- chat: the hot path ---------------------------------------------------------------
 
-    def _stamp(self) -> tuple[int, str]:
-        return int(time.time() * 1000), f"{self.node_id}-{next(self._mids)}"
-
     def _one_chat(self, s: Session, req: OneChat) -> Awaitable[None] | None:
-        ts, mid = self._stamp()
-        payload = codec.encode(
-            {
-                "msgid": MsgId.ONE_CHAT,
-                "id": s.uid,
-                "name": s.name,
-                "toid": req.toid,
-                "msg": req.msg,
-                "time": req.time,
-                "ts": ts,
-                "mid": mid,
-            }
-        )
+        ts = int(time.time() * 1000)
+        mid = f"{self.node_id}-{next(self._mids)}"
+        payload = codec.one_chat(s.uid, s.name, req.toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(req.toid)
         if target is not None and target.deliver(payload):
             if not s.legacy:
-                s.peer.send(_chat_ack(mid, ts, ChatStatus.DELIVERED))
+                s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
             return None
         return self._one_chat_away(s, req.toid, payload, mid, ts)
 
@@ -430,7 +417,7 @@ class ChatService:
             await self._after_store([toid])
             status = ChatStatus.STORED
         if not s.legacy:
-            s.peer.send(_chat_ack(mid, ts, status))
+            s.peer.send(codec.chat_ack(mid, ts, status))
 
     def _group_chat(self, s: Session, req: GroupChat) -> Awaitable[None] | None:
         members = self._members.get(req.groupid)
@@ -455,19 +442,9 @@ class ChatService:
             else:
                 self._refuse(s, req, ErrCode.NO_SUCH_GROUP, f"no group has id {req.groupid}")
             return None
-        ts, mid = self._stamp()
-        payload = codec.encode(
-            {
-                "msgid": MsgId.GROUP_CHAT,
-                "id": s.uid,
-                "name": s.name,
-                "groupid": req.groupid,
-                "msg": req.msg,
-                "time": req.time,
-                "ts": ts,
-                "mid": mid,
-            }
-        )
+        ts = int(time.time() * 1000)
+        mid = f"{self.node_id}-{next(self._mids)}"
+        payload = codec.group_chat(s.uid, s.name, req.groupid, req.msg, req.time, ts, mid)
         away: list[int] = []
         sessions = self.sessions
         for uid in members:
@@ -477,7 +454,7 @@ class ChatService:
                     away.append(uid)
         if not away:
             if not s.legacy:
-                s.peer.send(_chat_ack(mid, ts, ChatStatus.SENT))
+                s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
             return None
         return self._fan_out_away(s, away, payload, mid, ts)
 
@@ -486,7 +463,7 @@ class ChatService:
     ) -> None:
         await self.store_offline(await self.bus.send(away, payload), payload)
         if not s.legacy:
-            s.peer.send(_chat_ack(mid, ts, ChatStatus.SENT))
+            s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
 
     # -- the bus's inbox: traffic from other nodes ---------------------------------------
 
@@ -549,9 +526,3 @@ def _text(payload: bytes) -> str:
 
 def _state(online: bool) -> str:
     return "online" if online else "offline"
-
-
-def _chat_ack(mid: str, ts: int, status: str) -> bytes:
-    return codec.encode(
-        {"msgid": MsgId.CHAT_ACK, "errno": 0, "mid": mid, "ts": ts, "status": status}
-    )
