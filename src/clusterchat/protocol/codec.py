@@ -16,7 +16,9 @@ from clusterchat.protocol.messages import ErrCode, MsgId, Request
 
 _decoder = msgspec.json.Decoder(Request)
 _any_decoder = msgspec.json.Decoder()
-_encoder = msgspec.json.Encoder()
+# Sorted keys, byte for byte what the original (nlohmann::json, a std::map) sent:
+# tools written against it search replies by key order.
+_encoder = msgspec.json.Encoder(order="sorted")
 
 
 class BadRequest(Exception):
