@@ -36,7 +36,6 @@ BAD_FRAMES: list[tuple[bytes, ErrCode]] = [
     (b'{"msgid":9,"groupid":{}}', ErrCode.INVALID_FIELD),
     (b'{"msgid":10,"groupid":1}', ErrCode.INVALID_FIELD),
     (b'{"msgid":4,"name":"' + b"n" * 51 + b'","password":"p"}', ErrCode.INVALID_FIELD),
-    (b'{"msgid":1,"id":1}', ErrCode.INVALID_FIELD),
     (b"\xff\xfe\xfd", ErrCode.MALFORMED),
 ]
 

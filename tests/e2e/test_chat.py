@@ -15,7 +15,29 @@ async def test_register_then_login_returns_identity(connect: Connect) -> None:
     name = unique()
     uid = await conn.register(name, PASSWORD)
     ack = await conn.login(uid, PASSWORD)
+    ticket = ack.pop("ticket")
     assert ack == {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
+    assert isinstance(ticket, str) and len(ticket) >= 32
+
+
+async def test_ticket_logs_in_again_until_logout(connect: Connect, node: Node) -> None:
+    conn = await connect()
+    uid = await conn.register(unique(), PASSWORD)
+    ticket = (await conn.login(uid, PASSWORD))["ticket"]
+    await conn.close()  # dropped, not logged out: the ticket still works
+    async with asyncio.timeout(5):
+        while uid in node.service.sessions:  # noqa: ASYNC110 - polled with a deadline
+            await asyncio.sleep(0.01)
+    again = await connect()
+    ack = await again.request({"msgid": 1, "id": uid, "ticket": ticket}, MsgId.LOGIN_ACK)
+    assert ack["errno"] == 0 and ack["ticket"] == ticket
+    await again.request({"msgid": 3}, MsgId.LOGOUT_ACK)  # logout revokes it
+    ack = await again.request({"msgid": 1, "id": uid, "ticket": ticket}, MsgId.LOGIN_ACK)
+    assert ack["errno"] == 1
+    wrong = await again.request({"msgid": 1, "id": uid, "ticket": "x" * 43}, MsgId.LOGIN_ACK)
+    assert wrong["errno"] == 1
+    none = await again.request({"msgid": 1, "id": uid}, MsgId.LOGIN_ACK)
+    assert none["errno"] == 1
 
 
 async def test_register_refuses_a_taken_name(connect: Connect) -> None:

@@ -14,6 +14,13 @@ message is one item naming all its receivers on that node. PUBLISH's count
 tells whether the node is there: if not, the sender stores the message
 offline. A node that receives a message for a user who has left forwards it
 once to wherever the user is now, or stores it offline.
+
+PUBLISH counts a subscriber that is dying as a receiver, so a node killed
+mid-stream could swallow a batch. Every batch is therefore acknowledged
+(piggybacked on traffic the other way, or alone); a batch not acknowledged
+within ``ack_timeout`` is stored offline by its sender. That is at-least-once:
+a receiver that delivered but died before acknowledging causes a duplicate
+(same ``mid``), never a loss.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ log = logging.getLogger(__name__)
 
 DELIVER, NUDGE = 0, 1
 Item = tuple[int, list[int], bytes, int]  # kind, receivers, payload, hops
+#: What one PUBLISH carries: sender node, batch seq (0: nothing to ack), the
+#: highest seq of the receiver's batches the sender has taken, items.
+Batch = tuple[str, int, int, list[Item]]
 
 _CLAIM = """
 local holder = redis.call('GET', KEYS[1])
@@ -112,7 +122,11 @@ class RedisCluster:
         self._was_connected = False
         self._closing = False
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(list[Item])
+        self._decoder = msgspec.msgpack.Decoder(Batch)
+        self.ack_timeout = max(1.0, presence_ttl / 2)
+        self._next_seq: dict[str, int] = {}
+        self._unacked: dict[str, dict[int, tuple[float, list[Item]]]] = {}
+        self._ack_due: dict[str, int] = {}
 
     def _user_key(self, uid: int) -> str:
         return f"{self.prefix}user:{uid}"
@@ -128,7 +142,14 @@ class RedisCluster:
             await self._heartbeat_once()
         except (RedisError, OSError) as exc:
             raise _translate(exc) from exc
-        for work in (self._listen(), self._heartbeat(), self._flusher(), self._redeliver()):
+        loops = (
+            self._listen(),
+            self._heartbeat(),
+            self._flusher(),
+            self._redeliver(),
+            self._sweep(),
+        )
+        for work in loops:
             self._tasks.append(asyncio.ensure_future(work))
         async with asyncio.timeout(10):
             await self.connected.wait()
@@ -246,24 +267,55 @@ class RedisCluster:
 
     async def _flusher(self) -> None:
         """One pipelined PUBLISH per destination node per tick, in order."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
             outbox, self._outbox = self._outbox, {}
             sent, self._sent = self._sent, {}
-            nodes = list(outbox)
+            acks, self._ack_due = self._ack_due, {}
+            nodes = list(outbox.keys() | acks.keys())
+            seqs = []
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
                     for node in nodes:
-                        pipe.publish(self._channel(node), self._encoder.encode(outbox[node]))
+                        items = outbox.get(node, [])
+                        seq = 0
+                        if items:
+                            seq = self._next_seq[node] = self._next_seq.get(node, 0) + 1
+                        seqs.append(seq)
+                        batch: Batch = (self.node_id, seq, acks.get(node, 0), items)
+                        pipe.publish(self._channel(node), self._encoder.encode(batch))
                     counts = await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("publish of %d batches failed: %s", len(nodes), exc)
                 counts = [0] * len(nodes)
-            for node, count in zip(nodes, counts, strict=True):
+                for node, seq in acks.items():  # owed still
+                    self._ack_due[node] = max(seq, self._ack_due.get(node, 0))
+            deadline = loop.time() + self.ack_timeout
+            for node, seq, count in zip(nodes, seqs, counts, strict=True):
+                if count and seq:
+                    self._unacked.setdefault(node, {})[seq] = (deadline, outbox[node])
                 fut = sent.get(node)
                 if fut is not None and not fut.done():
                     fut.set_result(bool(count))
+
+    async def _sweep(self) -> None:
+        """Batches a node took but never acknowledged (it died): store them."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.ack_timeout / 2)
+            now = loop.time()
+            for node, pending in list(self._unacked.items()):
+                expired = [seq for seq, (deadline, _) in pending.items() if deadline <= now]
+                for seq in expired:
+                    _, items = pending.pop(seq)
+                    log.warning("node %s did not acknowledge batch %d; storing it", node, seq)
+                    for kind, uids, payload, _hops in items:
+                        if kind == DELIVER:
+                            self._misdelivered.put_nowait((uids, payload, 1))
+                if not pending:
+                    del self._unacked[node]
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -326,7 +378,16 @@ class RedisCluster:
             return
         inbox = self._inbox
         assert inbox is not None
-        for kind, uids, payload, hops in self._decoder.decode(data):
+        source, seq, acked, items = self._decoder.decode(data)
+        if acked:
+            pending = self._unacked.get(source)
+            if pending:
+                for done in [s for s in pending if s <= acked]:
+                    del pending[done]
+        if seq:
+            self._ack_due[source] = max(seq, self._ack_due.get(source, 0))
+            self._wake.set()
+        for kind, uids, payload, hops in items:
             if kind == NUDGE:
                 for uid in uids:
                     inbox.nudged(uid)

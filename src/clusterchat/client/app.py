@@ -91,7 +91,7 @@ class Controller:
         for line in _done(cmd, reply):
             self.out(line)
         if isinstance(cmd, c.Logout):
-            client.uid, client.name = 0, ""
+            client.forget()
 
     async def login(self, uid: int, password: str) -> bool:
         ack = await self.client.login(uid, password)

@@ -27,6 +27,8 @@ KEEPALIVE = 30.0
 #: How long to keep retrying a login refused as "already online" after a
 #: reconnect: the old session may still be held by a node that just died.
 RELOGIN_PATIENCE = 30.0
+#: Message ids remembered to drop a redelivered duplicate.
+SEEN_MIDS = 4096
 
 
 class ConnectionLost(Exception):
@@ -48,7 +50,10 @@ class ChatClient:
         self.tls = tls
         self.uid = 0
         self.name = ""
+        # What logs us in again after a reconnect: the server's session ticket
+        # when it gave one (then the password is not kept), else the password.
         self._password: str | None = None
+        self._ticket: str | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: deque[asyncio.Future[dict[str, Any]]] = deque()
         self._reader_task: asyncio.Task[None] | None = None
@@ -56,6 +61,7 @@ class ChatClient:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
         self.connected = asyncio.Event()
+        self._seen: dict[object, None] = {}  # recent message ids, oldest first
 
     # -- connection ---------------------------------------------------------------
 
@@ -105,6 +111,13 @@ class ChatClient:
         if not isinstance(msg, dict):
             return
         if msg.get("msgid") in PUSHED:
+            mid = msg.get("mid")
+            if mid is not None:
+                if mid in self._seen:  # delivery between nodes is at least once
+                    return
+                self._seen[mid] = None
+                if len(self._seen) > SEEN_MIDS:
+                    del self._seen[next(iter(self._seen))]
             self.on_push(msg)
         elif self._pending:
             fut = self._pending.popleft()
@@ -127,7 +140,7 @@ class ChatClient:
                 await self.connect()
             except OSError:
                 continue
-            if self.uid and self._password is not None:
+            if self.uid and (self._ticket or self._password):
                 if not await self._relogin():
                     continue
                 self.on_status(f"Reconnected to {self.host}:{self.port}, logged in again.")
@@ -137,12 +150,10 @@ class ChatClient:
 
     async def _relogin(self) -> bool:
         deadline = asyncio.get_running_loop().time() + RELOGIN_PATIENCE
-        assert self._password is not None
+        secret = {"ticket": self._ticket} if self._ticket else {"password": self._password}
         while True:
             try:
-                ack = await self.request(
-                    {"msgid": MsgId.LOGIN, "id": self.uid, "password": self._password}
-                )
+                ack = await self.request({"msgid": MsgId.LOGIN, "id": self.uid, **secret})
             except ConnectionLost:
                 return False
             if ack.get("errno") == 0:
@@ -150,7 +161,7 @@ class ChatClient:
             retry = ack.get("errno") in (LoginErr.ALREADY_ONLINE, LoginErr.UNAVAILABLE)
             if not retry or asyncio.get_running_loop().time() > deadline:
                 self.on_status(f"Could not log in again: {ack.get('errmsg')}")
-                self.uid, self._password = 0, None
+                self.uid, self._password, self._ticket = 0, None, None
                 return True
             await asyncio.sleep(0.5)
 
@@ -175,10 +186,17 @@ class ChatClient:
     async def login(self, uid: int, password: str) -> dict[str, Any]:
         ack = await self.request({"msgid": MsgId.LOGIN, "id": uid, "password": password})
         if ack.get("errno") == 0:
-            self.uid, self.name, self._password = uid, str(ack.get("name", "")), password
+            self.uid, self.name = uid, str(ack.get("name", ""))
+            ticket = ack.get("ticket")
+            self._ticket = ticket if isinstance(ticket, str) else None
+            self._password = None if self._ticket else password
         return ack
 
     async def logout(self) -> dict[str, Any]:
         reply = await self.request({"msgid": MsgId.LOGOUT})
-        self.uid, self.name, self._password = 0, "", None
+        self.forget()
         return reply
+
+    def forget(self) -> None:
+        """Logged out: nothing to log in again with."""
+        self.uid, self.name, self._password, self._ticket = 0, "", None, None

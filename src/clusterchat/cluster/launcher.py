@@ -109,12 +109,23 @@ def up(
     return state
 
 
-def _alive(pid: int) -> bool:
+def _state(stat_file: Path) -> str | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return stat_file.read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """True until every thread is gone: a killed process's leader turns zombie
+    while other threads still hold its sockets open."""
+    proc = Path(f"/proc/{pid}")
+    state = _state(proc / "stat")
+    if state is None:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has finished
+    if state != "Z":
+        return True
+    return any(_state(t / "stat") not in (None, "Z") for t in proc.glob("task/*"))
 
 
 def _same_process(pid: int, name: str) -> bool:

@@ -144,8 +144,11 @@ def login_ack(
     friends: Sequence[str],
     groups: Sequence[str],
     offline: Sequence[str],
+    ticket: str | None = None,
 ) -> bytes:
     doc: dict[str, Any] = {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
+    if ticket is not None:
+        doc["ticket"] = ticket
     # The original only includes these keys when non-empty.
     if friends:
         doc["friends"] = friends

@@ -100,6 +100,7 @@ Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 GroupName = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
 GroupDesc = Annotated[str, msgspec.Meta(max_length=200)]
 ClientTime = Annotated[str, msgspec.Meta(max_length=64)]
+Ticket = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 # Chat text is bounded only by the frame limit.
 
 
@@ -109,7 +110,9 @@ class _Request(msgspec.Struct, frozen=True, tag_field="msgid"):
 
 class Login(_Request, frozen=True, tag=int(MsgId.LOGIN)):
     id: Id
-    password: Password
+    password: Password | None = None
+    #: Instead of the password: the ticket from this user's last login reply.
+    ticket: Ticket | None = None
 
 
 class Logout(_Request, frozen=True, tag=int(MsgId.LOGOUT)):

@@ -41,6 +41,7 @@ from clusterchat.protocol.messages import (
     Register,
     Request,
 )
+from clusterchat.service import tickets
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.session import Session
 from clusterchat.storage.base import Store
@@ -217,15 +218,27 @@ class ChatService:
                 )
             )
             return
+        if req.password is None and req.ticket is None:
+            s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "give a password"))
+            return
         try:
             creds = await self.store.credentials(req.id)
         except errors.Unavailable:
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
             return
-        name, digest = creds if creds else ("", None)
-        if not await self.passwords.verify(digest, req.password):
+        if req.ticket is not None:
+            ok = creds is not None and tickets.matches(req.ticket, creds.ticket_digest)
+        else:
+            assert req.password is not None
+            ok = await self.passwords.verify(creds.password_hash if creds else None, req.password)
+        if not ok or creds is None:
             s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
             return
+        name = creds.name
+        # A password login gets a fresh ticket (modern clients only); a ticket login keeps it.
+        ticket, ticket_digest = (
+            tickets.issue() if req.ticket is None and not s.legacy else (req.ticket, None)
+        )
         uid = req.id
         if uid in self.sessions or s.logged_in or not await self.presence.claim(uid):
             s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
@@ -242,7 +255,7 @@ class ChatService:
         self.sessions[uid] = s
         try:
             view = await self.store.login_view(uid)
-            await self.store.set_state([uid], online=True)
+            await self.store.start_session(uid, ticket_digest)
             ids = {f for f, _ in view.friends}
             ids.update(m.id for g in view.groups for m in g.members)
             online = await self.presence.online(ids)
@@ -265,7 +278,7 @@ class ChatService:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
         held, s.held = s.held or [], None
         sent = s.peer.send(
-            codec.login_ack(uid, name, friends, groups, [m for _, m in view.offline])
+            codec.login_ack(uid, name, friends, groups, [m for _, m in view.offline], ticket)
         )
         for payload in held:
             sent = s.peer.send(payload) and sent
@@ -305,15 +318,20 @@ class ChatService:
             s.flushing = False
 
     def _logout(self, s: Session, req: Logout) -> Awaitable[None]:
-        return self._leave(s, reply=not s.legacy)
+        return self._leave(s, logout=True)
 
-    async def _leave(self, s: Session, reply: bool = False) -> None:
+    async def _leave(self, s: Session, logout: bool = False) -> None:
+        """Log out (the ticket is revoked) or drop (it stays, for reconnecting)."""
         uid = s.uid
         held = s.held
+        reply = logout and not s.legacy
         self._forget(s)
         try:
             await self.store_offline_each(uid, held or [])
-            await self.store.set_state([uid], online=False)
+            if logout:
+                await self.store.end_session(uid)
+            else:
+                await self.store.set_state([uid], online=False)
         finally:
             # Acknowledge only once the whole cluster sees the user offline.
             await self.presence.release(uid)

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS user (
 	name VARCHAR(50) NOT NULL,
 	password VARCHAR(255) NOT NULL,
 	state ENUM('online','offline') NOT NULL DEFAULT 'offline',
+	ticket VARCHAR(64),
 	PRIMARY KEY (id),
 	UNIQUE (name)
 )ENGINE=InnoDB CHARSET=utf8mb4;

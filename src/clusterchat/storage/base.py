@@ -14,6 +14,13 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class Credentials:
+    name: str
+    password_hash: str
+    ticket_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     id: int
     name: str
@@ -44,11 +51,17 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def create_user(self, name: str, password_hash: str) -> int: ...
-    async def credentials(self, uid: int) -> tuple[str, str] | None:
-        """(name, password hash) of a user, or None."""
-        ...
+    async def credentials(self, uid: int) -> Credentials | None: ...
 
     async def set_state(self, uids: Sequence[int], online: bool) -> None: ...
+    async def start_session(self, uid: int, ticket_digest: str | None) -> None:
+        """Mark online; a new ticket digest replaces the old one, None keeps it."""
+        ...
+
+    async def end_session(self, uid: int) -> None:
+        """A logout: offline, and the ticket no longer works."""
+        ...
+
     async def reset_states(self) -> None:
         """Mark every user offline: a lone node starting after a crash."""
         ...

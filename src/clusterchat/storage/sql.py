@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from clusterchat import errors
-from clusterchat.storage.base import Group, LoginView, Member
+from clusterchat.storage.base import Credentials, Group, LoginView, Member
 from clusterchat.storage.tables import (
     allgroup,
     friend,
@@ -179,12 +179,24 @@ class SqlStore:
         assert pk is not None
         return int(pk[0])
 
-    async def credentials(self, uid: int) -> tuple[str, str] | None:
+    async def credentials(self, uid: int) -> Credentials | None:
+        q = select(user.c.name, user.c.password, user.c.ticket).where(user.c.id == uid)
         async with self._tx() as conn:
-            row = (
-                await conn.execute(select(user.c.name, user.c.password).where(user.c.id == uid))
-            ).first()
-        return (row.name, row.password) if row else None
+            row = (await conn.execute(q)).first()
+        return Credentials(row.name, row.password, row.ticket) if row else None
+
+    async def start_session(self, uid: int, ticket_digest: str | None) -> None:
+        values: dict[str, str] = {"state": "online"}
+        if ticket_digest is not None:
+            values["ticket"] = ticket_digest
+        async with self._tx() as conn:
+            await conn.execute(update(user).where(user.c.id == uid).values(**values))
+
+    async def end_session(self, uid: int) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                update(user).where(user.c.id == uid).values(state="offline", ticket=None)
+            )
 
     async def set_state(self, uids: Sequence[int], online: bool) -> None:
         if not uids:

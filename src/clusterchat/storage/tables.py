@@ -1,6 +1,7 @@
 """The original's schema (table and column names kept), widened where it broke.
 
-Changes from the original: ``password`` holds an argon2id hash (255 chars);
+Changes from the original: ``password`` holds an argon2id hash (255 chars),
+``ticket`` a session ticket's digest;
 ``offlinemessage`` gains an auto-increment ``id`` so offline messages are
 delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
 instead of VARCHAR(500). Everything is utf8mb4 on MySQL.
@@ -38,6 +39,9 @@ user = Table(
         nullable=False,
         server_default="offline",
     ),
+    # SHA-256 of the session ticket issued at the last login: lets a client
+    # that lost its connection log in again without the slow password hash.
+    Column("ticket", String(64), nullable=True),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
