@@ -147,6 +147,41 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--json", action="store_true",
                      help="print each protocol message received, raw, one per line")  # fmt: skip
 
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="load-test a server or cluster",
+        description="Drive a server or cluster with one load scenario and report ops/s, "
+        "latency percentiles (p50/p99/p99.9) and losses. It creates its own users. "
+        "Scenarios: reg (registrations), login (a storm of fresh logins), reconnect "
+        "(every user drops and logs back in at once, with its session ticket), chat "
+        "(pairs messaging each other), group (fan-out to one group).",
+    )
+    bench.add_argument("scenario", choices=["reg", "login", "reconnect", "chat", "group"])
+    bench.add_argument(
+        "--target",
+        default="127.0.0.1:6000",
+        metavar="HOST:PORT[,HOST:PORT]",
+        help="server(s); connections alternate between them [default %(default)s]",
+    )
+    bench.add_argument("-n", "--users", type=int, default=200,
+                       help="users (reg, login, reconnect) [default 200]")  # fmt: skip
+    bench.add_argument("-c", "--concurrency", type=int, default=16,
+                       help="requests in flight (reg, login) [default 16]")  # fmt: skip
+    bench.add_argument("-p", "--pairs", type=int, default=10, help="chat pairs [default 10]")
+    bench.add_argument("-w", "--window", type=int, default=1,
+                       help="messages in flight per sender [default 1]")  # fmt: skip
+    bench.add_argument("-t", "--seconds", type=float, default=5.0,
+                       help="measured seconds (chat, group) [default 5]")  # fmt: skip
+    bench.add_argument("--warmup", type=float, default=1.0,
+                       help="unmeasured seconds first [default 1]")  # fmt: skip
+    bench.add_argument("-g", "--members", type=int, default=20,
+                       help="group members [default 20]")  # fmt: skip
+    bench.add_argument("-s", "--senders", type=int, default=1,
+                       help="group senders [default 1]")  # fmt: skip
+    bench.add_argument("--msg-size", type=int, default=32, help="message bytes [default 32]")
+    bench.add_argument("--json", action="store_true", help="one JSON line instead of a table")
+
     cl = sub.add_parser(
         "cluster",
         parents=[common],
@@ -267,6 +302,35 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from clusterchat.bench.main import run as run_bench
+    from clusterchat.bench.scenarios import Options
+
+    targets = []
+    for t in args.target.split(","):
+        host, _, port = t.rpartition(":")
+        targets.append((host or "127.0.0.1", int(port)))
+    opts = Options(
+        targets=targets,
+        users=args.users,
+        concurrency=args.concurrency,
+        pairs=args.pairs,
+        window=args.window,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        members=args.members,
+        senders=args.senders,
+        msg_size=args.msg_size,
+    )
+    results = []
+
+    async def go() -> None:
+        results.append(await run_bench(args.scenario, opts, args.json))
+
+    _run(go())
+    return 0 if results and not results[0].errors and not results[0].lost else 1
+
+
 def _cluster(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -307,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _server(args, argv)
     if args.command == "cluster":
         return _cluster(args)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "client":
         from clusterchat.client.main import ClientOptions, default_port
         from clusterchat.client.main import run as run_client

@@ -145,10 +145,13 @@ def login_ack(
     groups: Sequence[str],
     offline: Sequence[str],
     ticket: str | None = None,
+    resumed: bool = False,
 ) -> bytes:
     doc: dict[str, Any] = {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
     if ticket is not None:
         doc["ticket"] = ticket
+    if resumed:
+        doc["resumed"] = True
     # The original only includes these keys when non-empty.
     if friends:
         doc["friends"] = friends

@@ -44,7 +44,7 @@ from clusterchat.protocol.messages import (
 from clusterchat.service import tickets
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.session import Session
-from clusterchat.storage.base import Store
+from clusterchat.storage.base import LoginView, Resume, Store
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class ChatService:
         for t in list(self._background):
             if not t.done():
                 await asyncio.wait([t], timeout=5)
+        await self.store.flush_states()
         if uids:
             try:
                 await self.store.set_state(uids, online=False)
@@ -211,59 +212,96 @@ class ChatService:
         s.peer.send(codec.reg_ack(uid))
 
     async def _login(self, s: Session, req: Login) -> None:
-        if s.logged_in:
-            s.peer.send(
-                codec.login_refused(
-                    LoginErr.ALREADY_LOGGED_IN_HERE, "already logged in here; log out first"
-                )
-            )
-            return
-        if req.password is None and req.ticket is None:
-            s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "give a password"))
+        refusal = self._precheck_login(s, req)
+        if refusal is not None:
+            s.peer.send(codec.login_refused(*refusal))
             return
         try:
-            creds = await self.store.credentials(req.id)
+            who = await self._authenticate(s, req)
         except errors.Unavailable:
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
             return
-        if req.ticket is not None:
-            ok = creds is not None and tickets.matches(req.ticket, creds.ticket_digest)
-        else:
-            assert req.password is not None
-            ok = await self.passwords.verify(creds.password_hash if creds else None, req.password)
-        if not ok or creds is None:
+        if who is None:
             s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
             return
-        name = creds.name
-        # A password login gets a fresh ticket (modern clients only); a ticket login keeps it.
-        ticket, ticket_digest = (
-            tickets.issue() if req.ticket is None and not s.legacy else (req.ticket, None)
-        )
+        name, resumed = who
         uid = req.id
-        if uid in self.sessions or s.logged_in or not await self.presence.claim(uid):
-            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
-            return
-        if uid in self.sessions or s.logged_in:  # lost a race while claiming
-            await self.presence.release(uid)
-            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
-            return
-        if s.closed:  # the connection dropped while we checked the password
-            await self.presence.release(uid)
+        if not await self._claim(s, uid):
             return
         s.uid, s.name, s.held = uid, name, []
         s.flushing, s.recheck, s.offline_upto = True, False, 0
         self.sessions[uid] = s
         try:
-            view = await self.store.login_view(uid)
-            await self.store.start_session(uid, ticket_digest)
-            ids = {f for f, _ in view.friends}
-            ids.update(m.id for g in view.groups for m in g.members)
-            online = await self.presence.online(ids)
+            if resumed is not None:
+                # A ticket login (a reconnect): offline messages only; the
+                # client has its lists. Look again once claimed: something
+                # may have been stored between the read and the claim.
+                view, ticket = LoginView([], [], resumed.offline), req.ticket
+                s.recheck = True
+                self.store.note_state(uid, online=True)
+            else:
+                ticket, digest = tickets.issue() if not s.legacy else (None, None)
+                view = await self.store.open_session(uid, digest)
+            reply = await self._login_reply(s, view, ticket, resumed is not None)
         except BaseException:
             s.flushing = False
             self._forget(s)
             await self.presence.release(uid)
             raise
+        held, s.held = s.held or [], None
+        sent = s.peer.send(reply)
+        for payload in held:
+            sent = s.peer.send(payload) and sent
+        if not sent:  # gone before it got them: keep everything for next time
+            s.flushing = False
+            await self.store_offline_each(uid, held)
+            if self.sessions.get(uid) is s:
+                await self._leave(s)
+            return
+        await self._offline_written(s, view.offline)
+        await self._flush_offline(s, running=True)
+
+    def _precheck_login(self, s: Session, req: Login) -> tuple[int, str] | None:
+        if s.logged_in:
+            return LoginErr.ALREADY_LOGGED_IN_HERE, "already logged in here; log out first"
+        if req.password is None and req.ticket is None:
+            return LoginErr.BAD_CREDENTIALS, "give a password"
+        return None
+
+    async def _authenticate(self, s: Session, req: Login) -> tuple[str, Resume | None] | None:
+        """The user's name (and, for a ticket login, what it read), or None."""
+        if req.ticket is not None:
+            found = await self.store.resume(req.id)
+            if found is None or not tickets.matches(req.ticket, found.ticket_digest):
+                return None
+            return found.name, found
+        assert req.password is not None
+        creds = await self.store.credentials(req.id)
+        if not await self.passwords.verify(creds.password_hash if creds else None, req.password):
+            return None
+        assert creds is not None
+        return creds.name, None
+
+    async def _claim(self, s: Session, uid: int) -> bool:
+        """Mark the user online here and cluster-wide, unless they already are."""
+        if uid in self.sessions or s.logged_in or not await self.presence.claim(uid):
+            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            return False
+        if uid in self.sessions or s.logged_in:  # lost a race while claiming
+            await self.presence.release(uid)
+            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            return False
+        if s.closed:  # the connection dropped while we checked the password
+            await self.presence.release(uid)
+            return False
+        return True
+
+    async def _login_reply(
+        self, s: Session, view: LoginView, ticket: str | None, resumed: bool
+    ) -> bytes:
+        ids = {f for f, _ in view.friends}
+        ids.update(m.id for g in view.groups for m in g.members)
+        online = await self.presence.online(ids) if ids else set()
         friends = [codec.friend_doc(f, n, f in online) for f, n in view.friends]
         groups = [
             codec.group_doc(
@@ -276,20 +314,8 @@ class ChatService:
         ]
         for g in view.groups:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
-        held, s.held = s.held or [], None
-        sent = s.peer.send(
-            codec.login_ack(uid, name, friends, groups, [m for _, m in view.offline], ticket)
-        )
-        for payload in held:
-            sent = s.peer.send(payload) and sent
-        if not sent:  # gone before it got them: keep everything for next time
-            s.flushing = False
-            await self.store_offline_each(uid, held)
-            if self.sessions.get(uid) is s:
-                await self._leave(s)
-            return
-        await self._offline_written(s, view.offline)
-        await self._flush_offline(s, running=True)
+        offline = [m for _, m in view.offline]
+        return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed)
 
     async def _offline_written(self, s: Session, rows: list[tuple[int, str]]) -> None:
         if rows:
@@ -331,7 +357,7 @@ class ChatService:
             if logout:
                 await self.store.end_session(uid)
             else:
-                await self.store.set_state([uid], online=False)
+                self.store.note_state(uid, online=False)
         finally:
             # Acknowledge only once the whole cluster sees the user offline.
             await self.presence.release(uid)

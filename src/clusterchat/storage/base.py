@@ -21,6 +21,15 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True)
+class Resume:
+    """What a ticket login needs, in one read."""
+
+    name: str
+    ticket_digest: str | None
+    offline: list[tuple[int, str]]
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     id: int
     name: str
@@ -54,8 +63,14 @@ class Store(Protocol):
     async def credentials(self, uid: int) -> Credentials | None: ...
 
     async def set_state(self, uids: Sequence[int], online: bool) -> None: ...
-    async def start_session(self, uid: int, ticket_digest: str | None) -> None:
-        """Mark online; a new ticket digest replaces the old one, None keeps it."""
+    async def resume(self, uid: int) -> Resume | None: ...
+
+    def note_state(self, uid: int, online: bool) -> None:
+        """Record online/offline in the user table soon, coalesced with others."""
+        ...
+
+    async def flush_states(self) -> None:
+        """Write what :meth:`note_state` has pending, now."""
         ...
 
     async def end_session(self, uid: int) -> None:
@@ -66,7 +81,11 @@ class Store(Protocol):
         """Mark every user offline: a lone node starting after a crash."""
         ...
 
-    async def login_view(self, uid: int) -> LoginView: ...
+    async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
+        """Mark online and read what the login reply carries. A new ticket
+        digest replaces the stored one; None keeps it."""
+        ...
+
     async def friends(self, uid: int) -> list[tuple[int, str]]: ...
     async def groups(self, uid: int) -> list[Group]: ...
 

@@ -7,6 +7,7 @@ translated in :func:`_translated`, the one place that knows them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -19,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from clusterchat import errors
-from clusterchat.storage.base import Credentials, Group, LoginView, Member
+from clusterchat.storage.base import Credentials, Group, LoginView, Member, Resume
 from clusterchat.storage.tables import (
     allgroup,
     friend,
@@ -53,7 +54,12 @@ def make_engine(url: URL) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # One connection: SQLite has one writer at a time, and writers that
+        # contend wait in its busy handler's sleeps (milliseconds each).
+        # Serialising in the pool instead keeps every statement sub-millisecond.
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -66,8 +72,12 @@ def make_engine(url: URL) -> AsyncEngine:
     if _is_mysql(url):
         if "charset" not in url.query:
             url = url.update_query_dict({"charset": "utf8mb4"})
+        # No pre-ping and no rollback on checkin: each costs a round trip on
+        # every transaction. Every use commits or rolls back explicitly, and a
+        # dropped connection fails one request (as UNAVAILABLE), after which
+        # SQLAlchemy replaces the whole pool.
         return create_async_engine(
-            url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=3600
+            url, pool_size=10, max_overflow=20, pool_recycle=3600, pool_reset_on_return=None
         )
     return create_async_engine(url, pool_pre_ping=True)
 
@@ -113,11 +123,49 @@ async def _groups(conn: AsyncConnection, uid: int) -> list[Group]:
     return [Group(gid, n, d, tuple(m)) for gid, (n, d, m) in groups.items()]
 
 
+class _StateWriter:
+    """Coalesces the ``user.state`` column's writes: a storm of logins or
+    drops becomes a few ``UPDATE ... WHERE id IN (...)``, not one each.
+    The column is informational (presence decides who is online), so a
+    write a few milliseconds late is fine; shutdown flushes."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._pending: dict[int, bool] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, uid: int, online: bool) -> None:
+        self._pending[uid] = online
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._soon())
+
+    async def _soon(self) -> None:
+        await asyncio.sleep(0.02)
+        self._task = None
+        await self._write()
+
+    async def flush(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        await self._write()
+
+    async def _write(self) -> None:
+        pending, self._pending = self._pending, {}
+        for online in (True, False):
+            uids = [u for u, state in pending.items() if state is online]
+            try:
+                await self._store.set_state(uids, online)
+            except errors.Unavailable as exc:
+                log.warning("could not record %d users as %s: %s", len(uids), online, exc)
+
+
 class SqlStore:
     def __init__(self, url: str | URL) -> None:
         self._url = make_url(url)
         self.url = self._url.render_as_string(hide_password=True)
         self.engine = make_engine(self._url)
+        self._states = _StateWriter(self)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -159,6 +207,7 @@ class SqlStore:
             await server.dispose()
 
     async def close(self) -> None:
+        await self._states.flush()
         await self.engine.dispose()
 
     @contextlib.asynccontextmanager
@@ -185,12 +234,26 @@ class SqlStore:
             row = (await conn.execute(q)).first()
         return Credentials(row.name, row.password, row.ticket) if row else None
 
-    async def start_session(self, uid: int, ticket_digest: str | None) -> None:
-        values: dict[str, str] = {"state": "online"}
-        if ticket_digest is not None:
-            values["ticket"] = ticket_digest
+    async def resume(self, uid: int) -> Resume | None:
+        """A ticket login's one read: name, ticket digest and offline messages."""
+        q = (
+            select(user.c.name, user.c.ticket, offlinemessage.c.id, offlinemessage.c.message)
+            .outerjoin(offlinemessage, offlinemessage.c.userid == user.c.id)
+            .where(user.c.id == uid)
+            .order_by(offlinemessage.c.id)
+        )
         async with self._tx() as conn:
-            await conn.execute(update(user).where(user.c.id == uid).values(**values))
+            rows = (await conn.execute(q)).all()
+        if not rows:
+            return None
+        offline = [(r.id, r.message) for r in rows if r.id is not None]
+        return Resume(rows[0].name, rows[0].ticket, offline)
+
+    def note_state(self, uid: int, online: bool) -> None:
+        self._states.note(uid, online)
+
+    async def flush_states(self) -> None:
+        await self._states.flush()
 
     async def end_session(self, uid: int) -> None:
         async with self._tx() as conn:
@@ -211,11 +274,17 @@ class SqlStore:
 
     # -- login ---------------------------------------------------------------
 
-    async def login_view(self, uid: int) -> LoginView:
+    async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
+        """Everything a login reply needs, and the user marked online, in one
+        transaction. A new ticket digest replaces the old one; None keeps it."""
+        values: dict[str, str] = {"state": "online"}
+        if ticket_digest is not None:
+            values["ticket"] = ticket_digest
         async with self._tx() as conn:
             friends = await _friends(conn, uid)
             groups = await _groups(conn, uid)
             offline = (await conn.execute(_offline_after(uid, 0))).all()
+            await conn.execute(update(user).where(user.c.id == uid).values(**values))
         return LoginView(friends, groups, [(r.id, r.message) for r in offline])
 
     async def friends(self, uid: int) -> list[tuple[int, str]]:

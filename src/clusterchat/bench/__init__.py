@@ -1,0 +1,1 @@
+"""`clusterchat bench`: load scenarios for sizing a deployment."""

@@ -1,0 +1,71 @@
+"""A lean benchmark connection: an asyncio Protocol, replies matched FIFO,
+chat deliveries handed to a callback. Thousands of these fit in one process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from clusterchat.protocol import codec
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
+from clusterchat.protocol.messages import PUSHED
+
+
+class Closed(Exception):
+    pass
+
+
+class BenchConn(asyncio.Protocol):
+    def __init__(self, on_push: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder(16 * DEFAULT_MAX_FRAME)
+        self.pending: deque[asyncio.Future[dict[str, Any]]] = deque()
+        self.on_push = on_push
+        self.uid = 0
+        self.ticket: str | None = None
+
+    @classmethod
+    async def open(
+        cls, host: str, port: int, on_push: Callable[[dict[str, Any]], None] | None = None
+    ) -> BenchConn:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: cls(on_push), host, port)
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for frame, _ in self.decoder.feed(data):
+            msg = codec.loads(frame)
+            if msg.get("msgid") in PUSHED:
+                if self.on_push is not None:
+                    self.on_push(msg)
+            elif self.pending:
+                fut = self.pending.popleft()
+                if not fut.done():
+                    fut.set_result(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        while self.pending:
+            fut = self.pending.popleft()
+            if not fut.done():
+                fut.set_exception(Closed("connection closed"))
+
+    def send(self, doc: dict[str, Any]) -> None:
+        if self.transport is None:
+            raise Closed("connection closed")
+        self.transport.write(codec.dumps(doc).encode() + b"\n")
+
+    def request(self, doc: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.send(doc)
+        self.pending.append(fut)
+        return fut
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

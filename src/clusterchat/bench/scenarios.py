@@ -1,0 +1,325 @@
+"""The benchmark scenarios. Each creates its own users (a unique name prefix
+per run), reports ops/s, latency percentiles and losses, and stops by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clusterchat.bench.conn import BenchConn, Closed
+from clusterchat.bench.stats import Result
+from clusterchat.protocol.messages import MsgId
+
+PASSWORD = "bench-pw"
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class Options:
+    targets: list[tuple[str, int]]
+    users: int = 200
+    concurrency: int = 16
+    pairs: int = 10
+    window: int = 1
+    seconds: float = 5.0
+    warmup: float = 1.0
+    members: int = 20
+    senders: int = 1
+    msg_size: int = 32
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self.targets)
+
+
+def _now_us() -> float:
+    return time.perf_counter_ns() / 1000
+
+
+async def _bounded(
+    n: int, conc: int, work: Callable[[int], Awaitable[None]], progress: Progress, phase: str
+) -> None:
+    """Run work(0..n-1) with at most ``conc`` in flight."""
+    counter = itertools.count()
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while (i := next(counter)) < n:
+            await work(i)
+            done += 1
+            progress(phase, done, n)
+
+    await asyncio.gather(*(worker() for _ in range(min(conc, n))))
+
+
+async def _open(
+    opts: Options, i: int, on_push: Callable[[dict[str, Any]], None] | None = None
+) -> BenchConn:
+    host, port = opts.targets[i % len(opts.targets)]
+    return await BenchConn.open(host, port, on_push)
+
+
+async def _register_all(opts: Options, n: int, progress: Progress) -> list[int]:
+    prefix = f"b{os.urandom(4).hex()}"
+    ids = [0] * n
+    conns = [await _open(opts, i) for i in range(min(opts.concurrency, n))]
+
+    async def reg(i: int) -> None:
+        conn = conns[i % len(conns)]
+        ack = await conn.request({"msgid": MsgId.REG, "name": f"{prefix}{i}", "password": PASSWORD})
+        if ack.get("errno") != 0:
+            raise RuntimeError(f"register failed: {ack}")
+        ids[i] = int(ack["id"])
+
+    # One request in flight per connection keeps replies matched.
+    await _bounded(n, len(conns), reg, progress, "registering")
+    for c in conns:
+        c.close()
+    return ids
+
+
+async def _login(conn: BenchConn, uid: int, secret: dict[str, str]) -> dict[str, Any]:
+    ack = await conn.request({"msgid": MsgId.LOGIN, "id": uid, **secret})
+    if ack.get("errno") == 0:
+        conn.uid = uid
+        conn.ticket = ack.get("ticket")
+    return ack
+
+
+PushFor = Callable[[int], Callable[[dict[str, Any]], None]]
+
+
+async def _login_all(
+    opts: Options, ids: Sequence[int], progress: Progress, on_push: PushFor | None = None
+) -> list[BenchConn]:
+    conns: list[BenchConn | None] = [None] * len(ids)
+
+    async def one(i: int) -> None:
+        conn = await _open(opts, i, on_push(i) if on_push else None)
+        ack = await _login(conn, ids[i], {"password": PASSWORD})
+        if ack.get("errno") != 0:
+            raise RuntimeError(f"login failed: {ack}")
+        conns[i] = conn
+
+    await _bounded(len(ids), opts.concurrency, one, progress, "logging in")
+    return [c for c in conns if c is not None]
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+async def reg(opts: Options, progress: Progress) -> Result:
+    result = Result("reg", opts.label)
+    conns = [await _open(opts, i) for i in range(opts.concurrency)]
+    prefix = f"r{os.urandom(4).hex()}"
+
+    async def one(i: int) -> None:
+        conn = conns[i % len(conns)]
+        t0 = _now_us()
+        ack = await conn.request({"msgid": MsgId.REG, "name": f"{prefix}{i}", "password": PASSWORD})
+        result.latencies_us.append(_now_us() - t0)
+        if ack.get("errno") == 0:
+            result.ops += 1
+        else:
+            result.errors += 1
+
+    start = time.perf_counter()
+    await _bounded(opts.users, len(conns), one, progress, "registering")
+    result.seconds = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    return result
+
+
+async def login(opts: Options, progress: Progress) -> Result:
+    """Fresh users log in, ``concurrency`` at a time, each on its own connection."""
+    ids = await _register_all(opts, opts.users, progress)
+    result = Result("login", opts.label)
+    conns: list[BenchConn] = []
+
+    async def one(i: int) -> None:
+        conn = await _open(opts, i)
+        conns.append(conn)
+        t0 = _now_us()
+        try:
+            ack = await _login(conn, ids[i], {"password": PASSWORD})
+        except Closed:
+            result.errors += 1
+            return
+        result.latencies_us.append(_now_us() - t0)
+        if ack.get("errno") == 0:
+            result.ops += 1
+        else:
+            result.errors += 1
+
+    start = time.perf_counter()
+    await _bounded(len(ids), opts.concurrency, one, progress, "login storm")
+    result.seconds = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    return result
+
+
+async def reconnect(opts: Options, progress: Progress) -> Result:
+    """Every user drops at once and logs back in with its session ticket."""
+    ids = await _register_all(opts, opts.users, progress)
+    first = await _login_all(opts, ids, progress)
+    tickets = {c.uid: c.ticket for c in first}
+    for c in first:
+        c.close()
+    await asyncio.sleep(0.5)  # let the node notice the drops
+    result = Result("reconnect", opts.label)
+    conns: list[BenchConn] = []
+    done = 0
+
+    async def back(i: int) -> None:
+        nonlocal done
+        uid = ids[i]
+        t0 = _now_us()
+        for _attempt in range(100):
+            conn = await _open(opts, i)
+            conns.append(conn)
+            ticket = tickets.get(uid)
+            secret = {"ticket": ticket} if ticket else {"password": PASSWORD}
+            ack = await _login(conn, uid, secret)
+            if ack.get("errno") == 0:
+                result.latencies_us.append(_now_us() - t0)
+                result.ops += 1
+                done += 1
+                progress("reconnecting", done, len(ids))
+                return
+            conn.close()
+            if ack.get("errno") != 2:  # 2: the old session is still being dropped
+                result.errors += 1
+                return
+            await asyncio.sleep(0.05)
+        result.errors += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(back(i) for i in range(len(ids))))
+    result.seconds = time.perf_counter() - start
+    result.notes["all back in"] = f"{result.seconds:.2f} s"
+    for c in conns:
+        c.close()
+    return result
+
+
+def _payload(seq: int, sender: int, size: int) -> str:
+    head = f"{time.perf_counter_ns()}:{seq}:{sender}:"
+    return head + "x" * max(0, size - len(head))
+
+
+class ChatFlow:
+    """Windowed senders and the receivers' bookkeeping, shared by chat and group.
+
+    Each message carries its send time, sequence number and sender; it
+    retires when all ``fanout`` deliveries have arrived, freeing a window slot.
+    """
+
+    def __init__(self, opts: Options, result: Result, senders: int, fanout: int) -> None:
+        self.opts, self.result, self.fanout = opts, result, fanout
+        self.window = [asyncio.Semaphore(opts.window) for _ in range(senders)]
+        self.outstanding: dict[int, int] = {}  # seq -> deliveries still due
+        self.measure_from = float("inf")
+        self.seqs = itertools.count()
+        self.sent = 0
+
+    def on_push(self, msg: dict[str, Any]) -> None:
+        sent_ns, seq_s, sender, _ = str(msg.get("msg", "")).split(":", 3)
+        now = time.perf_counter_ns()
+        if now / 1e9 >= self.measure_from:
+            self.result.ops += 1
+            self.result.latencies_us.append((now - int(sent_ns)) / 1000)
+        seq = int(seq_s)
+        left = self.outstanding.get(seq, 0) - 1
+        if left > 0:
+            self.outstanding[seq] = left
+        elif seq in self.outstanding:
+            del self.outstanding[seq]
+            self.window[int(sender)].release()
+
+    async def run(
+        self, senders: list[tuple[BenchConn, dict[str, Any]]], progress: Progress
+    ) -> None:
+        now = time.perf_counter()
+        self.measure_from = now + self.opts.warmup
+        stop_at = self.measure_from + self.opts.seconds
+
+        async def send_loop(k: int, conn: BenchConn, template: dict[str, Any]) -> None:
+            while time.perf_counter() < stop_at:
+                await self.window[k].acquire()
+                seq = next(self.seqs)
+                self.outstanding[seq] = self.fanout
+                try:
+                    conn.request({**template, "msg": _payload(seq, k, self.opts.msg_size)})
+                except Closed:
+                    self.result.errors += 1
+                    return
+                self.sent += 1
+
+        ticker = asyncio.ensure_future(_tick(self.opts, progress))
+        try:
+            await asyncio.gather(*(send_loop(k, c, t) for k, (c, t) in enumerate(senders)))
+            await asyncio.sleep(min(2.0, 0.5 + self.opts.seconds / 10))  # stragglers
+        finally:
+            ticker.cancel()
+        self.result.seconds = self.opts.seconds
+        self.result.lost = sum(self.outstanding.values())
+        self.result.notes["messages sent"] = self.sent
+
+
+async def _tick(opts: Options, progress: Progress) -> None:
+    total = int((opts.warmup + opts.seconds) * 10)
+    for i in range(total):
+        progress("measuring", i, total)
+        await asyncio.sleep(0.1)
+
+
+async def chat(opts: Options, progress: Progress) -> Result:
+    """Pairs (users 2i and 2i+1) message each other; with two targets every
+    pair spans two nodes."""
+    result = Result("chat", opts.label)
+    ids = await _register_all(opts, opts.pairs * 2, progress)
+    flow = ChatFlow(opts, result, senders=len(ids), fanout=1)
+    conns = await _login_all(opts, ids, progress, on_push=lambda _i: flow.on_push)
+    senders = [(c, {"msgid": MsgId.ONE_CHAT, "toid": ids[i ^ 1]}) for i, c in enumerate(conns)]
+    await flow.run(senders, progress)
+    for c in conns:
+        c.close()
+    return result
+
+
+async def group(opts: Options, progress: Progress) -> Result:
+    """One group of ``members``; ``senders`` of them talk, everyone else receives."""
+    result = Result("group", opts.label)
+    ids = await _register_all(opts, opts.members, progress)
+    flow = ChatFlow(opts, result, senders=opts.senders, fanout=opts.members - 1)
+    conns = await _login_all(opts, ids, progress, on_push=lambda _i: flow.on_push)
+    name = f"g{os.urandom(4).hex()}"
+    ack = await conns[0].request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": name, "groupdesc": "bench"}
+    )
+    gid = int(ack["groupid"])
+    await asyncio.gather(
+        *(c.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}) for c in conns[1:])
+    )
+    senders = [(conns[k], {"msgid": MsgId.GROUP_CHAT, "groupid": gid}) for k in range(opts.senders)]
+    await flow.run(senders, progress)
+    for c in conns:
+        c.close()
+    return result
+
+
+SCENARIOS: dict[str, Callable[[Options, Progress], Awaitable[Result]]] = {
+    "reg": reg,
+    "login": login,
+    "reconnect": reconnect,
+    "chat": chat,
+    "group": group,
+}

@@ -1,0 +1,71 @@
+"""Results of one benchmark run, and how they are shown."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+def percentile(sorted_us: list[float], q: float) -> float:
+    if not sorted_us:
+        return 0.0
+    i = min(len(sorted_us) - 1, max(0, round(q * (len(sorted_us) - 1))))
+    return sorted_us[i]
+
+
+@dataclass
+class Result:
+    scenario: str
+    target: str
+    ops: int = 0
+    seconds: float = 0.0
+    lost: int = 0
+    errors: int = 0
+    latencies_us: list[float] = field(default_factory=list, repr=False)
+    notes: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, object]:
+        lat = sorted(self.latencies_us)
+        out = asdict(self)
+        del out["latencies_us"]
+        out.update(
+            ops_per_s=round(self.ops_per_s, 1),
+            p50_us=round(percentile(lat, 0.50)),
+            p99_us=round(percentile(lat, 0.99)),
+            p999_us=round(percentile(lat, 0.999)),
+            max_us=round(lat[-1]) if lat else 0,
+        )
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.summary())
+
+
+def table(result: Result) -> object:
+    from rich.table import Table
+
+    s = result.summary()
+    t = Table(title=f"clusterchat bench: {result.scenario} against {result.target}")
+    for col in ("ops", "ops/s", "p50", "p99", "p99.9", "max", "lost", "errors"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        str(s["ops"]),
+        f"{s['ops_per_s']:,.0f}",
+        _ms(s["p50_us"]),
+        _ms(s["p99_us"]),
+        _ms(s["p999_us"]),
+        _ms(s["max_us"]),
+        str(s["lost"]),
+        str(s["errors"]),
+    )
+    if result.notes:
+        t.caption = ", ".join(f"{k}: {v}" for k, v in result.notes.items())
+    return t
+
+
+def _ms(us: object) -> str:
+    return f"{float(us) / 1000:.2f} ms"  # type: ignore[arg-type]
