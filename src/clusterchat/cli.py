@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(srv)
     srv.add_argument(
+        "--db-pool",
+        type=int,
+        default=_env_int("CLUSTERCHAT_DB_POOL", 20),
+        metavar="N",
+        help="connections to MariaDB/MySQL this node keeps [env CLUSTERCHAT_DB_POOL; default 20]",
+    )
+    srv.add_argument(
         "--max-frame",
         type=int,
         default=_env_int("CLUSTERCHAT_MAX_FRAME", DEFAULT_MAX_FRAME),
@@ -290,6 +297,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         host=args.ip or args.host,
         port=args.port_pos or args.port,
         db_url=args.db or default_db_url(),
+        db_pool=args.db_pool,
         max_frame=args.max_frame,
         hash_cost=_hash_cost(args.hash_cost),
         redis_url=args.redis or None,

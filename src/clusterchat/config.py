@@ -35,6 +35,8 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     db_url: str = field(default_factory=default_db_url)
+    #: Connections to MariaDB/MySQL per node (SQLite always uses one).
+    db_pool: int = 20
     max_frame: int = DEFAULT_MAX_FRAME
     hash_cost: HashCost = field(default_factory=HashCost)
     shutdown_grace: float = 5.0

@@ -54,6 +54,9 @@ class Inbox(Protocol):
 
 
 class Bus(Protocol):
+    #: Other nodes exist, and may store messages for users logging in here.
+    shared: bool
+
     async def start(self, inbox: Inbox) -> None: ...
 
     async def send(self, uids: Sequence[int], payload: bytes) -> list[int]:

@@ -27,6 +27,8 @@ class LocalPresence:
 class NoBus:
     """No other nodes: a user not connected here is offline."""
 
+    shared = False
+
     async def start(self, inbox: Inbox) -> None:
         return None
 

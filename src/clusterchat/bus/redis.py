@@ -89,6 +89,8 @@ class RedisCluster:
     """Both the :class:`~clusterchat.bus.base.Presence` and the :class:`~clusterchat.bus.base.Bus`
     of a cluster node."""
 
+    shared = True
+
     def __init__(
         self,
         url: str,

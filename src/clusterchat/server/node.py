@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store: Store = store or SqlStore(settings.db_url)
+        self.store: Store = store or SqlStore(settings.db_url, settings.db_pool)
         self.node_id = settings.node_id or os.urandom(3).hex()
         presence: Presence
         bus: Bus

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from clusterchat import errors
 from clusterchat.bus.base import Bus, Presence
@@ -79,6 +79,7 @@ class ChatService:
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
+        self._logging_in: dict[int, bool] = {}  # ticket logins in progress: stored meanwhile?
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
             Logout: self._logout,
@@ -217,27 +218,19 @@ class ChatService:
             s.peer.send(codec.login_refused(*refusal))
             return
         try:
-            who = await self._authenticate(s, req)
-        except errors.Unavailable:
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
+            registered = await self._admit(s, req)
+        finally:
+            stored_meanwhile = self._logging_in.pop(req.id, False)
+        if registered is False:
             return
-        if who is None:
-            s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
-            return
-        name, resumed = who
-        uid = req.id
-        if not await self._claim(s, uid):
-            return
-        s.uid, s.name, s.held = uid, name, []
-        s.flushing, s.recheck, s.offline_upto = True, False, 0
-        self.sessions[uid] = s
+        uid, resumed = req.id, registered
         try:
             if resumed is not None:
                 # A ticket login (a reconnect): offline messages only; the
-                # client has its lists. Look again once claimed: something
-                # may have been stored between the read and the claim.
+                # client has its lists. Look again if something may have been
+                # stored between the read and the registration.
                 view, ticket = LoginView([], [], resumed.offline), req.ticket
-                s.recheck = True
+                s.recheck = stored_meanwhile or self.bus.shared
                 self.store.note_state(uid, online=True)
             else:
                 ticket, digest = tickets.issue() if not s.legacy else (None, None)
@@ -261,6 +254,25 @@ class ChatService:
         await self._offline_written(s, view.offline)
         await self._flush_offline(s, running=True)
 
+    async def _admit(self, s: Session, req: Login) -> Resume | Literal[False] | None:
+        """Check the secret, claim the user and register the session. Returns
+        False if refused (the reply is sent), else what a ticket login read."""
+        try:
+            who = await self._authenticate(s, req)
+        except errors.Unavailable:
+            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
+            return False
+        if who is None:
+            s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
+            return False
+        name, resumed = who
+        if not await self._claim(s, req.id):
+            return False
+        s.uid, s.name, s.held = req.id, name, []
+        s.flushing, s.recheck, s.offline_upto = True, False, 0
+        self.sessions[req.id] = s
+        return resumed
+
     def _precheck_login(self, s: Session, req: Login) -> tuple[int, str] | None:
         if s.logged_in:
             return LoginErr.ALREADY_LOGGED_IN_HERE, "already logged in here; log out first"
@@ -271,6 +283,9 @@ class ChatService:
     async def _authenticate(self, s: Session, req: Login) -> tuple[str, Resume | None] | None:
         """The user's name (and, for a ticket login, what it read), or None."""
         if req.ticket is not None:
+            # Note offline stores for this user from now on: the read below
+            # may miss them, and the session that would be nudged is not yet there.
+            self._logging_in[req.id] = False
             found = await self.store.resume(req.id)
             if found is None or not tickets.matches(req.ticket, found.ticket_digest):
                 return None
@@ -555,6 +570,8 @@ class ChatService:
         for uid in uids:
             s = self.sessions.get(uid)
             if s is None:
+                if uid in self._logging_in:
+                    self._logging_in[uid] = True
                 away.append(uid)
             elif s.held is None:
                 self._spawn(self._flush_offline(s))

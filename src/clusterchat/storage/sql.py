@@ -14,13 +14,15 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, delete, event, exists, insert, literal, select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from clusterchat import errors
+from clusterchat.storage import queries as q
 from clusterchat.storage.base import Credentials, Group, LoginView, Member, Resume
+from clusterchat.storage.batching import Batcher
 from clusterchat.storage.tables import (
     allgroup,
     friend,
@@ -50,7 +52,7 @@ def _is_mysql(url: URL) -> bool:
     return url.get_backend_name() in ("mysql", "mariadb")
 
 
-def make_engine(url: URL) -> AsyncEngine:
+def make_engine(url: URL, pool_size: int = 20) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -76,48 +78,27 @@ def make_engine(url: URL) -> AsyncEngine:
         # every transaction. Every use commits or rolls back explicitly, and a
         # dropped connection fails one request (as UNAVAILABLE), after which
         # SQLAlchemy replaces the whole pool.
+        # A fixed pool: overflow connections would be opened and closed
+        # again and again under load.
         return create_async_engine(
-            url, pool_size=10, max_overflow=20, pool_recycle=3600, pool_reset_on_return=None
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=30,
+            pool_recycle=3600,
+            pool_reset_on_return=None,
         )
     return create_async_engine(url, pool_pre_ping=True)
 
 
-def _offline_after(uid: int, after: int) -> Select[tuple[int, str]]:
-    return (
-        select(offlinemessage.c.id, offlinemessage.c.message)
-        .where((offlinemessage.c.userid == uid) & (offlinemessage.c.id > after))
-        .order_by(offlinemessage.c.id)
-    )
-
-
 async def _friends(conn: AsyncConnection, uid: int) -> list[tuple[int, str]]:
-    rows = await conn.execute(
-        select(user.c.id, user.c.name)
-        .join(friend, friend.c.friendid == user.c.id)
-        .where(friend.c.userid == uid)
-        .order_by(user.c.id)
-    )
+    rows = await conn.execute(q.FRIENDS, {"uid": uid})
     return [(r.id, r.name) for r in rows]
 
 
 async def _groups(conn: AsyncConnection, uid: int) -> list[Group]:
-    mine = select(groupuser.c.groupid).where(groupuser.c.userid == uid)
-    rows = await conn.execute(
-        select(
-            allgroup.c.id,
-            allgroup.c.groupname,
-            allgroup.c.groupdesc,
-            user.c.id.label("uid"),
-            user.c.name,
-            groupuser.c.grouprole,
-        )
-        .join(groupuser, groupuser.c.groupid == allgroup.c.id)
-        .join(user, user.c.id == groupuser.c.userid)
-        .where(allgroup.c.id.in_(mine))
-        .order_by(allgroup.c.id, user.c.id)
-    )
     groups: dict[int, tuple[str, str, list[Member]]] = {}
-    for r in rows:
+    for r in await conn.execute(q.GROUPS, {"uid": uid}):
         g = groups.setdefault(r.id, (r.groupname, r.groupdesc, []))
         g[2].append(Member(r.uid, r.name, r.grouprole))
     return [Group(gid, n, d, tuple(m)) for gid, (n, d, m) in groups.items()]
@@ -161,11 +142,12 @@ class _StateWriter:
 
 
 class SqlStore:
-    def __init__(self, url: str | URL) -> None:
+    def __init__(self, url: str | URL, pool_size: int = 20) -> None:
         self._url = make_url(url)
         self.url = self._url.render_as_string(hide_password=True)
-        self.engine = make_engine(self._url)
+        self.engine = make_engine(self._url, pool_size)
         self._states = _StateWriter(self)
+        self._resumes: Batcher[Resume] = Batcher(self._resume_many)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -229,25 +211,26 @@ class SqlStore:
         return int(pk[0])
 
     async def credentials(self, uid: int) -> Credentials | None:
-        q = select(user.c.name, user.c.password, user.c.ticket).where(user.c.id == uid)
         async with self._tx() as conn:
-            row = (await conn.execute(q)).first()
+            row = (await conn.execute(q.CREDENTIALS, {"uid": uid})).first()
         return Credentials(row.name, row.password, row.ticket) if row else None
 
     async def resume(self, uid: int) -> Resume | None:
-        """A ticket login's one read: name, ticket digest and offline messages."""
-        q = (
-            select(user.c.name, user.c.ticket, offlinemessage.c.id, offlinemessage.c.message)
-            .outerjoin(offlinemessage, offlinemessage.c.userid == user.c.id)
-            .where(user.c.id == uid)
-            .order_by(offlinemessage.c.id)
-        )
+        """A ticket login's one read: name, ticket digest and offline messages.
+        Ticket logins arriving together share one statement."""
+        return await self._resumes.get(uid)
+
+    async def _resume_many(self, uids: list[int]) -> dict[int, Resume]:
         async with self._tx() as conn:
-            rows = (await conn.execute(q)).all()
-        if not rows:
-            return None
-        offline = [(r.id, r.message) for r in rows if r.id is not None]
-        return Resume(rows[0].name, rows[0].ticket, offline)
+            rows = (await conn.execute(q.RESUME_MANY, {"uids": uids})).all()
+        found: dict[int, Resume] = {}
+        for r in rows:
+            got = found.get(r.uid)
+            if got is None:
+                got = found[r.uid] = Resume(r.name, r.ticket, [])
+            if r.id is not None:
+                got.offline.append((r.id, r.message))
+        return found
 
     def note_state(self, uid: int, online: bool) -> None:
         self._states.note(uid, online)
@@ -257,9 +240,7 @@ class SqlStore:
 
     async def end_session(self, uid: int) -> None:
         async with self._tx() as conn:
-            await conn.execute(
-                update(user).where(user.c.id == uid).values(state="offline", ticket=None)
-            )
+            await conn.execute(q.LOGGED_OUT, {"uid": uid})
 
     async def set_state(self, uids: Sequence[int], online: bool) -> None:
         if not uids:
@@ -277,14 +258,14 @@ class SqlStore:
     async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
         """Everything a login reply needs, and the user marked online, in one
         transaction. A new ticket digest replaces the old one; None keeps it."""
-        values: dict[str, str] = {"state": "online"}
-        if ticket_digest is not None:
-            values["ticket"] = ticket_digest
         async with self._tx() as conn:
             friends = await _friends(conn, uid)
             groups = await _groups(conn, uid)
-            offline = (await conn.execute(_offline_after(uid, 0))).all()
-            await conn.execute(update(user).where(user.c.id == uid).values(**values))
+            offline = (await conn.execute(q.OFFLINE_AFTER, {"uid": uid, "after": 0})).all()
+            if ticket_digest is None:
+                await conn.execute(q.ONLINE, {"uid": uid})
+            else:
+                await conn.execute(q.ONLINE_WITH_TICKET, {"uid": uid, "ticket": ticket_digest})
         return LoginView(friends, groups, [(r.id, r.message) for r in offline])
 
     async def friends(self, uid: int) -> list[tuple[int, str]]:
@@ -355,19 +336,14 @@ class SqlStore:
 
     async def group_members(self, gid: int) -> frozenset[int]:
         async with self._tx() as conn:
-            rows = await conn.execute(select(groupuser.c.userid).where(groupuser.c.groupid == gid))
+            rows = await conn.execute(q.GROUP_MEMBERS, {"gid": gid})
             return frozenset(rows.scalars())
 
     # -- offline messages ---------------------------------------------------------
 
     async def store_offline(self, uid: int, message: str) -> None:
-        # One statement that inserts only if the user exists: no check-then-act race.
-        stmt = insert(offlinemessage).from_select(
-            ["userid", "message"],
-            select(literal(uid), literal(message)).where(exists().where(user.c.id == uid)),
-        )
         async with self._tx() as conn:
-            res = await conn.execute(stmt)
+            res = await conn.execute(q.STORE_OFFLINE, {"uid": uid, "message": message})
         if res.rowcount == 0:
             raise errors.NoSuchUser(uid)
 
@@ -381,7 +357,7 @@ class SqlStore:
 
     async def offline_after(self, uid: int, after: int) -> list[tuple[int, str]]:
         async with self._tx() as conn:
-            rows = (await conn.execute(_offline_after(uid, after))).all()
+            rows = (await conn.execute(q.OFFLINE_AFTER, {"uid": uid, "after": after})).all()
         return [(r.id, r.message) for r in rows]
 
     async def offline_users(self, uids: Sequence[int]) -> set[int]:
@@ -395,8 +371,4 @@ class SqlStore:
 
     async def delete_offline(self, uid: int, upto: int) -> None:
         async with self._tx() as conn:
-            await conn.execute(
-                delete(offlinemessage).where(
-                    (offlinemessage.c.userid == uid) & (offlinemessage.c.id <= upto)
-                )
-            )
+            await conn.execute(q.DELETE_OFFLINE, {"uid": uid, "upto": upto})

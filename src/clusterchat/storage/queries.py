@@ -1,0 +1,76 @@
+"""The store's frequent statements, built once with bound parameters.
+
+Building a Core statement and computing its cache key costs more Python
+than running it through the compiled cache; a login runs several of them,
+so the hot ones are made here once and executed with a parameter dict.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Integer, Text, bindparam, delete, exists, insert, select, update
+
+from clusterchat.storage.tables import allgroup, friend, groupuser, offlinemessage, user
+
+_uid = bindparam("uid", type_=Integer)
+
+CREDENTIALS = select(user.c.name, user.c.password, user.c.ticket).where(user.c.id == _uid)
+
+#: Ticket logins, many users per statement (a reconnect storm arrives at once).
+RESUME_MANY = (
+    select(
+        user.c.id.label("uid"),
+        user.c.name,
+        user.c.ticket,
+        offlinemessage.c.id,
+        offlinemessage.c.message,
+    )
+    .outerjoin(offlinemessage, offlinemessage.c.userid == user.c.id)
+    .where(user.c.id.in_(bindparam("uids", expanding=True)))
+    .order_by(offlinemessage.c.id)
+)
+
+OFFLINE_AFTER = (
+    select(offlinemessage.c.id, offlinemessage.c.message)
+    .where((offlinemessage.c.userid == _uid) & (offlinemessage.c.id > bindparam("after")))
+    .order_by(offlinemessage.c.id)
+)
+
+DELETE_OFFLINE = delete(offlinemessage).where(
+    (offlinemessage.c.userid == _uid) & (offlinemessage.c.id <= bindparam("upto"))
+)
+
+#: Inserts only if the user exists: one statement, no check-then-act race.
+STORE_OFFLINE = insert(offlinemessage).from_select(
+    ["userid", "message"],
+    select(_uid, bindparam("message", type_=Text)).where(exists().where(user.c.id == _uid)),
+)
+
+FRIENDS = (
+    select(user.c.id, user.c.name)
+    .join(friend, friend.c.friendid == user.c.id)
+    .where(friend.c.userid == _uid)
+    .order_by(user.c.id)
+)
+
+GROUPS = (
+    select(
+        allgroup.c.id,
+        allgroup.c.groupname,
+        allgroup.c.groupdesc,
+        user.c.id.label("uid"),
+        user.c.name,
+        groupuser.c.grouprole,
+    )
+    .join(groupuser, groupuser.c.groupid == allgroup.c.id)
+    .join(user, user.c.id == groupuser.c.userid)
+    .where(allgroup.c.id.in_(select(groupuser.c.groupid).where(groupuser.c.userid == _uid)))
+    .order_by(allgroup.c.id, user.c.id)
+)
+
+GROUP_MEMBERS = select(groupuser.c.userid).where(groupuser.c.groupid == bindparam("gid"))
+
+ONLINE = update(user).where(user.c.id == _uid).values(state="online")
+ONLINE_WITH_TICKET = (
+    update(user).where(user.c.id == _uid).values(state="online", ticket=bindparam("ticket"))
+)
+LOGGED_OUT = update(user).where(user.c.id == _uid).values(state="offline", ticket=None)
