@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections to MariaDB/MySQL this node keeps [env CLUSTERCHAT_DB_POOL; default 20]",
     )
     srv.add_argument(
+        "--max-connections",
+        type=int,
+        default=_env_int("CLUSTERCHAT_MAX_CONNECTIONS", 0),
+        metavar="N",
+        help="connections accepted; more are told the server is full and closed "
+        "[env CLUSTERCHAT_MAX_CONNECTIONS; default: what the open-files limit allows]",
+    )
+    srv.add_argument(
         "--max-frame",
         type=int,
         default=_env_int("CLUSTERCHAT_MAX_FRAME", DEFAULT_MAX_FRAME),
@@ -299,6 +307,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         db_url=args.db or default_db_url(),
         db_pool=args.db_pool,
         max_frame=args.max_frame,
+        max_connections=args.max_connections,
         hash_cost=_hash_cost(args.hash_cost),
         redis_url=args.redis or None,
         redis_prefix=args.redis_prefix,

@@ -26,6 +26,19 @@ def data_dir() -> Path:
     return Path(xdg) / "clusterchat"
 
 
+#: File descriptors kept free for the store, Redis, logs and the listener.
+FD_RESERVE = 64
+
+
+def connection_limit(configured: int) -> int:
+    """Past the process's descriptor limit accept() would fail; refuse before."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    by_fds = max(1, soft - FD_RESERVE) if soft != resource.RLIM_INFINITY else 1_000_000
+    return min(configured, by_fds) if configured > 0 else by_fds
+
+
 def default_db_url() -> str:
     return f"sqlite+aiosqlite:///{data_dir() / 'chat.db'}"
 
@@ -38,6 +51,8 @@ class Settings:
     #: Connections to MariaDB/MySQL per node (SQLite always uses one).
     db_pool: int = 20
     max_frame: int = DEFAULT_MAX_FRAME
+    #: Connections this node accepts; 0: as many as its file descriptors allow.
+    max_connections: int = 0
     hash_cost: HashCost = field(default_factory=HashCost)
     shutdown_grace: float = 5.0
     #: Join a cluster through this Redis; None runs a lone node.

@@ -81,6 +81,7 @@ class ErrCode(IntEnum):
     NOT_GROUP_MEMBER = 132
     ALREADY_MEMBER = 133
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
+    SERVER_FULL = 160  # the node has all the connections it can take; try another
     INTERNAL = 199
 
 

@@ -14,7 +14,9 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from clusterchat.protocol import codec
 from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
+from clusterchat.protocol.messages import ErrCode
 from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _QUEUE_PAUSE = 64  # queued frames before we stop reading from this peer
 _OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
+_SERVER_FULL = codec.error(ErrCode.SERVER_FULL, "this server is full; try again or another one")
 
 
 class Connection(asyncio.Protocol):
@@ -41,6 +44,10 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if len(self.node.connections) >= self.node.max_connections:
+            self.transport.set_protocol(_Refused(self.transport))
+            self.transport = None
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -133,3 +140,28 @@ class Connection(asyncio.Protocol):
         if self._paused:
             self._paused = False
             self.transport.resume_reading()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit: say why, then close without a reset.
+
+    Closing at once with the peer's first request unread would make the
+    kernel send RST, and the peer would lose the explanation; so send it,
+    half-close, and discard input until the peer closes (or a short while).
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.write(_SERVER_FULL)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(2.0, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()

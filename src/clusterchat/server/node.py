@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.local import LocalPresence, NoBus
 from clusterchat.bus.redis import RedisCluster
-from clusterchat.config import Settings
+from clusterchat.config import Settings, connection_limit
 from clusterchat.server.connection import Connection
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
@@ -49,6 +49,7 @@ class Node:
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.port = settings.port
+        self.max_connections = connection_limit(settings.max_connections)
 
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -85,12 +86,13 @@ class Node:
             f"cluster {_mask(self.settings.redis_url)}" if self.settings.redis_url else "alone"
         )
         log.info(
-            "listening on %s:%d, store %s, node %s, %s",
+            "listening on %s:%d, store %s, node %s, %s, up to %d connections",
             self.settings.host,
             self.port,
             self.store.url,
             self.node_id,
             cluster,
+            self.max_connections,
         )
 
     async def stop(self) -> None:
