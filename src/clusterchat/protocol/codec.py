@@ -92,7 +92,7 @@ def error(code: ErrCode, errmsg: str, re: int | None = None) -> bytes:
     return encode({"msgid": MsgId.ERROR, "errno": int(code), "errmsg": errmsg, "re": re})
 
 
-class _OneChatOut(msgspec.Struct):
+class _OneChatOut(msgspec.Struct, gc=False):
     msgid: int
     id: int
     name: str
@@ -103,7 +103,7 @@ class _OneChatOut(msgspec.Struct):
     mid: str
 
 
-class _GroupChatOut(msgspec.Struct):
+class _GroupChatOut(msgspec.Struct, gc=False):
     msgid: int
     id: int
     name: str
@@ -114,7 +114,7 @@ class _GroupChatOut(msgspec.Struct):
     mid: str
 
 
-class _ChatAck(msgspec.Struct):
+class _ChatAck(msgspec.Struct, gc=False):
     msgid: int
     errno: int
     mid: str

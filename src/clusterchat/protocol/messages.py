@@ -105,60 +105,61 @@ Ticket = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 # Chat text is bounded only by the frame limit.
 
 
-class _Request(msgspec.Struct, frozen=True, tag_field="msgid"):
-    pass
+class _Request(msgspec.Struct, frozen=True, tag_field="msgid", gc=False):
+    """gc=False: requests hold only strings and ints, so they need no cycle
+    collection, and untracked objects keep the collector off the hot path."""
 
 
-class Login(_Request, frozen=True, tag=int(MsgId.LOGIN)):
+class Login(_Request, frozen=True, gc=False, tag=int(MsgId.LOGIN)):
     id: Id
     password: Password | None = None
     #: Instead of the password: the ticket from this user's last login reply.
     ticket: Ticket | None = None
 
 
-class Logout(_Request, frozen=True, tag=int(MsgId.LOGOUT)):
+class Logout(_Request, frozen=True, gc=False, tag=int(MsgId.LOGOUT)):
     pass
 
 
-class Register(_Request, frozen=True, tag=int(MsgId.REG)):
+class Register(_Request, frozen=True, gc=False, tag=int(MsgId.REG)):
     name: Name
     password: Password
 
 
-class OneChat(_Request, frozen=True, tag=int(MsgId.ONE_CHAT)):
+class OneChat(_Request, frozen=True, gc=False, tag=int(MsgId.ONE_CHAT)):
     toid: Id
     msg: str
     time: ClientTime = ""
 
 
-class AddFriend(_Request, frozen=True, tag=int(MsgId.ADD_FRIEND)):
+class AddFriend(_Request, frozen=True, gc=False, tag=int(MsgId.ADD_FRIEND)):
     friendid: Id
 
 
-class CreateGroup(_Request, frozen=True, tag=int(MsgId.CREATE_GROUP)):
+class CreateGroup(_Request, frozen=True, gc=False, tag=int(MsgId.CREATE_GROUP)):
     groupname: GroupName
     groupdesc: GroupDesc = ""
 
 
-class AddGroup(_Request, frozen=True, tag=int(MsgId.ADD_GROUP)):
+class AddGroup(_Request, frozen=True, gc=False, tag=int(MsgId.ADD_GROUP)):
     groupid: Id
 
 
-class GroupChat(_Request, frozen=True, tag=int(MsgId.GROUP_CHAT)):
+class GroupChat(_Request, frozen=True, gc=False, tag=int(MsgId.GROUP_CHAT)):
     groupid: Id
     msg: str
     time: ClientTime = ""
 
 
-class Ping(_Request, frozen=True, tag=int(MsgId.PING)):
+class Ping(_Request, frozen=True, gc=False, tag=int(MsgId.PING)):
     pass
 
 
-class ListFriends(_Request, frozen=True, tag=int(MsgId.LIST_FRIENDS)):
+class ListFriends(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_FRIENDS)):
     pass
 
 
-class ListGroups(_Request, frozen=True, tag=int(MsgId.LIST_GROUPS)):
+class ListGroups(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_GROUPS)):
     pass
 
 
