@@ -60,6 +60,33 @@ class Cluster:
             await conn.close()
         raise AssertionError(f"no connection landed on {node}")
 
+    async def legacy_on(self, node: str) -> ChatConnection:
+        """A connection speaking the original client's dialect (NUL-terminated)."""
+        for _ in range(10):
+            conn = await ChatConnection.open("127.0.0.1", self.port, legacy=True)
+            self.opened.append(conn)
+            # Register to learn nothing but the node: the original's replies
+            # carry no node, so ask Redis who holds a throwaway login.
+            name = unique()
+            uid = await conn.register(name, PASSWORD)
+            assert (await conn.login(uid, PASSWORD))["errno"] == 0
+            holder = await self.holder_of(uid)
+            if holder == node:
+                conn.uid = uid  # type: ignore[attr-defined]
+                return conn
+            await conn.close()
+        raise AssertionError(f"no connection landed on {node}")
+
+    async def holder_of(self, uid: int) -> str | None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self.redis_url)
+        try:
+            holder = await client.get(f"{self.prefix}user:{uid}")
+        finally:
+            await client.aclose()
+        return holder.decode() if holder else None
+
     async def user_on(self, node: str) -> User:
         conn = await self.connect_to(node)
         name = unique()

@@ -110,6 +110,30 @@ async def test_killed_node_frees_its_users_and_loses_nothing(cluster: Cluster) -
     assert sorted(m["msg"] for m in got.values()) == sent
 
 
+async def test_killed_node_loses_nothing_sent_by_original_clients(cluster: Cluster) -> None:
+    """The original client gets no reply to a chat, so its messages to other
+    nodes are posted without waiting; a dead receiver node must not eat them."""
+    victim = await cluster.user_on("node0")
+    sender = await cluster.legacy_on("node1")
+    await sender.send_raw(
+        f'{{"msgid":6,"toid":{victim.id},"msg":"warm the route"}}'.encode() + b"\x00"
+    )
+    warm = await victim.conn.expect(MsgId.ONE_CHAT)
+    await cluster.kill("node0", signal.SIGKILL)
+    sent = [f"posted {i}" for i in range(5)]
+    for text in sent:
+        await sender.send_raw(f'{{"msgid":6,"toid":{victim.id},"msg":"{text}"}}'.encode() + b"\x00")
+    conn, ack = await login_when_free(cluster, victim.id, deadline=PRESENCE_TTL + 5)
+    got = {m["mid"]: m for m in map(json.loads, ack.get("offlinemsg", []))}
+    got.pop(warm["mid"], None)
+    async with asyncio.timeout(10):
+        while len(got) < len(sent):
+            m = await conn.expect(MsgId.ONE_CHAT)
+            if m["mid"] != warm["mid"]:
+                got[m["mid"]] = m
+    assert sorted(m["msg"] for m in got.values()) == sent
+
+
 async def test_gracefully_stopped_node_releases_its_users_at_once(cluster: Cluster) -> None:
     leaving, staying = await cluster.user_on("node0"), await cluster.user_on("node1")
     await cluster.kill("node0", signal.SIGTERM)

@@ -63,6 +63,12 @@ class Bus(Protocol):
         """Hand one message to the nodes holding ``uids``; returns the uids no node took."""
         ...
 
+    def post(self, uid: int, payload: bytes) -> bool:
+        """Queue a message for a user known to be on another node, without
+        waiting; False if that is not known (then use :meth:`send`). If no
+        node takes it, the bus stores it offline, in order."""
+        ...
+
     async def nudge(self, uids: Sequence[int]) -> None:
         """Tell whichever nodes hold ``uids`` to deliver their stored messages."""
         ...

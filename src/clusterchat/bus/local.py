@@ -35,6 +35,9 @@ class NoBus:
     async def send(self, uids: Sequence[int], payload: bytes) -> list[int]:
         return list(uids)
 
+    def post(self, uid: int, payload: bytes) -> bool:
+        return False
+
     async def nudge(self, uids: Sequence[int]) -> None:
         return None
 

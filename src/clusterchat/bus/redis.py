@@ -116,6 +116,7 @@ class RedisCluster:
         self._inbox: Inbox | None = None
         self._routes: dict[int, str] = {}
         self._outbox: dict[str, list[Item]] = {}
+        self._posted: dict[str, list[Item]] = {}  # queued by post(): nobody awaits them
         self._sent: dict[str, asyncio.Future[bool]] = {}
         self._wake = asyncio.Event()
         self._misdelivered: asyncio.Queue[tuple[list[int], bytes, int]] = asyncio.Queue()
@@ -216,7 +217,22 @@ class RedisCluster:
 
     # -- sending -------------------------------------------------------------------------
 
-    async def send(self, uids: Sequence[int], payload: bytes, hops: int = 0) -> list[int]:
+    def post(self, uid: int, payload: bytes) -> bool:
+        node = self._routes.get(uid)
+        if node is None or node == self.node_id:
+            return False
+        item: Item = (DELIVER, [uid], payload, 0)
+        self._enqueue(node, item)
+        self._posted.setdefault(node, []).append(item)
+        return True
+
+    async def send(self, uids: Sequence[int], payload: bytes) -> list[int]:
+        # Messages being rerouted or stored (a failed publish of posted ones)
+        # go first, or this one could overtake them. Usually nothing waits.
+        await self._misdelivered.join()
+        return await self._send(uids, payload, 0)
+
+    async def _send(self, uids: Sequence[int], payload: bytes, hops: int) -> list[int]:
         routes = self._routes
         by_node: dict[str, list[int]] = {}
         unknown = [uid for uid in uids if uid not in routes]
@@ -275,6 +291,7 @@ class RedisCluster:
             self._wake.clear()
             outbox, self._outbox = self._outbox, {}
             sent, self._sent = self._sent, {}
+            posted, self._posted = self._posted, {}
             acks, self._ack_due = self._ack_due, {}
             nodes = list(outbox.keys() | acks.keys())
             seqs = []
@@ -298,6 +315,10 @@ class RedisCluster:
             for node, seq, count in zip(nodes, seqs, counts, strict=True):
                 if count and seq:
                     self._unacked.setdefault(node, {})[seq] = (deadline, outbox[node])
+                elif not count:
+                    self._forget_node(node)
+                    for _kind, uids, payload, _hops in posted.get(node, ()):
+                        self._misdelivered.put_nowait((uids, payload, 1))  # store, in order
                 fut = sent.get(node)
                 if fut is not None and not fut.done():
                     fut.set_result(bool(count))
@@ -403,20 +424,25 @@ class RedisCluster:
         assert self._inbox is not None
         while True:
             uids, payload, hops = await self._misdelivered.get()
-            for uid in uids:
-                self._routes.pop(uid, None)
-            left = await self.send(uids, payload, hops + 1) if hops == 0 else uids
-            delay = 0.05
-            while left:
-                try:
-                    await self._inbox.store_offline(left, payload)
-                    break
-                except errors.Unavailable as exc:
-                    log.warning(
-                        "storing %d redirected messages failed, retrying: %s", len(left), exc
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+            try:
+                await self._reroute(uids, payload, hops)
+            finally:
+                self._misdelivered.task_done()
+
+    async def _reroute(self, uids: list[int], payload: bytes, hops: int) -> None:
+        assert self._inbox is not None
+        for uid in uids:
+            self._routes.pop(uid, None)
+        left = await self._send(uids, payload, hops + 1) if hops == 0 else uids
+        delay = 0.05
+        while left:
+            try:
+                await self._inbox.store_offline(left, payload)
+                return
+            except errors.Unavailable as exc:
+                log.warning("storing %d redirected messages failed, retrying: %s", len(left), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def announce_group(self, gid: int) -> None:
         with contextlib.suppress(RedisError, OSError):

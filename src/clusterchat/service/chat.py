@@ -464,6 +464,10 @@ class ChatService:
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
             return None
+        # On another node: the original client expects no reply, so do not wait
+        # for Redis (the bus stores the message if no node takes it).
+        if s.legacy and target is None and self.bus.post(req.toid, payload):
+            return None
         return self._one_chat_away(s, req.toid, payload, mid, ts)
 
     async def _one_chat_away(
