@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
         "[env CLUSTERCHAT_MAX_CONNECTIONS; default: what the open-files limit allows]",
     )
     srv.add_argument(
+        "--output-limit",
+        type=int,
+        default=_env_int("CLUSTERCHAT_OUTPUT_LIMIT", 1024 * 1024),
+        metavar="BYTES",
+        help="messages held for a client that stops reading before it is disconnected "
+        "(the rest is stored for its next login) [env CLUSTERCHAT_OUTPUT_LIMIT; "
+        "default 1 MiB]",
+    )
+    srv.add_argument(
         "--max-frame",
         type=int,
         default=_env_int("CLUSTERCHAT_MAX_FRAME", DEFAULT_MAX_FRAME),
@@ -308,6 +317,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         db_pool=args.db_pool,
         max_frame=args.max_frame,
         max_connections=args.max_connections,
+        output_limit=args.output_limit,
         hash_cost=_hash_cost(args.hash_cost),
         redis_url=args.redis or None,
         redis_prefix=args.redis_prefix,

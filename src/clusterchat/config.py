@@ -51,6 +51,9 @@ class Settings:
     #: Connections to MariaDB/MySQL per node (SQLite always uses one).
     db_pool: int = 20
     max_frame: int = DEFAULT_MAX_FRAME
+    #: Bytes of chat messages held for a peer that is not reading before it
+    #: is cut off (what it was not sent is stored offline).
+    output_limit: int = 1024 * 1024
     #: Connections this node accepts; 0: as many as its file descriptors allow.
     max_connections: int = 0
     hash_cost: HashCost = field(default_factory=HashCost)

@@ -32,6 +32,8 @@ class Peer:
         self.sent.append(codec.loads(data))
         return True
 
+    deliver = send
+
     def close(self) -> None:
         self.open = False
 

@@ -26,11 +26,27 @@ log = logging.getLogger(__name__)
 
 _QUEUE_PAUSE = 64  # queued frames before we stop reading from this peer
 _OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
+#: Bytes the transport buffers before it pauses us: past this, messages wait
+#: in our own backlog, where they can still be stored offline.
+_WRITE_HIGH = 64 * 1024
+#: Seconds a cut-off connection may take to drain before it is aborted.
+_LINGER = 10.0
 _SERVER_FULL = codec.error(ErrCode.SERVER_FULL, "this server is full; try again or another one")
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_paused", "_queue", "decoder", "node", "session", "transport")
+    __slots__ = (
+        "_backlog",
+        "_backlog_bytes",
+        "_linger",
+        "_paused",
+        "_queue",
+        "_tail",
+        "decoder",
+        "node",
+        "session",
+        "transport",
+    )
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -39,6 +55,13 @@ class Connection(asyncio.Protocol):
         self.session = Session(self)
         self._queue: deque[tuple[bytes, int]] | None = None
         self._paused = False
+        # Chat messages waiting while the peer is not reading (writing paused).
+        self._backlog: list[bytes] | None = None
+        self._backlog_bytes = 0
+        # Messages written while the transport's own buffer was not empty:
+        # some of their bytes may not have reached the socket yet.
+        self._tail: list[bytes] | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -48,6 +71,7 @@ class Connection(asyncio.Protocol):
             self.transport.set_protocol(_Refused(self.transport))
             self.transport = None
             return
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -77,6 +101,8 @@ class Connection(asyncio.Protocol):
             self._serve(item)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
         self.node.connection_closed(self)
         self.node.service.disconnected(self.session)
         self.transport = None
@@ -90,9 +116,70 @@ class Connection(asyncio.Protocol):
         t.write(data)
         return True
 
+    def deliver(self, data: bytes) -> bool:
+        t = self.transport
+        if t is None or t.is_closing():
+            return False
+        backlog = self._backlog
+        if backlog is None:
+            t.write(data)
+            if t.get_write_buffer_size():  # the socket is full: remember what may wait
+                if self._tail is None:
+                    self._tail = [data]
+                else:
+                    self._tail.append(data)
+            elif self._tail is not None:
+                self._tail = None
+            return True
+        backlog.append(data)
+        self._backlog_bytes += len(data)
+        if self._backlog_bytes > self.node.settings.output_limit:
+            self._cut_off()
+        return True
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    # -- flow control: a peer that does not read -----------------------------------------
+
+    def pause_writing(self) -> None:
+        """The socket is full: hold chat messages here, stop taking requests."""
+        self._backlog, self._backlog_bytes = [], 0
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        backlog, self._backlog = self._backlog or [], None
+        for i, data in enumerate(backlog):
+            if self._backlog is not None:  # paused again by this very write
+                self._backlog.extend(backlog[i:])
+                self._backlog_bytes = sum(map(len, self._backlog))
+                return
+            self.deliver(data)
+        if self.transport is not None and not self._paused:
+            self.transport.resume_reading()
+
+    def _cut_off(self) -> None:
+        """Past the output limit: disconnect, and let the service keep what did
+        not reach the socket: the backlog, and the messages still (even
+        partly) in the transport's buffer. They may also reach the peer while
+        the connection closes: a duplicate (same mid), never a loss."""
+        t = self.transport
+        backlog, self._backlog = self._backlog or [], None
+        tail, self._tail = self._tail or [], None
+        unsent = t.get_write_buffer_size() if t is not None else 0
+        waiting: list[bytes] = []
+        for data in reversed(tail):
+            if unsent <= 0:
+                break
+            waiting.append(data)
+            unsent -= len(data)
+        waiting.reverse()
+        self.node.service.spill(self.session, waiting + backlog)
+        if t is not None:
+            t.close()  # flushes what it can, then FIN; cut hard if the peer never reads
+            self._linger = asyncio.get_running_loop().call_later(_LINGER, t.abort)
 
     # -- request ordering ------------------------------------------------------------
 
@@ -139,7 +226,8 @@ class Connection(asyncio.Protocol):
         self._queue = None
         if self._paused:
             self._paused = False
-            self.transport.resume_reading()
+            if self._backlog is None:  # else resume_writing resumes reading
+                self.transport.resume_reading()
 
 
 class _Refused(asyncio.Protocol):

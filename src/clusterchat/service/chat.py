@@ -49,6 +49,9 @@ from clusterchat.storage.base import LoginView, Resume, Store
 log = logging.getLogger(__name__)
 
 _LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
+#: Offline messages carried in a login reply at most (the original client
+#: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
+LOGIN_OFFLINE_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
 
 _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
@@ -125,6 +128,12 @@ class ChatService:
     def internal_error(self, s: Session) -> None:
         if not s.legacy:
             s.peer.send(codec.error(ErrCode.INTERNAL, "internal error"))
+
+    def spill(self, s: Session, payloads: list[bytes]) -> None:
+        """A peer stopped reading and was cut off: keep what it was not sent."""
+        if s.uid and payloads:
+            log.warning("user %d stopped reading; storing %d messages", s.uid, len(payloads))
+            self._spawn(self.store_offline_each(s.uid, payloads))
 
     def disconnected(self, s: Session) -> None:
         s.closed = True
@@ -229,12 +238,16 @@ class ChatService:
                 # A ticket login (a reconnect): offline messages only; the
                 # client has its lists. Look again if something may have been
                 # stored between the read and the registration.
-                view, ticket = LoginView([], [], resumed.offline), req.ticket
-                s.recheck = stored_meanwhile or self.bus.shared
+                view, ticket = LoginView([], [], []), req.ticket
+                s.recheck = resumed.has_offline or stored_meanwhile or self.bus.shared
                 self.store.note_state(uid, online=True)
             else:
                 ticket, digest = tickets.issue() if not s.legacy else (None, None)
                 view = await self.store.open_session(uid, digest)
+                # The reply carries what fits; the rest follows it, page by page.
+                fits = _fitting(view.offline, LOGIN_OFFLINE_BYTES)
+                s.recheck = len(fits) < len(view.offline) or len(fits) >= self.store.offline_page
+                view = LoginView(view.friends, view.groups, fits)
             reply = await self._login_reply(s, view, ticket, resumed is not None)
         except BaseException:
             s.flushing = False
@@ -244,7 +257,7 @@ class ChatService:
         held, s.held = s.held or [], None
         sent = s.peer.send(reply)
         for payload in held:
-            sent = s.peer.send(payload) and sent
+            sent = s.peer.deliver(payload) and sent
         if not sent:  # gone before it got them: keep everything for next time
             s.flushing = False
             await self.store_offline_each(uid, held)
@@ -352,9 +365,11 @@ class ChatService:
                 rows = await self.store.offline_after(uid, s.offline_upto)
                 if not rows or s.uid != uid:
                     continue
-                if not all([s.peer.send(codec.encode_text(m)) for _, m in rows]):
+                if not all([s.peer.deliver(codec.encode_text(m)) for _, m in rows]):
                     return
                 await self._offline_written(s, rows)
+                if len(rows) >= self.store.offline_page:
+                    s.recheck = True  # another page
         finally:
             s.flushing = False
 
@@ -583,6 +598,16 @@ class ChatService:
                 s.recheck = True
         if away:
             await self.bus.nudge(away)
+
+
+def _fitting(rows: list[tuple[int, str]], budget: int) -> list[tuple[int, str]]:
+    """The leading rows whose text fits in ``budget`` (at least one)."""
+    total = 0
+    for i, (_, text) in enumerate(rows):
+        total += len(text) + 4
+        if total > budget and i:
+            return rows[:i]
+    return rows
 
 
 def _text(payload: bytes) -> str:

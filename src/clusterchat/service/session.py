@@ -9,7 +9,13 @@ class Peer(Protocol):
     """What a transport offers the service."""
 
     def send(self, data: bytes) -> bool:
-        """Queue bytes for the peer; False if the connection is closing."""
+        """Queue a reply for the peer; False if the connection is closing."""
+        ...
+
+    def deliver(self, data: bytes) -> bool:
+        """Queue a chat message for the peer; False if it cannot take it (the
+        caller stores it offline). A peer that stops reading is cut off and
+        what it had not been sent comes back through ``ChatService.spill``."""
         ...
 
     def close(self) -> None: ...
@@ -50,11 +56,6 @@ class Session:
         self.offline_upto = 0
         self.flushing = False
         self.recheck = False
-        # Offline delivery: the last stored message written to this peer, and
-        # whether a delivery is running / must run again when it finishes.
-        self.offline_upto = 0
-        self.flushing = False
-        self.recheck = False
 
     @property
     def logged_in(self) -> bool:
@@ -64,4 +65,4 @@ class Session:
         if self.held is not None:
             self.held.append(payload)
             return True
-        return self.peer.send(payload)
+        return self.peer.deliver(payload)

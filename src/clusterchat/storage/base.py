@@ -26,7 +26,7 @@ class Resume:
 
     name: str
     ticket_digest: str | None
-    offline: list[tuple[int, str]]
+    has_offline: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,9 @@ class LoginView:
 
     friends: list[tuple[int, str]]
     groups: list[Group]
-    offline: list[tuple[int, str]]  # (ordering key, stored message document)
+    #: (ordering key, stored message document): the first page; if it is full,
+    #: more follow through :meth:`Store.offline_after`.
+    offline: list[tuple[int, str]]
 
 
 class Store(Protocol):
@@ -104,8 +106,12 @@ class Store(Protocol):
         ...
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None: ...
+
+    #: Most offline messages one read returns.
+    offline_page: int
+
     async def offline_after(self, uid: int, after: int) -> list[tuple[int, str]]:
-        """A user's offline messages with ordering key > after, oldest first."""
+        """A page of a user's offline messages with ordering key > after, oldest first."""
         ...
 
     async def offline_users(self, uids: Sequence[int]) -> set[int]:

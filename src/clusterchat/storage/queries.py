@@ -15,24 +15,24 @@ _uid = bindparam("uid", type_=Integer)
 
 CREDENTIALS = select(user.c.name, user.c.password, user.c.ticket).where(user.c.id == _uid)
 
-#: Ticket logins, many users per statement (a reconnect storm arrives at once).
-RESUME_MANY = (
-    select(
-        user.c.id.label("uid"),
-        user.c.name,
-        user.c.ticket,
-        offlinemessage.c.id,
-        offlinemessage.c.message,
-    )
-    .outerjoin(offlinemessage, offlinemessage.c.userid == user.c.id)
-    .where(user.c.id.in_(bindparam("uids", expanding=True)))
-    .order_by(offlinemessage.c.id)
-)
+#: Ticket logins, many users per statement (a reconnect storm arrives at once);
+#: stored messages follow in pages, for those who have any.
+RESUME_MANY = select(
+    user.c.id,
+    user.c.name,
+    user.c.ticket,
+    exists().where(offlinemessage.c.userid == user.c.id).label("waiting"),
+).where(user.c.id.in_(bindparam("uids", expanding=True)))
+
+#: Offline messages go out in pages: a login reply stays small, and a user
+#: with a huge backlog does not make the node read it all at once.
+OFFLINE_PAGE = 200
 
 OFFLINE_AFTER = (
     select(offlinemessage.c.id, offlinemessage.c.message)
     .where((offlinemessage.c.userid == _uid) & (offlinemessage.c.id > bindparam("after")))
     .order_by(offlinemessage.c.id)
+    .limit(bindparam("page"))
 )
 
 DELETE_OFFLINE = delete(offlinemessage).where(

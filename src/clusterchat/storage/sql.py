@@ -148,6 +148,7 @@ class SqlStore:
         self.engine = make_engine(self._url, pool_size)
         self._states = _StateWriter(self)
         self._resumes: Batcher[Resume] = Batcher(self._resume_many)
+        self.offline_page = q.OFFLINE_PAGE
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -223,14 +224,7 @@ class SqlStore:
     async def _resume_many(self, uids: list[int]) -> dict[int, Resume]:
         async with self._tx() as conn:
             rows = (await conn.execute(q.RESUME_MANY, {"uids": uids})).all()
-        found: dict[int, Resume] = {}
-        for r in rows:
-            got = found.get(r.uid)
-            if got is None:
-                got = found[r.uid] = Resume(r.name, r.ticket, [])
-            if r.id is not None:
-                got.offline.append((r.id, r.message))
-        return found
+        return {r.id: Resume(r.name, r.ticket, bool(r.waiting)) for r in rows}
 
     def note_state(self, uid: int, online: bool) -> None:
         self._states.note(uid, online)
@@ -261,7 +255,8 @@ class SqlStore:
         async with self._tx() as conn:
             friends = await _friends(conn, uid)
             groups = await _groups(conn, uid)
-            offline = (await conn.execute(q.OFFLINE_AFTER, {"uid": uid, "after": 0})).all()
+            page = {"uid": uid, "after": 0, "page": self.offline_page}
+            offline = (await conn.execute(q.OFFLINE_AFTER, page)).all()
             if ticket_digest is None:
                 await conn.execute(q.ONLINE, {"uid": uid})
             else:
@@ -357,7 +352,8 @@ class SqlStore:
 
     async def offline_after(self, uid: int, after: int) -> list[tuple[int, str]]:
         async with self._tx() as conn:
-            rows = (await conn.execute(q.OFFLINE_AFTER, {"uid": uid, "after": after})).all()
+            page = {"uid": uid, "after": after, "page": self.offline_page}
+            rows = (await conn.execute(q.OFFLINE_AFTER, page)).all()
         return [(r.id, r.message) for r in rows]
 
     async def offline_users(self, uids: Sequence[int]) -> set[int]:
