@@ -1,0 +1,52 @@
+"""`clusterchat bench`, briefly, against a real node: every scenario runs,
+reports sane figures and loses nothing. (Full benchmarks are not tests.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from clusterchat.config import Settings
+from clusterchat.server.node import Node
+from tests.conftest import FAST_HASH
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    n = Node(
+        Settings(port=0, db_url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", hash_cost=FAST_HASH)
+    )
+    await n.start()
+    yield n
+    await n.stop()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["chat", "-p", "3", "-w", "4", "-t", "1", "--warmup", "0.2"],
+        ["group", "-g", "5", "-t", "1", "--warmup", "0.2"],
+        ["reg", "-n", "20", "-c", "4"],
+        ["login", "-n", "20", "-c", "4"],
+        ["reconnect", "-n", "50"],
+    ],
+    ids=lambda a: a[0],
+)
+async def test_bench_scenario_reports_and_loses_nothing(node: Node, args: list[str]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "bench", *args,
+        "--target", f"127.0.0.1:{node.port}", "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["scenario"] == args[0]
+    assert result["ops"] > 0 and result["ops_per_s"] > 0
+    assert result["lost"] == 0 and result["errors"] == 0
+    assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
