@@ -84,6 +84,7 @@ async def test_client_reconnects_and_logs_back_in_after_a_node_restart(
     ann, ann_id = await registered(port, "ann", scripted)
     bob, bob_id = await registered(port, "bob", scripted)
     await lone_node.stop()
+    await ann.expect(r"\*\*\* this server is shutting down; reconnect to carry on")
     await ann.expect("Connection lost; reconnecting")
     restarted = Node(
         Settings(

@@ -19,6 +19,8 @@ from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.local import LocalPresence, NoBus
 from clusterchat.bus.redis import RedisCluster
 from clusterchat.config import Settings, connection_limit
+from clusterchat.protocol import codec
+from clusterchat.protocol.messages import MsgId
 from clusterchat.server.connection import Connection
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
@@ -26,6 +28,10 @@ from clusterchat.storage.base import Store
 from clusterchat.storage.sql import SqlStore
 
 log = logging.getLogger(__name__)
+
+_GOODBYE = codec.encode(
+    {"msgid": MsgId.NOTICE, "text": "this server is shutting down; reconnect to carry on"}
+)
 
 
 class Node:
@@ -105,6 +111,8 @@ class Node:
             self._server.close()
         self._drained.clear()
         for conn in list(self.connections):
+            if conn.session.legacy is False:  # the original client knows no NOTICE
+                conn.send(_GOODBYE)
             conn.close()
         # Let every connection_lost run, so each user's logout work is under way.
         if self.connections:
