@@ -54,8 +54,9 @@ def _is_mysql(url: URL) -> bool:
 
 def make_engine(url: URL, pool_size: int = 20) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        if not url.database or url.database == ":memory:":
+            return create_async_engine(url)  # one shared in-memory database (StaticPool)
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         # One connection: SQLite has one writer at a time, and writers that
         # contend wait in its busy handler's sleeps (milliseconds each).
         # Serialising in the pool instead keeps every statement sub-millisecond.
