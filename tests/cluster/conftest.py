@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,15 +117,21 @@ async def start_cluster(tmp_path: Path, db_url: str, redis_url: str) -> Cluster:
     return Cluster(tmp_path / "cluster", base + 2, state, redis_url, prefix)
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, mariadb_url: str, shared_redis: str) -> AsyncIterator[Cluster]:
-    c = await start_cluster(tmp_path, mariadb_url, shared_redis)
+@asynccontextmanager
+async def running_cluster(tmp_path: Path, db_url: str, redis_url: str) -> AsyncIterator[Cluster]:
+    c = await start_cluster(tmp_path, db_url, redis_url)
     try:
         yield c
     finally:
         for conn in c.opened:
             await conn.close()
         await asyncio.to_thread(launcher.down, c.run_dir)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, mariadb_url: str, shared_redis: str) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path, mariadb_url, shared_redis) as c:
+        yield c
 
 
 @pytest.fixture
@@ -141,10 +148,5 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
 async def cluster_on_own_redis(
     tmp_path: Path, mariadb_url: str, own_redis: OwnRedis
 ) -> AsyncIterator[Cluster]:
-    c = await start_cluster(tmp_path, mariadb_url, own_redis.url)
-    try:
+    async with running_cluster(tmp_path, mariadb_url, own_redis.url) as c:
         yield c
-    finally:
-        for conn in c.opened:
-            await conn.close()
-        await asyncio.to_thread(launcher.down, c.run_dir)

@@ -33,6 +33,15 @@ class Controller:
         else:
             self.out(render.chat(msg))
 
+    async def run_line(self, line: str) -> bool:
+        """Parse and carry out a typed line; False when the user asked to quit."""
+        try:
+            cmd = c.parse(line)
+        except c.BadCommand as exc:
+            self.out(f"Not understood: {exc}.")
+            return True
+        return await self.run(cmd)
+
     async def run(self, cmd: c.Command) -> bool:
         """Carry out one command; False when the user asked to quit."""
         if isinstance(cmd, c.Quit):
@@ -163,12 +172,7 @@ async def scripted(ctl: Controller) -> None:
             return
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        try:
-            cmd = c.parse(line)
-        except c.BadCommand as exc:
-            ctl.out(f"Not understood: {exc}.")
-            continue
-        if not await ctl.run(cmd):
+        if not await ctl.run_line(line):
             return
 
 
@@ -201,12 +205,7 @@ async def interactive(ctl: Controller, client: ChatClient) -> None:
                 continue
             except EOFError:
                 return
-            try:
-                cmd = c.parse(line)
-            except c.BadCommand as exc:
-                ctl.out(f"Not understood: {exc}.")
-                continue
-            if not await ctl.run(cmd):
+            if not await ctl.run_line(line):
                 return
 
 
