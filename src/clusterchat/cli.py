@@ -94,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
         "default 1 MiB]",
     )
     srv.add_argument(
+        "--tls-cert",
+        default=_env("CLUSTERCHAT_TLS_CERT", ""),
+        metavar="PEM",
+        help="serve TLS with this certificate chain [env CLUSTERCHAT_TLS_CERT]; "
+        "or terminate TLS in nginx (`cluster nginx-conf --tls-cert`)",
+    )
+    srv.add_argument(
+        "--tls-key",
+        default=_env("CLUSTERCHAT_TLS_KEY", ""),
+        metavar="PEM",
+        help="the certificate's private key [env CLUSTERCHAT_TLS_KEY]",
+    )
+    srv.add_argument(
         "--max-frame",
         type=int,
         default=_env_int("CLUSTERCHAT_MAX_FRAME", DEFAULT_MAX_FRAME),
@@ -168,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="log in as this user id at once")  # fmt: skip
     cli.add_argument("--password", default=None,
                      help="password for --user [env CLUSTERCHAT_PASSWORD; else asked]")  # fmt: skip
+    cli.add_argument("--tls", action="store_true",
+                     help="connect with TLS (node --tls-cert, or TLS in nginx)")  # fmt: skip
+    cli.add_argument("--tls-ca", default=None, metavar="PEM",
+                     help="trust this CA (or self-signed certificate) for --tls")  # fmt: skip
     cli.add_argument("--json", action="store_true",
                      help="print each protocol message received, raw, one per line")  # fmt: skip
 
@@ -263,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conf.add_argument("upstreams", nargs="+", metavar="HOST:PORT", help="the nodes")
     conf.add_argument("--listen", default="8000", help="nginx's listen address [default 8000]")
+    conf.add_argument("--tls-cert", default=None, metavar="PEM",
+                      help="terminate TLS in nginx with this certificate")  # fmt: skip
+    conf.add_argument("--tls-key", default=None, metavar="PEM", help="its private key")
 
     db = sub.add_parser(
         "db", parents=[common], help="manage the store", description="Manage the SQL store."
@@ -318,6 +338,8 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_frame=args.max_frame,
         max_connections=args.max_connections,
         output_limit=args.output_limit,
+        tls_cert=args.tls_cert or None,
+        tls_key=args.tls_key or None,
         hash_cost=_hash_cost(args.hash_cost),
         redis_url=args.redis or None,
         redis_prefix=args.redis_prefix,
@@ -366,7 +388,7 @@ def _cluster(args: argparse.Namespace) -> int:
     from clusterchat.config import data_dir
 
     if args.cluster_command == "nginx-conf":
-        print(stream_block(args.upstreams, args.listen), end="")
+        print(stream_block(args.upstreams, args.listen, args.tls_cert, args.tls_key), end="")
         return 0
     run_dir = Path(args.dir) if args.dir else data_dir() / "cluster"
     try:
@@ -406,7 +428,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         env_port = os.environ.get("CLUSTERCHAT_PORT")
         port = args.port_pos or args.port or (int(env_port) if env_port else default_port())
-        opts = ClientOptions(args.host_pos or args.host, port, args.user, args.password, args.json)
+        opts = ClientOptions(
+            args.host_pos or args.host,
+            port,
+            args.user,
+            args.password,
+            args.json,
+            tls=args.tls or bool(args.tls_ca),
+            tls_ca=args.tls_ca,
+        )
         result: list[int] = []
 
         async def client() -> None:

@@ -66,5 +66,8 @@ class Settings:
     presence_ttl: float = 10.0
     #: Names this node in Redis and in PONG replies; random when empty.
     node_id: str = ""
+    #: Serve TLS with this certificate chain and key (PEM files); None: plain TCP.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     #: Share the port with sibling worker processes (SO_REUSEPORT).
     reuse_port: bool = False

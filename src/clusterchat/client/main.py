@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ class ClientOptions:
     user: int | None
     password: str | None
     json: bool
+    tls: bool = False
+    tls_ca: str | None = None
 
 
 def _print(line: str) -> None:
@@ -49,6 +52,7 @@ async def run(opts: ClientOptions) -> int:
         on_push=lambda msg: holder[0].pushed(msg) if not opts.json else None,
         on_status=out,
         on_raw=raw if opts.json else None,
+        tls=ssl.create_default_context(cafile=opts.tls_ca) if opts.tls else None,
     )
     ctl = Controller(client, out, ask_password=None)
     holder.append(ctl)

@@ -10,16 +10,30 @@ NGINX = "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 
-def stream_block(upstreams: Sequence[str], listen: str) -> str:
-    """The part to paste into an nginx.conf of your own."""
+def stream_block(
+    upstreams: Sequence[str],
+    listen: str,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> str:
+    """The part to paste into an nginx.conf of your own. With a certificate,
+    nginx terminates TLS and talks plain TCP to the nodes."""
     servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
+    tls = ""
+    if tls_cert:
+        listen += " ssl"
+        tls = (
+            f"        ssl_certificate {tls_cert};\n"
+            f"        ssl_certificate_key {tls_key or tls_cert};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+        )
     return f"""stream {{
     upstream clusterchat {{
 {servers}
     }}
     server {{
         listen {listen};
-        proxy_pass clusterchat;
+{tls}        proxy_pass clusterchat;
         proxy_connect_timeout 1s;
         # chat connections idle for long: the client pings, nginx must not cut them
         proxy_timeout 1h;
@@ -29,7 +43,13 @@ def stream_block(upstreams: Sequence[str], listen: str) -> str:
 """
 
 
-def standalone_conf(upstreams: Sequence[str], listen: str, run_dir: Path) -> str:
+def standalone_conf(
+    upstreams: Sequence[str],
+    listen: str,
+    run_dir: Path,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> str:
     """A whole nginx.conf that runs in the foreground with everything in run_dir."""
     module = f"load_module {STREAM_MODULE};\n" if STREAM_MODULE.exists() else ""
     return f"""# written by `clusterchat cluster up`
@@ -40,7 +60,7 @@ error_log {run_dir / "nginx-error.log"} notice;
 events {{
     worker_connections 16384;
 }}
-{stream_block(upstreams, listen)}"""
+{stream_block(upstreams, listen, tls_cert, tls_key)}"""
 
 
 def nginx_command(conf: Path, run_dir: Path, nginx: str = NGINX) -> list[str]:

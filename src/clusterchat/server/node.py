@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -87,6 +88,7 @@ class Node:
             self.settings.port,
             backlog=4096,
             reuse_port=self.settings.reuse_port or None,
+            ssl=self._tls(),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         # What exists now lives as long as the node: keep it out of the cycle
@@ -105,6 +107,13 @@ class Node:
             cluster,
             self.max_connections,
         )
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.settings.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        return ctx
 
     async def stop(self) -> None:
         if self._server is not None:
