@@ -94,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
         "default 1 MiB]",
     )
     srv.add_argument(
+        "--login-timeout",
+        type=float,
+        default=float(_env("CLUSTERCHAT_LOGIN_TIMEOUT", "30")),
+        metavar="SECONDS",
+        help="close connections that do not log in within this [env "
+        "CLUSTERCHAT_LOGIN_TIMEOUT; default 30]",
+    )
+    srv.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(_env("CLUSTERCHAT_IDLE_TIMEOUT", "120")),
+        metavar="SECONDS",
+        help="close logged-in connections of our client silent this long (it pings every "
+        "30 s; the original client is left to TCP keepalive) [env "
+        "CLUSTERCHAT_IDLE_TIMEOUT; default 120]",
+    )
+    srv.add_argument(
         "--tls-cert",
         default=_env("CLUSTERCHAT_TLS_CERT", ""),
         metavar="PEM",
@@ -338,6 +355,8 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_frame=args.max_frame,
         max_connections=args.max_connections,
         output_limit=args.output_limit,
+        login_timeout=args.login_timeout,
+        idle_timeout=args.idle_timeout,
         tls_cert=args.tls_cert or None,
         tls_key=args.tls_key or None,
         hash_cost=_hash_cost(args.hash_cost),

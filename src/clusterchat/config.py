@@ -66,6 +66,11 @@ class Settings:
     presence_ttl: float = 10.0
     #: Names this node in Redis and in PONG replies; random when empty.
     node_id: str = ""
+    #: Seconds a connection may stay without logging in.
+    login_timeout: float = 30.0
+    #: Seconds a logged-in client of ours may stay silent (it pings every 30 s).
+    #: The original client never pings, so its connections rely on TCP keepalive.
+    idle_timeout: float = 120.0
     #: Serve TLS with this certificate chain and key (PEM files); None: plain TCP.
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -82,6 +82,7 @@ class ErrCode(IntEnum):
     ALREADY_MEMBER = 133
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
     SERVER_FULL = 160  # the node has all the connections it can take; try another
+    TIMEOUT = 161  # no login, or silence, for too long: the connection is closed
     INTERNAL = 199
 
 

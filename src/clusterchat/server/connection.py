@@ -43,6 +43,7 @@ class Connection(asyncio.Protocol):
         "_queue",
         "_tail",
         "decoder",
+        "last_seen",
         "node",
         "session",
         "transport",
@@ -62,6 +63,7 @@ class Connection(asyncio.Protocol):
         # some of their bytes may not have reached the socket yet.
         self._tail: list[bytes] | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self.last_seen = node.clock()
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -75,9 +77,15 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Half-open connections (a peer that vanished) die within ~90 s.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
         self.node.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen = self.node.clock()
         try:
             frames = self.decoder.feed(data)
         except FrameTooLarge as exc:

@@ -13,6 +13,7 @@ import os
 import signal
 import ssl
 from collections.abc import Coroutine
+from time import monotonic as _monotonic
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +22,7 @@ from clusterchat.bus.local import LocalPresence, NoBus
 from clusterchat.bus.redis import RedisCluster
 from clusterchat.config import Settings, connection_limit
 from clusterchat.protocol import codec
-from clusterchat.protocol.messages import MsgId
+from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.connection import Connection
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
@@ -30,6 +31,8 @@ from clusterchat.storage.sql import SqlStore
 
 log = logging.getLogger(__name__)
 
+_LOGIN_TIMEOUT = codec.error(ErrCode.TIMEOUT, "no login in time; closing the connection")
+_IDLE_TIMEOUT = codec.error(ErrCode.TIMEOUT, "silent for too long; closing the connection")
 _GOODBYE = codec.encode(
     {"msgid": MsgId.NOTICE, "text": "this server is shutting down; reconnect to carry on"}
 )
@@ -58,6 +61,8 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.port = settings.port
         self.max_connections = connection_limit(settings.max_connections)
+        self.clock = _monotonic
+        self._sweeper: asyncio.Task[None] | None = None
 
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -91,6 +96,7 @@ class Node:
             ssl=self._tls(),
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.ensure_future(self._sweep_silent())
         # What exists now lives as long as the node: keep it out of the cycle
         # collector's scans, whose pauses would otherwise show in latency.
         gc.collect()
@@ -115,7 +121,29 @@ class Node:
         ctx.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
         return ctx
 
+    async def _sweep_silent(self) -> None:
+        """Close connections that never log in, and our clients that went silent
+        (they ping every 30 s). The original client never pings: its
+        connections are left to TCP keepalive."""
+        s = self.settings
+        every = max(0.1, min(5.0, s.login_timeout / 2, s.idle_timeout / 2))
+        while True:
+            await asyncio.sleep(every)
+            now = self.clock()
+            for conn in list(self.connections):
+                quiet = now - conn.last_seen
+                session = conn.session
+                if not session.uid and quiet > s.login_timeout:
+                    if session.legacy is not True:
+                        conn.send(_LOGIN_TIMEOUT)
+                    conn.close()
+                elif session.uid and session.legacy is False and quiet > s.idle_timeout:
+                    conn.send(_IDLE_TIMEOUT)
+                    conn.close()
+
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         self._drained.clear()
