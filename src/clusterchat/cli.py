@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
+from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost
 
 
@@ -92,6 +93,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="messages held for a client that stops reading before it is disconnected "
         "(the rest is stored for its next login) [env CLUSTERCHAT_OUTPUT_LIMIT; "
         "default 1 MiB]",
+    )
+    limits = Limits()
+    srv.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=_env_int("CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS", 0),
+        metavar="N",
+        help="connections from one client address; 0: no limit (many users may share "
+        "an address) [env CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS; default 0]",
+    )
+    srv.add_argument(
+        "--login-failures",
+        default=_env(
+            "CLUSTERCHAT_LOGIN_FAILURES",
+            f"{limits.login_failures},{limits.login_failures_per_address},{limits.login_window:g}",
+        ),
+        metavar="ACCOUNT,ADDRESS,SECONDS",
+        help="failed logins allowed per account and per client address within SECONDS "
+        "before further tries are refused (brute force); 0 turns one off "
+        "[env CLUSTERCHAT_LOGIN_FAILURES; default %(default)s]",
+    )
+    srv.add_argument(
+        "--max-group-size",
+        type=int,
+        default=_env_int("CLUSTERCHAT_MAX_GROUP_SIZE", limits.max_group_size),
+        metavar="N",
+        help="members a group may have [env CLUSTERCHAT_MAX_GROUP_SIZE; default %(default)s]",
     )
     srv.add_argument(
         "--login-timeout",
@@ -329,6 +357,16 @@ def _hash_cost(text: str) -> HashCost:
     return HashCost(time_cost=t, memory_kib=m, parallelism=p)
 
 
+def _limits(failures: str, max_group_size: int) -> Limits:
+    try:
+        account, address, window = failures.split(",")
+        return Limits(int(account), int(address), float(window), max_group_size)
+    except ValueError:
+        raise SystemExit(
+            f"--login-failures wants ACCOUNT,ADDRESS,SECONDS, not {failures!r}"
+        ) from None
+
+
 def _run(coro: object) -> None:
     import uvloop
 
@@ -355,6 +393,8 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_frame=args.max_frame,
         max_connections=args.max_connections,
         output_limit=args.output_limit,
+        max_connections_per_address=args.max_connections_per_address,
+        limits=_limits(args.login_failures, args.max_group_size),
         login_timeout=args.login_timeout,
         idle_timeout=args.idle_timeout,
         tls_cert=args.tls_cert or None,

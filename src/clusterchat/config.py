@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
+from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost
 
 DEFAULT_HOST = "127.0.0.1"
@@ -56,6 +57,10 @@ class Settings:
     output_limit: int = 1024 * 1024
     #: Connections this node accepts; 0: as many as its file descriptors allow.
     max_connections: int = 0
+    #: Connections from one client address; 0: no limit (the default, since
+    #: many users can share an address behind NAT, or nginx's).
+    max_connections_per_address: int = 0
+    limits: Limits = field(default_factory=Limits)
     hash_cost: HashCost = field(default_factory=HashCost)
     shutdown_grace: float = 5.0
     #: Join a cluster through this Redis; None runs a lone node.

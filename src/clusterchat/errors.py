@@ -8,7 +8,8 @@
           ├── NoSuchUser
           ├── NoSuchGroup
           ├── AlreadyFriends
-          └── AlreadyMember
+          ├── AlreadyMember
+          └── GroupFull
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
 storage and bus boundaries; the service maps them to protocol error codes.
@@ -50,4 +51,8 @@ class AlreadyFriends(Refused):
 
 
 class AlreadyMember(Refused):
+    pass
+
+
+class GroupFull(Refused):
     pass

@@ -42,6 +42,8 @@ requests = st.one_of(
 
 
 class Peer:
+    address = "fuzz"
+
     def __init__(self) -> None:
         self.replies: list[dict[str, Any]] = []
         self.pushed = 0

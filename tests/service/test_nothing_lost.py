@@ -22,6 +22,8 @@ from tests.conftest import FAST_HASH
 class Peer:
     """A connection whose far end can vanish between two writes."""
 
+    address = "test"
+
     def __init__(self) -> None:
         self.sent: list[dict[str, object]] = []
         self.open = True

@@ -57,6 +57,7 @@ class LoginErr(IntEnum):
     ALREADY_ONLINE = 2
     ALREADY_LOGGED_IN_HERE = 3
     UNAVAILABLE = 4
+    TOO_MANY_FAILURES = 5  # brute-force guard: wait and retry
 
 
 class RegErr(IntEnum):
@@ -80,6 +81,7 @@ class ErrCode(IntEnum):
     GROUP_NAME_TAKEN = 131
     NOT_GROUP_MEMBER = 132
     ALREADY_MEMBER = 133
+    GROUP_FULL = 134
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
     SERVER_FULL = 160  # the node has all the connections it can take; try another
     TIMEOUT = 161  # no login, or silence, for too long: the connection is closed

@@ -14,9 +14,7 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-from clusterchat.protocol import codec
 from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
-from clusterchat.protocol.messages import ErrCode
 from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
@@ -31,7 +29,6 @@ _OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
 _WRITE_HIGH = 64 * 1024
 #: Seconds a cut-off connection may take to drain before it is aborted.
 _LINGER = 10.0
-_SERVER_FULL = codec.error(ErrCode.SERVER_FULL, "this server is full; try again or another one")
 
 
 class Connection(asyncio.Protocol):
@@ -42,6 +39,7 @@ class Connection(asyncio.Protocol):
         "_paused",
         "_queue",
         "_tail",
+        "address",
         "decoder",
         "last_seen",
         "node",
@@ -64,13 +62,17 @@ class Connection(asyncio.Protocol):
         self._tail: list[bytes] | None = None
         self._linger: asyncio.TimerHandle | None = None
         self.last_seen = node.clock()
+        self.address = ""
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        if len(self.node.connections) >= self.node.max_connections:
-            self.transport.set_protocol(_Refused(self.transport))
+        peer = transport.get_extra_info("peername")
+        self.address = self.node.intern_address(peer[0] if peer else "")
+        refusal = self.node.admit(self.address)
+        if refusal is not None:
+            self.transport.set_protocol(_Refused(self.transport, refusal))
             self.transport = None
             return
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
@@ -246,9 +248,9 @@ class _Refused(asyncio.Protocol):
     half-close, and discard input until the peer closes (or a short while).
     """
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, why: bytes) -> None:
         self.transport = transport
-        transport.write(_SERVER_FULL)
+        transport.write(why)
         if transport.can_write_eof():
             transport.write_eof()
         self._timer = asyncio.get_running_loop().call_later(2.0, transport.abort)

@@ -31,6 +31,8 @@ from clusterchat.storage.sql import SqlStore
 
 log = logging.getLogger(__name__)
 
+_SERVER_FULL = codec.error(ErrCode.SERVER_FULL, "this server is full; try again or another one")
+_ADDRESS_FULL = codec.error(ErrCode.SERVER_FULL, "too many connections from your address")
 _LOGIN_TIMEOUT = codec.error(ErrCode.TIMEOUT, "no login in time; closing the connection")
 _IDLE_TIMEOUT = codec.error(ErrCode.TIMEOUT, "silent for too long; closing the connection")
 _GOODBYE = codec.encode(
@@ -53,9 +55,11 @@ class Node:
         else:
             presence, bus = LocalPresence(), NoBus()
         self.service = ChatService(
-            self.store, Passwords(settings.hash_cost), presence, bus, self.node_id
+            self.store, Passwords(settings.hash_cost), presence, bus, self.node_id, settings.limits
         )
         self.connections: set[Connection] = set()
+        self._addresses: dict[str, str] = {}
+        self._per_address: dict[str, int] = {}
         self._drained = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -64,8 +68,28 @@ class Node:
         self.clock = _monotonic
         self._sweeper: asyncio.Task[None] | None = None
 
+    def intern_address(self, address: str) -> str:
+        """One string per client address, however many connections it has."""
+        return self._addresses.setdefault(address, address)
+
+    def admit(self, address: str) -> bytes | None:
+        """None to accept a new connection, else the refusal to send it."""
+        if len(self.connections) >= self.max_connections:
+            return _SERVER_FULL
+        limit = self.settings.max_connections_per_address
+        if limit and self._per_address.get(address, 0) >= limit:
+            return _ADDRESS_FULL
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        return None
+
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        left = self._per_address.get(conn.address, 1) - 1
+        if left > 0:
+            self._per_address[conn.address] = left
+        else:
+            self._per_address.pop(conn.address, None)
+            self._addresses.pop(conn.address, None)
         if not self.connections:
             self._drained.set()
 
@@ -166,11 +190,12 @@ class Node:
         log.info("stopped")
 
     async def run_until_signalled(self) -> None:
-        await self.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # Before start(): a signal arriving while it runs must still stop us cleanly.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await self.start()
         try:
             await stop.wait()
             log.info("signal received, shutting down")

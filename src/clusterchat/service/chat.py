@@ -42,6 +42,7 @@ from clusterchat.protocol.messages import (
     Request,
 )
 from clusterchat.service import tickets
+from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.session import Session
 from clusterchat.storage.base import LoginView, Resume, Store
@@ -60,6 +61,7 @@ _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.AlreadyFriends: (ErrCode.ALREADY_FRIENDS, "you are already friends with {}"),
     errors.AlreadyMember: (ErrCode.ALREADY_MEMBER, "you are already a member of group {}"),
     errors.GroupNameTaken: (ErrCode.GROUP_NAME_TAKEN, "a group named {!r} already exists"),
+    errors.GroupFull: (ErrCode.GROUP_FULL, "group {} is full ({} members)"),
 }
 
 
@@ -71,7 +73,13 @@ class ChatService:
         presence: Presence,
         bus: Bus,
         node_id: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
+        self._by_account = FailureLimiter(self.limits.login_failures, self.limits.login_window)
+        self._by_address = FailureLimiter(
+            self.limits.login_failures_per_address, self.limits.login_window
+        )
         self.store = store
         self.passwords = passwords
         self.presence = presence
@@ -270,14 +278,23 @@ class ChatService:
     async def _admit(self, s: Session, req: Login) -> Resume | Literal[False] | None:
         """Check the secret, claim the user and register the session. Returns
         False if refused (the reply is sent), else what a ticket login read."""
+        address = s.peer.address
+        wait = max(self._by_account.wait(req.id), self._by_address.wait(address))
+        if wait:
+            text = f"too many failed logins; try again in {int(wait) + 1} s"
+            s.peer.send(codec.login_refused(LoginErr.TOO_MANY_FAILURES, text))
+            return False
         try:
             who = await self._authenticate(s, req)
         except errors.Unavailable:
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
             return False
         if who is None:
+            self._by_account.failed(req.id)
+            self._by_address.failed(address)
             s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
             return False
+        self._by_account.succeeded(req.id)
         name, resumed = who
         if not await self._claim(s, req.id):
             return False
@@ -430,7 +447,7 @@ class ChatService:
             )
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
-        await self.store.join_group(s.uid, req.groupid)
+        await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size)
         self._members.pop(req.groupid, None)
         await self.bus.announce_group(req.groupid)
         if not s.legacy:

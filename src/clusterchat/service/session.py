@@ -8,6 +8,9 @@ from typing import Protocol
 class Peer(Protocol):
     """What a transport offers the service."""
 
+    #: The client's address, for per-address limits.
+    address: str
+
     def send(self, data: bytes) -> bool:
         """Queue a reply for the peer; False if the connection is closing."""
         ...

@@ -7,7 +7,7 @@ so the hot ones are made here once and executed with a parameter dict.
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, Text, bindparam, delete, exists, insert, select, update
+from sqlalchemy import Integer, Text, bindparam, delete, exists, func, insert, select, update
 
 from clusterchat.storage.tables import allgroup, friend, groupuser, offlinemessage, user
 
@@ -68,6 +68,7 @@ GROUPS = (
 )
 
 GROUP_MEMBERS = select(groupuser.c.userid).where(groupuser.c.groupid == bindparam("gid"))
+GROUP_SIZE = select(func.count()).where(groupuser.c.groupid == bindparam("gid"))
 
 ONLINE = update(user).where(user.c.id == _uid).values(state="online")
 ONLINE_WITH_TICKET = (

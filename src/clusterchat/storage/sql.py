@@ -316,14 +316,21 @@ class SqlStore:
             raise errors.GroupNameTaken(name) from None
         return gid
 
-    async def join_group(self, uid: int, gid: int) -> None:
+    async def join_group(self, uid: int, gid: int, max_members: int = 0) -> None:
         try:
             async with self._tx() as conn:
+                # Locking the group row serialises joins, so the size check holds.
                 found = (
-                    await conn.execute(select(allgroup.c.id).where(allgroup.c.id == gid))
+                    await conn.execute(
+                        select(allgroup.c.id).where(allgroup.c.id == gid).with_for_update()
+                    )
                 ).first()
                 if found is None:
                     raise errors.NoSuchGroup(gid)
+                if max_members > 0:
+                    size = (await conn.execute(q.GROUP_SIZE, {"gid": gid})).scalar_one()
+                    if size >= max_members:
+                        raise errors.GroupFull(gid, max_members)
                 await conn.execute(
                     insert(groupuser).values(groupid=gid, userid=uid, grouprole="normal")
                 )

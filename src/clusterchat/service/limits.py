@@ -1,0 +1,65 @@
+"""Counting failures per key (an account, an address) to stop brute force.
+
+A fixed window per key: after ``limit`` failures within ``window`` seconds
+the key is refused until the window ends. Checked before the slow password
+hash, so guessing costs the server nothing. Per node: a cluster multiplies
+the allowance by its node count (nginx spreads a guesser over them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one user or address may do; 0 switches a limit off."""
+
+    #: Failed logins per account, and per client address, within the window.
+    login_failures: int = 5
+    login_failures_per_address: int = 50
+    login_window: float = 60.0
+    max_group_size: int = 1000
+
+
+class FailureLimiter:
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.limit, self.window, self.clock, self.max_keys = limit, window, clock, max_keys
+        self._seen: dict[Hashable, list[float]] = {}  # key -> [window start, failures]
+
+    def wait(self, key: Hashable) -> float:
+        """Seconds until ``key`` may try again; 0 if it may now."""
+        if self.limit <= 0:
+            return 0.0
+        entry = self._seen.get(key)
+        if entry is None or entry[1] < self.limit:
+            return 0.0
+        left = entry[0] + self.window - self.clock()
+        if left <= 0:
+            del self._seen[key]
+            return 0.0
+        return left
+
+    def failed(self, key: Hashable) -> None:
+        if self.limit <= 0:
+            return
+        now = self.clock()
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] >= self.window:
+            if len(self._seen) >= self.max_keys:  # forget the oldest windows first
+                for old in list(self._seen)[: self.max_keys // 10]:
+                    del self._seen[old]
+            self._seen[key] = [now, 1]
+        else:
+            entry[1] += 1
+
+    def succeeded(self, key: Hashable) -> None:
+        self._seen.pop(key, None)
