@@ -152,9 +152,10 @@ class ChatService:
         """Mark every local user offline in one statement, then release them."""
         uids = list(self.sessions)
         self.sessions.clear()
-        for t in list(self._background):
-            if not t.done():
-                await asyncio.wait([t], timeout=5)
+        if self._background:  # one deadline for all of them, then give up on the rest
+            _, stuck = await asyncio.wait(list(self._background), timeout=5)
+            for t in stuck:
+                t.cancel()
         await self.store.flush_states()
         if uids:
             try:
