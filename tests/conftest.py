@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
 from clusterchat.server.node import Node
+from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost
 
 MYSQL_SERVER = os.environ.get("CLUSTERCHAT_TEST_MYSQL", "mysql+asyncmy://root@127.0.0.1:3306")
@@ -64,8 +65,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def settings(db_url: str) -> Settings:
-    return Settings(host="127.0.0.1", port=0, db_url=db_url, hash_cost=FAST_HASH)
+def settings(request: pytest.FixtureRequest, db_url: str) -> Settings:
+    limits = Limits(message_rate=0) if request.node.get_closest_marker("unmetered") else Limits()
+    return Settings(host="127.0.0.1", port=0, db_url=db_url, hash_cost=FAST_HASH, limits=limits)
 
 
 @pytest.fixture

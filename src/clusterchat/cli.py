@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="members a group may have [env CLUSTERCHAT_MAX_GROUP_SIZE; default %(default)s]",
     )
     srv.add_argument(
+        "--message-rate",
+        default=_env("CLUSTERCHAT_MESSAGE_RATE", f"{limits.message_rate:g},{limits.message_burst}"),
+        metavar="PER_SECOND,BURST",
+        help="requests a logged-in user may make per second, sustained, and at once "
+        "(flood limit); over it a client gets ERROR 170, an original client is slowed "
+        "down instead; 0 turns it off (for benchmarks) "
+        "[env CLUSTERCHAT_MESSAGE_RATE; default %(default)s]",
+    )
+    srv.add_argument(
         "--login-timeout",
         type=float,
         default=float(_env("CLUSTERCHAT_LOGIN_TIMEOUT", "30")),
@@ -357,14 +366,26 @@ def _hash_cost(text: str) -> HashCost:
     return HashCost(time_cost=t, memory_kib=m, parallelism=p)
 
 
-def _limits(failures: str, max_group_size: int) -> Limits:
+def _limits(failures: str, max_group_size: int, rate: str) -> Limits:
     try:
         account, address, window = failures.split(",")
-        return Limits(int(account), int(address), float(window), max_group_size)
     except ValueError:
         raise SystemExit(
             f"--login-failures wants ACCOUNT,ADDRESS,SECONDS, not {failures!r}"
         ) from None
+    try:
+        per_second, _, burst = rate.partition(",")
+        limits = Limits(
+            int(account),
+            int(address),
+            float(window),
+            max_group_size,
+            message_rate=float(per_second),
+            message_burst=int(burst) if burst else max(1, int(float(per_second))),
+        )
+    except ValueError:
+        raise SystemExit(f"--message-rate wants PER_SECOND[,BURST], not {rate!r}") from None
+    return limits
 
 
 def _run(coro: object) -> None:
@@ -394,7 +415,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_connections=args.max_connections,
         output_limit=args.output_limit,
         max_connections_per_address=args.max_connections_per_address,
-        limits=_limits(args.login_failures, args.max_group_size),
+        limits=_limits(args.login_failures, args.max_group_size, args.message_rate),
         login_timeout=args.login_timeout,
         idle_timeout=args.idle_timeout,
         tls_cert=args.tls_cert or None,

@@ -13,13 +13,19 @@ import pytest
 
 from clusterchat.config import Settings
 from clusterchat.server.node import Node
+from clusterchat.service.limits import Limits
 from tests.conftest import FAST_HASH
 
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     n = Node(
-        Settings(port=0, db_url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", hash_cost=FAST_HASH)
+        Settings(
+            port=0,
+            db_url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}",
+            hash_cost=FAST_HASH,
+            limits=Limits(message_rate=0),  # a benchmark floods by design
+        )
     )
     await n.start()
     yield n

@@ -109,8 +109,10 @@ async def start_cluster(tmp_path: Path, db_url: str, redis_url: str) -> Cluster:
     base = free_ports(3)
     prefix = f"cctest:{secrets.token_hex(4)}:"
     cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
+    # Ordering and outage tests send bursts far past the default flood limit.
     args = ["--db", db_url, "--redis", redis_url, "--redis-prefix", prefix,
-            "--presence-ttl", str(PRESENCE_TTL), "--hash-cost", cost]  # fmt: skip
+            "--presence-ttl", str(PRESENCE_TTL), "--hash-cost", cost,
+            "--message-rate", "0"]  # fmt: skip
     state = await asyncio.to_thread(
         launcher.up, tmp_path / "cluster", 2, base + 2, base, "127.0.0.1", args
     )

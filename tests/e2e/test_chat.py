@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
 from tests.conftest import PASSWORD, Connect, UserFactory, unique
@@ -258,6 +260,7 @@ async def test_chat_to_unknown_user_is_refused(user: UserFactory) -> None:
     assert err["errno"] == ErrCode.NO_SUCH_USER
 
 
+@pytest.mark.unmetered
 async def test_messages_between_two_users_keep_their_order(user: UserFactory) -> None:
     alice, bob = await user(), await user()
     for i in range(200):

@@ -3,6 +3,7 @@ else is affected."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -15,6 +16,8 @@ from clusterchat.server.node import Node
 from clusterchat.service.limits import FailureLimiter, Limits
 from tests.conftest import PASSWORD, unique
 
+RATE, BURST = 50.0, 10
+
 
 @pytest.fixture
 async def limited(settings: Settings) -> AsyncIterator[Node]:
@@ -22,7 +25,13 @@ async def limited(settings: Settings) -> AsyncIterator[Node]:
         replace(
             settings,
             max_connections_per_address=4,
-            limits=Limits(login_failures=3, login_failures_per_address=6, max_group_size=2),
+            limits=Limits(
+                login_failures=3,
+                login_failures_per_address=6,
+                max_group_size=2,
+                message_rate=RATE,
+                message_burst=BURST,
+            ),
         )
     )
     await n.start()
@@ -89,3 +98,61 @@ def test_failure_window_expires() -> None:
     assert lim.wait("k") == 10.0
     now[0] = 10.5
     assert lim.wait("k") == 0
+
+
+async def _pair(port: int, legacy: bool = False) -> tuple[ChatConnection, ChatConnection, int]:
+    """A logged-in sender (in the given dialect) and a modern receiver."""
+    sender = await ChatConnection.open("127.0.0.1", port, legacy=legacy)
+    receiver = await ChatConnection.open("127.0.0.1", port)
+    ids = []
+    for c in (sender, receiver):
+        uid = await c.register(unique(), PASSWORD)
+        assert (await c.login(uid, PASSWORD))["errno"] == 0
+        ids.append(uid)
+    return sender, receiver, ids[1]
+
+
+def _chat(toid: int, n: int) -> dict[str, object]:
+    return {"msgid": MsgId.ONE_CHAT, "toid": toid, "msg": f"m{n}"}
+
+
+async def test_a_flooding_user_is_told_to_slow_down(limited: Node) -> None:
+    sender, receiver, to = await _pair(limited.port)
+    bystander, friend, friend_id = await _pair(limited.port)
+    for n in range(BURST + 5):
+        await sender.send(_chat(to, n))
+    replies = [await sender.recv() for _ in range(BURST + 5)]
+    acked = [r for r in replies if r["msgid"] == MsgId.CHAT_ACK]
+    refused = [r for r in replies if r["msgid"] == MsgId.ERROR]
+    assert len(acked) >= BURST and refused, replies
+    assert all(r["errno"] == ErrCode.TOO_FAST and r["re"] == MsgId.ONE_CHAT for r in refused)
+    assert "retry in" in refused[0]["errmsg"]
+    # Exactly the acknowledged messages arrived, in order; the refused did not.
+    got = [(await receiver.expect(MsgId.ONE_CHAT))["msg"] for _ in acked]
+    assert got == sorted(got, key=lambda m: int(m[1:])) and len(set(got)) == len(acked)
+    # Someone else on the node is not slowed down at all...
+    await bystander.request(_chat(friend_id, 0), MsgId.CHAT_ACK)
+    assert (await friend.expect(MsgId.ONE_CHAT))["msg"] == "m0"
+    # ...and the flooder, having waited, may send again.
+    await asyncio.sleep(2 / RATE)
+    assert (await sender.request(_chat(to, 99), MsgId.CHAT_ACK))["msgid"] == MsgId.CHAT_ACK
+    assert (await receiver.expect(MsgId.ONE_CHAT))["msg"] == "m99"
+    # Leaving is never refused.
+    await sender.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    for c in (sender, receiver, bystander, friend):
+        await c.close()
+
+
+async def test_an_original_client_over_the_limit_is_slowed_not_dropped(limited: Node) -> None:
+    sender, receiver, to = await _pair(limited.port, legacy=True)
+    count = BURST + 40  # 40 past the burst: at RATE/s, no less than 0.8 s
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for n in range(count):
+        await sender.send(_chat(to, n))
+    got = [(await receiver.expect(MsgId.ONE_CHAT))["msg"] for _ in range(count)]
+    took = loop.time() - started
+    assert got == [f"m{n}" for n in range(count)]  # every one, in order
+    assert took >= (count - BURST - 1) / RATE
+    for c in (sender, receiver):
+        await c.close()

@@ -14,6 +14,7 @@ from clusterchat.client.connection import ChatConnection, ConnectionClosed
 from clusterchat.config import Settings
 from clusterchat.protocol.messages import MsgId
 from clusterchat.server.node import Node
+from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
 
 LIMIT = 64 * 1024
@@ -21,7 +22,8 @@ LIMIT = 64 * 1024
 
 @pytest.fixture
 async def tight_node(settings: Settings) -> AsyncIterator[Node]:
-    n = Node(replace(settings, output_limit=LIMIT))
+    # The senders flood on purpose: no flood limit here.
+    n = Node(replace(settings, output_limit=LIMIT, limits=Limits(message_rate=0)))
     await n.start()
     yield n
     await n.stop()

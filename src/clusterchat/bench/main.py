@@ -30,6 +30,11 @@ async def run(scenario: str, opts: Options, as_json: bool) -> Result:
             bar.update(task, completed=done)  # type: ignore[arg-type]
 
         result = await SCENARIOS[scenario](opts, progress)
+    if result.notes.get("refused by the flood limit"):
+        console.print(
+            "[yellow]The server refused messages for flooding: run it with "
+            "--message-rate 0 (or a rate above what this benchmark sends).[/]"
+        )
     if as_json:
         print(result.to_json(), flush=True)
     else:

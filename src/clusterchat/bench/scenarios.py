@@ -4,6 +4,7 @@ per run), reports ops/s, latency percentiles and losses, and stops by itself."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 from clusterchat.bench.conn import BenchConn, Closed
 from clusterchat.bench.stats import Result
-from clusterchat.protocol.messages import MsgId
+from clusterchat.protocol.messages import ErrCode, MsgId
 
 PASSWORD = "bench-pw"
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -229,6 +230,7 @@ class ChatFlow:
         self.measure_from = float("inf")
         self.seqs = itertools.count()
         self.sent = 0
+        self.flooded = 0
 
     def on_push(self, msg: dict[str, Any]) -> None:
         sent_ns, seq_s, sender, _ = str(msg.get("msg", "")).split(":", 3)
@@ -244,6 +246,19 @@ class ChatFlow:
             del self.outstanding[seq]
             self.window[int(sender)].release()
 
+    def _replied(self, seq: int, sender: int, reply: asyncio.Future[dict[str, Any]]) -> None:
+        """A refused message will never arrive: count it and free its slot."""
+        if reply.cancelled() or reply.exception() is not None:
+            return
+        msg = reply.result()
+        if msg.get("msgid") != MsgId.ERROR:
+            return
+        self.result.errors += 1
+        if msg.get("errno") == ErrCode.TOO_FAST:
+            self.result.notes["refused by the flood limit"] = self.flooded = self.flooded + 1
+        if self.outstanding.pop(seq, None) is not None:
+            self.window[sender].release()
+
     async def run(
         self, senders: list[tuple[BenchConn, dict[str, Any]]], progress: Progress
     ) -> None:
@@ -257,7 +272,8 @@ class ChatFlow:
                 seq = next(self.seqs)
                 self.outstanding[seq] = self.fanout
                 try:
-                    conn.request({**template, "msg": _payload(seq, k, self.opts.msg_size)})
+                    reply = conn.request({**template, "msg": _payload(seq, k, self.opts.msg_size)})
+                    reply.add_done_callback(functools.partial(self._replied, seq, k))
                 except Closed:
                     self.result.errors += 1
                     return

@@ -85,6 +85,7 @@ class ErrCode(IntEnum):
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
     SERVER_FULL = 160  # the node has all the connections it can take; try another
     TIMEOUT = 161  # no login, or silence, for too long: the connection is closed
+    TOO_FAST = 170  # over the per-user request rate; the request was not served
     INTERNAL = 199
 
 

@@ -54,6 +54,8 @@ _LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
+#: Never refused for flooding: leaving, and proving one is alive.
+_UNMETERED: frozenset[type] = frozenset({Logout, Ping})
 
 _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.NoSuchUser: (ErrCode.NO_SUCH_USER, "no user has id {}"),
@@ -76,6 +78,8 @@ class ChatService:
         limits: Limits | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        self._rate = max(0.0, self.limits.message_rate)
+        self._burst = float(max(1, self.limits.message_burst))
         self._by_account = FailureLimiter(self.limits.login_failures, self.limits.login_window)
         self._by_address = FailureLimiter(
             self.limits.login_failures_per_address, self.limits.login_window
@@ -118,13 +122,49 @@ class ChatService:
         except BadRequest as exc:
             self._refuse_bad(s, exc)
             return None
-        if not s.uid and not isinstance(req, ANONYMOUS_OK):
-            self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
-            return None
+        if not s.uid:
+            if not isinstance(req, ANONYMOUS_OK):
+                self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
+                return None
+        elif self._rate:
+            now = time.monotonic()
+            tokens = s.tokens + (now - s.stamp) * self._rate
+            if tokens > self._burst:
+                tokens = self._burst
+            s.stamp = now
+            if tokens >= 1.0:
+                s.tokens = tokens - 1.0
+            elif type(req) not in _UNMETERED:
+                s.tokens = tokens
+                return self._too_fast(s, req, (1.0 - tokens) / self._rate)
         result = self._handlers[type(req)](s, req)
         if result is None:
             return None
         return self._guarded(s, req, result)
+
+    def _too_fast(self, s: Session, req: Request, wait: float) -> Awaitable[None] | None:
+        """Over the flood limit. A modern client is told and may retry; the
+        original client has no such reply, so its request waits for its turn
+        (and, its queue full, the connection stops being read: TCP slows it)."""
+        if not s.legacy:
+            self._refuse(
+                s,
+                req,
+                ErrCode.TOO_FAST,
+                f"too many requests: at most {self._rate:g} a second "
+                f"(bursts of {self._burst:g}); retry in {wait:.2f} s",
+            )
+            return None
+        return self._throttled(s, req, wait)
+
+    async def _throttled(self, s: Session, req: Request, wait: float) -> None:
+        await asyncio.sleep(wait)
+        if s.closed or not s.uid:
+            return
+        s.tokens, s.stamp = 0.0, time.monotonic()  # the token that came in, spent
+        work = self._handlers[type(req)](s, req)
+        if work is not None:
+            await self._guarded(s, req, work)
 
     def frame_too_large(self, s: Session, limit: int) -> None:
         msg = f"request exceeds the {limit}-byte frame limit; closing the connection"

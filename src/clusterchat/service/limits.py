@@ -22,6 +22,11 @@ class Limits:
     login_failures_per_address: int = 50
     login_window: float = 60.0
     max_group_size: int = 1000
+    #: Requests per second a logged-in user may make, sustained, and how many
+    #: may come at once (a token bucket). Far above any typing human; a bot
+    #: or a stuck loop is slowed down, never allowed to crowd out the others.
+    message_rate: float = 20.0
+    message_burst: int = 50
 
 
 class FailureLimiter:

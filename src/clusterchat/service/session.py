@@ -44,6 +44,8 @@ class Session:
         "offline_upto",
         "peer",
         "recheck",
+        "stamp",
+        "tokens",
         "uid",
     )
 
@@ -59,6 +61,10 @@ class Session:
         self.offline_upto = 0
         self.flushing = False
         self.recheck = False
+        # Flood limit (a token bucket): requests it may still make, and when
+        # the bucket was last topped up. Filled at login.
+        self.tokens = 0.0
+        self.stamp = 0.0
 
     @property
     def logged_in(self) -> bool:
