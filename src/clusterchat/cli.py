@@ -131,6 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
         "[env CLUSTERCHAT_MESSAGE_RATE; default %(default)s]",
     )
     srv.add_argument(
+        "--login-queue",
+        type=int,
+        default=_env_int("CLUSTERCHAT_LOGIN_QUEUE", 64),
+        metavar="N",
+        help="password checks that may wait for a hashing thread; past it logins and "
+        "registrations are refused as busy at once, so accepted ones stay fast; 0: no "
+        "limit [env CLUSTERCHAT_LOGIN_QUEUE; default %(default)s]",
+    )
+    srv.add_argument(
+        "--shed-lag",
+        type=float,
+        default=float(_env("CLUSTERCHAT_SHED_LAG", "0.5")),
+        metavar="SECONDS",
+        help="when the event loop runs this late, new connections are refused (ERROR "
+        "160) until the node catches up; 0: never [env CLUSTERCHAT_SHED_LAG; "
+        "default %(default)s]",
+    )
+    srv.add_argument(
         "--login-timeout",
         type=float,
         default=float(_env("CLUSTERCHAT_LOGIN_TIMEOUT", "30")),
@@ -275,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-s", "--senders", type=int, default=1,
                        help="group senders [default 1]")  # fmt: skip
     bench.add_argument("--msg-size", type=int, default=32, help="message bytes [default 32]")
+    bench.add_argument("--rate", type=float, default=0.0, metavar="PER_SECOND",
+                       help="login: start this many logins a second however fast the "
+                       "server answers (to offer more than it can take); default: -c at "
+                       "a time")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="one JSON line instead of a table")
 
     cl = sub.add_parser(
@@ -416,6 +438,8 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         output_limit=args.output_limit,
         max_connections_per_address=args.max_connections_per_address,
         limits=_limits(args.login_failures, args.max_group_size, args.message_rate),
+        login_queue=args.login_queue,
+        shed_lag=args.shed_lag,
         login_timeout=args.login_timeout,
         idle_timeout=args.idle_timeout,
         tls_cert=args.tls_cert or None,
@@ -450,6 +474,7 @@ def _bench(args: argparse.Namespace) -> int:
         members=args.members,
         senders=args.senders,
         msg_size=args.msg_size,
+        rate=args.rate,
     )
     results = []
 

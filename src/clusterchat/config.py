@@ -62,6 +62,12 @@ class Settings:
     max_connections_per_address: int = 0
     limits: Limits = field(default_factory=Limits)
     hash_cost: HashCost = field(default_factory=HashCost)
+    #: Password checks that may wait for a hashing thread; past it, logins and
+    #: registrations are refused as "busy" at once (0: no limit).
+    login_queue: int = 64
+    #: Event-loop lag (seconds) past which new connections are refused until
+    #: the node has caught up (0: never).
+    shed_lag: float = 0.5
     shutdown_grace: float = 5.0
     #: Join a cluster through this Redis; None runs a lone node.
     redis_url: str | None = None

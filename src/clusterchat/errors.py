@@ -2,6 +2,7 @@
 
     ClusterChatError
      ├── Unavailable          a backend (SQL store, Redis) cannot be reached now
+     │    └── Busy            this node has more work queued than it takes on
      └── Refused              a request that is well-formed but not allowed
           ├── NameTaken
           ├── GroupNameTaken
@@ -23,6 +24,10 @@ class ClusterChatError(Exception):
 
 
 class Unavailable(ClusterChatError):
+    pass
+
+
+class Busy(Unavailable):
     pass
 
 

@@ -17,6 +17,8 @@ from clusterchat.bench.stats import Result
 from clusterchat.protocol.messages import ErrCode, MsgId
 
 PASSWORD = "bench-pw"
+_BUSY = 4  # REG_ACK / LOGIN_ACK errno: service unavailable or busy, retry
+_RETRIES = 200
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -32,6 +34,9 @@ class Options:
     members: int = 20
     senders: int = 1
     msg_size: int = 32
+    #: Logins started per second regardless of how fast they finish (an open
+    #: loop, to offer more than the server can take); 0: ``concurrency`` at a time.
+    rate: float = 0.0
 
     @property
     def label(self) -> str:
@@ -73,7 +78,12 @@ async def _register_all(opts: Options, n: int, progress: Progress) -> list[int]:
 
     async def reg(i: int) -> None:
         conn = conns[i % len(conns)]
-        ack = await conn.request({"msgid": MsgId.REG, "name": f"{prefix}{i}", "password": PASSWORD})
+        doc = {"msgid": MsgId.REG, "name": f"{prefix}{i}", "password": PASSWORD}
+        for _attempt in range(_RETRIES):
+            ack = await conn.request(doc)
+            if ack.get("errno") != _BUSY:
+                break
+            await asyncio.sleep(0.05)  # a busy server: wait for it
         if ack.get("errno") != 0:
             raise RuntimeError(f"register failed: {ack}")
         ids[i] = int(ack["id"])
@@ -139,28 +149,44 @@ async def reg(opts: Options, progress: Progress) -> Result:
 
 
 async def login(opts: Options, progress: Progress) -> Result:
-    """Fresh users log in, ``concurrency`` at a time, each on its own connection."""
+    """Fresh users log in, each on its own connection: ``concurrency`` at a
+    time, or ``rate`` a second whatever the server's pace (then the latency of
+    each accepted login, and how many were shed as busy, tell how it copes)."""
     ids = await _register_all(opts, opts.users, progress)
     result = Result("login", opts.label)
     conns: list[BenchConn] = []
+    done = 0
 
     async def one(i: int) -> None:
-        conn = await _open(opts, i)
-        conns.append(conn)
+        nonlocal done
         t0 = _now_us()
         try:
+            conn = await _open(opts, i)
+            conns.append(conn)
             ack = await _login(conn, ids[i], {"password": PASSWORD})
-        except Closed:
+        except (Closed, OSError):
             result.errors += 1
             return
-        result.latencies_us.append(_now_us() - t0)
         if ack.get("errno") == 0:
+            result.latencies_us.append(_now_us() - t0)
             result.ops += 1
+        elif ack.get("errno") == _BUSY:
+            result.shed += 1
         else:
             result.errors += 1
+        done += 1
+        progress("login storm", done, len(ids))
 
     start = time.perf_counter()
-    await _bounded(len(ids), opts.concurrency, one, progress, "login storm")
+    if opts.rate > 0:
+        tasks = []
+        for i in range(len(ids)):
+            await asyncio.sleep(max(0.0, start + i / opts.rate - time.perf_counter()))
+            tasks.append(asyncio.ensure_future(one(i)))
+        await asyncio.gather(*tasks)
+        result.notes["offered"] = f"{opts.rate:g} logins/s"
+    else:
+        await _bounded(len(ids), opts.concurrency, one, lambda *_: None, "login storm")
     result.seconds = time.perf_counter() - start
     for c in conns:
         c.close()

@@ -21,6 +21,8 @@ class Result:
     seconds: float = 0.0
     lost: int = 0
     errors: int = 0
+    #: Requests the server turned away as busy (overload shedding), not errors.
+    shed: int = 0
     latencies_us: list[float] = field(default_factory=list, repr=False)
     notes: dict[str, object] = field(default_factory=dict)
 
@@ -50,7 +52,7 @@ def table(result: Result) -> object:
 
     s = result.summary()
     t = Table(title=f"clusterchat bench: {result.scenario} against {result.target}")
-    for col in ("ops", "ops/s", "p50", "p99", "p99.9", "max", "lost", "errors"):
+    for col in ("ops", "ops/s", "p50", "p99", "p99.9", "max", "lost", "shed", "errors"):
         t.add_column(col, justify="right")
     t.add_row(
         str(s["ops"]),
@@ -60,6 +62,7 @@ def table(result: Result) -> object:
         _ms(s["p999_us"]),
         _ms(s["max_us"]),
         str(s["lost"]),
+        str(s["shed"]),
         str(s["errors"]),
     )
     if result.notes:

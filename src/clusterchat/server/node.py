@@ -24,6 +24,7 @@ from clusterchat.config import Settings, connection_limit
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.connection import Connection
+from clusterchat.server.load import LoopLag
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
 from clusterchat.storage.base import Store
@@ -32,6 +33,9 @@ from clusterchat.storage.sql import SqlStore
 log = logging.getLogger(__name__)
 
 _SERVER_FULL = codec.error(ErrCode.SERVER_FULL, "this server is full; try again or another one")
+_OVERLOADED = codec.error(
+    ErrCode.SERVER_FULL, "this server is overloaded; try again shortly or another one"
+)
 _ADDRESS_FULL = codec.error(ErrCode.SERVER_FULL, "too many connections from your address")
 _LOGIN_TIMEOUT = codec.error(ErrCode.TIMEOUT, "no login in time; closing the connection")
 _IDLE_TIMEOUT = codec.error(ErrCode.TIMEOUT, "silent for too long; closing the connection")
@@ -55,8 +59,14 @@ class Node:
         else:
             presence, bus = LocalPresence(), NoBus()
         self.service = ChatService(
-            self.store, Passwords(settings.hash_cost), presence, bus, self.node_id, settings.limits
+            self.store,
+            Passwords(settings.hash_cost, settings.login_queue),
+            presence,
+            bus,
+            self.node_id,
+            settings.limits,
         )
+        self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()
         self._addresses: dict[str, str] = {}
         self._per_address: dict[str, int] = {}
@@ -76,6 +86,9 @@ class Node:
         """None to accept a new connection, else the refusal to send it."""
         if len(self.connections) >= self.max_connections:
             return _SERVER_FULL
+        if self.lag.overloaded:
+            self.lag.shed += 1
+            return _OVERLOADED
         limit = self.settings.max_connections_per_address
         if limit and self._per_address.get(address, 0) >= limit:
             return _ADDRESS_FULL
@@ -121,6 +134,7 @@ class Node:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.ensure_future(self._sweep_silent())
+        self.lag.start()
         # What exists now lives as long as the node: keep it out of the cycle
         # collector's scans, whose pauses would otherwise show in latency.
         gc.collect()
@@ -168,6 +182,7 @@ class Node:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.lag.stop()
         if self._server is not None:
             self._server.close()
         self._drained.clear()

@@ -54,6 +54,7 @@ _LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
+_BUSY = "server busy: too many logins at once; retry in a few seconds"
 #: Never refused for flooding: leaving, and proving one is alive.
 _UNMETERED: frozenset[type] = frozenset({Logout, Ping})
 
@@ -205,6 +206,7 @@ class ChatService:
             for uid in uids:
                 await self.presence.release(uid)
         await self.bus.close()
+        self.passwords.close()
 
     # -- refusals ------------------------------------------------------------------
 
@@ -259,7 +261,11 @@ class ChatService:
     # -- register, login, logout ---------------------------------------------------------
 
     async def _register(self, s: Session, req: Register) -> None:
-        digest = await self.passwords.hash(req.password)
+        try:
+            digest = await self.passwords.hash(req.password)
+        except errors.Busy:
+            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, _BUSY))
+            return
         try:
             uid = await self.store.create_user(req.name, digest)
         except errors.NameTaken:
@@ -325,8 +331,14 @@ class ChatService:
             text = f"too many failed logins; try again in {int(wait) + 1} s"
             s.peer.send(codec.login_refused(LoginErr.TOO_MANY_FAILURES, text))
             return False
+        if req.ticket is None and self.passwords.busy:  # before reading the store
+            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
+            return False
         try:
             who = await self._authenticate(s, req)
+        except errors.Busy:
+            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
+            return False
         except errors.Unavailable:
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
             return False

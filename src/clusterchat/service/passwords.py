@@ -1,12 +1,26 @@
-"""Slow salted password hashes (argon2id), computed off the event loop."""
+"""Slow salted password hashes (argon2id), computed off the event loop.
+
+Hashing has its own pool of one thread per core and a bounded queue in
+front of it: in a login storm the first few hundred wait their turn (each
+knows its wait is bounded) and the rest are told at once that the server is
+busy, instead of every login timing out behind an ever longer queue.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from clusterchat import errors
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +33,7 @@ class HashCost:
 
 
 class Passwords:
-    def __init__(self, cost: HashCost = HashCost()) -> None:
+    def __init__(self, cost: HashCost = HashCost(), queue: int = 64) -> None:
         self.cost = cost
         self._hasher = PasswordHasher(
             time_cost=cost.time_cost,
@@ -27,14 +41,32 @@ class Passwords:
             parallelism=cost.parallelism,
             type=Type.ID,
         )
+        threads = os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="argon2")
+        self._capacity = threads + max(0, queue) if queue else 1 << 30
+        self._pending = 0
         # Verified against when the user does not exist, so timing does not tell.
         self._dummy = self._hasher.hash("clusterchat-no-such-user")
 
+    @property
+    def busy(self) -> bool:
+        """Every thread is hashing and the queue is full."""
+        return self._pending >= self._capacity
+
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+        return await self._run(self._hasher.hash, password)
 
     async def verify(self, stored: str | None, password: str) -> bool:
-        return await asyncio.to_thread(self._verify, stored, password)
+        return await self._run(self._verify, stored, password)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        if self.busy:
+            raise errors.Busy("too many password checks queued")
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._pending -= 1
 
     def _verify(self, stored: str | None, password: str) -> bool:
         try:
@@ -42,3 +74,6 @@ class Passwords:
         except (VerificationError, InvalidHashError):
             return False
         return stored is not None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
