@@ -61,6 +61,8 @@ class ChatClient:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
         self.connected = asyncio.Event()
+        # Connected and, after a reconnect, logged in again: requests may go.
+        self.ready = asyncio.Event()
         self._seen: dict[object, None] = {}  # recent message ids, oldest first
 
     # -- connection ---------------------------------------------------------------
@@ -70,10 +72,12 @@ class ChatClient:
             self.host, self.port, ssl=self.tls, limit=1 << 20
         )
         self._writer = writer
-        self._reader_task = asyncio.ensure_future(self._read(reader))
+        self._reader_task = asyncio.ensure_future(self._read(reader, writer))
         if self._keepalive_task is None:
             self._keepalive_task = asyncio.ensure_future(self._keepalive())
         self.connected.set()
+        if not self.uid:  # else ready once logged in again (see _reconnect)
+            self.ready.set()
 
     async def close(self) -> None:
         self._closing = True
@@ -88,7 +92,7 @@ class ChatClient:
                 await self._writer.wait_closed()
         self._fail_pending()
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder(max_frame=16 * DEFAULT_MAX_FRAME)
         try:
             while data := await reader.read(65536):
@@ -96,7 +100,9 @@ class ChatClient:
                     self._dispatch(frame)
         except (OSError, ValueError) as exc:
             log.debug("read failed: %s", exc)
+        writer.close()
         self.connected.clear()
+        self.ready.clear()
         self._fail_pending()
         if not self._closing:
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
@@ -111,18 +117,21 @@ class ChatClient:
         if not isinstance(msg, dict):
             return
         if msg.get("msgid") in PUSHED:
-            mid = msg.get("mid")
-            if mid is not None:
-                if mid in self._seen:  # delivery between nodes is at least once
-                    return
-                self._seen[mid] = None
-                if len(self._seen) > SEEN_MIDS:
-                    del self._seen[next(iter(self._seen))]
-            self.on_push(msg)
+            self._push(msg)
         elif self._pending:
             fut = self._pending.popleft()
             if not fut.done():
                 fut.set_result(msg)
+
+    def _push(self, msg: dict[str, Any]) -> None:
+        mid = msg.get("mid")
+        if mid is not None:
+            if mid in self._seen:  # delivery between nodes is at least once
+                return
+            self._seen[mid] = None
+            if len(self._seen) > SEEN_MIDS:
+                del self._seen[next(iter(self._seen))]
+        self.on_push(msg)
 
     def _fail_pending(self) -> None:
         while self._pending:
@@ -146,6 +155,7 @@ class ChatClient:
                 self.on_status(f"Reconnected to {self.host}:{self.port}, logged in again.")
             else:
                 self.on_status(f"Reconnected to {self.host}:{self.port}.")
+            self.ready.set()
             return
 
     async def _relogin(self) -> bool:
@@ -153,10 +163,16 @@ class ChatClient:
         secret = {"ticket": self._ticket} if self._ticket else {"password": self._password}
         while True:
             try:
-                ack = await self.request({"msgid": MsgId.LOGIN, "id": self.uid, **secret})
+                ack = await self._send({"msgid": MsgId.LOGIN, "id": self.uid, **secret})
             except ConnectionLost:
                 return False
             if ack.get("errno") == 0:
+                # Stored while we were away: shown as if they had just arrived.
+                for item in ack.get("offlinemsg") or []:
+                    with contextlib.suppress(ValueError):
+                        doc = codec.loads(item) if isinstance(item, str) else item
+                        if isinstance(doc, dict):
+                            self._push(doc)
                 return True
             retry = ack.get("errno") in (LoginErr.ALREADY_ONLINE, LoginErr.UNAVAILABLE)
             if not retry or asyncio.get_running_loop().time() > deadline:
@@ -169,13 +185,18 @@ class ChatClient:
         """nginx and NATs drop idle TCP connections; a ping now and then keeps ours."""
         while True:
             await asyncio.sleep(KEEPALIVE)
-            if self.connected.is_set():
+            if self.ready.is_set():
                 with contextlib.suppress(ConnectionLost, OSError):
                     await self.request({"msgid": MsgId.PING})
 
     # -- requests ------------------------------------------------------------------
 
     async def request(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if not self.ready.is_set():
+            raise ConnectionLost("not connected (reconnecting)")
+        return await self._send(doc)
+
+    async def _send(self, doc: dict[str, Any]) -> dict[str, Any]:
         if not self.connected.is_set() or self._writer is None:
             raise ConnectionLost("not connected")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
