@@ -268,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
         "latency percentiles (p50/p99/p99.9) and losses. It creates its own users. "
         "Scenarios: reg (registrations), login (a storm of fresh logins), reconnect "
         "(every user drops and logs back in at once, with its session ticket), chat "
-        "(pairs messaging each other), group (fan-out to one group).",
+        "(pairs messaging each other), group (fan-out to one group), soak (hours of "
+        "ordinary use with users coming and going: checks nothing is lost and, with "
+        "--server-pid, that the server's memory does not grow).",
     )
-    bench.add_argument("scenario", choices=["reg", "login", "reconnect", "chat", "group"])
+    bench.add_argument("scenario", choices=["reg", "login", "reconnect", "chat", "group", "soak"])
     bench.add_argument(
         "--target",
         default="127.0.0.1:6000",
@@ -295,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--msg-size", type=int, default=32, help="message bytes [default 32]")
     bench.add_argument("--rate", type=float, default=0.0, metavar="PER_SECOND",
                        help="login: start this many logins a second however fast the "
-                       "server answers (to offer more than it can take); default: -c at "
-                       "a time")  # fmt: skip
+                       "server answers (to offer more than it can take; default: -c at "
+                       "a time); soak: messages a second per user (default 2)")  # fmt: skip
+    bench.add_argument("--server-pid", type=int, default=0, metavar="PID",
+                       help="soak: sample this server process's memory")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="one JSON line instead of a table")
 
     cl = sub.add_parser(
@@ -475,6 +479,7 @@ def _bench(args: argparse.Namespace) -> int:
         senders=args.senders,
         msg_size=args.msg_size,
         rate=args.rate,
+        server_pid=args.server_pid,
     )
     results = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,6 +41,8 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         ["reg", "-n", "20", "-c", "4"],
         ["login", "-n", "20", "-c", "4"],
         ["reconnect", "-n", "50"],
+        # The soak's CI-sized version (README: the long one).
+        ["soak", "-n", "20", "-t", "4", "--rate", "5", "--server-pid", str(os.getpid())],
     ],
     ids=lambda a: a[0],
 )
@@ -56,3 +59,6 @@ async def test_bench_scenario_reports_and_loses_nothing(node: Node, args: list[s
     assert result["ops"] > 0 and result["ops_per_s"] > 0
     assert result["lost"] == 0 and result["errors"] == 0
     assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
+    if args[0] == "soak":
+        assert result["notes"]["comings and goings"] > 0
+        assert "rss_growth_kib" in result["notes"]

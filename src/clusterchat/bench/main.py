@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from clusterchat.bench.scenarios import SCENARIOS, Options
+from clusterchat.bench.soak import soak
 from clusterchat.bench.stats import Result, table
 
 
@@ -29,7 +30,7 @@ async def run(scenario: str, opts: Options, as_json: bool) -> Result:
                 task = tasks[phase] = bar.add_task(phase, total=total)
             bar.update(task, completed=done)  # type: ignore[arg-type]
 
-        result = await SCENARIOS[scenario](opts, progress)
+        result = await {**SCENARIOS, "soak": soak}[scenario](opts, progress)
     if result.notes.get("refused by the flood limit"):
         console.print(
             "[yellow]The server refused messages for flooding: run it with "

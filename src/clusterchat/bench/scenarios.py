@@ -34,9 +34,12 @@ class Options:
     members: int = 20
     senders: int = 1
     msg_size: int = 32
-    #: Logins started per second regardless of how fast they finish (an open
-    #: loop, to offer more than the server can take); 0: ``concurrency`` at a time.
+    #: login: logins started per second regardless of how fast they finish (an
+    #: open loop, to offer more than the server can take); 0: ``concurrency`` at
+    #: a time. soak: messages per second per user (default 2).
     rate: float = 0.0
+    #: The server's process id, to sample its memory (soak).
+    server_pid: int = 0
 
     @property
     def label(self) -> str:

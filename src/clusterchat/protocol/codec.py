@@ -31,13 +31,16 @@ class BadRequest(Exception):
         self.msgid = msgid
 
 
+_NOT_JSON = "request is not valid JSON in UTF-8"
+
+
 def decode_request(frame: bytes) -> Request:
     try:
         req: Request = _decoder.decode(frame)
     except msgspec.ValidationError as exc:
         raise _classify(frame, exc) from None
-    except msgspec.DecodeError:
-        raise BadRequest(ErrCode.MALFORMED, "request is not valid JSON") from None
+    except ValueError:  # msgspec.DecodeError, or UnicodeDecodeError for bad UTF-8
+        raise BadRequest(ErrCode.MALFORMED, _NOT_JSON) from None
     return req
 
 
@@ -47,6 +50,8 @@ def _classify(frame: bytes, exc: msgspec.ValidationError) -> BadRequest:
         doc = _any_decoder.decode(frame)
     except msgspec.MsgspecError:  # valid JSON msgspec cannot hold, e.g. 1e400
         return BadRequest(ErrCode.INVALID_FIELD, _field_error(str(exc)))
+    except ValueError:  # an unknown key that is not UTF-8 (found by atheris)
+        return BadRequest(ErrCode.MALFORMED, _NOT_JSON)
     if not isinstance(doc, dict):
         return BadRequest(ErrCode.MALFORMED, "request must be a JSON object")
     msgid = doc.get("msgid")
