@@ -36,6 +36,7 @@ class Connection(asyncio.Protocol):
         "_backlog",
         "_backlog_bytes",
         "_linger",
+        "_out",
         "_paused",
         "_queue",
         "_tail",
@@ -61,6 +62,9 @@ class Connection(asyncio.Protocol):
         # some of their bytes may not have reached the socket yet.
         self._tail: list[bytes] | None = None
         self._linger: asyncio.TimerHandle | None = None
+        # Chat messages for this peer not yet written: written together once
+        # the loop has read everything it can (one syscall, not one each).
+        self._out: list[bytes] | None = None
         self.last_seen = node.clock()
         self.address = ""
 
@@ -113,6 +117,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:
             self._linger.cancel()
+        if self._out:  # accepted for this peer, never written: keep them
+            out, self._out = self._out, None
+            self.node.service.spill(self.session, out)
         self.node.connection_closed(self)
         self.node.service.disconnected(self.session)
         self.transport = None
@@ -123,6 +130,8 @@ class Connection(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return False
+        if self._out is not None:  # what was queued before goes first
+            self.flush()
         t.write(data)
         return True
 
@@ -132,14 +141,12 @@ class Connection(asyncio.Protocol):
             return False
         backlog = self._backlog
         if backlog is None:
-            t.write(data)
-            if t.get_write_buffer_size():  # the socket is full: remember what may wait
-                if self._tail is None:
-                    self._tail = [data]
-                else:
-                    self._tail.append(data)
-            elif self._tail is not None:
-                self._tail = None
+            out = self._out
+            if out is None:
+                self._out = [data]
+                self.node.write_soon(self)
+            else:
+                out.append(data)
             return True
         backlog.append(data)
         self._backlog_bytes += len(data)
@@ -147,8 +154,27 @@ class Connection(asyncio.Protocol):
             self._cut_off()
         return True
 
+    def flush(self) -> None:
+        out, self._out = self._out, None
+        if not out:
+            return
+        t = self.transport
+        if t is None or t.is_closing():  # closed since they were accepted: keep them
+            self.node.service.spill(self.session, out)
+            return
+        t.write(out[0] if len(out) == 1 else b"".join(out))
+        if t.get_write_buffer_size():  # the socket is full: remember what may wait
+            if self._tail is None:
+                self._tail = out
+            else:
+                self._tail.extend(out)
+        elif self._tail is not None:
+            self._tail = None
+
     def close(self) -> None:
         if self.transport is not None:
+            if self._out is not None:
+                self.flush()
             self.transport.close()
 
     # -- flow control: a peer that does not read -----------------------------------------

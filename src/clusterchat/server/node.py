@@ -68,6 +68,7 @@ class Node:
         )
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()
+        self._unflushed: list[Connection] = []
         self._addresses: dict[str, str] = {}
         self._per_address: dict[str, int] = {}
         self._drained = asyncio.Event()
@@ -105,6 +106,17 @@ class Node:
             self._addresses.pop(conn.address, None)
         if not self.connections:
             self._drained.set()
+
+    def write_soon(self, conn: Connection) -> None:
+        """Flush ``conn`` once this loop iteration's reads are all handled."""
+        if not self._unflushed:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._unflushed.append(conn)
+
+    def _flush(self) -> None:
+        conns, self._unflushed = self._unflushed, []
+        for conn in conns:
+            conn.flush()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -179,9 +179,10 @@ class ChatService:
             s.peer.send(codec.error(ErrCode.INTERNAL, "internal error"))
 
     def spill(self, s: Session, payloads: list[bytes]) -> None:
-        """A peer stopped reading and was cut off: keep what it was not sent."""
+        """Messages accepted for a peer that did not get them (it stopped
+        reading and was cut off, or its connection closed first): keep them."""
         if s.uid and payloads:
-            log.warning("user %d stopped reading; storing %d messages", s.uid, len(payloads))
+            log.warning("storing %d messages user %d was not sent", len(payloads), s.uid)
             self._spawn(self.store_offline_each(s.uid, payloads))
 
     def disconnected(self, s: Session) -> None:
