@@ -124,18 +124,25 @@ class _StateWriter:
             self._task = asyncio.ensure_future(self._soon())
 
     async def _soon(self) -> None:
-        await asyncio.sleep(0.02)
-        self._task = None
-        await self._write()
+        try:
+            await asyncio.sleep(0.02)
+            while self._pending:  # notes made while writing go in the next round
+                await self._write()
+        finally:
+            self._task = None
 
     async def flush(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        """Everything noted is written when this returns; nothing is still
+        writing (a write left running past close would hold a connection)."""
+        task = self._task
+        if task is not None:
+            await task
         await self._write()
 
     async def _write(self) -> None:
         pending, self._pending = self._pending, {}
+        if not pending:
+            return
         for online in (True, False):
             uids = [u for u, state in pending.items() if state is online]
             try:
