@@ -48,6 +48,11 @@ class Inbox(Protocol):
         """The bus was cut off: messages may have been stored for local users."""
         ...
 
+    def displaced(self, uid: int) -> None:
+        """While this node was cut off, the user logged in on another one:
+        that session is the user's now; end the one here."""
+        ...
+
     def group_changed(self, gid: int) -> None:
         """Another node changed a group's members: drop what is cached."""
         ...

@@ -389,6 +389,7 @@ class RedisCluster:
         for uid in local:
             if not await self.claim(uid):
                 log.warning("user %d logged in elsewhere while we were cut off", uid)
+                self._inbox.displaced(uid)
         log.info("connected to Redis as node %s (%d local users)", self.node_id, len(local))
 
     def _on_message(self, channel: bytes, data: bytes) -> None:

@@ -50,6 +50,9 @@ from clusterchat.storage.base import LoginView, Resume, Store
 log = logging.getLogger(__name__)
 
 _LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
+_DISPLACED = codec.encode(
+    {"msgid": MsgId.NOTICE, "text": "you logged in somewhere else; this session has ended"}
+)
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
@@ -639,6 +642,15 @@ class ChatService:
 
     def group_changed(self, gid: int) -> None:
         self._members.pop(gid, None)
+
+    def displaced(self, uid: int) -> None:
+        s = self.sessions.get(uid)
+        if s is None:
+            return
+        self._forget(s)  # presence is the other node's now: nothing to release
+        if not s.legacy:
+            s.peer.send(_DISPLACED)
+        s.peer.close()
 
     # -- offline storage ------------------------------------------------------------------
 
