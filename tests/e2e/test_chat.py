@@ -159,6 +159,41 @@ async def test_dropped_connection_marks_the_user_offline(
     assert (await again.login(alice.id, PASSWORD))["errno"] == 0
 
 
+async def test_a_message_crossing_the_receivers_close_is_kept(
+    user: UserFactory, connect: Connect, node: Node
+) -> None:
+    """Written to bob's socket just as bob's client went away, unread: the
+    server cannot know whether it was read, so it keeps it for bob's next
+    login (at least once; a duplicate carries the same mid)."""
+    alice, bob = await user(), await user()
+    ack = await alice.conn.request(
+        {"msgid": MsgId.ONE_CHAT, "toid": bob.id, "msg": "crossing"}, MsgId.CHAT_ACK
+    )
+    assert ack["status"] == "delivered"
+    await bob.conn.abort()  # gone without handling what had arrived
+    async with asyncio.timeout(5):
+        while bob.id in node.service.sessions:  # noqa: ASYNC110 - polled with a deadline
+            await asyncio.sleep(0.01)
+    again = await connect()
+    login = await again.login(bob.id, PASSWORD)
+    assert [json.loads(m)["msg"] for m in login["offlinemsg"]] == ["crossing"]
+    assert json.loads(login["offlinemsg"][0])["mid"] == ack["mid"]
+
+
+async def test_a_receiver_that_logs_out_gets_nothing_twice(
+    user: UserFactory, connect: Connect
+) -> None:
+    alice, bob = await user(), await user()
+    await alice.conn.request(
+        {"msgid": MsgId.ONE_CHAT, "toid": bob.id, "msg": "once"}, MsgId.CHAT_ACK
+    )
+    assert (await bob.conn.expect(MsgId.ONE_CHAT))["msg"] == "once"
+    await bob.conn.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    await bob.conn.close()
+    again = await connect()
+    assert not (await again.login(bob.id, PASSWORD)).get("offlinemsg")
+
+
 async def test_friendship_is_mutual_with_live_state(user: UserFactory, connect: Connect) -> None:
     alice, bob = await user(), await user()
     ack = await alice.conn.request({"msgid": 7, "friendid": bob.id}, MsgId.ADD_FRIEND_ACK)

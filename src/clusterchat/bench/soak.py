@@ -35,6 +35,7 @@ class _User:
     conn: BenchConn | None = None
     ticket: str | None = None
     got: set[str] = field(default_factory=set)
+    drops: list[int] = field(default_factory=list)  # when it closed without logging out (ns)
 
 
 def rss_kib(pid: int) -> int | None:
@@ -118,6 +119,8 @@ class Soak:
                     with contextlib.suppress(Closed):
                         await conn.request({"msgid": MsgId.LOGOUT})
                     user.ticket = None  # a logout revokes the ticket
+                else:
+                    user.drops.append(time.perf_counter_ns())
                 conn.close()
                 task = asyncio.ensure_future(self._back(i, random.uniform(0.2, 3.0)))
                 self._returns.add(task)
@@ -178,6 +181,18 @@ class Soak:
             self.progress("soaking", min(total, int(time.perf_counter() - start)), total)
             await asyncio.sleep(0.5)
 
+    def _lost_at_drops(self) -> int:
+        """Missing messages sent within a second of their receiver closing its
+        connection: written to a socket whose reader was going away."""
+        by_uid = {u.uid: u for u in self.users}
+        n = 0
+        for uid, texts in self.acked.items():
+            user = by_uid[uid]
+            for text in texts - user.got:
+                sent = int(text.split(":", 1)[0])
+                n += any(-1_000_000_000 <= d - sent <= 1_000_000_000 for d in user.drops)
+        return n
+
     def _missing(self) -> int:
         by_uid = {u.uid: u for u in self.users}
         return sum(len(texts - by_uid[uid].got) for uid, texts in self.acked.items())
@@ -187,6 +202,8 @@ class Soak:
         r.seconds = seconds
         r.ops = sum(len(t) for t in self.acked.values())
         r.lost = self._missing()
+        if r.lost:
+            r.notes["lost: sent within 1 s of the receiver dropping"] = self._lost_at_drops()
         r.notes["sent"] = self.sent
         r.notes["comings and goings"] = self.churned
         if self.rss:

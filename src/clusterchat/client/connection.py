@@ -94,3 +94,9 @@ class ChatConnection:
         self._writer.close()
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
+
+    async def abort(self) -> None:
+        """Go away at once, as a crashed client does: whatever arrived unread is lost."""
+        self._writer.transport.abort()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()

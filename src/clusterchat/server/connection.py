@@ -29,16 +29,24 @@ _OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
 _WRITE_HIGH = 64 * 1024
 #: Seconds a cut-off connection may take to drain before it is aborted.
 _LINGER = 10.0
+#: Messages written this recently when the peer closes may never have been
+#: read (they crossed its close on the wire): they are stored again. About
+#: a round trip; 1 s covers the internet. A duplicate (same mid) is possible.
+_RECENT = 1.0
 
 
 class Connection(asyncio.Protocol):
     __slots__ = (
         "_backlog",
         "_backlog_bytes",
+        "_by_us",
         "_linger",
+        "_older",
         "_out",
         "_paused",
         "_queue",
+        "_recent",
+        "_recent_since",
         "_tail",
         "address",
         "decoder",
@@ -65,6 +73,12 @@ class Connection(asyncio.Protocol):
         # Chat messages for this peer not yet written: written together once
         # the loop has read everything it can (one syscall, not one each).
         self._out: list[bytes] | None = None
+        # What was written in the last one or two _RECENT periods, and
+        # whether the close was ours (then the peer was still reading).
+        self._recent: list[bytes] | None = None
+        self._older: list[bytes] | None = None
+        self._recent_since = 0.0
+        self._by_us = False
         self.last_seen = node.clock()
         self.address = ""
 
@@ -117,9 +131,13 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:
             self._linger.cancel()
-        if self._out:  # accepted for this peer, never written: keep them
-            out, self._out = self._out, None
-            self.node.service.spill(self.session, out)
+        unread = [] if self._by_us else (self._older or []) + (self._recent or [])
+        self._older = self._recent = None
+        if self._out:  # accepted for this peer, never written
+            unread += self._out
+            self._out = None
+        if unread:
+            self.node.service.spill(self.session, unread)
         self.node.connection_closed(self)
         self.node.service.disconnected(self.session)
         self.transport = None
@@ -165,16 +183,29 @@ class Connection(asyncio.Protocol):
         t.write(out[0] if len(out) == 1 else b"".join(out))
         if t.get_write_buffer_size():  # the socket is full: remember what may wait
             if self._tail is None:
-                self._tail = out
+                self._tail = list(out)
             else:
                 self._tail.extend(out)
         elif self._tail is not None:
             self._tail = None
+        now = self.node.clock()
+        if now - self._recent_since > _RECENT:
+            self._older, self._recent, self._recent_since = self._recent, out, now
+        elif self._recent is None:
+            self._recent = out
+        else:
+            self._recent.extend(out)
+
+    def age(self, now: float) -> None:
+        """Let go of what was written long enough ago (the sweeper calls this)."""
+        if self._recent is not None and now - self._recent_since > 2 * _RECENT:
+            self._older = self._recent = None
 
     def close(self) -> None:
         if self.transport is not None:
             if self._out is not None:
                 self.flush()
+            self._by_us = True
             self.transport.close()
 
     # -- flow control: a peer that does not read -----------------------------------------
@@ -213,6 +244,7 @@ class Connection(asyncio.Protocol):
             unsent -= len(data)
         waiting.reverse()
         self.node.service.spill(self.session, waiting + backlog)
+        self._by_us = True  # what else was written, the peer had the time to read
         if t is not None:
             t.close()  # flushes what it can, then FIN; cut hard if the peer never reads
             self._linger = asyncio.get_running_loop().call_later(_LINGER, t.abort)

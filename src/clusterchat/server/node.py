@@ -181,6 +181,7 @@ class Node:
             await asyncio.sleep(every)
             now = self.clock()
             for conn in list(self.connections):
+                conn.age(now)
                 quiet = now - conn.last_seen
                 session = conn.session
                 if not session.uid and quiet > s.login_timeout:
