@@ -147,4 +147,4 @@ async def test_message_stored_for_a_user_who_is_online_is_delivered_at_once(
     for task in list(service._background):
         await task
     assert bob_peer.sent[-1]["msg"] == "late"
-    assert await service.store.offline_after(bob.uid, 0) == []
+    assert await service.store.offline(bob.uid) == []

@@ -356,7 +356,7 @@ class ChatService:
         if not await self._claim(s, req.id):
             return False
         s.uid, s.name, s.held = req.id, name, []
-        s.flushing, s.recheck, s.offline_upto = True, False, 0
+        s.flushing, s.recheck = True, False
         self.sessions[req.id] = s
         return resumed
 
@@ -421,8 +421,7 @@ class ChatService:
 
     async def _offline_written(self, s: Session, rows: list[tuple[int, str]]) -> None:
         if rows:
-            s.offline_upto = rows[-1][0]
-            await self.store.delete_offline(s.uid, s.offline_upto)
+            await self.store.delete_offline(s.uid, [i for i, _ in rows])
 
     async def _flush_offline(self, s: Session, running: bool = False) -> None:
         """Deliver messages stored for a logged-in user, e.g. by a node that
@@ -436,7 +435,7 @@ class ChatService:
             while s.recheck and s.logged_in:
                 s.recheck = False
                 uid = s.uid
-                rows = await self.store.offline_after(uid, s.offline_upto)
+                rows = await self.store.offline(uid)
                 if not rows or s.uid != uid:
                     continue
                 if not all([s.peer.deliver(codec.encode_text(m)) for _, m in rows]):

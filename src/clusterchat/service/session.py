@@ -41,7 +41,6 @@ class Session:
         "held",
         "legacy",
         "name",
-        "offline_upto",
         "peer",
         "recheck",
         "stamp",
@@ -56,9 +55,7 @@ class Session:
         self.legacy: bool | None = None
         self.held: list[bytes] | None = None
         self.closed = False
-        # Offline delivery: the last stored message written to this peer, and
-        # whether a delivery is running / must run again when it finishes.
-        self.offline_upto = 0
+        # Offline delivery: whether one is running / must run again when it finishes.
         self.flushing = False
         self.recheck = False
         # Flood limit (a token bucket): requests it may still make, and when

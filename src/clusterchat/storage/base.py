@@ -51,7 +51,7 @@ class LoginView:
     friends: list[tuple[int, str]]
     groups: list[Group]
     #: (ordering key, stored message document): the first page; if it is full,
-    #: more follow through :meth:`Store.offline_after`.
+    #: more follow through :meth:`Store.offline`.
     offline: list[tuple[int, str]]
 
 
@@ -113,14 +113,14 @@ class Store(Protocol):
     #: Most offline messages one read returns.
     offline_page: int
 
-    async def offline_after(self, uid: int, after: int) -> list[tuple[int, str]]:
-        """A page of a user's offline messages with ordering key > after, oldest first."""
+    async def offline(self, uid: int) -> list[tuple[int, str]]:
+        """The oldest page of a user's offline messages, as (id, text)."""
         ...
 
     async def offline_users(self, uids: Sequence[int]) -> set[int]:
         """Those of ``uids`` with stored messages."""
         ...
 
-    async def delete_offline(self, uid: int, upto: int) -> None:
-        """Drop a user's offline messages with ordering key <= upto."""
+    async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
+        """Drop these offline messages of a user (delivered)."""
         ...

@@ -28,15 +28,18 @@ RESUME_MANY = select(
 #: with a huge backlog does not make the node read it all at once.
 OFFLINE_PAGE = 200
 
-OFFLINE_AFTER = (
+OFFLINE = (
     select(offlinemessage.c.id, offlinemessage.c.message)
-    .where((offlinemessage.c.userid == _uid) & (offlinemessage.c.id > bindparam("after")))
+    .where(offlinemessage.c.userid == _uid)
     .order_by(offlinemessage.c.id)
     .limit(bindparam("page"))
 )
 
+#: By id, not "ids up to the last one delivered": two stores for one user can
+#: commit out of id order (MariaDB hands out ids at insert, not at commit), so
+#: a row below the last delivered id may appear later and must not be lost.
 DELETE_OFFLINE = delete(offlinemessage).where(
-    (offlinemessage.c.userid == _uid) & (offlinemessage.c.id <= bindparam("upto"))
+    (offlinemessage.c.userid == _uid) & offlinemessage.c.id.in_(bindparam("ids", expanding=True))
 )
 
 #: Inserts only if the user exists: one statement, no check-then-act race.

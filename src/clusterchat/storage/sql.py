@@ -267,8 +267,8 @@ class SqlStore:
         async with self._tx() as conn:
             friends = await _friends(conn, uid)
             groups = await _groups(conn, uid)
-            page = {"uid": uid, "after": 0, "page": self.offline_page}
-            offline = (await conn.execute(q.OFFLINE_AFTER, page)).all()
+            page = {"uid": uid, "page": self.offline_page}
+            offline = (await conn.execute(q.OFFLINE, page)).all()
             if ticket_digest is None:
                 await conn.execute(q.ONLINE, {"uid": uid})
             else:
@@ -369,10 +369,10 @@ class SqlStore:
                 insert(offlinemessage), [{"userid": u, "message": m} for u, m in items]
             )
 
-    async def offline_after(self, uid: int, after: int) -> list[tuple[int, str]]:
+    async def offline(self, uid: int) -> list[tuple[int, str]]:
         async with self._tx() as conn:
-            page = {"uid": uid, "after": after, "page": self.offline_page}
-            rows = (await conn.execute(q.OFFLINE_AFTER, page)).all()
+            page = {"uid": uid, "page": self.offline_page}
+            rows = (await conn.execute(q.OFFLINE, page)).all()
         return [(r.id, r.message) for r in rows]
 
     async def offline_users(self, uids: Sequence[int]) -> set[int]:
@@ -384,6 +384,6 @@ class SqlStore:
                 found.update((await conn.execute(q.distinct())).scalars())
         return found
 
-    async def delete_offline(self, uid: int, upto: int) -> None:
+    async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         async with self._tx() as conn:
-            await conn.execute(q.DELETE_OFFLINE, {"uid": uid, "upto": upto})
+            await conn.execute(q.DELETE_OFFLINE, {"uid": uid, "ids": list(ids)})
