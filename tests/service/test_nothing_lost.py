@@ -15,6 +15,7 @@ from clusterchat.protocol.messages import MsgId
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.session import Session
+from clusterchat.storage.base import LoginView
 from clusterchat.storage.sql import SqlStore
 from tests.conftest import FAST_HASH
 
@@ -148,3 +149,28 @@ async def test_message_stored_for_a_user_who_is_online_is_delivered_at_once(
         await task
     assert bob_peer.sent[-1]["msg"] == "late"
     assert await service.store.offline(bob.uid) == []
+
+
+async def test_message_stored_while_the_login_reads_is_delivered_after_it(
+    service: ChatService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that commits just after the login's read (another node's,
+    say) must not wait for the next login. The soak saw this as messages
+    arriving a minute and a half late."""
+    bob, bob_peer = await login(service, "bob")
+    uid = bob.uid
+    await request(service, bob, {"msgid": 3})
+    read = service.store.open_session
+
+    async def read_then_store(uid: int, digest: str | None) -> LoginView:
+        view = await read(uid, digest)
+        payload = codec.encode({"msgid": 6, "id": 99, "name": "far", "toid": uid, "msg": "x"})
+        await service.store_offline([uid], payload)
+        return view
+
+    monkeypatch.setattr(service.store, "open_session", read_then_store)
+    await request(service, bob, {"msgid": 1, "id": uid, "password": "pw"})
+    for task in list(service._background):
+        await task
+    assert bob_peer.sent[-1].get("msg") == "x", bob_peer.sent[-2:]
+    assert await service.store.offline(uid) == []

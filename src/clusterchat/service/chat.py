@@ -298,14 +298,20 @@ class ChatService:
                 # client has its lists. Look again if something may have been
                 # stored between the read and the registration.
                 view, ticket = LoginView([], [], []), req.ticket
-                s.recheck = resumed.has_offline or stored_meanwhile or self.bus.shared
+                s.recheck = s.recheck or resumed.has_offline or stored_meanwhile or self.bus.shared
                 self.store.note_state(uid, online=True)
             else:
                 ticket, digest = tickets.issue() if not s.legacy else (None, None)
                 view = await self.store.open_session(uid, digest)
                 # The reply carries what fits; the rest follows it, page by page.
                 fits = _fitting(view.offline, LOGIN_OFFLINE_BYTES)
-                s.recheck = len(fits) < len(view.offline) or len(fits) >= self.store.offline_page
+                # Keep a recheck asked for while reading (a store that
+                # committed after the read): found by the soak.
+                s.recheck = (
+                    s.recheck
+                    or len(fits) < len(view.offline)
+                    or len(fits) >= self.store.offline_page
+                )
                 view = LoginView(view.friends, view.groups, fits)
             reply = await self._login_reply(s, view, ticket, resumed is not None)
         except BaseException:
