@@ -32,7 +32,10 @@ _LINGER = 10.0
 #: Messages written this recently when the peer closes may never have been
 #: read (they crossed its close on the wire): they are stored again. About
 #: a round trip; 1 s covers the internet. A duplicate (same mid) is possible.
+#: At most the last _RECENT_MAX of them: a person gets a few a second, and a
+#: benchmark client getting thousands must not cost thousands of rows per close.
 _RECENT = 1.0
+_RECENT_MAX = 64
 
 
 class Connection(asyncio.Protocol):
@@ -131,13 +134,13 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:
             self._linger.cancel()
-        unread = [] if self._by_us else (self._older or []) + (self._recent or [])
+        unread = [] if self._by_us else ((self._older or []) + (self._recent or []))[-_RECENT_MAX:]
         self._older = self._recent = None
         if self._out:  # accepted for this peer, never written
             unread += self._out
             self._out = None
         if unread:
-            self.node.service.spill(self.session, unread)
+            self.node.service.spill(self.session, unread, cut_off=False)
         self.node.connection_closed(self)
         self.node.service.disconnected(self.session)
         self.transport = None
@@ -178,7 +181,7 @@ class Connection(asyncio.Protocol):
             return
         t = self.transport
         if t is None or t.is_closing():  # closed since they were accepted: keep them
-            self.node.service.spill(self.session, out)
+            self.node.service.spill(self.session, out, cut_off=False)
             return
         t.write(out[0] if len(out) == 1 else b"".join(out))
         if t.get_write_buffer_size():  # the socket is full: remember what may wait
@@ -189,12 +192,16 @@ class Connection(asyncio.Protocol):
         elif self._tail is not None:
             self._tail = None
         now = self.node.clock()
+        recent = self._recent
         if now - self._recent_since > _RECENT:
-            self._older, self._recent, self._recent_since = self._recent, out, now
-        elif self._recent is None:
+            self._older, self._recent, self._recent_since = recent, out, now
+        elif recent is None:
             self._recent = out
         else:
-            self._recent.extend(out)
+            recent.extend(out)
+            if len(recent) > 2 * _RECENT_MAX:  # trimmed now and then, not per write
+                del recent[:-_RECENT_MAX]
+                self._older = None
 
     def age(self, now: float) -> None:
         """Let go of what was written long enough ago (the sweeper calls this)."""

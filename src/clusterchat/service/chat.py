@@ -181,11 +181,16 @@ class ChatService:
         if not s.legacy:
             s.peer.send(codec.error(ErrCode.INTERNAL, "internal error"))
 
-    def spill(self, s: Session, payloads: list[bytes]) -> None:
-        """Messages accepted for a peer that did not get them (it stopped
-        reading and was cut off, or its connection closed first): keep them."""
+    def spill(self, s: Session, payloads: list[bytes], cut_off: bool = True) -> None:
+        """Messages accepted for a peer that may not have got them (it stopped
+        reading and was cut off, or its connection closed under them): keep them."""
         if s.uid and payloads:
-            log.warning("storing %d messages user %d was not sent", len(payloads), s.uid)
+            log.log(
+                logging.WARNING if cut_off else logging.DEBUG,
+                "storing %d messages user %d may not have read",
+                len(payloads),
+                s.uid,
+            )
             self._spawn(self.store_offline_each(s.uid, payloads))
 
     def disconnected(self, s: Session) -> None:
