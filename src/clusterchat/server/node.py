@@ -115,8 +115,9 @@ class Node:
 
     def _flush(self) -> None:
         conns, self._unflushed = self._unflushed, []
+        now = self.clock()
         for conn in conns:
-            conn.flush()
+            conn.flush(now)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
