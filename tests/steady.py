@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterchat.client.session import ChatClient, ConnectionLost
+from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
 from tests.conftest import PASSWORD, unique
 
@@ -71,31 +72,39 @@ class SteadyChat:
 
     async def start(self) -> None:
         for i in range(self.n):
+            got: list[str] = []
             # Behind a round-robin balancer the order of connecting decides
             # the node: vary it so that senders and receivers sit on every node.
-            pair = Pair(None, None, 0)  # type: ignore[arg-type]
-            first_sender = (i // 2) % 2 == 0
-            for role in ("sender", "receiver") if first_sender else ("receiver", "sender"):
-                if role == "sender":
-                    pair.sender = await _client(self.host, self._port(i))
-                    uid = await _register(pair.sender)
-                    assert (await pair.sender.login(uid, PASSWORD))["errno"] == 0
-                else:
-                    receiver = await _client(self.host, self._port(i + 1), self._collector(pair))
-                    pair.receiver_id = await _register(receiver)
+            if (i // 2) % 2 == 0:
+                sender = await self._sender(i)
+                receiver, receiver_id = await self._receiver(i, got)
+            else:
+                receiver, receiver_id = await self._receiver(i, got)
+                sender = await self._sender(i)
+            pair = Pair(sender, None, receiver_id, got)
             if i % 2 == 0:  # online: live delivery
-                assert (await receiver.login(pair.receiver_id, PASSWORD))["errno"] == 0
+                assert (await receiver.login(receiver_id, PASSWORD))["errno"] == 0
                 pair.receiver = receiver
             else:  # away: everything for them is stored
                 await receiver.close()
             self.pairs.append(pair)
         self._tasks = [asyncio.ensure_future(self._send(k)) for k in range(self.n)]
 
+    async def _sender(self, i: int) -> ChatClient:
+        sender = await _client(self.host, self._port(i))
+        uid = await _register(sender)
+        assert (await sender.login(uid, PASSWORD))["errno"] == 0
+        return sender
+
+    async def _receiver(self, i: int, got: list[str]) -> tuple[ChatClient, int]:
+        receiver = await _client(self.host, self._port(i + 1), self._collector(got))
+        return receiver, await _register(receiver)
+
     @staticmethod
-    def _collector(pair: Pair) -> Any:
+    def _collector(got: list[str]) -> Any:
         def on_push(msg: dict[str, Any]) -> None:
             if msg.get("msgid") == MsgId.ONE_CHAT:
-                pair.got.append(str(msg["msg"]))
+                got.append(str(msg["msg"]))
 
         return on_push
 
@@ -138,7 +147,8 @@ class SteadyChat:
         await asyncio.gather(*self._tasks)
         for i, pair in enumerate(self.pairs):
             if pair.receiver is None:
-                pair.receiver = await _client(self.host, self._port(i + 1), self._collector(pair))
+                collect = self._collector(pair.got)
+                pair.receiver = await _client(self.host, self._port(i + 1), collect)
                 ack = await pair.receiver.login(pair.receiver_id, PASSWORD)
                 assert ack["errno"] == 0, ack
                 # The login reply carries what was stored; the rest is pushed.
@@ -163,8 +173,6 @@ class SteadyChat:
 
 
 def _texts(items: list[Any]) -> list[str]:
-    from clusterchat.protocol import codec
-
     out = []
     for item in items:
         doc = codec.loads(item) if isinstance(item, str) else item

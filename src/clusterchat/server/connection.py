@@ -227,11 +227,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         backlog, self._backlog = self._backlog or [], None
-        for i, data in enumerate(backlog):
-            if self._backlog is not None:  # paused again by this very write
-                self._backlog.extend(backlog[i:])
-                self._backlog_bytes = sum(map(len, self._backlog))
-                return
+        for data in backlog:  # queued for the next flush, which may pause us again
             self.deliver(data)
         if self.transport is not None and not self._paused:
             self.transport.resume_reading()

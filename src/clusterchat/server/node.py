@@ -69,6 +69,7 @@ class Node:
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()
         self._unflushed: list[Connection] = []
+        self._loop: asyncio.AbstractEventLoop  # set by start(), before any connection
         self._addresses: dict[str, str] = {}
         self._per_address: dict[str, int] = {}
         self._drained = asyncio.Event()
@@ -110,7 +111,7 @@ class Node:
     def write_soon(self, conn: Connection) -> None:
         """Flush ``conn`` once this loop iteration's reads are all handled."""
         if not self._unflushed:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._unflushed.append(conn)
 
     def _flush(self) -> None:
@@ -136,7 +137,7 @@ class Node:
             # whatever is still marked is left over from a crash.
             await self.store.reset_states()
         await self.service.start()
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: Connection(self),
             self.settings.host,
