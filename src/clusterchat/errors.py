@@ -10,7 +10,13 @@
           ├── NoSuchGroup
           ├── AlreadyFriends
           ├── AlreadyMember
-          └── GroupFull
+          ├── GroupFull
+          ├── NotFriends
+          ├── RefusedByUser   the user does not take this from you (no reason given)
+          ├── SelfTarget      not something one does to oneself (text says what)
+          ├── NotMember       you are not a member of the group
+          ├── NotInGroup      the user acted on is not a member
+          └── NotAllowed      your role in the group does not permit it
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
 storage and bus boundaries; the service maps them to protocol error codes.
@@ -60,4 +66,28 @@ class AlreadyMember(Refused):
 
 
 class GroupFull(Refused):
+    pass
+
+
+class NotFriends(Refused):
+    pass
+
+
+class NotInGroup(Refused):
+    """Args: the user, the group."""
+
+
+class NotAllowed(Refused):
+    """Args: a sentence saying what is not allowed."""
+
+
+class RefusedByUser(Refused):
+    pass
+
+
+class SelfTarget(Refused):
+    """Args: a sentence saying what to do instead."""
+
+
+class NotMember(Refused):
     pass

@@ -41,7 +41,9 @@ from clusterchat.protocol.messages import (
     Register,
     Request,
 )
-from clusterchat.service import tickets
+from clusterchat.service import pushes, tickets
+from clusterchat.service.friends import Friends
+from clusterchat.service.groups import Groups
 from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.session import Session
@@ -57,6 +59,7 @@ _DISPLACED = codec.encode(
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
+_JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
 #: Never refused for flooding: leaving, and proving one is alive.
 _UNMETERED: frozenset[type] = frozenset({Logout, Ping})
@@ -68,6 +71,12 @@ _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.AlreadyMember: (ErrCode.ALREADY_MEMBER, "you are already a member of group {}"),
     errors.GroupNameTaken: (ErrCode.GROUP_NAME_TAKEN, "a group named {!r} already exists"),
     errors.GroupFull: (ErrCode.GROUP_FULL, "group {} is full ({} members)"),
+    errors.NotFriends: (ErrCode.NOT_FRIENDS, "user {} is not your friend"),
+    errors.RefusedByUser: (ErrCode.REFUSED_BY_USER, "user {} does not accept this from you"),
+    errors.SelfTarget: (ErrCode.SELF_TARGET, "{}"),
+    errors.NotMember: (ErrCode.NOT_GROUP_MEMBER, "you are not a member of group {}"),
+    errors.NotInGroup: (ErrCode.TARGET_NOT_MEMBER, "user {} is not a member of group {}"),
+    errors.NotAllowed: (ErrCode.NOT_ALLOWED, "{}"),
 }
 
 
@@ -112,6 +121,10 @@ class ChatService:
             ListFriends: self._list_friends,
             ListGroups: self._list_groups,
         }
+        self.friends = Friends(self)
+        self.groups = Groups(self)
+        self._handlers.update(self.friends.handlers())
+        self._handlers.update(self.groups.handlers())
 
     async def start(self) -> None:
         await self.bus.start(self)
@@ -238,6 +251,8 @@ class ChatService:
         else:
             s.peer.send(codec.error(code, errmsg, msgid))
 
+    refuse = _refuse
+
     async def _guarded(self, s: Session, req: Request, work: Awaitable[None]) -> None:
         """Turn a handler's failure into a reply; nothing a client sends escapes."""
         try:
@@ -298,6 +313,7 @@ class ChatService:
             return
         uid, resumed = req.id, registered
         try:
+            await self.friends.load_blocks(s)
             if resumed is not None:
                 # A ticket login (a reconnect): offline messages only; the
                 # client has its lists. Look again if something may have been
@@ -415,6 +431,7 @@ class ChatService:
         ids = {f for f, _ in view.friends}
         ids.update(m.id for g in view.groups for m in g.members)
         online = await self.presence.online(ids) if ids else set()
+        online -= s.blocked_by  # those who block you look offline
         friends = [codec.friend_doc(f, n, f in online) for f, n in view.friends]
         groups = [
             codec.group_doc(
@@ -494,9 +511,11 @@ class ChatService:
         if req.friendid == s.uid:
             self._refuse(s, req, ErrCode.FRIEND_SELF, "you cannot befriend yourself")
             return
+        if req.friendid in s.blocked_by:
+            raise errors.RefusedByUser(req.friendid)
         name = await self.store.add_friend(s.uid, req.friendid)
         if not s.legacy:
-            online = bool(await self.presence.online([req.friendid]))
+            online = bool(await self.presence.online({req.friendid} - s.blocked_by))
             friend = {"id": req.friendid, "name": name, "state": _state(online)}
             s.peer.send(codec.ack(MsgId.ADD_FRIEND_ACK, friend=friend))
 
@@ -519,12 +538,13 @@ class ChatService:
         await self.bus.announce_group(req.groupid)
         if not s.legacy:
             s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid))
+        self._spawn(self.groups.joined(s.uid, s.name, req.groupid))
 
     async def _list_friends(self, s: Session, req: ListFriends) -> None:
         if s.legacy:
             return
         friends = await self.store.friends(s.uid)
-        online = await self.presence.online(f for f, _ in friends)
+        online = await self.presence.online(f for f, _ in friends) - s.blocked_by
         docs = [{"id": f, "name": n, "state": _state(f in online)} for f, n in friends]
         s.peer.send(codec.ack(MsgId.FRIEND_LIST, friends=docs))
 
@@ -533,6 +553,7 @@ class ChatService:
             return
         groups = await self.store.groups(s.uid)
         online = await self.presence.online({m.id for g in groups for m in g.members})
+        online -= s.blocked_by
         docs = [
             {
                 "id": g.id,
@@ -555,6 +576,11 @@ class ChatService:
     # -- chat: the hot path ---------------------------------------------------------------
 
     def _one_chat(self, s: Session, req: OneChat) -> Awaitable[None] | None:
+        if req.toid in s.blocked_by:
+            self._refuse(
+                s, req, ErrCode.REFUSED_BY_USER, f"user {req.toid} does not accept this from you"
+            )
+            return None
         ts = int(time.time() * 1000)
         mid = f"{self.node_id}-{next(self._mids)}"
         payload = codec.one_chat(s.uid, s.name, req.toid, req.msg, req.time, ts, mid)
@@ -609,6 +635,8 @@ class ChatService:
         payload = codec.group_chat(s.uid, s.name, req.groupid, req.msg, req.time, ts, mid)
         away: list[int] = []
         sessions = self.sessions
+        if s.blocked_by:  # who blocks the sender gets none of their messages
+            members = members - s.blocked_by
         for uid in members:
             if uid != s.uid:
                 target = sessions.get(uid)
@@ -631,7 +659,11 @@ class ChatService:
 
     def deliver(self, uid: int, payload: bytes) -> bool:
         target = self.sessions.get(uid)
-        return target is not None and target.deliver(payload)
+        if target is None:
+            return False
+        if payload[0] != _JSON:  # an event or control message (service/pushes.py)
+            return pushes.arrived(self, target, payload)
+        return target.deliver(payload)
 
     def nudged(self, uid: int) -> None:
         s = self.sessions.get(uid)
@@ -665,12 +697,13 @@ class ChatService:
     # -- offline storage ------------------------------------------------------------------
 
     async def store_offline(self, uids: Sequence[int], payload: bytes) -> None:
-        if uids:
+        if uids and payload[0] == _JSON:  # never events or control messages
             text = _text(payload)
             await self.store.store_offline_many([(u, text) for u in uids])
             await self._after_store(uids)
 
     async def store_offline_each(self, uid: int, payloads: list[bytes]) -> None:
+        payloads = [p for p in payloads if pushes.is_chat(p)]  # not events or notices
         if payloads:
             await self.store.store_offline_many([(uid, _text(p)) for p in payloads])
             await self._after_store([uid])

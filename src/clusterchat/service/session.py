@@ -36,6 +36,8 @@ class Session:
     """
 
     __slots__ = (
+        "block_log",
+        "blocked_by",
         "closed",
         "flushing",
         "held",
@@ -62,6 +64,10 @@ class Session:
         # the bucket was last topped up. Filled at login.
         self.tokens = 0.0
         self.stamp = 0.0
+        # Users who block this one (service/friends.py): read at login, kept
+        # current from their nodes; changes met while reading go to the log.
+        self.blocked_by: set[int] = set()
+        self.block_log: list[tuple[int, bool]] | None = None
 
     @property
     def logged_in(self) -> bool:

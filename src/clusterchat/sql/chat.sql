@@ -13,6 +13,14 @@ CREATE TABLE IF NOT EXISTS allgroup (
 	UNIQUE (groupname)
 )ENGINE=InnoDB CHARSET=utf8mb4;
 
+CREATE TABLE IF NOT EXISTS blocked (
+	userid INTEGER NOT NULL,
+	blockedid INTEGER NOT NULL,
+	PRIMARY KEY (userid, blockedid)
+)ENGINE=InnoDB CHARSET=utf8mb4;
+
+CREATE INDEX IF NOT EXISTS ix_blocked_blockedid ON blocked (blockedid);
+
 CREATE TABLE IF NOT EXISTS friend (
 	userid INTEGER NOT NULL,
 	friendid INTEGER NOT NULL,
@@ -22,7 +30,8 @@ CREATE TABLE IF NOT EXISTS friend (
 CREATE TABLE IF NOT EXISTS groupuser (
 	groupid INTEGER NOT NULL,
 	userid INTEGER NOT NULL,
-	grouprole ENUM('creator','normal') NOT NULL DEFAULT 'normal',
+	grouprole ENUM('creator','normal','admin') NOT NULL DEFAULT 'normal',
+	joined BIGINT NOT NULL DEFAULT '0',
 	PRIMARY KEY (groupid, userid)
 )ENGINE=InnoDB CHARSET=utf8mb4;
 

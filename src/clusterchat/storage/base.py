@@ -8,7 +8,7 @@ request conflicts with what is stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +33,7 @@ class Resume:
 class Member:
     id: int
     name: str
-    role: str  # "creator" | "normal"
+    role: str  # "creator" | "admin" | "normal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class Group:
     id: int
     name: str
     desc: str
-    members: tuple[Member, ...]
+    members: tuple[Member, ...]  # by join time, oldest first (store.change_group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,22 @@ class LoginView:
     #: (ordering key, stored message document): the first page; if it is full,
     #: more follow through :meth:`Store.offline`.
     offline: list[tuple[int, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChange:
+    """What to do to a group, decided from what it was, applied atomically."""
+
+    remove: tuple[int, ...] = ()
+    roles: tuple[tuple[int, str], ...] = ()  # (member, new role)
+    groupname: str | None = None
+    groupdesc: str | None = None
+    delete: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.roles or self.delete) or (
+            self.groupname is not None or self.groupdesc is not None
+        )
 
 
 class Store(Protocol):
@@ -123,4 +139,34 @@ class Store(Protocol):
 
     async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         """Drop these offline messages of a user (delivered)."""
+        ...
+
+    # -- friends and groups a person manages (storage/social.py) -----------------
+
+    async def remove_friend(self, uid: int, friendid: int) -> None:
+        """Unfriend both ways; raises NotFriends if they were not."""
+        ...
+
+    async def block(self, uid: int, blockedid: int) -> str:
+        """``uid`` blocks ``blockedid`` (idempotent); returns their name. NoSuchUser."""
+        ...
+
+    async def unblock(self, uid: int, blockedid: int) -> bool:
+        """True if there was such a block."""
+        ...
+
+    async def blocked(self, uid: int) -> list[tuple[int, str]]:
+        """Whom ``uid`` blocks, as (id, name)."""
+        ...
+
+    async def blockers_of(self, uid: int) -> frozenset[int]:
+        """Who blocks ``uid`` (what their session caches)."""
+        ...
+
+    async def change_group(
+        self, gid: int, decide: Callable[[Group], GroupChange]
+    ) -> tuple[Group, GroupChange]:
+        """Lock the group, read it (members oldest first), let ``decide`` say
+        what to change (or raise Refused), apply it; returns what was read and
+        done. NoSuchGroup; GroupNameTaken on a rename to a name in use."""
         ...

@@ -23,6 +23,7 @@ from clusterchat import errors
 from clusterchat.storage import queries as q
 from clusterchat.storage.base import Credentials, Group, LoginView, Member, Resume
 from clusterchat.storage.batching import Batcher
+from clusterchat.storage.social import SocialQueries
 from clusterchat.storage.tables import (
     allgroup,
     friend,
@@ -151,7 +152,7 @@ class _StateWriter:
                 log.warning("could not record %d users as %s: %s", len(uids), online, exc)
 
 
-class SqlStore:
+class SqlStore(SocialQueries):
     def __init__(self, url: str | URL, pool_size: int = 20) -> None:
         self._url = make_url(url)
         self.url = self._url.render_as_string(hide_password=True)

@@ -4,10 +4,13 @@ Changes from the original: ``password`` holds an argon2id hash (255 chars),
 ``ticket`` a session ticket's digest;
 ``offlinemessage`` gains an auto-increment ``id`` so offline messages are
 delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
-instead of VARCHAR(500). Everything is utf8mb4 on MySQL.
+instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
+``admin`` role and a join time; ``blocked`` holds who blocks whom.
 """
 
 from __future__ import annotations
+
+import time
 
 from sqlalchemy import (
     BigInteger,
@@ -23,6 +26,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, sqlite
 
 metadata = MetaData()
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
 
 # SQLite only auto-increments INTEGER PRIMARY KEY, so BIGINT needs a variant.
 _BigId = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
@@ -72,10 +80,13 @@ groupuser = Table(
     Column("userid", Integer, primary_key=True, autoincrement=False),
     Column(
         "grouprole",
-        Enum("creator", "normal", name="group_role"),
+        Enum("creator", "normal", "admin", name="group_role"),
         nullable=False,
         server_default="normal",
     ),
+    # When the member joined (microseconds since the epoch): a creator who
+    # leaves hands the group to the longest member. Set by the insert.
+    Column("joined", BigInteger, nullable=False, server_default="0", default=_now_us),
     Index("ix_groupuser_userid", "userid"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
@@ -88,6 +99,18 @@ offlinemessage = Table(
     Column("userid", Integer, nullable=False),
     Column("message", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
     Index("ix_offlinemessage_userid_id", "userid", "id"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+
+blocked = Table(
+    "blocked",
+    metadata,
+    # ``userid`` blocks ``blockedid``: no chat, friend request or presence from them.
+    Column("userid", Integer, primary_key=True, autoincrement=False),
+    Column("blockedid", Integer, primary_key=True, autoincrement=False),
+    Index("ix_blocked_blockedid", "blockedid"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
