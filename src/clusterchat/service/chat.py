@@ -538,7 +538,6 @@ class ChatService:
         await self.bus.announce_group(req.groupid)
         if not s.legacy:
             s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid))
-        self._spawn(self.groups.joined(s.uid, s.name, req.groupid))
 
     async def _list_friends(self, s: Session, req: ListFriends) -> None:
         if s.legacy:

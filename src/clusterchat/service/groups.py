@@ -93,17 +93,3 @@ class Groups:
         told = [m.id for m in group.members if m.id != uid]
         for event in rules.events(group, change, actor):
             await pushes.send(self.svc, told, codec.encode({"msgid": MsgId.GROUP_EVENT, **event}))
-
-    async def joined(self, uid: int, name: str, gid: int) -> None:
-        """After ADD_GROUP (in the background): the other members hear of the newcomer."""
-        members = await self.svc.store.group_members(gid)
-        event = {
-            "msgid": MsgId.GROUP_EVENT,
-            "event": "joined",
-            "groupid": gid,
-            "id": uid,
-            "name": name,
-            "by": uid,
-            "byname": name,
-        }
-        await pushes.send(self.svc, [m for m in members if m != uid], codec.encode(event))
