@@ -16,6 +16,8 @@
           ├── SelfTarget      not something one does to oneself (text says what)
           ├── NotMember       you are not a member of the group
           ├── NotInGroup      the user acted on is not a member
+          ├── InGroup         the user invited is a member already
+          ├── InviteOnly      the group takes members by invitation only
           └── NotAllowed      your role in the group does not permit it
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
@@ -90,4 +92,12 @@ class SelfTarget(Refused):
 
 
 class NotMember(Refused):
+    pass
+
+
+class InGroup(Refused):
+    """Args: the user, the group."""
+
+
+class InviteOnly(Refused):
     pass

@@ -36,6 +36,11 @@ from tests.client.test_scripted import registered
         ("/owner 3 4", c.Owner(3, 4)),
         ("/delgroup 3", c.DeleteGroup(3)),
         ("delgroup:3", c.DeleteGroup(3)),
+        ("/invite 3 4", c.Invite(3, 4)),
+        ("invite:3:4", c.Invite(3, 4)),
+        ("/invites", c.Invites()),
+        ("/inviteonly 3 on", c.InviteOnly(3, True)),
+        ("inviteonly:3:off", c.InviteOnly(3, False)),
     ],
 )
 def test_parse(line: str, cmd: c.Command) -> None:
@@ -48,6 +53,7 @@ def test_parse(line: str, cmd: c.Command) -> None:
         ("/kick 3", "the user id must be a number"),
         ("/rename 3", "the new name is missing"),
         ("/leave x", "the group id must be a number"),
+        ("/inviteonly 3 maybe", "say on or off"),
     ],
 )
 def test_bad_commands_say_how_to_fix_them(line: str, says: str) -> None:
@@ -57,7 +63,8 @@ def test_bad_commands_say_how_to_fix_them(line: str, says: str) -> None:
 
 def test_help_lists_every_command() -> None:
     for word in ("/unfriend", "/block", "/unblock", "/blocked", "/leave", "/kick", "/admin",
-                 "/deadmin", "/rename", "/describe", "/owner", "/delgroup"):  # fmt: skip
+                 "/deadmin", "/rename", "/describe", "/owner", "/delgroup", "/invite",
+                 "/invites", "/inviteonly"):  # fmt: skip
         assert word + " " in c.HELP
 
 
@@ -111,8 +118,20 @@ async def test_two_clients_manage_a_group_and_a_block(
     await bob.expect(rf"Not done: User {ann_id} does not accept this from you\.")
     await ann.say(f"/unblock {bob_id}")
     await ann.expect(rf"Unblocked user {bob_id}\.")
+    await ann.say(f"/inviteonly {gid} on")
+    await ann.expect(rf"Group {gid} is invite-only now\.")
+    await bob.say(f"/join {gid}")
+    await bob.expect(rf"Not done: Group {gid} takes members by invitation only\.")
+    await ann.say(f"/invite {gid} {bob_id}")
+    await ann.expect(rf"Invited user {bob_id} to group {gid}\.")
+    await bob.expect(rf"\*\*\* ann \(#{ann_id}\) invited you to group {gid} \(lounge\); /join")
+    await bob.say("/invites")
+    await bob.expect(rf"  \[group {gid}\] lounge, from ann \(#{ann_id}\)")
+    await bob.say(f"/join {gid}")
+    await bob.expect(rf"Joined group {gid}\.")
     await ann.say(f"/delgroup {gid}")
     await ann.expect(rf"Deleted group {gid}\.")
+    await bob.expect(rf"\*\*\* group {gid} \(lounge\) was deleted by ann \(#{ann_id}\)")
     await ann.say("/help")
     await ann.expect(r"/delgroup GROUPID")
     assert await ann.quit() == 0

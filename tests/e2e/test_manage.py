@@ -336,3 +336,44 @@ async def test_events_are_not_kept_for_users_away(
     offline = [json.loads(m) for m in again["offlinemsg"]]
     assert [(m["msgid"], m["msg"]) for m in offline] == [(MsgId.ONE_CHAT, "kept")]
     assert "groups" not in again and "friends" not in again
+
+
+async def test_invite_only_group(user: UserFactory) -> None:
+    ann, bob, carol, dave = await user(), await user(), await user(), await user()
+    gid = await group_of(ann, bob)
+    only = {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "inviteonly": True}
+    await refused(bob, only, ErrCode.NOT_ALLOWED)
+    await done(ann, only)
+    await event(bob, event="edited", inviteonly=True)
+    join = {"msgid": MsgId.ADD_GROUP, "groupid": gid}
+    await refused(carol, join, ErrCode.INVITE_ONLY)
+    invite = {"msgid": MsgId.INVITE, "groupid": gid, "userid": carol.id}
+    await refused(bob, invite, ErrCode.NOT_ALLOWED)
+    await refused(dave, invite, ErrCode.NOT_GROUP_MEMBER)
+    await refused(ann, {**invite, "userid": bob.id}, ErrCode.TARGET_ALREADY_MEMBER)
+    await done(ann, invite)
+    got = await event(carol, event="invited", groupid=gid, id=carol.id, by=ann.id)
+    assert got["groupname"]
+    lst = await carol.conn.request({"msgid": MsgId.LIST_INVITES}, MsgId.INVITE_LIST)
+    assert [(i["groupid"], i["by"], i["byname"]) for i in lst["invites"]] == [
+        (gid, ann.id, ann.name)
+    ]
+    await carol.conn.request(join, MsgId.ADD_GROUP_ACK)  # accepting is joining
+    lst = await carol.conn.request({"msgid": MsgId.LIST_INVITES}, MsgId.INVITE_LIST)
+    assert lst["invites"] == []
+    assert set(await roles(carol, gid)) == {ann.id, bob.id, carol.id}
+    # Out again, the invitation is spent; an admin's invitation works too.
+    await done(carol, {"msgid": MsgId.LEAVE_GROUP, "groupid": gid})
+    await event(ann, event="left")
+    await event(bob, event="left")
+    await refused(carol, join, ErrCode.INVITE_ONLY)
+    await done(ann, {"msgid": MsgId.SET_ROLE, "groupid": gid, "userid": bob.id, "role": "admin"})
+    await event(bob, event="role")
+    await done(bob, {**invite, "userid": dave.id})
+    await event(dave, event="invited", by=bob.id)
+    await dave.conn.request(join, MsgId.ADD_GROUP_ACK)
+    # Open again: anyone joins.
+    await done(ann, {**only, "inviteonly": False})
+    await event(bob, event="edited", inviteonly=False)
+    await event(dave, event="edited", inviteonly=False)
+    await carol.conn.request(join, MsgId.ADD_GROUP_ACK)

@@ -34,6 +34,8 @@ ACTIONS: dict[str, Action] = {
     "edit": lambda g, a, t: rules.edit(g, a, "new", "new desc"),
     "transfer": rules.transfer,
     "delete": lambda g, a, t: rules.delete(g, a),
+    "invite": rules.invite,
+    "inviteonly": lambda g, a, t: rules.edit(g, a, None, None, True),
 }
 
 
@@ -56,6 +58,9 @@ def test_any_action_keeps_one_creator_and_respects_rank(
     except errors.NotInGroup:
         assert target not in roles
         return
+    except errors.InGroup:
+        assert target in roles and action == "invite"
+        return
     except (errors.NotAllowed, errors.SelfTarget):
         return
     assert actor in roles
@@ -73,9 +78,9 @@ def test_any_action_keeps_one_creator_and_respects_rank(
 
 def test_normal_members_are_refused_every_admin_action() -> None:
     g = group("creator", "normal", "normal")
-    for name in ("remove", "admin", "edit", "transfer", "delete"):
+    for name in ("remove", "admin", "edit", "transfer", "delete", "invite", "inviteonly"):
         with pytest.raises(errors.NotAllowed):
-            ACTIONS[name](g, 2, 3)
+            ACTIONS[name](g, 2, 3 if name != "invite" else 9)
     with pytest.raises(errors.NotAllowed):
         rules.set_role(group("creator", "normal", "admin"), 2, 3, "normal")
 

@@ -154,6 +154,12 @@ def _request(cmd: c.Command) -> dict[str, Any]:
             return {"msgid": MsgId.TRANSFER_GROUP, "groupid": gid, "userid": uid}
         case c.DeleteGroup(gid):
             return {"msgid": MsgId.DELETE_GROUP, "groupid": gid}
+        case c.Invite(gid, uid):
+            return {"msgid": MsgId.INVITE, "groupid": gid, "userid": uid}
+        case c.Invites():
+            return {"msgid": MsgId.LIST_INVITES}
+        case c.InviteOnly(gid, on):
+            return {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "inviteonly": on}
     raise AssertionError(cmd)
 
 
@@ -199,6 +205,12 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
             return [f"User {uid} owns group {gid} now; you are an admin there."]
         case c.DeleteGroup(gid):
             return [f"Deleted group {gid}."]
+        case c.Invite(gid, uid):
+            return [f"Invited user {uid} to group {gid}."]
+        case c.Invites():
+            return render.invites(reply.get("invites"))
+        case c.InviteOnly(gid, on):
+            return [f"Group {gid} is {'invite-only' if on else 'open to all'} now."]
     return []
 
 

@@ -140,6 +140,23 @@ class DeleteGroup:
     groupid: int
 
 
+@dataclass(frozen=True)
+class Invite:
+    groupid: int
+    userid: int
+
+
+@dataclass(frozen=True)
+class Invites:
+    pass
+
+
+@dataclass(frozen=True)
+class InviteOnly:
+    groupid: int
+    on: bool
+
+
 Command = (
     Help
     | Chat
@@ -165,6 +182,9 @@ Command = (
     | Describe
     | Owner
     | DeleteGroup
+    | Invite
+    | Invites
+    | InviteOnly
 )
 
 
@@ -193,6 +213,9 @@ Commands (the original client's form, or a slash command):
   describe:GROUPID:TEXT        /describe GROUPID TXT change a group's description
   owner:GROUPID:ID             /owner GROUPID ID     hand your group to a member (creator)
   delgroup:GROUPID             /delgroup GROUPID     delete your group (creator)
+  inviteonly:GROUPID:on|off    /inviteonly GID on|off joining needs an invitation, or not
+  invite:GROUPID:ID            /invite GROUPID ID    invite a user (they accept with /join)
+  invites                      /invites              your open invitations
   loginout                     /logout               log out (then log in again)
   login:ID:PASSWORD            /login ID [PASSWORD]  log in (asks for the password)
   register:NAME:PASSWORD       /register NAME [PW]   create an account
@@ -223,6 +246,7 @@ _BARE: dict[str, Command] = {
     "friends": Friends(),
     "groups": Groups(),
     "blocked": Blocked(),
+    "invites": Invites(),
     "loginout": Logout(),
     "logout": Logout(),
     "ping": Ping(),
@@ -318,12 +342,19 @@ def _managed(name: str, first: str, tail: str, how: str) -> Command | None:
         return Leave(_int(first, "the group id"))
     if name in ("delgroup", "deletegroup"):
         return DeleteGroup(_int(first, "the group id"))
-    if name in ("kick", "admin", "deadmin", "owner"):
+    if name == "inviteonly":
+        gid, flag = _int(first, "the group id"), tail.strip().lower()
+        if flag not in ("on", "off"):
+            raise BadCommand(f"say on or off; write {how}GROUPID{sep}on")
+        return InviteOnly(gid, flag == "on")
+    if name in ("kick", "admin", "deadmin", "owner", "invite"):
         gid, uid = _int(first, "the group id"), _int(tail, "the user id")
         if name == "kick":
             return Kick(gid, uid)
         if name == "owner":
             return Owner(gid, uid)
+        if name == "invite":
+            return Invite(gid, uid)
         return SetRole(gid, uid, "admin" if name == "admin" else "normal")
     if name == "rename":
         gid = _int(first, "the group id")

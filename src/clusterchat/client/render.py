@@ -138,9 +138,24 @@ def event(msg: dict[str, Any], me: int) -> str:
         text = f"{subject} {are} {now} {group}"
     elif kind == "edited":
         name, desc = clean(msg.get("groupname")), clean(msg.get("groupdesc", ""))
-        text = f"{group} is now {name}" + (f" - {desc}" if desc else "") + f" (by {by})"
+        only = ", invite-only" if msg.get("inviteonly") else ""
+        text = f"{group} is now {name}" + (f" - {desc}" if desc else "") + f"{only} (by {by})"
+    elif kind == "invited":
+        name = clean(msg.get("groupname"))
+        text = f"{by} invited you to {group} ({name}); /join {clean(msg.get('groupid'))} accepts"
     elif kind == "deleted":
         text = f"{group} ({clean(msg.get('groupname'))}) was deleted by {by}"
     else:
         text = f"{group}: {clean(kind)}"
     return f"*** {text}"
+
+
+def invites(items: object) -> list[str]:
+    docs = _docs(items)
+    if not docs:
+        return ["No open invitations."]
+    lines = ["Invitations (/join GROUPID accepts):"]
+    for d in docs:
+        head = f"  [group {clean(d.get('groupid'))}] {clean(d.get('groupname'))}"
+        lines.append(f"{head}, from {who(d.get('by'), d.get('byname'))}")
+    return lines

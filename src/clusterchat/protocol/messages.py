@@ -53,6 +53,9 @@ class MsgId(IntEnum):
     DONE = 41  # the reply to 30-40 (but 33): errno 0, ``re`` the request's msgid
     FRIEND_EVENT = 42  # pushed: a friend removed you
     GROUP_EVENT = 43  # pushed: a group you are (or were) in changed
+    INVITE = 44  # to an invite-only group (ADD_GROUP accepts)
+    LIST_INVITES = 45
+    INVITE_LIST = 46
 
 
 #: Messages the server sends without being asked; everything else it sends
@@ -105,6 +108,8 @@ class ErrCode(IntEnum):
     SELF_TARGET = 125  # you cannot do that to yourself (block, unfriend, remove, ...)
     NOT_ALLOWED = 126  # not allowed for your role in that group
     TARGET_NOT_MEMBER = 127  # the user you named is not a member of that group
+    TARGET_ALREADY_MEMBER = 128  # the user you invited is in the group already
+    INVITE_ONLY = 135  # that group takes members by invitation only
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
     SERVER_FULL = 160  # the node has all the connections it can take; try another
     TIMEOUT = 161  # no login, or silence, for too long: the connection is closed
@@ -229,6 +234,8 @@ class EditGroup(_Request, frozen=True, gc=False, tag=int(MsgId.EDIT_GROUP)):
     groupid: Id
     groupname: GroupName | None = None
     groupdesc: GroupDesc | None = None
+    #: Joining (ADD_GROUP) then needs an invitation (INVITE) from an admin.
+    inviteonly: bool | None = None
 
 
 class TransferGroup(_Request, frozen=True, gc=False, tag=int(MsgId.TRANSFER_GROUP)):
@@ -238,6 +245,15 @@ class TransferGroup(_Request, frozen=True, gc=False, tag=int(MsgId.TRANSFER_GROU
 
 class DeleteGroup(_Request, frozen=True, gc=False, tag=int(MsgId.DELETE_GROUP)):
     groupid: Id
+
+
+class Invite(_Request, frozen=True, gc=False, tag=int(MsgId.INVITE)):
+    groupid: Id
+    userid: Id
+
+
+class ListInvites(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_INVITES)):
+    pass
 
 
 Request = (
@@ -262,6 +278,8 @@ Request = (
     | EditGroup
     | TransferGroup
     | DeleteGroup
+    | Invite
+    | ListInvites
 )
 
 #: Requests accepted before login.

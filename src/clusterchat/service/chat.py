@@ -77,6 +77,8 @@ _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.NotMember: (ErrCode.NOT_GROUP_MEMBER, "you are not a member of group {}"),
     errors.NotInGroup: (ErrCode.TARGET_NOT_MEMBER, "user {} is not a member of group {}"),
     errors.NotAllowed: (ErrCode.NOT_ALLOWED, "{}"),
+    errors.InGroup: (ErrCode.TARGET_ALREADY_MEMBER, "user {} is already in group {}"),
+    errors.InviteOnly: (ErrCode.INVITE_ONLY, "group {} takes members by invitation only"),
 }
 
 
@@ -533,7 +535,9 @@ class ChatService:
             )
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
+        await self.groups.may_join(s, req.groupid)
         await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size)
+        await self.store.joined(s.uid, req.groupid)
         self._members.pop(req.groupid, None)
         await self.bus.announce_group(req.groupid)
         if not s.legacy:

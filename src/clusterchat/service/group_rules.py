@@ -7,7 +7,7 @@ Roles, highest first: ``creator`` (the owner; one per group), ``admin``
 - anyone: leave. A creator who leaves hands the group to the oldest admin,
   else the longest member; a group left empty is deleted.
 - admin or creator: remove a normal member, appoint an admin, rename and
-  re-describe.
+  re-describe, make the group invite-only (or open again), invite.
 - creator only: demote or remove an admin, transfer ownership (the old owner
   becomes an admin), delete the group.
 - nobody: remove or demote the creator. An admin may step down by demoting
@@ -95,13 +95,24 @@ def set_role(g: Group, uid: int, target: int, role: str) -> GroupChange:
     return GroupChange(roles=((target, role),))
 
 
-def edit(g: Group, uid: int, name: str | None, desc: str | None) -> GroupChange:
+def edit(
+    g: Group, uid: int, name: str | None, desc: str | None, inviteonly: bool | None = None
+) -> GroupChange:
     me = _actor(g, uid)
     _at_least(me, ADMIN, "rename or re-describe the group")
     return GroupChange(
         groupname=name if name != g.name else None,
         groupdesc=desc if desc != g.desc else None,
+        inviteonly=inviteonly if inviteonly != g.inviteonly else None,
     )
+
+
+def invite(g: Group, uid: int, target: int) -> GroupChange:
+    me = _actor(g, uid)
+    _at_least(me, ADMIN, "invite")
+    if _member(g, target) is not None:
+        raise errors.InGroup(target, g.id)
+    return GroupChange(invite=(target,), by=uid)
 
 
 def transfer(g: Group, uid: int, target: int) -> GroupChange:
@@ -131,8 +142,11 @@ def events(g: Group, change: GroupChange, actor: Member) -> list[dict[str, Any]]
         out.append({**base, "event": kind, "id": uid, "name": names.get(uid, "")})
     for uid, role in change.roles:
         out.append({**base, "event": "role", "id": uid, "name": names.get(uid, ""), "role": role})
-    if change.groupname is not None or change.groupdesc is not None:
+    edits = (change.groupname, change.groupdesc, change.inviteonly)
+    if any(field is not None for field in edits):
         name = g.name if change.groupname is None else change.groupname
         desc = g.desc if change.groupdesc is None else change.groupdesc
-        out.append({**base, "event": "edited", "groupname": name, "groupdesc": desc})
+        only = g.inviteonly if change.inviteonly is None else change.inviteonly
+        edited = {"event": "edited", "groupname": name, "groupdesc": desc, "inviteonly": only}
+        out.append({**base, **edited})
     return out

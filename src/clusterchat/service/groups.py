@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from clusterchat import errors
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import (
     DeleteGroup,
     EditGroup,
+    Invite,
     LeaveGroup,
+    ListInvites,
     MsgId,
     RemoveMember,
     SetRole,
@@ -44,6 +47,8 @@ class Groups:
             EditGroup: self._edit,
             TransferGroup: self._transfer,
             DeleteGroup: self._delete,
+            Invite: self._invite,
+            ListInvites: self._list_invites,
         }
 
     async def _leave(self, s: Session, req: LeaveGroup) -> None:
@@ -67,13 +72,42 @@ class Groups:
             s,
             MsgId.EDIT_GROUP,
             req.groupid,
-            lambda g: rules.edit(g, s.uid, req.groupname, req.groupdesc),
+            lambda g: rules.edit(g, s.uid, req.groupname, req.groupdesc, req.inviteonly),
         )
 
     async def _transfer(self, s: Session, req: TransferGroup) -> None:
         await self._change(
             s, MsgId.TRANSFER_GROUP, req.groupid, lambda g: rules.transfer(g, s.uid, req.userid)
         )
+
+    async def _invite(self, s: Session, req: Invite) -> None:
+        if req.userid in s.blocked_by:  # as for a friend request
+            raise errors.RefusedByUser(req.userid)
+        group, _ = await self.svc.store.change_group(
+            req.groupid, lambda g: rules.invite(g, s.uid, req.userid)
+        )
+        done(s, MsgId.INVITE, groupid=req.groupid, userid=req.userid)
+        event = {
+            "msgid": MsgId.GROUP_EVENT,
+            "event": "invited",
+            "groupid": group.id,
+            "groupname": group.name,
+            "groupdesc": group.desc,
+            "id": req.userid,
+            "by": s.uid,
+            "byname": s.name,
+        }
+        await pushes.send(self.svc, [req.userid], codec.encode(event))
+
+    async def _list_invites(self, s: Session, req: ListInvites) -> None:
+        if not s.legacy:
+            invites = await self.svc.store.invites(s.uid)
+            s.peer.send(codec.ack(MsgId.INVITE_LIST, invites=invites))
+
+    async def may_join(self, s: Session, gid: int) -> None:
+        """Before ADD_GROUP: an invite-only group needs an invitation."""
+        if not await self.svc.store.may_join(s.uid, gid):
+            raise errors.InviteOnly(gid)
 
     async def _delete(self, s: Session, req: DeleteGroup) -> None:
         await self._change(s, MsgId.DELETE_GROUP, req.groupid, lambda g: rules.delete(g, s.uid))

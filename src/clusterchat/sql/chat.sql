@@ -9,6 +9,7 @@ CREATE TABLE IF NOT EXISTS allgroup (
 	id INTEGER NOT NULL AUTO_INCREMENT,
 	groupname VARCHAR(50) NOT NULL,
 	groupdesc VARCHAR(200) NOT NULL DEFAULT '',
+	inviteonly BOOL NOT NULL DEFAULT false,
 	PRIMARY KEY (id),
 	UNIQUE (groupname)
 )ENGINE=InnoDB CHARSET=utf8mb4;
@@ -26,6 +27,15 @@ CREATE TABLE IF NOT EXISTS friend (
 	friendid INTEGER NOT NULL,
 	PRIMARY KEY (userid, friendid)
 )ENGINE=InnoDB CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS groupinvite (
+	groupid INTEGER NOT NULL,
+	userid INTEGER NOT NULL,
+	inviter INTEGER NOT NULL,
+	PRIMARY KEY (groupid, userid)
+)ENGINE=InnoDB CHARSET=utf8mb4;
+
+CREATE INDEX IF NOT EXISTS ix_groupinvite_userid ON groupinvite (userid);
 
 CREATE TABLE IF NOT EXISTS groupuser (
 	groupid INTEGER NOT NULL,

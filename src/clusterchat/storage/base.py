@@ -42,6 +42,7 @@ class Group:
     name: str
     desc: str
     members: tuple[Member, ...]  # by join time, oldest first (store.change_group)
+    inviteonly: bool = False  # read by store.change_group only
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +64,14 @@ class GroupChange:
     roles: tuple[tuple[int, str], ...] = ()  # (member, new role)
     groupname: str | None = None
     groupdesc: str | None = None
+    inviteonly: bool | None = None
+    invite: tuple[int, ...] = ()  # users invited, by ``by``
+    by: int = 0
     delete: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.remove or self.roles or self.delete) or (
-            self.groupname is not None or self.groupdesc is not None
+        return bool(self.remove or self.roles or self.delete or self.invite) or (
+            self.groupname is not None or self.groupdesc is not None or self.inviteonly is not None
         )
 
 
@@ -161,6 +165,18 @@ class Store(Protocol):
 
     async def blockers_of(self, uid: int) -> frozenset[int]:
         """Who blocks ``uid`` (what their session caches)."""
+        ...
+
+    async def may_join(self, uid: int, gid: int) -> bool:
+        """False if the group is invite-only and ``uid`` has no invitation."""
+        ...
+
+    async def joined(self, uid: int, gid: int) -> None:
+        """An invitation used up by joining."""
+        ...
+
+    async def invites(self, uid: int) -> list[dict[str, object]]:
+        """Open invitations: groupid, groupname, groupdesc, by, byname."""
         ...
 
     async def change_group(

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from sqlalchemy import Integer, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from clusterchat import errors
 from clusterchat.storage.base import Group, GroupChange, Member
 from clusterchat.storage.batching import Batcher
-from clusterchat.storage.tables import allgroup, blocked, friend, groupuser, user
+from clusterchat.storage.tables import allgroup, blocked, friend, groupinvite, groupuser, user
 
 _uid = bindparam("uid", type_=Integer)
 _gid = bindparam("gid", type_=Integer)
@@ -39,9 +40,28 @@ ROSTER = (
     .order_by(groupuser.c.joined, groupuser.c.userid)
 )
 GROUP_HEAD = (
-    select(allgroup.c.groupname, allgroup.c.groupdesc)
+    select(allgroup.c.groupname, allgroup.c.groupdesc, allgroup.c.inviteonly)
     .where(allgroup.c.id == _gid)
     .with_for_update()
+)
+
+INVITE_ONLY = select(allgroup.c.inviteonly).where(allgroup.c.id == _gid)
+INVITED = select(groupinvite.c.userid).where(
+    (groupinvite.c.groupid == _gid) & (groupinvite.c.userid == _uid)
+)
+_inviter = aliased(user)
+INVITES = (
+    select(
+        allgroup.c.id,
+        allgroup.c.groupname,
+        allgroup.c.groupdesc,
+        groupinvite.c.inviter,
+        _inviter.c.name.label("byname"),
+    )
+    .join(groupinvite, groupinvite.c.groupid == allgroup.c.id)
+    .outerjoin(_inviter, _inviter.c.id == groupinvite.c.inviter)
+    .where(groupinvite.c.userid == _uid)
+    .order_by(allgroup.c.id)
 )
 
 
@@ -111,6 +131,35 @@ class SocialQueries:
 
     # -- groups ---------------------------------------------------------------------
 
+    async def may_join(self, uid: int, gid: int) -> bool:
+        async with self._tx() as conn:
+            only = (await conn.execute(INVITE_ONLY, {"gid": gid})).scalar()
+            if not only:
+                return True
+            return (await conn.execute(INVITED, {"gid": gid, "uid": uid})).first() is not None
+
+    async def joined(self, uid: int, gid: int) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                delete(groupinvite).where(
+                    (groupinvite.c.groupid == gid) & (groupinvite.c.userid == uid)
+                )
+            )
+
+    async def invites(self, uid: int) -> list[dict[str, object]]:
+        async with self._tx() as conn:
+            rows = await conn.execute(INVITES, {"uid": uid})
+            return [
+                {
+                    "groupid": r.id,
+                    "groupname": r.groupname,
+                    "groupdesc": r.groupdesc,
+                    "by": r.inviter,
+                    "byname": r.byname or "",
+                }
+                for r in rows
+            ]
+
     async def change_group(
         self, gid: int, decide: Callable[[Group], GroupChange]
     ) -> tuple[Group, GroupChange]:
@@ -124,7 +173,7 @@ class SocialQueries:
                     Member(r.id, r.name, r.grouprole)
                     for r in await conn.execute(ROSTER, {"gid": gid})
                 )
-                group = Group(gid, head.groupname, head.groupdesc, members)
+                group = Group(gid, head.groupname, head.groupdesc, members, bool(head.inviteonly))
                 change = decide(group)
                 await _apply(conn, gid, change)
         except IntegrityError:
@@ -135,6 +184,7 @@ class SocialQueries:
 async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> None:
     in_group = groupuser.c.groupid == gid
     if change.delete:
+        await conn.execute(delete(groupinvite).where(groupinvite.c.groupid == gid))
         await conn.execute(delete(groupuser).where(in_group))
         await conn.execute(delete(allgroup).where(allgroup.c.id == gid))
         return
@@ -145,10 +195,16 @@ async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> None:
         await conn.execute(
             update(groupuser).where(in_group & (groupuser.c.userid == uid)).values(grouprole=role)
         )
-    fields = {
-        k: v
-        for k, v in (("groupname", change.groupname), ("groupdesc", change.groupdesc))
-        if v is not None
-    }
+    if change.invite:
+        invited = groupinvite.c.userid.in_(change.invite)
+        await conn.execute(delete(groupinvite).where((groupinvite.c.groupid == gid) & invited))
+        rows = [{"groupid": gid, "userid": u, "inviter": change.by} for u in change.invite]
+        await conn.execute(insert(groupinvite), rows)
+    named = (
+        ("groupname", change.groupname),
+        ("groupdesc", change.groupdesc),
+        ("inviteonly", change.inviteonly),
+    )
+    fields = {k: v for k, v in named if v is not None}
     if fields:
         await conn.execute(update(allgroup).where(allgroup.c.id == gid).values(**fields))

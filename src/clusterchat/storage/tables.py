@@ -5,7 +5,8 @@ Changes from the original: ``password`` holds an argon2id hash (255 chars),
 ``offlinemessage`` gains an auto-increment ``id`` so offline messages are
 delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
 instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
-``admin`` role and a join time; ``blocked`` holds who blocks whom.
+``admin`` role, a join time and an invite-only flag; ``blocked`` holds who
+blocks whom, ``groupinvite`` invitations to invite-only groups.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Enum,
     Index,
@@ -22,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.dialects import mysql, sqlite
 
@@ -69,6 +72,8 @@ allgroup = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("groupname", String(50), nullable=False, unique=True),
     Column("groupdesc", String(200), nullable=False, server_default=""),
+    # Joining needs an invitation (groupinvite) from an admin or the creator.
+    Column("inviteonly", Boolean, nullable=False, server_default=false()),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -111,6 +116,19 @@ blocked = Table(
     Column("userid", Integer, primary_key=True, autoincrement=False),
     Column("blockedid", Integer, primary_key=True, autoincrement=False),
     Index("ix_blocked_blockedid", "blockedid"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+
+groupinvite = Table(
+    "groupinvite",
+    metadata,
+    # ``inviter`` invited ``userid`` to ``groupid``; joining uses it up.
+    Column("groupid", Integer, primary_key=True, autoincrement=False),
+    Column("userid", Integer, primary_key=True, autoincrement=False),
+    Column("inviter", Integer, nullable=False),
+    Index("ix_groupinvite_userid", "userid"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
