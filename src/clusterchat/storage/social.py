@@ -87,19 +87,22 @@ class SocialQueries:
             raise errors.NotFriends(friendid)
 
     async def block(self, uid: int, blockedid: int) -> str:
-        async with self._tx() as conn:
-            name = (await conn.execute(select(user.c.name).where(user.c.id == blockedid))).scalar()
-            if name is None:
-                raise errors.NoSuchUser(blockedid)
-            have = await conn.execute(
-                select(blocked.c.userid).where(
-                    (blocked.c.userid == uid) & (blocked.c.blockedid == blockedid)
+        name = None
+        try:
+            async with self._tx() as conn:
+                query = select(user.c.name).where(user.c.id == blockedid)
+                name = (await conn.execute(query)).scalar()
+                if name is None:
+                    raise errors.NoSuchUser(blockedid)
+                have = await conn.execute(
+                    select(blocked.c.userid).where(
+                        (blocked.c.userid == uid) & (blocked.c.blockedid == blockedid)
+                    )
                 )
-            )
-            if have.first() is None:
-                with contextlib.suppress(IntegrityError):  # a concurrent block: same result
-                    async with conn.begin_nested():
-                        await conn.execute(insert(blocked).values(userid=uid, blockedid=blockedid))
+                if have.first() is None:
+                    await conn.execute(insert(blocked).values(userid=uid, blockedid=blockedid))
+        except IntegrityError:  # a concurrent block of the same user: the same result
+            pass
         return str(name)
 
     async def unblock(self, uid: int, blockedid: int) -> bool:
