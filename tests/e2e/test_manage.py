@@ -194,6 +194,8 @@ async def test_a_normal_member_changes_nothing(user: UserFactory) -> None:
         {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "groupdesc": "mine now"},
         {"msgid": MsgId.TRANSFER_GROUP, "groupid": gid, "userid": bob.id},
         {"msgid": MsgId.DELETE_GROUP, "groupid": gid},
+        {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "inviteonly": True},
+        {"msgid": MsgId.INVITE, "groupid": gid, "userid": ann.id + 1000},
     ):
         err = await refused(bob, doc, ErrCode.NOT_ALLOWED)
         assert "only the group's creator" in err["errmsg"]
@@ -214,10 +216,15 @@ async def test_a_normal_member_changes_nothing(user: UserFactory) -> None:
     ):
         await refused(bob, doc, ErrCode.NOT_ALLOWED)
     assert await roles(ann, gid) == {ann.id: "creator", bob.id: "admin", carol.id: "admin"}
-    # Outsiders and missing targets.
+    # A normal member may not demote an admin either.
     dave = await user()
-    await refused(dave, {"msgid": MsgId.DELETE_GROUP, "groupid": gid}, ErrCode.NOT_GROUP_MEMBER)
-    await refused(ann, {"msgid": MsgId.REMOVE_MEMBER, "groupid": gid, "userid": dave.id}, 127)
+    await dave.conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    demote = {"msgid": MsgId.SET_ROLE, "groupid": gid, "userid": bob.id, "role": "normal"}
+    await refused(dave, demote, ErrCode.NOT_ALLOWED)
+    # Outsiders and missing targets.
+    erin = await user()
+    await refused(erin, {"msgid": MsgId.DELETE_GROUP, "groupid": gid}, ErrCode.NOT_GROUP_MEMBER)
+    await refused(ann, {"msgid": MsgId.REMOVE_MEMBER, "groupid": gid, "userid": erin.id}, 127)
     await refused(ann, {"msgid": MsgId.REMOVE_MEMBER, "groupid": gid, "userid": ann.id}, 125)
     taken = await ann.conn.request(
         {"msgid": MsgId.CREATE_GROUP, "groupname": unique("t")}, MsgId.CREATE_GROUP_ACK
