@@ -210,10 +210,10 @@ Commands (the original client's form, or a slash command):
   admin:GROUPID:ID             /admin GROUPID ID     make a member an admin
   deadmin:GROUPID:ID           /deadmin GROUPID ID   make an admin a normal member again
   rename:GROUPID:NAME          /rename GROUPID NAME  rename a group
-  describe:GROUPID:TEXT        /describe GROUPID TXT change a group's description
+  describe:GROUPID:TEXT        /describe GID TEXT    change a group's description
   owner:GROUPID:ID             /owner GROUPID ID     hand your group to a member (creator)
   delgroup:GROUPID             /delgroup GROUPID     delete your group (creator)
-  inviteonly:GROUPID:on|off    /inviteonly GID on|off joining needs an invitation, or not
+  inviteonly:GROUPID:on|off    /inviteonly GID on    joining needs an invitation (off: not)
   invite:GROUPID:ID            /invite GROUPID ID    invite a user (they accept with /join)
   invites                      /invites              your open invitations
   loginout                     /logout               log out (then log in again)
