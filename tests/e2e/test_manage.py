@@ -384,3 +384,32 @@ async def test_invite_only_group(user: UserFactory) -> None:
     await event(bob, event="edited", inviteonly=False)
     await event(dave, event="edited", inviteonly=False)
     await carol.conn.request(join, MsgId.ADD_GROUP_ACK)
+
+
+async def test_block_checks_read_no_database_per_message(user: UserFactory, node: Node) -> None:
+    from sqlalchemy import event as sa_event
+
+    from clusterchat.storage.sql import SqlStore
+
+    ann, bob, carol = await user(), await user(), await user()
+    gid = await group_of(ann, bob, carol)
+    await group_chat(carol, gid, "warm the member cache")
+    for u in (ann, bob):
+        await u.conn.expect(MsgId.GROUP_CHAT)
+    await done(ann, {"msgid": MsgId.BLOCK, "userid": bob.id})
+    assert isinstance(node.store, SqlStore)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cur: object, sql: str, *_: object) -> None:
+        statements.append(sql)
+
+    engine = node.store.engine.sync_engine
+    sa_event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for i in range(20):
+            await refused(bob, {"msgid": MsgId.ONE_CHAT, "toid": ann.id, "msg": str(i)}, 123)
+            await group_chat(bob, gid, str(i))
+            assert (await carol.conn.expect(MsgId.GROUP_CHAT))["msg"] == str(i)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", seen)
+    assert statements == []
