@@ -371,10 +371,27 @@ def build_parser() -> argparse.ArgumentParser:
     init = dbsub.add_parser(
         "init",
         help="create the database and tables if missing",
-        description="Create the schema (and, on MySQL/MariaDB, the database). Safe to "
-        "run again. A server also does this on first start.",
+        description="Create the schema (and, on MySQL/MariaDB, the database); on an "
+        "existing database the same as `db upgrade`. Safe to run again. A server does this "
+        "by itself on first start with an empty database.",
     )
     _add_db(init)
+    upgrade = dbsub.add_parser(
+        "upgrade",
+        help="bring the schema to this version's (migrations)",
+        description="Upgrade the schema of any earlier clusterchat database, or of one "
+        "created by the original C++ system's SQL (its plaintext passwords become argon2id "
+        "hashes at each user's next login), to this version's; an empty database gets the "
+        "whole schema. Back the database up first. Safe to run again.",
+    )
+    _add_db(upgrade)
+    status = dbsub.add_parser(
+        "status",
+        help="print the schema revision the database is at",
+        description="Print the database's schema revision and whether this version of "
+        "clusterchat can run on it.",
+    )
+    _add_db(status)
     schema = dbsub.add_parser(
         "schema",
         help="print the MySQL/MariaDB schema (chat.sql)",
@@ -455,7 +472,13 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         node_id=node_id,
         reuse_port=worker,
     )
-    _run(Node(settings).run_until_signalled())
+    from clusterchat.errors import SchemaMismatch
+
+    try:
+        _run(Node(settings).run_until_signalled())
+    except SchemaMismatch as exc:
+        print(f"clusterchat server: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -520,6 +543,32 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db(args: argparse.Namespace) -> int:
+    from clusterchat.storage.sql import SqlStore
+
+    out: list[int] = []
+
+    async def go() -> None:
+        store = SqlStore(args.db or default_db_url())
+        try:
+            if args.db_command == "status":
+                st = await store.schema_state()
+                print(f"{store.url}: revision {st.revision or 'none (empty)'}, head {st.head}")
+                problem = st.problem()
+                print(problem or "a node can start on it")
+                out.append(1 if problem else 0)
+                return
+            before, after = await store.upgrade_schema()
+            moved = "already at" if before == after else f"from {before or 'nothing'} to"
+            print(f"schema ready in {store.url}: {moved} revision {after}")
+            out.append(0)
+        finally:
+            await store.close()
+
+    _run(go())
+    return out[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -560,18 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(mysql_ddl(args.database), end="")
         return 0
     if args.command == "db":
-        from clusterchat.storage.sql import SqlStore
-
-        async def init() -> None:
-            store = SqlStore(args.db or default_db_url())
-            try:
-                await store.create_schema()
-                print(f"schema ready in {store.url}")
-            finally:
-                await store.close()
-
-        _run(init())
-        return 0
+        return _db(args)
     return 2
 
 

@@ -3,6 +3,7 @@
     ClusterChatError
      ├── Unavailable          a backend (SQL store, Redis) cannot be reached now
      │    └── Busy            this node has more work queued than it takes on
+     ├── SchemaMismatch       the database's schema is not the one this code needs
      └── Refused              a request that is well-formed but not allowed
           ├── NameTaken
           ├── GroupNameTaken
@@ -10,7 +11,8 @@
           ├── NoSuchGroup
           ├── AlreadyFriends
           ├── AlreadyMember
-          └── GroupFull
+          ├── GroupFull
+          └── Banned           `clusterchat admin ban`
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
 storage and bus boundaries; the service maps them to protocol error codes.
@@ -29,6 +31,10 @@ class Unavailable(ClusterChatError):
 
 class Busy(Unavailable):
     pass
+
+
+class SchemaMismatch(ClusterChatError):
+    """The message says which command to run."""
 
 
 class Refused(ClusterChatError):
@@ -60,4 +66,8 @@ class AlreadyMember(Refused):
 
 
 class GroupFull(Refused):
+    pass
+
+
+class Banned(Refused):
     pass

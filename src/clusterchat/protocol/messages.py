@@ -58,6 +58,7 @@ class LoginErr(IntEnum):
     ALREADY_LOGGED_IN_HERE = 3
     UNAVAILABLE = 4
     TOO_MANY_FAILURES = 5  # brute-force guard: wait and retry
+    BANNED = 6  # by an operator (`clusterchat admin ban`)
 
 
 class RegErr(IntEnum):

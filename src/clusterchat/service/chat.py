@@ -43,7 +43,7 @@ from clusterchat.protocol.messages import (
 )
 from clusterchat.service import tickets
 from clusterchat.service.limits import FailureLimiter, Limits
-from clusterchat.service.passwords import Passwords
+from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.session import Session
 from clusterchat.storage.base import LoginView, Resume, Store
 
@@ -354,6 +354,9 @@ class ChatService:
         except errors.Busy:
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
             return False
+        except errors.Banned:
+            s.peer.send(codec.login_refused(LoginErr.BANNED, "this account is banned"))
+            return False
         except errors.Unavailable:
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
             return False
@@ -393,7 +396,19 @@ class ChatService:
         if not await self.passwords.verify(creds.password_hash if creds else None, req.password):
             return None
         assert creds is not None
+        if creds.banned:
+            raise errors.Banned(req.id)
+        if is_plain(creds.password_hash):
+            await self._rehash(req.id, req.password)
         return creds.name, None
+
+    async def _rehash(self, uid: int, password: str) -> None:
+        """A password the original stored in plaintext becomes a hash (next time if busy)."""
+        try:
+            await self.store.set_password(uid, await self.passwords.hash(password))
+            log.info("user %d: plaintext password replaced by an argon2id hash", uid)
+        except errors.Unavailable as exc:
+            log.warning("user %d: plaintext password kept until next login: %s", uid, exc)
 
     async def _claim(self, s: Session, uid: int) -> bool:
         """Mark the user online here and cluster-wide, unless they already are."""
