@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
@@ -364,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="terminate TLS in nginx with this certificate")  # fmt: skip
     conf.add_argument("--tls-key", default=None, metavar="PEM", help="its private key")
 
+    _admin_parser(sub, common)
+
     db = sub.add_parser(
         "db", parents=[common], help="manage the store", description="Manage the SQL store."
     )
@@ -399,6 +402,94 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--database", default="chat", help="database name [default chat]")
     return parser
+
+
+def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    adm = sub.add_parser(
+        "admin",
+        parents=[common],
+        help="operate a running cluster: users, kick, ban, groups",
+        description="Operator commands against the database and, with --redis, the "
+        "cluster: who is online on which node, ending sessions (kick, ban, delete). "
+        "Each change is logged as an audit line on stderr.",
+    )
+    _add_db(adm)
+    adm.add_argument(
+        "--redis",
+        default=_env("CLUSTERCHAT_REDIS", ""),
+        metavar="URL",
+        help="the cluster's Redis (needed to see who is online and to kick) "
+        "[env CLUSTERCHAT_REDIS]",
+    )
+    adm.add_argument(
+        "--redis-prefix",
+        default=_env("CLUSTERCHAT_REDIS_PREFIX", "clusterchat:"),
+        metavar="PREFIX",
+        help="the nodes' --redis-prefix [env CLUSTERCHAT_REDIS_PREFIX; default %(default)s]",
+    )
+    act = adm.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    users = act.add_parser("users", help="list users (id, name, state, banned, node)")
+    users.add_argument("--online", action="store_true", help="only those logged in")
+    act.add_parser("nodes", help="live nodes and how many users each holds (needs --redis)")
+    act.add_parser("counts", help="users, banned, groups, friendships, offline messages, online")
+    group = act.add_parser("group", help="show a group and its members")
+    group.add_argument("gid", type=int)
+    for name, text in (
+        ("kick", "end the user's session, on whichever node holds it (they may log in again)"),
+        ("ban", "forbid logging in (LoginErr 6), revoke the ticket, end the session"),
+        ("unban", "allow logging in again"),
+        ("delete", "delete the user with friendships, memberships and offline messages"),
+    ):
+        one = act.add_parser(name, help=text)
+        one.add_argument("uid", type=int)
+    reset = act.add_parser("reset-password", help="set a new password (random if not given)")
+    reset.add_argument("uid", type=int)
+    reset.add_argument("--password", default=None, help="the new password [default: random]")
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from clusterchat.admin import Admin, AdminError, print_users
+
+    out: list[int] = []
+
+    async def go() -> None:
+        async with Admin(args.db or default_db_url(), args.redis or None, args.redis_prefix) as a:
+            cmd = args.admin_command
+            if cmd == "users":
+                print_users(await a.users(args.online))
+            elif cmd == "nodes":
+                if a.redis is None:
+                    raise AdminError("nodes needs --redis")
+                for node, uids in sorted((await a.nodes()).items()):
+                    print(f"{node}  {len(uids)} users")
+            elif cmd == "counts":
+                for key, n in (await a.counts()).items():
+                    print(f"{key:<17} {n}")
+            elif cmd == "group":
+                name, desc, members = await a.group(args.gid)
+                print(f"group {args.gid} {name!r}: {desc}")
+                for uid, uname, role in members:
+                    print(f"{uid:>8}  {uname:<24} {role}")
+            elif cmd == "kick":
+                was = await a.kick(args.uid)
+                print(f"user {args.uid}: " + ("session ended" if was else "was not online"))
+            elif cmd in ("ban", "unban"):
+                await a.ban(args.uid, cmd == "ban")
+                print(f"user {args.uid} {cmd}ned")
+            elif cmd == "reset-password":
+                pw = await a.reset_password(args.uid, args.password)
+                print(pw if args.password is None else f"user {args.uid}: password set")
+            elif cmd == "delete":
+                gone = await a.delete_user(args.uid)
+                print(f"user {args.uid} deleted: " + ", ".join(f"{n} {k}" for k, n in gone.items()))
+        out.append(0)
+
+    try:
+        _run(go())
+    except AdminError as exc:
+        print(f"clusterchat admin: {exc}", file=sys.stderr)
+        return 1
+    return out[0]
 
 
 def _hash_cost(text: str) -> HashCost:
@@ -610,6 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "db":
         return _db(args)
+    if args.command == "admin":
+        return _admin(args)
     return 2
 
 

@@ -53,6 +53,7 @@ _LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
 _DISPLACED = codec.encode(
     {"msgid": MsgId.NOTICE, "text": "you logged in somewhere else; this session has ended"}
 )
+_KICKED = codec.encode({"msgid": MsgId.NOTICE, "text": "an operator ended this session"})
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
@@ -667,6 +668,17 @@ class ChatService:
 
     def group_changed(self, gid: int) -> None:
         self._members.pop(gid, None)
+
+    def kicked(self, uid: int) -> None:
+        """An operator ended the user's session (`clusterchat admin kick`, `ban`,
+        `delete`); the connection closes as a drop would, nothing is lost."""
+        s = self.sessions.get(uid)
+        if s is None:
+            return
+        log.warning("audit: user %d kicked by an operator", uid)
+        if not s.legacy:
+            s.peer.send(_KICKED)
+        s.peer.close()
 
     def displaced(self, uid: int) -> None:
         s = self.sessions.get(uid)

@@ -22,7 +22,6 @@ from sqlalchemy.engine import Connection
 from clusterchat.storage.tables import metadata
 
 log = logging.getLogger(__name__)
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 UPGRADE_HINT = "clusterchat db upgrade --db URL"
 
@@ -120,4 +119,5 @@ def upgrade(connection: Connection) -> tuple[str | None, str]:
         log.info("database made before schema versioning: recognised as %s", before)
         command.stamp(cfg, before)
     command.upgrade(cfg, "head")
+    log.info("schema upgraded from revision %s to %s", before, head())
     return before, head()
