@@ -42,6 +42,7 @@ from clusterchat.protocol.messages import (
     Request,
 )
 from clusterchat.service import tickets
+from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.session import Session
@@ -91,6 +92,7 @@ class ChatService:
         )
         self.store = store
         self.passwords = passwords
+        self.counts = ServiceCounts()
         self.presence = presence
         self.bus = bus
         self.node_id = node_id or os.urandom(3).hex()
@@ -127,6 +129,8 @@ class ChatService:
         except BadRequest as exc:
             self._refuse_bad(s, exc)
             return None
+        counted = self.counts.requests
+        counted[type(req)] = counted.get(type(req), 0) + 1
         if not s.uid:
             if not isinstance(req, ANONYMOUS_OK):
                 self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
@@ -224,15 +228,26 @@ class ChatService:
         if s.legacy:
             # The original client understands only its own reply types.
             if exc.msgid == MsgId.LOGIN:
-                s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, exc.errmsg))
+                self._login_refused(s, LoginErr.BAD_CREDENTIALS, exc.errmsg)
             elif exc.msgid == MsgId.REG:
-                s.peer.send(codec.reg_refused(RegErr.FAILED, exc.errmsg))
+                self._reg_refused(s, RegErr.FAILED, exc.errmsg)
             else:
+                self.counts.refused("error", exc.code)
                 log.info("refused legacy request (uid %s): %s", s.uid, exc.errmsg)
             return
+        self.counts.refused("error", exc.code)
         s.peer.send(codec.error(exc.code, exc.errmsg, exc.msgid))
 
+    def _login_refused(self, s: Session, errno: int, errmsg: str) -> None:
+        self.counts.refused("login", errno)
+        s.peer.send(codec.login_refused(errno, errmsg))
+
+    def _reg_refused(self, s: Session, errno: int, errmsg: str) -> None:
+        self.counts.refused("register", errno)
+        s.peer.send(codec.reg_refused(errno, errmsg))
+
     def _refuse(self, s: Session, req: Request, code: ErrCode, errmsg: str) -> None:
+        self.counts.refused("error", code)
         msgid = int(req.__struct_config__.tag)  # type: ignore[arg-type]
         if s.legacy:
             log.info("refused legacy msgid %d (uid %s): %s", msgid, s.uid, errmsg)
@@ -274,22 +289,22 @@ class ChatService:
         try:
             digest = await self.passwords.hash(req.password)
         except errors.Busy:
-            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, _BUSY))
+            self._reg_refused(s, RegErr.UNAVAILABLE, _BUSY)
             return
         try:
             uid = await self.store.create_user(req.name, digest)
         except errors.NameTaken:
-            s.peer.send(codec.reg_refused(RegErr.FAILED, f"the name {req.name!r} is taken"))
+            self._reg_refused(s, RegErr.FAILED, f"the name {req.name!r} is taken")
             return
         except errors.Unavailable:
-            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, "service unavailable, retry"))
+            self._reg_refused(s, RegErr.UNAVAILABLE, "service unavailable, retry")
             return
         s.peer.send(codec.reg_ack(uid))
 
     async def _login(self, s: Session, req: Login) -> None:
         refusal = self._precheck_login(s, req)
         if refusal is not None:
-            s.peer.send(codec.login_refused(*refusal))
+            self._login_refused(s, *refusal)
             return
         try:
             registered = await self._admit(s, req)
@@ -345,26 +360,26 @@ class ChatService:
         wait = max(self._by_account.wait(req.id), self._by_address.wait(address))
         if wait:
             text = f"too many failed logins; try again in {int(wait) + 1} s"
-            s.peer.send(codec.login_refused(LoginErr.TOO_MANY_FAILURES, text))
+            self._login_refused(s, LoginErr.TOO_MANY_FAILURES, text)
             return False
         if req.ticket is None and self.passwords.busy:  # before reading the store
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
+            self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY)
             return False
         try:
             who = await self._authenticate(s, req)
         except errors.Busy:
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
+            self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY)
             return False
         except errors.Banned:
-            s.peer.send(codec.login_refused(LoginErr.BANNED, "this account is banned"))
+            self._login_refused(s, LoginErr.BANNED, "this account is banned")
             return False
         except errors.Unavailable:
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
+            self._login_refused(s, LoginErr.UNAVAILABLE, "service unavailable, retry")
             return False
         if who is None:
             self._by_account.failed(req.id)
             self._by_address.failed(address)
-            s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
+            self._login_refused(s, LoginErr.BAD_CREDENTIALS, "wrong id or password")
             return False
         self._by_account.succeeded(req.id)
         name, resumed = who
@@ -414,11 +429,11 @@ class ChatService:
     async def _claim(self, s: Session, uid: int) -> bool:
         """Mark the user online here and cluster-wide, unless they already are."""
         if uid in self.sessions or s.logged_in or not await self.presence.claim(uid):
-            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            self._login_refused(s, LoginErr.ALREADY_ONLINE, "this account is online")
             return False
         if uid in self.sessions or s.logged_in:  # lost a race while claiming
             await self.presence.release(uid)
-            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            self._login_refused(s, LoginErr.ALREADY_ONLINE, "this account is online")
             return False
         if s.closed:  # the connection dropped while we checked the password
             await self.presence.release(uid)
@@ -576,12 +591,14 @@ class ChatService:
         payload = codec.one_chat(s.uid, s.name, req.toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(req.toid)
         if target is not None and target.deliver(payload):
+            self.counts.relayed_local += 1
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
             return None
         # On another node: the original client expects no reply, so do not wait
         # for Redis (the bus stores the message if no node takes it).
         if s.legacy and target is None and self.bus.post(req.toid, payload):
+            self.counts.relayed_to_nodes += 1
             return None
         return self._one_chat_away(s, req.toid, payload, mid, ts)
 
@@ -589,6 +606,7 @@ class ChatService:
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int
     ) -> None:
         if not await self.bus.send([toid], payload):
+            self.counts.relayed_to_nodes += 1
             status = ChatStatus.DELIVERED
         else:
             await self.store.store_offline(toid, _text(payload))
@@ -630,6 +648,7 @@ class ChatService:
                 target = sessions.get(uid)
                 if target is None or not target.deliver(payload):
                     away.append(uid)
+        self.counts.relayed_local += len(members) - 1 - len(away)
         if not away:
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
@@ -639,7 +658,9 @@ class ChatService:
     async def _fan_out_away(
         self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
     ) -> None:
-        await self.store_offline(await self.bus.send(away, payload), payload)
+        left = await self.bus.send(away, payload)
+        self.counts.relayed_to_nodes += len(away) - len(left)
+        await self.store_offline(left, payload)
         if not s.legacy:
             s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
 
@@ -647,7 +668,10 @@ class ChatService:
 
     def deliver(self, uid: int, payload: bytes) -> bool:
         target = self.sessions.get(uid)
-        return target is not None and target.deliver(payload)
+        if target is not None and target.deliver(payload):
+            self.counts.relayed_from_nodes += 1
+            return True
+        return False
 
     def nudged(self, uid: int) -> None:
         s = self.sessions.get(uid)

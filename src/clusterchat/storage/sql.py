@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client import Histogram
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -162,6 +164,15 @@ class SqlStore:
         self._states = _StateWriter(self)
         self._resumes: Batcher[Resume] = Batcher(self._resume_many)
         self.offline_page = q.OFFLINE_PAGE
+        #: For metrics: offline rows written, and deleted after delivery.
+        self.stored_rows = 0
+        self.delivered_rows = 0
+        self.latency = Histogram(
+            "clusterchat_store_seconds",
+            "Store transaction time",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=None,
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -240,9 +251,13 @@ class SqlStore:
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        with _translated():
-            async with self.engine.begin() as conn:
-                yield conn
+        start = time.perf_counter()
+        try:
+            with _translated():
+                async with self.engine.begin() as conn:
+                    yield conn
+        finally:
+            self.latency.observe(time.perf_counter() - start)
 
     # -- users ---------------------------------------------------------------
 
@@ -395,6 +410,7 @@ class SqlStore:
     async def store_offline(self, uid: int, message: str) -> None:
         async with self._tx() as conn:
             res = await conn.execute(q.STORE_OFFLINE, {"uid": uid, "message": message})
+        self.stored_rows += res.rowcount
         if res.rowcount == 0:
             raise errors.NoSuchUser(uid)
 
@@ -405,6 +421,7 @@ class SqlStore:
             await conn.execute(
                 insert(offlinemessage), [{"userid": u, "message": m} for u, m in items]
             )
+        self.stored_rows += len(items)
 
     async def offline(self, uid: int) -> list[tuple[int, str]]:
         async with self._tx() as conn:
@@ -423,4 +440,5 @@ class SqlStore:
 
     async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         async with self._tx() as conn:
-            await conn.execute(q.DELETE_OFFLINE, {"uid": uid, "ids": list(ids)})
+            res = await conn.execute(q.DELETE_OFFLINE, {"uid": uid, "ids": list(ids)})
+        self.delivered_rows += res.rowcount
