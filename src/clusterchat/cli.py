@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from clusterchat.budget import default_budget
 from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.service.limits import Limits
@@ -93,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="messages held for a client that stops reading before it is disconnected "
         "(the rest is stored for its next login) [env CLUSTERCHAT_OUTPUT_LIMIT; "
         "default 1 MiB]",
+    )
+    srv.add_argument(
+        "--memory-budget",
+        type=int,
+        default=_env_int("CLUSTERCHAT_MEMORY_BUDGET", 0),
+        metavar="BYTES",
+        help="bytes this node may hold for other people (messages waiting for slow "
+        "readers, messages waiting to be stored); past it chats are refused with "
+        'ERROR 151 "busy, retry" (the original client is slowed instead) '
+        "[env CLUSTERCHAT_MEMORY_BUDGET; default 0: a quarter of the machine's memory, "
+        "between 64 MiB and 4 GiB]",
     )
     limits = Limits()
     srv.add_argument(
@@ -440,6 +452,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_frame=args.max_frame,
         max_connections=args.max_connections,
         output_limit=args.output_limit,
+        memory_budget=args.memory_budget or default_budget(),
         max_connections_per_address=args.max_connections_per_address,
         limits=_limits(args.login_failures, args.max_group_size, args.message_rate),
         login_queue=args.login_queue,

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clusterchat.budget import default_budget
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost
@@ -55,6 +56,9 @@ class Settings:
     #: Bytes of chat messages held for a peer that is not reading before it
     #: is cut off (what it was not sent is stored offline).
     output_limit: int = 1024 * 1024
+    #: Bytes held for other people (slow readers, re-stores) before chats are
+    #: refused as busy; by default a quarter of the machine's memory (0: no limit).
+    memory_budget: int = field(default_factory=default_budget)
     #: Connections this node accepts; 0: as many as its file descriptors allow.
     max_connections: int = 0
     #: Connections from one client address; 0: no limit (the default, since
