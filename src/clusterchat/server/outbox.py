@@ -22,9 +22,9 @@ A message moves through three places, in this order::
   it had not read is gone. The transport reports how many bytes are still
   in flight (its buffer plus the kernel's unacknowledged send queue) with
   :meth:`Outbox.measured`, about twice a second while the window is not
-  empty; what lies beyond that (plus a margin for the peer's own receive
-  buffer, when it is behind) and was written before the previous report
-  is settled.
+  empty; what was written before that report and lies beyond the bytes
+  in flight plus a margin for the peer's own receive buffer (the last
+  ``recent_max`` messages at most, when nothing is in flight) is settled.
 
 When the connection ends, :meth:`Outbox.end` returns, in the order they
 were accepted, the messages that must be stored for the peer's next login:
@@ -33,9 +33,9 @@ were accepted, the messages that must be stored for the peer's next login:
 - in the window, if the peer closed or reset, was cut off, or was behind
   (transport paused, or bytes in flight at the last report) when we closed
   it: the part of the window that may not have been read. A peer that was
-  keeping up gets again what was written since the report before the last
-  (half a second to a second), capped at ``recent_max`` messages (a
-  benchmark client closing must not cost thousands of rows).
+  keeping up gets again what was written since the last report or fits
+  its receive buffer, capped at ``recent_max`` messages (a benchmark
+  client closing must not cost thousands of rows).
 
 A message the peer did read may so be stored again: at least once, and
 duplicates carry the same ``mid``.
@@ -80,7 +80,6 @@ class Outbox:
         "_held",
         "_held_bytes",
         "_in_flight",
-        "_older",
         "_paused",
         "_pending",
         "_pending_bytes",
@@ -111,10 +110,8 @@ class Outbox:
         self._paused = False
         self._window: deque[bytes] | None = None
         self._window_bytes = 0
-        # Messages at the window's end written since the last report, and
-        # between the two reports before it.
+        # Messages at the window's end written since the last report.
         self._since = 0
-        self._older = 0
         # Bytes in flight at the last report (0: the peer was keeping up).
         self._in_flight = 0
         self._ended = False
@@ -199,11 +196,14 @@ class Outbox:
         self._in_flight = in_flight
         window = self._window
         if not window:
-            self._since = self._older = 0
+            self._since = 0
             return
-        unsafe = self._tail_count(in_flight + RECEIVE_MARGIN if in_flight else 0)
+        if in_flight:
+            unsafe = self._tail_count(in_flight + RECEIVE_MARGIN)
+        else:  # acknowledged, but perhaps in the peer's receive buffer still
+            unsafe = min(self._tail_count(RECEIVE_MARGIN), self.recent_max)
         self._drop(len(window) - max(unsafe, self._since))
-        self._older, self._since = self._since, 0
+        self._since = 0
 
     @property
     def idle(self) -> bool:
@@ -240,9 +240,8 @@ class Outbox:
             unsafe = self._since + self._tail_count(
                 self._in_flight + RECEIVE_MARGIN, skip=self._since
             )
-            unsafe = max(unsafe, self._since + self._older)
-        elif how is End.PEER_CLOSED:  # keeping up: what crossed its close
-            unsafe = min(self._since + self._older, self.recent_max)
+        elif how is End.PEER_CLOSED:  # keeping up: what may have crossed its close
+            unsafe = min(max(self._since, self._tail_count(RECEIVE_MARGIN)), self.recent_max)
         else:  # closed by us while it kept up: it reads what we wrote, then our FIN
             unsafe = 0
         unsafe = min(unsafe, len(window))
@@ -255,7 +254,7 @@ class Outbox:
         self._window = None
         self._pending = self._held = None
         self._window_bytes = self._pending_bytes = self._held_bytes = 0
-        self._since = self._older = 0
+        self._since = 0
         self._paused = False
         return out
 
@@ -300,4 +299,3 @@ class Outbox:
         n = len(window) - self._tail_count(most)
         self._drop(n)
         self._since = min(self._since, len(self._window or ()))
-        self._older = min(self._older, len(self._window or ()) - self._since)
