@@ -124,6 +124,12 @@ class Connection(asyncio.Protocol):
         for item in frames:
             self._serve(item)
 
+    def eof_received(self) -> bool:
+        """A FIN: the peer read all its kernel acknowledged (else it would
+        have sent RST); only what crossed its close is stored again."""
+        self._store(self.outbox.end(End.PEER_FINISHED, self._in_flight()), cut_off=False)
+        return False  # close our side too
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:
             self._linger.cancel()
@@ -174,13 +180,16 @@ class Connection(asyncio.Protocol):
         if t is None or self.outbox.ended:
             self._watched = False
             return False
-        in_flight = t.get_write_buffer_size()
-        if self._fd >= 0:
-            in_flight += _unacked(self._fd)
-        self.outbox.measured(in_flight)
+        self.outbox.measured(self._in_flight())
         if self.outbox.idle:
             self._watched = False
         return self._watched
+
+    def _in_flight(self) -> int:
+        """Bytes written that the peer's kernel has not acknowledged yet."""
+        t = self.transport
+        n = t.get_write_buffer_size() if t is not None else 0
+        return n + _unacked(self._fd) if self._fd >= 0 else n
 
     def close(self) -> None:
         """Close by us (logout, timeouts, displaced, shutdown): the peer gets

@@ -30,7 +30,10 @@ When the connection ends, :meth:`Outbox.end` returns, in the order they
 were accepted, the messages that must be stored for the peer's next login:
 
 - never written (pending, held): always;
-- in the window, if the peer closed or reset, was cut off, or was behind
+- in the window, after a FIN from the peer: what its kernel had not yet
+  acknowledged (a program that closes with unread data sends RST instead,
+  so with a FIN everything acknowledged was read);
+- in the window, if the peer reset, was cut off, or was behind
   (transport paused, or bytes in flight at the last report) when we closed
   it: the part of the window that may not have been read. A peer that was
   keeping up gets again what was written since the last report or fits
@@ -68,7 +71,8 @@ REFUSED = 3  #: the outbox has ended: the caller stores the message itself
 class End(Enum):
     """Why a connection ended, as far as what it owes is concerned."""
 
-    PEER_CLOSED = "peer closed"  # FIN or RST from the peer, or the network
+    PEER_FINISHED = "peer finished"  # a FIN: it read all its kernel took, or that RSTs
+    PEER_CLOSED = "peer closed"  # RST from the peer, or the network
     CUT_OFF = "cut off"  # held more than the output limit
     CLOSED_BY_US = "closed by us"  # logout, timeouts, displaced, node shutdown
 
@@ -226,15 +230,20 @@ class Outbox:
     def window_bytes(self) -> int:
         return self._window_bytes
 
-    def end(self, how: End) -> list[bytes]:
+    def end(self, how: End, in_flight: int = 0) -> list[bytes]:
         """The connection is over (or being cut off): what must be stored for
         the peer, oldest first. Afterwards every ``deliver`` is REFUSED and
-        a second ``end`` returns nothing."""
+        a second ``end`` returns nothing. ``in_flight``: for PEER_FINISHED,
+        the bytes its kernel had not acknowledged when its FIN came."""
         if self._ended:
             return []
         self._ended = True
         window = self._window or deque()
-        if self._paused or how is End.CUT_OFF:  # not reading: none of it known read
+        if how is End.PEER_FINISHED:
+            # A socket closed with unread data sends RST, not FIN: the peer
+            # read everything its kernel acknowledged; the rest crossed its close.
+            unsafe = self._tail_count(in_flight)
+        elif self._paused or how is End.CUT_OFF:  # not reading: none of it known read
             unsafe = len(window)
         elif self._in_flight:  # behind at the last report: that, and all since
             unsafe = self._since + self._tail_count(

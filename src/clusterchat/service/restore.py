@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 #: One INSERT carries at most this many rows / bytes of message text.
 BATCH_ROWS = 2000
-BATCH_BYTES = 4 * 1024 * 1024
+BATCH_BYTES = 1024 * 1024
 #: Backoff between failed writes: first, and at most (seconds).
 RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
