@@ -56,8 +56,9 @@ class Restorer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        #: Rows written, and write attempts that failed (for tests and logs).
+        #: Rows written, writes made, and writes that failed (tests, logs).
         self.written = 0
+        self.rounds = 0
         self.failures = 0
 
     def __len__(self) -> int:
@@ -112,6 +113,7 @@ class Restorer:
                 delay = min(RETRY_MAX, delay * 2)
                 continue
             delay = RETRY_FIRST
+            self.rounds += 1
             for _ in range(len(batch)):
                 self._rows.popleft()
             self._release(batch)
