@@ -191,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="the certificate's private key [env CLUSTERCHAT_TLS_KEY]",
     )
     srv.add_argument(
+        "--http-port",
+        type=int,
+        default=_env_int("CLUSTERCHAT_HTTP_PORT", 0),
+        metavar="PORT",
+        help="also serve the web client on this HTTP port: open http://HOST:PORT/ in a "
+        "browser; it chats over a WebSocket at /ws; 0: off [env CLUSTERCHAT_HTTP_PORT; "
+        "default 0]",
+    )
+    srv.add_argument(
+        "--http-origins",
+        default=_env("CLUSTERCHAT_HTTP_ORIGINS", ""),
+        metavar="ORIGIN[,ORIGIN]",
+        help="web pages (scheme://host[:port]) allowed to open a chat WebSocket, '*' for "
+        "any; default: only the page this node (or nginx in front of it) serves "
+        "[env CLUSTERCHAT_HTTP_ORIGINS]",
+    )
+    srv.add_argument(
         "--max-frame",
         type=int,
         default=_env_int("CLUSTERCHAT_MAX_FRAME", DEFAULT_MAX_FRAME),
@@ -467,6 +484,8 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         presence_ttl=args.presence_ttl,
         node_id=node_id,
         reuse_port=worker,
+        http_port=args.http_port or None,
+        http_origins=tuple(o.strip() for o in args.http_origins.split(",") if o.strip()),
     )
     _run(Node(settings).run_until_signalled())
     return 0

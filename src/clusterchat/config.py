@@ -89,5 +89,10 @@ class Settings:
     #: Serve TLS with this certificate chain and key (PEM files); None: plain TCP.
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: Serve the web client and WebSocket chat (/ws) on this port; None: off, 0: any free port.
+    http_port: int | None = None
+    #: Origins allowed to open /ws (e.g. "https://chat.example.com"; "*": any);
+    #: empty: the page's own origin only.
+    http_origins: tuple[str, ...] = ()
     #: Share the port with sibling worker processes (SO_REUSEPORT).
     reuse_port: bool = False

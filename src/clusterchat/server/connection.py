@@ -85,7 +85,7 @@ class Connection(asyncio.Protocol):
         self.address = self.node.intern_address(peer[0] if peer else "")
         refusal = self.node.admit(self.address)
         if refusal is not None:
-            self.transport.set_protocol(_Refused(self.transport, refusal))
+            self.transport.set_protocol(_Refused(self.transport, self.refusal(refusal)))
             self.transport = None
             return
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
@@ -137,6 +137,10 @@ class Connection(asyncio.Protocol):
         self.node.connection_closed(self)
         self.node.service.disconnected(self.session)
         self.transport = None
+
+    def refusal(self, why: bytes) -> bytes:
+        """What a connection over a limit is told before it is closed."""
+        return why
 
     # -- service.Peer ----------------------------------------------------------------
 

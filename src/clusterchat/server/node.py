@@ -25,6 +25,7 @@ from clusterchat.config import Settings, connection_limit
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.connection import Connection
+from clusterchat.server.http import HttpServer
 from clusterchat.server.load import LoopLag
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
@@ -89,6 +90,8 @@ class Node:
         self.max_connections = connection_limit(settings.max_connections)
         self.clock = _monotonic
         self._sweeper: asyncio.Task[None] | None = None
+        #: The web client and WebSocket chat; listens if settings.http_port is set.
+        self.http = HttpServer(self)
 
     def intern_address(self, address: str) -> str:
         """One string per client address, however many connections it has."""
@@ -169,6 +172,8 @@ class Node:
             ssl=self._tls(),
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.settings.http_port is not None:
+            await self.http.start()
         self._sweeper = asyncio.ensure_future(self._sweep_silent())
         self.lag.start()
         # What exists now lives as long as the node: keep it out of the cycle
@@ -224,6 +229,7 @@ class Node:
         self.lag.stop()
         if self._server is not None:
             self._server.close()
+        self.http.close()
         self._drained.clear()
         for conn in list(self.connections):
             if conn.session.legacy is False:  # the original client knows no NOTICE
