@@ -143,7 +143,8 @@ function convItem(c, label, sub, online) {
   const who = el("div", "who");
   who.append(el("div", "name", label));
   const last = c.messages[c.messages.length - 1];
-  who.append(el("div", "sub", last ? `${last.mine ? "You: " : ""}${last.text}` : sub));
+  const by = last && (last.mine ? "You: " : c.kind === "g" ? `${last.name}: ` : "");
+  who.append(el("div", "sub", last ? `${by}${last.text}` : sub));
   li.append(av, who);
   if (c.unread) li.append(el("span", "badge", c.unread));
   li.addEventListener("click", () => open(c.key));
