@@ -153,7 +153,11 @@ class HttpServer:
             await asyncio.sleep(every)
             now = self.node.clock()
             for conn in list(self.node.connections):
-                if isinstance(conn, WsConnection) and now - conn.last_seen > idle / 2:
+                if (
+                    isinstance(conn, WsConnection)
+                    and conn.session.uid  # else the login timeout applies
+                    and now - conn.last_seen > idle / 2
+                ):
                     conn.ping()
 
 
