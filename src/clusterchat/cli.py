@@ -359,6 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     cup.add_argument(
         "--base-port", type=int, default=6000, help="node i listens on base-port + i [default 6000]"
     )
+    cup.add_argument(
+        "--web-port",
+        type=int,
+        default=8080,
+        help="nginx's HTTP port for browsers: the web client and its WebSocket, proxied "
+        "to every node's --http-port; 0: off [default %(default)s]",
+    )
+    cup.add_argument(
+        "--http-base-port",
+        type=int,
+        default=6100,
+        help="node i serves HTTP on http-base-port + i [default %(default)s]",
+    )
     _add_db(cup)
     cup.add_argument(
         "--redis",
@@ -392,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--tls-cert", default=None, metavar="PEM",
                       help="terminate TLS in nginx with this certificate")  # fmt: skip
     conf.add_argument("--tls-key", default=None, metavar="PEM", help="its private key")
+    conf.add_argument("--http", default="", metavar="HOST:PORT[,HOST:PORT]",
+                      help="the nodes' HTTP ports (--http-port): also print the http {} "
+                      "block proxying browsers and WebSockets to them")  # fmt: skip
+    conf.add_argument("--http-listen", default="8080",
+                      help="nginx's HTTP listen address, with --http [default 8080]")  # fmt: skip
 
     db = sub.add_parser(
         "db", parents=[common], help="manage the store", description="Manage the SQL store."
@@ -526,11 +544,14 @@ def _cluster(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from clusterchat.cluster import launcher
-    from clusterchat.cluster.nginx import stream_block
+    from clusterchat.cluster.nginx import http_block, stream_block
     from clusterchat.config import data_dir
 
     if args.cluster_command == "nginx-conf":
         print(stream_block(args.upstreams, args.listen, args.tls_cert, args.tls_key), end="")
+        if args.http:
+            web = [u.strip() for u in args.http.split(",") if u.strip()]
+            print(http_block(web, args.http_listen, args.tls_cert, args.tls_key), end="")
         return 0
     run_dir = Path(args.dir) if args.dir else data_dir() / "cluster"
     try:
@@ -541,13 +562,16 @@ def _cluster(args: argparse.Namespace) -> int:
         extra = [a for a in args.server_args if a != "--"]
         extra += ["--db", args.db or default_db_url(), "--redis", args.redis]
         state = launcher.up(
-            run_dir, args.nodes, args.listen_port, args.base_port, args.host, extra, args.nginx
-        )
+            run_dir, args.nodes, args.listen_port, args.base_port, args.host, extra, args.nginx,
+            web_port=args.web_port, http_base_port=args.http_base_port,
+        )  # fmt: skip
     except RuntimeError as exc:
         print(f"clusterchat cluster: {exc}", file=sys.stderr)
         return 1
     nodes = ", ".join(f"{p.name} :{p.port}" for p in state.procs if p.name != "nginx")
     print(f"cluster up: nginx on {state.listen} -> {nodes}")
+    if state.web:
+        print(f"web client: http://{state.web}/")
     print(f"logs and nginx.conf in {run_dir}; stop with `clusterchat cluster down`")
     return 0
 
