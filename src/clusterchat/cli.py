@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from clusterchat.budget import default_budget
 from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.service.limits import Limits
@@ -95,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(the rest is stored for its next login) [env CLUSTERCHAT_OUTPUT_LIMIT; "
         "default 1 MiB]",
     )
+    srv.add_argument(
+        "--memory-budget",
+        type=int,
+        default=_env_int("CLUSTERCHAT_MEMORY_BUDGET", 0),
+        metavar="BYTES",
+        help="bytes this node may hold for other people (messages waiting for slow "
+        "readers, messages waiting to be stored); past it chats are refused with "
+        'ERROR 151 "busy, retry" (the original client is slowed instead) '
+        "[env CLUSTERCHAT_MEMORY_BUDGET; default 0: a quarter of the machine's memory, "
+        "between 64 MiB and 4 GiB]",
+    )
     limits = Limits()
     srv.add_argument(
         "--max-connections-per-address",
@@ -178,6 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("CLUSTERCHAT_TLS_KEY", ""),
         metavar="PEM",
         help="the certificate's private key [env CLUSTERCHAT_TLS_KEY]",
+    )
+    srv.add_argument(
+        "--http-port",
+        type=int,
+        default=_env_int("CLUSTERCHAT_HTTP_PORT", 0),
+        metavar="PORT",
+        help="also serve the web client on this HTTP port: open http://HOST:PORT/ in a "
+        "browser; it chats over a WebSocket at /ws; 0: off [env CLUSTERCHAT_HTTP_PORT; "
+        "default 0]",
+    )
+    srv.add_argument(
+        "--http-origins",
+        default=_env("CLUSTERCHAT_HTTP_ORIGINS", ""),
+        metavar="ORIGIN[,ORIGIN]",
+        help="web pages (scheme://host[:port]) allowed to open a chat WebSocket, '*' for "
+        "any; default: only the page this node (or nginx in front of it) serves "
+        "[env CLUSTERCHAT_HTTP_ORIGINS]",
     )
     srv.add_argument(
         "--max-frame",
@@ -331,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     cup.add_argument(
         "--base-port", type=int, default=6000, help="node i listens on base-port + i [default 6000]"
     )
+    cup.add_argument(
+        "--web-port",
+        type=int,
+        default=8080,
+        help="nginx's HTTP port for browsers: the web client and its WebSocket, proxied "
+        "to every node's --http-port; 0: off [default %(default)s]",
+    )
+    cup.add_argument(
+        "--http-base-port",
+        type=int,
+        default=6100,
+        help="node i serves HTTP on http-base-port + i [default %(default)s]",
+    )
     _add_db(cup)
     cup.add_argument(
         "--redis",
@@ -364,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--tls-cert", default=None, metavar="PEM",
                       help="terminate TLS in nginx with this certificate")  # fmt: skip
     conf.add_argument("--tls-key", default=None, metavar="PEM", help="its private key")
+    conf.add_argument("--http", default="", metavar="HOST:PORT[,HOST:PORT]",
+                      help="the nodes' HTTP ports (--http-port): also print the http {} "
+                      "block proxying browsers and WebSockets to them")  # fmt: skip
+    conf.add_argument("--http-listen", default="8080",
+                      help="nginx's HTTP listen address, with --http [default 8080]")  # fmt: skip
 
     _admin_parser(sub, common)
 
@@ -548,6 +595,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_frame=args.max_frame,
         max_connections=args.max_connections,
         output_limit=args.output_limit,
+        memory_budget=args.memory_budget or default_budget(),
         max_connections_per_address=args.max_connections_per_address,
         limits=_limits(args.login_failures, args.max_group_size, args.message_rate),
         login_queue=args.login_queue,
@@ -562,6 +610,8 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         presence_ttl=args.presence_ttl,
         node_id=node_id,
         reuse_port=worker,
+        http_port=args.http_port or None,
+        http_origins=tuple(o.strip() for o in args.http_origins.split(",") if o.strip()),
     )
     from clusterchat.errors import SchemaMismatch
 
@@ -608,11 +658,14 @@ def _cluster(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from clusterchat.cluster import launcher
-    from clusterchat.cluster.nginx import stream_block
+    from clusterchat.cluster.nginx import http_block, stream_block
     from clusterchat.config import data_dir
 
     if args.cluster_command == "nginx-conf":
         print(stream_block(args.upstreams, args.listen, args.tls_cert, args.tls_key), end="")
+        if args.http:
+            web = [u.strip() for u in args.http.split(",") if u.strip()]
+            print(http_block(web, args.http_listen, args.tls_cert, args.tls_key), end="")
         return 0
     run_dir = Path(args.dir) if args.dir else data_dir() / "cluster"
     try:
@@ -623,13 +676,16 @@ def _cluster(args: argparse.Namespace) -> int:
         extra = [a for a in args.server_args if a != "--"]
         extra += ["--db", args.db or default_db_url(), "--redis", args.redis]
         state = launcher.up(
-            run_dir, args.nodes, args.listen_port, args.base_port, args.host, extra, args.nginx
-        )
+            run_dir, args.nodes, args.listen_port, args.base_port, args.host, extra, args.nginx,
+            web_port=args.web_port, http_base_port=args.http_base_port,
+        )  # fmt: skip
     except RuntimeError as exc:
         print(f"clusterchat cluster: {exc}", file=sys.stderr)
         return 1
     nodes = ", ".join(f"{p.name} :{p.port}" for p in state.procs if p.name != "nginx")
     print(f"cluster up: nginx on {state.listen} -> {nodes}")
+    if state.web:
+        print(f"web client: http://{state.web}/")
     print(f"logs and nginx.conf in {run_dir}; stop with `clusterchat cluster down`")
     return 0
 

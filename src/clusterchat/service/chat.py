@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 from clusterchat import errors
+from clusterchat.budget import Budget
 from clusterchat.bus.base import Bus, Presence
 from clusterchat.protocol import codec
 from clusterchat.protocol.codec import BadRequest
@@ -45,6 +46,7 @@ from clusterchat.service import tickets
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.passwords import Passwords, is_plain
+from clusterchat.service.restore import Restorer
 from clusterchat.service.session import Session
 from clusterchat.storage.base import LoginView, Resume, Store
 
@@ -62,6 +64,12 @@ _MAX_CACHED_GROUPS = 10_000
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
 #: Never refused for flooding: leaving, and proving one is alive.
 _UNMETERED: frozenset[type] = frozenset({Logout, Ping})
+#: Requests that make the node hold bytes for others: refused while the
+#: memory budget is full.
+_BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
+_BUSY_TEXT = "server busy: too much held for slow readers; retry in a moment"
+#: Seconds the re-store queue may take to reach the store at shutdown.
+RESTORE_DEADLINE = 10.0
 
 _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.NoSuchUser: (ErrCode.NO_SUCH_USER, "no user has id {}"),
@@ -82,8 +90,12 @@ class ChatService:
         bus: Bus,
         node_id: str | None = None,
         limits: Limits | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        self.budget = budget or Budget(0)
+        self.budget.on_room = self._room_again
+        self._room = asyncio.Event()
         self._rate = max(0.0, self.limits.message_rate)
         self._burst = float(max(1, self.limits.message_burst))
         self._by_account = FailureLimiter(self.limits.login_failures, self.limits.login_window)
@@ -101,6 +113,7 @@ class ChatService:
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
+        self.restorer = Restorer(store, self.budget, self._after_store)
         self._logging_in: dict[int, bool] = {}  # ticket logins in progress: stored meanwhile?
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
@@ -146,10 +159,35 @@ class ChatService:
             elif type(req) not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
+        if self.budget.full and type(req) in _BUDGETED:
+            return self._busy(s, req)
         result = self._handlers[type(req)](s, req)
         if result is None:
             return None
         return self._guarded(s, req, result)
+
+    def _busy(self, s: Session, req: Request) -> Awaitable[None] | None:
+        """The memory budget is full. A modern client is told to retry and
+        nothing is delivered; the original client, which has no such reply,
+        waits until there is room (its queue fills and TCP slows it)."""
+        self.budget.refused += 1
+        if not s.legacy:
+            self._refuse(s, req, ErrCode.BUSY, _BUSY_TEXT)
+            return None
+        return self._when_room(s, req)
+
+    async def _when_room(self, s: Session, req: Request) -> None:
+        while self.budget.full:
+            self._room.clear()
+            await self._room.wait()
+        if s.closed or not s.uid:
+            return
+        work = self._handlers[type(req)](s, req)
+        if work is not None:
+            await self._guarded(s, req, work)
+
+    def _room_again(self) -> None:
+        self._room.set()
 
     def _too_fast(self, s: Session, req: Request, wait: float) -> Awaitable[None] | None:
         """Over the flood limit. A modern client is told and may retry; the
@@ -196,7 +234,7 @@ class ChatService:
                 len(payloads),
                 s.uid,
             )
-            self._spawn(self.store_offline_each(s.uid, payloads))
+            self.restorer.add(s.uid, payloads)
 
     def disconnected(self, s: Session) -> None:
         s.closed = True
@@ -211,6 +249,7 @@ class ChatService:
             _, stuck = await asyncio.wait(list(self._background), timeout=5)
             for t in stuck:
                 t.cancel()
+        await self.restorer.close(RESTORE_DEADLINE)
         await self.store.flush_states()
         if uids:
             try:
@@ -722,9 +761,9 @@ class ChatService:
             await self._after_store(uids)
 
     async def store_offline_each(self, uid: int, payloads: list[bytes]) -> None:
-        if payloads:
-            await self.store.store_offline_many([(uid, _text(p)) for p in payloads])
-            await self._after_store([uid])
+        """Keep messages a session held but never wrote: queued for the
+        re-store writer, which retries until the store takes them."""
+        self.restorer.add(uid, payloads)
 
     async def _after_store(self, uids: Sequence[int]) -> None:
         """Close the race with a login that read its offline messages just
