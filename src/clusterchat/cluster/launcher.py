@@ -57,6 +57,31 @@ def _wait_port(
     raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s; see {log}")
 
 
+def _wait_ready(
+    host: str, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    """Until the node's ``/readyz`` says 200 (store and Redis reachable)."""
+    import urllib.error
+    import urllib.request
+
+    _wait_port(host, port, proc, log, timeout)
+    deadline = time.monotonic() + timeout
+    why = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.name}: exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=3) as res:
+                if res.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            why = exc.read().decode(errors="replace").strip()
+        except OSError as exc:
+            why = str(exc)
+        time.sleep(0.1)
+    raise RuntimeError(f"{log.name}: not ready after {timeout}s ({why}); see {log}")
+
+
 def up(
     run_dir: Path,
     nodes: int,
@@ -100,7 +125,7 @@ def up(
         web = [f"{host}:{http_base_port + i}" for i in range(nodes)] if web_port else []
         for i, (p, proc) in enumerate(zip(started, state.procs, strict=True)):
             if web_port:
-                _wait_port(host, http_base_port + i, p, Path(proc.log), 30)
+                _wait_ready(host, http_base_port + i, p, Path(proc.log), 30)
         conf.write_text(
             standalone_conf(upstreams, f"{host}:{listen_port}", run_dir, None, None, web, state.web)
         )

@@ -23,6 +23,7 @@ from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import offlinemessage
 
 if TYPE_CHECKING:
+    from clusterchat.server.http import Route
     from clusterchat.server.node import Node
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,15 @@ def _transport(conn: Any, tls: bool) -> str:
 class NodeCollector(Collector):
     def __init__(self, node: Node) -> None:
         self.node = node
-        #: Rows in the offline table, refreshed (at most once a second) before a scrape.
+        #: Rows in the offline table, counted before each scrape (bounded by a
+        #: timeout: the last count stays if the store is slow or down).
         self.backlog: int | None = None
-        self._backlog_at = 0.0
 
     async def refresh(self) -> None:
         """What needs I/O is read before the scrape (collect() is synchronous)."""
         store = self.node.store
-        loop = asyncio.get_running_loop()
-        if not isinstance(store, SqlStore) or loop.time() - self._backlog_at < 1.0:
+        if not isinstance(store, SqlStore):
             return
-        self._backlog_at = loop.time()
         try:
             async with asyncio.timeout(2):
                 async with store.engine.connect() as conn:
@@ -81,9 +80,9 @@ class NodeCollector(Collector):
             dialect = "unknown" if legacy is None else "original" if legacy else "modern"
             key = (dialect, _transport(conn, tls))
             by[key] = by.get(key, 0) + 1
-            transport = conn.transport
-            if transport is not None:
-                held += transport.get_write_buffer_size()
+            out = conn.transport
+            if out is not None:
+                held += out.get_write_buffer_size()
             held += getattr(conn, "_backlog_bytes", 0)
         for (dialect, transport), n in sorted(by.items()):
             conns.add_metric([dialect, transport], n)
@@ -182,7 +181,7 @@ class Ops:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
 
-    def routes(self) -> dict[str, Any]:
+    def routes(self) -> dict[str, Route]:
         return {"/metrics": self.metrics, "/healthz": self.healthz, "/readyz": self.readyz}
 
     async def metrics(self) -> tuple[int, str, bytes]:

@@ -27,6 +27,7 @@ from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.connection import Connection
 from clusterchat.server.http import HttpServer
 from clusterchat.server.load import LoopLag
+from clusterchat.server.metrics import Ops
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
 from clusterchat.storage.base import Store
@@ -92,6 +93,9 @@ class Node:
         self._sweeper: asyncio.Task[None] | None = None
         #: The web client and WebSocket chat; listens if settings.http_port is set.
         self.http = HttpServer(self)
+        self.ops = Ops(self)
+        self.http.routes.update(self.ops.routes())
+        self.draining = False
 
     def intern_address(self, address: str) -> str:
         """One string per client address, however many connections it has."""
@@ -220,7 +224,26 @@ class Node:
                     conn.send(_IDLE_TIMEOUT)
                     conn.close()
 
+    async def readiness(self) -> list[str]:
+        """Why this node should not get new clients now; empty when it should."""
+        problems = ["draining: shutting down"] if self.draining else []
+        checks: list[tuple[str, Any]] = []
+        ping = getattr(self.store, "ping", None)
+        if ping is not None:
+            checks.append(("store", ping))
+        client = getattr(self.service.bus, "client", None)
+        if client is not None:
+            checks.append(("redis", client.ping))
+        for name, check in checks:
+            try:
+                async with asyncio.timeout(2):
+                    await check()
+            except Exception as exc:
+                problems.append(f"{name} unreachable: {exc.__class__.__name__}")
+        return problems
+
     async def stop(self) -> None:
+        self.draining = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._reporter is not None:

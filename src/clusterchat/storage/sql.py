@@ -245,6 +245,11 @@ class SqlStore:
         finally:
             await server.dispose()
 
+    async def ping(self) -> None:
+        """Raises unless the database answers (readiness)."""
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
     async def close(self) -> None:
         await self._states.flush()
         await self.engine.dispose()
