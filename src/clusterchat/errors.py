@@ -3,6 +3,7 @@
     ClusterChatError
      ├── Unavailable          a backend (SQL store, Redis) cannot be reached now
      │    └── Busy            this node has more work queued than it takes on
+     ├── SchemaMismatch       the database's schema is not the one this code needs
      └── Refused              a request that is well-formed but not allowed
           ├── NameTaken
           ├── GroupNameTaken
@@ -18,7 +19,8 @@
           ├── NotInGroup      the user acted on is not a member
           ├── InGroup         the user invited is a member already
           ├── InviteOnly      the group takes members by invitation only
-          └── NotAllowed      your role in the group does not permit it
+          ├── NotAllowed      your role in the group does not permit it
+          └── Banned           `clusterchat admin ban`
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
 storage and bus boundaries; the service maps them to protocol error codes.
@@ -37,6 +39,10 @@ class Unavailable(ClusterChatError):
 
 class Busy(Unavailable):
     pass
+
+
+class SchemaMismatch(ClusterChatError):
+    """The message says which command to run."""
 
 
 class Refused(ClusterChatError):
@@ -100,4 +106,8 @@ class InGroup(Refused):
 
 
 class InviteOnly(Refused):
+    pass
+
+
+class Banned(Refused):
     pass

@@ -399,6 +399,8 @@ class RedisCluster:
                 self._routes.pop(ident, None)
             elif event == b"g" and self._inbox is not None:
                 self._inbox.group_changed(ident)
+            elif event == b"k" and self._inbox is not None:  # clusterchat.admin
+                self._inbox.kicked(ident)
             return
         inbox = self._inbox
         assert inbox is not None

@@ -50,7 +50,7 @@ class MsgId(IntEnum):
     EDIT_GROUP = 38
     TRANSFER_GROUP = 39
     DELETE_GROUP = 40
-    DONE = 41  # the reply to 30-40 (but 33): errno 0, ``re`` the request's msgid
+    DONE = 41  # the reply to 30-44 but the lists: errno 0, ``re`` the request's msgid
     FRIEND_EVENT = 42  # pushed: a friend removed you
     GROUP_EVENT = 43  # pushed: a group you are (or were) in changed
     INVITE = 44  # to an invite-only group (ADD_GROUP accepts)
@@ -78,6 +78,7 @@ class LoginErr(IntEnum):
     ALREADY_LOGGED_IN_HERE = 3
     UNAVAILABLE = 4
     TOO_MANY_FAILURES = 5  # brute-force guard: wait and retry
+    BANNED = 6  # by an operator (`clusterchat admin ban`)
 
 
 class RegErr(IntEnum):
@@ -111,6 +112,7 @@ class ErrCode(IntEnum):
     TARGET_ALREADY_MEMBER = 128  # the user you invited is in the group already
     INVITE_ONLY = 135  # that group takes members by invitation only
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
+    BUSY = 151  # the node's memory budget is full: the chat had no effect; retry
     SERVER_FULL = 160  # the node has all the connections it can take; try another
     TIMEOUT = 161  # no login, or silence, for too long: the connection is closed
     TOO_FAST = 170  # over the per-user request rate; the request was not served

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 from clusterchat import errors
+from clusterchat.budget import Budget
 from clusterchat.bus.base import Bus, Presence
 from clusterchat.protocol import codec
 from clusterchat.protocol.codec import BadRequest
@@ -42,10 +43,12 @@ from clusterchat.protocol.messages import (
     Request,
 )
 from clusterchat.service import pushes, tickets
+from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.friends import Friends
 from clusterchat.service.groups import Groups
 from clusterchat.service.limits import FailureLimiter, Limits
-from clusterchat.service.passwords import Passwords
+from clusterchat.service.passwords import Passwords, is_plain
+from clusterchat.service.restore import Restorer
 from clusterchat.service.session import Session
 from clusterchat.storage.base import LoginView, Resume, Store
 
@@ -55,6 +58,7 @@ _LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
 _DISPLACED = codec.encode(
     {"msgid": MsgId.NOTICE, "text": "you logged in somewhere else; this session has ended"}
 )
+_KICKED = codec.encode({"msgid": MsgId.NOTICE, "text": "an operator ended this session"})
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
@@ -63,6 +67,12 @@ _JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
 #: Never refused for flooding: leaving, and proving one is alive.
 _UNMETERED: frozenset[type] = frozenset({Logout, Ping})
+#: Requests that make the node hold bytes for others: refused while the
+#: memory budget is full.
+_BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
+_BUSY_TEXT = "server busy: too much held for slow readers; retry in a moment"
+#: Seconds the re-store queue may take to reach the store at shutdown.
+RESTORE_DEADLINE = 10.0
 
 _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.NoSuchUser: (ErrCode.NO_SUCH_USER, "no user has id {}"),
@@ -91,8 +101,12 @@ class ChatService:
         bus: Bus,
         node_id: str | None = None,
         limits: Limits | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        self.budget = budget or Budget(0)
+        self.budget.on_room = self._room_again
+        self._room = asyncio.Event()
         self._rate = max(0.0, self.limits.message_rate)
         self._burst = float(max(1, self.limits.message_burst))
         self._by_account = FailureLimiter(self.limits.login_failures, self.limits.login_window)
@@ -101,6 +115,7 @@ class ChatService:
         )
         self.store = store
         self.passwords = passwords
+        self.counts = ServiceCounts()
         self.presence = presence
         self.bus = bus
         self.node_id = node_id or os.urandom(3).hex()
@@ -109,6 +124,7 @@ class ChatService:
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
+        self.restorer = Restorer(store, self.budget, self._after_store)
         self._logging_in: dict[int, bool] = {}  # ticket logins in progress: stored meanwhile?
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
@@ -141,6 +157,8 @@ class ChatService:
         except BadRequest as exc:
             self._refuse_bad(s, exc)
             return None
+        counted = self.counts.requests
+        counted[type(req)] = counted.get(type(req), 0) + 1
         if not s.uid:
             if not isinstance(req, ANONYMOUS_OK):
                 self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
@@ -156,10 +174,35 @@ class ChatService:
             elif type(req) not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
+        if self.budget.full and type(req) in _BUDGETED:
+            return self._busy(s, req)
         result = self._handlers[type(req)](s, req)
         if result is None:
             return None
         return self._guarded(s, req, result)
+
+    def _busy(self, s: Session, req: Request) -> Awaitable[None] | None:
+        """The memory budget is full. A modern client is told to retry and
+        nothing is delivered; the original client, which has no such reply,
+        waits until there is room (its queue fills and TCP slows it)."""
+        self.budget.refused += 1
+        if not s.legacy:
+            self._refuse(s, req, ErrCode.BUSY, _BUSY_TEXT)
+            return None
+        return self._when_room(s, req)
+
+    async def _when_room(self, s: Session, req: Request) -> None:
+        while self.budget.full:
+            self._room.clear()
+            await self._room.wait()
+        if s.closed or not s.uid:
+            return
+        work = self._handlers[type(req)](s, req)
+        if work is not None:
+            await self._guarded(s, req, work)
+
+    def _room_again(self) -> None:
+        self._room.set()
 
     def _too_fast(self, s: Session, req: Request, wait: float) -> Awaitable[None] | None:
         """Over the flood limit. A modern client is told and may retry; the
@@ -198,7 +241,9 @@ class ChatService:
 
     def spill(self, s: Session, payloads: list[bytes], cut_off: bool = True) -> None:
         """Messages accepted for a peer that may not have got them (it stopped
-        reading and was cut off, or its connection closed under them): keep them."""
+        reading and was cut off, or its connection closed under them): keep
+        them. Chat only: events and notices are never kept."""
+        payloads = [p for p in payloads if pushes.is_chat(p)]
         if s.uid and payloads:
             log.log(
                 logging.WARNING if cut_off else logging.DEBUG,
@@ -206,7 +251,7 @@ class ChatService:
                 len(payloads),
                 s.uid,
             )
-            self._spawn(self.store_offline_each(s.uid, payloads))
+            self.restorer.add(s.uid, payloads)
 
     def disconnected(self, s: Session) -> None:
         s.closed = True
@@ -221,6 +266,7 @@ class ChatService:
             _, stuck = await asyncio.wait(list(self._background), timeout=5)
             for t in stuck:
                 t.cancel()
+        await self.restorer.close(RESTORE_DEADLINE)
         await self.store.flush_states()
         if uids:
             try:
@@ -238,15 +284,26 @@ class ChatService:
         if s.legacy:
             # The original client understands only its own reply types.
             if exc.msgid == MsgId.LOGIN:
-                s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, exc.errmsg))
+                self._login_refused(s, LoginErr.BAD_CREDENTIALS, exc.errmsg)
             elif exc.msgid == MsgId.REG:
-                s.peer.send(codec.reg_refused(RegErr.FAILED, exc.errmsg))
+                self._reg_refused(s, RegErr.FAILED, exc.errmsg)
             else:
+                self.counts.refused("error", exc.code)
                 log.info("refused legacy request (uid %s): %s", s.uid, exc.errmsg)
             return
+        self.counts.refused("error", exc.code)
         s.peer.send(codec.error(exc.code, exc.errmsg, exc.msgid))
 
+    def _login_refused(self, s: Session, errno: int, errmsg: str) -> None:
+        self.counts.refused("login", errno)
+        s.peer.send(codec.login_refused(errno, errmsg))
+
+    def _reg_refused(self, s: Session, errno: int, errmsg: str) -> None:
+        self.counts.refused("register", errno)
+        s.peer.send(codec.reg_refused(errno, errmsg))
+
     def _refuse(self, s: Session, req: Request, code: ErrCode, errmsg: str) -> None:
+        self.counts.refused("error", code)
         msgid = int(req.__struct_config__.tag)  # type: ignore[arg-type]
         if s.legacy:
             log.info("refused legacy msgid %d (uid %s): %s", msgid, s.uid, errmsg)
@@ -290,22 +347,22 @@ class ChatService:
         try:
             digest = await self.passwords.hash(req.password)
         except errors.Busy:
-            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, _BUSY))
+            self._reg_refused(s, RegErr.UNAVAILABLE, _BUSY)
             return
         try:
             uid = await self.store.create_user(req.name, digest)
         except errors.NameTaken:
-            s.peer.send(codec.reg_refused(RegErr.FAILED, f"the name {req.name!r} is taken"))
+            self._reg_refused(s, RegErr.FAILED, f"the name {req.name!r} is taken")
             return
         except errors.Unavailable:
-            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, "service unavailable, retry"))
+            self._reg_refused(s, RegErr.UNAVAILABLE, "service unavailable, retry")
             return
         s.peer.send(codec.reg_ack(uid))
 
     async def _login(self, s: Session, req: Login) -> None:
         refusal = self._precheck_login(s, req)
         if refusal is not None:
-            s.peer.send(codec.login_refused(*refusal))
+            self._login_refused(s, *refusal)
             return
         try:
             registered = await self._admit(s, req)
@@ -362,23 +419,26 @@ class ChatService:
         wait = max(self._by_account.wait(req.id), self._by_address.wait(address))
         if wait:
             text = f"too many failed logins; try again in {int(wait) + 1} s"
-            s.peer.send(codec.login_refused(LoginErr.TOO_MANY_FAILURES, text))
+            self._login_refused(s, LoginErr.TOO_MANY_FAILURES, text)
             return False
         if req.ticket is None and self.passwords.busy:  # before reading the store
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
+            self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY)
             return False
         try:
             who = await self._authenticate(s, req)
         except errors.Busy:
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
+            self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY)
+            return False
+        except errors.Banned:
+            self._login_refused(s, LoginErr.BANNED, "this account is banned")
             return False
         except errors.Unavailable:
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
+            self._login_refused(s, LoginErr.UNAVAILABLE, "service unavailable, retry")
             return False
         if who is None:
             self._by_account.failed(req.id)
             self._by_address.failed(address)
-            s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
+            self._login_refused(s, LoginErr.BAD_CREDENTIALS, "wrong id or password")
             return False
         self._by_account.succeeded(req.id)
         name, resumed = who
@@ -411,16 +471,28 @@ class ChatService:
         if not await self.passwords.verify(creds.password_hash if creds else None, req.password):
             return None
         assert creds is not None
+        if creds.banned:
+            raise errors.Banned(req.id)
+        if is_plain(creds.password_hash):
+            await self._rehash(req.id, req.password)
         return creds.name, None
+
+    async def _rehash(self, uid: int, password: str) -> None:
+        """A password the original stored in plaintext becomes a hash (next time if busy)."""
+        try:
+            await self.store.set_password(uid, await self.passwords.hash(password))
+            log.info("user %d: plaintext password replaced by an argon2id hash", uid)
+        except errors.Unavailable as exc:
+            log.warning("user %d: plaintext password kept until next login: %s", uid, exc)
 
     async def _claim(self, s: Session, uid: int) -> bool:
         """Mark the user online here and cluster-wide, unless they already are."""
         if uid in self.sessions or s.logged_in or not await self.presence.claim(uid):
-            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            self._login_refused(s, LoginErr.ALREADY_ONLINE, "this account is online")
             return False
         if uid in self.sessions or s.logged_in:  # lost a race while claiming
             await self.presence.release(uid)
-            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            self._login_refused(s, LoginErr.ALREADY_ONLINE, "this account is online")
             return False
         if s.closed:  # the connection dropped while we checked the password
             await self.presence.release(uid)
@@ -589,12 +661,14 @@ class ChatService:
         payload = codec.one_chat(s.uid, s.name, req.toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(req.toid)
         if target is not None and target.deliver(payload):
+            self.counts.relayed_local += 1
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
             return None
         # On another node: the original client expects no reply, so do not wait
         # for Redis (the bus stores the message if no node takes it).
         if s.legacy and target is None and self.bus.post(req.toid, payload):
+            self.counts.relayed_to_nodes += 1
             return None
         return self._one_chat_away(s, req.toid, payload, mid, ts)
 
@@ -602,6 +676,7 @@ class ChatService:
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int
     ) -> None:
         if not await self.bus.send([toid], payload):
+            self.counts.relayed_to_nodes += 1
             status = ChatStatus.DELIVERED
         else:
             await self.store.store_offline(toid, _text(payload))
@@ -645,6 +720,7 @@ class ChatService:
                 target = sessions.get(uid)
                 if target is None or not target.deliver(payload):
                     away.append(uid)
+        self.counts.relayed_local += len(members) - 1 - len(away)
         if not away:
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
@@ -654,7 +730,9 @@ class ChatService:
     async def _fan_out_away(
         self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
     ) -> None:
-        await self.store_offline(await self.bus.send(away, payload), payload)
+        left = await self.bus.send(away, payload)
+        self.counts.relayed_to_nodes += len(away) - len(left)
+        await self.store_offline(left, payload)
         if not s.legacy:
             s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
 
@@ -666,7 +744,10 @@ class ChatService:
             return False
         if payload[0] != _JSON:  # an event or control message (service/pushes.py)
             return pushes.arrived(self, target, payload)
-        return target.deliver(payload)
+        if target.deliver(payload):
+            self.counts.relayed_from_nodes += 1
+            return True
+        return False
 
     def nudged(self, uid: int) -> None:
         s = self.sessions.get(uid)
@@ -688,6 +769,17 @@ class ChatService:
     def group_changed(self, gid: int) -> None:
         self._members.pop(gid, None)
 
+    def kicked(self, uid: int) -> None:
+        """An operator ended the user's session (`clusterchat admin kick`, `ban`,
+        `delete`); the connection closes as a drop would, nothing is lost."""
+        s = self.sessions.get(uid)
+        if s is None:
+            return
+        log.warning("audit: user %d kicked by an operator", uid)
+        if not s.legacy:
+            s.peer.send(_KICKED)
+        s.peer.close()
+
     def displaced(self, uid: int) -> None:
         s = self.sessions.get(uid)
         if s is None:
@@ -706,10 +798,12 @@ class ChatService:
             await self._after_store(uids)
 
     async def store_offline_each(self, uid: int, payloads: list[bytes]) -> None:
-        payloads = [p for p in payloads if pushes.is_chat(p)]  # not events or notices
+        """Keep messages a session held but never wrote: queued for the
+        re-store writer, which retries until the store takes them. Chat
+        only: events and notices are never kept."""
+        payloads = [p for p in payloads if pushes.is_chat(p)]
         if payloads:
-            await self.store.store_offline_many([(uid, _text(p)) for p in payloads])
-            await self._after_store([uid])
+            self.restorer.add(uid, payloads)
 
     async def _after_store(self, uids: Sequence[int]) -> None:
         """Close the race with a login that read its offline messages just

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS user (
 	password VARCHAR(255) NOT NULL,
 	state ENUM('online','offline') NOT NULL DEFAULT 'offline',
 	ticket VARCHAR(64),
+	banned BOOL NOT NULL DEFAULT false,
 	PRIMARY KEY (id),
 	UNIQUE (name)
 )ENGINE=InnoDB CHARSET=utf8mb4;

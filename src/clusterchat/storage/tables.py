@@ -1,7 +1,10 @@
 """The original's schema (table and column names kept), widened where it broke.
 
+Versioned with Alembic: a change here goes with a new script in
+``storage/migrations/versions`` (docs/MIGRATIONS.md).
+
 Changes from the original: ``password`` holds an argon2id hash (255 chars),
-``ticket`` a session ticket's digest;
+``ticket`` a session ticket's digest, ``banned`` an operator's ban;
 ``offlinemessage`` gains an auto-increment ``id`` so offline messages are
 delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
 instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
@@ -53,6 +56,8 @@ user = Table(
     # SHA-256 of the session ticket issued at the last login: lets a client
     # that lost its connection log in again without the slow password hash.
     Column("ticket", String(64), nullable=True),
+    # Set by `clusterchat admin ban`: no login, password or ticket.
+    Column("banned", Boolean, nullable=False, server_default=false()),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
