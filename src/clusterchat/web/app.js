@@ -12,6 +12,9 @@ const state = {
   groups: new Map(),      // id -> { id, groupname, groupdesc, users }
   convs: new Map(),       // "u:ID" | "g:ID" -> conversation
   active: null,           // key of the open conversation
+  blocked: new Map(),     // id -> name: whom I block
+  invites: [],            // open invitations: { groupid, groupname, by, byname }
+  inviteOnly: new Map(),  // group id -> bool, as last heard (events, my own changes)
   everOnline: false,
 };
 
@@ -87,9 +90,37 @@ function convName(c) {
   return state.groups.get(c.id)?.groupname || c.name || `group ${c.id}`;
 }
 
+// What a FRIEND_EVENT or GROUP_EVENT says, as the terminal client says it.
+function eventText(msg) {
+  const me = state.me?.id;
+  const subject = Number(msg.id) === me ? "you" : String(msg.name ?? `user ${msg.id}`);
+  const by = String(msg.byname ?? `user ${msg.by}`);
+  const group = state.groups.get(Number(msg.groupid))?.groupname || `group ${msg.groupid}`;
+  switch (msg.event) {
+    case "unfriended": return `${subject} removed you from their friends`;
+    case "left": return `${subject} left ${group}`;
+    case "removed": return `${subject} ${subject === "you" ? "were" : "was"} removed from ${group} by ${by}`;
+    case "role": {
+      const now = { admin: "now an admin of", normal: "no longer an admin of",
+        creator: "now the owner of" }[msg.role] || `now ${msg.role} in`;
+      return `${subject} ${subject === "you" ? "are" : "is"} ${now} ${group}`;
+    }
+    case "edited": return `${by} renamed or re-described group ${msg.groupid}: ${msg.groupname}`;
+    case "deleted": return `${group} was deleted by ${by}`;
+    case "invited": return `${by} invited you to ${msg.groupname} (#${msg.groupid}): join it with +`;
+    default: return `${group}: ${msg.event}`;
+  }
+}
+
 function onPush(msg) {
   if (msg.msgid === Msg.NOTICE) {
     toast(String(msg.text ?? ""), "info");
+    return;
+  }
+  if (msg.msgid === Msg.FRIEND_EVENT || msg.msgid === Msg.GROUP_EVENT) {
+    if (msg.event === "edited") state.inviteOnly.set(Number(msg.groupid), Boolean(msg.inviteonly));
+    toast(eventText(msg), "info");
+    refresh();
     return;
   }
   let c;
@@ -191,6 +222,7 @@ function open(key) {
   $("placeholder").hidden = true;
   $("conversation").hidden = false;
   $("members").hidden = true;
+  $("actions").hidden = true;
   renderHead(c);
   const list = $("messages");
   list.replaceChildren();
@@ -221,11 +253,176 @@ function renderHead(c) {
       const li = el("li", "member");
       li.append(el("span", `dot ${u.state === "online" ? "on" : "off"}`));
       li.append(el("span", "name", u.name));
-      if (u.role === "creator") li.append(el("span", "role", "creator"));
+      if (u.role === "creator" || u.role === "admin") li.append(el("span", "role", u.role));
+      const acts = memberActions(g, u);
+      if (acts) li.append(acts);
       return li;
     });
     $("member-list").replaceChildren(...items);
   }
+  renderActions(c);
+}
+
+// -- managing friends and groups --------------------------------------------------------
+
+const RANK = { normal: 0, admin: 1, creator: 2 };
+
+function myRole(g) {
+  return g?.users?.find((u) => u.id === state.me?.id)?.role || "normal";
+}
+
+function actButton(label, testid, doc, done) {
+  const b = el("button", "ghost", label);
+  b.dataset.testid = testid;
+  b.addEventListener("click", () => manage(doc, done));
+  return b;
+}
+
+// What I may do to one member, by my role (the server checks it again).
+function memberActions(g, u) {
+  const mine = RANK[myRole(g)] ?? 0;
+  if (!state.me || u.id === state.me.id || mine < 1 || u.role === "creator") return null;
+  const box = el("span", "acts");
+  const gid = g.id;
+  if (u.role === "normal") {
+    box.append(actButton("Remove", `kick-${u.id}`, { msgid: Msg.REMOVE_MEMBER, groupid: gid, userid: u.id },
+      `${u.name} removed`));
+    box.append(actButton("Make admin", `admin-${u.id}`,
+      { msgid: Msg.SET_ROLE, groupid: gid, userid: u.id, role: "admin" }, `${u.name} is an admin`));
+  } else if (mine >= 2) {
+    box.append(actButton("Remove", `kick-${u.id}`, { msgid: Msg.REMOVE_MEMBER, groupid: gid, userid: u.id },
+      `${u.name} removed`));
+    box.append(actButton("Demote", `deadmin-${u.id}`,
+      { msgid: Msg.SET_ROLE, groupid: gid, userid: u.id, role: "normal" }, `${u.name} is no longer an admin`));
+  }
+  if (mine >= 2) {
+    box.append(actButton("Make owner", `owner-${u.id}`,
+      { msgid: Msg.TRANSFER_GROUP, groupid: gid, userid: u.id }, `${u.name} owns the group now`));
+  }
+  return box;
+}
+
+function renderActions(c) {
+  const friend = c.kind === "u";
+  $("friend-actions").hidden = !friend;
+  $("group-actions").hidden = friend;
+  if (friend) {
+    const blocked = state.blocked.has(c.id);
+    $("act-block").hidden = blocked;
+    $("act-unblock").hidden = !blocked;
+    $("act-unfriend").hidden = !state.friends.has(c.id);
+  } else {
+    const role = myRole(state.groups.get(c.id));
+    $("group-admin").hidden = (RANK[role] ?? 0) < 1;
+    $("act-delete").hidden = role !== "creator";
+    $("act-inviteonly").checked = Boolean(state.inviteOnly.get(c.id));
+  }
+}
+
+async function manage(doc, done) {
+  const ack = await ask(doc, Msg.DONE);
+  if (!ack) return false;
+  if (done) toast(done, "info");
+  await refresh();
+  return true;
+}
+
+function activeConv() {
+  return state.active ? state.convs.get(state.active) : null;
+}
+
+function closeConv() {
+  state.active = null;
+  $("conversation").hidden = true;
+  $("placeholder").hidden = false;
+  $("app").classList.remove("showing-conv");
+}
+
+function renderManaged() {
+  const blocked = [...state.blocked.entries()].map(([id, name]) => {
+    const li = el("li");
+    li.append(el("span", "name", `${name} #${id}`));
+    li.append(actButton("Unblock", `unblock-${id}`, { msgid: Msg.UNBLOCK, userid: id }, `${name} unblocked`));
+    return li;
+  });
+  $("blocked").replaceChildren(...blocked);
+  $("blocked-section").hidden = blocked.length === 0;
+  const invites = state.invites.map((i) => {
+    const li = el("li");
+    li.append(el("span", "name", `${i.groupname} #${i.groupid} · from ${i.byname}`));
+    const join = el("button", "ghost", "Join");
+    join.dataset.testid = `accept-${i.groupid}`;
+    join.addEventListener("click", async () => {
+      if (await ask({ msgid: Msg.ADD_GROUP, groupid: i.groupid }, Msg.ADD_GROUP_ACK)) {
+        await refresh();
+        open(conv("g", i.groupid).key);
+      }
+    });
+    li.append(join);
+    return li;
+  });
+  $("invites").replaceChildren(...invites);
+  $("invites-section").hidden = invites.length === 0;
+}
+
+function wireManage() {
+  // The two panels share a place: opening one closes the other.
+  $("members-btn").addEventListener("click", () => { $("actions").hidden = true; });
+  $("actions-btn").addEventListener("click", () => {
+    $("members").hidden = true;
+    $("actions").hidden = !$("actions").hidden;
+    const c = activeConv();
+    if (c) renderActions(c);
+  });
+  const onConv = (kind, make) => async () => {
+    const c = activeConv();
+    if (!c || c.kind !== kind) return;
+    const [doc, done, leaves] = make(c);
+    if (await manage(doc, done) && leaves) {
+      state.convs.delete(c.key);
+      closeConv();
+      renderSidebar();
+    }
+  };
+  $("act-unfriend").addEventListener("click", onConv("u", (c) =>
+    [{ msgid: Msg.REMOVE_FRIEND, friendid: c.id }, `${convName(c)} is no longer your friend`, false]));
+  $("act-block").addEventListener("click", onConv("u", (c) =>
+    [{ msgid: Msg.BLOCK, userid: c.id }, `${convName(c)} is blocked`, false]));
+  $("act-unblock").addEventListener("click", onConv("u", (c) =>
+    [{ msgid: Msg.UNBLOCK, userid: c.id }, `${convName(c)} is unblocked`, false]));
+  $("act-leave").addEventListener("click", onConv("g", (c) =>
+    [{ msgid: Msg.LEAVE_GROUP, groupid: c.id }, `You left ${convName(c)}`, true]));
+  $("act-delete").addEventListener("click", onConv("g", (c) =>
+    [{ msgid: Msg.DELETE_GROUP, groupid: c.id }, `${convName(c)} deleted`, true]));
+  const form = (id, input, make) => $(id).addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const c = activeConv();
+    const value = $(input).value.trim();
+    if (!c || c.kind !== "g") return;
+    const made = make(c, value);
+    if (!made) return;
+    if (await manage(...made)) $(input).value = "";
+  });
+  form("act-rename", "rename-name", (c, v) => (v
+    ? [{ msgid: Msg.EDIT_GROUP, groupid: c.id, groupname: v }, `Renamed to ${v}`] : null));
+  form("act-describe", "describe-text", (c, v) =>
+    [{ msgid: Msg.EDIT_GROUP, groupid: c.id, groupdesc: v }, "Description changed"]);
+  form("act-invite", "invite-id", (c, v) => {
+    const id = Number(v);
+    if (!Number.isInteger(id) || id < 1) { toast("A user id is a number."); return null; }
+    return [{ msgid: Msg.INVITE, groupid: c.id, userid: id }, `Invited user ${id}`];
+  });
+  $("act-inviteonly").addEventListener("change", async (e) => {
+    const c = activeConv();
+    if (!c || c.kind !== "g") return;
+    const on = e.target.checked;
+    if (await manage({ msgid: Msg.EDIT_GROUP, groupid: c.id, inviteonly: on },
+      on ? "Joining now needs an invitation" : "Anyone may join now")) {
+      state.inviteOnly.set(c.id, on);
+    } else {
+      e.target.checked = !on;
+    }
+  });
 }
 
 const STATUS_TEXT = {
@@ -313,10 +510,20 @@ function autoGrow() {
 async function refresh() {
   if (!state.me || !sock.ready) return;
   try {
-    const [fl, gl] = await Promise.all([
+    const [fl, gl, bl, il] = await Promise.all([
       sock.request({ msgid: Msg.LIST_FRIENDS }),
       sock.request({ msgid: Msg.LIST_GROUPS }),
+      sock.request({ msgid: Msg.LIST_BLOCKED }),
+      sock.request({ msgid: Msg.LIST_INVITES }),
     ]);
+    if (bl.msgid === Msg.BLOCKED_LIST) {
+      state.blocked = new Map((bl.blocked || []).map((b) => [Number(b.id), String(b.name)]));
+    }
+    if (il.msgid === Msg.INVITE_LIST) {
+      state.invites = (il.invites || []).map((i) => ({ groupid: Number(i.groupid),
+        groupname: String(i.groupname), by: Number(i.by), byname: String(i.byname) }));
+    }
+    renderManaged();
     if (fl.msgid === Msg.FRIEND_LIST) {
       state.friends = new Map((fl.friends || []).map((f) =>
         [Number(f.id), { id: Number(f.id), name: String(f.name), state: String(f.state) }]));
@@ -329,6 +536,8 @@ async function refresh() {
       }]));
     }
     renderSidebar();
+    const c = activeConv();
+    if (c && c.kind === "g" && !state.groups.has(c.id)) closeConv(); // left, removed, deleted
   } catch { /* reconnecting: the next refresh catches up */ }
 }
 setInterval(refresh, REFRESH_MS);
@@ -399,6 +608,9 @@ function reset() {
   state.friends.clear();
   state.groups.clear();
   state.convs.clear();
+  state.blocked.clear();
+  state.invites = [];
+  state.inviteOnly.clear();
   state.active = null;
   $("conversation").hidden = true;
   $("placeholder").hidden = false;
@@ -543,5 +755,6 @@ function wire() {
 }
 
 wire();
+wireManage();
 sock.start();
 resumeSaved();
