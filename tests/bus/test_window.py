@@ -10,13 +10,14 @@ receiver took it, or returned to the sender for storing.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from clusterchat.bus.window import Outcome, ReceiveState, SendWindow, ranges
+from clusterchat.bus.window import Flight, Outcome, ReceiveState, SendWindow, ranges
 
 LIMIT = 1000
 TIMEOUT = 5.0
@@ -91,9 +92,10 @@ class Pair:
         self.taking.clear()
         self.seen.clear()
 
-    def _returned(self, flights: list[object]) -> None:
+    def _returned(self, flights: Iterable[Flight[int] | None]) -> None:
         for f in flights:
-            seq = f.seq  # type: ignore[attr-defined]
+            assert f is not None
+            seq = f.seq
             assert seq not in self.returned and seq not in self.acked, f"batch {seq} ended twice"
             self.returned.append(seq)
             self.unstored.add(seq)

@@ -245,6 +245,8 @@ class ChatService:
         except errors.Refused as exc:
             code, text = _REFUSALS[type(exc)]
             self._refuse(s, req, code, text.format(*exc.args))
+        except errors.Busy as exc:
+            self._refuse(s, req, ErrCode.BUSY, f"server busy, not sent: {exc}")
         except errors.Unavailable as exc:
             log.warning("%s", exc)
             self._refuse(s, req, ErrCode.UNAVAILABLE, "service temporarily unavailable, retry")
