@@ -58,7 +58,8 @@ class OwnRedis:
 
     async def start(self) -> None:
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *self.extra]  # fmt: skip
+               "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+               *self.extra]  # fmt: skip
         self.proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL)
         await wait_port(self.port)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterchat.client.connection import ChatConnection, ConnectionClosed
+from clusterchat.client.connection import ConnectionClosed
 from clusterchat.protocol.messages import MsgId
 from tests.cluster.conftest import Cluster, running_cluster
 from tests.conftest import PASSWORD, User
@@ -46,10 +46,9 @@ def _text(doc: dict[str, object]) -> str:
 
 async def _read(pair: Pair) -> None:
     conn = pair.receiver.conn
-    with_timeout = 120.0
     try:
         while True:
-            msg = await conn.recv(timeout=with_timeout)
+            msg = await conn.recv(timeout=120)
             if msg.get("msgid") == MsgId.ONE_CHAT:
                 pair.got.append(_text(msg))
     except (ConnectionClosed, TimeoutError):
@@ -73,7 +72,8 @@ async def _send(pair: Pair, k: int, count: int, size: int, tally: Counter[str]) 
 
 async def burst(cluster: Cluster, senders: int, count: int, size: int) -> dict[str, int]:
     receivers = await _users(cluster, "node1", senders)
-    pairs = [Pair(s, r) for s, r in zip(await _users(cluster, "node0", senders), receivers)]
+    senders_ = await _users(cluster, "node0", senders)
+    pairs = [Pair(s, r) for s, r in zip(senders_, receivers, strict=True)]
     readers = [asyncio.ensure_future(_read(p)) for p in pairs]
     tally: Counter[str] = Counter()
     started = time.monotonic()
