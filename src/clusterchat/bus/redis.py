@@ -61,6 +61,8 @@ Batch = tuple[str, str, int, int, str, list[int], list[int], list[Item]]
 Work = tuple[list[tuple[list[int], bytes, int]], Callable[[], None] | None]
 
 DEFAULT_WINDOW = 4 * 1024 * 1024
+#: Survivors clean up after a node silent for this many presence TTLs.
+REAP_AFTER = 3
 
 _CLAIM = """
 local holder = redis.call('GET', KEYS[1])
@@ -179,6 +181,8 @@ class RedisCluster:
         self._reap = self.client.register_script(_REAP)
         self._members_key = f"{prefix}members:{node_id}"
         self._nodes_key = f"{prefix}nodes"
+        # Outlives the reaping grace, so survivors still find whose presence to delete.
+        self._members_ttl = int(2 * REAP_AFTER * presence_ttl * 1000)
         self._events = f"{prefix}events".encode()
         self._inbox: Inbox | None = None
         self._routes: dict[int, str] = {}
@@ -267,12 +271,12 @@ class RedisCluster:
         ttl = int(self.presence_ttl * 1000)
         alive = await self._beat(
             keys=[f"{self.prefix}node:{self.node_id}", self._nodes_key, self._members_key],
-            args=[ttl, self.node_id, 3 * ttl],
+            args=[ttl, self.node_id, self._members_ttl],
         )
         return bool(alive)
 
     async def _heartbeat(self) -> None:
-        grace = int(3 * self.presence_ttl * 1000)
+        grace = int(REAP_AFTER * self.presence_ttl * 1000)
         while True:
             await asyncio.sleep(self.presence_ttl / 3)
             try:
@@ -290,7 +294,7 @@ class RedisCluster:
         try:
             got = await self._claim(
                 keys=[self._user_key(uid), self._members_key],
-                args=[self.prefix, self.node_id, uid, int(3 * self.presence_ttl * 1000)],
+                args=[self.prefix, self.node_id, uid, self._members_ttl],
             )
         except (RedisError, OSError) as exc:
             raise _translate(exc) from exc
@@ -499,8 +503,10 @@ class RedisCluster:
 
     def _returned(self, node: str, flights: list[Flight[list[Item]]], why: str) -> None:
         """Batches another node did not take: store every message in them."""
+        if flights:
+            seqs = ", ".join(str(f.seq) for f in flights[:10])
+            log.warning("node %s %s %d batches (%s); storing them", node, why, len(flights), seqs)
         for flight in flights:
-            log.warning("node %s %s batch %d; storing it", node, why, flight.seq)
             work = [
                 (uids, payload, 1) for kind, uids, payload, _ in flight.items if kind == DELIVER
             ]
@@ -604,10 +610,11 @@ class RedisCluster:
         rx = self._receiving.get(source)
         if rx is None:
             rx = self._receiving[source] = ReceiveState()
-        if not rx.arrived(epoch, seq, last):
-            if rx.due():
-                self._answer.add(source)
-                self._wake.set()
+        fresh = rx.arrived(epoch, seq, last)
+        if rx.due():  # gaps to report
+            self._answer.add(source)
+            self._wake.set()
+        if not fresh:
             return
         work: list[tuple[list[int], bytes, int]] = []
         for kind, uids, payload, hops in items:
