@@ -7,7 +7,7 @@ with SIGKILL frees its users within ``presence_ttl`` seconds. ``{p}members:{id}`
 lists a node's users so it can re-assert them after Redis lost its data; it
 expires unless its node refreshes it. ``{p}nodes`` (a sorted set: node id, last
 heartbeat) lets the survivors find a node that died and delete what it held
-(:data:`_REAP`), so nothing a dead node wrote stays behind.
+(:data:`~clusterchat.bus.scripts.REAP`), so nothing a dead node wrote stays behind.
 
 Delivery: every node subscribes to one channel, ``{p}to:{id}``. Messages for
 users on other nodes are queued per destination and published in one
@@ -45,6 +45,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from clusterchat import errors
+from clusterchat.bus import scripts
 from clusterchat.bus.base import Inbox
 from clusterchat.bus.window import Flight, ReceiveState, SendWindow
 
@@ -63,75 +64,6 @@ Work = tuple[list[tuple[list[int], bytes, int]], Callable[[], None] | None]
 DEFAULT_WINDOW = 4 * 1024 * 1024
 #: Survivors clean up after a node silent for this many presence TTLs.
 REAP_AFTER = 3
-
-_CLAIM = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'node:' .. holder) == 1 then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. ARGV[3])
-return 1
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[2] then
-  redis.call('DEL', KEYS[1])
-end
-redis.call('SREM', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. ARGV[3])
-return 1
-"""
-
-_LOCATE = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local holder = redis.call('GET', key)
-  if holder and redis.call('EXISTS', ARGV[1] .. 'node:' .. holder) == 1 then
-    out[i] = holder
-  else
-    out[i] = false
-  end
-end
-return out
-"""
-
-# KEYS: node key, nodes zset, members set. ARGV: ttl ms, node id, members ttl ms.
-# Returns 0 if the heartbeat had lapsed (survivors may have reaped our users).
-_HEARTBEAT = """
-local alive = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
-local now = redis.call('TIME')
-redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
-return alive
-"""
-
-# KEYS: nodes zset. ARGV: prefix, grace ms. Deletes what nodes silent past the
-# grace left behind: their users' presence (if still theirs) and member sets.
-_REAP = """
-local now = redis.call('TIME')
-local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[2])
-local reaped = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)) do
-  if redis.call('EXISTS', ARGV[1] .. 'node:' .. id) == 0 then
-    local members = ARGV[1] .. 'members:' .. id
-    for _, uid in ipairs(redis.call('SMEMBERS', members)) do
-      local key = ARGV[1] .. 'user:' .. uid
-      if redis.call('GET', key) == id then
-        redis.call('DEL', key)
-        redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. uid)
-      end
-    end
-    redis.call('DEL', members)
-    redis.call('ZREM', KEYS[1], id)
-    reaped = reaped + 1
-  end
-end
-return reaped
-"""
 
 
 def _translate(exc: BaseException) -> errors.Unavailable:
@@ -174,11 +106,11 @@ class RedisCluster:
             health_check_interval=5,
             retry=Retry(NoBackoff(), 0),
         )
-        self._claim = self.client.register_script(_CLAIM)
-        self._release = self.client.register_script(_RELEASE)
-        self._locate = self.client.register_script(_LOCATE)
-        self._beat = self.client.register_script(_HEARTBEAT)
-        self._reap = self.client.register_script(_REAP)
+        self._claim = self.client.register_script(scripts.CLAIM)
+        self._release = self.client.register_script(scripts.RELEASE)
+        self._locate = self.client.register_script(scripts.LOCATE)
+        self._beat = self.client.register_script(scripts.HEARTBEAT)
+        self._reap = self.client.register_script(scripts.REAP)
         self._members_key = f"{prefix}members:{node_id}"
         self._nodes_key = f"{prefix}nodes"
         # Outlives the reaping grace, so survivors still find whose presence to delete.
