@@ -81,6 +81,8 @@ def _unversioned(connection: Connection) -> str | None:
     tables = {t.lower() for t in insp.get_table_names()}
     if "user" not in tables:
         return None
+    if "blocked" in tables:  # tables.py of 0004 or later, being stamped by another node
+        return "0004"
     user_cols = {c["name"] for c in insp.get_columns("user")}
     if "banned" in user_cols:
         return "0003"
