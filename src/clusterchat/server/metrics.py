@@ -136,18 +136,17 @@ class NodeCollector(Collector):
             )
 
         bus = service.bus
-        unacked = getattr(bus, "_unacked", None)
-        if unacked is not None:
-            sent = getattr(bus, "_next_seq", {})
+        windows = getattr(bus, "_windows", None)  # the Redis bus: one send window per node
+        if windows is not None:
             yield CounterMetricFamily(
                 "clusterchat_bus_batches",
                 "Inter-node batches published by this node",
-                value=sum(sent.values()),
+                value=sum(w.last for w in windows.values()),
             )
             yield GaugeMetricFamily(
                 "clusterchat_bus_unacked_batches",
                 "Inter-node batches sent and not yet acknowledged by their node",
-                value=sum(len(v) for v in unacked.values()),
+                value=sum(w.in_flight() for w in windows.values()),
             )
 
         passwords = service.passwords
