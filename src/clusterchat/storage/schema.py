@@ -51,6 +51,9 @@ class State:
     revision: str | None
     head: str
     known: bool
+    #: False: no ``alembic_version`` row; the revision was told by the tables
+    #: (made before versioning, or being made by another node right now).
+    stamped: bool = True
 
     @property
     def current(self) -> bool:
@@ -81,7 +84,7 @@ def _unversioned(connection: Connection) -> str | None:
     tables = {t.lower() for t in insp.get_table_names()}
     if "user" not in tables:
         return None
-    if "blocked" in tables:  # tables.py of 0004 or later, being stamped by another node
+    if "blocked" in tables:
         return "0004"
     user_cols = {c["name"] for c in insp.get_columns("user")}
     if "banned" in user_cols:
@@ -94,9 +97,10 @@ def _unversioned(connection: Connection) -> str | None:
 
 def state(connection: Connection) -> State:
     revision = MigrationContext.configure(connection).get_current_revision()
+    stamped = revision is not None
     if revision is None:
         revision = _unversioned(connection)
-    return State(revision, head(), revision in known())
+    return State(revision, head(), revision in known(), stamped)
 
 
 def stamp_new(connection: Connection) -> None:

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 _MYSQL_NO_SUCH_DB = 1049
 _MYSQL_TABLE_EXISTS = 1050
+#: How often a node looks again at an unstamped schema it would refuse (0.2 s apart).
+_UNSTAMPED_LOOKS = 15
 
 T = TypeVar("T")
 
@@ -183,6 +185,13 @@ class SqlStore(SocialQueries):
         st = await self._on_database(self.schema_state)
         if st.empty:
             await self._create_tables()
+            st = await self.schema_state()
+        # Tables another node is making right now (create_all, then the stamp)
+        # read as an older unversioned schema: look again before refusing.
+        for _ in range(_UNSTAMPED_LOOKS):
+            if not st.problem() or st.stamped:
+                break
+            await asyncio.sleep(0.2)
             st = await self.schema_state()
         if problem := st.problem():
             raise errors.SchemaMismatch(problem)
