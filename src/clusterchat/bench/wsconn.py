@@ -65,10 +65,9 @@ class WsBenchConn(BenchConn):
 
     def _write(self) -> None:
         t = self.transport
-        if t is None:
+        chunks = self.ws.data_to_send()
+        if t is None or not chunks:
             return
-        for chunk in self.ws.data_to_send():
-            if chunk:
-                t.write(chunk)
-            else:
-                t.close()
+        t.write(b"".join(chunks))
+        if not chunks[-1]:
+            t.close()
