@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,7 +56,7 @@ async def test_two_pages_befriend_and_chat_both_ways(web_node: Node, new_page: N
 
 
 async def test_group_with_a_terminal_client_user(
-    web_node: Node, new_page: NewPage, scripted: list[Scripted]
+    web_node: Node, new_page: NewPage, scripted: list[Scripted], tmp_path: Path
 ) -> None:
     port = web_node.http.port
     ann = await new_page(port, width=1000, height=620)
@@ -118,7 +119,12 @@ async def test_group_with_a_terminal_client_user(
     assert carol_id > 0
     await ann.click("#members-btn")
     await ann.locator("#toast").evaluate("t => { t.hidden = true; }")  # not in the picture
-    await ann.screenshot(path=str(DOCS / "web-client.png"))
+    # The README's picture: `CLUSTERCHAT_SCREENSHOT=1 pytest tests/browser -k group` renews it.
+    shot = (
+        DOCS / "web-client.png" if os.environ.get("CLUSTERCHAT_SCREENSHOT") else tmp_path / "s.png"
+    )
+    await ann.screenshot(path=str(shot))
+    assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 async def test_message_to_an_offline_user_shown_at_their_next_login(
