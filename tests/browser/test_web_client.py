@@ -22,7 +22,7 @@ async def test_two_pages_befriend_and_chat_both_ways(web_node: Node, new_page: N
     port = web_node.http.port
     ann = await new_page(port)
     bob = await new_page(port)
-    await register(ann, "Ann Lee")
+    ann_id = await register(ann, "Ann Lee")
     bob_id = await register(bob, "Bob Marsh")
     await add_friend(ann, bob_id)
 
@@ -39,6 +39,18 @@ async def test_two_pages_befriend_and_chat_both_ways(web_node: Node, new_page: N
     await expect(theirs.locator(".bubble")).to_have_text("Hi Bob! Lunch at noon?")
     await expect(theirs.locator(".sender")).to_have_text("Ann Lee")
     await expect(ann_entry.locator(".badge")).to_have_count(0)
+    # Delivery is at least once: the same message again (same mid) is not shown twice.
+    mid = await bob.evaluate(
+        "[...clusterchat.state.convs.values()].flatMap(c => c.messages).at(-1).mid"
+    )
+    assert isinstance(mid, str) and mid
+    push = """([id, msg, mid]) => clusterchat.sock._receive(JSON.stringify(
+        {msgid: 6, id, name: "Ann Lee", toid: 0, msg, ts: Date.now(), mid}))"""
+    await bob.evaluate(push, [ann_id, "Hi Bob! Lunch at noon?", mid])
+    await bob.evaluate(push, [ann_id, "a new one", "x-1"])
+    await expect(bob.locator("#messages .msg.theirs .bubble")).to_have_text(
+        ["Hi Bob! Lunch at noon?", "a new one"]
+    )
 
     # Shift+Enter is a new line, Enter sends.
     await bob.fill("#text", "Sure!")

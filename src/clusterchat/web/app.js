@@ -542,6 +542,9 @@ function wire() {
   });
 }
 
+// For the console and the browser tests: the connection and what is shown.
+window.clusterchat = Object.freeze({ sock, state });
+
 wire();
 sock.start();
 resumeSaved();
