@@ -162,6 +162,10 @@ async def test_message_to_an_offline_user_shown_at_their_next_login(
     await expect(bob.locator("#messages .msg.theirs .bubble")).to_have_text(
         ["Call me when you're back"]
     )
+    # A reload keeps the session (its ticket is in the tab's sessionStorage).
+    await bob.reload()
+    await expect(bob.locator("#me-id")).to_have_text(f"user id {bob_id}")
+    await bob.locator('#friends [data-key^="u:"]').first.click()
     # On a phone the conversation takes the screen; "back" shows the list again.
     await expect(bob.locator("#sidebar")).to_be_hidden()
     await bob.click("#back")
