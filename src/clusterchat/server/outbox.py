@@ -44,6 +44,20 @@ were accepted, the messages that must be stored for the peer's next login:
 
 A message the peer did read may so be stored again: at least once, and
 duplicates carry the same ``mid``.
+
+How a transport drives it (``server/connection.py`` is the TCP one):
+
+- ``Peer.deliver(data)``: ``deliver``; FIRST → schedule a flush at the end
+  of this loop iteration; OVER → cut the peer off (``end(CUT_OFF)``, store
+  what it returns, close); REFUSED → return False (the service stores it);
+- the flush, and before writing any reply: ``take`` and write what it gives;
+- writing paused / resumed by the transport: ``pause`` / ``resume`` (if it
+  returns True, schedule a flush);
+- twice a second while not ``idle``: ``measured(bytes in flight)``;
+- the peer's FIN: ``end(PEER_FINISHED, bytes in flight)``; a reset or any
+  other loss: ``end(PEER_CLOSED)``; our close: ``measured`` then
+  ``end(CLOSED_BY_US)``. Whatever ``end`` returns goes to
+  ``ChatService.spill``.
 """
 
 from __future__ import annotations
