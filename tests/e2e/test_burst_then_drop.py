@@ -37,7 +37,7 @@ from tests.conftest import FAST_HASH, PASSWORD, unique
 MEMBERS = 999
 MESSAGES = 30
 SIZE = int(os.environ.get("CLUSTERCHAT_BURST_SIZE", "6000"))
-BUDGET = 64 * 1024 * 1024
+BUDGET = 128 * 1024 * 1024
 OUTPUT_LIMIT = 256 * 1024
 
 
@@ -102,7 +102,7 @@ async def server(db_url: str) -> AsyncIterator[Server]:
             async with asyncio.timeout(30):
                 await proc.wait()
         await drainer
-        print("".join(srv.log[-20:]))
+        print("".join(srv.log[-40:]))
 
 
 class RawMember:
@@ -158,10 +158,15 @@ async def user(port: int) -> tuple[ChatConnection, int]:
     return conn, uid
 
 
-async def chat_pair(port: int, latencies: list[float], stop: asyncio.Event) -> None:
-    """One user chatting to another, one message at a time, timed to arrival."""
+async def chat_pair(port: int) -> None:
+    """One user chatting to another, one message at a time, timed to arrival,
+    until stdin closes; then the latencies, as JSON, on stdout."""
     (a, _), (b, bid) = await user(port), await user(port)
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.read() or stop.set())
+    print("chatting", flush=True)
+    latencies: list[float] = []
     i = 0
     while not stop.is_set():
         i += 1
@@ -177,6 +182,7 @@ async def chat_pair(port: int, latencies: list[float], stop: asyncio.Event) -> N
         await asyncio.sleep(0.02)
     await a.close()
     await b.close()
+    print(json.dumps(latencies), flush=True)
 
 
 async def collect(port: int, uid: int, want: set[str]) -> set[str]:
@@ -213,9 +219,14 @@ async def test_burst_to_a_group_that_stopped_reading_then_drops(db_url: str) -> 
         members: list[RawMember] = await in_chunks(
             [RawMember.join(port, gid) for _ in range(MEMBERS)]
         )
-        latencies: list[float] = []
-        stop = asyncio.Event()
-        pair = asyncio.ensure_future(chat_pair(port, latencies, stop))
+        # The pair runs in a process of its own, so this one's work (reading
+        # back 999 members' messages) does not count as the server's latency.
+        pair = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.e2e.test_burst_then_drop", str(port),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert pair.stdin is not None and pair.stdout is not None
+        assert await pair.stdout.readline() == b"chatting\n"
         base_rss = srv.rss()
         sampler = asyncio.ensure_future(srv.sample_rss())
 
@@ -247,8 +258,9 @@ async def test_burst_to_a_group_that_stopped_reading_then_drops(db_url: str) -> 
         await newcomer.close()
         newcomer_s = loop.time() - t2
 
-        stop.set()
-        await pair
+        pair.stdin.close()  # stop
+        latencies = json.loads(await pair.stdout.read())
+        assert await pair.wait() == 0
         sampler.cancel()
         lat = sorted(latencies)
         p99 = lat[int(len(lat) * 0.99) - 1] if lat else 0.0
@@ -261,6 +273,10 @@ async def test_burst_to_a_group_that_stopped_reading_then_drops(db_url: str) -> 
         )
         assert acked, "nothing was acknowledged"
         assert all(acked <= got for got in counts)  # nothing acknowledged lost
-        assert srv.peak_rss - base_rss < BUDGET
+        assert srv.peak_rss < BUDGET  # the whole process, not only what is charged
         assert len(lat) > 50 and p99 < 0.25
         assert newcomer_s < 2.0
+
+
+if __name__ == "__main__":
+    asyncio.run(chat_pair(int(sys.argv[1])))
