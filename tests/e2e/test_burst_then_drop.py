@@ -164,7 +164,12 @@ async def chat_pair(port: int) -> None:
     (a, _), (b, bid) = await user(port), await user(port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.read() or stop.set())
+
+    def stdin_closed() -> None:  # readable means closed: nothing is ever sent
+        loop.remove_reader(sys.stdin.fileno())
+        stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), stdin_closed)
     print("chatting", flush=True)
     latencies: list[float] = []
     i = 0
