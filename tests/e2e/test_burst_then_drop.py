@@ -190,24 +190,33 @@ async def chat_pair(port: int) -> None:
     print(json.dumps(latencies), flush=True)
 
 
+async def login_again(port: int, uid: int) -> tuple[ChatConnection, dict[str, Any]]:
+    """Log in as a returning user would: retrying while the reset session is
+    being logged out, or while the node sheds newcomers (ERROR 160)."""
+    while True:
+        conn = await ChatConnection.open("127.0.0.1", port)
+        await conn.send({"msgid": MsgId.LOGIN, "id": uid, "password": PASSWORD})
+        ack = await conn.recv(timeout=30)
+        if ack["msgid"] == MsgId.LOGIN_ACK and ack["errno"] == 0:
+            return conn, ack
+        assert ack["msgid"] == MsgId.LOGIN_ACK or ack["errno"] == ErrCode.SERVER_FULL, ack
+        await conn.close()
+        await asyncio.sleep(0.1)
+
+
 async def collect(port: int, uid: int, want: set[str]) -> set[str]:
     """Log in again and gather group messages until every wanted mid came."""
-    conn = await ChatConnection.open("127.0.0.1", port)
-    try:
-        async with asyncio.timeout(60):
-            while True:  # the reset session is logged out a moment later
-                ack = await conn.login(uid, PASSWORD)
-                if ack["errno"] == 0:
-                    break
-                await asyncio.sleep(0.05)
+    async with asyncio.timeout(60):
+        conn, ack = await login_again(port, uid)
+        try:
             got = {json.loads(m)["mid"] for m in ack.get("offlinemsg", [])}
             while not want <= got:
                 msg = await conn.recv(timeout=30)
                 if msg["msgid"] == MsgId.GROUP_CHAT:
                     got.add(msg["mid"])
-        return got
-    finally:
-        await conn.close()
+            return got
+        finally:
+            await conn.close()
 
 
 async def test_burst_to_a_group_that_stopped_reading_then_drops(db_url: str) -> None:
