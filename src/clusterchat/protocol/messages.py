@@ -112,9 +112,7 @@ class ErrCode(IntEnum):
     TARGET_ALREADY_MEMBER = 128  # the user you invited is in the group already
     INVITE_ONLY = 135  # that group takes members by invitation only
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
-    # The node's memory budget is full, or the bus window to the receiver's
-    # node: the chat had no effect; retry shortly.
-    BUSY = 151
+    BUSY = 151  # holds all it may for others (memory budget, bus window): no effect, retry
     SERVER_FULL = 160  # the node has all the connections it can take; try another
     TIMEOUT = 161  # no login, or silence, for too long: the connection is closed
     TOO_FAST = 170  # over the per-user request rate; the request was not served
