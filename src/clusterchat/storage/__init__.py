@@ -1,4 +1,3 @@
-
 import logging
 
 # Alembic logs every plugin it sets up at import; schema.py says what it migrated.
