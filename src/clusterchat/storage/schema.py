@@ -51,6 +51,8 @@ class State:
     revision: str | None
     head: str
     known: bool
+    #: Has an ``alembic_version`` table (else recognised by its columns).
+    versioned: bool = True
 
     @property
     def current(self) -> bool:
@@ -92,9 +94,10 @@ def _unversioned(connection: Connection) -> str | None:
 
 def state(connection: Connection) -> State:
     revision = MigrationContext.configure(connection).get_current_revision()
+    versioned = revision is not None
     if revision is None:
         revision = _unversioned(connection)
-    return State(revision, head(), revision in known())
+    return State(revision, head(), revision in known(), versioned)
 
 
 def stamp_new(connection: Connection) -> None:

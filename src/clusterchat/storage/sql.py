@@ -180,8 +180,8 @@ class SqlStore:
         """Make the schema in an empty database (a newcomer's first start needs
         no extra step); refuse a database at another revision with what to run."""
         st = await self._on_database(self.schema_state)
-        if st.empty:
-            await self._create_tables()
+        if st.empty or (st.current and not st.versioned):  # empty, or made from chat.sql
+            await self._create_tables()  # stamps it too
             st = await self.schema_state()
         if problem := st.problem():
             raise errors.SchemaMismatch(problem)
