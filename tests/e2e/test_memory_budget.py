@@ -9,6 +9,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ async def stalled_user(port: int) -> tuple[socket.socket, int]:
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", port))
     buf = b""
-    replies = []
+    replies: list[dict[str, Any]] = []
     for doc in ({"msgid": MsgId.REG, "name": unique(), "password": PASSWORD}, None):
         if doc is None:
             doc = {"msgid": MsgId.LOGIN, "id": replies[0]["id"], "password": PASSWORD}

@@ -221,6 +221,7 @@ class Connection(asyncio.Protocol):
                 t.close()
             return
         self.flush()
+        self.outbox.measured(self._in_flight())  # is it behind, now?
         self._store(self.outbox.end(End.CLOSED_BY_US), cut_off=False)
         t.close()
 

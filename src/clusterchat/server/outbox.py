@@ -24,7 +24,9 @@ A message moves through three places, in this order::
   :meth:`Outbox.measured`, about twice a second while the window is not
   empty; what was written before that report and lies beyond the bytes
   in flight plus a margin for the peer's own receive buffer (the last
-  ``recent_max`` messages at most, when nothing is in flight) is settled.
+  ``recent_max`` messages at most, when nothing is in flight) is settled,
+  and everything once a report finds nothing in flight and nothing
+  written since the previous one (the peer had that long to read).
 
 When the connection ends, :meth:`Outbox.end` returns, in the order they
 were accepted, the messages that must be stored for the peer's next login:
@@ -42,6 +44,20 @@ were accepted, the messages that must be stored for the peer's next login:
 
 A message the peer did read may so be stored again: at least once, and
 duplicates carry the same ``mid``.
+
+How a transport drives it (``server/connection.py`` is the TCP one):
+
+- ``Peer.deliver(data)``: ``deliver``; FIRST → schedule a flush at the end
+  of this loop iteration; OVER → cut the peer off (``end(CUT_OFF)``, store
+  what it returns, close); REFUSED → return False (the service stores it);
+- the flush, and before writing any reply: ``take`` and write what it gives;
+- writing paused / resumed by the transport: ``pause`` / ``resume`` (if it
+  returns True, schedule a flush);
+- twice a second while not ``idle``: ``measured(bytes in flight)``;
+- the peer's FIN: ``end(PEER_FINISHED, bytes in flight)``; a reset or any
+  other loss: ``end(PEER_CLOSED)``; our close: ``measured`` then
+  ``end(CLOSED_BY_US)``. Whatever ``end`` returns goes to
+  ``ChatService.spill``.
 """
 
 from __future__ import annotations
@@ -204,8 +220,10 @@ class Outbox:
             return
         if in_flight:
             unsafe = self._tail_count(in_flight + RECEIVE_MARGIN)
-        else:  # acknowledged, but perhaps in the peer's receive buffer still
+        elif self._since:  # acknowledged, but perhaps in the peer's receive buffer still
             unsafe = min(self._tail_count(RECEIVE_MARGIN), self.recent_max)
+        else:  # all acknowledged, and a quiet period for its program to read them
+            unsafe = 0
         self._drop(len(window) - max(unsafe, self._since))
         self._since = 0
 

@@ -300,6 +300,8 @@ class ChatService:
         except errors.Refused as exc:
             code, text = _REFUSALS[type(exc)]
             self._refuse(s, req, code, text.format(*exc.args))
+        except errors.Busy as exc:
+            self._refuse(s, req, ErrCode.BUSY, f"server busy, not sent: {exc}")
         except errors.Unavailable as exc:
             log.warning("%s", exc)
             self._refuse(s, req, ErrCode.UNAVAILABLE, "service temporarily unavailable, retry")
@@ -644,7 +646,7 @@ class ChatService:
     async def _one_chat_away(
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int
     ) -> None:
-        if not await self.bus.send([toid], payload):
+        if not await self._send_away(s, [toid], payload):
             self.counts.relayed_to_nodes += 1
             status = ChatStatus.DELIVERED
         else:
@@ -697,11 +699,21 @@ class ChatService:
     async def _fan_out_away(
         self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
     ) -> None:
-        left = await self.bus.send(away, payload)
+        left = await self._send_away(s, away, payload)
         self.counts.relayed_to_nodes += len(away) - len(left)
         await self.store_offline(left, payload)
         if not s.legacy:
             s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
+
+    async def _send_away(self, s: Session, uids: list[int], payload: bytes) -> list[int]:
+        """Hand a message to other nodes. Past the bus window ours are told
+        ``ERROR 151``; the original client has no such reply, so it waits."""
+        while True:
+            try:
+                return await self.bus.send(uids, payload)
+            except errors.Busy:
+                if not s.legacy:
+                    raise
 
     # -- the bus's inbox: traffic from other nodes ---------------------------------------
 
