@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "a time); soak: messages a second per user (default 2)")  # fmt: skip
     bench.add_argument("--server-pid", type=int, default=0, metavar="PID",
                        help="soak: sample this server process's memory")  # fmt: skip
+    bench.add_argument("--transport", choices=["tcp", "ws"], default="tcp",
+                       help="tcp, or ws: WebSockets to the targets' HTTP ports "
+                       "(server --http-port) [default tcp]")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="one JSON line instead of a table")
 
     cl = sub.add_parser(
@@ -662,6 +665,7 @@ def _bench(args: argparse.Namespace) -> int:
         msg_size=args.msg_size,
         rate=args.rate,
         server_pid=args.server_pid,
+        transport=args.transport,
     )
     results = []
 

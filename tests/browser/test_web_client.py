@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +22,7 @@ async def test_two_pages_befriend_and_chat_both_ways(web_node: Node, new_page: N
     port = web_node.http.port
     ann = await new_page(port)
     bob = await new_page(port)
-    await register(ann, "Ann Lee")
+    ann_id = await register(ann, "Ann Lee")
     bob_id = await register(bob, "Bob Marsh")
     await add_friend(ann, bob_id)
 
@@ -38,6 +39,18 @@ async def test_two_pages_befriend_and_chat_both_ways(web_node: Node, new_page: N
     await expect(theirs.locator(".bubble")).to_have_text("Hi Bob! Lunch at noon?")
     await expect(theirs.locator(".sender")).to_have_text("Ann Lee")
     await expect(ann_entry.locator(".badge")).to_have_count(0)
+    # Delivery is at least once: the same message again (same mid) is not shown twice.
+    mid = await bob.evaluate(
+        "[...clusterchat.state.convs.values()].flatMap(c => c.messages).at(-1).mid"
+    )
+    assert isinstance(mid, str) and mid
+    push = """([id, msg, mid]) => clusterchat.sock._receive(JSON.stringify(
+        {msgid: 6, id, name: "Ann Lee", toid: 0, msg, ts: Date.now(), mid}))"""
+    await bob.evaluate(push, [ann_id, "Hi Bob! Lunch at noon?", mid])
+    await bob.evaluate(push, [ann_id, "a new one", "x-1"])
+    await expect(bob.locator("#messages .msg.theirs .bubble")).to_have_text(
+        ["Hi Bob! Lunch at noon?", "a new one"]
+    )
 
     # Shift+Enter is a new line, Enter sends.
     await bob.fill("#text", "Sure!")
@@ -55,7 +68,7 @@ async def test_two_pages_befriend_and_chat_both_ways(web_node: Node, new_page: N
 
 
 async def test_group_with_a_terminal_client_user(
-    web_node: Node, new_page: NewPage, scripted: list[Scripted]
+    web_node: Node, new_page: NewPage, scripted: list[Scripted], tmp_path: Path
 ) -> None:
     port = web_node.http.port
     ann = await new_page(port, width=1000, height=620)
@@ -118,7 +131,12 @@ async def test_group_with_a_terminal_client_user(
     assert carol_id > 0
     await ann.click("#members-btn")
     await ann.locator("#toast").evaluate("t => { t.hidden = true; }")  # not in the picture
-    await ann.screenshot(path=str(DOCS / "web-client.png"))
+    # The README's picture: `CLUSTERCHAT_SCREENSHOT=1 pytest tests/browser -k group` renews it.
+    shot = (
+        DOCS / "web-client.png" if os.environ.get("CLUSTERCHAT_SCREENSHOT") else tmp_path / "s.png"
+    )
+    await ann.screenshot(path=str(shot))
+    assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 async def test_message_to_an_offline_user_shown_at_their_next_login(
@@ -144,6 +162,10 @@ async def test_message_to_an_offline_user_shown_at_their_next_login(
     await expect(bob.locator("#messages .msg.theirs .bubble")).to_have_text(
         ["Call me when you're back"]
     )
+    # A reload keeps the session (its ticket is in the tab's sessionStorage).
+    await bob.reload()
+    await expect(bob.locator("#me-id")).to_have_text(f"user id {bob_id}")
+    await bob.locator('#friends [data-key^="u:"]').first.click()
     # On a phone the conversation takes the screen; "back" shows the list again.
     await expect(bob.locator("#sidebar")).to_be_hidden()
     await bob.click("#back")

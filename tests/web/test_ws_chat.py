@@ -116,3 +116,18 @@ async def test_errors_and_tickets(ws_node: Node) -> None:
         await asyncio.sleep(0.05)
     assert resumed["errno"] == 0 and resumed["resumed"] is True
     await again.close()
+
+
+async def test_web_user_and_original_client_user(ws_node: Node) -> None:
+    web = await WsChat.open_ws(ws_node.http.port)
+    old = await ChatConnection.open("127.0.0.1", ws_node.port, legacy=True)
+    web_id, web_name = await _logged_in(web)
+    old_id, _ = await _logged_in(old)
+    ack = await web.request({"msgid": 6, "toid": old_id, "msg": "hello, C++"}, MsgId.CHAT_ACK)
+    assert ack["status"] == "delivered"
+    got = await old.expect(MsgId.ONE_CHAT)
+    assert (got["id"], got["name"], got["msg"]) == (web_id, web_name, "hello, C++")
+    await old.send({"msgid": 6, "id": old_id, "from": "x", "toid": web_id, "msg": "hi, web"})
+    assert (await web.expect(MsgId.ONE_CHAT))["msg"] == "hi, web"  # no ack for the original
+    await web.close()
+    await old.close()

@@ -73,13 +73,12 @@ class WsConnection(Connection):
     def write_out(self) -> None:
         """Write what the protocol has for the peer; an empty chunk means close."""
         t = self.transport
-        if t is None:
+        chunks = self.ws.data_to_send()
+        if t is None or not chunks:
             return
-        for chunk in self.ws.data_to_send():
-            if chunk:
-                t.write(chunk)
-            else:
-                t.close()
+        t.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))  # one syscall
+        if not chunks[-1]:
+            t.close()
 
     # -- service.Peer ----------------------------------------------------------------
 

@@ -453,11 +453,17 @@ async function resumeSaved() {
   let saved;
   try { saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null"); } catch { saved = null; }
   if (!saved) { showAuth(); return; }
-  await sock.whenReady();
-  try {
-    const ack = await sock.resume(Number(saved.id), String(saved.ticket));
-    if (ack.errno === 0) { enter(Number(saved.id), String(ack.name || saved.name)); return; }
-  } catch { /* fall through to the form */ }
+  // After a reload the old connection's session may take a moment to end
+  // ("already online"): retry a few seconds before asking for the password.
+  for (let attempt = 0; attempt < 20; attempt += 1) {
+    await sock.whenReady();
+    try {
+      const ack = await sock.resume(Number(saved.id), String(saved.ticket));
+      if (ack.errno === 0) { enter(Number(saved.id), String(ack.name || saved.name)); return; }
+      if (![2, 4].includes(ack.errno)) break;
+    } catch { /* reconnecting: try again */ }
+    await new Promise((r) => setTimeout(r, 300));
+  }
   sessionStorage.removeItem(SESSION_KEY);
   showAuth();
 }
@@ -541,6 +547,9 @@ function wire() {
     if (!document.hidden && state.active) open(state.active);
   });
 }
+
+// For the console and the browser tests: the connection and what is shown.
+window.clusterchat = Object.freeze({ sock, state });
 
 wire();
 sock.start();
