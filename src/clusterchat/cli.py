@@ -4,7 +4,6 @@ environment (the variable is named in each option's help)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -47,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=_env("CLUSTERCHAT_LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING or ERROR [env CLUSTERCHAT_LOG_LEVEL; default INFO]",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=_env("CLUSTERCHAT_LOG_FORMAT", "text"),
+        help="text for people, or json: one object a line (ts, level, logger, msg, conn: "
+        "the client connection's id) for log shippers [env CLUSTERCHAT_LOG_FORMAT; "
+        "default text]",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -733,10 +740,9 @@ def _db(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from clusterchat.logs import setup as setup_logs
+
+    setup_logs(args.log_level, args.log_format)
     if args.command == "server":
         return _server(args, argv)
     if args.command == "cluster":

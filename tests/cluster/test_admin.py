@@ -129,3 +129,14 @@ async def test_admin_commands_on_a_live_two_node_cluster(
     await late.close()
     code, _, err = await _admin(cluster, mariadb_url, "ban", str(carol.id))
     assert code == 1 and "no user" in err and "refused=" in err
+
+    # Deleting someone online ends their session first, on their node.
+    dave = await cluster.user_on("node1")
+    code, out, err = await _admin(cluster, mariadb_url, "delete", str(dave.id))
+    assert code == 0, err
+    assert (await dave.conn.expect(MsgId.NOTICE))["text"] == "an operator ended this session"
+    assert await dave.conn.at_eof()
+    assert await _rows(mariadb_url, dave.id) == {
+        "user": 0, "friend": 0, "groupuser": 0, "offline": 0,
+    }  # fmt: skip
+    assert await cluster.holder_of(dave.id) is None

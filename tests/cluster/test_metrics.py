@@ -5,8 +5,11 @@ every counter moves by what the workload did, across two nodes too."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import secrets
 import urllib.request
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,6 +19,7 @@ from tests.conftest import PASSWORD, unique
 from tests.e2e.test_process import server_process
 from tests.helpers import free_ports
 
+DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana-dashboard.json"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -115,5 +119,10 @@ async def test_counters_move_as_the_workload_did(mariadb_url: str, shared_redis:
         assert ("clusterchat_event_loop_lag_seconds", ()) in a2
         assert ("clusterchat_bus_unacked_batches", ()) in a2
         assert ("clusterchat_slow_consumer_bytes", ()) in a2
+        names = {name for name, _ in a2}
+        for panel in json.loads(DASHBOARD.read_text())["panels"]:
+            for target in panel["targets"]:
+                for used in re.findall(r"clusterchat_[a-z_]+", target["expr"]):
+                    assert used in names, f"dashboard panel {panel['title']!r}: no {used}"
         for c in (alice, bob, carol, dave):
             await c.close()

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import MsgId
 from clusterchat.storage import schema
-from clusterchat.storage.tables import metadata, user
+from clusterchat.storage.tables import metadata, mysql_ddl, user
 from tests.conftest import FAST_HASH, MYSQL_SERVER, PASSWORD, _mysql, unique
 from tests.e2e.test_process import server_process
 
@@ -203,3 +203,21 @@ async def test_a_node_refuses_a_schema_newer_than_it_knows(tmp_path: Path) -> No
     assert code == 2 and "revision ffff is unknown" in out, out
     code, out = await _clusterchat("db", "status", "--db", url)
     assert code == 1 and "run a newer clusterchat" in out, out
+
+
+async def test_a_database_made_by_hand_from_chat_sql_is_started_on_and_stamped(
+    blank_mariadb: str, tmp_path: Path
+) -> None:
+    ddl = tmp_path / "chat.sql"
+    ddl.write_text(mysql_ddl())
+    await _load(blank_mariadb, ddl, ["x", "y", "z"])
+    async with server_process("--port", "0", "--db", blank_mariadb) as (proc, _port, _):
+        proc.terminate()
+        assert await proc.wait() == 0
+    engine = create_async_engine(blank_mariadb)
+    try:
+        async with engine.connect() as conn:
+            st = await conn.run_sync(schema.state)
+    finally:
+        await engine.dispose()
+    assert st.versioned and st.current

@@ -57,6 +57,16 @@ def _wait_port(
     raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s; see {log}")
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _wait_ready(
     host: str, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float
 ) -> None:
@@ -99,6 +109,13 @@ def up(
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / STATE).exists():
         raise RuntimeError(f"a cluster is already up in {run_dir}; run `clusterchat cluster down`")
+    wanted = [(base_port + i, f"node{i}") for i in range(nodes)] + [(listen_port, "nginx")]
+    if web_port:
+        wanted += [(http_base_port + i, f"node{i} HTTP") for i in range(nodes)]
+        wanted.append((web_port, "nginx HTTP"))
+    for port, what in wanted:
+        if not _port_free(host, port):
+            raise RuntimeError(f"port {host}:{port} ({what}) is already in use; nothing started")
     state = ClusterState(
         listen=f"{host}:{listen_port}", web=f"{host}:{web_port}" if web_port else ""
     )

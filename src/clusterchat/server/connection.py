@@ -20,6 +20,7 @@ import termios
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from clusterchat.logs import connection_id
 from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
 from clusterchat.server.outbox import FIRST, OVER, QUEUED, End, Outbox
 from clusterchat.service.session import Session
@@ -55,6 +56,7 @@ class Connection(asyncio.Protocol):
         "_watched",
         "address",
         "decoder",
+        "id",
         "last_seen",
         "node",
         "outbox",
@@ -76,6 +78,7 @@ class Connection(asyncio.Protocol):
         self._watched = False
         self.last_seen = node.clock()
         self.address = ""
+        self.id = node.new_connection_id()  # on its log lines (clusterchat.logs)
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -101,6 +104,13 @@ class Connection(asyncio.Protocol):
         self.node.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        token = connection_id.set(self.id)
+        try:
+            self._received(data)
+        finally:
+            connection_id.reset(token)
+
+    def _received(self, data: bytes) -> None:
         self.last_seen = self.node.clock()
         try:
             frames = self.decoder.feed(data)
@@ -131,6 +141,13 @@ class Connection(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        token = connection_id.set(self.id)
+        try:
+            self._lost()
+        finally:
+            connection_id.reset(token)
+
+    def _lost(self) -> None:
         if self._linger is not None:
             self._linger.cancel()
         self._store(self.outbox.end(End.PEER_CLOSED), cut_off=False)

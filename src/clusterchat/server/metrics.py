@@ -83,7 +83,6 @@ class NodeCollector(Collector):
             out = conn.transport
             if out is not None:
                 held += out.get_write_buffer_size()
-            held += getattr(conn, "_backlog_bytes", 0)
         for (dialect, transport), n in sorted(by.items()):
             conns.add_metric([dialect, transport], n)
         yield conns
@@ -96,6 +95,21 @@ class NodeCollector(Collector):
             "clusterchat_slow_consumer_bytes",
             "Bytes written to clients but not yet taken by them (kernel buffers full)",
             value=held,
+        )
+        budget = node.budget
+        yield GaugeMetricFamily(
+            "clusterchat_held_bytes",
+            "Bytes of messages held for others on this node (outboxes and the bus), "
+            "counted against --memory-budget",
+            value=budget.used,
+        )
+        yield GaugeMetricFamily(
+            "clusterchat_memory_budget_bytes", "--memory-budget (0: none)", value=budget.limit
+        )
+        yield CounterMetricFamily(
+            "clusterchat_budget_refusals",
+            "Messages refused because the memory budget was full (ERROR 151)",
+            value=budget.refused,
         )
 
         requests = CounterMetricFamily(
@@ -135,18 +149,23 @@ class NodeCollector(Collector):
                 value=self.backlog,
             )
 
-        bus = service.bus
-        windows = getattr(bus, "_windows", None)  # the Redis bus: one send window per node
+        windows = getattr(service.bus, "_windows", None)  # clusterchat.bus.window.SendWindow
         if windows is not None:
+            ws = list(windows.values())
             yield CounterMetricFamily(
                 "clusterchat_bus_batches",
-                "Inter-node batches published by this node",
-                value=sum(w.last for w in windows.values()),
+                "Inter-node batches with messages this node published",
+                value=sum(w.last for w in ws),
             )
             yield GaugeMetricFamily(
                 "clusterchat_bus_unacked_batches",
                 "Inter-node batches sent and not yet acknowledged by their node",
-                value=sum(w.in_flight() for w in windows.values()),
+                value=sum(w.in_flight() for w in ws),
+            )
+            yield GaugeMetricFamily(
+                "clusterchat_bus_window_bytes",
+                "Bytes handed to other nodes and not yet acknowledged or stored (--bus-window)",
+                value=sum(w.held for w in ws),
             )
 
         passwords = service.passwords

@@ -100,6 +100,11 @@ class Node:
         self.ops = Ops(self)
         self.http.routes.update(self.ops.routes())
         self.draining = False
+        self._connection_ids = 0
+
+    def new_connection_id(self) -> int:
+        self._connection_ids += 1
+        return self._connection_ids
 
     def intern_address(self, address: str) -> str:
         """One string per client address, however many connections it has."""

@@ -52,7 +52,7 @@ class WsConnection(Connection):
 
     # -- bytes in -------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def _received(self, data: bytes) -> None:  # Connection.data_received tags logs
         self.last_seen = self.node.clock()
         ws = self.ws
         ws.receive_data(data)

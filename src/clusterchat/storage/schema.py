@@ -56,6 +56,11 @@ class State:
     stamped: bool = True
 
     @property
+    def versioned(self) -> bool:
+        """Has an ``alembic_version`` row (else recognised by its columns)."""
+        return self.stamped
+
+    @property
     def current(self) -> bool:
         return self.revision == self.head
 

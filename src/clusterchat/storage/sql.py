@@ -183,8 +183,8 @@ class SqlStore(SocialQueries):
         """Make the schema in an empty database (a newcomer's first start needs
         no extra step); refuse a database at another revision with what to run."""
         st = await self._on_database(self.schema_state)
-        if st.empty:
-            await self._create_tables()
+        if st.empty or (st.current and not st.versioned):  # empty, or made from chat.sql
+            await self._create_tables()  # stamps it too
             st = await self.schema_state()
         # Tables another node is making right now (create_all, then the stamp)
         # read as an older unversioned schema: look again before refusing.
