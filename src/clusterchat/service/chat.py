@@ -15,7 +15,8 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from clusterchat import errors
 from clusterchat.bus.base import Bus, Presence
@@ -43,6 +44,7 @@ from clusterchat.protocol.messages import (
 )
 from clusterchat.service import tickets
 from clusterchat.service.limits import FailureLimiter, Limits
+from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.session import Session
 from clusterchat.storage.base import LoginView, Resume, Store
@@ -98,7 +100,7 @@ class ChatService:
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
-        self._logging_in: dict[int, bool] = {}  # ticket logins in progress: stored meanwhile?
+        self._logging_in: dict[int, list[LoginRace]] = {}  # not yet registered
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
             Logout: self._logout,
@@ -194,9 +196,9 @@ class ChatService:
             self._spawn(self.store_offline_each(s.uid, payloads))
 
     def disconnected(self, s: Session) -> None:
-        s.closed = True
+        held = s.race.ended(closed=True)
         if s.logged_in:
-            self._spawn(self._leave(s))
+            self._spawn(self._leave(s, held=held))
 
     async def shutdown(self) -> None:
         """Mark every local user offline in one statement, then release them."""
@@ -290,86 +292,90 @@ class ChatService:
         if refusal is not None:
             s.peer.send(codec.login_refused(*refusal))
             return
+        race = s.race
+        if not race.login_started():
+            return  # the connection is gone
+        # Stores for this user are noticed from now on: the reads below may
+        # miss them, and the session they would look for is not yet registered.
+        watching = self._logging_in.setdefault(req.id, [])
+        watching.append(race)
         try:
-            registered = await self._admit(s, req)
+            resumed = await self._admit(s, req)
         finally:
-            stored_meanwhile = self._logging_in.pop(req.id, False)
-        if registered is False:
+            watching.remove(race)
+            if not watching and self._logging_in.get(req.id) is watching:
+                del self._logging_in[req.id]
+        if resumed is None:
+            race.refused()
             return
-        uid, resumed = req.id, registered
+        uid, ticket_login = req.id, resumed.found is not None
         try:
-            if resumed is not None:
+            if resumed.found is not None:
                 # A ticket login (a reconnect): offline messages only; the
                 # client has its lists. Look again if something may have been
                 # stored between the read and the registration.
                 view, ticket = LoginView([], [], []), req.ticket
-                s.recheck = s.recheck or resumed.has_offline or stored_meanwhile or self.bus.shared
+                race.reply_read(complete=not (resumed.found.has_offline or self.bus.shared))
                 self.store.note_state(uid, online=True)
             else:
                 ticket, digest = tickets.issue() if not s.legacy else (None, None)
                 view = await self.store.open_session(uid, digest)
                 # The reply carries what fits; the rest follows it, page by page.
                 fits = _fitting(view.offline, LOGIN_OFFLINE_BYTES)
-                # Keep a recheck asked for while reading (a store that
-                # committed after the read): found by the soak.
-                s.recheck = (
-                    s.recheck
-                    or len(fits) < len(view.offline)
-                    or len(fits) >= self.store.offline_page
+                race.reply_read(
+                    complete=len(fits) == len(view.offline) and len(fits) < self.store.offline_page
                 )
                 view = LoginView(view.friends, view.groups, fits)
-            reply = await self._login_reply(s, view, ticket, resumed is not None)
+            reply = await self._login_reply(s, view, ticket, ticket_login)
         except BaseException:
-            s.flushing = False
-            self._forget(s)
+            held = self._forget(s, closed=race.closed)
+            self._spawn(self.store_offline_each(uid, held))
             await self.presence.release(uid)
             raise
-        held, s.held = s.held or [], None
+        held = race.reply_sent()
         sent = s.peer.send(reply)
         for payload in held:
             sent = s.peer.deliver(payload) and sent
         if not sent:  # gone before it got them: keep everything for next time
-            s.flushing = False
             await self.store_offline_each(uid, held)
             if self.sessions.get(uid) is s:
                 await self._leave(s)
             return
         await self._offline_written(s, view.offline)
-        await self._flush_offline(s, running=True)
+        await self._flush_offline(s)
 
-    async def _admit(self, s: Session, req: Login) -> Resume | Literal[False] | None:
+    async def _admit(self, s: Session, req: Login) -> Admitted | None:
         """Check the secret, claim the user and register the session. Returns
-        False if refused (the reply is sent), else what a ticket login read."""
+        None if refused (the reply is sent), else what the login read."""
         address = s.peer.address
         wait = max(self._by_account.wait(req.id), self._by_address.wait(address))
         if wait:
             text = f"too many failed logins; try again in {int(wait) + 1} s"
             s.peer.send(codec.login_refused(LoginErr.TOO_MANY_FAILURES, text))
-            return False
+            return None
         if req.ticket is None and self.passwords.busy:  # before reading the store
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
-            return False
+            return None
         try:
             who = await self._authenticate(s, req)
         except errors.Busy:
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
-            return False
+            return None
         except errors.Unavailable:
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
-            return False
+            return None
         if who is None:
             self._by_account.failed(req.id)
             self._by_address.failed(address)
             s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
-            return False
+            return None
         self._by_account.succeeded(req.id)
         name, resumed = who
         if not await self._claim(s, req.id):
-            return False
-        s.uid, s.name, s.held = req.id, name, []
-        s.flushing, s.recheck = True, False
+            return None
+        s.uid, s.name = req.id, name  # the race holds deliveries from here on
         self.sessions[req.id] = s
-        return resumed
+        return Admitted(resumed)
 
     def _precheck_login(self, s: Session, req: Login) -> tuple[int, str] | None:
         if s.logged_in:
@@ -381,9 +387,6 @@ class ChatService:
     async def _authenticate(self, s: Session, req: Login) -> tuple[str, Resume | None] | None:
         """The user's name (and, for a ticket login, what it read), or None."""
         if req.ticket is not None:
-            # Note offline stores for this user from now on: the read below
-            # may miss them, and the session that would be nudged is not yet there.
-            self._logging_in[req.id] = False
             found = await self.store.resume(req.id)
             if found is None or not tickets.matches(req.ticket, found.ticket_digest):
                 return None
@@ -404,7 +407,7 @@ class ChatService:
             await self.presence.release(uid)
             s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
             return False
-        if s.closed:  # the connection dropped while we checked the password
+        if not s.race.claimed():  # the connection dropped while we checked the password
             await self.presence.release(uid)
             return False
         return True
@@ -434,40 +437,35 @@ class ChatService:
         if rows:
             await self.store.delete_offline(s.uid, [i for i, _ in rows])
 
-    async def _flush_offline(self, s: Session, running: bool = False) -> None:
+    async def _flush_offline(self, s: Session) -> None:
         """Deliver messages stored for a logged-in user, e.g. by a node that
-        did not yet know of the login. One delivery at a time per session."""
-        if not running:
-            s.recheck = True
-            if s.flushing:  # the running delivery will look again
-                return
-        s.flushing = True
+        did not yet know of the login. Runs when the race says so (after the
+        login reply, or on a store noticed while ONLINE): one at a time."""
+        race, uid = s.race, s.uid
         try:
-            while s.recheck and s.logged_in:
-                s.recheck = False
-                uid = s.uid
+            while race.next_read():
                 rows = await self.store.offline(uid)
-                if not rows or s.uid != uid:
+                if not rows or s.race is not race:
                     continue
                 if not all([s.peer.deliver(codec.encode_text(m)) for _, m in rows]):
+                    race.flush_stopped()  # closing: the rows stay stored
                     return
                 await self._offline_written(s, rows)
-                if len(rows) >= self.store.offline_page:
-                    s.recheck = True  # another page
-        finally:
-            s.flushing = False
+                race.page_written(full=len(rows) >= self.store.offline_page)
+        except BaseException:
+            race.flush_stopped()
+            raise
 
     def _logout(self, s: Session, req: Logout) -> Awaitable[None]:
         return self._leave(s, logout=True)
 
-    async def _leave(self, s: Session, logout: bool = False) -> None:
+    async def _leave(self, s: Session, logout: bool = False, held: Sequence[bytes] = ()) -> None:
         """Log out (the ticket is revoked) or drop (it stays, for reconnecting)."""
         uid = s.uid
-        held = s.held
         reply = logout and not s.legacy
-        self._forget(s)
+        held = [*held, *self._forget(s, closed=not logout)]
         try:
-            await self.store_offline_each(uid, held or [])
+            await self.store_offline_each(uid, held)
             if logout:
                 await self.store.end_session(uid)
             else:
@@ -478,11 +476,15 @@ class ChatService:
             if reply:
                 s.peer.send(_LOGOUT_ACK)
 
-    def _forget(self, s: Session) -> None:
+    def _forget(self, s: Session, closed: bool) -> list[bytes]:
+        """Unregister the session; returns what its race held, to be stored."""
         if self.sessions.get(s.uid) is s:
             del self.sessions[s.uid]
-        s.uid, s.name, s.held = 0, "", None
-        s.recheck = False
+        s.uid, s.name = 0, ""
+        held = s.race.ended(closed)
+        if not closed:  # a new login on this connection starts a new race
+            s.race = LoginRace()
+        return held
 
     def _ping(self, s: Session, req: Ping) -> None:
         if not s.legacy:
@@ -634,9 +636,19 @@ class ChatService:
         return target is not None and target.deliver(payload)
 
     def nudged(self, uid: int) -> None:
+        self._noticed_store(uid)
+
+    def _noticed_store(self, uid: int) -> bool:
+        """Something was stored for ``uid``: tell its login race. False if
+        the user has no session here (a login in progress is told too)."""
         s = self.sessions.get(uid)
-        if s is not None:
+        if s is None:
+            for race in self._logging_in.get(uid, ()):
+                race.stored()
+            return False
+        if s.race.stored():
             self._spawn(self._flush_offline(s))
+        return True
 
     def local_users(self) -> list[int]:
         return list(self.sessions)
@@ -657,7 +669,10 @@ class ChatService:
         s = self.sessions.get(uid)
         if s is None:
             return
-        self._forget(s)  # presence is the other node's now: nothing to release
+        # Presence is the other node's now: nothing to release.
+        held = self._forget(s, closed=True)
+        if held:
+            self._spawn(self.store_offline_each(uid, held))
         if not s.legacy:
             s.peer.send(_DISPLACED)
         s.peer.close()
@@ -678,19 +693,16 @@ class ChatService:
     async def _after_store(self, uids: Sequence[int]) -> None:
         """Close the race with a login that read its offline messages just
         before these were stored: have them delivered now, not next login."""
-        away = []
-        for uid in uids:
-            s = self.sessions.get(uid)
-            if s is None:
-                if uid in self._logging_in:
-                    self._logging_in[uid] = True
-                away.append(uid)
-            elif s.held is None:
-                self._spawn(self._flush_offline(s))
-            else:  # login in progress: it reads the store again when done
-                s.recheck = True
+        away = [uid for uid in uids if not self._noticed_store(uid)]
         if away:
             await self.bus.nudge(away)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A login that passed: for a ticket login, what it read."""
+
+    found: Resume | None
 
 
 def _fitting(rows: list[tuple[int, str]], budget: int) -> list[tuple[int, str]]:
