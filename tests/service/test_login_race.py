@@ -41,10 +41,10 @@ class World:
     """One user, one connection, the offline table and the tasks in flight."""
 
     shared: bool = False  # other nodes exist (they may store without telling us yet)
-    race: LoginRace = field(default_factory=LoginRace)
+    race: LoginRace[str] = field(default_factory=LoginRace)
     registered: bool = False  # in ChatService.sessions
     claimed: bool = False  # presence says the user is online here
-    logging_in: list[LoginRace] = field(default_factory=list)
+    logging_in: list[LoginRace[str]] = field(default_factory=list)
     store: dict[int, str] = field(default_factory=dict)
     next_id: int = 1
     peer_open: bool = True
@@ -179,7 +179,7 @@ class World:
             self.store.pop(i, None)
         yield from self.flush(race)
 
-    def flush(self, race: LoginRace) -> Task:
+    def flush(self, race: LoginRace[str]) -> Task:
         """ChatService._flush_offline."""
         while race.next_read():
             yield
@@ -224,7 +224,7 @@ class World:
         self.registered = False
         held = self.race.ended(closed)
         if not closed:
-            self.race = LoginRace()
+            self.race = LoginRace[str]()
         return held
 
     def leave(self, logout: bool, held: list[str] | None = None) -> Task:
@@ -299,7 +299,7 @@ def test_a_store_noticed_while_the_login_reads_is_read_again() -> None:
     """git e42137f: a store committing after open_session's read set the
     recheck, and the login cleared it ("Login keeps a recheck asked for while
     it read the offline table"): arrivals up to 101 s late in the soak."""
-    race = LoginRace()
+    race = LoginRace[str]()
     assert race.login_started() and race.claimed()
     assert race.stored() is False  # the login in progress will look again
     race.reply_read(complete=True)  # what it read was all there was, then
@@ -311,7 +311,7 @@ def test_a_store_noticed_while_the_login_reads_is_read_again() -> None:
 def test_a_store_noticed_before_the_claim_is_read_after_the_reply() -> None:
     """A ticket login reads (store.resume) before it is registered: a store
     noticed then (ChatService._logging_in) is read after the reply."""
-    race = LoginRace()
+    race = LoginRace[str]()
     race.login_started()
     assert race.stored() is False
     assert race.claimed()
@@ -377,7 +377,7 @@ def test_what_is_held_when_the_login_ends_early_is_stored(way_out: str) -> None:
 
 
 def test_a_connection_gone_during_authentication_claims_nothing() -> None:
-    race = LoginRace()
+    race = LoginRace[str]()
     race.login_started()
     assert race.ended(closed=True) == []
     assert race.claimed() is False
@@ -385,8 +385,11 @@ def test_a_connection_gone_during_authentication_claims_nothing() -> None:
 
 
 def test_one_offline_delivery_at_a_time() -> None:
-    race = LoginRace()
-    race.login_started(), race.claimed(), race.reply_read(True), race.reply_sent()
+    race = LoginRace[str]()
+    race.login_started()
+    race.claimed()
+    race.reply_read(complete=True)
+    race.reply_sent()
     assert race.next_read() is False  # ONLINE
     assert race.stored() is True  # start one
     assert race.stored() is False  # the running one reads again
@@ -397,7 +400,7 @@ def test_one_offline_delivery_at_a_time() -> None:
 
 
 def test_a_second_login_on_a_logged_in_connection_is_not_started() -> None:
-    race = LoginRace()
+    race = LoginRace[str]()
     race.login_started()
     assert race.login_started() is False
 

@@ -100,7 +100,7 @@ class ChatService:
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
-        self._logging_in: dict[int, list[LoginRace]] = {}  # not yet registered
+        self._logging_in: dict[int, list[LoginRace[bytes]]] = {}  # not yet registered
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
             Logout: self._logout,
@@ -483,7 +483,7 @@ class ChatService:
         s.uid, s.name = 0, ""
         held = s.race.ended(closed)
         if not closed:  # a new login on this connection starts a new race
-            s.race = LoginRace()
+            s.race = LoginRace[bytes]()
         return held
 
     def _ping(self, s: Session, req: Ping) -> None:

@@ -31,6 +31,10 @@ through every order of events.
 from __future__ import annotations
 
 import enum
+from typing import Generic, TypeVar
+
+#: What is held: encoded messages in the service, names in the tests.
+P = TypeVar("P")
 
 
 class Phase(enum.Enum):
@@ -47,7 +51,7 @@ REGISTERED = frozenset({Phase.REPLYING, Phase.FLUSHING, Phase.ONLINE})
 _LOGGED_IN = REGISTERED
 
 
-class LoginRace:
+class LoginRace(Generic[P]):
     """Where one connection is in logging in and catching up on its offline messages.
 
     ``held`` is not None exactly while REPLYING: deliveries go there, not to
@@ -59,7 +63,7 @@ class LoginRace:
 
     def __init__(self) -> None:
         self.phase = Phase.ANONYMOUS
-        self.held: list[bytes] | None = None
+        self.held: list[P] | None = None
         self.recheck = False
 
     def __repr__(self) -> str:
@@ -102,7 +106,7 @@ class LoginRace:
         if not complete:
             self.recheck = True
 
-    def reply_sent(self) -> list[bytes]:
+    def reply_sent(self) -> list[P]:
         """The reply is being written: what was held, to write right after
         it, in order. An offline delivery starts (a store noticed since the
         login began is read now)."""
@@ -151,7 +155,7 @@ class LoginRace:
 
     # -- ways out --------------------------------------------------------------------
 
-    def ended(self, closed: bool) -> list[bytes]:
+    def ended(self, closed: bool) -> list[P]:
         """The session ends: logged out (``closed`` False: the connection may
         log in again), dropped, displaced or failed mid-login. Returns what
         was held, which the service must store: nothing held is dropped."""

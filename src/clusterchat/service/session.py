@@ -52,7 +52,7 @@ class Session:
         self.uid = 0
         self.name = ""
         self.legacy: bool | None = None
-        self.race = LoginRace()
+        self.race: LoginRace[bytes] = LoginRace()
         # Flood limit (a token bucket): requests it may still make, and when
         # the bucket was last topped up. Filled at login.
         self.tokens = 0.0
