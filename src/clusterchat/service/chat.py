@@ -42,7 +42,7 @@ from clusterchat.protocol.messages import (
     Register,
     Request,
 )
-from clusterchat.service import tickets
+from clusterchat.service import in_doubt, tickets
 from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords
@@ -100,6 +100,7 @@ class ChatService:
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
+        self.settle_timeout = in_doubt.SETTLE_TIMEOUT  # a store in doubt, before closing
         self._logging_in: dict[int, list[LoginRace[bytes]]] = {}  # not yet registered
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
@@ -247,6 +248,11 @@ class ChatService:
         except errors.Refused as exc:
             code, text = _REFUSALS[type(exc)]
             self._refuse(s, req, code, text.format(*exc.args))
+        except errors.InDoubt as exc:
+            # Neither refused nor done, as far as we know: no answer at all,
+            # which is what a client already takes to mean "may have got through".
+            log.warning("closing uid %s's connection: %s", s.uid, exc)
+            s.peer.close()
         except errors.Unavailable as exc:
             log.warning("%s", exc)
             self._refuse(s, req, ErrCode.UNAVAILABLE, "service temporarily unavailable, retry")
@@ -282,6 +288,8 @@ class ChatService:
         except errors.NameTaken:
             s.peer.send(codec.reg_refused(RegErr.FAILED, f"the name {req.name!r} is taken"))
             return
+        except errors.InDoubt:
+            raise  # the account may exist: not a refusal (_guarded closes, unanswered)
         except errors.Unavailable:
             s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, "service unavailable, retry"))
             return
@@ -577,7 +585,11 @@ class ChatService:
         if not await self.bus.send([toid], payload):
             status = ChatStatus.DELIVERED
         else:
-            await self.store.store_offline(toid, _text(payload))
+            text = _text(payload)
+            try:
+                await self.store.store_offline(toid, text)
+            except errors.InDoubt:  # kept or not? find out before answering
+                await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout)
             await self._after_store([toid])
             status = ChatStatus.STORED
         if not s.legacy:
@@ -620,14 +632,42 @@ class ChatService:
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
             return None
-        return self._fan_out_away(s, away, payload, mid, ts)
+        reached = len(members) - 1 - len(away)  # written to members here
+        return self._fan_out_away(s, away, payload, mid, ts, reached)
 
     async def _fan_out_away(
-        self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
+        self, s: Session, away: list[int], payload: bytes, mid: str, ts: int, reached: int
     ) -> None:
-        await self.store_offline(await self.bus.send(away, payload), payload)
+        left = await self.bus.send(away, payload)
+        reached += len(away) - len(left)
+        try:
+            await self._store_group_chat(left, payload)
+        except errors.InDoubt:
+            raise
+        except errors.Unavailable as exc:
+            if not reached:
+                raise  # nobody has it: refused, and it had no effect
+            # Some members have it: say exactly who does not (a refusal would lie).
+            log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
+            if not s.legacy:
+                s.peer.send(
+                    codec.ack(
+                        MsgId.CHAT_ACK, mid=mid, ts=ts, status=ChatStatus.PARTIAL, missed=left
+                    )
+                )
+            return
         if not s.legacy:
             s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
+
+    async def _store_group_chat(self, uids: list[int], payload: bytes) -> None:
+        if not uids:
+            return
+        items = [(u, _text(payload)) for u in uids]
+        try:
+            await self.store.store_offline_many(items)
+        except errors.InDoubt:  # kept or not? find out before answering
+            await in_doubt.settle(self.store, items, self.settle_timeout)
+        await self._after_store(uids)
 
     # -- the bus's inbox: traffic from other nodes ---------------------------------------
 

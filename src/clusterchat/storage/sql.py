@@ -207,9 +207,16 @@ class SqlStore:
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        with _translated():
-            async with self.engine.begin() as conn:
-                yield conn
+        committing = False
+        try:
+            with _translated():
+                async with self.engine.begin() as conn:
+                    yield conn
+                    committing = True
+        except errors.Unavailable as exc:
+            if committing:  # the COMMIT went out; its answer did not come back
+                raise errors.InDoubt(f"{exc} while committing") from exc.__cause__
+            raise
 
     # -- users ---------------------------------------------------------------
 
@@ -368,6 +375,11 @@ class SqlStore:
             await conn.execute(
                 insert(offlinemessage), [{"userid": u, "message": m} for u, m in items]
             )
+
+    async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
+        async with self._tx() as conn:
+            for uid, message in items:
+                await conn.execute(q.STORE_OFFLINE_MISSING, {"uid": uid, "message": message})
 
     async def offline(self, uid: int) -> list[tuple[int, str]]:
         async with self._tx() as conn:
