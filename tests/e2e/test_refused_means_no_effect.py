@@ -76,6 +76,19 @@ async def test_a_chat_whose_commit_answer_is_lost_is_acknowledged_as_stored_once
     await bob.close()
 
 
+async def test_a_chat_in_doubt_to_no_one_is_refused_as_such(
+    node: Node, proxy: MariaDbProxy
+) -> None:
+    alice, _ = await _user(node)
+    proxy.lose_next_commit("offlinemessage")
+    reply = await alice.request(
+        {"msgid": MsgId.ONE_CHAT, "toid": 987_654_321, "msg": "nobody"}, MsgId.ERROR
+    )
+    assert proxy.commit_lost.is_set()
+    assert reply["errno"] == ErrCode.NO_SUCH_USER
+    await alice.close()
+
+
 async def test_a_chat_in_doubt_while_the_store_stays_away_gets_no_answer(
     node: Node, proxy: MariaDbProxy
 ) -> None:

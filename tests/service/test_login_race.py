@@ -508,9 +508,11 @@ class LoginRaceMachine(RuleBasedStateMachine):
         self.world.spawn(self.world.login(ticket))
 
     @precondition(lambda self: bool(self.world.tasks))
-    @rule(i=st.integers(0, 7))
-    def step(self, i: int) -> None:
-        self.world.step(i)
+    @rule(i=st.integers(0, 7), n=st.integers(1, 4))
+    def step(self, i: int, n: int) -> None:
+        for _ in range(n):  # a task runs a few awaits at a time
+            if self.world.tasks:
+                self.world.step(i)
 
     @rule()
     def live_message(self) -> None:

@@ -1,5 +1,6 @@
 """Settling a store in doubt: a message already there is not stored twice,
-one that is missing is stored, an unknown user gets nothing; SQLite and MariaDB."""
+one that is missing is stored, an unknown user is told (it was not known
+whether the first attempt found them); SQLite and MariaDB."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from clusterchat.errors import NoSuchUser
 from clusterchat.storage.sql import SqlStore
 
 
@@ -29,6 +31,9 @@ async def store(url: str) -> AsyncIterator[SqlStore]:
 async def test_only_what_is_missing_is_stored(store: SqlStore) -> None:
     bob = await store.create_user("bob", "x")
     await store.store_offline(bob, "m-1 kept before")
-    await store.store_offline_missing([(bob, "m-1 kept before"), (bob, "m-2 lost"), (999_999, "x")])
+    with pytest.raises(NoSuchUser):
+        await store.store_offline_missing(
+            [(bob, "m-1 kept before"), (999_999, "x"), (bob, "m-2 lost")]
+        )
     assert [m for _, m in await store.offline(bob)] == ["m-1 kept before", "m-2 lost"]
     assert await store.offline(999_999) == []

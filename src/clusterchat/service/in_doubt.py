@@ -31,7 +31,8 @@ SETTLE_TIMEOUT = 5.0
 async def settle(
     store: Store, items: Sequence[tuple[int, str]], timeout: float = SETTLE_TIMEOUT
 ) -> None:
-    """Make sure ``items`` are stored, once each; raises InDoubt past ``timeout``."""
+    """Make sure ``items`` are stored, once each; raises InDoubt past
+    ``timeout``, NoSuchUser for an unknown receiver (nothing was stored for it)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.02

@@ -48,6 +48,8 @@ STORE_OFFLINE_MISSING = insert(offlinemessage).from_select(
     ),
 )
 
+USER_EXISTS = select(exists().where(user.c.id == _uid))
+
 #: By id, not "ids up to the last one delivered": two stores for one user can
 #: commit out of id order (MariaDB hands out ids at insert, not at commit), so
 #: a row below the last delivered id may appear later and must not be lost.

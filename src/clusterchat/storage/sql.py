@@ -377,9 +377,14 @@ class SqlStore:
             )
 
     async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
+        unknown = []
         async with self._tx() as conn:
             for uid, message in items:
-                await conn.execute(q.STORE_OFFLINE_MISSING, {"uid": uid, "message": message})
+                res = await conn.execute(q.STORE_OFFLINE_MISSING, {"uid": uid, "message": message})
+                if res.rowcount == 0 and not await conn.scalar(q.USER_EXISTS, {"uid": uid}):
+                    unknown.append(uid)
+        if unknown:
+            raise errors.NoSuchUser(unknown[0])
 
     async def offline(self, uid: int) -> list[tuple[int, str]]:
         async with self._tx() as conn:
