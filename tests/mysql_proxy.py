@@ -28,6 +28,7 @@ class MariaDbProxy:
         self._pipes: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._armed: tuple[bytes, bool] | None = None
+        self._cut_on: bytes | None = None
         #: Set once a commit's answer was lost.
         self.commit_lost = asyncio.Event()
 
@@ -37,6 +38,11 @@ class MariaDbProxy:
         from then on (the store stays away) until :meth:`start`."""
         self._armed = (f"insert into {writing}".encode(), then_cut)
         self.commit_lost.clear()
+
+    def cut_on(self, statement: str) -> None:
+        """Cut everything, as an outage would, when a statement starting with
+        ``statement`` is sent (it never reaches MariaDB), until :meth:`start`."""
+        self._cut_on = statement.lower().encode()
 
     async def start(self) -> None:
         if self._server is None:
@@ -68,14 +74,21 @@ class MariaDbProxy:
         me.add_done_callback(self._handlers.discard)
         wrote, lose = [False], [False]  # this connection's transaction
 
-        def watch(payload: bytes) -> None:
-            if self._armed is None or payload[:1] != bytes([_COM_QUERY]):
-                return
+        def watch(payload: bytes) -> bool:
+            if payload[:1] != bytes([_COM_QUERY]):
+                return True
             sql = payload[1:].strip().lower()
+            if self._cut_on is not None and sql.startswith(self._cut_on):
+                self._cut_on = None
+                self._cut_now()
+                return False
+            if self._armed is None:
+                return True
             if sql.startswith(self._armed[0]):
                 wrote[0] = True
             elif sql == b"commit" and wrote[0]:
                 lose[0] = True
+            return True
 
         async def upstream() -> None:
             buf = b""
@@ -84,7 +97,8 @@ class MariaDbProxy:
                     buf += data
                     while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:3], "little"):
                         n = 4 + int.from_bytes(buf[:3], "little")
-                        watch(buf[4:n])
+                        if not watch(buf[4:n]):
+                            return
                         buf = buf[n:]
                     uw.write(data)
                     await uw.drain()

@@ -10,6 +10,7 @@ members already have it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -143,3 +144,28 @@ async def test_a_group_chat_that_reached_some_members_is_not_refused(
     assert await _offline_texts(node, bob_id) == ["first"]
     await alice.close()
     await bob.close()
+
+
+async def test_a_login_whose_offline_rows_cannot_be_deleted_is_answered_once(
+    node: Node, proxy: MariaDbProxy
+) -> None:
+    """The store fails just after the login reply carried the offline
+    messages: the login was answered, so no ERROR follows it; the rows are
+    deleted once the store is back, so they do not come again."""
+    alice, _ = await _user(node)
+    bob, bob_id = await _user(node, login=False)
+    chat = {"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": "while away"}
+    assert (await alice.request(chat, MsgId.CHAT_ACK))["status"] == ChatStatus.STORED
+    proxy.cut_on("delete from offlinemessage")
+    ack = await bob.login(bob_id, PASSWORD)
+    assert [json.loads(m)["msg"] for m in ack["offlinemsg"]] == ["while away"]
+    await bob.send({"msgid": MsgId.PING})
+    assert (await bob.recv())["msgid"] == MsgId.PONG  # and no second answer to the login
+    await proxy.start()
+    async with asyncio.timeout(10):  # the delivery goes on by itself
+        while await node.store.offline(bob_id):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await bob.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    await bob.close()
+    assert await _offline_texts(node, bob_id) == []
+    await alice.close()

@@ -53,6 +53,7 @@ class World:
     awaiting_reply: bool = False
     busy: bool = False  # a login or logout request is being served
     fail_login: bool = False
+    store_fails: int = 0  # the offline delivery's next store calls that fail
     tasks: list[Task] = field(default_factory=list)
     count: int = 0
 
@@ -174,14 +175,23 @@ class World:
             if self.registered and self.race is race:
                 yield from self.leave(logout=False)
             return
-        yield
-        for i, _ in fits:
-            self.store.pop(i, None)
-        yield from self.flush(race)
+        yield from self.flush(race, fits)
 
-    def flush(self, race: LoginRace[str]) -> Task:
-        """ChatService._flush_offline."""
-        while race.next_read():
+    def flush(self, race: LoginRace[str], written: list[tuple[int, str]] | None = None) -> Task:
+        """ChatService._flush_offline: delete what was written, read, write."""
+        written = written or []
+        while True:
+            yield
+            if self.store_fails:  # the delete or the read fails: go on later
+                self.store_fails -= 1
+                if race.read_failed():
+                    self.spawn(self.flush(race, written))
+                return
+            for i, _ in written:
+                self.store.pop(i, None)
+            written = []
+            if not race.next_read():
+                return
             yield
             rows = self.read_page()
             yield
@@ -190,9 +200,7 @@ class World:
             if not all([self.write(m) for _, m in rows]):
                 race.flush_stopped()
                 return
-            yield
-            for i, _ in rows:
-                self.store.pop(i, None)
+            written = rows
             race.page_written(full=len(rows) >= PAGE)
 
     def live(self) -> str:
@@ -399,6 +407,26 @@ def test_one_offline_delivery_at_a_time() -> None:
     assert race.next_read() is False
 
 
+def test_an_offline_delivery_the_store_failed_goes_on_later() -> None:
+    """A failed read or delete used to end the delivery (after a login it
+    even answered the login request a second time, with ERROR 150): what
+    was stored stayed there until the next login."""
+    w = World()
+    w.store[w.next_id] = "s0"
+    w.next_id += 1
+    w.accepted.add("s0")
+    w.store_fails = 2  # the login's delete of "s0", then its retry
+    run(w, w.login(ticket=False))
+    w.drain()
+    assert w.written == ["reply:s0"]
+    w.check_settled()
+    run(w, w.storing(["later"]))
+    w.store_fails = 1
+    w.drain()
+    assert w.written[-1] == "later"
+    w.check_settled()
+
+
 def test_a_second_login_on_a_logged_in_connection_is_not_started() -> None:
     race = LoginRace[str]()
     race.login_started()
@@ -513,6 +541,10 @@ class LoginRaceMachine(RuleBasedStateMachine):
         for _ in range(n):  # a task runs a few awaits at a time
             if self.world.tasks:
                 self.world.step(i)
+
+    @rule()
+    def store_hiccup(self) -> None:
+        self.world.store_fails += 1
 
     @rule()
     def live_message(self) -> None:

@@ -349,8 +349,7 @@ class ChatService:
             if self.sessions.get(uid) is s:
                 await self._leave(s)
             return
-        await self._offline_written(s, view.offline)
-        await self._flush_offline(s)
+        await self._flush_offline(s, race, written=view.offline)
 
     async def _admit(self, s: Session, req: Login) -> Admitted | None:
         """Check the secret, claim the user and register the session. Returns
@@ -441,24 +440,43 @@ class ChatService:
         offline = [m for _, m in view.offline]
         return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed)
 
-    async def _offline_written(self, s: Session, rows: list[tuple[int, str]]) -> None:
-        if rows:
-            await self.store.delete_offline(s.uid, [i for i, _ in rows])
-
-    async def _flush_offline(self, s: Session) -> None:
+    async def _flush_offline(
+        self,
+        s: Session,
+        race: LoginRace[bytes],
+        written: Sequence[tuple[int, str]] = (),
+        delay: float = 0.0,
+        uid: int = 0,
+    ) -> None:
         """Deliver messages stored for a logged-in user, e.g. by a node that
-        did not yet know of the login. Runs when the race says so (after the
-        login reply, or on a store noticed while ONLINE): one at a time."""
-        race, uid = s.race, s.uid
+        did not yet know of the login; first delete the rows already
+        ``written`` (the login reply's). Runs when the race says so (after
+        the login reply, or on a store noticed while ONLINE): one at a time.
+        If the store fails it goes on later, in the background."""
+        uid = uid or s.uid
+        if delay:
+            await asyncio.sleep(delay)
         try:
-            while race.next_read():
-                rows = await self.store.offline(uid)
+            while True:
+                try:
+                    if written:
+                        await self.store.delete_offline(uid, [i for i, _ in written])
+                        written = ()
+                    if not race.next_read():
+                        return
+                    rows = await self.store.offline(uid)
+                except errors.Unavailable as exc:
+                    if race.read_failed():
+                        log.warning("offline delivery to user %d failed, retrying: %s", uid, exc)
+                        later = min(max(delay * 2, 0.1), 2.0)
+                        self._spawn(self._flush_offline(s, race, written, later, uid))
+                    return
                 if not rows or s.race is not race:
                     continue
                 if not all([s.peer.deliver(codec.encode_text(m)) for _, m in rows]):
                     race.flush_stopped()  # closing: the rows stay stored
                     return
-                await self._offline_written(s, rows)
+                written = rows
                 race.page_written(full=len(rows) >= self.store.offline_page)
         except BaseException:
             race.flush_stopped()
@@ -687,7 +705,7 @@ class ChatService:
                 race.stored()
             return False
         if s.race.stored():
-            self._spawn(self._flush_offline(s))
+            self._spawn(self._flush_offline(s, s.race))
         return True
 
     def local_users(self) -> list[int]:

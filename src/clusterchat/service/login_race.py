@@ -146,6 +146,15 @@ class LoginRace(Generic[P]):
         if full and self.phase is Phase.FLUSHING:
             self.recheck = True
 
+    def read_failed(self) -> bool:
+        """The store failed while the offline delivery read or deleted.
+        True: it goes on after a pause (the table is read again); False:
+        the session has ended meanwhile, stop."""
+        if self.phase is not Phase.FLUSHING:
+            return False
+        self.recheck = True
+        return True
+
     def flush_stopped(self) -> None:
         """The offline delivery stopped early (the peer refused a message, or
         the store failed). What it did not delete stays stored; a later store
