@@ -17,8 +17,8 @@ the service must do about a store, a delivery or the connection going away:
                                  reply_sent (held released after the reply)
                                       v
     ONLINE <--next_read: nothing to read-- FLUSHING  reading the offline table
-       |                                     ^
-       +----------- stored: flush -----------+
+       |                                     ^  (page_written: full page, read on;
+       +----------- stored: flush -----------+   read_failed: again, later)
 
     any phase --disconnected / logged_out / displaced / failed--> CLOSED or
     ANONYMOUS, handing back whatever was held (to be stored, never dropped).
@@ -44,11 +44,6 @@ class Phase(enum.Enum):
     FLUSHING = "flushing"  # reply written; one offline delivery running
     ONLINE = "online"  # nothing known to be waiting in the store
     CLOSED = "closed"  # the connection is gone (terminal)
-
-
-#: Phases in which the service lists the connection as the user's session.
-REGISTERED = frozenset({Phase.REPLYING, Phase.FLUSHING, Phase.ONLINE})
-_LOGGED_IN = REGISTERED
 
 
 class LoginRace(Generic[P]):
@@ -175,10 +170,6 @@ class LoginRace(Generic[P]):
         elif self.phase is not Phase.CLOSED:
             self.phase = Phase.ANONYMOUS
         return held
-
-    @property
-    def logged_in(self) -> bool:
-        return self.phase in _LOGGED_IN
 
     @property
     def closed(self) -> bool:
