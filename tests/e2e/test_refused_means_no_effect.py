@@ -169,3 +169,24 @@ async def test_a_login_whose_offline_rows_cannot_be_deleted_is_answered_once(
     await bob.close()
     assert await _offline_texts(node, bob_id) == []
     await alice.close()
+
+
+async def test_a_group_chat_whose_commit_answer_is_lost_is_stored_once(
+    node: Node, proxy: MariaDbProxy
+) -> None:
+    alice, _ = await _user(node)
+    bob, bob_id = await _user(node)
+    ack = await alice.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": unique(), "groupdesc": ""},
+        MsgId.CREATE_GROUP_ACK,
+    )
+    gid = ack["groupid"]
+    await bob.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    await bob.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    proxy.lose_next_commit("offlinemessage")
+    chat = {"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": "in doubt"}
+    assert (await alice.request(chat, MsgId.CHAT_ACK))["status"] == ChatStatus.SENT
+    assert proxy.commit_lost.is_set()
+    await bob.close()
+    assert await _offline_texts(node, bob_id) == ["in doubt"]
+    await alice.close()

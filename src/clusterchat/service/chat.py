@@ -659,7 +659,7 @@ class ChatService:
         left = await self.bus.send(away, payload)
         reached += len(away) - len(left)
         try:
-            await self._store_group_chat(left, payload)
+            await self.store_offline(left, payload)
         except errors.InDoubt:
             raise
         except errors.Unavailable as exc:
@@ -676,16 +676,6 @@ class ChatService:
             return
         if not s.legacy:
             s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
-
-    async def _store_group_chat(self, uids: list[int], payload: bytes) -> None:
-        if not uids:
-            return
-        items = [(u, _text(payload)) for u in uids]
-        try:
-            await self.store.store_offline_many(items)
-        except errors.InDoubt:  # kept or not? find out before answering
-            await in_doubt.settle(self.store, items, self.settle_timeout)
-        await self._after_store(uids)
 
     # -- the bus's inbox: traffic from other nodes ---------------------------------------
 
@@ -740,7 +730,11 @@ class ChatService:
     async def store_offline(self, uids: Sequence[int], payload: bytes) -> None:
         if uids:
             text = _text(payload)
-            await self.store.store_offline_many([(u, text) for u in uids])
+            items = [(u, text) for u in uids]
+            try:
+                await self.store.store_offline_many(items)
+            except errors.InDoubt:  # kept or not? find out before answering
+                await in_doubt.settle(self.store, items, self.settle_timeout)
             await self._after_store(uids)
 
     async def store_offline_each(self, uid: int, payloads: list[bytes]) -> None:
