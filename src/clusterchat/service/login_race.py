@@ -20,12 +20,12 @@ the service must do about a store, a delivery or the connection going away:
        |                                     ^  (page_written: full page, read on;
        +----------- stored: flush -----------+   read_failed: again, later)
 
-    any phase --disconnected / logged_out / displaced / failed--> CLOSED or
-    ANONYMOUS, handing back whatever was held (to be stored, never dropped).
+    any phase --ended (disconnected, logged out, displaced, failed)--> CLOSED
+    or ANONYMOUS, handing back whatever was held (to be stored, never dropped).
 
 It does no I/O: the service (:mod:`clusterchat.service.chat`) drives it and
 does what each call returns. ``tests/service/test_login_race.py`` runs it
-through every order of events.
+through every interleaving of small scenarios and random longer histories.
 """
 
 from __future__ import annotations
