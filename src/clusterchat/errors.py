@@ -2,7 +2,8 @@
 
     ClusterChatError
      ├── Unavailable          a backend (SQL store, Redis) cannot be reached now
-     │    └── Busy            this node has more work queued than it takes on
+     │    ├── Busy            this node has more work queued than it takes on
+     │    └── InDoubt         a write was sent but its answer lost: it may have been done
      ├── SchemaMismatch       the database's schema is not the one this code needs
      └── Refused              a request that is well-formed but not allowed
           ├── NameTaken
@@ -43,6 +44,13 @@ class Busy(Unavailable):
 
 class SchemaMismatch(ClusterChatError):
     """The message says which command to run."""
+
+
+class InDoubt(Unavailable):
+    """The commit of a write went out but its answer never came back (the
+    connection to the store dropped): it may or may not have taken effect.
+    Retried by background work like any outage (at least once); a request
+    must not be answered as refused after it (see service/in_doubt.py)."""
 
 
 class Refused(ClusterChatError):

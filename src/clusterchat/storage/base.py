@@ -132,6 +132,13 @@ class Store(Protocol):
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None: ...
 
+    async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
+        """Store those of ``items`` not stored already (each text is unique:
+        it holds the message's ``mid``): after a store whose commit went
+        unanswered (:class:`~clusterchat.errors.InDoubt`). Raises NoSuchUser
+        (after storing the rest) if a user does not exist."""
+        ...
+
     #: Most offline messages one read returns.
     offline_page: int
 
