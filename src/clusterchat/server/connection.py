@@ -282,9 +282,8 @@ class Connection(asyncio.Protocol):
             return None
 
     def _failed(self, frame: bytes) -> None:
-        """A bug must cost one request, never the node."""
-        log.exception("request failed: %r", frame[:200])
-        self.node.service.internal_error(self.session)
+        """A bug must cost one request, never the node (the service logs it)."""
+        self.node.service.internal_error(self.session, frame)
 
     async def _drain(self, work: Any) -> None:
         await work

@@ -44,6 +44,7 @@ from clusterchat.protocol.messages import (
 from clusterchat.service import tickets
 from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.passwords import Passwords
+from clusterchat.service.refusals import RefusalLog
 from clusterchat.service.session import Session
 from clusterchat.storage.base import LoginView, Resume, Store
 
@@ -94,6 +95,7 @@ class ChatService:
         self.bus = bus
         self.node_id = node_id or os.urandom(3).hex()
         self.sessions: dict[int, Session] = {}
+        self.refusals = RefusalLog(log)
         self._members: dict[int, frozenset[int]] = {}
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
@@ -172,12 +174,14 @@ class ChatService:
 
     def frame_too_large(self, s: Session, limit: int) -> None:
         msg = f"request exceeds the {limit}-byte frame limit; closing the connection"
-        if s.legacy:
-            log.info("closing legacy connection (uid %s): %s", s.uid, msg)
-        else:
+        self.refusals.note(s, msg)
+        if not s.legacy:
             s.peer.send(codec.error(ErrCode.FRAME_TOO_LARGE, msg))
 
-    def internal_error(self, s: Session) -> None:
+    def internal_error(self, s: Session, frame: bytes = b"") -> None:
+        """A bug must cost one request, never the node, nor the log's disk:
+        the traceback is logged at most once per connection per interval."""
+        self.refusals.note(s, f"request failed: {frame[:200]!r}", exc_info=True)
         if not s.legacy:
             s.peer.send(codec.error(ErrCode.INTERNAL, "internal error"))
 
@@ -195,6 +199,7 @@ class ChatService:
 
     def disconnected(self, s: Session) -> None:
         s.closed = True
+        self.refusals.closed(s)
         if s.logged_in:
             self._spawn(self._leave(s))
 
@@ -220,21 +225,20 @@ class ChatService:
     # -- refusals ------------------------------------------------------------------
 
     def _refuse_bad(self, s: Session, exc: BadRequest) -> None:
+        self.refusals.note(s, f"refused a bad request: {exc.errmsg}")
         if s.legacy:
             # The original client understands only its own reply types.
             if exc.msgid == MsgId.LOGIN:
                 s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, exc.errmsg))
             elif exc.msgid == MsgId.REG:
                 s.peer.send(codec.reg_refused(RegErr.FAILED, exc.errmsg))
-            else:
-                log.info("refused legacy request (uid %s): %s", s.uid, exc.errmsg)
             return
         s.peer.send(codec.error(exc.code, exc.errmsg, exc.msgid))
 
     def _refuse(self, s: Session, req: Request, code: ErrCode, errmsg: str) -> None:
         msgid = int(req.__struct_config__.tag)  # type: ignore[arg-type]
         if s.legacy:
-            log.info("refused legacy msgid %d (uid %s): %s", msgid, s.uid, errmsg)
+            self.refusals.note(s, f"refused legacy msgid {msgid}: {errmsg}")
         else:
             s.peer.send(codec.error(code, errmsg, msgid))
 

@@ -40,6 +40,8 @@ class Session:
         "flushing",
         "held",
         "legacy",
+        "log_after",
+        "log_quiet",
         "name",
         "peer",
         "recheck",
@@ -62,6 +64,10 @@ class Session:
         # the bucket was last topped up. Filled at login.
         self.tokens = 0.0
         self.stamp = 0.0
+        # Rate-limited refusal log (service.refusals): when the next line may
+        # go out, and how many refusals were not logged since the last one.
+        self.log_after = 0.0
+        self.log_quiet = 0
 
     @property
     def logged_in(self) -> bool:
