@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from clusterchat import errors
 from clusterchat.bus.base import Bus, Presence
-from clusterchat.protocol import codec
+from clusterchat.protocol import codec, names
 from clusterchat.protocol.codec import BadRequest
 from clusterchat.protocol.messages import (
     ANONYMOUS_OK,
@@ -275,14 +275,19 @@ class ChatService:
 
     async def _register(self, s: Session, req: Register) -> None:
         try:
+            name = names.normalise(req.name)
+        except names.BadName as exc:
+            s.peer.send(codec.reg_refused(RegErr.FAILED, str(exc)))
+            return
+        try:
             digest = await self.passwords.hash(req.password)
         except errors.Busy:
             s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, _BUSY))
             return
         try:
-            uid = await self.store.create_user(req.name, digest)
+            uid = await self.store.create_user(name, digest)
         except errors.NameTaken:
-            s.peer.send(codec.reg_refused(RegErr.FAILED, f"the name {req.name!r} is taken"))
+            s.peer.send(codec.reg_refused(RegErr.FAILED, f"the name {name!r} is taken"))
             return
         except errors.Unavailable:
             s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, "service unavailable, retry"))
@@ -504,15 +509,23 @@ class ChatService:
             friend = {"id": req.friendid, "name": name, "state": _state(online)}
             s.peer.send(codec.ack(MsgId.ADD_FRIEND_ACK, friend=friend))
 
-    async def _create_group(self, s: Session, req: CreateGroup) -> None:
-        gid = await self.store.create_group(s.uid, req.groupname, req.groupdesc)
+    def _create_group(self, s: Session, req: CreateGroup) -> Awaitable[None] | None:
+        try:
+            name = names.normalise(req.groupname, "group name")
+        except names.BadName as exc:
+            self._refuse(s, req, ErrCode.INVALID_FIELD, f"field 'groupname': {exc}")
+            return None
+        return self._create_named_group(s, req, name)
+
+    async def _create_named_group(self, s: Session, req: CreateGroup, name: str) -> None:
+        gid = await self.store.create_group(s.uid, name, req.groupdesc)
         self._cache_members(gid, frozenset((s.uid,)))
         if not s.legacy:
             s.peer.send(
                 codec.ack(
                     MsgId.CREATE_GROUP_ACK,
                     groupid=gid,
-                    groupname=req.groupname,
+                    groupname=name,
                     groupdesc=req.groupdesc,
                 )
             )

@@ -7,10 +7,12 @@ USE `chat`;
 
 CREATE TABLE IF NOT EXISTS allgroup (
 	id INTEGER NOT NULL AUTO_INCREMENT,
-	groupname VARCHAR(50) NOT NULL,
+	groupname VARCHAR(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	groupkey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
 	groupdesc VARCHAR(200) NOT NULL DEFAULT '',
 	PRIMARY KEY (id),
-	UNIQUE (groupname)
+	UNIQUE (groupname),
+	UNIQUE (groupkey)
 )ENGINE=InnoDB CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS friend (
@@ -39,10 +41,12 @@ CREATE INDEX IF NOT EXISTS ix_offlinemessage_userid_id ON offlinemessage (userid
 
 CREATE TABLE IF NOT EXISTS user (
 	id INTEGER NOT NULL AUTO_INCREMENT,
-	name VARCHAR(50) NOT NULL,
+	name VARCHAR(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	namekey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
 	password VARCHAR(255) NOT NULL,
 	state ENUM('online','offline') NOT NULL DEFAULT 'offline',
 	ticket VARCHAR(64),
 	PRIMARY KEY (id),
-	UNIQUE (name)
+	UNIQUE (name),
+	UNIQUE (namekey)
 )ENGINE=InnoDB CHARSET=utf8mb4;

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from clusterchat import errors
+from clusterchat.protocol import names
 from clusterchat.storage import queries as q
 from clusterchat.storage.base import Credentials, Group, LoginView, Member, Resume
 from clusterchat.storage.batching import Batcher
@@ -216,7 +217,9 @@ class SqlStore:
     async def create_user(self, name: str, password_hash: str) -> int:
         try:
             async with self._tx() as conn:
-                res = await conn.execute(insert(user).values(name=name, password=password_hash))
+                res = await conn.execute(
+                    insert(user).values(name=name, namekey=names.key(name), password=password_hash)
+                )
         except IntegrityError:
             raise errors.NameTaken(name) from None
         pk = res.inserted_primary_key
@@ -316,7 +319,11 @@ class SqlStore:
     async def create_group(self, uid: int, name: str, desc: str) -> int:
         try:
             async with self._tx() as conn:
-                res = await conn.execute(insert(allgroup).values(groupname=name, groupdesc=desc))
+                res = await conn.execute(
+                    insert(allgroup).values(
+                        groupname=name, groupkey=names.key(name), groupdesc=desc
+                    )
+                )
                 pk = res.inserted_primary_key
                 assert pk is not None
                 gid = int(pk[0])

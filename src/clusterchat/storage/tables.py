@@ -5,6 +5,11 @@ Changes from the original: ``password`` holds an argon2id hash (255 chars),
 ``offlinemessage`` gains an auto-increment ``id`` so offline messages are
 delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
 instead of VARCHAR(500). Everything is utf8mb4 on MySQL.
+
+Names (users and groups) are unique by their key (``namekey``,
+``groupkey``: see :mod:`clusterchat.protocol.names`), compared byte for
+byte on every backend; MySQL's default collation would make "x😀" equal
+"x😎" and "a" equal "a ".
 """
 
 from __future__ import annotations
@@ -22,7 +27,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, sqlite
 
+from clusterchat.protocol.names import MAX_KEY, MAX_NAME
+
 metadata = MetaData()
+
+
+def _exact(length: int) -> String:
+    """VARCHAR compared byte for byte: SQLite always does, MySQL with utf8mb4_bin."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+
 
 # SQLite only auto-increments INTEGER PRIMARY KEY, so BIGINT needs a variant.
 _BigId = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
@@ -31,7 +46,8 @@ user = Table(
     "user",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(50), nullable=False, unique=True),
+    Column("name", _exact(MAX_NAME), nullable=False, unique=True),
+    Column("namekey", _exact(MAX_KEY), nullable=False, unique=True),
     Column("password", String(255), nullable=False),
     Column(
         "state",
@@ -59,7 +75,8 @@ allgroup = Table(
     "allgroup",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("groupname", String(50), nullable=False, unique=True),
+    Column("groupname", _exact(MAX_NAME), nullable=False, unique=True),
+    Column("groupkey", _exact(MAX_KEY), nullable=False, unique=True),
     Column("groupdesc", String(200), nullable=False, server_default=""),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
