@@ -110,9 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
             f"{limits.login_failures},{limits.login_failures_per_address},{limits.login_window:g}",
         ),
         metavar="ACCOUNT,ADDRESS,SECONDS",
-        help="failed logins allowed per account and per client address within SECONDS "
-        "before further tries are refused (brute force); 0 turns one off "
+        help="brute-force guard: failed password logins free of delay per (account, "
+        "client address) and per address; past them each try waits twice as long as the "
+        "last (see --login-delay); counts are forgotten SECONDS after the last failure; "
+        "a valid ticket always works; 0 turns one off "
         "[env CLUSTERCHAT_LOGIN_FAILURES; default %(default)s]",
+    )
+    srv.add_argument(
+        "--login-delay",
+        default=_env(
+            "CLUSTERCHAT_LOGIN_DELAY", f"{limits.login_delay:g},{limits.login_delay_max:g}"
+        ),
+        metavar="FIRST,MAX",
+        help="seconds the first try past --login-failures waits, doubling up to MAX "
+        "[env CLUSTERCHAT_LOGIN_DELAY; default %(default)s]",
     )
     srv.add_argument(
         "--max-group-size",
@@ -392,7 +403,7 @@ def _hash_cost(text: str) -> HashCost:
     return HashCost(time_cost=t, memory_kib=m, parallelism=p)
 
 
-def _limits(failures: str, max_group_size: int, rate: str) -> Limits:
+def _limits(failures: str, max_group_size: int, rate: str, delay: str = "5,600") -> Limits:
     try:
         account, address, window = failures.split(",")
     except ValueError:
@@ -400,14 +411,20 @@ def _limits(failures: str, max_group_size: int, rate: str) -> Limits:
             f"--login-failures wants ACCOUNT,ADDRESS,SECONDS, not {failures!r}"
         ) from None
     try:
+        first, most = (float(x) for x in delay.split(","))
+    except ValueError:
+        raise SystemExit(f"--login-delay wants FIRST,MAX, not {delay!r}") from None
+    try:
         per_second, _, burst = rate.partition(",")
         limits = Limits(
-            int(account),
-            int(address),
-            float(window),
-            max_group_size,
+            login_failures=int(account),
+            login_failures_per_address=int(address),
+            login_window=float(window),
+            max_group_size=max_group_size,
             message_rate=float(per_second),
             message_burst=int(burst) if burst else max(1, int(float(per_second))),
+            login_delay=first,
+            login_delay_max=most,
         )
     except ValueError:
         raise SystemExit(f"--message-rate wants PER_SECOND[,BURST], not {rate!r}") from None
@@ -441,7 +458,9 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_connections=args.max_connections,
         output_limit=args.output_limit,
         max_connections_per_address=args.max_connections_per_address,
-        limits=_limits(args.login_failures, args.max_group_size, args.message_rate),
+        limits=_limits(
+            args.login_failures, args.max_group_size, args.message_rate, args.login_delay
+        ),
         login_queue=args.login_queue,
         shed_lag=args.shed_lag,
         login_timeout=args.login_timeout,

@@ -42,7 +42,8 @@ from clusterchat.protocol.messages import (
     Request,
 )
 from clusterchat.service import tickets
-from clusterchat.service.limits import FailureLimiter, Limits
+from clusterchat.service.backoff import Backoff
+from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.refusals import RefusalLog
 from clusterchat.service.session import Session
@@ -85,10 +86,10 @@ class ChatService:
         self.limits = limits or Limits()
         self._rate = max(0.0, self.limits.message_rate)
         self._burst = float(max(1, self.limits.message_burst))
-        self._by_account = FailureLimiter(self.limits.login_failures, self.limits.login_window)
-        self._by_address = FailureLimiter(
-            self.limits.login_failures_per_address, self.limits.login_window
-        )
+        lim = self.limits
+        delays = (lim.login_delay, lim.login_delay_max, lim.login_window)
+        self._by_account = Backoff(lim.login_failures, *delays)  # per (account, address)
+        self._by_address = Backoff(lim.login_failures_per_address, *delays)
         self.store = store
         self.passwords = passwords
         self.presence = presence
@@ -350,7 +351,14 @@ class ChatService:
         """Check the secret, claim the user and register the session. Returns
         False if refused (the reply is sent), else what a ticket login read."""
         address = s.peer.address
-        wait = max(self._by_account.wait(req.id), self._by_address.wait(address))
+        pair = (req.id, address)
+        # A valid ticket always works: it cannot be guessed, and checking it
+        # costs a digest, not a hash. Failed ones count against the address.
+        wait = (
+            max(self._by_account.wait(pair), self._by_address.wait(address))
+            if req.ticket is None
+            else 0.0
+        )
         if wait:
             text = f"too many failed logins; try again in {int(wait) + 1} s"
             s.peer.send(codec.login_refused(LoginErr.TOO_MANY_FAILURES, text))
@@ -367,11 +375,12 @@ class ChatService:
             s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
             return False
         if who is None:
-            self._by_account.failed(req.id)
+            if req.ticket is None:
+                self._by_account.failed(pair)
             self._by_address.failed(address)
             s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
             return False
-        self._by_account.succeeded(req.id)
+        self._by_account.succeeded(pair)
         name, resumed = who
         if not await self._claim(s, req.id):
             return False

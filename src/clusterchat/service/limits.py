@@ -17,10 +17,15 @@ from dataclasses import dataclass
 class Limits:
     """What one user or address may do; 0 switches a limit off."""
 
-    #: Failed logins per account, and per client address, within the window.
+    #: Failed logins free of delay per (account, address) and per address;
+    #: past them each try waits twice as long as the last, from
+    #: ``login_delay`` up to ``login_delay_max`` seconds (service.backoff).
+    #: A key is forgotten ``login_window`` seconds after its last failure.
     login_failures: int = 5
     login_failures_per_address: int = 50
-    login_window: float = 60.0
+    login_window: float = 900.0
+    login_delay: float = 5.0
+    login_delay_max: float = 600.0
     max_group_size: int = 1000
     #: Requests per second a logged-in user may make, sustained, and how many
     #: may come at once (a token bucket). Far above any typing human; a bot
