@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
@@ -149,6 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="password checks that may wait for a hashing thread; past it logins and "
         "registrations are refused as busy at once, so accepted ones stay fast; 0: no "
         "limit [env CLUSTERCHAT_LOGIN_QUEUE; default %(default)s]",
+    )
+    srv.add_argument(
+        "--register-queue",
+        type=int,
+        default=_env_int("CLUSTERCHAT_REGISTER_QUEUE", 16),
+        metavar="N",
+        help="registrations that may wait for their own hashing threads (half the "
+        "login pool's); past it they are refused as busy, and logins keep their share "
+        "[env CLUSTERCHAT_REGISTER_QUEUE; default %(default)s]",
+    )
+    srv.add_argument(
+        "--registrations",
+        default=_env(
+            "CLUSTERCHAT_REGISTRATIONS",
+            f"{limits.registrations_per_address},{limits.registration_window:g}",
+        ),
+        metavar="N,SECONDS",
+        help="registrations one client address may attempt within SECONDS (accounts per "
+        "address per day); 0 turns it off; raise it for a campus behind one NAT "
+        "[env CLUSTERCHAT_REGISTRATIONS; default %(default)s]",
     )
     srv.add_argument(
         "--shed-lag",
@@ -431,6 +453,15 @@ def _limits(failures: str, max_group_size: int, rate: str, delay: str = "5,600")
     return limits
 
 
+def _pair(option: str, value: str, count: str, seconds: str) -> dict[str, Any]:
+    """An N[,SECONDS] option as Limits fields."""
+    try:
+        n, _, window = value.partition(",")
+        return {count: int(n), seconds: float(window or 86_400)}
+    except ValueError:
+        raise SystemExit(f"{option} wants N,SECONDS, not {value!r}") from None
+
+
 def _run(coro: object) -> None:
     import uvloop
 
@@ -458,10 +489,17 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_connections=args.max_connections,
         output_limit=args.output_limit,
         max_connections_per_address=args.max_connections_per_address,
-        limits=_limits(
-            args.login_failures, args.max_group_size, args.message_rate, args.login_delay
+        limits=replace(
+            _limits(args.login_failures, args.max_group_size, args.message_rate, args.login_delay),
+            **_pair(
+                "--registrations",
+                args.registrations,
+                "registrations_per_address",
+                "registration_window",
+            ),
         ),
         login_queue=args.login_queue,
+        register_queue=args.register_queue,
         shed_lag=args.shed_lag,
         login_timeout=args.login_timeout,
         idle_timeout=args.idle_timeout,

@@ -64,6 +64,7 @@ class RegErr(IntEnum):
     OK = 0
     FAILED = 1
     UNAVAILABLE = 4
+    TOO_MANY = 5  # registrations from this address: wait and retry
 
 
 class ErrCode(IntEnum):

@@ -60,7 +60,7 @@ class Node:
             presence, bus = LocalPresence(), NoBus()
         self.service = ChatService(
             self.store,
-            Passwords(settings.hash_cost, settings.login_queue),
+            Passwords(settings.hash_cost, settings.login_queue, settings.register_queue),
             presence,
             bus,
             self.node_id,

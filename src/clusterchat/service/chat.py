@@ -43,7 +43,7 @@ from clusterchat.protocol.messages import (
 )
 from clusterchat.service import tickets
 from clusterchat.service.backoff import Backoff
-from clusterchat.service.limits import Limits
+from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.refusals import RefusalLog
 from clusterchat.service.session import Session
@@ -60,6 +60,7 @@ _DISPLACED = codec.encode(
 LOGIN_OFFLINE_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
+_REG_BUSY = "server busy: too many registrations at once; retry in a few seconds"
 #: Never refused for flooding: leaving, and proving one is alive.
 _UNMETERED: frozenset[type] = frozenset({Logout, Ping})
 
@@ -90,6 +91,7 @@ class ChatService:
         delays = (lim.login_delay, lim.login_delay_max, lim.login_window)
         self._by_account = Backoff(lim.login_failures, *delays)  # per (account, address)
         self._by_address = Backoff(lim.login_failures_per_address, *delays)
+        self._registrations = FailureLimiter(lim.registrations_per_address, lim.registration_window)
         self.store = store
         self.passwords = passwords
         self.presence = presence
@@ -280,11 +282,20 @@ class ChatService:
         except names.BadName as exc:
             s.peer.send(codec.reg_refused(RegErr.FAILED, str(exc)))
             return
+        wait = self._registrations.wait(s.peer.address)
+        if wait:
+            text = (
+                f"too many registrations from your address (at most "
+                f"{self._registrations.limit}); try again in {int(wait) + 1} s"
+            )
+            s.peer.send(codec.reg_refused(RegErr.TOO_MANY, text))
+            return
         try:
             digest = await self.passwords.hash(req.password)
         except errors.Busy:
-            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, _BUSY))
+            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, _REG_BUSY))
             return
+        self._registrations.failed(s.peer.address)  # counted once it cost a hash
         try:
             uid = await self.store.create_user(name, digest)
         except errors.NameTaken:

@@ -27,6 +27,10 @@ class Limits:
     login_delay: float = 5.0
     login_delay_max: float = 600.0
     max_group_size: int = 1000
+    #: Registrations one address may attempt per window (counted when the
+    #: password hash starts): accounts per address per day.
+    registrations_per_address: int = 20
+    registration_window: float = 86_400.0
     #: Requests per second a logged-in user may make, sustained, and how many
     #: may come at once (a token bucket). Far above any typing human; a bot
     #: or a stuck loop is slowed down, never allowed to crowd out the others.
