@@ -153,6 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
         "limit [env CLUSTERCHAT_LOGIN_QUEUE; default %(default)s]",
     )
     srv.add_argument(
+        "--offline-quota",
+        default=_env(
+            "CLUSTERCHAT_OFFLINE_QUOTA",
+            f"{limits.max_offline_messages},{limits.max_offline_bytes},{limits.max_stored_message}",
+        ),
+        metavar="MESSAGES,BYTES,MESSAGE_BYTES",
+        help="what one receiver may have waiting (messages, total bytes) and how long "
+        "a message kept for an offline receiver may be; past them the sender gets "
+        "ERROR 171/172 and nothing is sent; 0 turns one off "
+        "[env CLUSTERCHAT_OFFLINE_QUOTA; default %(default)s]",
+    )
+    srv.add_argument(
+        "--user-quota",
+        default=_env(
+            "CLUSTERCHAT_USER_QUOTA",
+            f"{limits.max_groups_created},{limits.max_memberships},{limits.max_friends}",
+        ),
+        metavar="GROUPS_CREATED,MEMBERSHIPS,FRIENDS",
+        help="what one user may create, join and befriend (ERROR 173 past it); 0 turns "
+        "one off [env CLUSTERCHAT_USER_QUOTA; default %(default)s]",
+    )
+    srv.add_argument(
         "--register-queue",
         type=int,
         default=_env_int("CLUSTERCHAT_REGISTER_QUEUE", 16),
@@ -453,6 +475,21 @@ def _limits(failures: str, max_group_size: int, rate: str, delay: str = "5,600")
     return limits
 
 
+_OFFLINE_QUOTA = ("max_offline_messages", "max_offline_bytes", "max_stored_message")
+_USER_QUOTA = ("max_groups_created", "max_memberships", "max_friends")
+
+
+def _ints(option: str, value: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """A comma list of integers as Limits fields."""
+    try:
+        numbers = [int(x) for x in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != len(fields):
+        raise SystemExit(f"{option} wants {len(fields)} integers, not {value!r}")
+    return dict(zip(fields, numbers, strict=True))
+
+
 def _pair(option: str, value: str, count: str, seconds: str) -> dict[str, Any]:
     """An N[,SECONDS] option as Limits fields."""
     try:
@@ -497,6 +534,8 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                 "registrations_per_address",
                 "registration_window",
             ),
+            **_ints("--offline-quota", args.offline_quota, _OFFLINE_QUOTA),
+            **_ints("--user-quota", args.user_quota, _USER_QUOTA),
         ),
         login_queue=args.login_queue,
         register_queue=args.register_queue,

@@ -10,7 +10,9 @@
           ├── NoSuchGroup
           ├── AlreadyFriends
           ├── AlreadyMember
-          └── GroupFull
+          ├── GroupFull
+          ├── MailboxFull     the receiver has as much stored as they may
+          └── OverQuota       this user has as many groups/friends as they may
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
 storage and bus boundaries; the service maps them to protocol error codes.
@@ -60,4 +62,12 @@ class AlreadyMember(Refused):
 
 
 class GroupFull(Refused):
+    pass
+
+
+class MailboxFull(Refused):
+    pass
+
+
+class OverQuota(Refused):
     pass

@@ -159,6 +159,7 @@ def login_ack(
     offline: Sequence[str],
     ticket: str | None = None,
     resumed: bool = False,
+    more: Sequence[str] | None = None,
 ) -> bytes:
     doc: dict[str, Any] = {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
     if ticket is not None:
@@ -172,6 +173,8 @@ def login_ack(
         doc["groups"] = groups
     if offline:
         doc["offlinemsg"] = offline
+    if more:  # lists cut short: LIST_FRIENDS / LIST_GROUPS give them whole
+        doc["more"] = more
     return encode(doc)
 
 

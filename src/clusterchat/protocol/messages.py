@@ -87,6 +87,9 @@ class ErrCode(IntEnum):
     SERVER_FULL = 160  # the node has all the connections it can take; try another
     TIMEOUT = 161  # no login, or silence, for too long: the connection is closed
     TOO_FAST = 170  # over the per-user request rate; the request was not served
+    MAILBOX_FULL = 171  # the receiver has as many messages waiting as they may
+    TOO_LONG_TO_STORE = 172  # longer than a message kept for an offline receiver may be
+    QUOTA = 173  # as many groups, memberships or friends as a user may have
     INTERNAL = 199
 
 

@@ -47,7 +47,7 @@ from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.refusals import RefusalLog
 from clusterchat.service.session import Session
-from clusterchat.storage.base import LoginView, Resume, Store
+from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ _DISPLACED = codec.encode(
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
+#: Friends, and bytes of groups, a login reply carries at most; past them the
+#: reply says ``"more": ["friends", "groups"]`` and LIST_FRIENDS/LIST_GROUPS
+#: give the rest, so the reply stays bounded whatever a user has.
+LOGIN_FRIENDS = 200
+LOGIN_GROUPS_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
 _REG_BUSY = "server busy: too many registrations at once; retry in a few seconds"
@@ -71,6 +76,11 @@ _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.AlreadyMember: (ErrCode.ALREADY_MEMBER, "you are already a member of group {}"),
     errors.GroupNameTaken: (ErrCode.GROUP_NAME_TAKEN, "a group named {!r} already exists"),
     errors.GroupFull: (ErrCode.GROUP_FULL, "group {} is full ({} members)"),
+    errors.MailboxFull: (
+        ErrCode.MAILBOX_FULL,
+        "user {} has as many messages waiting as they may; this one was not sent",
+    ),
+    errors.OverQuota: (ErrCode.QUOTA, "{}"),
 }
 
 
@@ -99,6 +109,13 @@ class ChatService:
         self.node_id = node_id or os.urandom(3).hex()
         self.sessions: dict[int, Session] = {}
         self.refusals = RefusalLog(log)
+        self.quota = Quota(
+            lim.max_offline_messages,
+            lim.max_offline_bytes,
+            lim.max_groups_created,
+            lim.max_memberships,
+            lim.max_friends,
+        )
         self._members: dict[int, frozenset[int]] = {}
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
@@ -323,7 +340,7 @@ class ChatService:
                 # A ticket login (a reconnect): offline messages only; the
                 # client has its lists. Look again if something may have been
                 # stored between the read and the registration.
-                view, ticket = LoginView([], [], []), req.ticket
+                view, ticket, more = LoginView([], [], []), req.ticket, []
                 s.recheck = s.recheck or resumed.has_offline or stored_meanwhile or self.bus.shared
                 self.store.note_state(uid, online=True)
             else:
@@ -338,8 +355,11 @@ class ChatService:
                     or len(fits) < len(view.offline)
                     or len(fits) >= self.store.offline_page
                 )
-                view = LoginView(view.friends, view.groups, fits)
-            reply = await self._login_reply(s, view, ticket, resumed is not None)
+                friends, groups = view.friends[:LOGIN_FRIENDS], _groups_fitting(view.groups)
+                more = [k for k, n, m in (("friends", friends, view.friends),
+                        ("groups", groups, view.groups)) if len(n) < len(m)]  # fmt: skip
+                view = LoginView(friends, groups, fits)
+            reply = await self._login_reply(s, view, ticket, resumed is not None, more)
         except BaseException:
             s.flushing = False
             self._forget(s)
@@ -439,7 +459,12 @@ class ChatService:
         return True
 
     async def _login_reply(
-        self, s: Session, view: LoginView, ticket: str | None, resumed: bool
+        self,
+        s: Session,
+        view: LoginView,
+        ticket: str | None,
+        resumed: bool,
+        more: list[str] | None = None,
     ) -> bytes:
         ids = {f for f, _ in view.friends}
         ids.update(m.id for g in view.groups for m in g.members)
@@ -457,7 +482,7 @@ class ChatService:
         for g in view.groups:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
         offline = [m for _, m in view.offline]
-        return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed)
+        return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed, more)
 
     async def _offline_written(self, s: Session, rows: list[tuple[int, str]]) -> None:
         if rows:
@@ -523,7 +548,7 @@ class ChatService:
         if req.friendid == s.uid:
             self._refuse(s, req, ErrCode.FRIEND_SELF, "you cannot befriend yourself")
             return
-        name = await self.store.add_friend(s.uid, req.friendid)
+        name = await self.store.add_friend(s.uid, req.friendid, self.quota)
         if not s.legacy:
             online = bool(await self.presence.online([req.friendid]))
             friend = {"id": req.friendid, "name": name, "state": _state(online)}
@@ -538,7 +563,7 @@ class ChatService:
         return self._create_named_group(s, req, name)
 
     async def _create_named_group(self, s: Session, req: CreateGroup, name: str) -> None:
-        gid = await self.store.create_group(s.uid, name, req.groupdesc)
+        gid = await self.store.create_group(s.uid, name, req.groupdesc, self.quota)
         self._cache_members(gid, frozenset((s.uid,)))
         if not s.legacy:
             s.peer.send(
@@ -551,7 +576,7 @@ class ChatService:
             )
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
-        await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size)
+        await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size, self.quota)
         self._members.pop(req.groupid, None)
         await self.bus.announce_group(req.groupid)
         if not s.legacy:
@@ -612,13 +637,35 @@ class ChatService:
         if not await self.bus.send([toid], payload):
             status = ChatStatus.DELIVERED
         else:
-            await self.store.store_offline(toid, _text(payload))
+            text = _text(payload)
+            if self._too_long_to_store(s, OneChat, len(text)):
+                return
+            await self.store.store_offline(toid, text, self.quota)
             await self._after_store([toid])
             status = ChatStatus.STORED
         if not s.legacy:
             s.peer.send(codec.chat_ack(mid, ts, status))
 
+    def _too_long_to_store(self, s: Session, req: Request | type, size: int) -> bool:
+        """Refuse a message too long to keep for an offline receiver."""
+        most = self.limits.max_stored_message
+        if not most or size <= most:
+            return False
+        msgid = int(req.__struct_config__.tag)  # type: ignore[union-attr, arg-type]
+        text = f"messages kept for offline receivers are at most {most} bytes; not sent"
+        if s.legacy:
+            self.refusals.note(s, f"refused legacy msgid {msgid}: {text}")
+        else:
+            s.peer.send(codec.error(ErrCode.TOO_LONG_TO_STORE, text, msgid))
+        return True
+
     def _group_chat(self, s: Session, req: GroupChat) -> Awaitable[None] | None:
+        # Kept for whoever is away, so always within the stored-message bound
+        # (checked before anyone gets it: a refused message has no effect).
+        if len(req.msg) > self.limits.max_stored_message // 4 and self._too_long_to_store(
+            s, req, len(codec.group_chat(s.uid, s.name, req.groupid, req.msg, req.time, 0, ""))
+        ):
+            return None
         members = self._members.get(req.groupid)
         if members is None:
             return self._group_chat_load(s, req)
@@ -660,9 +707,18 @@ class ChatService:
     async def _fan_out_away(
         self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
     ) -> None:
-        await self.store_offline(await self.bus.send(away, payload), payload)
+        left = await self.bus.send(away, payload)
+        full: list[int] = []
+        if left:
+            full = await self.store.store_offline_within(left, _text(payload), self.quota)
+            await self._after_store([u for u in left if u not in full])
         if not s.legacy:
-            s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
+            if full:  # members whose mailbox is full do not get it: say who
+                s.peer.send(
+                    codec.ack(MsgId.CHAT_ACK, mid=mid, ts=ts, status=ChatStatus.SENT, full=full)
+                )
+            else:
+                s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
 
     # -- the bus's inbox: traffic from other nodes ---------------------------------------
 
@@ -738,6 +794,16 @@ def _fitting(rows: list[tuple[int, str]], budget: int) -> list[tuple[int, str]]:
         if total > budget and i:
             return rows[:i]
     return rows
+
+
+def _groups_fitting(groups: list[Group]) -> list[Group]:
+    """The leading groups whose documents fit in LOGIN_GROUPS_BYTES (roughly)."""
+    total = 0
+    for i, g in enumerate(groups):
+        total += 80 + len(g.name) + len(g.desc) + sum(70 + len(m.name) for m in g.members)
+        if total > LOGIN_GROUPS_BYTES and i:
+            return groups[:i]
+    return groups
 
 
 def _text(payload: bytes) -> str:

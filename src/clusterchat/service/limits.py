@@ -31,6 +31,16 @@ class Limits:
     #: password hash starts): accounts per address per day.
     registrations_per_address: int = 20
     registration_window: float = 86_400.0
+    #: What one receiver may have waiting (ejabberd keeps 5,000 messages by
+    #: default), how long a message kept for an offline receiver may be
+    #: (bytes; group chat is always kept for someone, so it always applies),
+    #: and what one user may own or join.
+    max_offline_messages: int = 5000
+    max_offline_bytes: int = 16 * 1024 * 1024
+    max_stored_message: int = 16 * 1024
+    max_groups_created: int = 100
+    max_memberships: int = 500
+    max_friends: int = 1000
     #: Requests per second a logged-in user may make, sustained, and how many
     #: may come at once (a token bucket). Far above any typing human; a bot
     #: or a stuck loop is slowed down, never allowed to crowd out the others.

@@ -22,7 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from clusterchat import errors
 from clusterchat.protocol import names
 from clusterchat.storage import queries as q
-from clusterchat.storage.base import Credentials, Group, LoginView, Member, Resume
+from clusterchat.storage.base import (
+    NO_QUOTA,
+    Credentials,
+    Group,
+    LoginView,
+    Member,
+    Quota,
+    Resume,
+)
 from clusterchat.storage.batching import Batcher
 from clusterchat.storage.tables import (
     allgroup,
@@ -106,6 +114,31 @@ async def _groups(conn: AsyncConnection, uid: int) -> list[Group]:
         g = groups.setdefault(r.id, (r.groupname, r.groupdesc, []))
         g[2].append(Member(r.uid, r.name, r.grouprole))
     return [Group(gid, n, d, tuple(m)) for gid, (n, d, m) in groups.items()]
+
+
+async def _over_mailbox(
+    conn: AsyncConnection, uids: Sequence[int], size: int, quota: Quota
+) -> set[int]:
+    """Those of ``uids`` that one more message of ``size`` bytes would take
+    past the offline quota. Concurrent stores may overshoot it by as many
+    messages as are stored at once: a bound, not an exact count."""
+    if not (quota.offline_messages or quota.offline_bytes) or not uids:
+        return set()
+    full = set()
+    for i in range(0, len(uids), 1000):
+        for r in await conn.execute(q.MAILBOXES, {"uids": list(uids[i : i + 1000])}):
+            if (quota.offline_messages and r.n >= quota.offline_messages) or (
+                quota.offline_bytes and r.bytes + size > quota.offline_bytes
+            ):
+                full.add(r.userid)
+    return full
+
+
+async def _check_memberships(conn: AsyncConnection, uid: int, quota: Quota) -> None:
+    if quota.memberships:
+        n = (await conn.execute(q.MEMBERSHIPS, {"uid": uid})).scalar_one()
+        if n >= quota.memberships:
+            raise errors.OverQuota(f"you are in {n} groups, the most allowed")
 
 
 class _StateWriter:
@@ -288,11 +321,16 @@ class SqlStore:
 
     # -- friends and groups ----------------------------------------------------
 
-    async def add_friend(self, uid: int, friendid: int) -> str:
+    async def add_friend(self, uid: int, friendid: int, quota: Quota = NO_QUOTA) -> str:
         async with self._tx() as conn:
             name = (await conn.execute(select(user.c.name).where(user.c.id == friendid))).scalar()
             if name is None:
                 raise errors.NoSuchUser(friendid)
+            if quota.friends:
+                for who, whose in ((uid, "you have"), (friendid, f"user {friendid} has")):
+                    n = (await conn.execute(q.FRIEND_COUNT, {"who": who})).scalar_one()
+                    if n >= quota.friends:
+                        raise errors.OverQuota(f"{whose} {n} friends, the most allowed")
             have = set(
                 (
                     await conn.execute(
@@ -316,9 +354,14 @@ class SqlStore:
                 raise errors.AlreadyFriends(friendid) from None
         return str(name)
 
-    async def create_group(self, uid: int, name: str, desc: str) -> int:
+    async def create_group(self, uid: int, name: str, desc: str, quota: Quota = NO_QUOTA) -> int:
         try:
             async with self._tx() as conn:
+                if quota.groups_created:
+                    n = (await conn.execute(q.GROUPS_CREATED, {"uid": uid})).scalar_one()
+                    if n >= quota.groups_created:
+                        raise errors.OverQuota(f"you have created {n} groups, the most allowed")
+                await _check_memberships(conn, uid, quota)
                 res = await conn.execute(
                     insert(allgroup).values(
                         groupname=name, groupkey=names.key(name), groupdesc=desc
@@ -334,9 +377,12 @@ class SqlStore:
             raise errors.GroupNameTaken(name) from None
         return gid
 
-    async def join_group(self, uid: int, gid: int, max_members: int = 0) -> None:
+    async def join_group(
+        self, uid: int, gid: int, max_members: int = 0, quota: Quota = NO_QUOTA
+    ) -> None:
         try:
             async with self._tx() as conn:
+                await _check_memberships(conn, uid, quota)
                 # Locking the group row serialises joins, so the size check holds.
                 found = (
                     await conn.execute(
@@ -362,18 +408,34 @@ class SqlStore:
 
     # -- offline messages ---------------------------------------------------------
 
-    async def store_offline(self, uid: int, message: str) -> None:
+    async def store_offline(self, uid: int, message: str, quota: Quota = NO_QUOTA) -> None:
+        size = len(message.encode())
         async with self._tx() as conn:
-            res = await conn.execute(q.STORE_OFFLINE, {"uid": uid, "message": message})
+            if await _over_mailbox(conn, [uid], size, quota):
+                raise errors.MailboxFull(uid)
+            args = {"uid": uid, "message": message, "size": size}
+            res = await conn.execute(q.STORE_OFFLINE, args)
         if res.rowcount == 0:
             raise errors.NoSuchUser(uid)
+
+    async def store_offline_within(
+        self, uids: Sequence[int], message: str, quota: Quota
+    ) -> list[int]:
+        size = len(message.encode())
+        async with self._tx() as conn:
+            full = await _over_mailbox(conn, uids, size, quota)
+            rows = [{"userid": u, "message": message, "size": size} for u in uids if u not in full]
+            if rows:
+                await conn.execute(insert(offlinemessage), rows)
+        return [u for u in uids if u in full]
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
         if not items:
             return
         async with self._tx() as conn:
             await conn.execute(
-                insert(offlinemessage), [{"userid": u, "message": m} for u, m in items]
+                insert(offlinemessage),
+                [{"userid": u, "message": m, "size": len(m.encode())} for u, m in items],
             )
 
     async def offline(self, uid: int) -> list[tuple[int, str]]:

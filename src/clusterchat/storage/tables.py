@@ -104,6 +104,8 @@ offlinemessage = Table(
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("userid", Integer, nullable=False),
     Column("message", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
+    # Bytes of ``message`` (UTF-8): per-receiver quotas sum this, not the text.
+    Column("size", Integer, nullable=False, server_default="0"),
     Index("ix_offlinemessage_userid_id", "userid", "id"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
