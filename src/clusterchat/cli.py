@@ -175,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         "one off [env CLUSTERCHAT_USER_QUOTA; default %(default)s]",
     )
     srv.add_argument(
+        "--ticket-lifetime",
+        type=float,
+        default=float(_env("CLUSTERCHAT_TICKET_LIFETIME", f"{limits.ticket_lifetime:g}")),
+        metavar="SECONDS",
+        help="how long a session ticket logs in again without the password; each use "
+        "replaces it [env CLUSTERCHAT_TICKET_LIFETIME; default %(default)s (28 days)]",
+    )
+    srv.add_argument(
         "--register-queue",
         type=int,
         default=_env_int("CLUSTERCHAT_REGISTER_QUEUE", 16),
@@ -536,6 +544,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             ),
             **_ints("--offline-quota", args.offline_quota, _OFFLINE_QUOTA),
             **_ints("--user-quota", args.user_quota, _USER_QUOTA),
+            ticket_lifetime=args.ticket_lifetime,
         ),
         login_queue=args.login_queue,
         register_queue=args.register_queue,

@@ -47,7 +47,9 @@ _GOODBYE = codec.encode(
 class Node:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store: Store = store or SqlStore(settings.db_url, settings.db_pool)
+        self.store: Store = store or SqlStore(
+            settings.db_url, settings.db_pool, settings.limits.ticket_lifetime
+        )
         self.node_id = settings.node_id or os.urandom(3).hex()
         presence: Presence
         bus: Bus

@@ -335,14 +335,20 @@ class ChatService:
         if registered is False:
             return
         uid, resumed = req.id, registered
+        ticket: str | None
+        digest: str | None
         try:
             if resumed is not None:
                 # A ticket login (a reconnect): offline messages only; the
                 # client has its lists. Look again if something may have been
                 # stored between the read and the registration.
-                view, ticket, more = LoginView([], [], []), req.ticket, []
+                view, more = LoginView([], [], []), []
                 s.recheck = s.recheck or resumed.has_offline or stored_meanwhile or self.bus.shared
-                self.store.note_state(uid, online=True)
+                # The ticket used is replaced: a stolen copy dies with this use.
+                ticket, digest = tickets.issue()
+                old = resumed.ticket_digest
+                if old is None or not await self.store.rotate_ticket(uid, old, str(digest)):
+                    raise _TicketRaced
             else:
                 ticket, digest = tickets.issue() if not s.legacy else (None, None)
                 view = await self.store.open_session(uid, digest)
@@ -360,10 +366,15 @@ class ChatService:
                         ("groups", groups, view.groups)) if len(n) < len(m)]  # fmt: skip
                 view = LoginView(friends, groups, fits)
             reply = await self._login_reply(s, view, ticket, resumed is not None, more)
-        except BaseException:
+        except BaseException as exc:
             s.flushing = False
+            held = s.held or []
             self._forget(s)
             await self.presence.release(uid)
+            if isinstance(exc, _TicketRaced):
+                await self.store_offline_each(uid, held)  # accepted for them: kept
+                s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or ticket"))
+                return
             raise
         held, s.held = s.held or [], None
         sent = s.peer.send(reply)
@@ -436,6 +447,8 @@ class ChatService:
             found = await self.store.resume(req.id)
             if found is None or not tickets.matches(req.ticket, found.ticket_digest):
                 return None
+            if found.ticket_expiry is None or found.ticket_expiry < time.time():
+                return None  # expired: the password is needed again
             return found.name, found
         assert req.password is not None
         creds = await self.store.credentials(req.id)
@@ -794,6 +807,10 @@ def _fitting(rows: list[tuple[int, str]], budget: int) -> list[tuple[int, str]]:
         if total > budget and i:
             return rows[:i]
     return rows
+
+
+class _TicketRaced(Exception):
+    """The ticket was replaced between its check and its use (used twice at once)."""
 
 
 def _groups_fitting(groups: list[Group]) -> list[Group]:

@@ -27,6 +27,8 @@ class Limits:
     login_delay: float = 5.0
     login_delay_max: float = 600.0
     max_group_size: int = 1000
+    #: Seconds a session ticket works after it was issued (each use issues a new one).
+    ticket_lifetime: float = 28 * 86_400.0
     #: Registrations one address may attempt per window (counted when the
     #: password hash starts): accounts per address per day.
     registrations_per_address: int = 20

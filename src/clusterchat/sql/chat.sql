@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS user (
 	password VARCHAR(255) NOT NULL,
 	state ENUM('online','offline') NOT NULL DEFAULT 'offline',
 	ticket VARCHAR(64),
+	ticketexpiry BIGINT,
 	PRIMARY KEY (id),
 	UNIQUE (name),
 	UNIQUE (namekey)

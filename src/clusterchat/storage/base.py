@@ -27,6 +27,8 @@ class Resume:
     name: str
     ticket_digest: str | None
     has_offline: bool
+    #: When the ticket stops working (epoch seconds); None: it does not.
+    ticket_expiry: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +99,17 @@ class Store(Protocol):
         """Mark every user offline: a lone node starting after a crash."""
         ...
 
+    #: Seconds a ticket stored by open_session or rotate_ticket works.
+    ticket_lifetime: float
+
     async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
         """Mark online and read what the login reply carries. A new ticket
         digest replaces the stored one; None keeps it."""
+        ...
+
+    async def rotate_ticket(self, uid: int, old: str, new: str) -> bool:
+        """Replace ticket digest ``old`` by ``new`` and mark online; False if
+        ``old`` is no longer the stored one."""
         ...
 
     async def friends(self, uid: int) -> list[tuple[int, str]]: ...

@@ -21,6 +21,7 @@ RESUME_MANY = select(
     user.c.id,
     user.c.name,
     user.c.ticket,
+    user.c.ticketexpiry,
     exists().where(offlinemessage.c.userid == user.c.id).label("waiting"),
 ).where(user.c.id.in_(bindparam("uids", expanding=True)))
 
@@ -94,6 +95,17 @@ GROUP_SIZE = select(func.count()).where(groupuser.c.groupid == bindparam("gid"))
 
 ONLINE = update(user).where(user.c.id == _uid).values(state="online")
 ONLINE_WITH_TICKET = (
-    update(user).where(user.c.id == _uid).values(state="online", ticket=bindparam("ticket"))
+    update(user)
+    .where(user.c.id == _uid)
+    .values(state="online", ticket=bindparam("ticket"), ticketexpiry=bindparam("expiry"))
 )
-LOGGED_OUT = update(user).where(user.c.id == _uid).values(state="offline", ticket=None)
+#: A ticket login: the ticket used is replaced, only if it is still the one stored
+#: (two logins racing with one ticket: one wins).
+ROTATE_TICKET = (
+    update(user)
+    .where((user.c.id == _uid) & (user.c.ticket == bindparam("old")))
+    .values(state="online", ticket=bindparam("ticket"), ticketexpiry=bindparam("expiry"))
+)
+LOGGED_OUT = (
+    update(user).where(user.c.id == _uid).values(state="offline", ticket=None, ticketexpiry=None)
+)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,10 @@ class _StateWriter:
 
 
 class SqlStore:
-    def __init__(self, url: str | URL, pool_size: int = 20) -> None:
+    def __init__(
+        self, url: str | URL, pool_size: int = 20, ticket_lifetime: float = 28 * 86_400.0
+    ) -> None:
+        self.ticket_lifetime = ticket_lifetime
         self._url = make_url(url)
         self.url = self._url.render_as_string(hide_password=True)
         self.engine = make_engine(self._url, pool_size)
@@ -272,7 +276,7 @@ class SqlStore:
     async def _resume_many(self, uids: list[int]) -> dict[int, Resume]:
         async with self._tx() as conn:
             rows = (await conn.execute(q.RESUME_MANY, {"uids": uids})).all()
-        return {r.id: Resume(r.name, r.ticket, bool(r.waiting)) for r in rows}
+        return {r.id: Resume(r.name, r.ticket, bool(r.waiting), r.ticketexpiry) for r in rows}
 
     def note_state(self, uid: int, online: bool) -> None:
         self._states.note(uid, online)
@@ -297,6 +301,15 @@ class SqlStore:
 
     # -- login ---------------------------------------------------------------
 
+    def _expiry(self) -> int:
+        return int(time.time() + self.ticket_lifetime)
+
+    async def rotate_ticket(self, uid: int, old: str, new: str) -> bool:
+        async with self._tx() as conn:
+            args = {"uid": uid, "old": old, "ticket": new, "expiry": self._expiry()}
+            res = await conn.execute(q.ROTATE_TICKET, args)
+        return bool(res.rowcount)
+
     async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
         """Everything a login reply needs, and the user marked online, in one
         transaction. A new ticket digest replaces the old one; None keeps it."""
@@ -308,7 +321,8 @@ class SqlStore:
             if ticket_digest is None:
                 await conn.execute(q.ONLINE, {"uid": uid})
             else:
-                await conn.execute(q.ONLINE_WITH_TICKET, {"uid": uid, "ticket": ticket_digest})
+                args = {"uid": uid, "ticket": ticket_digest, "expiry": self._expiry()}
+                await conn.execute(q.ONLINE_WITH_TICKET, args)
         return LoginView(friends, groups, [(r.id, r.message) for r in offline])
 
     async def friends(self, uid: int) -> list[tuple[int, str]]:

@@ -58,6 +58,9 @@ user = Table(
     # SHA-256 of the session ticket issued at the last login: lets a client
     # that lost its connection log in again without the slow password hash.
     Column("ticket", String(64), nullable=True),
+    # When that ticket stops working (seconds since the epoch); a ticket is
+    # replaced at each use, so a stolen old one is dead once the owner uses theirs.
+    Column("ticketexpiry", BigInteger, nullable=True),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
