@@ -67,6 +67,7 @@ class Node:
             bus,
             self.node_id,
             settings.limits,
+            (settings.redis_url, settings.redis_prefix) if settings.redis_url else None,
         )
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()

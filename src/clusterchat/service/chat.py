@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from clusterchat import errors
 from clusterchat.bus.base import Bus, Presence
+from clusterchat.bus.counters import Tallies
 from clusterchat.protocol import codec, names
 from clusterchat.protocol.codec import BadRequest
 from clusterchat.protocol.messages import (
@@ -93,15 +94,29 @@ class ChatService:
         bus: Bus,
         node_id: str | None = None,
         limits: Limits | None = None,
+        shared_counters: tuple[str, str] | None = None,
     ) -> None:
+        """``shared_counters``: (Redis URL, key prefix) to count failed logins
+        and registrations cluster-wide; None counts on this node."""
         self.limits = limits or Limits()
         self._rate = max(0.0, self.limits.message_rate)
         self._burst = float(max(1, self.limits.message_burst))
         lim = self.limits
         delays = (lim.login_delay, lim.login_delay_max, lim.login_window)
-        self._by_account = Backoff(lim.login_failures, *delays)  # per (account, address)
-        self._by_address = Backoff(lim.login_failures_per_address, *delays)
-        self._registrations = FailureLimiter(lim.registrations_per_address, lim.registration_window)
+        counts = (
+            Backoff(lim.login_failures, *delays),  # per (account, address)
+            Backoff(lim.login_failures_per_address, *delays),
+            FailureLimiter(lim.registrations_per_address, lim.registration_window),
+        )
+        if shared_counters:
+            url, prefix = shared_counters
+            self._tallies = Tallies.shared(url, prefix, *counts)
+        else:
+            self._tallies = Tallies.local(*counts)
+        self._by_account = self._tallies.by_pair
+        self._by_address = self._tallies.by_address
+        self._registrations = self._tallies.registrations
+        self._registrations_limit = lim.registrations_per_address
         self.store = store
         self.passwords = passwords
         self.presence = presence
@@ -240,6 +255,7 @@ class ChatService:
             for uid in uids:
                 await self.presence.release(uid)
         await self.bus.close()
+        await self._tallies.close()
         self.passwords.close()
 
     # -- refusals ------------------------------------------------------------------
@@ -299,11 +315,11 @@ class ChatService:
         except names.BadName as exc:
             s.peer.send(codec.reg_refused(RegErr.FAILED, str(exc)))
             return
-        wait = self._registrations.wait(s.peer.address)
+        wait = await self._registrations.wait(s.peer.address)
         if wait:
             text = (
                 f"too many registrations from your address (at most "
-                f"{self._registrations.limit}); try again in {int(wait) + 1} s"
+                f"{self._registrations_limit}); try again in {int(wait) + 1} s"
             )
             s.peer.send(codec.reg_refused(RegErr.TOO_MANY, text))
             return
@@ -312,7 +328,7 @@ class ChatService:
         except errors.Busy:
             s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, _REG_BUSY))
             return
-        self._registrations.failed(s.peer.address)  # counted once it cost a hash
+        await self._registrations.hit(s.peer.address)  # counted once it cost a hash
         try:
             uid = await self.store.create_user(name, digest)
         except errors.NameTaken:
@@ -397,7 +413,7 @@ class ChatService:
         # A valid ticket always works: it cannot be guessed, and checking it
         # costs a digest, not a hash. Failed ones count against the address.
         wait = (
-            max(self._by_account.wait(pair), self._by_address.wait(address))
+            max(await self._by_account.wait(pair), await self._by_address.wait(address))
             if req.ticket is None
             else 0.0
         )
@@ -418,11 +434,11 @@ class ChatService:
             return False
         if who is None:
             if req.ticket is None:
-                self._by_account.failed(pair)
-            self._by_address.failed(address)
+                await self._by_account.hit(pair)
+            await self._by_address.hit(address)
             s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
             return False
-        self._by_account.succeeded(pair)
+        await self._by_account.clear(pair)
         name, resumed = who
         if not await self._claim(s, req.id):
             return False
