@@ -220,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         "CLUSTERCHAT_LOGIN_TIMEOUT; default 30]",
     )
     srv.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=float(_env("CLUSTERCHAT_FRAME_TIMEOUT", "30")),
+        metavar="SECONDS",
+        help="close a connection whose request, once begun, has not fully arrived within "
+        "this (a byte now and then holds no slot) [env CLUSTERCHAT_FRAME_TIMEOUT; "
+        "default %(default)s]",
+    )
+    srv.add_argument(
         "--idle-timeout",
         type=float,
         default=float(_env("CLUSTERCHAT_IDLE_TIMEOUT", "120")),
@@ -550,6 +559,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         register_queue=args.register_queue,
         shed_lag=args.shed_lag,
         login_timeout=args.login_timeout,
+        frame_timeout=args.frame_timeout,
         idle_timeout=args.idle_timeout,
         tls_cert=args.tls_cert or None,
         tls_key=args.tls_key or None,

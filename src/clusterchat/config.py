@@ -80,8 +80,11 @@ class Settings:
     presence_ttl: float = 10.0
     #: Names this node in Redis and in PONG replies; random when empty.
     node_id: str = ""
-    #: Seconds a connection may stay without logging in.
+    #: Seconds a connection may stay without logging in, counted from accept
+    #: (or logout) whatever it sends meanwhile.
     login_timeout: float = 30.0
+    #: Seconds one request may take to arrive once its first byte has.
+    frame_timeout: float = 30.0
     #: Seconds a logged-in client of ours may stay silent (it pings every 30 s).
     #: The original client never pings, so its connections rely on TCP keepalive.
     idle_timeout: float = 120.0

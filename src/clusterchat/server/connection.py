@@ -55,6 +55,7 @@ class Connection(asyncio.Protocol):
         "decoder",
         "last_seen",
         "node",
+        "partial_since",
         "session",
         "transport",
     )
@@ -63,7 +64,7 @@ class Connection(asyncio.Protocol):
         self.node = node
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(node.settings.max_frame)
-        self.session = Session(self)
+        self.session = Session(self, node.clock())
         self._queue: deque[tuple[bytes, int]] | None = None
         self._paused = False
         # Chat messages waiting while the peer is not reading (writing paused).
@@ -83,6 +84,8 @@ class Connection(asyncio.Protocol):
         self._recent_since = 0.0
         self._by_us = False
         self.last_seen = node.clock()
+        # When the request now arriving began (0: none is half-received).
+        self.partial_since = 0.0
         self.address = ""
 
     # -- asyncio.Protocol ---------------------------------------------------------
@@ -108,9 +111,13 @@ class Connection(asyncio.Protocol):
         self.node.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = self.node.clock()
+        self.last_seen = now = self.node.clock()
         try:
             frames = self.decoder.feed(data)
+            if not self.decoder.pending:
+                self.partial_since = 0.0
+            elif frames or not self.partial_since:  # a new request began
+                self.partial_since = now
         except FrameTooLarge as exc:
             for item in exc.frames:
                 self._serve(item)

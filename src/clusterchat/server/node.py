@@ -38,6 +38,12 @@ _OVERLOADED = codec.error(
 )
 _ADDRESS_FULL = codec.error(ErrCode.SERVER_FULL, "too many connections from your address")
 _LOGIN_TIMEOUT = codec.error(ErrCode.TIMEOUT, "no login in time; closing the connection")
+_FRAME_TIMEOUT = codec.error(
+    ErrCode.TIMEOUT, "a request took too long to arrive; closing the connection"
+)
+_MAKING_ROOM = codec.error(
+    ErrCode.SERVER_FULL, "this server is full and you have not logged in; closing"
+)
 _IDLE_TIMEOUT = codec.error(ErrCode.TIMEOUT, "silent for too long; closing the connection")
 _GOODBYE = codec.encode(
     {"msgid": MsgId.NOTICE, "text": "this server is shutting down; reconnect to carry on"}
@@ -89,7 +95,7 @@ class Node:
 
     def admit(self, address: str) -> bytes | None:
         """None to accept a new connection, else the refusal to send it."""
-        if len(self.connections) >= self.max_connections:
+        if len(self.connections) >= self.max_connections and not self._make_room():
             return _SERVER_FULL
         if self.lag.overloaded:
             self.lag.shed += 1
@@ -99,6 +105,27 @@ class Node:
             return _ADDRESS_FULL
         self._per_address[address] = self._per_address.get(address, 0) + 1
         return None
+
+    def _make_room(self) -> bool:
+        """At the limit, close the oldest connection that has not logged in for
+        a while (a slow-loris holds slots without ever logging in; a person
+        logs in within seconds of connecting); False if there is none."""
+        oldest: Connection | None = None
+        for conn in self.connections:
+            s = conn.session
+            if (s.uid or s.closed or conn.transport is None) or (
+                oldest is not None and s.anonymous_since >= oldest.session.anonymous_since
+            ):
+                continue
+            oldest = conn
+        grace = min(10.0, self.settings.login_timeout / 3)
+        if oldest is None or self.clock() - oldest.session.anonymous_since < grace:
+            return False
+        if oldest.session.legacy is not True:
+            oldest.send(_MAKING_ROOM)
+        oldest.close()
+        self.connections.discard(oldest)  # its slot is the newcomer's from now on
+        return True
 
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -181,7 +208,7 @@ class Node:
         (they ping every 30 s). The original client never pings: its
         connections are left to TCP keepalive."""
         s = self.settings
-        every = max(0.1, min(5.0, s.login_timeout / 2, s.idle_timeout / 2))
+        every = max(0.1, min(5.0, s.login_timeout / 2, s.idle_timeout / 2, s.frame_timeout / 2))
         while True:
             await asyncio.sleep(every)
             now = self.clock()
@@ -189,9 +216,13 @@ class Node:
                 conn.age(now)
                 quiet = now - conn.last_seen
                 session = conn.session
-                if not session.uid and quiet > s.login_timeout:
-                    if session.legacy is not True:
+                if not session.uid and now - session.anonymous_since > s.login_timeout:
+                    if session.legacy is not True:  # from accept: a PING does not extend it
                         conn.send(_LOGIN_TIMEOUT)
+                    conn.close()
+                elif conn.partial_since and now - conn.partial_since > s.frame_timeout:
+                    if session.legacy is not True:  # one byte every few seconds is not a request
+                        conn.send(_FRAME_TIMEOUT)
                     conn.close()
                 elif session.uid and session.legacy is False and quiet > s.idle_timeout:
                     conn.send(_IDLE_TIMEOUT)

@@ -566,6 +566,7 @@ class ChatService:
             del self.sessions[s.uid]
         s.uid, s.name, s.held = 0, "", None
         s.recheck = False
+        s.anonymous_since = time.monotonic()  # a new login deadline
 
     def _ping(self, s: Session, req: Ping) -> None:
         if not s.legacy:

@@ -36,6 +36,7 @@ class Session:
     """
 
     __slots__ = (
+        "anonymous_since",
         "closed",
         "flushing",
         "held",
@@ -50,9 +51,12 @@ class Session:
         "uid",
     )
 
-    def __init__(self, peer: Peer) -> None:
+    def __init__(self, peer: Peer, now: float = 0.0) -> None:
         self.peer = peer
         self.uid = 0
+        #: When the connection opened, or its user logged out: the login
+        #: deadline runs from here, whatever the peer sends meanwhile.
+        self.anonymous_since = now
         self.name = ""
         self.legacy: bool | None = None
         self.held: list[bytes] | None = None
