@@ -73,7 +73,15 @@ def settings(request: pytest.FixtureRequest, db_url: str) -> Settings:
     limits = Limits(registrations_per_address=0)
     if request.node.get_closest_marker("unmetered"):
         limits = replace(limits, message_rate=0)
-    return Settings(host="127.0.0.1", port=0, db_url=db_url, hash_cost=FAST_HASH, limits=limits)
+    # Tests connect from loopback: trusting none of it keeps per-address limits on.
+    return Settings(
+        host="127.0.0.1",
+        port=0,
+        db_url=db_url,
+        hash_cost=FAST_HASH,
+        limits=limits,
+        trusted_proxies=(),
+    )
 
 
 @pytest.fixture

@@ -100,10 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--max-connections-per-address",
         type=int,
-        default=_env_int("CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS", 0),
+        default=_env_int("CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS", 100),
         metavar="N",
-        help="connections from one client address; 0: no limit (many users may share "
-        "an address) [env CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS; default 0]",
+        help="connections from one client address; 0: no limit. Users behind one NAT "
+        "share an address: raise it for them (behind nginx the real address comes in "
+        "its PROXY line) [env CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS; default %(default)s]",
+    )
+    srv.add_argument(
+        "--trusted-proxy",
+        default=_env("CLUSTERCHAT_TRUSTED_PROXY", "127.0.0.1,::1"),
+        metavar="ADDRESS[,ADDRESS...]",
+        help="proxies (nginx with `proxy_protocol on;`) whose PROXY lines name the real "
+        "client address; they are not capped per address themselves; '' trusts none "
+        "[env CLUSTERCHAT_TRUSTED_PROXY; default %(default)s]",
     )
     srv.add_argument(
         "--login-failures",
@@ -543,6 +552,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_connections=args.max_connections,
         output_limit=args.output_limit,
         max_connections_per_address=args.max_connections_per_address,
+        trusted_proxies=tuple(a.strip() for a in args.trusted_proxy.split(",") if a.strip()),
         limits=replace(
             _limits(args.login_failures, args.max_group_size, args.message_rate, args.login_delay),
             **_pair(

@@ -57,9 +57,13 @@ class Settings:
     output_limit: int = 1024 * 1024
     #: Connections this node accepts; 0: as many as its file descriptors allow.
     max_connections: int = 0
-    #: Connections from one client address; 0: no limit (the default, since
-    #: many users can share an address behind NAT, or nginx's).
-    max_connections_per_address: int = 0
+    #: Connections from one client address (0: no limit). Users behind one
+    #: NAT share an address: raise it for them. Behind nginx the real address
+    #: comes in the PROXY line (``cluster up`` configures it).
+    max_connections_per_address: int = 100
+    #: Addresses whose PROXY protocol lines are believed, and which are not
+    #: capped per address themselves (loopback: nginx, or tools, on this machine).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     limits: Limits = field(default_factory=Limits)
     hash_cost: HashCost = field(default_factory=HashCost)
     #: Password checks that may wait for a hashing thread; past it, logins and

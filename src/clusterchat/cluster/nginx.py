@@ -34,6 +34,9 @@ def stream_block(
     server {{
         listen {listen};
 {tls}        proxy_pass clusterchat;
+        # The client's real address, for the nodes' per-address limits: they
+        # must trust this nginx (clusterchat server --trusted-proxy ADDRESS).
+        proxy_protocol on;
         proxy_connect_timeout 1s;
         # chat connections idle for long: the client pings, nginx must not cut them
         proxy_timeout 1h;

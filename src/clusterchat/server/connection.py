@@ -14,6 +14,7 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from clusterchat.protocol import proxy
 from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
 from clusterchat.service.session import Session
 
@@ -47,6 +48,7 @@ class Connection(asyncio.Protocol):
         "_older",
         "_out",
         "_paused",
+        "_proxy",
         "_queue",
         "_recent",
         "_recent_since",
@@ -83,6 +85,8 @@ class Connection(asyncio.Protocol):
         self._older: list[bytes] | None = None
         self._recent_since = 0.0
         self._by_us = False
+        # From a trusted proxy: what arrived of a PROXY line, until it is read.
+        self._proxy: bytes | None = None
         self.last_seen = node.clock()
         # When the request now arriving began (0: none is half-received).
         self.partial_since = 0.0
@@ -99,6 +103,8 @@ class Connection(asyncio.Protocol):
             self.transport.set_protocol(_Refused(self.transport, refusal))
             self.transport = None
             return
+        if self.node.trusts(self.address):
+            self._proxy = b""
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -111,6 +117,10 @@ class Connection(asyncio.Protocol):
         self.node.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._proxy is not None:
+            data = self._unproxy(data)
+            if not data:
+                return
         self.last_seen = now = self.node.clock()
         try:
             frames = self.decoder.feed(data)
@@ -137,6 +147,33 @@ class Connection(asyncio.Protocol):
             return
         for item in frames:
             self._serve(item)
+
+    def _unproxy(self, data: bytes) -> bytes:
+        """Read a PROXY line from a trusted proxy, if it sends one: the
+        client's real address replaces the proxy's. Returns what follows."""
+        buf = self._proxy + data if self._proxy else data
+        if not proxy.may_be_header(buf):
+            self._proxy = None  # a direct connection from a trusted address
+            return buf
+        try:
+            found = proxy.parse(buf)
+        except proxy.BadHeader as exc:
+            log.warning("closing connection from %s: %s", self.address, exc)
+            self._proxy = None
+            self.close()
+            return b""
+        if found is None:
+            self._proxy = buf
+            return b""
+        self._proxy = None
+        address, used = found
+        if address is not None:
+            refusal = self.node.readdress(self, address)
+            if refusal is not None:
+                self.send(refusal)
+                self.close()
+                return b""
+        return buf[used:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:

@@ -81,6 +81,7 @@ class Node:
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any connection
         self._addresses: dict[str, str] = {}
         self._per_address: dict[str, int] = {}
+        self._trusted = frozenset(settings.trusted_proxies)
         self._drained = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -101,8 +102,23 @@ class Node:
             self.lag.shed += 1
             return _OVERLOADED
         limit = self.settings.max_connections_per_address
-        if limit and self._per_address.get(address, 0) >= limit:
+        if limit and address not in self._trusted and self._per_address.get(address, 0) >= limit:
             return _ADDRESS_FULL
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        return None
+
+    def trusts(self, address: str) -> bool:
+        """A proxy whose PROXY lines are believed (and which is not capped)."""
+        return address in self._trusted
+
+    def readdress(self, conn: Connection, address: str) -> bytes | None:
+        """A trusted proxy named the client: count it under its real address."""
+        address = self.intern_address(address)
+        limit = self.settings.max_connections_per_address
+        if limit and address not in self._trusted and self._per_address.get(address, 0) >= limit:
+            return _ADDRESS_FULL
+        self._release(conn.address)
+        conn.address = address
         self._per_address[address] = self._per_address.get(address, 0) + 1
         return None
 
@@ -129,14 +145,17 @@ class Node:
 
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        left = self._per_address.get(conn.address, 1) - 1
-        if left > 0:
-            self._per_address[conn.address] = left
-        else:
-            self._per_address.pop(conn.address, None)
-            self._addresses.pop(conn.address, None)
+        self._release(conn.address)
         if not self.connections:
             self._drained.set()
+
+    def _release(self, address: str) -> None:
+        left = self._per_address.get(address, 1) - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
+            self._addresses.pop(address, None)
 
     def write_soon(self, conn: Connection) -> None:
         """Flush ``conn`` once this loop iteration's reads are all handled."""
