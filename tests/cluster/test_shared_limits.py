@@ -3,6 +3,7 @@ the cluster: two nodes allow what one does, not twice as much."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
-from clusterchat.protocol.messages import LoginErr, MsgId, RegErr
+from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId, RegErr
 from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
@@ -70,3 +71,44 @@ async def test_guesses_and_registrations_count_across_nodes(two_nodes: tuple[Nod
     assert codes == [LoginErr.BAD_CREDENTIALS] * FREE + [LoginErr.TOO_MANY_FAILURES] * FREE
     for c in (a, b):
         await c.close()
+
+
+@pytest.fixture
+async def metered_nodes(settings: Settings) -> AsyncIterator[tuple[Node, Node]]:
+    prefix = f"cctest:{secrets.token_hex(4)}:"
+    limits = Limits(registrations_per_address=0, message_rate=0.5, message_burst=5)
+    shared = replace(settings, redis_url=REDIS, redis_prefix=prefix, limits=limits)
+    nodes = (Node(replace(shared, node_id="a")), Node(replace(shared, node_id="b")))
+    for n in nodes:
+        await n.start()
+    yield nodes
+    for n in nodes:
+        await n.stop()
+    client = aioredis.Redis.from_url(REDIS)
+    keys = [k async for k in client.scan_iter(match=prefix + "*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_reconnecting_elsewhere_does_not_refill_the_flood_bucket(
+    metered_nodes: tuple[Node, Node],
+) -> None:
+    a_node, b_node = metered_nodes
+    a = await ChatConnection.open("127.0.0.1", a_node.port)
+    uid = await a.register(unique(), PASSWORD)
+    ticket = (await a.login(uid, PASSWORD))["ticket"]
+    selfie = {"msgid": MsgId.ADD_FRIEND, "friendid": uid}  # refused at once, but metered
+    codes = [(await a.request(selfie, MsgId.ERROR))["errno"] for _ in range(6)]
+    assert codes == [ErrCode.FRIEND_SELF] * 5 + [ErrCode.TOO_FAST]
+    await a.abort()
+    async with asyncio.timeout(10):
+        while uid in a_node.service.sessions:  # noqa: ASYNC110 - polled with a deadline
+            await asyncio.sleep(0.01)
+    b = await ChatConnection.open("127.0.0.1", b_node.port)
+    ack = await b.request({"msgid": MsgId.LOGIN, "id": uid, "ticket": ticket}, MsgId.LOGIN_ACK)
+    assert ack["errno"] == 0
+    codes = [(await b.request(selfie, MsgId.ERROR))["errno"] for _ in range(3)]
+    # A fresh bucket would have served all three; the one left on node a serves at most one.
+    assert codes.count(ErrCode.TOO_FAST) >= 2, codes
+    await b.close()

@@ -7,9 +7,12 @@ or hit, and only on the login and registration paths, never on chat). If
 Redis cannot be reached the node counts locally meanwhile: a guard that
 fails open cluster-wide still holds per node.
 
-The flood limit needs no sharing: a user has one session in the whole
-cluster (duplicate logins are refused), so the token bucket that lives
-with that session already counts everything the user sends.
+The flood limit is counted where it is cheap: a user has one session in
+the whole cluster (duplicate logins are refused), so the token bucket lives
+with that session, in memory, one clock read per request. Only when the
+session ends is what is left of the bucket kept (here, or in Redis for a
+few seconds) for the user's next login, wherever it is: reconnecting does
+not refill it.
 """
 
 from __future__ import annotations
@@ -155,11 +158,35 @@ class RedisMeter:
 
 
 class Tallies:
-    """The three shared counts the service keeps."""
+    """The three shared counts the service keeps, and users' flood buckets
+    between sessions (tokens left, wall-clock time)."""
 
     def __init__(self, by_pair: Tally, by_address: Tally, registrations: Tally) -> None:
         self.by_pair, self.by_address, self.registrations = by_pair, by_address, registrations
         self.client: aioredis.Redis | None = None
+        self.prefix = ""
+        self._buckets: dict[int, tuple[float, float]] = {}
+
+    async def keep_bucket(self, uid: int, tokens: float, at: float, ttl: float) -> None:
+        if len(self._buckets) >= 100_000:
+            for old in list(self._buckets)[:10_000]:
+                del self._buckets[old]
+        self._buckets[uid] = (tokens, at)
+        if self.client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                key = f"{self.prefix}bucket:{uid}"
+                await self.client.set(key, f"{tokens}:{at}", px=max(1, int(ttl * 1000)))
+
+    async def take_bucket(self, uid: int) -> tuple[float, float] | None:
+        found = self._buckets.pop(uid, None)
+        if self.client is not None:
+            with contextlib.suppress(RedisError, OSError, ValueError):
+                raw = await self.client.getdel(f"{self.prefix}bucket:{uid}")
+                if raw:
+                    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    tokens, _, at = text.partition(":")
+                    found = (float(tokens), float(at))
+        return found
 
     @classmethod
     def local(cls, by_pair: Backoff, by_address: Backoff, registrations: FailureLimiter) -> Tallies:
@@ -183,7 +210,7 @@ class Tallies:
             RedisBackoff(client, p + "addr:", by_address),
             RedisMeter(client, p + "reg:", registrations),
         )
-        made.client = client
+        made.client, made.prefix = client, p
         return made
 
     async def close(self) -> None:

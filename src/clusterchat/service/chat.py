@@ -442,6 +442,11 @@ class ChatService:
         name, resumed = who
         if not await self._claim(s, req.id):
             return False
+        if self._rate:  # what the last session left of the flood bucket
+            kept = await self._tallies.take_bucket(req.id)
+            if kept is not None:
+                tokens = kept[0] + (time.time() - kept[1]) * self._rate
+                s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
         s.uid, s.name, s.held = req.id, name, []
         s.flushing, s.recheck = True, False
         self.sessions[req.id] = s
@@ -556,10 +561,21 @@ class ChatService:
             else:
                 self.store.note_state(uid, online=False)
         finally:
+            await self._keep_bucket(uid, s)
             # Acknowledge only once the whole cluster sees the user offline.
             await self.presence.release(uid)
             if reply:
                 s.peer.send(_LOGOUT_ACK)
+
+    async def _keep_bucket(self, uid: int, s: Session) -> None:
+        """A flood bucket not full is kept for the user's next login: leaving
+        and coming back does not refill it."""
+        if not self._rate or not s.stamp:
+            return
+        tokens = s.tokens + (time.monotonic() - s.stamp) * self._rate
+        if tokens < self._burst:
+            refill = (self._burst - tokens) / self._rate
+            await self._tallies.keep_bucket(uid, tokens, time.time(), refill + 1)
 
     def _forget(self, s: Session) -> None:
         if self.sessions.get(s.uid) is s:
