@@ -43,7 +43,8 @@ async def wait_port(port: int, timeout: float = 10.0) -> None:
 class OwnRedis:
     """A redis-server on its own port that a test can kill and bring back."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.extra = extra  # more redis-server options, e.g. a small pub/sub buffer limit
         self.port = free_ports(1)
         self.workdir = workdir
         self.proc: asyncio.subprocess.Process | None = None
@@ -57,7 +58,8 @@ class OwnRedis:
 
     async def start(self) -> None:
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
+               "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+               *self.extra]  # fmt: skip
         self.proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL)
         await wait_port(self.port)
 

@@ -290,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
         "[env CLUSTERCHAT_PRESENCE_TTL; default %(default)s]",
     )
     srv.add_argument(
+        "--bus-window",
+        type=int,
+        default=_env_int("CLUSTERCHAT_BUS_WINDOW", 4 * 1024 * 1024),
+        metavar="BYTES",
+        help="messages this node may have on their way to another node before senders "
+        "wait (then get ERROR 151 busy); keep (nodes - 1) x this under Redis's "
+        "client-output-buffer-limit pubsub, or Redis drops the receiver "
+        "[env CLUSTERCHAT_BUS_WINDOW; default 4 MiB]",
+    )
+    srv.add_argument(
         "--node-id",
         default=_env("CLUSTERCHAT_NODE_ID", ""),
         help="name of this node in the cluster [env CLUSTERCHAT_NODE_ID; default random]",
@@ -577,6 +587,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         redis_url=args.redis or None,
         redis_prefix=args.redis_prefix,
         presence_ttl=args.presence_ttl,
+        bus_window=args.bus_window,
         node_id=node_id,
         reuse_port=worker,
     )

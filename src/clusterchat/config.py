@@ -82,6 +82,9 @@ class Settings:
     redis_prefix: str = "clusterchat:"
     #: Seconds after which a node that stopped heartbeating (killed) frees its users.
     presence_ttl: float = 10.0
+    #: Bytes of messages one node may have in flight to another, unacknowledged;
+    #: kept under half of Redis's pub/sub buffer limit, which would cut the receiver.
+    bus_window: int = 4 * 1024 * 1024
     #: Names this node in Redis and in PONG replies; random when empty.
     node_id: str = ""
     #: Seconds a connection may stay without logging in, counted from accept

@@ -3,9 +3,11 @@
 Presence: ``{p}user:{uid}`` names the node holding a user; ``{p}node:{id}``
 is that node's heartbeat, a key with a TTL the node keeps refreshing. A user
 counts as online only while their node's heartbeat lives, so a node killed
-with SIGKILL frees its users within ``presence_ttl`` seconds, no clean-up
-needed. ``{p}members:{id}`` lists a node's users so it can re-assert them
-after Redis lost its data.
+with SIGKILL frees its users within ``presence_ttl`` seconds. ``{p}members:{id}``
+lists a node's users so it can re-assert them after Redis lost its data; it
+expires unless its node refreshes it. ``{p}nodes`` (a sorted set: node id, last
+heartbeat) lets the survivors find a node that died and delete what it held
+(:data:`~clusterchat.bus.scripts.REAP`), so nothing a dead node wrote stays behind.
 
 Delivery: every node subscribes to one channel, ``{p}to:{id}``. Messages for
 users on other nodes are queued per destination and published in one
@@ -15,20 +17,26 @@ tells whether the node is there: if not, the sender stores the message
 offline. A node that receives a message for a user who has left forwards it
 once to wherever the user is now, or stores it offline.
 
-PUBLISH counts a subscriber that is dying as a receiver, so a node killed
-mid-stream could swallow a batch. Every batch is therefore acknowledged
-(piggybacked on traffic the other way, or alone); a batch not acknowledged
-within ``ack_timeout`` is stored offline by its sender. That is at-least-once:
-a receiver that delivered but died before acknowledging causes a duplicate
-(same ``mid``), never a loss.
+Pub/sub may lose a batch silently: Redis cuts a subscriber whose output buffer
+passes ``client-output-buffer-limit pubsub``, and a dying subscriber still
+counts as a receiver. The :mod:`~clusterchat.bus.window` state machines make
+every loss visible: batches carry per-sender sequence numbers, the receiver
+acknowledges exactly the batches it took (after storing or re-routing what it
+could not deliver), reports gaps, and the sender stores whatever comes back or
+times out. Bytes in flight per destination are bounded by ``window`` (kept
+under the subscriber's buffer limit): past it, senders wait, then are refused
+with :class:`~clusterchat.errors.Busy`. A node that resubscribed announces it,
+and its senders probe it so it reports what it missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 import redis.asyncio as aioredis
@@ -37,52 +45,40 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from clusterchat import errors
+from clusterchat.bus import scripts
 from clusterchat.bus.base import Inbox
+from clusterchat.bus.window import Flight, ReceiveState, SendWindow
 
 log = logging.getLogger(__name__)
 
 DELIVER, NUDGE = 0, 1
 Item = tuple[int, list[int], bytes, int]  # kind, receivers, payload, hops
-#: What one PUBLISH carries: sender node, batch seq (0: nothing to ack), the
-#: highest seq of the receiver's batches the sender has taken, items.
-Batch = tuple[str, int, int, list[Item]]
+#: What one PUBLISH carries: sender node, its epoch, batch seq (0: no items),
+#: the highest seq it sent this receiver, then the answer for the receiver's own
+#: batches: their epoch, acknowledged and missing seqs as ``[lo, hi, ...]`` runs.
+Batch = tuple[str, str, int, int, str, list[int], list[int], list[Item]]
+#: Work for the store queue: (receivers, payload, hops) per message, and what
+#: to do once all of it is delivered elsewhere or stored.
+Work = tuple[list[tuple[list[int], bytes, int]], Callable[[], None] | None]
 
-_CLAIM = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'node:' .. holder) == 1 then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. ARGV[3])
-return 1
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[2] then
-  redis.call('DEL', KEYS[1])
-end
-redis.call('SREM', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. ARGV[3])
-return 1
-"""
-
-_LOCATE = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local holder = redis.call('GET', key)
-  if holder and redis.call('EXISTS', ARGV[1] .. 'node:' .. holder) == 1 then
-    out[i] = holder
-  else
-    out[i] = false
-  end
-end
-return out
-"""
+DEFAULT_WINDOW = 4 * 1024 * 1024
+#: Survivors clean up after a node silent for this many presence TTLs.
+REAP_AFTER = 3
 
 
 def _translate(exc: BaseException) -> errors.Unavailable:
     return errors.Unavailable(f"redis unavailable: {exc.__class__.__name__}: {exc}")
+
+
+def pubsub_limit(config: dict[str, str]) -> int:
+    """The byte count past which Redis cuts a subscriber (the soft limit if
+    set, else the hard one; 0: no limit), from ``CONFIG GET client-output-buffer-limit``."""
+    words = config.get("client-output-buffer-limit", "").split()
+    for i in range(0, len(words) - 3, 4):
+        if words[i] == "pubsub":
+            hard, soft = int(words[i + 1]), int(words[i + 2])
+            return soft or hard
+    return 0
 
 
 class RedisCluster:
@@ -97,8 +93,10 @@ class RedisCluster:
         node_id: str,
         prefix: str = "clusterchat:",
         presence_ttl: float = 10.0,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.node_id = node_id
+        self.epoch = secrets.token_hex(4)
         self.prefix = prefix
         self.presence_ttl = presence_ttl
         self.client: aioredis.Redis = aioredis.Redis.from_url(
@@ -108,28 +106,40 @@ class RedisCluster:
             health_check_interval=5,
             retry=Retry(NoBackoff(), 0),
         )
-        self._claim = self.client.register_script(_CLAIM)
-        self._release = self.client.register_script(_RELEASE)
-        self._locate = self.client.register_script(_LOCATE)
+        self._claim = self.client.register_script(scripts.CLAIM)
+        self._release = self.client.register_script(scripts.RELEASE)
+        self._locate = self.client.register_script(scripts.LOCATE)
+        self._beat = self.client.register_script(scripts.HEARTBEAT)
+        self._reap = self.client.register_script(scripts.REAP)
         self._members_key = f"{prefix}members:{node_id}"
+        self._nodes_key = f"{prefix}nodes"
+        # Outlives the reaping grace, so survivors still find whose presence to delete.
+        self._members_ttl = int(2 * REAP_AFTER * presence_ttl * 1000)
         self._events = f"{prefix}events".encode()
         self._inbox: Inbox | None = None
         self._routes: dict[int, str] = {}
         self._outbox: dict[str, list[Item]] = {}
+        self._queued: dict[str, int] = {}  # bytes admitted into _outbox, per node
         self._posted: dict[str, list[Item]] = {}  # queued by post(): nobody awaits them
         self._sent: dict[str, asyncio.Future[bool]] = {}
         self._wake = asyncio.Event()
-        self._misdelivered: asyncio.Queue[tuple[list[int], bytes, int]] = asyncio.Queue()
+        self._misdelivered: asyncio.Queue[Work] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
         self._was_connected = False
         self._closing = False
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(Batch)
+        self._legacy_decoder = msgspec.msgpack.Decoder(tuple[str, int, int, list[Item]])
         self.ack_timeout = max(1.0, presence_ttl / 2)
-        self._next_seq: dict[str, int] = {}
-        self._unacked: dict[str, dict[int, tuple[float, list[Item]]]] = {}
-        self._ack_due: dict[str, int] = {}
+        #: Bytes in flight per destination; a sender past it waits this long, then is refused.
+        self.window = window
+        self.room_wait = 2 * self.ack_timeout
+        self._windows: dict[str, SendWindow[list[Item]]] = {}
+        self._receiving: dict[str, ReceiveState] = {}
+        self._answer: set[str] = set()  # sources owed acks or gap reports
+        self._probe: set[str] = set()  # destinations to send an empty batch (they resubscribed)
+        self._freed: dict[str, asyncio.Future[None]] = {}
 
     def _user_key(self, uid: int) -> str:
         return f"{self.prefix}user:{uid}"
@@ -143,6 +153,7 @@ class RedisCluster:
         self._inbox = inbox
         try:
             await self._heartbeat_once()
+            await self._fit_window()
         except (RedisError, OSError) as exc:
             raise _translate(exc) from exc
         loops = (
@@ -157,25 +168,55 @@ class RedisCluster:
         async with asyncio.timeout(10):
             await self.connected.wait()
 
+    async def _fit_window(self) -> None:
+        """Stay under the subscriber buffer limit of the Redis we are given
+        (read, never set: the Redis may be shared)."""
+        try:
+            config = await self.client.config_get("client-output-buffer-limit")
+        except RedisError as exc:  # CONFIG may be disabled or forbidden
+            log.info(
+                "cannot read Redis's pub/sub buffer limit (%s); window %d bytes", exc, self.window
+            )
+            return
+        limit = pubsub_limit({str(k): str(v) for k, v in config.items()})
+        if limit and self.window > limit // 2:
+            log.warning(
+                "bus window %d bytes exceeds half of Redis's pub/sub buffer limit (%d); using %d",
+                self.window, limit, limit // 2,
+            )  # fmt: skip
+            self.window = limit // 2
+
     async def close(self) -> None:
         self._closing = True
         with contextlib.suppress(RedisError, OSError):
-            await self.client.delete(f"{self.prefix}node:{self.node_id}", self._members_key)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.delete(f"{self.prefix}node:{self.node_id}", self._members_key)
+                pipe.zrem(self._nodes_key, self.node_id)
+                await pipe.execute()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
 
-    async def _heartbeat_once(self) -> None:
-        await self.client.set(
-            f"{self.prefix}node:{self.node_id}", 1, px=int(self.presence_ttl * 1000)
+    async def _heartbeat_once(self) -> bool:
+        """Refresh our heartbeat; False if it had lapsed."""
+        ttl = int(self.presence_ttl * 1000)
+        alive = await self._beat(
+            keys=[f"{self.prefix}node:{self.node_id}", self._nodes_key, self._members_key],
+            args=[ttl, self.node_id, self._members_ttl],
         )
+        return bool(alive)
 
     async def _heartbeat(self) -> None:
+        grace = int(REAP_AFTER * self.presence_ttl * 1000)
         while True:
             await asyncio.sleep(self.presence_ttl / 3)
             try:
-                await self._heartbeat_once()
+                if not await self._heartbeat_once() and self.connected.is_set():
+                    log.warning("heartbeat had lapsed; re-asserting local users")
+                    await self._resync()
+                if await self._reap(keys=[self._nodes_key], args=[self.prefix, grace]):
+                    log.info("cleaned up after a node that died")
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -185,7 +226,7 @@ class RedisCluster:
         try:
             got = await self._claim(
                 keys=[self._user_key(uid), self._members_key],
-                args=[self.prefix, self.node_id, uid],
+                args=[self.prefix, self.node_id, uid, self._members_ttl],
             )
         except (RedisError, OSError) as exc:
             raise _translate(exc) from exc
@@ -219,10 +260,10 @@ class RedisCluster:
 
     def post(self, uid: int, payload: bytes) -> bool:
         node = self._routes.get(uid)
-        if node is None or node == self.node_id:
+        if node is None or node == self.node_id or not self._admit(node, len(payload)):
             return False
         item: Item = (DELIVER, [uid], payload, 0)
-        self._enqueue(node, item)
+        self._enqueue(node, item, len(payload))
         self._posted.setdefault(node, []).append(item)
         return True
 
@@ -233,6 +274,8 @@ class RedisCluster:
         return await self._send(uids, payload, 0)
 
     async def _send(self, uids: Sequence[int], payload: bytes, hops: int) -> list[int]:
+        """Hand a message on; a first hop waits for room (then :class:`errors.Busy`,
+        with no effect), a re-route does not wait and returns what found none."""
         routes = self._routes
         by_node: dict[str, list[int]] = {}
         unknown = [uid for uid in uids if uid not in routes]
@@ -251,9 +294,27 @@ class RedisCluster:
                 undelivered.append(uid)  # offline, or said to be here but is not
             else:
                 by_node.setdefault(node, []).append(uid)
+        size = len(payload)
+        admitted: list[str] = []
+        try:
+            for node in list(by_node):
+                if hops == 0:
+                    await self._make_room(node, size)
+                elif not self._admit(node, size):
+                    undelivered.extend(by_node.pop(node))
+                    continue
+                admitted.append(node)
+        except BaseException:
+            for node in admitted:  # refused as a whole: nothing was handed on
+                self._window(node).cancel(size)
+                self._released(node)
+            raise
         if not by_node:
             return undelivered
-        sent = [self._enqueue(node, (DELIVER, ids, payload, hops)) for node, ids in by_node.items()]
+        sent = [
+            self._enqueue(node, (DELIVER, ids, payload, hops), size)
+            for node, ids in by_node.items()
+        ]
         for (node, ids), ok in zip(by_node.items(), await asyncio.gather(*sent), strict=True):
             if not ok:
                 undelivered.extend(ids)
@@ -269,10 +330,42 @@ class RedisCluster:
             if node == self.node_id and self._inbox is not None:
                 self._inbox.nudged(uid)
             elif node is not None:
-                self._enqueue(node, (NUDGE, [uid], b"", 0))
+                self._enqueue(node, (NUDGE, [uid], b"", 0), 0)
 
-    def _enqueue(self, node: str, item: Item) -> asyncio.Future[bool]:
+    def _window(self, node: str) -> SendWindow[list[Item]]:
+        window = self._windows.get(node)
+        if window is None:
+            window = self._windows[node] = SendWindow(self.window, self.ack_timeout)
+        return window
+
+    def _admit(self, node: str, size: int) -> bool:
+        return self._window(node).admit(size)
+
+    async def _make_room(self, node: str, size: int) -> None:
+        """Wait until the window to ``node`` takes ``size`` more bytes."""
+        window = self._window(node)
+        if window.admit(size):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.room_wait
+        while not window.admit(size):
+            left = deadline - loop.time()
+            if left <= 0:
+                raise errors.Busy(f"node {node} is not keeping up; retry shortly")
+            freed = self._freed.get(node)
+            if freed is None:
+                freed = self._freed[node] = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(freed), left)
+
+    def _released(self, node: str) -> None:
+        freed = self._freed.pop(node, None)
+        if freed is not None and not freed.done():
+            freed.set_result(None)
+
+    def _enqueue(self, node: str, item: Item, size: int) -> asyncio.Future[bool]:
         self._outbox.setdefault(node, []).append(item)
+        self._queued[node] = self._queued.get(node, 0) + size
         fut = self._sent.get(node)
         if fut is None:
             fut = self._sent[node] = asyncio.get_running_loop().create_future()
@@ -290,55 +383,81 @@ class RedisCluster:
             await self._wake.wait()
             self._wake.clear()
             outbox, self._outbox = self._outbox, {}
+            queued, self._queued = self._queued, {}
             sent, self._sent = self._sent, {}
             posted, self._posted = self._posted, {}
-            acks, self._ack_due = self._ack_due, {}
-            nodes = list(outbox.keys() | acks.keys())
-            seqs = []
+            answer, self._answer = self._answer, set()
+            probe, self._probe = self._probe, set()
+            nodes = list(outbox.keys() | answer | probe)
+            now = loop.time()
+            seqs, frames = [], []
+            for node in nodes:
+                items = outbox.get(node, [])
+                window = self._window(node)
+                seq = window.dispatch(items, queued.get(node, 0), now) if items else 0
+                rx = self._receiving.get(node)
+                epoch, acks, nacks = rx.drain() if rx is not None else ("", [], [])
+                batch: Batch = (
+                    self.node_id,
+                    self.epoch,
+                    seq,
+                    window.last,
+                    epoch,
+                    acks,
+                    nacks,
+                    items,
+                )
+                seqs.append(seq)
+                frames.append(self._encoder.encode(batch))
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for node in nodes:
-                        items = outbox.get(node, [])
-                        seq = 0
-                        if items:
-                            seq = self._next_seq[node] = self._next_seq.get(node, 0) + 1
-                        seqs.append(seq)
-                        batch: Batch = (self.node_id, seq, acks.get(node, 0), items)
-                        pipe.publish(self._channel(node), self._encoder.encode(batch))
+                    for node, frame in zip(nodes, frames, strict=True):
+                        pipe.publish(self._channel(node), frame)
                     counts = await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("publish of %d batches failed: %s", len(nodes), exc)
                 counts = [0] * len(nodes)
-                for node, seq in acks.items():  # owed still
-                    self._ack_due[node] = max(seq, self._ack_due.get(node, 0))
-            deadline = loop.time() + self.ack_timeout
             for node, seq, count in zip(nodes, seqs, counts, strict=True):
-                if count and seq:
-                    self._unacked.setdefault(node, {})[seq] = (deadline, outbox[node])
-                elif not count:
+                if not count:
                     self._forget_node(node)
-                    for _kind, uids, payload, _hops in posted.get(node, ()):
-                        self._misdelivered.put_nowait((uids, payload, 1))  # store, in order
+                    if seq:
+                        self._refused(node, seq, posted.get(node, []))
                 fut = sent.get(node)
                 if fut is not None and not fut.done():
                     fut.set_result(bool(count))
 
+    def _refused(self, node: str, seq: int, posted: list[Item]) -> None:
+        """Nobody took a batch: awaited senders store theirs; posted items are ours to store."""
+        window = self._window(node)
+        window.refused(seq)
+        work = [(uids, payload, 1) for kind, uids, payload, _ in posted if kind == DELIVER]
+        self._misdelivered.put_nowait((work, functools.partial(self._stored, node, seq)))
+
+    def _returned(self, node: str, flights: list[Flight[list[Item]]], why: str) -> None:
+        """Batches another node did not take: store every message in them."""
+        if flights:
+            seqs = ", ".join(str(f.seq) for f in flights[:10])
+            log.warning("node %s %s %d batches (%s); storing them", node, why, len(flights), seqs)
+        for flight in flights:
+            work = [
+                (uids, payload, 1) for kind, uids, payload, _ in flight.items if kind == DELIVER
+            ]
+            self._misdelivered.put_nowait((work, functools.partial(self._stored, node, flight.seq)))
+
+    def _stored(self, node: str, seq: int) -> None:
+        self._window(node).stored(seq)
+        self._released(node)
+
     async def _sweep(self) -> None:
-        """Batches a node took but never acknowledged (it died): store them."""
+        """Batches a node took but never acknowledged (it died, or is stuck): store them."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.ack_timeout / 2)
+            await asyncio.sleep(self.ack_timeout / 4)
             now = loop.time()
-            for node, pending in list(self._unacked.items()):
-                expired = [seq for seq, (deadline, _) in pending.items() if deadline <= now]
-                for seq in expired:
-                    _, items = pending.pop(seq)
-                    log.warning("node %s did not acknowledge batch %d; storing it", node, seq)
-                    for kind, uids, payload, _hops in items:
-                        if kind == DELIVER:
-                            self._misdelivered.put_nowait((uids, payload, 1))
-                if not pending:
-                    del self._unacked[node]
+            # Windows are kept (a few hundred bytes each): a seq must never restart
+            # within our epoch, or a receiver would take new batches for old ones.
+            for node, window in list(self._windows.items()):
+                self._returned(node, window.expire(now), "did not acknowledge")
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -349,6 +468,8 @@ class RedisCluster:
             try:
                 await pubsub.subscribe(self._channel(self.node_id), f"{self.prefix}events")
                 await self._resync()
+                # Senders probe us so we report the batches this subscription missed.
+                await self.client.publish(self._events, f"r{self.node_id}")
                 if self._was_connected:
                     self._spawn_reconnected()
                 self._was_connected = True
@@ -394,23 +515,40 @@ class RedisCluster:
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         if channel == self._events:
-            event, ident = data[:1], int(data[1:])
+            event, ident = data[:1], data[1:]
             if event == b"p":
-                self._routes.pop(ident, None)
+                self._routes.pop(int(ident), None)
             elif event == b"g" and self._inbox is not None:
-                self._inbox.group_changed(ident)
+                self._inbox.group_changed(int(ident))
+            elif event == b"r":
+                node = ident.decode()
+                if node != self.node_id and node in self._windows:
+                    self._probe.add(node)
+                    self._wake.set()
             return
         inbox = self._inbox
         assert inbox is not None
-        source, seq, acked, items = self._decoder.decode(data)
-        if acked:
-            pending = self._unacked.get(source)
-            if pending:
-                for done in [s for s in pending if s <= acked]:
-                    del pending[done]
-        if seq:
-            self._ack_due[source] = max(seq, self._ack_due.get(source, 0))
+        try:
+            source, epoch, seq, last, ack_epoch, acks, nacks, items = self._decoder.decode(data)
+        except msgspec.ValidationError:
+            self._take_unsequenced(data)
+            return
+        if ack_epoch == self.epoch and (acks or nacks):
+            window = self._windows.get(source)
+            if window is not None:
+                window.acked(acks)
+                self._returned(source, window.missing(nacks), "never saw")
+                self._released(source)
+        rx = self._receiving.get(source)
+        if rx is None:
+            rx = self._receiving[source] = ReceiveState()
+        fresh = rx.arrived(epoch, seq, last)
+        if rx.due():  # gaps to report
+            self._answer.add(source)
             self._wake.set()
+        if not fresh:
+            return
+        work: list[tuple[list[int], bytes, int]] = []
         for kind, uids, payload, hops in items:
             if kind == NUDGE:
                 for uid in uids:
@@ -418,15 +556,47 @@ class RedisCluster:
                 continue
             missed = [uid for uid in uids if not inbox.deliver(uid, payload)]
             if missed:
-                self._misdelivered.put_nowait((missed, payload, hops))
+                work.append((missed, payload, hops))
+
+        def taken() -> None:
+            rx.taken(epoch, seq)
+            self._answer.add(source)
+            self._wake.set()
+
+        if work:  # acknowledged once re-routed or stored
+            self._misdelivered.put_nowait((work, taken))
+        else:
+            taken()
+
+    def _take_unsequenced(self, data: bytes) -> None:
+        """A batch in the format of nodes before sequenced delivery (a rolling
+        upgrade): deliver it, store what finds nobody, acknowledge nothing."""
+        assert self._inbox is not None
+        try:
+            _source, _seq, _acked, items = self._legacy_decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            log.warning("dropped a batch in no known format: %s", exc)
+            return
+        work = []
+        for kind, uids, payload, hops in items:
+            if kind == DELIVER:
+                missed = [uid for uid in uids if not self._inbox.deliver(uid, payload)]
+                if missed:
+                    work.append((missed, payload, hops))
+        if work:
+            self._misdelivered.put_nowait((work, None))
 
     async def _redeliver(self) -> None:
-        """Messages for users who left this node: follow them once, else store. In order."""
+        """Messages for users who left this node, and batches others did not take:
+        follow them once, else store. In order."""
         assert self._inbox is not None
         while True:
-            uids, payload, hops = await self._misdelivered.get()
+            work, done = await self._misdelivered.get()
             try:
-                await self._reroute(uids, payload, hops)
+                for uids, payload, hops in work:
+                    await self._reroute(uids, payload, hops)
+                if done is not None:
+                    done()
             finally:
                 self._misdelivered.task_done()
 

@@ -84,6 +84,7 @@ class ErrCode(IntEnum):
     ALREADY_MEMBER = 133
     GROUP_FULL = 134
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
+    BUSY = 151  # the node holds all it may for others now; not delivered, retry shortly
     SERVER_FULL = 160  # the node has all the connections it can take; try another
     TIMEOUT = 161  # no login, or silence, for too long: the connection is closed
     TOO_FAST = 170  # over the per-user request rate; the request was not served

@@ -61,7 +61,11 @@ class Node:
         bus: Bus
         if settings.redis_url:
             cluster = RedisCluster(
-                settings.redis_url, self.node_id, settings.redis_prefix, settings.presence_ttl
+                settings.redis_url,
+                self.node_id,
+                settings.redis_prefix,
+                settings.presence_ttl,
+                settings.bus_window,
             )
             presence = bus = cluster
         else:

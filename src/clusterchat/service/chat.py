@@ -285,6 +285,8 @@ class ChatService:
         except errors.Refused as exc:
             code, text = _REFUSALS[type(exc)]
             self._refuse(s, req, code, text.format(*exc.args))
+        except errors.Busy as exc:
+            self._refuse(s, req, ErrCode.BUSY, f"server busy, not sent: {exc}")
         except errors.Unavailable as exc:
             log.warning("%s", exc)
             self._refuse(s, req, ErrCode.UNAVAILABLE, "service temporarily unavailable, retry")
@@ -680,7 +682,7 @@ class ChatService:
     async def _one_chat_away(
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int
     ) -> None:
-        if not await self.bus.send([toid], payload):
+        if not await self._send_away(s, [toid], payload):
             status = ChatStatus.DELIVERED
         else:
             text = _text(payload)
@@ -753,7 +755,7 @@ class ChatService:
     async def _fan_out_away(
         self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
     ) -> None:
-        left = await self.bus.send(away, payload)
+        left = await self._send_away(s, away, payload)
         full: list[int] = []
         if left:
             full = await self.store.store_offline_within(left, _text(payload), self.quota)
@@ -765,6 +767,16 @@ class ChatService:
                 )
             else:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
+
+    async def _send_away(self, s: Session, uids: list[int], payload: bytes) -> list[int]:
+        """Hand a message to other nodes. Past the bus window ours are told
+        ``ERROR 151``; the original client has no such reply, so it waits."""
+        while True:
+            try:
+                return await self.bus.send(uids, payload)
+            except errors.Busy:
+                if not s.legacy:
+                    raise
 
     # -- the bus's inbox: traffic from other nodes ---------------------------------------
 

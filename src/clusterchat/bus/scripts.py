@@ -1,0 +1,74 @@
+"""The Lua scripts the Redis bus runs, each one atomic in Redis.
+
+Presence (claim, release, locate) must not race between nodes; the heartbeat
+and the reaping of dead nodes must see one consistent view of who is alive.
+"""
+
+CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'node:' .. holder) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. ARGV[3])
+return 1
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SREM', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. ARGV[3])
+return 1
+"""
+
+LOCATE = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder and redis.call('EXISTS', ARGV[1] .. 'node:' .. holder) == 1 then
+    out[i] = holder
+  else
+    out[i] = false
+  end
+end
+return out
+"""
+
+# KEYS: node key, nodes zset, members set. ARGV: ttl ms, node id, members ttl ms.
+# Returns 0 if the heartbeat had lapsed (survivors may have reaped our users).
+HEARTBEAT = """
+local alive = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return alive
+"""
+
+# KEYS: nodes zset. ARGV: prefix, grace ms. Deletes what nodes silent past the
+# grace left behind: their users' presence (if still theirs) and member sets.
+REAP = """
+local now = redis.call('TIME')
+local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[2])
+local reaped = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)) do
+  if redis.call('EXISTS', ARGV[1] .. 'node:' .. id) == 0 then
+    local members = ARGV[1] .. 'members:' .. id
+    for _, uid in ipairs(redis.call('SMEMBERS', members)) do
+      local key = ARGV[1] .. 'user:' .. uid
+      if redis.call('GET', key) == id then
+        redis.call('DEL', key)
+        redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. uid)
+      end
+    end
+    redis.call('DEL', members)
+    redis.call('ZREM', KEYS[1], id)
+    reaped = reaped + 1
+  end
+end
+return reaped
+"""

@@ -1,0 +1,100 @@
+"""Two bus endpoints in one process over a real Redis: the receiver acknowledges
+only after storing, and a full window refuses a sender with Busy, having
+handed nothing on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from clusterchat import errors
+from clusterchat.bus.redis import RedisCluster
+from tests.helpers import OwnRedis
+
+BOB = 7
+BIG = b"x" * 60_000
+
+
+class Inbox:
+    """The service's side of the bus, reduced to what these tests watch."""
+
+    def __init__(self, here: bool) -> None:
+        self.here = here  # False: every delivery finds the user gone
+        self.offered: list[bytes] = []
+        self.stored: list[tuple[list[int], bytes]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    def deliver(self, uid: int, payload: bytes) -> bool:
+        self.offered.append(payload)
+        return self.here
+
+    async def store_offline(self, uids: Sequence[int], payload: bytes) -> None:
+        await self.gate.wait()
+        self.stored.append((list(uids), payload))
+
+    def nudged(self, uid: int) -> None:
+        return None
+
+    def local_users(self) -> list[int]:
+        return []
+
+    async def reconnected(self) -> None:
+        return None
+
+    def displaced(self, uid: int) -> None:
+        return None
+
+    def group_changed(self, gid: int) -> None:
+        return None
+
+
+@pytest.fixture
+async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
+    r = OwnRedis(tmp_path)
+    await r.start()
+    try:
+        yield r.url
+    finally:
+        await r.kill()
+
+
+async def _until(check: Callable[[], object], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 - state of the bus, polled
+            await asyncio.sleep(0.01)
+
+
+async def test_ack_after_store_and_busy_when_the_window_is_full(redis_url: str) -> None:
+    a_inbox, b_inbox = Inbox(here=True), Inbox(here=False)
+    a = RedisCluster(redis_url, "a", "t:", presence_ttl=10, window=100_000)
+    b = RedisCluster(redis_url, "b", "t:", presence_ttl=10)
+    a.room_wait = 0.5
+    await a.start(a_inbox)
+    await b.start(b_inbox)
+    try:
+        assert await b.claim(BOB)
+        b_inbox.gate.clear()  # b's store hangs: it must not acknowledge yet
+        assert await a.send([BOB], BIG) == []
+        await _until(lambda: b_inbox.offered)
+        rx = b._receiving["a"]
+        assert not rx.due() and rx._taking == {1}, "acknowledged before it was stored"
+        assert a._windows["b"].held == len(BIG), "acknowledged before it was stored"
+
+        with pytest.raises(errors.Busy):
+            await a.send([BOB], BIG + b"2")
+        assert a._windows["b"].held == len(BIG), "the refused message took room"
+
+        b_inbox.gate.set()
+        await _until(lambda: a._windows["b"].held == 0)
+        assert b_inbox.stored == [([BOB], BIG)]
+        assert b_inbox.offered == [BIG], "the refused message was handed on"
+        assert await a.send([BOB], BIG) == []  # room again
+        await _until(lambda: len(b_inbox.stored) == 2)
+        assert a_inbox.stored == []  # nothing came back to the sender
+    finally:
+        await a.close()
+        await b.close()
