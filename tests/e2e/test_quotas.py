@@ -180,3 +180,27 @@ async def test_the_login_reply_is_bounded(
     old = await legacy.login(me.id, PASSWORD)
     assert old["errno"] == 0 and len(old["friends"]) == 1 and isinstance(old["friends"][0], str)
     await legacy.close()
+
+
+async def test_long_group_lists_come_in_pages(
+    quota_node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chat, "LOGIN_GROUPS_BYTES", 1)  # one group per page
+    me = await _user(quota_node)
+    made = []
+    for _ in range(2):
+        ack = await me.req(
+            {"msgid": MsgId.CREATE_GROUP, "groupname": unique("g")}, MsgId.CREATE_GROUP_ACK
+        )
+        made.append(ack["groupid"])
+    await me.req({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    login = await me.conn.login(me.id, PASSWORD)
+    assert len(login["groups"]) == 1 and login["more"] == ["groups"]
+    seen, after = [], 0
+    while True:
+        page = await me.req({"msgid": MsgId.LIST_GROUPS, "after": after}, MsgId.GROUP_LIST)
+        seen += [g["id"] for g in page["groups"]]
+        if not page.get("more"):
+            break
+        after = seen[-1]
+    assert seen == sorted(made)

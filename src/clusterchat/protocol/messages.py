@@ -169,7 +169,8 @@ class ListFriends(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_FRIENDS)):
 
 
 class ListGroups(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_GROUPS)):
-    pass
+    #: Groups with ids above this: the reply is paged (``more: true``).
+    after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)] = 0
 
 
 Request = (

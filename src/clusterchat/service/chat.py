@@ -641,7 +641,8 @@ class ChatService:
     async def _list_groups(self, s: Session, req: ListGroups) -> None:
         if s.legacy:
             return
-        groups = await self.store.groups(s.uid)
+        every = [g for g in await self.store.groups(s.uid) if g.id > req.after]
+        groups = _groups_fitting(every)  # a page; the client asks for the next
         online = await self.presence.online({m.id for g in groups for m in g.members})
         docs = [
             {
@@ -655,7 +656,10 @@ class ChatService:
             }
             for g in groups
         ]
-        s.peer.send(codec.ack(MsgId.GROUP_LIST, groups=docs))
+        if len(groups) < len(every):
+            s.peer.send(codec.ack(MsgId.GROUP_LIST, groups=docs, more=True))
+        else:
+            s.peer.send(codec.ack(MsgId.GROUP_LIST, groups=docs))
 
     def _cache_members(self, gid: int, members: frozenset[int]) -> None:
         if len(self._members) >= _MAX_CACHED_GROUPS:
