@@ -7,6 +7,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +18,7 @@ from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId, RegErr
 from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
+from tests.helpers import OwnRedis
 
 REDIS = "redis://127.0.0.1:6379/0"
 FREE, REGS = 3, 3
@@ -112,3 +114,21 @@ async def test_reconnecting_elsewhere_does_not_refill_the_flood_bucket(
     # A fresh bucket would have served all three; the one left on node a serves at most one.
     assert codes.count(ErrCode.TOO_FAST) >= 2, codes
     await b.close()
+
+
+async def test_with_redis_gone_each_node_still_counts(settings: Settings, tmp_path: Path) -> None:
+    own = OwnRedis(tmp_path)
+    await own.start()
+    limits = Limits(login_failures=FREE, login_delay=30, registrations_per_address=0)
+    node = Node(replace(settings, redis_url=own.url, limits=limits))
+    await node.start()
+    try:
+        conn = await _open(node)
+        victim = await conn.register(unique(), PASSWORD)
+        await own.kill()
+        codes = [(await conn.login(victim, "guess"))["errno"] for _ in range(FREE + 2)]
+        assert codes == [LoginErr.BAD_CREDENTIALS] * FREE + [LoginErr.TOO_MANY_FAILURES] * 2
+        await conn.close()
+    finally:
+        await node.stop()
+        await own.kill()
