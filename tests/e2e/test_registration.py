@@ -56,6 +56,14 @@ async def test_a_registration_flood_leaves_password_logins_their_share(
         for _ in range(LOGINS):
             c = await ChatConnection.open("127.0.0.1", node.port)
             users.append((c, await c.register(unique(), PASSWORD)))
+        # One more user, who will come back by ticket during the flood.
+        back = await ChatConnection.open("127.0.0.1", node.port)
+        back_id = await back.register(unique(), PASSWORD)
+        ticket = (await back.login(back_id, PASSWORD))["ticket"]
+        await back.abort()
+        async with asyncio.timeout(10):
+            while back_id in node.service.sessions:  # noqa: ASYNC110 - polled with a deadline
+                await asyncio.sleep(0.01)
         bots = [
             await ChatConnection.open(
                 "127.0.0.1", node.port, local_addr=(f"127.0.1.{1 + n % 200}", 0)
@@ -66,17 +74,22 @@ async def test_a_registration_flood_leaves_password_logins_their_share(
         await asyncio.sleep(0)  # the flood goes out first
         loop = asyncio.get_running_loop()
         started = loop.time()
-        logins = await asyncio.gather(*(c.login(uid, PASSWORD) for c, uid in users))
+        again = await ChatConnection.open("127.0.0.1", node.port)
+        by_ticket = {"msgid": MsgId.LOGIN, "id": back_id, "ticket": ticket}
+        logins = await asyncio.gather(
+            *(c.login(uid, PASSWORD) for c, uid in users), again.request(by_ticket, MsgId.LOGIN_ACK)
+        )
         took = loop.time() - started
         regs = await asyncio.gather(*flood)
-        assert [r["errno"] for r in logins] == [LoginErr.OK] * LOGINS, logins
+        assert [r["errno"] for r in logins] == [LoginErr.OK] * (LOGINS + 1), logins
+        assert logins[-1]["resumed"] is True  # the ticket login never waited for a hash
         busy = [r for r in regs if r["errno"] == RegErr.UNAVAILABLE]
         done = [r for r in regs if r["errno"] == 0]
         assert busy and "registrations" in str(busy[0]["errmsg"])
         assert len(busy) + len(done) == FLOOD
         print(f"{FLOOD} REGs: {len(done)} done, {len(busy)} busy; {LOGINS}/{LOGINS} logins "
               f"ok in {took:.2f} s")  # fmt: skip
-        for c in [*bots, *(c for c, _ in users)]:
+        for c in [*bots, again, *(c for c, _ in users)]:
             await c.close()
     finally:
         await node.stop()
