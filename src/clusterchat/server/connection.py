@@ -37,6 +37,8 @@ _LINGER = 10.0
 #: benchmark client getting thousands must not cost thousands of rows per close.
 _RECENT = 1.0
 _RECENT_MAX = 64
+#: ``_proxy`` once refused after a PROXY line: input is discarded until the peer closes.
+_DISCARD = b"\0refused"
 
 
 class Connection(asyncio.Protocol):
@@ -151,6 +153,8 @@ class Connection(asyncio.Protocol):
     def _unproxy(self, data: bytes) -> bytes:
         """Read a PROXY line from a trusted proxy, if it sends one: the
         client's real address replaces the proxy's. Returns what follows."""
+        if self._proxy is _DISCARD:
+            return b""
         buf = self._proxy + data if self._proxy else data
         if not proxy.may_be_header(buf):
             self._proxy = None  # a direct connection from a trusted address
@@ -169,9 +173,14 @@ class Connection(asyncio.Protocol):
         address, used = found
         if address is not None:
             refusal = self.node.readdress(self, address)
-            if refusal is not None:
-                self.send(refusal)
-                self.close()
+            if refusal is not None and self.transport is not None:
+                # Say why and half-close; closing with input unread would
+                # make the kernel reset the connection, losing the reason.
+                self._proxy, self._by_us = _DISCARD, True
+                self.transport.write(refusal)
+                self.transport.write_eof()
+                loop = asyncio.get_running_loop()
+                self._linger = loop.call_later(2.0, self.transport.abort)
                 return b""
         return buf[used:]
 
