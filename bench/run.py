@@ -66,7 +66,7 @@ def process(cmd: list[str], port: int, cpu: str | None = "0", env: dict[str, str
 
 def node_cmd(port: int, db: str, *extra: str) -> list[str]:
     return [PY, "-m", "clusterchat", "server", "--port", str(port), "--db", db,
-            "--log-level", "WARNING", "--message-rate", "0", *extra]  # fmt: skip
+            "--log-level", "WARNING", "--message-rate", "0", "--registrations", "0", *extra]  # fmt: skip
 
 
 def fresh_db(name: str) -> str:

@@ -28,6 +28,10 @@ MYSQL_SERVER = os.environ.get("CLUSTERCHAT_TEST_MYSQL", "mysql+asyncmy://root@12
 #: Cheap hashing so the suite is fast; users get the safe default.
 FAST_HASH = HashCost(time_cost=1, memory_kib=8, parallelism=1)
 PASSWORD = "s3cret"
+# Tests register many users from 127.0.0.1; the per-address registration
+# meter is tested on its own (tests/e2e/test_registration.py). Servers
+# started as processes inherit this.
+os.environ.setdefault("CLUSTERCHAT_REGISTRATIONS", "0")
 
 
 # In-process tests run on the standard event loop: uvloop's loop.close() was
@@ -66,8 +70,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(request: pytest.FixtureRequest, db_url: str) -> Settings:
-    limits = Limits(message_rate=0) if request.node.get_closest_marker("unmetered") else Limits()
-    return Settings(host="127.0.0.1", port=0, db_url=db_url, hash_cost=FAST_HASH, limits=limits)
+    limits = Limits(registrations_per_address=0)
+    if request.node.get_closest_marker("unmetered"):
+        limits = replace(limits, message_rate=0)
+    # Tests connect from loopback: trusting none of it keeps per-address limits on.
+    return Settings(
+        host="127.0.0.1",
+        port=0,
+        db_url=db_url,
+        hash_cost=FAST_HASH,
+        limits=limits,
+        trusted_proxies=(),
+    )
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from clusterchat.budget import default_budget
@@ -118,10 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--max-connections-per-address",
         type=int,
-        default=_env_int("CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS", 0),
+        default=_env_int("CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS", 100),
         metavar="N",
-        help="connections from one client address; 0: no limit (many users may share "
-        "an address) [env CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS; default 0]",
+        help="connections from one client address; 0: no limit. Users behind one NAT "
+        "share an address: raise it for them (behind nginx the real address comes in "
+        "its PROXY line) [env CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS; default %(default)s]",
+    )
+    srv.add_argument(
+        "--trusted-proxy",
+        default=_env("CLUSTERCHAT_TRUSTED_PROXY", "127.0.0.1,::1"),
+        metavar="ADDRESS[,ADDRESS...]",
+        help="proxies (nginx with `proxy_protocol on;`) whose PROXY lines name the real "
+        "client address; they are not capped per address themselves; '' trusts none "
+        "[env CLUSTERCHAT_TRUSTED_PROXY; default %(default)s]",
     )
     srv.add_argument(
         "--login-failures",
@@ -130,9 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
             f"{limits.login_failures},{limits.login_failures_per_address},{limits.login_window:g}",
         ),
         metavar="ACCOUNT,ADDRESS,SECONDS",
-        help="failed logins allowed per account and per client address within SECONDS "
-        "before further tries are refused (brute force); 0 turns one off "
+        help="brute-force guard: failed password logins free of delay per (account, "
+        "client address) and per address; past them each try waits twice as long as the "
+        "last (see --login-delay); counts are forgotten SECONDS after the last failure; "
+        "a valid ticket always works; 0 turns one off "
         "[env CLUSTERCHAT_LOGIN_FAILURES; default %(default)s]",
+    )
+    srv.add_argument(
+        "--login-delay",
+        default=_env(
+            "CLUSTERCHAT_LOGIN_DELAY", f"{limits.login_delay:g},{limits.login_delay_max:g}"
+        ),
+        metavar="FIRST,MAX",
+        help="seconds the first try past --login-failures waits, doubling up to MAX "
+        "[env CLUSTERCHAT_LOGIN_DELAY; default %(default)s]",
     )
     srv.add_argument(
         "--max-group-size",
@@ -160,6 +181,56 @@ def build_parser() -> argparse.ArgumentParser:
         "limit [env CLUSTERCHAT_LOGIN_QUEUE; default %(default)s]",
     )
     srv.add_argument(
+        "--offline-quota",
+        default=_env(
+            "CLUSTERCHAT_OFFLINE_QUOTA",
+            f"{limits.max_offline_messages},{limits.max_offline_bytes},{limits.max_stored_message}",
+        ),
+        metavar="MESSAGES,BYTES,MESSAGE_BYTES",
+        help="what one receiver may have waiting (messages, total bytes) and how long "
+        "a message kept for an offline receiver may be; past them the sender gets "
+        "ERROR 171/172 and nothing is sent; 0 turns one off "
+        "[env CLUSTERCHAT_OFFLINE_QUOTA; default %(default)s]",
+    )
+    srv.add_argument(
+        "--user-quota",
+        default=_env(
+            "CLUSTERCHAT_USER_QUOTA",
+            f"{limits.max_groups_created},{limits.max_memberships},{limits.max_friends}",
+        ),
+        metavar="GROUPS_CREATED,MEMBERSHIPS,FRIENDS",
+        help="what one user may create, join and befriend (ERROR 173 past it); 0 turns "
+        "one off [env CLUSTERCHAT_USER_QUOTA; default %(default)s]",
+    )
+    srv.add_argument(
+        "--ticket-lifetime",
+        type=float,
+        default=float(_env("CLUSTERCHAT_TICKET_LIFETIME", f"{limits.ticket_lifetime:g}")),
+        metavar="SECONDS",
+        help="how long a session ticket logs in again without the password; each use "
+        "replaces it [env CLUSTERCHAT_TICKET_LIFETIME; default %(default)s (28 days)]",
+    )
+    srv.add_argument(
+        "--register-queue",
+        type=int,
+        default=_env_int("CLUSTERCHAT_REGISTER_QUEUE", 16),
+        metavar="N",
+        help="registrations that may wait for their own hashing threads (half the "
+        "login pool's); past it they are refused as busy, and logins keep their share "
+        "[env CLUSTERCHAT_REGISTER_QUEUE; default %(default)s]",
+    )
+    srv.add_argument(
+        "--registrations",
+        default=_env(
+            "CLUSTERCHAT_REGISTRATIONS",
+            f"{limits.registrations_per_address},{limits.registration_window:g}",
+        ),
+        metavar="N,SECONDS",
+        help="registrations one client address may attempt within SECONDS (accounts per "
+        "address per day); 0 turns it off; raise it for a campus behind one NAT "
+        "[env CLUSTERCHAT_REGISTRATIONS; default %(default)s]",
+    )
+    srv.add_argument(
         "--shed-lag",
         type=float,
         default=float(_env("CLUSTERCHAT_SHED_LAG", "0.5")),
@@ -175,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close connections that do not log in within this [env "
         "CLUSTERCHAT_LOGIN_TIMEOUT; default 30]",
+    )
+    srv.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=float(_env("CLUSTERCHAT_FRAME_TIMEOUT", "30")),
+        metavar="SECONDS",
+        help="close a connection whose request, once begun, has not fully arrived within "
+        "this (a byte now and then holds no slot) [env CLUSTERCHAT_FRAME_TIMEOUT; "
+        "default %(default)s]",
     )
     srv.add_argument(
         "--idle-timeout",
@@ -567,7 +647,7 @@ def _hash_cost(text: str) -> HashCost:
     return HashCost(time_cost=t, memory_kib=m, parallelism=p)
 
 
-def _limits(failures: str, max_group_size: int, rate: str) -> Limits:
+def _limits(failures: str, max_group_size: int, rate: str, delay: str = "5,600") -> Limits:
     try:
         account, address, window = failures.split(",")
     except ValueError:
@@ -575,18 +655,48 @@ def _limits(failures: str, max_group_size: int, rate: str) -> Limits:
             f"--login-failures wants ACCOUNT,ADDRESS,SECONDS, not {failures!r}"
         ) from None
     try:
+        first, most = (float(x) for x in delay.split(","))
+    except ValueError:
+        raise SystemExit(f"--login-delay wants FIRST,MAX, not {delay!r}") from None
+    try:
         per_second, _, burst = rate.partition(",")
         limits = Limits(
-            int(account),
-            int(address),
-            float(window),
-            max_group_size,
+            login_failures=int(account),
+            login_failures_per_address=int(address),
+            login_window=float(window),
+            max_group_size=max_group_size,
             message_rate=float(per_second),
             message_burst=int(burst) if burst else max(1, int(float(per_second))),
+            login_delay=first,
+            login_delay_max=most,
         )
     except ValueError:
         raise SystemExit(f"--message-rate wants PER_SECOND[,BURST], not {rate!r}") from None
     return limits
+
+
+_OFFLINE_QUOTA = ("max_offline_messages", "max_offline_bytes", "max_stored_message")
+_USER_QUOTA = ("max_groups_created", "max_memberships", "max_friends")
+
+
+def _ints(option: str, value: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """A comma list of integers as Limits fields."""
+    try:
+        numbers = [int(x) for x in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != len(fields):
+        raise SystemExit(f"{option} wants {len(fields)} integers, not {value!r}")
+    return dict(zip(fields, numbers, strict=True))
+
+
+def _pair(option: str, value: str, count: str, seconds: str) -> dict[str, Any]:
+    """An N[,SECONDS] option as Limits fields."""
+    try:
+        n, _, window = value.partition(",")
+        return {count: int(n), seconds: float(window or 86_400)}
+    except ValueError:
+        raise SystemExit(f"{option} wants N,SECONDS, not {value!r}") from None
 
 
 def _run(coro: object) -> None:
@@ -617,10 +727,24 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         output_limit=args.output_limit,
         memory_budget=args.memory_budget or default_budget(),
         max_connections_per_address=args.max_connections_per_address,
-        limits=_limits(args.login_failures, args.max_group_size, args.message_rate),
+        trusted_proxies=tuple(a.strip() for a in args.trusted_proxy.split(",") if a.strip()),
+        limits=replace(
+            _limits(args.login_failures, args.max_group_size, args.message_rate, args.login_delay),
+            **_pair(
+                "--registrations",
+                args.registrations,
+                "registrations_per_address",
+                "registration_window",
+            ),
+            **_ints("--offline-quota", args.offline_quota, _OFFLINE_QUOTA),
+            **_ints("--user-quota", args.user_quota, _USER_QUOTA),
+            ticket_lifetime=args.ticket_lifetime,
+        ),
         login_queue=args.login_queue,
+        register_queue=args.register_queue,
         shed_lag=args.shed_lag,
         login_timeout=args.login_timeout,
+        frame_timeout=args.frame_timeout,
         idle_timeout=args.idle_timeout,
         tls_cert=args.tls_cert or None,
         tls_key=args.tls_key or None,

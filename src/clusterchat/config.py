@@ -61,14 +61,21 @@ class Settings:
     memory_budget: int = field(default_factory=default_budget)
     #: Connections this node accepts; 0: as many as its file descriptors allow.
     max_connections: int = 0
-    #: Connections from one client address; 0: no limit (the default, since
-    #: many users can share an address behind NAT, or nginx's).
-    max_connections_per_address: int = 0
+    #: Connections from one client address (0: no limit). Users behind one
+    #: NAT share an address: raise it for them. Behind nginx the real address
+    #: comes in the PROXY line (``cluster up`` configures it).
+    max_connections_per_address: int = 100
+    #: Addresses whose PROXY protocol lines are believed, and which are not
+    #: capped per address themselves (loopback: nginx, or tools, on this machine).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     limits: Limits = field(default_factory=Limits)
     hash_cost: HashCost = field(default_factory=HashCost)
     #: Password checks that may wait for a hashing thread; past it, logins and
     #: registrations are refused as "busy" at once (0: no limit).
     login_queue: int = 64
+    #: Registrations that may wait for their own (smaller) hashing pool; past
+    #: it they are refused as "busy", and password logins keep their threads.
+    register_queue: int = 16
     #: Event-loop lag (seconds) past which new connections are refused until
     #: the node has caught up (0: never).
     shed_lag: float = 0.5
@@ -84,8 +91,11 @@ class Settings:
     bus_window: int = 4 * 1024 * 1024
     #: Names this node in Redis and in PONG replies; random when empty.
     node_id: str = ""
-    #: Seconds a connection may stay without logging in.
+    #: Seconds a connection may stay without logging in, counted from accept
+    #: (or logout) whatever it sends meanwhile.
     login_timeout: float = 30.0
+    #: Seconds one request may take to arrive once its first byte has.
+    frame_timeout: float = 30.0
     #: Seconds a logged-in client of ours may stay silent (it pings every 30 s).
     #: The original client never pings, so its connections rely on TCP keepalive.
     idle_timeout: float = 120.0

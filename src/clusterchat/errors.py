@@ -21,7 +21,9 @@
           ├── InGroup         the user invited is a member already
           ├── InviteOnly      the group takes members by invitation only
           ├── NotAllowed      your role in the group does not permit it
-          └── Banned           `clusterchat admin ban`
+          ├── Banned           `clusterchat admin ban`
+          ├── MailboxFull     the receiver has as much stored as they may
+          └── OverQuota       this user has as many groups/friends as they may
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
 storage and bus boundaries; the service maps them to protocol error codes.
@@ -118,4 +120,12 @@ class InviteOnly(Refused):
 
 
 class Banned(Refused):
+    pass
+
+
+class MailboxFull(Refused):
+    pass
+
+
+class OverQuota(Refused):
     pass

@@ -99,6 +99,11 @@ class Controller:
         if reply.get("msgid") == MsgId.ERROR:
             self.out(render.refusal(reply))
             return
+        while isinstance(cmd, c.Groups) and reply.get("more") and reply.get("groups"):
+            for line in _done(cmd, reply):  # a page at a time: the list is long
+                self.out(line)
+            last = reply["groups"][-1].get("id", 0)
+            reply = await client.request({"msgid": MsgId.LIST_GROUPS, "after": last})
         for line in _done(cmd, reply):
             self.out(line)
         if isinstance(cmd, c.Logout):

@@ -88,6 +88,8 @@ def login_summary(ack: dict[str, Any]) -> list[str]:
     lines = [f"Logged in as {who(ack.get('id'), ack.get('name'))}."]
     lines += friends(ack.get("friends"))
     lines += groups(ack.get("groups"))
+    for what in ack.get("more") or ():
+        lines.append(f"  (more {clean(what)}: type `{clean(what)}` to list them all)")
     offline = _docs(ack.get("offlinemsg"))
     if offline:
         lines.append(f"While you were away ({len(offline)}):")

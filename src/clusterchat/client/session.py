@@ -167,6 +167,9 @@ class ChatClient:
             except ConnectionLost:
                 return False
             if ack.get("errno") == 0:
+                ticket = ack.get("ticket")  # tickets rotate: the old one is dead now
+                if isinstance(ticket, str):
+                    self._ticket = ticket
                 # Stored while we were away: shown as if they had just arrived.
                 for item in ack.get("offlinemsg") or []:
                     with contextlib.suppress(ValueError):

@@ -126,7 +126,9 @@ def up(
             port = base_port + i
             log = run_dir / f"node-{i}.log"
             cmd = [sys.executable, "-m", "clusterchat", "server", "--host", host]
-            cmd += ["--port", str(port), "--node-id", f"node{i}", *server_args]
+            cmd += ["--port", str(port), "--node-id", f"node{i}"]
+            # nginx, on this machine, names each client in a PROXY line.
+            cmd += ["--trusted-proxy", f"{host},127.0.0.1,::1", *server_args]
             if web_port:
                 cmd += ["--http-port", str(http_base_port + i)]
             with log.open("ab") as out:

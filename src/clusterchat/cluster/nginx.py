@@ -35,6 +35,12 @@ def stream_block(
     server {{
         listen {listen};
 {tls}        proxy_pass clusterchat;
+        # The client's real address, for the nodes' per-address limits: they
+        # must trust this nginx (clusterchat server --trusted-proxy ADDRESS).
+        proxy_protocol on;
+        # A node that refuses a client says why and half-closes: nginx passes the
+        # FIN on and keeps reading the client, so the reason is not lost to a reset.
+        proxy_half_close on;
         proxy_connect_timeout 1s;
         # chat connections idle for long: the client pings, nginx must not cut them
         proxy_timeout 1h;

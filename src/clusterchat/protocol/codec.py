@@ -32,6 +32,10 @@ class BadRequest(Exception):
 
 
 _NOT_JSON = "request is not valid JSON in UTF-8"
+#: Requests are flat objects; msgspec refuses JSON nested deeper than the
+#: interpreter's recursion limit allows (about 1,000 levels) by raising
+#: RecursionError, which must be a refusal like any other malformed frame.
+_TOO_DEEP = "request is nested too deeply (requests are flat JSON objects)"
 
 
 def decode_request(frame: bytes) -> Request:
@@ -41,6 +45,8 @@ def decode_request(frame: bytes) -> Request:
         raise _classify(frame, exc) from None
     except ValueError:  # msgspec.DecodeError, or UnicodeDecodeError for bad UTF-8
         raise BadRequest(ErrCode.MALFORMED, _NOT_JSON) from None
+    except RecursionError:
+        raise BadRequest(ErrCode.MALFORMED, _TOO_DEEP) from None
     return req
 
 
@@ -52,6 +58,8 @@ def _classify(frame: bytes, exc: msgspec.ValidationError) -> BadRequest:
         return BadRequest(ErrCode.INVALID_FIELD, _field_error(str(exc)))
     except ValueError:  # an unknown key that is not UTF-8 (found by atheris)
         return BadRequest(ErrCode.MALFORMED, _NOT_JSON)
+    except RecursionError:  # a known msgid whose unknown keys nest deeply
+        return BadRequest(ErrCode.MALFORMED, _TOO_DEEP)
     if not isinstance(doc, dict):
         return BadRequest(ErrCode.MALFORMED, "request must be a JSON object")
     msgid = doc.get("msgid")
@@ -167,6 +175,7 @@ def login_ack(
     offline: Sequence[str],
     ticket: str | None = None,
     resumed: bool = False,
+    more: Sequence[str] | None = None,
 ) -> bytes:
     doc: dict[str, Any] = {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
     if ticket is not None:
@@ -180,6 +189,8 @@ def login_ack(
         doc["groups"] = groups
     if offline:
         doc["offlinemsg"] = offline
+    if more:  # lists cut short: LIST_FRIENDS / LIST_GROUPS give them whole
+        doc["more"] = more
     return encode(doc)
 
 

@@ -85,6 +85,7 @@ class RegErr(IntEnum):
     OK = 0
     FAILED = 1
     UNAVAILABLE = 4
+    TOO_MANY = 5  # registrations from this address: wait and retry
 
 
 class ErrCode(IntEnum):
@@ -116,6 +117,9 @@ class ErrCode(IntEnum):
     SERVER_FULL = 160  # the node has all the connections it can take; try another
     TIMEOUT = 161  # no login, or silence, for too long: the connection is closed
     TOO_FAST = 170  # over the per-user request rate; the request was not served
+    MAILBOX_FULL = 171  # the receiver has as many messages waiting as they may
+    TOO_LONG_TO_STORE = 172  # longer than a message kept for an offline receiver may be
+    QUOTA = 173  # as many groups, memberships or friends as a user may have
     INTERNAL = 199
 
 
@@ -196,7 +200,8 @@ class ListFriends(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_FRIENDS)):
 
 
 class ListGroups(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_GROUPS)):
-    pass
+    #: Groups with ids above this: the reply is paged (``more: true``).
+    after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)] = 0
 
 
 class RemoveFriend(_Request, frozen=True, gc=False, tag=int(MsgId.REMOVE_FRIEND)):

@@ -21,6 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from clusterchat.logs import connection_id
+from clusterchat.protocol import proxy
 from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
 from clusterchat.server.outbox import FIRST, OVER, QUEUED, End, Outbox
 from clusterchat.service.session import Session
@@ -47,11 +48,16 @@ def _unacked(fd: int) -> int:
         return 0
 
 
+#: ``_proxy`` once refused after a PROXY line: input is discarded until the peer closes.
+_DISCARD = b"\0refused"
+
+
 class Connection(asyncio.Protocol):
     __slots__ = (
         "_fd",
         "_linger",
         "_paused",
+        "_proxy",
         "_queue",
         "_watched",
         "address",
@@ -60,6 +66,7 @@ class Connection(asyncio.Protocol):
         "last_seen",
         "node",
         "outbox",
+        "partial_since",
         "session",
         "transport",
     )
@@ -68,7 +75,7 @@ class Connection(asyncio.Protocol):
         self.node = node
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(node.settings.max_frame)
-        self.session = Session(self)
+        self.session = Session(self, node.clock())
         self.outbox = Outbox(node.settings.output_limit, node.budget)
         self._queue: deque[tuple[bytes, int]] | None = None
         self._paused = False
@@ -76,7 +83,11 @@ class Connection(asyncio.Protocol):
         self._fd = -1
         # Whether the node asks this connection for in-flight reports.
         self._watched = False
+        # From a trusted proxy: what arrived of a PROXY line, until it is read.
+        self._proxy: bytes | None = None
         self.last_seen = node.clock()
+        # When the request now arriving began (0: none is half-received).
+        self.partial_since = 0.0
         self.address = ""
         self.id = node.new_connection_id()  # on its log lines (clusterchat.logs)
 
@@ -91,6 +102,8 @@ class Connection(asyncio.Protocol):
             self.transport.set_protocol(_Refused(self.transport, self.refusal(refusal)))
             self.transport = None
             return
+        if self.node.trusts(self.address):
+            self._proxy = b""
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -111,9 +124,17 @@ class Connection(asyncio.Protocol):
             connection_id.reset(token)
 
     def _received(self, data: bytes) -> None:
-        self.last_seen = self.node.clock()
+        if self._proxy is not None:
+            data = self._unproxy(data)
+            if not data:
+                return
+        self.last_seen = now = self.node.clock()
         try:
             frames = self.decoder.feed(data)
+            if not self.decoder.pending:
+                self.partial_since = 0.0
+            elif frames or not self.partial_since:  # a new request began
+                self.partial_since = now
         except FrameTooLarge as exc:
             for item in exc.frames:
                 self._serve(item)
@@ -139,6 +160,40 @@ class Connection(asyncio.Protocol):
         have sent RST); only what crossed its close is stored again."""
         self._store(self.outbox.end(End.PEER_FINISHED, self._in_flight()), cut_off=False)
         return False  # close our side too
+
+    def _unproxy(self, data: bytes) -> bytes:
+        """Read a PROXY line from a trusted proxy, if it sends one: the
+        client's real address replaces the proxy's. Returns what follows."""
+        if self._proxy is _DISCARD:
+            return b""
+        buf = self._proxy + data if self._proxy else data
+        if not proxy.may_be_header(buf):
+            self._proxy = None  # a direct connection from a trusted address
+            return buf
+        try:
+            found = proxy.parse(buf)
+        except proxy.BadHeader as exc:
+            log.warning("closing connection from %s: %s", self.address, exc)
+            self._proxy = None
+            self.close()
+            return b""
+        if found is None:
+            self._proxy = buf
+            return b""
+        self._proxy = None
+        address, used = found
+        if address is not None:
+            refusal = self.node.readdress(self, address)
+            if refusal is not None and self.transport is not None:
+                # Say why and half-close; closing with input unread would
+                # make the kernel reset the connection, losing the reason.
+                self._proxy = _DISCARD  # not logged in yet: it owes nothing
+                self.transport.write(refusal)
+                self.transport.write_eof()
+                loop = asyncio.get_running_loop()
+                self._linger = loop.call_later(2.0, self.transport.abort)
+                return b""
+        return buf[used:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         token = connection_id.set(self.id)
@@ -281,9 +336,8 @@ class Connection(asyncio.Protocol):
             return None
 
     def _failed(self, frame: bytes) -> None:
-        """A bug must cost one request, never the node."""
-        log.exception("request failed: %r", frame[:200])
-        self.node.service.internal_error(self.session)
+        """A bug must cost one request, never the node (the service logs it)."""
+        self.node.service.internal_error(self.session, frame)
 
     async def _drain(self, work: Any) -> None:
         await work

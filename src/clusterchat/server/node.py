@@ -41,6 +41,12 @@ _OVERLOADED = codec.error(
 )
 _ADDRESS_FULL = codec.error(ErrCode.SERVER_FULL, "too many connections from your address")
 _LOGIN_TIMEOUT = codec.error(ErrCode.TIMEOUT, "no login in time; closing the connection")
+_FRAME_TIMEOUT = codec.error(
+    ErrCode.TIMEOUT, "a request took too long to arrive; closing the connection"
+)
+_MAKING_ROOM = codec.error(
+    ErrCode.SERVER_FULL, "this server is full and you have not logged in; closing"
+)
 _IDLE_TIMEOUT = codec.error(ErrCode.TIMEOUT, "silent for too long; closing the connection")
 #: Seconds between in-flight reports to connections' outboxes.
 REPORT_EVERY = 0.5
@@ -52,7 +58,9 @@ _GOODBYE = codec.encode(
 class Node:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store: Store = store or SqlStore(settings.db_url, settings.db_pool)
+        self.store: Store = store or SqlStore(
+            settings.db_url, settings.db_pool, settings.limits.ticket_lifetime
+        )
         self.node_id = settings.node_id or os.urandom(3).hex()
         #: Bytes held for other people on this node (see budget.py).
         self.budget = Budget(settings.memory_budget)
@@ -71,12 +79,13 @@ class Node:
             presence, bus = LocalPresence(), NoBus()
         self.service = ChatService(
             self.store,
-            Passwords(settings.hash_cost, settings.login_queue),
+            Passwords(settings.hash_cost, settings.login_queue, settings.register_queue),
             presence,
             bus,
             self.node_id,
             settings.limits,
             self.budget,
+            (settings.redis_url, settings.redis_prefix) if settings.redis_url else None,
         )
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()
@@ -88,6 +97,7 @@ class Node:
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any connection
         self._addresses: dict[str, str] = {}
         self._per_address: dict[str, int] = {}
+        self._trusted = frozenset(settings.trusted_proxies)
         self._drained = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -112,27 +122,66 @@ class Node:
 
     def admit(self, address: str) -> bytes | None:
         """None to accept a new connection, else the refusal to send it."""
-        if len(self.connections) >= self.max_connections:
+        if len(self.connections) >= self.max_connections and not self._make_room():
             return _SERVER_FULL
         if self.lag.overloaded:
             self.lag.shed += 1
             return _OVERLOADED
         limit = self.settings.max_connections_per_address
-        if limit and self._per_address.get(address, 0) >= limit:
+        if limit and address not in self._trusted and self._per_address.get(address, 0) >= limit:
             return _ADDRESS_FULL
         self._per_address[address] = self._per_address.get(address, 0) + 1
         return None
 
+    def trusts(self, address: str) -> bool:
+        """A proxy whose PROXY lines are believed (and which is not capped)."""
+        return address in self._trusted
+
+    def readdress(self, conn: Connection, address: str) -> bytes | None:
+        """A trusted proxy named the client: count it under its real address."""
+        address = self.intern_address(address)
+        limit = self.settings.max_connections_per_address
+        if limit and address not in self._trusted and self._per_address.get(address, 0) >= limit:
+            return _ADDRESS_FULL
+        self._release(conn.address)
+        conn.address = address
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        return None
+
+    def _make_room(self) -> bool:
+        """At the limit, close the oldest connection that has not logged in for
+        a while (a slow-loris holds slots without ever logging in; a person
+        logs in within seconds of connecting); False if there is none."""
+        oldest: Connection | None = None
+        for conn in self.connections:
+            s = conn.session
+            if (s.uid or s.closed or conn.transport is None) or (
+                oldest is not None and s.anonymous_since >= oldest.session.anonymous_since
+            ):
+                continue
+            oldest = conn
+        grace = min(10.0, self.settings.login_timeout / 3)
+        if oldest is None or self.clock() - oldest.session.anonymous_since < grace:
+            return False
+        if oldest.session.legacy is not True:
+            oldest.send(_MAKING_ROOM)
+        oldest.close()
+        self.connections.discard(oldest)  # its slot is the newcomer's from now on
+        return True
+
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        left = self._per_address.get(conn.address, 1) - 1
-        if left > 0:
-            self._per_address[conn.address] = left
-        else:
-            self._per_address.pop(conn.address, None)
-            self._addresses.pop(conn.address, None)
+        self._release(conn.address)
         if not self.connections:
             self._drained.set()
+
+    def _release(self, address: str) -> None:
+        left = self._per_address.get(address, 1) - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
+            self._addresses.pop(address, None)
 
     def write_soon(self, conn: Connection) -> None:
         """Flush ``conn`` once this loop iteration's reads are all handled."""
@@ -218,16 +267,20 @@ class Node:
         (they ping every 30 s). The original client never pings: its
         connections are left to TCP keepalive."""
         s = self.settings
-        every = max(0.1, min(5.0, s.login_timeout / 2, s.idle_timeout / 2))
+        every = max(0.1, min(5.0, s.login_timeout / 2, s.idle_timeout / 2, s.frame_timeout / 2))
         while True:
             await asyncio.sleep(every)
             now = self.clock()
             for conn in list(self.connections):
                 quiet = now - conn.last_seen
                 session = conn.session
-                if not session.uid and quiet > s.login_timeout:
-                    if session.legacy is not True:
+                if not session.uid and now - session.anonymous_since > s.login_timeout:
+                    if session.legacy is not True:  # from accept: a PING does not extend it
                         conn.send(_LOGIN_TIMEOUT)
+                    conn.close()
+                elif conn.partial_since and now - conn.partial_since > s.frame_timeout:
+                    if session.legacy is not True:  # one byte every few seconds is not a request
+                        conn.send(_FRAME_TIMEOUT)
                     conn.close()
                 elif session.uid and session.legacy is False and quiet > s.idle_timeout:
                     conn.send(_IDLE_TIMEOUT)

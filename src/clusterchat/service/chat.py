@@ -21,7 +21,8 @@ from typing import Any
 from clusterchat import errors
 from clusterchat.budget import Budget
 from clusterchat.bus.base import Bus, Presence
-from clusterchat.protocol import codec
+from clusterchat.bus.counters import Tallies
+from clusterchat.protocol import codec, names
 from clusterchat.protocol.codec import BadRequest
 from clusterchat.protocol.messages import (
     ANONYMOUS_OK,
@@ -44,15 +45,17 @@ from clusterchat.protocol.messages import (
     Request,
 )
 from clusterchat.service import in_doubt, pushes, tickets
+from clusterchat.service.backoff import Backoff
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.friends import Friends
 from clusterchat.service.groups import Groups
 from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
+from clusterchat.service.refusals import RefusalLog
 from clusterchat.service.restore import Restorer
 from clusterchat.service.session import Session
-from clusterchat.storage.base import LoginView, Resume, Store
+from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,15 @@ _KICKED = codec.encode({"msgid": MsgId.NOTICE, "text": "an operator ended this s
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
+#: Friends, and bytes of groups, a login reply carries at most; past them the
+#: reply says ``"more": ["friends", "groups"]`` and LIST_FRIENDS/LIST_GROUPS
+#: give the rest, so the reply stays bounded whatever a user has.
+LOGIN_FRIENDS = 200
+LOGIN_GROUPS_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
 _JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
+_REG_BUSY = "server busy: too many registrations at once; retry in a few seconds"
 #: Never refused for flooding: leaving, and proving one is alive.
 _UNMETERED: frozenset[type] = frozenset({Logout, Ping})
 #: Requests that make the node hold bytes for others: refused while the
@@ -91,6 +100,11 @@ _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.NotAllowed: (ErrCode.NOT_ALLOWED, "{}"),
     errors.InGroup: (ErrCode.TARGET_ALREADY_MEMBER, "user {} is already in group {}"),
     errors.InviteOnly: (ErrCode.INVITE_ONLY, "group {} takes members by invitation only"),
+    errors.MailboxFull: (
+        ErrCode.MAILBOX_FULL,
+        "user {} has as many messages waiting as they may; this one was not sent",
+    ),
+    errors.OverQuota: (ErrCode.QUOTA, "{}"),
 }
 
 
@@ -104,17 +118,32 @@ class ChatService:
         node_id: str | None = None,
         limits: Limits | None = None,
         budget: Budget | None = None,
+        shared_counters: tuple[str, str] | None = None,
     ) -> None:
+        """``shared_counters``: (Redis URL, key prefix) to count failed logins
+        and registrations cluster-wide; None counts on this node."""
         self.limits = limits or Limits()
         self.budget = budget or Budget(0)
         self.budget.on_room = self._room_again
         self._room = asyncio.Event()
         self._rate = max(0.0, self.limits.message_rate)
         self._burst = float(max(1, self.limits.message_burst))
-        self._by_account = FailureLimiter(self.limits.login_failures, self.limits.login_window)
-        self._by_address = FailureLimiter(
-            self.limits.login_failures_per_address, self.limits.login_window
+        lim = self.limits
+        delays = (lim.login_delay, lim.login_delay_max, lim.login_window)
+        counts = (
+            Backoff(lim.login_failures, *delays),  # per (account, address)
+            Backoff(lim.login_failures_per_address, *delays),
+            FailureLimiter(lim.registrations_per_address, lim.registration_window),
         )
+        if shared_counters:
+            url, prefix = shared_counters
+            self._tallies = Tallies.shared(url, prefix, *counts)
+        else:
+            self._tallies = Tallies.local(*counts)
+        self._by_account = self._tallies.by_pair
+        self._by_address = self._tallies.by_address
+        self._registrations = self._tallies.registrations
+        self._registrations_limit = lim.registrations_per_address
         self.store = store
         self.passwords = passwords
         self.counts = ServiceCounts()
@@ -122,6 +151,14 @@ class ChatService:
         self.bus = bus
         self.node_id = node_id or os.urandom(3).hex()
         self.sessions: dict[int, Session] = {}
+        self.refusals = RefusalLog(log)
+        self.quota = Quota(
+            lim.max_offline_messages,
+            lim.max_offline_bytes,
+            lim.max_groups_created,
+            lim.max_memberships,
+            lim.max_friends,
+        )
         self._members: dict[int, frozenset[int]] = {}
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
@@ -233,12 +270,14 @@ class ChatService:
 
     def frame_too_large(self, s: Session, limit: int) -> None:
         msg = f"request exceeds the {limit}-byte frame limit; closing the connection"
-        if s.legacy:
-            log.info("closing legacy connection (uid %s): %s", s.uid, msg)
-        else:
+        self.refusals.note(s, msg)
+        if not s.legacy:
             s.peer.send(codec.error(ErrCode.FRAME_TOO_LARGE, msg))
 
-    def internal_error(self, s: Session) -> None:
+    def internal_error(self, s: Session, frame: bytes = b"") -> None:
+        """A bug must cost one request, never the node, nor the log's disk:
+        the traceback is logged at most once per connection per interval."""
+        self.refusals.note(s, f"request failed: {frame[:200]!r}", exc_info=True)
         if not s.legacy:
             s.peer.send(codec.error(ErrCode.INTERNAL, "internal error"))
 
@@ -258,6 +297,7 @@ class ChatService:
 
     def disconnected(self, s: Session) -> None:
         held = s.race.ended(closed=True)
+        self.refusals.closed(s)
         if s.logged_in:
             self._spawn(self._leave(s, held=held))
 
@@ -279,11 +319,13 @@ class ChatService:
             for uid in uids:
                 await self.presence.release(uid)
         await self.bus.close()
+        await self._tallies.close()
         self.passwords.close()
 
     # -- refusals ------------------------------------------------------------------
 
     def _refuse_bad(self, s: Session, exc: BadRequest) -> None:
+        self.refusals.note(s, f"refused a bad request: {exc.errmsg}")
         if s.legacy:
             # The original client understands only its own reply types.
             if exc.msgid == MsgId.LOGIN:
@@ -292,7 +334,6 @@ class ChatService:
                 self._reg_refused(s, RegErr.FAILED, exc.errmsg)
             else:
                 self.counts.refused("error", exc.code)
-                log.info("refused legacy request (uid %s): %s", s.uid, exc.errmsg)
             return
         self.counts.refused("error", exc.code)
         s.peer.send(codec.error(exc.code, exc.errmsg, exc.msgid))
@@ -309,7 +350,7 @@ class ChatService:
         self.counts.refused("error", code)
         msgid = int(req.__struct_config__.tag)  # type: ignore[arg-type]
         if s.legacy:
-            log.info("refused legacy msgid %d (uid %s): %s", msgid, s.uid, errmsg)
+            self.refusals.note(s, f"refused legacy msgid {msgid}: {errmsg}")
         else:
             s.peer.send(codec.error(code, errmsg, msgid))
 
@@ -355,14 +396,28 @@ class ChatService:
 
     async def _register(self, s: Session, req: Register) -> None:
         try:
-            digest = await self.passwords.hash(req.password)
-        except errors.Busy:
-            self._reg_refused(s, RegErr.UNAVAILABLE, _BUSY)
+            name = names.normalise(req.name)
+        except names.BadName as exc:
+            self._reg_refused(s, RegErr.FAILED, str(exc))
+            return
+        wait = await self._registrations.wait(s.peer.address)
+        if wait:
+            text = (
+                f"too many registrations from your address (at most "
+                f"{self._registrations_limit}); try again in {int(wait) + 1} s"
+            )
+            self._reg_refused(s, RegErr.TOO_MANY, text)
             return
         try:
-            uid = await self.store.create_user(req.name, digest)
+            digest = await self.passwords.hash(req.password)
+        except errors.Busy:
+            self._reg_refused(s, RegErr.UNAVAILABLE, _REG_BUSY)
+            return
+        await self._registrations.hit(s.peer.address)  # counted once it cost a hash
+        try:
+            uid = await self.store.create_user(name, digest)
         except errors.NameTaken:
-            self._reg_refused(s, RegErr.FAILED, f"the name {req.name!r} is taken")
+            self._reg_refused(s, RegErr.FAILED, f"the name {name!r} is taken")
             return
         except errors.InDoubt:
             raise  # the account may exist: not a refusal (_guarded closes, unanswered)
@@ -393,14 +448,21 @@ class ChatService:
             race.refused()
             return
         uid, ticket_login = req.id, resumed.found is not None
+        ticket: str | None
+        digest: str | None
         try:
             await self.friends.load_blocks(s)
             if resumed.found is not None:
                 # A ticket login (a reconnect): offline messages only; the
                 # client has its lists. Look again if something may have been
                 # stored between the read and the registration.
-                view, ticket = LoginView([], [], []), req.ticket
+                view, more = LoginView([], [], []), []
                 race.reply_read(complete=not (resumed.found.has_offline or self.bus.shared))
+                # The ticket used is replaced: a stolen copy dies with this use.
+                ticket, digest = tickets.issue()
+                old = resumed.found.ticket_digest
+                if old is None or not await self.store.rotate_ticket(uid, old, str(digest)):
+                    raise _TicketRaced
                 self.store.note_state(uid, online=True)
             else:
                 ticket, digest = tickets.issue() if not s.legacy else (None, None)
@@ -410,12 +472,20 @@ class ChatService:
                 race.reply_read(
                     complete=len(fits) == len(view.offline) and len(fits) < self.store.offline_page
                 )
-                view = LoginView(view.friends, view.groups, fits)
-            reply = await self._login_reply(s, view, ticket, ticket_login)
-        except BaseException:
+                friends, groups = view.friends[:LOGIN_FRIENDS], _groups_fitting(view.groups)
+                more = [k for k, n, m in (("friends", friends, view.friends),
+                        ("groups", groups, view.groups)) if len(n) < len(m)]  # fmt: skip
+                view = LoginView(friends, groups, fits)
+            reply = await self._login_reply(s, view, ticket, ticket_login, more)
+        except BaseException as exc:
             held = self._forget(s, closed=race.closed)
-            self._spawn(self.store_offline_each(uid, held))
+            if not isinstance(exc, _TicketRaced):
+                self._spawn(self.store_offline_each(uid, held))
             await self.presence.release(uid)
+            if isinstance(exc, _TicketRaced):
+                await self.store_offline_each(uid, held)  # accepted for them: kept
+                s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or ticket"))
+                return
             raise
         held = race.reply_sent()
         sent = s.peer.send(reply)
@@ -432,7 +502,14 @@ class ChatService:
         """Check the secret, claim the user and register the session. Returns
         None if refused (the reply is sent), else what the login read."""
         address = s.peer.address
-        wait = max(self._by_account.wait(req.id), self._by_address.wait(address))
+        pair = (req.id, address)
+        # A valid ticket always works: it cannot be guessed, and checking it
+        # costs a digest, not a hash. Failed ones count against the address.
+        wait = (
+            max(await self._by_account.wait(pair), await self._by_address.wait(address))
+            if req.ticket is None
+            else 0.0
+        )
         if wait:
             text = f"too many failed logins; try again in {int(wait) + 1} s"
             self._login_refused(s, LoginErr.TOO_MANY_FAILURES, text)
@@ -452,14 +529,20 @@ class ChatService:
             self._login_refused(s, LoginErr.UNAVAILABLE, "service unavailable, retry")
             return None
         if who is None:
-            self._by_account.failed(req.id)
-            self._by_address.failed(address)
+            if req.ticket is None:
+                await self._by_account.hit(pair)
+            await self._by_address.hit(address)
             self._login_refused(s, LoginErr.BAD_CREDENTIALS, "wrong id or password")
             return None
-        self._by_account.succeeded(req.id)
+        await self._by_account.clear(pair)
         name, resumed = who
         if not await self._claim(s, req.id):
             return None
+        if self._rate:  # what the last session left of the flood bucket
+            kept = await self._tallies.take_bucket(req.id)
+            if kept is not None:
+                tokens = kept[0] + (time.time() - kept[1]) * self._rate
+                s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
         s.uid, s.name = req.id, name  # the race holds deliveries from here on
         self.sessions[req.id] = s
         return Admitted(resumed)
@@ -477,6 +560,8 @@ class ChatService:
             found = await self.store.resume(req.id)
             if found is None or not tickets.matches(req.ticket, found.ticket_digest):
                 return None
+            if found.ticket_expiry is None or found.ticket_expiry < time.time():
+                return None  # expired: the password is needed again
             return found.name, found
         assert req.password is not None
         creds = await self.store.credentials(req.id)
@@ -512,7 +597,12 @@ class ChatService:
         return True
 
     async def _login_reply(
-        self, s: Session, view: LoginView, ticket: str | None, resumed: bool
+        self,
+        s: Session,
+        view: LoginView,
+        ticket: str | None,
+        resumed: bool,
+        more: list[str] | None = None,
     ) -> bytes:
         ids = {f for f, _ in view.friends}
         ids.update(m.id for g in view.groups for m in g.members)
@@ -531,7 +621,7 @@ class ChatService:
         for g in view.groups:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
         offline = [m for _, m in view.offline]
-        return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed)
+        return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed, more)
 
     async def _flush_offline(
         self,
@@ -590,16 +680,28 @@ class ChatService:
             else:
                 self.store.note_state(uid, online=False)
         finally:
+            await self._keep_bucket(uid, s)
             # Acknowledge only once the whole cluster sees the user offline.
             await self.presence.release(uid)
             if reply:
                 s.peer.send(_LOGOUT_ACK)
+
+    async def _keep_bucket(self, uid: int, s: Session) -> None:
+        """A flood bucket not full is kept for the user's next login: leaving
+        and coming back does not refill it."""
+        if not self._rate or not s.stamp:
+            return
+        tokens = s.tokens + (time.monotonic() - s.stamp) * self._rate
+        if tokens < self._burst:
+            refill = (self._burst - tokens) / self._rate
+            await self._tallies.keep_bucket(uid, tokens, time.time(), refill + 1)
 
     def _forget(self, s: Session, closed: bool) -> list[bytes]:
         """Unregister the session; returns what its race held, to be stored."""
         if self.sessions.get(s.uid) is s:
             del self.sessions[s.uid]
         s.uid, s.name = 0, ""
+        s.anonymous_since = time.monotonic()  # a new login deadline
         held = s.race.ended(closed)
         if not closed:  # a new login on this connection starts a new race
             s.race = LoginRace[bytes]()
@@ -617,28 +719,36 @@ class ChatService:
             return
         if req.friendid in s.blocked_by:
             raise errors.RefusedByUser(req.friendid)
-        name = await self.store.add_friend(s.uid, req.friendid)
+        name = await self.store.add_friend(s.uid, req.friendid, self.quota)
         if not s.legacy:
             online = bool(await self.presence.online({req.friendid} - s.blocked_by))
             friend = {"id": req.friendid, "name": name, "state": _state(online)}
             s.peer.send(codec.ack(MsgId.ADD_FRIEND_ACK, friend=friend))
 
-    async def _create_group(self, s: Session, req: CreateGroup) -> None:
-        gid = await self.store.create_group(s.uid, req.groupname, req.groupdesc)
+    def _create_group(self, s: Session, req: CreateGroup) -> Awaitable[None] | None:
+        try:
+            name = names.normalise(req.groupname, "group name")
+        except names.BadName as exc:
+            self._refuse(s, req, ErrCode.INVALID_FIELD, f"field 'groupname': {exc}")
+            return None
+        return self._create_named_group(s, req, name)
+
+    async def _create_named_group(self, s: Session, req: CreateGroup, name: str) -> None:
+        gid = await self.store.create_group(s.uid, name, req.groupdesc, self.quota)
         self._cache_members(gid, frozenset((s.uid,)))
         if not s.legacy:
             s.peer.send(
                 codec.ack(
                     MsgId.CREATE_GROUP_ACK,
                     groupid=gid,
-                    groupname=req.groupname,
+                    groupname=name,
                     groupdesc=req.groupdesc,
                 )
             )
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
         await self.groups.may_join(s, req.groupid)
-        await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size)
+        await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size, self.quota)
         await self.store.joined(s.uid, req.groupid)
         self._members.pop(req.groupid, None)
         await self.bus.announce_group(req.groupid)
@@ -656,7 +766,8 @@ class ChatService:
     async def _list_groups(self, s: Session, req: ListGroups) -> None:
         if s.legacy:
             return
-        groups = await self.store.groups(s.uid)
+        every = [g for g in await self.store.groups(s.uid) if g.id > req.after]
+        groups = _groups_fitting(every)  # a page; the client asks for the next
         online = await self.presence.online({m.id for g in groups for m in g.members})
         online -= s.blocked_by
         docs = [
@@ -671,7 +782,10 @@ class ChatService:
             }
             for g in groups
         ]
-        s.peer.send(codec.ack(MsgId.GROUP_LIST, groups=docs))
+        if len(groups) < len(every):
+            s.peer.send(codec.ack(MsgId.GROUP_LIST, groups=docs, more=True))
+        else:
+            s.peer.send(codec.ack(MsgId.GROUP_LIST, groups=docs))
 
     def _cache_members(self, gid: int, members: frozenset[int]) -> None:
         if len(self._members) >= _MAX_CACHED_GROUPS:
@@ -710,8 +824,10 @@ class ChatService:
             status = ChatStatus.DELIVERED
         else:
             text = _text(payload)
+            if self._too_long_to_store(s, OneChat, len(text)):
+                return
             try:
-                await self.store.store_offline(toid, text)
+                await self.store.store_offline(toid, text, self.quota)
             except errors.InDoubt:  # kept or not? find out before answering
                 await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout)
             await self._after_store([toid])
@@ -719,7 +835,26 @@ class ChatService:
         if not s.legacy:
             s.peer.send(codec.chat_ack(mid, ts, status))
 
+    def _too_long_to_store(self, s: Session, req: Request | type, size: int) -> bool:
+        """Refuse a message too long to keep for an offline receiver."""
+        most = self.limits.max_stored_message
+        if not most or size <= most:
+            return False
+        msgid = int(req.__struct_config__.tag)  # type: ignore[union-attr, arg-type]
+        text = f"messages kept for offline receivers are at most {most} bytes; not sent"
+        if s.legacy:
+            self.refusals.note(s, f"refused legacy msgid {msgid}: {text}")
+        else:
+            s.peer.send(codec.error(ErrCode.TOO_LONG_TO_STORE, text, msgid))
+        return True
+
     def _group_chat(self, s: Session, req: GroupChat) -> Awaitable[None] | None:
+        # Kept for whoever is away, so always within the stored-message bound
+        # (checked before anyone gets it: a refused message has no effect).
+        if len(req.msg) > self.limits.max_stored_message // 4 and self._too_long_to_store(
+            s, req, len(codec.group_chat(s.uid, s.name, req.groupid, req.msg, req.time, 0, ""))
+        ):
+            return None
         members = self._members.get(req.groupid)
         if members is None:
             return self._group_chat_load(s, req)
@@ -773,24 +908,32 @@ class ChatService:
             left = list(away)  # members here have it: keep it for the rest, no half refusal
         self.counts.relayed_to_nodes += len(away) - len(left)
         reached += len(away) - len(left)
-        try:
-            await self.store_offline(left, payload)
-        except errors.InDoubt:
-            raise
-        except errors.Unavailable as exc:
-            if not reached:
-                raise  # nobody has it: refused, and it had no effect
-            # Some members have it: say exactly who does not (a refusal would lie).
-            log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
-            if not s.legacy:
-                s.peer.send(
-                    codec.ack(
-                        MsgId.CHAT_ACK, mid=mid, ts=ts, status=ChatStatus.PARTIAL, missed=left
+        full: list[int] = []
+        if left:
+            try:
+                full = await self.store.store_offline_within(left, _text(payload), self.quota)
+            except errors.InDoubt:
+                raise
+            except errors.Unavailable as exc:
+                if not reached:
+                    raise  # nobody has it: refused, and it had no effect
+                # Some members have it: say exactly who does not (a refusal would lie).
+                log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
+                if not s.legacy:
+                    s.peer.send(
+                        codec.ack(
+                            MsgId.CHAT_ACK, mid=mid, ts=ts, status=ChatStatus.PARTIAL, missed=left
+                        )
                     )
-                )
-            return
+                return
+            await self._after_store([u for u in left if u not in full])
         if not s.legacy:
-            s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
+            if full:  # members whose mailbox is full do not get it: say who
+                s.peer.send(
+                    codec.ack(MsgId.CHAT_ACK, mid=mid, ts=ts, status=ChatStatus.SENT, full=full)
+                )
+            else:
+                s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
 
     async def _send_away(self, s: Session, uids: list[int], payload: bytes) -> list[int]:
         """Hand a message to other nodes. Past the bus window ours are told
@@ -911,6 +1054,20 @@ def _fitting(rows: list[tuple[int, str]], budget: int) -> list[tuple[int, str]]:
         if total > budget and i:
             return rows[:i]
     return rows
+
+
+class _TicketRaced(Exception):
+    """The ticket was replaced between its check and its use (used twice at once)."""
+
+
+def _groups_fitting(groups: list[Group]) -> list[Group]:
+    """The leading groups whose documents fit in LOGIN_GROUPS_BYTES (roughly)."""
+    total = 0
+    for i, g in enumerate(groups):
+        total += 80 + len(g.name) + len(g.desc) + sum(70 + len(m.name) for m in g.members)
+        if total > LOGIN_GROUPS_BYTES and i:
+            return groups[:i]
+    return groups
 
 
 def _text(payload: bytes) -> str:

@@ -4,6 +4,11 @@ Hashing has its own pool of one thread per core and a bounded queue in
 front of it: in a login storm the first few hundred wait their turn (each
 knows its wait is bounded) and the rest are told at once that the server is
 busy, instead of every login timing out behind an ever longer queue.
+
+Registrations hash on a pool and queue of their own, half as many threads:
+a registration flood fills its own queue and is told "busy" while password
+logins keep their threads (at worst they share the cores two to one).
+Ticket logins never hash.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class HashCost:
 
 
 class Passwords:
-    def __init__(self, cost: HashCost = HashCost(), queue: int = 64) -> None:
+    def __init__(self, cost: HashCost = HashCost(), queue: int = 64, reg_queue: int = 16) -> None:
         self.cost = cost
         self._hasher = PasswordHasher(
             time_cost=cost.time_cost,
@@ -62,6 +67,10 @@ class Passwords:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=None,
         )
+        reg_threads = max(1, threads // 2)
+        self._reg_pool = ThreadPoolExecutor(reg_threads, thread_name_prefix="argon2-reg")
+        self._reg_capacity = reg_threads + max(0, reg_queue) if reg_queue else 1 << 30
+        self._reg_pending = 0
         # Verified against when the user does not exist, so timing does not tell.
         self._dummy = self._hasher.hash("clusterchat-no-such-user")
 
@@ -71,7 +80,15 @@ class Passwords:
         return self._pending >= self._capacity
 
     async def hash(self, password: str) -> str:
-        return await self._run(self._hasher.hash, password)
+        """For a registration, on the registrations' own pool."""
+        if self._reg_pending >= self._reg_capacity:
+            raise errors.Busy("too many registrations queued")
+        self._reg_pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._reg_pool, self._hasher.hash, password)
+        finally:
+            self._reg_pending -= 1
 
     async def verify(self, stored: str | None, password: str) -> bool:
         return await self._run(self._verify, stored, password)
@@ -111,3 +128,4 @@ class Passwords:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._reg_pool.shutdown(wait=False, cancel_futures=True)

@@ -38,9 +38,12 @@ class Session:
     """
 
     __slots__ = (
+        "anonymous_since",
         "block_log",
         "blocked_by",
         "legacy",
+        "log_after",
+        "log_quiet",
         "name",
         "peer",
         "race",
@@ -49,9 +52,12 @@ class Session:
         "uid",
     )
 
-    def __init__(self, peer: Peer) -> None:
+    def __init__(self, peer: Peer, now: float = 0.0) -> None:
         self.peer = peer
         self.uid = 0
+        #: When the connection opened, or its user logged out: the login
+        #: deadline runs from here, whatever the peer sends meanwhile.
+        self.anonymous_since = now
         self.name = ""
         self.legacy: bool | None = None
         self.race: LoginRace[bytes] = LoginRace()
@@ -63,6 +69,10 @@ class Session:
         # current from their nodes; changes met while reading go to the log.
         self.blocked_by: set[int] = set()
         self.block_log: list[tuple[int, bool]] | None = None
+        # Rate-limited refusal log (service.refusals): when the next line may
+        # go out, and how many refusals were not logged since the last one.
+        self.log_after = 0.0
+        self.log_quiet = 0
 
     @property
     def logged_in(self) -> bool:

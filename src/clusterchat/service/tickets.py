@@ -3,7 +3,9 @@ connection presents it to log in again without the password.
 
 A ticket is 32 random bytes; the store keeps only its SHA-256, so a stolen
 database does not yield usable tickets. A fresh ticket is issued at every
-password login and revoked at logout. Checking one costs a hash, not an
+login, password or ticket (the one used stops working: a stolen copy is
+dead once its owner reconnects), expires after ``--ticket-lifetime``
+(28 days), and is revoked at logout. Checking one costs a hash, not an
 argon2 run: a node restart's reconnect storm stays cheap.
 """
 

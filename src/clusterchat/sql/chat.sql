@@ -7,11 +7,13 @@ USE `chat`;
 
 CREATE TABLE IF NOT EXISTS allgroup (
 	id INTEGER NOT NULL AUTO_INCREMENT,
-	groupname VARCHAR(50) NOT NULL,
+	groupname VARCHAR(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	groupkey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
 	groupdesc VARCHAR(200) NOT NULL DEFAULT '',
 	inviteonly BOOL NOT NULL DEFAULT false,
 	PRIMARY KEY (id),
-	UNIQUE (groupname)
+	UNIQUE (groupname),
+	UNIQUE (groupkey)
 )ENGINE=InnoDB CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS blocked (
@@ -51,6 +53,7 @@ CREATE TABLE IF NOT EXISTS offlinemessage (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	userid INTEGER NOT NULL,
 	message MEDIUMTEXT NOT NULL,
+	size INTEGER NOT NULL DEFAULT '0',
 	PRIMARY KEY (id)
 )ENGINE=InnoDB CHARSET=utf8mb4;
 
@@ -58,11 +61,14 @@ CREATE INDEX IF NOT EXISTS ix_offlinemessage_userid_id ON offlinemessage (userid
 
 CREATE TABLE IF NOT EXISTS user (
 	id INTEGER NOT NULL AUTO_INCREMENT,
-	name VARCHAR(50) NOT NULL,
+	name VARCHAR(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	namekey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
 	password VARCHAR(255) NOT NULL,
 	state ENUM('online','offline') NOT NULL DEFAULT 'offline',
 	ticket VARCHAR(64),
 	banned BOOL NOT NULL DEFAULT false,
+	ticketexpiry BIGINT,
 	PRIMARY KEY (id),
-	UNIQUE (name)
+	UNIQUE (name),
+	UNIQUE (namekey)
 )ENGINE=InnoDB CHARSET=utf8mb4;

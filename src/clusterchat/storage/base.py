@@ -28,6 +28,8 @@ class Resume:
     name: str
     ticket_digest: str | None
     has_offline: bool
+    #: When the ticket stops working (epoch seconds); None: it does not.
+    ticket_expiry: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,20 @@ class GroupChange:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """How much one user may hold; 0 switches a bound off."""
+
+    offline_messages: int = 0
+    offline_bytes: int = 0
+    groups_created: int = 0
+    memberships: int = 0
+    friends: int = 0
+
+
+NO_QUOTA = Quota()
+
+
 class Store(Protocol):
     url: str  # for logs, password masked
 
@@ -105,32 +121,56 @@ class Store(Protocol):
         """Mark every user offline: a lone node starting after a crash."""
         ...
 
+    #: Seconds a ticket stored by open_session or rotate_ticket works.
+    ticket_lifetime: float
+
     async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
         """Mark online and read what the login reply carries. A new ticket
         digest replaces the stored one; None keeps it."""
         ...
 
+    async def rotate_ticket(self, uid: int, old: str, new: str) -> bool:
+        """Replace ticket digest ``old`` by ``new`` and mark online; False if
+        ``old`` is no longer the stored one."""
+        ...
+
     async def friends(self, uid: int) -> list[tuple[int, str]]: ...
     async def groups(self, uid: int) -> list[Group]: ...
 
-    async def add_friend(self, uid: int, friendid: int) -> str:
-        """Befriend both ways; returns the friend's name."""
+    async def add_friend(self, uid: int, friendid: int, quota: Quota = NO_QUOTA) -> str:
+        """Befriend both ways; returns the friend's name. OverQuota past ``quota.friends``."""
         ...
 
-    async def create_group(self, uid: int, name: str, desc: str) -> int: ...
-    async def join_group(self, uid: int, gid: int, max_members: int = 0) -> None:
-        """Raises NoSuchGroup, AlreadyMember, or GroupFull past ``max_members`` (0: none)."""
+    async def create_group(self, uid: int, name: str, desc: str, quota: Quota = NO_QUOTA) -> int:
+        """OverQuota past ``quota.groups_created`` or ``quota.memberships``."""
+        ...
+
+    async def join_group(
+        self, uid: int, gid: int, max_members: int = 0, quota: Quota = NO_QUOTA
+    ) -> None:
+        """Raises NoSuchGroup, AlreadyMember, GroupFull past ``max_members`` (0: none),
+        OverQuota past ``quota.memberships``."""
         ...
 
     async def group_members(self, gid: int) -> frozenset[int]:
         """Member ids, empty when the group does not exist."""
         ...
 
-    async def store_offline(self, uid: int, message: str) -> None:
-        """Keep a message for a user; raises NoSuchUser for an unknown id."""
+    async def store_offline(self, uid: int, message: str, quota: Quota = NO_QUOTA) -> None:
+        """Keep a message for a user; raises NoSuchUser for an unknown id, and
+        MailboxFull if it would take them past the quota's offline bounds."""
         ...
 
-    async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None: ...
+    async def store_offline_within(
+        self, uids: Sequence[int], message: str, quota: Quota
+    ) -> list[int]:
+        """Keep a message for those of ``uids`` it leaves within the quota;
+        returns the others (not stored)."""
+        ...
+
+    async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
+        """Keep messages already acknowledged: never refused for quota."""
+        ...
 
     async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
         """Store those of ``items`` not stored already (each text is unique:

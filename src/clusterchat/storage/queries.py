@@ -23,6 +23,7 @@ RESUME_MANY = select(
     user.c.id,
     user.c.name,
     user.c.ticket,
+    user.c.ticketexpiry,
     exists().where(offlinemessage.c.userid == user.c.id).label("waiting"),
 ).where(user.c.id.in_(bindparam("uids", expanding=True)))
 
@@ -61,9 +62,28 @@ DELETE_OFFLINE = delete(offlinemessage).where(
 
 #: Inserts only if the user exists: one statement, no check-then-act race.
 STORE_OFFLINE = insert(offlinemessage).from_select(
-    ["userid", "message"],
-    select(_uid, bindparam("message", type_=Text)).where(exists().where(user.c.id == _uid)),
+    ["userid", "message", "size"],
+    select(_uid, bindparam("message", type_=Text), bindparam("size", type_=Integer)).where(
+        exists().where(user.c.id == _uid)
+    ),
 )
+
+#: Stored count and bytes per receiver, for the offline quotas.
+MAILBOXES = (
+    select(
+        offlinemessage.c.userid,
+        func.count().label("n"),
+        func.coalesce(func.sum(offlinemessage.c.size), 0).label("bytes"),
+    )
+    .where(offlinemessage.c.userid.in_(bindparam("uids", expanding=True)))
+    .group_by(offlinemessage.c.userid)
+)
+
+GROUPS_CREATED = select(func.count()).where(
+    (groupuser.c.userid == _uid) & (groupuser.c.grouprole == "creator")
+)
+MEMBERSHIPS = select(func.count()).where(groupuser.c.userid == _uid)
+FRIEND_COUNT = select(func.count()).where(friend.c.userid == bindparam("who", type_=Integer))
 
 FRIENDS = (
     select(user.c.id, user.c.name)
@@ -92,6 +112,17 @@ GROUP_SIZE = select(func.count()).where(groupuser.c.groupid == bindparam("gid"))
 
 ONLINE = update(user).where(user.c.id == _uid).values(state="online")
 ONLINE_WITH_TICKET = (
-    update(user).where(user.c.id == _uid).values(state="online", ticket=bindparam("ticket"))
+    update(user)
+    .where(user.c.id == _uid)
+    .values(state="online", ticket=bindparam("ticket"), ticketexpiry=bindparam("expiry"))
 )
-LOGGED_OUT = update(user).where(user.c.id == _uid).values(state="offline", ticket=None)
+#: A ticket login: the ticket used is replaced, only if it is still the one stored
+#: (two logins racing with one ticket: one wins).
+ROTATE_TICKET = (
+    update(user)
+    .where((user.c.id == _uid) & (user.c.ticket == bindparam("old")))
+    .values(state="online", ticket=bindparam("ticket"), ticketexpiry=bindparam("expiry"))
+)
+LOGGED_OUT = (
+    update(user).where(user.c.id == _uid).values(state="offline", ticket=None, ticketexpiry=None)
+)

@@ -89,9 +89,11 @@ def _unversioned(connection: Connection) -> str | None:
     tables = {t.lower() for t in insp.get_table_names()}
     if "user" not in tables:
         return None
+    user_cols = {c["name"] for c in insp.get_columns("user")}
+    if "namekey" in user_cols:
+        return "0005"
     if "blocked" in tables:
         return "0004"
-    user_cols = {c["name"] for c in insp.get_columns("user")}
     if "banned" in user_cols:
         return "0003"
     if "ticket" in user_cols:

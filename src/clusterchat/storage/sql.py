@@ -22,9 +22,18 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from clusterchat import errors
+from clusterchat.protocol import names
 from clusterchat.storage import queries as q
 from clusterchat.storage import schema
-from clusterchat.storage.base import Credentials, Group, LoginView, Member, Resume
+from clusterchat.storage.base import (
+    NO_QUOTA,
+    Credentials,
+    Group,
+    LoginView,
+    Member,
+    Quota,
+    Resume,
+)
 from clusterchat.storage.batching import Batcher
 from clusterchat.storage.social import SocialQueries
 from clusterchat.storage.tables import (
@@ -115,6 +124,31 @@ async def _groups(conn: AsyncConnection, uid: int) -> list[Group]:
     return [Group(gid, n, d, tuple(m)) for gid, (n, d, m) in groups.items()]
 
 
+async def _over_mailbox(
+    conn: AsyncConnection, uids: Sequence[int], size: int, quota: Quota
+) -> set[int]:
+    """Those of ``uids`` that one more message of ``size`` bytes would take
+    past the offline quota. Concurrent stores may overshoot it by as many
+    messages as are stored at once: a bound, not an exact count."""
+    if not (quota.offline_messages or quota.offline_bytes) or not uids:
+        return set()
+    full = set()
+    for i in range(0, len(uids), 1000):
+        for r in await conn.execute(q.MAILBOXES, {"uids": list(uids[i : i + 1000])}):
+            if (quota.offline_messages and r.n >= quota.offline_messages) or (
+                quota.offline_bytes and r.bytes + size > quota.offline_bytes
+            ):
+                full.add(r.userid)
+    return full
+
+
+async def _check_memberships(conn: AsyncConnection, uid: int, quota: Quota) -> None:
+    if quota.memberships:
+        n = (await conn.execute(q.MEMBERSHIPS, {"uid": uid})).scalar_one()
+        if n >= quota.memberships:
+            raise errors.OverQuota(f"you are in {n} groups, the most allowed")
+
+
 class _StateWriter:
     """Coalesces the ``user.state`` column's writes: a storm of logins or
     drops becomes a few ``UPDATE ... WHERE id IN (...)``, not one each.
@@ -160,7 +194,10 @@ class _StateWriter:
 
 
 class SqlStore(SocialQueries):
-    def __init__(self, url: str | URL, pool_size: int = 20) -> None:
+    def __init__(
+        self, url: str | URL, pool_size: int = 20, ticket_lifetime: float = 28 * 86_400.0
+    ) -> None:
+        self.ticket_lifetime = ticket_lifetime
         self._url = make_url(url)
         self.url = self._url.render_as_string(hide_password=True)
         self.engine = make_engine(self._url, pool_size)
@@ -285,7 +322,9 @@ class SqlStore(SocialQueries):
     async def create_user(self, name: str, password_hash: str) -> int:
         try:
             async with self._tx() as conn:
-                res = await conn.execute(insert(user).values(name=name, password=password_hash))
+                res = await conn.execute(
+                    insert(user).values(name=name, namekey=names.key(name), password=password_hash)
+                )
         except IntegrityError:
             raise errors.NameTaken(name) from None
         pk = res.inserted_primary_key
@@ -309,7 +348,7 @@ class SqlStore(SocialQueries):
     async def _resume_many(self, uids: list[int]) -> dict[int, Resume]:
         async with self._tx() as conn:
             rows = (await conn.execute(q.RESUME_MANY, {"uids": uids})).all()
-        return {r.id: Resume(r.name, r.ticket, bool(r.waiting)) for r in rows}
+        return {r.id: Resume(r.name, r.ticket, bool(r.waiting), r.ticketexpiry) for r in rows}
 
     def note_state(self, uid: int, online: bool) -> None:
         self._states.note(uid, online)
@@ -334,6 +373,15 @@ class SqlStore(SocialQueries):
 
     # -- login ---------------------------------------------------------------
 
+    def _expiry(self) -> int:
+        return int(time.time() + self.ticket_lifetime)
+
+    async def rotate_ticket(self, uid: int, old: str, new: str) -> bool:
+        async with self._tx() as conn:
+            args = {"uid": uid, "old": old, "ticket": new, "expiry": self._expiry()}
+            res = await conn.execute(q.ROTATE_TICKET, args)
+        return bool(res.rowcount)
+
     async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
         """Everything a login reply needs, and the user marked online, in one
         transaction. A new ticket digest replaces the old one; None keeps it."""
@@ -345,7 +393,8 @@ class SqlStore(SocialQueries):
             if ticket_digest is None:
                 await conn.execute(q.ONLINE, {"uid": uid})
             else:
-                await conn.execute(q.ONLINE_WITH_TICKET, {"uid": uid, "ticket": ticket_digest})
+                args = {"uid": uid, "ticket": ticket_digest, "expiry": self._expiry()}
+                await conn.execute(q.ONLINE_WITH_TICKET, args)
         return LoginView(friends, groups, [(r.id, r.message) for r in offline])
 
     async def friends(self, uid: int) -> list[tuple[int, str]]:
@@ -358,11 +407,16 @@ class SqlStore(SocialQueries):
 
     # -- friends and groups ----------------------------------------------------
 
-    async def add_friend(self, uid: int, friendid: int) -> str:
+    async def add_friend(self, uid: int, friendid: int, quota: Quota = NO_QUOTA) -> str:
         async with self._tx() as conn:
             name = (await conn.execute(select(user.c.name).where(user.c.id == friendid))).scalar()
             if name is None:
                 raise errors.NoSuchUser(friendid)
+            if quota.friends:
+                for who, whose in ((uid, "you have"), (friendid, f"user {friendid} has")):
+                    n = (await conn.execute(q.FRIEND_COUNT, {"who": who})).scalar_one()
+                    if n >= quota.friends:
+                        raise errors.OverQuota(f"{whose} {n} friends, the most allowed")
             have = set(
                 (
                     await conn.execute(
@@ -386,10 +440,19 @@ class SqlStore(SocialQueries):
                 raise errors.AlreadyFriends(friendid) from None
         return str(name)
 
-    async def create_group(self, uid: int, name: str, desc: str) -> int:
+    async def create_group(self, uid: int, name: str, desc: str, quota: Quota = NO_QUOTA) -> int:
         try:
             async with self._tx() as conn:
-                res = await conn.execute(insert(allgroup).values(groupname=name, groupdesc=desc))
+                if quota.groups_created:
+                    n = (await conn.execute(q.GROUPS_CREATED, {"uid": uid})).scalar_one()
+                    if n >= quota.groups_created:
+                        raise errors.OverQuota(f"you have created {n} groups, the most allowed")
+                await _check_memberships(conn, uid, quota)
+                res = await conn.execute(
+                    insert(allgroup).values(
+                        groupname=name, groupkey=names.key(name), groupdesc=desc
+                    )
+                )
                 pk = res.inserted_primary_key
                 assert pk is not None
                 gid = int(pk[0])
@@ -400,9 +463,12 @@ class SqlStore(SocialQueries):
             raise errors.GroupNameTaken(name) from None
         return gid
 
-    async def join_group(self, uid: int, gid: int, max_members: int = 0) -> None:
+    async def join_group(
+        self, uid: int, gid: int, max_members: int = 0, quota: Quota = NO_QUOTA
+    ) -> None:
         try:
             async with self._tx() as conn:
+                await _check_memberships(conn, uid, quota)
                 # Locking the group row serialises joins, so the size check holds.
                 found = (
                     await conn.execute(
@@ -428,19 +494,35 @@ class SqlStore(SocialQueries):
 
     # -- offline messages ---------------------------------------------------------
 
-    async def store_offline(self, uid: int, message: str) -> None:
+    async def store_offline(self, uid: int, message: str, quota: Quota = NO_QUOTA) -> None:
+        size = len(message.encode())
         async with self._tx() as conn:
-            res = await conn.execute(q.STORE_OFFLINE, {"uid": uid, "message": message})
+            if await _over_mailbox(conn, [uid], size, quota):
+                raise errors.MailboxFull(uid)
+            args = {"uid": uid, "message": message, "size": size}
+            res = await conn.execute(q.STORE_OFFLINE, args)
         self.stored_rows += res.rowcount
         if res.rowcount == 0:
             raise errors.NoSuchUser(uid)
+
+    async def store_offline_within(
+        self, uids: Sequence[int], message: str, quota: Quota
+    ) -> list[int]:
+        size = len(message.encode())
+        async with self._tx() as conn:
+            full = await _over_mailbox(conn, uids, size, quota)
+            rows = [{"userid": u, "message": message, "size": size} for u in uids if u not in full]
+            if rows:
+                await conn.execute(insert(offlinemessage), rows)
+        return [u for u in uids if u in full]
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
         if not items:
             return
         async with self._tx() as conn:
             await conn.execute(
-                insert(offlinemessage), [{"userid": u, "message": m} for u, m in items]
+                insert(offlinemessage),
+                [{"userid": u, "message": m, "size": len(m.encode())} for u, m in items],
             )
         self.stored_rows += len(items)
 

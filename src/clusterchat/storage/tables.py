@@ -10,6 +10,11 @@ delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
 instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
 ``admin`` role, a join time and an invite-only flag; ``blocked`` holds who
 blocks whom, ``groupinvite`` invitations to invite-only groups.
+
+Names (users and groups) are unique by their key (``namekey``,
+``groupkey``: see :mod:`clusterchat.protocol.names`), compared byte for
+byte on every backend; MySQL's default collation would make "x😀" equal
+"x😎" and "a" equal "a ".
 """
 
 from __future__ import annotations
@@ -31,11 +36,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, sqlite
 
+from clusterchat.protocol.names import MAX_KEY, MAX_NAME
+
 metadata = MetaData()
 
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _exact(length: int) -> String:
+    """VARCHAR compared byte for byte: SQLite always does, MySQL with utf8mb4_bin."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
 
 
 # SQLite only auto-increments INTEGER PRIMARY KEY, so BIGINT needs a variant.
@@ -45,7 +59,8 @@ user = Table(
     "user",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(50), nullable=False, unique=True),
+    Column("name", _exact(MAX_NAME), nullable=False, unique=True),
+    Column("namekey", _exact(MAX_KEY), nullable=False, unique=True),
     Column("password", String(255), nullable=False),
     Column(
         "state",
@@ -58,6 +73,9 @@ user = Table(
     Column("ticket", String(64), nullable=True),
     # Set by `clusterchat admin ban`: no login, password or ticket.
     Column("banned", Boolean, nullable=False, server_default=false()),
+    # When that ticket stops working (seconds since the epoch); a ticket is
+    # replaced at each use, so a stolen old one is dead once the owner uses theirs.
+    Column("ticketexpiry", BigInteger, nullable=True),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -75,7 +93,8 @@ allgroup = Table(
     "allgroup",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("groupname", String(50), nullable=False, unique=True),
+    Column("groupname", _exact(MAX_NAME), nullable=False, unique=True),
+    Column("groupkey", _exact(MAX_KEY), nullable=False, unique=True),
     Column("groupdesc", String(200), nullable=False, server_default=""),
     # Joining needs an invitation (groupinvite) from an admin or the creator.
     Column("inviteonly", Boolean, nullable=False, server_default=false()),
@@ -108,6 +127,8 @@ offlinemessage = Table(
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("userid", Integer, nullable=False),
     Column("message", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
+    # Bytes of ``message`` (UTF-8): per-receiver quotas sum this, not the text.
+    Column("size", Integer, nullable=False, server_default="0"),
     Index("ix_offlinemessage_userid_id", "userid", "id"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",

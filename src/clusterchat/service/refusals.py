@@ -1,0 +1,53 @@
+"""Refusals logged at a bounded rate: one line per connection per interval.
+
+A client sending garbage as fast as it can must not fill the disk with our
+log: the first refusal on a connection is logged, the next ones within the
+interval are only counted, and the count goes into the next line (or a last
+one when the connection closes). Tracebacks of our own bugs follow the same
+rule: one per connection per interval, with the frame that caused it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from clusterchat.service.session import Session
+
+#: Seconds between two log lines about one connection's refusals.
+INTERVAL = 10.0
+
+
+class RefusalLog:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log, self.interval, self.clock = logger, interval, clock
+
+    def note(self, s: Session, text: str, exc_info: bool = False) -> None:
+        """Log ``text`` about ``s`` unless a line about it went out within the interval."""
+        now = self.clock()
+        if now < s.log_after:
+            s.log_quiet += 1
+            return
+        quiet, s.log_quiet, s.log_after = s.log_quiet, 0, now + self.interval
+        more = f" ({quiet} more refused since the last line)" if quiet else ""
+        level = logging.ERROR if exc_info else logging.INFO
+        self.log.log(
+            level, "%s (%s, uid %s)%s", text, s.peer.address, s.uid, more, exc_info=exc_info
+        )
+
+    def closed(self, s: Session) -> None:
+        """The count nobody has heard about yet, if any."""
+        if s.log_quiet:
+            self.log.info(
+                "%d more refused before the connection closed (%s, uid %s)",
+                s.log_quiet,
+                s.peer.address,
+                s.uid,
+            )
+            s.log_quiet = 0

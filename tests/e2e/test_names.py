@@ -1,0 +1,89 @@
+"""One rule for names on every backend: NFKC, trimmed, unique ignoring case,
+no control, bidi or invisible characters. Runs on SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterchat.protocol.messages import ErrCode, MsgId, RegErr
+from tests.conftest import PASSWORD, Connect, UserFactory, unique
+
+FULL_WIDTH_ALICE = "\uff21\uff2c\uff29\uff23\uff25"
+FULL_WIDTH_WIDE = "\uff57\uff49\uff44\uff45"
+
+
+async def _reg(conn: object, name: str) -> dict[str, object]:
+    return await conn.request(  # type: ignore[attr-defined, no-any-return]
+        {"msgid": MsgId.REG, "name": name, "password": PASSWORD}, MsgId.REG_ACK
+    )
+
+
+async def test_names_mariadb_would_confuse_are_distinct_and_case_variants_collide(
+    connect: Connect,
+) -> None:
+    conn = await connect()
+    tag = unique("n")
+    # utf8mb4_general_ci makes every emoji equal: here they are two names.
+    for name in (f"{tag}😀", f"{tag}😎", f"{tag}é", f"{tag}e"):
+        ack = await _reg(conn, name)
+        assert ack["errno"] == 0, (name, ack)
+    # One name, however it is cased, padded or width-mapped.
+    await _reg(conn, f"{tag}Alice")
+    for same in (f"{tag}alice", f"{tag}ALICE ", f" {tag}Alice", f"{tag}{FULL_WIDTH_ALICE}"):
+        ack = await _reg(conn, same)
+        assert ack["errno"] == RegErr.FAILED and "is taken" in str(ack["errmsg"]), (same, ack)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("a\u202egnp.exe", "text-direction"),  # right-to-left override
+        ("admin\u2066", "text-direction"),
+        ("a\x07b", "control"),
+        ("line\nbreak", "control"),
+        ("a\u200bb", "invisible"),  # zero-width space
+        ("   ", "only spaces"),
+        ("\u3000\u00a0", "only spaces"),  # ideographic and no-break spaces
+    ],
+)
+async def test_bad_names_are_refused_with_a_reason(connect: Connect, name: str, why: str) -> None:
+    conn = await connect()
+    ack = await _reg(conn, name)
+    assert ack["errno"] == RegErr.FAILED and why in str(ack["errmsg"]), ack
+    legacy = await connect(legacy=True)  # the original client gets its own reply
+    ack = await _reg(legacy, name)
+    assert ack["errno"] == RegErr.FAILED and why in str(ack["errmsg"]), ack
+
+
+async def test_names_are_stored_normalised(connect: Connect) -> None:
+    conn = await connect()
+    tag = unique("w")
+    uid = (await _reg(conn, f"  {FULL_WIDTH_WIDE}  {tag}  "))["id"]
+    login = await conn.request(
+        {"msgid": MsgId.LOGIN, "id": uid, "password": PASSWORD}, MsgId.LOGIN_ACK
+    )
+    assert login["name"] == f"wide {tag}"
+    # An emoji family (zero-width joiners) is a fine name.
+    assert (await _reg(conn, f"👨\u200d👩\u200d👧{tag}"))["errno"] == 0
+
+
+async def test_group_names_follow_the_same_rule(user: UserFactory) -> None:
+    alice = await user()
+    tag = unique("g")
+    ack = await alice.conn.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": f" {tag}Crew "}, MsgId.CREATE_GROUP_ACK
+    )
+    assert ack["groupname"] == f"{tag}Crew"
+    err = await alice.conn.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": f"{tag}CREW"}, MsgId.ERROR
+    )
+    assert err["errno"] == ErrCode.GROUP_NAME_TAKEN
+    err = await alice.conn.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": "x\u202ey"}, MsgId.ERROR
+    )
+    assert err["errno"] == ErrCode.INVALID_FIELD and "text-direction" in err["errmsg"]
+    for emoji in ("😀", "😎"):
+        ack = await alice.conn.request(
+            {"msgid": MsgId.CREATE_GROUP, "groupname": f"{tag}{emoji}"}, MsgId.CREATE_GROUP_ACK
+        )
+        assert ack["errno"] == 0
