@@ -4,6 +4,7 @@ environment (the variable is named in each option's help)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -719,7 +720,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         node_id += "-" + os.environ.get("CLUSTERCHAT_WORKER_SLOT", "0")
     settings = Settings(
         host=args.ip or args.host,
-        port=args.port_pos or args.port,
+        port=args.port if args.port_pos is None else args.port_pos,  # 0: any free port
         db_url=args.db or default_db_url(),
         db_pool=args.db_pool,
         max_frame=args.max_frame,
@@ -765,6 +766,12 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     except SchemaMismatch as exc:
         print(f"clusterchat server: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        # A port taken by another program is the newcomer's usual first error.
+        print(f"clusterchat server: cannot listen: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -135,3 +137,41 @@ async def test_db_init_creates_the_schema(tmp_path: Path, mariadb_url: str) -> N
             await conn.exec_driver_sql(f"DROP DATABASE `{name}`")
     finally:
         await engine.dispose()
+
+
+async def test_a_positional_port_0_means_any_free_port(tmp_path: Path) -> None:
+    """`clusterchat server IP 0` once fell back to the default port (6000),
+    which a README node may hold: it must pick a free one."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    env = {"CLUSTERCHAT_HOME": str(tmp_path), "CLUSTERCHAT_DB": "", "CLUSTERCHAT_PORT": str(taken)}
+    try:
+        async with server_process("127.0.0.1", "0", env=env) as (proc, port, _):
+            assert port not in (0, taken)
+            proc.terminate()
+            assert await proc.wait() == 0
+    finally:
+        busy.close()
+
+
+async def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    env = {**os.environ, "CLUSTERCHAT_HOME": str(tmp_path), "CLUSTERCHAT_DB": ""}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clusterchat", "server", "--port", str(taken),
+            env=env, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(20):
+            _, err = await proc.communicate()
+    finally:
+        busy.close()
+    assert proc.returncode == 1
+    text = err.decode()
+    assert "Traceback" not in text
+    assert f"cannot listen: [Errno {errno.EADDRINUSE}]" in text and str(taken) in text
