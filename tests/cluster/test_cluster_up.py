@@ -105,3 +105,24 @@ async def test_a_port_taken_fails_clearly_and_starts_nothing(
             )  # fmt: skip
     assert not (tmp_path / "cluster" / launcher.STATE).exists()
     assert launcher._port_free("127.0.0.1", base)  # node0 never started
+
+
+async def test_a_port_answered_by_another_program_is_not_taken_for_our_node(
+    tmp_path: Path,
+) -> None:
+    """`cluster up` checks the PONG's node id: a program that grabbed the port
+    between the free-port check and the node's start is not our node."""
+
+    async def impostor(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readline()
+        w.write(b'{"msgid":13,"node":"someone-else"}\n')
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(impostor, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(RuntimeError, match="answers as 'someone-else', not node0"):
+            await asyncio.to_thread(
+                launcher._check_node, "127.0.0.1", port, "node0", tmp_path / "node-0.log"
+            )

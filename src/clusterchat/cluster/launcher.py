@@ -67,6 +67,22 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _check_node(host: str, port: int, node_id: str, log: Path) -> None:
+    """The process answering on ``port`` is the node we started (its PONG
+    names it), not some other program that took the port meanwhile."""
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(b'{"msgid":12}\n')
+            reply = s.makefile("rb").readline(4096)
+        node = json.loads(reply).get("node")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise RuntimeError(
+            f"{host}:{port} does not answer as {node_id} ({exc}); see {log}"
+        ) from exc
+    if node != node_id:
+        raise RuntimeError(f"{host}:{port} answers as {node!r}, not {node_id}: another program?")
+
+
 def _wait_ready(
     host: str, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float
 ) -> None:
@@ -137,8 +153,9 @@ def up(
                 )
             started.append(p)
             state.procs.append(Proc(f"node{i}", p.pid, port, str(log)))
-        for p, proc in zip(started, state.procs, strict=True):
+        for i, (p, proc) in enumerate(zip(started, state.procs, strict=True)):
             _wait_port(host, proc.port, p, Path(proc.log), 30)
+            _check_node(host, proc.port, f"node{i}", Path(proc.log))
         conf = run_dir / "nginx.conf"
         upstreams = [f"{host}:{p.port}" for p in state.procs]
         web = [f"{host}:{http_base_port + i}" for i in range(nodes)] if web_port else []
