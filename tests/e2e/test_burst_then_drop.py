@@ -74,6 +74,8 @@ async def server(db_url: str) -> AsyncIterator[Server]:
         sys.executable, "-m", "clusterchat", "server", "--port", "0", "--db", db_url,
         "--hash-cost", cost, "--message-rate", "0", "--memory-budget", str(BUDGET),
         "--output-limit", str(OUTPUT_LIMIT),
+        # Setting up 999 members registers them in parallel from one address.
+        "--register-queue", "1000",
         # The pair's receiver only reads: not "silent" however long this takes.
         "--idle-timeout", "3600",
         stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent,
@@ -121,6 +123,7 @@ class RawMember:
         await loop.sock_connect(sock, ("127.0.0.1", port))
         m = cls(sock)
         ack = await m.request({"msgid": MsgId.REG, "name": unique(), "password": PASSWORD})
+        assert ack.get("errno") == 0, ack
         m.uid = ack["id"]
         ack = await m.request({"msgid": MsgId.LOGIN, "id": m.uid, "password": PASSWORD})
         assert ack["errno"] == 0, ack
