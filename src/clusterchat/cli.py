@@ -4,13 +4,13 @@ environment (the variable is named in each option's help)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from clusterchat.budget import default_budget
 from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.service.limits import Limits
@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=_env("CLUSTERCHAT_LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING or ERROR [env CLUSTERCHAT_LOG_LEVEL; default INFO]",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=_env("CLUSTERCHAT_LOG_FORMAT", "text"),
+        help="text for people, or json: one object a line (ts, level, logger, msg, conn: "
+        "the client connection's id) for log shippers [env CLUSTERCHAT_LOG_FORMAT; "
+        "default text]",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -95,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="messages held for a client that stops reading before it is disconnected "
         "(the rest is stored for its next login) [env CLUSTERCHAT_OUTPUT_LIMIT; "
         "default 1 MiB]",
+    )
+    srv.add_argument(
+        "--memory-budget",
+        type=int,
+        default=_env_int("CLUSTERCHAT_MEMORY_BUDGET", 0),
+        metavar="BYTES",
+        help="bytes this node may hold for other people (messages waiting for slow "
+        "readers, messages waiting to be stored); past it chats are refused with "
+        'ERROR 151 "busy, retry" (the original client is slowed instead) '
+        "[env CLUSTERCHAT_MEMORY_BUDGET; default 0: a quarter of the machine's memory, "
+        "between 64 MiB and 4 GiB]",
     )
     limits = Limits()
     srv.add_argument(
@@ -260,6 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="the certificate's private key [env CLUSTERCHAT_TLS_KEY]",
     )
     srv.add_argument(
+        "--http-port",
+        type=int,
+        default=_env_int("CLUSTERCHAT_HTTP_PORT", 0),
+        metavar="PORT",
+        help="also serve the web client on this HTTP port: open http://HOST:PORT/ in a "
+        "browser; it chats over a WebSocket at /ws; 0: off [env CLUSTERCHAT_HTTP_PORT; "
+        "default 0]",
+    )
+    srv.add_argument(
+        "--http-origins",
+        default=_env("CLUSTERCHAT_HTTP_ORIGINS", ""),
+        metavar="ORIGIN[,ORIGIN]",
+        help="web pages (scheme://host[:port]) allowed to open a chat WebSocket, '*' for "
+        "any; default: only the page this node (or nginx in front of it) serves "
+        "[env CLUSTERCHAT_HTTP_ORIGINS]",
+    )
+    srv.add_argument(
         "--max-frame",
         type=int,
         default=_env_int("CLUSTERCHAT_MAX_FRAME", DEFAULT_MAX_FRAME),
@@ -392,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "a time); soak: messages a second per user (default 2)")  # fmt: skip
     bench.add_argument("--server-pid", type=int, default=0, metavar="PID",
                        help="soak: sample this server process's memory")  # fmt: skip
+    bench.add_argument("--transport", choices=["tcp", "ws"], default="tcp",
+                       help="tcp, or ws: WebSockets to the targets' HTTP ports "
+                       "(server --http-port) [default tcp]")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="one JSON line instead of a table")
 
     cl = sub.add_parser(
@@ -420,6 +459,19 @@ def build_parser() -> argparse.ArgumentParser:
     cup.add_argument("--listen-port", type=int, default=8000, help="nginx's port [default 8000]")
     cup.add_argument(
         "--base-port", type=int, default=6000, help="node i listens on base-port + i [default 6000]"
+    )
+    cup.add_argument(
+        "--web-port",
+        type=int,
+        default=8080,
+        help="nginx's HTTP port for browsers: the web client and its WebSocket, proxied "
+        "to every node's --http-port; 0: off [default %(default)s]",
+    )
+    cup.add_argument(
+        "--http-base-port",
+        type=int,
+        default=6100,
+        help="node i serves HTTP on http-base-port + i [default %(default)s]",
     )
     _add_db(cup)
     cup.add_argument(
@@ -454,6 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--tls-cert", default=None, metavar="PEM",
                       help="terminate TLS in nginx with this certificate")  # fmt: skip
     conf.add_argument("--tls-key", default=None, metavar="PEM", help="its private key")
+    conf.add_argument("--http", default="", metavar="HOST:PORT[,HOST:PORT]",
+                      help="the nodes' HTTP ports (--http-port): also print the http {} "
+                      "block proxying browsers and WebSockets to them")  # fmt: skip
+    conf.add_argument("--http-listen", default="8080",
+                      help="nginx's HTTP listen address, with --http [default 8080]")  # fmt: skip
+
+    _admin_parser(sub, common)
 
     db = sub.add_parser(
         "db", parents=[common], help="manage the store", description="Manage the SQL store."
@@ -462,10 +521,27 @@ def build_parser() -> argparse.ArgumentParser:
     init = dbsub.add_parser(
         "init",
         help="create the database and tables if missing",
-        description="Create the schema (and, on MySQL/MariaDB, the database). Safe to "
-        "run again. A server also does this on first start.",
+        description="Create the schema (and, on MySQL/MariaDB, the database); on an "
+        "existing database the same as `db upgrade`. Safe to run again. A server does this "
+        "by itself on first start with an empty database.",
     )
     _add_db(init)
+    upgrade = dbsub.add_parser(
+        "upgrade",
+        help="bring the schema to this version's (migrations)",
+        description="Upgrade the schema of any earlier clusterchat database, or of one "
+        "created by the original C++ system's SQL (its plaintext passwords become argon2id "
+        "hashes at each user's next login), to this version's; an empty database gets the "
+        "whole schema. Back the database up first. Safe to run again.",
+    )
+    _add_db(upgrade)
+    status = dbsub.add_parser(
+        "status",
+        help="print the schema revision the database is at",
+        description="Print the database's schema revision and whether this version of "
+        "clusterchat can run on it.",
+    )
+    _add_db(status)
     schema = dbsub.add_parser(
         "schema",
         help="print the MySQL/MariaDB schema (chat.sql)",
@@ -473,6 +549,94 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--database", default="chat", help="database name [default chat]")
     return parser
+
+
+def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    adm = sub.add_parser(
+        "admin",
+        parents=[common],
+        help="operate a running cluster: users, kick, ban, groups",
+        description="Operator commands against the database and, with --redis, the "
+        "cluster: who is online on which node, ending sessions (kick, ban, delete). "
+        "Each change is logged as an audit line on stderr.",
+    )
+    _add_db(adm)
+    adm.add_argument(
+        "--redis",
+        default=_env("CLUSTERCHAT_REDIS", ""),
+        metavar="URL",
+        help="the cluster's Redis (needed to see who is online and to kick) "
+        "[env CLUSTERCHAT_REDIS]",
+    )
+    adm.add_argument(
+        "--redis-prefix",
+        default=_env("CLUSTERCHAT_REDIS_PREFIX", "clusterchat:"),
+        metavar="PREFIX",
+        help="the nodes' --redis-prefix [env CLUSTERCHAT_REDIS_PREFIX; default %(default)s]",
+    )
+    act = adm.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    users = act.add_parser("users", help="list users (id, name, state, banned, node)")
+    users.add_argument("--online", action="store_true", help="only those logged in")
+    act.add_parser("nodes", help="live nodes and how many users each holds (needs --redis)")
+    act.add_parser("counts", help="users, banned, groups, friendships, offline messages, online")
+    group = act.add_parser("group", help="show a group and its members")
+    group.add_argument("gid", type=int)
+    for name, text in (
+        ("kick", "end the user's session, on whichever node holds it (they may log in again)"),
+        ("ban", "forbid logging in (LoginErr 6), revoke the ticket, end the session"),
+        ("unban", "allow logging in again"),
+        ("delete", "delete the user with friendships, memberships and offline messages"),
+    ):
+        one = act.add_parser(name, help=text)
+        one.add_argument("uid", type=int)
+    reset = act.add_parser("reset-password", help="set a new password (random if not given)")
+    reset.add_argument("uid", type=int)
+    reset.add_argument("--password", default=None, help="the new password [default: random]")
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from clusterchat.admin import Admin, AdminError, print_users
+
+    out: list[int] = []
+
+    async def go() -> None:
+        async with Admin(args.db or default_db_url(), args.redis or None, args.redis_prefix) as a:
+            cmd = args.admin_command
+            if cmd == "users":
+                print_users(await a.users(args.online))
+            elif cmd == "nodes":
+                if a.redis is None:
+                    raise AdminError("nodes needs --redis")
+                for node, uids in sorted((await a.nodes()).items()):
+                    print(f"{node}  {len(uids)} users")
+            elif cmd == "counts":
+                for key, n in (await a.counts()).items():
+                    print(f"{key:<17} {n}")
+            elif cmd == "group":
+                name, desc, members = await a.group(args.gid)
+                print(f"group {args.gid} {name!r}: {desc}")
+                for uid, uname, role in members:
+                    print(f"{uid:>8}  {uname:<24} {role}")
+            elif cmd == "kick":
+                was = await a.kick(args.uid)
+                print(f"user {args.uid}: " + ("session ended" if was else "was not online"))
+            elif cmd in ("ban", "unban"):
+                await a.ban(args.uid, cmd == "ban")
+                print(f"user {args.uid} {cmd}ned")
+            elif cmd == "reset-password":
+                pw = await a.reset_password(args.uid, args.password)
+                print(pw if args.password is None else f"user {args.uid}: password set")
+            elif cmd == "delete":
+                gone = await a.delete_user(args.uid)
+                print(f"user {args.uid} deleted: " + ", ".join(f"{n} {k}" for k, n in gone.items()))
+        out.append(0)
+
+    try:
+        _run(go())
+    except AdminError as exc:
+        print(f"clusterchat admin: {exc}", file=sys.stderr)
+        return 1
+    return out[0]
 
 
 def _hash_cost(text: str) -> HashCost:
@@ -561,6 +725,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_frame=args.max_frame,
         max_connections=args.max_connections,
         output_limit=args.output_limit,
+        memory_budget=args.memory_budget or default_budget(),
         max_connections_per_address=args.max_connections_per_address,
         trusted_proxies=tuple(a.strip() for a in args.trusted_proxy.split(",") if a.strip()),
         limits=replace(
@@ -590,8 +755,16 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         bus_window=args.bus_window,
         node_id=node_id,
         reuse_port=worker,
+        http_port=args.http_port or None,
+        http_origins=tuple(o.strip() for o in args.http_origins.split(",") if o.strip()),
     )
-    _run(Node(settings).run_until_signalled())
+    from clusterchat.errors import SchemaMismatch
+
+    try:
+        _run(Node(settings).run_until_signalled())
+    except SchemaMismatch as exc:
+        print(f"clusterchat server: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -616,6 +789,7 @@ def _bench(args: argparse.Namespace) -> int:
         msg_size=args.msg_size,
         rate=args.rate,
         server_pid=args.server_pid,
+        transport=args.transport,
     )
     results = []
 
@@ -630,11 +804,14 @@ def _cluster(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from clusterchat.cluster import launcher
-    from clusterchat.cluster.nginx import stream_block
+    from clusterchat.cluster.nginx import http_block, stream_block
     from clusterchat.config import data_dir
 
     if args.cluster_command == "nginx-conf":
         print(stream_block(args.upstreams, args.listen, args.tls_cert, args.tls_key), end="")
+        if args.http:
+            web = [u.strip() for u in args.http.split(",") if u.strip()]
+            print(http_block(web, args.http_listen, args.tls_cert, args.tls_key), end="")
         return 0
     run_dir = Path(args.dir) if args.dir else data_dir() / "cluster"
     try:
@@ -645,23 +822,51 @@ def _cluster(args: argparse.Namespace) -> int:
         extra = [a for a in args.server_args if a != "--"]
         extra += ["--db", args.db or default_db_url(), "--redis", args.redis]
         state = launcher.up(
-            run_dir, args.nodes, args.listen_port, args.base_port, args.host, extra, args.nginx
-        )
+            run_dir, args.nodes, args.listen_port, args.base_port, args.host, extra, args.nginx,
+            web_port=args.web_port, http_base_port=args.http_base_port,
+        )  # fmt: skip
     except RuntimeError as exc:
         print(f"clusterchat cluster: {exc}", file=sys.stderr)
         return 1
     nodes = ", ".join(f"{p.name} :{p.port}" for p in state.procs if p.name != "nginx")
     print(f"cluster up: nginx on {state.listen} -> {nodes}")
+    if state.web:
+        print(f"web client: http://{state.web}/")
     print(f"logs and nginx.conf in {run_dir}; stop with `clusterchat cluster down`")
     return 0
 
 
+def _db(args: argparse.Namespace) -> int:
+    from clusterchat.storage.sql import SqlStore
+
+    out: list[int] = []
+
+    async def go() -> None:
+        store = SqlStore(args.db or default_db_url())
+        try:
+            if args.db_command == "status":
+                st = await store.schema_state()
+                print(f"{store.url}: revision {st.revision or 'none (empty)'}, head {st.head}")
+                problem = st.problem()
+                print(problem or "a node can start on it")
+                out.append(1 if problem else 0)
+                return
+            before, after = await store.upgrade_schema()
+            moved = "already at" if before == after else f"from {before or 'nothing'} to"
+            print(f"schema ready in {store.url}: {moved} revision {after}")
+            out.append(0)
+        finally:
+            await store.close()
+
+    _run(go())
+    return out[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from clusterchat.logs import setup as setup_logs
+
+    setup_logs(args.log_level, args.log_format)
     if args.command == "server":
         return _server(args, argv)
     if args.command == "cluster":
@@ -696,18 +901,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(mysql_ddl(args.database), end="")
         return 0
     if args.command == "db":
-        from clusterchat.storage.sql import SqlStore
-
-        async def init() -> None:
-            store = SqlStore(args.db or default_db_url())
-            try:
-                await store.create_schema()
-                print(f"schema ready in {store.url}")
-            finally:
-                await store.close()
-
-        _run(init())
-        return 0
+        return _db(args)
+    if args.command == "admin":
+        return _admin(args)
     return 2
 
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clusterchat.budget import default_budget
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost
@@ -55,6 +56,9 @@ class Settings:
     #: Bytes of chat messages held for a peer that is not reading before it
     #: is cut off (what it was not sent is stored offline).
     output_limit: int = 1024 * 1024
+    #: Bytes held for other people (slow readers, re-stores) before chats are
+    #: refused as busy; by default a quarter of the machine's memory (0: no limit).
+    memory_budget: int = field(default_factory=default_budget)
     #: Connections this node accepts; 0: as many as its file descriptors allow.
     max_connections: int = 0
     #: Connections from one client address (0: no limit). Users behind one
@@ -98,5 +102,10 @@ class Settings:
     #: Serve TLS with this certificate chain and key (PEM files); None: plain TCP.
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: Serve the web client and WebSocket chat (/ws) on this port; None: off, 0: any free port.
+    http_port: int | None = None
+    #: Origins allowed to open /ws (e.g. "https://chat.example.com"; "*": any);
+    #: empty: the page's own origin only.
+    http_origins: tuple[str, ...] = ()
     #: Share the port with sibling worker processes (SO_REUSEPORT).
     reuse_port: bool = False

@@ -3,6 +3,7 @@
     ClusterChatError
      ├── Unavailable          a backend (SQL store, Redis) cannot be reached now
      │    └── Busy            this node has more work queued than it takes on
+     ├── SchemaMismatch       the database's schema is not the one this code needs
      └── Refused              a request that is well-formed but not allowed
           ├── NameTaken
           ├── GroupNameTaken
@@ -12,7 +13,16 @@
           ├── AlreadyMember
           ├── GroupFull
           ├── MailboxFull     the receiver has as much stored as they may
-          └── OverQuota       this user has as many groups/friends as they may
+          ├── OverQuota       this user has as many groups/friends as they may
+          ├── NotFriends
+          ├── RefusedByUser   the user does not take this from you (no reason given)
+          ├── SelfTarget      not something one does to oneself (text says what)
+          ├── NotMember       you are not a member of the group
+          ├── NotInGroup      the user acted on is not a member
+          ├── InGroup         the user invited is a member already
+          ├── InviteOnly      the group takes members by invitation only
+          ├── NotAllowed      your role in the group does not permit it
+          └── Banned           `clusterchat admin ban`
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
 storage and bus boundaries; the service maps them to protocol error codes.
@@ -31,6 +41,10 @@ class Unavailable(ClusterChatError):
 
 class Busy(Unavailable):
     pass
+
+
+class SchemaMismatch(ClusterChatError):
+    """The message says which command to run."""
 
 
 class Refused(ClusterChatError):
@@ -70,4 +84,40 @@ class MailboxFull(Refused):
 
 
 class OverQuota(Refused):
+    pass
+
+
+class NotFriends(Refused):
+    pass
+
+
+class NotInGroup(Refused):
+    """Args: the user, the group."""
+
+
+class NotAllowed(Refused):
+    """Args: a sentence saying what is not allowed."""
+
+
+class RefusedByUser(Refused):
+    pass
+
+
+class SelfTarget(Refused):
+    """Args: a sentence saying what to do instead."""
+
+
+class NotMember(Refused):
+    pass
+
+
+class InGroup(Refused):
+    """Args: the user, the group."""
+
+
+class InviteOnly(Refused):
+    pass
+
+
+class Banned(Refused):
     pass

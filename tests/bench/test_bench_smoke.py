@@ -27,6 +27,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
             hash_cost=FAST_HASH,
             # A benchmark floods and registers many users from one address, by design.
             limits=Limits(message_rate=0, registrations_per_address=0),
+            http_port=0,
         )
     )
     await n.start()
@@ -38,6 +39,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     "args",
     [
         ["chat", "-p", "3", "-w", "4", "-t", "1", "--warmup", "0.2"],
+        ["chat", "-p", "3", "-w", "4", "-t", "1", "--warmup", "0.2", "--transport", "ws"],
         ["group", "-g", "5", "-t", "1", "--warmup", "0.2"],
         ["reg", "-n", "20", "-c", "4"],
         ["login", "-n", "20", "-c", "4"],
@@ -45,12 +47,13 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         # The soak's CI-sized version (README: the long one).
         ["soak", "-n", "20", "-t", "4", "--rate", "5", "--server-pid", str(os.getpid())],
     ],
-    ids=lambda a: a[0],
+    ids=lambda a: "-".join(a[:1] + a[-1:] if "ws" in a else a[:1]),
 )
 async def test_bench_scenario_reports_and_loses_nothing(node: Node, args: list[str]) -> None:
+    port = node.http.port if "ws" in args else node.port
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "clusterchat", "bench", *args,
-        "--target", f"127.0.0.1:{node.port}", "--json",
+        "--target", f"127.0.0.1:{port}", "--json",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)

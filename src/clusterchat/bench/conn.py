@@ -39,14 +39,16 @@ class BenchConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for frame, _ in self.decoder.feed(data):
-            msg = codec.loads(frame)
-            if msg.get("msgid") in PUSHED:
-                if self.on_push is not None:
-                    self.on_push(msg)
-            elif self.pending:
-                fut = self.pending.popleft()
-                if not fut.done():
-                    fut.set_result(msg)
+            self._dispatch(codec.loads(frame))
+
+    def _dispatch(self, msg: Any) -> None:
+        if msg.get("msgid") in PUSHED:
+            if self.on_push is not None:
+                self.on_push(msg)
+        elif self.pending:
+            fut = self.pending.popleft()
+            if not fut.done():
+                fut.set_result(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -40,6 +40,8 @@ class Options:
     rate: float = 0.0
     #: The server's process id, to sample its memory (soak).
     server_pid: int = 0
+    #: "tcp", or "ws": WebSockets to the targets' HTTP ports (--http-port).
+    transport: str = "tcp"
 
     @property
     def label(self) -> str:
@@ -71,6 +73,10 @@ async def _open(
     opts: Options, i: int, on_push: Callable[[dict[str, Any]], None] | None = None
 ) -> BenchConn:
     host, port = opts.targets[i % len(opts.targets)]
+    if opts.transport == "ws":
+        from clusterchat.bench.wsconn import WsBenchConn
+
+        return await WsBenchConn.open(host, port, on_push)
     return await BenchConn.open(host, port, on_push)
 
 

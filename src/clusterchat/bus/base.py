@@ -53,6 +53,10 @@ class Inbox(Protocol):
         that session is the user's now; end the one here."""
         ...
 
+    def kicked(self, uid: int) -> None:
+        """An operator ended the user's session, if it is here."""
+        ...
+
     def group_changed(self, gid: int) -> None:
         """Another node changed a group's members: drop what is cached."""
         ...

@@ -520,6 +520,8 @@ class RedisCluster:
                 self._routes.pop(int(ident), None)
             elif event == b"g" and self._inbox is not None:
                 self._inbox.group_changed(int(ident))
+            elif event == b"k" and self._inbox is not None:  # clusterchat.admin
+                self._inbox.kicked(int(ident))
             elif event == b"r":
                 node = ident.decode()
                 if node != self.node_id and node in self._windows:

@@ -30,6 +30,8 @@ class Controller:
     def pushed(self, msg: dict[str, Any]) -> None:
         if msg.get("msgid") == MsgId.NOTICE:
             self.out(render.notice(msg))
+        elif msg.get("msgid") in (MsgId.FRIEND_EVENT, MsgId.GROUP_EVENT):
+            self.out(render.event(msg, self.client.uid))
         else:
             self.out(render.chat(msg))
 
@@ -135,6 +137,34 @@ def _request(cmd: c.Command) -> dict[str, Any]:
             return {"msgid": MsgId.LIST_GROUPS}
         case c.Logout():
             return {"msgid": MsgId.LOGOUT}
+        case c.Unfriend(fid):
+            return {"msgid": MsgId.REMOVE_FRIEND, "friendid": fid}
+        case c.Block(uid):
+            return {"msgid": MsgId.BLOCK, "userid": uid}
+        case c.Unblock(uid):
+            return {"msgid": MsgId.UNBLOCK, "userid": uid}
+        case c.Blocked():
+            return {"msgid": MsgId.LIST_BLOCKED}
+        case c.Leave(gid):
+            return {"msgid": MsgId.LEAVE_GROUP, "groupid": gid}
+        case c.Kick(gid, uid):
+            return {"msgid": MsgId.REMOVE_MEMBER, "groupid": gid, "userid": uid}
+        case c.SetRole(gid, uid, role):
+            return {"msgid": MsgId.SET_ROLE, "groupid": gid, "userid": uid, "role": role}
+        case c.Rename(gid, name):
+            return {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "groupname": name}
+        case c.Describe(gid, desc):
+            return {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "groupdesc": desc}
+        case c.Owner(gid, uid):
+            return {"msgid": MsgId.TRANSFER_GROUP, "groupid": gid, "userid": uid}
+        case c.DeleteGroup(gid):
+            return {"msgid": MsgId.DELETE_GROUP, "groupid": gid}
+        case c.Invite(gid, uid):
+            return {"msgid": MsgId.INVITE, "groupid": gid, "userid": uid}
+        case c.Invites():
+            return {"msgid": MsgId.LIST_INVITES}
+        case c.InviteOnly(gid, on):
+            return {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "inviteonly": on}
     raise AssertionError(cmd)
 
 
@@ -157,6 +187,35 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
             return render.groups(reply.get("groups"))
         case c.Logout():
             return ["Logged out."]
+        case c.Unfriend(fid):
+            return [f"User {fid} is no longer your friend."]
+        case c.Block(uid):
+            return [f"Blocked {render.who(uid, reply.get('name'))}: you get nothing from them."]
+        case c.Unblock(uid):
+            return [f"Unblocked user {uid}."]
+        case c.Blocked():
+            return render.blocked(reply.get("blocked"))
+        case c.Leave(gid):
+            return [f"You left group {gid}."]
+        case c.Kick(gid, uid):
+            return [f"Removed user {uid} from group {gid}."]
+        case c.SetRole(gid, uid, role):
+            now = "an admin" if role == "admin" else "a normal member"
+            return [f"User {uid} is {now} of group {gid}."]
+        case c.Rename(gid, name):
+            return [f"Group {gid} is now called {render.clean(name)}."]
+        case c.Describe(gid, _):
+            return [f"Group {gid} has its new description."]
+        case c.Owner(gid, uid):
+            return [f"User {uid} owns group {gid} now; you are an admin there."]
+        case c.DeleteGroup(gid):
+            return [f"Deleted group {gid}."]
+        case c.Invite(gid, uid):
+            return [f"Invited user {uid} to group {gid}."]
+        case c.Invites():
+            return render.invites(reply.get("invites"))
+        case c.InviteOnly(gid, on):
+            return [f"Group {gid} is {'invite-only' if on else 'open to all'} now."]
     return []
 
 

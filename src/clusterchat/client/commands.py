@@ -79,6 +79,84 @@ class Quit:
     pass
 
 
+@dataclass(frozen=True)
+class Unfriend:
+    friendid: int
+
+
+@dataclass(frozen=True)
+class Block:
+    userid: int
+
+
+@dataclass(frozen=True)
+class Unblock:
+    userid: int
+
+
+@dataclass(frozen=True)
+class Blocked:
+    pass
+
+
+@dataclass(frozen=True)
+class Leave:
+    groupid: int
+
+
+@dataclass(frozen=True)
+class Kick:
+    groupid: int
+    userid: int
+
+
+@dataclass(frozen=True)
+class SetRole:
+    groupid: int
+    userid: int
+    role: str  # "admin" | "normal"
+
+
+@dataclass(frozen=True)
+class Rename:
+    groupid: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Describe:
+    groupid: int
+    desc: str
+
+
+@dataclass(frozen=True)
+class Owner:
+    groupid: int
+    userid: int
+
+
+@dataclass(frozen=True)
+class DeleteGroup:
+    groupid: int
+
+
+@dataclass(frozen=True)
+class Invite:
+    groupid: int
+    userid: int
+
+
+@dataclass(frozen=True)
+class Invites:
+    pass
+
+
+@dataclass(frozen=True)
+class InviteOnly:
+    groupid: int
+    on: bool
+
+
 Command = (
     Help
     | Chat
@@ -93,6 +171,20 @@ Command = (
     | Register
     | Ping
     | Quit
+    | Unfriend
+    | Block
+    | Unblock
+    | Blocked
+    | Leave
+    | Kick
+    | SetRole
+    | Rename
+    | Describe
+    | Owner
+    | DeleteGroup
+    | Invite
+    | Invites
+    | InviteOnly
 )
 
 
@@ -109,6 +201,21 @@ Commands (the original client's form, or a slash command):
   addgroup:GROUPID             /join GROUPID         join a group
   friends                      /friends              friends, online or not
   groups                       /groups               your groups and their members
+  unfriend:ID                  /unfriend ID          stop being friends (both ways)
+  block:ID                     /block ID             refuse a user's messages, requests, presence
+  unblock:ID                   /unblock ID           take a block back
+  blocked                      /blocked              whom you block
+  leave:GROUPID                /leave GROUPID        leave a group
+  kick:GROUPID:ID              /kick GROUPID ID      remove a member (admins, the creator)
+  admin:GROUPID:ID             /admin GROUPID ID     make a member an admin
+  deadmin:GROUPID:ID           /deadmin GROUPID ID   make an admin a normal member again
+  rename:GROUPID:NAME          /rename GROUPID NAME  rename a group
+  describe:GROUPID:TEXT        /describe GID TEXT    change a group's description
+  owner:GROUPID:ID             /owner GROUPID ID     hand your group to a member (creator)
+  delgroup:GROUPID             /delgroup GROUPID     delete your group (creator)
+  inviteonly:GROUPID:on|off    /inviteonly GID on    joining needs an invitation (off: not)
+  invite:GROUPID:ID            /invite GROUPID ID    invite a user (they accept with /join)
+  invites                      /invites              your open invitations
   loginout                     /logout               log out (then log in again)
   login:ID:PASSWORD            /login ID [PASSWORD]  log in (asks for the password)
   register:NAME:PASSWORD       /register NAME [PW]   create an account
@@ -138,6 +245,8 @@ _BARE: dict[str, Command] = {
     "help": Help(),
     "friends": Friends(),
     "groups": Groups(),
+    "blocked": Blocked(),
+    "invites": Invites(),
     "loginout": Logout(),
     "logout": Logout(),
     "ping": Ping(),
@@ -171,6 +280,9 @@ def parse(line: str) -> Command:
         return CreateGroup(_need(gname, "the group name", "creategroup:NAME:DESC").strip(), desc)
     if name == "addgroup":
         return JoinGroup(_int(rest, "the group id"))
+    managed = _managed(name, *_split(rest), f"{name}:")
+    if managed is not None:
+        return managed
     if name == "login":
         uid, _, password = rest.partition(":")
         return Login(_int(uid, "the user id"), password or None)
@@ -202,8 +314,51 @@ def _parse_slash(line: str) -> Command:
         return CreateGroup(_need(first, "the group name", "/create NAME [DESC]"), tail.strip())
     if name in ("join", "addgroup"):
         return JoinGroup(_int(rest, "the group id"))
+    managed = _managed(name, first, tail, f"/{name} ")
+    if managed is not None:
+        return managed
     if name == "login":
         return Login(_int(first, "the user id"), tail.strip() or None)
     if name == "register":
         return Register(_need(first, "the name", "/register NAME [PASSWORD]"), tail.strip() or None)
     raise BadCommand(f"unknown command /{name}; /help lists them")
+
+
+def _split(rest: str) -> tuple[str, str]:
+    first, _, tail = rest.partition(":")
+    return first, tail
+
+
+def _managed(name: str, first: str, tail: str, how: str) -> Command | None:
+    """Friends and groups a person manages; ``how`` is the spelling used, for errors."""
+    sep = ":" if how.endswith(":") else " "
+    if name == "unfriend":
+        return Unfriend(_int(first, "the friend's id"))
+    if name == "block":
+        return Block(_int(first, "the user id"))
+    if name == "unblock":
+        return Unblock(_int(first, "the user id"))
+    if name == "leave":
+        return Leave(_int(first, "the group id"))
+    if name in ("delgroup", "deletegroup"):
+        return DeleteGroup(_int(first, "the group id"))
+    if name == "inviteonly":
+        gid, flag = _int(first, "the group id"), tail.strip().lower()
+        if flag not in ("on", "off"):
+            raise BadCommand(f"say on or off; write {how}GROUPID{sep}on")
+        return InviteOnly(gid, flag == "on")
+    if name in ("kick", "admin", "deadmin", "owner", "invite"):
+        gid, uid = _int(first, "the group id"), _int(tail, "the user id")
+        if name == "kick":
+            return Kick(gid, uid)
+        if name == "owner":
+            return Owner(gid, uid)
+        if name == "invite":
+            return Invite(gid, uid)
+        return SetRole(gid, uid, "admin" if name == "admin" else "normal")
+    if name == "rename":
+        gid = _int(first, "the group id")
+        return Rename(gid, _need(tail, "the new name", f"{how}GROUPID{sep}NAME").strip())
+    if name == "describe":
+        return Describe(_int(first, "the group id"), tail.strip())
+    return None

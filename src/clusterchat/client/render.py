@@ -105,3 +105,59 @@ def refusal(msg: dict[str, Any]) -> str:
 
 def notice(msg: dict[str, Any]) -> str:
     return f"*** {clean(msg.get('text', ''))}"
+
+
+def blocked(items: object) -> list[str]:
+    docs = _docs(items)
+    if not docs:
+        return ["You block nobody."]
+    return ["You block:"] + [f"  {who(d.get('id'), d.get('name'))}" for d in docs]
+
+
+_ROLE_NOW = {
+    "admin": "now an admin of",
+    "normal": "no longer an admin of",
+    "creator": "now the owner of",
+}
+
+
+def event(msg: dict[str, Any], me: int) -> str:
+    """A FRIEND_EVENT or GROUP_EVENT as a notice, e.g. "you were removed from group 7 by bob"."""
+    kind = msg.get("event")
+    subject = "you" if msg.get("id") == me else who(msg.get("id"), msg.get("name"))
+    by = who(msg.get("by"), msg.get("byname"))
+    group = f"group {clean(msg.get('groupid'))}"
+    if kind == "unfriended":
+        text = f"{subject} removed you from their friends"
+    elif kind == "left":
+        text = f"{subject} left {group}"
+    elif kind == "removed":
+        were = "were" if subject == "you" else "was"
+        text = f"{subject} {were} removed from {group} by {by}"
+    elif kind == "role":
+        are = "are" if subject == "you" else "is"
+        now = _ROLE_NOW.get(str(msg.get("role")), f"now {clean(msg.get('role'))} in")
+        text = f"{subject} {are} {now} {group}"
+    elif kind == "edited":
+        name, desc = clean(msg.get("groupname")), clean(msg.get("groupdesc", ""))
+        only = ", invite-only" if msg.get("inviteonly") else ""
+        text = f"{group} is now {name}" + (f" - {desc}" if desc else "") + f"{only} (by {by})"
+    elif kind == "invited":
+        name = clean(msg.get("groupname"))
+        text = f"{by} invited you to {group} ({name}); /join {clean(msg.get('groupid'))} accepts"
+    elif kind == "deleted":
+        text = f"{group} ({clean(msg.get('groupname'))}) was deleted by {by}"
+    else:
+        text = f"{group}: {clean(kind)}"
+    return f"*** {text}"
+
+
+def invites(items: object) -> list[str]:
+    docs = _docs(items)
+    if not docs:
+        return ["No open invitations."]
+    lines = ["Invitations (/join GROUPID accepts):"]
+    for d in docs:
+        head = f"  [group {clean(d.get('groupid'))}] {clean(d.get('groupname'))}"
+        lines.append(f"{head}, from {who(d.get('by'), d.get('byname'))}")
+    return lines

@@ -38,6 +38,8 @@ class Proc:
 class ClusterState:
     listen: str
     procs: list[Proc] = field(default_factory=list)
+    #: nginx's HTTP address for browsers ("" when off).
+    web: str = ""
 
 
 def _wait_port(
@@ -55,6 +57,41 @@ def _wait_port(
     raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s; see {log}")
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_ready(
+    host: str, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    """Until the node's ``/readyz`` says 200 (store and Redis reachable)."""
+    import urllib.error
+    import urllib.request
+
+    _wait_port(host, port, proc, log, timeout)
+    deadline = time.monotonic() + timeout
+    why = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.name}: exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=3) as res:
+                if res.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            why = exc.read().decode(errors="replace").strip()
+        except OSError as exc:
+            why = str(exc)
+        time.sleep(0.1)
+    raise RuntimeError(f"{log.name}: not ready after {timeout}s ({why}); see {log}")
+
+
 def up(
     run_dir: Path,
     nodes: int,
@@ -64,11 +101,24 @@ def up(
     server_args: list[str],
     nginx: str = NGINX,
     env: dict[str, str] | None = None,
+    web_port: int = 0,
+    http_base_port: int = 0,
 ) -> ClusterState:
+    """With ``web_port``, node i also serves HTTP on ``http_base_port + i`` and
+    nginx proxies browsers (the web client, WebSocket) from ``web_port``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / STATE).exists():
         raise RuntimeError(f"a cluster is already up in {run_dir}; run `clusterchat cluster down`")
-    state = ClusterState(listen=f"{host}:{listen_port}")
+    wanted = [(base_port + i, f"node{i}") for i in range(nodes)] + [(listen_port, "nginx")]
+    if web_port:
+        wanted += [(http_base_port + i, f"node{i} HTTP") for i in range(nodes)]
+        wanted.append((web_port, "nginx HTTP"))
+    for port, what in wanted:
+        if not _port_free(host, port):
+            raise RuntimeError(f"port {host}:{port} ({what}) is already in use; nothing started")
+    state = ClusterState(
+        listen=f"{host}:{listen_port}", web=f"{host}:{web_port}" if web_port else ""
+    )
     started: list[subprocess.Popen[bytes]] = []
     full_env = {**os.environ, **(env or {})}
     try:
@@ -79,6 +129,8 @@ def up(
             cmd += ["--port", str(port), "--node-id", f"node{i}"]
             # nginx, on this machine, names each client in a PROXY line.
             cmd += ["--trusted-proxy", f"{host},127.0.0.1,::1", *server_args]
+            if web_port:
+                cmd += ["--http-port", str(http_base_port + i)]
             with log.open("ab") as out:
                 p = subprocess.Popen(
                     cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
@@ -89,7 +141,13 @@ def up(
             _wait_port(host, proc.port, p, Path(proc.log), 30)
         conf = run_dir / "nginx.conf"
         upstreams = [f"{host}:{p.port}" for p in state.procs]
-        conf.write_text(standalone_conf(upstreams, f"{host}:{listen_port}", run_dir))
+        web = [f"{host}:{http_base_port + i}" for i in range(nodes)] if web_port else []
+        for i, (p, proc) in enumerate(zip(started, state.procs, strict=True)):
+            if web_port:
+                _wait_ready(host, http_base_port + i, p, Path(proc.log), 30)
+        conf.write_text(
+            standalone_conf(upstreams, f"{host}:{listen_port}", run_dir, None, None, web, state.web)
+        )
         log = run_dir / "nginx-error.log"
         with (run_dir / "nginx.out").open("ab") as out:
             ng = subprocess.Popen(
@@ -101,6 +159,8 @@ def up(
         started.append(ng)
         state.procs.append(Proc("nginx", ng.pid, listen_port, str(log)))
         _wait_port(host, listen_port, ng, log, 15)
+        if web_port:
+            _wait_port(host, web_port, ng, log, 15)
     except BaseException:
         for p in started:
             p.kill()

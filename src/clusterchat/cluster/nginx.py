@@ -1,4 +1,5 @@
-"""nginx stream (TCP) configuration for a row of clusterchat nodes."""
+"""nginx configuration for a row of clusterchat nodes: a stream (TCP) block
+for chat clients and an http block for browsers (the web client, WebSocket)."""
 
 from __future__ import annotations
 
@@ -49,15 +50,75 @@ def stream_block(
 """
 
 
+def http_block(
+    upstreams: Sequence[str],
+    listen: str,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    run_dir: Path | None = None,
+) -> str:
+    """Browsers reach any node's HTTP port (--http-port) through one address:
+    the web client's files and the WebSocket at /ws. ``Host`` is passed on, so
+    the node's same-origin check sees the address the browser used."""
+    servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
+    tls = ""
+    if tls_cert:
+        listen += " ssl"
+        tls = (
+            f"        ssl_certificate {tls_cert};\n"
+            f"        ssl_certificate_key {tls_key or tls_cert};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+        )
+    own = ""
+    if run_dir is not None:  # a standalone nginx keeps its files in run_dir
+        own = (
+            f"    access_log {run_dir / 'nginx-access.log'};\n"
+            f"    client_body_temp_path {run_dir / 'tmp-body'};\n"
+            f"    proxy_temp_path {run_dir / 'tmp-proxy'};\n"
+            f"    fastcgi_temp_path {run_dir / 'tmp-fastcgi'};\n"
+            f"    uwsgi_temp_path {run_dir / 'tmp-uwsgi'};\n"
+            f"    scgi_temp_path {run_dir / 'tmp-scgi'};\n"
+        )
+    return f"""http {{
+{own}    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    upstream clusterchat_web {{
+{servers}
+    }}
+    server {{
+        listen {listen};
+{tls}        location / {{
+            proxy_pass http://clusterchat_web;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_connect_timeout 1s;
+            # a chat WebSocket idles for long; the node pings it within its idle timeout
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
 def standalone_conf(
     upstreams: Sequence[str],
     listen: str,
     run_dir: Path,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    http_upstreams: Sequence[str] = (),
+    http_listen: str = "",
 ) -> str:
     """A whole nginx.conf that runs in the foreground with everything in run_dir."""
     module = f"load_module {STREAM_MODULE};\n" if STREAM_MODULE.exists() else ""
+    web = http_block(http_upstreams, http_listen, run_dir=run_dir) if http_upstreams else ""
     return f"""# written by `clusterchat cluster up`
 {module}daemon off;
 worker_processes 1;
@@ -66,7 +127,7 @@ error_log {run_dir / "nginx-error.log"} notice;
 events {{
     worker_connections 16384;
 }}
-{stream_block(upstreams, listen, tls_cert, tls_key)}"""
+{stream_block(upstreams, listen, tls_cert, tls_key)}{web}"""
 
 
 def nginx_command(conf: Path, run_dir: Path, nginx: str = NGINX) -> list[str]:

@@ -83,6 +83,22 @@ def _field_error(text: str) -> str:
 _REQUEST_IDS = frozenset(int(cls.__struct_config__.tag) for cls in Request.__args__)
 
 
+class _Kind(msgspec.Struct, gc=False):
+    msgid: int = 0
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
+_CHATS = frozenset({int(MsgId.ONE_CHAT), int(MsgId.GROUP_CHAT)})
+
+
+def is_chat(payload: bytes) -> bool:
+    """Whether a server-built document is a chat message (not an event or notice)."""
+    try:
+        return _kind_decoder.decode(payload).msgid in _CHATS
+    except (msgspec.MsgspecError, ValueError):
+        return False
+
+
 def encode(doc: dict[str, Any]) -> bytes:
     return _encoder.encode(doc) + b"\n"
 

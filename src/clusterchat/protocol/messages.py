@@ -8,7 +8,7 @@ structs tagged by ``msgid``, so decoding validates types and bounds in C.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -38,11 +38,31 @@ class MsgId(IntEnum):
     LIST_GROUPS = 21
     GROUP_LIST = 22
     NOTICE = 23  # server-initiated text for people, e.g. "this node is shutting down"
+    # Friends and groups a person manages (docs/PROTOCOL.md, "Managing friends and groups").
+    REMOVE_FRIEND = 30
+    BLOCK = 31
+    UNBLOCK = 32
+    LIST_BLOCKED = 33
+    BLOCKED_LIST = 34
+    LEAVE_GROUP = 35
+    REMOVE_MEMBER = 36
+    SET_ROLE = 37
+    EDIT_GROUP = 38
+    TRANSFER_GROUP = 39
+    DELETE_GROUP = 40
+    DONE = 41  # the reply to 30-44 but the lists: errno 0, ``re`` the request's msgid
+    FRIEND_EVENT = 42  # pushed: a friend removed you
+    GROUP_EVENT = 43  # pushed: a group you are (or were) in changed
+    INVITE = 44  # to an invite-only group (ADD_GROUP accepts)
+    LIST_INVITES = 45
+    INVITE_LIST = 46
 
 
 #: Messages the server sends without being asked; everything else it sends
 #: answers exactly one request, in request order.
-PUSHED: Final = frozenset({MsgId.ONE_CHAT, MsgId.GROUP_CHAT, MsgId.NOTICE})
+PUSHED: Final = frozenset(
+    {MsgId.ONE_CHAT, MsgId.GROUP_CHAT, MsgId.NOTICE, MsgId.FRIEND_EVENT, MsgId.GROUP_EVENT}
+)
 
 
 #: Replies the original server could send; a legacy-dialect peer gets only these.
@@ -58,6 +78,7 @@ class LoginErr(IntEnum):
     ALREADY_LOGGED_IN_HERE = 3
     UNAVAILABLE = 4
     TOO_MANY_FAILURES = 5  # brute-force guard: wait and retry
+    BANNED = 6  # by an operator (`clusterchat admin ban`)
 
 
 class RegErr(IntEnum):
@@ -83,8 +104,16 @@ class ErrCode(IntEnum):
     NOT_GROUP_MEMBER = 132
     ALREADY_MEMBER = 133
     GROUP_FULL = 134
+    # Friends and groups a person manages: 123-129 and 135-139.
+    REFUSED_BY_USER = 123  # the receiver does not take this from you; no reason is given
+    NOT_FRIENDS = 124
+    SELF_TARGET = 125  # you cannot do that to yourself (block, unfriend, remove, ...)
+    NOT_ALLOWED = 126  # not allowed for your role in that group
+    TARGET_NOT_MEMBER = 127  # the user you named is not a member of that group
+    TARGET_ALREADY_MEMBER = 128  # the user you invited is in the group already
+    INVITE_ONLY = 135  # that group takes members by invitation only
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
-    BUSY = 151  # the node holds all it may for others now; not delivered, retry shortly
+    BUSY = 151  # holds all it may for others (memory budget, bus window): no effect, retry
     SERVER_FULL = 160  # the node has all the connections it can take; try another
     TIMEOUT = 161  # no login, or silence, for too long: the connection is closed
     TOO_FAST = 170  # over the per-user request rate; the request was not served
@@ -173,6 +202,67 @@ class ListGroups(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_GROUPS)):
     after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)] = 0
 
 
+class RemoveFriend(_Request, frozen=True, gc=False, tag=int(MsgId.REMOVE_FRIEND)):
+    friendid: Id
+
+
+class Block(_Request, frozen=True, gc=False, tag=int(MsgId.BLOCK)):
+    userid: Id
+
+
+class Unblock(_Request, frozen=True, gc=False, tag=int(MsgId.UNBLOCK)):
+    userid: Id
+
+
+class ListBlocked(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_BLOCKED)):
+    pass
+
+
+class LeaveGroup(_Request, frozen=True, gc=False, tag=int(MsgId.LEAVE_GROUP)):
+    groupid: Id
+
+
+class RemoveMember(_Request, frozen=True, gc=False, tag=int(MsgId.REMOVE_MEMBER)):
+    groupid: Id
+    userid: Id
+
+
+class SetRole(_Request, frozen=True, gc=False, tag=int(MsgId.SET_ROLE)):
+    """Appoint (``admin``) or demote (``normal``) a member."""
+
+    groupid: Id
+    userid: Id
+    role: Literal["admin", "normal"]
+
+
+class EditGroup(_Request, frozen=True, gc=False, tag=int(MsgId.EDIT_GROUP)):
+    """Rename and/or re-describe; a field left out is kept."""
+
+    groupid: Id
+    groupname: GroupName | None = None
+    groupdesc: GroupDesc | None = None
+    #: Joining (ADD_GROUP) then needs an invitation (INVITE) from an admin.
+    inviteonly: bool | None = None
+
+
+class TransferGroup(_Request, frozen=True, gc=False, tag=int(MsgId.TRANSFER_GROUP)):
+    groupid: Id
+    userid: Id
+
+
+class DeleteGroup(_Request, frozen=True, gc=False, tag=int(MsgId.DELETE_GROUP)):
+    groupid: Id
+
+
+class Invite(_Request, frozen=True, gc=False, tag=int(MsgId.INVITE)):
+    groupid: Id
+    userid: Id
+
+
+class ListInvites(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_INVITES)):
+    pass
+
+
 Request = (
     Login
     | Logout
@@ -185,6 +275,18 @@ Request = (
     | Ping
     | ListFriends
     | ListGroups
+    | RemoveFriend
+    | Block
+    | Unblock
+    | ListBlocked
+    | LeaveGroup
+    | RemoveMember
+    | SetRole
+    | EditGroup
+    | TransferGroup
+    | DeleteGroup
+    | Invite
+    | ListInvites
 )
 
 #: Requests accepted before login.

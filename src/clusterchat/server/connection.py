@@ -3,19 +3,27 @@
 A connection is a Protocol, not a Task with streams, so an idle logged-in
 user costs a few hundred bytes. Requests are served in order: while one
 awaits I/O (a login, an offline store), later frames wait in a small queue
-and reading pauses if that queue grows.
+and reading pauses if that queue grows. What is owed to the peer (order,
+coalescing, slow readers, what to store when it ends) is the
+:class:`~clusterchat.server.outbox.Outbox`'s business; this class only
+feeds it transport events and performs what it answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
+import sys
+import termios
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from clusterchat.logs import connection_id
 from clusterchat.protocol import proxy
 from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
+from clusterchat.server.outbox import FIRST, OVER, QUEUED, End, Outbox
 from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
@@ -26,39 +34,38 @@ log = logging.getLogger(__name__)
 _QUEUE_PAUSE = 64  # queued frames before we stop reading from this peer
 _OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
 #: Bytes the transport buffers before it pauses us: past this, messages wait
-#: in our own backlog, where they can still be stored offline.
+#: in the outbox, where they can still be stored offline.
 _WRITE_HIGH = 64 * 1024
 #: Seconds a cut-off connection may take to drain before it is aborted.
 _LINGER = 10.0
-#: Messages written this recently when the peer closes may never have been
-#: read (they crossed its close on the wire): they are stored again. About
-#: a round trip; 1 s covers the internet. A duplicate (same mid) is possible.
-#: At most the last _RECENT_MAX of them: a person gets a few a second, and a
-#: benchmark client getting thousands must not cost thousands of rows per close.
-_RECENT = 1.0
-_RECENT_MAX = 64
+
+
+def _unacked(fd: int) -> int:
+    """Bytes in the kernel's send queue the peer has not acknowledged."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"), sys.byteorder)
+    except OSError:
+        return 0
+
+
 #: ``_proxy`` once refused after a PROXY line: input is discarded until the peer closes.
 _DISCARD = b"\0refused"
 
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "_backlog",
-        "_backlog_bytes",
-        "_by_us",
+        "_fd",
         "_linger",
-        "_older",
-        "_out",
         "_paused",
         "_proxy",
         "_queue",
-        "_recent",
-        "_recent_since",
-        "_tail",
+        "_watched",
         "address",
         "decoder",
+        "id",
         "last_seen",
         "node",
+        "outbox",
         "partial_since",
         "session",
         "transport",
@@ -69,30 +76,20 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(node.settings.max_frame)
         self.session = Session(self, node.clock())
+        self.outbox = Outbox(node.settings.output_limit, node.budget)
         self._queue: deque[tuple[bytes, int]] | None = None
         self._paused = False
-        # Chat messages waiting while the peer is not reading (writing paused).
-        self._backlog: list[bytes] | None = None
-        self._backlog_bytes = 0
-        # Messages written while the transport's own buffer was not empty:
-        # some of their bytes may not have reached the socket yet.
-        self._tail: list[bytes] | None = None
         self._linger: asyncio.TimerHandle | None = None
-        # Chat messages for this peer not yet written: written together once
-        # the loop has read everything it can (one syscall, not one each).
-        self._out: list[bytes] | None = None
-        # What was written in the last one or two _RECENT periods, and
-        # whether the close was ours (then the peer was still reading).
-        self._recent: list[bytes] | None = None
-        self._older: list[bytes] | None = None
-        self._recent_since = 0.0
-        self._by_us = False
+        self._fd = -1
+        # Whether the node asks this connection for in-flight reports.
+        self._watched = False
         # From a trusted proxy: what arrived of a PROXY line, until it is read.
         self._proxy: bytes | None = None
         self.last_seen = node.clock()
         # When the request now arriving began (0: none is half-received).
         self.partial_since = 0.0
         self.address = ""
+        self.id = node.new_connection_id()  # on its log lines (clusterchat.logs)
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -102,7 +99,7 @@ class Connection(asyncio.Protocol):
         self.address = self.node.intern_address(peer[0] if peer else "")
         refusal = self.node.admit(self.address)
         if refusal is not None:
-            self.transport.set_protocol(_Refused(self.transport, refusal))
+            self.transport.set_protocol(_Refused(self.transport, self.refusal(refusal)))
             self.transport = None
             return
         if self.node.trusts(self.address):
@@ -110,6 +107,7 @@ class Connection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            self._fd = sock.fileno()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Half-open connections (a peer that vanished) die within ~90 s.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -119,6 +117,13 @@ class Connection(asyncio.Protocol):
         self.node.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        token = connection_id.set(self.id)
+        try:
+            self._received(data)
+        finally:
+            connection_id.reset(token)
+
+    def _received(self, data: bytes) -> None:
         if self._proxy is not None:
             data = self._unproxy(data)
             if not data:
@@ -176,7 +181,7 @@ class Connection(asyncio.Protocol):
             if refusal is not None and self.transport is not None:
                 # Say why and half-close; closing with input unread would
                 # make the kernel reset the connection, losing the reason.
-                self._proxy, self._by_us = _DISCARD, True
+                self._proxy = _DISCARD
                 self.transport.write(refusal)
                 self.transport.write_eof()
                 loop = asyncio.get_running_loop()
@@ -184,19 +189,30 @@ class Connection(asyncio.Protocol):
                 return b""
         return buf[used:]
 
+    def eof_received(self) -> bool:
+        """A FIN: the peer read all its kernel acknowledged (else it would
+        have sent RST); only what crossed its close is stored again."""
+        self._store(self.outbox.end(End.PEER_FINISHED, self._in_flight()), cut_off=False)
+        return False  # close our side too
+
     def connection_lost(self, exc: Exception | None) -> None:
+        token = connection_id.set(self.id)
+        try:
+            self._lost()
+        finally:
+            connection_id.reset(token)
+
+    def _lost(self) -> None:
         if self._linger is not None:
             self._linger.cancel()
-        unread = [] if self._by_us else ((self._older or []) + (self._recent or []))[-_RECENT_MAX:]
-        self._older = self._recent = None
-        if self._out:  # accepted for this peer, never written
-            unread += self._out
-            self._out = None
-        if unread:
-            self.node.service.spill(self.session, unread, cut_off=False)
+        self._store(self.outbox.end(End.PEER_CLOSED), cut_off=False)
         self.node.connection_closed(self)
         self.node.service.disconnected(self.session)
         self.transport = None
+
+    def refusal(self, why: bytes) -> bytes:
+        """What a connection over a limit is told before it is closed."""
+        return why
 
     # -- service.Peer ----------------------------------------------------------------
 
@@ -204,105 +220,90 @@ class Connection(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return False
-        if self._out is not None:  # what was queued before goes first
-            self.flush()
+        self.flush()  # what was queued before goes first
         t.write(data)
         return True
 
     def deliver(self, data: bytes) -> bool:
-        t = self.transport
-        if t is None or t.is_closing():
-            return False
-        backlog = self._backlog
-        if backlog is None:
-            out = self._out
-            if out is None:
-                self._out = [data]
-                self.node.write_soon(self)
-            else:
-                out.append(data)
+        verdict = self.outbox.deliver(data)
+        if verdict == QUEUED:
             return True
-        backlog.append(data)
-        self._backlog_bytes += len(data)
-        if self._backlog_bytes > self.node.settings.output_limit:
+        if verdict == FIRST:
+            self.node.write_soon(self)
+            return True
+        if verdict == OVER:
             self._cut_off()
-        return True
+            return True
+        return False  # ended: the caller keeps it
 
     def flush(self, now: float = 0.0) -> None:
-        """Write what is queued; ``now`` saves a clock read per connection
-        when the node flushes many at once."""
-        out, self._out = self._out, None
-        if not out:
+        """Write what the outbox has for this tick (the node calls this once
+        per loop iteration for every connection that was delivered to)."""
+        data = self.outbox.take()
+        if data is None:
             return
         t = self.transport
-        if t is None or t.is_closing():  # closed since they were accepted: keep them
-            self.node.service.spill(self.session, out, cut_off=False)
-            return
-        t.write(out[0] if len(out) == 1 else b"".join(out))
-        if t.get_write_buffer_size():  # the socket is full: remember what may wait
-            if self._tail is None:
-                self._tail = list(out)
-            else:
-                self._tail.extend(out)
-        elif self._tail is not None:
-            self._tail = None
-        now = now or self.node.clock()
-        recent = self._recent
-        if now - self._recent_since > _RECENT:
-            self._older, self._recent, self._recent_since = recent, out, now
-        elif recent is None:
-            self._recent = out
-        else:
-            recent.extend(out)
-            if len(recent) > 2 * _RECENT_MAX:  # trimmed now and then, not per write
-                del recent[:-_RECENT_MAX]
-                self._older = None
+        assert t is not None  # the outbox ends before the transport goes
+        t.write(data)
+        if not self._watched:
+            self._watched = True
+            self.node.watch(self)
 
-    def age(self, now: float) -> None:
-        """Let go of what was written long enough ago (the sweeper calls this)."""
-        if self._recent is not None and now - self._recent_since > 2 * _RECENT:
-            self._older = self._recent = None
+    def report(self) -> bool:
+        """Tell the outbox what is still in flight; False once it has
+        nothing to remember (the node stops asking)."""
+        t = self.transport
+        if t is None or self.outbox.ended:
+            self._watched = False
+            return False
+        self.outbox.measured(self._in_flight())
+        if self.outbox.idle:
+            self._watched = False
+        return self._watched
+
+    def _in_flight(self) -> int:
+        """Bytes written that the peer's kernel has not acknowledged yet."""
+        t = self.transport
+        n = t.get_write_buffer_size() if t is not None else 0
+        return n + _unacked(self._fd) if self._fd >= 0 else n
 
     def close(self) -> None:
-        if self.transport is not None:
-            if self._out is not None:
-                self.flush()
-            self._by_us = True
-            self.transport.close()
+        """Close by us (logout, timeouts, displaced, shutdown): the peer gets
+        what was written, then FIN; what it may not get is stored."""
+        t = self.transport
+        if t is None or self.outbox.ended:
+            if t is not None:
+                t.close()
+            return
+        self.flush()
+        self.outbox.measured(self._in_flight())  # is it behind, now?
+        self._store(self.outbox.end(End.CLOSED_BY_US), cut_off=False)
+        t.close()
+
+    def _store(self, unread: list[bytes], cut_off: bool) -> None:
+        if unread:
+            self.node.service.spill(self.session, unread, cut_off=cut_off)
 
     # -- flow control: a peer that does not read -----------------------------------------
 
     def pause_writing(self) -> None:
-        """The socket is full: hold chat messages here, stop taking requests."""
-        self._backlog, self._backlog_bytes = [], 0
+        """The socket is full: hold chat messages, stop taking requests."""
+        self.outbox.pause()
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        backlog, self._backlog = self._backlog or [], None
-        for data in backlog:  # queued for the next flush, which may pause us again
-            self.deliver(data)
+        if self.outbox.resume():
+            self.node.write_soon(self)
         if self.transport is not None and not self._paused:
             self.transport.resume_reading()
 
     def _cut_off(self) -> None:
-        """Past the output limit: disconnect, and let the service keep what did
-        not reach the socket: the backlog, and the messages still (even
-        partly) in the transport's buffer. They may also reach the peer while
+        """Past the output limit: disconnect, and store what it was not sent
+        and what it may not have read. Some of that may still reach it while
         the connection closes: a duplicate (same mid), never a loss."""
+        self._store(self.outbox.end(End.CUT_OFF), cut_off=True)
         t = self.transport
-        backlog, self._backlog = self._backlog or [], None
-        tail, self._tail = self._tail or [], None
-        unsent = t.get_write_buffer_size() if t is not None else 0
-        waiting: list[bytes] = []
-        for data in reversed(tail):
-            if unsent <= 0:
-                break
-            waiting.append(data)
-            unsent -= len(data)
-        waiting.reverse()
-        self.node.service.spill(self.session, waiting + backlog)
-        self._by_us = True  # what else was written, the peer had the time to read
         if t is not None:
             t.close()  # flushes what it can, then FIN; cut hard if the peer never reads
             self._linger = asyncio.get_running_loop().call_later(_LINGER, t.abort)
@@ -351,7 +352,7 @@ class Connection(asyncio.Protocol):
         self._queue = None
         if self._paused:
             self._paused = False
-            if self._backlog is None:  # else resume_writing resumes reading
+            if not self.outbox.paused:  # else resume_writing resumes reading
                 self.transport.resume_reading()
 
 

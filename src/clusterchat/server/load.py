@@ -24,6 +24,7 @@ class LoopLag:
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
         self.worst = 0.0  # the largest lag seen, for logs and tests
+        self.last = 0.0  # the latest sample, for metrics
         self.shed = 0  # connections refused because of it
         self._until = 0.0
         self._due = 0.0
@@ -44,7 +45,7 @@ class LoopLag:
     def _tick(self) -> None:
         assert self._loop is not None
         now = self._loop.time()
-        lag = now - self._due
+        lag = self.last = now - self._due
         if lag > self.worst:
             self.worst = lag
         if lag > self.threshold:

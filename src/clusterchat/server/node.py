@@ -17,6 +17,7 @@ from time import monotonic as _monotonic
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from clusterchat.budget import Budget
 from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.local import LocalPresence, NoBus
 from clusterchat.bus.redis import RedisCluster
@@ -24,7 +25,9 @@ from clusterchat.config import Settings, connection_limit
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.connection import Connection
+from clusterchat.server.http import HttpServer
 from clusterchat.server.load import LoopLag
+from clusterchat.server.metrics import Ops
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
 from clusterchat.storage.base import Store
@@ -45,6 +48,8 @@ _MAKING_ROOM = codec.error(
     ErrCode.SERVER_FULL, "this server is full and you have not logged in; closing"
 )
 _IDLE_TIMEOUT = codec.error(ErrCode.TIMEOUT, "silent for too long; closing the connection")
+#: Seconds between in-flight reports to connections' outboxes.
+REPORT_EVERY = 0.5
 _GOODBYE = codec.encode(
     {"msgid": MsgId.NOTICE, "text": "this server is shutting down; reconnect to carry on"}
 )
@@ -57,6 +62,8 @@ class Node:
             settings.db_url, settings.db_pool, settings.limits.ticket_lifetime
         )
         self.node_id = settings.node_id or os.urandom(3).hex()
+        #: Bytes held for other people on this node (see budget.py).
+        self.budget = Budget(settings.memory_budget)
         presence: Presence
         bus: Bus
         if settings.redis_url:
@@ -77,11 +84,16 @@ class Node:
             bus,
             self.node_id,
             settings.limits,
+            self.budget,
             (settings.redis_url, settings.redis_prefix) if settings.redis_url else None,
         )
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()
         self._unflushed: list[Connection] = []
+        # Connections whose outbox remembers written messages: asked twice a
+        # second how much is still in flight (see outbox.py).
+        self._watched: list[Connection] = []
+        self._reporter: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any connection
         self._addresses: dict[str, str] = {}
         self._per_address: dict[str, int] = {}
@@ -93,6 +105,16 @@ class Node:
         self.max_connections = connection_limit(settings.max_connections)
         self.clock = _monotonic
         self._sweeper: asyncio.Task[None] | None = None
+        #: The web client and WebSocket chat; listens if settings.http_port is set.
+        self.http = HttpServer(self)
+        self.ops = Ops(self)
+        self.http.routes.update(self.ops.routes())
+        self.draining = False
+        self._connection_ids = 0
+
+    def new_connection_id(self) -> int:
+        self._connection_ids += 1
+        return self._connection_ids
 
     def intern_address(self, address: str) -> str:
         """One string per client address, however many connections it has."""
@@ -173,6 +195,18 @@ class Node:
         for conn in conns:
             conn.flush(now)
 
+    def watch(self, conn: Connection) -> None:
+        self._watched.append(conn)
+        if self._reporter is None:
+            self._reporter = self._loop.call_later(REPORT_EVERY, self._report)
+
+    def _report(self) -> None:
+        watched, self._watched = self._watched, []
+        self._watched = [conn for conn in watched if conn.report()]
+        self._reporter = (
+            self._loop.call_later(REPORT_EVERY, self._report) if self._watched else None
+        )
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -200,6 +234,8 @@ class Node:
             ssl=self._tls(),
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.settings.http_port is not None:
+            await self.http.start()
         self._sweeper = asyncio.ensure_future(self._sweep_silent())
         self.lag.start()
         # What exists now lives as long as the node: keep it out of the cycle
@@ -236,7 +272,6 @@ class Node:
             await asyncio.sleep(every)
             now = self.clock()
             for conn in list(self.connections):
-                conn.age(now)
                 quiet = now - conn.last_seen
                 session = conn.session
                 if not session.uid and now - session.anonymous_since > s.login_timeout:
@@ -251,12 +286,35 @@ class Node:
                     conn.send(_IDLE_TIMEOUT)
                     conn.close()
 
+    async def readiness(self) -> list[str]:
+        """Why this node should not get new clients now; empty when it should."""
+        problems = ["draining: shutting down"] if self.draining else []
+        checks: list[tuple[str, Any]] = []
+        ping = getattr(self.store, "ping", None)
+        if ping is not None:
+            checks.append(("store", ping))
+        client = getattr(self.service.bus, "client", None)
+        if client is not None:
+            checks.append(("redis", client.ping))
+        for name, check in checks:
+            try:
+                async with asyncio.timeout(2):
+                    await check()
+            except Exception as exc:
+                problems.append(f"{name} unreachable: {exc.__class__.__name__}")
+        return problems
+
     async def stop(self) -> None:
+        self.draining = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._reporter is not None:
+            self._reporter.cancel()
+            self._reporter = None
         self.lag.stop()
         if self._server is not None:
             self._server.close()
+        self.http.close()
         self._drained.clear()
         for conn in list(self.connections):
             if conn.session.legacy is False:  # the original client knows no NOTICE

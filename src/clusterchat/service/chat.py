@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 from clusterchat import errors
+from clusterchat.budget import Budget
 from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.counters import Tallies
 from clusterchat.protocol import codec, names
@@ -42,11 +43,15 @@ from clusterchat.protocol.messages import (
     Register,
     Request,
 )
-from clusterchat.service import tickets
+from clusterchat.service import pushes, tickets
 from clusterchat.service.backoff import Backoff
+from clusterchat.service.counts import ServiceCounts
+from clusterchat.service.friends import Friends
+from clusterchat.service.groups import Groups
 from clusterchat.service.limits import FailureLimiter, Limits
-from clusterchat.service.passwords import Passwords
+from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.refusals import RefusalLog
+from clusterchat.service.restore import Restorer
 from clusterchat.service.session import Session
 from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
@@ -56,6 +61,7 @@ _LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
 _DISPLACED = codec.encode(
     {"msgid": MsgId.NOTICE, "text": "you logged in somewhere else; this session has ended"}
 )
+_KICKED = codec.encode({"msgid": MsgId.NOTICE, "text": "an operator ended this session"})
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
@@ -65,10 +71,17 @@ LOGIN_OFFLINE_BYTES = 256 * 1024
 LOGIN_FRIENDS = 200
 LOGIN_GROUPS_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
+_JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
 _REG_BUSY = "server busy: too many registrations at once; retry in a few seconds"
 #: Never refused for flooding: leaving, and proving one is alive.
 _UNMETERED: frozenset[type] = frozenset({Logout, Ping})
+#: Requests that make the node hold bytes for others: refused while the
+#: memory budget is full.
+_BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
+_BUSY_TEXT = "server busy: too much held for slow readers; retry in a moment"
+#: Seconds the re-store queue may take to reach the store at shutdown.
+RESTORE_DEADLINE = 10.0
 
 _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.NoSuchUser: (ErrCode.NO_SUCH_USER, "no user has id {}"),
@@ -82,6 +95,14 @@ _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
         "user {} has as many messages waiting as they may; this one was not sent",
     ),
     errors.OverQuota: (ErrCode.QUOTA, "{}"),
+    errors.NotFriends: (ErrCode.NOT_FRIENDS, "user {} is not your friend"),
+    errors.RefusedByUser: (ErrCode.REFUSED_BY_USER, "user {} does not accept this from you"),
+    errors.SelfTarget: (ErrCode.SELF_TARGET, "{}"),
+    errors.NotMember: (ErrCode.NOT_GROUP_MEMBER, "you are not a member of group {}"),
+    errors.NotInGroup: (ErrCode.TARGET_NOT_MEMBER, "user {} is not a member of group {}"),
+    errors.NotAllowed: (ErrCode.NOT_ALLOWED, "{}"),
+    errors.InGroup: (ErrCode.TARGET_ALREADY_MEMBER, "user {} is already in group {}"),
+    errors.InviteOnly: (ErrCode.INVITE_ONLY, "group {} takes members by invitation only"),
 }
 
 
@@ -94,11 +115,15 @@ class ChatService:
         bus: Bus,
         node_id: str | None = None,
         limits: Limits | None = None,
+        budget: Budget | None = None,
         shared_counters: tuple[str, str] | None = None,
     ) -> None:
         """``shared_counters``: (Redis URL, key prefix) to count failed logins
         and registrations cluster-wide; None counts on this node."""
         self.limits = limits or Limits()
+        self.budget = budget or Budget(0)
+        self.budget.on_room = self._room_again
+        self._room = asyncio.Event()
         self._rate = max(0.0, self.limits.message_rate)
         self._burst = float(max(1, self.limits.message_burst))
         lim = self.limits
@@ -119,6 +144,7 @@ class ChatService:
         self._registrations_limit = lim.registrations_per_address
         self.store = store
         self.passwords = passwords
+        self.counts = ServiceCounts()
         self.presence = presence
         self.bus = bus
         self.node_id = node_id or os.urandom(3).hex()
@@ -135,6 +161,7 @@ class ChatService:
         self._mids = itertools.count(1)
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
+        self.restorer = Restorer(store, self.budget, self._after_store)
         self._logging_in: dict[int, bool] = {}  # ticket logins in progress: stored meanwhile?
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
@@ -149,6 +176,10 @@ class ChatService:
             ListFriends: self._list_friends,
             ListGroups: self._list_groups,
         }
+        self.friends = Friends(self)
+        self.groups = Groups(self)
+        self._handlers.update(self.friends.handlers())
+        self._handlers.update(self.groups.handlers())
 
     async def start(self) -> None:
         await self.bus.start(self)
@@ -163,6 +194,8 @@ class ChatService:
         except BadRequest as exc:
             self._refuse_bad(s, exc)
             return None
+        counted = self.counts.requests
+        counted[type(req)] = counted.get(type(req), 0) + 1
         if not s.uid:
             if not isinstance(req, ANONYMOUS_OK):
                 self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
@@ -178,10 +211,35 @@ class ChatService:
             elif type(req) not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
+        if self.budget.full and type(req) in _BUDGETED:
+            return self._busy(s, req)
         result = self._handlers[type(req)](s, req)
         if result is None:
             return None
         return self._guarded(s, req, result)
+
+    def _busy(self, s: Session, req: Request) -> Awaitable[None] | None:
+        """The memory budget is full. A modern client is told to retry and
+        nothing is delivered; the original client, which has no such reply,
+        waits until there is room (its queue fills and TCP slows it)."""
+        self.budget.refused += 1
+        if not s.legacy:
+            self._refuse(s, req, ErrCode.BUSY, _BUSY_TEXT)
+            return None
+        return self._when_room(s, req)
+
+    async def _when_room(self, s: Session, req: Request) -> None:
+        while self.budget.full:
+            self._room.clear()
+            await self._room.wait()
+        if s.closed or not s.uid:
+            return
+        work = self._handlers[type(req)](s, req)
+        if work is not None:
+            await self._guarded(s, req, work)
+
+    def _room_again(self) -> None:
+        self._room.set()
 
     def _too_fast(self, s: Session, req: Request, wait: float) -> Awaitable[None] | None:
         """Over the flood limit. A modern client is told and may retry; the
@@ -222,7 +280,9 @@ class ChatService:
 
     def spill(self, s: Session, payloads: list[bytes], cut_off: bool = True) -> None:
         """Messages accepted for a peer that may not have got them (it stopped
-        reading and was cut off, or its connection closed under them): keep them."""
+        reading and was cut off, or its connection closed under them): keep
+        them. Chat only: events and notices are never kept."""
+        payloads = [p for p in payloads if pushes.is_chat(p)]
         if s.uid and payloads:
             log.log(
                 logging.WARNING if cut_off else logging.DEBUG,
@@ -230,7 +290,7 @@ class ChatService:
                 len(payloads),
                 s.uid,
             )
-            self._spawn(self.store_offline_each(s.uid, payloads))
+            self.restorer.add(s.uid, payloads)
 
     def disconnected(self, s: Session) -> None:
         s.closed = True
@@ -246,6 +306,7 @@ class ChatService:
             _, stuck = await asyncio.wait(list(self._background), timeout=5)
             for t in stuck:
                 t.cancel()
+        await self.restorer.close(RESTORE_DEADLINE)
         await self.store.flush_states()
         if uids:
             try:
@@ -265,18 +326,32 @@ class ChatService:
         if s.legacy:
             # The original client understands only its own reply types.
             if exc.msgid == MsgId.LOGIN:
-                s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, exc.errmsg))
+                self._login_refused(s, LoginErr.BAD_CREDENTIALS, exc.errmsg)
             elif exc.msgid == MsgId.REG:
-                s.peer.send(codec.reg_refused(RegErr.FAILED, exc.errmsg))
+                self._reg_refused(s, RegErr.FAILED, exc.errmsg)
+            else:
+                self.counts.refused("error", exc.code)
             return
+        self.counts.refused("error", exc.code)
         s.peer.send(codec.error(exc.code, exc.errmsg, exc.msgid))
 
+    def _login_refused(self, s: Session, errno: int, errmsg: str) -> None:
+        self.counts.refused("login", errno)
+        s.peer.send(codec.login_refused(errno, errmsg))
+
+    def _reg_refused(self, s: Session, errno: int, errmsg: str) -> None:
+        self.counts.refused("register", errno)
+        s.peer.send(codec.reg_refused(errno, errmsg))
+
     def _refuse(self, s: Session, req: Request, code: ErrCode, errmsg: str) -> None:
+        self.counts.refused("error", code)
         msgid = int(req.__struct_config__.tag)  # type: ignore[arg-type]
         if s.legacy:
             self.refusals.note(s, f"refused legacy msgid {msgid}: {errmsg}")
         else:
             s.peer.send(codec.error(code, errmsg, msgid))
+
+    refuse = _refuse
 
     async def _guarded(self, s: Session, req: Request, work: Awaitable[None]) -> None:
         """Turn a handler's failure into a reply; nothing a client sends escapes."""
@@ -315,7 +390,7 @@ class ChatService:
         try:
             name = names.normalise(req.name)
         except names.BadName as exc:
-            s.peer.send(codec.reg_refused(RegErr.FAILED, str(exc)))
+            self._reg_refused(s, RegErr.FAILED, str(exc))
             return
         wait = await self._registrations.wait(s.peer.address)
         if wait:
@@ -323,28 +398,28 @@ class ChatService:
                 f"too many registrations from your address (at most "
                 f"{self._registrations_limit}); try again in {int(wait) + 1} s"
             )
-            s.peer.send(codec.reg_refused(RegErr.TOO_MANY, text))
+            self._reg_refused(s, RegErr.TOO_MANY, text)
             return
         try:
             digest = await self.passwords.hash(req.password)
         except errors.Busy:
-            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, _REG_BUSY))
+            self._reg_refused(s, RegErr.UNAVAILABLE, _REG_BUSY)
             return
         await self._registrations.hit(s.peer.address)  # counted once it cost a hash
         try:
             uid = await self.store.create_user(name, digest)
         except errors.NameTaken:
-            s.peer.send(codec.reg_refused(RegErr.FAILED, f"the name {name!r} is taken"))
+            self._reg_refused(s, RegErr.FAILED, f"the name {name!r} is taken")
             return
         except errors.Unavailable:
-            s.peer.send(codec.reg_refused(RegErr.UNAVAILABLE, "service unavailable, retry"))
+            self._reg_refused(s, RegErr.UNAVAILABLE, "service unavailable, retry")
             return
         s.peer.send(codec.reg_ack(uid))
 
     async def _login(self, s: Session, req: Login) -> None:
         refusal = self._precheck_login(s, req)
         if refusal is not None:
-            s.peer.send(codec.login_refused(*refusal))
+            self._login_refused(s, *refusal)
             return
         try:
             registered = await self._admit(s, req)
@@ -356,6 +431,7 @@ class ChatService:
         ticket: str | None
         digest: str | None
         try:
+            await self.friends.load_blocks(s)
             if resumed is not None:
                 # A ticket login (a reconnect): offline messages only; the
                 # client has its lists. Look again if something may have been
@@ -421,24 +497,27 @@ class ChatService:
         )
         if wait:
             text = f"too many failed logins; try again in {int(wait) + 1} s"
-            s.peer.send(codec.login_refused(LoginErr.TOO_MANY_FAILURES, text))
+            self._login_refused(s, LoginErr.TOO_MANY_FAILURES, text)
             return False
         if req.ticket is None and self.passwords.busy:  # before reading the store
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
+            self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY)
             return False
         try:
             who = await self._authenticate(s, req)
         except errors.Busy:
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, _BUSY))
+            self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY)
+            return False
+        except errors.Banned:
+            self._login_refused(s, LoginErr.BANNED, "this account is banned")
             return False
         except errors.Unavailable:
-            s.peer.send(codec.login_refused(LoginErr.UNAVAILABLE, "service unavailable, retry"))
+            self._login_refused(s, LoginErr.UNAVAILABLE, "service unavailable, retry")
             return False
         if who is None:
             if req.ticket is None:
                 await self._by_account.hit(pair)
             await self._by_address.hit(address)
-            s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or password"))
+            self._login_refused(s, LoginErr.BAD_CREDENTIALS, "wrong id or password")
             return False
         await self._by_account.clear(pair)
         name, resumed = who
@@ -478,16 +557,28 @@ class ChatService:
         if not await self.passwords.verify(creds.password_hash if creds else None, req.password):
             return None
         assert creds is not None
+        if creds.banned:
+            raise errors.Banned(req.id)
+        if is_plain(creds.password_hash):
+            await self._rehash(req.id, req.password)
         return creds.name, None
+
+    async def _rehash(self, uid: int, password: str) -> None:
+        """A password the original stored in plaintext becomes a hash (next time if busy)."""
+        try:
+            await self.store.set_password(uid, await self.passwords.hash(password))
+            log.info("user %d: plaintext password replaced by an argon2id hash", uid)
+        except errors.Unavailable as exc:
+            log.warning("user %d: plaintext password kept until next login: %s", uid, exc)
 
     async def _claim(self, s: Session, uid: int) -> bool:
         """Mark the user online here and cluster-wide, unless they already are."""
         if uid in self.sessions or s.logged_in or not await self.presence.claim(uid):
-            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            self._login_refused(s, LoginErr.ALREADY_ONLINE, "this account is online")
             return False
         if uid in self.sessions or s.logged_in:  # lost a race while claiming
             await self.presence.release(uid)
-            s.peer.send(codec.login_refused(LoginErr.ALREADY_ONLINE, "this account is online"))
+            self._login_refused(s, LoginErr.ALREADY_ONLINE, "this account is online")
             return False
         if s.closed:  # the connection dropped while we checked the password
             await self.presence.release(uid)
@@ -505,6 +596,7 @@ class ChatService:
         ids = {f for f, _ in view.friends}
         ids.update(m.id for g in view.groups for m in g.members)
         online = await self.presence.online(ids) if ids else set()
+        online -= s.blocked_by  # those who block you look offline
         friends = [codec.friend_doc(f, n, f in online) for f, n in view.friends]
         groups = [
             codec.group_doc(
@@ -596,9 +688,11 @@ class ChatService:
         if req.friendid == s.uid:
             self._refuse(s, req, ErrCode.FRIEND_SELF, "you cannot befriend yourself")
             return
+        if req.friendid in s.blocked_by:
+            raise errors.RefusedByUser(req.friendid)
         name = await self.store.add_friend(s.uid, req.friendid, self.quota)
         if not s.legacy:
-            online = bool(await self.presence.online([req.friendid]))
+            online = bool(await self.presence.online({req.friendid} - s.blocked_by))
             friend = {"id": req.friendid, "name": name, "state": _state(online)}
             s.peer.send(codec.ack(MsgId.ADD_FRIEND_ACK, friend=friend))
 
@@ -624,7 +718,9 @@ class ChatService:
             )
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
+        await self.groups.may_join(s, req.groupid)
         await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size, self.quota)
+        await self.store.joined(s.uid, req.groupid)
         self._members.pop(req.groupid, None)
         await self.bus.announce_group(req.groupid)
         if not s.legacy:
@@ -634,7 +730,7 @@ class ChatService:
         if s.legacy:
             return
         friends = await self.store.friends(s.uid)
-        online = await self.presence.online(f for f, _ in friends)
+        online = await self.presence.online(f for f, _ in friends) - s.blocked_by
         docs = [{"id": f, "name": n, "state": _state(f in online)} for f, n in friends]
         s.peer.send(codec.ack(MsgId.FRIEND_LIST, friends=docs))
 
@@ -644,6 +740,7 @@ class ChatService:
         every = [g for g in await self.store.groups(s.uid) if g.id > req.after]
         groups = _groups_fitting(every)  # a page; the client asks for the next
         online = await self.presence.online({m.id for g in groups for m in g.members})
+        online -= s.blocked_by
         docs = [
             {
                 "id": g.id,
@@ -669,17 +766,24 @@ class ChatService:
     # -- chat: the hot path ---------------------------------------------------------------
 
     def _one_chat(self, s: Session, req: OneChat) -> Awaitable[None] | None:
+        if req.toid in s.blocked_by:
+            self._refuse(
+                s, req, ErrCode.REFUSED_BY_USER, f"user {req.toid} does not accept this from you"
+            )
+            return None
         ts = int(time.time() * 1000)
         mid = f"{self.node_id}-{next(self._mids)}"
         payload = codec.one_chat(s.uid, s.name, req.toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(req.toid)
         if target is not None and target.deliver(payload):
+            self.counts.relayed_local += 1
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
             return None
         # On another node: the original client expects no reply, so do not wait
         # for Redis (the bus stores the message if no node takes it).
         if s.legacy and target is None and self.bus.post(req.toid, payload):
+            self.counts.relayed_to_nodes += 1
             return None
         return self._one_chat_away(s, req.toid, payload, mid, ts)
 
@@ -687,6 +791,7 @@ class ChatService:
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int
     ) -> None:
         if not await self._send_away(s, [toid], payload):
+            self.counts.relayed_to_nodes += 1
             status = ChatStatus.DELIVERED
         else:
             text = _text(payload)
@@ -745,11 +850,14 @@ class ChatService:
         payload = codec.group_chat(s.uid, s.name, req.groupid, req.msg, req.time, ts, mid)
         away: list[int] = []
         sessions = self.sessions
+        if s.blocked_by:  # who blocks the sender gets none of their messages
+            members = members - s.blocked_by
         for uid in members:
             if uid != s.uid:
                 target = sessions.get(uid)
                 if target is None or not target.deliver(payload):
                     away.append(uid)
+        self.counts.relayed_local += len(members) - 1 - len(away)
         if not away:
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
@@ -760,6 +868,7 @@ class ChatService:
         self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
     ) -> None:
         left = await self._send_away(s, away, payload)
+        self.counts.relayed_to_nodes += len(away) - len(left)
         full: list[int] = []
         if left:
             full = await self.store.store_offline_within(left, _text(payload), self.quota)
@@ -786,7 +895,14 @@ class ChatService:
 
     def deliver(self, uid: int, payload: bytes) -> bool:
         target = self.sessions.get(uid)
-        return target is not None and target.deliver(payload)
+        if target is None:
+            return False
+        if payload[0] != _JSON:  # an event or control message (service/pushes.py)
+            return pushes.arrived(self, target, payload)
+        if target.deliver(payload):
+            self.counts.relayed_from_nodes += 1
+            return True
+        return False
 
     def nudged(self, uid: int) -> None:
         s = self.sessions.get(uid)
@@ -808,6 +924,17 @@ class ChatService:
     def group_changed(self, gid: int) -> None:
         self._members.pop(gid, None)
 
+    def kicked(self, uid: int) -> None:
+        """An operator ended the user's session (`clusterchat admin kick`, `ban`,
+        `delete`); the connection closes as a drop would, nothing is lost."""
+        s = self.sessions.get(uid)
+        if s is None:
+            return
+        log.warning("audit: user %d kicked by an operator", uid)
+        if not s.legacy:
+            s.peer.send(_KICKED)
+        s.peer.close()
+
     def displaced(self, uid: int) -> None:
         s = self.sessions.get(uid)
         if s is None:
@@ -820,15 +947,18 @@ class ChatService:
     # -- offline storage ------------------------------------------------------------------
 
     async def store_offline(self, uids: Sequence[int], payload: bytes) -> None:
-        if uids:
+        if uids and payload[0] == _JSON:  # never events or control messages
             text = _text(payload)
             await self.store.store_offline_many([(u, text) for u in uids])
             await self._after_store(uids)
 
     async def store_offline_each(self, uid: int, payloads: list[bytes]) -> None:
+        """Keep messages a session held but never wrote: queued for the
+        re-store writer, which retries until the store takes them. Chat
+        only: events and notices are never kept."""
+        payloads = [p for p in payloads if pushes.is_chat(p)]
         if payloads:
-            await self.store.store_offline_many([(uid, _text(p)) for p in payloads])
-            await self._after_store([uid])
+            self.restorer.add(uid, payloads)
 
     async def _after_store(self, uids: Sequence[int]) -> None:
         """Close the race with a login that read its offline messages just

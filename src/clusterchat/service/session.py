@@ -37,6 +37,8 @@ class Session:
 
     __slots__ = (
         "anonymous_since",
+        "block_log",
+        "blocked_by",
         "closed",
         "flushing",
         "held",
@@ -72,6 +74,10 @@ class Session:
         # go out, and how many refusals were not logged since the last one.
         self.log_after = 0.0
         self.log_quiet = 0
+        # Users who block this one (service/friends.py): read at login, kept
+        # current from their nodes; changes met while reading go to the log.
+        self.blocked_by: set[int] = set()
+        self.block_log: list[tuple[int, bool]] | None = None
 
     @property
     def logged_in(self) -> bool:

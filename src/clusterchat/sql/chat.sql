@@ -8,12 +8,21 @@ USE `chat`;
 CREATE TABLE IF NOT EXISTS allgroup (
 	id INTEGER NOT NULL AUTO_INCREMENT,
 	groupname VARCHAR(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-	groupkey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	groupkey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
 	groupdesc VARCHAR(200) NOT NULL DEFAULT '',
+	inviteonly BOOL NOT NULL DEFAULT false,
 	PRIMARY KEY (id),
 	UNIQUE (groupname),
 	UNIQUE (groupkey)
 )ENGINE=InnoDB CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS blocked (
+	userid INTEGER NOT NULL,
+	blockedid INTEGER NOT NULL,
+	PRIMARY KEY (userid, blockedid)
+)ENGINE=InnoDB CHARSET=utf8mb4;
+
+CREATE INDEX IF NOT EXISTS ix_blocked_blockedid ON blocked (blockedid);
 
 CREATE TABLE IF NOT EXISTS friend (
 	userid INTEGER NOT NULL,
@@ -21,10 +30,20 @@ CREATE TABLE IF NOT EXISTS friend (
 	PRIMARY KEY (userid, friendid)
 )ENGINE=InnoDB CHARSET=utf8mb4;
 
+CREATE TABLE IF NOT EXISTS groupinvite (
+	groupid INTEGER NOT NULL,
+	userid INTEGER NOT NULL,
+	inviter INTEGER NOT NULL,
+	PRIMARY KEY (groupid, userid)
+)ENGINE=InnoDB CHARSET=utf8mb4;
+
+CREATE INDEX IF NOT EXISTS ix_groupinvite_userid ON groupinvite (userid);
+
 CREATE TABLE IF NOT EXISTS groupuser (
 	groupid INTEGER NOT NULL,
 	userid INTEGER NOT NULL,
-	grouprole ENUM('creator','normal') NOT NULL DEFAULT 'normal',
+	grouprole ENUM('creator','normal','admin') NOT NULL DEFAULT 'normal',
+	joined BIGINT NOT NULL DEFAULT '0',
 	PRIMARY KEY (groupid, userid)
 )ENGINE=InnoDB CHARSET=utf8mb4;
 
@@ -43,11 +62,12 @@ CREATE INDEX IF NOT EXISTS ix_offlinemessage_userid_id ON offlinemessage (userid
 CREATE TABLE IF NOT EXISTS user (
 	id INTEGER NOT NULL AUTO_INCREMENT,
 	name VARCHAR(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-	namekey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+	namekey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
 	password VARCHAR(255) NOT NULL,
 	state ENUM('online','offline') NOT NULL DEFAULT 'offline',
 	ticket VARCHAR(64),
 	ticketexpiry BIGINT,
+	banned BOOL NOT NULL DEFAULT false,
 	PRIMARY KEY (id),
 	UNIQUE (name),
 	UNIQUE (namekey)

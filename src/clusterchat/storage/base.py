@@ -8,7 +8,7 @@ request conflicts with what is stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +18,7 @@ class Credentials:
     name: str
     password_hash: str
     ticket_digest: str | None
+    banned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class Resume:
 class Member:
     id: int
     name: str
-    role: str  # "creator" | "normal"
+    role: str  # "creator" | "admin" | "normal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,8 @@ class Group:
     id: int
     name: str
     desc: str
-    members: tuple[Member, ...]
+    members: tuple[Member, ...]  # by join time, oldest first (store.change_group)
+    inviteonly: bool = False  # read by store.change_group only
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,25 @@ class Quota:
 NO_QUOTA = Quota()
 
 
+@dataclass(frozen=True, slots=True)
+class GroupChange:
+    """What to do to a group, decided from what it was, applied atomically."""
+
+    remove: tuple[int, ...] = ()
+    roles: tuple[tuple[int, str], ...] = ()  # (member, new role)
+    groupname: str | None = None
+    groupdesc: str | None = None
+    inviteonly: bool | None = None
+    invite: tuple[int, ...] = ()  # users invited, by ``by``
+    by: int = 0
+    delete: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.roles or self.delete or self.invite) or (
+            self.groupname is not None or self.groupdesc is not None or self.inviteonly is not None
+        )
+
+
 class Store(Protocol):
     url: str  # for logs, password masked
 
@@ -79,6 +100,7 @@ class Store(Protocol):
 
     async def create_user(self, name: str, password_hash: str) -> int: ...
     async def credentials(self, uid: int) -> Credentials | None: ...
+    async def set_password(self, uid: int, password_hash: str) -> None: ...
 
     async def set_state(self, uids: Sequence[int], online: bool) -> None: ...
     async def resume(self, uid: int) -> Resume | None: ...
@@ -163,4 +185,46 @@ class Store(Protocol):
 
     async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         """Drop these offline messages of a user (delivered)."""
+        ...
+
+    # -- friends and groups a person manages (storage/social.py) -----------------
+
+    async def remove_friend(self, uid: int, friendid: int) -> None:
+        """Unfriend both ways; raises NotFriends if they were not."""
+        ...
+
+    async def block(self, uid: int, blockedid: int) -> str:
+        """``uid`` blocks ``blockedid`` (idempotent); returns their name. NoSuchUser."""
+        ...
+
+    async def unblock(self, uid: int, blockedid: int) -> bool:
+        """True if there was such a block."""
+        ...
+
+    async def blocked(self, uid: int) -> list[tuple[int, str]]:
+        """Whom ``uid`` blocks, as (id, name)."""
+        ...
+
+    async def blockers_of(self, uid: int) -> frozenset[int]:
+        """Who blocks ``uid`` (what their session caches)."""
+        ...
+
+    async def may_join(self, uid: int, gid: int) -> bool:
+        """False if the group is invite-only and ``uid`` has no invitation."""
+        ...
+
+    async def joined(self, uid: int, gid: int) -> None:
+        """An invitation used up by joining."""
+        ...
+
+    async def invites(self, uid: int) -> list[dict[str, object]]:
+        """Open invitations: groupid, groupname, groupdesc, by, byname."""
+        ...
+
+    async def change_group(
+        self, gid: int, decide: Callable[[Group], GroupChange]
+    ) -> tuple[Group, GroupChange]:
+        """Lock the group, read it (members oldest first), let ``decide`` say
+        what to change (or raise Refused), apply it; returns what was read and
+        done. NoSuchGroup; GroupNameTaken on a rename to a name in use."""
         ...

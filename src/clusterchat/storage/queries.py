@@ -13,7 +13,9 @@ from clusterchat.storage.tables import allgroup, friend, groupuser, offlinemessa
 
 _uid = bindparam("uid", type_=Integer)
 
-CREDENTIALS = select(user.c.name, user.c.password, user.c.ticket).where(user.c.id == _uid)
+CREDENTIALS = select(user.c.name, user.c.password, user.c.ticket, user.c.banned).where(
+    user.c.id == _uid
+)
 
 #: Ticket logins, many users per statement (a reconnect storm arrives at once);
 #: stored messages follow in pages, for those who have any.

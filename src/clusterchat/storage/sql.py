@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from prometheus_client import Histogram
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from clusterchat import errors
 from clusterchat.protocol import names
 from clusterchat.storage import queries as q
+from clusterchat.storage import schema
 from clusterchat.storage.base import (
     NO_QUOTA,
     Credentials,
@@ -33,6 +35,7 @@ from clusterchat.storage.base import (
     Resume,
 )
 from clusterchat.storage.batching import Batcher
+from clusterchat.storage.social import SocialQueries
 from clusterchat.storage.tables import (
     allgroup,
     friend,
@@ -46,6 +49,10 @@ log = logging.getLogger(__name__)
 
 _MYSQL_NO_SUCH_DB = 1049
 _MYSQL_TABLE_EXISTS = 1050
+#: How often a node looks again at an unstamped schema it would refuse (0.2 s apart).
+_UNSTAMPED_LOOKS = 15
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -186,7 +193,7 @@ class _StateWriter:
                 log.warning("could not record %d users as %s: %s", len(uids), online, exc)
 
 
-class SqlStore:
+class SqlStore(SocialQueries):
     def __init__(
         self, url: str | URL, pool_size: int = 20, ticket_lifetime: float = 28 * 86_400.0
     ) -> None:
@@ -197,19 +204,62 @@ class SqlStore:
         self._states = _StateWriter(self)
         self._resumes: Batcher[Resume] = Batcher(self._resume_many)
         self.offline_page = q.OFFLINE_PAGE
+        #: For metrics: offline rows written, and deleted after delivery.
+        self.stored_rows = 0
+        self.delivered_rows = 0
+        self.latency = Histogram(
+            "clusterchat_store_seconds",
+            "Store transaction time",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=None,
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
     async def create_schema(self) -> None:
-        """Create the database (MySQL) and tables if missing; idempotent."""
+        """Make the schema in an empty database (a newcomer's first start needs
+        no extra step); refuse a database at another revision with what to run."""
+        st = await self._on_database(self.schema_state)
+        if st.empty or (st.current and not st.versioned):  # empty, or made from chat.sql
+            await self._create_tables()  # stamps it too
+            st = await self.schema_state()
+        # Tables another node is making right now (create_all, then the stamp)
+        # read as an older unversioned schema: look again before refusing.
+        for _ in range(_UNSTAMPED_LOOKS):
+            if not st.problem() or st.stamped:
+                break
+            await asyncio.sleep(0.2)
+            st = await self.schema_state()
+        if problem := st.problem():
+            raise errors.SchemaMismatch(problem)
+
+    async def schema_state(self) -> schema.State:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(schema.state)
+
+    async def upgrade_schema(self) -> tuple[str | None, str]:
+        """Bring any earlier schema (or none) to this code's; returns (from, to)."""
+
+        async def run() -> tuple[str | None, str]:
+            async with self.engine.connect() as conn:
+                if _is_mysql(self._url):  # one upgrader at a time
+                    await conn.exec_driver_sql("SELECT GET_LOCK('clusterchat_schema', 60)")
+                moved = await conn.run_sync(schema.upgrade)
+                await conn.commit()
+                return moved
+
+        return await self._on_database(run)
+
+    async def _on_database(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn``; on MySQL create the database first if it is missing."""
         try:
-            await self._create_tables()
+            return await fn()
         except OperationalError as exc:
             code = getattr(exc.orig, "args", (None,))[0]
             if not (_is_mysql(self._url) and code == _MYSQL_NO_SUCH_DB):
                 raise errors.Unavailable(str(exc.orig)) from exc
-            await self._create_mysql_database()
-            await self._create_tables()
+        await self._create_mysql_database()
+        return await fn()
 
     async def _create_tables(self) -> None:
         # Nodes of a cluster starting together race to create the tables: each
@@ -219,6 +269,9 @@ class SqlStore:
             try:
                 async with self.engine.begin() as conn:
                     await conn.run_sync(metadata.create_all)
+                    await conn.run_sync(schema.stamp_new)
+                return
+            except IntegrityError:  # another node stamped the new tables first
                 return
             except OperationalError as exc:
                 code = getattr(exc.orig, "args", (None,))[0]
@@ -239,15 +292,24 @@ class SqlStore:
         finally:
             await server.dispose()
 
+    async def ping(self) -> None:
+        """Raises unless the database answers (readiness)."""
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
     async def close(self) -> None:
         await self._states.flush()
         await self.engine.dispose()
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        with _translated():
-            async with self.engine.begin() as conn:
-                yield conn
+        start = time.perf_counter()
+        try:
+            with _translated():
+                async with self.engine.begin() as conn:
+                    yield conn
+        finally:
+            self.latency.observe(time.perf_counter() - start)
 
     # -- users ---------------------------------------------------------------
 
@@ -266,7 +328,11 @@ class SqlStore:
     async def credentials(self, uid: int) -> Credentials | None:
         async with self._tx() as conn:
             row = (await conn.execute(q.CREDENTIALS, {"uid": uid})).first()
-        return Credentials(row.name, row.password, row.ticket) if row else None
+        return Credentials(row.name, row.password, row.ticket, bool(row.banned)) if row else None
+
+    async def set_password(self, uid: int, password_hash: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute(update(user).where(user.c.id == uid).values(password=password_hash))
 
     async def resume(self, uid: int) -> Resume | None:
         """A ticket login's one read: name, ticket digest and offline messages.
@@ -429,6 +495,7 @@ class SqlStore:
                 raise errors.MailboxFull(uid)
             args = {"uid": uid, "message": message, "size": size}
             res = await conn.execute(q.STORE_OFFLINE, args)
+        self.stored_rows += res.rowcount
         if res.rowcount == 0:
             raise errors.NoSuchUser(uid)
 
@@ -441,6 +508,7 @@ class SqlStore:
             rows = [{"userid": u, "message": message, "size": size} for u in uids if u not in full]
             if rows:
                 await conn.execute(insert(offlinemessage), rows)
+        self.stored_rows += len(rows)
         return [u for u in uids if u in full]
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
@@ -451,6 +519,7 @@ class SqlStore:
                 insert(offlinemessage),
                 [{"userid": u, "message": m, "size": len(m.encode())} for u, m in items],
             )
+        self.stored_rows += len(items)
 
     async def offline(self, uid: int) -> list[tuple[int, str]]:
         async with self._tx() as conn:
@@ -469,4 +538,5 @@ class SqlStore:
 
     async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         async with self._tx() as conn:
-            await conn.execute(q.DELETE_OFFLINE, {"uid": uid, "ids": list(ids)})
+            res = await conn.execute(q.DELETE_OFFLINE, {"uid": uid, "ids": list(ids)})
+        self.delivered_rows += res.rowcount

@@ -1,7 +1,10 @@
 """The original's schema (table and column names kept), widened where it broke.
 
+Versioned with Alembic: a change here goes with a new script in
+``storage/migrations/versions`` (docs/MIGRATIONS.md).
+
 Changes from the original: ``password`` holds an argon2id hash (255 chars),
-``ticket`` a session ticket's digest;
+``ticket`` a session ticket's digest, ``banned`` an operator's ban;
 ``offlinemessage`` gains an auto-increment ``id`` so offline messages are
 delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
 instead of VARCHAR(500). Everything is utf8mb4 on MySQL.
@@ -10,12 +13,18 @@ Names (users and groups) are unique by their key (``namekey``,
 ``groupkey``: see :mod:`clusterchat.protocol.names`), compared byte for
 byte on every backend; MySQL's default collation would make "x😀" equal
 "x😎" and "a" equal "a ".
+instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
+``admin`` role, a join time and an invite-only flag; ``blocked`` holds who
+blocks whom, ``groupinvite`` invitations to invite-only groups.
 """
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Enum,
     Index,
@@ -24,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.dialects import mysql, sqlite
 
@@ -39,6 +49,10 @@ def _exact(length: int) -> String:
     )
 
 
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
 # SQLite only auto-increments INTEGER PRIMARY KEY, so BIGINT needs a variant.
 _BigId = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
 
@@ -47,7 +61,9 @@ user = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", _exact(MAX_NAME), nullable=False, unique=True),
-    Column("namekey", _exact(MAX_KEY), nullable=False, unique=True),
+    # Nullable: rows inserted by hand (the original's tools) have none; the
+    # server always writes it, and NULLs never collide.
+    Column("namekey", _exact(MAX_KEY), nullable=True, unique=True),
     Column("password", String(255), nullable=False),
     Column(
         "state",
@@ -61,6 +77,8 @@ user = Table(
     # When that ticket stops working (seconds since the epoch); a ticket is
     # replaced at each use, so a stolen old one is dead once the owner uses theirs.
     Column("ticketexpiry", BigInteger, nullable=True),
+    # Set by `clusterchat admin ban`: no login, password or ticket.
+    Column("banned", Boolean, nullable=False, server_default=false()),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -79,8 +97,10 @@ allgroup = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("groupname", _exact(MAX_NAME), nullable=False, unique=True),
-    Column("groupkey", _exact(MAX_KEY), nullable=False, unique=True),
+    Column("groupkey", _exact(MAX_KEY), nullable=True, unique=True),
     Column("groupdesc", String(200), nullable=False, server_default=""),
+    # Joining needs an invitation (groupinvite) from an admin or the creator.
+    Column("inviteonly", Boolean, nullable=False, server_default=false()),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -92,10 +112,13 @@ groupuser = Table(
     Column("userid", Integer, primary_key=True, autoincrement=False),
     Column(
         "grouprole",
-        Enum("creator", "normal", name="group_role"),
+        Enum("creator", "normal", "admin", name="group_role"),
         nullable=False,
         server_default="normal",
     ),
+    # When the member joined (microseconds since the epoch): a creator who
+    # leaves hands the group to the longest member. Set by the insert.
+    Column("joined", BigInteger, nullable=False, server_default="0", default=_now_us),
     Index("ix_groupuser_userid", "userid"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
@@ -110,6 +133,31 @@ offlinemessage = Table(
     # Bytes of ``message`` (UTF-8): per-receiver quotas sum this, not the text.
     Column("size", Integer, nullable=False, server_default="0"),
     Index("ix_offlinemessage_userid_id", "userid", "id"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+
+blocked = Table(
+    "blocked",
+    metadata,
+    # ``userid`` blocks ``blockedid``: no chat, friend request or presence from them.
+    Column("userid", Integer, primary_key=True, autoincrement=False),
+    Column("blockedid", Integer, primary_key=True, autoincrement=False),
+    Index("ix_blocked_blockedid", "blockedid"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+
+groupinvite = Table(
+    "groupinvite",
+    metadata,
+    # ``inviter`` invited ``userid`` to ``groupid``; joining uses it up.
+    Column("groupid", Integer, primary_key=True, autoincrement=False),
+    Column("userid", Integer, primary_key=True, autoincrement=False),
+    Column("inviter", Integer, nullable=False),
+    Index("ix_groupinvite_userid", "userid"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )

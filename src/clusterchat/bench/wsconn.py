@@ -1,0 +1,73 @@
+"""The benchmark connection over a WebSocket (``bench --transport ws``): the
+same FIFO of replies as :class:`BenchConn`, framed by the ``websockets``
+package's sans-I/O client, so thousands still fit in one process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from clusterchat.bench.conn import BenchConn, Closed
+from clusterchat.protocol import codec
+
+
+class WsBenchConn(BenchConn):
+    def __init__(self, on_push: Callable[[dict[str, Any]], None] | None, uri: str) -> None:
+        super().__init__(on_push)
+        self.ws = ClientProtocol(parse_uri(uri), max_size=None)
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def open(
+        cls, host: str, port: int, on_push: Callable[[dict[str, Any]], None] | None = None
+    ) -> BenchConn:
+        loop = asyncio.get_running_loop()
+        uri = f"ws://{host}:{port}/ws"
+        _, conn = await loop.create_connection(lambda: cls(on_push, uri), host, port)
+        await conn.opened
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.ws.send_request(self.ws.connect())
+        self._write()
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Frame):
+                if event.opcode is Opcode.TEXT:
+                    self._dispatch(codec.loads(bytes(event.data)))
+            elif isinstance(event, Response) and not self.opened.done():
+                if self.ws.state is State.OPEN:
+                    self.opened.set_result(None)
+                else:
+                    self.opened.set_exception(Closed(f"HTTP {event.status_code}"))
+        self._write()  # pongs, close replies
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(Closed("connection closed"))
+        super().connection_lost(exc)
+
+    def send(self, doc: dict[str, Any]) -> None:
+        if self.transport is None or self.ws.state is not State.OPEN:
+            raise Closed("connection closed")
+        self.ws.send_text(codec.dumps(doc).encode())
+        self._write()
+
+    def _write(self) -> None:
+        t = self.transport
+        chunks = self.ws.data_to_send()
+        if t is None or not chunks:
+            return
+        t.write(b"".join(chunks))
+        if not chunks[-1]:
+            t.close()

@@ -1,0 +1,74 @@
+"""The node's memory budget: bytes held for other people, counted in one place.
+
+Slow readers' outboxes, re-stores waiting for the store and (if the bus
+adopts it) batches in flight to other nodes all charge the same
+:class:`Budget`. Past its limit the service refuses new chats ("busy,
+retry") instead of accepting what it could only hold without bound.
+Pure accounting: no loop, no I/O; waiters are told through a callback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+#: With no --memory-budget: this share of the machine's memory...
+DEFAULT_SHARE = 0.25
+#: ...but never less than this, nor more than MAX_DEFAULT.
+MIN_DEFAULT = 64 * 1024 * 1024
+MAX_DEFAULT = 4 * 1024 * 1024 * 1024
+
+
+def machine_memory() -> int:
+    """Physical memory in bytes (0 if the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def default_budget(memory: int | None = None) -> int:
+    """A quarter of the machine's memory, within [64 MiB, 4 GiB]."""
+    total = machine_memory() if memory is None else memory
+    if total <= 0:
+        return 512 * 1024 * 1024
+    return int(min(MAX_DEFAULT, max(MIN_DEFAULT, total * DEFAULT_SHARE)))
+
+
+class Budget:
+    """Bytes charged against a limit; ``full`` is the one check on the hot path.
+
+    Charges may overshoot the limit (what was already accepted must be
+    held somewhere); callers that would add new work ask :meth:`admits`
+    first. ``on_room`` is called when usage drops back under the limit
+    after being over it (the node wakes slowed senders with it).
+    """
+
+    __slots__ = ("full", "limit", "on_room", "peak", "refused", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit if limit > 0 else 0  # 0: no limit
+        self.used = 0
+        self.peak = 0
+        self.full = False
+        #: Requests refused (or slowed) because the budget was full.
+        self.refused = 0
+        self.on_room: Callable[[], None] | None = None
+
+    def admits(self, nbytes: int) -> bool:
+        """Whether new work of ``nbytes`` fits now."""
+        return not self.limit or self.used + nbytes <= self.limit
+
+    def charge(self, nbytes: int) -> None:
+        used = self.used = self.used + nbytes
+        if used > self.peak:
+            self.peak = used
+        if self.limit and used > self.limit:
+            self.full = True
+
+    def release(self, nbytes: int) -> None:
+        used = self.used = self.used - nbytes
+        if self.full and used <= self.limit:
+            self.full = False
+            if self.on_room is not None:
+                self.on_room()

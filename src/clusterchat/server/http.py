@@ -1,0 +1,164 @@
+"""The node's HTTP port: the web client's files at ``/``, WebSocket chat at ``/ws``.
+
+Every connection is a :class:`~clusterchat.server.websocket.WsConnection`,
+admitted and counted like a TCP one. Its first request is routed here:
+``/ws`` becomes a WebSocket (if its ``Origin`` is allowed), a path in
+:attr:`HttpServer.routes` is answered by its coroutine, anything else is a
+static file of the web client or 404. Plain HTTP responses close the
+connection: the client is a handful of files, loaded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from websockets.http11 import Request
+
+from clusterchat.server.websocket import WsConnection, response
+
+if TYPE_CHECKING:
+    from clusterchat.server.node import Node
+
+log = logging.getLogger(__name__)
+
+#: An extra HTTP path: returns (status, content type, body). Ops endpoints
+#: (``/metrics``, ``/healthz``) are added to :attr:`HttpServer.routes`.
+Route = Callable[[], Awaitable[tuple[int, str, bytes]]]
+
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".webmanifest": "application/manifest+json",
+}
+#: The page may load only its own files and talk only to its own origin;
+#: a message that slipped into the DOM as HTML still could not run script.
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
+def load_static() -> dict[str, tuple[str, bytes]]:
+    """The web client's files, by URL path, read once from the package."""
+    files: dict[str, tuple[str, bytes]] = {}
+    root = resources.files("clusterchat") / "web"
+    for entry in root.iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1]
+        if entry.is_file() and suffix in _TYPES:
+            files["/" + entry.name] = (_TYPES[suffix], entry.read_bytes())
+    if "/index.html" in files:
+        files["/"] = files["/index.html"]
+    return files
+
+
+class HttpServer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        #: Extra GET paths and their handlers (see :data:`Route`).
+        self.routes: dict[str, Route] = {}
+        #: Allowed ``Origin`` values for /ws; empty: the page's own origin only.
+        self.origins = frozenset(o.rstrip("/") for o in node.settings.http_origins)
+        self.port = node.settings.http_port or 0
+        self._static: dict[str, tuple[str, bytes]] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self._pinger: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.node.settings
+        self._static = load_static()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: WsConnection(self.node, self),
+            s.host,
+            s.http_port,
+            backlog=4096,
+            reuse_port=s.reuse_port or None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._pinger = asyncio.ensure_future(self._ping_quiet())
+        log.info("web client on http://%s:%d/, WebSocket at /ws", s.host, self.port)
+
+    def close(self) -> None:
+        """Stop accepting (the node closes the connections themselves)."""
+        if self._pinger is not None:
+            self._pinger.cancel()
+        if self._server is not None:
+            self._server.close()
+
+    # -- routing ----------------------------------------------------------------------
+
+    def route(self, conn: WsConnection, request: Request) -> None:
+        path = urlsplit(request.path).path
+        ws = conn.ws
+        if path == "/ws":
+            origin = request.headers.get("Origin")
+            if origin is not None and not self.origin_allowed(origin, request):
+                log.info("WebSocket from %s refused: origin %r", conn.address, origin[:100])
+                res = ws.reject(403, "this origin may not open a chat connection\n")
+            else:
+                res = ws.accept(request)
+            ws.send_response(res)
+            return
+        handler = self.routes.get(path)
+        if handler is not None:
+            self.node.spawn(self._answer(conn, handler))
+            return
+        found = self._static.get(path)
+        if found is None:
+            ws.send_response(response(404, "text/plain; charset=utf-8", b"not found\n"))
+        else:
+            content_type, body = found
+            ws.send_response(
+                response(200, content_type, body, Cache_Control="no-cache", **_page_headers)
+            )
+
+    async def _answer(self, conn: WsConnection, handler: Route) -> None:
+        try:
+            status, content_type, body = await handler()
+        except Exception:
+            log.exception("HTTP route failed")
+            status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
+        if conn.transport is not None:
+            conn.ws.send_response(response(status, content_type, body, Cache_Control="no-store"))
+            conn.write_out()
+
+    def origin_allowed(self, origin: str, request: Request) -> bool:
+        """``--http-origins`` if given (``*``: any), else the page's own origin:
+        the same host and port as the request's ``Host`` (nginx passes it on)."""
+        origin = origin.rstrip("/")
+        if self.origins:
+            return "*" in self.origins or origin in self.origins
+        host = request.headers.get("Host", "")
+        return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+    # -- keepalive ----------------------------------------------------------------------
+
+    async def _ping_quiet(self) -> None:
+        """Ping WebSockets quiet for half the idle timeout: a live browser
+        pongs (which counts as activity), a vanished one is closed by the
+        node's sweeper at the idle timeout, as a silent TCP client is."""
+        idle = self.node.settings.idle_timeout
+        every = max(0.05, idle / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = self.node.clock()
+            for conn in list(self.node.connections):
+                if (
+                    isinstance(conn, WsConnection)
+                    and conn.session.uid  # else the login timeout applies
+                    and now - conn.last_seen > idle / 2
+                ):
+                    conn.ping()
+
+
+_page_headers = {"Content_Security_Policy": _CSP, "Referrer_Policy": "no-referrer"}

@@ -1,0 +1,219 @@
+"""A node's Prometheus metrics, read from its plain counters at scrape time.
+
+Nothing here runs per message: the service, store and bus keep ints (and two
+unregistered histograms), and :class:`NodeCollector` turns them into metric
+families when ``/metrics`` is asked. Each node has its own registry, so
+several nodes can live in one process (tests do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from clusterchat.storage.sql import SqlStore
+from clusterchat.storage.tables import offlinemessage
+
+if TYPE_CHECKING:
+    from clusterchat.server.http import Route
+    from clusterchat.server.node import Node
+
+log = logging.getLogger(__name__)
+
+
+def _request_name(kind: type) -> str:
+    """``OneChat`` -> ``one_chat``."""
+    name = kind.__name__
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def _transport(conn: Any, tls: bool) -> str:
+    if type(conn).__name__.startswith("Ws"):
+        return "websocket"
+    return "tls" if tls else "tcp"
+
+
+class NodeCollector(Collector):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        #: Rows in the offline table, counted before each scrape (bounded by a
+        #: timeout: the last count stays if the store is slow or down).
+        self.backlog: int | None = None
+
+    async def refresh(self) -> None:
+        """What needs I/O is read before the scrape (collect() is synchronous)."""
+        store = self.node.store
+        if not isinstance(store, SqlStore):
+            return
+        try:
+            async with asyncio.timeout(2):
+                async with store.engine.connect() as conn:
+                    q = select(func.count()).select_from(offlinemessage)
+                    self.backlog = int((await conn.execute(q)).scalar_one())
+        except Exception as exc:  # the store being down must not fail the scrape
+            log.info("metrics: offline backlog not read: %s", exc)
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        service = node.service
+        counts = service.counts
+        tls = bool(node.settings.tls_cert)
+
+        conns = GaugeMetricFamily(
+            "clusterchat_connections",
+            "Open client connections by dialect (modern, original, unknown: nothing "
+            "sent yet) and transport",
+            labels=["dialect", "transport"],
+        )
+        by: dict[tuple[str, str], int] = {}
+        held = 0
+        for conn in list(node.connections):
+            legacy = conn.session.legacy
+            dialect = "unknown" if legacy is None else "original" if legacy else "modern"
+            key = (dialect, _transport(conn, tls))
+            by[key] = by.get(key, 0) + 1
+            out = conn.transport
+            if out is not None:
+                held += out.get_write_buffer_size()
+        for (dialect, transport), n in sorted(by.items()):
+            conns.add_metric([dialect, transport], n)
+        yield conns
+        yield GaugeMetricFamily(
+            "clusterchat_logged_in_users",
+            "Users logged in on this node",
+            value=len(service.sessions),
+        )
+        yield GaugeMetricFamily(
+            "clusterchat_slow_consumer_bytes",
+            "Bytes written to clients but not yet taken by them (kernel buffers full)",
+            value=held,
+        )
+        budget = node.budget
+        yield GaugeMetricFamily(
+            "clusterchat_held_bytes",
+            "Bytes of messages held for others on this node (outboxes and the bus), "
+            "counted against --memory-budget",
+            value=budget.used,
+        )
+        yield GaugeMetricFamily(
+            "clusterchat_memory_budget_bytes", "--memory-budget (0: none)", value=budget.limit
+        )
+        yield CounterMetricFamily(
+            "clusterchat_budget_refusals",
+            "Messages refused because the memory budget was full (ERROR 151)",
+            value=budget.refused,
+        )
+
+        requests = CounterMetricFamily(
+            "clusterchat_requests", "Requests served, by kind", labels=["kind"]
+        )
+        for kind, n in sorted(counts.requests.items(), key=lambda kv: kv[0].__name__):
+            requests.add_metric([_request_name(kind)], n)
+        yield requests
+        refusals = CounterMetricFamily(
+            "clusterchat_refusals",
+            "Requests refused, by reply (error, login, register) and errno",
+            labels=["reply", "errno"],
+        )
+        for (reply, errno), n in sorted(counts.refusals.items()):
+            refusals.add_metric([reply, str(errno)], n)
+        yield refusals
+
+        store = node.store
+        messages = CounterMetricFamily(
+            "clusterchat_messages",
+            "Chat messages by path: local (sender and receiver here), to_nodes (taken by "
+            "another node), from_nodes (arrived from another node), stored_offline (rows "
+            "written for absent receivers, once per receiver), delivered_offline (stored "
+            "rows delivered at login)",
+            labels=["path"],
+        )
+        messages.add_metric(["local"], counts.relayed_local)
+        messages.add_metric(["to_nodes"], counts.relayed_to_nodes)
+        messages.add_metric(["from_nodes"], counts.relayed_from_nodes)
+        messages.add_metric(["stored_offline"], getattr(store, "stored_rows", 0))
+        messages.add_metric(["delivered_offline"], getattr(store, "delivered_rows", 0))
+        yield messages
+        if self.backlog is not None:
+            yield GaugeMetricFamily(
+                "clusterchat_offline_backlog",
+                "Messages stored for absent users (whole cluster: one shared table)",
+                value=self.backlog,
+            )
+
+        windows = getattr(service.bus, "_windows", None)  # clusterchat.bus.window.SendWindow
+        if windows is not None:
+            ws = list(windows.values())
+            yield CounterMetricFamily(
+                "clusterchat_bus_batches",
+                "Inter-node batches with messages this node published",
+                value=sum(w.last for w in ws),
+            )
+            yield GaugeMetricFamily(
+                "clusterchat_bus_unacked_batches",
+                "Inter-node batches sent and not yet acknowledged by their node",
+                value=sum(w.in_flight() for w in ws),
+            )
+            yield GaugeMetricFamily(
+                "clusterchat_bus_window_bytes",
+                "Bytes handed to other nodes and not yet acknowledged or stored (--bus-window)",
+                value=sum(w.held for w in ws),
+            )
+
+        passwords = service.passwords
+        yield GaugeMetricFamily(
+            "clusterchat_login_queue",
+            "Password checks waiting for or running on a hashing thread",
+            value=passwords.queued,
+        )
+        yield from passwords.seconds.collect()
+        latency = getattr(store, "latency", None)
+        if latency is not None:
+            yield from latency.collect()
+        yield GaugeMetricFamily(
+            "clusterchat_event_loop_lag_seconds",
+            "How late the event loop ran its last timer sample (0 with --shed-lag 0)",
+            value=node.lag.last,
+        )
+        yield CounterMetricFamily(
+            "clusterchat_shed_connections",
+            "New connections refused because the event loop lagged",
+            value=node.lag.shed,
+        )
+
+
+class Ops:
+    """``/metrics``, ``/healthz`` and ``/readyz`` as HTTP routes of a node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.collector = NodeCollector(node)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+
+    def routes(self) -> dict[str, Route]:
+        return {"/metrics": self.metrics, "/healthz": self.healthz, "/readyz": self.readyz}
+
+    async def metrics(self) -> tuple[int, str, bytes]:
+        await self.collector.refresh()
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    async def healthz(self) -> tuple[int, str, bytes]:
+        """The process serves (its event loop answers)."""
+        return 200, "text/plain; charset=utf-8", b"ok\n"
+
+    async def readyz(self) -> tuple[int, str, bytes]:
+        """The node should get new clients: it is not draining, its store
+        answers and, in a cluster, so does Redis."""
+        problems = await self.node.readiness()
+        if problems:
+            return 503, "text/plain; charset=utf-8", ("\n".join(problems) + "\n").encode()
+        return 200, "text/plain; charset=utf-8", b"ready\n"

@@ -1,0 +1,135 @@
+"""One WebSocket (or plain HTTP) connection on the node's HTTP port.
+
+A :class:`~clusterchat.server.connection.Connection` whose bytes go through
+the ``websockets`` package's sans-I/O :class:`ServerProtocol` instead of the
+newline framer: each text message is one request of the modern dialect and
+each reply or chat message is one text message. Request order, the outbox,
+flow control, limits and timeouts are the TCP connection's own; this class
+only translates between WebSocket frames and frames of the chat protocol.
+The first HTTP request of the connection is routed by :mod:`.http`.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from websockets.datastructures import Headers
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from clusterchat.protocol.framing import NEWLINE
+from clusterchat.server.connection import Connection
+from clusterchat.server.outbox import End
+
+if TYPE_CHECKING:
+    from clusterchat.server.http import HttpServer
+    from clusterchat.server.node import Node
+
+log = logging.getLogger(__name__)
+# The library logs every connection opened and closed at INFO: too chatty at 10,000.
+_protocol_log = logging.getLogger("clusterchat.server.websocket.protocol")
+_protocol_log.setLevel(logging.WARNING)
+
+OPEN = State.OPEN
+
+
+class WsConnection(Connection):
+    __slots__ = ("http", "ws")
+
+    def __init__(self, node: Node, http: HttpServer) -> None:
+        super().__init__(node)
+        self.http = http
+        self.ws = ServerProtocol(max_size=node.settings.max_frame, logger=_protocol_log)
+
+    def refusal(self, why: bytes) -> bytes:
+        """Over a limit: the JSON error, as an HTTP 503 the browser can show."""
+        return response(503, "application/json", why).serialize()
+
+    # -- bytes in -------------------------------------------------------------------
+
+    def _received(self, data: bytes) -> None:  # Connection.data_received tags logs
+        self.last_seen = self.node.clock()
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Frame):
+                if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
+                    self._serve((bytes(event.data), NEWLINE))
+            elif isinstance(event, Request):
+                self.http.route(self, event)
+        if ws.state is not OPEN and not self.outbox.ended and ws.handshake_exc is None:
+            # A close frame (or a broken frame, or one over --max-frame) from
+            # the peer: like a FIN, it read what its kernel acknowledged.
+            if isinstance(ws.parser_exc, PayloadTooBig):
+                log.info("closing WebSocket from %s: message over --max-frame", self.address)
+            self._store(self.outbox.end(End.PEER_FINISHED, self._in_flight()), cut_off=False)
+        self.write_out()
+
+    def write_out(self) -> None:
+        """Write what the protocol has for the peer; an empty chunk means close."""
+        t = self.transport
+        chunks = self.ws.data_to_send()
+        if t is None or not chunks:
+            return
+        t.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))  # one syscall
+        if not chunks[-1]:
+            t.close()
+
+    # -- service.Peer ----------------------------------------------------------------
+
+    def send(self, data: bytes) -> bool:
+        t = self.transport
+        if t is None or t.is_closing() or self.ws.state is not OPEN:
+            return False
+        self.flush()  # what was queued before goes first
+        self.ws.send_text(data[:-1])  # without the newline
+        self.write_out()
+        return True
+
+    def flush(self, now: float = 0.0) -> None:
+        data = self.outbox.take()
+        if data is None:
+            return
+        ws = self.ws
+        # Each message is one JSON document ending with a newline, and JSON
+        # text has none of its own: one WebSocket message per line.
+        for line in data.split(b"\n")[:-1]:
+            ws.send_text(line)
+        self.write_out()
+        if not self._watched:
+            self._watched = True
+            self.node.watch(self)
+
+    def close(self) -> None:
+        if self.ws.state is OPEN and self.transport is not None and not self.outbox.ended:
+            self.flush()
+            self.ws.send_close(CloseCode.NORMAL_CLOSURE)
+            self.write_out()
+        super().close()
+
+    def ping(self) -> None:
+        """Ask the browser for a pong (it answers by itself, even in a
+        background tab); a peer that vanished does not, and times out."""
+        if self.ws.state is OPEN and self.transport is not None:
+            self.ws.send_ping(b"")
+            self.write_out()
+
+
+def response(status: int, content_type: str, body: bytes, **headers: str) -> Response:
+    """A plain HTTP response; the connection closes after it."""
+    h = Headers(
+        {
+            "Content-Type": content_type,
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
+    for name, value in headers.items():
+        h[name.replace("_", "-")] = value
+    return Response(status, HTTPStatus(status).phrase, h, body)

@@ -1,0 +1,106 @@
+"""Friends a person can drop, and users they can block.
+
+A block stops the blocked user's chats to the blocker (refused like any
+chat the receiver does not take: ERROR 123, no reason given), their group
+messages reaching the blocker, their friend requests, and their view of the
+blocker's presence (always offline). The check runs on the *sender's* node
+against a set cached in the sender's session: who blocks them. It is read
+at login and kept current by control messages (``pushes.BLOCKS``) from the
+blocker's node, so the chat path never asks the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from clusterchat.protocol import codec
+from clusterchat.protocol.messages import (
+    Block,
+    ErrCode,
+    ListBlocked,
+    MsgId,
+    RemoveFriend,
+    Unblock,
+)
+from clusterchat.service import pushes
+from clusterchat.service.session import Session
+
+if TYPE_CHECKING:
+    from clusterchat.service.chat import ChatService
+
+Handler = Callable[[Session, Any], Awaitable[None] | None]
+
+
+def done(s: Session, msgid: MsgId, **fields: Any) -> None:
+    """The reply to a request of ours (an original client gets none)."""
+    if not s.legacy:
+        s.peer.send(codec.ack(MsgId.DONE, re=int(msgid), **fields))
+
+
+class Friends:
+    def __init__(self, svc: ChatService) -> None:
+        self.svc = svc
+
+    def handlers(self) -> dict[type, Handler]:
+        return {
+            RemoveFriend: self._remove_friend,
+            Block: self._block,
+            Unblock: self._unblock,
+            ListBlocked: self._list_blocked,
+        }
+
+    # -- the blocked-by cache ------------------------------------------------------
+
+    async def load_blocks(self, s: Session) -> None:
+        """At login, after the session is registered: changes arriving while
+        this reads are kept and replayed over what it read."""
+        s.block_log = []
+        try:
+            found = await self.svc.store.blockers_of(s.uid)
+        finally:
+            changes, s.block_log = s.block_log, None
+        s.blocked_by = set(found)
+        for by, on in changes or ():
+            self.block_changed(s, by, on)
+
+    def block_changed(self, s: Session, by: int, on: bool) -> None:
+        if s.block_log is not None:
+            s.block_log.append((by, on))
+        if on:
+            s.blocked_by.add(by)
+        else:
+            s.blocked_by.discard(by)
+
+    # -- handlers --------------------------------------------------------------------
+
+    async def _remove_friend(self, s: Session, req: RemoveFriend) -> None:
+        if req.friendid == s.uid:
+            self.svc.refuse(s, req, ErrCode.SELF_TARGET, "you cannot unfriend yourself")
+            return
+        await self.svc.store.remove_friend(s.uid, req.friendid)
+        done(s, MsgId.REMOVE_FRIEND, friendid=req.friendid)
+        event = {"msgid": MsgId.FRIEND_EVENT, "event": "unfriended", "id": s.uid, "name": s.name}
+        await pushes.send(self.svc, [req.friendid], codec.encode(event))
+
+    async def _block(self, s: Session, req: Block) -> None:
+        if req.userid == s.uid:
+            self.svc.refuse(s, req, ErrCode.SELF_TARGET, "you cannot block yourself")
+            return
+        name = await self.svc.store.block(s.uid, req.userid)
+        # Told before the reply: once blocking is acknowledged, nothing more
+        # from them is accepted on this node (other nodes follow within a hop).
+        await pushes.control(self.svc, req.userid, pushes.BLOCKS, {"by": s.uid, "on": True})
+        done(s, MsgId.BLOCK, userid=req.userid, name=name)
+
+    async def _unblock(self, s: Session, req: Unblock) -> None:
+        if await self.svc.store.unblock(s.uid, req.userid):
+            await pushes.control(self.svc, req.userid, pushes.BLOCKS, {"by": s.uid, "on": False})
+        done(s, MsgId.UNBLOCK, userid=req.userid)
+
+    async def _list_blocked(self, s: Session, req: ListBlocked) -> None:
+        if s.legacy:
+            return
+        rows = await self.svc.store.blocked(s.uid)
+        docs = [{"id": uid, "name": name} for uid, name in rows]
+        s.peer.send(codec.ack(MsgId.BLOCKED_LIST, blocked=docs))

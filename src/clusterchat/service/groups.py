@@ -1,0 +1,129 @@
+"""Groups a person can leave and, by role, manage (rules in group_rules.py).
+
+Each change is decided and applied in one transaction under the group's
+lock, then every node drops its cached member list (``announce_group``), the
+actor gets DONE, and the other members (and anyone removed) online with a
+modern client get a GROUP_EVENT each. A removed or departed member neither
+receives nor may post once the change is acknowledged on their node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from clusterchat import errors
+from clusterchat.protocol import codec
+from clusterchat.protocol.messages import (
+    DeleteGroup,
+    EditGroup,
+    Invite,
+    LeaveGroup,
+    ListInvites,
+    MsgId,
+    RemoveMember,
+    SetRole,
+    TransferGroup,
+)
+from clusterchat.service import group_rules as rules
+from clusterchat.service import pushes
+from clusterchat.service.friends import Handler, done
+from clusterchat.service.session import Session
+from clusterchat.storage.base import Group, GroupChange, Member
+
+if TYPE_CHECKING:
+    from clusterchat.service.chat import ChatService
+
+
+class Groups:
+    def __init__(self, svc: ChatService) -> None:
+        self.svc = svc
+
+    def handlers(self) -> dict[type, Handler]:
+        return {
+            LeaveGroup: self._leave,
+            RemoveMember: self._remove,
+            SetRole: self._set_role,
+            EditGroup: self._edit,
+            TransferGroup: self._transfer,
+            DeleteGroup: self._delete,
+            Invite: self._invite,
+            ListInvites: self._list_invites,
+        }
+
+    async def _leave(self, s: Session, req: LeaveGroup) -> None:
+        await self._change(s, MsgId.LEAVE_GROUP, req.groupid, lambda g: rules.leave(g, s.uid))
+
+    async def _remove(self, s: Session, req: RemoveMember) -> None:
+        await self._change(
+            s, MsgId.REMOVE_MEMBER, req.groupid, lambda g: rules.remove(g, s.uid, req.userid)
+        )
+
+    async def _set_role(self, s: Session, req: SetRole) -> None:
+        await self._change(
+            s,
+            MsgId.SET_ROLE,
+            req.groupid,
+            lambda g: rules.set_role(g, s.uid, req.userid, req.role),
+        )
+
+    async def _edit(self, s: Session, req: EditGroup) -> None:
+        await self._change(
+            s,
+            MsgId.EDIT_GROUP,
+            req.groupid,
+            lambda g: rules.edit(g, s.uid, req.groupname, req.groupdesc, req.inviteonly),
+        )
+
+    async def _transfer(self, s: Session, req: TransferGroup) -> None:
+        await self._change(
+            s, MsgId.TRANSFER_GROUP, req.groupid, lambda g: rules.transfer(g, s.uid, req.userid)
+        )
+
+    async def _invite(self, s: Session, req: Invite) -> None:
+        if req.userid in s.blocked_by:  # as for a friend request
+            raise errors.RefusedByUser(req.userid)
+        group, _ = await self.svc.store.change_group(
+            req.groupid, lambda g: rules.invite(g, s.uid, req.userid)
+        )
+        done(s, MsgId.INVITE, groupid=req.groupid, userid=req.userid)
+        event = {
+            "msgid": MsgId.GROUP_EVENT,
+            "event": "invited",
+            "groupid": group.id,
+            "groupname": group.name,
+            "groupdesc": group.desc,
+            "id": req.userid,
+            "by": s.uid,
+            "byname": s.name,
+        }
+        await pushes.send(self.svc, [req.userid], codec.encode(event))
+
+    async def _list_invites(self, s: Session, req: ListInvites) -> None:
+        if not s.legacy:
+            invites = await self.svc.store.invites(s.uid)
+            s.peer.send(codec.ack(MsgId.INVITE_LIST, invites=invites))
+
+    async def may_join(self, s: Session, gid: int) -> None:
+        """Before ADD_GROUP: an invite-only group needs an invitation."""
+        if not await self.svc.store.may_join(s.uid, gid):
+            raise errors.InviteOnly(gid)
+
+    async def _delete(self, s: Session, req: DeleteGroup) -> None:
+        await self._change(s, MsgId.DELETE_GROUP, req.groupid, lambda g: rules.delete(g, s.uid))
+
+    async def _change(
+        self, s: Session, msgid: MsgId, gid: int, decide: Callable[[Group], GroupChange]
+    ) -> None:
+        uid = s.uid
+        group, change = await self.svc.store.change_group(gid, decide)
+        if change.remove or change.delete:
+            self.svc.group_changed(gid)
+            await self.svc.bus.announce_group(gid)
+        done(s, msgid, groupid=gid)
+        if not change:
+            return
+        actor = next((m for m in group.members if m.id == uid), Member(uid, s.name, ""))
+        told = [m.id for m in group.members if m.id != uid]
+        for event in rules.events(group, change, actor):
+            await pushes.send(self.svc, told, codec.encode({"msgid": MsgId.GROUP_EVENT, **event}))

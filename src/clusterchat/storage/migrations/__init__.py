@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the SQL schema (see docs/MIGRATIONS.md)."""

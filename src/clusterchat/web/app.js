@@ -1,0 +1,769 @@
+// The web client's UI. Every text that comes from the server (names, group
+// names, messages) goes into the page with textContent, never as HTML.
+import { ChatSocket, Disconnected, Msg } from "./chat.js";
+
+const $ = (id) => document.getElementById(id);
+const REFRESH_MS = 5000; // friends' online state and group members
+const SESSION_KEY = "clusterchat.session";
+
+const state = {
+  me: null,               // { id, name }
+  friends: new Map(),     // id -> { id, name, state }
+  groups: new Map(),      // id -> { id, groupname, groupdesc, users }
+  convs: new Map(),       // "u:ID" | "g:ID" -> conversation
+  active: null,           // key of the open conversation
+  blocked: new Map(),     // id -> name: whom I block
+  invites: [],            // open invitations: { groupid, groupname, by, byname }
+  inviteOnly: new Map(),  // group id -> bool, as last heard (events, my own changes)
+  everOnline: false,
+};
+
+const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+const sock = new ChatSocket(wsUrl, { onPush, onState, onRelogin });
+
+// -- helpers -------------------------------------------------------------------------
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function initials(name) {
+  const parts = String(name || "?").trim().split(/\s+/).filter(Boolean);
+  const chars = parts.length > 1 ? [parts[0], parts[1]] : [parts[0] || "?"];
+  return chars.map((p) => Array.from(p)[0] || "?").join("").toUpperCase().slice(0, 2);
+}
+
+function paintAvatar(node, name, seed) {
+  node.textContent = initials(name);
+  node.style.setProperty("--hue", String((Number(seed) * 137) % 360));
+}
+
+function clock(ts) {
+  const d = new Date(ts);
+  const now = new Date();
+  const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return d.toDateString() === now.toDateString()
+    ? hm : `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${hm}`;
+}
+
+function wireTime() {
+  const d = new Date();
+  const p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ` +
+    `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+let toastTimer = null;
+function toast(text, kind = "error") {
+  const t = $("toast");
+  t.textContent = text;
+  t.className = `toast ${kind}`;
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { t.hidden = true; }, 5000);
+}
+
+function banner(text, kind) {
+  const b = $("banner");
+  b.hidden = !text;
+  b.textContent = text || "";
+  b.className = `banner ${kind || ""}`;
+}
+
+// -- conversations -------------------------------------------------------------------
+
+function conv(kind, id) {
+  const key = `${kind}:${id}`;
+  let c = state.convs.get(key);
+  if (!c) {
+    c = { key, kind, id: Number(id), messages: [], mids: new Set(), unread: 0, name: "" };
+    state.convs.set(key, c);
+  }
+  return c;
+}
+
+function convName(c) {
+  if (c.kind === "u") return state.friends.get(c.id)?.name || c.name || `user ${c.id}`;
+  return state.groups.get(c.id)?.groupname || c.name || `group ${c.id}`;
+}
+
+// What a FRIEND_EVENT or GROUP_EVENT says, as the terminal client says it.
+function eventText(msg) {
+  const me = state.me?.id;
+  const subject = Number(msg.id) === me ? "you" : String(msg.name ?? `user ${msg.id}`);
+  const by = String(msg.byname ?? `user ${msg.by}`);
+  const group = state.groups.get(Number(msg.groupid))?.groupname || `group ${msg.groupid}`;
+  switch (msg.event) {
+    case "unfriended": return `${subject} removed you from their friends`;
+    case "left": return `${subject} left ${group}`;
+    case "removed": return `${subject} ${subject === "you" ? "were" : "was"} removed from ${group} by ${by}`;
+    case "role": {
+      const now = { admin: "now an admin of", normal: "no longer an admin of",
+        creator: "now the owner of" }[msg.role] || `now ${msg.role} in`;
+      return `${subject} ${subject === "you" ? "are" : "is"} ${now} ${group}`;
+    }
+    case "edited": return `${by} renamed or re-described group ${msg.groupid}: ${msg.groupname}`;
+    case "deleted": return `${group} was deleted by ${by}`;
+    case "invited": return `${by} invited you to ${msg.groupname} (#${msg.groupid}): join it with +`;
+    default: return `${group}: ${msg.event}`;
+  }
+}
+
+function onPush(msg) {
+  if (msg.msgid === Msg.NOTICE) {
+    toast(String(msg.text ?? ""), "info");
+    return;
+  }
+  if (msg.msgid === Msg.FRIEND_EVENT || msg.msgid === Msg.GROUP_EVENT) {
+    if (msg.event === "edited") state.inviteOnly.set(Number(msg.groupid), Boolean(msg.inviteonly));
+    toast(eventText(msg), "info");
+    refresh();
+    return;
+  }
+  let c;
+  if (msg.msgid === Msg.ONE_CHAT) {
+    c = conv("u", msg.id);
+    const f = state.friends.get(Number(msg.id));
+    if (f && f.state !== "online") { f.state = "online"; renderSidebar(); }
+  } else if (msg.msgid === Msg.GROUP_CHAT) {
+    c = conv("g", msg.groupid);
+  } else {
+    return;
+  }
+  if (msg.mid !== undefined) {
+    if (c.mids.has(msg.mid)) return;
+    c.mids.add(msg.mid);
+  }
+  if (!c.name && msg.msgid === Msg.ONE_CHAT) c.name = String(msg.name ?? "");
+  const entry = {
+    mine: false, from: Number(msg.id), name: String(msg.name ?? `user ${msg.id}`),
+    text: String(msg.msg ?? ""), ts: Number(msg.ts) || Date.parse(msg.time) || Date.now(),
+    mid: msg.mid,
+  };
+  c.messages.push(entry);
+  if (state.active === c.key && !document.hidden) appendMessage(c, entry);
+  else c.unread += 1;
+  renderSidebar();
+  renderTitle();
+}
+
+function renderTitle() {
+  let unread = 0;
+  for (const c of state.convs.values()) unread += c.unread;
+  document.title = unread ? `(${unread}) clusterchat` : "clusterchat";
+}
+
+// -- sidebar -------------------------------------------------------------------------
+
+function convItem(c, label, sub, online) {
+  const li = el("li", "conv");
+  li.dataset.key = c.key;
+  li.dataset.testid = `conv-${c.key}`;
+  if (state.active === c.key) li.classList.add("active");
+  const av = el("div", "avatar");
+  paintAvatar(av, label, c.id + (c.kind === "g" ? 7 : 0));
+  if (c.kind === "g") av.classList.add("group");
+  if (online !== undefined) {
+    const dot = el("span", `dot ${online ? "on" : "off"}`);
+    dot.title = online ? "online" : "offline";
+    av.append(dot);
+  }
+  const who = el("div", "who");
+  who.append(el("div", "name", label));
+  const last = c.messages[c.messages.length - 1];
+  const by = last && (last.mine ? "You: " : c.kind === "g" ? `${last.name}: ` : "");
+  who.append(el("div", "sub", last ? `${by}${last.text}` : sub));
+  li.append(av, who);
+  if (c.unread) li.append(el("span", "badge", c.unread));
+  li.addEventListener("click", () => open(c.key));
+  return li;
+}
+
+function renderSidebar() {
+  const friends = $("friends");
+  const groups = $("groups");
+  const fItems = [];
+  const known = new Set();
+  const sorted = [...state.friends.values()].sort((a, b) =>
+    (b.state === "online") - (a.state === "online") || a.name.localeCompare(b.name));
+  for (const f of sorted) {
+    const c = conv("u", f.id);
+    known.add(c.key);
+    const online = f.state === "online";
+    fItems.push(convItem(c, f.name, online ? "online" : "offline", online));
+  }
+  for (const c of state.convs.values()) { // people who wrote without being friends
+    if (c.kind === "u" && !known.has(c.key) && c.messages.length) {
+      fItems.push(convItem(c, convName(c), `user ${c.id}`, undefined));
+    }
+  }
+  friends.replaceChildren(...fItems);
+  $("friends-empty").hidden = fItems.length > 0;
+  const gItems = [];
+  for (const g of [...state.groups.values()].sort((a, b) => a.groupname.localeCompare(b.groupname))) {
+    const c = conv("g", g.id);
+    gItems.push(convItem(c, g.groupname, `${(g.users || []).length} members · #${g.id}`));
+  }
+  groups.replaceChildren(...gItems);
+  $("groups-empty").hidden = gItems.length > 0;
+  if (state.active) renderHead(state.convs.get(state.active));
+}
+
+// -- the open conversation -------------------------------------------------------------
+
+function open(key) {
+  state.active = key;
+  const c = state.convs.get(key);
+  c.unread = 0;
+  $("app").classList.add("showing-conv");
+  $("placeholder").hidden = true;
+  $("conversation").hidden = false;
+  $("members").hidden = true;
+  $("actions").hidden = true;
+  renderHead(c);
+  const list = $("messages");
+  list.replaceChildren();
+  for (const m of c.messages) appendMessage(c, m, false);
+  list.scrollTop = list.scrollHeight;
+  renderSidebar();
+  renderTitle();
+  $("text").focus();
+}
+
+function renderHead(c) {
+  if (!c) return;
+  const name = convName(c);
+  $("conv-title").textContent = name;
+  paintAvatar($("conv-avatar"), name, c.id + (c.kind === "g" ? 7 : 0));
+  $("conv-avatar").classList.toggle("group", c.kind === "g");
+  if (c.kind === "u") {
+    const f = state.friends.get(c.id);
+    $("conv-sub").textContent = f ? (f.state === "online" ? "online" : "offline") : `user ${c.id}`;
+    $("members-btn").hidden = true;
+  } else {
+    const g = state.groups.get(c.id);
+    const users = g?.users || [];
+    const online = users.filter((u) => u.state === "online").length;
+    $("conv-sub").textContent = `group #${c.id} · ${users.length} members, ${online} online`;
+    $("members-btn").hidden = false;
+    const items = users.map((u) => {
+      const li = el("li", "member");
+      li.append(el("span", `dot ${u.state === "online" ? "on" : "off"}`));
+      li.append(el("span", "name", u.name));
+      if (u.role === "creator" || u.role === "admin") li.append(el("span", "role", u.role));
+      const acts = memberActions(g, u);
+      if (acts) li.append(acts);
+      return li;
+    });
+    $("member-list").replaceChildren(...items);
+  }
+  renderActions(c);
+}
+
+// -- managing friends and groups --------------------------------------------------------
+
+const RANK = { normal: 0, admin: 1, creator: 2 };
+
+function myRole(g) {
+  return g?.users?.find((u) => u.id === state.me?.id)?.role || "normal";
+}
+
+function actButton(label, testid, doc, done) {
+  const b = el("button", "ghost", label);
+  b.dataset.testid = testid;
+  b.addEventListener("click", () => manage(doc, done));
+  return b;
+}
+
+// What I may do to one member, by my role (the server checks it again).
+function memberActions(g, u) {
+  const mine = RANK[myRole(g)] ?? 0;
+  if (!state.me || u.id === state.me.id || mine < 1 || u.role === "creator") return null;
+  const box = el("span", "acts");
+  const gid = g.id;
+  if (u.role === "normal") {
+    box.append(actButton("Remove", `kick-${u.id}`, { msgid: Msg.REMOVE_MEMBER, groupid: gid, userid: u.id },
+      `${u.name} removed`));
+    box.append(actButton("Make admin", `admin-${u.id}`,
+      { msgid: Msg.SET_ROLE, groupid: gid, userid: u.id, role: "admin" }, `${u.name} is an admin`));
+  } else if (mine >= 2) {
+    box.append(actButton("Remove", `kick-${u.id}`, { msgid: Msg.REMOVE_MEMBER, groupid: gid, userid: u.id },
+      `${u.name} removed`));
+    box.append(actButton("Demote", `deadmin-${u.id}`,
+      { msgid: Msg.SET_ROLE, groupid: gid, userid: u.id, role: "normal" }, `${u.name} is no longer an admin`));
+  }
+  if (mine >= 2) {
+    box.append(actButton("Make owner", `owner-${u.id}`,
+      { msgid: Msg.TRANSFER_GROUP, groupid: gid, userid: u.id }, `${u.name} owns the group now`));
+  }
+  return box;
+}
+
+function renderActions(c) {
+  const friend = c.kind === "u";
+  $("friend-actions").hidden = !friend;
+  $("group-actions").hidden = friend;
+  if (friend) {
+    const blocked = state.blocked.has(c.id);
+    $("act-block").hidden = blocked;
+    $("act-unblock").hidden = !blocked;
+    $("act-unfriend").hidden = !state.friends.has(c.id);
+  } else {
+    const role = myRole(state.groups.get(c.id));
+    $("group-admin").hidden = (RANK[role] ?? 0) < 1;
+    $("act-delete").hidden = role !== "creator";
+    $("act-inviteonly").checked = Boolean(state.inviteOnly.get(c.id));
+  }
+}
+
+async function manage(doc, done) {
+  const ack = await ask(doc, Msg.DONE);
+  if (!ack) return false;
+  if (done) toast(done, "info");
+  await refresh();
+  return true;
+}
+
+function activeConv() {
+  return state.active ? state.convs.get(state.active) : null;
+}
+
+function closeConv() {
+  state.active = null;
+  $("conversation").hidden = true;
+  $("placeholder").hidden = false;
+  $("app").classList.remove("showing-conv");
+}
+
+function renderManaged() {
+  const blocked = [...state.blocked.entries()].map(([id, name]) => {
+    const li = el("li");
+    li.append(el("span", "name", `${name} #${id}`));
+    li.append(actButton("Unblock", `unblock-${id}`, { msgid: Msg.UNBLOCK, userid: id }, `${name} unblocked`));
+    return li;
+  });
+  $("blocked").replaceChildren(...blocked);
+  $("blocked-section").hidden = blocked.length === 0;
+  const invites = state.invites.map((i) => {
+    const li = el("li");
+    li.append(el("span", "name", `${i.groupname} #${i.groupid} · from ${i.byname}`));
+    const join = el("button", "ghost", "Join");
+    join.dataset.testid = `accept-${i.groupid}`;
+    join.addEventListener("click", async () => {
+      if (await ask({ msgid: Msg.ADD_GROUP, groupid: i.groupid }, Msg.ADD_GROUP_ACK)) {
+        await refresh();
+        open(conv("g", i.groupid).key);
+      }
+    });
+    li.append(join);
+    return li;
+  });
+  $("invites").replaceChildren(...invites);
+  $("invites-section").hidden = invites.length === 0;
+}
+
+function wireManage() {
+  // The two panels share a place: opening one closes the other.
+  $("members-btn").addEventListener("click", () => { $("actions").hidden = true; });
+  $("actions-btn").addEventListener("click", () => {
+    $("members").hidden = true;
+    $("actions").hidden = !$("actions").hidden;
+    const c = activeConv();
+    if (c) renderActions(c);
+  });
+  const onConv = (kind, make) => async () => {
+    const c = activeConv();
+    if (!c || c.kind !== kind) return;
+    const [doc, done, leaves] = make(c);
+    if (await manage(doc, done) && leaves) {
+      state.convs.delete(c.key);
+      closeConv();
+      renderSidebar();
+    }
+  };
+  $("act-unfriend").addEventListener("click", onConv("u", (c) =>
+    [{ msgid: Msg.REMOVE_FRIEND, friendid: c.id }, `${convName(c)} is no longer your friend`, false]));
+  $("act-block").addEventListener("click", onConv("u", (c) =>
+    [{ msgid: Msg.BLOCK, userid: c.id }, `${convName(c)} is blocked`, false]));
+  $("act-unblock").addEventListener("click", onConv("u", (c) =>
+    [{ msgid: Msg.UNBLOCK, userid: c.id }, `${convName(c)} is unblocked`, false]));
+  $("act-leave").addEventListener("click", onConv("g", (c) =>
+    [{ msgid: Msg.LEAVE_GROUP, groupid: c.id }, `You left ${convName(c)}`, true]));
+  $("act-delete").addEventListener("click", onConv("g", (c) =>
+    [{ msgid: Msg.DELETE_GROUP, groupid: c.id }, `${convName(c)} deleted`, true]));
+  const form = (id, input, make) => $(id).addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const c = activeConv();
+    const value = $(input).value.trim();
+    if (!c || c.kind !== "g") return;
+    const made = make(c, value);
+    if (!made) return;
+    if (await manage(...made)) $(input).value = "";
+  });
+  form("act-rename", "rename-name", (c, v) => (v
+    ? [{ msgid: Msg.EDIT_GROUP, groupid: c.id, groupname: v }, `Renamed to ${v}`] : null));
+  form("act-describe", "describe-text", (c, v) =>
+    [{ msgid: Msg.EDIT_GROUP, groupid: c.id, groupdesc: v }, "Description changed"]);
+  form("act-invite", "invite-id", (c, v) => {
+    const id = Number(v);
+    if (!Number.isInteger(id) || id < 1) { toast("A user id is a number."); return null; }
+    return [{ msgid: Msg.INVITE, groupid: c.id, userid: id }, `Invited user ${id}`];
+  });
+  $("act-inviteonly").addEventListener("change", async (e) => {
+    const c = activeConv();
+    if (!c || c.kind !== "g") return;
+    const on = e.target.checked;
+    if (await manage({ msgid: Msg.EDIT_GROUP, groupid: c.id, inviteonly: on },
+      on ? "Joining now needs an invitation" : "Anyone may join now")) {
+      state.inviteOnly.set(c.id, on);
+    } else {
+      e.target.checked = !on;
+    }
+  });
+}
+
+const STATUS_TEXT = {
+  waiting: "waiting for the connection…",
+  sending: "sending…",
+  sent: "sent",
+  delivered: "delivered",
+  stored: "stored · they get it when they log in",
+  failed: "not sent",
+  unconfirmed: "connection lost before the server confirmed it",
+};
+
+function appendMessage(c, m, scroll = true) {
+  const list = $("messages");
+  const li = el("li", `msg ${m.mine ? "mine" : "theirs"}`);
+  const prev = c.messages[c.messages.indexOf(m) - 1];
+  if (prev && prev.from === m.from && prev.mine === m.mine && m.ts - prev.ts < 120000) {
+    li.classList.add("cont");
+  }
+  const meta = el("div", "meta");
+  if (!m.mine && c.kind === "g") meta.append(el("span", "sender", m.name));
+  else if (!m.mine) meta.append(el("span", "sender", m.name));
+  meta.append(el("time", "time", clock(m.ts)));
+  const bubble = el("div", "bubble", m.text);
+  li.append(meta, bubble);
+  if (m.mine) {
+    const st = el("div", `status ${m.status}`, STATUS_TEXT[m.status] || m.status);
+    if (m.error) st.title = m.error;
+    li.append(st);
+    m.node = st;
+  }
+  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  list.append(li);
+  if (scroll || nearBottom) list.scrollTop = list.scrollHeight;
+}
+
+function setStatus(m, status, error) {
+  m.status = status;
+  if (error) m.error = error;
+  if (m.node) {
+    m.node.className = `status ${status}`;
+    m.node.textContent = error ? `${STATUS_TEXT[status]}: ${error}` : STATUS_TEXT[status];
+  }
+}
+
+async function send() {
+  const box = $("text");
+  const text = box.value;
+  if (!text.trim() || !state.active) return;
+  box.value = "";
+  autoGrow();
+  const c = state.convs.get(state.active);
+  const m = { mine: true, from: state.me.id, name: state.me.name, text, ts: Date.now(),
+    status: sock.ready ? "sending" : "waiting" };
+  c.messages.push(m);
+  appendMessage(c, m);
+  renderSidebar();
+  const doc = c.kind === "u"
+    ? { msgid: Msg.ONE_CHAT, toid: c.id, msg: text, time: wireTime() }
+    : { msgid: Msg.GROUP_CHAT, groupid: c.id, msg: text, time: wireTime() };
+  await sock.whenReady();
+  setStatus(m, "sending");
+  try {
+    const ack = await sock.request(doc);
+    if (ack.msgid === Msg.CHAT_ACK) {
+      m.mid = ack.mid;
+      if (ack.ts) m.ts = ack.ts;
+      setStatus(m, ack.status);
+    } else {
+      setStatus(m, "failed", String(ack.errmsg ?? "refused"));
+    }
+  } catch (err) {
+    setStatus(m, err instanceof Disconnected ? "unconfirmed" : "failed");
+  }
+}
+
+function autoGrow() {
+  const box = $("text");
+  box.style.height = "auto";
+  box.style.height = `${Math.min(box.scrollHeight, 160)}px`;
+}
+
+// -- server lists --------------------------------------------------------------------
+
+async function refresh() {
+  if (!state.me || !sock.ready) return;
+  try {
+    const [fl, gl, bl, il] = await Promise.all([
+      sock.request({ msgid: Msg.LIST_FRIENDS }),
+      sock.request({ msgid: Msg.LIST_GROUPS }),
+      sock.request({ msgid: Msg.LIST_BLOCKED }),
+      sock.request({ msgid: Msg.LIST_INVITES }),
+    ]);
+    if (bl.msgid === Msg.BLOCKED_LIST) {
+      state.blocked = new Map((bl.blocked || []).map((b) => [Number(b.id), String(b.name)]));
+    }
+    if (il.msgid === Msg.INVITE_LIST) {
+      state.invites = (il.invites || []).map((i) => ({ groupid: Number(i.groupid),
+        groupname: String(i.groupname), by: Number(i.by), byname: String(i.byname) }));
+    }
+    renderManaged();
+    if (fl.msgid === Msg.FRIEND_LIST) {
+      state.friends = new Map((fl.friends || []).map((f) =>
+        [Number(f.id), { id: Number(f.id), name: String(f.name), state: String(f.state) }]));
+    }
+    if (gl.msgid === Msg.GROUP_LIST) {
+      state.groups = new Map((gl.groups || []).map((g) => [Number(g.id), {
+        id: Number(g.id), groupname: String(g.groupname), groupdesc: String(g.groupdesc ?? ""),
+        users: (g.users || []).map((u) => ({ id: Number(u.id), name: String(u.name),
+          state: String(u.state), role: String(u.role) })),
+      }]));
+    }
+    renderSidebar();
+    const c = activeConv();
+    if (c && c.kind === "g" && !state.groups.has(c.id)) closeConv(); // left, removed, deleted
+  } catch { /* reconnecting: the next refresh catches up */ }
+}
+setInterval(refresh, REFRESH_MS);
+
+// -- connection state --------------------------------------------------------------------
+
+function onState(s, why) {
+  document.body.classList.toggle("offline", s !== "online");
+  if (s === "online") {
+    banner("");
+    state.everOnline = true;
+    state.wasOffline = false;
+  } else if (s === "offline") {
+    state.wasOffline = true;
+    banner(`Disconnected (${why}). Reconnecting…`, "warn");
+  } else if (state.everOnline) {
+    banner("Reconnecting…", "warn");
+  }
+}
+
+function onRelogin(ack) {
+  if (!ack || ack.errno === 0) {
+    refresh();
+    return;
+  }
+  sessionStorage.removeItem(SESSION_KEY);
+  showAuth(`Your session ended: ${ack.errmsg || "please log in again"}`);
+}
+
+// -- log in, register, log out ---------------------------------------------------------------
+
+let registering = false;
+
+function setMode(reg) {
+  registering = reg;
+  $("tab-login").setAttribute("aria-selected", String(!reg));
+  $("tab-register").setAttribute("aria-selected", String(reg));
+  $("row-id").hidden = reg;
+  $("row-name").hidden = !reg;
+  $("auth-submit").textContent = reg ? "Create account" : "Log in";
+  $("password").autocomplete = reg ? "new-password" : "current-password";
+  $("auth-hint").textContent = reg
+    ? "You get a user id: friends find you with it, and you log in with it."
+    : "Your user id was given to you when you registered.";
+  $("auth-error").textContent = "";
+}
+
+function showAuth(error = "") {
+  state.me = null;
+  $("app").hidden = true;
+  $("auth").hidden = false;
+  $("auth-error").textContent = error;
+  $(registering ? "reg-name" : "login-id").focus();
+}
+
+function enter(uid, name) {
+  state.me = { id: uid, name };
+  $("auth").hidden = true;
+  $("app").hidden = false;
+  $("me-name").textContent = name;
+  $("me-id").textContent = `user id ${uid}`;
+  paintAvatar($("me-avatar"), name, uid);
+  renderSidebar();
+  refresh();
+}
+
+function reset() {
+  state.friends.clear();
+  state.groups.clear();
+  state.convs.clear();
+  state.blocked.clear();
+  state.invites = [];
+  state.inviteOnly.clear();
+  state.active = null;
+  $("conversation").hidden = true;
+  $("placeholder").hidden = false;
+  $("app").classList.remove("showing-conv");
+  renderTitle();
+}
+
+async function submitAuth(event) {
+  event.preventDefault();
+  const password = $("password").value;
+  const err = $("auth-error");
+  err.textContent = "";
+  $("auth-submit").disabled = true;
+  try {
+    await sock.whenReady();
+    let uid;
+    if (registering) {
+      const name = $("reg-name").value.trim();
+      if (!name || !password) { err.textContent = "Choose a name and a password."; return; }
+      const ack = await sock.request({ msgid: Msg.REG, name, password });
+      if (ack.errno !== 0) { err.textContent = ack.errmsg || "That name is taken."; return; }
+      uid = Number(ack.id);
+    } else {
+      uid = Number($("login-id").value.trim());
+      if (!Number.isInteger(uid) || uid < 1) { err.textContent = "Your user id is a number."; return; }
+    }
+    reset();
+    const ack = await sock.login(uid, password);
+    if (ack.errno !== 0) { err.textContent = ack.errmsg || "Wrong id or password."; return; }
+    $("password").value = "";
+    if (sock.ticket) {
+      sessionStorage.setItem(SESSION_KEY, JSON.stringify({ id: uid, name: ack.name, ticket: sock.ticket }));
+    }
+    enter(uid, String(ack.name));
+    if (registering) toast(`Welcome! Your user id is ${uid}: you log in with it.`, "info");
+  } catch {
+    err.textContent = "The connection dropped; try again in a moment.";
+  } finally {
+    $("auth-submit").disabled = false;
+  }
+}
+
+async function logout() {
+  sessionStorage.removeItem(SESSION_KEY);
+  try { await sock.logout(); } catch { /* the ticket is dropped anyway */ }
+  reset();
+  setMode(false);
+  showAuth();
+}
+
+async function resumeSaved() {
+  let saved;
+  try { saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null"); } catch { saved = null; }
+  if (!saved) { showAuth(); return; }
+  // After a reload the old connection's session may take a moment to end
+  // ("already online"): retry a few seconds before asking for the password.
+  for (let attempt = 0; attempt < 20; attempt += 1) {
+    await sock.whenReady();
+    try {
+      const ack = await sock.resume(Number(saved.id), String(saved.ticket));
+      if (ack.errno === 0) { enter(Number(saved.id), String(ack.name || saved.name)); return; }
+      if (![2, 4].includes(ack.errno)) break;
+    } catch { /* reconnecting: try again */ }
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  sessionStorage.removeItem(SESSION_KEY);
+  showAuth();
+}
+
+// -- forms -------------------------------------------------------------------------------
+
+async function ask(doc, okMsgid) {
+  try {
+    const ack = await sock.request(doc);
+    if (ack.msgid !== okMsgid) { toast(String(ack.errmsg ?? "refused")); return null; }
+    return ack;
+  } catch {
+    toast("Not connected; try again when the connection is back.");
+    return null;
+  }
+}
+
+function wire() {
+  $("toast").addEventListener("click", () => { $("toast").hidden = true; });
+  $("tab-login").addEventListener("click", () => setMode(false));
+  $("tab-register").addEventListener("click", () => setMode(true));
+  $("auth-form").addEventListener("submit", submitAuth);
+  $("logout").addEventListener("click", logout);
+  $("add-friend-btn").addEventListener("click", () => {
+    $("add-friend").hidden = !$("add-friend").hidden;
+    if (!$("add-friend").hidden) $("friend-id").focus();
+  });
+  $("group-btn").addEventListener("click", () => {
+    $("group-forms").hidden = !$("group-forms").hidden;
+    if (!$("group-forms").hidden) $("join-id").focus();
+  });
+  $("add-friend").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = Number($("friend-id").value.trim());
+    if (!Number.isInteger(id) || id < 1) { toast("A user id is a number."); return; }
+    const ack = await ask({ msgid: Msg.ADD_FRIEND, friendid: id }, Msg.ADD_FRIEND_ACK);
+    if (!ack) return;
+    const f = ack.friend;
+    state.friends.set(Number(f.id), { id: Number(f.id), name: String(f.name), state: String(f.state) });
+    $("friend-id").value = "";
+    $("add-friend").hidden = true;
+    renderSidebar();
+    open(`u:${f.id}`);
+  });
+  $("join-group").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = Number($("join-id").value.trim());
+    if (!Number.isInteger(id) || id < 1) { toast("A group id is a number."); return; }
+    const ack = await ask({ msgid: Msg.ADD_GROUP, groupid: id }, Msg.ADD_GROUP_ACK);
+    if (!ack) return;
+    $("join-id").value = "";
+    $("group-forms").hidden = true;
+    await refresh();
+    open(conv("g", id).key);
+  });
+  $("create-group").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const groupname = $("group-name").value.trim();
+    if (!groupname) { toast("Give the group a name."); return; }
+    const groupdesc = $("group-desc").value.trim();
+    const ack = await ask({ msgid: Msg.CREATE_GROUP, groupname, groupdesc }, Msg.CREATE_GROUP_ACK);
+    if (!ack) return;
+    $("group-name").value = "";
+    $("group-desc").value = "";
+    $("group-forms").hidden = true;
+    await refresh();
+    open(conv("g", ack.groupid).key);
+  });
+  $("members-btn").addEventListener("click", () => { $("members").hidden = !$("members").hidden; });
+  $("back").addEventListener("click", () => {
+    state.active = null;
+    $("app").classList.remove("showing-conv");
+    renderSidebar();
+  });
+  $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
+  $("text").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+  });
+  $("text").addEventListener("input", autoGrow);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && state.active) open(state.active);
+  });
+}
+
+// For the console and the browser tests: the connection and what is shown.
+window.clusterchat = Object.freeze({ sock, state });
+
+wire();
+wireManage();
+sock.start();
+resumeSaved();

@@ -1,0 +1,190 @@
+// The protocol client, no UI: one WebSocket, requests matched to replies in
+// order (every request gets exactly one reply), pushed messages handed to the
+// app once each (by mid), reconnect with backoff and a ticket login.
+// The same protocol as the terminal client: docs/PROTOCOL.md, modern dialect.
+
+export const Msg = Object.freeze({
+  LOGIN: 1, LOGIN_ACK: 2, LOGOUT: 3, REG: 4, REG_ACK: 5, ONE_CHAT: 6, ADD_FRIEND: 7,
+  CREATE_GROUP: 8, ADD_GROUP: 9, GROUP_CHAT: 10, ERROR: 11, PING: 12, PONG: 13,
+  ADD_FRIEND_ACK: 14, CREATE_GROUP_ACK: 15, ADD_GROUP_ACK: 16, LOGOUT_ACK: 17, CHAT_ACK: 18,
+  LIST_FRIENDS: 19, FRIEND_LIST: 20, LIST_GROUPS: 21, GROUP_LIST: 22, NOTICE: 23,
+  REMOVE_FRIEND: 30, BLOCK: 31, UNBLOCK: 32, LIST_BLOCKED: 33, BLOCKED_LIST: 34,
+  LEAVE_GROUP: 35, REMOVE_MEMBER: 36, SET_ROLE: 37, EDIT_GROUP: 38, TRANSFER_GROUP: 39,
+  DELETE_GROUP: 40, DONE: 41, FRIEND_EVENT: 42, GROUP_EVENT: 43, INVITE: 44,
+  LIST_INVITES: 45, INVITE_LIST: 46,
+});
+const PUSHED = new Set([Msg.ONE_CHAT, Msg.GROUP_CHAT, Msg.NOTICE, Msg.FRIEND_EVENT,
+  Msg.GROUP_EVENT]);
+const KEEPALIVE_MS = 30000;
+const RELOGIN_PATIENCE_MS = 30000; // "already online": the old node may still hold us
+const SEEN_MAX = 4096;
+
+export class Disconnected extends Error {}
+
+export class ChatSocket {
+  constructor(url, { onPush, onState, onRelogin }) {
+    this.url = url;
+    this.onPush = onPush;       // (msg) => void, once per mid
+    this.onState = onState;     // ("connecting"|"online"|"offline", detail) => void
+    this.onRelogin = onRelogin; // (ack | null) => void after a reconnect's login
+    this.ws = null;
+    this.pending = [];
+    this.seen = new Map();
+    this.uid = 0;
+    this.ticket = null;
+    this.ready = false;
+    this.closedByUs = false;
+    this.delay = 250;
+    this.timer = null;
+    this.waiters = [];
+    setInterval(() => { if (this.ready) this.request({ msgid: Msg.PING }).catch(() => {}); },
+      KEEPALIVE_MS);
+  }
+
+  start() {
+    this.closedByUs = false;
+    this._open();
+  }
+
+  _open() {
+    this.onState("connecting");
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.onopen = async () => {
+      this.delay = 250;
+      if (this.uid && this.ticket) {
+        const ack = await this._relogin();
+        if (ws !== this.ws) return;
+        this.onRelogin(ack);
+      }
+      this._setReady(true);
+    };
+    ws.onmessage = (event) => this._receive(event.data);
+    ws.onclose = (event) => {
+      if (ws !== this.ws) return;
+      this.ws = null;
+      this._setReady(false);
+      this._failPending();
+      if (this.closedByUs) return;
+      const why = event.reason || (event.code === 1006 ? "connection lost" : `closed (${event.code})`);
+      this.onState("offline", why);
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this._open(), this.delay);
+      this.delay = Math.min(this.delay * 2, 5000);
+    };
+  }
+
+  _setReady(ready) {
+    this.ready = ready;
+    if (ready) {
+      this.onState("online");
+      for (const resolve of this.waiters.splice(0)) resolve();
+    }
+  }
+
+  /** Resolves once connected (and, after a reconnect, logged in again). */
+  whenReady() {
+    return this.ready ? Promise.resolve() : new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  async _relogin() {
+    const deadline = Date.now() + RELOGIN_PATIENCE_MS;
+    for (;;) {
+      let ack;
+      try {
+        ack = await this._send({ msgid: Msg.LOGIN, id: this.uid, ticket: this.ticket });
+      } catch {
+        return null;
+      }
+      if (ack.errno === 0) {
+        this._offline(ack);
+        return ack;
+      }
+      if (![2, 4].includes(ack.errno) || Date.now() > deadline) {
+        this.uid = 0;
+        this.ticket = null;
+        return ack;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+
+  _offline(ack) {
+    for (const item of ack.offlinemsg || []) {
+      try {
+        this._push(typeof item === "string" ? JSON.parse(item) : item);
+      } catch { /* a malformed stored message is skipped */ }
+    }
+  }
+
+  _receive(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (msg === null || typeof msg !== "object") return;
+    if (PUSHED.has(msg.msgid)) this._push(msg);
+    else if (this.pending.length) this.pending.shift().resolve(msg);
+  }
+
+  _push(msg) {
+    if (msg.mid !== undefined) {
+      if (this.seen.has(msg.mid)) return; // delivery is at least once: same mid, shown once
+      this.seen.set(msg.mid, true);
+      if (this.seen.size > SEEN_MAX) this.seen.delete(this.seen.keys().next().value);
+    }
+    this.onPush(msg);
+  }
+
+  _failPending() {
+    for (const p of this.pending.splice(0)) p.reject(new Disconnected("connection lost"));
+  }
+
+  _send(doc) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new Disconnected("not connected"));
+    }
+    return new Promise((resolve, reject) => {
+      this.pending.push({ resolve, reject });
+      ws.send(JSON.stringify(doc));
+    });
+  }
+
+  /** One request, one reply; rejects with Disconnected while reconnecting. */
+  request(doc) {
+    if (!this.ready) return Promise.reject(new Disconnected("reconnecting"));
+    return this._send(doc);
+  }
+
+  async login(uid, password) {
+    const ack = await this.request({ msgid: Msg.LOGIN, id: uid, password });
+    if (ack.errno === 0) {
+      this.uid = uid;
+      this.ticket = typeof ack.ticket === "string" ? ack.ticket : null;
+      this._offline(ack);
+    }
+    return ack;
+  }
+
+  async resume(uid, ticket) {
+    const ack = await this.request({ msgid: Msg.LOGIN, id: uid, ticket });
+    if (ack.errno === 0) {
+      this.uid = uid;
+      this.ticket = ticket;
+      this._offline(ack);
+    }
+    return ack;
+  }
+
+  async logout() {
+    try {
+      return await this.request({ msgid: Msg.LOGOUT });
+    } finally {
+      this.uid = 0;
+      this.ticket = null;
+    }
+  }
+}

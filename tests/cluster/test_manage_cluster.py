@@ -1,0 +1,144 @@
+"""Friends and groups a person manages, with the people on different nodes:
+every change reaches the members concerned wherever they are, caches of
+group members and blocks on the other node follow at once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from clusterchat.protocol.messages import ErrCode, MsgId
+from tests.cluster.conftest import Cluster
+from tests.conftest import PASSWORD, User, unique
+
+
+async def done(u: User, doc: dict[str, Any]) -> None:
+    reply = await u.conn.request(doc, MsgId.DONE)
+    assert reply["errno"] == 0 and reply["re"] == doc["msgid"], reply
+
+
+async def event(u: User, **expected: Any) -> dict[str, Any]:
+    got = await u.conn.expect(MsgId.GROUP_EVENT)
+    assert {k: got.get(k) for k in expected} == expected, got
+    return got
+
+
+async def chat_in(sender: User, gid: int, text: str) -> None:
+    await sender.conn.send({"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": text})
+    assert (await sender.conn.expect(MsgId.CHAT_ACK))["status"] == "sent"
+
+
+async def test_group_changes_reach_members_on_the_other_node(cluster: Cluster) -> None:
+    ann = await cluster.user_on("node0")
+    bob, carol, dave = [await cluster.user_on("node1") for _ in range(3)]
+    ack = await ann.conn.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": unique("g")}, MsgId.CREATE_GROUP_ACK
+    )
+    gid = ack["groupid"]
+    for m in (bob, carol, dave):
+        await m.conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    # Every node has the member list cached now.
+    await chat_in(bob, gid, "warm")
+    for u in (ann, carol, dave):
+        assert (await u.conn.expect(MsgId.GROUP_CHAT))["msg"] == "warm"
+
+    await done(ann, {"msgid": MsgId.SET_ROLE, "groupid": gid, "userid": bob.id, "role": "admin"})
+    for u in (bob, carol, dave):
+        await event(u, event="role", id=bob.id, role="admin", by=ann.id, byname=ann.name)
+
+    # node1's bob removes node1's dave; node0's ann hears it, and node0's
+    # cache drops dave: ann's next message does not reach him.
+    await done(bob, {"msgid": MsgId.REMOVE_MEMBER, "groupid": gid, "userid": dave.id})
+    await event(dave, event="removed", id=dave.id, by=bob.id)
+    for u in (ann, carol):
+        await event(u, event="removed", id=dave.id, by=bob.id)
+    await chat_in(ann, gid, "without dave")
+    for u in (bob, carol):
+        assert (await u.conn.expect(MsgId.GROUP_CHAT))["msg"] == "without dave"
+    err = await dave.conn.request(
+        {"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": "x"}, MsgId.ERROR
+    )
+    assert err["errno"] == ErrCode.NOT_GROUP_MEMBER  # dave's first frame since: not the chat
+
+    name = unique("n")
+    edit = {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "groupname": name, "groupdesc": "x"}
+    await done(bob, edit)
+    await event(ann, event="edited", groupname=name, groupdesc="x", by=bob.id)
+    await event(carol, event="edited", groupname=name)
+
+    # carol (node1) leaves; ann (node0) transfers to bob and leaves too.
+    await done(carol, {"msgid": MsgId.LEAVE_GROUP, "groupid": gid})
+    for u in (ann, bob):
+        await event(u, event="left", id=carol.id)
+    await done(ann, {"msgid": MsgId.TRANSFER_GROUP, "groupid": gid, "userid": bob.id})
+    await event(bob, event="role", id=bob.id, role="creator")
+    await event(bob, event="role", id=ann.id, role="admin")
+    await done(bob, {"msgid": MsgId.DELETE_GROUP, "groupid": gid})
+    await event(ann, event="deleted", groupid=gid, by=bob.id)
+    lst = await ann.conn.request({"msgid": MsgId.LIST_GROUPS}, MsgId.GROUP_LIST)
+    assert lst["groups"] == []
+
+
+async def test_block_and_unfriend_across_nodes(cluster: Cluster) -> None:
+    ann, bob = await cluster.user_on("node0"), await cluster.user_on("node1")
+    await ann.conn.request({"msgid": MsgId.ADD_FRIEND, "friendid": bob.id}, MsgId.ADD_FRIEND_ACK)
+    gid = (
+        await ann.conn.request(
+            {"msgid": MsgId.CREATE_GROUP, "groupname": unique("g")}, MsgId.CREATE_GROUP_ACK
+        )
+    )["groupid"]
+    await bob.conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    carol = await cluster.user_on("node0")
+    await carol.conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+
+    # ann on node0 blocks bob on node1: bob's node refuses his chats at once.
+    await done(ann, {"msgid": MsgId.BLOCK, "userid": bob.id})
+    err = await bob.conn.request(
+        {"msgid": MsgId.ONE_CHAT, "toid": ann.id, "msg": "hi"}, MsgId.ERROR
+    )
+    assert err["errno"] == ErrCode.REFUSED_BY_USER
+    friends = await bob.conn.request({"msgid": MsgId.LIST_FRIENDS}, MsgId.FRIEND_LIST)
+    assert friends["friends"][0]["state"] == "offline"
+    await chat_in(bob, gid, "from bob")
+    assert (await carol.conn.expect(MsgId.GROUP_CHAT))["msg"] == "from bob"
+    pong = await ann.conn.request({"msgid": MsgId.PING}, MsgId.PONG)  # nothing of bob's first
+    assert pong["msgid"] == MsgId.PONG
+
+    await done(ann, {"msgid": MsgId.UNBLOCK, "userid": bob.id})
+    await bob.conn.send({"msgid": MsgId.ONE_CHAT, "toid": ann.id, "msg": "again"})
+    assert (await ann.conn.expect(MsgId.ONE_CHAT))["msg"] == "again"
+    assert (await bob.conn.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+
+    await done(bob, {"msgid": MsgId.REMOVE_FRIEND, "friendid": ann.id})
+    got = await ann.conn.expect(MsgId.FRIEND_EVENT)
+    assert (got["event"], got["id"]) == ("unfriended", bob.id)
+
+
+async def test_original_client_on_the_other_node_is_told_nothing_new(cluster: Cluster) -> None:
+    ann = await cluster.user_on("node0")
+    legacy = await cluster.legacy_on("node1")
+    uid: int = legacy.uid  # type: ignore[attr-defined]
+    gid = (
+        await ann.conn.request(
+            {"msgid": MsgId.CREATE_GROUP, "groupname": unique("g")}, MsgId.CREATE_GROUP_ACK
+        )
+    )["groupid"]
+    await legacy.send({"msgid": MsgId.ADD_GROUP, "id": uid, "groupid": gid})
+    await legacy.send({"msgid": MsgId.ADD_FRIEND, "id": uid, "friendid": ann.id})
+    await legacy.send({"msgid": MsgId.LOGIN, "id": 2_000_000_000, "password": "x"})
+    assert (await legacy.expect(MsgId.LOGIN_ACK))["errno"] == 3  # served in order: synced
+    await done(ann, {"msgid": MsgId.SET_ROLE, "groupid": gid, "userid": uid, "role": "admin"})
+    await done(ann, {"msgid": MsgId.REMOVE_FRIEND, "friendid": uid})
+    await ann.conn.send({"msgid": MsgId.ONE_CHAT, "toid": uid, "msg": "first thing it sees"})
+    got = await legacy.recv()
+    assert (got["msgid"], got["msg"]) == (MsgId.ONE_CHAT, "first thing it sees")
+    await legacy.send({"msgid": MsgId.GROUP_CHAT, "id": uid, "groupid": gid, "msg": "still in"})
+    assert (await ann.conn.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+    assert (await ann.conn.expect(MsgId.GROUP_CHAT))["msg"] == "still in"
+    await legacy.send({"msgid": MsgId.LOGOUT, "id": uid})
+    await legacy.send({"msgid": MsgId.LOGIN, "id": uid, "password": PASSWORD})
+    again = await legacy.expect(MsgId.LOGIN_ACK)
+    assert again["errno"] == 0 and "friends" not in again
+    (group,) = [json.loads(g) for g in again["groups"]]
+    roles = {json.loads(m)["id"]: json.loads(m)["role"] for m in group["users"]}
+    assert roles == {ann.id: "creator", uid: "admin"}

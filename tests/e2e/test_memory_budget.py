@@ -1,0 +1,110 @@
+"""Past the node's memory budget chats are refused ("busy, retry") and have
+no effect; the original client is slowed instead; room comes back once
+what was held reaches the store."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from clusterchat.client.connection import ChatConnection
+from clusterchat.config import Settings
+from clusterchat.protocol import codec
+from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.server.node import Node
+from clusterchat.service.limits import Limits
+from tests.conftest import PASSWORD, unique
+
+BUDGET = 256 * 1024
+
+
+@pytest.fixture
+async def small_node(settings: Settings) -> AsyncIterator[Node]:
+    n = Node(
+        replace(
+            settings,
+            memory_budget=BUDGET,
+            output_limit=16 * 1024 * 1024,  # the budget, not the limit, is reached first
+            limits=Limits(message_rate=0),
+        )
+    )
+    await n.start()
+    yield n
+    await n.stop()
+
+
+async def stalled_user(port: int) -> tuple[socket.socket, int]:
+    """Logged in on a plain socket that is never read again."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    buf = b""
+    replies: list[dict[str, Any]] = []
+    for doc in ({"msgid": MsgId.REG, "name": unique(), "password": PASSWORD}, None):
+        if doc is None:
+            doc = {"msgid": MsgId.LOGIN, "id": replies[0]["id"], "password": PASSWORD}
+        await loop.sock_sendall(sock, codec.dumps(doc).encode() + b"\n")
+        while b"\n" not in buf:
+            buf += await loop.sock_recv(sock, 65536)
+        frame, _, buf = buf.partition(b"\n")
+        replies.append(codec.loads(frame))
+    assert replies[1]["errno"] == 0
+    return sock, int(replies[0]["id"])
+
+
+async def user(port: int, legacy: bool = False) -> tuple[ChatConnection, int]:
+    conn = await ChatConnection.open("127.0.0.1", port, legacy=legacy)
+    uid = await conn.register(unique(), PASSWORD)
+    assert (await conn.login(uid, PASSWORD))["errno"] == 0
+    return conn, uid
+
+
+async def test_a_full_budget_refuses_chats_without_effect_and_slows_the_original_client(
+    small_node: Node,
+) -> None:
+    port = small_node.port
+    budget = small_node.budget
+    stalled, stalled_id = await stalled_user(port)
+    flooder, _ = await user(port)
+    alice, _ = await user(port)
+    bob, bob_id = await user(port)
+    carol, _ = await user(port, legacy=True)
+
+    # Fill the budget with what the stalled reader cannot take.
+    async with asyncio.timeout(60):
+        while not budget.full:
+            reply = await flooder.request(
+                {"msgid": MsgId.ONE_CHAT, "toid": stalled_id, "msg": "f" * 8000}, MsgId.CHAT_ACK
+            )
+            assert reply["status"] == "delivered"
+
+    err = await alice.request(
+        {"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": "refused"}, MsgId.ERROR
+    )
+    assert (err["errno"], err["re"]) == (ErrCode.BUSY, MsgId.ONE_CHAT)
+    await carol.send({"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": "from the original"})
+    # Bob got nothing: the next thing he hears is the answer to his ping.
+    assert (await bob.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    assert budget.used > BUDGET
+
+    # The stalled reader drops: what it held is stored, the budget empties,
+    # and the original client's chat goes through, once.
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stalled.close()
+    got = await bob.expect(MsgId.ONE_CHAT, timeout=30)
+    assert got["msg"] == "from the original"
+    assert not budget.full
+    ack = await alice.request(
+        {"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": "again"}, MsgId.CHAT_ACK
+    )
+    assert ack["status"] == "delivered"
+    assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == "again"  # never "refused"
+    for c in (flooder, alice, bob, carol):
+        await c.close()

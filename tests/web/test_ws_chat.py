@@ -1,0 +1,133 @@
+"""The service over WebSocket is the service over TCP: chat, offline, groups,
+errors and tickets, between WebSocket and TCP users on one node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from clusterchat.client.connection import ChatConnection
+from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.server.node import Node
+from tests.conftest import PASSWORD, unique
+from tests.web.conftest import WsChat
+
+
+async def _logged_in(conn: ChatConnection) -> tuple[int, str]:
+    name = unique()
+    uid = await conn.register(name, PASSWORD)
+    assert (await conn.login(uid, PASSWORD))["errno"] == 0
+    return uid, name
+
+
+async def test_web_and_tcp_users_chat_both_ways_and_offline(ws_node: Node) -> None:
+    web = await WsChat.open_ws(ws_node.http.port)
+    tcp = await ChatConnection.open("127.0.0.1", ws_node.port)
+    web_id, web_name = await _logged_in(web)
+    tcp_id, _ = await _logged_in(tcp)
+
+    ack = await web.request({"msgid": MsgId.ADD_FRIEND, "friendid": tcp_id}, MsgId.ADD_FRIEND_ACK)
+    assert ack["friend"]["state"] == "online"
+    ack = await web.request({"msgid": 6, "toid": tcp_id, "msg": "hi tcp"}, MsgId.CHAT_ACK)
+    assert ack["status"] == "delivered"
+    got = await tcp.expect(MsgId.ONE_CHAT)
+    assert (got["id"], got["name"], got["msg"], got["mid"]) == (
+        web_id,
+        web_name,
+        "hi tcp",
+        ack["mid"],
+    )
+    await tcp.send({"msgid": 6, "toid": web_id, "msg": "hi web\nsecond line"})
+    assert (await tcp.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+    assert (await web.expect(MsgId.ONE_CHAT))["msg"] == "hi web\nsecond line"
+
+    # Many at once: each is its own WebSocket message, in order.
+    for i in range(30):
+        await tcp.send({"msgid": 6, "toid": web_id, "msg": f"n{i}"})
+    got_texts = []
+    acks = 0
+    while len(got_texts) < 30 or acks < 30:
+        if acks < 30:
+            assert (await tcp.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+            acks += 1
+        if len(got_texts) < 30:
+            got_texts.append((await web.expect(MsgId.ONE_CHAT))["msg"])
+    assert got_texts == [f"n{i}" for i in range(30)]
+
+    # The web user leaves; what it is sent waits for its next login.
+    await web.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    await web.close()
+    ack = await tcp.request({"msgid": 6, "toid": web_id, "msg": "later"}, MsgId.CHAT_ACK)
+    assert ack["status"] == "stored"
+    again = await WsChat.open_ws(ws_node.http.port)
+    login = await again.login(web_id, PASSWORD)
+    assert [json.loads(m)["msg"] for m in login["offlinemsg"]] == ["later"]
+    await again.close()
+    await tcp.close()
+
+
+async def test_groups_across_transports(ws_node: Node) -> None:
+    web = await WsChat.open_ws(ws_node.http.port)
+    tcp = await ChatConnection.open("127.0.0.1", ws_node.port)
+    await _logged_in(web)
+    tcp_id, _ = await _logged_in(tcp)
+    made = await web.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": unique("g"), "groupdesc": "d"},
+        MsgId.CREATE_GROUP_ACK,
+    )
+    gid = made["groupid"]
+    await tcp.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    ack = await web.request({"msgid": 10, "groupid": gid, "msg": "hello all"}, MsgId.CHAT_ACK)
+    assert ack["status"] == "sent"
+    assert (await tcp.expect(MsgId.GROUP_CHAT))["msg"] == "hello all"
+    await tcp.send({"msgid": 10, "groupid": gid, "msg": "hello web"})
+    await tcp.expect(MsgId.CHAT_ACK)
+    got = await web.expect(MsgId.GROUP_CHAT)
+    assert (got["id"], got["msg"]) == (tcp_id, "hello web")
+    listed = await web.request({"msgid": MsgId.LIST_GROUPS}, MsgId.GROUP_LIST)
+    assert {u["id"] for u in listed["groups"][0]["users"]} >= {tcp_id}
+    await web.close()
+    await tcp.close()
+
+
+async def test_errors_and_tickets(ws_node: Node) -> None:
+    web = await WsChat.open_ws(ws_node.http.port)
+    await web.send_raw(b"not json\n")
+    assert (await web.expect(MsgId.ERROR))["errno"] == ErrCode.MALFORMED
+    ack = await web.request({"msgid": 6, "toid": 1, "msg": "x"}, MsgId.ERROR)
+    assert ack["errno"] == ErrCode.NOT_LOGGED_IN
+    assert (await web.request({"msgid": MsgId.PING}, MsgId.PONG))["node"] == ws_node.node_id
+    uid, _ = await _logged_in(web)
+    login = await web.login(uid, PASSWORD)  # again on the same connection
+    assert login["errno"] == 3
+    await web.close()
+
+    first = await WsChat.open_ws(ws_node.http.port)
+    ack = await first.login(uid, PASSWORD)
+    ticket = ack["ticket"]
+    await first.abort()  # the browser's connection drops
+    again = await WsChat.open_ws(ws_node.http.port)
+    for _ in range(100):  # the dropped session's logout is processed a moment later
+        resumed = await again.request(
+            {"msgid": MsgId.LOGIN, "id": uid, "ticket": ticket}, MsgId.LOGIN_ACK
+        )
+        if resumed["errno"] != 2:
+            break
+        await asyncio.sleep(0.05)
+    assert resumed["errno"] == 0 and resumed["resumed"] is True
+    await again.close()
+
+
+async def test_web_user_and_original_client_user(ws_node: Node) -> None:
+    web = await WsChat.open_ws(ws_node.http.port)
+    old = await ChatConnection.open("127.0.0.1", ws_node.port, legacy=True)
+    web_id, web_name = await _logged_in(web)
+    old_id, _ = await _logged_in(old)
+    ack = await web.request({"msgid": 6, "toid": old_id, "msg": "hello, C++"}, MsgId.CHAT_ACK)
+    assert ack["status"] == "delivered"
+    got = await old.expect(MsgId.ONE_CHAT)
+    assert (got["id"], got["name"], got["msg"]) == (web_id, web_name, "hello, C++")
+    await old.send({"msgid": 6, "id": old_id, "from": "x", "toid": web_id, "msg": "hi, web"})
+    assert (await web.expect(MsgId.ONE_CHAT))["msg"] == "hi, web"  # no ack for the original
+    await web.close()
+    await old.close()

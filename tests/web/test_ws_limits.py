@@ -1,0 +1,216 @@
+"""What protects a node protects it over WebSocket too: Origin, message size,
+connection limits, timeouts and pings, the flood limit, a reader that stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from clusterchat.client.connection import ChatConnection, ConnectionClosed
+from clusterchat.config import Settings
+from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.server.node import Node
+from clusterchat.service.limits import Limits
+from tests.conftest import PASSWORD, unique
+from tests.web.conftest import WsChat, ws_settings
+
+
+async def _node(settings: Settings, **kw: object) -> Node:
+    n = Node(ws_settings(settings, **kw))
+    await n.start()
+    return n
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    for n in started:
+        await n.stop()
+
+
+async def test_origin_allow_list(settings: Settings, nodes: list[Node]) -> None:
+    same = await _node(settings)
+    nodes.append(same)
+    port = same.http.port
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"ws://127.0.0.1:{port}/ws", origin="http://evil.example")  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    ok = await connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+    await ok.close()
+
+    listed = await _node(settings, http_origins=("https://chat.example.com",))
+    nodes.append(listed)
+    port = listed.http.port
+    ok = await connect(f"ws://127.0.0.1:{port}/ws", origin="https://chat.example.com")  # type: ignore[arg-type]
+    await ok.close()
+    with pytest.raises(InvalidStatus):
+        await connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+
+
+async def test_message_over_max_frame_closes_with_1009(
+    settings: Settings, nodes: list[Node]
+) -> None:
+    n = await _node(settings, max_frame=1024)
+    nodes.append(n)
+    web = await WsChat.open_ws(n.http.port)
+    assert (await web.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    await web.send({"msgid": MsgId.REG, "name": "x" * 2000, "password": PASSWORD})
+    await web.at_eof()
+    assert web.ws.close_code == 1009
+    assert n.connections == set()
+
+
+async def test_connection_limits_count_websockets(settings: Settings, nodes: list[Node]) -> None:
+    n = await _node(settings, max_connections=2)
+    nodes.append(n)
+    tcp = await ChatConnection.open("127.0.0.1", n.port)
+    web = await WsChat.open_ws(n.http.port)
+    with pytest.raises(InvalidStatus) as full:
+        await WsChat.open_ws(n.http.port)
+    assert full.value.response.status_code == 503
+    assert json.loads(full.value.response.body)["errno"] == ErrCode.SERVER_FULL
+    await web.close()
+    await tcp.close()
+
+    per = await _node(settings, max_connections_per_address=1)
+    nodes.append(per)
+    one = await WsChat.open_ws(per.http.port)
+    with pytest.raises(InvalidStatus) as same_address:
+        await WsChat.open_ws(per.http.port)
+    assert b"your address" in same_address.value.response.body
+    await one.close()
+
+
+async def test_login_timeout(settings: Settings, nodes: list[Node]) -> None:
+    n = await _node(settings, login_timeout=0.3)
+    nodes.append(n)
+    web = await WsChat.open_ws(n.http.port)
+    assert (await web.expect(MsgId.ERROR, timeout=10))["errno"] == ErrCode.TIMEOUT
+    await web.at_eof()
+
+
+async def test_pongs_keep_a_quiet_browser_and_a_vanished_one_is_closed(
+    settings: Settings, nodes: list[Node]
+) -> None:
+    idle = 0.8
+    n = await _node(settings, idle_timeout=idle)
+    nodes.append(n)
+    # A live browser: it sends nothing itself, but answers the node's pings.
+    quiet = await WsChat.open_ws(n.http.port, ping_interval=None)
+    uid = await quiet.register(unique(), PASSWORD)
+    assert (await quiet.login(uid, PASSWORD))["errno"] == 0
+
+    # A vanished one: logged in, then never reads or answers again.
+    proto = ClientProtocol(parse_uri(f"ws://127.0.0.1:{n.http.port}/ws"))
+    proto.send_request(proto.connect())
+    reader, writer = await asyncio.open_connection("127.0.0.1", n.http.port)
+    for chunk in proto.data_to_send():
+        writer.write(chunk)
+    while proto.state is not State.OPEN:
+        proto.receive_data(await reader.read(65536))
+    vid = await quiet.register(unique(), PASSWORD)
+    proto.send_text(json.dumps({"msgid": 1, "id": vid, "password": PASSWORD}).encode())
+    for chunk in proto.data_to_send():
+        writer.write(chunk)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with asyncio.timeout(20):
+        while await reader.read(65536):  # the node pings, gets nothing back, closes
+            pass
+    assert loop.time() - t0 < idle * 4
+    writer.close()
+
+    # Three idle timeouts later the live one is still there.
+    await asyncio.sleep(idle * 3)  # the quiet period is the point of the test
+    assert (await quiet.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    await quiet.close()
+
+
+async def test_flood_limit(ws_node: Node) -> None:
+    web = await WsChat.open_ws(ws_node.http.port)
+    uid = await web.register(unique(), PASSWORD)
+    await web.login(uid, PASSWORD)
+    for _ in range(80):
+        await web.send({"msgid": MsgId.LIST_FRIENDS})
+    replies = [await web.recv() for _ in range(80)]
+    refused = [r for r in replies if r["msgid"] == MsgId.ERROR]
+    assert refused and all(r["errno"] == ErrCode.TOO_FAST for r in refused)
+    assert len(replies) - len(refused) >= 50  # the burst
+    await web.close()
+
+
+async def test_stalled_reader_is_cut_off_and_nothing_is_lost(
+    settings: Settings, nodes: list[Node]
+) -> None:
+    n = await _node(settings, output_limit=64 * 1024, limits=Limits(message_rate=0))
+    nodes.append(n)
+    stalled = await WsChat.open_ws(n.http.port, max_queue=4)
+    uid = await stalled.register(unique(), PASSWORD)
+    assert (await stalled.login(uid, PASSWORD))["errno"] == 0
+    sender = await ChatConnection.open("127.0.0.1", n.port)
+    sid = await sender.register(unique(), PASSWORD)
+    await sender.login(sid, PASSWORD)
+    texts = [f"{i:05d}:" + "x" * 8000 for i in range(1500)]  # 12 MB, past every buffer
+    for text in texts:
+        await sender.send({"msgid": 6, "toid": uid, "msg": text})
+        assert (await sender.expect(MsgId.CHAT_ACK))["status"] in ("delivered", "stored")
+
+    got: list[str] = []
+    try:
+        while True:
+            got.append((await stalled.recv(timeout=5))["msg"])
+    except (ConnectionClosed, TimeoutError):
+        pass
+    await stalled.close()
+    assert len(got) < len(texts), "it was cut off before everything was written"
+
+    again = await WsChat.open_ws(n.http.port)
+    async with asyncio.timeout(10):
+        while True:  # the cut-off session's logout is processed a moment later
+            ack = await again.login(uid, PASSWORD)
+            if ack["errno"] == 0:
+                break
+            await asyncio.sleep(0.05)
+    stored = [json.loads(m)["msg"] for m in ack.get("offlinemsg", [])]
+    assert stored, "the unsent tail must have been stored"
+    async with asyncio.timeout(20):
+        while len(set(got) | set(stored)) < len(texts):
+            stored.append((await again.expect(MsgId.ONE_CHAT))["msg"])
+    assert sorted(set(got) | set(stored)) == texts
+    await again.close()
+    await sender.close()
+
+
+async def test_static_files_and_extra_routes(ws_node: Node) -> None:
+    async def healthz() -> tuple[int, str, bytes]:
+        return 200, "text/plain", b"ok\n"
+
+    ws_node.http.routes["/healthz"] = healthz
+
+    async def get(path: str) -> tuple[bytes, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ws_node.http.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        raw = await asyncio.wait_for(reader.read(), 10)  # the node closes after it
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        return head, body
+
+    head, body = await get("/")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Security-Policy" in head
+    assert b'<script type="module" src="/app.js">' in body
+    head, body = await get("/app.js")
+    assert b"text/javascript" in head and b"textContent" in body
+    assert b"innerHTML" not in body
+    head, _ = await get("/nope")
+    assert head.startswith(b"HTTP/1.1 404")
+    head, body = await get("/healthz?x=1")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"ok\n"
