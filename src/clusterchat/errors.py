@@ -2,7 +2,8 @@
 
     ClusterChatError
      ├── Unavailable          a backend (SQL store, Redis) cannot be reached now
-     │    └── Busy            this node has more work queued than it takes on
+     │    ├── Busy            this node has more work queued than it takes on
+     │    └── InDoubt         a write was sent but its answer lost: it may have been done
      ├── SchemaMismatch       the database's schema is not the one this code needs
      └── Refused              a request that is well-formed but not allowed
           ├── NameTaken
@@ -12,8 +13,6 @@
           ├── AlreadyFriends
           ├── AlreadyMember
           ├── GroupFull
-          ├── MailboxFull     the receiver has as much stored as they may
-          ├── OverQuota       this user has as many groups/friends as they may
           ├── NotFriends
           ├── RefusedByUser   the user does not take this from you (no reason given)
           ├── SelfTarget      not something one does to oneself (text says what)
@@ -22,7 +21,9 @@
           ├── InGroup         the user invited is a member already
           ├── InviteOnly      the group takes members by invitation only
           ├── NotAllowed      your role in the group does not permit it
-          └── Banned           `clusterchat admin ban`
+          ├── Banned           `clusterchat admin ban`
+          ├── MailboxFull     the receiver has as much stored as they may
+          └── OverQuota       this user has as many groups/friends as they may
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
 storage and bus boundaries; the service maps them to protocol error codes.
@@ -45,6 +46,13 @@ class Busy(Unavailable):
 
 class SchemaMismatch(ClusterChatError):
     """The message says which command to run."""
+
+
+class InDoubt(Unavailable):
+    """The commit of a write went out but its answer never came back (the
+    connection to the store dropped): it may or may not have taken effect.
+    Retried by background work like any outage (at least once); a request
+    must not be answered as refused after it (see service/in_doubt.py)."""
 
 
 class Refused(ClusterChatError):
@@ -76,14 +84,6 @@ class AlreadyMember(Refused):
 
 
 class GroupFull(Refused):
-    pass
-
-
-class MailboxFull(Refused):
-    pass
-
-
-class OverQuota(Refused):
     pass
 
 
@@ -120,4 +120,12 @@ class InviteOnly(Refused):
 
 
 class Banned(Refused):
+    pass
+
+
+class MailboxFull(Refused):
+    pass
+
+
+class OverQuota(Refused):
     pass

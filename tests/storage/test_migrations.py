@@ -79,21 +79,30 @@ def _statements(path: Path) -> list[str]:
 async def _load(url: str, ddl: Path, passwords: list[str]) -> None:
     """Tables from ``ddl``, then three users (the first two friends, both in
     one group) and a message stored for the first, as the old code kept them."""
+    # Today's DDL: names carry their key.
+    keyed = "namekey" in await asyncio.to_thread(ddl.read_text)
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
             for stmt in _statements(ddl):
                 await conn.exec_driver_sql(stmt)
             for i, (name, pw) in enumerate(zip(["alice", "bob", "carol"], passwords, strict=True)):
-                await conn.exec_driver_sql(
-                    f"INSERT INTO user (id, name, password) VALUES ({i + 1}, '{name}', '{pw}')"
-                )
+                cols, vals = ("id, name, password", f"{i + 1}, '{name}', '{pw}'")
+                if keyed:
+                    cols, vals = cols + ", namekey", vals + f", '{name}'"
+                await conn.exec_driver_sql(f"INSERT INTO user ({cols}) VALUES ({vals})")
             await conn.exec_driver_sql("INSERT INTO friend VALUES (1, 2), (2, 1)")
             await conn.exec_driver_sql(
-                "INSERT INTO allgroup (id, groupname, groupdesc) VALUES (1, 'old', 'kept')"
+                "INSERT INTO allgroup (id, groupname, groupdesc"
+                + (
+                    ", groupkey) VALUES (1, 'old', 'kept', 'old')"
+                    if keyed
+                    else ") VALUES (1, 'old', 'kept')"
+                )
             )
             await conn.exec_driver_sql(
-                "INSERT INTO groupuser VALUES (1, 1, 'creator'), (1, 2, 'normal')"
+                "INSERT INTO groupuser (groupid, userid, grouprole)"
+                " VALUES (1, 1, 'creator'), (1, 2, 'normal')"
             )
             stored = json.dumps(
                 {"msgid": MsgId.ONE_CHAT, "id": 2, "name": "bob", "toid": 1, "msg": "while away"}

@@ -172,6 +172,12 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
     match cmd:
         case c.Chat(toid, _) if reply.get("status") == ChatStatus.STORED:
             return [f"(user {toid} is offline: they get it at their next login)"]
+        case c.GroupChat(gid, _) if reply.get("status") == ChatStatus.PARTIAL:
+            missed = len(reply.get("missed") or [])
+            return [
+                f"(group {gid}: {missed} offline members will not get it: the server "
+                "could not store it for them; the others have it)"
+            ]
         case c.AddFriend(_):
             f = reply.get("friend") or {}
             return [

@@ -129,6 +129,8 @@ class ChatStatus:
     DELIVERED = "delivered"  # written to the receiver's connection
     STORED = "stored"  # receiver offline: kept for their next login
     SENT = "sent"  # group chat: fanned out (online members now, others later)
+    #: Group chat: some members have it, the store failed for those in ``missed``.
+    PARTIAL = "partial"
 
 
 # Bounds, matching the original schema's column widths where it had them.

@@ -155,6 +155,12 @@ class Connection(asyncio.Protocol):
         for item in frames:
             self._serve(item)
 
+    def eof_received(self) -> bool:
+        """A FIN: the peer read all its kernel acknowledged (else it would
+        have sent RST); only what crossed its close is stored again."""
+        self._store(self.outbox.end(End.PEER_FINISHED, self._in_flight()), cut_off=False)
+        return False  # close our side too
+
     def _unproxy(self, data: bytes) -> bytes:
         """Read a PROXY line from a trusted proxy, if it sends one: the
         client's real address replaces the proxy's. Returns what follows."""
@@ -181,19 +187,13 @@ class Connection(asyncio.Protocol):
             if refusal is not None and self.transport is not None:
                 # Say why and half-close; closing with input unread would
                 # make the kernel reset the connection, losing the reason.
-                self._proxy = _DISCARD
+                self._proxy = _DISCARD  # not logged in yet: it owes nothing
                 self.transport.write(refusal)
                 self.transport.write_eof()
                 loop = asyncio.get_running_loop()
                 self._linger = loop.call_later(2.0, self.transport.abort)
                 return b""
         return buf[used:]
-
-    def eof_received(self) -> bool:
-        """A FIN: the peer read all its kernel acknowledged (else it would
-        have sent RST); only what crossed its close is stored again."""
-        self._store(self.outbox.end(End.PEER_FINISHED, self._in_flight()), cut_off=False)
-        return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         token = connection_id.set(self.id)

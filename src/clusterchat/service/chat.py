@@ -15,7 +15,8 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from clusterchat import errors
 from clusterchat.budget import Budget
@@ -43,12 +44,13 @@ from clusterchat.protocol.messages import (
     Register,
     Request,
 )
-from clusterchat.service import pushes, tickets
+from clusterchat.service import in_doubt, pushes, tickets
 from clusterchat.service.backoff import Backoff
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.friends import Friends
 from clusterchat.service.groups import Groups
 from clusterchat.service.limits import FailureLimiter, Limits
+from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.refusals import RefusalLog
 from clusterchat.service.restore import Restorer
@@ -90,11 +92,6 @@ _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.AlreadyMember: (ErrCode.ALREADY_MEMBER, "you are already a member of group {}"),
     errors.GroupNameTaken: (ErrCode.GROUP_NAME_TAKEN, "a group named {!r} already exists"),
     errors.GroupFull: (ErrCode.GROUP_FULL, "group {} is full ({} members)"),
-    errors.MailboxFull: (
-        ErrCode.MAILBOX_FULL,
-        "user {} has as many messages waiting as they may; this one was not sent",
-    ),
-    errors.OverQuota: (ErrCode.QUOTA, "{}"),
     errors.NotFriends: (ErrCode.NOT_FRIENDS, "user {} is not your friend"),
     errors.RefusedByUser: (ErrCode.REFUSED_BY_USER, "user {} does not accept this from you"),
     errors.SelfTarget: (ErrCode.SELF_TARGET, "{}"),
@@ -103,6 +100,11 @@ _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
     errors.NotAllowed: (ErrCode.NOT_ALLOWED, "{}"),
     errors.InGroup: (ErrCode.TARGET_ALREADY_MEMBER, "user {} is already in group {}"),
     errors.InviteOnly: (ErrCode.INVITE_ONLY, "group {} takes members by invitation only"),
+    errors.MailboxFull: (
+        ErrCode.MAILBOX_FULL,
+        "user {} has as many messages waiting as they may; this one was not sent",
+    ),
+    errors.OverQuota: (ErrCode.QUOTA, "{}"),
 }
 
 
@@ -162,7 +164,8 @@ class ChatService:
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
         self.restorer = Restorer(store, self.budget, self._after_store)
-        self._logging_in: dict[int, bool] = {}  # ticket logins in progress: stored meanwhile?
+        self.settle_timeout = in_doubt.SETTLE_TIMEOUT  # a store in doubt, before closing
+        self._logging_in: dict[int, list[LoginRace[bytes]]] = {}  # not yet registered
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
             Login: self._login,
             Logout: self._logout,
@@ -293,10 +296,10 @@ class ChatService:
             self.restorer.add(s.uid, payloads)
 
     def disconnected(self, s: Session) -> None:
-        s.closed = True
+        held = s.race.ended(closed=True)
         self.refusals.closed(s)
         if s.logged_in:
-            self._spawn(self._leave(s))
+            self._spawn(self._leave(s, held=held))
 
     async def shutdown(self) -> None:
         """Mark every local user offline in one statement, then release them."""
@@ -362,6 +365,11 @@ class ChatService:
             self._refuse(s, req, code, text.format(*exc.args))
         except errors.Busy as exc:
             self._refuse(s, req, ErrCode.BUSY, f"server busy, not sent: {exc}")
+        except errors.InDoubt as exc:
+            # Neither refused nor done, as far as we know: no answer at all,
+            # which is what a client already takes to mean "may have got through".
+            log.warning("closing uid %s's connection: %s", s.uid, exc)
+            s.peer.close()
         except errors.Unavailable as exc:
             log.warning("%s", exc)
             self._refuse(s, req, ErrCode.UNAVAILABLE, "service temporarily unavailable, retry")
@@ -411,6 +419,8 @@ class ChatService:
         except errors.NameTaken:
             self._reg_refused(s, RegErr.FAILED, f"the name {name!r} is taken")
             return
+        except errors.InDoubt:
+            raise  # the account may exist: not a refusal (_guarded closes, unanswered)
         except errors.Unavailable:
             self._reg_refused(s, RegErr.UNAVAILABLE, "service unavailable, retry")
             return
@@ -421,71 +431,76 @@ class ChatService:
         if refusal is not None:
             self._login_refused(s, *refusal)
             return
+        race = s.race
+        if not race.login_started():
+            return  # the connection is gone
+        # Stores for this user are noticed from now on: the reads below may
+        # miss them, and the session they would look for is not yet registered.
+        watching = self._logging_in.setdefault(req.id, [])
+        watching.append(race)
         try:
-            registered = await self._admit(s, req)
+            resumed = await self._admit(s, req)
         finally:
-            stored_meanwhile = self._logging_in.pop(req.id, False)
-        if registered is False:
+            watching.remove(race)
+            if not watching and self._logging_in.get(req.id) is watching:
+                del self._logging_in[req.id]
+        if resumed is None:
+            race.refused()
             return
-        uid, resumed = req.id, registered
+        uid, ticket_login = req.id, resumed.found is not None
         ticket: str | None
         digest: str | None
         try:
             await self.friends.load_blocks(s)
-            if resumed is not None:
+            if resumed.found is not None:
                 # A ticket login (a reconnect): offline messages only; the
                 # client has its lists. Look again if something may have been
                 # stored between the read and the registration.
                 view, more = LoginView([], [], []), []
-                s.recheck = s.recheck or resumed.has_offline or stored_meanwhile or self.bus.shared
+                race.reply_read(complete=not (resumed.found.has_offline or self.bus.shared))
                 # The ticket used is replaced: a stolen copy dies with this use.
                 ticket, digest = tickets.issue()
-                old = resumed.ticket_digest
+                old = resumed.found.ticket_digest
                 if old is None or not await self.store.rotate_ticket(uid, old, str(digest)):
                     raise _TicketRaced
+                self.store.note_state(uid, online=True)
             else:
                 ticket, digest = tickets.issue() if not s.legacy else (None, None)
                 view = await self.store.open_session(uid, digest)
                 # The reply carries what fits; the rest follows it, page by page.
                 fits = _fitting(view.offline, LOGIN_OFFLINE_BYTES)
-                # Keep a recheck asked for while reading (a store that
-                # committed after the read): found by the soak.
-                s.recheck = (
-                    s.recheck
-                    or len(fits) < len(view.offline)
-                    or len(fits) >= self.store.offline_page
+                race.reply_read(
+                    complete=len(fits) == len(view.offline) and len(fits) < self.store.offline_page
                 )
                 friends, groups = view.friends[:LOGIN_FRIENDS], _groups_fitting(view.groups)
                 more = [k for k, n, m in (("friends", friends, view.friends),
                         ("groups", groups, view.groups)) if len(n) < len(m)]  # fmt: skip
                 view = LoginView(friends, groups, fits)
-            reply = await self._login_reply(s, view, ticket, resumed is not None, more)
+            reply = await self._login_reply(s, view, ticket, ticket_login, more)
         except BaseException as exc:
-            s.flushing = False
-            held = s.held or []
-            self._forget(s)
+            held = self._forget(s, closed=race.closed)
+            if not isinstance(exc, _TicketRaced):
+                self._spawn(self.store_offline_each(uid, held))
             await self.presence.release(uid)
             if isinstance(exc, _TicketRaced):
                 await self.store_offline_each(uid, held)  # accepted for them: kept
                 s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or ticket"))
                 return
             raise
-        held, s.held = s.held or [], None
+        held = race.reply_sent()
         sent = s.peer.send(reply)
         for payload in held:
             sent = s.peer.deliver(payload) and sent
         if not sent:  # gone before it got them: keep everything for next time
-            s.flushing = False
             await self.store_offline_each(uid, held)
             if self.sessions.get(uid) is s:
                 await self._leave(s)
             return
-        await self._offline_written(s, view.offline)
-        await self._flush_offline(s, running=True)
+        await self._flush_offline(s, race, written=view.offline)
 
-    async def _admit(self, s: Session, req: Login) -> Resume | Literal[False] | None:
+    async def _admit(self, s: Session, req: Login) -> Admitted | None:
         """Check the secret, claim the user and register the session. Returns
-        False if refused (the reply is sent), else what a ticket login read."""
+        None if refused (the reply is sent), else what the login read."""
         address = s.peer.address
         pair = (req.id, address)
         # A valid ticket always works: it cannot be guessed, and checking it
@@ -498,40 +513,39 @@ class ChatService:
         if wait:
             text = f"too many failed logins; try again in {int(wait) + 1} s"
             self._login_refused(s, LoginErr.TOO_MANY_FAILURES, text)
-            return False
+            return None
         if req.ticket is None and self.passwords.busy:  # before reading the store
             self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY)
-            return False
+            return None
         try:
             who = await self._authenticate(s, req)
         except errors.Busy:
             self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY)
-            return False
+            return None
         except errors.Banned:
             self._login_refused(s, LoginErr.BANNED, "this account is banned")
-            return False
+            return None
         except errors.Unavailable:
             self._login_refused(s, LoginErr.UNAVAILABLE, "service unavailable, retry")
-            return False
+            return None
         if who is None:
             if req.ticket is None:
                 await self._by_account.hit(pair)
             await self._by_address.hit(address)
             self._login_refused(s, LoginErr.BAD_CREDENTIALS, "wrong id or password")
-            return False
+            return None
         await self._by_account.clear(pair)
         name, resumed = who
         if not await self._claim(s, req.id):
-            return False
+            return None
         if self._rate:  # what the last session left of the flood bucket
             kept = await self._tallies.take_bucket(req.id)
             if kept is not None:
                 tokens = kept[0] + (time.time() - kept[1]) * self._rate
                 s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
-        s.uid, s.name, s.held = req.id, name, []
-        s.flushing, s.recheck = True, False
+        s.uid, s.name = req.id, name  # the race holds deliveries from here on
         self.sessions[req.id] = s
-        return resumed
+        return Admitted(resumed)
 
     def _precheck_login(self, s: Session, req: Login) -> tuple[int, str] | None:
         if s.logged_in:
@@ -543,9 +557,6 @@ class ChatService:
     async def _authenticate(self, s: Session, req: Login) -> tuple[str, Resume | None] | None:
         """The user's name (and, for a ticket login, what it read), or None."""
         if req.ticket is not None:
-            # Note offline stores for this user from now on: the read below
-            # may miss them, and the session that would be nudged is not yet there.
-            self._logging_in[req.id] = False
             found = await self.store.resume(req.id)
             if found is None or not tickets.matches(req.ticket, found.ticket_digest):
                 return None
@@ -580,7 +591,7 @@ class ChatService:
             await self.presence.release(uid)
             self._login_refused(s, LoginErr.ALREADY_ONLINE, "this account is online")
             return False
-        if s.closed:  # the connection dropped while we checked the password
+        if not s.race.claimed():  # the connection dropped while we checked the password
             await self.presence.release(uid)
             return False
         return True
@@ -612,44 +623,58 @@ class ChatService:
         offline = [m for _, m in view.offline]
         return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed, more)
 
-    async def _offline_written(self, s: Session, rows: list[tuple[int, str]]) -> None:
-        if rows:
-            await self.store.delete_offline(s.uid, [i for i, _ in rows])
-
-    async def _flush_offline(self, s: Session, running: bool = False) -> None:
+    async def _flush_offline(
+        self,
+        s: Session,
+        race: LoginRace[bytes],
+        written: Sequence[tuple[int, str]] = (),
+        delay: float = 0.0,
+        uid: int = 0,
+    ) -> None:
         """Deliver messages stored for a logged-in user, e.g. by a node that
-        did not yet know of the login. One delivery at a time per session."""
-        if not running:
-            s.recheck = True
-            if s.flushing:  # the running delivery will look again
-                return
-        s.flushing = True
+        did not yet know of the login; first delete the rows already
+        ``written`` (the login reply's). Runs when the race says so (after
+        the login reply, or on a store noticed while ONLINE): one at a time.
+        If the store fails it goes on later, in the background."""
+        uid = uid or s.uid
+        if delay:
+            await asyncio.sleep(delay)
         try:
-            while s.recheck and s.logged_in:
-                s.recheck = False
-                uid = s.uid
-                rows = await self.store.offline(uid)
-                if not rows or s.uid != uid:
+            while True:
+                try:
+                    if written:
+                        await self.store.delete_offline(uid, [i for i, _ in written])
+                        written = ()
+                    if not race.next_read():
+                        return
+                    rows = await self.store.offline(uid)
+                except errors.Unavailable as exc:
+                    if race.read_failed():
+                        log.warning("offline delivery to user %d failed, retrying: %s", uid, exc)
+                        later = min(max(delay * 2, 0.1), 2.0)
+                        self._spawn(self._flush_offline(s, race, written, later, uid))
+                    return
+                if not rows or s.race is not race:
                     continue
                 if not all([s.peer.deliver(codec.encode_text(m)) for _, m in rows]):
+                    race.flush_stopped()  # closing: the rows stay stored
                     return
-                await self._offline_written(s, rows)
-                if len(rows) >= self.store.offline_page:
-                    s.recheck = True  # another page
-        finally:
-            s.flushing = False
+                written = rows
+                race.page_written(full=len(rows) >= self.store.offline_page)
+        except BaseException:
+            race.flush_stopped()
+            raise
 
     def _logout(self, s: Session, req: Logout) -> Awaitable[None]:
         return self._leave(s, logout=True)
 
-    async def _leave(self, s: Session, logout: bool = False) -> None:
+    async def _leave(self, s: Session, logout: bool = False, held: Sequence[bytes] = ()) -> None:
         """Log out (the ticket is revoked) or drop (it stays, for reconnecting)."""
         uid = s.uid
-        held = s.held
         reply = logout and not s.legacy
-        self._forget(s)
+        held = [*held, *self._forget(s, closed=not logout)]
         try:
-            await self.store_offline_each(uid, held or [])
+            await self.store_offline_each(uid, held)
             if logout:
                 await self.store.end_session(uid)
             else:
@@ -671,12 +696,16 @@ class ChatService:
             refill = (self._burst - tokens) / self._rate
             await self._tallies.keep_bucket(uid, tokens, time.time(), refill + 1)
 
-    def _forget(self, s: Session) -> None:
+    def _forget(self, s: Session, closed: bool) -> list[bytes]:
+        """Unregister the session; returns what its race held, to be stored."""
         if self.sessions.get(s.uid) is s:
             del self.sessions[s.uid]
-        s.uid, s.name, s.held = 0, "", None
-        s.recheck = False
+        s.uid, s.name = 0, ""
         s.anonymous_since = time.monotonic()  # a new login deadline
+        held = s.race.ended(closed)
+        if not closed:  # a new login on this connection starts a new race
+            s.race = LoginRace[bytes]()
+        return held
 
     def _ping(self, s: Session, req: Ping) -> None:
         if not s.legacy:
@@ -797,7 +826,10 @@ class ChatService:
             text = _text(payload)
             if self._too_long_to_store(s, OneChat, len(text)):
                 return
-            await self.store.store_offline(toid, text, self.quota)
+            try:
+                await self.store.store_offline(toid, text, self.quota)
+            except errors.InDoubt:  # kept or not? find out before answering
+                await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout)
             await self._after_store([toid])
             status = ChatStatus.STORED
         if not s.legacy:
@@ -862,16 +894,38 @@ class ChatService:
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
             return None
-        return self._fan_out_away(s, away, payload, mid, ts)
+        reached = len(members) - 1 - len(away)  # written to members here
+        return self._fan_out_away(s, away, payload, mid, ts, reached)
 
     async def _fan_out_away(
-        self, s: Session, away: list[int], payload: bytes, mid: str, ts: int
+        self, s: Session, away: list[int], payload: bytes, mid: str, ts: int, reached: int
     ) -> None:
-        left = await self._send_away(s, away, payload)
+        try:
+            left = await self._send_away(s, away, payload)
+        except errors.Busy:
+            if not reached:
+                raise  # nobody has it: refused (ERROR 151), and it had no effect
+            left = list(away)  # members here have it: keep it for the rest, no half refusal
         self.counts.relayed_to_nodes += len(away) - len(left)
+        reached += len(away) - len(left)
         full: list[int] = []
         if left:
-            full = await self.store.store_offline_within(left, _text(payload), self.quota)
+            try:
+                full = await self.store.store_offline_within(left, _text(payload), self.quota)
+            except errors.InDoubt:
+                raise
+            except errors.Unavailable as exc:
+                if not reached:
+                    raise  # nobody has it: refused, and it had no effect
+                # Some members have it: say exactly who does not (a refusal would lie).
+                log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
+                if not s.legacy:
+                    s.peer.send(
+                        codec.ack(
+                            MsgId.CHAT_ACK, mid=mid, ts=ts, status=ChatStatus.PARTIAL, missed=left
+                        )
+                    )
+                return
             await self._after_store([u for u in left if u not in full])
         if not s.legacy:
             if full:  # members whose mailbox is full do not get it: say who
@@ -905,9 +959,19 @@ class ChatService:
         return False
 
     def nudged(self, uid: int) -> None:
+        self._noticed_store(uid)
+
+    def _noticed_store(self, uid: int) -> bool:
+        """Something was stored for ``uid``: tell its login race. False if
+        the user has no session here (a login in progress is told too)."""
         s = self.sessions.get(uid)
-        if s is not None:
-            self._spawn(self._flush_offline(s))
+        if s is None:
+            for race in self._logging_in.get(uid, ()):
+                race.stored()
+            return False
+        if s.race.stored():
+            self._spawn(self._flush_offline(s, s.race))
+        return True
 
     def local_users(self) -> list[int]:
         return list(self.sessions)
@@ -939,7 +1003,10 @@ class ChatService:
         s = self.sessions.get(uid)
         if s is None:
             return
-        self._forget(s)  # presence is the other node's now: nothing to release
+        # Presence is the other node's now: nothing to release.
+        held = self._forget(s, closed=True)
+        if held:
+            self._spawn(self.store_offline_each(uid, held))
         if not s.legacy:
             s.peer.send(_DISPLACED)
         s.peer.close()
@@ -949,7 +1016,11 @@ class ChatService:
     async def store_offline(self, uids: Sequence[int], payload: bytes) -> None:
         if uids and payload[0] == _JSON:  # never events or control messages
             text = _text(payload)
-            await self.store.store_offline_many([(u, text) for u in uids])
+            items = [(u, text) for u in uids]
+            try:
+                await self.store.store_offline_many(items)
+            except errors.InDoubt:  # kept or not? find out before answering
+                await in_doubt.settle(self.store, items, self.settle_timeout)
             await self._after_store(uids)
 
     async def store_offline_each(self, uid: int, payloads: list[bytes]) -> None:
@@ -963,19 +1034,16 @@ class ChatService:
     async def _after_store(self, uids: Sequence[int]) -> None:
         """Close the race with a login that read its offline messages just
         before these were stored: have them delivered now, not next login."""
-        away = []
-        for uid in uids:
-            s = self.sessions.get(uid)
-            if s is None:
-                if uid in self._logging_in:
-                    self._logging_in[uid] = True
-                away.append(uid)
-            elif s.held is None:
-                self._spawn(self._flush_offline(s))
-            else:  # login in progress: it reads the store again when done
-                s.recheck = True
+        away = [uid for uid in uids if not self._noticed_store(uid)]
         if away:
             await self.bus.nudge(away)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A login that passed: for a ticket login, what it read."""
+
+    found: Resume | None
 
 
 def _fitting(rows: list[tuple[int, str]], budget: int) -> list[tuple[int, str]]:

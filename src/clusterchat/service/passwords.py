@@ -61,16 +61,16 @@ class Passwords:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="argon2")
         self._capacity = threads + max(0, queue) if queue else 1 << 30
         self._pending = 0
-        reg_threads = max(1, threads // 2)
-        self._reg_pool = ThreadPoolExecutor(reg_threads, thread_name_prefix="argon2-reg")
-        self._reg_capacity = reg_threads + max(0, reg_queue) if reg_queue else 1 << 30
-        self._reg_pending = 0
         self.seconds = Histogram(
             "clusterchat_password_hash_seconds",
             "Time one argon2id hash or check takes on its thread",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=None,
         )
+        reg_threads = max(1, threads // 2)
+        self._reg_pool = ThreadPoolExecutor(reg_threads, thread_name_prefix="argon2-reg")
+        self._reg_capacity = reg_threads + max(0, reg_queue) if reg_queue else 1 << 30
+        self._reg_pending = 0
         # Verified against when the user does not exist, so timing does not tell.
         self._dummy = self._hasher.hash("clusterchat-no-such-user")
 

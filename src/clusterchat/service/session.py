@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from clusterchat.service.login_race import LoginRace
+
 
 class Peer(Protocol):
     """What a transport offers the service."""
@@ -29,25 +31,22 @@ class Session:
 
     ``legacy`` is fixed by the first request's terminator: a NUL means the
     original C++ client, which must only ever see the original's reply types.
-    While a login is being completed, deliveries are held in ``held`` so that
-    live messages cannot overtake the offline ones the login reply carries.
-    Messages stored for the user after that (a race with another node) are
-    fetched again when ``recheck`` is set.
+    ``race`` is where the connection is in logging in and catching up on
+    its offline messages (:mod:`clusterchat.service.login_race`): while a
+    login is being completed it holds deliveries, so that live messages
+    cannot overtake the offline ones the login reply carries.
     """
 
     __slots__ = (
         "anonymous_since",
         "block_log",
         "blocked_by",
-        "closed",
-        "flushing",
-        "held",
         "legacy",
         "log_after",
         "log_quiet",
         "name",
         "peer",
-        "recheck",
+        "race",
         "stamp",
         "tokens",
         "uid",
@@ -61,30 +60,31 @@ class Session:
         self.anonymous_since = now
         self.name = ""
         self.legacy: bool | None = None
-        self.held: list[bytes] | None = None
-        self.closed = False
-        # Offline delivery: whether one is running / must run again when it finishes.
-        self.flushing = False
-        self.recheck = False
+        self.race: LoginRace[bytes] = LoginRace()
         # Flood limit (a token bucket): requests it may still make, and when
         # the bucket was last topped up. Filled at login.
         self.tokens = 0.0
         self.stamp = 0.0
-        # Rate-limited refusal log (service.refusals): when the next line may
-        # go out, and how many refusals were not logged since the last one.
-        self.log_after = 0.0
-        self.log_quiet = 0
         # Users who block this one (service/friends.py): read at login, kept
         # current from their nodes; changes met while reading go to the log.
         self.blocked_by: set[int] = set()
         self.block_log: list[tuple[int, bool]] | None = None
+        # Rate-limited refusal log (service.refusals): when the next line may
+        # go out, and how many refusals were not logged since the last one.
+        self.log_after = 0.0
+        self.log_quiet = 0
 
     @property
     def logged_in(self) -> bool:
         return self.uid != 0
 
+    @property
+    def closed(self) -> bool:
+        return self.race.closed
+
     def deliver(self, payload: bytes) -> bool:
-        if self.held is not None:
-            self.held.append(payload)
+        held = self.race.held
+        if held is not None:
+            held.append(payload)
             return True
         return self.peer.deliver(payload)

@@ -8,7 +8,7 @@ USE `chat`;
 CREATE TABLE IF NOT EXISTS allgroup (
 	id INTEGER NOT NULL AUTO_INCREMENT,
 	groupname VARCHAR(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-	groupkey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
+	groupkey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
 	groupdesc VARCHAR(200) NOT NULL DEFAULT '',
 	inviteonly BOOL NOT NULL DEFAULT false,
 	PRIMARY KEY (id),
@@ -62,12 +62,12 @@ CREATE INDEX IF NOT EXISTS ix_offlinemessage_userid_id ON offlinemessage (userid
 CREATE TABLE IF NOT EXISTS user (
 	id INTEGER NOT NULL AUTO_INCREMENT,
 	name VARCHAR(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-	namekey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
+	namekey VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
 	password VARCHAR(255) NOT NULL,
 	state ENUM('online','offline') NOT NULL DEFAULT 'offline',
 	ticket VARCHAR(64),
-	ticketexpiry BIGINT,
 	banned BOOL NOT NULL DEFAULT false,
+	ticketexpiry BIGINT,
 	PRIMARY KEY (id),
 	UNIQUE (name),
 	UNIQUE (namekey)

@@ -60,20 +60,6 @@ class LoginView:
 
 
 @dataclass(frozen=True, slots=True)
-class Quota:
-    """How much one user may hold; 0 switches a bound off."""
-
-    offline_messages: int = 0
-    offline_bytes: int = 0
-    groups_created: int = 0
-    memberships: int = 0
-    friends: int = 0
-
-
-NO_QUOTA = Quota()
-
-
-@dataclass(frozen=True, slots=True)
 class GroupChange:
     """What to do to a group, decided from what it was, applied atomically."""
 
@@ -90,6 +76,20 @@ class GroupChange:
         return bool(self.remove or self.roles or self.delete or self.invite) or (
             self.groupname is not None or self.groupdesc is not None or self.inviteonly is not None
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """How much one user may hold; 0 switches a bound off."""
+
+    offline_messages: int = 0
+    offline_bytes: int = 0
+    groups_created: int = 0
+    memberships: int = 0
+    friends: int = 0
+
+
+NO_QUOTA = Quota()
 
 
 class Store(Protocol):
@@ -170,6 +170,13 @@ class Store(Protocol):
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
         """Keep messages already acknowledged: never refused for quota."""
+        ...
+
+    async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
+        """Store those of ``items`` not stored already (each text is unique:
+        it holds the message's ``mid``): after a store whose commit went
+        unanswered (:class:`~clusterchat.errors.InDoubt`). Raises NoSuchUser
+        (after storing the rest) if a user does not exist."""
         ...
 
     #: Most offline messages one read returns.

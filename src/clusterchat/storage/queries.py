@@ -38,6 +38,21 @@ OFFLINE = (
     .limit(bindparam("page"))
 )
 
+#: The same, unless the very message (its text carries a unique ``mid``) is
+#: there already: settles a store whose commit went unanswered.
+STORE_OFFLINE_MISSING = insert(offlinemessage).from_select(
+    ["userid", "message"],
+    select(_uid, bindparam("message", type_=Text)).where(
+        exists().where(user.c.id == _uid),
+        ~exists().where(
+            (offlinemessage.c.userid == _uid)
+            & (offlinemessage.c.message == bindparam("message", type_=Text))
+        ),
+    ),
+)
+
+USER_EXISTS = select(exists().where(user.c.id == _uid))
+
 #: By id, not "ids up to the last one delivered": two stores for one user can
 #: commit out of id order (MariaDB hands out ids at insert, not at commit), so
 #: a row below the last delivered id may appear later and must not be lost.

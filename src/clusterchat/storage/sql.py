@@ -304,10 +304,16 @@ class SqlStore(SocialQueries):
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
         start = time.perf_counter()
+        committing = False
         try:
             with _translated():
                 async with self.engine.begin() as conn:
                     yield conn
+                    committing = True
+        except errors.Unavailable as exc:
+            if committing:  # the COMMIT went out; its answer did not come back
+                raise errors.InDoubt(f"{exc} while committing") from exc.__cause__
+            raise
         finally:
             self.latency.observe(time.perf_counter() - start)
 
@@ -520,6 +526,16 @@ class SqlStore(SocialQueries):
                 [{"userid": u, "message": m, "size": len(m.encode())} for u, m in items],
             )
         self.stored_rows += len(items)
+
+    async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
+        unknown = []
+        async with self._tx() as conn:
+            for uid, message in items:
+                res = await conn.execute(q.STORE_OFFLINE_MISSING, {"uid": uid, "message": message})
+                if res.rowcount == 0 and not await conn.scalar(q.USER_EXISTS, {"uid": uid}):
+                    unknown.append(uid)
+        if unknown:
+            raise errors.NoSuchUser(unknown[0])
 
     async def offline(self, uid: int) -> list[tuple[int, str]]:
         async with self._tx() as conn:

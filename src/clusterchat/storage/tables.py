@@ -7,15 +7,14 @@ Changes from the original: ``password`` holds an argon2id hash (255 chars),
 ``ticket`` a session ticket's digest, ``banned`` an operator's ban;
 ``offlinemessage`` gains an auto-increment ``id`` so offline messages are
 delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
-instead of VARCHAR(500). Everything is utf8mb4 on MySQL.
+instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
+``admin`` role, a join time and an invite-only flag; ``blocked`` holds who
+blocks whom, ``groupinvite`` invitations to invite-only groups.
 
 Names (users and groups) are unique by their key (``namekey``,
 ``groupkey``: see :mod:`clusterchat.protocol.names`), compared byte for
 byte on every backend; MySQL's default collation would make "x😀" equal
 "x😎" and "a" equal "a ".
-instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
-``admin`` role, a join time and an invite-only flag; ``blocked`` holds who
-blocks whom, ``groupinvite`` invitations to invite-only groups.
 """
 
 from __future__ import annotations
@@ -42,15 +41,15 @@ from clusterchat.protocol.names import MAX_KEY, MAX_NAME
 metadata = MetaData()
 
 
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
 def _exact(length: int) -> String:
     """VARCHAR compared byte for byte: SQLite always does, MySQL with utf8mb4_bin."""
     return String(length).with_variant(
         mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
     )
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 # SQLite only auto-increments INTEGER PRIMARY KEY, so BIGINT needs a variant.
@@ -61,9 +60,7 @@ user = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", _exact(MAX_NAME), nullable=False, unique=True),
-    # Nullable: rows inserted by hand (the original's tools) have none; the
-    # server always writes it, and NULLs never collide.
-    Column("namekey", _exact(MAX_KEY), nullable=True, unique=True),
+    Column("namekey", _exact(MAX_KEY), nullable=False, unique=True),
     Column("password", String(255), nullable=False),
     Column(
         "state",
@@ -74,11 +71,11 @@ user = Table(
     # SHA-256 of the session ticket issued at the last login: lets a client
     # that lost its connection log in again without the slow password hash.
     Column("ticket", String(64), nullable=True),
+    # Set by `clusterchat admin ban`: no login, password or ticket.
+    Column("banned", Boolean, nullable=False, server_default=false()),
     # When that ticket stops working (seconds since the epoch); a ticket is
     # replaced at each use, so a stolen old one is dead once the owner uses theirs.
     Column("ticketexpiry", BigInteger, nullable=True),
-    # Set by `clusterchat admin ban`: no login, password or ticket.
-    Column("banned", Boolean, nullable=False, server_default=false()),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -97,7 +94,7 @@ allgroup = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("groupname", _exact(MAX_NAME), nullable=False, unique=True),
-    Column("groupkey", _exact(MAX_KEY), nullable=True, unique=True),
+    Column("groupkey", _exact(MAX_KEY), nullable=False, unique=True),
     Column("groupdesc", String(200), nullable=False, server_default=""),
     # Joining needs an invitation (groupinvite) from an admin or the creator.
     Column("inviteonly", Boolean, nullable=False, server_default=false()),
