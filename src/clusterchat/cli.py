@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--register-queue",
         type=int,
-        default=_env_int("CLUSTERCHAT_REGISTER_QUEUE", 16),
+        default=_env_int("CLUSTERCHAT_REGISTER_QUEUE", 64),
         metavar="N",
         help="registrations that may wait for their own hashing threads (half the "
         "login pool's); past it they are refused as busy, and logins keep their share "

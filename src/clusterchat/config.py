@@ -75,7 +75,7 @@ class Settings:
     login_queue: int = 64
     #: Registrations that may wait for their own (smaller) hashing pool; past
     #: it they are refused as "busy", and password logins keep their threads.
-    register_queue: int = 16
+    register_queue: int = 64
     #: Event-loop lag (seconds) past which new connections are refused until
     #: the node has caught up (0: never).
     shed_lag: float = 0.5

@@ -49,7 +49,7 @@ class HashCost:
 
 
 class Passwords:
-    def __init__(self, cost: HashCost = HashCost(), queue: int = 64, reg_queue: int = 16) -> None:
+    def __init__(self, cost: HashCost = HashCost(), queue: int = 64, reg_queue: int = 64) -> None:
         self.cost = cost
         self._hasher = PasswordHasher(
             time_cost=cost.time_cost,

@@ -514,6 +514,7 @@ class SqlStore(SocialQueries):
             rows = [{"userid": u, "message": message, "size": size} for u in uids if u not in full]
             if rows:
                 await conn.execute(insert(offlinemessage), rows)
+        self.stored_rows += len(rows)
         return [u for u in uids if u in full]
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
