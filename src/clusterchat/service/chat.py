@@ -912,8 +912,9 @@ class ChatService:
         if left:
             try:
                 full = await self.store.store_offline_within(left, _text(payload), self.quota)
-            except errors.InDoubt:
-                raise
+            except errors.InDoubt:  # kept or not? find out before answering
+                text = _text(payload)
+                await in_doubt.settle(self.store, [(u, text) for u in left], self.settle_timeout)
             except errors.Unavailable as exc:
                 if not reached:
                     raise  # nobody has it: refused, and it had no effect
