@@ -86,7 +86,9 @@ class Passwords:
         self._reg_pending += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._reg_pool, self._hasher.hash, password)
+            return await loop.run_in_executor(
+                self._reg_pool, self._timed, self._hasher.hash, password
+            )
         finally:
             self._reg_pending -= 1
 
