@@ -37,7 +37,8 @@ class Backoff:
         """The wait after ``failures`` failures."""
         if self.free <= 0 or failures < self.free:
             return 0.0
-        return min(self.cap, self.first * 2.0 ** (failures - self.free))
+        # The exponent is bounded: past ~1,000 failures 2.0 ** n overflows (found by atheris).
+        return min(self.cap, self.first * 2.0 ** min(failures - self.free, 64))
 
     def wait(self, key: Hashable) -> float:
         """Seconds until ``key`` may try again; 0 if it may now."""
