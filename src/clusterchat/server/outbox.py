@@ -58,6 +58,12 @@ How a transport drives it (``server/connection.py`` is the TCP one):
   other loss: ``end(PEER_CLOSED)``; our close: ``measured`` then
   ``end(CLOSED_BY_US)``. Whatever ``end`` returns goes to
   ``ChatService.spill``.
+
+With receipts (:mod:`clusterchat.server.receipts`, a client that opted in
+at login), what is written goes to an :class:`Unacked` window instead and
+is settled by the client's acknowledgements, not by the kernel's counts;
+``end`` returns all of it that was not acknowledged, and a window over its
+bounds makes ``deliver`` answer UNACKED (cut the peer off, with ERROR 187).
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ from enum import Enum
 from itertools import islice
 
 from clusterchat.budget import Budget
+from clusterchat.server.receipts import Unacked
 
 #: Bytes a peer's kernel may have acknowledged without its program having
 #: read them (its receive buffer; 128 KiB on Linux until it reads).
@@ -82,6 +89,7 @@ QUEUED = 0  #: added to a write already scheduled this tick (or held)
 FIRST = 1  #: the first this tick: schedule a write (``take``) for the end of it
 OVER = 2  #: held past the limit: cut the peer off (``end(End.CUT_OFF)``)
 REFUSED = 3  #: the outbox has ended: the caller stores the message itself
+UNACKED = 4  #: receipts: past the unacknowledged window's bounds: cut the peer off
 
 
 class End(Enum):
@@ -107,6 +115,7 @@ class Outbox:
         "_window",
         "_window_bytes",
         "limit",
+        "receipts",
         "recent_max",
         "settled",
         "window_max",
@@ -137,6 +146,8 @@ class Outbox:
         self._ended = False
         #: Messages let go of as safely past the peer (for tests and metrics).
         self.settled = 0
+        #: Receipts on: what is written waits here for the peer's acknowledgement.
+        self.receipts: Unacked | None = None
 
     # -- what the service calls ---------------------------------------------------
 
@@ -144,6 +155,8 @@ class Outbox:
         """Accept a message for the peer; see QUEUED, FIRST, OVER, REFUSED."""
         if self._ended:
             return REFUSED
+        if self.receipts is not None:
+            return self._deliver_numbered(data)
         if self._paused:
             held = self._held
             assert held is not None
@@ -160,6 +173,61 @@ class Outbox:
         pending.append(data)
         return QUEUED
 
+    def _deliver_numbered(self, data: bytes) -> int:
+        receipts = self.receipts
+        assert receipts is not None
+        verdict = QUEUED
+        if self._paused:
+            held = self._held
+            assert held is not None
+            held.append(data)
+            self._held_bytes += len(data)
+            if self._budget is not None:
+                self._budget.charge(len(data))
+            if self._held_bytes > self.limit:
+                return OVER
+        else:
+            pending = self._pending
+            self._pending_bytes += len(data)
+            if pending is None:
+                self._pending = [data]
+                verdict = FIRST
+            else:
+                pending.append(data)
+        waiting = len(self._pending or ()) + len(self._held or ())
+        if not receipts.room(waiting, self._pending_bytes + self._held_bytes):
+            return UNACKED
+        return verdict
+
+    def start_receipts(self, receipts: Unacked) -> None:
+        """From now on what is written is numbered and kept until acknowledged."""
+        if not self._ended:
+            self.receipts = receipts
+
+    def stop_receipts(self) -> list[bytes]:
+        """Receipts off (the user logs out): what was not acknowledged, and
+        what was not yet written, oldest first, for their next login."""
+        receipts, self.receipts = self.receipts, None
+        if receipts is None:
+            return []
+        out = receipts.drain()
+        out += self._pending or ()
+        out += self._held or ()
+        self._pending = None
+        self._pending_bytes = 0
+        if self._held is not None:
+            self._held = []
+        if self._budget is not None and self._held_bytes:
+            self._budget.release(self._held_bytes)
+        self._held_bytes = 0
+        return out
+
+    def ack(self, seq: int) -> bool:
+        """The peer acknowledged everything numbered up to ``seq``. False if
+        receipts are off or it never got that number."""
+        receipts = self.receipts
+        return receipts is not None and receipts.ack(seq)
+
     # -- what the transport calls --------------------------------------------------
 
     def take(self) -> bytes | None:
@@ -168,6 +236,9 @@ class Outbox:
         if pending is None or self._paused or self._ended:
             return None
         self._pending = None
+        if self.receipts is not None:
+            nbytes, self._pending_bytes = self._pending_bytes, 0
+            return self.receipts.written(pending, nbytes)
         window = self._window
         if window is None:
             window = self._window = deque(pending)
@@ -230,7 +301,7 @@ class Outbox:
     @property
     def idle(self) -> bool:
         """Nothing remembered: the transport need not report."""
-        return not self._window
+        return not self._window and (self.receipts is None or not self.receipts.count)
 
     @property
     def paused(self) -> bool:
@@ -274,6 +345,8 @@ class Outbox:
         unsafe = min(unsafe, len(window))
         self.settled += len(window) - unsafe
         out = list(window)[len(window) - unsafe :] if unsafe else []
+        if self.receipts is not None:
+            out += self.receipts.drain()
         out += self._pending or ()
         out += self._held or ()
         if self._budget is not None and self._held_bytes:

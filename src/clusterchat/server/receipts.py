@@ -1,0 +1,161 @@
+"""Receipts: what a client that acknowledges has not yet acknowledged.
+
+A client that opts in (``"receipts": true`` in LOGIN, modern dialect and
+WebSocket only) gets every pushed message numbered, 1, 2, 3, ... in the
+order written, in a ``"seq"`` field; it answers RECEIVED (63) with the
+highest number it has seen. Until then the message stays here, in the
+:class:`Unacked` window of its connection's
+:class:`~clusterchat.server.outbox.Outbox`, which asks it instead of the
+kernel's send queue what is safely past the peer. When the connection
+ends, however it ends, or the user logs out, everything not acknowledged
+is stored for the next login, oldest first.
+
+The window is bounded: past ``max_count`` messages or ``max_bytes`` bytes
+not acknowledged the peer is cut off (ERROR 187), and if the window has
+made no progress for ``timeout`` seconds it is declared dead (ERROR 186);
+both store the window. Its bytes count against the node's memory budget.
+
+Sans-I/O: the clock is whatever the caller passes to :meth:`overdue`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from clusterchat.budget import Budget
+
+#: Defaults of the server options (cli.py): unacknowledged messages, their
+#: bytes, and seconds without progress before a connection is declared dead.
+MAX_COUNT = 2000
+MAX_BYTES = 2 * 1024 * 1024
+TIMEOUT = 30.0
+
+_SEQ = b',"seq":'
+
+
+def stamp(data: bytes, seq: int) -> bytes:
+    """A pushed document (a JSON object and its newline) with its number.
+
+    The field goes last, just before the closing brace: a JSON string never
+    holds an unescaped quote, so ``,"seq":`` found from the end is ours."""
+    if data[-2:] == b"}\n":
+        return b"%b%b%d}\n" % (data[:-2], _SEQ, seq)
+    body = data.rstrip()
+    return b"%b%b%d}\n" % (body[:-1], _SEQ, seq)
+
+
+def unstamp(data: bytes) -> bytes:
+    """The document without its number (what is stored offline)."""
+    at = data.rfind(_SEQ)
+    return data if at < 0 else data[:at] + b"}\n"
+
+
+class Unacked:
+    """Messages written to the peer and not yet acknowledged, in order.
+
+    ``sent`` is the number of the last one written; the window holds
+    numbers ``sent - count + 1`` to ``sent``, unstamped.
+    """
+
+    __slots__ = (
+        "_budget",
+        "_since",
+        "_window",
+        "max_bytes",
+        "max_count",
+        "nbytes",
+        "released",
+        "sent",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        budget: Budget | None = None,
+        max_count: int = MAX_COUNT,
+        max_bytes: int = MAX_BYTES,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self._budget = budget
+        self._window: deque[bytes] = deque()
+        self.nbytes = 0
+        self.sent = 0
+        #: Messages acknowledged so far (for tests and metrics).
+        self.released = 0
+        # When the window was first seen waiting without progress (0: not yet).
+        self._since = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self._window)
+
+    def room(self, more: int, more_bytes: int) -> bool:
+        """Whether ``more`` messages of ``more_bytes`` (accepted, not yet
+        written) still fit beside what is unacknowledged."""
+        return (
+            len(self._window) + more <= self.max_count
+            and self.nbytes + more_bytes <= self.max_bytes
+        )
+
+    def written(self, batch: list[bytes], nbytes: int) -> bytes:
+        """``batch`` (``nbytes`` in all) is being written: number it, keep
+        it, and return the bytes to write."""
+        n = self.sent
+        self._window.extend(batch)
+        self.nbytes += nbytes
+        if self._budget is not None:
+            self._budget.charge(nbytes)
+        if len(batch) == 1:
+            self.sent = n + 1
+            return stamp(batch[0], n + 1)
+        out = [stamp(data, i) for i, data in enumerate(batch, n + 1)]
+        self.sent = n + len(batch)
+        return b"".join(out)
+
+    def ack(self, seq: int) -> bool:
+        """The peer has everything up to ``seq``: let it go. False if
+        ``seq`` was never sent (nothing changes); an old ``seq`` is a no-op."""
+        if seq > self.sent:
+            return False
+        n = len(self._window) - (self.sent - seq)
+        if n <= 0:
+            return True
+        window = self._window
+        dropped = 0
+        if n == len(window):
+            dropped = self.nbytes
+            window.clear()
+        else:
+            for _ in range(n):
+                dropped += len(window.popleft())
+        self.nbytes -= dropped
+        self.released += n
+        self._since = 0.0  # progress: the clock starts again
+        if self._budget is not None:
+            self._budget.release(dropped)
+        return True
+
+    def overdue(self, now: float) -> bool:
+        """Called now and then (about twice a second): whether the window has
+        waited ``timeout`` seconds without any acknowledgement."""
+        if not self._window:
+            self._since = 0.0
+            return False
+        if not self._since:
+            self._since = now
+            return False
+        return now - self._since > self.timeout
+
+    def drain(self) -> list[bytes]:
+        """Everything not acknowledged, oldest first; the window is emptied
+        (numbering goes on)."""
+        out = list(self._window)
+        self._window.clear()
+        if self._budget is not None and self.nbytes:
+            self._budget.release(self.nbytes)
+        self.nbytes = 0
+        self._since = 0.0
+        return out

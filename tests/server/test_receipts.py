@@ -1,0 +1,210 @@
+"""Receipts, with no socket and no loop: whatever the interleaving of
+pushes, writes, acknowledgements, pauses and the end, nothing the client
+did not acknowledge is lost, nothing it acknowledged is stored, order is
+kept and the window's bounds hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clusterchat.budget import Budget
+from clusterchat.server.outbox import FIRST, OVER, QUEUED, REFUSED, UNACKED, End, Outbox
+from clusterchat.server.receipts import Unacked, stamp, unstamp
+
+MAX_COUNT = 12
+MAX_BYTES = 3000
+LIMIT = 2000  # --output-limit: held while the transport is paused
+
+
+def doc(i: int, size: int = 0) -> bytes:
+    return msgspec.json.encode({"msgid": 6, "mid": f"m{i}", "msg": "x" * size}) + b"\n"
+
+
+def test_stamp_adds_the_number_last_and_unstamp_removes_it() -> None:
+    data = doc(1, 3)
+    stamped = stamp(data, 42)
+    assert stamped.endswith(b',"seq":42}\n')
+    assert msgspec.json.decode(stamped)["seq"] == 42
+    assert unstamp(stamped) == data
+    # Text that looks like the field is escaped inside a JSON string.
+    tricky = msgspec.json.encode({"msg": ',"seq":1}'}) + b"\n"
+    assert unstamp(stamp(tricky, 7)) == tricky
+
+
+def test_ack_releases_in_order_and_refuses_unsent_numbers() -> None:
+    budget = Budget(0)
+    box = Outbox(LIMIT, budget)
+    box.start_receipts(Unacked(budget))
+    for i in range(5):
+        box.deliver(doc(i))
+    wire = box.take()
+    assert wire is not None
+    assert [msgspec.json.decode(line)["seq"] for line in wire.splitlines()] == [1, 2, 3, 4, 5]
+    assert not box.idle
+    assert not box.ack(6)  # never sent
+    assert box.ack(2)
+    assert box.ack(1)  # old: nothing changes
+    assert box.end(End.PEER_FINISHED) == [doc(2), doc(3), doc(4)]
+    assert budget.used == 0
+
+
+def test_no_progress_for_the_timeout_is_overdue() -> None:
+    r = Unacked(timeout=10)
+    assert not r.overdue(0.0)  # empty
+    r.written([doc(1)], len(doc(1)))
+    assert not r.overdue(100.0)  # first seen waiting
+    assert not r.overdue(110.0)
+    assert r.overdue(110.5)
+    r.written([doc(2)], len(doc(2)))
+    r.ack(1)  # progress: the clock starts again
+    assert not r.overdue(111.0)
+    assert not r.overdue(120.0)
+    assert r.overdue(121.5)
+
+
+def test_logout_returns_unacknowledged_and_unwritten_then_plain() -> None:
+    box = Outbox(LIMIT)
+    box.start_receipts(Unacked())
+    box.deliver(doc(1))
+    box.deliver(doc(2))
+    box.take()
+    box.ack(1)
+    box.deliver(doc(3))  # accepted, not yet written
+    assert box.stop_receipts() == [doc(2), doc(3)]
+    assert box.receipts is None and box.take() is None
+    box.deliver(doc(4))
+    assert box.take() == doc(4)  # no number any more
+
+
+@dataclass
+class World:
+    box: Outbox
+    budget: Budget
+    accepted: list[bytes] = field(default_factory=list)
+    #: What the client received (its connection may lose what is in flight).
+    seen: int = 0
+    written: int = 0
+    acked: int = 0
+    stored: list[bytes] | None = None
+
+    def deliver(self, data: bytes) -> None:
+        verdict = self.box.deliver(data)
+        assert verdict in (QUEUED, FIRST, OVER, REFUSED, UNACKED)
+        if verdict == REFUSED:
+            return
+        self.accepted.append(data)
+        if verdict in (OVER, UNACKED):
+            self.end(End.CUT_OFF)
+            return
+        r = self.box.receipts
+        assert r is not None
+        pending = len(self.accepted) - self.acked - r.count
+        assert r.count + pending <= MAX_COUNT  # the bound holds after every accepted push
+
+    def take(self) -> None:
+        wire = self.box.take()
+        if wire is None:
+            return
+        for line in wire.splitlines(keepends=True):
+            got = msgspec.json.decode(line)
+            self.written += 1
+            assert got["seq"] == self.written  # numbered in write order...
+            assert unstamp(line) == self.accepted[self.written - 1]  # ...which is accept order
+
+    def ack(self, k: int) -> None:
+        if self.seen:
+            self.acked = max(self.acked, min(k, self.seen))
+            assert self.box.ack(min(k, self.seen))
+
+    def end(self, how: End) -> None:
+        self.stored = self.box.end(how)
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("deliver"), st.integers(0, 400)),
+        st.tuples(st.just("take"), st.just(0)),
+        st.tuples(st.just("receive"), st.integers(0, 10)),
+        st.tuples(st.just("ack"), st.integers(0, 40)),
+        st.tuples(st.just("pause"), st.just(0)),
+        st.tuples(st.just("resume"), st.just(0)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ops=ops, how=st.sampled_from(list(End)))
+def test_nothing_unacknowledged_is_lost_nothing_acknowledged_is_stored(
+    ops: list[tuple[str, int]], how: End
+) -> None:
+    budget = Budget(0)
+    box = Outbox(LIMIT, budget)
+    box.start_receipts(Unacked(budget, MAX_COUNT, MAX_BYTES))
+    w = World(box, budget)
+    for i, (op, arg) in enumerate(ops):
+        if w.stored is not None:
+            break
+        if op == "deliver":
+            w.deliver(doc(i, arg))
+        elif op == "take":
+            w.take()
+        elif op == "receive":  # the client reads some of what was written
+            w.seen = min(w.written, w.seen + arg)
+        elif op == "ack":
+            w.ack(arg)
+        elif op == "pause":
+            box.pause()
+        elif op == "resume":
+            box.resume()
+    if w.stored is None:
+        w.end(how)
+    assert w.stored is not None
+    # Exactly what was not acknowledged, in order: nothing lost, nothing acked kept.
+    assert w.stored == w.accepted[w.acked :]
+    assert budget.used == 0
+    assert box.deliver(doc(999)) == REFUSED
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=ops)
+def test_logout_midway_stores_exactly_the_unacknowledged(ops: list[tuple[str, int]]) -> None:
+    budget = Budget(0)
+    box = Outbox(LIMIT, budget)
+    box.start_receipts(Unacked(budget, MAX_COUNT, MAX_BYTES))
+    w = World(box, budget)
+    for i, (op, arg) in enumerate(ops):
+        if w.stored is not None:
+            return  # cut off: the first test's case
+        if op == "deliver":
+            w.deliver(doc(i, arg))
+        elif op == "take":
+            w.take()
+        elif op == "receive":
+            w.seen = min(w.written, w.seen + arg)
+        elif op == "ack":
+            w.ack(arg)
+    if w.stored is not None:
+        return
+    assert box.stop_receipts() == w.accepted[w.acked :]
+    assert budget.used == box.held_bytes
+
+
+@pytest.mark.parametrize("size", [10, 2000])
+def test_a_client_that_never_acknowledges_is_cut_at_the_bound(size: int) -> None:
+    box = Outbox(10**9)
+    box.start_receipts(Unacked(None, MAX_COUNT, MAX_BYTES))
+    verdicts = []
+    for i in range(100):
+        verdicts.append(box.deliver(doc(i, size)))
+        box.take()
+        if verdicts[-1] == UNACKED:
+            break
+    assert verdicts[-1] == UNACKED
+    stored = box.end(End.CUT_OFF)
+    assert stored == [doc(i, size) for i in range(len(verdicts))]
