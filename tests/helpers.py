@@ -109,6 +109,53 @@ class CuttableProxy:
         await asyncio.gather(pump(r, uw), pump(ur, w))
 
 
+class StallingProxy:
+    """Forwards 127.0.0.1:port to a target until stalled; then it forwards
+    nothing more either way and closes nothing: no FIN, no RST. Both ends
+    see a connection that is open and silent, as when a phone enters a
+    tunnel or a NAT forgets the flow. What the server writes meanwhile is
+    acknowledged by this process's kernel and never reaches the client."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for t in list(self._tasks):
+            t.cancel()
+        for w in list(self._writers):
+            w.transport.abort()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.update((w, uw))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    await self._flowing.wait()  # stalled: hold it, read no more
+                    dst.write(data)
+                    await dst.drain()
+
+        for t in (asyncio.ensure_future(pump(r, uw)), asyncio.ensure_future(pump(ur, w))):
+            self._tasks.add(t)
+
+
 def server_cmd(port: int, db_url: str, *extra: str) -> list[str]:
     import sys
 

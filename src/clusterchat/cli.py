@@ -106,6 +106,33 @@ def build_parser() -> argparse.ArgumentParser:
         "default 1 MiB]",
     )
     srv.add_argument(
+        "--receipt-window",
+        type=int,
+        default=_env_int("CLUSTERCHAT_RECEIPT_WINDOW", 2000),
+        metavar="N",
+        help="clients with receipts: messages written and not yet acknowledged before the "
+        "client is disconnected (all of them are stored for its next login) "
+        "[env CLUSTERCHAT_RECEIPT_WINDOW; default 2000]",
+    )
+    srv.add_argument(
+        "--receipt-bytes",
+        type=int,
+        default=_env_int("CLUSTERCHAT_RECEIPT_BYTES", 2 * 1024 * 1024),
+        metavar="BYTES",
+        help="clients with receipts: bytes written and not yet acknowledged before the "
+        "client is disconnected (counted against --memory-budget) "
+        "[env CLUSTERCHAT_RECEIPT_BYTES; default 2 MiB]",
+    )
+    srv.add_argument(
+        "--receipt-timeout",
+        type=float,
+        default=float(_env("CLUSTERCHAT_RECEIPT_TIMEOUT", "30")),
+        metavar="SECONDS",
+        help="clients with receipts: disconnect one that acknowledges nothing this long while "
+        "messages wait (they are stored for its next login) "
+        "[env CLUSTERCHAT_RECEIPT_TIMEOUT; default 30]",
+    )
+    srv.add_argument(
         "--memory-budget",
         type=int,
         default=_env_int("CLUSTERCHAT_MEMORY_BUDGET", 0),
@@ -726,6 +753,9 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         max_frame=args.max_frame,
         max_connections=args.max_connections,
         output_limit=args.output_limit,
+        receipt_window=args.receipt_window,
+        receipt_bytes=args.receipt_bytes,
+        receipt_timeout=args.receipt_timeout,
         memory_budget=args.memory_budget or default_budget(),
         max_connections_per_address=args.max_connections_per_address,
         trusted_proxies=tuple(a.strip() for a in args.trusted_proxy.split(",") if a.strip()),

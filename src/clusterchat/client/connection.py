@@ -78,10 +78,15 @@ class ChatConnection:
             raise RuntimeError(f"register {name!r} failed: {ack.get('errmsg')}")
         return int(ack["id"])
 
-    async def login(self, uid: int, password: str) -> dict[str, Any]:
-        return await self.request(
-            {"msgid": MsgId.LOGIN, "id": uid, "password": password}, MsgId.LOGIN_ACK
-        )
+    async def login(self, uid: int, password: str, receipts: bool = False) -> dict[str, Any]:
+        doc: dict[str, Any] = {"msgid": MsgId.LOGIN, "id": uid, "password": password}
+        if receipts:  # pushes come numbered ("seq"); acknowledge them with ``received``
+            doc["receipts"] = True
+        return await self.request(doc, MsgId.LOGIN_ACK)
+
+    async def received(self, seq: int) -> None:
+        """Receipts: every pushed message up to ``seq`` has arrived (no reply)."""
+        await self.send({"msgid": MsgId.RECEIVED, "seq": seq})
 
     async def at_eof(self, timeout: float = 10.0) -> bool:
         """Wait for the server to close; True if it did (any data before is discarded)."""

@@ -176,8 +176,11 @@ def login_ack(
     ticket: str | None = None,
     resumed: bool = False,
     more: Sequence[str] | None = None,
+    receipts: bool = False,
 ) -> bytes:
     doc: dict[str, Any] = {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
+    if receipts:  # pushes are numbered ("seq"); acknowledge them with RECEIVED
+        doc["receipts"] = True
     if ticket is not None:
         doc["ticket"] = ticket
     if resumed:

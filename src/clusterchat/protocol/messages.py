@@ -56,6 +56,8 @@ class MsgId(IntEnum):
     INVITE = 44  # to an invite-only group (ADD_GROUP accepts)
     LIST_INVITES = 45
     INVITE_LIST = 46
+    # Receipts (docs/PROTOCOL.md, "Receipts"): the client acknowledges pushes.
+    RECEIVED = 63
 
 
 #: Messages the server sends without being asked; everything else it sends
@@ -120,6 +122,11 @@ class ErrCode(IntEnum):
     MAILBOX_FULL = 171  # the receiver has as many messages waiting as they may
     TOO_LONG_TO_STORE = 172  # longer than a message kept for an offline receiver may be
     QUOTA = 173  # as many groups, memberships or friends as a user may have
+    # Receipts: 185-189.
+    RECEIPT_AHEAD = 185  # RECEIVED names a number not yet sent on this connection
+    RECEIPT_TIMEOUT = 186  # nothing acknowledged for too long: closing (all kept)
+    RECEIPT_WINDOW_FULL = 187  # too much unacknowledged: closing (all kept)
+    RECEIPTS_OFF = 188  # RECEIVED on a connection that did not ask for receipts
     INTERNAL = 199
 
 
@@ -155,6 +162,9 @@ class Login(_Request, frozen=True, gc=False, tag=int(MsgId.LOGIN)):
     password: Password | None = None
     #: Instead of the password: the ticket from this user's last login reply.
     ticket: Ticket | None = None
+    #: Number pushed messages and keep them until acknowledged (RECEIVED);
+    #: modern dialect and WebSocket only.
+    receipts: bool = False
 
 
 class Logout(_Request, frozen=True, gc=False, tag=int(MsgId.LOGOUT)):
@@ -265,6 +275,12 @@ class ListInvites(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_INVITES)):
     pass
 
 
+class Received(_Request, frozen=True, gc=False, tag=int(MsgId.RECEIVED)):
+    """Receipts: every pushed message numbered up to ``seq`` has arrived."""
+
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
 Request = (
     Login
     | Logout
@@ -289,6 +305,7 @@ Request = (
     | DeleteGroup
     | Invite
     | ListInvites
+    | Received
 )
 
 #: Requests accepted before login.

@@ -21,9 +21,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from clusterchat.logs import connection_id
-from clusterchat.protocol import proxy
+from clusterchat.protocol import codec, proxy
 from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
-from clusterchat.server.outbox import FIRST, OVER, QUEUED, End, Outbox
+from clusterchat.protocol.messages import ErrCode
+from clusterchat.server.outbox import FIRST, OVER, QUEUED, UNACKED, End, Outbox
+from clusterchat.server.receipts import Unacked
 from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
@@ -38,6 +40,15 @@ _OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
 _WRITE_HIGH = 64 * 1024
 #: Seconds a cut-off connection may take to drain before it is aborted.
 _LINGER = 10.0
+_WINDOW_FULL = codec.error(
+    ErrCode.RECEIPT_WINDOW_FULL,
+    "too many messages not acknowledged (RECEIVED); closing. They are kept for your next login",
+)
+_RECEIPT_TIMEOUT = codec.error(
+    ErrCode.RECEIPT_TIMEOUT,
+    "nothing acknowledged (RECEIVED) for too long; closing. Unacknowledged messages are "
+    "kept for your next login",
+)
 
 
 def _unacked(fd: int) -> int:
@@ -234,7 +245,22 @@ class Connection(asyncio.Protocol):
         if verdict == OVER:
             self._cut_off()
             return True
+        if verdict == UNACKED:
+            self._cut_off(_WINDOW_FULL)
+            return True
         return False  # ended: the caller keeps it
+
+    def start_receipts(self) -> bool:
+        s = self.node.settings
+        unacked = Unacked(self.node.budget, s.receipt_window, s.receipt_bytes, s.receipt_timeout)
+        self.outbox.start_receipts(unacked)
+        return True
+
+    def received(self, seq: int) -> bool:
+        return self.outbox.ack(seq)
+
+    def stop_receipts(self) -> list[bytes]:
+        return self.outbox.stop_receipts()
 
     def flush(self, now: float = 0.0) -> None:
         """Write what the outbox has for this tick (the node calls this once
@@ -255,6 +281,11 @@ class Connection(asyncio.Protocol):
         t = self.transport
         if t is None or self.outbox.ended:
             self._watched = False
+            return False
+        receipts = self.outbox.receipts
+        if receipts is not None and receipts.overdue(self.node.clock()):
+            self._watched = False
+            self._cut_off(_RECEIPT_TIMEOUT)
             return False
         self.outbox.measured(self._in_flight())
         if self.outbox.idle:
@@ -298,12 +329,16 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self._paused:
             self.transport.resume_reading()
 
-    def _cut_off(self) -> None:
-        """Past the output limit: disconnect, and store what it was not sent
-        and what it may not have read. Some of that may still reach it while
-        the connection closes: a duplicate (same mid), never a loss."""
+    def _cut_off(self, why: bytes | None = None) -> None:
+        """Past the output limit (or, with receipts, the unacknowledged
+        window's bounds or time: ``why`` says which): disconnect, and store
+        what it was not sent and what it may not have read. Some of that may
+        still reach it while the connection closes: a duplicate (same mid),
+        never a loss."""
         self._store(self.outbox.end(End.CUT_OFF), cut_off=True)
         t = self.transport
+        if why is not None:
+            self.send(why)
         if t is not None:
             t.close()  # flushes what it can, then FIN; cut hard if the peer never reads
             self._linger = asyncio.get_running_loop().call_later(_LINGER, t.abort)

@@ -40,6 +40,7 @@ from clusterchat.protocol.messages import (
     MsgId,
     OneChat,
     Ping,
+    Received,
     RegErr,
     Register,
     Request,
@@ -76,8 +77,9 @@ _MAX_CACHED_GROUPS = 10_000
 _JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
 _REG_BUSY = "server busy: too many registrations at once; retry in a few seconds"
-#: Never refused for flooding: leaving, and proving one is alive.
-_UNMETERED: frozenset[type] = frozenset({Logout, Ping})
+#: Never refused for flooding: leaving, proving one is alive, and receipts
+#: (which free memory and are sent at most every few messages).
+_UNMETERED: frozenset[type] = frozenset({Logout, Ping, Received})
 #: Requests that make the node hold bytes for others: refused while the
 #: memory budget is full.
 _BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
@@ -178,6 +180,7 @@ class ChatService:
             Ping: self._ping,
             ListFriends: self._list_friends,
             ListGroups: self._list_groups,
+            Received: self._received,
         }
         self.friends = Friends(self)
         self.groups = Groups(self)
@@ -448,6 +451,7 @@ class ChatService:
             race.refused()
             return
         uid, ticket_login = req.id, resumed.found is not None
+        receipts = req.receipts and not s.legacy
         ticket: str | None
         digest: str | None
         try:
@@ -468,7 +472,8 @@ class ChatService:
                 ticket, digest = tickets.issue() if not s.legacy else (None, None)
                 view = await self.store.open_session(uid, digest)
                 # The reply carries what fits; the rest follows it, page by page.
-                fits = _fitting(view.offline, LOGIN_OFFLINE_BYTES)
+                # With receipts all of it follows, numbered: kept until acknowledged.
+                fits = [] if receipts else _fitting(view.offline, LOGIN_OFFLINE_BYTES)
                 race.reply_read(
                     complete=len(fits) == len(view.offline) and len(fits) < self.store.offline_page
                 )
@@ -476,7 +481,7 @@ class ChatService:
                 more = [k for k, n, m in (("friends", friends, view.friends),
                         ("groups", groups, view.groups)) if len(n) < len(m)]  # fmt: skip
                 view = LoginView(friends, groups, fits)
-            reply = await self._login_reply(s, view, ticket, ticket_login, more)
+            reply = await self._login_reply(s, view, ticket, ticket_login, more, receipts)
         except BaseException as exc:
             held = self._forget(s, closed=race.closed)
             if not isinstance(exc, _TicketRaced):
@@ -487,6 +492,8 @@ class ChatService:
                 s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or ticket"))
                 return
             raise
+        if receipts:  # before anything is delivered to this session
+            s.receipts = s.peer.start_receipts()
         held = race.reply_sent()
         sent = s.peer.send(reply)
         for payload in held:
@@ -603,6 +610,7 @@ class ChatService:
         ticket: str | None,
         resumed: bool,
         more: list[str] | None = None,
+        receipts: bool = False,
     ) -> bytes:
         ids = {f for f, _ in view.friends}
         ids.update(m.id for g in view.groups for m in g.members)
@@ -621,7 +629,9 @@ class ChatService:
         for g in view.groups:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
         offline = [m for _, m in view.offline]
-        return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed, more)
+        return codec.login_ack(
+            s.uid, s.name, friends, groups, offline, ticket, resumed, more, receipts
+        )
 
     async def _flush_offline(
         self,
@@ -672,7 +682,8 @@ class ChatService:
         """Log out (the ticket is revoked) or drop (it stays, for reconnecting)."""
         uid = s.uid
         reply = logout and not s.legacy
-        held = [*held, *self._forget(s, closed=not logout)]
+        unacked = self._stop_receipts(s)
+        held = [*unacked, *held, *self._forget(s, closed=not logout)]
         try:
             await self.store_offline_each(uid, held)
             if logout:
@@ -695,6 +706,25 @@ class ChatService:
         if tokens < self._burst:
             refill = (self._burst - tokens) / self._rate
             await self._tallies.keep_bucket(uid, tokens, time.time(), refill + 1)
+
+    def _stop_receipts(self, s: Session) -> list[bytes]:
+        """Chat messages written to the session and not acknowledged (its
+        receipts end with it), and those not yet written: to be stored."""
+        if not s.receipts:
+            return []
+        s.receipts = False
+        return [p for p in s.peer.stop_receipts() if pushes.is_chat(p)]
+
+    def _received(self, s: Session, req: Received) -> None:
+        """RECEIVED: the client has every pushed message up to ``seq``."""
+        if not s.receipts:
+            msg = "receipts are off on this connection; ask for them in LOGIN"
+            self.refusals.note(s, msg)
+            self._refuse(s, req, ErrCode.RECEIPTS_OFF, msg)
+        elif not s.peer.received(req.seq):
+            msg = f"no message numbered {req.seq} was sent on this connection"
+            self.refusals.note(s, msg)
+            self._refuse(s, req, ErrCode.RECEIPT_AHEAD, msg)
 
     def _forget(self, s: Session, closed: bool) -> list[bytes]:
         """Unregister the session; returns what its race held, to be stored."""

@@ -25,6 +25,21 @@ class Peer(Protocol):
 
     def close(self) -> None: ...
 
+    def start_receipts(self) -> bool:
+        """Number what is delivered from now on and keep it until the client
+        acknowledges it (RECEIVED); False if this transport cannot."""
+        ...
+
+    def received(self, seq: int) -> bool:
+        """The client acknowledged every number up to ``seq``; False if no
+        such number was sent."""
+        ...
+
+    def stop_receipts(self) -> list[bytes]:
+        """Receipts end (logout): what was delivered and not acknowledged,
+        oldest first, for storing."""
+        ...
+
 
 class Session:
     """Login state of one connection.
@@ -47,6 +62,7 @@ class Session:
         "name",
         "peer",
         "race",
+        "receipts",
         "stamp",
         "tokens",
         "uid",
@@ -61,6 +77,8 @@ class Session:
         self.name = ""
         self.legacy: bool | None = None
         self.race: LoginRace[bytes] = LoginRace()
+        #: The client acknowledges pushes (asked for at login; server/receipts.py).
+        self.receipts = False
         # Flood limit (a token bucket): requests it may still make, and when
         # the bucket was last topped up. Filled at login.
         self.tokens = 0.0

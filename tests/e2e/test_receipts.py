@@ -1,0 +1,143 @@
+"""Receipts on real sockets: a client that vanishes without closing loses
+nothing it did not acknowledge, a client that never acknowledges is cut
+off at the bound with its window kept, and without receipts (the original
+dialect, or a client that did not ask) nothing changes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from clusterchat.client.connection import ChatConnection, ConnectionClosed
+from clusterchat.config import Settings
+from clusterchat.protocol import codec
+from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.server.node import Node
+from tests.conftest import PASSWORD, unique
+from tests.helpers import StallingProxy
+
+WINDOW = 10
+
+
+@pytest.fixture
+async def rnode(settings: Settings) -> AsyncIterator[Node]:
+    n = Node(replace(settings, receipt_window=WINDOW, receipt_timeout=1.0, http_port=0))
+    await n.start()
+    yield n
+    await n.stop()
+
+
+async def registered(port: int) -> tuple[ChatConnection, int]:
+    conn = await ChatConnection.open("127.0.0.1", port)
+    return conn, await conn.register(unique(), PASSWORD)
+
+
+async def send_chats(sender: ChatConnection, toid: int, texts: list[str]) -> list[str]:
+    """Send each; the mids the server gave them, in order."""
+    mids = []
+    for text in texts:
+        ack = await sender.request({"msgid": 6, "toid": toid, "msg": text}, MsgId.CHAT_ACK)
+        assert ack["errno"] == 0, ack
+        mids.append(ack["mid"])
+    return mids
+
+
+async def chats(conn: ChatConnection, n: int) -> list[dict[str, Any]]:
+    out = []
+    while len(out) < n:
+        msg = await conn.recv()
+        if msg["msgid"] == MsgId.ONE_CHAT:
+            out.append(msg)
+    return out
+
+
+async def gone(node: Node, uid: int) -> None:
+    async with asyncio.timeout(10):
+        while uid in node.service.sessions:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_a_client_that_vanishes_silently_gets_everything_unacknowledged(
+    rnode: Node,
+) -> None:
+    sender, _ = await registered(rnode.port)
+    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    proxy = StallingProxy(rnode.port)
+    await proxy.start()
+    phone, uid = await registered(proxy.port)
+    ack = await phone.login(uid, PASSWORD, receipts=True)
+    assert ack["errno"] == 0 and ack["receipts"] is True
+    try:
+        before = await send_chats(sender, uid, [f"before {i}" for i in range(5)])
+        got = await chats(phone, 5)
+        assert [m["mid"] for m in got] == before
+        assert [m["seq"] for m in got] == [1, 2, 3, 4, 5]
+        await phone.received(3)  # it saw 5, says 3: 4 and 5 will come again
+        await phone.request({"msgid": MsgId.PING}, MsgId.PONG)  # the receipt is in
+        proxy.stall()  # into the tunnel: no FIN, no RST
+        after = await send_chats(sender, uid, [f"after {i}" for i in range(8)])
+        # Each was "delivered" to a connection that no longer reaches anyone;
+        # with nothing acknowledged for the receipt timeout it is declared dead.
+        await gone(rnode, uid)
+    finally:
+        await proxy.close()
+    again = await ChatConnection.open("127.0.0.1", rnode.port)
+    ack = await again.login(uid, PASSWORD, receipts=True)
+    assert ack["errno"] == 0 and "offlinemsg" not in ack  # with receipts: pushed, numbered
+    got = await chats(again, 2 + 8)
+    assert [m["mid"] for m in got] == before[3:] + after  # nothing lost, in order
+    assert [m["msg"] for m in got[:2]] == ["before 3", "before 4"]  # duplicates: same mid
+    assert [m["seq"] for m in got] == list(range(1, 11))
+    await again.received(10)
+    await again.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    # Acknowledged, so not stored again.
+    ack = await again.login(uid, PASSWORD, receipts=True)
+    await again.request({"msgid": MsgId.PING}, MsgId.PONG)
+    assert "offlinemsg" not in ack
+    for c in (sender, again, phone):
+        await c.close()
+
+
+async def test_a_client_that_never_acknowledges_is_cut_at_the_bound(rnode: Node) -> None:
+    sender, _ = await registered(rnode.port)
+    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    mute, uid = await registered(rnode.port)
+    assert (await mute.login(uid, PASSWORD, receipts=True))["errno"] == 0
+    mids = await send_chats(sender, uid, [f"m{i}" for i in range(WINDOW + 5)])
+    seqs = []
+    while (msg := await mute.recv())["msgid"] == MsgId.ONE_CHAT:
+        seqs.append(msg["seq"])
+    assert msg["msgid"] == MsgId.ERROR and msg["errno"] == ErrCode.RECEIPT_WINDOW_FULL, msg
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) <= WINDOW
+    with pytest.raises(ConnectionClosed):
+        await mute.recv()
+    await gone(rnode, uid)
+    back = await ChatConnection.open("127.0.0.1", rnode.port)
+    ack = await back.login(uid, PASSWORD)  # without receipts: in the reply, as ever
+    assert ack["errno"] == 0
+    offline = [codec.loads(m)["mid"] for m in ack["offlinemsg"]]
+    # The whole window, in order; what came after the cut was stored as for
+    # anyone offline (by another writer: it may come first; docs/RELIABILITY.md).
+    assert sorted(offline) == sorted(mids)
+    window = set(mids[: len(seqs)])
+    assert [m for m in offline if m in window] == mids[: len(seqs)]
+    for c in (sender, mute, back):
+        await c.close()
+
+
+async def test_receipt_errors_are_specific_and_not_fatal(rnode: Node) -> None:
+    plain, uid = await registered(rnode.port)
+    assert (await plain.login(uid, PASSWORD))["errno"] == 0
+    err = await plain.request({"msgid": MsgId.RECEIVED, "seq": 1}, MsgId.ERROR)
+    assert err["errno"] == ErrCode.RECEIPTS_OFF and err["re"] == MsgId.RECEIVED
+    other, oid = await registered(rnode.port)
+    assert (await other.login(oid, PASSWORD, receipts=True))["errno"] == 0
+    err = await other.request({"msgid": MsgId.RECEIVED, "seq": 5}, MsgId.ERROR)
+    assert err["errno"] == ErrCode.RECEIPT_AHEAD
+    assert (await other.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    for c in (plain, other):
+        await c.close()
