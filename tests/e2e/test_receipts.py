@@ -141,3 +141,59 @@ async def test_receipt_errors_are_specific_and_not_fatal(rnode: Node) -> None:
     assert (await other.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
     for c in (plain, other):
         await c.close()
+
+
+async def test_silence_with_messages_waiting_is_declared_dead(rnode: Node) -> None:
+    sender, _ = await registered(rnode.port)
+    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    quiet, uid = await registered(rnode.port)
+    assert (await quiet.login(uid, PASSWORD, receipts=True))["errno"] == 0
+    mids = await send_chats(sender, uid, ["are you there?"])
+    assert (await quiet.expect(MsgId.ONE_CHAT))["mid"] == mids[0]
+    err = await quiet.expect(MsgId.ERROR)  # after --receipt-timeout (1 s here)
+    assert err["errno"] == ErrCode.RECEIPT_TIMEOUT, err
+    assert await quiet.at_eof()
+    await gone(rnode, uid)
+    back = await ChatConnection.open("127.0.0.1", rnode.port)
+    assert (await back.login(uid, PASSWORD, receipts=True))["errno"] == 0
+    assert [m["mid"] for m in await chats(back, 1)] == mids
+    for c in (sender, quiet, back):
+        await c.close()
+
+
+async def test_logout_keeps_what_was_not_acknowledged(rnode: Node) -> None:
+    sender, _ = await registered(rnode.port)
+    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    conn, uid = await registered(rnode.port)
+    assert (await conn.login(uid, PASSWORD, receipts=True))["errno"] == 0
+    mids = await send_chats(sender, uid, ["a", "b", "c"])
+    await chats(conn, 3)
+    await conn.received(1)
+    await conn.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    # The same connection, the same user again: b and c come back, numbered anew.
+    assert (await conn.login(uid, PASSWORD, receipts=True))["errno"] == 0
+    got = await chats(conn, 2)
+    assert [(m["mid"], m["seq"]) for m in got] == [(mids[1], 1), (mids[2], 2)]
+    for c in (sender, conn):
+        await c.close()
+
+
+async def test_without_receipts_pushes_are_not_numbered(rnode: Node) -> None:
+    sender, _ = await registered(rnode.port)
+    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    plain, uid = await registered(rnode.port)
+    ack = await plain.login(uid, PASSWORD)
+    assert "receipts" not in ack
+    original = await ChatConnection.open("127.0.0.1", rnode.port, legacy=True)
+    oid = await original.register(unique(), PASSWORD)
+    ack = await original.request(
+        {"msgid": MsgId.LOGIN, "id": oid, "password": PASSWORD, "receipts": True},
+        MsgId.LOGIN_ACK,
+    )
+    assert ack["errno"] == 0 and "receipts" not in ack  # the original dialect: never
+    await send_chats(sender, uid, ["x"])
+    await send_chats(sender, oid, ["y"])
+    assert "seq" not in (await plain.expect(MsgId.ONE_CHAT))
+    assert "seq" not in (await original.expect(MsgId.ONE_CHAT))
+    for c in (sender, plain, original):
+        await c.close()
