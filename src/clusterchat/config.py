@@ -56,12 +56,6 @@ class Settings:
     #: Bytes of chat messages held for a peer that is not reading before it
     #: is cut off (what it was not sent is stored offline).
     output_limit: int = 1024 * 1024
-    #: Receipts (clients that opted in): messages and bytes written and not yet
-    #: acknowledged before the client is cut off (ERROR 187, all stored), and
-    #: seconds without any acknowledgement while some wait (ERROR 186, stored).
-    receipt_window: int = 2000
-    receipt_bytes: int = 2 * 1024 * 1024
-    receipt_timeout: float = 30.0
     #: Bytes held for other people (slow readers, re-stores) before chats are
     #: refused as busy; by default a quarter of the machine's memory (0: no limit).
     memory_budget: int = field(default_factory=default_budget)

@@ -25,7 +25,11 @@ WINDOW = 10
 
 @pytest.fixture
 async def rnode(settings: Settings) -> AsyncIterator[Node]:
-    n = Node(replace(settings, receipt_window=WINDOW, receipt_timeout=1.0, http_port=0))
+    n = Node(
+        replace(
+            settings, limits=replace(settings.limits, receipt_window=WINDOW, receipt_timeout=1.0)
+        )
+    )
     await n.start()
     yield n
     await n.stop()
@@ -53,6 +57,17 @@ async def chats(conn: ChatConnection, n: int) -> list[dict[str, Any]]:
         if msg["msgid"] == MsgId.ONE_CHAT:
             out.append(msg)
     return out
+
+
+async def arrivals(conn: ChatConnection, ack: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` chats after a login: those its reply carries, then
+    pushed ones; with receipts they are numbered 1 to n in that order."""
+    got = [codec.loads(m) for m in ack.get("offlinemsg", ())][:n]
+    got += await chats(conn, n - len(got))
+    if ack.get("receipts"):
+        seqs = [m.get("seq", i) for i, m in enumerate(got, 1)]
+        assert seqs == list(range(1, n + 1)), seqs
+    return got
 
 
 async def gone(node: Node, uid: int) -> None:
@@ -87,11 +102,10 @@ async def test_a_client_that_vanishes_silently_gets_everything_unacknowledged(
         await proxy.close()
     again = await ChatConnection.open("127.0.0.1", rnode.port)
     ack = await again.login(uid, PASSWORD, receipts=True)
-    assert ack["errno"] == 0 and "offlinemsg" not in ack  # with receipts: pushed, numbered
-    got = await chats(again, 2 + 8)
+    assert ack["errno"] == 0
+    got = await arrivals(again, ack, 2 + 8)  # the reply's offline messages are 1 to n
     assert [m["mid"] for m in got] == before[3:] + after  # nothing lost, in order
     assert [m["msg"] for m in got[:2]] == ["before 3", "before 4"]  # duplicates: same mid
-    assert [m["seq"] for m in got] == list(range(1, 11))
     await again.received(10)
     await again.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
     # Acknowledged, so not stored again.
@@ -155,8 +169,8 @@ async def test_silence_with_messages_waiting_is_declared_dead(rnode: Node) -> No
     assert await quiet.at_eof()
     await gone(rnode, uid)
     back = await ChatConnection.open("127.0.0.1", rnode.port)
-    assert (await back.login(uid, PASSWORD, receipts=True))["errno"] == 0
-    assert [m["mid"] for m in await chats(back, 1)] == mids
+    ack = await back.login(uid, PASSWORD, receipts=True)
+    assert [m["mid"] for m in await arrivals(back, ack, 1)] == mids
     for c in (sender, quiet, back):
         await c.close()
 
@@ -171,9 +185,9 @@ async def test_logout_keeps_what_was_not_acknowledged(rnode: Node) -> None:
     await conn.received(1)
     await conn.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
     # The same connection, the same user again: b and c come back, numbered anew.
-    assert (await conn.login(uid, PASSWORD, receipts=True))["errno"] == 0
-    got = await chats(conn, 2)
-    assert [(m["mid"], m["seq"]) for m in got] == [(mids[1], 1), (mids[2], 2)]
+    ack = await conn.login(uid, PASSWORD, receipts=True)
+    got = await arrivals(conn, ack, 2)
+    assert [m["mid"] for m in got] == mids[1:]
     for c in (sender, conn):
         await c.close()
 
@@ -196,4 +210,27 @@ async def test_without_receipts_pushes_are_not_numbered(rnode: Node) -> None:
     assert "seq" not in (await plain.expect(MsgId.ONE_CHAT))
     assert "seq" not in (await original.expect(MsgId.ONE_CHAT))
     for c in (sender, plain, original):
+        await c.close()
+
+
+@pytest.mark.unmetered
+async def test_a_full_mailbox_flows_at_the_pace_of_acknowledgements(rnode: Node) -> None:
+    sender, _ = await registered(rnode.port)
+    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    conn, uid = await registered(rnode.port)
+    mids = await send_chats(sender, uid, [f"m{i}" for i in range(6 * WINDOW)])  # offline
+    ack = await conn.login(uid, PASSWORD, receipts=True)
+    got = [codec.loads(m) for m in ack.get("offlinemsg", ())]
+    assert 0 < len(got) <= WINDOW // 2  # the reply carries less than the window
+    await conn.received(len(got))
+    while len(got) < len(mids):  # more than the window: it waits for our receipts
+        msg = await conn.expect(MsgId.ONE_CHAT)
+        assert msg["seq"] == len(got) + 1
+        got.append(msg)
+        if msg["seq"] % 3 == 0:
+            await conn.received(msg["seq"])
+    assert [m["mid"] for m in got] == mids
+    await conn.received(len(got))
+    assert (await conn.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    for c in (sender, conn):
         await c.close()

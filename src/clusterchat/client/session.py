@@ -4,7 +4,10 @@ Every reply the server sends answers exactly one request, in request order,
 so replies are matched to a FIFO of waiting futures; messages in
 :data:`~clusterchat.protocol.messages.PUSHED` go to ``on_push``. When the
 connection drops, the client reconnects with backoff and, if it was logged
-in, logs in again.
+in, logs in again. It asks for receipts at every login and acknowledges
+what is pushed (:mod:`clusterchat.client.receipts`): a message the server
+wrote into a connection that then vanished comes again at the next login,
+and duplicates (same ``mid``) are dropped here.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from clusterchat.client.receipts import INTERVAL, Acks, received
 from clusterchat.protocol import codec
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from clusterchat.protocol.messages import PUSHED, LoginErr, MsgId
@@ -58,6 +62,8 @@ class ChatClient:
         self._pending: deque[asyncio.Future[dict[str, Any]]] = deque()
         self._reader_task: asyncio.Task[None] | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
+        self._acks_task: asyncio.Task[None] | None = None
+        self.acks = Acks()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
         self.connected = asyncio.Event()
@@ -75,13 +81,16 @@ class ChatClient:
         self._reader_task = asyncio.ensure_future(self._read(reader, writer))
         if self._keepalive_task is None:
             self._keepalive_task = asyncio.ensure_future(self._keepalive())
+        if self._acks_task is None:
+            self._acks_task = asyncio.ensure_future(self._acknowledge())
         self.connected.set()
         if not self.uid:  # else ready once logged in again (see _reconnect)
             self.ready.set()
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._keepalive_task, self._reconnect_task, self._reader_task):
+        tasks = (self._keepalive_task, self._acks_task, self._reconnect_task, self._reader_task)
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -118,12 +127,17 @@ class ChatClient:
             return
         if msg.get("msgid") in PUSHED:
             self._push(msg)
+        elif msg.get("msgid") == MsgId.ERROR and msg.get("re") == MsgId.RECEIVED:
+            log.warning("receipt refused: %s", msg.get("errmsg"))  # RECEIVED has no reply
         elif self._pending:
             fut = self._pending.popleft()
             if not fut.done():
                 fut.set_result(msg)
 
     def _push(self, msg: dict[str, Any]) -> None:
+        seq = msg.get("seq")
+        if type(seq) is int and (due := self.acks.saw(seq)) is not None:
+            self._write(received(due))
         mid = msg.get("mid")
         if mid is not None:
             if mid in self._seen:  # delivery between nodes is at least once
@@ -163,7 +177,7 @@ class ChatClient:
         secret = {"ticket": self._ticket} if self._ticket else {"password": self._password}
         while True:
             try:
-                ack = await self._send({"msgid": MsgId.LOGIN, "id": self.uid, **secret})
+                ack = await self._login_request({"id": self.uid, **secret})
             except ConnectionLost:
                 return False
             if ack.get("errno") == 0:
@@ -184,6 +198,33 @@ class ChatClient:
                 return True
             await asyncio.sleep(0.5)
 
+    async def _acknowledge(self) -> None:
+        """Receipts: say what arrived at least every INTERVAL while anything did."""
+        while True:
+            await asyncio.sleep(INTERVAL)
+            self._ack_now()
+
+    def _ack_now(self) -> None:
+        due = self.acks.take()
+        if due is not None:
+            self._write(received(due))
+
+    def _write(self, doc: dict[str, Any]) -> None:
+        """A request with no reply (RECEIVED); dropped if not connected (the
+        server then stores what it was not told about)."""
+        if self.connected.is_set() and self._writer is not None:
+            self._writer.write(codec.dumps(doc).encode() + b"\n")
+
+    async def _login_request(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """LOGIN asking for receipts; numbering starts again with the reply."""
+        self.acks.reset()
+        ack = await self._send({"msgid": MsgId.LOGIN, "receipts": True, **fields})
+        if ack.get("receipts"):  # the offline messages it carries are numbered 1 to n
+            due = self.acks.saw(len(ack.get("offlinemsg") or ()))
+            if due is not None:
+                self._write(received(due))
+        return ack
+
     async def _keepalive(self) -> None:
         """nginx and NATs drop idle TCP connections; a ping now and then keeps ours."""
         while True:
@@ -202,13 +243,17 @@ class ChatClient:
     async def _send(self, doc: dict[str, Any]) -> dict[str, Any]:
         if not self.connected.is_set() or self._writer is None:
             raise ConnectionLost("not connected")
+        if doc.get("msgid") == MsgId.LOGOUT:
+            self._ack_now()  # what arrived is not stored again for the next login
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending.append(fut)
         self._writer.write(codec.dumps(doc).encode() + b"\n")
         return await fut
 
     async def login(self, uid: int, password: str) -> dict[str, Any]:
-        ack = await self.request({"msgid": MsgId.LOGIN, "id": uid, "password": password})
+        if not self.ready.is_set():
+            raise ConnectionLost("not connected (reconnecting)")
+        ack = await self._login_request({"id": uid, "password": password})
         if ack.get("errno") == 0:
             self.uid, self.name = uid, str(ack.get("name", ""))
             ticket = ack.get("ticket")

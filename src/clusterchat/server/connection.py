@@ -70,6 +70,7 @@ class Connection(asyncio.Protocol):
         "_paused",
         "_proxy",
         "_queue",
+        "_room",
         "_watched",
         "address",
         "decoder",
@@ -91,6 +92,8 @@ class Connection(asyncio.Protocol):
         self._queue: deque[tuple[bytes, int]] | None = None
         self._paused = False
         self._linger: asyncio.TimerHandle | None = None
+        # Receipts: set when the client acknowledges or the connection ends.
+        self._room: asyncio.Event | None = None
         self._fd = -1
         # Whether the node asks this connection for in-flight reports.
         self._watched = False
@@ -250,17 +253,40 @@ class Connection(asyncio.Protocol):
             return True
         return False  # ended: the caller keeps it
 
-    def start_receipts(self) -> bool:
-        s = self.node.settings
-        unacked = Unacked(self.node.budget, s.receipt_window, s.receipt_bytes, s.receipt_timeout)
+    def start_receipts(self, carried: list[bytes]) -> bool:
+        lim = self.node.settings.limits
+        unacked = Unacked(
+            self.node.budget, lim.receipt_window, lim.receipt_bytes, lim.receipt_timeout
+        )
+        if carried:  # in the login reply, unnumbered there: 1 to n
+            unacked.written(carried, sum(map(len, carried)))
         self.outbox.start_receipts(unacked)
         return True
 
     def received(self, seq: int) -> bool:
+        if self._room is not None:
+            self._room.set()
         return self.outbox.ack(seq)
 
+    async def receipt_room(self, nbytes: int) -> bool:
+        box = self.outbox
+        while not box.has_room(nbytes):
+            room = self._room = self._room or asyncio.Event()
+            room.clear()
+            await room.wait()
+        return not box.ended
+
     def stop_receipts(self) -> list[bytes]:
+        if self._room is not None:
+            self._room.set()
         return self.outbox.stop_receipts()
+
+    def _store(self, unread: list[bytes], cut_off: bool) -> None:
+        """The outbox has ended: keep what it owed, wake what waits for room."""
+        if self._room is not None:
+            self._room.set()
+        if unread:
+            self.node.service.spill(self.session, unread, cut_off=cut_off)
 
     def flush(self, now: float = 0.0) -> None:
         """Write what the outbox has for this tick (the node calls this once
@@ -310,10 +336,6 @@ class Connection(asyncio.Protocol):
         self.outbox.measured(self._in_flight())  # is it behind, now?
         self._store(self.outbox.end(End.CLOSED_BY_US), cut_off=False)
         t.close()
-
-    def _store(self, unread: list[bytes], cut_off: bool) -> None:
-        if unread:
-            self.node.service.spill(self.session, unread, cut_off=cut_off)
 
     # -- flow control: a peer that does not read -----------------------------------------
 

@@ -199,6 +199,17 @@ class Outbox:
             return UNACKED
         return verdict
 
+    def has_room(self, nbytes: int) -> bool:
+        """Receipts: whether one more message of ``nbytes`` fits beside what
+        is unacknowledged or not yet written (or nothing waits at all)."""
+        receipts = self.receipts
+        if receipts is None or self._ended:
+            return True
+        waiting = len(self._pending or ()) + len(self._held or ())
+        if not waiting and not receipts.count:
+            return True
+        return receipts.room(waiting + 1, self._pending_bytes + self._held_bytes + nbytes)
+
     def start_receipts(self, receipts: Unacked) -> None:
         """From now on what is written is numbered and kept until acknowledged."""
         if not self._ended:

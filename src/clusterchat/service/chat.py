@@ -471,9 +471,11 @@ class ChatService:
             else:
                 ticket, digest = tickets.issue() if not s.legacy else (None, None)
                 view = await self.store.open_session(uid, digest)
-                # The reply carries what fits; the rest follows it, page by page.
-                # With receipts all of it follows, numbered: kept until acknowledged.
-                fits = [] if receipts else _fitting(view.offline, LOGIN_OFFLINE_BYTES)
+                # The reply carries what fits; the rest follows it, page by page
+                # (with receipts, a page at most: it all waits for acknowledgement).
+                fits = _fitting(view.offline, LOGIN_OFFLINE_BYTES)
+                if receipts:
+                    fits = fits[: min(self.store.offline_page, self.limits.receipt_window) // 2]
                 race.reply_read(
                     complete=len(fits) == len(view.offline) and len(fits) < self.store.offline_page
                 )
@@ -493,7 +495,8 @@ class ChatService:
                 return
             raise
         if receipts:  # before anything is delivered to this session
-            s.receipts = s.peer.start_receipts()
+            carried = [codec.encode_text(m) for _, m in view.offline]
+            s.receipts = s.peer.start_receipts(carried)
         held = race.reply_sent()
         sent = s.peer.send(reply)
         for payload in held:
@@ -502,6 +505,9 @@ class ChatService:
             await self.store_offline_each(uid, held)
             if self.sessions.get(uid) is s:
                 await self._leave(s)
+            return
+        if s.receipts:  # it waits for receipts, which come as requests after this one
+            self._spawn(self._flush_offline(s, race, written=view.offline))
             return
         await self._flush_offline(s, race, written=view.offline)
 
@@ -666,7 +672,7 @@ class ChatService:
                     return
                 if not rows or s.race is not race:
                     continue
-                if not all([s.peer.deliver(codec.encode_text(m)) for _, m in rows]):
+                if not await self._deliver_page(s, rows):
                     race.flush_stopped()  # closing: the rows stay stored
                     return
                 written = rows
@@ -674,6 +680,19 @@ class ChatService:
         except BaseException:
             race.flush_stopped()
             raise
+
+    async def _deliver_page(self, s: Session, rows: Sequence[tuple[int, str]]) -> bool:
+        """Offline messages to a logged-in session; False if it is closing.
+        With receipts, each waits for room in the unacknowledged window: a
+        full mailbox must not overflow it (and be cut off, and stored, at
+        every login)."""
+        if not s.receipts:
+            return all([s.peer.deliver(codec.encode_text(m)) for _, m in rows])
+        for _, m in rows:
+            payload = codec.encode_text(m)
+            if not await s.peer.receipt_room(len(payload)) or not s.peer.deliver(payload):
+                return False
+        return True
 
     def _logout(self, s: Session, req: Logout) -> Awaitable[None]:
         return self._leave(s, logout=True)

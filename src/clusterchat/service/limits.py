@@ -48,6 +48,12 @@ class Limits:
     #: or a stuck loop is slowed down, never allowed to crowd out the others.
     message_rate: float = 20.0
     message_burst: int = 50
+    #: Receipts (clients that opted in): messages and bytes written and not yet
+    #: acknowledged before the client is cut off (ERROR 187, all stored), and
+    #: seconds without any acknowledgement while some wait (ERROR 186, stored).
+    receipt_window: int = 2000
+    receipt_bytes: int = 2 * 1024 * 1024
+    receipt_timeout: float = 30.0
 
 
 class FailureLimiter:

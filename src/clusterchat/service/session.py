@@ -25,14 +25,21 @@ class Peer(Protocol):
 
     def close(self) -> None: ...
 
-    def start_receipts(self) -> bool:
+    def start_receipts(self, carried: list[bytes]) -> bool:
         """Number what is delivered from now on and keep it until the client
-        acknowledges it (RECEIVED); False if this transport cannot."""
+        acknowledges it (RECEIVED); False if this transport cannot.
+        ``carried``: the offline messages the login reply carries, numbered
+        1 to n before any push."""
         ...
 
     def received(self, seq: int) -> bool:
         """The client acknowledged every number up to ``seq``; False if no
         such number was sent."""
+        ...
+
+    async def receipt_room(self, nbytes: int) -> bool:
+        """Wait until one more message of ``nbytes`` fits the unacknowledged
+        window (the client acknowledges); False if the connection ended."""
         ...
 
     def stop_receipts(self) -> list[bytes]:
