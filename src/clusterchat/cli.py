@@ -459,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--transport", choices=["tcp", "ws"], default="tcp",
                        help="tcp, or ws: WebSockets to the targets' HTTP ports "
                        "(server --http-port) [default tcp]")  # fmt: skip
+    bench.add_argument("--receipts", action="store_true",
+                       default=_env("CLUSTERCHAT_BENCH_RECEIPTS", "") not in ("", "0"),
+                       help="chat, group: log in asking for receipts and acknowledge pushes "
+                       "(RECEIVED every 32 messages or each second), as our clients do "
+                       "[env CLUSTERCHAT_BENCH_RECEIPTS]")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="one JSON line instead of a table")
 
     cl = sub.add_parser(
@@ -827,6 +832,7 @@ def _bench(args: argparse.Namespace) -> int:
         rate=args.rate,
         server_pid=args.server_pid,
         transport=args.transport,
+        receipts=args.receipts,
     )
     results = []
 

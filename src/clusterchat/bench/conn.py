@@ -8,9 +8,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from clusterchat.client.receipts import INTERVAL, Acks, received
 from clusterchat.protocol import codec
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
-from clusterchat.protocol.messages import PUSHED
+from clusterchat.protocol.messages import PUSHED, MsgId
+
+_ERROR, _RECEIVED = int(MsgId.ERROR), int(MsgId.RECEIVED)
 
 
 class Closed(Exception):
@@ -25,6 +28,9 @@ class BenchConn(asyncio.Protocol):
         self.on_push = on_push
         self.uid = 0
         self.ticket: str | None = None
+        #: ``bench --receipts``: acknowledge pushes as our clients do.
+        self.acks: Acks | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(
@@ -43,14 +49,36 @@ class BenchConn(asyncio.Protocol):
 
     def _dispatch(self, msg: Any) -> None:
         if msg.get("msgid") in PUSHED:
+            if self.acks is not None and "seq" in msg:
+                self.saw(msg["seq"])
             if self.on_push is not None:
                 self.on_push(msg)
+        elif msg.get("msgid") == _ERROR and msg.get("re") == _RECEIVED:
+            return  # RECEIVED has no reply: this one answers no request
         elif self.pending:
             fut = self.pending.popleft()
             if not fut.done():
                 fut.set_result(msg)
 
+    def saw(self, seq: int) -> None:
+        """Receipts: every 32 messages, or after a second, say what arrived."""
+        acks = self.acks
+        assert acks is not None
+        due = acks.saw(seq)
+        if due is not None:
+            self.send(received(due))
+        elif self._ack_timer is None and acks.seen > acks.sent:
+            self._ack_timer = asyncio.get_running_loop().call_later(INTERVAL, self.ack_now)
+
+    def ack_now(self) -> None:
+        self._ack_timer = None
+        due = self.acks.take() if self.acks is not None else None
+        if due is not None and self.transport is not None:
+            self.send(received(due))
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         self.transport = None
         while self.pending:
             fut = self.pending.popleft()
@@ -70,4 +98,6 @@ class BenchConn(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            if self.acks is not None:
+                self.ack_now()  # else what arrived would be stored for the next login
             self.transport.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 from clusterchat.bench.conn import BenchConn, Closed
 from clusterchat.bench.stats import Result
+from clusterchat.client.receipts import Acks
 from clusterchat.protocol.messages import ErrCode, MsgId
 
 PASSWORD = "bench-pw"
@@ -42,6 +43,8 @@ class Options:
     server_pid: int = 0
     #: "tcp", or "ws": WebSockets to the targets' HTTP ports (--http-port).
     transport: str = "tcp"
+    #: Log in asking for receipts and acknowledge pushes, as our clients do.
+    receipts: bool = False
 
     @property
     def label(self) -> str:
@@ -104,11 +107,19 @@ async def _register_all(opts: Options, n: int, progress: Progress) -> list[int]:
     return ids
 
 
-async def _login(conn: BenchConn, uid: int, secret: dict[str, str]) -> dict[str, Any]:
-    ack = await conn.request({"msgid": MsgId.LOGIN, "id": uid, **secret})
+async def _login(
+    conn: BenchConn, uid: int, secret: dict[str, str], receipts: bool = False
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {"msgid": MsgId.LOGIN, "id": uid, **secret}
+    if receipts:
+        doc["receipts"] = True
+        conn.acks = Acks()
+    ack = await conn.request(doc)
     if ack.get("errno") == 0:
         conn.uid = uid
         conn.ticket = ack.get("ticket")
+        if conn.acks is not None and ack.get("receipts"):
+            conn.saw(len(ack.get("offlinemsg") or ()))  # the reply's are numbered 1 to n
     return ack
 
 
@@ -122,7 +133,7 @@ async def _login_all(
 
     async def one(i: int) -> None:
         conn = await _open(opts, i, on_push(i) if on_push else None)
-        ack = await _login(conn, ids[i], {"password": PASSWORD})
+        ack = await _login(conn, ids[i], {"password": PASSWORD}, opts.receipts)
         if ack.get("errno") != 0:
             raise RuntimeError(f"login failed: {ack}")
         conns[i] = conn
@@ -336,6 +347,8 @@ async def chat(opts: Options, progress: Progress) -> Result:
     """Pairs (users 2i and 2i+1) message each other; with two targets every
     pair spans two nodes."""
     result = Result("chat", opts.label)
+    if opts.receipts:
+        result.notes["receipts"] = "on"
     ids = await _register_all(opts, opts.pairs * 2, progress)
     flow = ChatFlow(opts, result, senders=len(ids), fanout=1)
     conns = await _login_all(opts, ids, progress, on_push=lambda _i: flow.on_push)
@@ -349,6 +362,8 @@ async def chat(opts: Options, progress: Progress) -> Result:
 async def group(opts: Options, progress: Progress) -> Result:
     """One group of ``members``; ``senders`` of them talk, everyone else receives."""
     result = Result("group", opts.label)
+    if opts.receipts:
+        result.notes["receipts"] = "on"
     ids = await _register_all(opts, opts.members, progress)
     flow = ChatFlow(opts, result, senders=opts.senders, fanout=opts.members - 1)
     conns = await _login_all(opts, ids, progress, on_push=lambda _i: flow.on_push)

@@ -2,6 +2,10 @@
 // order (every request gets exactly one reply), pushed messages handed to the
 // app once each (by mid), reconnect with backoff and a ticket login.
 // The same protocol as the terminal client: docs/PROTOCOL.md, modern dialect.
+// It asks for receipts at login and acknowledges pushes (RECEIVED, no reply):
+// every ACK_EVERY messages, each ACK_INTERVAL_MS while any are new, before
+// LOGOUT and when the page goes away; the server keeps what we did not
+// acknowledge for our next login.
 
 export const Msg = Object.freeze({
   LOGIN: 1, LOGIN_ACK: 2, LOGOUT: 3, REG: 4, REG_ACK: 5, ONE_CHAT: 6, ADD_FRIEND: 7,
@@ -11,13 +15,15 @@ export const Msg = Object.freeze({
   REMOVE_FRIEND: 30, BLOCK: 31, UNBLOCK: 32, LIST_BLOCKED: 33, BLOCKED_LIST: 34,
   LEAVE_GROUP: 35, REMOVE_MEMBER: 36, SET_ROLE: 37, EDIT_GROUP: 38, TRANSFER_GROUP: 39,
   DELETE_GROUP: 40, DONE: 41, FRIEND_EVENT: 42, GROUP_EVENT: 43, INVITE: 44,
-  LIST_INVITES: 45, INVITE_LIST: 46,
+  LIST_INVITES: 45, INVITE_LIST: 46, RECEIVED: 63,
 });
 const PUSHED = new Set([Msg.ONE_CHAT, Msg.GROUP_CHAT, Msg.NOTICE, Msg.FRIEND_EVENT,
   Msg.GROUP_EVENT]);
 const KEEPALIVE_MS = 30000;
 const RELOGIN_PATIENCE_MS = 30000; // "already online": the old node may still hold us
 const SEEN_MAX = 4096;
+const ACK_EVERY = 32;
+const ACK_INTERVAL_MS = 1000;
 
 export class Disconnected extends Error {}
 
@@ -37,8 +43,35 @@ export class ChatSocket {
     this.delay = 250;
     this.timer = null;
     this.waiters = [];
+    this.seenSeq = 0;  // receipts: the highest push number seen...
+    this.ackedSeq = 0; // ...and acknowledged
     setInterval(() => { if (this.ready) this.request({ msgid: Msg.PING }).catch(() => {}); },
       KEEPALIVE_MS);
+    setInterval(() => this._ack(), ACK_INTERVAL_MS);
+    if (typeof window !== "undefined") window.addEventListener("pagehide", () => this._ack());
+  }
+
+  /** LOGIN asking for receipts: numbering starts again with its reply. */
+  async _login(fields) {
+    this.seenSeq = this.ackedSeq = 0;
+    const ack = await this._send({ msgid: Msg.LOGIN, receipts: true, ...fields });
+    if (ack.errno === 0 && ack.receipts) this._saw((ack.offlinemsg || []).length); // 1 to n
+    return ack;
+  }
+
+  _saw(seq) {
+    if (seq > this.seenSeq) {
+      this.seenSeq = seq;
+      if (seq - this.ackedSeq >= ACK_EVERY) this._ack();
+    }
+  }
+
+  _ack() {
+    const ws = this.ws;
+    if (this.seenSeq > this.ackedSeq && ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ msgid: Msg.RECEIVED, seq: this.seenSeq }));
+      this.ackedSeq = this.seenSeq;
+    }
   }
 
   start() {
@@ -92,7 +125,7 @@ export class ChatSocket {
     for (;;) {
       let ack;
       try {
-        ack = await this._send({ msgid: Msg.LOGIN, id: this.uid, ticket: this.ticket });
+        ack = await this._login({ id: this.uid, ticket: this.ticket });
       } catch {
         return null;
       }
@@ -125,8 +158,12 @@ export class ChatSocket {
       return;
     }
     if (msg === null || typeof msg !== "object") return;
-    if (PUSHED.has(msg.msgid)) this._push(msg);
-    else if (this.pending.length) this.pending.shift().resolve(msg);
+    if (PUSHED.has(msg.msgid)) {
+      if (typeof msg.seq === "number") this._saw(msg.seq);
+      this._push(msg);
+    } else if (msg.msgid === Msg.ERROR && msg.re === Msg.RECEIVED) {
+      console.warn("receipt refused:", msg.errmsg); // RECEIVED has no reply: not a request's
+    } else if (this.pending.length) this.pending.shift().resolve(msg);
   }
 
   _push(msg) {
@@ -160,7 +197,8 @@ export class ChatSocket {
   }
 
   async login(uid, password) {
-    const ack = await this.request({ msgid: Msg.LOGIN, id: uid, password });
+    if (!this.ready) throw new Disconnected("reconnecting");
+    const ack = await this._login({ id: uid, password });
     if (ack.errno === 0) {
       this.uid = uid;
       this.ticket = typeof ack.ticket === "string" ? ack.ticket : null;
@@ -170,7 +208,8 @@ export class ChatSocket {
   }
 
   async resume(uid, ticket) {
-    const ack = await this.request({ msgid: Msg.LOGIN, id: uid, ticket });
+    if (!this.ready) throw new Disconnected("reconnecting");
+    const ack = await this._login({ id: uid, ticket });
     if (ack.errno === 0) {
       this.uid = uid;
       this.ticket = ticket;
@@ -181,6 +220,7 @@ export class ChatSocket {
 
   async logout() {
     try {
+      this._ack(); // what arrived is not stored again for the next login
       return await this.request({ msgid: Msg.LOGOUT });
     } finally {
       this.uid = 0;
