@@ -24,7 +24,7 @@ from clusterchat.logs import connection_id
 from clusterchat.protocol import codec, proxy
 from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
 from clusterchat.protocol.messages import ErrCode
-from clusterchat.server.outbox import FIRST, OVER, QUEUED, UNACKED, End, Outbox
+from clusterchat.server.outbox import FIRST, OVER, QUEUED, End, Outbox
 from clusterchat.server.receipts import Unacked
 from clusterchat.service.session import Session
 
@@ -235,6 +235,8 @@ class Connection(asyncio.Protocol):
         if t is None or t.is_closing():
             return False
         self.flush()  # what was queued before goes first
+        if t.is_closing():  # it was cut off (receipts: over the window)
+            return False
         t.write(data)
         return True
 
@@ -247,9 +249,6 @@ class Connection(asyncio.Protocol):
             return True
         if verdict == OVER:
             self._cut_off()
-            return True
-        if verdict == UNACKED:
-            self._cut_off(_WINDOW_FULL)
             return True
         return False  # ended: the caller keeps it
 
@@ -293,6 +292,8 @@ class Connection(asyncio.Protocol):
         per loop iteration for every connection that was delivered to)."""
         data = self.outbox.take()
         if data is None:
+            if self.outbox.overflowed:
+                self.overflowed()
             return
         t = self.transport
         assert t is not None  # the outbox ends before the transport goes
@@ -300,6 +301,10 @@ class Connection(asyncio.Protocol):
         if not self._watched:
             self._watched = True
             self.node.watch(self)
+
+    def overflowed(self) -> None:
+        """Receipts: too much written and not acknowledged: cut off, all kept."""
+        self._cut_off(_WINDOW_FULL)
 
     def report(self) -> bool:
         """Tell the outbox what is still in flight; False once it has
@@ -359,7 +364,7 @@ class Connection(asyncio.Protocol):
         never a loss."""
         self._store(self.outbox.end(End.CUT_OFF), cut_off=True)
         t = self.transport
-        if why is not None:
+        if why is not None and t is not None and not t.is_closing():
             self.send(why)
         if t is not None:
             t.close()  # flushes what it can, then FIN; cut hard if the peer never reads

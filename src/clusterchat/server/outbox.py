@@ -62,8 +62,10 @@ How a transport drives it (``server/connection.py`` is the TCP one):
 With receipts (:mod:`clusterchat.server.receipts`, a client that opted in
 at login), what is written goes to an :class:`Unacked` window instead and
 is settled by the client's acknowledgements, not by the kernel's counts;
-``end`` returns all of it that was not acknowledged, and a window over its
-bounds makes ``deliver`` answer UNACKED (cut the peer off, with ERROR 187).
+``end`` returns all of it that was not acknowledged. A write that would
+take the window past its bounds is not made: ``take`` returns None and
+``overflowed`` is set (cut the peer off, with ERROR 187). The bound is
+checked once per write, not per message: ``deliver`` is the same either way.
 """
 
 from __future__ import annotations
@@ -89,7 +91,6 @@ QUEUED = 0  #: added to a write already scheduled this tick (or held)
 FIRST = 1  #: the first this tick: schedule a write (``take``) for the end of it
 OVER = 2  #: held past the limit: cut the peer off (``end(End.CUT_OFF)``)
 REFUSED = 3  #: the outbox has ended: the caller stores the message itself
-UNACKED = 4  #: receipts: past the unacknowledged window's bounds: cut the peer off
 
 
 class End(Enum):
@@ -115,6 +116,7 @@ class Outbox:
         "_window",
         "_window_bytes",
         "limit",
+        "overflowed",
         "receipts",
         "recent_max",
         "settled",
@@ -148,6 +150,8 @@ class Outbox:
         self.settled = 0
         #: Receipts on: what is written waits here for the peer's acknowledgement.
         self.receipts: Unacked | None = None
+        #: Receipts: a write was refused as over the window's bounds.
+        self.overflowed = False
 
     # -- what the service calls ---------------------------------------------------
 
@@ -155,8 +159,6 @@ class Outbox:
         """Accept a message for the peer; see QUEUED, FIRST, OVER, REFUSED."""
         if self._ended:
             return REFUSED
-        if self.receipts is not None:
-            return self._deliver_numbered(data)
         if self._paused:
             held = self._held
             assert held is not None
@@ -172,32 +174,6 @@ class Outbox:
             return FIRST
         pending.append(data)
         return QUEUED
-
-    def _deliver_numbered(self, data: bytes) -> int:
-        receipts = self.receipts
-        assert receipts is not None
-        verdict = QUEUED
-        if self._paused:
-            held = self._held
-            assert held is not None
-            held.append(data)
-            self._held_bytes += len(data)
-            if self._budget is not None:
-                self._budget.charge(len(data))
-            if self._held_bytes > self.limit:
-                return OVER
-        else:
-            pending = self._pending
-            self._pending_bytes += len(data)
-            if pending is None:
-                self._pending = [data]
-                verdict = FIRST
-            else:
-                pending.append(data)
-        waiting = len(self._pending or ()) + len(self._held or ())
-        if not receipts.room(waiting, self._pending_bytes + self._held_bytes):
-            return UNACKED
-        return verdict
 
     def has_room(self, nbytes: int) -> bool:
         """Receipts: whether one more message of ``nbytes`` fits beside what
@@ -246,10 +222,15 @@ class Outbox:
         pending = self._pending
         if pending is None or self._paused or self._ended:
             return None
+        receipts = self.receipts
+        if receipts is not None:
+            nbytes = self._pending_bytes
+            if not receipts.room(len(pending), nbytes):
+                self.overflowed = True  # kept pending: end() returns it
+                return None
+            self._pending, self._pending_bytes = None, 0
+            return receipts.written(pending, nbytes)
         self._pending = None
-        if self.receipts is not None:
-            nbytes, self._pending_bytes = self._pending_bytes, 0
-            return self.receipts.written(pending, nbytes)
         window = self._window
         if window is None:
             window = self._window = deque(pending)
@@ -338,6 +319,7 @@ class Outbox:
         if self._ended:
             return []
         self._ended = True
+        self.overflowed = False
         window = self._window or deque()
         if how is End.PEER_FINISHED:
             # A socket closed with unread data sends RST, not FIN: the peer

@@ -39,9 +39,8 @@ def stamp(data: bytes, seq: int) -> bytes:
     The field goes last, just before the closing brace: a JSON string never
     holds an unescaped quote, so ``,"seq":`` found from the end is ours."""
     if data[-2:] == b"}\n":
-        return b"%b%b%d}\n" % (data[:-2], _SEQ, seq)
-    body = data.rstrip()
-    return b"%b%b%d}\n" % (body[:-1], _SEQ, seq)
+        return data[:-2] + b',"seq":%d}\n' % seq
+    return data.rstrip()[:-1] + b',"seq":%d}\n' % seq
 
 
 def unstamp(data: bytes) -> bytes:

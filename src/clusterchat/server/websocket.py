@@ -87,6 +87,8 @@ class WsConnection(Connection):
         if t is None or t.is_closing() or self.ws.state is not OPEN:
             return False
         self.flush()  # what was queued before goes first
+        if t.is_closing():  # it was cut off (receipts: over the window)
+            return False
         self.ws.send_text(data[:-1])  # without the newline
         self.write_out()
         return True
@@ -94,6 +96,8 @@ class WsConnection(Connection):
     def flush(self, now: float = 0.0) -> None:
         data = self.outbox.take()
         if data is None:
+            if self.outbox.overflowed:
+                self.overflowed()
             return
         ws = self.ws
         # Each message is one JSON document ending with a newline, and JSON
