@@ -83,6 +83,18 @@ class _Peer:
     def close(self) -> None:
         pass
 
+    def start_receipts(self, carried: list[bytes]) -> bool:
+        return False  # this fake numbers nothing
+
+    def received(self, seq: int) -> bool:
+        return False
+
+    async def receipt_room(self, nbytes: int) -> bool:
+        return True
+
+    def stop_receipts(self) -> list[bytes]:
+        return []
+
 
 class _Service:
     """One service for the whole run: a fresh one per input would spend the

@@ -40,6 +40,18 @@ class Peer:
     def close(self) -> None:
         self.open = False
 
+    def start_receipts(self, carried: list[bytes]) -> bool:
+        return False  # this fake numbers nothing
+
+    def received(self, seq: int) -> bool:
+        return False
+
+    async def receipt_room(self, nbytes: int) -> bool:
+        return True
+
+    def stop_receipts(self) -> list[bytes]:
+        return []
+
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[ChatService]:

@@ -483,8 +483,14 @@ class ChatService:
                 more = [k for k, n, m in (("friends", friends, view.friends),
                         ("groups", groups, view.groups)) if len(n) < len(m)]  # fmt: skip
                 view = LoginView(friends, groups, fits)
-            reply = await self._login_reply(s, view, ticket, ticket_login, more, receipts)
+            if receipts:  # before anything is delivered to this session
+                carried = [codec.encode_text(m) for _, m in view.offline]
+                s.receipts = s.peer.start_receipts(carried)
+            reply = await self._login_reply(s, view, ticket, ticket_login, more, s.receipts)
         except BaseException as exc:
+            if s.receipts:  # the reply's offline messages are still in the store
+                s.receipts = False
+                s.peer.stop_receipts()
             held = self._forget(s, closed=race.closed)
             if not isinstance(exc, _TicketRaced):
                 self._spawn(self.store_offline_each(uid, held))
@@ -494,9 +500,6 @@ class ChatService:
                 s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or ticket"))
                 return
             raise
-        if receipts:  # before anything is delivered to this session
-            carried = [codec.encode_text(m) for _, m in view.offline]
-            s.receipts = s.peer.start_receipts(carried)
         held = race.reply_sent()
         sent = s.peer.send(reply)
         for payload in held:
