@@ -304,7 +304,13 @@ class Connection(asyncio.Protocol):
 
     def overflowed(self) -> None:
         """Receipts: too much written and not acknowledged: cut off, all kept."""
-        self._cut_off(_WINDOW_FULL)
+        self._receipts_failed(ErrCode.RECEIPT_WINDOW_FULL, _WINDOW_FULL)
+
+    def _receipts_failed(self, code: ErrCode, why: bytes) -> None:
+        service = self.node.service
+        service.counts.refused("error", code)
+        service.refusals.note(self.session, f"receipts: closing ({code.name.lower()})")
+        self._cut_off(why)
 
     def report(self) -> bool:
         """Tell the outbox what is still in flight; False once it has
@@ -316,7 +322,7 @@ class Connection(asyncio.Protocol):
         receipts = self.outbox.receipts
         if receipts is not None and receipts.overdue(self.node.clock()):
             self._watched = False
-            self._cut_off(_RECEIPT_TIMEOUT)
+            self._receipts_failed(ErrCode.RECEIPT_TIMEOUT, _RECEIPT_TIMEOUT)
             return False
         self.outbox.measured(self._in_flight())
         if self.outbox.idle:

@@ -74,8 +74,13 @@ class NodeCollector(Collector):
             labels=["dialect", "transport"],
         )
         by: dict[tuple[str, str], int] = {}
-        held = 0
+        held = with_receipts = unacked = unacked_bytes = 0
         for conn in list(node.connections):
+            receipts = conn.outbox.receipts
+            if receipts is not None:
+                with_receipts += 1
+                unacked += receipts.count
+                unacked_bytes += receipts.nbytes
             legacy = conn.session.legacy
             dialect = "unknown" if legacy is None else "original" if legacy else "modern"
             key = (dialect, _transport(conn, tls))
@@ -95,6 +100,21 @@ class NodeCollector(Collector):
             "clusterchat_slow_consumer_bytes",
             "Bytes written to clients but not yet taken by them (kernel buffers full)",
             value=held,
+        )
+        yield GaugeMetricFamily(
+            "clusterchat_receipt_connections",
+            "Connections whose client acknowledges what it receives (receipts)",
+            value=with_receipts,
+        )
+        yield GaugeMetricFamily(
+            "clusterchat_receipt_unacked",
+            "Messages written to receipt connections and not yet acknowledged",
+            value=unacked,
+        )
+        yield GaugeMetricFamily(
+            "clusterchat_receipt_unacked_bytes",
+            "Their bytes (counted against --memory-budget)",
+            value=unacked_bytes,
         )
         budget = node.budget
         yield GaugeMetricFamily(
