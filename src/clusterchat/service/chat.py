@@ -1057,7 +1057,8 @@ class ChatService:
         if s is None:
             return
         # Presence is the other node's now: nothing to release.
-        held = self._forget(s, closed=True)
+        unacked = self._stop_receipts(s)  # before the session forgets whose they are
+        held = [*unacked, *self._forget(s, closed=True)]
         if held:
             self._spawn(self.store_offline_each(uid, held))
         if not s.legacy:
