@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--receipts", action="store_true",
                        default=_env("CLUSTERCHAT_BENCH_RECEIPTS", "") not in ("", "0"),
                        help="chat, group: log in asking for receipts and acknowledge pushes "
-                       "(RECEIVED every 32 messages or each second), as our clients do "
+                       "(RECEIVED every 64 messages or each second), as our clients do "
                        "[env CLUSTERCHAT_BENCH_RECEIPTS]")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="one JSON line instead of a table")
 

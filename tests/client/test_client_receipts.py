@@ -1,11 +1,13 @@
 """The terminal client's protocol layer asks for receipts and acknowledges:
-every 32 messages, on a one-second timer, and before it logs out, so the
+every 64 messages, on a one-second timer, and before it logs out, so the
 server keeps nothing it has shown."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+import pytest
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.client.receipts import EVERY
@@ -28,6 +30,7 @@ async def _until_acknowledged(node: Node, uid: int) -> None:
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.unmetered
 async def test_the_client_acknowledges_on_count_timer_and_logout(node: Node) -> None:
     shown: list[dict[str, Any]] = []
     client = ChatClient("127.0.0.1", node.port, on_push=shown.append, on_status=lambda _: None)

@@ -209,3 +209,17 @@ def test_a_client_that_never_acknowledges_is_cut_at_the_bound(size: int) -> None
     assert receipts is not None and receipts.count <= MAX_COUNT
     assert box.end(End.CUT_OFF) == [doc(i, size) for i in range(n)]
     assert not box.overflowed
+
+
+def test_acknowledging_in_small_steps_through_compactions_keeps_the_count_and_bytes() -> None:
+    budget = Budget(0)
+    r = Unacked(budget, max_count=10_000, max_bytes=10**9)
+    docs = [doc(i, i % 7) for i in range(2000)]
+    for d in docs:
+        r.written([d], len(d))
+    for seq in range(3, 1500, 3):
+        assert r.ack(seq)
+        assert r.count == 2000 - seq
+        assert r.nbytes == sum(map(len, docs[seq:])) == budget.used
+    assert r.drain() == docs[1497:]
+    assert r.count == 0 and budget.used == 0

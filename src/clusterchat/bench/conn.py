@@ -61,7 +61,7 @@ class BenchConn(asyncio.Protocol):
                 fut.set_result(msg)
 
     def saw(self, seq: int) -> None:
-        """Receipts: every 32 messages, or after a second, say what arrived."""
+        """Receipts: every 64 messages, or after a second, say what arrived."""
         acks = self.acks
         assert acks is not None
         due = acks.saw(seq)

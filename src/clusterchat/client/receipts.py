@@ -15,7 +15,7 @@ from clusterchat.protocol.messages import MsgId
 
 #: Messages seen before acknowledging without waiting for the timer; well
 #: under the server's --receipt-window (2000 by default).
-EVERY = 32
+EVERY = 64
 #: Seconds between timer acknowledgements (while anything is new).
 INTERVAL = 1.0
 

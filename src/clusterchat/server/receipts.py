@@ -20,7 +20,7 @@ Sans-I/O: the clock is whatever the caller passes to :meth:`overdue`.
 
 from __future__ import annotations
 
-from collections import deque
+from itertools import islice
 
 from clusterchat.budget import Budget
 
@@ -31,6 +31,9 @@ MAX_BYTES = 2 * 1024 * 1024
 TIMEOUT = 30.0
 
 _SEQ = b',"seq":'
+_BRACE = ord("}")
+#: Acknowledged messages left at the window's head before it is compacted.
+_COMPACT = 256
 
 
 def stamp(data: bytes, seq: int) -> bytes:
@@ -38,7 +41,7 @@ def stamp(data: bytes, seq: int) -> bytes:
 
     The field goes last, just before the closing brace: a JSON string never
     holds an unescaped quote, so ``,"seq":`` found from the end is ours."""
-    if data[-2:] == b"}\n":
+    if data[-2] == _BRACE:  # what codec builds: ``{...}\n``
         return data[:-2] + b',"seq":%d}\n' % seq
     return data.rstrip()[:-1] + b',"seq":%d}\n' % seq
 
@@ -53,11 +56,14 @@ class Unacked:
     """Messages written to the peer and not yet acknowledged, in order.
 
     ``sent`` is the number of the last one written; the window holds
-    numbers ``sent - count + 1`` to ``sent``, unstamped.
+    numbers ``sent - count + 1`` to ``sent``, unstamped: ``_window`` from
+    ``_head`` on (acknowledged ones before it are dropped in bulk, not one
+    at a time).
     """
 
     __slots__ = (
         "_budget",
+        "_head",
         "_since",
         "_window",
         "max_bytes",
@@ -79,7 +85,8 @@ class Unacked:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self._budget = budget
-        self._window: deque[bytes] = deque()
+        self._window: list[bytes] = []
+        self._head = 0
         self.nbytes = 0
         self.sent = 0
         #: Messages acknowledged so far (for tests and metrics).
@@ -89,13 +96,13 @@ class Unacked:
 
     @property
     def count(self) -> int:
-        return len(self._window)
+        return len(self._window) - self._head
 
     def room(self, more: int, more_bytes: int) -> bool:
         """Whether ``more`` messages of ``more_bytes`` (accepted, not yet
         written) still fit beside what is unacknowledged."""
         return (
-            len(self._window) + more <= self.max_count
+            len(self._window) - self._head + more <= self.max_count
             and self.nbytes + more_bytes <= self.max_bytes
         )
 
@@ -110,26 +117,34 @@ class Unacked:
         if len(batch) == 1:
             self.sent = n + 1
             return stamp(batch[0], n + 1)
-        out = [stamp(data, i) for i, data in enumerate(batch, n + 1)]
         self.sent = n + len(batch)
-        return b"".join(out)
+        return b"".join(
+            [
+                data[:-2] + b',"seq":%d}\n' % i if data[-2] == _BRACE else stamp(data, i)
+                for i, data in enumerate(batch, n + 1)
+            ]
+        )
 
     def ack(self, seq: int) -> bool:
         """The peer has everything up to ``seq``: let it go. False if
         ``seq`` was never sent (nothing changes); an old ``seq`` is a no-op."""
         if seq > self.sent:
             return False
-        n = len(self._window) - (self.sent - seq)
+        window, head = self._window, self._head
+        n = len(window) - head - (self.sent - seq)
         if n <= 0:
             return True
-        window = self._window
-        dropped = 0
-        if n == len(window):
+        if n == len(window) - head:  # all of it: the usual case
             dropped = self.nbytes
             window.clear()
+            self._head = 0
         else:
-            for _ in range(n):
-                dropped += len(window.popleft())
+            dropped = sum(map(len, islice(window, head, head + n)))
+            head += n
+            if head >= _COMPACT and head * 2 >= len(window):
+                del window[:head]
+                head = 0
+            self._head = head
         self.nbytes -= dropped
         self.released += n
         self._since = 0.0  # progress: the clock starts again
@@ -140,7 +155,7 @@ class Unacked:
     def overdue(self, now: float) -> bool:
         """Called now and then (about twice a second): whether the window has
         waited ``timeout`` seconds without any acknowledgement."""
-        if not self._window:
+        if len(self._window) == self._head:
             self._since = 0.0
             return False
         if not self._since:
@@ -151,8 +166,9 @@ class Unacked:
     def drain(self) -> list[bytes]:
         """Everything not acknowledged, oldest first; the window is emptied
         (numbering goes on)."""
-        out = list(self._window)
-        self._window.clear()
+        out = self._window[self._head :]
+        self._window = []
+        self._head = 0
         if self._budget is not None and self.nbytes:
             self._budget.release(self.nbytes)
         self.nbytes = 0

@@ -22,7 +22,7 @@ const PUSHED = new Set([Msg.ONE_CHAT, Msg.GROUP_CHAT, Msg.NOTICE, Msg.FRIEND_EVE
 const KEEPALIVE_MS = 30000;
 const RELOGIN_PATIENCE_MS = 30000; // "already online": the old node may still hold us
 const SEEN_MAX = 4096;
-const ACK_EVERY = 32;
+const ACK_EVERY = 64;
 const ACK_INTERVAL_MS = 1000;
 
 export class Disconnected extends Error {}
