@@ -234,3 +234,30 @@ async def test_a_full_mailbox_flows_at_the_pace_of_acknowledgements(rnode: Node)
     assert (await conn.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
     for c in (sender, conn):
         await c.close()
+
+
+@pytest.mark.unmetered
+async def test_logging_out_while_the_mailbox_waits_for_receipts_loses_nothing(
+    rnode: Node,
+) -> None:
+    sender, _ = await registered(rnode.port)
+    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    conn, uid = await registered(rnode.port)
+    mids = await send_chats(sender, uid, [f"m{i}" for i in range(4 * WINDOW)])  # offline
+    ack = await conn.login(uid, PASSWORD, receipts=True)
+    seen = [codec.loads(m)["mid"] for m in ack.get("offlinemsg", ())]
+    seen += [m["mid"] for m in await chats(conn, WINDOW - len(seen))]  # the window is full
+    await conn.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)  # nothing acknowledged
+    ack = await conn.login(uid, PASSWORD, receipts=True)
+    got = await arrivals(conn, ack, min(len(ack.get("offlinemsg", ())), WINDOW // 2))
+    seq = len(got)
+    while set(mids) - {m["mid"] for m in got}:
+        msg = await conn.expect(MsgId.ONE_CHAT)
+        got.append(msg)
+        if msg["seq"] - seq >= 3:
+            seq = msg["seq"]
+            await conn.received(seq)
+    assert {m["mid"] for m in got} == set(mids)  # all of them, duplicates allowed
+    assert set(seen) <= {m["mid"] for m in got}
+    for c in (sender, conn):
+        await c.close()

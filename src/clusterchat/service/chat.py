@@ -675,7 +675,7 @@ class ChatService:
                     return
                 if not rows or s.race is not race:
                     continue
-                if not await self._deliver_page(s, rows):
+                if not await self._deliver_page(s, race, rows):
                     race.flush_stopped()  # closing: the rows stay stored
                     return
                 written = rows
@@ -684,16 +684,22 @@ class ChatService:
             race.flush_stopped()
             raise
 
-    async def _deliver_page(self, s: Session, rows: Sequence[tuple[int, str]]) -> bool:
-        """Offline messages to a logged-in session; False if it is closing.
-        With receipts, each waits for room in the unacknowledged window: a
-        full mailbox must not overflow it (and be cut off, and stored, at
-        every login)."""
+    async def _deliver_page(
+        self, s: Session, race: LoginRace[bytes], rows: Sequence[tuple[int, str]]
+    ) -> bool:
+        """Offline messages to a logged-in session; False if it is closing
+        (the rows stay stored). With receipts, each waits for room in the
+        unacknowledged window: a full mailbox must not overflow it (and be
+        cut off, and stored, at every login)."""
         if not s.receipts:
             return all([s.peer.deliver(codec.encode_text(m)) for _, m in rows])
         for _, m in rows:
             payload = codec.encode_text(m)
-            if not await s.peer.receipt_room(len(payload)) or not s.peer.deliver(payload):
+            if not await s.peer.receipt_room(len(payload)):
+                return False
+            if s.race is not race or not s.receipts:  # logged out meanwhile
+                return False
+            if not s.peer.deliver(payload):
                 return False
         return True
 
