@@ -16,6 +16,7 @@ from clusterchat.client.connection import ChatConnection, ConnectionClosed
 from clusterchat.config import Settings
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.server.metrics import NodeCollector
 from clusterchat.server.node import Node
 from tests.conftest import PASSWORD, unique
 from tests.helpers import StallingProxy
@@ -93,6 +94,10 @@ async def test_a_client_that_vanishes_silently_gets_everything_unacknowledged(
         assert [m["seq"] for m in got] == [1, 2, 3, 4, 5]
         await phone.received(3)  # it saw 5, says 3: 4 and 5 will come again
         await phone.request({"msgid": MsgId.PING}, MsgId.PONG)  # the receipt is in
+        collected = NodeCollector(rnode).collect()
+        gauges = {m.name: m.samples[0].value for m in collected if m.samples}
+        assert gauges["clusterchat_receipt_connections"] == 1
+        assert gauges["clusterchat_receipt_unacked"] == 2  # 4 and 5
         proxy.stall()  # into the tunnel: no FIN, no RST
         after = await send_chats(sender, uid, [f"after {i}" for i in range(8)])
         # Each was "delivered" to a connection that no longer reaches anyone;
@@ -127,6 +132,7 @@ async def test_a_client_that_never_acknowledges_is_cut_at_the_bound(rnode: Node)
         seqs.append(msg["seq"])
     assert msg["msgid"] == MsgId.ERROR and msg["errno"] == ErrCode.RECEIPT_WINDOW_FULL, msg
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) <= WINDOW
+    assert rnode.service.counts.refusals[("error", ErrCode.RECEIPT_WINDOW_FULL)] == 1
     with pytest.raises(ConnectionClosed):
         await mute.recv()
     await gone(rnode, uid)
@@ -166,6 +172,7 @@ async def test_silence_with_messages_waiting_is_declared_dead(rnode: Node) -> No
     assert (await quiet.expect(MsgId.ONE_CHAT))["mid"] == mids[0]
     err = await quiet.expect(MsgId.ERROR)  # after --receipt-timeout (1 s here)
     assert err["errno"] == ErrCode.RECEIPT_TIMEOUT, err
+    assert rnode.service.counts.refusals[("error", ErrCode.RECEIPT_TIMEOUT)] == 1
     assert await quiet.at_eof()
     await gone(rnode, uid)
     back = await ChatConnection.open("127.0.0.1", rnode.port)
