@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from clusterchat.bench.conn import BenchConn, Closed
@@ -326,14 +327,38 @@ class ChatFlow:
                 self.sent += 1
 
         ticker = asyncio.ensure_future(_tick(self.opts, progress))
+        sampler = None
+        if self.opts.server_pid:
+            sampler = asyncio.ensure_future(self._sample_cpu(stop_at))
         try:
             await asyncio.gather(*(send_loop(k, c, t) for k, (c, t) in enumerate(senders)))
+            if sampler is not None:
+                await sampler
             await asyncio.sleep(min(2.0, 0.5 + self.opts.seconds / 10))  # stragglers
         finally:
             ticker.cancel()
         self.result.seconds = self.opts.seconds
         self.result.lost = sum(self.outstanding.values())
         self.result.notes["messages sent"] = self.sent
+
+    async def _sample_cpu(self, stop_at: float) -> None:
+        """The server's CPU time per delivery over the measured seconds only
+        (``--server-pid``): a figure other load on the machine disturbs less
+        than a rate does."""
+        await asyncio.sleep(max(0.0, self.measure_from - time.perf_counter()))
+        c0, ops0 = _cpu_seconds(self.opts.server_pid), self.result.ops
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        c1, ops1 = _cpu_seconds(self.opts.server_pid), self.result.ops
+        if ops1 > ops0:
+            self.result.notes["server CPU us per delivery"] = round(
+                (c1 - c0) * 1e6 / (ops1 - ops0), 2
+            )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _tick(opts: Options, progress: Progress) -> None:
