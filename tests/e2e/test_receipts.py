@@ -41,6 +41,13 @@ async def registered(port: int) -> tuple[ChatConnection, int]:
     return conn, await conn.register(unique(), PASSWORD)
 
 
+async def logged_in(port: int) -> ChatConnection:
+    """A user who sends (no receipts)."""
+    conn, uid = await registered(port)
+    assert (await conn.login(uid, PASSWORD))["errno"] == 0
+    return conn
+
+
 async def send_chats(sender: ChatConnection, toid: int, texts: list[str]) -> list[str]:
     """Send each; the mids the server gave them, in order."""
     mids = []
@@ -52,7 +59,7 @@ async def send_chats(sender: ChatConnection, toid: int, texts: list[str]) -> lis
 
 
 async def chats(conn: ChatConnection, n: int) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     while len(out) < n:
         msg = await conn.recv()
         if msg["msgid"] == MsgId.ONE_CHAT:
@@ -80,8 +87,7 @@ async def gone(node: Node, uid: int) -> None:
 async def test_a_client_that_vanishes_silently_gets_everything_unacknowledged(
     rnode: Node,
 ) -> None:
-    sender, _ = await registered(rnode.port)
-    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    sender = await logged_in(rnode.port)
     proxy = StallingProxy(rnode.port)
     await proxy.start()
     phone, uid = await registered(proxy.port)
@@ -122,8 +128,7 @@ async def test_a_client_that_vanishes_silently_gets_everything_unacknowledged(
 
 
 async def test_a_client_that_never_acknowledges_is_cut_at_the_bound(rnode: Node) -> None:
-    sender, _ = await registered(rnode.port)
-    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    sender = await logged_in(rnode.port)
     mute, uid = await registered(rnode.port)
     assert (await mute.login(uid, PASSWORD, receipts=True))["errno"] == 0
     mids = await send_chats(sender, uid, [f"m{i}" for i in range(WINDOW + 5)])
@@ -164,8 +169,7 @@ async def test_receipt_errors_are_specific_and_not_fatal(rnode: Node) -> None:
 
 
 async def test_silence_with_messages_waiting_is_declared_dead(rnode: Node) -> None:
-    sender, _ = await registered(rnode.port)
-    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    sender = await logged_in(rnode.port)
     quiet, uid = await registered(rnode.port)
     assert (await quiet.login(uid, PASSWORD, receipts=True))["errno"] == 0
     mids = await send_chats(sender, uid, ["are you there?"])
@@ -183,8 +187,7 @@ async def test_silence_with_messages_waiting_is_declared_dead(rnode: Node) -> No
 
 
 async def test_logout_keeps_what_was_not_acknowledged(rnode: Node) -> None:
-    sender, _ = await registered(rnode.port)
-    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    sender = await logged_in(rnode.port)
     conn, uid = await registered(rnode.port)
     assert (await conn.login(uid, PASSWORD, receipts=True))["errno"] == 0
     mids = await send_chats(sender, uid, ["a", "b", "c"])
@@ -200,8 +203,7 @@ async def test_logout_keeps_what_was_not_acknowledged(rnode: Node) -> None:
 
 
 async def test_without_receipts_pushes_are_not_numbered(rnode: Node) -> None:
-    sender, _ = await registered(rnode.port)
-    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    sender = await logged_in(rnode.port)
     plain, uid = await registered(rnode.port)
     ack = await plain.login(uid, PASSWORD)
     assert "receipts" not in ack
@@ -222,8 +224,7 @@ async def test_without_receipts_pushes_are_not_numbered(rnode: Node) -> None:
 
 @pytest.mark.unmetered
 async def test_a_full_mailbox_flows_at_the_pace_of_acknowledgements(rnode: Node) -> None:
-    sender, _ = await registered(rnode.port)
-    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    sender = await logged_in(rnode.port)
     conn, uid = await registered(rnode.port)
     mids = await send_chats(sender, uid, [f"m{i}" for i in range(6 * WINDOW)])  # offline
     ack = await conn.login(uid, PASSWORD, receipts=True)
@@ -247,8 +248,7 @@ async def test_a_full_mailbox_flows_at_the_pace_of_acknowledgements(rnode: Node)
 async def test_logging_out_while_the_mailbox_waits_for_receipts_loses_nothing(
     rnode: Node,
 ) -> None:
-    sender, _ = await registered(rnode.port)
-    await sender.login(*[await sender.register(unique(), PASSWORD), PASSWORD])
+    sender = await logged_in(rnode.port)
     conn, uid = await registered(rnode.port)
     mids = await send_chats(sender, uid, [f"m{i}" for i in range(4 * WINDOW)])  # offline
     ack = await conn.login(uid, PASSWORD, receipts=True)

@@ -8,12 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
 from clusterchat.protocol.messages import MsgId
 from clusterchat.server.node import Node
 from tests.conftest import PASSWORD, unique
-from tests.e2e.test_receipts import arrivals, chats, gone, send_chats
+from tests.e2e.test_receipts import arrivals, chats, gone, logged_in, send_chats
 from tests.helpers import StallingProxy
 from tests.web.conftest import WsChat
 
@@ -28,8 +27,7 @@ async def rnode(settings: Settings) -> AsyncIterator[Node]:
 
 async def test_a_browser_that_vanishes_gets_what_it_did_not_acknowledge(rnode: Node) -> None:
     assert rnode.http.port
-    sender = await ChatConnection.open("127.0.0.1", rnode.port)
-    await sender.login(await sender.register(unique(), PASSWORD), PASSWORD)
+    sender = await logged_in(rnode.port)
     proxy = StallingProxy(rnode.http.port)
     await proxy.start()
     web = await WsChat.open_ws(proxy.port, ping_interval=None)
