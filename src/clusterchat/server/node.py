@@ -133,12 +133,17 @@ class Node:
         self._per_address[address] = self._per_address.get(address, 0) + 1
         return None
 
+    @property
+    def trusted_proxies(self) -> frozenset[str]:
+        return self._trusted
+
     def trusts(self, address: str) -> bool:
         """A proxy whose PROXY lines are believed (and which is not capped)."""
         return address in self._trusted
 
     def readdress(self, conn: Connection, address: str) -> bytes | None:
-        """A trusted proxy named the client: count it under its real address."""
+        """A trusted proxy named the client (a PROXY line, X-Forwarded-For):
+        count it under its real address."""
         address = self.intern_address(address)
         limit = self.settings.max_connections_per_address
         if limit and address not in self._trusted and self._per_address.get(address, 0) >= limit:
