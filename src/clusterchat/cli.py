@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--trusted-proxy",
         default=_env("CLUSTERCHAT_TRUSTED_PROXY", "127.0.0.1,::1"),
         metavar="ADDRESS[,ADDRESS...]",
-        help="proxies (nginx with `proxy_protocol on;`) whose PROXY lines name the real "
-        "client address; they are not capped per address themselves; '' trusts none "
+        help="proxies whose word on the real client address is believed: nginx's PROXY "
+        "lines (TCP, `proxy_protocol on;`) and X-Forwarded-For (WebSocket/HTTP, rightmost "
+        "entry not itself trusted); they are not capped per address themselves; '' trusts none "
         "[env CLUSTERCHAT_TRUSTED_PROXY; default %(default)s]",
     )
     srv.add_argument(

@@ -65,8 +65,9 @@ class Settings:
     #: NAT share an address: raise it for them. Behind nginx the real address
     #: comes in the PROXY line (``cluster up`` configures it).
     max_connections_per_address: int = 100
-    #: Addresses whose PROXY protocol lines are believed, and which are not
-    #: capped per address themselves (loopback: nginx, or tools, on this machine).
+    #: Addresses whose PROXY protocol lines (TCP) and X-Forwarded-For headers
+    #: (WebSocket/HTTP) are believed, and which are not capped per address
+    #: themselves (loopback: nginx, or tools, on this machine).
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     limits: Limits = field(default_factory=Limits)
     hash_cost: HashCost = field(default_factory=HashCost)

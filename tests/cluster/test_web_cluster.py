@@ -81,3 +81,4 @@ def test_nginx_conf_prints_the_http_block_too() -> None:
     assert out.startswith("stream {") and "\nhttp {" in out
     assert "server 127.0.0.1:6101 " in out and "listen 8080;" in out
     assert "proxy_set_header Upgrade $http_upgrade;" in out
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in out

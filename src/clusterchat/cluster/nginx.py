@@ -59,7 +59,8 @@ def http_block(
 ) -> str:
     """Browsers reach any node's HTTP port (--http-port) through one address:
     the web client's files and the WebSocket at /ws. ``Host`` is passed on, so
-    the node's same-origin check sees the address the browser used."""
+    the node's same-origin check sees the address the browser used, and
+    X-Forwarded-For, so its per-address limits see the browser's address."""
     servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
     tls = ""
     if tls_cert:
@@ -95,6 +96,9 @@ def http_block(
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $http_host;
+            # The client's real address, for the nodes' per-address limits: believed
+            # only from a --trusted-proxy peer, which takes the rightmost hop that is
+            # not itself trusted (what a client types to its left is ignored).
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_connect_timeout 1s;
             # a chat WebSocket idles for long; the node pings it within its idle timeout
