@@ -17,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 
 from clusterchat.cluster.nginx import NGINX, nginx_command, standalone_conf
 from clusterchat.config import Settings
-from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId
+from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId, RegErr
 from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
@@ -33,7 +33,7 @@ def _limited(settings: Settings, trusted: tuple[str, ...]) -> Settings:
         http_port=0,
         trusted_proxies=trusted,
         max_connections_per_address=2,
-        limits=Limits(registrations_per_address=0, login_failures_per_address=3),
+        limits=Limits(registrations_per_address=2, login_failures_per_address=3),
     )
 
 
@@ -52,6 +52,13 @@ async def _refused(port: int, address: str, forged: str | None = None) -> dict[s
     body = json.loads(refused.value.response.body)
     assert isinstance(body, dict)
     return body
+
+
+async def _reg(conn: WsChat) -> int:
+    ack = await conn.request(
+        {"msgid": MsgId.REG, "name": unique(), "password": PASSWORD}, MsgId.REG_ACK
+    )
+    return int(ack["errno"])
 
 
 @pytest.fixture
@@ -105,7 +112,11 @@ async def test_through_nginx_limits_use_the_real_address(
     held = await conns[1].login(uid, PASSWORD)
     assert held["errno"] == LoginErr.TOO_MANY_FAILURES
     assert (await good.login(uid, PASSWORD))["errno"] == 0
-    for c in [*conns, good]:
+    # The registration meter too: BAD's third account is refused, GOOD's second is not.
+    assert [await _reg(conns[1]) for _ in range(3)] == [0, 0, RegErr.TOO_MANY]
+    another = await _ws(port, GOOD)
+    assert await _reg(another) == 0
+    for c in [*conns, good, another]:
         await c.close()
 
 
@@ -122,8 +133,9 @@ async def test_a_forged_header_from_an_untrusted_peer_is_ignored(
         assert {c.address for c in node.connections} == {"127.0.0.1"}
         err = await _refused(port, "127.0.0.1", forged="10.0.0.4")
         assert err["errno"] == ErrCode.SERVER_FULL
-        # Guesses under one claimed address hold the other claimed one too.
+        # One meter of accounts and one of guesses, whatever address is claimed.
         uid = await a.register(unique(), PASSWORD)
+        assert [await _reg(b), await _reg(a)] == [0, RegErr.TOO_MANY]
         for n in range(4):
             await a.login(2_000_000_000 + n, "guess")
         assert (await b.login(uid, PASSWORD))["errno"] == LoginErr.TOO_MANY_FAILURES
