@@ -145,15 +145,20 @@ async def test_a_forged_header_from_an_untrusted_peer_is_ignored(
         await node.stop()
 
 
-async def test_a_trusted_peer_without_the_header_keeps_its_address(
-    settings: Settings,
+async def test_a_trusted_peer_without_a_usable_header_keeps_its_address(
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A tool on the proxy's machine: trusted, not readdressed, not capped."""
+    """A tool on the proxy's machine: trusted, not readdressed, not capped.
+    A header naming no address (a proxy misconfigured) is warned about, once."""
     node = Node(_limited(settings, ("127.0.0.1",)))
     await node.start()
     try:
-        conns = [await _ws(node.http.port, "127.0.0.1") for _ in range(3)]
+        port = node.http.port
+        conns = [await _ws(port, "127.0.0.1") for _ in range(3)]
+        conns += [await _ws(port, "127.0.0.1", forged="unknown") for _ in range(2)]
         assert {c.address for c in node.connections} == {"127.0.0.1"}
+        warned = [r for r in caplog.records if "names no client address" in r.getMessage()]
+        assert len(warned) == 1, warned
         for c in conns:
             await c.close()
     finally:
