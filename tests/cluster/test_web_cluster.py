@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.cluster import launcher
@@ -66,6 +68,37 @@ async def test_websockets_through_nginx_reach_every_node(
         page = await asyncio.wait_for(reader.read(), 10)
         writer.close()
         assert page.startswith(b"HTTP/1.1 200") and b"/app.js" in page
+    finally:
+        for conn in opened:
+            await conn.close()
+        await asyncio.to_thread(launcher.down, run_dir)
+
+
+async def test_cluster_up_passes_browsers_real_addresses(tmp_path: Path) -> None:
+    """`cluster up`'s nginx and the --trusted-proxy it gives the nodes: a
+    browser is counted under its own address, not nginx's."""
+    base = free_ports(4)
+    cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
+    args = ["--db", f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}", "--hash-cost", cost,
+            "--max-connections-per-address", "1"]  # fmt: skip
+    run_dir = tmp_path / "cluster"
+    state = await asyncio.to_thread(
+        launcher.up, run_dir, 1, base + 1, base, "127.0.0.1", args,
+        web_port=base + 3, http_base_port=base + 2,
+    )  # fmt: skip
+    url = f"ws://{state.web}/ws"
+    opened: list[WsChat] = []
+    try:
+        first = WsChat(await connect(url, local_addr=("127.0.0.2", 0)))
+        opened.append(first)
+        assert (await first.request({"msgid": MsgId.PING}, MsgId.PONG))["node"] == "node0"
+        with pytest.raises(InvalidStatus) as refused:  # its address is at its cap...
+            await connect(url, local_addr=("127.0.0.2", 0), additional_headers={
+                "X-Forwarded-For": "127.0.0.4"})  # fmt: skip
+        assert refused.value.response.status_code == 503
+        other = WsChat(await connect(url, local_addr=("127.0.0.3", 0)))  # ...not another's
+        opened.append(other)
+        assert (await other.request({"msgid": MsgId.PING}, MsgId.PONG))["node"] == "node0"
     finally:
         for conn in opened:
             await conn.close()
