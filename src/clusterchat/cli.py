@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="connections from one client address; 0: no limit. Users behind one NAT "
         "share an address: raise it for them (behind nginx the real address comes in "
-        "its PROXY line) [env CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS; default %(default)s]",
+        "its PROXY line, or X-Forwarded-For for browsers) "
+        "[env CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS; default %(default)s]",
     )
     srv.add_argument(
         "--trusted-proxy",

@@ -63,7 +63,8 @@ class Settings:
     max_connections: int = 0
     #: Connections from one client address (0: no limit). Users behind one
     #: NAT share an address: raise it for them. Behind nginx the real address
-    #: comes in the PROXY line (``cluster up`` configures it).
+    #: comes in the PROXY line, or X-Forwarded-For on the WebSocket path
+    #: (``cluster up`` configures both).
     max_connections_per_address: int = 100
     #: Addresses whose PROXY protocol lines (TCP) and X-Forwarded-For headers
     #: (WebSocket/HTTP) are believed, and which are not capped per address
