@@ -14,6 +14,7 @@ from typing import Any
 from clusterchat.budget import default_budget
 from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
+from clusterchat.protocol.trusted import TrustedProxies
 from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost
 
@@ -130,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--trusted-proxy",
         default=_env("CLUSTERCHAT_TRUSTED_PROXY", "127.0.0.1,::1"),
-        metavar="ADDRESS[,ADDRESS...]",
+        metavar="ADDRESS[,NETWORK...]",
         help="proxies whose word on the real client address is believed: nginx's PROXY "
         "lines (TCP, `proxy_protocol on;`) and X-Forwarded-For (WebSocket/HTTP, rightmost "
-        "entry not itself trusted); they are not capped per address themselves; '' trusts none "
+        "entry not itself trusted); addresses or networks (10.0.0.0/8); not capped per "
+        "address themselves; '' trusts none "
         "[env CLUSTERCHAT_TRUSTED_PROXY; default %(default)s]",
     )
     srv.add_argument(
@@ -693,6 +695,15 @@ def _ints(option: str, value: str, fields: tuple[str, ...]) -> dict[str, Any]:
     return dict(zip(fields, numbers, strict=True))
 
 
+def _trusted(value: str) -> tuple[str, ...]:
+    """--trusted-proxy's list, each entry checked now (a typo must not start a
+    node that silently trusts nobody)."""
+    try:
+        return TrustedProxies(value.split(",")).specs
+    except ValueError as exc:
+        raise SystemExit(f"--trusted-proxy: {exc}") from None
+
+
 def _pair(option: str, value: str, count: str, seconds: str) -> dict[str, Any]:
     """An N[,SECONDS] option as Limits fields."""
     try:
@@ -730,7 +741,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         output_limit=args.output_limit,
         memory_budget=args.memory_budget or default_budget(),
         max_connections_per_address=args.max_connections_per_address,
-        trusted_proxies=tuple(a.strip() for a in args.trusted_proxy.split(",") if a.strip()),
+        trusted_proxies=_trusted(args.trusted_proxy),
         limits=replace(
             _limits(args.login_failures, args.max_group_size, args.message_rate, args.login_delay),
             **_pair(

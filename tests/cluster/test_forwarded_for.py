@@ -18,6 +18,7 @@ from websockets.exceptions import InvalidStatus
 from clusterchat.cluster.nginx import NGINX, nginx_command, standalone_conf
 from clusterchat.config import Settings
 from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId, RegErr
+from clusterchat.protocol.trusted import TrustedProxies
 from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
@@ -161,5 +162,21 @@ async def test_a_trusted_peer_without_a_usable_header_keeps_its_address(
         assert len(warned) == 1, warned
         for c in conns:
             await c.close()
+    finally:
+        await node.stop()
+
+
+async def test_a_trusted_network_is_believed_and_no_one_outside_it(settings: Settings) -> None:
+    """--trusted-proxy 127.0.0.0/30: a proxy at 127.0.0.2 is believed (a
+    load balancer fleet connects from a range); 127.0.0.5 is not."""
+    node = Node(_limited(settings, TrustedProxies(["127.0.0.0/30"]).specs))
+    await node.start()
+    try:
+        port = node.http.port
+        inside = await _ws(port, "127.0.0.2", forged="10.1.1.1")
+        outside = await _ws(port, "127.0.0.5", forged="10.2.2.2")
+        assert {c.address for c in node.connections} == {"10.1.1.1", "127.0.0.5"}
+        await inside.close()
+        await outside.close()
     finally:
         await node.stop()

@@ -24,6 +24,7 @@ from clusterchat.bus.redis import RedisCluster
 from clusterchat.config import Settings, connection_limit
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.protocol.trusted import TrustedProxies
 from clusterchat.server.connection import Connection
 from clusterchat.server.http import HttpServer
 from clusterchat.server.load import LoopLag
@@ -97,7 +98,7 @@ class Node:
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any connection
         self._addresses: dict[str, str] = {}
         self._per_address: dict[str, int] = {}
-        self._trusted = frozenset(settings.trusted_proxies)
+        self._trusted = TrustedProxies(settings.trusted_proxies)
         self._drained = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -134,7 +135,7 @@ class Node:
         return None
 
     @property
-    def trusted_proxies(self) -> frozenset[str]:
+    def trusted_proxies(self) -> TrustedProxies:
         return self._trusted
 
     def trusts(self, address: str) -> bool:
