@@ -149,23 +149,22 @@ class NodeCollector(Collector):
                 value=self.backlog,
             )
 
-        windows = getattr(service.bus, "_windows", None)  # clusterchat.bus.window.SendWindow
+        windows = service.bus.window_stats()
         if windows is not None:
-            ws = list(windows.values())
             yield CounterMetricFamily(
                 "clusterchat_bus_batches",
                 "Inter-node batches with messages this node published",
-                value=sum(w.last for w in ws),
+                value=windows.batches,
             )
             yield GaugeMetricFamily(
                 "clusterchat_bus_unacked_batches",
                 "Inter-node batches sent and not yet acknowledged by their node",
-                value=sum(w.in_flight() for w in ws),
+                value=windows.unacked,
             )
             yield GaugeMetricFamily(
                 "clusterchat_bus_window_bytes",
                 "Bytes handed to other nodes and not yet acknowledged or stored (--bus-window)",
-                value=sum(w.held for w in ws),
+                value=windows.held,
             )
 
         passwords = service.passwords
