@@ -18,10 +18,6 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
 def _add_db(p: argparse.ArgumentParser) -> None:
     OPTIONS["--db"].add_to(p)
 
