@@ -49,23 +49,19 @@ class Tally(Protocol):
     async def clear(self, key: Hashable) -> None: ...
 
 
-class LocalBackoff:
-    def __init__(self, backoff: Backoff) -> None:
-        self.limits = backoff
+class Counter(Protocol):
+    """The service's pure counters (Backoff, FailureLimiter)."""
 
-    async def wait(self, key: Hashable) -> float:
-        return self.limits.wait(key)
-
-    async def hit(self, key: Hashable) -> None:
-        self.limits.failed(key)
-
-    async def clear(self, key: Hashable) -> None:
-        self.limits.succeeded(key)
+    def wait(self, key: Hashable) -> float: ...
+    def failed(self, key: Hashable) -> None: ...
+    def succeeded(self, key: Hashable) -> None: ...
 
 
-class LocalMeter:
-    def __init__(self, meter: FailureLimiter) -> None:
-        self.limits = meter
+class LocalTally:
+    """A :class:`Tally` counted in this process (no Redis, or Redis away)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.limits = counter
 
     async def wait(self, key: Hashable) -> float:
         return self.limits.wait(key)
@@ -87,7 +83,7 @@ class RedisBackoff:
 
     def __init__(self, client: aioredis.Redis, prefix: str, backoff: Backoff) -> None:
         self.client, self.prefix, self.limits = client, prefix, backoff
-        self.local = LocalBackoff(backoff)
+        self.local = LocalTally(backoff)
 
     async def wait(self, key: Hashable) -> float:
         if self.limits.free <= 0:
@@ -128,7 +124,7 @@ class RedisMeter:
 
     def __init__(self, client: aioredis.Redis, prefix: str, meter: FailureLimiter) -> None:
         self.client, self.prefix, self.limits = client, prefix, meter
-        self.local = LocalMeter(meter)
+        self.local = LocalTally(meter)
         self._incr = client.register_script(_METER)
 
     async def wait(self, key: Hashable) -> float:
@@ -190,7 +186,7 @@ class Tallies:
 
     @classmethod
     def local(cls, by_pair: Backoff, by_address: Backoff, registrations: FailureLimiter) -> Tallies:
-        return cls(LocalBackoff(by_pair), LocalBackoff(by_address), LocalMeter(registrations))
+        return cls(LocalTally(by_pair), LocalTally(by_address), LocalTally(registrations))
 
     @classmethod
     def shared(
