@@ -343,7 +343,8 @@ def _run(coro: object) -> None:
 
 
 def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    from clusterchat.server.node import Node
+    from clusterchat.server.backends import open_backends
+    from clusterchat.server.node import Node, new_node_id
     from clusterchat.server.workers import WORKER_ENV, supervise
 
     worker = os.environ.get(WORKER_ENV) == "1"
@@ -358,13 +359,14 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         vars(args),
         host=args.ip or args.host,
         port=args.port if args.port_pos is None else args.port_pos,  # 0: any free port
-        node_id=node_id,
+        node_id=node_id or new_node_id(),
         reuse_port=worker,
     )
     from clusterchat.errors import SchemaMismatch
 
     try:
-        _run(Node(settings).run_until_signalled())
+        backends = open_backends(settings, settings.node_id)
+        _run(Node(settings, backends=backends).run_until_signalled())
     except SchemaMismatch as exc:
         print(f"clusterchat server: {exc}", file=sys.stderr)
         return 2

@@ -20,16 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-
-if TYPE_CHECKING:  # the service's pure counting classes; made there, passed in
-    from clusterchat.service.backoff import Backoff
-    from clusterchat.service.limits import FailureLimiter
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +51,22 @@ class Counter(Protocol):
     def wait(self, key: Hashable) -> float: ...
     def failed(self, key: Hashable) -> None: ...
     def succeeded(self, key: Hashable) -> None: ...
+
+
+class Backoff(Counter, Protocol):
+    """service.backoff.Backoff as the Redis count needs it."""
+
+    free: int  # failures free of delay (0: off)
+    forget: float  # seconds after the last failure that a count is forgotten
+
+    def delay(self, failures: int) -> float: ...
+
+
+class Meter(Counter, Protocol):
+    """service.limits.FailureLimiter as the Redis count needs it."""
+
+    limit: int  # hits per window (0: off)
+    window: float
 
 
 class LocalTally:
@@ -122,7 +134,7 @@ class RedisBackoff:
 class RedisMeter:
     """:class:`FailureLimiter` in Redis: a count per key for a fixed window."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, meter: FailureLimiter) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, meter: Meter) -> None:
         self.client, self.prefix, self.limits = client, prefix, meter
         self.local = LocalTally(meter)
         self._incr = client.register_script(_METER)
@@ -185,7 +197,7 @@ class Tallies:
         return found
 
     @classmethod
-    def local(cls, by_pair: Backoff, by_address: Backoff, registrations: FailureLimiter) -> Tallies:
+    def local(cls, by_pair: Backoff, by_address: Backoff, registrations: Meter) -> Tallies:
         return cls(LocalTally(by_pair), LocalTally(by_address), LocalTally(registrations))
 
     @classmethod
@@ -195,7 +207,7 @@ class Tallies:
         prefix: str,
         by_pair: Backoff,
         by_address: Backoff,
-        registrations: FailureLimiter,
+        registrations: Meter,
     ) -> Tallies:
         client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)

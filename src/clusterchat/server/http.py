@@ -22,7 +22,8 @@ from websockets.http11 import Request
 from clusterchat.server.websocket import WsConnection, response
 
 if TYPE_CHECKING:
-    from clusterchat.server.node import Node
+    from clusterchat.server.connection import Connection
+    from clusterchat.server.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def load_static() -> dict[str, tuple[str, bytes]]:
 
 
 class HttpServer:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host[Connection]) -> None:
         self.node = node
         #: Extra GET paths and their handlers (see :data:`Route`).
         self.routes: dict[str, Route] = {}
