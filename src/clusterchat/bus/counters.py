@@ -89,6 +89,15 @@ def _name(key: Hashable) -> str:
     return "/".join(map(str, key)) if isinstance(key, tuple) else str(key)
 
 
+async def _count(client: aioredis.Redis, key: str) -> tuple[bytes | None, int]:
+    """A counter's value and its TTL in milliseconds (negative: none), in one round trip."""
+    async with client.pipeline(transaction=False) as p:
+        p.get(key)
+        p.pttl(key)
+        count, pttl = await p.execute()
+    return count, int(pttl)
+
+
 class RedisBackoff:
     """:class:`Backoff` in Redis: the count is the key's value, and the time
     since the last failure is what its TTL (reset at each failure) has used."""
@@ -101,10 +110,7 @@ class RedisBackoff:
         if self.limits.free <= 0:
             return 0.0
         try:
-            async with self.client.pipeline(transaction=False) as p:
-                p.get(self.prefix + _name(key))
-                p.pttl(self.prefix + _name(key))
-                count, pttl = await p.execute()
+            count, pttl = await _count(self.client, self.prefix + _name(key))
         except (RedisError, OSError) as exc:
             log.debug("shared counter unavailable, counting here: %s", exc)
             return await self.local.wait(key)
@@ -143,10 +149,7 @@ class RedisMeter:
         if self.limits.limit <= 0:
             return 0.0
         try:
-            async with self.client.pipeline(transaction=False) as p:
-                p.get(self.prefix + _name(key))
-                p.pttl(self.prefix + _name(key))
-                count, pttl = await p.execute()
+            count, pttl = await _count(self.client, self.prefix + _name(key))
         except (RedisError, OSError):
             return await self.local.wait(key)
         if count is None or int(count) < self.limits.limit or pttl < 0:
