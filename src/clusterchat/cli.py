@@ -265,12 +265,7 @@ def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="the cluster's Redis (needed to see who is online and to kick) "
         "[env CLUSTERCHAT_REDIS]",
     )
-    adm.add_argument(
-        "--redis-prefix",
-        default=_env("CLUSTERCHAT_REDIS_PREFIX", "clusterchat:"),
-        metavar="PREFIX",
-        help="the nodes' --redis-prefix [env CLUSTERCHAT_REDIS_PREFIX; default %(default)s]",
-    )
+    OPTIONS["--redis-prefix"].add_to(adm)  # the nodes' own
     act = adm.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
     users = act.add_parser("users", help="list users (id, name, state, banned, node)")
     users.add_argument("--online", action="store_true", help="only those logged in")
