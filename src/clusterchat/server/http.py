@@ -23,7 +23,8 @@ from clusterchat.protocol import forwarded
 from clusterchat.server.websocket import WsConnection, response
 
 if TYPE_CHECKING:
-    from clusterchat.server.node import Node
+    from clusterchat.server.connection import Connection
+    from clusterchat.server.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def load_static() -> dict[str, tuple[str, bytes]]:
 
 
 class HttpServer:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host[Connection]) -> None:
         self.node = node
         #: Extra GET paths and their handlers (see :data:`Route`).
         self.routes: dict[str, Route] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,8 +23,20 @@ from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import offlinemessage
 
 if TYPE_CHECKING:
+    from clusterchat.server.connection import Connection
+    from clusterchat.server.host import Host
     from clusterchat.server.http import Route
-    from clusterchat.server.node import Node
+    from clusterchat.server.load import LoopLag
+    from clusterchat.storage.base import Store
+
+    class Node(Host[Connection], Protocol):
+        """What the metrics read of a node (node.Node is one)."""
+
+        store: Store
+        lag: LoopLag
+
+        async def readiness(self) -> list[str]: ...
+
 
 log = logging.getLogger(__name__)
 
