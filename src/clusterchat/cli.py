@@ -14,6 +14,8 @@ from typing import Any
 from clusterchat.budget import default_budget
 from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
+from clusterchat.service.history import DEFAULT_DAYS as DEFAULT_HISTORY_DAYS
+from clusterchat.service.history import QUEUE_ROWS as HISTORY_QUEUE
 from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost
 
@@ -335,6 +337,24 @@ def build_parser() -> argparse.ArgumentParser:
         "wait (then get ERROR 151 busy); keep (nodes - 1) x this under Redis's "
         "client-output-buffer-limit pubsub, or Redis drops the receiver "
         "[env CLUSTERCHAT_BUS_WINDOW; default 4 MiB]",
+    )
+    srv.add_argument(
+        "--history-days",
+        type=float,
+        default=float(_env("CLUSTERCHAT_HISTORY_DAYS", str(DEFAULT_HISTORY_DAYS))),
+        metavar="DAYS",
+        help="keep every 1:1 and group message this long for clients to page back through "
+        "(HISTORY); 0: keep none, write nothing. Fractions allowed "
+        f"[env CLUSTERCHAT_HISTORY_DAYS; default {DEFAULT_HISTORY_DAYS:g}]",
+    )
+    srv.add_argument(
+        "--history-queue",
+        type=int,
+        default=_env_int("CLUSTERCHAT_HISTORY_QUEUE", HISTORY_QUEUE),
+        metavar="N",
+        help="messages waiting to be written to history before chats are refused with "
+        'ERROR 151 "busy, retry" (the original client is slowed instead) '
+        f"[env CLUSTERCHAT_HISTORY_QUEUE; default {HISTORY_QUEUE}]",
     )
     srv.add_argument(
         "--node-id",
@@ -754,6 +774,8 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         redis_prefix=args.redis_prefix,
         presence_ttl=args.presence_ttl,
         bus_window=args.bus_window,
+        history_days=args.history_days,
+        history_queue=args.history_queue,
         node_id=node_id,
         reuse_port=worker,
         http_port=args.http_port or None,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from clusterchat.budget import default_budget
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
+from clusterchat.service.history import DEFAULT_DAYS, QUEUE_ROWS
 from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost
 
@@ -107,5 +108,10 @@ class Settings:
     #: Origins allowed to open /ws (e.g. "https://chat.example.com"; "*": any);
     #: empty: the page's own origin only.
     http_origins: tuple[str, ...] = ()
+    #: Days every 1:1 and group message is kept for HISTORY requests (0: none
+    #: is written); fractions allowed.
+    history_days: float = DEFAULT_DAYS
+    #: Messages waiting to be written to history before chats are refused as busy.
+    history_queue: int = QUEUE_ROWS
     #: Share the port with sibling worker processes (SO_REUSEPORT).
     reuse_port: bool = False

@@ -35,6 +35,7 @@ from clusterchat.storage.base import (
     Resume,
 )
 from clusterchat.storage.batching import Batcher
+from clusterchat.storage.history import HistoryQueries
 from clusterchat.storage.social import SocialQueries
 from clusterchat.storage.tables import (
     allgroup,
@@ -193,7 +194,7 @@ class _StateWriter:
                 log.warning("could not record %d users as %s: %s", len(uids), online, exc)
 
 
-class SqlStore(SocialQueries):
+class SqlStore(SocialQueries, HistoryQueries):
     def __init__(
         self, url: str | URL, pool_size: int = 20, ticket_lifetime: float = 28 * 86_400.0
     ) -> None:

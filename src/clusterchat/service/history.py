@@ -1,0 +1,281 @@
+"""Message history: kept off the hot path, paged back on request, purged when old.
+
+Every 1:1 and group message a node accepts is queued here by that node (the
+sender's), once, whichever node the receivers are on. One writer task per
+node takes everything queued into one multi-row INSERT per round (a round
+lingers a couple of milliseconds so a busy node writes hundreds of rows a
+statement), retrying with backoff like the re-store writer
+(``service/restore.py``) until the store takes them, and writes what is left
+at shutdown within a deadline.
+
+The queue is bounded in rows and bytes. Past the bound ``full`` is set and
+the service refuses new chats with ERROR 151 BUSY before delivering them (no
+effect; the original client is slowed instead), exactly as for a full memory
+budget: a message is never dropped from history silently and memory never
+grows without bound. Chats already past that check when the queue fills may
+still be queued (one per connection at most), so the bound may be overshot by
+that much.
+
+Expired rows are purged by a background task in small chunks by id (see
+``storage/history.py``), so no statement is long and the node never waits
+on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from clusterchat import errors
+from clusterchat.protocol import codec
+from clusterchat.protocol.codec import BadRequest
+from clusterchat.protocol.messages import ErrCode, History, MsgId
+from clusterchat.service.restore import BATCH_BYTES, BATCH_ROWS, RETRY_FIRST, RETRY_MAX, ROW_COST
+from clusterchat.service.session import Session
+from clusterchat.storage.base import HistoryRow, Store
+
+if TYPE_CHECKING:
+    from clusterchat.service.chat import ChatService
+
+log = logging.getLogger(__name__)
+
+#: Default retention: about three months, what people expect to scroll back
+#: through in a team chat (Slack's free plan shows 90 days), at a bounded cost
+#: in storage (rows are purged daily-ish by age, see Purger).
+DEFAULT_DAYS = 90.0
+#: Rows and bytes the queue holds before chats are refused as busy. At the
+#: bench's tens of thousands of messages a second a healthy store empties it
+#: every few milliseconds; 20,000 rows rides out a store pause of a second or so.
+QUEUE_ROWS = 20_000
+QUEUE_BYTES = 32 * 1024 * 1024
+#: Seconds a round waits for more rows after the first (one INSERT per few ms).
+LINGER = 0.002
+#: Purge: rows per DELETE, pause between chunks, and the longest sleep between rounds.
+PURGE_CHUNK = 1000
+PURGE_PAUSE = 0.02
+PURGE_EVERY = 60.0
+#: Seconds a HISTORY request waits for this node's queued rows to be written
+#: (a sender sees its own messages at once), before reading anyway.
+READ_YOUR_WRITES = 1.0
+
+
+class HistoryWriter:
+    """The bounded queue of history rows and the one task that writes them."""
+
+    def __init__(
+        self,
+        store: Store,
+        max_rows: int = QUEUE_ROWS,
+        max_bytes: int = QUEUE_BYTES,
+        linger: float = LINGER,
+    ) -> None:
+        self._store = store
+        self.max_rows = max(1, max_rows)
+        self.max_bytes = max(1, max_bytes)
+        self.linger = linger
+        self._rows: deque[HistoryRow] = deque()
+        self._bytes = 0
+        #: The hot path's one check: new chats are refused while True.
+        self.full = False
+        #: Called when the queue has room again after being full.
+        self.on_room: Callable[[], None] | None = None
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Rows ever queued / written, rounds written, failed writes, chats refused.
+        self.queued = 0
+        self.written = 0
+        self.rounds = 0
+        self.failures = 0
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, row: HistoryRow) -> None:
+        self._rows.append(row)
+        self._bytes += len(row[5]) + ROW_COST
+        self.queued += 1
+        if len(self._rows) >= self.max_rows or self._bytes >= self.max_bytes:
+            self.full = True
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        self._wake.set()
+
+    async def _run(self) -> None:
+        delay = RETRY_FIRST
+        while True:
+            if not self._rows:
+                self._wake.clear()
+                await self._wake.wait()
+                if self.linger:
+                    await asyncio.sleep(self.linger)
+                continue
+            batch = self._batch()
+            try:
+                await self._store.add_history(batch)
+            except Exception as exc:  # down, or refusing: keep them, retry
+                self.failures += 1
+                log.warning(
+                    "could not write %d messages to history (%s); retrying in %.1f s",
+                    len(batch),
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            delay = RETRY_FIRST
+            self.rounds += 1
+            size = 0
+            for _ in range(len(batch)):
+                size += len(self._rows.popleft()[5]) + ROW_COST
+            self._bytes -= size
+            self.written += len(batch)
+            progress, self._progress = self._progress, asyncio.Event()
+            progress.set()
+            if self.full and len(self._rows) < self.max_rows and self._bytes < self.max_bytes:
+                self.full = False
+                if self.on_room is not None:
+                    self.on_room()
+
+    def _batch(self) -> list[HistoryRow]:
+        """The oldest rows, up to the row and byte bounds (at least one)."""
+        batch: list[HistoryRow] = []
+        size = 0
+        for row in self._rows:
+            size += len(row[5])
+            if batch and (len(batch) >= BATCH_ROWS or size > BATCH_BYTES):
+                break
+            batch.append(row)
+        return batch
+
+    async def caught_up(self, mark: int, timeout: float) -> bool:
+        """Wait until the first ``mark`` rows ever queued are written, at most
+        ``timeout`` seconds; True if they are."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.written < mark:
+                    await self._progress.wait()
+        return self.written >= mark
+
+    async def drain(self, timeout: float) -> bool:
+        return await self.caught_up(self.queued, timeout)
+
+    async def close(self, timeout: float) -> int:
+        """At shutdown: write what is left within ``timeout``, then stop.
+        Returns the rows that could not be written (logged as an error)."""
+        if self._rows:
+            await self.drain(timeout)
+        left = len(self._rows)
+        if left:
+            log.error(
+                "shutting down with %d messages NOT written to history (the store did "
+                "not take them within %.0f s); they were delivered but are not in history",
+                left,
+                timeout,
+            )
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        return left
+
+
+class Purger:
+    """Deletes history older than the retention, a chunk at a time."""
+
+    def __init__(self, store: Store, retention: float, chunk: int = PURGE_CHUNK) -> None:
+        self._store = store
+        self.retention = retention  # seconds
+        self.chunk = chunk
+        #: A tiny retention (tests) is purged often; a real one every minute.
+        self.every = min(PURGE_EVERY, max(0.05, retention / 20))
+        self.purged = 0
+        self.rounds = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.once()
+            except errors.Unavailable as exc:
+                log.warning("could not purge expired history: %s", exc)
+            except Exception:
+                log.exception("purging expired history failed")
+            await asyncio.sleep(self.every)
+
+    async def once(self) -> int:
+        """Purge everything expired now, chunk by chunk; returns how many rows."""
+        total = 0
+        while True:
+            cutoff = int((time.time() - self.retention) * 1000)
+            n = await self._store.purge_history(cutoff, self.chunk)
+            total += n
+            self.purged += n
+            if n < self.chunk:
+                self.rounds += 1
+                return total
+            await asyncio.sleep(PURGE_PAUSE)  # let the node (and other nodes) in between
+
+
+Handler = Callable[[Session, Any], Awaitable[None] | None]
+
+
+class HistoryRequests:
+    """Serves HISTORY (60) with HISTORY_PAGE (61) or an ERROR 180-184."""
+
+    def __init__(self, svc: ChatService) -> None:
+        self.svc = svc
+
+    def handlers(self) -> dict[type, Handler]:
+        return {History: self._history}
+
+    def _history(self, s: Session, req: History) -> Awaitable[None] | None:
+        svc = self.svc
+        if s.legacy:  # not the original's: as for any message id it did not have
+            msgid = int(MsgId.HISTORY)
+            svc._refuse_bad(s, BadRequest(ErrCode.UNKNOWN_MSGID, f"unknown msgid {msgid}", msgid))
+            return None
+        if svc.history is None:
+            svc.refuse(s, req, ErrCode.HISTORY_OFF, "this server keeps no history")
+            return None
+        if (req.userid is None) == (req.groupid is None):
+            svc.refuse(s, req, ErrCode.HISTORY_TARGET, "give exactly one of userid and groupid")
+            return None
+        return self._page(s, req, svc.history)
+
+    async def _page(self, s: Session, req: History, writer: HistoryWriter) -> None:
+        svc = self.svc
+        since = int((time.time() - svc.history_retention) * 1000)
+        if req.groupid is not None:
+            joined = await svc.store.group_joined(s.uid, req.groupid)
+            if joined is None:
+                svc.refuse(
+                    s,
+                    req,
+                    ErrCode.HISTORY_NOT_MEMBER,
+                    f"you are not a member of group {req.groupid}; its history is for members",
+                )
+                return
+            a, b, key, ident = 0, req.groupid, "groupid", req.groupid
+            since = max(since, joined // 1000)  # from when they joined
+        else:
+            assert req.userid is not None
+            a, b = sorted((s.uid, req.userid))
+            key, ident = "userid", req.userid
+        await writer.caught_up(writer.queued, READ_YOUR_WRITES)  # one's own messages too
+        rows = await svc.store.history(a, b, req.before, req.limit + 1, since)
+        if not rows and req.userid is not None and not await svc.store.user_exists(req.userid):
+            raise errors.NoSuchUser(req.userid)
+        more = len(rows) > req.limit
+        docs = [
+            {"id": r.id, "from": r.sender, "name": r.name, "mid": r.mid, "ts": r.ts, "msg": r.body}
+            for r in rows[: req.limit]
+        ]
+        s.peer.send(codec.ack(MsgId.HISTORY_PAGE, **{key: ident}, messages=docs, more=more))

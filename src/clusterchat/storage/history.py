@@ -1,0 +1,114 @@
+"""The SQL side of message history: batched writes, pages by id, purges in chunks.
+
+A mixin of :class:`~clusterchat.storage.sql.SqlStore` like ``social.py``.
+Pages are "the newest rows of this conversation below id X": one descending
+range scan of ``ix_history_conv_id``, stable however many rows are added
+meanwhile (they get higher ids). Purging never scans more than a chunk: it
+reads the oldest ``chunk`` ids in primary-key order and deletes the expired
+ones among them, so a node never holds a long lock or a long statement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from sqlalchemy import BigInteger, Integer, bindparam, delete, exists, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from clusterchat import errors
+from clusterchat.storage.base import HistoryRow, Said
+from clusterchat.storage.tables import allgroup, groupuser, history, user
+
+_a = bindparam("a", type_=Integer)
+_b = bindparam("b", type_=Integer)
+
+#: Newest first, below a cursor; the sender's name as it is now.
+PAGE = (
+    select(
+        history.c.id,
+        history.c.sender,
+        user.c.name,
+        history.c.mid,
+        history.c.ts,
+        history.c.body,
+    )
+    .outerjoin(user, user.c.id == history.c.sender)
+    .where(
+        (history.c.conva == _a)
+        & (history.c.convb == _b)
+        & (history.c.id < bindparam("before", type_=BigInteger))
+        & (history.c.ts >= bindparam("since", type_=BigInteger))
+    )
+    .order_by(history.c.id.desc())
+    .limit(bindparam("limit"))
+)
+JOINED = select(groupuser.c.joined).where(
+    (groupuser.c.groupid == bindparam("gid", type_=Integer))
+    & (groupuser.c.userid == bindparam("uid", type_=Integer))
+)
+GROUP_EXISTS = select(exists().where(allgroup.c.id == bindparam("gid", type_=Integer)))
+USER_EXISTS = select(exists().where(user.c.id == bindparam("uid", type_=Integer)))
+OLDEST = select(history.c.id, history.c.ts).order_by(history.c.id).limit(bindparam("chunk"))
+PURGE = delete(history).where(
+    (history.c.id >= bindparam("lo", type_=BigInteger))
+    & (history.c.id <= bindparam("hi", type_=BigInteger))
+    & (history.c.ts < bindparam("cutoff", type_=BigInteger))
+)
+_INSERT = insert(history)
+#: Beyond any row id (rows are BIGINT): "before" this is "the newest".
+NEWEST = 2**63 - 1
+
+
+class HistoryQueries:
+    """Mixed into SqlStore, which provides ``_tx``."""
+
+    #: Rows written to history (metrics, tests).
+    history_rows = 0
+
+    def _tx(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        raise NotImplementedError  # SqlStore's
+
+    async def add_history(self, rows: Sequence[HistoryRow]) -> None:
+        if not rows:
+            return
+        params = [
+            {"conva": a, "convb": b, "sender": s, "mid": m, "ts": t, "body": x}
+            for a, b, s, m, t, x in rows
+        ]
+        async with self._tx() as conn:
+            await conn.execute(_INSERT, params)  # one multi-row INSERT (insertmanyvalues)
+        self.history_rows += len(rows)
+
+    async def history(
+        self, conva: int, convb: int, before: int, limit: int, since: int
+    ) -> list[Said]:
+        page = {"a": conva, "b": convb, "before": before or NEWEST, "since": since, "limit": limit}
+        async with self._tx() as conn:
+            rows = (await conn.execute(PAGE, page)).all()
+        return [Said(r.id, r.sender, r.name or "", r.mid, r.ts, r.body) for r in rows]
+
+    async def user_exists(self, uid: int) -> bool:
+        async with self._tx() as conn:
+            return bool(await conn.scalar(USER_EXISTS, {"uid": uid}))
+
+    async def group_joined(self, uid: int, gid: int) -> int | None:
+        async with self._tx() as conn:
+            joined = await conn.scalar(JOINED, {"gid": gid, "uid": uid})
+            if joined is None and not await conn.scalar(GROUP_EXISTS, {"gid": gid}):
+                raise errors.NoSuchGroup(gid)
+        return None if joined is None else int(joined)
+
+    async def purge_history(self, cutoff: int, chunk: int) -> int:
+        async with self._tx() as conn:
+            oldest = (await conn.execute(OLDEST, {"chunk": chunk})).all()
+            expired = 0
+            for r in oldest:  # the expired prefix (ids follow time within seconds)
+                if r.ts >= cutoff:
+                    break
+                expired += 1
+            if not expired:
+                return 0
+            lo, hi = oldest[0].id, oldest[expired - 1].id
+            res = await conn.execute(PURGE, {"lo": lo, "hi": hi, "cutoff": cutoff})
+        return int(res.rowcount)
