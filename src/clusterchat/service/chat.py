@@ -84,6 +84,7 @@ _UNMETERED: frozenset[type] = frozenset({Logout, Ping})
 #: memory budget is full.
 _BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
 _BUSY_TEXT = "server busy: too much held for slow readers; retry in a moment"
+_HISTORY_BUSY_TEXT = "server busy: history is written slower than chats arrive; retry in a moment"
 #: Seconds the re-store queue may take to reach the store at shutdown.
 RESTORE_DEADLINE = 10.0
 
@@ -245,13 +246,15 @@ class ChatService:
         is told to retry and nothing is delivered; the original client, which
         has no such reply, waits until there is room (its queue fills and TCP
         slows it)."""
+        text = _BUSY_TEXT
         if self.budget.full:
             self.budget.refused += 1
         else:
             assert self.history is not None
             self.history.refused += 1
+            text = _HISTORY_BUSY_TEXT
         if not s.legacy:
-            self._refuse(s, req, ErrCode.BUSY, _BUSY_TEXT)
+            self._refuse(s, req, ErrCode.BUSY, text)
             return None
         return self._when_room(s, req)
 

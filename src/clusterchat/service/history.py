@@ -11,10 +11,10 @@ at shutdown within a deadline.
 The queue is bounded in rows and bytes. Past the bound ``full`` is set and
 the service refuses new chats with ERROR 151 BUSY before delivering them (no
 effect; the original client is slowed instead), exactly as for a full memory
-budget: a message is never dropped from history silently and memory never
-grows without bound. Chats already past that check when the queue fills may
-still be queued (one per connection at most), so the bound may be overshot by
-that much.
+budget, until the queue is down to half its bound: a message is never
+dropped from history silently and memory never grows without bound. Chats
+already past that check when the queue fills may still be queued (one per
+connection at most), so the bound may be overshot by that much.
 
 Expired rows are purged by a background task in small chunks by id (see
 ``storage/history.py``), so no statement is long and the node never waits
@@ -139,7 +139,13 @@ class HistoryWriter:
             self.written += len(batch)
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
-            if self.full and len(self._rows) < self.max_rows and self._bytes < self.max_bytes:
+            # Room again at half the bound, not at the first row written: a
+            # store just catching up does not flap between refusing and not.
+            if (
+                self.full
+                and len(self._rows) <= self.max_rows // 2
+                and self._bytes <= self.max_bytes // 2
+            ):
                 self.full = False
                 if self.on_room is not None:
                     self.on_room()
