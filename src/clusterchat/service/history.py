@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ from clusterchat import errors
 from clusterchat.protocol import codec
 from clusterchat.protocol.codec import BadRequest
 from clusterchat.protocol.messages import ErrCode, History, MsgId
-from clusterchat.service.restore import BATCH_BYTES, BATCH_ROWS, RETRY_FIRST, RETRY_MAX, ROW_COST
+from clusterchat.service.restore import RETRY_FIRST, RETRY_MAX, ROW_COST
 from clusterchat.service.session import Session
 from clusterchat.storage.base import HistoryRow, Store
 
@@ -53,6 +52,9 @@ DEFAULT_DAYS = 90.0
 #: every few milliseconds; 20,000 rows rides out a store pause of a second or so.
 QUEUE_ROWS = 20_000
 QUEUE_BYTES = 32 * 1024 * 1024
+#: Rows and bytes of message text one INSERT carries at most.
+BATCH_ROWS = 5000
+BATCH_BYTES = 4 * 1024 * 1024
 #: Seconds a round waits for more rows after the first (one INSERT per few ms).
 LINGER = 0.002
 #: Purge: rows per DELETE, pause between chunks, and the longest sleep between rounds.
@@ -78,45 +80,62 @@ class HistoryWriter:
         self.max_rows = max(1, max_rows)
         self.max_bytes = max(1, max_bytes)
         self.linger = linger
-        self._rows: deque[HistoryRow] = deque()
+        #: Queued rows, and the batch being written (retried until it is).
+        self._rows: list[HistoryRow] = []
         self._bytes = 0
+        self._flight: list[HistoryRow] = []
+        self._flight_bytes = 0
+        #: What the queue may still take beside the batch in flight.
+        self._cap_rows = self.max_rows
+        self._cap_bytes = self.max_bytes
         #: The hot path's one check: new chats are refused while True.
         self.full = False
         #: Called when the queue has room again after being full.
         self.on_room: Callable[[], None] | None = None
+        self._idle = True  # the writer waits for rows (or has not started)
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: Rows ever queued / written, rounds written, failed writes, chats refused.
-        self.queued = 0
+        #: Rows written, rounds written, failed writes, chats refused or slowed.
         self.written = 0
         self.rounds = 0
         self.failures = 0
         self.refused = 0
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + len(self._flight)
+
+    @property
+    def queued(self) -> int:
+        """Rows ever queued: a mark for :meth:`caught_up`."""
+        return self.written + len(self._flight) + len(self._rows)
 
     def add(self, row: HistoryRow) -> None:
-        self._rows.append(row)
+        """Queue one message (the hot path: an append and two comparisons)."""
+        rows = self._rows
+        rows.append(row)
         self._bytes += len(row[5]) + ROW_COST
-        self.queued += 1
-        if len(self._rows) >= self.max_rows or self._bytes >= self.max_bytes:
+        if len(rows) >= self._cap_rows or self._bytes >= self._cap_bytes:
             self.full = True
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-        self._wake.set()
+        if self._idle:
+            self._idle = False
+            if self._task is None:
+                self._task = asyncio.ensure_future(self._run())
+            self._wake.set()
 
     async def _run(self) -> None:
         delay = RETRY_FIRST
         while True:
-            if not self._rows:
-                self._wake.clear()
-                await self._wake.wait()
-                if self.linger:
-                    await asyncio.sleep(self.linger)
-                continue
-            batch = self._batch()
+            if not self._flight:
+                if not self._rows:
+                    self._idle = True
+                    self._wake.clear()
+                    await self._wake.wait()
+                    if self.linger:  # let the rows of the next few ms join this one
+                        await asyncio.sleep(self.linger)
+                    continue
+                self._take()
+            batch = self._flight
             try:
                 await self._store.add_history(batch)
             except Exception as exc:  # down, or refusing: keep them, retry
@@ -132,34 +151,38 @@ class HistoryWriter:
                 continue
             delay = RETRY_FIRST
             self.rounds += 1
-            size = 0
-            for _ in range(len(batch)):
-                size += len(self._rows.popleft()[5]) + ROW_COST
-            self._bytes -= size
             self.written += len(batch)
+            self._flight, self._flight_bytes = [], 0
+            self._cap_rows, self._cap_bytes = self.max_rows, self.max_bytes
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
             # Room again at half the bound, not at the first row written: a
             # store just catching up does not flap between refusing and not.
-            if (
-                self.full
-                and len(self._rows) <= self.max_rows // 2
-                and self._bytes <= self.max_bytes // 2
-            ):
+            rows_ok = len(self._rows) <= self.max_rows // 2
+            if self.full and rows_ok and self._bytes <= self.max_bytes // 2:
                 self.full = False
                 if self.on_room is not None:
                     self.on_room()
 
-    def _batch(self) -> list[HistoryRow]:
-        """The oldest rows, up to the row and byte bounds (at least one)."""
-        batch: list[HistoryRow] = []
-        size = 0
-        for row in self._rows:
-            size += len(row[5])
-            if batch and (len(batch) >= BATCH_ROWS or size > BATCH_BYTES):
-                break
-            batch.append(row)
-        return batch
+    def _take(self) -> None:
+        """Move the oldest rows, up to a batch's bounds, in flight."""
+        rows = self._rows
+        if len(rows) <= BATCH_ROWS and self._bytes <= BATCH_BYTES:
+            self._flight, self._flight_bytes = rows, self._bytes  # all of them, no copy
+            self._rows, self._bytes = [], 0
+        else:
+            n, size = 0, 0
+            for row in rows:
+                cost = len(row[5]) + ROW_COST
+                if n and (n >= BATCH_ROWS or size + cost > BATCH_BYTES):
+                    break
+                n += 1
+                size += cost
+            self._flight, self._flight_bytes = rows[:n], size
+            del rows[:n]
+            self._bytes -= size
+        self._cap_rows = self.max_rows - len(self._flight)
+        self._cap_bytes = self.max_bytes - self._flight_bytes
 
     async def caught_up(self, mark: int, timeout: float) -> bool:
         """Wait until the first ``mark`` rows ever queued are written, at most
@@ -176,9 +199,9 @@ class HistoryWriter:
     async def close(self, timeout: float) -> int:
         """At shutdown: write what is left within ``timeout``, then stop.
         Returns the rows that could not be written (logged as an error)."""
-        if self._rows:
+        if len(self):
             await self.drain(timeout)
-        left = len(self._rows)
+        left = len(self)
         if left:
             log.error(
                 "shutting down with %d messages NOT written to history (the store did "
