@@ -238,3 +238,18 @@ async def test_a_tiny_retention_is_purged_in_the_background(short_lived: Node) -
 async def _purged(node: Node, uids: list[int]) -> bool:
     a, b = sorted(uids)
     return not await node.store.history(a, b, 0, 1, 0)  # read without the retention's filter
+
+
+def test_history_options_come_from_the_command_line_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from clusterchat.cli import build_parser
+
+    args = build_parser().parse_args(["server"])
+    assert (args.history_days, args.history_queue) == (90.0, 20_000)
+    args = build_parser().parse_args(["server", "--history-days", "0", "--history-queue", "9"])
+    assert (args.history_days, args.history_queue) == (0.0, 9)
+    monkeypatch.setenv("CLUSTERCHAT_HISTORY_DAYS", "0.5")
+    monkeypatch.setenv("CLUSTERCHAT_HISTORY_QUEUE", "100")
+    args = build_parser().parse_args(["server"])
+    assert (args.history_days, args.history_queue) == (0.5, 100)
