@@ -34,7 +34,7 @@ from clusterchat import errors
 from clusterchat.protocol import codec
 from clusterchat.protocol.codec import BadRequest
 from clusterchat.protocol.messages import ErrCode, History, MsgId
-from clusterchat.service.restore import RETRY_FIRST, RETRY_MAX, ROW_COST
+from clusterchat.service.restore import RETRY_FIRST, RETRY_MAX
 from clusterchat.service.session import Session
 from clusterchat.storage.base import HistoryRow, Store
 
@@ -52,6 +52,8 @@ DEFAULT_DAYS = 90.0
 #: every few milliseconds; 20,000 rows rides out a store pause of a second or so.
 QUEUE_ROWS = 20_000
 QUEUE_BYTES = 32 * 1024 * 1024
+#: Bytes a queued row holds besides its text: the tuple, its mid, the list slot.
+ROW_COST = 200
 #: Rows and bytes of message text one INSERT carries at most.
 BATCH_ROWS = 5000
 BATCH_BYTES = 4 * 1024 * 1024
