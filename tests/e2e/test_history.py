@@ -253,3 +253,15 @@ def test_history_options_come_from_the_command_line_or_the_environment(
     monkeypatch.setenv("CLUSTERCHAT_HISTORY_QUEUE", "100")
     args = build_parser().parse_args(["server"])
     assert (args.history_days, args.history_queue) == (0.5, 100)
+
+
+async def test_a_page_of_long_messages_is_cut_to_what_clients_can_read(user: UserFactory) -> None:
+    alice, bob = await user(), await user()
+    long = "x" * 15_000  # under the 16 KiB a stored message may have
+    for i in range(12):
+        await chat(alice, bob.id, f"{i} {long}")
+    page = await history(alice.conn, userid=bob.id, limit=200)
+    n = len(page["messages"])
+    assert 0 < n < 12 and page["more"] is True  # 128 KiB of text at most, not 12 x 15 KB
+    rest = await everything(alice.conn, 200, userid=bob.id)
+    assert [m["msg"].split()[0] for m in rest] == [str(i) for i in reversed(range(12))]
