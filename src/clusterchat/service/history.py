@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Default retention: about three months, what people expect to scroll back
-#: through in a team chat (Slack's free plan shows 90 days), at a bounded cost
-#: in storage (rows are purged daily-ish by age, see Purger).
+#: through in a team chat (Slack's free plan shows 90 days), at a cost in
+#: storage that stops growing after those 90 days (expired rows are purged
+#: every minute, see Purger); an operator who needs years sets it.
 DEFAULT_DAYS = 90.0
 #: Rows and bytes the queue holds before chats are refused as busy. At the
 #: bench's tens of thousands of messages a second a healthy store empties it
