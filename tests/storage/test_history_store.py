@@ -63,14 +63,18 @@ async def test_purge_takes_expired_rows_in_chunks_and_keeps_the_rest(store: SqlS
         await conn.execute(delete(history))
     a, b = await store.create_user(unique(), "x"), await store.create_user(unique(), "x")
     old = now_ms() - 10_000
+    # A row stamped in the future (a node whose clock is ahead) among old ones.
+    await store.add_history([(a, b, a, "ahead", now_ms() + 60_000, "ahead")])
     await store.add_history([(a, b, a, f"old-{i}", old + i, "old") for i in range(7)])
     await store.add_history([(a, b, a, "new", now_ms() + 60_000, "new")])
     cutoff = now_ms() - 5_000
-    assert await store.purge_history(cutoff, 3) == 3  # a chunk, no more
+    n, after = await store.purge_history(cutoff, 3)
+    assert n == 2 and after  # a chunk (3 rows, 2 of them expired), no more; go on
     purger = Purger(store, retention=5.0, chunk=3)
-    assert await purger.once() == 4  # the rest, chunk by chunk
-    assert purger.purged == 4
-    assert [r.body for r in await store.history(a, b, 0, 50, 0)] == ["new"]
-    assert await store.purge_history(now_ms(), 3) == 0  # the first row is not expired
-    async with store.engine.begin() as conn:  # a row in the future would hold up others' purges
+    assert await purger.once() == 5  # the rest, chunk by chunk
+    assert purger.purged == 5 and purger.rounds == 1
+    kept = await store.history(a, b, 0, 50, 0)
+    assert [r.body for r in kept] == ["new", "ahead"]
+    assert await store.purge_history(now_ms(), 3) == (0, 0)  # nothing expired
+    async with store.engine.begin() as conn:  # leave the shared database as found
         await conn.execute(delete(history))

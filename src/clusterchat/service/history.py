@@ -248,13 +248,13 @@ class Purger:
 
     async def once(self) -> int:
         """Purge everything expired now, chunk by chunk; returns how many rows."""
-        total = 0
+        total, after = 0, 0
+        cutoff = int((time.time() - self.retention) * 1000)
         while True:
-            cutoff = int((time.time() - self.retention) * 1000)
-            n = await self._store.purge_history(cutoff, self.chunk)
+            n, after = await self._store.purge_history(cutoff, self.chunk, after)
             total += n
             self.purged += n
-            if n < self.chunk:
+            if not after:
                 self.rounds += 1
                 return total
             await asyncio.sleep(PURGE_PAUSE)  # let the node (and other nodes) in between

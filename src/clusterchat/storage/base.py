@@ -231,9 +231,10 @@ class Store(Protocol):
         None if not a member; NoSuchGroup if there is no such group."""
         ...
 
-    async def purge_history(self, cutoff: int, chunk: int) -> int:
-        """Delete at most ``chunk`` of the oldest rows older than ``cutoff``
-        (ms since the epoch); returns how many went."""
+    async def purge_history(self, cutoff: int, chunk: int, after: int = 0) -> tuple[int, int]:
+        """Delete the rows older than ``cutoff`` (ms since the epoch) among the
+        ``chunk`` rows with the lowest ids above ``after``. Returns how many
+        went, and the ``after`` to go on from (0: nothing expired is left)."""
         ...
 
     # -- friends and groups a person manages (storage/social.py) -----------------

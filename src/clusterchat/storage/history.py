@@ -4,8 +4,10 @@ A mixin of :class:`~clusterchat.storage.sql.SqlStore` like ``social.py``.
 Pages are "the newest rows of this conversation below id X": one descending
 range scan of ``ix_history_conv_id``, stable however many rows are added
 meanwhile (they get higher ids). Purging never scans more than a chunk: it
-reads the oldest ``chunk`` ids in primary-key order and deletes the expired
-ones among them, so a node never holds a long lock or a long statement.
+reads the next ``chunk`` ids in primary-key order and deletes the expired
+ones among them, and goes on to the next chunk until one has none expired, so
+a node never holds a long lock or a long statement (and a row stamped in the
+future by a node whose clock is ahead holds up nothing but itself).
 """
 
 from __future__ import annotations
@@ -49,7 +51,12 @@ JOINED = select(groupuser.c.joined).where(
 )
 GROUP_EXISTS = select(exists().where(allgroup.c.id == bindparam("gid", type_=Integer)))
 USER_EXISTS = select(exists().where(user.c.id == bindparam("uid", type_=Integer)))
-OLDEST = select(history.c.id, history.c.ts).order_by(history.c.id).limit(bindparam("chunk"))
+OLDEST = (
+    select(history.c.id, history.c.ts)
+    .where(history.c.id > bindparam("after", type_=BigInteger))
+    .order_by(history.c.id)
+    .limit(bindparam("chunk"))
+)
 PURGE = delete(history).where(
     (history.c.id >= bindparam("lo", type_=BigInteger))
     & (history.c.id <= bindparam("hi", type_=BigInteger))
@@ -105,16 +112,11 @@ class HistoryQueries:
                 raise errors.NoSuchGroup(gid)
         return None if joined is None else int(joined)
 
-    async def purge_history(self, cutoff: int, chunk: int) -> int:
+    async def purge_history(self, cutoff: int, chunk: int, after: int = 0) -> tuple[int, int]:
         async with self._tx() as conn:
-            oldest = (await conn.execute(OLDEST, {"chunk": chunk})).all()
-            expired = 0
-            for r in oldest:  # the expired prefix (ids follow time within seconds)
-                if r.ts >= cutoff:
-                    break
-                expired += 1
-            if not expired:
-                return 0
-            lo, hi = oldest[0].id, oldest[expired - 1].id
+            rows = (await conn.execute(OLDEST, {"chunk": chunk, "after": after})).all()
+            if not any(r.ts < cutoff for r in rows):
+                return 0, 0  # ids follow time (within the writers' delay): all newer from here
+            lo, hi = rows[0].id, rows[-1].id
             res = await conn.execute(PURGE, {"lo": lo, "hi": hi, "cutoff": cutoff})
-        return int(res.rowcount)
+        return int(res.rowcount), hi if len(rows) == chunk else 0
