@@ -66,3 +66,26 @@ async def test_history_is_kept_once_and_read_the_same_from_every_node(cluster: C
     assert [m["msg"] for m in got] == ["g2 after the late join"]
     page = await history(late.conn, groupid=gid, before=got[0]["id"])
     assert page["messages"] == [] and page["more"] is False
+
+    # Paging back on node0 while node1's sender keeps writing: no repeats, no gaps.
+    for i in range(20):
+        await group_chat(owner, gid, f"old {i}")
+    stop = asyncio.Event()
+
+    async def keep_writing() -> int:
+        n = 0
+        while not stop.is_set():
+            await group_chat(bob, gid, f"new {n}")
+            n += 1
+        return n
+
+    writer = asyncio.ensure_future(keep_writing())
+    try:
+        seen = await everything(owner.conn, 6, groupid=gid)
+    finally:
+        stop.set()
+        assert await writer > 0
+    ids = [m["id"] for m in seen]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids)
+    olds = [m["msg"] for m in seen if m["msg"].startswith("old")]
+    assert olds == [f"old {i}" for i in reversed(range(20))]
