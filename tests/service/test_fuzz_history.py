@@ -54,6 +54,7 @@ async def _run(frames: list[bytes]) -> None:
             work = svc.handle(user, req, legacy=False)
             if work is not None:
                 await work
+        assert user.uid == 1, peer.replies
         peer.replies.clear()
         for frame in frames:
             work = svc.handle(user, frame, legacy=False)

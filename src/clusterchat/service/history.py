@@ -238,13 +238,13 @@ class Purger:
 
     async def run(self) -> None:
         while True:
+            await asyncio.sleep(self.every)  # not at start: nodes starting have other work
             try:
                 await self.once()
             except errors.Unavailable as exc:
                 log.warning("could not purge expired history: %s", exc)
             except Exception:
                 log.exception("purging expired history failed")
-            await asyncio.sleep(self.every)
 
     async def once(self) -> int:
         """Purge everything expired now, chunk by chunk; returns how many rows."""
