@@ -70,6 +70,16 @@ def _is_mysql(url: URL) -> bool:
     return url.get_backend_name() in ("mysql", "mariadb")
 
 
+def _asyncmy_caches_statements() -> bool:
+    """asyncmy 0.2.18 has ``stmt_cache_size`` (and MariaDB bulk inserts through
+    it); older releases refuse the argument."""
+    try:
+        from asyncmy.connection import Connection
+    except ImportError:
+        return False
+    return hasattr(Connection, "_acquire_cached_statement")
+
+
 def make_engine(url: URL, pool_size: int = 20) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
@@ -209,7 +219,7 @@ class SqlStore(SocialQueries, HistoryQueries):
         #: text protocol on the main pool.
         self.history_engine = (
             make_engine(self._url.update_query_dict({"stmt_cache_size": "4"}), 1)
-            if _is_mysql(self._url)
+            if _is_mysql(self._url) and _asyncmy_caches_statements()
             else self.engine
         )
         self._states = _StateWriter(self)
