@@ -33,6 +33,7 @@ KNOWN_CYCLES = [
         "clusterchat.service.friends",
         "clusterchat.service.groups",
         "clusterchat.service.pushes",
+        "clusterchat.service.history",
     }
 ]
 

@@ -16,6 +16,16 @@ from pathlib import Path
 from clusterchat.budget import default_budget
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 
+#: Default retention of history: about three months, what people expect to
+#: scroll back through in a team chat (Slack's free plan shows 90 days), at a
+#: cost in storage that stops growing after those 90 days (expired rows are
+#: purged every minute, see service/history.py); an operator who needs years sets it.
+HISTORY_DAYS = 90.0
+#: Messages waiting to be written to history before chats are refused as busy.
+#: At tens of thousands of messages a second a healthy store empties the queue
+#: every few milliseconds; 20,000 rides out a store pause of a second or so.
+HISTORY_QUEUE = 20_000
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6000
 
@@ -156,5 +166,10 @@ class Settings:
     #: Origins allowed to open /ws (e.g. "https://chat.example.com"; "*": any);
     #: empty: the page's own origin only.
     http_origins: tuple[str, ...] = ()
+    #: Days every 1:1 and group message is kept for HISTORY requests (0: none
+    #: is written); fractions allowed.
+    history_days: float = HISTORY_DAYS
+    #: Messages waiting to be written to history before chats are refused as busy.
+    history_queue: int = HISTORY_QUEUE
     #: Share the port with sibling worker processes (SO_REUSEPORT).
     reuse_port: bool = False

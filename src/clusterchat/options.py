@@ -167,6 +167,12 @@ SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
                "SQLAlchemy URL of the store, e.g. mysql+asyncmy://root@127.0.0.1:3306/chat",
                shown="an SQLite file in $CLUSTERCHAT_HOME or ~/.local/share/clusterchat"),
         Option("--db-pool", ("db_pool",), "N", "connections to MariaDB/MySQL this node keeps"),
+        Option("--history-days", ("history_days",), "DAYS",
+               "keep every 1:1 and group message this long for clients to page back "
+               "through (HISTORY); 0: keep none, write nothing. Fractions allowed"),
+        Option("--history-queue", ("history_queue",), "N",
+               "messages waiting to be written to history before chats are refused with "
+               'ERROR 151 "busy, retry" (the original client is slowed instead)'),
     )),
     ("cluster (nodes joined through Redis)", (
         Option("--redis", ("redis_url",), "URL",

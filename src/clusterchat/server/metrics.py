@@ -123,6 +123,28 @@ class NodeCollector(Collector):
             "Messages refused because the memory budget was full (ERROR 151)",
             value=budget.refused,
         )
+        history = service.history
+        if history is not None:
+            yield GaugeMetricFamily(
+                "clusterchat_history_queue",
+                "Messages waiting to be written to history (--history-queue bounds it)",
+                value=len(history),
+            )
+            yield CounterMetricFamily(
+                "clusterchat_history_written",
+                "Messages written to history by this node",
+                value=history.written,
+            )
+            yield CounterMetricFamily(
+                "clusterchat_history_refusals",
+                "Messages refused (ERROR 151) or slowed because the history queue was full",
+                value=history.refused,
+            )
+            yield CounterMetricFamily(
+                "clusterchat_history_write_failures",
+                "History writes that failed and are retried",
+                value=history.failures,
+            )
 
         requests = CounterMetricFamily(
             "clusterchat_requests", "Requests served, by kind", labels=["kind"]

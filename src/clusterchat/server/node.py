@@ -74,6 +74,8 @@ class Node:
             settings.limits,
             self.budget,
             (settings.redis_url, settings.redis_prefix) if settings.redis_url else None,
+            settings.history_days,
+            settings.history_queue,
         )
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()
