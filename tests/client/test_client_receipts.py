@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from clusterchat.client.connection import ChatConnection
-from clusterchat.client.receipts import EVERY
 from clusterchat.client.session import ChatClient
+from clusterchat.protocol.acks import EVERY
 from clusterchat.protocol.messages import MsgId
 from clusterchat.server.connection import Connection
 from clusterchat.server.node import Node

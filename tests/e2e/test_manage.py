@@ -412,4 +412,5 @@ async def test_block_checks_read_no_database_per_message(user: UserFactory, node
             assert (await carol.conn.expect(MsgId.GROUP_CHAT))["msg"] == str(i)
     finally:
         sa_event.remove(engine, "before_cursor_execute", seen)
-    assert statements == []
+    # History is written by its own batched writer, off the chat path (issue 16).
+    assert [s for s in statements if not s.startswith("INSERT INTO history")] == []

@@ -44,7 +44,7 @@ async def test_web_and_tcp_users_chat_both_ways_and_offline(ws_node: Node) -> No
     # Many at once: each is its own WebSocket message, in order.
     for i in range(30):
         await tcp.send({"msgid": 6, "toid": web_id, "msg": f"n{i}"})
-    got_texts = []
+    got_texts: list[str] = []
     acks = 0
     while len(got_texts) < 30 or acks < 30:
         if acks < 30:

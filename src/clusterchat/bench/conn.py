@@ -8,8 +8,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from clusterchat.client.receipts import INTERVAL, Acks, received
 from clusterchat.protocol import codec
+from clusterchat.protocol.acks import INTERVAL, Acks, received
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from clusterchat.protocol.messages import PUSHED, MsgId
 

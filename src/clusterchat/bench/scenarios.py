@@ -15,7 +15,7 @@ from typing import Any
 
 from clusterchat.bench.conn import BenchConn, Closed
 from clusterchat.bench.stats import Result
-from clusterchat.client.receipts import Acks
+from clusterchat.protocol.acks import Acks
 from clusterchat.protocol.messages import ErrCode, MsgId
 
 PASSWORD = "bench-pw"

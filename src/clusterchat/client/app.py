@@ -165,6 +165,9 @@ def _request(cmd: c.Command) -> dict[str, Any]:
             return {"msgid": MsgId.LIST_INVITES}
         case c.InviteOnly(gid, on):
             return {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "inviteonly": on}
+        case c.History(target, group, count, before):
+            key = "groupid" if group else "userid"
+            return {"msgid": MsgId.HISTORY, key: target, "limit": count, "before": before}
     raise AssertionError(cmd)
 
 
@@ -222,6 +225,8 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
             return render.invites(reply.get("invites"))
         case c.InviteOnly(gid, on):
             return [f"Group {gid} is {'invite-only' if on else 'open to all'} now."]
+        case c.History(target, group, count, _):
+            return render.history(target, group, count, reply)
     return []
 
 

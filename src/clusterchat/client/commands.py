@@ -157,6 +157,20 @@ class InviteOnly:
     on: bool
 
 
+@dataclass(frozen=True)
+class History:
+    """The last ``count`` messages with a user (or a group: ``group``), older
+    than message ``before`` (0: the newest)."""
+
+    target: int
+    group: bool = False
+    count: int = 20
+    before: int = 0
+
+
+#: Most messages one /history shows (the server's page bound).
+MAX_HISTORY = 200
+
 Command = (
     Help
     | Chat
@@ -185,6 +199,7 @@ Command = (
     | Invite
     | Invites
     | InviteOnly
+    | History
 )
 
 
@@ -216,6 +231,8 @@ Commands (the original client's form, or a slash command):
   inviteonly:GROUPID:on|off    /inviteonly GID on    joining needs an invitation (off: not)
   invite:GROUPID:ID            /invite GROUPID ID    invite a user (they accept with /join)
   invites                      /invites              your open invitations
+  history:ID[:N]               /history ID [N]       the last N (20) messages with a user
+  ghistory:GROUPID[:N]         /ghistory GID [N]     the last N (20) messages of a group
   loginout                     /logout               log out (then log in again)
   login:ID:PASSWORD            /login ID [PASSWORD]  log in (asks for the password)
   register:NAME:PASSWORD       /register NAME [PW]   create an account
@@ -361,4 +378,20 @@ def _managed(name: str, first: str, tail: str, how: str) -> Command | None:
         return Rename(gid, _need(tail, "the new name", f"{how}GROUPID{sep}NAME").strip())
     if name == "describe":
         return Describe(_int(first, "the group id"), tail.strip())
+    if name in ("history", "ghistory"):
+        return _history(name == "ghistory", first, tail, how)
     return None
+
+
+def _history(group: bool, first: str, tail: str, how: str) -> History:
+    """``ID [N [BEFORE]]``: BEFORE is the message id a previous /history said to go on from."""
+    target = _int(first, "the group id" if group else "the user id")
+    sep = ":" if how.endswith(":") else " "
+    parts = [p for p in tail.replace(":", " ").split() if p]
+    if len(parts) > 2:
+        raise BadCommand(f"too many numbers; write {how}ID{sep}N")
+    count = _int(parts[0], "the number of messages") if parts else 20
+    if count > MAX_HISTORY:
+        raise BadCommand(f"at most {MAX_HISTORY} messages at a time")
+    before = _int(parts[1], "the message id to go back from") if len(parts) > 1 else 0
+    return History(target, group, count, before)

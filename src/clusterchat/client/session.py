@@ -5,7 +5,7 @@ so replies are matched to a FIFO of waiting futures; messages in
 :data:`~clusterchat.protocol.messages.PUSHED` go to ``on_push``. When the
 connection drops, the client reconnects with backoff and, if it was logged
 in, logs in again. It asks for receipts at every login and acknowledges
-what is pushed (:mod:`clusterchat.client.receipts`): a message the server
+what is pushed (:mod:`clusterchat.protocol.acks`): a message the server
 wrote into a connection that then vanished comes again at the next login,
 and duplicates (same ``mid``) are dropped here.
 """
@@ -20,8 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from clusterchat.client.receipts import INTERVAL, Acks, received
 from clusterchat.protocol import codec
+from clusterchat.protocol.acks import INTERVAL, Acks, received
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from clusterchat.protocol.messages import PUSHED, LoginErr, MsgId
 

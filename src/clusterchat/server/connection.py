@@ -29,7 +29,7 @@ from clusterchat.server.receipts import Unacked
 from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
-    from clusterchat.server.node import Node
+    from clusterchat.server.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host[Connection]) -> None:
         self.node = node
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(node.settings.max_frame)

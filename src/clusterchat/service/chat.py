@@ -10,6 +10,7 @@ connection's requests take effect in the order sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -50,6 +51,7 @@ from clusterchat.service.backoff import Backoff
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.friends import Friends
 from clusterchat.service.groups import Groups
+from clusterchat.service.history import QUEUE_ROWS, HistoryRequests, HistoryWriter, Purger
 from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
@@ -84,6 +86,7 @@ _UNMETERED: frozenset[type] = frozenset({Logout, Ping, Received})
 #: memory budget is full.
 _BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
 _BUSY_TEXT = "server busy: too much held for slow readers; retry in a moment"
+_HISTORY_BUSY_TEXT = "server busy: history is written slower than chats arrive; retry in a moment"
 #: Seconds the re-store queue may take to reach the store at shutdown.
 RESTORE_DEADLINE = 10.0
 
@@ -121,9 +124,12 @@ class ChatService:
         limits: Limits | None = None,
         budget: Budget | None = None,
         shared_counters: tuple[str, str] | None = None,
+        history_days: float = 0.0,
+        history_queue: int = QUEUE_ROWS,
     ) -> None:
         """``shared_counters``: (Redis URL, key prefix) to count failed logins
-        and registrations cluster-wide; None counts on this node."""
+        and registrations cluster-wide; None counts on this node.
+        ``history_days``: how long messages are kept for HISTORY (0: none are)."""
         self.limits = limits or Limits()
         self.budget = budget or Budget(0)
         self.budget.on_room = self._room_again
@@ -166,6 +172,15 @@ class ChatService:
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
         self.restorer = Restorer(store, self.budget, self._after_store)
+        #: Seconds history is kept; the writer is None when it is off.
+        self.history_retention = max(0.0, history_days) * 86_400.0
+        self.history: HistoryWriter | None = None
+        self._purger: Purger | None = None
+        self._purging: asyncio.Task[None] | None = None
+        if self.history_retention:
+            self.history = HistoryWriter(store, history_queue)
+            self.history.on_room = self._room_again
+            self._purger = Purger(store, self.history_retention)
         self.settle_timeout = in_doubt.SETTLE_TIMEOUT  # a store in doubt, before closing
         self._logging_in: dict[int, list[LoginRace[bytes]]] = {}  # not yet registered
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
@@ -186,9 +201,12 @@ class ChatService:
         self.groups = Groups(self)
         self._handlers.update(self.friends.handlers())
         self._handlers.update(self.groups.handlers())
+        self._handlers.update(HistoryRequests(self).handlers())
 
     async def start(self) -> None:
         await self.bus.start(self)
+        if self._purger is not None:
+            self._purging = asyncio.ensure_future(self._purger.run())
 
     # -- entry points from the transport ----------------------------------------
 
@@ -217,7 +235,9 @@ class ChatService:
             elif type(req) not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
-        if self.budget.full and type(req) in _BUDGETED:
+        if (self.budget.full or (self.history is not None and self.history.full)) and type(
+            req
+        ) in _BUDGETED:
             return self._busy(s, req)
         result = self._handlers[type(req)](s, req)
         if result is None:
@@ -225,17 +245,24 @@ class ChatService:
         return self._guarded(s, req, result)
 
     def _busy(self, s: Session, req: Request) -> Awaitable[None] | None:
-        """The memory budget is full. A modern client is told to retry and
-        nothing is delivered; the original client, which has no such reply,
-        waits until there is room (its queue fills and TCP slows it)."""
-        self.budget.refused += 1
+        """The memory budget (or the history queue) is full. A modern client
+        is told to retry and nothing is delivered; the original client, which
+        has no such reply, waits until there is room (its queue fills and TCP
+        slows it)."""
+        text = _BUSY_TEXT
+        if self.budget.full:
+            self.budget.refused += 1
+        else:
+            assert self.history is not None
+            self.history.refused += 1
+            text = _HISTORY_BUSY_TEXT
         if not s.legacy:
-            self._refuse(s, req, ErrCode.BUSY, _BUSY_TEXT)
+            self._refuse(s, req, ErrCode.BUSY, text)
             return None
         return self._when_room(s, req)
 
     async def _when_room(self, s: Session, req: Request) -> None:
-        while self.budget.full:
+        while self.budget.full or (self.history is not None and self.history.full):
             self._room.clear()
             await self._room.wait()
         if s.closed or not s.uid:
@@ -308,11 +335,18 @@ class ChatService:
         """Mark every local user offline in one statement, then release them."""
         uids = list(self.sessions)
         self.sessions.clear()
+        if self._purging is not None:
+            self._purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purging
+            self._purging = None
         if self._background:  # one deadline for all of them, then give up on the rest
             _, stuck = await asyncio.wait(list(self._background), timeout=5)
             for t in stuck:
                 t.cancel()
         await self.restorer.close(RESTORE_DEADLINE)
+        if self.history is not None:
+            await self.history.close(RESTORE_DEADLINE)
         await self.store.flush_states()
         if uids:
             try:
@@ -864,6 +898,8 @@ class ChatService:
         target = self.sessions.get(req.toid)
         if target is not None and target.deliver(payload):
             self.counts.relayed_local += 1
+            if self.history is not None:
+                self._keep_one(s.uid, req.toid, mid, ts, req.msg)
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
             return None
@@ -871,11 +907,21 @@ class ChatService:
         # for Redis (the bus stores the message if no node takes it).
         if s.legacy and target is None and self.bus.post(req.toid, payload):
             self.counts.relayed_to_nodes += 1
+            if self.history is not None:
+                self._keep_one(s.uid, req.toid, mid, ts, req.msg)
             return None
-        return self._one_chat_away(s, req.toid, payload, mid, ts)
+        return self._one_chat_away(s, req.toid, payload, mid, ts, req.msg)
+
+    def _keep_one(self, uid: int, toid: int, mid: str, ts: int, msg: str) -> None:
+        """History of a 1:1 message accepted (delivered, relayed or stored)."""
+        assert self.history is not None
+        if uid < toid:
+            self.history.add((uid, toid, uid, mid, ts, msg))
+        else:
+            self.history.add((toid, uid, uid, mid, ts, msg))
 
     async def _one_chat_away(
-        self, s: Session, toid: int, payload: bytes, mid: str, ts: int
+        self, s: Session, toid: int, payload: bytes, mid: str, ts: int, msg: str
     ) -> None:
         if not await self._send_away(s, [toid], payload):
             self.counts.relayed_to_nodes += 1
@@ -890,6 +936,8 @@ class ChatService:
                 await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout)
             await self._after_store([toid])
             status = ChatStatus.STORED
+        if self.history is not None:
+            self._keep_one(s.uid, toid, mid, ts, msg)
         if not s.legacy:
             s.peer.send(codec.chat_ack(mid, ts, status))
 
@@ -949,14 +997,23 @@ class ChatService:
                     away.append(uid)
         self.counts.relayed_local += len(members) - 1 - len(away)
         if not away:
+            if self.history is not None:
+                self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
             return None
         reached = len(members) - 1 - len(away)  # written to members here
-        return self._fan_out_away(s, away, payload, mid, ts, reached)
+        return self._fan_out_away(s, req, away, payload, mid, ts, reached)
 
     async def _fan_out_away(
-        self, s: Session, away: list[int], payload: bytes, mid: str, ts: int, reached: int
+        self,
+        s: Session,
+        req: GroupChat,
+        away: list[int],
+        payload: bytes,
+        mid: str,
+        ts: int,
+        reached: int,
     ) -> None:
         try:
             left = await self._send_away(s, away, payload)
@@ -978,6 +1035,8 @@ class ChatService:
                     raise  # nobody has it: refused, and it had no effect
                 # Some members have it: say exactly who does not (a refusal would lie).
                 log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
+                if self.history is not None:
+                    self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
                 if not s.legacy:
                     s.peer.send(
                         codec.ack(
@@ -986,6 +1045,8 @@ class ChatService:
                     )
                 return
             await self._after_store([u for u in left if u not in full])
+        if self.history is not None:
+            self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
         if not s.legacy:
             if full:  # members whose mailbox is full do not get it: say who
                 s.peer.send(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clusterchat.client.receipts import Acks
+from clusterchat.protocol.acks import Acks
 
 
 def test_acknowledges_every_n_and_on_the_timer_only_what_is_new() -> None:

@@ -1,4 +1,5 @@
-"""What a client that asked for receipts owes the server: acknowledgements.
+"""What a client that asked for receipts owes the server: acknowledgements
+(the protocol layer: the terminal client, the bench and tests share it).
 
 The server numbers each pushed message (``"seq"``) and keeps it until the
 client says, with RECEIVED (63), the highest number it has seen. A client
