@@ -4,13 +4,14 @@
 # 16. Each line: the server's CPU ticks (1/100 s) over the whole `bench chat`
 # run (logins included) and its JSON result, whose notes carry "server CPU us
 # per delivery" over the measured seconds only (--server-pid).
-# Usage: bench/receipts_cpu.sh [ROUNDS] [SECONDS]. Needs `scripts/bootstrap dev`.
+# Usage: [SERVER_OPTS="--history-days 0"] bench/receipts_cpu.sh [ROUNDS] [SECONDS].
+# Needs `scripts/bootstrap dev`.
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}
 SECS=${2:-4}
 D=$(mktemp -d)
 PORT=${PORT:-16200}
-CLUSTERCHAT_HOME=$D taskset -c 0 .venv/bin/clusterchat server --port $PORT --db sqlite+aiosqlite:///$D/t.db --message-rate 0 --registrations 0 --hash-cost 1,8,1 --log-level WARNING &
+CLUSTERCHAT_HOME=$D taskset -c 0 .venv/bin/clusterchat server --port $PORT --db sqlite+aiosqlite:///$D/t.db --message-rate 0 --registrations 0 --hash-cost 1,8,1 --log-level WARNING $SERVER_OPTS &
 SP=$!
 sleep 3
 cpu() { awk '{print $14+$15}' /proc/$SP/stat; }
