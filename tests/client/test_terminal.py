@@ -46,11 +46,13 @@ def test_menu_login_hides_the_password_and_shows_the_user(server_port: int) -> N
     first.expect("password:")
     first.sendline("hunter22")
     first.expect(rf"Logged in as ann \(#{uid}\)")
+    typed = first.before or ""  # what the terminal showed while the password was typed
     first.expect("ann>")
-    transcript = first.before or ""
+    transcript = typed + (first.before or "")
     first.sendline("quit")
     first.expect(pexpect.EOF)
     assert "hunter22" not in transcript
+    assert "********" not in transcript  # not echoed at all, as the README says
 
 
 def test_incoming_message_does_not_break_the_line_being_typed(server_port: int) -> None:

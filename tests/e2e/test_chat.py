@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
 from tests.conftest import PASSWORD, Connect, UserFactory, unique
@@ -18,7 +19,9 @@ async def test_register_then_login_returns_identity(connect: Connect) -> None:
     uid = await conn.register(name, PASSWORD)
     ack = await conn.login(uid, PASSWORD)
     ticket = ack.pop("ticket")
+    limit = ack.pop("maxframe")  # the longest request the node takes (issue 12)
     assert ack == {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
+    assert limit == DEFAULT_MAX_FRAME
     assert isinstance(ticket, str) and len(ticket) >= 32
 
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clusterchat.client import commands as c
 from clusterchat.client import render
-from clusterchat.client.session import ChatClient, ConnectionLost
+from clusterchat.client.session import ChatClient, ConnectionLost, TooLong
 from clusterchat.protocol.messages import ChatStatus, MsgId
+
+if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
+
+    from clusterchat.client.paste import LineGuard
 
 Out = Callable[[str], None]
 AskPassword = Callable[[str], Awaitable[str]]
@@ -56,6 +61,8 @@ class Controller:
             await self._run(cmd)
         except ConnectionLost:
             self.out("Not done: the connection is down (reconnecting); try again in a moment.")
+        except TooLong as exc:
+            self.out(too_long(exc))
         return True
 
     async def _password(self, given: str | None) -> str | None:
@@ -117,6 +124,13 @@ class Controller:
         for line in render.login_summary(ack):
             self.out(line)
         return True
+
+
+def too_long(exc: TooLong) -> str:
+    return (
+        f"Not sent: that is {exc.size:,} bytes as a request, and the server takes at most "
+        f"{exc.limit:,} in one message. Split it into shorter messages."
+    )
 
 
 def _request(cmd: c.Command) -> dict[str, Any]:
@@ -249,14 +263,47 @@ async def scripted(ctl: Controller) -> None:
 MENU = "1. login  2. register  3. quit  (or a command, e.g. /login ID)"
 
 
-async def interactive(ctl: Controller, client: ChatClient) -> None:
+def prompt_sessions(
+    client: ChatClient, out: Out, **io: Any
+) -> tuple[PromptSession[str], PromptSession[str], LineGuard]:
+    """The line editor and the password prompt (``io``: input/output, for tests).
+
+    Pastes arrive as one insert (client/paste.py) and a line longer than a
+    request may be is refused while it is typed. The password prompt shows
+    nothing as you type (not even stars) and keeps no history."""
     from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import DummyHistory
+    from prompt_toolkit.input import create_input
+
+    from clusterchat.client.paste import LineGuard, PastingInput, hidden
+
+    guard = LineGuard(lambda: client.max_frame, out)
+    inp = PastingInput(io.pop("input", None) or create_input())
+    lines: PromptSession[str] = PromptSession(input=inp, key_bindings=guard.key_bindings(), **io)
+    secret: PromptSession[str] = PromptSession(
+        input=inp,
+        key_bindings=guard.key_bindings(),
+        input_processors=[hidden()],
+        history=DummyHistory(),
+        **io,
+    )
+    return lines, secret, guard
+
+
+async def ask_password(client: ChatClient, out: Out, prompt: str = "password: ") -> str:
+    """One password from the terminal, not echoed (`clusterchat client --user ID`)."""
+    _, secret, _ = prompt_sessions(client, out)
+    return await secret.prompt_async(prompt)
+
+
+async def interactive(ctl: Controller, client: ChatClient) -> None:
     from prompt_toolkit.patch_stdout import patch_stdout
 
-    session: PromptSession[str] = PromptSession()
+    session, secret, guard = prompt_sessions(client, ctl.out)
 
     async def ask(prompt: str, password: bool = False) -> str:
-        return await session.prompt_async(prompt, is_password=password)
+        guard.reset()
+        return await (secret if password else session).prompt_async(prompt)
 
     ctl.ask_password = lambda prompt: ask(prompt, password=True)
     with patch_stdout():

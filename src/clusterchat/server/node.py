@@ -86,6 +86,7 @@ class Node:
             settings.limits,
             self.budget,
             (settings.redis_url, settings.redis_prefix) if settings.redis_url else None,
+            max_frame=settings.max_frame,
         )
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()

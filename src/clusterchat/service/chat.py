@@ -24,6 +24,7 @@ from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.counters import Tallies
 from clusterchat.protocol import codec, names
 from clusterchat.protocol.codec import BadRequest
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.protocol.messages import (
     ANONYMOUS_OK,
     AddFriend,
@@ -119,9 +120,12 @@ class ChatService:
         limits: Limits | None = None,
         budget: Budget | None = None,
         shared_counters: tuple[str, str] | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
         """``shared_counters``: (Redis URL, key prefix) to count failed logins
-        and registrations cluster-wide; None counts on this node."""
+        and registrations cluster-wide; None counts on this node. ``max_frame``
+        is told to modern clients at login, so they refuse longer lines."""
+        self.max_frame = max_frame
         self.limits = limits or Limits()
         self.budget = budget or Budget(0)
         self.budget.on_room = self._room_again
@@ -621,7 +625,10 @@ class ChatService:
         for g in view.groups:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
         offline = [m for _, m in view.offline]
-        return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed, more)
+        limit = None if s.legacy else self.max_frame
+        return codec.login_ack(
+            s.uid, s.name, friends, groups, offline, ticket, resumed, more, limit
+        )
 
     async def _flush_offline(
         self,
