@@ -109,7 +109,6 @@ async def test_scripted_client_refuses_a_line_over_the_frame_limit_and_stays_con
     scripted.append(s)
     await s.say("register:ann:pw")
     uid = int((await s.expect(r"Registered ann with id (\d+)")).group(1))
-    await s.say(f"login:{uid}:pw")
     await s.expect(r"Logged in as ann")
     await s.say(f"chat:{uid}:" + "x" * PASTE)
     await s.expect(r"Not sent: that is 70,\d{3} bytes as a request, and the server takes at most")

@@ -50,7 +50,9 @@ def test_parse(line: str, cmd: c.Command) -> None:
 @pytest.mark.parametrize(
     ("line", "says"),
     [
-        ("/kick 3", "the user id must be a number"),
+        ("/kick 3", "the user id is missing; write /kick GROUPID ID"),
+        ("/kick 3 x", "the user id must be a number"),
+        ("/deadmin", "the group id is missing; write /deadmin GROUPID ID"),
         ("/rename 3", "the new name is missing"),
         ("/leave x", "the group id must be a number"),
         ("/inviteonly 3 maybe", "say on or off"),

@@ -42,6 +42,8 @@ class Controller:
 
     async def run_line(self, line: str) -> bool:
         """Parse and carry out a typed line; False when the user asked to quit."""
+        if not line.strip():  # an empty line is no command: nothing to say
+            return True
         try:
             cmd = c.parse(line)
         except c.BadCommand as exc:
@@ -87,13 +89,8 @@ class Controller:
             return
         if isinstance(cmd, c.Register):
             password = await self._password(cmd.password)
-            if password is None:
-                return
-            ack = await client.request({"msgid": MsgId.REG, "name": cmd.name, "password": password})
-            if ack.get("errno") == 0:
-                self.out(f"Registered {render.clean(cmd.name)} with id {ack['id']}.")
-            else:
-                self.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
+            if password is not None:
+                await self.register(cmd.name, password)
             return
         if isinstance(cmd, c.Ping):
             pong = await client.request({"msgid": MsgId.PING})
@@ -115,6 +112,24 @@ class Controller:
             self.out(line)
         if isinstance(cmd, c.Logout):
             client.forget()
+
+    async def register(self, name: str, password: str) -> bool:
+        """Register and, unless logged in already, log in as the new user
+        (the menu, `register:NAME:PW` and `/register NAME` alike)."""
+        client = self.client
+        ack = await client.request({"msgid": MsgId.REG, "name": name, "password": password})
+        if ack.get("errno") != 0:
+            self.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
+            return False
+        uid = int(ack["id"])
+        if client.uid:
+            self.out(
+                f"Registered {render.clean(name)} with id {uid}; you are still logged in as "
+                f"{render.who(client.uid, client.name)} (/logout, then /login {uid})."
+            )
+            return True
+        self.out(f"Registered {render.clean(name)} with id {uid}; logging you in.")
+        return await self.login(uid, password)
 
     async def login(self, uid: int, password: str) -> bool:
         ack = await self.client.login(uid, password)
@@ -337,13 +352,7 @@ async def _menu(
             await ctl.login(uid, await ask("password: ", password=True))
             return True
         name = (await ask("name: ")).strip()
-        password = await ask("password: ", password=True)
-        ack = await client.request({"msgid": MsgId.REG, "name": name, "password": password})
-        if ack.get("errno") != 0:
-            ctl.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
-            return True
-        ctl.out(f"Registered {render.clean(name)} with id {ack['id']}; logging you in.")
-        await ctl.login(int(ack["id"]), password)
+        await ctl.register(name, await ask("password: ", password=True))
     except c.BadCommand as exc:
         ctl.out(f"Not understood: {exc}.")
     except ConnectionLost:
