@@ -60,6 +60,7 @@ async def test_two_clients_chat_befriend_group_and_get_offline_messages(
 
     await ann.say(f"addfriend:{bob_id}")
     await ann.expect(rf"bob \(#{bob_id}\) is now your friend \(online\)")
+    await bob.expect(rf"^\*\*\* ann \(#{ann_id}\) added you as a friend\.$")  # FRIEND_ADDED
     await ann.say(f"chat:{bob_id}:hello bob")
     await bob.expect(rf"\] ann \(#{ann_id}\): hello bob$")
     await bob.say(f"/msg {ann_id} hi ann")
@@ -68,7 +69,7 @@ async def test_two_clients_chat_befriend_group_and_get_offline_messages(
     await ann.say("creategroup:room:our room")
     gid = int((await ann.expect(r"Created group room with id (\d+)")).group(1))
     await bob.say(f"/join {gid}")
-    await bob.expect(rf"Joined group {gid}\.")
+    await bob.expect(rf"Joined group room \(#{gid}\)\.")
     await bob.say(f"groupchat:{gid}:hello room")
     await ann.expect(rf"\[group {gid}\] bob \(#{bob_id}\): hello room$")
 

@@ -35,6 +35,8 @@ class Controller:
     def pushed(self, msg: dict[str, Any]) -> None:
         if msg.get("msgid") == MsgId.NOTICE:
             self.out(render.notice(msg))
+        elif msg.get("msgid") == MsgId.FRIEND_ADDED:
+            self.out(render.friend_added(msg))
         elif msg.get("msgid") in (MsgId.FRIEND_EVENT, MsgId.GROUP_EVENT):
             self.out(render.event(msg, self.client.uid))
         else:
@@ -215,6 +217,9 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
         case c.CreateGroup(name, _):
             return [f"Created group {render.clean(name)} with id {reply.get('groupid')}."]
         case c.JoinGroup(gid):
+            gname = reply.get("groupname")
+            if gname:
+                return [f"Joined group {render.clean(gname)} (#{gid})."]
             return [f"Joined group {gid}."]
         case c.Friends():
             return render.friends(reply.get("friends"))

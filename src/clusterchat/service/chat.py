@@ -731,6 +731,11 @@ class ChatService:
             online = bool(await self.presence.online({req.friendid} - s.blocked_by))
             friend = {"id": req.friendid, "name": name, "state": _state(online)}
             s.peer.send(codec.ack(MsgId.ADD_FRIEND_ACK, friend=friend))
+        # The new friend learns it now (modern clients; never stored offline:
+        # their login reply and FRIEND_LIST show it).
+        adder = {"id": s.uid, "name": s.name, "state": _state(True)}
+        added = codec.encode({"msgid": MsgId.FRIEND_ADDED, "friend": adder})
+        await pushes.send(self, [req.friendid], added)
 
     def _create_group(self, s: Session, req: CreateGroup) -> Awaitable[None] | None:
         try:
@@ -755,12 +760,14 @@ class ChatService:
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
         await self.groups.may_join(s, req.groupid)
-        await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size, self.quota)
+        name = await self.store.join_group(
+            s.uid, req.groupid, self.limits.max_group_size, self.quota
+        )
         await self.store.joined(s.uid, req.groupid)
         self._members.pop(req.groupid, None)
         await self.bus.announce_group(req.groupid)
         if not s.legacy:
-            s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid))
+            s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid, groupname=name))
 
     async def _list_friends(self, s: Session, req: ListFriends) -> None:
         if s.legacy:
