@@ -95,3 +95,14 @@ async def test_an_empty_line_is_ignored() -> None:
     for line in ("", "   ", "\t"):
         assert await ctl.run_line(line)
     assert said == []
+
+
+def test_a_join_names_the_group_and_a_new_friend_is_announced() -> None:
+    from clusterchat.client.app import _done
+
+    assert _done(c.JoinGroup(3), {"groupid": 3, "groupname": "room\x1b"}) == [
+        "Joined group room\\x1b (#3)."
+    ]
+    assert _done(c.JoinGroup(3), {"groupid": 3}) == ["Joined group 3."]  # an older server
+    added = {"msgid": 24, "friend": {"id": 7, "name": "ann", "state": "online"}}
+    assert render.friend_added(added) == "*** ann (#7) added you as a friend."
