@@ -333,7 +333,7 @@ async def interactive(ctl: Controller, client: ChatClient) -> None:
                     ctl.out(MENU)
                     line = await ask("choice: ")
                     if line.strip() in ("1", "2", "3"):
-                        if not await _menu(ctl, client, line.strip(), ask):
+                        if not await _menu(ctl, line.strip(), ask):
                             return
                         continue
                 else:
@@ -346,9 +346,7 @@ async def interactive(ctl: Controller, client: ChatClient) -> None:
                 return
 
 
-async def _menu(
-    ctl: Controller, client: ChatClient, choice: str, ask: Callable[..., Awaitable[str]]
-) -> bool:
+async def _menu(ctl: Controller, choice: str, ask: Callable[..., Awaitable[str]]) -> bool:
     if choice == "3":
         return False
     try:
