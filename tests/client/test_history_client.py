@@ -31,7 +31,7 @@ def test_parse(line: str, cmd: c.Command) -> None:
 @pytest.mark.parametrize(
     ("line", "says"),
     [
-        ("/history", "the user id must be a number"),
+        ("/history", r"the user id is missing; write /history ID \[N\]"),
         ("/ghistory x", "the group id must be a number"),
         ("/history 5 201", "at most 200 messages"),
         ("/history 5 0", "must be 1 or more"),

@@ -105,6 +105,7 @@ async def test_admin_commands_on_a_live_two_node_cluster(
     # Delete carol, with a friend, a group and a message waiting for her.
     carol = await cluster.user_on("node0")
     await carol.conn.request({"msgid": 7, "friendid": bob.id}, MsgId.ADD_FRIEND_ACK)
+    await again.expect(MsgId.FRIEND_ADDED)  # bob, logged in on `again`, is told
     made = await carol.conn.request(
         {"msgid": 8, "groupname": unique("g"), "groupdesc": "d"}, MsgId.CREATE_GROUP_ACK
     )

@@ -6,6 +6,7 @@ Two spellings are accepted: the original client's ``name:args`` forms
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -242,7 +243,49 @@ Commands (the original client's form, or a slash command):
 """
 
 
+class _Missing(Exception):
+    """An argument left out: the command's usage line says what to write."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+def _usages() -> dict[str, str]:
+    """Each spelling (``chat:``, ``/msg``) and its usage, from HELP's two columns."""
+    found: dict[str, str] = {}
+    for row in HELP.splitlines()[1:]:
+        colon, slash, _ = re.split(r"\s{2,}", row.strip(), maxsplit=2)
+        found.setdefault(colon.split(":")[0] + ":", colon)
+        found.setdefault(slash.split()[0], slash)
+    for alias, name in _SLASH_ALIASES.items():
+        found.setdefault(f"/{alias}", found[f"/{name}"])
+    return found
+
+
+_SLASH_ALIASES = {
+    "m": "msg",
+    "w": "msg",
+    "chat": "msg",
+    "gmsg": "g",
+    "groupchat": "g",
+    "addfriend": "add",
+    "friend": "add",
+    "creategroup": "create",
+    "addgroup": "join",
+    "deletegroup": "delgroup",
+}
+
+
+def usage(line: str) -> str | None:
+    """How to write the command ``line`` starts with, or None if there is no such."""
+    line = line.strip()
+    key = line.split()[0].lower() if line.startswith("/") else line.split(":")[0].lower() + ":"
+    return _USAGE.get(key)
+
+
 def _int(text: str, what: str) -> int:
+    if not text.strip():
+        raise _Missing(what)
     try:
         value = int(text.strip())
     except ValueError:
@@ -257,6 +300,8 @@ def _need(text: str, what: str, usage: str) -> str:
         raise BadCommand(f"{what} is missing; write {usage}")
     return text
 
+
+_USAGE = _usages()
 
 _BARE: dict[str, Command] = {
     "help": Help(),
@@ -276,8 +321,13 @@ def parse(line: str) -> Command:
     line = line.strip()
     if not line:
         raise BadCommand("type a command; `help` lists them")
-    if line.startswith("/"):
-        return _parse_slash(line[1:])
+    try:
+        return _parse_slash(line[1:]) if line.startswith("/") else _parse_colon(line)
+    except _Missing as exc:
+        raise BadCommand(f"{exc.what} is missing; write {usage(line)}") from None
+
+
+def _parse_colon(line: str) -> Command:
     name, _, rest = line.partition(":")
     name = name.strip().lower()
     if name in _BARE and not rest:

@@ -107,6 +107,14 @@ def notice(msg: dict[str, Any]) -> str:
     return f"*** {clean(msg.get('text', ''))}"
 
 
+def friend_added(msg: dict[str, Any]) -> str:
+    """FRIEND_ADDED: someone made you their friend (friendship is both ways)."""
+    f = msg.get("friend")
+    if not isinstance(f, dict):
+        f = {}
+    return f"*** {who(f.get('id'), f.get('name'))} added you as a friend."
+
+
 def blocked(items: object) -> list[str]:
     docs = _docs(items)
     if not docs:

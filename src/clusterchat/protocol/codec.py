@@ -176,9 +176,12 @@ def login_ack(
     ticket: str | None = None,
     resumed: bool = False,
     more: Sequence[str] | None = None,
+    max_frame: int | None = None,
     receipts: bool = False,
 ) -> bytes:
     doc: dict[str, Any] = {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
+    if max_frame is not None:  # modern clients only: the longest request taken
+        doc["maxframe"] = max_frame
     if receipts:  # pushes are numbered ("seq"); acknowledge them with RECEIVED
         doc["receipts"] = True
     if ticket is not None:

@@ -38,6 +38,7 @@ class MsgId(IntEnum):
     LIST_GROUPS = 21
     GROUP_LIST = 22
     NOTICE = 23  # server-initiated text for people, e.g. "this node is shutting down"
+    FRIEND_ADDED = 24  # pushed: someone added you as a friend (modern dialect only)
     # Friends and groups a person manages (docs/PROTOCOL.md, "Managing friends and groups").
     REMOVE_FRIEND = 30
     BLOCK = 31
@@ -66,7 +67,14 @@ class MsgId(IntEnum):
 #: Messages the server sends without being asked; everything else it sends
 #: answers exactly one request, in request order.
 PUSHED: Final = frozenset(
-    {MsgId.ONE_CHAT, MsgId.GROUP_CHAT, MsgId.NOTICE, MsgId.FRIEND_EVENT, MsgId.GROUP_EVENT}
+    {
+        MsgId.ONE_CHAT,
+        MsgId.GROUP_CHAT,
+        MsgId.NOTICE,
+        MsgId.FRIEND_ADDED,
+        MsgId.FRIEND_EVENT,
+        MsgId.GROUP_EVENT,
+    }
 )
 
 

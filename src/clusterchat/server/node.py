@@ -76,6 +76,7 @@ class Node:
             (settings.redis_url, settings.redis_prefix) if settings.redis_url else None,
             settings.history_days,
             settings.history_queue,
+            max_frame=settings.max_frame,
         )
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()

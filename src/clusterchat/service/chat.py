@@ -25,6 +25,7 @@ from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.counters import Tallies
 from clusterchat.protocol import codec, names
 from clusterchat.protocol.codec import BadRequest
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.protocol.messages import (
     ANONYMOUS_OK,
     AddFriend,
@@ -126,10 +127,13 @@ class ChatService:
         shared_counters: tuple[str, str] | None = None,
         history_days: float = 0.0,
         history_queue: int = QUEUE_ROWS,
+        max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
         """``shared_counters``: (Redis URL, key prefix) to count failed logins
         and registrations cluster-wide; None counts on this node.
-        ``history_days``: how long messages are kept for HISTORY (0: none are)."""
+        ``history_days``: how long messages are kept for HISTORY (0: none are).
+        ``max_frame`` is told to modern clients at login, so they refuse longer lines."""
+        self.max_frame = max_frame
         self.limits = limits or Limits()
         self.budget = budget or Budget(0)
         self.budget.on_room = self._room_again
@@ -672,8 +676,9 @@ class ChatService:
         for g in view.groups:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
         offline = [m for _, m in view.offline]
+        limit = None if s.legacy else self.max_frame
         return codec.login_ack(
-            s.uid, s.name, friends, groups, offline, ticket, resumed, more, receipts
+            s.uid, s.name, friends, groups, offline, ticket, resumed, more, limit, receipts
         )
 
     async def _flush_offline(
@@ -816,6 +821,11 @@ class ChatService:
             online = bool(await self.presence.online({req.friendid} - s.blocked_by))
             friend = {"id": req.friendid, "name": name, "state": _state(online)}
             s.peer.send(codec.ack(MsgId.ADD_FRIEND_ACK, friend=friend))
+        # The new friend learns it now (modern clients; never stored offline:
+        # their login reply and FRIEND_LIST show it).
+        adder = {"id": s.uid, "name": s.name, "state": _state(True)}
+        added = codec.encode({"msgid": MsgId.FRIEND_ADDED, "friend": adder})
+        await pushes.send(self, [req.friendid], added)
 
     def _create_group(self, s: Session, req: CreateGroup) -> Awaitable[None] | None:
         try:
@@ -840,12 +850,14 @@ class ChatService:
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
         await self.groups.may_join(s, req.groupid)
-        await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size, self.quota)
+        name = await self.store.join_group(
+            s.uid, req.groupid, self.limits.max_group_size, self.quota
+        )
         await self.store.joined(s.uid, req.groupid)
         self._members.pop(req.groupid, None)
         await self.bus.announce_group(req.groupid)
         if not s.legacy:
-            s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid))
+            s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid, groupname=name))
 
     async def _list_friends(self, s: Session, req: ListFriends) -> None:
         if s.legacy:

@@ -164,9 +164,9 @@ class Store(Protocol):
 
     async def join_group(
         self, uid: int, gid: int, max_members: int = 0, quota: Quota = NO_QUOTA
-    ) -> None:
-        """Raises NoSuchGroup, AlreadyMember, GroupFull past ``max_members`` (0: none),
-        OverQuota past ``quota.memberships``."""
+    ) -> str:
+        """Returns the group's name. Raises NoSuchGroup, AlreadyMember, GroupFull
+        past ``max_members`` (0: none), OverQuota past ``quota.memberships``."""
         ...
 
     async def group_members(self, gid: int) -> frozenset[int]:

@@ -488,14 +488,14 @@ class SqlStore(SocialQueries, HistoryQueries):
 
     async def join_group(
         self, uid: int, gid: int, max_members: int = 0, quota: Quota = NO_QUOTA
-    ) -> None:
+    ) -> str:
         try:
             async with self._tx() as conn:
                 await _check_memberships(conn, uid, quota)
                 # Locking the group row serialises joins, so the size check holds.
                 found = (
                     await conn.execute(
-                        select(allgroup.c.id).where(allgroup.c.id == gid).with_for_update()
+                        select(allgroup.c.groupname).where(allgroup.c.id == gid).with_for_update()
                     )
                 ).first()
                 if found is None:
@@ -507,6 +507,7 @@ class SqlStore(SocialQueries, HistoryQueries):
                 await conn.execute(
                     insert(groupuser).values(groupid=gid, userid=uid, grouprole="normal")
                 )
+                return str(found.groupname)
         except IntegrityError:
             raise errors.AlreadyMember(gid) from None
 

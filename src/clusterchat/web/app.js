@@ -121,6 +121,14 @@ function onPush(msg) {
     toast(String(msg.text ?? ""), "info");
     return;
   }
+  if (msg.msgid === Msg.FRIEND_ADDED) {
+    const f = msg.friend || {};
+    const id = Number(f.id);
+    state.friends.set(id, { id, name: String(f.name ?? `user ${id}`), state: String(f.state ?? "online") });
+    toast(`${String(f.name ?? `user ${id}`)} added you as a friend`, "info");
+    renderSidebar();
+    return;
+  }
   if (msg.msgid === Msg.FRIEND_EVENT || msg.msgid === Msg.GROUP_EVENT) {
     if (msg.event === "edited") state.inviteOnly.set(Number(msg.groupid), Boolean(msg.inviteonly));
     toast(eventText(msg), "info");
