@@ -62,12 +62,12 @@ class WsConnection(Connection):
                     self._serve((bytes(event.data), NEWLINE))
             elif isinstance(event, Request):
                 self.http.route(self, event)
-        if ws.state is not OPEN and not self.outbox.ended and ws.handshake_exc is None:
+        if ws.state is not OPEN and not self.ended and ws.handshake_exc is None:
             # A close frame (or a broken frame, or one over --max-frame) from
             # the peer: like a FIN, it read what its kernel acknowledged.
             if isinstance(ws.parser_exc, PayloadTooBig):
                 log.info("closing WebSocket from %s: message over --max-frame", self.address)
-            self._store(self.outbox.end(End.PEER_FINISHED, self._in_flight()), cut_off=False)
+            self._end(End.PEER_FINISHED, self._in_flight())
         self.write_out()
 
     def write_out(self) -> None:
@@ -92,7 +92,7 @@ class WsConnection(Connection):
         return True
 
     def flush(self, now: float = 0.0) -> None:
-        data = self.outbox.take()
+        data = self.outbox.take() if self.outbox is not None else None
         if data is None:
             return
         ws = self.ws
@@ -106,7 +106,7 @@ class WsConnection(Connection):
             self.node.watch(self)
 
     def close(self) -> None:
-        if self.ws.state is OPEN and self.transport is not None and not self.outbox.ended:
+        if self.ws.state is OPEN and self.transport is not None and not self.ended:
             self.flush()
             self.ws.send_close(CloseCode.NORMAL_CLOSURE)
             self.write_out()
