@@ -69,6 +69,7 @@ _ENDED = _ended_outbox()
 class Connection(asyncio.Protocol):
     __slots__ = (
         "_linger",
+        "_out",
         "_paused",
         "_proxy",
         "_queue",
@@ -92,6 +93,9 @@ class Connection(asyncio.Protocol):
         #: None until the first chat message, and again once all is settled.
         self.outbox: Outbox | None = None
         self._queue: deque[tuple[bytes, int]] | None = None
+        # Replies that joined a write due at the end of this tick (and what the
+        # outbox had before them).
+        self._out: list[bytes] | None = None
         self._paused = False
         self._linger: asyncio.TimerHandle | None = None
         # Whether the node asks this connection for in-flight reports.
@@ -169,7 +173,9 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """A FIN: the peer read all its kernel acknowledged (else it would
-        have sent RST); only what crossed its close is stored again."""
+        have sent RST); only what crossed its close is stored again. It may
+        still read: the replies to its last requests are written first."""
+        self._write_replies()
         self._end(End.PEER_FINISHED, self._in_flight())
         return False  # close our side too
 
@@ -229,11 +235,24 @@ class Connection(asyncio.Protocol):
     # -- service.Peer ----------------------------------------------------------------
 
     def send(self, data: bytes) -> bool:
+        """Write a reply, after what was accepted for the peer before it. If
+        a write is due at the end of this loop iteration anyway (a message
+        for the peer came first), the reply joins it: a CHAT_ACK and the
+        partner's message cost one system call, not two. Else it leaves now."""
         t = self.transport
         if t is None or t.is_closing():
             return False
-        self.flush()  # what was queued before goes first
-        t.write(data)
+        outbox = self.outbox
+        before = outbox.take() if outbox is not None else None  # goes first
+        out = self._out
+        if out is None:
+            if before is None:  # nothing due this tick: no reason to wait
+                self._write(data)
+                return True
+            self._out = out = []  # the outbox's first message asked for the flush
+        if before is not None:
+            out.append(before)
+        out.append(data)
         return True
 
     def deliver(self, data: bytes) -> bool:
@@ -250,20 +269,39 @@ class Connection(asyncio.Protocol):
         return False  # ended: the caller keeps it
 
     def flush(self, now: float = 0.0) -> None:
-        """Write what the outbox has for this tick (the node calls this once
-        per loop iteration for every connection that was delivered to)."""
+        """Write this tick's replies and what the outbox has, in one write
+        (the node calls this once per loop iteration for every connection
+        that was sent or delivered to)."""
         outbox = self.outbox
-        if outbox is None:
-            return
-        data = outbox.take()
-        if data is None:
+        data = outbox.take() if outbox is not None else None
+        out = self._out
+        if out is not None:
+            self._out = None
+            if data is not None:
+                out.append(data)
+            data = out[0] if len(out) == 1 else b"".join(out)
+        elif data is None:
             return
         t = self.transport
-        assert t is not None  # the outbox ends before the transport goes
-        t.write(data)
-        if not self._watched:
+        if t is None or t.is_closing():
+            return  # cut off meanwhile: the outbox's end() kept its part
+        self._write(data)
+        if not self._watched and outbox is not None and not outbox.idle:
             self._watched = True
             self.node.watch(self)
+
+    def _write(self, data: bytes) -> None:
+        """Hand bytes of whole documents to the transport."""
+        t = self.transport
+        assert t is not None
+        t.write(data)
+
+    def _write_replies(self) -> None:
+        """Write the replies queued this tick now (before a close)."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            self._write(b"".join(out))
 
     def report(self) -> bool:
         """Tell the outbox what is still in flight; False once it has

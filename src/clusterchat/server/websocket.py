@@ -83,27 +83,19 @@ class WsConnection(Connection):
     # -- service.Peer ----------------------------------------------------------------
 
     def send(self, data: bytes) -> bool:
-        t = self.transport
-        if t is None or t.is_closing() or self.ws.state is not OPEN:
+        if self.ws.state is not OPEN:
             return False
-        self.flush()  # what was queued before goes first
-        self.ws.send_text(data[:-1])  # without the newline
-        self.write_out()
-        return True
+        return super().send(data)
 
-    def flush(self, now: float = 0.0) -> None:
-        data = self.outbox.take() if self.outbox is not None else None
-        if data is None:
-            return
+    def _write(self, data: bytes) -> None:
         ws = self.ws
+        if ws.state is not OPEN:
+            return  # closing: replies are not owed, the outbox kept its messages
         # Each message is one JSON document ending with a newline, and JSON
         # text has none of its own: one WebSocket message per line.
         for line in data.split(b"\n")[:-1]:
             ws.send_text(line)
         self.write_out()
-        if not self._watched:
-            self._watched = True
-            self.node.watch(self)
 
     def close(self) -> None:
         if self.ws.state is OPEN and self.transport is not None and not self.ended:
