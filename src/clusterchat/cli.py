@@ -432,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--transport", choices=["tcp", "ws"], default="tcp",
                        help="tcp, or ws: WebSockets to the targets' HTTP ports "
                        "(server --http-port) [default tcp]")  # fmt: skip
+    bench.add_argument("--dialect", choices=["modern", "nul"], default="modern",
+                       help="modern: our clients' (newline-framed, every chat acknowledged); "
+                       "nul: the original C++ client's (NUL-framed, no CHAT_ACK); TCP only, "
+                       "not for group or soak [default modern]")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="one JSON line instead of a table")
 
     cl = sub.add_parser(
@@ -797,7 +801,14 @@ def _bench(args: argparse.Namespace) -> int:
         rate=args.rate,
         server_pid=args.server_pid,
         transport=args.transport,
+        dialect=args.dialect,
     )
+    if opts.nul and (opts.transport == "ws" or args.scenario in ("group", "soak")):
+        # The original client had no WebSocket, learnt no group id from a
+        # reply, and the soak checks acknowledgements.
+        print("clusterchat bench: --dialect nul is for reg, login, reconnect and chat over tcp",
+              file=sys.stderr)  # fmt: skip
+        return 2
     results = []
 
     async def go() -> None:

@@ -42,6 +42,13 @@ class Options:
     server_pid: int = 0
     #: "tcp", or "ws": WebSockets to the targets' HTTP ports (--http-port).
     transport: str = "tcp"
+    #: "modern" (requests end with a newline; every chat is acknowledged) or
+    #: "nul" (the original client's: NUL-terminated, no CHAT_ACK). TCP only.
+    dialect: str = "modern"
+
+    @property
+    def nul(self) -> bool:
+        return self.dialect == "nul"
 
     @property
     def label(self) -> str:
@@ -77,7 +84,7 @@ async def _open(
         from clusterchat.bench.wsconn import WsBenchConn
 
         return await WsBenchConn.open(host, port, on_push)
-    return await BenchConn.open(host, port, on_push)
+    return await BenchConn.open(host, port, on_push, b"\0" if opts.nul else b"\n")
 
 
 async def _register_all(opts: Options, n: int, progress: Progress) -> list[int]:
@@ -298,6 +305,7 @@ class ChatFlow:
         self, senders: list[tuple[BenchConn, dict[str, Any]]], progress: Progress
     ) -> None:
         now = time.perf_counter()
+        nul = self.opts.nul
         self.measure_from = now + self.opts.warmup
         stop_at = self.measure_from + self.opts.seconds
 
@@ -306,9 +314,13 @@ class ChatFlow:
                 await self.window[k].acquire()
                 seq = next(self.seqs)
                 self.outstanding[seq] = self.fanout
+                doc = {**template, "msg": _payload(seq, k, self.opts.msg_size)}
                 try:
-                    reply = conn.request({**template, "msg": _payload(seq, k, self.opts.msg_size)})
-                    reply.add_done_callback(functools.partial(self._replied, seq, k))
+                    if nul:  # the original's dialect acknowledges nothing
+                        conn.send(doc)
+                    else:
+                        reply = conn.request(doc)
+                        reply.add_done_callback(functools.partial(self._replied, seq, k))
                 except Closed:
                     self.result.errors += 1
                     return
@@ -323,6 +335,7 @@ class ChatFlow:
         self.result.seconds = self.opts.seconds
         self.result.lost = sum(self.outstanding.values())
         self.result.notes["messages sent"] = self.sent
+        self.result.notes["dialect"] = self.opts.dialect
 
 
 async def _tick(opts: Options, progress: Progress) -> None:
