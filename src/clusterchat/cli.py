@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "server answers (to offer more than it can take; default: -c at "
                        "a time); soak: messages a second per user (default 2)")  # fmt: skip
     bench.add_argument("--server-pid", type=int, default=0, metavar="PID",
-                       help="soak: sample this server process's memory")  # fmt: skip
+                       help="soak: sample this server process's memory; chat, group: "
+                       "report its CPU use (on this machine)")  # fmt: skip
     bench.add_argument("--transport", choices=["tcp", "ws"], default="tcp",
                        help="tcp, or ws: WebSockets to the targets' HTTP ports "
                        "(server --http-port) [default tcp]")  # fmt: skip

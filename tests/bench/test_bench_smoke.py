@@ -66,6 +66,7 @@ async def test_bench_scenario_reports_and_loses_nothing(node: Node, args: list[s
     assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
     if args[0] == "chat":
         assert result["notes"]["dialect"] == ("nul" if "nul" in args else "modern")
+        assert result["notes"]["client CPU %"] > 0  # which side was the limit
     if args[0] == "soak":
         assert result["notes"]["comings and goings"] > 0
         assert "rss_growth_kib" in result["notes"]
