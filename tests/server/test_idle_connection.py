@@ -6,6 +6,7 @@ memory figure itself is ``bench/run.py --only hold`` (BENCHMARKS.md)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -55,3 +56,17 @@ async def test_a_closed_connection_refuses_deliveries_it_never_had_an_outbox_for
     conn.close()
     assert conn.ended
     assert not conn.deliver(b'{"msgid":6}\n')  # the caller stores it
+
+
+async def test_accepted_sockets_inherit_the_listeners_options(
+    node: Node, user: UserFactory
+) -> None:
+    """Set once on the listening socket (no socket object kept per connection)."""
+    u = await user()
+    transport = server_side(node, u.id).transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3

@@ -122,14 +122,8 @@ class Connection(asyncio.Protocol):
         if self.node.trusts(self.address):
             self._proxy = b""
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # Half-open connections (a peer that vanished) die within ~90 s.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        # Socket options come from the listener (tune_listener), not from
+        # here: asking the transport for its socket keeps one per connection.
         self.node.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -431,6 +425,21 @@ class Connection(asyncio.Protocol):
             self._paused = False
             if self.outbox is None or not self.outbox.paused:  # else resume_writing does
                 self.transport.resume_reading()
+
+
+def tune_listener(server: asyncio.Server) -> None:
+    """Set the options every accepted connection needs on the listening
+    sockets: Linux copies them into each socket it accepts, so they cost
+    nothing per connection (no system calls, no socket object kept)."""
+    for sock in server.sockets:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Half-open connections (a peer that vanished) die within ~90 s.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 class _Refused(asyncio.Protocol):
