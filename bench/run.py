@@ -8,10 +8,11 @@ are also given as a fraction of the fwdserver ceiling measured alongside
 (the forwarder answers neither dialect's acknowledgements, so one ceiling
 serves both). Chat rows run in both dialects (--dialects): ``nul`` is the
 original C++ client's, ``modern`` ours (newline framing, a CHAT_ACK for
-every chat). Each row says what limited it: ``node CPU`` or ``load
-generator CPU`` (whichever was at least 90% busy over the measured
-interval), else neither (latency, or other load on the machine). ``ws`` compares WebSocket with
-the modern dialect over TCP, both driven by ``clusterchat bench`` (the C
+every chat). Each row says what limited it: ``node CPU``, ``load
+generator CPU`` or (cross-node rows) ``Redis CPU``, whichever was at least
+90% busy over the measured interval, else neither (latency, or other load
+on the machine). ``ws`` compares WebSocket with the modern dialect over
+TCP, both driven by ``clusterchat bench`` (the C
 loadgen has no WebSocket). Needs MariaDB and Redis (scripts/services).
 """
 
@@ -102,13 +103,23 @@ def fresh_db(name: str) -> str:
     return f"{MYSQL}/{name}"
 
 
-def limit(node_cpu: float | None, load_cpu: float | None) -> str:
+def limit(node_cpu: float | None, load_cpu: float | None, redis_cpu: float | None = None) -> str:
     """Which side was the bottleneck, from their CPU use in percent of a core."""
     if node_cpu is not None and node_cpu >= SATURATED:
         return "node CPU"
     if load_cpu is not None and load_cpu >= SATURATED:
         return "load generator CPU"
+    if redis_cpu is not None and redis_cpu >= SATURATED:
+        return "Redis CPU"
     return "neither saturated (latency, or a busy machine)"
+
+
+def redis_pid() -> int | None:
+    """The local Redis server's process, to report its CPU use (cross-node rows)."""
+    try:
+        return int(sh(["pgrep", "-o", "-x", "redis-server"]).split()[0])
+    except (subprocess.CalledProcessError, IndexError, ValueError):
+        return None
 
 
 class Loadgen:
@@ -128,10 +139,10 @@ def median(rows: list[Row], key: str) -> float:
     return statistics.median(float(r[key]) for r in rows)
 
 
-def median_cpu(rows: list[Row], key: str) -> float | None:
-    """Median CPU percent (summed over the pids the loadgen watched)."""
+def median_cpu(rows: list[Row], key: str, pids: slice = slice(None)) -> float | None:
+    """Median CPU percent, summed over the watched pids (or a slice of them)."""
     values = [
-        sum(r[key]) if isinstance(r[key], list) else float(r[key]) for r in rows if r.get(key)
+        sum(r[key][pids]) if isinstance(r[key], list) else float(r[key]) for r in rows if r.get(key)
     ]
     return statistics.median(values) if values else None
 
@@ -145,10 +156,13 @@ def chat_rows(
     pids: list[int],
     fwd_port: int,
     ceiling_args: list[str] | None = None,
+    redis: int | None = None,
 ) -> Row:
-    """Alternate ceiling and server runs so drift hits both alike."""
+    """Alternate ceiling and server runs so drift hits both alike. ``redis``:
+    Redis's pid, watched too (after the nodes' ``pids``)."""
     ceil, ours = [], []
-    pid_arg = ["--server-pid", ",".join(map(str, pids))]
+    watched = [*pids, redis] if redis else pids
+    pid_arg = ["--server-pid", ",".join(map(str, watched))]
     for _ in range(runs):
         ceil.append(
             lg.run(
@@ -161,7 +175,9 @@ def chat_rows(
         )
         ours.append(lg.run(*scenario, "--targets", targets, *pid_arg))
     c, o = median(ceil, "ops_per_s"), median(ours, "ops_per_s")
-    node_cpu, load_cpu = median_cpu(ours, "server_cpu_pct"), median_cpu(ours, "loadgen_cpu_pct")
+    node_cpu = median_cpu(ours, "server_cpu_pct", slice(len(pids)))
+    load_cpu = median_cpu(ours, "loadgen_cpu_pct")
+    redis_cpu = median_cpu(ours, "server_cpu_pct", slice(len(pids), None)) if redis else None
     return {
         "label": label,
         "ceiling": c,
@@ -174,7 +190,8 @@ def chat_rows(
         "ceiling_runs": [r["ops_per_s"] for r in ceil],
         "node_cpu_pct": node_cpu,
         "loadgen_cpu_pct": load_cpu,
-        "limit": limit(node_cpu, load_cpu),
+        "redis_cpu_pct": redis_cpu,
+        "limit": limit(node_cpu, load_cpu, redis_cpu),
         "ceiling_loadgen_cpu_pct": median_cpu(ceil, "loadgen_cpu_pct"),
     }
 
@@ -294,6 +311,7 @@ def main() -> None:
                         "127.0.0.1:7300,127.0.0.1:7301",
                         [a.pid, b.pid],
                         7100,
+                        redis=redis_pid(),
                     )
         if want("group"):
             with process(node_cmd(7400, fresh_db("ccb_group"), *cheap), 7400) as p:
