@@ -13,11 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import atheris
+import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(include=["clusterchat"]):
     sys.path.insert(0, str(Path(__file__).parent))
-    from targets import SEEDS, TARGETS  # type: ignore[import-not-found]
+    from targets import SEEDS, TARGETS
 
 
 def main() -> None:

@@ -71,21 +71,30 @@ class OwnRedis:
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:port to a target until cut; after restore it forwards again."""
+    """Forwards 127.0.0.1:port to a target until cut; after start() it forwards
+    again. Subclasses watch or delay the traffic by overriding ``_relay`` or
+    ``_handle`` (tests/mysql_proxy.py, tests/cluster/test_cluster_up.py)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = free_ports(1)
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        if self._server is None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     async def cut(self) -> None:
+        """Refuse new connections and abort the open ones, as an outage would."""
+        self._cut_now()
+        if self._handlers:  # their pumps end on the aborted sockets
+            await asyncio.wait(self._handlers, timeout=5)
+
+    def _cut_now(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
         for w in list(self._pipes):
             w.transport.abort()
@@ -98,15 +107,30 @@ class CuttableProxy:
             w.close()
             return
         self._pipes.update((w, uw))
+        me = asyncio.current_task()
+        assert me is not None
+        self._handlers.add(me)
+        me.add_done_callback(self._handlers.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._relay(r, w, ur, uw)
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
+    async def _relay(
+        self,
+        r: asyncio.StreamReader,
+        w: asyncio.StreamWriter,
+        ur: asyncio.StreamReader,
+        uw: asyncio.StreamWriter,
+    ) -> None:
+        """Client (r, w) to upstream (ur, uw) and back, until either side ends."""
         await asyncio.gather(pump(r, uw), pump(ur, w))
+
+
+async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, asyncio.CancelledError):
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    dst.close()
 
 
 def server_cmd(port: int, db_url: str, *extra: str) -> list[str]:

@@ -1,6 +1,6 @@
 """A TCP proxy in front of the real MariaDB that reads the client's packets.
 
-Besides cutting everything (like ``tests.helpers.CuttableProxy``), it can
+A ``tests.helpers.CuttableProxy`` that, besides cutting everything, can
 lose the answer to one COMMIT: the transaction that wrote a given table is
 committed by MariaDB, whose OK is then dropped and both sides aborted, so the
 node's driver sees the connection fail mid-commit. That is the outage case
@@ -15,18 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tests.helpers import free_ports
+from tests.helpers import CuttableProxy
 
 _COM_QUERY = 3
 
 
-class MariaDbProxy:
+class MariaDbProxy(CuttableProxy):
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_ports(1)
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
+        super().__init__(target_port)
         self._armed: tuple[bytes, bool] | None = None
         self._cut_on: bytes | None = None
         #: Set once a commit's answer was lost.
@@ -44,34 +40,13 @@ class MariaDbProxy:
         ``statement`` is sent (it never reaches MariaDB), until :meth:`start`."""
         self._cut_on = statement.lower().encode()
 
-    async def start(self) -> None:
-        if self._server is None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        self._cut_now()
-        if self._handlers:  # their pumps end on the aborted sockets
-            await asyncio.wait(self._handlers, timeout=5)
-
-    def _cut_now(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for w in list(self._pipes):
-            w.transport.abort()
-        self._pipes.clear()
-
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            w.close()
-            return
-        self._pipes.update((w, uw))
-        me = asyncio.current_task()
-        assert me is not None
-        self._handlers.add(me)
-        me.add_done_callback(self._handlers.discard)
+    async def _relay(
+        self,
+        r: asyncio.StreamReader,
+        w: asyncio.StreamWriter,
+        ur: asyncio.StreamReader,
+        uw: asyncio.StreamWriter,
+    ) -> None:
         wrote, lose = [False], [False]  # this connection's transaction
 
         def watch(payload: bytes) -> bool:
@@ -120,5 +95,4 @@ class MariaDbProxy:
                     await w.drain()
             w.close()
 
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(upstream(), downstream())
+        await asyncio.gather(upstream(), downstream())

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 
 from clusterchat.service.passwords import HashCost, Passwords
 from clusterchat.storage.sql import SqlStore
@@ -27,6 +27,7 @@ from clusterchat.storage.tables import (
     friend,
     groupinvite,
     groupuser,
+    history,
     offlinemessage,
     user,
 )
@@ -198,8 +199,10 @@ class Admin:
 
     async def delete_user(self, uid: int) -> dict[str, int]:
         """The user, their friendships (both ways), memberships, blocks (both
-        ways), invitations and offline messages; groups they created stay. An
-        online user is kicked first."""
+        ways), invitations, offline messages and history (their 1:1
+        conversations, and what they said in groups: SQLite may give their id
+        to the next account, which must not inherit it); groups they created
+        stay. An online user is kicked first."""
         name = await self._name(uid, "delete")
         if self.redis is not None:
             await self.kick(uid, "delete")
@@ -215,6 +218,10 @@ class Admin:
                                                      blocked.c.blockedid == uid))),
                 ("invitations", delete(groupinvite).where(groupinvite.c.userid == uid)),
                 ("offline_messages", delete(offlinemessage).where(offlinemessage.c.userid == uid)),
+                ("history_messages", delete(history).where(or_(
+                    history.c.sender == uid,
+                    and_(history.c.conva > 0, or_(history.c.conva == uid,
+                                                  history.c.convb == uid))))),
                 ("users", delete(user).where(user.c.id == uid)),
             ):  # fmt: skip
                 gone[label] = (await conn.execute(stmt)).rowcount

@@ -39,7 +39,7 @@ class Budget:
     """Bytes charged against a limit; ``full`` is the one check on the hot path.
 
     Charges may overshoot the limit (what was already accepted must be
-    held somewhere); callers that would add new work ask :meth:`admits`
+    held somewhere); callers that would add new work check ``full``
     first. ``on_room`` is called when usage drops back under the limit
     after being over it (the node wakes slowed senders with it).
     """
@@ -54,10 +54,6 @@ class Budget:
         #: Requests refused (or slowed) because the budget was full.
         self.refused = 0
         self.on_room: Callable[[], None] | None = None
-
-    def admits(self, nbytes: int) -> bool:
-        """Whether new work of ``nbytes`` fits now."""
-        return not self.limit or self.used + nbytes <= self.limit
 
     def charge(self, nbytes: int) -> None:
         used = self.used = self.used + nbytes

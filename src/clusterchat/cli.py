@@ -8,33 +8,18 @@ import errno
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
-from clusterchat.budget import default_budget
-from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_db_url
-from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
-from clusterchat.service.limits import Limits
-from clusterchat.service.passwords import HashCost
+from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, default_db_url
+from clusterchat.options import OPTIONS, add_server_options, settings_from
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
 def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--db",
-        default=_env("CLUSTERCHAT_DB", ""),
-        metavar="URL",
-        help="SQLAlchemy URL of the store, e.g. mysql+asyncmy://root@127.0.0.1:3306/chat "
-        "[env CLUSTERCHAT_DB; default: an SQLite file in $CLUSTERCHAT_HOME or "
-        "~/.local/share/clusterchat]",
-    )
+    OPTIONS["--db"].add_to(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,296 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("ip", nargs="?", help=argparse.SUPPRESS)
     srv.add_argument("port_pos", nargs="?", type=int, help=argparse.SUPPRESS)
-    srv.add_argument(
-        "--host",
-        default=_env("CLUSTERCHAT_HOST", DEFAULT_HOST),
-        help=f"address to listen on [env CLUSTERCHAT_HOST; default {DEFAULT_HOST}]",
-    )
-    srv.add_argument(
-        "--port",
-        type=int,
-        default=_env_int("CLUSTERCHAT_PORT", DEFAULT_PORT),
-        help=f"TCP port [env CLUSTERCHAT_PORT; default {DEFAULT_PORT}]",
-    )
-    _add_db(srv)
-    srv.add_argument(
-        "--db-pool",
-        type=int,
-        default=_env_int("CLUSTERCHAT_DB_POOL", 20),
-        metavar="N",
-        help="connections to MariaDB/MySQL this node keeps [env CLUSTERCHAT_DB_POOL; default 20]",
-    )
-    srv.add_argument(
-        "--max-connections",
-        type=int,
-        default=_env_int("CLUSTERCHAT_MAX_CONNECTIONS", 0),
-        metavar="N",
-        help="connections accepted; more are told the server is full and closed "
-        "[env CLUSTERCHAT_MAX_CONNECTIONS; default: what the open-files limit allows]",
-    )
-    srv.add_argument(
-        "--output-limit",
-        type=int,
-        default=_env_int("CLUSTERCHAT_OUTPUT_LIMIT", 1024 * 1024),
-        metavar="BYTES",
-        help="messages held for a client that stops reading before it is disconnected "
-        "(the rest is stored for its next login) [env CLUSTERCHAT_OUTPUT_LIMIT; "
-        "default 1 MiB]",
-    )
-    srv.add_argument(
-        "--memory-budget",
-        type=int,
-        default=_env_int("CLUSTERCHAT_MEMORY_BUDGET", 0),
-        metavar="BYTES",
-        help="bytes this node may hold for other people (messages waiting for slow "
-        "readers, messages waiting to be stored); past it chats are refused with "
-        'ERROR 151 "busy, retry" (the original client is slowed instead) '
-        "[env CLUSTERCHAT_MEMORY_BUDGET; default 0: a quarter of the machine's memory, "
-        "between 64 MiB and 4 GiB]",
-    )
-    limits = Limits()
-    srv.add_argument(
-        "--max-connections-per-address",
-        type=int,
-        default=_env_int("CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS", 100),
-        metavar="N",
-        help="connections from one client address; 0: no limit. Users behind one NAT "
-        "share an address: raise it for them (behind nginx the real address comes in "
-        "its PROXY line) [env CLUSTERCHAT_MAX_CONNECTIONS_PER_ADDRESS; default %(default)s]",
-    )
-    srv.add_argument(
-        "--trusted-proxy",
-        default=_env("CLUSTERCHAT_TRUSTED_PROXY", "127.0.0.1,::1"),
-        metavar="ADDRESS[,ADDRESS...]",
-        help="proxies (nginx with `proxy_protocol on;`) whose PROXY lines name the real "
-        "client address; they are not capped per address themselves; '' trusts none "
-        "[env CLUSTERCHAT_TRUSTED_PROXY; default %(default)s]",
-    )
-    srv.add_argument(
-        "--login-failures",
-        default=_env(
-            "CLUSTERCHAT_LOGIN_FAILURES",
-            f"{limits.login_failures},{limits.login_failures_per_address},{limits.login_window:g}",
-        ),
-        metavar="ACCOUNT,ADDRESS,SECONDS",
-        help="brute-force guard: failed password logins free of delay per (account, "
-        "client address) and per address; past them each try waits twice as long as the "
-        "last (see --login-delay); counts are forgotten SECONDS after the last failure; "
-        "a valid ticket always works; 0 turns one off "
-        "[env CLUSTERCHAT_LOGIN_FAILURES; default %(default)s]",
-    )
-    srv.add_argument(
-        "--login-delay",
-        default=_env(
-            "CLUSTERCHAT_LOGIN_DELAY", f"{limits.login_delay:g},{limits.login_delay_max:g}"
-        ),
-        metavar="FIRST,MAX",
-        help="seconds the first try past --login-failures waits, doubling up to MAX "
-        "[env CLUSTERCHAT_LOGIN_DELAY; default %(default)s]",
-    )
-    srv.add_argument(
-        "--max-group-size",
-        type=int,
-        default=_env_int("CLUSTERCHAT_MAX_GROUP_SIZE", limits.max_group_size),
-        metavar="N",
-        help="members a group may have [env CLUSTERCHAT_MAX_GROUP_SIZE; default %(default)s]",
-    )
-    srv.add_argument(
-        "--message-rate",
-        default=_env("CLUSTERCHAT_MESSAGE_RATE", f"{limits.message_rate:g},{limits.message_burst}"),
-        metavar="PER_SECOND,BURST",
-        help="requests a logged-in user may make per second, sustained, and at once "
-        "(flood limit); over it a client gets ERROR 170, an original client is slowed "
-        "down instead; 0 turns it off (for benchmarks) "
-        "[env CLUSTERCHAT_MESSAGE_RATE; default %(default)s]",
-    )
-    srv.add_argument(
-        "--login-queue",
-        type=int,
-        default=_env_int("CLUSTERCHAT_LOGIN_QUEUE", 64),
-        metavar="N",
-        help="password checks that may wait for a hashing thread; past it logins and "
-        "registrations are refused as busy at once, so accepted ones stay fast; 0: no "
-        "limit [env CLUSTERCHAT_LOGIN_QUEUE; default %(default)s]",
-    )
-    srv.add_argument(
-        "--offline-quota",
-        default=_env(
-            "CLUSTERCHAT_OFFLINE_QUOTA",
-            f"{limits.max_offline_messages},{limits.max_offline_bytes},{limits.max_stored_message}",
-        ),
-        metavar="MESSAGES,BYTES,MESSAGE_BYTES",
-        help="what one receiver may have waiting (messages, total bytes) and how long "
-        "a message kept for an offline receiver may be; past them the sender gets "
-        "ERROR 171/172 and nothing is sent; 0 turns one off "
-        "[env CLUSTERCHAT_OFFLINE_QUOTA; default %(default)s]",
-    )
-    srv.add_argument(
-        "--user-quota",
-        default=_env(
-            "CLUSTERCHAT_USER_QUOTA",
-            f"{limits.max_groups_created},{limits.max_memberships},{limits.max_friends}",
-        ),
-        metavar="GROUPS_CREATED,MEMBERSHIPS,FRIENDS",
-        help="what one user may create, join and befriend (ERROR 173 past it); 0 turns "
-        "one off [env CLUSTERCHAT_USER_QUOTA; default %(default)s]",
-    )
-    srv.add_argument(
-        "--ticket-lifetime",
-        type=float,
-        default=float(_env("CLUSTERCHAT_TICKET_LIFETIME", f"{limits.ticket_lifetime:g}")),
-        metavar="SECONDS",
-        help="how long a session ticket logs in again without the password; each use "
-        "replaces it [env CLUSTERCHAT_TICKET_LIFETIME; default %(default)s (28 days)]",
-    )
-    srv.add_argument(
-        "--register-queue",
-        type=int,
-        default=_env_int("CLUSTERCHAT_REGISTER_QUEUE", 64),
-        metavar="N",
-        help="registrations that may wait for their own hashing threads (half the "
-        "login pool's); past it they are refused as busy, and logins keep their share "
-        "[env CLUSTERCHAT_REGISTER_QUEUE; default %(default)s]",
-    )
-    srv.add_argument(
-        "--registrations",
-        default=_env(
-            "CLUSTERCHAT_REGISTRATIONS",
-            f"{limits.registrations_per_address},{limits.registration_window:g}",
-        ),
-        metavar="N,SECONDS",
-        help="registrations one client address may attempt within SECONDS (accounts per "
-        "address per day); 0 turns it off; raise it for a campus behind one NAT "
-        "[env CLUSTERCHAT_REGISTRATIONS; default %(default)s]",
-    )
-    srv.add_argument(
-        "--shed-lag",
-        type=float,
-        default=float(_env("CLUSTERCHAT_SHED_LAG", "0.5")),
-        metavar="SECONDS",
-        help="when the event loop runs this late, new connections are refused (ERROR "
-        "160) until the node catches up; 0: never [env CLUSTERCHAT_SHED_LAG; "
-        "default %(default)s]",
-    )
-    srv.add_argument(
-        "--login-timeout",
-        type=float,
-        default=float(_env("CLUSTERCHAT_LOGIN_TIMEOUT", "30")),
-        metavar="SECONDS",
-        help="close connections that do not log in within this [env "
-        "CLUSTERCHAT_LOGIN_TIMEOUT; default 30]",
-    )
-    srv.add_argument(
-        "--frame-timeout",
-        type=float,
-        default=float(_env("CLUSTERCHAT_FRAME_TIMEOUT", "30")),
-        metavar="SECONDS",
-        help="close a connection whose request, once begun, has not fully arrived within "
-        "this (a byte now and then holds no slot) [env CLUSTERCHAT_FRAME_TIMEOUT; "
-        "default %(default)s]",
-    )
-    srv.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=float(_env("CLUSTERCHAT_IDLE_TIMEOUT", "120")),
-        metavar="SECONDS",
-        help="close logged-in connections of our client silent this long (it pings every "
-        "30 s; the original client is left to TCP keepalive) [env "
-        "CLUSTERCHAT_IDLE_TIMEOUT; default 120]",
-    )
-    srv.add_argument(
-        "--tls-cert",
-        default=_env("CLUSTERCHAT_TLS_CERT", ""),
-        metavar="PEM",
-        help="serve TLS with this certificate chain [env CLUSTERCHAT_TLS_CERT]; "
-        "or terminate TLS in nginx (`cluster nginx-conf --tls-cert`)",
-    )
-    srv.add_argument(
-        "--tls-key",
-        default=_env("CLUSTERCHAT_TLS_KEY", ""),
-        metavar="PEM",
-        help="the certificate's private key [env CLUSTERCHAT_TLS_KEY]",
-    )
-    srv.add_argument(
-        "--http-port",
-        type=int,
-        default=_env_int("CLUSTERCHAT_HTTP_PORT", 0),
-        metavar="PORT",
-        help="also serve the web client on this HTTP port: open http://HOST:PORT/ in a "
-        "browser; it chats over a WebSocket at /ws; 0: off [env CLUSTERCHAT_HTTP_PORT; "
-        "default 0]",
-    )
-    srv.add_argument(
-        "--http-origins",
-        default=_env("CLUSTERCHAT_HTTP_ORIGINS", ""),
-        metavar="ORIGIN[,ORIGIN]",
-        help="web pages (scheme://host[:port]) allowed to open a chat WebSocket, '*' for "
-        "any; default: only the page this node (or nginx in front of it) serves "
-        "[env CLUSTERCHAT_HTTP_ORIGINS]",
-    )
-    srv.add_argument(
-        "--max-frame",
-        type=int,
-        default=_env_int("CLUSTERCHAT_MAX_FRAME", DEFAULT_MAX_FRAME),
-        metavar="BYTES",
-        help="largest request accepted; a bigger one gets an error and the connection "
-        f"is closed [env CLUSTERCHAT_MAX_FRAME; default {DEFAULT_MAX_FRAME}]",
-    )
-    srv.add_argument(
-        "--redis",
-        default=_env("CLUSTERCHAT_REDIS", ""),
-        metavar="URL",
-        help="join a cluster through this Redis, e.g. redis://127.0.0.1:6379/0; without "
-        "it the node runs alone [env CLUSTERCHAT_REDIS]",
-    )
-    srv.add_argument(
-        "--redis-prefix",
-        default=_env("CLUSTERCHAT_REDIS_PREFIX", "clusterchat:"),
-        metavar="PREFIX",
-        help="prefix of every Redis key and channel, so clusters can share a Redis "
-        "[env CLUSTERCHAT_REDIS_PREFIX; default %(default)s]",
-    )
-    srv.add_argument(
-        "--presence-ttl",
-        type=float,
-        default=float(_env("CLUSTERCHAT_PRESENCE_TTL", "10")),
-        metavar="SECONDS",
-        help="a node that dies without a goodbye frees its users after this long "
-        "[env CLUSTERCHAT_PRESENCE_TTL; default %(default)s]",
-    )
-    srv.add_argument(
-        "--bus-window",
-        type=int,
-        default=_env_int("CLUSTERCHAT_BUS_WINDOW", 4 * 1024 * 1024),
-        metavar="BYTES",
-        help="messages this node may have on their way to another node before senders "
-        "wait (then get ERROR 151 busy); keep (nodes - 1) x this under Redis's "
-        "client-output-buffer-limit pubsub, or Redis drops the receiver "
-        "[env CLUSTERCHAT_BUS_WINDOW; default 4 MiB]",
-    )
-    srv.add_argument(
-        "--node-id",
-        default=_env("CLUSTERCHAT_NODE_ID", ""),
-        help="name of this node in the cluster [env CLUSTERCHAT_NODE_ID; default random]",
-    )
-    srv.add_argument(
-        "--workers",
-        type=int,
-        default=_env_int("CLUSTERCHAT_WORKERS", 1),
-        metavar="N",
-        help="run N processes sharing the port (SO_REUSEPORT), joined through --redis "
-        "[env CLUSTERCHAT_WORKERS; default 1]",
-    )
-    cost = HashCost()
-    srv.add_argument(
-        "--hash-cost",
-        default=_env(
-            "CLUSTERCHAT_HASH_COST", f"{cost.time_cost},{cost.memory_kib},{cost.parallelism}"
-        ),
-        metavar="T,M,P",
-        help="argon2id time cost, memory in KiB, parallelism for password hashes "
-        "[env CLUSTERCHAT_HASH_COST; default %(default)s, OWASP's minimum]",
-    )
+    add_server_options(srv)
 
     cli = sub.add_parser(
         "client",
@@ -574,12 +270,7 @@ def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="the cluster's Redis (needed to see who is online and to kick) "
         "[env CLUSTERCHAT_REDIS]",
     )
-    adm.add_argument(
-        "--redis-prefix",
-        default=_env("CLUSTERCHAT_REDIS_PREFIX", "clusterchat:"),
-        metavar="PREFIX",
-        help="the nodes' --redis-prefix [env CLUSTERCHAT_REDIS_PREFIX; default %(default)s]",
-    )
+    OPTIONS["--redis-prefix"].add_to(adm)  # the nodes' own
     act = adm.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
     users = act.add_parser("users", help="list users (id, name, state, banned, node)")
     users.add_argument("--online", action="store_true", help="only those logged in")
@@ -645,66 +336,6 @@ def _admin(args: argparse.Namespace) -> int:
     return out[0]
 
 
-def _hash_cost(text: str) -> HashCost:
-    try:
-        t, m, p = (int(x) for x in text.split(","))
-    except ValueError:
-        raise SystemExit(f"--hash-cost wants T,M,P (three integers), not {text!r}") from None
-    return HashCost(time_cost=t, memory_kib=m, parallelism=p)
-
-
-def _limits(failures: str, max_group_size: int, rate: str, delay: str = "5,600") -> Limits:
-    try:
-        account, address, window = failures.split(",")
-    except ValueError:
-        raise SystemExit(
-            f"--login-failures wants ACCOUNT,ADDRESS,SECONDS, not {failures!r}"
-        ) from None
-    try:
-        first, most = (float(x) for x in delay.split(","))
-    except ValueError:
-        raise SystemExit(f"--login-delay wants FIRST,MAX, not {delay!r}") from None
-    try:
-        per_second, _, burst = rate.partition(",")
-        limits = Limits(
-            login_failures=int(account),
-            login_failures_per_address=int(address),
-            login_window=float(window),
-            max_group_size=max_group_size,
-            message_rate=float(per_second),
-            message_burst=int(burst) if burst else max(1, int(float(per_second))),
-            login_delay=first,
-            login_delay_max=most,
-        )
-    except ValueError:
-        raise SystemExit(f"--message-rate wants PER_SECOND[,BURST], not {rate!r}") from None
-    return limits
-
-
-_OFFLINE_QUOTA = ("max_offline_messages", "max_offline_bytes", "max_stored_message")
-_USER_QUOTA = ("max_groups_created", "max_memberships", "max_friends")
-
-
-def _ints(option: str, value: str, fields: tuple[str, ...]) -> dict[str, Any]:
-    """A comma list of integers as Limits fields."""
-    try:
-        numbers = [int(x) for x in value.split(",")]
-    except ValueError:
-        numbers = []
-    if len(numbers) != len(fields):
-        raise SystemExit(f"{option} wants {len(fields)} integers, not {value!r}")
-    return dict(zip(fields, numbers, strict=True))
-
-
-def _pair(option: str, value: str, count: str, seconds: str) -> dict[str, Any]:
-    """An N[,SECONDS] option as Limits fields."""
-    try:
-        n, _, window = value.partition(",")
-        return {count: int(n), seconds: float(window or 86_400)}
-    except ValueError:
-        raise SystemExit(f"{option} wants N,SECONDS, not {value!r}") from None
-
-
 def _run(coro: object) -> None:
     import uvloop
 
@@ -712,7 +343,8 @@ def _run(coro: object) -> None:
 
 
 def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    from clusterchat.server.node import Node
+    from clusterchat.server.backends import open_backends
+    from clusterchat.server.node import Node, new_node_id
     from clusterchat.server.workers import WORKER_ENV, supervise
 
     worker = os.environ.get(WORKER_ENV) == "1"
@@ -723,51 +355,18 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     node_id = args.node_id
     if worker and node_id:
         node_id += "-" + os.environ.get("CLUSTERCHAT_WORKER_SLOT", "0")
-    settings = Settings(
+    settings = settings_from(
+        vars(args),
         host=args.ip or args.host,
         port=args.port if args.port_pos is None else args.port_pos,  # 0: any free port
-        db_url=args.db or default_db_url(),
-        db_pool=args.db_pool,
-        max_frame=args.max_frame,
-        max_connections=args.max_connections,
-        output_limit=args.output_limit,
-        memory_budget=args.memory_budget or default_budget(),
-        max_connections_per_address=args.max_connections_per_address,
-        trusted_proxies=tuple(a.strip() for a in args.trusted_proxy.split(",") if a.strip()),
-        limits=replace(
-            _limits(args.login_failures, args.max_group_size, args.message_rate, args.login_delay),
-            **_pair(
-                "--registrations",
-                args.registrations,
-                "registrations_per_address",
-                "registration_window",
-            ),
-            **_ints("--offline-quota", args.offline_quota, _OFFLINE_QUOTA),
-            **_ints("--user-quota", args.user_quota, _USER_QUOTA),
-            ticket_lifetime=args.ticket_lifetime,
-        ),
-        login_queue=args.login_queue,
-        register_queue=args.register_queue,
-        shed_lag=args.shed_lag,
-        login_timeout=args.login_timeout,
-        frame_timeout=args.frame_timeout,
-        idle_timeout=args.idle_timeout,
-        tls_cert=args.tls_cert or None,
-        tls_key=args.tls_key or None,
-        hash_cost=_hash_cost(args.hash_cost),
-        redis_url=args.redis or None,
-        redis_prefix=args.redis_prefix,
-        presence_ttl=args.presence_ttl,
-        bus_window=args.bus_window,
-        node_id=node_id,
+        node_id=node_id or new_node_id(),
         reuse_port=worker,
-        http_port=args.http_port or None,
-        http_origins=tuple(o.strip() for o in args.http_origins.split(",") if o.strip()),
     )
     from clusterchat.errors import SchemaMismatch
 
     try:
-        _run(Node(settings).run_until_signalled())
+        backends = open_backends(settings, settings.node_id)
+        _run(Node(settings, backends=backends).run_until_signalled())
     except SchemaMismatch as exc:
         print(f"clusterchat server: {exc}", file=sys.stderr)
         return 2

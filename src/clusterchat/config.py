@@ -1,7 +1,10 @@
 """Node settings, with defaults that are safe for users.
 
-Tests make things fast (cheap hash cost, short timeouts) by passing their
-own :class:`Settings`; nothing here is weakened for them.
+The literal defaults live here and nowhere else: `clusterchat server`'s
+options (options.py) read them from these dataclasses. Tests make things
+fast (cheap hash cost, short timeouts) by passing their own
+:class:`Settings`; nothing here is weakened for them. This module imports
+no service code, so the terminal client can use it without loading argon2.
 """
 
 from __future__ import annotations
@@ -12,8 +15,16 @@ from pathlib import Path
 
 from clusterchat.budget import default_budget
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
-from clusterchat.service.limits import Limits
-from clusterchat.service.passwords import HashCost
+
+#: Default retention of history: about three months, what people expect to
+#: scroll back through in a team chat (Slack's free plan shows 90 days), at a
+#: cost in storage that stops growing after those 90 days (expired rows are
+#: purged every minute, see service/history.py); an operator who needs years sets it.
+HISTORY_DAYS = 90.0
+#: Messages waiting to be written to history before chats are refused as busy.
+#: At tens of thousands of messages a second a healthy store empties the queue
+#: every few milliseconds; 20,000 rides out a store pause of a second or so.
+HISTORY_QUEUE = 20_000
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6000
@@ -46,6 +57,52 @@ def default_db_url() -> str:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one user or address may do; 0 switches a limit off."""
+
+    #: Failed logins free of delay per (account, address) and per address;
+    #: past them each try waits twice as long as the last, from
+    #: ``login_delay`` up to ``login_delay_max`` seconds (service.backoff).
+    #: A key is forgotten ``login_window`` seconds after its last failure.
+    login_failures: int = 5
+    login_failures_per_address: int = 50
+    login_window: float = 900.0
+    login_delay: float = 5.0
+    login_delay_max: float = 600.0
+    max_group_size: int = 1000
+    #: Seconds a session ticket works after it was issued (each use issues a new one).
+    ticket_lifetime: float = 28 * 86_400.0
+    #: Registrations one address may attempt per window (counted when the
+    #: password hash starts): accounts per address per day.
+    registrations_per_address: int = 20
+    registration_window: float = 86_400.0
+    #: What one receiver may have waiting (ejabberd keeps 5,000 messages by
+    #: default), how long a message kept for an offline receiver may be
+    #: (bytes; group chat is always kept for someone, so it always applies),
+    #: and what one user may own or join.
+    max_offline_messages: int = 5000
+    max_offline_bytes: int = 16 * 1024 * 1024
+    max_stored_message: int = 16 * 1024
+    max_groups_created: int = 100
+    max_memberships: int = 500
+    max_friends: int = 1000
+    #: Requests per second a logged-in user may make, sustained, and how many
+    #: may come at once (a token bucket). Far above any typing human; a bot
+    #: or a stuck loop is slowed down, never allowed to crowd out the others.
+    message_rate: float = 20.0
+    message_burst: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class HashCost:
+    """argon2id cost; the default is OWASP's recommended minimum."""
+
+    time_cost: int = 2
+    memory_kib: int = 19456
+    parallelism: int = 1
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -63,10 +120,12 @@ class Settings:
     max_connections: int = 0
     #: Connections from one client address (0: no limit). Users behind one
     #: NAT share an address: raise it for them. Behind nginx the real address
-    #: comes in the PROXY line (``cluster up`` configures it).
+    #: comes in the PROXY line, or X-Forwarded-For on the WebSocket path
+    #: (``cluster up`` configures both).
     max_connections_per_address: int = 100
-    #: Addresses whose PROXY protocol lines are believed, and which are not
-    #: capped per address themselves (loopback: nginx, or tools, on this machine).
+    #: Addresses whose PROXY protocol lines (TCP) and X-Forwarded-For headers
+    #: (WebSocket/HTTP) are believed, and which are not capped per address
+    #: themselves (loopback: nginx, or tools, on this machine).
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     limits: Limits = field(default_factory=Limits)
     hash_cost: HashCost = field(default_factory=HashCost)
@@ -107,5 +166,10 @@ class Settings:
     #: Origins allowed to open /ws (e.g. "https://chat.example.com"; "*": any);
     #: empty: the page's own origin only.
     http_origins: tuple[str, ...] = ()
+    #: Days every 1:1 and group message is kept for HISTORY requests (0: none
+    #: is written); fractions allowed.
+    history_days: float = HISTORY_DAYS
+    #: Messages waiting to be written to history before chats are refused as busy.
+    history_queue: int = HISTORY_QUEUE
     #: Share the port with sibling worker processes (SO_REUSEPORT).
     reuse_port: bool = False

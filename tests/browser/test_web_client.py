@@ -25,6 +25,9 @@ async def test_two_pages_befriend_and_chat_both_ways(web_node: Node, new_page: N
     ann_id = await register(ann, "Ann Lee")
     bob_id = await register(bob, "Bob Marsh")
     await add_friend(ann, bob_id)
+    # Bob is told at once (FRIEND_ADDED) and has Ann in his list before any message.
+    await expect(bob.locator("#toast")).to_have_text("Ann Lee added you as a friend")
+    await expect(bob.locator(f'[data-key="u:{ann_id}"]')).to_be_visible()
 
     await say(ann, "Hi Bob! Lunch at noon?")
     mine = ann.locator("#messages .msg.mine").last
@@ -92,7 +95,7 @@ async def test_group_with_a_terminal_client_user(
 
     carol, carol_id = await registered(web_node.port, "carol", scripted)
     await carol.say(f"/join {gid}")
-    await carol.expect(rf"Joined group {gid}\.")
+    await carol.expect(rf"Joined group Weekend trip \(#{gid}\)\.")
 
     await ann.locator(f'[data-key="g:{gid}"]').click()
     await say(ann, "Mountains! Who's in?")

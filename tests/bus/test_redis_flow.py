@@ -48,6 +48,9 @@ class Inbox:
     def displaced(self, uid: int) -> None:
         return None
 
+    def kicked(self, uid: int) -> None:
+        return None
+
     def group_changed(self, gid: int) -> None:
         return None
 

@@ -2,6 +2,8 @@ import pytest
 
 from clusterchat.client import commands as c
 from clusterchat.client import render
+from clusterchat.client.app import Controller
+from clusterchat.client.session import ChatClient
 
 
 @pytest.mark.parametrize(
@@ -48,7 +50,12 @@ def test_parse(line: str, cmd: c.Command) -> None:
         ("chat:5:", "the message is missing"),
         ("chat:0:hi", "must be 1 or more"),
         ("/msg 5", "the message is missing"),
-        ("/join", "the group id must be a number"),
+        ("/join", r"the group id is missing; write /join GROUPID$"),
+        ("/msg", r"the user id is missing; write /msg ID MESSAGE$"),
+        ("/m", r"the user id is missing; write /msg ID MESSAGE$"),
+        ("chat", r"the user id is missing; write chat:ID:MESSAGE$"),
+        ("/register", r"the name is missing; write /register NAME \[PASSWORD\]$"),
+        ("addgroup:", r"the group id is missing; write addgroup:GROUPID$"),
         ("frobnicate", "unknown command"),
         ("/frobnicate", "unknown command"),
         ("", "type a command"),
@@ -79,3 +86,23 @@ def test_refusals_read_as_sentences() -> None:
     assert render.refusal({"msgid": 11, "errno": 120, "errmsg": "no user has id 9"}) == (
         "Not done: No user has id 9."
     )
+
+
+async def test_an_empty_line_is_ignored() -> None:
+    said: list[str] = []
+    client = ChatClient("127.0.0.1", 1, on_push=lambda m: None, on_status=said.append)
+    ctl = Controller(client, said.append, ask_password=None)
+    for line in ("", "   ", "\t"):
+        assert await ctl.run_line(line)
+    assert said == []
+
+
+def test_a_join_names_the_group_and_a_new_friend_is_announced() -> None:
+    from clusterchat.client.app import _done
+
+    assert _done(c.JoinGroup(3), {"groupid": 3, "groupname": "room\x1b"}) == [
+        "Joined group room\\x1b (#3)."
+    ]
+    assert _done(c.JoinGroup(3), {"groupid": 3}) == ["Joined group 3."]  # an older server
+    added = {"msgid": 24, "friend": {"id": 7, "name": "ann", "state": "online"}}
+    assert render.friend_added(added) == "*** ann (#7) added you as a friend."

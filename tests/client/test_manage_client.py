@@ -50,7 +50,9 @@ def test_parse(line: str, cmd: c.Command) -> None:
 @pytest.mark.parametrize(
     ("line", "says"),
     [
-        ("/kick 3", "the user id must be a number"),
+        ("/kick 3", "the user id is missing; write /kick GROUPID ID"),
+        ("/kick 3 x", "the user id must be a number"),
+        ("/deadmin", "the group id is missing; write /deadmin GROUPID ID"),
         ("/rename 3", "the new name is missing"),
         ("/leave x", "the group id must be a number"),
         ("/inviteonly 3 maybe", "say on or off"),
@@ -94,7 +96,7 @@ async def test_two_clients_manage_a_group_and_a_block(
     await ann.say("creategroup:room:ours")
     gid = int((await ann.expect(r"Created group room with id (\d+)")).group(1))
     await bob.say(f"/join {gid}")
-    await bob.expect(rf"Joined group {gid}\.")
+    await bob.expect(rf"Joined group room \(#{gid}\)\.")
 
     await ann.say(f"/admin {gid} {bob_id}")
     await ann.expect(rf"User {bob_id} is an admin of group {gid}\.")
@@ -128,7 +130,7 @@ async def test_two_clients_manage_a_group_and_a_block(
     await bob.say("/invites")
     await bob.expect(rf"  \[group {gid}\] lounge, from ann \(#{ann_id}\)")
     await bob.say(f"/join {gid}")
-    await bob.expect(rf"Joined group {gid}\.")
+    await bob.expect(rf"Joined group lounge \(#{gid}\)\.")
     await ann.say(f"/delgroup {gid}")
     await ann.expect(rf"Deleted group {gid}\.")
     await bob.expect(rf"\*\*\* group {gid} \(lounge\) was deleted by ann \(#{ann_id}\)")

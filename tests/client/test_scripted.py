@@ -2,21 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import sys
+from pathlib import Path
 
+import pytest
+
+from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
+from clusterchat.protocol.messages import MsgId
 from clusterchat.server.node import Node
-from tests.client.conftest import Scripted
+from tests.client.conftest import CLIENT_ENV, Scripted
 
 
 async def registered(port: int, name: str, scripted: list[Scripted]) -> tuple[Scripted, int]:
     s = await Scripted.start(port)
     scripted.append(s)
-    await s.say(f"register:{name}:pw")
-    uid = int((await s.expect(rf"Registered {name} with id (\d+)")).group(1))
-    await s.say(f"login:{uid}:pw")
+    await s.say(f"register:{name}:pw")  # registering logs you in
+    uid = int((await s.expect(rf"Registered {name} with id (\d+); logging you in")).group(1))
     await s.expect(rf"Logged in as {name} \(#{uid}\)")
     return s, uid
+
+
+@pytest.mark.parametrize("register", ["register:carol:pw", "/register carol pw"])
+async def test_registering_logs_in_so_a_piped_script_can_chat_at_once(
+    lone_node: Node, register: str
+) -> None:
+    """`printf 'register:carol:pw\\nchat:1:x\\n' | clusterchat client` (issue 12)."""
+    dave = await ChatConnection.open("127.0.0.1", lone_node.port)
+    dave_id = await dave.register("dave", "pw")
+    assert (await dave.login(dave_id, "pw"))["errno"] == 0
+    cli = Path(sys.executable).with_name("clusterchat")
+    proc = await asyncio.create_subprocess_exec(
+        str(cli), "client", "127.0.0.1", str(lone_node.port),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=CLIENT_ENV,
+    )  # fmt: skip
+    script = f"{register}\n\nchat:{dave_id}:x\n".encode()
+    out, err = await asyncio.wait_for(proc.communicate(script), 30)
+    text = out.decode()
+    assert proc.returncode == 0, err
+    assert re.search(r"Registered carol with id \d+; logging you in", text), text
+    assert "Logged in as carol" in text and "Not understood" not in text, text
+    got = await dave.expect(MsgId.ONE_CHAT)
+    assert got["name"] == "carol" and got["msg"] == "x"
+    await dave.close()
 
 
 async def test_two_clients_chat_befriend_group_and_get_offline_messages(
@@ -28,6 +60,7 @@ async def test_two_clients_chat_befriend_group_and_get_offline_messages(
 
     await ann.say(f"addfriend:{bob_id}")
     await ann.expect(rf"bob \(#{bob_id}\) is now your friend \(online\)")
+    await bob.expect(rf"^\*\*\* ann \(#{ann_id}\) added you as a friend\.$")  # FRIEND_ADDED
     await ann.say(f"chat:{bob_id}:hello bob")
     await bob.expect(rf"\] ann \(#{ann_id}\): hello bob$")
     await bob.say(f"/msg {ann_id} hi ann")
@@ -36,7 +69,7 @@ async def test_two_clients_chat_befriend_group_and_get_offline_messages(
     await ann.say("creategroup:room:our room")
     gid = int((await ann.expect(r"Created group room with id (\d+)")).group(1))
     await bob.say(f"/join {gid}")
-    await bob.expect(rf"Joined group {gid}\.")
+    await bob.expect(rf"Joined group room \(#{gid}\)\.")
     await bob.say(f"groupchat:{gid}:hello room")
     await ann.expect(rf"\[group {gid}\] bob \(#{bob_id}\): hello room$")
 

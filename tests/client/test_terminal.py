@@ -46,11 +46,13 @@ def test_menu_login_hides_the_password_and_shows_the_user(server_port: int) -> N
     first.expect("password:")
     first.sendline("hunter22")
     first.expect(rf"Logged in as ann \(#{uid}\)")
+    typed = first.before or ""  # what the terminal showed while the password was typed
     first.expect("ann>")
-    transcript = first.before or ""
+    transcript = typed + (first.before or "")
     first.sendline("quit")
     first.expect(pexpect.EOF)
     assert "hunter22" not in transcript
+    assert "********" not in transcript  # not echoed at all, as the README says
 
 
 def test_incoming_message_does_not_break_the_line_being_typed(server_port: int) -> None:
@@ -83,3 +85,19 @@ def test_help_lists_original_and_slash_commands(server_port: int) -> None:
         child.expect_exact(form)
     child.sendline("/quit")
     child.expect(pexpect.EOF)
+
+
+def test_a_pasted_line_too_long_to_send_is_refused_at_once(server_port: int) -> None:
+    """Issue 12: 70,000 characters typed into the terminal (no bracketed paste)
+    took ~25 s of CPU and 2.4 GB, then cost the connection; now: refused, kept."""
+    ann = spawn(server_port)
+    ann_id = register_via_menu(ann, "ann", "pw")
+    ann.send(f"chat:{ann_id}:" + "x" * 70_000)
+    ann.expect("Too long to send: this line is over 65,536 characters", timeout=60)
+    ann.send("\r")
+    ann.expect(r"Dropped that line \(70,00\d characters\): not sent\.", timeout=30)
+    ann.sendline(f"/msg {ann_id} still connected")
+    ann.expect(rf"ann \(#{ann_id}\): still connected")
+    assert "Connection lost" not in (ann.before or "")
+    ann.sendline("/quit")
+    ann.expect(pexpect.EOF)

@@ -86,7 +86,7 @@ class Cluster:
             holder = await client.get(f"{self.prefix}user:{uid}")
         finally:
             await client.aclose()
-        return holder.decode() if holder else None
+        return holder.decode() if isinstance(holder, bytes) else holder
 
     async def user_on(self, node: str) -> User:
         conn = await self.connect_to(node)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import LoginErr, MsgId
-from clusterchat.storage.tables import friend, groupuser, offlinemessage, user
+from clusterchat.storage.tables import friend, groupuser, history, offlinemessage, user
 from tests.cluster.conftest import Cluster
 from tests.conftest import PASSWORD, unique
 
@@ -45,6 +45,7 @@ async def _rows(db: str, uid: int) -> dict[str, int]:
                 "friend": await n(friend, (friend.c.userid == uid) | (friend.c.friendid == uid)),
                 "groupuser": await n(groupuser, groupuser.c.userid == uid),
                 "offline": await n(offlinemessage, offlinemessage.c.userid == uid),
+                "history": await n(history, (history.c.sender == uid) | (history.c.convb == uid)),
             }
     finally:
         await engine.dispose()
@@ -104,6 +105,7 @@ async def test_admin_commands_on_a_live_two_node_cluster(
     # Delete carol, with a friend, a group and a message waiting for her.
     carol = await cluster.user_on("node0")
     await carol.conn.request({"msgid": 7, "friendid": bob.id}, MsgId.ADD_FRIEND_ACK)
+    await again.expect(MsgId.FRIEND_ADDED)  # bob, logged in on `again`, is told
     made = await carol.conn.request(
         {"msgid": 8, "groupname": unique("g"), "groupdesc": "d"}, MsgId.CREATE_GROUP_ACK
     )
@@ -115,14 +117,17 @@ async def test_admin_commands_on_a_live_two_node_cluster(
     msg = {"msgid": 6, "id": bob.id, "name": bob.name, "toid": carol.id, "msg": "waiting"}
     ack = await again.request(msg, MsgId.CHAT_ACK)
     assert ack["status"] == "stored"
-    before = await _rows(mariadb_url, carol.id)
-    assert before == {"user": 1, "friend": 2, "groupuser": 1, "offline": 1}
+    async with asyncio.timeout(10):  # history is written in batches, just after
+        while (before := await _rows(mariadb_url, carol.id))["history"] < 1:  # noqa: ASYNC110 - another process writes it
+            await asyncio.sleep(0.02)
+    assert before == {"user": 1, "friend": 2, "groupuser": 1, "offline": 1, "history": 1}
 
     code, out, err = await _admin(cluster, mariadb_url, "delete", str(carol.id))
     assert code == 0 and "action=delete" in err, err
     assert "1 offline_messages" in out and "2 friendships" in out
+    assert "1 history_messages" in out
     assert await _rows(mariadb_url, carol.id) == {
-        "user": 0, "friend": 0, "groupuser": 0, "offline": 0,
+        "user": 0, "friend": 0, "groupuser": 0, "offline": 0, "history": 0,
     }  # fmt: skip
     late = await ChatConnection.open("127.0.0.1", cluster.port)
     assert (await late.login(carol.id, PASSWORD))["errno"] == LoginErr.BAD_CREDENTIALS
@@ -137,6 +142,6 @@ async def test_admin_commands_on_a_live_two_node_cluster(
     assert (await dave.conn.expect(MsgId.NOTICE))["text"] == "an operator ended this session"
     assert await dave.conn.at_eof()
     assert await _rows(mariadb_url, dave.id) == {
-        "user": 0, "friend": 0, "groupuser": 0, "offline": 0,
+        "user": 0, "friend": 0, "groupuser": 0, "offline": 0, "history": 0,
     }  # fmt: skip
     assert await cluster.holder_of(dave.id) is None

@@ -5,7 +5,6 @@ waited for until its /readyz says so."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import socket
 import time
@@ -18,39 +17,20 @@ from sqlalchemy.engine import make_url
 
 from clusterchat.cluster import launcher
 from tests.conftest import FAST_HASH
-from tests.helpers import free_ports
+from tests.helpers import CuttableProxy, free_ports
 
 
-class LateProxy:
+class LateProxy(CuttableProxy):
     """Accepts at once but forwards to the target only from ``opens_at``: a
     database that takes its time to come up."""
 
     def __init__(self, target_port: int, delay: float) -> None:
-        self.target_port = target_port
+        super().__init__(target_port)
         self.opens_at = time.monotonic() + delay
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await asyncio.sleep(max(0.0, self.opens_at - time.monotonic()))
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(r, uw), pump(ur, w))
+        await super()._handle(r, w)
 
 
 @pytest.fixture
@@ -59,7 +39,7 @@ async def late_db(mariadb_url: str) -> AsyncIterator[tuple[str, LateProxy]]:
     proxy = LateProxy(url.port or 3306, delay=4.0)
     await proxy.start()
     yield url.set(port=proxy.port).render_as_string(hide_password=False), proxy
-    await proxy.close()
+    await proxy.cut()
 
 
 def _args(db: str, redis_url: str) -> list[str]:

@@ -82,6 +82,8 @@ async def test_group_changes_reach_members_on_the_other_node(cluster: Cluster) -
 async def test_block_and_unfriend_across_nodes(cluster: Cluster) -> None:
     ann, bob = await cluster.user_on("node0"), await cluster.user_on("node1")
     await ann.conn.request({"msgid": MsgId.ADD_FRIEND, "friendid": bob.id}, MsgId.ADD_FRIEND_ACK)
+    added = await bob.conn.expect(MsgId.FRIEND_ADDED)  # across nodes, over the bus
+    assert added["friend"]["id"] == ann.id
     gid = (
         await ann.conn.request(
             {"msgid": MsgId.CREATE_GROUP, "groupname": unique("g")}, MsgId.CREATE_GROUP_ACK
@@ -127,6 +129,7 @@ async def test_original_client_on_the_other_node_is_told_nothing_new(cluster: Cl
     await legacy.send({"msgid": MsgId.ADD_FRIEND, "id": uid, "friendid": ann.id})
     await legacy.send({"msgid": MsgId.LOGIN, "id": 2_000_000_000, "password": "x"})
     assert (await legacy.expect(MsgId.LOGIN_ACK))["errno"] == 3  # served in order: synced
+    assert (await ann.conn.expect(MsgId.FRIEND_ADDED))["friend"]["id"] == uid  # ann is modern
     await done(ann, {"msgid": MsgId.SET_ROLE, "groupid": gid, "userid": uid, "role": "admin"})
     await done(ann, {"msgid": MsgId.REMOVE_FRIEND, "friendid": uid})
     await ann.conn.send({"msgid": MsgId.ONE_CHAT, "toid": uid, "msg": "first thing it sees"})

@@ -4,6 +4,7 @@ the cluster: two nodes allow what one does, not twice as much."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -24,16 +25,10 @@ REDIS = "redis://127.0.0.1:6379/0"
 FREE, REGS = 3, 3
 
 
-@pytest.fixture
-async def two_nodes(settings: Settings) -> AsyncIterator[tuple[Node, Node]]:
+@contextlib.asynccontextmanager
+async def _two_nodes(settings: Settings, limits: Limits) -> AsyncIterator[tuple[Node, Node]]:
+    """Nodes a and b sharing a Redis under a prefix of their own (deleted after)."""
     prefix = f"cctest:{secrets.token_hex(4)}:"
-    limits = Limits(
-        login_failures=FREE,
-        login_failures_per_address=100,
-        login_delay=30,
-        registrations_per_address=REGS,
-        message_rate=0,
-    )
     shared = replace(settings, redis_url=REDIS, redis_prefix=prefix, limits=limits)
     nodes = (Node(replace(shared, node_id="a")), Node(replace(shared, node_id="b")))
     for n in nodes:
@@ -46,6 +41,19 @@ async def two_nodes(settings: Settings) -> AsyncIterator[tuple[Node, Node]]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@pytest.fixture
+async def two_nodes(settings: Settings) -> AsyncIterator[tuple[Node, Node]]:
+    limits = Limits(
+        login_failures=FREE,
+        login_failures_per_address=100,
+        login_delay=30,
+        registrations_per_address=REGS,
+        message_rate=0,
+    )
+    async with _two_nodes(settings, limits) as nodes:
+        yield nodes
 
 
 async def _open(node: Node) -> ChatConnection:
@@ -77,20 +85,9 @@ async def test_guesses_and_registrations_count_across_nodes(two_nodes: tuple[Nod
 
 @pytest.fixture
 async def metered_nodes(settings: Settings) -> AsyncIterator[tuple[Node, Node]]:
-    prefix = f"cctest:{secrets.token_hex(4)}:"
     limits = Limits(registrations_per_address=0, message_rate=0.5, message_burst=5)
-    shared = replace(settings, redis_url=REDIS, redis_prefix=prefix, limits=limits)
-    nodes = (Node(replace(shared, node_id="a")), Node(replace(shared, node_id="b")))
-    for n in nodes:
-        await n.start()
-    yield nodes
-    for n in nodes:
-        await n.stop()
-    client = aioredis.Redis.from_url(REDIS)
-    keys = [k async for k in client.scan_iter(match=prefix + "*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    async with _two_nodes(settings, limits) as nodes:
+        yield nodes
 
 
 async def test_reconnecting_elsewhere_does_not_refill_the_flood_bucket(

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.cluster import launcher
@@ -72,6 +74,37 @@ async def test_websockets_through_nginx_reach_every_node(
         await asyncio.to_thread(launcher.down, run_dir)
 
 
+async def test_cluster_up_passes_browsers_real_addresses(tmp_path: Path) -> None:
+    """`cluster up`'s nginx and the --trusted-proxy it gives the nodes: a
+    browser is counted under its own address, not nginx's."""
+    base = free_ports(4)
+    cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
+    args = ["--db", f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}", "--hash-cost", cost,
+            "--max-connections-per-address", "1"]  # fmt: skip
+    run_dir = tmp_path / "cluster"
+    state = await asyncio.to_thread(
+        launcher.up, run_dir, 1, base + 1, base, "127.0.0.1", args,
+        web_port=base + 3, http_base_port=base + 2,
+    )  # fmt: skip
+    url = f"ws://{state.web}/ws"
+    opened: list[WsChat] = []
+    try:
+        first = WsChat(await connect(url, local_addr=("127.0.0.2", 0)))
+        opened.append(first)
+        assert (await first.request({"msgid": MsgId.PING}, MsgId.PONG))["node"] == "node0"
+        with pytest.raises(InvalidStatus) as refused:  # its address is at its cap...
+            await connect(url, local_addr=("127.0.0.2", 0), additional_headers={
+                "X-Forwarded-For": "127.0.0.4"})  # fmt: skip
+        assert refused.value.response.status_code == 503
+        other = WsChat(await connect(url, local_addr=("127.0.0.3", 0)))  # ...not another's
+        opened.append(other)
+        assert (await other.request({"msgid": MsgId.PING}, MsgId.PONG))["node"] == "node0"
+    finally:
+        for conn in opened:
+            await conn.close()
+        await asyncio.to_thread(launcher.down, run_dir)
+
+
 def test_nginx_conf_prints_the_http_block_too() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "clusterchat", "cluster", "nginx-conf", "127.0.0.1:6000",
@@ -81,3 +114,4 @@ def test_nginx_conf_prints_the_http_block_too() -> None:
     assert out.startswith("stream {") and "\nhttp {" in out
     assert "server 127.0.0.1:6101 " in out and "listen 8080;" in out
     assert "proxy_set_header Upgrade $http_upgrade;" in out
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in out

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
 from tests.conftest import PASSWORD, Connect, UserFactory, unique
@@ -18,7 +19,9 @@ async def test_register_then_login_returns_identity(connect: Connect) -> None:
     uid = await conn.register(name, PASSWORD)
     ack = await conn.login(uid, PASSWORD)
     ticket = ack.pop("ticket")
+    limit = ack.pop("maxframe")  # the longest request the node takes (issue 12)
     assert ack == {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
+    assert limit == DEFAULT_MAX_FRAME
     assert isinstance(ticket, str) and len(ticket) >= 32
 
 
@@ -200,6 +203,9 @@ async def test_friendship_is_mutual_with_live_state(user: UserFactory, connect: 
     alice, bob = await user(), await user()
     ack = await alice.conn.request({"msgid": 7, "friendid": bob.id}, MsgId.ADD_FRIEND_ACK)
     assert ack["friend"] == {"id": bob.id, "name": bob.name, "state": "online"}
+    # bob is told at once (issue 12): FRIEND_ADDED, pushed.
+    told = await bob.conn.expect(MsgId.FRIEND_ADDED)
+    assert told["friend"] == {"id": alice.id, "name": alice.name, "state": "online"}
     await alice.conn.request({"msgid": 3}, MsgId.LOGOUT_ACK)
     await bob.conn.request({"msgid": 3}, MsgId.LOGOUT_ACK)
     a = await alice.conn.login(alice.id, PASSWORD)
@@ -219,6 +225,7 @@ async def test_add_friend_refusals(user: UserFactory) -> None:
     err = await alice.conn.request({"msgid": 7, "friendid": 2_000_000_000}, MsgId.ERROR)
     assert err["errno"] == ErrCode.NO_SUCH_USER
     await alice.conn.request({"msgid": 7, "friendid": bob.id}, MsgId.ADD_FRIEND_ACK)
+    await bob.conn.expect(MsgId.FRIEND_ADDED)
     err = await bob.conn.request({"msgid": 7, "friendid": alice.id}, MsgId.ERROR)
     assert err["errno"] == ErrCode.ALREADY_FRIENDS
 
@@ -310,6 +317,8 @@ async def test_list_friends_and_groups_with_live_state(user: UserFactory) -> Non
     alice, bob, carol = await user(), await user(), await user()
     await alice.conn.request({"msgid": 7, "friendid": bob.id}, MsgId.ADD_FRIEND_ACK)
     await alice.conn.request({"msgid": 7, "friendid": carol.id}, MsgId.ADD_FRIEND_ACK)
+    for friend in (bob, carol):
+        await friend.conn.expect(MsgId.FRIEND_ADDED)
     await carol.conn.request({"msgid": 3}, MsgId.LOGOUT_ACK)
     got = await alice.conn.request({"msgid": MsgId.LIST_FRIENDS}, MsgId.FRIEND_LIST)
     assert got["friends"] == [

@@ -4,13 +4,14 @@ must see exactly the reply kinds the original server sent: 2, 5, 6 and 10."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import LEGACY_REPLIES, MsgId
 from tests.conftest import PASSWORD, Connect, UserFactory, unique
 
 
-def nlohmann(doc: dict[str, object]) -> bytes:
+def nlohmann(doc: Mapping[str, object]) -> bytes:
     """What the original client puts on the wire: sorted keys, then NUL."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\x00"
 

@@ -85,7 +85,10 @@ async def test_connections_per_address_are_capped(limited: Node) -> None:
     assert err["errno"] == ErrCode.SERVER_FULL and "address" in err["errmsg"]
     with pytest.raises(ConnectionClosed):
         await extra.recv()
-    for c in [*kept, extra]:
+    # Someone at another address is let in meanwhile.
+    other = await ChatConnection.open("127.0.0.1", limited.port, local_addr=("127.0.0.2", 0))
+    assert (await other.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    for c in [*kept, extra, other]:
         await c.close()
 
 

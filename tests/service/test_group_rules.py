@@ -90,14 +90,15 @@ def test_admins_may_not_do_what_only_the_creator_may() -> None:
     assert rules.remove(g, 2, 4) == GroupChange(remove=(4,))
     assert rules.set_role(g, 2, 4, "admin") == GroupChange(roles=((4, "admin"),))
     assert rules.set_role(g, 2, 2, "normal") == GroupChange(roles=((2, "normal"),))  # step down
-    for act in (
+    acts: tuple[Callable[[], object], ...] = (
         lambda: rules.remove(g, 2, 3),
         lambda: rules.remove(g, 2, 1),
         lambda: rules.set_role(g, 2, 3, "normal"),
         lambda: rules.set_role(g, 2, 1, "normal"),
         lambda: rules.transfer(g, 2, 4),
         lambda: rules.delete(g, 2),
-    ):
+    )
+    for act in acts:
         with pytest.raises(errors.NotAllowed):
             act()
 

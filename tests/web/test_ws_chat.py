@@ -28,6 +28,8 @@ async def test_web_and_tcp_users_chat_both_ways_and_offline(ws_node: Node) -> No
 
     ack = await web.request({"msgid": MsgId.ADD_FRIEND, "friendid": tcp_id}, MsgId.ADD_FRIEND_ACK)
     assert ack["friend"]["state"] == "online"
+    added = await tcp.expect(MsgId.FRIEND_ADDED)
+    assert added["friend"] == {"id": web_id, "name": web_name, "state": "online"}
     ack = await web.request({"msgid": 6, "toid": tcp_id, "msg": "hi tcp"}, MsgId.CHAT_ACK)
     assert ack["status"] == "delivered"
     got = await tcp.expect(MsgId.ONE_CHAT)
@@ -44,7 +46,7 @@ async def test_web_and_tcp_users_chat_both_ways_and_offline(ws_node: Node) -> No
     # Many at once: each is its own WebSocket message, in order.
     for i in range(30):
         await tcp.send({"msgid": 6, "toid": web_id, "msg": f"n{i}"})
-    got_texts = []
+    got_texts: list[str] = []
     acks = 0
     while len(got_texts) < 30 or acks < 30:
         if acks < 30:
@@ -131,3 +133,30 @@ async def test_web_user_and_original_client_user(ws_node: Node) -> None:
     assert (await web.expect(MsgId.ONE_CHAT))["msg"] == "hi, web"  # no ack for the original
     await web.close()
     await old.close()
+
+
+async def test_web_user_is_told_of_a_new_friend_and_a_join_names_the_group(
+    ws_node: Node,
+) -> None:
+    """Issue 12: FRIEND_ADDED reaches WebSocket users too; ADD_GROUP_ACK says the name."""
+    web = await WsChat.open_ws(ws_node.http.port)
+    tcp = await ChatConnection.open("127.0.0.1", ws_node.port)
+    web_id, _ = await _logged_in(web)
+    tcp_id, tcp_name = await _logged_in(tcp)
+    await tcp.request({"msgid": MsgId.ADD_FRIEND, "friendid": web_id}, MsgId.ADD_FRIEND_ACK)
+    added = await web.expect(MsgId.FRIEND_ADDED)
+    assert added["friend"] == {"id": tcp_id, "name": tcp_name, "state": "online"}
+    gname = unique("g")
+    created = await tcp.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": gname}, MsgId.CREATE_GROUP_ACK
+    )
+    joined = await web.request(
+        {"msgid": MsgId.ADD_GROUP, "groupid": created["groupid"]}, MsgId.ADD_GROUP_ACK
+    )
+    assert (joined["errno"], joined["groupid"], joined["groupname"]) == (
+        0,
+        created["groupid"],
+        gname,
+    )
+    await web.close()
+    await tcp.close()

@@ -10,6 +10,7 @@ arriving from other nodes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -62,6 +63,15 @@ class Inbox(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """The inter-node windows of one node, summed over the nodes it sends to."""
+
+    batches: int  # batches published with messages, ever
+    unacked: int  # batches sent and not yet acknowledged
+    held: int  # bytes handed on and not yet acknowledged or stored
+
+
 class Bus(Protocol):
     #: Other nodes exist, and may store messages for users logging in here.
     shared: bool
@@ -84,6 +94,10 @@ class Bus(Protocol):
 
     async def announce_group(self, gid: int) -> None:
         """Tell the other nodes a group's members changed."""
+        ...
+
+    def window_stats(self) -> WindowStats | None:
+        """What is in flight to other nodes; None without other nodes."""
         ...
 
     async def close(self) -> None: ...

@@ -20,16 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-
-if TYPE_CHECKING:  # the service's pure counting classes; made there, passed in
-    from clusterchat.service.backoff import Backoff
-    from clusterchat.service.limits import FailureLimiter
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +45,35 @@ class Tally(Protocol):
     async def clear(self, key: Hashable) -> None: ...
 
 
-class LocalBackoff:
-    def __init__(self, backoff: Backoff) -> None:
-        self.limits = backoff
+class Counter(Protocol):
+    """The service's pure counters (Backoff, FailureLimiter)."""
 
-    async def wait(self, key: Hashable) -> float:
-        return self.limits.wait(key)
-
-    async def hit(self, key: Hashable) -> None:
-        self.limits.failed(key)
-
-    async def clear(self, key: Hashable) -> None:
-        self.limits.succeeded(key)
+    def wait(self, key: Hashable) -> float: ...
+    def failed(self, key: Hashable) -> None: ...
+    def succeeded(self, key: Hashable) -> None: ...
 
 
-class LocalMeter:
-    def __init__(self, meter: FailureLimiter) -> None:
-        self.limits = meter
+class Backoff(Counter, Protocol):
+    """service.backoff.Backoff as the Redis count needs it."""
+
+    free: int  # failures free of delay (0: off)
+    forget: float  # seconds after the last failure that a count is forgotten
+
+    def delay(self, failures: int) -> float: ...
+
+
+class Meter(Counter, Protocol):
+    """service.limits.FailureLimiter as the Redis count needs it."""
+
+    limit: int  # hits per window (0: off)
+    window: float
+
+
+class LocalTally:
+    """A :class:`Tally` counted in this process (no Redis, or Redis away)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.limits = counter
 
     async def wait(self, key: Hashable) -> float:
         return self.limits.wait(key)
@@ -81,22 +89,28 @@ def _name(key: Hashable) -> str:
     return "/".join(map(str, key)) if isinstance(key, tuple) else str(key)
 
 
+async def _count(client: aioredis.Redis, key: str) -> tuple[bytes | None, int]:
+    """A counter's value and its TTL in milliseconds (negative: none), in one round trip."""
+    async with client.pipeline(transaction=False) as p:
+        p.get(key)
+        p.pttl(key)
+        count, pttl = await p.execute()
+    return count, int(pttl)
+
+
 class RedisBackoff:
     """:class:`Backoff` in Redis: the count is the key's value, and the time
     since the last failure is what its TTL (reset at each failure) has used."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, backoff: Backoff) -> None:
         self.client, self.prefix, self.limits = client, prefix, backoff
-        self.local = LocalBackoff(backoff)
+        self.local = LocalTally(backoff)
 
     async def wait(self, key: Hashable) -> float:
         if self.limits.free <= 0:
             return 0.0
         try:
-            async with self.client.pipeline(transaction=False) as p:
-                p.get(self.prefix + _name(key))
-                p.pttl(self.prefix + _name(key))
-                count, pttl = await p.execute()
+            count, pttl = await _count(self.client, self.prefix + _name(key))
         except (RedisError, OSError) as exc:
             log.debug("shared counter unavailable, counting here: %s", exc)
             return await self.local.wait(key)
@@ -126,19 +140,16 @@ class RedisBackoff:
 class RedisMeter:
     """:class:`FailureLimiter` in Redis: a count per key for a fixed window."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, meter: FailureLimiter) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, meter: Meter) -> None:
         self.client, self.prefix, self.limits = client, prefix, meter
-        self.local = LocalMeter(meter)
+        self.local = LocalTally(meter)
         self._incr = client.register_script(_METER)
 
     async def wait(self, key: Hashable) -> float:
         if self.limits.limit <= 0:
             return 0.0
         try:
-            async with self.client.pipeline(transaction=False) as p:
-                p.get(self.prefix + _name(key))
-                p.pttl(self.prefix + _name(key))
-                count, pttl = await p.execute()
+            count, pttl = await _count(self.client, self.prefix + _name(key))
         except (RedisError, OSError):
             return await self.local.wait(key)
         if count is None or int(count) < self.limits.limit or pttl < 0:
@@ -189,8 +200,8 @@ class Tallies:
         return found
 
     @classmethod
-    def local(cls, by_pair: Backoff, by_address: Backoff, registrations: FailureLimiter) -> Tallies:
-        return cls(LocalBackoff(by_pair), LocalBackoff(by_address), LocalMeter(registrations))
+    def local(cls, by_pair: Backoff, by_address: Backoff, registrations: Meter) -> Tallies:
+        return cls(LocalTally(by_pair), LocalTally(by_address), LocalTally(registrations))
 
     @classmethod
     def shared(
@@ -199,7 +210,7 @@ class Tallies:
         prefix: str,
         by_pair: Backoff,
         by_address: Backoff,
-        registrations: FailureLimiter,
+        registrations: Meter,
     ) -> Tallies:
         client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from clusterchat.bus.base import Inbox
+from clusterchat.bus.base import Inbox, WindowStats
 
 
 class LocalPresence:
@@ -42,6 +42,9 @@ class NoBus:
         return None
 
     async def announce_group(self, gid: int) -> None:
+        return None
+
+    def window_stats(self) -> WindowStats | None:
         return None
 
     async def close(self) -> None:

@@ -46,7 +46,7 @@ from redis.exceptions import RedisError
 
 from clusterchat import errors
 from clusterchat.bus import scripts
-from clusterchat.bus.base import Inbox
+from clusterchat.bus.base import Inbox, WindowStats
 from clusterchat.bus.window import Flight, ReceiveState, SendWindow
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,14 @@ class RedisCluster:
                 self.window, limit, limit // 2,
             )  # fmt: skip
             self.window = limit // 2
+
+    def window_stats(self) -> WindowStats:
+        windows = list(self._windows.values())
+        return WindowStats(
+            batches=sum(w.last for w in windows),
+            unacked=sum(w.in_flight() for w in windows),
+            held=sum(w.held for w in windows),
+        )
 
     async def close(self) -> None:
         self._closing = True

@@ -107,10 +107,6 @@ class SendWindow(Generic[T]):
     def in_flight(self) -> int:
         return len(self._flights)
 
-    def next_deadline(self) -> float | None:
-        # Flights are dispatched in seq order with one timeout: the first is the earliest.
-        return next(iter(self._flights.values())).deadline if self._flights else None
-
     def _within(self, runs: list[int]) -> list[int]:
         """Seqs of batches in flight that the runs cover (runs may span a restart's worth)."""
         flights = self._flights

@@ -10,12 +10,17 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clusterchat.client import commands as c
 from clusterchat.client import render
-from clusterchat.client.session import ChatClient, ConnectionLost
+from clusterchat.client.session import ChatClient, ConnectionLost, TooLong
 from clusterchat.protocol.messages import ChatStatus, MsgId
+
+if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
+
+    from clusterchat.client.paste import LineGuard
 
 Out = Callable[[str], None]
 AskPassword = Callable[[str], Awaitable[str]]
@@ -30,6 +35,8 @@ class Controller:
     def pushed(self, msg: dict[str, Any]) -> None:
         if msg.get("msgid") == MsgId.NOTICE:
             self.out(render.notice(msg))
+        elif msg.get("msgid") == MsgId.FRIEND_ADDED:
+            self.out(render.friend_added(msg))
         elif msg.get("msgid") in (MsgId.FRIEND_EVENT, MsgId.GROUP_EVENT):
             self.out(render.event(msg, self.client.uid))
         else:
@@ -37,6 +44,8 @@ class Controller:
 
     async def run_line(self, line: str) -> bool:
         """Parse and carry out a typed line; False when the user asked to quit."""
+        if not line.strip():  # an empty line is no command: nothing to say
+            return True
         try:
             cmd = c.parse(line)
         except c.BadCommand as exc:
@@ -56,6 +65,8 @@ class Controller:
             await self._run(cmd)
         except ConnectionLost:
             self.out("Not done: the connection is down (reconnecting); try again in a moment.")
+        except TooLong as exc:
+            self.out(too_long(exc))
         return True
 
     async def _password(self, given: str | None) -> str | None:
@@ -80,13 +91,8 @@ class Controller:
             return
         if isinstance(cmd, c.Register):
             password = await self._password(cmd.password)
-            if password is None:
-                return
-            ack = await client.request({"msgid": MsgId.REG, "name": cmd.name, "password": password})
-            if ack.get("errno") == 0:
-                self.out(f"Registered {render.clean(cmd.name)} with id {ack['id']}.")
-            else:
-                self.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
+            if password is not None:
+                await self.register(cmd.name, password)
             return
         if isinstance(cmd, c.Ping):
             pong = await client.request({"msgid": MsgId.PING})
@@ -109,6 +115,24 @@ class Controller:
         if isinstance(cmd, c.Logout):
             client.forget()
 
+    async def register(self, name: str, password: str) -> bool:
+        """Register and, unless logged in already, log in as the new user
+        (the menu, `register:NAME:PW` and `/register NAME` alike)."""
+        client = self.client
+        ack = await client.request({"msgid": MsgId.REG, "name": name, "password": password})
+        if ack.get("errno") != 0:
+            self.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
+            return False
+        uid = int(ack["id"])
+        if client.uid:
+            self.out(
+                f"Registered {render.clean(name)} with id {uid}; you are still logged in as "
+                f"{render.who(client.uid, client.name)} (/logout, then /login {uid})."
+            )
+            return True
+        self.out(f"Registered {render.clean(name)} with id {uid}; logging you in.")
+        return await self.login(uid, password)
+
     async def login(self, uid: int, password: str) -> bool:
         ack = await self.client.login(uid, password)
         if ack.get("errno") != 0:
@@ -117,6 +141,13 @@ class Controller:
         for line in render.login_summary(ack):
             self.out(line)
         return True
+
+
+def too_long(exc: TooLong) -> str:
+    return (
+        f"Not sent: that is {exc.size:,} bytes as a request, and the server takes at most "
+        f"{exc.limit:,} in one message. Split it into shorter messages."
+    )
 
 
 def _request(cmd: c.Command) -> dict[str, Any]:
@@ -165,6 +196,9 @@ def _request(cmd: c.Command) -> dict[str, Any]:
             return {"msgid": MsgId.LIST_INVITES}
         case c.InviteOnly(gid, on):
             return {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "inviteonly": on}
+        case c.History(target, group, count, before):
+            key = "groupid" if group else "userid"
+            return {"msgid": MsgId.HISTORY, key: target, "limit": count, "before": before}
     raise AssertionError(cmd)
 
 
@@ -186,6 +220,9 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
         case c.CreateGroup(name, _):
             return [f"Created group {render.clean(name)} with id {reply.get('groupid')}."]
         case c.JoinGroup(gid):
+            gname = reply.get("groupname")
+            if gname:
+                return [f"Joined group {render.clean(gname)} (#{gid})."]
             return [f"Joined group {gid}."]
         case c.Friends():
             return render.friends(reply.get("friends"))
@@ -222,6 +259,8 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
             return render.invites(reply.get("invites"))
         case c.InviteOnly(gid, on):
             return [f"Group {gid} is {'invite-only' if on else 'open to all'} now."]
+        case c.History(target, group, count, _):
+            return render.history(target, group, count, reply)
     return []
 
 
@@ -249,14 +288,47 @@ async def scripted(ctl: Controller) -> None:
 MENU = "1. login  2. register  3. quit  (or a command, e.g. /login ID)"
 
 
-async def interactive(ctl: Controller, client: ChatClient) -> None:
+def prompt_sessions(
+    client: ChatClient, out: Out, **io: Any
+) -> tuple[PromptSession[str], PromptSession[str], LineGuard]:
+    """The line editor and the password prompt (``io``: input/output, for tests).
+
+    Pastes arrive as one insert (client/paste.py) and a line longer than a
+    request may be is refused while it is typed. The password prompt shows
+    nothing as you type (not even stars) and keeps no history."""
     from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import DummyHistory
+    from prompt_toolkit.input import create_input
+
+    from clusterchat.client.paste import LineGuard, PastingInput, hidden
+
+    guard = LineGuard(lambda: client.max_frame, out)
+    inp = PastingInput(io.pop("input", None) or create_input())
+    lines: PromptSession[str] = PromptSession(input=inp, key_bindings=guard.key_bindings(), **io)
+    secret: PromptSession[str] = PromptSession(
+        input=inp,
+        key_bindings=guard.key_bindings(),
+        input_processors=[hidden()],
+        history=DummyHistory(),
+        **io,
+    )
+    return lines, secret, guard
+
+
+async def ask_password(client: ChatClient, out: Out, prompt: str = "password: ") -> str:
+    """One password from the terminal, not echoed (`clusterchat client --user ID`)."""
+    _, secret, _ = prompt_sessions(client, out)
+    return await secret.prompt_async(prompt)
+
+
+async def interactive(ctl: Controller, client: ChatClient) -> None:
     from prompt_toolkit.patch_stdout import patch_stdout
 
-    session: PromptSession[str] = PromptSession()
+    session, secret, guard = prompt_sessions(client, ctl.out)
 
     async def ask(prompt: str, password: bool = False) -> str:
-        return await session.prompt_async(prompt, is_password=password)
+        guard.reset()
+        return await (secret if password else session).prompt_async(prompt)
 
     ctl.ask_password = lambda prompt: ask(prompt, password=True)
     with patch_stdout():
@@ -266,7 +338,7 @@ async def interactive(ctl: Controller, client: ChatClient) -> None:
                     ctl.out(MENU)
                     line = await ask("choice: ")
                     if line.strip() in ("1", "2", "3"):
-                        if not await _menu(ctl, client, line.strip(), ask):
+                        if not await _menu(ctl, line.strip(), ask):
                             return
                         continue
                 else:
@@ -279,9 +351,7 @@ async def interactive(ctl: Controller, client: ChatClient) -> None:
                 return
 
 
-async def _menu(
-    ctl: Controller, client: ChatClient, choice: str, ask: Callable[..., Awaitable[str]]
-) -> bool:
+async def _menu(ctl: Controller, choice: str, ask: Callable[..., Awaitable[str]]) -> bool:
     if choice == "3":
         return False
     try:
@@ -290,13 +360,7 @@ async def _menu(
             await ctl.login(uid, await ask("password: ", password=True))
             return True
         name = (await ask("name: ")).strip()
-        password = await ask("password: ", password=True)
-        ack = await client.request({"msgid": MsgId.REG, "name": name, "password": password})
-        if ack.get("errno") != 0:
-            ctl.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
-            return True
-        ctl.out(f"Registered {render.clean(name)} with id {ack['id']}; logging you in.")
-        await ctl.login(int(ack["id"]), password)
+        await ctl.register(name, await ask("password: ", password=True))
     except c.BadCommand as exc:
         ctl.out(f"Not understood: {exc}.")
     except ConnectionLost:

@@ -6,6 +6,7 @@ Two spellings are accepted: the original client's ``name:args`` forms
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -157,6 +158,20 @@ class InviteOnly:
     on: bool
 
 
+@dataclass(frozen=True)
+class History:
+    """The last ``count`` messages with a user (or a group: ``group``), older
+    than message ``before`` (0: the newest)."""
+
+    target: int
+    group: bool = False
+    count: int = 20
+    before: int = 0
+
+
+#: Most messages one /history shows (the server's page bound).
+MAX_HISTORY = 200
+
 Command = (
     Help
     | Chat
@@ -185,6 +200,7 @@ Command = (
     | Invite
     | Invites
     | InviteOnly
+    | History
 )
 
 
@@ -216,6 +232,8 @@ Commands (the original client's form, or a slash command):
   inviteonly:GROUPID:on|off    /inviteonly GID on    joining needs an invitation (off: not)
   invite:GROUPID:ID            /invite GROUPID ID    invite a user (they accept with /join)
   invites                      /invites              your open invitations
+  history:ID[:N]               /history ID [N]       the last N (20) messages with a user
+  ghistory:GROUPID[:N]         /ghistory GID [N]     the last N (20) messages of a group
   loginout                     /logout               log out (then log in again)
   login:ID:PASSWORD            /login ID [PASSWORD]  log in (asks for the password)
   register:NAME:PASSWORD       /register NAME [PW]   create an account
@@ -225,7 +243,49 @@ Commands (the original client's form, or a slash command):
 """
 
 
+class _Missing(Exception):
+    """An argument left out: the command's usage line says what to write."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+def _usages() -> dict[str, str]:
+    """Each spelling (``chat:``, ``/msg``) and its usage, from HELP's two columns."""
+    found: dict[str, str] = {}
+    for row in HELP.splitlines()[1:]:
+        colon, slash, _ = re.split(r"\s{2,}", row.strip(), maxsplit=2)
+        found.setdefault(colon.split(":")[0] + ":", colon)
+        found.setdefault(slash.split()[0], slash)
+    for alias, name in _SLASH_ALIASES.items():
+        found.setdefault(f"/{alias}", found[f"/{name}"])
+    return found
+
+
+_SLASH_ALIASES = {
+    "m": "msg",
+    "w": "msg",
+    "chat": "msg",
+    "gmsg": "g",
+    "groupchat": "g",
+    "addfriend": "add",
+    "friend": "add",
+    "creategroup": "create",
+    "addgroup": "join",
+    "deletegroup": "delgroup",
+}
+
+
+def usage(line: str) -> str | None:
+    """How to write the command ``line`` starts with, or None if there is no such."""
+    line = line.strip()
+    key = line.split()[0].lower() if line.startswith("/") else line.split(":")[0].lower() + ":"
+    return _USAGE.get(key)
+
+
 def _int(text: str, what: str) -> int:
+    if not text.strip():
+        raise _Missing(what)
     try:
         value = int(text.strip())
     except ValueError:
@@ -240,6 +300,8 @@ def _need(text: str, what: str, usage: str) -> str:
         raise BadCommand(f"{what} is missing; write {usage}")
     return text
 
+
+_USAGE = _usages()
 
 _BARE: dict[str, Command] = {
     "help": Help(),
@@ -259,8 +321,13 @@ def parse(line: str) -> Command:
     line = line.strip()
     if not line:
         raise BadCommand("type a command; `help` lists them")
-    if line.startswith("/"):
-        return _parse_slash(line[1:])
+    try:
+        return _parse_slash(line[1:]) if line.startswith("/") else _parse_colon(line)
+    except _Missing as exc:
+        raise BadCommand(f"{exc.what} is missing; write {usage(line)}") from None
+
+
+def _parse_colon(line: str) -> Command:
     name, _, rest = line.partition(":")
     name = name.strip().lower()
     if name in _BARE and not rest:
@@ -361,4 +428,20 @@ def _managed(name: str, first: str, tail: str, how: str) -> Command | None:
         return Rename(gid, _need(tail, "the new name", f"{how}GROUPID{sep}NAME").strip())
     if name == "describe":
         return Describe(_int(first, "the group id"), tail.strip())
+    if name in ("history", "ghistory"):
+        return _history(name == "ghistory", first, tail, how)
     return None
+
+
+def _history(group: bool, first: str, tail: str, how: str) -> History:
+    """``ID [N [BEFORE]]``: BEFORE is the message id a previous /history said to go on from."""
+    target = _int(first, "the group id" if group else "the user id")
+    sep = ":" if how.endswith(":") else " "
+    parts = [p for p in tail.replace(":", " ").split() if p]
+    if len(parts) > 2:
+        raise BadCommand(f"too many numbers; write {how}ID{sep}N")
+    count = _int(parts[0], "the number of messages") if parts else 20
+    if count > MAX_HISTORY:
+        raise BadCommand(f"at most {MAX_HISTORY} messages at a time")
+    before = _int(parts[1], "the message id to go back from") if len(parts) > 1 else 0
+    return History(target, group, count, before)

@@ -7,7 +7,7 @@ import ssl
 import sys
 from dataclasses import dataclass
 
-from clusterchat.client.app import Controller, interactive, scripted
+from clusterchat.client.app import Controller, ask_password, interactive, scripted
 from clusterchat.client.session import ChatClient
 from clusterchat.config import data_dir
 
@@ -66,9 +66,7 @@ async def run(opts: ClientOptions) -> int:
         if opts.user is not None:
             password = opts.password or os.environ.get("CLUSTERCHAT_PASSWORD")
             if password is None and sys.stdin.isatty():
-                from prompt_toolkit import prompt
-
-                password = prompt("password: ", is_password=True)
+                password = await ask_password(client, out)
             if password is not None:
                 await ctl.login(opts.user, password)
         if sys.stdin.isatty():

@@ -107,6 +107,14 @@ def notice(msg: dict[str, Any]) -> str:
     return f"*** {clean(msg.get('text', ''))}"
 
 
+def friend_added(msg: dict[str, Any]) -> str:
+    """FRIEND_ADDED: someone made you their friend (friendship is both ways)."""
+    f = msg.get("friend")
+    if not isinstance(f, dict):
+        f = {}
+    return f"*** {who(f.get('id'), f.get('name'))} added you as a friend."
+
+
 def blocked(items: object) -> list[str]:
     docs = _docs(items)
     if not docs:
@@ -161,3 +169,27 @@ def invites(items: object) -> list[str]:
         head = f"  [group {clean(d.get('groupid'))}] {clean(d.get('groupname'))}"
         lines.append(f"{head}, from {who(d.get('by'), d.get('byname'))}")
     return lines
+
+
+def history(target: int, group: bool, count: int, reply: dict[str, Any]) -> list[str]:
+    """A HISTORY_PAGE, oldest first as a conversation reads, and how to go further back."""
+    docs = _docs(reply.get("messages"))
+    where = f"group {target}" if group else f"user {target}"
+    if not docs:
+        return [f"No messages with {where} kept."]
+    lines = [f"History with {where}:"]
+    for m in sorted(docs, key=lambda m: (m.get("ts") or 0, m.get("id") or 0)):
+        sender = who(m.get("from"), m.get("name"))
+        lines.append(f"[{_day_clock(m)}] {sender}: {clean(m.get('msg', ''))}")
+    if reply.get("more"):
+        oldest = min(int(m.get("id") or 0) for m in docs)
+        cmd = "ghistory" if group else "history"
+        lines.append(f"(older messages: /{cmd} {target} {count} {oldest})")
+    return lines
+
+
+def _day_clock(msg: dict[str, Any]) -> str:
+    ts = msg.get("ts")
+    if isinstance(ts, int):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts / 1000))
+    return "--"

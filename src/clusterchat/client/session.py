@@ -35,6 +35,14 @@ class ConnectionLost(Exception):
     pass
 
 
+class TooLong(Exception):
+    """A request whose frame the server would not take: nothing was sent."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"request of {size} bytes, over the {limit}-byte frame limit")
+        self.size, self.limit = size, limit
+
+
 class ChatClient:
     def __init__(
         self,
@@ -64,6 +72,9 @@ class ChatClient:
         # Connected and, after a reconnect, logged in again: requests may go.
         self.ready = asyncio.Event()
         self._seen: dict[object, None] = {}  # recent message ids, oldest first
+        #: The largest request frame the server takes (bytes, without the
+        #: newline): its LOGIN_ACK says (``maxframe``), else the default.
+        self.max_frame = DEFAULT_MAX_FRAME
 
     # -- connection ---------------------------------------------------------------
 
@@ -167,6 +178,7 @@ class ChatClient:
             except ConnectionLost:
                 return False
             if ack.get("errno") == 0:
+                self._note_limits(ack)
                 ticket = ack.get("ticket")  # tickets rotate: the old one is dead now
                 if isinstance(ticket, str):
                     self._ticket = ticket
@@ -202,14 +214,23 @@ class ChatClient:
     async def _send(self, doc: dict[str, Any]) -> dict[str, Any]:
         if not self.connected.is_set() or self._writer is None:
             raise ConnectionLost("not connected")
+        frame = codec.dumps(doc).encode()
+        if len(frame) > self.max_frame:  # the server would close the connection
+            raise TooLong(len(frame), self.max_frame)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending.append(fut)
-        self._writer.write(codec.dumps(doc).encode() + b"\n")
+        self._writer.write(frame + b"\n")
         return await fut
+
+    def _note_limits(self, ack: dict[str, Any]) -> None:
+        limit = ack.get("maxframe")
+        if isinstance(limit, int) and limit > 0:
+            self.max_frame = limit
 
     async def login(self, uid: int, password: str) -> dict[str, Any]:
         ack = await self.request({"msgid": MsgId.LOGIN, "id": uid, "password": password})
         if ack.get("errno") == 0:
+            self._note_limits(ack)
             self.uid, self.name = uid, str(ack.get("name", ""))
             ticket = ack.get("ticket")
             self._ticket = ticket if isinstance(ticket, str) else None

@@ -143,7 +143,8 @@ def up(
             log = run_dir / f"node-{i}.log"
             cmd = [sys.executable, "-m", "clusterchat", "server", "--host", host]
             cmd += ["--port", str(port), "--node-id", f"node{i}"]
-            # nginx, on this machine, names each client in a PROXY line.
+            # nginx, on this machine, names each client: a PROXY line (TCP),
+            # X-Forwarded-For (HTTP, WebSocket).
             cmd += ["--trusted-proxy", f"{host},127.0.0.1,::1", *server_args]
             if web_port:
                 cmd += ["--http-port", str(http_base_port + i)]

@@ -11,6 +11,21 @@ NGINX = "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 
+def _servers(upstreams: Sequence[str]) -> str:
+    return "\n".join(f"        server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
+
+
+def _tls(listen: str, cert: str | None, key: str | None) -> tuple[str, str]:
+    """The listen address and the lines that make nginx terminate TLS (none without a cert)."""
+    if not cert:
+        return listen, ""
+    return listen + " ssl", (
+        f"        ssl_certificate {cert};\n"
+        f"        ssl_certificate_key {key or cert};\n"
+        "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+    )
+
+
 def stream_block(
     upstreams: Sequence[str],
     listen: str,
@@ -19,15 +34,8 @@ def stream_block(
 ) -> str:
     """The part to paste into an nginx.conf of your own. With a certificate,
     nginx terminates TLS and talks plain TCP to the nodes."""
-    servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
-    tls = ""
-    if tls_cert:
-        listen += " ssl"
-        tls = (
-            f"        ssl_certificate {tls_cert};\n"
-            f"        ssl_certificate_key {tls_key or tls_cert};\n"
-            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
-        )
+    servers = _servers(upstreams)
+    listen, tls = _tls(listen, tls_cert, tls_key)
     return f"""stream {{
     upstream clusterchat {{
 {servers}
@@ -59,16 +67,10 @@ def http_block(
 ) -> str:
     """Browsers reach any node's HTTP port (--http-port) through one address:
     the web client's files and the WebSocket at /ws. ``Host`` is passed on, so
-    the node's same-origin check sees the address the browser used."""
-    servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
-    tls = ""
-    if tls_cert:
-        listen += " ssl"
-        tls = (
-            f"        ssl_certificate {tls_cert};\n"
-            f"        ssl_certificate_key {tls_key or tls_cert};\n"
-            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
-        )
+    the node's same-origin check sees the address the browser used, and
+    X-Forwarded-For, so its per-address limits see the browser's address."""
+    servers = _servers(upstreams)
+    listen, tls = _tls(listen, tls_cert, tls_key)
     own = ""
     if run_dir is not None:  # a standalone nginx keeps its files in run_dir
         own = (
@@ -95,6 +97,9 @@ def http_block(
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $http_host;
+            # The client's real address, for the nodes' per-address limits: believed
+            # only from a --trusted-proxy peer, which takes the rightmost hop that is
+            # not itself trusted (what a client types to its left is ignored).
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_connect_timeout 1s;
             # a chat WebSocket idles for long; the node pings it within its idle timeout

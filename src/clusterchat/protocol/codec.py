@@ -173,8 +173,11 @@ def login_ack(
     ticket: str | None = None,
     resumed: bool = False,
     more: Sequence[str] | None = None,
+    max_frame: int | None = None,
 ) -> bytes:
     doc: dict[str, Any] = {"msgid": MsgId.LOGIN_ACK, "errno": 0, "id": uid, "name": name}
+    if max_frame is not None:  # modern clients only: the longest request taken
+        doc["maxframe"] = max_frame
     if ticket is not None:
         doc["ticket"] = ticket
     if resumed:

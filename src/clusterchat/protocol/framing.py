@@ -105,8 +105,3 @@ class FrameDecoder:
             raise FrameTooLarge(self.max_frame, frames)
         self._buf = rest
         return frames
-
-
-def encode_frame(payload: bytes) -> bytes:
-    """Replies always end with a newline, whichever dialect the peer spoke."""
-    return payload + b"\n"

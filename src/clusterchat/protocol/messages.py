@@ -38,6 +38,7 @@ class MsgId(IntEnum):
     LIST_GROUPS = 21
     GROUP_LIST = 22
     NOTICE = 23  # server-initiated text for people, e.g. "this node is shutting down"
+    FRIEND_ADDED = 24  # pushed: someone added you as a friend (modern dialect only)
     # Friends and groups a person manages (docs/PROTOCOL.md, "Managing friends and groups").
     REMOVE_FRIEND = 30
     BLOCK = 31
@@ -56,12 +57,22 @@ class MsgId(IntEnum):
     INVITE = 44  # to an invite-only group (ADD_GROUP accepts)
     LIST_INVITES = 45
     INVITE_LIST = 46
+    # History (docs/PROTOCOL.md, "History"): modern dialect and WebSocket only.
+    HISTORY = 60
+    HISTORY_PAGE = 61
 
 
 #: Messages the server sends without being asked; everything else it sends
 #: answers exactly one request, in request order.
 PUSHED: Final = frozenset(
-    {MsgId.ONE_CHAT, MsgId.GROUP_CHAT, MsgId.NOTICE, MsgId.FRIEND_EVENT, MsgId.GROUP_EVENT}
+    {
+        MsgId.ONE_CHAT,
+        MsgId.GROUP_CHAT,
+        MsgId.NOTICE,
+        MsgId.FRIEND_ADDED,
+        MsgId.FRIEND_EVENT,
+        MsgId.GROUP_EVENT,
+    }
 )
 
 
@@ -112,6 +123,10 @@ class ErrCode(IntEnum):
     TARGET_NOT_MEMBER = 127  # the user you named is not a member of that group
     TARGET_ALREADY_MEMBER = 128  # the user you invited is in the group already
     INVITE_ONLY = 135  # that group takes members by invitation only
+    # History (60/61): 180-184.
+    HISTORY_OFF = 180  # this server keeps no history (--history-days 0)
+    HISTORY_NOT_MEMBER = 181  # group history is for its members only
+    HISTORY_TARGET = 182  # give exactly one of userid and groupid
     UNAVAILABLE = 150  # storage or cluster bus unreachable; retry later
     BUSY = 151  # holds all it may for others (memory budget, bus window): no effect, retry
     SERVER_FULL = 160  # the node has all the connections it can take; try another
@@ -143,6 +158,9 @@ GroupDesc = Annotated[str, msgspec.Meta(max_length=200)]
 ClientTime = Annotated[str, msgspec.Meta(max_length=64)]
 Ticket = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 # Chat text is bounded only by the frame limit.
+#: Messages one HISTORY reply carries at most, and by default.
+MAX_HISTORY_PAGE: Final = 200
+DEFAULT_HISTORY_PAGE: Final = 50
 
 
 class _Request(msgspec.Struct, frozen=True, tag_field="msgid", gc=False):
@@ -265,6 +283,18 @@ class ListInvites(_Request, frozen=True, gc=False, tag=int(MsgId.LIST_INVITES)):
     pass
 
 
+class History(_Request, frozen=True, gc=False, tag=int(MsgId.HISTORY)):
+    """A page of a conversation, newest first: with a user (``userid``, any
+    user you exchanged messages with, yourself included) or a group you are
+    in (``groupid``, from when you joined). ``before``: a message ``id`` from
+    an earlier page (0: the newest)."""
+
+    userid: Id | None = None
+    groupid: Id | None = None
+    before: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY_PAGE)] = DEFAULT_HISTORY_PAGE
+
+
 Request = (
     Login
     | Logout
@@ -289,6 +319,7 @@ Request = (
     | DeleteGroup
     | Invite
     | ListInvites
+    | History
 )
 
 #: Requests accepted before login.

@@ -29,7 +29,7 @@ from clusterchat.server.outbox import FIRST, OVER, QUEUED, End, Outbox
 from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
-    from clusterchat.server.node import Node
+    from clusterchat.server.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host[Connection]) -> None:
         self.node = node
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(node.settings.max_frame)

@@ -19,11 +19,13 @@ from urllib.parse import urlsplit
 
 from websockets.http11 import Request
 
+from clusterchat.protocol import forwarded
 from clusterchat.server.connection import tune_listener
 from clusterchat.server.websocket import WsConnection, response
 
 if TYPE_CHECKING:
-    from clusterchat.server.node import Node
+    from clusterchat.server.connection import Connection
+    from clusterchat.server.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def load_static() -> dict[str, tuple[str, bytes]]:
 
 
 class HttpServer:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Host[Connection]) -> None:
         self.node = node
         #: Extra GET paths and their handlers (see :data:`Route`).
         self.routes: dict[str, Route] = {}
@@ -73,6 +75,8 @@ class HttpServer:
         self._static: dict[str, tuple[str, bytes]] = {}
         self._server: asyncio.base_events.Server | None = None
         self._pinger: asyncio.Task[None] | None = None
+        # When a trusted proxy's X-Forwarded-For was last found unusable.
+        self._warned = -1e9
 
     async def start(self) -> None:
         s = self.node.settings
@@ -100,6 +104,8 @@ class HttpServer:
     # -- routing ----------------------------------------------------------------------
 
     def route(self, conn: WsConnection, request: Request) -> None:
+        if not self._readdress(conn, request):
+            return
         path = urlsplit(request.path).path
         ws = conn.ws
         if path == "/ws":
@@ -123,6 +129,36 @@ class HttpServer:
             ws.send_response(
                 response(200, content_type, body, Cache_Control="no-cache", **_page_headers)
             )
+
+    def _readdress(self, conn: WsConnection, request: Request) -> bool:
+        """From a trusted proxy, count the connection under the client's
+        address that the proxy put in X-Forwarded-For (from anyone else the
+        header is ignored: a client could claim any address). False if that
+        address is over its connection limit: refused, with HTTP 503."""
+        node = self.node
+        if not node.trusts(conn.address):
+            return True
+        values = request.headers.get_all(forwarded.HEADER)
+        if not values:
+            return True  # a tool on the proxy's machine, or a proxy that does not say
+        address = forwarded.client_address(values, node.trusted_proxies)
+        if address is None:
+            if node.clock() - self._warned > 60.0:  # a misconfiguration: once a minute
+                self._warned = node.clock()
+                log.warning(
+                    "X-Forwarded-For from trusted proxy %s names no client address: %r; "
+                    "counted under the proxy's address",
+                    conn.address,
+                    ",".join(values)[:200],
+                )
+            return True
+        if address == conn.address:
+            return True
+        refusal = node.readdress(conn, address)
+        if refusal is None:
+            return True
+        conn.ws.send_response(response(503, "application/json", refusal))
+        return False
 
     async def _answer(self, conn: WsConnection, handler: Route) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,8 +23,20 @@ from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import offlinemessage
 
 if TYPE_CHECKING:
+    from clusterchat.server.connection import Connection
+    from clusterchat.server.host import Host
     from clusterchat.server.http import Route
-    from clusterchat.server.node import Node
+    from clusterchat.server.load import LoopLag
+    from clusterchat.storage.base import Store
+
+    class Node(Host[Connection], Protocol):
+        """What the metrics read of a node (node.Node is one)."""
+
+        store: Store
+        lag: LoopLag
+
+        async def readiness(self) -> list[str]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +123,28 @@ class NodeCollector(Collector):
             "Messages refused because the memory budget was full (ERROR 151)",
             value=budget.refused,
         )
+        history = service.history
+        if history is not None:
+            yield GaugeMetricFamily(
+                "clusterchat_history_queue",
+                "Messages waiting to be written to history (--history-queue bounds it)",
+                value=len(history),
+            )
+            yield CounterMetricFamily(
+                "clusterchat_history_written",
+                "Messages written to history by this node",
+                value=history.written,
+            )
+            yield CounterMetricFamily(
+                "clusterchat_history_refusals",
+                "Messages refused (ERROR 151) or slowed because the history queue was full",
+                value=history.refused,
+            )
+            yield CounterMetricFamily(
+                "clusterchat_history_write_failures",
+                "History writes that failed and are retried",
+                value=history.failures,
+            )
 
         requests = CounterMetricFamily(
             "clusterchat_requests", "Requests served, by kind", labels=["kind"]
@@ -149,23 +183,22 @@ class NodeCollector(Collector):
                 value=self.backlog,
             )
 
-        windows = getattr(service.bus, "_windows", None)  # clusterchat.bus.window.SendWindow
+        windows = service.bus.window_stats()
         if windows is not None:
-            ws = list(windows.values())
             yield CounterMetricFamily(
                 "clusterchat_bus_batches",
                 "Inter-node batches with messages this node published",
-                value=sum(w.last for w in ws),
+                value=windows.batches,
             )
             yield GaugeMetricFamily(
                 "clusterchat_bus_unacked_batches",
                 "Inter-node batches sent and not yet acknowledged by their node",
-                value=sum(w.in_flight() for w in ws),
+                value=windows.unacked,
             )
             yield GaugeMetricFamily(
                 "clusterchat_bus_window_bytes",
                 "Bytes handed to other nodes and not yet acknowledged or stored (--bus-window)",
-                value=sum(w.held for w in ws),
+                value=windows.held,
             )
 
         passwords = service.passwords

@@ -18,12 +18,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from clusterchat.budget import Budget
-from clusterchat.bus.base import Bus, Presence
-from clusterchat.bus.local import LocalPresence, NoBus
-from clusterchat.bus.redis import RedisCluster
 from clusterchat.config import Settings, connection_limit
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.protocol.trusted import TrustedProxies
+from clusterchat.server.backends import Backends, open_backends
 from clusterchat.server.connection import Connection, tune_listener
 from clusterchat.server.http import HttpServer
 from clusterchat.server.load import LoopLag
@@ -31,7 +30,6 @@ from clusterchat.server.metrics import Ops
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
 from clusterchat.storage.base import Store
-from clusterchat.storage.sql import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -56,36 +54,29 @@ _GOODBYE = codec.encode(
 
 
 class Node:
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store | None = None, backends: Backends | None = None
+    ) -> None:
+        """``backends``: what the settings' URLs name (cli.py builds them);
+        without, the node builds them itself (with ``store``, if given)."""
         self.settings = settings
-        self.store: Store = store or SqlStore(
-            settings.db_url, settings.db_pool, settings.limits.ticket_lifetime
-        )
-        self.node_id = settings.node_id or os.urandom(3).hex()
+        self.node_id = settings.node_id or new_node_id()
+        backends = backends or open_backends(settings, self.node_id, store)
+        self.store: Store = backends.store
         #: Bytes held for other people on this node (see budget.py).
         self.budget = Budget(settings.memory_budget)
-        presence: Presence
-        bus: Bus
-        if settings.redis_url:
-            cluster = RedisCluster(
-                settings.redis_url,
-                self.node_id,
-                settings.redis_prefix,
-                settings.presence_ttl,
-                settings.bus_window,
-            )
-            presence = bus = cluster
-        else:
-            presence, bus = LocalPresence(), NoBus()
         self.service = ChatService(
             self.store,
             Passwords(settings.hash_cost, settings.login_queue, settings.register_queue),
-            presence,
-            bus,
+            backends.presence,
+            backends.bus,
             self.node_id,
             settings.limits,
             self.budget,
             (settings.redis_url, settings.redis_prefix) if settings.redis_url else None,
+            settings.history_days,
+            settings.history_queue,
+            max_frame=settings.max_frame,
         )
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()
@@ -97,7 +88,7 @@ class Node:
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any connection
         self._addresses: dict[str, str] = {}
         self._per_address: dict[str, int] = {}
-        self._trusted = frozenset(settings.trusted_proxies)
+        self._trusted = TrustedProxies(settings.trusted_proxies)
         self._drained = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -133,12 +124,17 @@ class Node:
         self._per_address[address] = self._per_address.get(address, 0) + 1
         return None
 
+    @property
+    def trusted_proxies(self) -> TrustedProxies:
+        return self._trusted
+
     def trusts(self, address: str) -> bool:
         """A proxy whose PROXY lines are believed (and which is not capped)."""
         return address in self._trusted
 
     def readdress(self, conn: Connection, address: str) -> bytes | None:
-        """A trusted proxy named the client: count it under its real address."""
+        """A trusted proxy named the client (a PROXY line, X-Forwarded-For):
+        count it under its real address."""
         address = self.intern_address(address)
         limit = self.settings.max_connections_per_address
         if limit and address not in self._trusted and self._per_address.get(address, 0) >= limit:
@@ -347,6 +343,11 @@ class Node:
             log.info("signal received, shutting down")
         finally:
             await self.stop()
+
+
+def new_node_id() -> str:
+    """A node's name when the operator gave none: short, random, unique enough."""
+    return os.urandom(3).hex()
 
 
 def _mask(url: str) -> str:

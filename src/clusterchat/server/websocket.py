@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from websockets.datastructures import Headers
 from websockets.exceptions import PayloadTooBig
@@ -27,8 +27,7 @@ from clusterchat.server.connection import Connection
 from clusterchat.server.outbox import End
 
 if TYPE_CHECKING:
-    from clusterchat.server.http import HttpServer
-    from clusterchat.server.node import Node
+    from clusterchat.server.host import Host
 
 log = logging.getLogger(__name__)
 # The library logs every connection opened and closed at INFO: too chatty at 10,000.
@@ -38,10 +37,16 @@ _protocol_log.setLevel(logging.WARNING)
 OPEN = State.OPEN
 
 
+class Router(Protocol):
+    """Answers a plain HTTP request or a WebSocket upgrade (http.HttpServer)."""
+
+    def route(self, conn: WsConnection, request: Request) -> None: ...
+
+
 class WsConnection(Connection):
     __slots__ = ("http", "ws")
 
-    def __init__(self, node: Node, http: HttpServer) -> None:
+    def __init__(self, node: Host[Connection], http: Router) -> None:
         super().__init__(node)
         self.http = http
         self.ws = ServerProtocol(max_size=node.settings.max_frame, logger=_protocol_log)

@@ -10,6 +10,7 @@ connection's requests take effect in the order sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -24,6 +25,7 @@ from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.counters import Tallies
 from clusterchat.protocol import codec, names
 from clusterchat.protocol.codec import BadRequest
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.protocol.messages import (
     ANONYMOUS_OK,
     AddFriend,
@@ -49,6 +51,7 @@ from clusterchat.service.backoff import Backoff
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.friends import Friends
 from clusterchat.service.groups import Groups
+from clusterchat.service.history import QUEUE_ROWS, HistoryRequests, HistoryWriter, Purger
 from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
@@ -82,6 +85,7 @@ _UNMETERED: frozenset[type] = frozenset({Logout, Ping})
 #: memory budget is full.
 _BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
 _BUSY_TEXT = "server busy: too much held for slow readers; retry in a moment"
+_HISTORY_BUSY_TEXT = "server busy: history is written slower than chats arrive; retry in a moment"
 #: Seconds the re-store queue may take to reach the store at shutdown.
 RESTORE_DEADLINE = 10.0
 
@@ -119,9 +123,15 @@ class ChatService:
         limits: Limits | None = None,
         budget: Budget | None = None,
         shared_counters: tuple[str, str] | None = None,
+        history_days: float = 0.0,
+        history_queue: int = QUEUE_ROWS,
+        max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
         """``shared_counters``: (Redis URL, key prefix) to count failed logins
-        and registrations cluster-wide; None counts on this node."""
+        and registrations cluster-wide; None counts on this node.
+        ``history_days``: how long messages are kept for HISTORY (0: none are).
+        ``max_frame`` is told to modern clients at login, so they refuse longer lines."""
+        self.max_frame = max_frame
         self.limits = limits or Limits()
         self.budget = budget or Budget(0)
         self.budget.on_room = self._room_again
@@ -164,6 +174,15 @@ class ChatService:
         self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
         self.restorer = Restorer(store, self.budget, self._after_store)
+        #: Seconds history is kept; the writer is None when it is off.
+        self.history_retention = max(0.0, history_days) * 86_400.0
+        self.history: HistoryWriter | None = None
+        self._purger: Purger | None = None
+        self._purging: asyncio.Task[None] | None = None
+        if self.history_retention:
+            self.history = HistoryWriter(store, history_queue)
+            self.history.on_room = self._room_again
+            self._purger = Purger(store, self.history_retention)
         self.settle_timeout = in_doubt.SETTLE_TIMEOUT  # a store in doubt, before closing
         self._logging_in: dict[int, list[LoginRace[bytes]]] = {}  # not yet registered
         self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
@@ -183,9 +202,12 @@ class ChatService:
         self.groups = Groups(self)
         self._handlers.update(self.friends.handlers())
         self._handlers.update(self.groups.handlers())
+        self._handlers.update(HistoryRequests(self).handlers())
 
     async def start(self) -> None:
         await self.bus.start(self)
+        if self._purger is not None:
+            self._purging = asyncio.ensure_future(self._purger.run())
 
     # -- entry points from the transport ----------------------------------------
 
@@ -214,7 +236,9 @@ class ChatService:
             elif type(req) not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
-        if self.budget.full and type(req) in _BUDGETED:
+        if (self.budget.full or (self.history is not None and self.history.full)) and type(
+            req
+        ) in _BUDGETED:
             return self._busy(s, req)
         result = self._handlers[type(req)](s, req)
         if result is None:
@@ -222,17 +246,24 @@ class ChatService:
         return self._guarded(s, req, result)
 
     def _busy(self, s: Session, req: Request) -> Awaitable[None] | None:
-        """The memory budget is full. A modern client is told to retry and
-        nothing is delivered; the original client, which has no such reply,
-        waits until there is room (its queue fills and TCP slows it)."""
-        self.budget.refused += 1
+        """The memory budget (or the history queue) is full. A modern client
+        is told to retry and nothing is delivered; the original client, which
+        has no such reply, waits until there is room (its queue fills and TCP
+        slows it)."""
+        text = _BUSY_TEXT
+        if self.budget.full:
+            self.budget.refused += 1
+        else:
+            assert self.history is not None
+            self.history.refused += 1
+            text = _HISTORY_BUSY_TEXT
         if not s.legacy:
-            self._refuse(s, req, ErrCode.BUSY, _BUSY_TEXT)
+            self._refuse(s, req, ErrCode.BUSY, text)
             return None
         return self._when_room(s, req)
 
     async def _when_room(self, s: Session, req: Request) -> None:
-        while self.budget.full:
+        while self.budget.full or (self.history is not None and self.history.full):
             self._room.clear()
             await self._room.wait()
         if s.closed or not s.uid:
@@ -305,11 +336,18 @@ class ChatService:
         """Mark every local user offline in one statement, then release them."""
         uids = list(self.sessions)
         self.sessions.clear()
+        if self._purging is not None:
+            self._purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purging
+            self._purging = None
         if self._background:  # one deadline for all of them, then give up on the rest
             _, stuck = await asyncio.wait(list(self._background), timeout=5)
             for t in stuck:
                 t.cancel()
         await self.restorer.close(RESTORE_DEADLINE)
+        if self.history is not None:
+            await self.history.close(RESTORE_DEADLINE)
         await self.store.flush_states()
         if uids:
             try:
@@ -621,7 +659,10 @@ class ChatService:
         for g in view.groups:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
         offline = [m for _, m in view.offline]
-        return codec.login_ack(s.uid, s.name, friends, groups, offline, ticket, resumed, more)
+        limit = None if s.legacy else self.max_frame
+        return codec.login_ack(
+            s.uid, s.name, friends, groups, offline, ticket, resumed, more, limit
+        )
 
     async def _flush_offline(
         self,
@@ -724,6 +765,11 @@ class ChatService:
             online = bool(await self.presence.online({req.friendid} - s.blocked_by))
             friend = {"id": req.friendid, "name": name, "state": _state(online)}
             s.peer.send(codec.ack(MsgId.ADD_FRIEND_ACK, friend=friend))
+        # The new friend learns it now (modern clients; never stored offline:
+        # their login reply and FRIEND_LIST show it).
+        adder = {"id": s.uid, "name": s.name, "state": _state(True)}
+        added = codec.encode({"msgid": MsgId.FRIEND_ADDED, "friend": adder})
+        await pushes.send(self, [req.friendid], added)
 
     def _create_group(self, s: Session, req: CreateGroup) -> Awaitable[None] | None:
         try:
@@ -748,12 +794,14 @@ class ChatService:
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
         await self.groups.may_join(s, req.groupid)
-        await self.store.join_group(s.uid, req.groupid, self.limits.max_group_size, self.quota)
+        name = await self.store.join_group(
+            s.uid, req.groupid, self.limits.max_group_size, self.quota
+        )
         await self.store.joined(s.uid, req.groupid)
         self._members.pop(req.groupid, None)
         await self.bus.announce_group(req.groupid)
         if not s.legacy:
-            s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid))
+            s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid, groupname=name))
 
     async def _list_friends(self, s: Session, req: ListFriends) -> None:
         if s.legacy:
@@ -806,6 +854,8 @@ class ChatService:
         target = self.sessions.get(req.toid)
         if target is not None and target.deliver(payload):
             self.counts.relayed_local += 1
+            if self.history is not None:
+                self._keep_one(s.uid, req.toid, mid, ts, req.msg)
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
             return None
@@ -813,11 +863,21 @@ class ChatService:
         # for Redis (the bus stores the message if no node takes it).
         if s.legacy and target is None and self.bus.post(req.toid, payload):
             self.counts.relayed_to_nodes += 1
+            if self.history is not None:
+                self._keep_one(s.uid, req.toid, mid, ts, req.msg)
             return None
-        return self._one_chat_away(s, req.toid, payload, mid, ts)
+        return self._one_chat_away(s, req.toid, payload, mid, ts, req.msg)
+
+    def _keep_one(self, uid: int, toid: int, mid: str, ts: int, msg: str) -> None:
+        """History of a 1:1 message accepted (delivered, relayed or stored)."""
+        assert self.history is not None
+        if uid < toid:
+            self.history.add((uid, toid, uid, mid, ts, msg))
+        else:
+            self.history.add((toid, uid, uid, mid, ts, msg))
 
     async def _one_chat_away(
-        self, s: Session, toid: int, payload: bytes, mid: str, ts: int
+        self, s: Session, toid: int, payload: bytes, mid: str, ts: int, msg: str
     ) -> None:
         if not await self._send_away(s, [toid], payload):
             self.counts.relayed_to_nodes += 1
@@ -832,6 +892,8 @@ class ChatService:
                 await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout)
             await self._after_store([toid])
             status = ChatStatus.STORED
+        if self.history is not None:
+            self._keep_one(s.uid, toid, mid, ts, msg)
         if not s.legacy:
             s.peer.send(codec.chat_ack(mid, ts, status))
 
@@ -891,14 +953,23 @@ class ChatService:
                     away.append(uid)
         self.counts.relayed_local += len(members) - 1 - len(away)
         if not away:
+            if self.history is not None:
+                self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
             if not s.legacy:
                 s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
             return None
         reached = len(members) - 1 - len(away)  # written to members here
-        return self._fan_out_away(s, away, payload, mid, ts, reached)
+        return self._fan_out_away(s, req, away, payload, mid, ts, reached)
 
     async def _fan_out_away(
-        self, s: Session, away: list[int], payload: bytes, mid: str, ts: int, reached: int
+        self,
+        s: Session,
+        req: GroupChat,
+        away: list[int],
+        payload: bytes,
+        mid: str,
+        ts: int,
+        reached: int,
     ) -> None:
         try:
             left = await self._send_away(s, away, payload)
@@ -920,6 +991,8 @@ class ChatService:
                     raise  # nobody has it: refused, and it had no effect
                 # Some members have it: say exactly who does not (a refusal would lie).
                 log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
+                if self.history is not None:
+                    self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
                 if not s.legacy:
                     s.peer.send(
                         codec.ack(
@@ -928,6 +1001,8 @@ class ChatService:
                     )
                 return
             await self._after_store([u for u in left if u not in full])
+        if self.history is not None:
+            self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
         if not s.legacy:
             if full:  # members whose mailbox is full do not get it: say who
                 s.peer.send(

@@ -10,44 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Limits:
-    """What one user or address may do; 0 switches a limit off."""
-
-    #: Failed logins free of delay per (account, address) and per address;
-    #: past them each try waits twice as long as the last, from
-    #: ``login_delay`` up to ``login_delay_max`` seconds (service.backoff).
-    #: A key is forgotten ``login_window`` seconds after its last failure.
-    login_failures: int = 5
-    login_failures_per_address: int = 50
-    login_window: float = 900.0
-    login_delay: float = 5.0
-    login_delay_max: float = 600.0
-    max_group_size: int = 1000
-    #: Seconds a session ticket works after it was issued (each use issues a new one).
-    ticket_lifetime: float = 28 * 86_400.0
-    #: Registrations one address may attempt per window (counted when the
-    #: password hash starts): accounts per address per day.
-    registrations_per_address: int = 20
-    registration_window: float = 86_400.0
-    #: What one receiver may have waiting (ejabberd keeps 5,000 messages by
-    #: default), how long a message kept for an offline receiver may be
-    #: (bytes; group chat is always kept for someone, so it always applies),
-    #: and what one user may own or join.
-    max_offline_messages: int = 5000
-    max_offline_bytes: int = 16 * 1024 * 1024
-    max_stored_message: int = 16 * 1024
-    max_groups_created: int = 100
-    max_memberships: int = 500
-    max_friends: int = 1000
-    #: Requests per second a logged-in user may make, sustained, and how many
-    #: may come at once (a token bucket). Far above any typing human; a bot
-    #: or a stuck loop is slowed down, never allowed to crowd out the others.
-    message_rate: float = 20.0
-    message_burst: int = 50
+from clusterchat.config import Limits as Limits  # re-exported: its home was here
 
 
 class FailureLimiter:

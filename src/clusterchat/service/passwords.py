@@ -19,7 +19,6 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
 from argon2 import PasswordHasher, Type
@@ -27,6 +26,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from prometheus_client import Histogram
 
 from clusterchat import errors
+from clusterchat.config import HashCost as HashCost  # re-exported: its home was here
 
 T = TypeVar("T")
 
@@ -39,18 +39,9 @@ def is_plain(stored: str) -> bool:
     return stored.startswith(PLAIN)
 
 
-@dataclass(frozen=True, slots=True)
-class HashCost:
-    """argon2id cost; the default is OWASP's recommended minimum."""
-
-    time_cost: int = 2
-    memory_kib: int = 19456
-    parallelism: int = 1
-
-
 class Passwords:
-    def __init__(self, cost: HashCost = HashCost(), queue: int = 64, reg_queue: int = 64) -> None:
-        self.cost = cost
+    def __init__(self, cost: HashCost | None = None, queue: int = 64, reg_queue: int = 64) -> None:
+        self.cost = cost = cost if cost is not None else HashCost()
         self._hasher = PasswordHasher(
             time_cost=cost.time_cost,
             memory_cost=cost.memory_kib,

@@ -49,6 +49,19 @@ CREATE TABLE IF NOT EXISTS groupuser (
 
 CREATE INDEX IF NOT EXISTS ix_groupuser_userid ON groupuser (userid);
 
+CREATE TABLE IF NOT EXISTS history (
+	id BIGINT NOT NULL AUTO_INCREMENT,
+	conva INTEGER NOT NULL,
+	convb INTEGER NOT NULL,
+	sender INTEGER NOT NULL,
+	mid VARCHAR(128) NOT NULL,
+	ts BIGINT NOT NULL,
+	body MEDIUMTEXT NOT NULL,
+	PRIMARY KEY (id)
+)ENGINE=InnoDB CHARSET=utf8mb4;
+
+CREATE INDEX IF NOT EXISTS ix_history_conv_id ON history (conva, convb, id);
+
 CREATE TABLE IF NOT EXISTS offlinemessage (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	userid INTEGER NOT NULL,

@@ -91,6 +91,23 @@ class Quota:
 
 NO_QUOTA = Quota()
 
+#: One message for the history table: (conva, convb, sender, mid, ts, body);
+#: the conversation is (lower user id, higher user id) for 1:1 chat and
+#: (0, group id) for a group. A plain tuple: one is made per message.
+HistoryRow = tuple[int, int, int, str, int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Said:
+    """A message read back from history."""
+
+    id: int  # the row id: the cursor for the page before it
+    sender: int
+    name: str  # the sender's name now ("" if the account is gone)
+    mid: str
+    ts: int  # server time accepted, milliseconds since the epoch
+    body: str
+
 
 class Store(Protocol):
     url: str  # for logs, password masked
@@ -147,9 +164,9 @@ class Store(Protocol):
 
     async def join_group(
         self, uid: int, gid: int, max_members: int = 0, quota: Quota = NO_QUOTA
-    ) -> None:
-        """Raises NoSuchGroup, AlreadyMember, GroupFull past ``max_members`` (0: none),
-        OverQuota past ``quota.memberships``."""
+    ) -> str:
+        """Returns the group's name. Raises NoSuchGroup, AlreadyMember, GroupFull
+        past ``max_members`` (0: none), OverQuota past ``quota.memberships``."""
         ...
 
     async def group_members(self, gid: int) -> frozenset[int]:
@@ -192,6 +209,32 @@ class Store(Protocol):
 
     async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         """Drop these offline messages of a user (delivered)."""
+        ...
+
+    # -- history (storage/history.py) ---------------------------------------------
+
+    async def add_history(self, rows: Sequence[HistoryRow]) -> None:
+        """Keep these messages in one multi-row INSERT."""
+        ...
+
+    async def history(
+        self, conva: int, convb: int, before: int, limit: int, since: int
+    ) -> list[Said]:
+        """A conversation's newest ``limit`` messages with id below ``before``
+        (0: the newest) and ``ts`` at least ``since``, newest first."""
+        ...
+
+    async def user_exists(self, uid: int) -> bool: ...
+
+    async def group_joined(self, uid: int, gid: int) -> int | None:
+        """When ``uid`` joined group ``gid`` (microseconds since the epoch),
+        None if not a member; NoSuchGroup if there is no such group."""
+        ...
+
+    async def purge_history(self, cutoff: int, chunk: int, after: int = 0) -> tuple[int, int]:
+        """Delete the rows older than ``cutoff`` (ms since the epoch) among the
+        ``chunk`` rows with the lowest ids above ``after``. Returns how many
+        went, and the ``after`` to go on from (0: nothing expired is left)."""
         ...
 
     # -- friends and groups a person manages (storage/social.py) -----------------

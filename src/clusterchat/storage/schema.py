@@ -89,6 +89,8 @@ def _unversioned(connection: Connection) -> str | None:
     tables = {t.lower() for t in insp.get_table_names()}
     if "user" not in tables:
         return None
+    if "history" in tables:
+        return "0006"
     user_cols = {c["name"] for c in insp.get_columns("user")}
     if "namekey" in user_cols:
         return "0005"

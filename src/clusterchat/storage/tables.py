@@ -9,7 +9,8 @@ Changes from the original: ``password`` holds an argon2id hash (255 chars),
 delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
 instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
 ``admin`` role, a join time and an invite-only flag; ``blocked`` holds who
-blocks whom, ``groupinvite`` invitations to invite-only groups.
+blocks whom, ``groupinvite`` invitations to invite-only groups. ``history``
+keeps every chat message for ``--history-days`` (revision 0006).
 
 Names (users and groups) are unique by their key (``namekey``,
 ``groupkey``: see :mod:`clusterchat.protocol.names`), compared byte for
@@ -155,6 +156,28 @@ groupinvite = Table(
     Column("userid", Integer, primary_key=True, autoincrement=False),
     Column("inviter", Integer, nullable=False),
     Index("ix_groupinvite_userid", "userid"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+
+#: Every 1:1 and group message, kept for ``--history-days`` (written in batches
+#: by the sender's node, purged in small chunks by id). A conversation is the
+#: pair (``conva``, ``convb``): the two users' ids lower first for 1:1 chat,
+#: (0, group id) for a group (no user has id 0). ``id`` orders and pages it:
+#: "the newest rows before id X" is one range scan of the index below.
+history = Table(
+    "history",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("conva", Integer, nullable=False),
+    Column("convb", Integer, nullable=False),
+    Column("sender", Integer, nullable=False),
+    Column("mid", String(128), nullable=False),
+    # The server's time the message was accepted (milliseconds since the epoch).
+    Column("ts", BigInteger, nullable=False),
+    Column("body", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
+    Index("ix_history_conv_id", "conva", "convb", "id"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )

@@ -5,6 +5,7 @@ import { ChatSocket, Disconnected, Msg } from "./chat.js";
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000; // friends' online state and group members
 const SESSION_KEY = "clusterchat.session";
+const HISTORY_PAGE = 50; // messages a history request asks for (docs/PROTOCOL.md, 60/61)
 
 const state = {
   me: null,               // { id, name }
@@ -79,7 +80,10 @@ function conv(kind, id) {
   const key = `${kind}:${id}`;
   let c = state.convs.get(key);
   if (!c) {
-    c = { key, kind, id: Number(id), messages: [], mids: new Set(), unread: 0, name: "" };
+    c = { key, kind, id: Number(id), messages: [], mids: new Set(), unread: 0, name: "",
+      // History paged in from the server: the oldest row id loaded, whether older
+      // ones remain, and a request in flight (docs/PROTOCOL.md, HISTORY).
+      oldest: 0, more: true, loading: null };
     state.convs.set(key, c);
   }
   return c;
@@ -115,6 +119,14 @@ function eventText(msg) {
 function onPush(msg) {
   if (msg.msgid === Msg.NOTICE) {
     toast(String(msg.text ?? ""), "info");
+    return;
+  }
+  if (msg.msgid === Msg.FRIEND_ADDED) {
+    const f = msg.friend || {};
+    const id = Number(f.id);
+    state.friends.set(id, { id, name: String(f.name ?? `user ${id}`), state: String(f.state ?? "online") });
+    toast(`${String(f.name ?? `user ${id}`)} added you as a friend`, "info");
+    renderSidebar();
     return;
   }
   if (msg.msgid === Msg.FRIEND_EVENT || msg.msgid === Msg.GROUP_EVENT) {
@@ -224,13 +236,77 @@ function open(key) {
   $("members").hidden = true;
   $("actions").hidden = true;
   renderHead(c);
-  const list = $("messages");
-  list.replaceChildren();
-  for (const m of c.messages) appendMessage(c, m, false);
-  list.scrollTop = list.scrollHeight;
+  renderMessages(c);
+  $("messages").scrollTop = $("messages").scrollHeight;
   renderSidebar();
   renderTitle();
   $("text").focus();
+  if (!c.oldest && c.more) loadHistory(c);
+}
+
+function renderMessages(c) {
+  const list = $("messages");
+  const top = el("li", "history-edge");
+  top.id = "history-edge";
+  top.textContent = c.loading ? "Loading earlier messages…"
+    : c.more ? "Scroll up for earlier messages" : "Start of the conversation";
+  list.replaceChildren(top);
+  for (const m of c.messages) appendMessage(c, m, false);
+}
+
+// A page of older messages, newest first from the server; shown in time order
+// above what the conversation has, without moving what the reader looks at.
+function loadHistory(c) {
+  if (c.loading || !c.more) return c.loading;
+  c.loading = (async () => {
+    const doc = { msgid: Msg.HISTORY, limit: HISTORY_PAGE, before: c.oldest };
+    doc[c.kind === "u" ? "userid" : "groupid"] = c.id;
+    let page;
+    try {
+      await sock.whenReady();
+      page = await sock.request(doc);
+    } catch {
+      return; // reconnecting: the next scroll or open asks again
+    } finally {
+      c.loading = null;
+    }
+    if (page.msgid !== Msg.HISTORY_PAGE) { // history off (180), not a member (181), ...
+      c.more = false;
+      if (state.active === c.key) renderEdge(c);
+      return;
+    }
+    const older = [];
+    for (const h of Array.isArray(page.messages) ? page.messages : []) {
+      const id = Number(h.id);
+      if (id && (!c.oldest || id < c.oldest)) c.oldest = id;
+      if (h.mid !== undefined && c.mids.has(h.mid)) continue; // already shown live
+      if (h.mid !== undefined) c.mids.add(h.mid);
+      const mine = Number(h.from) === state.me?.id;
+      older.push({ mine, from: Number(h.from), name: String(h.name || `user ${h.from}`),
+        text: String(h.msg ?? ""), ts: Number(h.ts) || 0, mid: h.mid, kept: true });
+    }
+    c.more = Boolean(page.more) && c.oldest > 0;
+    // Pages follow the order rows were written; people read by time.
+    older.reverse(); // oldest first: messages of the same millisecond keep their order
+    c.messages = [...older, ...c.messages].sort((a, b) => a.ts - b.ts);
+    if (state.active !== c.key) { renderSidebar(); return; }
+    const list = $("messages");
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    renderMessages(c);
+    list.scrollTop = list.scrollHeight - fromBottom;
+    renderSidebar();
+    if (c.more && list.scrollHeight <= list.clientHeight) loadHistory(c); // nothing to scroll yet
+  })();
+  if (state.active === c.key) renderEdge(c);
+  return c.loading;
+}
+
+function renderEdge(c) {
+  const edge = $("history-edge");
+  if (edge) {
+    edge.textContent = c.loading ? "Loading earlier messages…"
+      : c.more ? "Scroll up for earlier messages" : "Start of the conversation";
+  }
 }
 
 function renderHead(c) {
@@ -448,7 +524,7 @@ function appendMessage(c, m, scroll = true) {
   meta.append(el("time", "time", clock(m.ts)));
   const bubble = el("div", "bubble", m.text);
   li.append(meta, bubble);
-  if (m.mine) {
+  if (m.mine && m.status) { // none for one's own messages read back from history
     const st = el("div", `status ${m.status}`, STATUS_TEXT[m.status] || m.status);
     if (m.error) st.title = m.error;
     li.append(st);
@@ -489,6 +565,7 @@ async function send() {
     const ack = await sock.request(doc);
     if (ack.msgid === Msg.CHAT_ACK) {
       m.mid = ack.mid;
+      c.mids.add(ack.mid); // not shown twice when history pages it in
       if (ack.ts) m.ts = ack.ts;
       setStatus(m, ack.status);
     } else {
@@ -695,6 +772,10 @@ async function ask(doc, okMsgid) {
 
 function wire() {
   $("toast").addEventListener("click", () => { $("toast").hidden = true; });
+  $("messages").addEventListener("scroll", () => { // near the top: the page before
+    const c = state.active && state.convs.get(state.active);
+    if (c && $("messages").scrollTop < 60) loadHistory(c);
+  });
   $("tab-login").addEventListener("click", () => setMode(false));
   $("tab-register").addEventListener("click", () => setMode(true));
   $("auth-form").addEventListener("submit", submitAuth);

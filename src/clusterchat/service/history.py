@@ -1,0 +1,325 @@
+"""Message history: kept off the hot path, paged back on request, purged when old.
+
+Every 1:1 and group message a node accepts is queued here by that node (the
+sender's), once, whichever node the receivers are on. One writer task per
+node takes everything queued into one multi-row INSERT per round (a round
+lingers a couple of milliseconds so a busy node writes hundreds of rows a
+statement), retrying with backoff like the re-store writer
+(``service/restore.py``) until the store takes them, and writes what is left
+at shutdown within a deadline.
+
+The queue is bounded in rows and bytes. Past the bound ``full`` is set and
+the service refuses new chats with ERROR 151 BUSY before delivering them (no
+effect; the original client is slowed instead), exactly as for a full memory
+budget, until the queue is down to half its bound: a message is never
+dropped from history silently and memory never grows without bound. Chats
+already past that check when the queue fills may still be queued (one per
+connection at most), so the bound may be overshot by that much.
+
+Expired rows are purged by a background task in small chunks by id (see
+``storage/history.py``), so no statement is long and the node never waits
+on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from clusterchat import errors
+from clusterchat.config import HISTORY_DAYS, HISTORY_QUEUE
+from clusterchat.protocol import codec
+from clusterchat.protocol.codec import BadRequest
+from clusterchat.protocol.messages import ErrCode, History, MsgId
+from clusterchat.service.restore import RETRY_FIRST, RETRY_MAX
+from clusterchat.service.session import Session
+from clusterchat.storage.base import HistoryRow, Store
+
+if TYPE_CHECKING:
+    from clusterchat.service.chat import ChatService
+
+log = logging.getLogger(__name__)
+
+#: Default retention and queue rows (their reasons: config.py).
+DEFAULT_DAYS = HISTORY_DAYS
+QUEUE_ROWS = HISTORY_QUEUE
+QUEUE_BYTES = 32 * 1024 * 1024
+#: Bytes a queued row holds besides its text: the tuple, its mid, the list slot.
+ROW_COST = 200
+#: Rows and bytes of message text one INSERT carries at most.
+BATCH_ROWS = 5000
+BATCH_BYTES = 4 * 1024 * 1024
+#: Seconds a round waits for more rows after the first (one INSERT per few ms).
+LINGER = 0.002
+#: Purge: rows per DELETE, pause between chunks, and the longest sleep between rounds.
+PURGE_CHUNK = 1000
+PURGE_PAUSE = 0.02
+PURGE_EVERY = 60.0
+#: Characters of messages one HISTORY reply carries at most (at least one
+#: message): even with every character escaped six-fold in JSON the reply stays
+#: under the 1 MiB frames our clients read; past it the page is shorter, ``more`` set.
+PAGE_BYTES = 128 * 1024
+#: Seconds a HISTORY request waits for this node's queued rows to be written
+#: (a sender sees its own messages at once), before reading anyway.
+READ_YOUR_WRITES = 1.0
+
+
+class HistoryWriter:
+    """The bounded queue of history rows and the one task that writes them."""
+
+    def __init__(
+        self,
+        store: Store,
+        max_rows: int = QUEUE_ROWS,
+        max_bytes: int = QUEUE_BYTES,
+        linger: float = LINGER,
+    ) -> None:
+        self._store = store
+        self.max_rows = max(1, max_rows)
+        self.max_bytes = max(1, max_bytes)
+        self.linger = linger
+        #: Queued rows, and the batch being written (retried until it is).
+        self._rows: list[HistoryRow] = []
+        self._bytes = 0
+        self._flight: list[HistoryRow] = []
+        self._flight_bytes = 0
+        #: What the queue may still take beside the batch in flight.
+        self._cap_rows = self.max_rows
+        self._cap_bytes = self.max_bytes
+        #: The hot path's one check: new chats are refused while True.
+        self.full = False
+        #: Called when the queue has room again after being full.
+        self.on_room: Callable[[], None] | None = None
+        self._idle = True  # the writer waits for rows (or has not started)
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Rows written, rounds written, failed writes, chats refused or slowed.
+        self.written = 0
+        self.rounds = 0
+        self.failures = 0
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._rows) + len(self._flight)
+
+    @property
+    def queued(self) -> int:
+        """Rows ever queued: a mark for :meth:`caught_up`."""
+        return self.written + len(self._flight) + len(self._rows)
+
+    def add(self, row: HistoryRow) -> None:
+        """Queue one message (the hot path: an append and two comparisons)."""
+        rows = self._rows
+        rows.append(row)
+        self._bytes += len(row[5]) + ROW_COST
+        if len(rows) >= self._cap_rows or self._bytes >= self._cap_bytes:
+            self.full = True
+        if self._idle:
+            self._idle = False
+            if self._task is None:
+                self._task = asyncio.ensure_future(self._run())
+            self._wake.set()
+
+    async def _run(self) -> None:
+        delay = RETRY_FIRST
+        while True:
+            if not self._flight:
+                if not self._rows:
+                    self._idle = True
+                    self._wake.clear()
+                    await self._wake.wait()
+                    if self.linger:  # let the rows of the next few ms join this one
+                        await asyncio.sleep(self.linger)
+                    continue
+                self._take()
+            batch = self._flight
+            try:
+                await self._store.add_history(batch)
+            except Exception as exc:  # down, or refusing: keep them, retry
+                self.failures += 1
+                log.warning(
+                    "could not write %d messages to history (%s); retrying in %.1f s",
+                    len(batch),
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            delay = RETRY_FIRST
+            self.rounds += 1
+            self.written += len(batch)
+            self._flight, self._flight_bytes = [], 0
+            self._cap_rows, self._cap_bytes = self.max_rows, self.max_bytes
+            progress, self._progress = self._progress, asyncio.Event()
+            progress.set()
+            # Room again at half the bound, not at the first row written: a
+            # store just catching up does not flap between refusing and not.
+            rows_ok = len(self._rows) <= self.max_rows // 2
+            if self.full and rows_ok and self._bytes <= self.max_bytes // 2:
+                self.full = False
+                if self.on_room is not None:
+                    self.on_room()
+
+    def _take(self) -> None:
+        """Move the oldest rows, up to a batch's bounds, in flight."""
+        rows = self._rows
+        if len(rows) <= BATCH_ROWS and self._bytes <= BATCH_BYTES:
+            self._flight, self._flight_bytes = rows, self._bytes  # all of them, no copy
+            self._rows, self._bytes = [], 0
+        else:
+            n, size = 0, 0
+            for row in rows:
+                cost = len(row[5]) + ROW_COST
+                if n and (n >= BATCH_ROWS or size + cost > BATCH_BYTES):
+                    break
+                n += 1
+                size += cost
+            self._flight, self._flight_bytes = rows[:n], size
+            del rows[:n]
+            self._bytes -= size
+        self._cap_rows = self.max_rows - len(self._flight)
+        self._cap_bytes = self.max_bytes - self._flight_bytes
+
+    async def caught_up(self, mark: int, timeout: float) -> bool:
+        """Wait until the first ``mark`` rows ever queued are written, at most
+        ``timeout`` seconds; True if they are."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.written < mark:
+                    await self._progress.wait()
+        return self.written >= mark
+
+    async def drain(self, timeout: float) -> bool:
+        return await self.caught_up(self.queued, timeout)
+
+    async def close(self, timeout: float) -> int:
+        """At shutdown: write what is left within ``timeout``, then stop.
+        Returns the rows that could not be written (logged as an error)."""
+        if len(self):
+            await self.drain(timeout)
+        left = len(self)
+        if left:
+            log.error(
+                "shutting down with %d messages NOT written to history (the store did "
+                "not take them within %.0f s); they were delivered but are not in history",
+                left,
+                timeout,
+            )
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        return left
+
+
+class Purger:
+    """Deletes history older than the retention, a chunk at a time."""
+
+    def __init__(self, store: Store, retention: float, chunk: int = PURGE_CHUNK) -> None:
+        self._store = store
+        self.retention = retention  # seconds
+        self.chunk = chunk
+        #: A tiny retention (tests) is purged often; a real one every minute.
+        self.every = min(PURGE_EVERY, max(0.05, retention / 20))
+        self.purged = 0
+        self.rounds = 0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)  # not at start: nodes starting have other work
+            try:
+                await self.once()
+            except errors.Unavailable as exc:
+                log.warning("could not purge expired history: %s", exc)
+            except Exception:
+                log.exception("purging expired history failed")
+
+    async def once(self) -> int:
+        """Purge everything expired now, chunk by chunk; returns how many rows."""
+        total, after = 0, 0
+        cutoff = int((time.time() - self.retention) * 1000)
+        while True:
+            n, after = await self._store.purge_history(cutoff, self.chunk, after)
+            total += n
+            self.purged += n
+            if not after:
+                self.rounds += 1
+                return total
+            await asyncio.sleep(PURGE_PAUSE)  # let the node (and other nodes) in between
+
+
+Handler = Callable[[Session, Any], Awaitable[None] | None]
+
+
+class HistoryRequests:
+    """Serves HISTORY (60) with HISTORY_PAGE (61) or an ERROR 180-184."""
+
+    def __init__(self, svc: ChatService) -> None:
+        self.svc = svc
+
+    def handlers(self) -> dict[type, Handler]:
+        return {History: self._history}
+
+    def _history(self, s: Session, req: History) -> Awaitable[None] | None:
+        svc = self.svc
+        if s.legacy:  # not the original's: as for any message id it did not have
+            msgid = int(MsgId.HISTORY)
+            svc._refuse_bad(s, BadRequest(ErrCode.UNKNOWN_MSGID, f"unknown msgid {msgid}", msgid))
+            return None
+        if svc.history is None:
+            svc.refuse(s, req, ErrCode.HISTORY_OFF, "this server keeps no history")
+            return None
+        if (req.userid is None) == (req.groupid is None):
+            svc.refuse(s, req, ErrCode.HISTORY_TARGET, "give exactly one of userid and groupid")
+            return None
+        return self._page(s, req, svc.history)
+
+    async def _page(self, s: Session, req: History, writer: HistoryWriter) -> None:
+        svc = self.svc
+        since = int((time.time() - svc.history_retention) * 1000)
+        if req.groupid is not None:
+            joined = await svc.store.group_joined(s.uid, req.groupid)
+            if joined is None:
+                svc.refuse(
+                    s,
+                    req,
+                    ErrCode.HISTORY_NOT_MEMBER,
+                    f"you are not a member of group {req.groupid}; its history is for members",
+                )
+                return
+            a, b, key, ident = 0, req.groupid, "groupid", req.groupid
+            since = max(since, joined // 1000)  # from when they joined
+        else:
+            assert req.userid is not None
+            a, b = sorted((s.uid, req.userid))
+            key, ident = "userid", req.userid
+        await writer.caught_up(writer.queued, READ_YOUR_WRITES)  # one's own messages too
+        rows = await svc.store.history(a, b, req.before, req.limit + 1, since)
+        if not rows and req.userid is not None and not await svc.store.user_exists(req.userid):
+            raise errors.NoSuchUser(req.userid)
+        more = len(rows) > req.limit
+        docs: list[dict[str, Any]] = []
+        size = 0
+        for r in rows[: req.limit]:
+            size += len(r.body) + len(r.name) + 100
+            if docs and size > PAGE_BYTES:  # a shorter page: clients read 1 MiB frames
+                more = True
+                break
+            docs.append(
+                {
+                    "id": r.id,
+                    "from": r.sender,
+                    "name": r.name,
+                    "mid": r.mid,
+                    "ts": r.ts,
+                    "msg": r.body,
+                }
+            )
+        s.peer.send(codec.ack(MsgId.HISTORY_PAGE, **{key: ident}, messages=docs, more=more))

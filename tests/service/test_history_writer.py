@@ -1,0 +1,200 @@
+"""The history writer against real stores: few batched writes, retries through
+an outage, backpressure (ERROR 151, no effect) while a slowed store cannot keep
+up, and a shutdown that writes what is queued."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from clusterchat.client.connection import ChatConnection
+from clusterchat.config import Settings
+from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.server.node import Node
+from clusterchat.service.history import HistoryWriter
+from clusterchat.storage.base import HistoryRow
+from clusterchat.storage.sql import SqlStore
+from tests.conftest import MYSQL_SERVER, PASSWORD, unique
+from tests.e2e.test_legacy_dialect import nlohmann
+from tests.helpers import CuttableProxy
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(db_url, pool_size=2)
+    await s.create_schema()
+    yield s
+    await s.close()
+
+
+def rows(a: int, b: int, n: int, start: int = 0) -> list[HistoryRow]:
+    t = int(time.time() * 1000)
+    return [(a, b, a, f"m-{i}", t, f"text {i}") for i in range(start, start + n)]
+
+
+async def test_thousands_of_messages_take_a_few_writes(store: SqlStore) -> None:
+    a = await store.create_user(unique(), "x")
+    writer = HistoryWriter(store)
+    for row in rows(a, a, 5000):
+        writer.add(row)
+    assert await writer.drain(30)
+    assert writer.written == 5000 and writer.rounds <= 5000 // 2000 + 2
+    page = await store.history(a, a, 0, 3, 0)
+    assert [r.body for r in page] == ["text 4999", "text 4998", "text 4997"]
+    assert await writer.close(5) == 0
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[CuttableProxy]:
+    p = CuttableProxy(target_port=3306)
+    await p.start()
+    yield p
+    await p.cut()
+
+
+async def test_retries_through_an_outage_until_the_store_takes_them(
+    proxy: CuttableProxy, mariadb_url: str
+) -> None:
+    direct = SqlStore(mariadb_url)
+    await direct.create_schema()
+    a = await direct.create_user(unique(), "x")
+    host = MYSQL_SERVER.rsplit(":", 1)[0]
+    store = SqlStore(f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}", pool_size=2)
+    try:
+        writer = HistoryWriter(store)
+        await proxy.cut()
+        for row in rows(a, a, 3):
+            writer.add(row)
+        async with asyncio.timeout(20):
+            while writer.failures < 2:  # noqa: ASYNC110 - polled with a deadline
+                await asyncio.sleep(0.05)
+        await proxy.start()
+        assert await writer.drain(30)
+        got = await direct.history(a, a, 0, 10, 0)
+        assert [r.mid for r in got] == ["m-2", "m-1", "m-0"]  # once each, in order
+        assert await writer.close(5) == 0
+    finally:
+        await store.close()
+        await direct.close()
+
+
+class SlowedStore(SqlStore):
+    """A real store whose history writes wait until the test lets them through:
+    a database that has stopped keeping up."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, pool_size=4)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def add_history(self, rows: Sequence[HistoryRow]) -> None:
+        await self.gate.wait()
+        await super().add_history(rows)
+
+
+@pytest.fixture
+async def slowed(settings: Settings) -> AsyncIterator[Node]:
+    store = SlowedStore(settings.db_url)
+    n = Node(replace(settings, history_queue=5), store=store)
+    await n.start()
+    yield n
+    store.gate.set()
+    await n.stop()
+
+
+async def _logged_in(node: Node, legacy: bool = False) -> tuple[ChatConnection, int]:
+    conn = await ChatConnection.open("127.0.0.1", node.port, legacy=legacy)
+    uid = await conn.register(unique(), PASSWORD)
+    assert (await conn.login(uid, PASSWORD))["errno"] == 0
+    return conn, uid
+
+
+async def _chat(conn: ChatConnection, toid: int, msg: str) -> dict[str, Any]:
+    return await conn.request({"msgid": MsgId.ONE_CHAT, "toid": toid, "msg": msg}, MsgId.CHAT_ACK)
+
+
+@pytest.mark.unmetered
+async def test_a_store_that_cannot_keep_up_slows_senders_and_loses_nothing(
+    slowed: Node,
+) -> None:
+    node = slowed
+    store = node.store
+    assert isinstance(store, SlowedStore)
+    writer = node.service.history
+    assert writer is not None
+    alice, a = await _logged_in(node)
+    bob, b = await _logged_in(node)
+    legacy, c = await _logged_in(node, legacy=True)
+    try:
+        store.gate.clear()
+        accepted = []
+        refusal: dict[str, Any] = {}
+        for i in range(20):
+            await alice.send({"msgid": MsgId.ONE_CHAT, "toid": b, "msg": f"m{i}"})
+            got = await alice.recv()
+            if got["msgid"] == MsgId.ERROR:
+                refusal = got
+                break
+            accepted.append(f"m{i}")
+        # Refused with "busy, retry" at the queue's bound, not dropped.
+        assert refusal["errno"] == ErrCode.BUSY and refusal["re"] == MsgId.ONE_CHAT, refusal
+        assert len(accepted) == 5 and writer.full and len(writer) == 5
+        refused = f"m{len(accepted)}"
+        for m in accepted:  # everything accepted was delivered...
+            assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == m
+        # ...and the refused one was not: a refusal has no effect.
+        # The original client has no "busy" reply: it is slowed, not refused.
+        await legacy.send_raw(nlohmann({"msgid": 6, "id": c, "toid": b, "msg": "from legacy"}))
+        await asyncio.sleep(0.2)  # give a wrong delivery the chance to show
+        assert not bob._inbox and not await _readable(bob)
+        store.gate.set()
+        got = await bob.expect(MsgId.ONE_CHAT)  # the legacy sender went on once there was room
+        assert got["msg"] == "from legacy"
+        assert (await _chat(alice, b, "after"))["status"] == "delivered"
+        assert await writer.drain(10)
+        kept = [m.body for m in await store.history(min(a, b), max(a, b), 0, 50, 0)]
+        assert kept == ["after", *reversed(accepted)] and refused not in kept
+        legacy_kept = await store.history(min(c, b), max(c, b), 0, 50, 0)
+        assert [m.body for m in legacy_kept] == ["from legacy"]
+        assert writer.refused >= 2  # the refusal and the legacy sender's wait
+    finally:
+        for conn in (alice, bob, legacy):
+            await conn.close()
+
+
+async def _readable(conn: ChatConnection) -> bool:
+    """Whether anything arrives within 0.1 s."""
+    try:
+        await conn.recv(timeout=0.1)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_shutdown_writes_what_is_queued(settings: Settings) -> None:
+    store = SlowedStore(settings.db_url)
+    node = Node(settings, store=store)
+    await node.start()
+    alice, a = await _logged_in(node)
+    bob, b = await _logged_in(node)
+    store.gate.clear()
+    for i in range(3):
+        assert (await _chat(alice, b, f"m{i}"))["status"] == "delivered"
+    assert node.service.history is not None and len(node.service.history) == 3
+    await alice.close()
+    await bob.close()
+    stopping = asyncio.ensure_future(node.stop())
+    await asyncio.sleep(0.1)
+    store.gate.set()  # the store answers again while the node shuts down
+    await stopping
+    again = SqlStore(settings.db_url, pool_size=1)
+    try:
+        kept = await again.history(min(a, b), max(a, b), 0, 10, 0)
+        assert [m.body for m in kept] == ["m2", "m1", "m0"]
+    finally:
+        await again.close()

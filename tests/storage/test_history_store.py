@@ -1,0 +1,80 @@
+"""The history table on SQLite and MariaDB: one multi-row write, pages by id
+newest first, and purges that take a bounded chunk at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import delete
+
+from clusterchat import errors
+from clusterchat.service.history import Purger
+from clusterchat.storage.sql import SqlStore
+from clusterchat.storage.tables import history
+from tests.conftest import unique
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(db_url, pool_size=2)
+    await s.create_schema()
+    yield s
+    await s.close()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def test_pages_go_back_by_id_and_stay_put_under_new_writes(store: SqlStore) -> None:
+    a, b = await store.create_user(unique(), "x"), await store.create_user(unique(), "x")
+    t = now_ms()
+    await store.add_history([(a, b, a, f"m-{i}", t + i, f"text {i}") for i in range(10)])
+    await store.add_history([(a, b + 1, a, "other", t, "not ours")])  # another conversation
+    first = await store.history(a, b, 0, 4, 0)
+    assert [r.body for r in first] == ["text 9", "text 8", "text 7", "text 6"]
+    assert first[0].sender == a and first[0].name and first[0].mid == "m-9"
+    await store.add_history([(a, b, b, "late", t + 99, "newer")])  # arrives while paging
+    second = await store.history(a, b, first[-1].id, 4, 0)
+    assert [r.body for r in second] == ["text 5", "text 4", "text 3", "text 2"]
+    last = await store.history(a, b, second[-1].id, 4, 0)
+    assert [r.body for r in last] == ["text 1", "text 0"]
+    assert [r.body for r in await store.history(a, b, 0, 1, 0)] == ["newer"]
+    # ``since`` hides what is older (group members see from when they joined).
+    recent = await store.history(a, b, 0, 50, t + 8)
+    assert [r.body for r in recent] == ["newer", "text 9", "text 8"]
+
+
+async def test_group_joined_tells_members_from_others(store: SqlStore) -> None:
+    a, b = await store.create_user(unique(), "x"), await store.create_user(unique(), "x")
+    gid = await store.create_group(a, unique("g"), "")
+    joined = await store.group_joined(a, gid)
+    assert joined is not None and abs(joined // 1000 - now_ms()) < 60_000
+    assert await store.group_joined(b, gid) is None
+    with pytest.raises(errors.NoSuchGroup):
+        await store.group_joined(a, 2_000_000_000)
+    assert await store.user_exists(a) and not await store.user_exists(2_000_000_000)
+
+
+async def test_purge_takes_expired_rows_in_chunks_and_keeps_the_rest(store: SqlStore) -> None:
+    async with store.engine.begin() as conn:  # the session's MariaDB is shared: start empty
+        await conn.execute(delete(history))
+    a, b = await store.create_user(unique(), "x"), await store.create_user(unique(), "x")
+    old = now_ms() - 10_000
+    # A row stamped in the future (a node whose clock is ahead) among old ones.
+    await store.add_history([(a, b, a, "ahead", now_ms() + 60_000, "ahead")])
+    await store.add_history([(a, b, a, f"old-{i}", old + i, "old") for i in range(7)])
+    await store.add_history([(a, b, a, "new", now_ms() + 60_000, "new")])
+    cutoff = now_ms() - 5_000
+    n, after = await store.purge_history(cutoff, 3)
+    assert n == 2 and after  # a chunk (3 rows, 2 of them expired), no more; go on
+    purger = Purger(store, retention=5.0, chunk=3)
+    assert await purger.once() == 5  # the rest, chunk by chunk
+    assert purger.purged == 5 and purger.rounds == 1
+    kept = await store.history(a, b, 0, 50, 0)
+    assert [r.body for r in kept] == ["new", "ahead"]
+    assert await store.purge_history(now_ms(), 3) == (0, 0)  # nothing expired
+    async with store.engine.begin() as conn:  # leave the shared database as found
+        await conn.execute(delete(history))
