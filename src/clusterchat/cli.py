@@ -124,10 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "server answers (to offer more than it can take; default: -c at "
                        "a time); soak: messages a second per user (default 2)")  # fmt: skip
     bench.add_argument("--server-pid", type=int, default=0, metavar="PID",
-                       help="soak: sample this server process's memory")  # fmt: skip
+                       help="soak: sample this server process's memory; chat, group: "
+                       "report its CPU use (on this machine)")  # fmt: skip
     bench.add_argument("--transport", choices=["tcp", "ws"], default="tcp",
                        help="tcp, or ws: WebSockets to the targets' HTTP ports "
                        "(server --http-port) [default tcp]")  # fmt: skip
+    bench.add_argument("--dialect", choices=["modern", "nul"], default="modern",
+                       help="modern: our clients' (newline-framed, every chat acknowledged); "
+                       "nul: the original C++ client's (NUL-framed, no CHAT_ACK); TCP only, "
+                       "not for group or soak [default modern]")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="one JSON line instead of a table")
 
     cl = sub.add_parser(
@@ -396,7 +401,14 @@ def _bench(args: argparse.Namespace) -> int:
         rate=args.rate,
         server_pid=args.server_pid,
         transport=args.transport,
+        dialect=args.dialect,
     )
+    if opts.nul and (opts.transport == "ws" or args.scenario in ("group", "soak")):
+        # The original client had no WebSocket, learnt no group id from a
+        # reply, and the soak checks acknowledgements.
+        print("clusterchat bench: --dialect nul is for reg, login, reconnect and chat over tcp",
+              file=sys.stderr)  # fmt: skip
+        return 2
     results = []
 
     async def go() -> None:

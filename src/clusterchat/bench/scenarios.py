@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from clusterchat.bench.conn import BenchConn, Closed
@@ -42,6 +43,13 @@ class Options:
     server_pid: int = 0
     #: "tcp", or "ws": WebSockets to the targets' HTTP ports (--http-port).
     transport: str = "tcp"
+    #: "modern" (requests end with a newline; every chat is acknowledged) or
+    #: "nul" (the original client's: NUL-terminated, no CHAT_ACK). TCP only.
+    dialect: str = "modern"
+
+    @property
+    def nul(self) -> bool:
+        return self.dialect == "nul"
 
     @property
     def label(self) -> str:
@@ -77,7 +85,7 @@ async def _open(
         from clusterchat.bench.wsconn import WsBenchConn
 
         return await WsBenchConn.open(host, port, on_push)
-    return await BenchConn.open(host, port, on_push)
+    return await BenchConn.open(host, port, on_push, b"\0" if opts.nul else b"\n")
 
 
 async def _register_all(opts: Options, n: int, progress: Progress) -> list[int]:
@@ -298,6 +306,7 @@ class ChatFlow:
         self, senders: list[tuple[BenchConn, dict[str, Any]]], progress: Progress
     ) -> None:
         now = time.perf_counter()
+        nul = self.opts.nul
         self.measure_from = now + self.opts.warmup
         stop_at = self.measure_from + self.opts.seconds
 
@@ -306,23 +315,55 @@ class ChatFlow:
                 await self.window[k].acquire()
                 seq = next(self.seqs)
                 self.outstanding[seq] = self.fanout
+                doc = {**template, "msg": _payload(seq, k, self.opts.msg_size)}
                 try:
-                    reply = conn.request({**template, "msg": _payload(seq, k, self.opts.msg_size)})
-                    reply.add_done_callback(functools.partial(self._replied, seq, k))
+                    if nul:  # the original's dialect acknowledges nothing
+                        conn.send(doc)
+                    else:
+                        reply = conn.request(doc)
+                        reply.add_done_callback(functools.partial(self._replied, seq, k))
                 except Closed:
                     self.result.errors += 1
                     return
                 self.sent += 1
 
         ticker = asyncio.ensure_future(_tick(self.opts, progress))
+        busy = asyncio.ensure_future(self._cpu(stop_at))
         try:
             await asyncio.gather(*(send_loop(k, c, t) for k, (c, t) in enumerate(senders)))
             await asyncio.sleep(min(2.0, 0.5 + self.opts.seconds / 10))  # stragglers
         finally:
             ticker.cancel()
+            busy.cancel()
         self.result.seconds = self.opts.seconds
         self.result.lost = sum(self.outstanding.values())
         self.result.notes["messages sent"] = self.sent
+        self.result.notes["dialect"] = self.opts.dialect
+
+    async def _cpu(self, stop_at: float) -> None:
+        """CPU use over the measured interval, in percent of one core: this
+        client's, and the server's if --server-pid names it (on this
+        machine): which of the two is the limit."""
+        pid = self.opts.server_pid
+        await asyncio.sleep(max(0.0, self.measure_from - time.perf_counter()))
+        t0, c0, s0 = time.perf_counter(), time.process_time(), _cpu_seconds(pid)
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        wall = time.perf_counter() - t0
+        self.result.notes["client CPU %"] = round(100 * (time.process_time() - c0) / wall, 1)
+        s1 = _cpu_seconds(pid)
+        if s0 is not None and s1 is not None:
+            self.result.notes["server CPU %"] = round(100 * (s1 - s0) / wall, 1)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of a process on this machine (None: unknown)."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _tick(opts: Options, progress: Progress) -> None:

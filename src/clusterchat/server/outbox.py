@@ -233,6 +233,12 @@ class Outbox:
         return not self._window
 
     @property
+    def empty(self) -> bool:
+        """Nothing pending, held or remembered, and not paused: the transport
+        may drop this outbox and start a new one with its next message."""
+        return not (self._window or self._pending or self._held or self._paused)
+
+    @property
     def paused(self) -> bool:
         return self._paused
 
