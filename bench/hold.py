@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,10 +46,10 @@ def quiet(_phase: str, _done: int, _total: int) -> None:
 async def measure(transport: str, k: int, workdir: Path) -> dict[str, object]:
     port, http = free_port(), free_port()
     db = f"sqlite+aiosqlite:///{workdir / f'{transport}.db'}"
-    server = subprocess.Popen(
-        [PY, "-m", "clusterchat", "server", "--port", str(port), "--http-port", str(http),
-         "--db", db, "--hash-cost", "1,8,1", "--message-rate", "0", "--login-queue", "0",
-         "--log-level", "WARNING"],
+    server = await asyncio.create_subprocess_exec(
+        PY, "-m", "clusterchat", "server", "--port", str(port), "--http-port", str(http),
+        "--db", db, "--hash-cost", "1,8,1", "--message-rate", "0", "--login-queue", "0",
+        "--log-level", "WARNING",
         env={**os.environ, "CLUSTERCHAT_HOME": str(workdir)},
     )  # fmt: skip
     try:
@@ -84,7 +83,7 @@ async def measure(transport: str, k: int, workdir: Path) -> dict[str, object]:
         }
     finally:
         server.terminate()
-        server.wait(30)
+        await asyncio.wait_for(server.wait(), 30)
 
 
 async def main() -> None:

@@ -4,8 +4,16 @@ machine's ceiling) and against clusterchat, in one session, same pinning.
     .venv/bin/python bench/run.py [--loadgen-src ../shared/tools/loadgen] [--runs 3]
 
 Server on CPU 0, load generator on CPU 1. Medians of --runs runs; chat rates
-are also given as a fraction of the fwdserver ceiling measured alongside.
-Needs MariaDB and Redis running (scripts/services starts them).
+are also given as a fraction of the fwdserver ceiling measured alongside
+(the forwarder answers neither dialect's acknowledgements, so one ceiling
+serves both). Chat rows run in both dialects (--dialects): ``nul`` is the
+original C++ client's, ``modern`` ours (newline framing, a CHAT_ACK for
+every chat). Each row says what limited it: ``node CPU``, ``load
+generator CPU`` or (cross-node rows) ``Redis CPU``, whichever was at least
+90% busy over the measured interval, else neither (latency, or other load
+on the machine). ``ws`` compares WebSocket with the modern dialect over
+TCP, both driven by ``clusterchat bench`` (the C
+loadgen has no WebSocket). Needs MariaDB and Redis (scripts/services).
 """
 
 from __future__ import annotations
@@ -16,27 +24,32 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python")
 MYSQL = "mysql+asyncmy://root@127.0.0.1:3306"
 REDIS = "redis://127.0.0.1:6379/0"
+#: Percent of one core past which a process counts as the limit.
+SATURATED = 90.0
+#: Loadgen flags per dialect (the loadgen's default framing is NUL).
+DIALECT_FLAGS = {"nul": [], "modern": ["--newline"]}
+
+Row = dict[str, Any]
 
 
-def sh(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+def sh(cmd: list[str]) -> str:
+    return subprocess.run(cmd, check=True, text=True, capture_output=True).stdout
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
@@ -46,10 +59,11 @@ def wait_port(port: int, timeout: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], port: int, cpu: str | None = "0", env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+def process(cmd: list[str], port: int, cpu: str | None = "0") -> Iterator[subprocess.Popen[bytes]]:
     full = (["taskset", "-c", cpu] if cpu else []) + cmd
-    p = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
+    p = subprocess.Popen(
+        full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         wait_port(port)
         time.sleep(0.5)
@@ -65,13 +79,47 @@ def process(cmd: list[str], port: int, cpu: str | None = "0", env: dict[str, str
 
 
 def node_cmd(port: int, db: str, *extra: str) -> list[str]:
-    return [PY, "-m", "clusterchat", "server", "--port", str(port), "--db", db,
-            "--log-level", "WARNING", "--message-rate", "0", "--registrations", "0", *extra]  # fmt: skip
+    return [
+        PY,
+        "-m",
+        "clusterchat",
+        "server",
+        "--port",
+        str(port),
+        "--db",
+        db,
+        "--log-level",
+        "WARNING",
+        "--message-rate",
+        "0",
+        "--registrations",
+        "0",
+        *extra,
+    ]
 
 
 def fresh_db(name: str) -> str:
     sh(["mariadb", "-h127.0.0.1", "-uroot", "-e", f"DROP DATABASE IF EXISTS {name}"])
     return f"{MYSQL}/{name}"
+
+
+def limit(node_cpu: float | None, load_cpu: float | None, redis_cpu: float | None = None) -> str:
+    """Which side was the bottleneck, from their CPU use in percent of a core."""
+    if node_cpu is not None and node_cpu >= SATURATED:
+        return "node CPU"
+    if load_cpu is not None and load_cpu >= SATURATED:
+        return "load generator CPU"
+    if redis_cpu is not None and redis_cpu >= SATURATED:
+        return "Redis CPU"
+    return "neither saturated (latency, or a busy machine)"
+
+
+def redis_pid() -> int | None:
+    """The local Redis server's process, to report its CPU use (cross-node rows)."""
+    try:
+        return int(sh(["pgrep", "-o", "-x", "redis-server"]).split()[0])
+    except (subprocess.CalledProcessError, IndexError, ValueError):
+        return None
 
 
 class Loadgen:
@@ -81,28 +129,107 @@ class Loadgen:
             shutil.copy(src / f, self.dir / f)
         sh(["make", "-s", "-C", str(self.dir)])
 
-    def run(self, *args: str) -> dict[str, object]:
-        out = sh(["taskset", "-c", "1", str(self.dir / "loadgen"), *args]).stdout
-        return json.loads(out.strip().splitlines()[-1])
+    def run(self, *args: str) -> Row:
+        out = sh(["taskset", "-c", "1", str(self.dir / "loadgen"), *args])
+        row: Row = json.loads(out.strip().splitlines()[-1])
+        return row
 
 
-def median(rows: list[dict[str, object]], key: str) -> float:
-    return statistics.median(float(r[key]) for r in rows)  # type: ignore[arg-type]
+def median(rows: list[Row], key: str) -> float:
+    return statistics.median(float(r[key]) for r in rows)
 
 
-def chat_rows(lg: Loadgen, runs: int, label: str, args: list[str], port: int, fwd_port: int) -> dict[str, object]:  # fmt: skip
-    """Alternate ceiling and server runs so drift hits both alike."""
+def median_cpu(rows: list[Row], key: str, pids: slice = slice(None)) -> float | None:
+    """Median CPU percent, summed over the watched pids (or a slice of them)."""
+    values = [
+        sum(r[key][pids]) if isinstance(r[key], list) else float(r[key]) for r in rows if r.get(key)
+    ]
+    return statistics.median(values) if values else None
+
+
+def chat_rows(
+    lg: Loadgen,
+    runs: int,
+    label: str,
+    scenario: list[str],
+    targets: str,
+    pids: list[int],
+    fwd_port: int,
+    ceiling_args: list[str] | None = None,
+    redis: int | None = None,
+) -> Row:
+    """Alternate ceiling and server runs so drift hits both alike. ``redis``:
+    Redis's pid, watched too (after the nodes' ``pids``)."""
     ceil, ours = [], []
+    watched = [*pids, redis] if redis else pids
+    pid_arg = ["--server-pid", ",".join(map(str, watched))]
     for _ in range(runs):
-        ceil.append(lg.run("--scenario", "chat", "--targets", f"127.0.0.1:{fwd_port}", *args))
-        ours.append(lg.run("--scenario", "chat", "--targets", f"127.0.0.1:{port}", *args))
+        ceil.append(
+            lg.run(
+                "--scenario",
+                "chat",
+                "--targets",
+                f"127.0.0.1:{fwd_port}",
+                *(ceiling_args if ceiling_args is not None else scenario[2:]),
+            )
+        )
+        ours.append(lg.run(*scenario, "--targets", targets, *pid_arg))
     c, o = median(ceil, "ops_per_s"), median(ours, "ops_per_s")
+    node_cpu = median_cpu(ours, "server_cpu_pct", slice(len(pids)))
+    load_cpu = median_cpu(ours, "loadgen_cpu_pct")
+    redis_cpu = median_cpu(ours, "server_cpu_pct", slice(len(pids), None)) if redis else None
     return {
-        "label": label, "ceiling": c, "ops": o, "fraction": o / c,
-        "p50_us": median(ours, "p50_us"), "p99_us": median(ours, "p99_us"),
-        "lost": sum(int(r["lost"]) for r in ours), "runs": [r["ops_per_s"] for r in ours],  # type: ignore[call-overload]
+        "label": label,
+        "ceiling": c,
+        "ops": o,
+        "fraction": round(o / c, 3),
+        "p50_us": median(ours, "p50_us"),
+        "p99_us": median(ours, "p99_us"),
+        "lost": sum(int(r["lost"]) for r in ours),
+        "runs": [r["ops_per_s"] for r in ours],
         "ceiling_runs": [r["ops_per_s"] for r in ceil],
-    }  # fmt: skip
+        "node_cpu_pct": node_cpu,
+        "loadgen_cpu_pct": load_cpu,
+        "redis_cpu_pct": redis_cpu,
+        "limit": limit(node_cpu, load_cpu, redis_cpu),
+        "ceiling_loadgen_cpu_pct": median_cpu(ceil, "loadgen_cpu_pct"),
+    }
+
+
+def bench_rows(runs: int, label: str, args: list[str], pid: int) -> Row:
+    """``clusterchat bench chat`` (CPU 1) against a node (CPU 0)."""
+    rows = []
+    for _ in range(runs):
+        out = sh(
+            [
+                "taskset",
+                "-c",
+                "1",
+                PY,
+                "-m",
+                "clusterchat",
+                "bench",
+                "chat",
+                *args,
+                "--server-pid",
+                str(pid),
+                "--json",
+            ]
+        )
+        rows.append(json.loads(out))
+    node_cpu = statistics.median(r["notes"].get("server CPU %", 0.0) for r in rows)
+    load_cpu = statistics.median(r["notes"].get("client CPU %", 0.0) for r in rows)
+    return {
+        "label": label,
+        "ops": median(rows, "ops_per_s"),
+        "p50_us": median(rows, "p50_us"),
+        "p99_us": median(rows, "p99_us"),
+        "lost": sum(int(r["lost"]) for r in rows),
+        "runs": [round(r["ops_per_s"]) for r in rows],
+        "node_cpu_pct": node_cpu,
+        "loadgen_cpu_pct": load_cpu,
+        "limit": limit(node_cpu, load_cpu),
+    }
 
 
 def main() -> None:
@@ -110,77 +237,224 @@ def main() -> None:
     ap.add_argument("--loadgen-src", default=str(ROOT.parent / "shared" / "tools" / "loadgen"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", default="10")
-    ap.add_argument("--only", default="", help="comma list: w1,w16,cross,group,login,reconnect,hold,workers")
+    ap.add_argument(
+        "--only", default="", help="comma list: w1,w16,cross,group,ws,login,reconnect,hold,workers"
+    )
+    ap.add_argument(
+        "--dialects",
+        default="nul,modern",
+        help="chat rows (w1, w16, cross) in these dialects [default nul,modern]",
+    )
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
-    want = lambda k: not only or k in only  # noqa: E731
+    dialects = [d for d in args.dialects.split(",") if d]
+
+    def want(k: str) -> bool:
+        return not only or k in only
+
     lg = Loadgen(Path(args.loadgen_src))
     t = args.seconds
-    results: dict[str, object] = {}
+    results: dict[str, Any] = {}
     fwd = [str(lg.dir / "fwdserver"), "7100"]
     cheap = ["--hash-cost", "1,8,1"]  # setup logins are not what these rows measure
     with process(fwd, 7100):
         if want("w1") or want("w16"):
-            with process(node_cmd(7200, fresh_db("ccb_chat"), *cheap), 7200):
-                if want("w1"):
-                    results["chat_w1"] = chat_rows(lg, args.runs, "1:1 chat, w1", ["-p", "50", "-w", "1", "-t", t], 7200, 7100)
-                if want("w16"):
-                    results["chat_w16"] = chat_rows(lg, args.runs, "1:1 chat, w16", ["-p", "50", "-w", "16", "-t", t], 7200, 7100)
+            with process(node_cmd(7200, fresh_db("ccb_chat"), *cheap), 7200) as p:
+                for w in ("1", "16"):
+                    if not want(f"w{w}"):
+                        continue
+                    for d in dialects:
+                        scenario = [
+                            "--scenario",
+                            "chat",
+                            "-p",
+                            "50",
+                            "-w",
+                            w,
+                            "-t",
+                            t,
+                            *DIALECT_FLAGS[d],
+                        ]
+                        results[f"chat_w{w}_{d}"] = chat_rows(
+                            lg,
+                            args.runs,
+                            f"1:1 chat, w{w}, {d} dialect",
+                            scenario,
+                            "127.0.0.1:7200",
+                            [p.pid],
+                            7100,
+                        )
         if want("cross"):
             db = fresh_db("ccb_cross")
             pre = ["--redis", REDIS, "--redis-prefix", f"ccb{os.getpid()}:", *cheap]
-            with process(node_cmd(7300, db, *pre), 7300), process(node_cmd(7301, db, *pre), 7301):
-                ceil, ours = [], []
-                for _ in range(args.runs):
-                    ceil.append(lg.run("--scenario", "chat", "--targets", "127.0.0.1:7100", "-p", "50", "-w", "1", "-t", t))
-                    ours.append(lg.run("--scenario", "chat", "--targets", "127.0.0.1:7300,127.0.0.1:7301", "-p", "50", "-w", "1", "-t", t))
-                c, o = median(ceil, "ops_per_s"), median(ours, "ops_per_s")
-                results["cross"] = {"label": "1:1 chat across 2 nodes, w1", "ceiling": c, "ops": o, "fraction": o / c,
-                                    "p50_us": median(ours, "p50_us"), "p99_us": median(ours, "p99_us"),
-                                    "lost": sum(int(r["lost"]) for r in ours), "runs": [r["ops_per_s"] for r in ours]}  # type: ignore[call-overload]
+            with (
+                process(node_cmd(7300, db, *pre), 7300) as a,
+                process(node_cmd(7301, db, *pre), 7301) as b,
+            ):
+                for d in dialects:
+                    scenario = [
+                        "--scenario",
+                        "chat",
+                        "-p",
+                        "50",
+                        "-w",
+                        "1",
+                        "-t",
+                        t,
+                        *DIALECT_FLAGS[d],
+                    ]
+                    results[f"cross_{d}"] = chat_rows(
+                        lg,
+                        args.runs,
+                        f"1:1 chat across 2 nodes (both on CPU 0), w1, {d} dialect",
+                        scenario,
+                        "127.0.0.1:7300,127.0.0.1:7301",
+                        [a.pid, b.pid],
+                        7100,
+                        redis=redis_pid(),
+                    )
         if want("group"):
-            with process(node_cmd(7400, fresh_db("ccb_group"), *cheap), 7400):
-                ceil, ours = [], []
-                for _ in range(args.runs):
-                    ceil.append(lg.run("--scenario", "chat", "--targets", "127.0.0.1:7100", "-p", "50", "-w", "1", "-t", t))
-                    ours.append(lg.run("--scenario", "group", "--targets", "127.0.0.1:7400", "-g", "50", "-s", "1", "-w", "1", "-t", t))
-                c, o = median(ceil, "ops_per_s"), median(ours, "ops_per_s")
-                results["group"] = {"label": "group fan-out, 50 members, 1 sender", "ceiling": c, "ops": o, "fraction": o / c,
-                                    "p50_us": median(ours, "p50_us"), "p99_us": median(ours, "p99_us"),
-                                    "lost": sum(int(r["lost"]) for r in ours), "runs": [r["ops_per_s"] for r in ours]}  # type: ignore[call-overload]
+            with process(node_cmd(7400, fresh_db("ccb_group"), *cheap), 7400) as p:
+                scenario = ["--scenario", "group", "-g", "50", "-s", "1", "-w", "1", "-t", t]
+                results["group"] = chat_rows(
+                    lg,
+                    args.runs,
+                    "group fan-out, 50 members, 1 sender, nul dialect",
+                    scenario,
+                    "127.0.0.1:7400",
+                    [p.pid],
+                    7100,
+                    ["-p", "50", "-w", "1", "-t", t],
+                )
+    if want("ws"):
+        db = fresh_db("ccb_ws")
+        with process(node_cmd(7450, db, *cheap, "--http-port", "7451"), 7450) as p:
+            for w in ("1", "16"):
+                common = ["-p", "50", "-w", w, "-t", t, "--warmup", "1"]
+                tcp = bench_rows(
+                    args.runs,
+                    f"1:1 chat, w{w}, modern over TCP (clusterchat bench)",
+                    [*common, "--target", "127.0.0.1:7450"],
+                    p.pid,
+                )
+                ws = bench_rows(
+                    args.runs,
+                    f"1:1 chat, w{w}, WebSocket (clusterchat bench)",
+                    [*common, "--target", "127.0.0.1:7451", "--transport", "ws"],
+                    p.pid,
+                )
+                ws["fraction_of_tcp"] = round(ws["ops"] / tcp["ops"], 3) if tcp["ops"] else None
+                results[f"bench_tcp_w{w}"], results[f"ws_w{w}"] = tcp, ws
     if want("login"):
         rows = []
         for i in range(args.runs):
             with process(node_cmd(7500, fresh_db(f"ccb_login{i}")), 7500) as p:
-                rows.append(lg.run("--scenario", "login", "--targets", "127.0.0.1:7500", "-n", "1000", "-c", "16", "--server-pid", str(p.pid)))
-        results["login"] = {"label": "login storm, 1000 fresh users, 16 in flight, MariaDB, argon2id t=2 m=19MiB p=1",
-                            "ops": median(rows, "ops_per_s"), "failed": sum(int(r["failed"]) + int(r["timeouts"]) for r in rows),  # type: ignore[call-overload]
-                            "p50_us": median(rows, "p50_us"), "p99_us": median(rows, "p99_us"), "runs": [r["ops_per_s"] for r in rows]}
+                rows.append(
+                    lg.run(
+                        "--scenario",
+                        "login",
+                        "--targets",
+                        "127.0.0.1:7500",
+                        "-n",
+                        "1000",
+                        "-c",
+                        "16",
+                        "--server-pid",
+                        str(p.pid),
+                    )
+                )
+        results["login"] = {
+            "label": "login storm, 1000 fresh users, 16 in flight, MariaDB, "
+            "argon2id t=2 m=19MiB p=1",
+            "ops": median(rows, "ops_per_s"),
+            "failed": sum(int(r["failed"]) + int(r["timeouts"]) for r in rows),
+            "p50_us": median(rows, "p50_us"),
+            "p99_us": median(rows, "p99_us"),
+            "runs": [r["ops_per_s"] for r in rows],
+        }
     if want("reconnect"):
         rows = []
         for i in range(args.runs):
             with process(node_cmd(7600, fresh_db(f"ccb_rc{i}"), *cheap), 7600):
-                out = sh(["taskset", "-c", "1", PY, "-m", "clusterchat", "bench", "reconnect", "--target", "127.0.0.1:7600", "-n", "5000", "--json"]).stdout
+                out = sh(
+                    [
+                        "taskset",
+                        "-c",
+                        "1",
+                        PY,
+                        "-m",
+                        "clusterchat",
+                        "bench",
+                        "reconnect",
+                        "--target",
+                        "127.0.0.1:7600",
+                        "-n",
+                        "5000",
+                        "--json",
+                    ]
+                )
                 rows.append(json.loads(out))
-        results["reconnect"] = {"label": "reconnect storm, 5000 users, session tickets, MariaDB",
-                                "seconds": statistics.median(r["seconds"] for r in rows), "errors": sum(r["errors"] for r in rows),
-                                "p99_us": median(rows, "p99_us"), "runs": [round(r["seconds"], 2) for r in rows]}
+        results["reconnect"] = {
+            "label": "reconnect storm, 5000 users, session tickets, MariaDB",
+            "seconds": statistics.median(r["seconds"] for r in rows),
+            "errors": sum(r["errors"] for r in rows),
+            "p99_us": median(rows, "p99_us"),
+            "runs": [round(r["seconds"], 2) for r in rows],
+        }
     if want("hold"):
         with process(node_cmd(7700, fresh_db("ccb_hold"), *cheap), 7700) as p:
-            r = lg.run("--scenario", "hold", "--targets", "127.0.0.1:7700", "-k", "10000", "-c", "50", "--settle", "2", "--server-pid", str(p.pid))
-        results["hold"] = {"label": "10,000 idle logged-in connections", "kb_per_conn": r["kb_per_conn"], "open": r["open"], "logged_in": r["logged_in"]}
+            r = lg.run(
+                "--scenario",
+                "hold",
+                "--targets",
+                "127.0.0.1:7700",
+                "-k",
+                "10000",
+                "-c",
+                "50",
+                "--settle",
+                "2",
+                "--server-pid",
+                str(p.pid),
+            )
+        results["hold"] = {
+            "label": "10,000 idle logged-in connections",
+            "kb_per_conn": r["kb_per_conn"],
+            "open": r["open"],
+            "logged_in": r["logged_in"],
+        }
     if want("workers"):
         db = fresh_db("ccb_workers")
         pre = ["--redis", REDIS, "--redis-prefix", f"ccw{os.getpid()}:", *cheap]
-        rows = {}
+        workers = {}
         for n in (1, 2):
             with process([*node_cmd(7800, db, *pre), "--workers", str(n)], 7800, cpu=None):
                 time.sleep(1)
-                runs = [json.loads(sh(["taskset", "-c", "1", str(lg.dir / "loadgen"), "--scenario", "chat", "--targets", "127.0.0.1:7800", "-p", "50", "-w", "16", "-t", t, "--loss-timeout", "10"]).stdout.strip().splitlines()[-1]) for _ in range(args.runs)]
-                rows[n] = {"ops": median(runs, "ops_per_s"), "lost": sum(int(r["lost"]) for r in runs), "runs": [r["ops_per_s"] for r in runs]}  # type: ignore[call-overload]
-        results["workers"] = rows
+                runs = [
+                    lg.run(
+                        "--scenario",
+                        "chat",
+                        "--targets",
+                        "127.0.0.1:7800",
+                        "-p",
+                        "50",
+                        "-w",
+                        "16",
+                        "-t",
+                        t,
+                        "--loss-timeout",
+                        "10",
+                    )
+                    for _ in range(args.runs)
+                ]
+                workers[n] = {
+                    "ops": median(runs, "ops_per_s"),
+                    "lost": sum(int(r["lost"]) for r in runs),
+                    "runs": [r["ops_per_s"] for r in runs],
+                }
+        results["workers"] = workers
     print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

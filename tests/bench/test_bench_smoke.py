@@ -40,6 +40,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     [
         ["chat", "-p", "3", "-w", "4", "-t", "1", "--warmup", "0.2"],
         ["chat", "-p", "3", "-w", "4", "-t", "1", "--warmup", "0.2", "--transport", "ws"],
+        ["chat", "-p", "3", "-w", "4", "-t", "1", "--warmup", "0.2", "--dialect", "nul"],
         ["group", "-g", "5", "-t", "1", "--warmup", "0.2"],
         ["reg", "-n", "20", "-c", "4"],
         ["login", "-n", "20", "-c", "4"],
@@ -47,7 +48,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         # The soak's CI-sized version (README: the long one).
         ["soak", "-n", "20", "-t", "4", "--rate", "5", "--server-pid", str(os.getpid())],
     ],
-    ids=lambda a: "-".join(a[:1] + a[-1:] if "ws" in a else a[:1]),
+    ids=lambda a: "-".join(a[:1] + a[-1:] if "ws" in a or "nul" in a else a[:1]),
 )
 async def test_bench_scenario_reports_and_loses_nothing(node: Node, args: list[str]) -> None:
     port = node.http.port if "ws" in args else node.port
@@ -63,6 +64,21 @@ async def test_bench_scenario_reports_and_loses_nothing(node: Node, args: list[s
     assert result["ops"] > 0 and result["ops_per_s"] > 0
     assert result["lost"] == 0 and result["errors"] == 0
     assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
+    if args[0] == "chat":
+        assert result["notes"]["dialect"] == ("nul" if "nul" in args else "modern")
+        assert result["notes"]["client CPU %"] > 0  # which side was the limit
     if args[0] == "soak":
         assert result["notes"]["comings and goings"] > 0
         assert "rss_growth_kib" in result["notes"]
+
+
+@pytest.mark.parametrize("args", [["chat", "--transport", "ws"], ["group"], ["soak"]])
+async def test_the_original_dialect_is_refused_where_it_cannot_work(args: list[str]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "bench", *args, "--dialect", "nul",
+        "--target", "127.0.0.1:1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert b"--dialect nul" in err

@@ -20,13 +20,14 @@ async def test_the_page_acknowledges_what_it_received(web_node: Node, new_page: 
     bob_id = await register(bob, "Bob Marsh")
     await add_friend(ann, bob_id)
     peer = web_node.service.sessions[bob_id].peer
-    assert isinstance(peer, Connection) and peer.outbox.receipts is not None  # asked at login
+    assert isinstance(peer, Connection) and peer.outbox is not None  # made at login
+    receipts = peer.outbox.receipts
+    assert receipts is not None  # asked for at login
     for text in ("one", "two", "three"):
         await say(ann, text)
     await bob.locator(f'[data-key="u:{ann_id}"]').click()
     await expect(bob.locator("#messages .msg.theirs .bubble")).to_have_text(["one", "two", "three"])
     assert await bob.evaluate("clusterchat.sock.seenSeq") >= 3
-    receipts = peer.outbox.receipts
     async with asyncio.timeout(10):  # the page's one-second timer
         while receipts.count:  # noqa: ASYNC110
             await asyncio.sleep(0.05)

@@ -20,8 +20,10 @@ from tests.conftest import PASSWORD, unique
 
 async def _unacked(node: Node, uid: int) -> int:
     peer = node.service.sessions[uid].peer
-    assert isinstance(peer, Connection) and peer.outbox.receipts is not None
-    return peer.outbox.receipts.count
+    assert isinstance(peer, Connection) and peer.outbox is not None
+    receipts = peer.outbox.receipts
+    assert receipts is not None  # kept while receipts are on
+    return receipts.count
 
 
 async def _until_acknowledged(node: Node, uid: int) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from clusterchat.client.connection import ConnectionClosed
-from clusterchat.protocol.messages import MsgId
+from clusterchat.protocol.messages import ErrCode, MsgId
 from tests.cluster.conftest import Cluster, running_cluster
 from tests.conftest import PASSWORD, User
 from tests.helpers import OwnRedis
@@ -56,18 +56,30 @@ async def _read(pair: Pair) -> None:
 
 
 async def _send(pair: Pair, k: int, count: int, size: int, tally: Counter[str]) -> None:
+    """Send as fast as TCP takes them; what is refused as busy (151: no
+    effect) is sent again after a pause, as a client is told to."""
     conn = pair.sender.conn
     pad = "x" * size
-    texts = [f"{k}:{n}" for n in range(count)]
-    for text in texts:  # as fast as TCP takes them; the node answers in order
-        await conn.send({"msgid": MsgId.ONE_CHAT, "toid": pair.receiver.id, "msg": f"{text} {pad}"})
-    for text in texts:
-        reply = await conn.recv(timeout=60)
-        if reply.get("msgid") == MsgId.CHAT_ACK:
-            tally[str(reply["status"])] += 1
-            pair.acked.add(text)
-        else:
-            tally[f"refused {reply.get('errno')}"] += 1
+    pending = [f"{k}:{n}" for n in range(count)]
+    for attempt in range(1, 60):
+        for text in pending:  # the node answers in order
+            await conn.send(
+                {"msgid": MsgId.ONE_CHAT, "toid": pair.receiver.id, "msg": f"{text} {pad}"}
+            )
+        busy = []
+        for text in pending:
+            reply = await conn.recv(timeout=60)
+            if reply.get("msgid") == MsgId.CHAT_ACK:
+                tally[str(reply["status"])] += 1
+                pair.acked.add(text)
+            else:
+                tally[f"refused {reply.get('errno')}"] += 1
+                if reply.get("errno") == ErrCode.BUSY:
+                    busy.append(text)
+        if not busy:
+            return
+        pending = busy
+        await asyncio.sleep(min(0.05 * attempt, 1.0))
 
 
 async def burst(cluster: Cluster, senders: int, count: int, size: int) -> dict[str, int]:
@@ -120,7 +132,7 @@ def _log(cluster: Cluster, node: str) -> str:
 async def test_burst_100_senders_50_messages_60k(cluster: Cluster) -> None:
     """The issue's burst, on the shared Redis with its default limits."""
     figures = await burst(cluster, 100, 50, 60_000)
-    assert figures["acknowledged"] >= 4000, figures  # most of it got through, not refused
+    assert figures["acknowledged"] == 5000, figures  # refused as busy at worst, then retried
 
 
 @pytest.fixture

@@ -36,9 +36,9 @@ async def _closed_with(conn: ChatConnection, code: ErrCode, words: str) -> None:
 
 
 async def test_pinging_does_not_extend_the_login_deadline(tight: Node) -> None:
-    lurker = await ChatConnection.open("127.0.0.1", tight.port)
     loop = asyncio.get_running_loop()
-    opened = loop.time()
+    opened = loop.time()  # before the connect, so before the node's accept
+    lurker = await ChatConnection.open("127.0.0.1", tight.port)
 
     async def ping() -> None:
         while True:

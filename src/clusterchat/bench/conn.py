@@ -1,5 +1,10 @@
 """A lean benchmark connection: an asyncio Protocol, replies matched FIFO,
-chat deliveries handed to a callback. Thousands of these fit in one process."""
+chat deliveries handed to a callback. Thousands of these fit in one process.
+
+It speaks our dialect (requests end with ``\\n``) or, with ``term=b"\\0"``,
+the original client's: requests end with NUL and the server answers only
+what the original did (no CHAT_ACK, no ERROR), so chat is sent with
+:meth:`BenchConn.send`, not :meth:`BenchConn.request`."""
 
 from __future__ import annotations
 
@@ -21,8 +26,11 @@ class Closed(Exception):
 
 
 class BenchConn(asyncio.Protocol):
-    def __init__(self, on_push: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self, on_push: Callable[[dict[str, Any]], None] | None = None, term: bytes = b"\n"
+    ) -> None:
         self.transport: asyncio.Transport | None = None
+        self.term = term
         self.decoder = FrameDecoder(16 * DEFAULT_MAX_FRAME)
         self.pending: deque[asyncio.Future[dict[str, Any]]] = deque()
         self.on_push = on_push
@@ -34,10 +42,14 @@ class BenchConn(asyncio.Protocol):
 
     @classmethod
     async def open(
-        cls, host: str, port: int, on_push: Callable[[dict[str, Any]], None] | None = None
+        cls,
+        host: str,
+        port: int,
+        on_push: Callable[[dict[str, Any]], None] | None = None,
+        term: bytes = b"\n",
     ) -> BenchConn:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: cls(on_push), host, port)
+        _, conn = await loop.create_connection(lambda: cls(on_push, term), host, port)
         return conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,7 +100,7 @@ class BenchConn(asyncio.Protocol):
     def send(self, doc: dict[str, Any]) -> None:
         if self.transport is None:
             raise Closed("connection closed")
-        self.transport.write(codec.dumps(doc).encode() + b"\n")
+        self.transport.write(codec.dumps(doc).encode() + self.term)
 
     def request(self, doc: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

@@ -44,8 +44,15 @@ class Options:
     server_pid: int = 0
     #: "tcp", or "ws": WebSockets to the targets' HTTP ports (--http-port).
     transport: str = "tcp"
+    #: "modern" (requests end with a newline; every chat is acknowledged) or
+    #: "nul" (the original client's: NUL-terminated, no CHAT_ACK). TCP only.
+    dialect: str = "modern"
     #: Log in asking for receipts and acknowledge pushes, as our clients do.
     receipts: bool = False
+
+    @property
+    def nul(self) -> bool:
+        return self.dialect == "nul"
 
     @property
     def label(self) -> str:
@@ -81,7 +88,7 @@ async def _open(
         from clusterchat.bench.wsconn import WsBenchConn
 
         return await WsBenchConn.open(host, port, on_push)
-    return await BenchConn.open(host, port, on_push)
+    return await BenchConn.open(host, port, on_push, b"\0" if opts.nul else b"\n")
 
 
 async def _register_all(opts: Options, n: int, progress: Progress) -> list[int]:
@@ -310,6 +317,7 @@ class ChatFlow:
         self, senders: list[tuple[BenchConn, dict[str, Any]]], progress: Progress
     ) -> None:
         now = time.perf_counter()
+        nul = self.opts.nul
         self.measure_from = now + self.opts.warmup
         stop_at = self.measure_from + self.opts.seconds
 
@@ -318,46 +326,59 @@ class ChatFlow:
                 await self.window[k].acquire()
                 seq = next(self.seqs)
                 self.outstanding[seq] = self.fanout
+                doc = {**template, "msg": _payload(seq, k, self.opts.msg_size)}
                 try:
-                    reply = conn.request({**template, "msg": _payload(seq, k, self.opts.msg_size)})
-                    reply.add_done_callback(functools.partial(self._replied, seq, k))
+                    if nul:  # the original's dialect acknowledges nothing
+                        conn.send(doc)
+                    else:
+                        reply = conn.request(doc)
+                        reply.add_done_callback(functools.partial(self._replied, seq, k))
                 except Closed:
                     self.result.errors += 1
                     return
                 self.sent += 1
 
         ticker = asyncio.ensure_future(_tick(self.opts, progress))
-        sampler = None
-        if self.opts.server_pid:
-            sampler = asyncio.ensure_future(self._sample_cpu(stop_at))
+        busy = asyncio.ensure_future(self._cpu(stop_at))
         try:
             await asyncio.gather(*(send_loop(k, c, t) for k, (c, t) in enumerate(senders)))
-            if sampler is not None:
-                await sampler
             await asyncio.sleep(min(2.0, 0.5 + self.opts.seconds / 10))  # stragglers
         finally:
             ticker.cancel()
+            busy.cancel()
         self.result.seconds = self.opts.seconds
         self.result.lost = sum(self.outstanding.values())
         self.result.notes["messages sent"] = self.sent
+        self.result.notes["dialect"] = self.opts.dialect
 
-    async def _sample_cpu(self, stop_at: float) -> None:
-        """The server's CPU time per delivery over the measured seconds only
-        (``--server-pid``): a figure other load on the machine disturbs less
-        than a rate does."""
+    async def _cpu(self, stop_at: float) -> None:
+        """CPU use over the measured interval, in percent of one core: this
+        client's, and the server's if --server-pid names it (on this
+        machine): which of the two is the limit."""
+        pid = self.opts.server_pid
         await asyncio.sleep(max(0.0, self.measure_from - time.perf_counter()))
-        c0, ops0 = _cpu_seconds(self.opts.server_pid), self.result.ops
+        t0, c0, s0 = time.perf_counter(), time.process_time(), _cpu_seconds(pid)
+        ops0 = self.result.ops
         await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-        c1, ops1 = _cpu_seconds(self.opts.server_pid), self.result.ops
-        if ops1 > ops0:
-            self.result.notes["server CPU us per delivery"] = round(
-                (c1 - c0) * 1e6 / (ops1 - ops0), 2
-            )
+        wall = time.perf_counter() - t0
+        self.result.notes["client CPU %"] = round(100 * (time.process_time() - c0) / wall, 1)
+        s1 = _cpu_seconds(pid)
+        if s0 is not None and s1 is not None:
+            self.result.notes["server CPU %"] = round(100 * (s1 - s0) / wall, 1)
+            if self.result.ops > ops0:  # less disturbed by other load than a rate
+                self.result.notes["server CPU us per delivery"] = round(
+                    (s1 - s0) * 1e6 / (self.result.ops - ops0), 2
+                )
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def _cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of a process on this machine (None: unknown)."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

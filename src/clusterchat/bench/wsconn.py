@@ -26,7 +26,11 @@ class WsBenchConn(BenchConn):
 
     @classmethod
     async def open(
-        cls, host: str, port: int, on_push: Callable[[dict[str, Any]], None] | None = None
+        cls,
+        host: str,
+        port: int,
+        on_push: Callable[[dict[str, Any]], None] | None = None,
+        term: bytes = b"\n",  # one text message per request: no terminator at all
     ) -> BenchConn:
         loop = asyncio.get_running_loop()
         uri = f"ws://{host}:{port}/ws"

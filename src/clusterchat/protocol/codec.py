@@ -143,14 +143,6 @@ class _GroupChatOut(msgspec.Struct, gc=False):
     mid: str
 
 
-class _ChatAck(msgspec.Struct, gc=False):
-    msgid: int
-    errno: int
-    mid: str
-    ts: int
-    status: str
-
-
 _ONE_CHAT, _GROUP_CHAT, _CHAT_ACK = int(MsgId.ONE_CHAT), int(MsgId.GROUP_CHAT), int(MsgId.CHAT_ACK)
 
 
@@ -163,8 +155,13 @@ def group_chat(uid: int, name: str, gid: int, msg: str, time: str, ts: int, mid:
     return _encoder.encode(_GroupChatOut(_GROUP_CHAT, uid, name, gid, msg, time, ts, mid)) + b"\n"
 
 
+#: A CHAT_ACK is sent for every chat of our dialect: pre-encoded around its
+#: three fields (sorted keys, as the encoder would), half the cost of a struct.
+_CHAT_ACK_TEMPLATE = b'{"errno":0,"mid":%%b,"msgid":%d,"status":%%b,"ts":%%d}\n' % _CHAT_ACK
+
+
 def chat_ack(mid: str, ts: int, status: str) -> bytes:
-    return _encoder.encode(_ChatAck(_CHAT_ACK, 0, mid, ts, status)) + b"\n"
+    return _CHAT_ACK_TEMPLATE % (_encoder.encode(mid), _encoder.encode(status), ts)
 
 
 def login_ack(

@@ -6,7 +6,9 @@ awaits I/O (a login, an offline store), later frames wait in a small queue
 and reading pauses if that queue grows. What is owed to the peer (order,
 coalescing, slow readers, what to store when it ends) is the
 :class:`~clusterchat.server.outbox.Outbox`'s business; this class only
-feeds it transport events and performs what it answers.
+feeds it transport events and performs what it answers. A connection gets
+its outbox with its first chat message and gives it back once everything
+written is settled, so the many idle ones cost nothing for it.
 """
 
 from __future__ import annotations
@@ -63,10 +65,22 @@ def _unacked(fd: int) -> int:
 _DISCARD = b"\0refused"
 
 
+def _ended_outbox() -> Outbox:
+    box = Outbox(0)
+    box.end(End.CLOSED_BY_US)
+    return box
+
+
+#: The outbox of every connection that ended while it had none: it refuses
+#: deliveries (the service stores them) and owes nothing. An ended outbox
+#: changes no more, so one is shared.
+_ENDED = _ended_outbox()
+
+
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "_fd",
         "_linger",
+        "_out",
         "_paused",
         "_proxy",
         "_queue",
@@ -88,13 +102,16 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder(node.settings.max_frame)
         self.session = Session(self, node.clock())
-        self.outbox = Outbox(node.settings.output_limit, node.budget)
+        #: None until the first chat message, and again once all is settled.
+        self.outbox: Outbox | None = None
         self._queue: deque[tuple[bytes, int]] | None = None
+        # Replies that joined a write due at the end of this tick (and what the
+        # outbox had before them).
+        self._out: list[bytes] | None = None
         self._paused = False
         self._linger: asyncio.TimerHandle | None = None
         # Receipts: set when the client acknowledges or the connection ends.
         self._room: asyncio.Event | None = None
-        self._fd = -1
         # Whether the node asks this connection for in-flight reports.
         self._watched = False
         # From a trusted proxy: what arrived of a PROXY line, until it is read.
@@ -119,15 +136,8 @@ class Connection(asyncio.Protocol):
         if self.node.trusts(self.address):
             self._proxy = b""
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            self._fd = sock.fileno()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # Half-open connections (a peer that vanished) die within ~90 s.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        # Socket options come from the listener (tune_listener), not from
+        # here: asking the transport for its socket keeps one per connection.
         self.node.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -171,8 +181,10 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """A FIN: the peer read all its kernel acknowledged (else it would
-        have sent RST); only what crossed its close is stored again."""
-        self._store(self.outbox.end(End.PEER_FINISHED, self._in_flight()), cut_off=False)
+        have sent RST); only what crossed its close is stored again. It may
+        still read: the replies to its last requests are written first."""
+        self._write_replies()
+        self._end(End.PEER_FINISHED, self._in_flight())
         return False  # close our side too
 
     def _unproxy(self, data: bytes) -> bytes:
@@ -219,7 +231,7 @@ class Connection(asyncio.Protocol):
     def _lost(self) -> None:
         if self._linger is not None:
             self._linger.cancel()
-        self._store(self.outbox.end(End.PEER_CLOSED), cut_off=False)
+        self._end(End.PEER_CLOSED)
         self.node.connection_closed(self)
         self.node.service.disconnected(self.session)
         self.transport = None
@@ -231,17 +243,32 @@ class Connection(asyncio.Protocol):
     # -- service.Peer ----------------------------------------------------------------
 
     def send(self, data: bytes) -> bool:
+        """Write a reply, after what was accepted for the peer before it. If
+        a write is due at the end of this loop iteration anyway (a message
+        for the peer came first), the reply joins it: a CHAT_ACK and the
+        partner's message cost one system call, not two. Else it leaves now."""
         t = self.transport
         if t is None or t.is_closing():
             return False
-        self.flush()  # what was queued before goes first
-        if t.is_closing():  # it was cut off (receipts: over the window)
+        outbox = self.outbox
+        before = outbox.take() if outbox is not None else None  # goes first
+        if before is None and outbox is not None and outbox.overflowed:
+            self.overflowed()  # receipts: too much not acknowledged
             return False
-        t.write(data)
+        out = self._out
+        if out is None:
+            if before is None:  # nothing due this tick: no reason to wait
+                self._write(data)
+                return True
+            self._out = out = []  # the outbox's first message asked for the flush
+        if before is not None:
+            out.append(before)
+        out.append(data)
         return True
 
     def deliver(self, data: bytes) -> bool:
-        verdict = self.outbox.deliver(data)
+        outbox = self.outbox or self._new_outbox()
+        verdict = outbox.deliver(data)
         if verdict == QUEUED:
             return True
         if verdict == FIRST:
@@ -259,48 +286,27 @@ class Connection(asyncio.Protocol):
         )
         if carried:  # in the login reply, unnumbered there: 1 to n
             unacked.written(carried, sum(map(len, carried)))
-        self.outbox.start_receipts(unacked)
-        return True
+        (self.outbox or self._new_outbox()).start_receipts(unacked)
+        return not self.ended
 
     def received(self, seq: int) -> bool:
         if self._room is not None:
             self._room.set()
-        return self.outbox.ack(seq)
+        outbox = self.outbox
+        return outbox is not None and outbox.ack(seq)
 
     async def receipt_room(self, nbytes: int) -> bool:
-        box = self.outbox
-        while not box.has_room(nbytes):
+        while (outbox := self.outbox) is not None and not outbox.has_room(nbytes):
             room = self._room = self._room or asyncio.Event()
             room.clear()
             await room.wait()
-        return not box.ended
+        return not self.ended
 
     def stop_receipts(self) -> list[bytes]:
         if self._room is not None:
             self._room.set()
-        return self.outbox.stop_receipts()
-
-    def _store(self, unread: list[bytes], cut_off: bool) -> None:
-        """The outbox has ended: keep what it owed, wake what waits for room."""
-        if self._room is not None:
-            self._room.set()
-        if unread:
-            self.node.service.spill(self.session, unread, cut_off=cut_off)
-
-    def flush(self, now: float = 0.0) -> None:
-        """Write what the outbox has for this tick (the node calls this once
-        per loop iteration for every connection that was delivered to)."""
-        data = self.outbox.take()
-        if data is None:
-            if self.outbox.overflowed:
-                self.overflowed()
-            return
-        t = self.transport
-        assert t is not None  # the outbox ends before the transport goes
-        t.write(data)
-        if not self._watched:
-            self._watched = True
-            self.node.watch(self)
+        outbox = self.outbox
+        return outbox.stop_receipts() if outbox is not None else []
 
     def overflowed(self) -> None:
         """Receipts: too much written and not acknowledged: cut off, all kept."""
@@ -312,66 +318,135 @@ class Connection(asyncio.Protocol):
         service.refusals.note(self.session, f"receipts: closing ({code.name.lower()})")
         self._cut_off(why)
 
+    def flush(self, now: float = 0.0) -> None:
+        """Write this tick's replies and what the outbox has, in one write
+        (the node calls this once per loop iteration for every connection
+        that was sent or delivered to)."""
+        outbox = self.outbox
+        data = outbox.take() if outbox is not None else None
+        if data is None and outbox is not None and outbox.overflowed:
+            self.overflowed()  # receipts: too much not acknowledged
+            return
+        out = self._out
+        if out is not None:
+            self._out = None
+            if data is not None:
+                out.append(data)
+            data = out[0] if len(out) == 1 else b"".join(out)
+        elif data is None:
+            return
+        t = self.transport
+        if t is None or t.is_closing():
+            return  # cut off meanwhile: the outbox's end() kept its part
+        self._write(data)
+        if not self._watched and outbox is not None and not outbox.idle:
+            self._watched = True
+            self.node.watch(self)
+
+    def _write(self, data: bytes) -> None:
+        """Hand bytes of whole documents to the transport."""
+        t = self.transport
+        assert t is not None
+        t.write(data)
+
+    def _write_replies(self) -> None:
+        """Write the replies queued this tick now (before a close)."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            self._write(b"".join(out))
+
     def report(self) -> bool:
         """Tell the outbox what is still in flight; False once it has
-        nothing to remember (the node stops asking)."""
-        t = self.transport
-        if t is None or self.outbox.ended:
+        nothing to remember (the node stops asking, and the outbox goes)."""
+        outbox = self.outbox
+        if self.transport is None or outbox is None or outbox.ended:
             self._watched = False
             return False
-        receipts = self.outbox.receipts
+        receipts = outbox.receipts
         if receipts is not None and receipts.overdue(self.node.clock()):
             self._watched = False
             self._receipts_failed(ErrCode.RECEIPT_TIMEOUT, _RECEIPT_TIMEOUT)
             return False
-        self.outbox.measured(self._in_flight())
-        if self.outbox.idle:
+        outbox.measured(self._in_flight())
+        if outbox.idle:
             self._watched = False
+            if outbox.empty:  # nothing owed: the next message makes a new one
+                self.outbox = None
         return self._watched
+
+    def _new_outbox(self) -> Outbox:
+        self.outbox = Outbox(self.node.settings.output_limit, self.node.budget)
+        return self.outbox
+
+    def _end(self, how: End, in_flight: int = 0, cut_off: bool = False) -> None:
+        """The outbox is done with (see End); store what it says may be unread."""
+        outbox = self.outbox
+        self.outbox = _ENDED
+        if outbox is not None:
+            self._store(outbox.end(how, in_flight), cut_off=cut_off)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the connection has ended as far as deliveries go."""
+        return self.outbox is _ENDED
 
     def _in_flight(self) -> int:
         """Bytes written that the peer's kernel has not acknowledged yet."""
         t = self.transport
-        n = t.get_write_buffer_size() if t is not None else 0
-        return n + _unacked(self._fd) if self._fd >= 0 else n
+        if t is None:
+            return 0
+        sock = t.get_extra_info("socket")
+        n = t.get_write_buffer_size()
+        return n + _unacked(sock.fileno()) if sock is not None else n
 
     def close(self) -> None:
         """Close by us (logout, timeouts, displaced, shutdown): the peer gets
         what was written, then FIN; what it may not get is stored."""
         t = self.transport
-        if t is None or self.outbox.ended:
+        if t is None or self.ended:
             if t is not None:
                 t.close()
             return
         self.flush()
-        self.outbox.measured(self._in_flight())  # is it behind, now?
-        self._store(self.outbox.end(End.CLOSED_BY_US), cut_off=False)
+        if self.outbox is not None:
+            self.outbox.measured(self._in_flight())  # is it behind, now?
+        self._end(End.CLOSED_BY_US)
         t.close()
+
+    def _store(self, unread: list[bytes], cut_off: bool) -> None:
+        """The outbox has ended: keep what it owed, wake what waits for room."""
+        if self._room is not None:
+            self._room.set()
+        if unread:
+            self.node.service.spill(self.session, unread, cut_off=cut_off)
 
     # -- flow control: a peer that does not read -----------------------------------------
 
     def pause_writing(self) -> None:
         """The socket is full: hold chat messages, stop taking requests."""
-        self.outbox.pause()
+        if not self.ended:
+            (self.outbox or self._new_outbox()).pause()
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.outbox.resume():
+        if self.outbox is not None and self.outbox.resume():
             self.node.write_soon(self)
         if self.transport is not None and not self._paused:
             self.transport.resume_reading()
 
     def _cut_off(self, why: bytes | None = None) -> None:
         """Past the output limit (or, with receipts, the unacknowledged
-        window's bounds or time: ``why`` says which): disconnect, and store
-        what it was not sent and what it may not have read. Some of that may
-        still reach it while the connection closes: a duplicate (same mid),
-        never a loss."""
-        self._store(self.outbox.end(End.CUT_OFF), cut_off=True)
+        window's bounds or time: ``why`` says which, and is written last):
+        disconnect, and store what it was not sent and what it may not have
+        read. Some of that may still reach it while the connection closes:
+        a duplicate (same mid), never a loss."""
+        self._end(End.CUT_OFF, cut_off=True)
         t = self.transport
         if why is not None and t is not None and not t.is_closing():
-            self.send(why)
+            self._write_replies()
+            self._write(why)
         if t is not None:
             t.close()  # flushes what it can, then FIN; cut hard if the peer never reads
             self._linger = asyncio.get_running_loop().call_later(_LINGER, t.abort)
@@ -420,8 +495,23 @@ class Connection(asyncio.Protocol):
         self._queue = None
         if self._paused:
             self._paused = False
-            if not self.outbox.paused:  # else resume_writing resumes reading
+            if self.outbox is None or not self.outbox.paused:  # else resume_writing does
                 self.transport.resume_reading()
+
+
+def tune_listener(server: asyncio.Server) -> None:
+    """Set the options every accepted connection needs on the listening
+    sockets: Linux copies them into each socket it accepts, so they cost
+    nothing per connection (no system calls, no socket object kept)."""
+    for sock in server.sockets:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Half-open connections (a peer that vanished) die within ~90 s.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 class _Refused(asyncio.Protocol):

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from websockets.http11 import Request
 
 from clusterchat.protocol import forwarded
+from clusterchat.server.connection import tune_listener
 from clusterchat.server.websocket import WsConnection, response
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class HttpServer:
             backlog=4096,
             reuse_port=s.reuse_port or None,
         )
+        tune_listener(self._server)
         self.port = self._server.sockets[0].getsockname()[1]
         self._pinger = asyncio.ensure_future(self._ping_quiet())
         log.info("web client on http://%s:%d/, WebSocket at /ws", s.host, self.port)

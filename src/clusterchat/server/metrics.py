@@ -88,7 +88,7 @@ class NodeCollector(Collector):
         by: dict[tuple[str, str], int] = {}
         held = with_receipts = unacked = unacked_bytes = 0
         for conn in list(node.connections):
-            receipts = conn.outbox.receipts
+            receipts = conn.outbox.receipts if conn.outbox is not None else None
             if receipts is not None:
                 with_receipts += 1
                 unacked += receipts.count

@@ -23,7 +23,7 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.protocol.trusted import TrustedProxies
 from clusterchat.server.backends import Backends, open_backends
-from clusterchat.server.connection import Connection
+from clusterchat.server.connection import Connection, tune_listener
 from clusterchat.server.http import HttpServer
 from clusterchat.server.load import LoopLag
 from clusterchat.server.metrics import Ops
@@ -229,6 +229,7 @@ class Node:
             reuse_port=self.settings.reuse_port or None,
             ssl=self._tls(),
         )
+        tune_listener(self._server)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.settings.http_port is not None:
             await self.http.start()

@@ -296,6 +296,14 @@ class Outbox:
         return not self._window and (self.receipts is None or not self.receipts.count)
 
     @property
+    def empty(self) -> bool:
+        """Nothing pending, held or remembered, and not paused: the transport
+        may drop this outbox and start a new one with its next message."""
+        return self.receipts is None and not (
+            self._window or self._pending or self._held or self._paused
+        )
+
+    @property
     def paused(self) -> bool:
         return self._paused
 

@@ -67,12 +67,12 @@ class WsConnection(Connection):
                     self._serve((bytes(event.data), NEWLINE))
             elif isinstance(event, Request):
                 self.http.route(self, event)
-        if ws.state is not OPEN and not self.outbox.ended and ws.handshake_exc is None:
+        if ws.state is not OPEN and not self.ended and ws.handshake_exc is None:
             # A close frame (or a broken frame, or one over --max-frame) from
             # the peer: like a FIN, it read what its kernel acknowledged.
             if isinstance(ws.parser_exc, PayloadTooBig):
                 log.info("closing WebSocket from %s: message over --max-frame", self.address)
-            self._store(self.outbox.end(End.PEER_FINISHED, self._in_flight()), cut_off=False)
+            self._end(End.PEER_FINISHED, self._in_flight())
         self.write_out()
 
     def write_out(self) -> None:
@@ -88,34 +88,22 @@ class WsConnection(Connection):
     # -- service.Peer ----------------------------------------------------------------
 
     def send(self, data: bytes) -> bool:
-        t = self.transport
-        if t is None or t.is_closing() or self.ws.state is not OPEN:
+        if self.ws.state is not OPEN:
             return False
-        self.flush()  # what was queued before goes first
-        if t.is_closing():  # it was cut off (receipts: over the window)
-            return False
-        self.ws.send_text(data[:-1])  # without the newline
-        self.write_out()
-        return True
+        return super().send(data)
 
-    def flush(self, now: float = 0.0) -> None:
-        data = self.outbox.take()
-        if data is None:
-            if self.outbox.overflowed:
-                self.overflowed()
-            return
+    def _write(self, data: bytes) -> None:
         ws = self.ws
+        if ws.state is not OPEN:
+            return  # closing: replies are not owed, the outbox kept its messages
         # Each message is one JSON document ending with a newline, and JSON
         # text has none of its own: one WebSocket message per line.
         for line in data.split(b"\n")[:-1]:
             ws.send_text(line)
         self.write_out()
-        if not self._watched:
-            self._watched = True
-            self.node.watch(self)
 
     def close(self) -> None:
-        if self.ws.state is OPEN and self.transport is not None and not self.outbox.ended:
+        if self.ws.state is OPEN and self.transport is not None and not self.ended:
             self.flush()
             self.ws.send_close(CloseCode.NORMAL_CLOSURE)
             self.write_out()

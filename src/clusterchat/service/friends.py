@@ -24,7 +24,7 @@ from clusterchat.protocol.messages import (
     Unblock,
 )
 from clusterchat.service import pushes
-from clusterchat.service.session import Session
+from clusterchat.service.session import NOBODY, Session
 
 if TYPE_CHECKING:
     from clusterchat.service.chat import ChatService
@@ -60,7 +60,7 @@ class Friends:
             found = await self.svc.store.blockers_of(s.uid)
         finally:
             changes, s.block_log = s.block_log, None
-        s.blocked_by = set(found)
+        s.blocked_by = frozenset(found) or NOBODY
         for by, on in changes or ():
             self.block_changed(s, by, on)
 
@@ -68,9 +68,9 @@ class Friends:
         if s.block_log is not None:
             s.block_log.append((by, on))
         if on:
-            s.blocked_by.add(by)
-        else:
-            s.blocked_by.discard(by)
+            s.blocked_by = s.blocked_by | {by}
+        elif by in s.blocked_by:
+            s.blocked_by = s.blocked_by - {by} or NOBODY
 
     # -- handlers --------------------------------------------------------------------
 
