@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from clusterchat.protocol import wsframes
 from clusterchat.protocol.framing import NEWLINE
 from clusterchat.server.connection import Connection
 from clusterchat.server.outbox import End
@@ -60,6 +61,16 @@ class WsConnection(Connection):
     def _received(self, data: bytes) -> None:  # Connection.data_received tags logs
         self.last_seen = self.node.clock()
         ws = self.ws
+        if ws.state is OPEN and not ws.reader.buffer and ws.current_size is None:
+            # Between frames: read the chat messages here, one at a time
+            # through the library only what is anything else.
+            messages, used = wsframes.read(data, ws.max_message_size, masked=True)
+            for message in messages:
+                self._serve((message, NEWLINE))
+            if used == len(data):
+                self.write_out()
+                return
+            data = data[used:]
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Frame):
@@ -96,11 +107,12 @@ class WsConnection(Connection):
         ws = self.ws
         if ws.state is not OPEN:
             return  # closing: replies are not owed, the outbox kept its messages
-        # Each message is one JSON document ending with a newline, and JSON
-        # text has none of its own: one WebSocket message per line.
-        for line in data.split(b"\n")[:-1]:
-            ws.send_text(line)
-        self.write_out()
+        # One text frame per document, all in one write, after anything
+        # the library has queued (a pong).
+        t = self.transport
+        if t is not None:
+            self.write_out()
+            t.write(wsframes.encode(data))
 
     def close(self) -> None:
         if self.ws.state is OPEN and self.transport is not None and not self.ended:
