@@ -62,14 +62,13 @@ class WsConnection(Connection):
         self.last_seen = self.node.clock()
         ws = self.ws
         if ws.state is OPEN and not ws.reader.buffer and ws.current_size is None:
-            # Between frames: read the chat messages here, one at a time
-            # through the library only what is anything else.
+            # Between frames: the chat messages are read here, and only
+            # what follows the first other frame goes through the library.
             messages, used = wsframes.read(data, ws.max_message_size, masked=True)
             for message in messages:
                 self._serve((message, NEWLINE))
             if used == len(data):
-                self.write_out()
-                return
+                return  # the library was not asked for anything to send
             data = data[used:]
         ws.receive_data(data)
         for event in ws.events_received():
@@ -111,7 +110,8 @@ class WsConnection(Connection):
         # the library has queued (a pong).
         t = self.transport
         if t is not None:
-            self.write_out()
+            if ws.writes:
+                self.write_out()
             t.write(wsframes.encode(data))
 
     def close(self) -> None:
