@@ -45,11 +45,12 @@ class Router(Protocol):
 
 
 class WsConnection(Connection):
-    __slots__ = ("http", "ws")
+    __slots__ = ("fragments", "http", "ws")
 
     def __init__(self, node: Host[Connection], http: Router) -> None:
         super().__init__(node)
         self.http = http
+        self.fragments: list[bytes] | None = None
         self.ws = ServerProtocol(max_size=node.settings.max_frame, logger=_protocol_log)
 
     def refusal(self, why: bytes) -> bytes:
@@ -74,7 +75,16 @@ class WsConnection(Connection):
         for event in ws.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
-                    self._serve((bytes(event.data), NEWLINE))
+                    if event.fin:
+                        self._serve((bytes(event.data), NEWLINE))
+                    else:  # the first of a fragmented message's frames
+                        self.fragments = [bytes(event.data)]
+                elif event.opcode is Opcode.CONT and self.fragments is not None:
+                    # The library checked their order and --max-frame on the total.
+                    self.fragments.append(bytes(event.data))
+                    if event.fin:
+                        self._serve((b"".join(self.fragments), NEWLINE))
+                        self.fragments = None
             elif isinstance(event, Request):
                 self.http.route(self, event)
         if ws.state is not OPEN and not self.ended and ws.handshake_exc is None:
