@@ -49,6 +49,7 @@ async def measure(transport: str, k: int, workdir: Path) -> dict[str, object]:
     server = await asyncio.create_subprocess_exec(
         PY, "-m", "clusterchat", "server", "--port", str(port), "--http-port", str(http),
         "--db", db, "--hash-cost", "1,8,1", "--message-rate", "0", "--login-queue", "0",
+        "--registrations", "0",
         "--log-level", "WARNING",
         env={**os.environ, "CLUSTERCHAT_HOME": str(workdir)},
     )  # fmt: skip

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from websockets.frames import Frame, Opcode
+
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
@@ -160,3 +162,35 @@ async def test_web_user_is_told_of_a_new_friend_and_a_join_names_the_group(
     )
     await web.close()
     await tcp.close()
+
+
+async def test_frames_of_every_kind_in_one_read_and_split_across_reads(ws_node: Node) -> None:
+    """Chat frames are read in bulk (protocol/wsframes.py); a ping, a
+    fragmented message or a frame cut between reads in their midst still
+    goes through the library, in order."""
+    web = await WsChat.open_ws(ws_node.http.port)  # offers permessage-deflate, as browsers do
+    assert web.ws.protocol.extensions == []  # never negotiated: it would cost per message
+    ping = json.dumps({"msgid": MsgId.PING}).encode()
+    frames = [
+        Frame(Opcode.TEXT, ping),
+        Frame(Opcode.PING, b"are you there"),
+        Frame(Opcode.TEXT, ping[:5], fin=False),
+        Frame(Opcode.CONT, ping[5:]),
+        Frame(Opcode.TEXT, ping),
+        Frame(Opcode.BINARY, ping),
+    ]
+    data = b"".join(f.serialize(mask=True) for f in frames)
+    transport = web.ws.transport
+    transport.write(data)
+    for _ in range(4):
+        got = await web.recv()
+        assert got["msgid"] == MsgId.PONG, got
+    # One chat frame, then one cut in two: its second half comes in a later read.
+    first = frames[0].serialize(mask=True)
+    transport.write(first + data[: len(first) + 3])
+    assert (await web.recv())["msgid"] == MsgId.PONG
+    transport.write(data[len(first) + 3 :])
+    for _ in range(4):
+        got = await web.recv()
+        assert got["msgid"] == MsgId.PONG, got
+    await web.close()

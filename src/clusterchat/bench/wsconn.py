@@ -5,6 +5,7 @@ package's sans-I/O client, so thousands still fit in one process."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +16,14 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from clusterchat.bench.conn import BenchConn, Closed
-from clusterchat.protocol import codec
+from clusterchat.protocol import codec, wsframes
 
 
 class WsBenchConn(BenchConn):
     def __init__(self, on_push: Callable[[dict[str, Any]], None] | None, uri: str) -> None:
         super().__init__(on_push)
         self.ws = ClientProtocol(parse_uri(uri), max_size=None)
+        self.mask = os.urandom(4)
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
@@ -44,8 +46,17 @@ class WsBenchConn(BenchConn):
         self._write()
 
     def data_received(self, data: bytes) -> None:
-        self.ws.receive_data(data)
-        for event in self.ws.events_received():
+        ws = self.ws
+        if ws.state is State.OPEN and not ws.reader.buffer and ws.current_size is None:
+            # Between frames: chat messages here, anything else by the library.
+            messages, used = wsframes.read(data, None, masked=False)
+            for message in messages:
+                self._dispatch(codec.loads(message))
+            if used == len(data):
+                return
+            data = data[used:]
+        ws.receive_data(data)
+        for event in ws.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT:
                     self._dispatch(codec.loads(bytes(event.data)))
@@ -64,8 +75,10 @@ class WsBenchConn(BenchConn):
     def send(self, doc: dict[str, Any]) -> None:
         if self.transport is None or self.ws.state is not State.OPEN:
             raise Closed("connection closed")
-        self.ws.send_text(codec.dumps(doc).encode())
-        self._write()
+        # A load generator's frames need no fresh random mask each (that
+        # protects proxies from a script in a browser); one per connection.
+        self._write()  # anything the library queued goes first
+        self.transport.write(wsframes.encode(codec.dumps(doc).encode() + b"\n", self.mask))
 
     def _write(self) -> None:
         t = self.transport

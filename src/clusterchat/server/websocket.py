@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from clusterchat.protocol import wsframes
 from clusterchat.protocol.framing import NEWLINE
 from clusterchat.server.connection import Connection
 from clusterchat.server.outbox import End
@@ -44,11 +45,12 @@ class Router(Protocol):
 
 
 class WsConnection(Connection):
-    __slots__ = ("http", "ws")
+    __slots__ = ("fragments", "http", "ws")
 
     def __init__(self, node: Host[Connection], http: Router) -> None:
         super().__init__(node)
         self.http = http
+        self.fragments: list[bytes] | None = None
         self.ws = ServerProtocol(max_size=node.settings.max_frame, logger=_protocol_log)
 
     def refusal(self, why: bytes) -> bytes:
@@ -60,11 +62,29 @@ class WsConnection(Connection):
     def _received(self, data: bytes) -> None:  # Connection.data_received tags logs
         self.last_seen = self.node.clock()
         ws = self.ws
+        if ws.state is OPEN and not ws.reader.buffer and ws.current_size is None:
+            # Between frames: the chat messages are read here, and only
+            # what follows the first other frame goes through the library.
+            messages, used = wsframes.read(data, ws.max_message_size, masked=True)
+            for message in messages:
+                self._serve((message, NEWLINE))
+            if used == len(data):
+                return  # the library was not asked for anything to send
+            data = data[used:]
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
-                    self._serve((bytes(event.data), NEWLINE))
+                    if event.fin:
+                        self._serve((bytes(event.data), NEWLINE))
+                    else:  # the first of a fragmented message's frames
+                        self.fragments = [bytes(event.data)]
+                elif event.opcode is Opcode.CONT and self.fragments is not None:
+                    # The library checked their order and --max-frame on the total.
+                    self.fragments.append(bytes(event.data))
+                    if event.fin:
+                        self._serve((b"".join(self.fragments), NEWLINE))
+                        self.fragments = None
             elif isinstance(event, Request):
                 self.http.route(self, event)
         if ws.state is not OPEN and not self.ended and ws.handshake_exc is None:
@@ -96,11 +116,13 @@ class WsConnection(Connection):
         ws = self.ws
         if ws.state is not OPEN:
             return  # closing: replies are not owed, the outbox kept its messages
-        # Each message is one JSON document ending with a newline, and JSON
-        # text has none of its own: one WebSocket message per line.
-        for line in data.split(b"\n")[:-1]:
-            ws.send_text(line)
-        self.write_out()
+        # One text frame per document, all in one write, after anything
+        # the library has queued (a pong).
+        t = self.transport
+        if t is not None:
+            if ws.writes:
+                self.write_out()
+            t.write(wsframes.encode(data))
 
     def close(self) -> None:
         if self.ws.state is OPEN and self.transport is not None and not self.ended:
