@@ -1,25 +1,66 @@
 """Log setup: text for people, one JSON object a line for log shippers
 (``--log-format json``), and the id of the connection a line is about.
 
-The id travels in a context variable that the connection sets while it
-serves a read (tasks started then inherit it), so the service's log lines
-carry it without passing it around.
+Nothing is set per read: a log line finds the connection it is about
+lazily, in the task's context variable (set when a connection starts a
+task, see :func:`start_task`) or else on the call stack (the method marked
+with :func:`names_connection` that is serving a read). So the service's log
+lines carry the id without passing it around, and the relay's hot path pays
+nothing for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import sys
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
+from types import CodeType
+from typing import Any, TypeVar
 
-#: The id of the client connection being served; 0: none.
+#: The id of the client connection a task serves; 0: none.
 connection_id: ContextVar[int] = ContextVar("connection_id", default=0)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_serving: set[CodeType] = set()
+
+
+def names_connection(method: _F) -> _F:
+    """Marks a method of an object with an ``id``: log lines made while it
+    runs are about that connection."""
+    _serving.add(method.__code__)
+    return method
+
+
+def current_connection() -> int:
+    """The id of the connection being served here, looked up only when asked."""
+    cid = connection_id.get()
+    if cid:
+        return cid
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in _serving:
+            return int(frame.f_locals["self"].id)
+        frame = frame.f_back  # type: ignore[assignment]
+    return 0
+
+
+def start_task(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """A task whose log lines name the connection being served when it started."""
+    cid = current_connection()
+    if not cid:
+        return asyncio.ensure_future(coro)
+    context = contextvars.copy_context()
+    context.run(connection_id.set, cid)
+    return asyncio.get_running_loop().create_task(coro, context=context)
 
 
 class _WithConnection(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        cid = connection_id.get()
+        cid = current_connection()
         record.conn = cid
         record.conn_tag = f" [conn {cid}]" if cid else ""
         return True

@@ -323,7 +323,9 @@ class RedisCluster:
             self._enqueue(node, (DELIVER, ids, payload, hops), size)
             for node, ids in by_node.items()
         ]
-        for (node, ids), ok in zip(by_node.items(), await asyncio.gather(*sent), strict=True):
+        # One node is the usual case (a 1:1 message): no gather to make and wait on.
+        oks = [await sent[0]] if len(sent) == 1 else await asyncio.gather(*sent)
+        for (node, ids), ok in zip(by_node.items(), oks, strict=True):
             if not ok:
                 undelivered.extend(ids)
                 self._forget_node(node)

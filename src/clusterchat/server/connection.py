@@ -22,7 +22,7 @@ import termios
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-from clusterchat.logs import connection_id
+from clusterchat.logs import names_connection
 from clusterchat.protocol import codec, proxy
 from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
 from clusterchat.protocol.messages import ErrCode
@@ -140,14 +140,8 @@ class Connection(asyncio.Protocol):
         # here: asking the transport for its socket keeps one per connection.
         self.node.connections.add(self)
 
+    @names_connection
     def data_received(self, data: bytes) -> None:
-        token = connection_id.set(self.id)
-        try:
-            self._received(data)
-        finally:
-            connection_id.reset(token)
-
-    def _received(self, data: bytes) -> None:
         if self._proxy is not None:
             data = self._unproxy(data)
             if not data:
@@ -221,14 +215,8 @@ class Connection(asyncio.Protocol):
                 return b""
         return buf[used:]
 
+    @names_connection
     def connection_lost(self, exc: Exception | None) -> None:
-        token = connection_id.set(self.id)
-        try:
-            self._lost()
-        finally:
-            connection_id.reset(token)
-
-    def _lost(self) -> None:
         if self._linger is not None:
             self._linger.cancel()
         self._end(End.PEER_CLOSED)

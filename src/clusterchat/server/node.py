@@ -17,6 +17,7 @@ from time import monotonic as _monotonic
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from clusterchat import logs
 from clusterchat.budget import Budget
 from clusterchat.config import Settings, connection_limit
 from clusterchat.protocol import codec
@@ -204,7 +205,7 @@ class Node:
         )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
+        task = logs.start_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 

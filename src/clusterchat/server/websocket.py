@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from clusterchat.logs import names_connection
 from clusterchat.protocol import wsframes
 from clusterchat.protocol.framing import NEWLINE
 from clusterchat.server.connection import Connection
@@ -59,7 +60,8 @@ class WsConnection(Connection):
 
     # -- bytes in -------------------------------------------------------------------
 
-    def _received(self, data: bytes) -> None:  # Connection.data_received tags logs
+    @names_connection  # its log lines name this connection
+    def data_received(self, data: bytes) -> None:
         self.last_seen = self.node.clock()
         ws = self.ws
         if ws.state is OPEN and not ws.reader.buffer and ws.current_size is None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clusterchat import errors
+from clusterchat import errors, logs
 from clusterchat.budget import Budget
 from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.counters import Tallies
@@ -419,7 +419,7 @@ class ChatService:
             self._refuse(s, req, ErrCode.INTERNAL, "internal error")
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
+        task = logs.start_task(coro)
         self._background.add(task)
         task.add_done_callback(self._finished)
 
