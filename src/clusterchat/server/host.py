@@ -2,29 +2,29 @@
 
 The transports (connection.py for TCP, websocket.py for browsers) and the
 HTTP port (http.py) see their node only through :class:`Host`; node.py
-satisfies it and imports them, never the other way round. ``Conn`` is the
+satisfies it and imports them, never the other way round. What the
+connection core itself needs (settings, the budget, the service, the loop's
+shared rounds) is the smaller :class:`~clusterchat.server.core.CoreHost`,
+which ``Host`` extends with admission and bookkeeping. ``Conn`` is the
 connection type the host keeps (a :class:`~clusterchat.server.connection.Connection`),
 a parameter so that this module needs no import of the transports either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from clusterchat.server.core import CoreHost
 
 if TYPE_CHECKING:
-    from clusterchat.budget import Budget
-    from clusterchat.config import Settings
     from clusterchat.protocol.trusted import TrustedProxies
     from clusterchat.service.chat import ChatService
 
 Conn = TypeVar("Conn")
 
 
-class Host(Protocol[Conn]):
-    settings: Settings
-    #: Bytes held for other people on this node (outboxes charge it).
-    budget: Budget
+class Host(CoreHost, Protocol[Conn]):
     #: Handles each request, and a connection's end (spills, logouts).
     service: ChatService
     #: Open connections (the node sweeps, drains and counts them).
@@ -41,8 +41,3 @@ class Host(Protocol[Conn]):
     def trusted_proxies(self) -> TrustedProxies: ...
     def readdress(self, conn: Conn, address: str) -> bytes | None: ...
     def connection_closed(self, conn: Conn) -> None: ...
-
-    # -- the loop's shared work: batched flushes, in-flight reports, tasks ---------
-    def write_soon(self, conn: Conn) -> None: ...
-    def watch(self, conn: Conn) -> None: ...
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...

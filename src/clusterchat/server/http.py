@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from websockets.http11 import Request
 
 from clusterchat.protocol import forwarded
-from clusterchat.server.connection import tune_listener
+from clusterchat.server.listener import tune_listener
 from clusterchat.server.websocket import WsConnection, response
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class HttpServer:
                 if (
                     isinstance(conn, WsConnection)
                     and conn.session.uid  # else the login timeout applies
-                    and now - conn.last_seen > idle / 2
+                    and now - conn.core.last_seen > idle / 2
                 ):
                     conn.ping()
 

@@ -24,8 +24,10 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.protocol.trusted import TrustedProxies
 from clusterchat.server.backends import Backends, open_backends
-from clusterchat.server.connection import Connection, tune_listener
+from clusterchat.server.connection import Connection
+from clusterchat.server.core import ConnectionCore
 from clusterchat.server.http import HttpServer
+from clusterchat.server.listener import tune_listener
 from clusterchat.server.load import LoopLag
 from clusterchat.server.metrics import Ops
 from clusterchat.service.chat import ChatService
@@ -81,10 +83,10 @@ class Node:
         )
         self.lag = LoopLag(settings.shed_lag)
         self.connections: set[Connection] = set()
-        self._unflushed: list[Connection] = []
+        self._unflushed: list[ConnectionCore] = []
         # Connections whose outbox remembers written messages: asked twice a
         # second how much is still in flight (see outbox.py).
-        self._watched: list[Connection] = []
+        self._watched: list[ConnectionCore] = []
         self._reporter: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any connection
         self._addresses: dict[str, str] = {}
@@ -180,26 +182,27 @@ class Node:
             self._per_address.pop(address, None)
             self._addresses.pop(address, None)
 
-    def write_soon(self, conn: Connection) -> None:
-        """Flush ``conn`` once this loop iteration's reads are all handled."""
+    def write_soon(self, core: ConnectionCore) -> None:
+        """Flush ``core`` once this loop iteration's reads are all handled."""
         if not self._unflushed:
             self._loop.call_soon(self._flush)
-        self._unflushed.append(conn)
+        self._unflushed.append(core)
 
     def _flush(self) -> None:
         conns, self._unflushed = self._unflushed, []
         now = self.clock()
-        for conn in conns:
-            conn.flush(now)
+        for core in conns:
+            core.flush(now)
 
-    def watch(self, conn: Connection) -> None:
-        self._watched.append(conn)
+    def watch(self, core: ConnectionCore) -> None:
+        self._watched.append(core)
         if self._reporter is None:
             self._reporter = self._loop.call_later(REPORT_EVERY, self._report)
 
     def _report(self) -> None:
         watched, self._watched = self._watched, []
-        self._watched = [conn for conn in watched if conn.report()]
+        now = self.clock()
+        self._watched = [core for core in watched if core.report(now)]
         self._reporter = (
             self._loop.call_later(REPORT_EVERY, self._report) if self._watched else None
         )
@@ -270,13 +273,14 @@ class Node:
             await asyncio.sleep(every)
             now = self.clock()
             for conn in list(self.connections):
-                quiet = now - conn.last_seen
+                core = conn.core
+                quiet = now - core.last_seen
                 session = conn.session
                 if not session.uid and now - session.anonymous_since > s.login_timeout:
                     if session.legacy is not True:  # from accept: a PING does not extend it
                         conn.send(_LOGIN_TIMEOUT)
                     conn.close()
-                elif conn.partial_since and now - conn.partial_since > s.frame_timeout:
+                elif core.partial_since and now - core.partial_since > s.frame_timeout:
                     if session.legacy is not True:  # one byte every few seconds is not a request
                         conn.send(_FRAME_TIMEOUT)
                     conn.close()

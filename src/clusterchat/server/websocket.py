@@ -1,11 +1,13 @@
 """One WebSocket (or plain HTTP) connection on the node's HTTP port.
 
-A :class:`~clusterchat.server.connection.Connection` whose bytes go through
-the ``websockets`` package's sans-I/O :class:`ServerProtocol` instead of the
-newline framer: each text message is one request of the modern dialect and
-each reply or chat message is one text message. Request order, the outbox,
-flow control, limits and timeouts are the TCP connection's own; this class
-only translates between WebSocket frames and frames of the chat protocol.
+Another adapter over the same :class:`~clusterchat.server.core.ConnectionCore`
+as TCP's :class:`~clusterchat.server.connection.Connection` (whose transport
+side it shares): its bytes go through the ``websockets`` package's sans-I/O
+:class:`ServerProtocol` instead of the newline framer, each text message is
+fed to the core as one request of the modern dialect, and each document the
+core writes becomes one text message. Request order, the outbox, flow
+control, limits and timeouts are the core's; this class only translates
+between WebSocket frames and frames of the chat protocol.
 The first HTTP request of the connection is routed by :mod:`.http`.
 """
 
@@ -24,9 +26,7 @@ from websockets.server import ServerProtocol
 
 from clusterchat.logs import names_connection
 from clusterchat.protocol import wsframes
-from clusterchat.protocol.framing import NEWLINE
 from clusterchat.server.connection import Connection
-from clusterchat.server.outbox import End
 
 if TYPE_CHECKING:
     from clusterchat.server.host import Host
@@ -62,14 +62,15 @@ class WsConnection(Connection):
 
     @names_connection  # its log lines name this connection
     def data_received(self, data: bytes) -> None:
-        self.last_seen = self.node.clock()
+        core = self.core
+        core.last_seen = self.node.clock()
         ws = self.ws
         if ws.state is OPEN and not ws.reader.buffer and ws.current_size is None:
             # Between frames: the chat messages are read here, and only
             # what follows the first other frame goes through the library.
             messages, used = wsframes.read(data, ws.max_message_size, masked=True)
             for message in messages:
-                self._serve((message, NEWLINE))
+                core.receive_frame(message)
             if used == len(data):
                 return  # the library was not asked for anything to send
             data = data[used:]
@@ -78,23 +79,23 @@ class WsConnection(Connection):
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
                     if event.fin:
-                        self._serve((bytes(event.data), NEWLINE))
+                        core.receive_frame(bytes(event.data))
                     else:  # the first of a fragmented message's frames
                         self.fragments = [bytes(event.data)]
                 elif event.opcode is Opcode.CONT and self.fragments is not None:
                     # The library checked their order and --max-frame on the total.
                     self.fragments.append(bytes(event.data))
                     if event.fin:
-                        self._serve((b"".join(self.fragments), NEWLINE))
+                        core.receive_frame(b"".join(self.fragments))
                         self.fragments = None
             elif isinstance(event, Request):
                 self.http.route(self, event)
-        if ws.state is not OPEN and not self.ended and ws.handshake_exc is None:
+        if ws.state is not OPEN and not core.ended and ws.handshake_exc is None:
             # A close frame (or a broken frame, or one over --max-frame) from
             # the peer: like a FIN, it read what its kernel acknowledged.
             if isinstance(ws.parser_exc, PayloadTooBig):
                 log.info("closing WebSocket from %s: message over --max-frame", self.address)
-            self._end(End.PEER_FINISHED, self._in_flight())
+            core.receive_eof()
         self.write_out()
 
     def write_out(self) -> None:
@@ -107,14 +108,12 @@ class WsConnection(Connection):
         if not chunks[-1]:
             t.close()
 
-    # -- service.Peer ----------------------------------------------------------------
+    # -- core.Link -----------------------------------------------------------------------
 
-    def send(self, data: bytes) -> bool:
-        if self.ws.state is not OPEN:
-            return False
-        return super().send(data)
+    def closing(self) -> bool:
+        return self.ws.state is not OPEN or super().closing()
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         ws = self.ws
         if ws.state is not OPEN:
             return  # closing: replies are not owed, the outbox kept its messages
@@ -127,11 +126,12 @@ class WsConnection(Connection):
             t.write(wsframes.encode(data))
 
     def close(self) -> None:
-        if self.ws.state is OPEN and self.transport is not None and not self.ended:
-            self.flush()
+        core = self.core
+        if self.ws.state is OPEN and self.transport is not None and not core.ended:
+            core.flush()
             self.ws.send_close(CloseCode.NORMAL_CLOSURE)
             self.write_out()
-        super().close()
+        core.close()
 
     def ping(self) -> None:
         """Ask the browser for a pong (it answers by itself, even in a

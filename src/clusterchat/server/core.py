@@ -1,0 +1,501 @@
+"""The connection core: one chat connection's logic, with no socket and no event loop.
+
+In the spirit of h11 and websockets' ``protocol.py``, a transport feeds the
+core what arrived (bytes from TCP with :meth:`ConnectionCore.receive_data`,
+whole messages from a WebSocket with :meth:`ConnectionCore.receive_frame`,
+the peer's FIN, the connection's loss) and the core decides the rest:
+frames, requests served in order, what is owed to the peer (the
+:class:`~clusterchat.server.outbox.Outbox`), receipts, a trusted proxy's
+PROXY line, what to store when the connection ends. What it wants done on
+the wire it asks of its :class:`Link` (write, pause or resume reading,
+close), which only does that; the time comes in as ``now``. So the core can
+be driven by a test with no socket (tests/server/test_core.py), and the TCP
+and WebSocket transports (connection.py, websocket.py) are thin adapters.
+
+Requests are served in order: while one awaits I/O (a login, an offline
+store), later frames wait in a small queue, and reading pauses if that queue
+grows. The awaiting itself is the node's: the core hands it a coroutine
+(:meth:`CoreHost.spawn`). A connection gets its outbox with its first chat
+message and gives it back once everything written is settled, so the many
+idle ones cost nothing for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+from clusterchat.protocol import codec, proxy
+from clusterchat.protocol.framing import NEWLINE, NUL, FrameDecoder, FrameTooLarge
+from clusterchat.protocol.messages import ErrCode
+from clusterchat.server.outbox import FIRST, OVER, QUEUED, End, Outbox
+from clusterchat.server.receipts import Unacked
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from clusterchat.budget import Budget
+    from clusterchat.config import Settings
+    from clusterchat.service.counts import ServiceCounts
+    from clusterchat.service.refusals import RefusalLog
+    from clusterchat.service.session import Session
+
+log = logging.getLogger(__name__)
+
+#: Queued frames before the core stops reading from this peer.
+QUEUE_PAUSE = 64
+#: Seconds a cut-off connection may take to drain before it is aborted.
+LINGER = 10.0
+_OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
+_WINDOW_FULL = codec.error(
+    ErrCode.RECEIPT_WINDOW_FULL,
+    "too many messages not acknowledged (RECEIVED); closing. They are kept for your next login",
+)
+_RECEIPT_TIMEOUT = codec.error(
+    ErrCode.RECEIPT_TIMEOUT,
+    "nothing acknowledged (RECEIVED) for too long; closing. Unacknowledged messages are "
+    "kept for your next login",
+)
+#: ``_proxy`` once refused after a PROXY line: input is discarded until the peer closes.
+_DISCARD = b"\0refused"
+
+
+class Link(Protocol):
+    """The transport, as the core sees it (the adapters implement it)."""
+
+    #: The client's address (a trusted proxy's PROXY line may change it).
+    address: str
+
+    def write(self, data: bytes) -> None:
+        """Hand whole documents to the peer (a WebSocket frames each one)."""
+
+    def closing(self) -> bool:
+        """Nothing more can be written: the transport is closing or gone."""
+        ...
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None:
+        """Close by us (the transport's goodbye, then :meth:`ConnectionCore.close`)."""
+
+    def shut(self, linger: float | None = None) -> None:
+        """Close the transport once what is written is sent; abort after
+        ``linger`` seconds if the peer never reads it."""
+
+    def refuse(self, why: bytes) -> None:
+        """Write ``why``, half-close, and abort shortly if the peer stays."""
+
+    def in_flight(self) -> int:
+        """Bytes written that the peer's kernel has not acknowledged yet."""
+        ...
+
+    def readdress(self, address: str) -> bytes | None:
+        """A trusted proxy named the client: count the connection under
+        ``address``; the refusal to send if that address is over its limit."""
+        ...
+
+
+class Service(Protocol):
+    """The chat service, as a connection sees it (service/chat.py ``ChatService``)."""
+
+    counts: ServiceCounts
+    refusals: RefusalLog
+
+    def handle(self, s: Session, frame: bytes, legacy: bool) -> Awaitable[None] | None: ...
+    def frame_too_large(self, s: Session, limit: int) -> None: ...
+    def internal_error(self, s: Session, frame: bytes = b"") -> None: ...
+    def spill(self, s: Session, payloads: list[bytes], cut_off: bool = True) -> None: ...
+    def disconnected(self, s: Session) -> None: ...
+
+
+class CoreHost(Protocol):
+    """What the core needs from its node (server/host.py ``Host`` extends it)."""
+
+    settings: Settings
+    #: Bytes held for other people on this node (outboxes charge it).
+    budget: Budget
+    service: Service
+
+    def write_soon(self, core: ConnectionCore) -> None:
+        """Call ``core.flush(now)`` once this loop iteration's reads are done."""
+
+    def watch(self, core: ConnectionCore) -> None:
+        """Call ``core.report(now)`` twice a second while it answers True."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` (the queue's drain) as a task of the node."""
+
+
+def _ended_outbox() -> Outbox:
+    box = Outbox(0)
+    box.end(End.CLOSED_BY_US)
+    return box
+
+
+#: The outbox of every connection that ended while it had none: it refuses
+#: deliveries (the service stores them) and owes nothing. An ended outbox
+#: changes no more, so one is shared.
+_ENDED = _ended_outbox()
+
+
+class ConnectionCore:
+    __slots__ = (
+        "_host",
+        "_link",
+        "_out",
+        "_paused",
+        "_proxy",
+        "_queue",
+        "_service",
+        "_watched",
+        "decoder",
+        "last_seen",
+        "outbox",
+        "partial_since",
+        "room",
+        "session",
+    )
+
+    def __init__(self, host: CoreHost, link: Link, session: Session, now: float) -> None:
+        self._host = host
+        self._link = link
+        self._service = host.service
+        self.session = session
+        self.decoder = FrameDecoder(host.settings.max_frame)
+        #: None until the first chat message, and again once all is settled.
+        self.outbox: Outbox | None = None
+        self._queue: deque[tuple[bytes, int]] | None = None
+        # Replies that joined a write due at the end of this tick (and what the
+        # outbox had before them).
+        self._out: list[bytes] | None = None
+        self._paused = False  # reading paused because the queue is long
+        #: Receipts: set when the client acknowledges or the connection ends
+        #: (the adapter makes it when a receipt_room waits).
+        self.room: asyncio.Event | None = None
+        # Whether the node asks this connection for in-flight reports.
+        self._watched = False
+        # From a trusted proxy: what arrived of a PROXY line, until it is read.
+        self._proxy: bytes | None = None
+        self.last_seen = now
+        #: When the request now arriving began (0: none is half-received).
+        self.partial_since = 0.0
+
+    # -- what arrives ------------------------------------------------------------------
+
+    def expect_proxy(self) -> None:
+        """The peer is a trusted proxy: it may begin with a PROXY line."""
+        self._proxy = b""
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from a stream (TCP): frames ended by ``\\n`` or NUL."""
+        if self._proxy is not None:
+            data = self._unproxy(data)
+            if not data:
+                return
+        self.last_seen = now
+        decoder = self.decoder
+        try:
+            frames = decoder.feed(data)
+            if not decoder.pending:
+                self.partial_since = 0.0
+            elif frames or not self.partial_since:  # a new request began
+                self.partial_since = now
+        except FrameTooLarge as exc:
+            for item in exc.frames:
+                self._serve(item)
+            self._serve(_OVERSIZE)
+            return
+        if self._queue is None and len(frames) == 1:
+            # The relay's usual case, without the general path's calls.
+            frame, term = frames[0]
+            work = self._handle(frame, term)
+            if work is not None:
+                self._wait_for(work)
+            return
+        for item in frames:
+            self._serve(item)
+
+    def receive_frame(self, frame: bytes) -> None:
+        """One whole message from a framed transport (a WebSocket): a
+        request of the modern dialect."""
+        self._serve((frame, NEWLINE))
+
+    def receive_eof(self) -> None:
+        """A FIN (or a WebSocket close): the peer read all its kernel
+        acknowledged (else it would have sent RST); only what crossed its
+        close is stored again. It may still read: the replies to its last
+        requests are written first."""
+        self._write_replies()
+        self._end(End.PEER_FINISHED, self._link.in_flight())
+
+    def connection_lost(self) -> None:
+        self._end(End.PEER_CLOSED)
+        self._service.disconnected(self.session)
+
+    def writing_paused(self) -> None:
+        """The socket is full: hold chat messages, stop taking requests."""
+        if not self.ended:
+            (self.outbox or self._new_outbox()).pause()
+        self._link.pause_reading()
+
+    def writing_resumed(self) -> None:
+        if self.outbox is not None and self.outbox.resume():
+            self._host.write_soon(self)
+        if not self._paused:
+            self._link.resume_reading()
+
+    def _unproxy(self, data: bytes) -> bytes:
+        """Read a PROXY line from a trusted proxy, if it sends one: the
+        client's real address replaces the proxy's. Returns what follows."""
+        if self._proxy is _DISCARD:
+            return b""
+        buf = self._proxy + data if self._proxy else data
+        if not proxy.may_be_header(buf):
+            self._proxy = None  # a direct connection from a trusted address
+            return buf
+        try:
+            found = proxy.parse(buf)
+        except proxy.BadHeader as exc:
+            log.warning("closing connection from %s: %s", self._link.address, exc)
+            self._proxy = None
+            self._link.close()
+            return b""
+        if found is None:
+            self._proxy = buf
+            return b""
+        self._proxy = None
+        address, used = found
+        if address is not None:
+            refusal = self._link.readdress(address)
+            if refusal is not None:
+                # Say why and half-close; closing with input unread would
+                # make the kernel reset the connection, losing the reason.
+                self._proxy = _DISCARD  # not logged in yet: it owes nothing
+                self._link.refuse(refusal)
+                return b""
+        return buf[used:]
+
+    # -- request ordering ----------------------------------------------------------------
+
+    def _handle(self, frame: bytes, term: int) -> Awaitable[None] | None:
+        """The one call into the service: a request, and the I/O it awaits (if any)."""
+        try:
+            return self._service.handle(self.session, frame, term == NUL)
+        except Exception:
+            # A bug must cost one request, never the node (the service logs it).
+            self._service.internal_error(self.session, frame)
+            return None
+
+    def _serve(self, item: tuple[bytes, int]) -> None:
+        if self._queue is not None:
+            self._queue.append(item)
+            if len(self._queue) >= QUEUE_PAUSE and not self._paused:
+                self._paused = True
+                self._link.pause_reading()
+            return
+        work = self._dispatch(item)
+        if work is not None:
+            self._wait_for(work)
+
+    def _dispatch(self, item: tuple[bytes, int]) -> Awaitable[None] | None:
+        frame, term = item
+        if term == -1:
+            self._service.frame_too_large(self.session, self.decoder.max_frame)
+            self._queue = deque()  # nothing after this is served
+            self._link.close()
+            return None
+        return self._handle(frame, term)
+
+    def _wait_for(self, work: Awaitable[None]) -> None:
+        """A request awaits I/O: later ones queue until it is done."""
+        self._queue = deque()
+        self._host.spawn(self._drain(work))
+
+    async def _drain(self, work: Awaitable[None]) -> None:
+        await work
+        queue = self._queue
+        while queue:
+            work_ = self._dispatch(queue.popleft())
+            if work_ is not None:
+                await work_
+            queue = self._queue
+        if self._link.closing():
+            return
+        self._queue = None
+        if self._paused:
+            self._paused = False
+            if self.outbox is None or not self.outbox.paused:  # else writing_resumed does
+                self._link.resume_reading()
+
+    # -- service.Peer: what the service writes ---------------------------------------------
+
+    def send(self, data: bytes) -> bool:
+        """Write a reply, after what was accepted for the peer before it. If
+        a write is due at the end of this loop iteration anyway (a message
+        for the peer came first), the reply joins it: a CHAT_ACK and the
+        partner's message cost one system call, not two. Else it leaves now."""
+        if self._link.closing():
+            return False
+        outbox = self.outbox
+        before = outbox.take() if outbox is not None else None  # goes first
+        if before is None and outbox is not None and outbox.overflowed:
+            self.overflowed()  # receipts: too much not acknowledged
+            return False
+        out = self._out
+        if out is None:
+            if before is None:  # nothing due this tick: no reason to wait
+                self._link.write(data)
+                return True
+            self._out = out = []  # the outbox's first message asked for the flush
+        if before is not None:
+            out.append(before)
+        out.append(data)
+        return True
+
+    def deliver(self, data: bytes) -> bool:
+        outbox = self.outbox or self._new_outbox()
+        verdict = outbox.deliver(data)
+        if verdict == QUEUED:
+            return True
+        if verdict == FIRST:
+            self._host.write_soon(self)
+            return True
+        if verdict == OVER:
+            self._cut_off()
+            return True
+        return False  # ended: the caller keeps it
+
+    def start_receipts(self, carried: list[bytes]) -> bool:
+        lim = self._host.settings.limits
+        unacked = Unacked(
+            self._host.budget, lim.receipt_window, lim.receipt_bytes, lim.receipt_timeout
+        )
+        if carried:  # in the login reply, unnumbered there: 1 to n
+            unacked.written(carried, sum(map(len, carried)))
+        (self.outbox or self._new_outbox()).start_receipts(unacked)
+        return not self.ended
+
+    def received(self, seq: int) -> bool:
+        if self.room is not None:
+            self.room.set()
+        outbox = self.outbox
+        return outbox is not None and outbox.ack(seq)
+
+    def stop_receipts(self) -> list[bytes]:
+        if self.room is not None:
+            self.room.set()
+        outbox = self.outbox
+        return outbox.stop_receipts() if outbox is not None else []
+
+    def overflowed(self) -> None:
+        """Receipts: too much written and not acknowledged: cut off, all kept."""
+        self._receipts_failed(ErrCode.RECEIPT_WINDOW_FULL, _WINDOW_FULL)
+
+    def _receipts_failed(self, code: ErrCode, why: bytes) -> None:
+        self._service.counts.refused("error", code)
+        self._service.refusals.note(self.session, f"receipts: closing ({code.name.lower()})")
+        self._cut_off(why)
+
+    def close(self) -> None:
+        """Close by us (logout, timeouts, displaced, shutdown): the peer gets
+        what was written, then FIN; what it may not get is stored."""
+        if self.ended:
+            self._link.shut()
+            return
+        self.flush()
+        if self.outbox is not None:
+            self.outbox.measured(self._link.in_flight())  # is it behind, now?
+        self._end(End.CLOSED_BY_US)
+        self._link.shut()
+
+    # -- the node's rounds: flushes once per tick, in-flight reports -----------------------
+
+    def flush(self, now: float = 0.0) -> None:
+        """Write this tick's replies and what the outbox has, in one write
+        (the node calls this once per loop iteration for every connection
+        that was sent or delivered to)."""
+        outbox = self.outbox
+        data = outbox.take() if outbox is not None else None
+        if data is None and outbox is not None and outbox.overflowed:
+            self.overflowed()  # receipts: too much not acknowledged
+            return
+        out = self._out
+        if out is not None:
+            self._out = None
+            if data is not None:
+                out.append(data)
+            data = out[0] if len(out) == 1 else b"".join(out)
+        elif data is None:
+            return
+        if self._link.closing():
+            return  # cut off meanwhile: the outbox's end() kept its part
+        self._link.write(data)
+        if not self._watched and outbox is not None and not outbox.idle:
+            self._watched = True
+            self._host.watch(self)
+
+    def report(self, now: float) -> bool:
+        """Tell the outbox what is still in flight; False once it has
+        nothing to remember (the node stops asking, and the outbox goes)."""
+        outbox = self.outbox
+        if outbox is None or outbox.ended or self._link.closing():
+            self._watched = False
+            return False
+        receipts = outbox.receipts
+        if receipts is not None and receipts.overdue(now):
+            self._watched = False
+            self._receipts_failed(ErrCode.RECEIPT_TIMEOUT, _RECEIPT_TIMEOUT)
+            return False
+        outbox.measured(self._link.in_flight())
+        if outbox.idle:
+            self._watched = False
+            if outbox.empty:  # nothing owed: the next message makes a new one
+                self.outbox = None
+        return self._watched
+
+    # -- the end: what is stored --------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        """Whether the connection has ended as far as deliveries go."""
+        return self.outbox is _ENDED
+
+    def _new_outbox(self) -> Outbox:
+        self.outbox = Outbox(self._host.settings.output_limit, self._host.budget)
+        return self.outbox
+
+    def _write_replies(self) -> None:
+        """Write the replies queued this tick now (before a close)."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            self._link.write(b"".join(out))
+
+    def _end(self, how: End, in_flight: int = 0, cut_off: bool = False) -> None:
+        """The outbox is done with (see End); store what it says may be unread,
+        wake what waits for room."""
+        outbox = self.outbox
+        self.outbox = _ENDED
+        if outbox is None:
+            return
+        unread = outbox.end(how, in_flight)
+        if self.room is not None:
+            self.room.set()
+        if unread:
+            self._service.spill(self.session, unread, cut_off=cut_off)
+
+    def _cut_off(self, why: bytes | None = None) -> None:
+        """Past the output limit (or, with receipts, the unacknowledged
+        window's bounds or time: ``why`` says which, and is written last):
+        disconnect, and store what it was not sent and what it may not have
+        read. Some of that may still reach it while the connection closes:
+        a duplicate (same mid), never a loss."""
+        self._end(End.CUT_OFF, cut_off=True)
+        if why is not None and not self._link.closing():
+            self._write_replies()
+            self._link.write(why)
+        # Flushes what it can, then FIN; cut hard if the peer never reads.
+        self._link.shut(LINGER)
