@@ -12,15 +12,12 @@ the transport's events and performs what it asks (the core's
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import sys
-import termios
 from typing import TYPE_CHECKING, cast
 
 from clusterchat.logs import names_connection
 from clusterchat.server.core import ConnectionCore
-from clusterchat.server.listener import Refused
 from clusterchat.server.outbox import Outbox
+from clusterchat.server.sockets import Refused, in_flight
 from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
@@ -156,20 +153,7 @@ class Connection(asyncio.Protocol):
             self._linger = asyncio.get_running_loop().call_later(2.0, t.abort)
 
     def in_flight(self) -> int:
-        t = self.transport
-        if t is None:
-            return 0
-        sock = t.get_extra_info("socket")
-        n = t.get_write_buffer_size()
-        return n + _unacked(sock.fileno()) if sock is not None else n
+        return in_flight(self.transport) if self.transport is not None else 0
 
     def readdress(self, address: str) -> bytes | None:
         return self.node.readdress(self, address)
-
-
-def _unacked(fd: int) -> int:
-    """Bytes in the kernel's send queue the peer has not acknowledged."""
-    try:
-        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"), sys.byteorder)
-    except OSError:
-        return 0

@@ -117,7 +117,9 @@ class CoreHost(Protocol):
     settings: Settings
     #: Bytes held for other people on this node (outboxes charge it).
     budget: Budget
-    service: Service
+
+    @property
+    def service(self) -> Service: ...
 
     def write_soon(self, core: ConnectionCore) -> None:
         """Call ``core.flush(now)`` once this loop iteration's reads are done."""

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from websockets.http11 import Request
 
 from clusterchat.protocol import forwarded
-from clusterchat.server.listener import tune_listener
+from clusterchat.server.sockets import tune_listener
 from clusterchat.server.websocket import WsConnection, response
 
 if TYPE_CHECKING:

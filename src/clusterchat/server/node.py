@@ -27,9 +27,9 @@ from clusterchat.server.backends import Backends, open_backends
 from clusterchat.server.connection import Connection
 from clusterchat.server.core import ConnectionCore
 from clusterchat.server.http import HttpServer
-from clusterchat.server.listener import tune_listener
 from clusterchat.server.load import LoopLag
 from clusterchat.server.metrics import Ops
+from clusterchat.server.sockets import tune_listener
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
 from clusterchat.storage.base import Store

@@ -1,10 +1,14 @@
-"""What every listener of the node shares: socket options set once, and the
-way a connection over a limit is refused."""
+"""What the transports share at the socket level: options set once on each
+listener, the way a connection over a limit is refused, and how many bytes
+written are not yet past the peer's kernel."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
+import sys
+import termios
 
 
 def tune_listener(server: asyncio.Server) -> None:
@@ -45,3 +49,19 @@ class Refused(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._timer.cancel()
+
+
+def in_flight(transport: asyncio.Transport) -> int:
+    """Bytes written that the peer's kernel has not acknowledged yet: the
+    transport's buffer plus the kernel's send queue."""
+    sock = transport.get_extra_info("socket")
+    n = transport.get_write_buffer_size()
+    return n + _unacked(sock.fileno()) if sock is not None else n
+
+
+def _unacked(fd: int) -> int:
+    """Bytes in the kernel's send queue the peer has not acknowledged."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"), sys.byteorder)
+    except OSError:
+        return 0
