@@ -55,6 +55,12 @@ BATCH_ROWS = 5000
 BATCH_BYTES = 4 * 1024 * 1024
 #: Seconds a round waits for more rows after the first (one INSERT per few ms).
 LINGER = 0.002
+#: Seconds from one round's start to the next's while the queue is short of a
+#: batch (and not full): at most 100 rounds a second. Each round costs both
+#: ends a statement, a commit with its log flush and a few wake-ups; at a
+#: node's ceiling rounds back to back (one every few ms) spent that on 200
+#: rounds a second (BENCHMARKS.md, "History on vs off").
+PACE = 0.01
 #: Purge: rows per DELETE, pause between chunks, and the longest sleep between rounds.
 PURGE_CHUNK = 1000
 PURGE_PAUSE = 0.02
@@ -77,11 +83,13 @@ class HistoryWriter:
         max_rows: int = QUEUE_ROWS,
         max_bytes: int = QUEUE_BYTES,
         linger: float = LINGER,
+        pace: float = PACE,
     ) -> None:
         self._store = store
         self.max_rows = max(1, max_rows)
         self.max_bytes = max(1, max_bytes)
         self.linger = linger
+        self.pace = pace
         #: Queued rows, and the batch being written (retried until it is).
         self._rows: list[HistoryRow] = []
         self._bytes = 0
@@ -127,6 +135,8 @@ class HistoryWriter:
 
     async def _run(self) -> None:
         delay = RETRY_FIRST
+        loop = asyncio.get_running_loop()
+        started = -self.pace  # when the last round started
         while True:
             if not self._flight:
                 if not self._rows:
@@ -136,6 +146,11 @@ class HistoryWriter:
                     if self.linger:  # let the rows of the next few ms join this one
                         await asyncio.sleep(self.linger)
                     continue
+                wait = started + self.pace - loop.time()
+                if wait > 0 and not self.full and len(self._rows) < BATCH_ROWS:
+                    await asyncio.sleep(wait)  # rows join this round meanwhile
+                    continue
+                started = loop.time()
                 self._take()
             batch = self._flight
             try:
