@@ -3,8 +3,9 @@
 Every 1:1 and group message a node accepts is queued here by that node (the
 sender's), once, whichever node the receivers are on. One writer task per
 node takes everything queued into one multi-row INSERT per round (a round
-lingers a couple of milliseconds so a busy node writes hundreds of rows a
-statement), retrying with backoff like the re-store writer
+lingers a couple of milliseconds, and starts at most every ``PACE`` while
+the queue is short, so a busy node writes hundreds of rows a statement and
+at most 100 statements a second), retrying with backoff like the re-store writer
 (``service/restore.py``) until the store takes them, and writes what is left
 at shutdown within a deadline.
 
@@ -125,8 +126,9 @@ class HistoryWriter:
         rows = self._rows
         rows.append(row)
         self._bytes += len(row[5]) + ROW_COST
-        if len(rows) >= self._cap_rows or self._bytes >= self._cap_bytes:
+        if not self.full and (len(rows) >= self._cap_rows or self._bytes >= self._cap_bytes):
             self.full = True
+            self._wake.set()  # a round waiting for its pace goes now
         if self._idle:
             self._idle = False
             if self._task is None:
@@ -148,7 +150,10 @@ class HistoryWriter:
                     continue
                 wait = started + self.pace - loop.time()
                 if wait > 0 and not self.full and len(self._rows) < BATCH_ROWS:
-                    await asyncio.sleep(wait)  # rows join this round meanwhile
+                    self._wake.clear()  # rows join this round meanwhile, unless it fills
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
                     continue
                 started = loop.time()
                 self._take()
