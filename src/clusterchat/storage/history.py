@@ -16,6 +16,7 @@ directly on a connection of its own; elsewhere through SQLAlchemy.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -86,7 +87,9 @@ class BulkConnection:
     COMMIT and Python work per row; on a node at its ceiling that was most of
     what history cost it (BENCHMARKS.md). A connection unused for
     ``IDLE_PING`` seconds is pinged first (the server may have dropped it);
-    one that fails is closed and opened again at the next round.
+    one that fails, or whose write is cancelled, is closed, and the next
+    round opens a new one. Writes take turns (one connection, one statement
+    at a time).
     """
 
     def __init__(self, connect: Callable[[], Awaitable[Any]], observe: Callable[[float], None]):
@@ -94,29 +97,43 @@ class BulkConnection:
         self._observe = observe
         self._conn: Any = None
         self._used = 0.0
+        self._turn = asyncio.Lock()
 
     async def write(self, sql: str, rows: Sequence[HistoryRow]) -> None:
-        start = time.perf_counter()
         from asyncmy.errors import MySQLError
 
         failures = (MySQLError, OSError, ConnectionError, TimeoutError)
-        try:
-            if self._conn is None:
-                self._conn = await self._connect()
-            elif start - self._used > IDLE_PING:
-                await self._conn.ping(reconnect=True)
-        except failures as exc:
-            self.close()
-            raise errors.Unavailable(f"database unavailable: {exc.__class__.__name__}") from exc
-        try:
-            async with self._conn.cursor() as cur:
-                await cur.executemany(sql, rows)
-        except failures as exc:  # autocommit: the statement may have been kept
-            self.close()
-            raise errors.InDoubt(f"history write failed: {exc.__class__.__name__}") from exc
-        finally:
-            self._used = time.perf_counter()
-            self._observe(self._used - start)
+        async with self._turn:
+            start = time.perf_counter()
+            try:
+                try:
+                    await self._ready(start, failures)
+                except failures as exc:
+                    self.close()
+                    raise errors.Unavailable(
+                        f"database unavailable: {exc.__class__.__name__}"
+                    ) from exc
+                try:
+                    async with self._conn.cursor() as cur:
+                        await cur.executemany(sql, rows)
+                except failures as exc:  # autocommit: the statement may have been kept
+                    self.close()
+                    raise errors.InDoubt(f"history write failed: {exc.__class__.__name__}") from exc
+            except BaseException:  # cancelled mid-statement: the connection is unusable
+                self.close()
+                raise
+            finally:
+                self._used = time.perf_counter()
+                self._observe(self._used - start)
+
+    async def _ready(self, now: float, failures: tuple[type[BaseException], ...]) -> None:
+        if self._conn is not None and now - self._used > IDLE_PING:
+            try:
+                await self._conn.ping(reconnect=False)
+            except failures:  # dropped while unused (wait_timeout, a restart): a new one
+                self.close()
+        if self._conn is None:
+            self._conn = await self._connect()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
