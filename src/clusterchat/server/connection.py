@@ -167,8 +167,7 @@ class Connection(asyncio.Protocol):
                 self._failed(frame)
                 return
             if work is not None:
-                self._queue = deque()
-                self.node.spawn(self._drain(work))
+                self._wait(work)
             return
         for item in frames:
             self._serve(item)
@@ -450,8 +449,7 @@ class Connection(asyncio.Protocol):
             return
         work = self._dispatch(item)
         if work is not None:
-            self._queue = deque()
-            self.node.spawn(self._drain(work))
+            self._wait(work)
 
     def _dispatch(self, item: tuple[bytes, int]) -> Any:
         frame, term = item
@@ -470,6 +468,30 @@ class Connection(asyncio.Protocol):
         """A bug must cost one request, never the node (the service logs it)."""
         self.node.service.internal_error(self.session, frame)
 
+    def _wait(self, work: Any) -> None:
+        """A request waits on I/O: later ones queue until it is done. A future
+        (a chat posted to another node, acknowledged when published) needs
+        no task: its callback serves the queue."""
+        self._queue = deque()
+        if isinstance(work, asyncio.Future):
+            work.add_done_callback(self._resume)
+        else:
+            self.node.spawn(self._drain(work))
+
+    def _resume(self, done: asyncio.Future[Any]) -> None:
+        """What queued behind a future, served until a request waits again."""
+        queue = self._queue
+        while queue:
+            work = self._dispatch(queue.popleft())
+            if work is not None:  # still queueing: no _wait, which starts a new queue
+                if isinstance(work, asyncio.Future):
+                    work.add_done_callback(self._resume)
+                else:
+                    self.node.spawn(self._drain(work))
+                return
+            queue = self._queue
+        self._drained()
+
     async def _drain(self, work: Any) -> None:
         await work
         queue = self._queue
@@ -478,6 +500,10 @@ class Connection(asyncio.Protocol):
             if work is not None:
                 await work
             queue = self._queue
+        self._drained()
+
+    def _drained(self) -> None:
+        """Every queued request is served: read again."""
         if self.transport is None or self.transport.is_closing():
             return
         self._queue = None
