@@ -169,8 +169,16 @@ class Connection(asyncio.Protocol):
             if work is not None:
                 self._wait(work)
             return
+        if self._out is not None or len(frames) < 2:
+            for item in frames:
+                self._serve(item)
+            return
+        # Requests read together (a client with many in flight) are answered
+        # together: their replies gather in _out and leave in one write.
+        self._out = []
         for item in frames:
             self._serve(item)
+        self._write_replies()
 
     def eof_received(self) -> bool:
         """A FIN: the peer read all its kernel acknowledged (else it would
@@ -233,7 +241,9 @@ class Connection(asyncio.Protocol):
         """Write a reply, after what was accepted for the peer before it. If
         a write is due at the end of this loop iteration anyway (a message
         for the peer came first), the reply joins it: a CHAT_ACK and the
-        partner's message cost one system call, not two. Else it leaves now."""
+        partner's message cost one system call, not two. Requests read
+        together are answered together, in one write after the last of them
+        (``data_received``). Else it leaves now."""
         t = self.transport
         if t is None or t.is_closing():
             return False
@@ -337,11 +347,14 @@ class Connection(asyncio.Protocol):
         t.write(data)
 
     def _write_replies(self) -> None:
-        """Write the replies queued this tick now (before a close)."""
+        """Write the replies gathered so far now (before a close, or after
+        the requests of one read)."""
         out = self._out
         if out is not None:
             self._out = None
-            self._write(b"".join(out))
+            t = self.transport
+            if out and t is not None and not t.is_closing():
+                self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def report(self) -> bool:
         """Tell the outbox what is still in flight; False once it has
@@ -431,9 +444,10 @@ class Connection(asyncio.Protocol):
         a duplicate (same mid), never a loss."""
         self._end(End.CUT_OFF, cut_off=True)
         t = self.transport
-        if why is not None and t is not None and not t.is_closing():
-            self._write_replies()
-            self._write(why)
+        if t is not None and not t.is_closing():
+            self._write_replies()  # this iteration's replies, not yet written
+            if why is not None:
+                self._write(why)
         if t is not None:
             t.close()  # flushes what it can, then FIN; cut hard if the peer never reads
             self._linger = asyncio.get_running_loop().call_later(_LINGER, t.abort)
