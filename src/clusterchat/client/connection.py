@@ -114,8 +114,13 @@ class ChatConnection:
     # -- reading -------------------------------------------------------------------
 
     async def _read(self) -> bool:
-        """One read through the core; False at the end of the stream."""
-        data = await self._reader.read(65536)
+        """One read through the core; False at the end of the stream (a
+        reset too: the server's FIN crossed a request we sent after it, and
+        its kernel answered that with RST)."""
+        try:
+            data = await self._reader.read(65536)
+        except ConnectionResetError:
+            return False
         if not data:
             return False
         events = self.core.receive_data(data)
