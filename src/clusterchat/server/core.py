@@ -23,6 +23,7 @@ idle ones cost nothing for it.
 from __future__ import annotations
 
 import logging
+from asyncio import Future
 from collections import deque
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
@@ -217,8 +218,16 @@ class ConnectionCore:
             if work is not None:
                 self._wait_for(work)
             return
+        if self._out is not None or len(frames) < 2:
+            for item in frames:
+                self._serve(item)
+            return
+        # Requests read together (a client with many in flight) are answered
+        # together: their replies gather in _out and leave in one write.
+        self._out = []
         for item in frames:
             self._serve(item)
+        self._write_replies()
 
     def receive_frame(self, frame: bytes) -> None:
         """One whole message from a framed transport (a WebSocket): a
@@ -312,9 +321,29 @@ class ConnectionCore:
         return self._handle(frame, term)
 
     def _wait_for(self, work: Awaitable[None]) -> None:
-        """A request awaits I/O: later ones queue until it is done."""
+        """A request awaits I/O: later ones queue until it is done. A future
+        (a chat posted to another node, acknowledged when published) needs
+        no task: its callback serves the queue; other work is driven by a
+        task of the node's."""
         self._queue = deque()
-        self._host.spawn(self._drain(work))
+        if isinstance(work, Future):
+            work.add_done_callback(self._resume)
+        else:
+            self._host.spawn(self._drain(work))
+
+    def _resume(self, done: Future[None]) -> None:
+        """What queued behind a future, served until a request waits again."""
+        queue = self._queue
+        while queue:
+            work = self._dispatch(queue.popleft())
+            if work is not None:  # still queueing: no _wait_for, which starts a new queue
+                if isinstance(work, Future):
+                    work.add_done_callback(self._resume)
+                else:
+                    self._host.spawn(self._drain(work))
+                return
+            queue = self._queue
+        self._drained()
 
     async def _drain(self, work: Awaitable[None]) -> None:
         await work
@@ -324,6 +353,10 @@ class ConnectionCore:
             if work_ is not None:
                 await work_
             queue = self._queue
+        self._drained()
+
+    def _drained(self) -> None:
+        """Every queued request is served: read again."""
         if self._link.closing():
             return
         self._queue = None
@@ -338,7 +371,9 @@ class ConnectionCore:
         """Write a reply, after what was accepted for the peer before it. If
         a write is due at the end of this loop iteration anyway (a message
         for the peer came first), the reply joins it: a CHAT_ACK and the
-        partner's message cost one system call, not two. Else it leaves now."""
+        partner's message cost one system call, not two. Requests read
+        together are answered together, in one write after the last of them
+        (``receive_data``). Else it leaves now."""
         if self._link.closing():
             return False
         outbox = self.outbox
@@ -470,11 +505,13 @@ class ConnectionCore:
         return self.outbox
 
     def _write_replies(self) -> None:
-        """Write the replies queued this tick now (before a close)."""
+        """Write the replies gathered so far now (before a close, or after
+        the requests of one read)."""
         out = self._out
         if out is not None:
             self._out = None
-            self._link.write(b"".join(out))
+            if out and not self._link.closing():
+                self._link.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _end(self, how: End, in_flight: int = 0, cut_off: bool = False) -> None:
         """The outbox is done with (see End); store what it says may be unread,
@@ -496,8 +533,9 @@ class ConnectionCore:
         read. Some of that may still reach it while the connection closes:
         a duplicate (same mid), never a loss."""
         self._end(End.CUT_OFF, cut_off=True)
-        if why is not None and not self._link.closing():
-            self._write_replies()
-            self._link.write(why)
+        if not self._link.closing():
+            self._write_replies()  # this iteration's replies, not yet written
+            if why is not None:
+                self._link.write(why)
         # Flushes what it can, then FIN; cut hard if the peer never reads.
         self._link.shut(LINGER)
