@@ -332,6 +332,15 @@ def test_a_reply_joins_the_messages_due_this_tick_in_one_write() -> None:
     assert host.watched == [core]  # what was written is remembered, for now
 
 
+def test_replies_to_requests_read_together_leave_in_one_write_in_order() -> None:
+    core, link, host = make()
+    host.service.reply = b"re:"
+    core.receive_data(b"a\nb\nc\n", 1.0)
+    assert link.written == [b"re:are:bre:c"]
+    core.receive_data(b"d\n", 1.0)  # alone in its read: written at once
+    assert link.written == [b"re:are:bre:c", b"re:d"]
+
+
 def test_an_idle_outbox_is_given_back_after_the_reports() -> None:
     core, _, host = make()
     core.deliver(b"m1")
