@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from clusterchat.protocol.acks import EVERY
 from clusterchat.protocol.client import (
+    MAX_REPLY,
     ClientProtocol,
     Event,
     NoReply,
@@ -22,7 +23,7 @@ from clusterchat.protocol.client import (
     Undecodable,
     Unexpected,
 )
-from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from clusterchat.protocol.messages import ErrCode, MsgId
 
 
@@ -125,6 +126,23 @@ def test_replies_go_to_their_requests_in_order_whatever_is_pushed_between(
     assert got == [(f"request {k}", f"node{n}") for k, n in enumerate(positions)]
     pushed = [e.msg["msg"] for e in events if isinstance(e, Push)]
     assert pushed == [f"m{i}" for i in stream if i is not None]
+
+
+@given(st.lists(st.binary(max_size=40), max_size=20), st.integers(0, 5))
+def test_whatever_arrives_each_frame_is_one_event_and_nothing_raises(
+    pieces: list[bytes], waiting: int
+) -> None:
+    core: ClientProtocol[int] = ClientProtocol(acknowledge=True)
+    for k in range(waiting):
+        core.send({"msgid": MsgId.PING}, k)
+    events: list[Event[int]] = []
+    for piece in pieces:
+        events += core.receive_data(piece)
+    frames = FrameDecoder(MAX_REPLY).feed(b"".join(pieces))
+    assert [e.frame for e in events] == [f for f, _ in frames]
+    tokens = [e.token for e in events if isinstance(e, Reply)]
+    assert tokens == list(range(len(tokens)))  # in order, none twice
+    assert core.waiting == waiting - len(tokens)
 
 
 def test_an_error_reply_is_matched_to_the_request_it_refuses() -> None:
