@@ -172,9 +172,9 @@ def test_a_refused_receipt_answers_no_request() -> None:
 
 def test_a_reply_nobody_waits_for_and_a_broken_frame_are_events_too() -> None:
     core: ClientProtocol[str] = ClientProtocol()
-    events = core.receive_data(pong(0) + b"not json\n[1,2]\n")
-    assert [type(e) for e in events] == [Unexpected, Undecodable, Undecodable]
-    assert [e.frame for e in events] == [pong(0)[:-1], b"not json", b"[1,2]"]
+    events = core.receive_data(pong(0) + b'not json\n[1,2]\n{"msgid":[6]}\n')
+    assert [type(e) for e in events] == [Unexpected, Undecodable, Undecodable, Unexpected]
+    assert [e.frame for e in events] == [pong(0)[:-1], b"not json", b"[1,2]", b'{"msgid":[6]}']
 
 
 # -- the original (NUL) dialect ------------------------------------------------------
