@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from clusterchat.protocol.acks import EVERY
 from clusterchat.protocol.client import (
+    MAX_REPLY,
     ClientProtocol,
     Event,
     NoReply,
@@ -22,7 +23,7 @@ from clusterchat.protocol.client import (
     Undecodable,
     Unexpected,
 )
-from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
+from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from clusterchat.protocol.messages import ErrCode, MsgId
 
 
@@ -127,6 +128,23 @@ def test_replies_go_to_their_requests_in_order_whatever_is_pushed_between(
     assert pushed == [f"m{i}" for i in stream if i is not None]
 
 
+@given(st.lists(st.binary(max_size=40), max_size=20), st.integers(0, 5))
+def test_whatever_arrives_each_frame_is_one_event_and_nothing_raises(
+    pieces: list[bytes], waiting: int
+) -> None:
+    core: ClientProtocol[int] = ClientProtocol(acknowledge=True)
+    for k in range(waiting):
+        core.send({"msgid": MsgId.PING}, k)
+    events: list[Event[int]] = []
+    for piece in pieces:
+        events += core.receive_data(piece)
+    frames = FrameDecoder(MAX_REPLY).feed(b"".join(pieces))
+    assert [e.frame for e in events] == [f for f, _ in frames]
+    tokens = [e.token for e in events if isinstance(e, Reply)]
+    assert tokens == list(range(len(tokens)))  # in order, none twice
+    assert core.waiting == waiting - len(tokens)
+
+
 def test_an_error_reply_is_matched_to_the_request_it_refuses() -> None:
     core: ClientProtocol[str] = ClientProtocol()
     core.send({"msgid": MsgId.PING}, "ping")
@@ -154,9 +172,9 @@ def test_a_refused_receipt_answers_no_request() -> None:
 
 def test_a_reply_nobody_waits_for_and_a_broken_frame_are_events_too() -> None:
     core: ClientProtocol[str] = ClientProtocol()
-    events = core.receive_data(pong(0) + b"not json\n[1,2]\n")
-    assert [type(e) for e in events] == [Unexpected, Undecodable, Undecodable]
-    assert [e.frame for e in events] == [pong(0)[:-1], b"not json", b"[1,2]"]
+    events = core.receive_data(pong(0) + b'not json\n[1,2]\n{"msgid":[6]}\n')
+    assert [type(e) for e in events] == [Unexpected, Undecodable, Undecodable, Unexpected]
+    assert [e.frame for e in events] == [pong(0)[:-1], b"not json", b"[1,2]", b'{"msgid":[6]}']
 
 
 # -- the original (NUL) dialect ------------------------------------------------------

@@ -92,11 +92,6 @@ class ChatConnection:
         self._writer.write(data)
         return fut
 
-    def send_nowait(self, doc: dict[str, Any]) -> None:
-        """A request sent without waiting for the socket (its reply, if
-        any, goes where :meth:`send`'s goes)."""
-        self._writer.write(self.core.send(doc))
-
     def _flush(self) -> None:
         """What the core wants written of its own accord (receipts)."""
         data = self.core.data_to_send()
@@ -205,10 +200,6 @@ class ChatConnection:
         return True
 
     # -- the end -------------------------------------------------------------------
-
-    @property
-    def closing(self) -> bool:
-        return self._writer.is_closing()
 
     async def close(self) -> None:
         self._writer.close()

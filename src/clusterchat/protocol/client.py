@@ -198,7 +198,7 @@ class ClientProtocol(Generic[T]):
                 append(Undecodable(frame, "not a JSON object"))
                 continue
             msgid = msg.get("msgid")
-            if msgid in _PUSHED:
+            if type(msgid) is int and msgid in _PUSHED:  # (a list is unhashable)
                 if acks is not None:
                     seq = msg.get("seq")
                     if type(seq) is int and (due := acks.saw(seq)) is not None:
