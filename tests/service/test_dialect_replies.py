@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from clusterchat.bus.local import LocalPresence, NoBus
+from clusterchat.protocol import codec
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
 from clusterchat.service.session import Session
@@ -79,7 +80,7 @@ async def service(tmp_path: Path) -> AsyncIterator[ChatService]:
 
 
 async def _send(svc: ChatService, s: Session, frame: bytes, legacy: bool) -> None:
-    work = svc.handle(s, frame, legacy)
+    work = svc.handle(s, codec.read_request(frame), legacy)
     if work is not None:
         await work
 

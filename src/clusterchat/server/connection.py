@@ -20,7 +20,8 @@ import socket
 import sys
 import termios
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, cast
 
 from clusterchat.logs import names_connection
 from clusterchat.protocol import codec, proxy
@@ -28,7 +29,7 @@ from clusterchat.protocol.framing import NUL, FrameDecoder, FrameTooLarge
 from clusterchat.protocol.messages import ErrCode
 from clusterchat.server.outbox import FIRST, OVER, QUEUED, End, Outbox
 from clusterchat.server.receipts import Unacked
-from clusterchat.service.session import Session
+from clusterchat.service.session import Session, Work
 
 if TYPE_CHECKING:
     from clusterchat.server.host import Host
@@ -162,7 +163,9 @@ class Connection(asyncio.Protocol):
             # The relay's usual case, without the general path's calls.
             frame, term = frames[0]
             try:
-                work = self.node.service.handle(self.session, frame, term == NUL)
+                work = self.node.service.handle(
+                    self.session, codec.read_request(frame), term == NUL
+                )
             except Exception:
                 self._failed(frame)
                 return
@@ -453,7 +456,7 @@ class Connection(asyncio.Protocol):
             self._queue = deque()
             self.node.spawn(self._drain(work))
 
-    def _dispatch(self, item: tuple[bytes, int]) -> Any:
+    def _dispatch(self, item: tuple[bytes, int]) -> Work:
         frame, term = item
         if term == -1:
             self.node.service.frame_too_large(self.session, self.decoder.max_frame)
@@ -461,7 +464,7 @@ class Connection(asyncio.Protocol):
             self.close()
             return None
         try:
-            return self.node.service.handle(self.session, frame, term == NUL)
+            return self.node.service.handle(self.session, codec.read_request(frame), term == NUL)
         except Exception:
             self._failed(frame)
             return None
@@ -470,8 +473,8 @@ class Connection(asyncio.Protocol):
         """A bug must cost one request, never the node (the service logs it)."""
         self.node.service.internal_error(self.session, frame)
 
-    async def _drain(self, work: Any) -> None:
-        await work
+    async def _drain(self, first: Awaitable[None]) -> None:
+        await first
         queue = self._queue
         while queue:
             work = self._dispatch(queue.popleft())
