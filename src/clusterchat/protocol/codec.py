@@ -169,11 +169,13 @@ def group_chat(uid: int, name: str, gid: int, msg: str, time: str, ts: int, mid:
 
 #: A CHAT_ACK is sent for every chat of our dialect: pre-encoded around its
 #: three fields (sorted keys, as the encoder would), half the cost of a struct.
-_CHAT_ACK_TEMPLATE = b'{"errno":0,"mid":%%b,"msgid":%d,"status":%%b,"ts":%%d}\n' % _CHAT_ACK
+CHAT_ACK_TEMPLATE = b'{"errno":0,"mid":%%b,"msgid":%d,"status":%%b,"ts":%%d}\n' % _CHAT_ACK
+#: One JSON value, as bytes (sorted keys).
+encode_json = _encoder.encode
 
 
 def chat_ack(mid: str, ts: int, status: str) -> bytes:
-    return _CHAT_ACK_TEMPLATE % (_encoder.encode(mid), _encoder.encode(status), ts)
+    return CHAT_ACK_TEMPLATE % (_encoder.encode(mid), _encoder.encode(status), ts)
 
 
 def login_ack(

@@ -28,13 +28,26 @@ from clusterchat.protocol.messages import (
     MsgId,
     RegErr,
 )
-from clusterchat.protocol.replies import LoginOk, LoginRefused, RegRefused, Reply, Unreadable
+from clusterchat.protocol.replies import (
+    ChatAck,
+    Done,
+    Error,
+    LoginOk,
+    LoginRefused,
+    RegRefused,
+    Reply,
+    Unreadable,
+)
 
 #: Requests of ours whose only effect is a reply the original cannot read:
 #: from it, they are not served (nor refused).
 UNANSWERED: Final[frozenset[type]] = frozenset({ListFriends, ListGroups, ListBlocked, ListInvites})
 #: Requests of ours the original client is refused as an unknown msgid.
 UNKNOWN: Final[frozenset[type]] = frozenset({History})
+
+
+#: Replies of ours it is never sent, known by their type alone.
+NEVER: Final[frozenset[type]] = frozenset({ChatAck, Error, Done})
 
 
 def shown(legacy: bool | None, msgid: MsgId) -> bool:
@@ -45,6 +58,8 @@ def shown(legacy: bool | None, msgid: MsgId) -> bool:
 
 def for_original(reply: Reply) -> Reply | None:
     """What the original client is sent for ``reply``; None: nothing."""
+    if type(reply) in NEVER:  # by type first: a CHAT_ACK is built for every chat
+        return None
     if reply.msgid not in LEGACY_REPLIES:
         if type(reply) is Unreadable:
             # It knows no ERROR: a bad LOGIN or REG is refused in their own reply.

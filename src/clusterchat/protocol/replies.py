@@ -124,7 +124,13 @@ class ChatAck(Reply, frozen=True, gc=False):
             return codec.ack(
                 MsgId.CHAT_ACK, mid=self.mid, ts=self.ts, status=self.status, full=self.full
             )
-        return codec.chat_ack(self.mid, self.ts, self.status)
+        return _CHAT_ACK % (_encode(self.mid), _encode(self.status), self.ts)
+
+
+#: Sent for every chat of our dialect: formatted here, not through codec.chat_ack
+#: (the same template; one call fewer on the hot path).
+_CHAT_ACK = codec.CHAT_ACK_TEMPLATE
+_encode = codec.encode_json
 
 
 class Ack(Reply, frozen=True, gc=False):

@@ -247,8 +247,9 @@ class ChatService:
         if isinstance(req, BadRequest):
             self._refuse_bad(s, req)
             return None
+        kind = type(req)
         counted = self.counts.requests
-        counted[type(req)] = counted.get(type(req), 0) + 1
+        counted[kind] = counted.get(kind, 0) + 1
         if not s.uid:
             if not isinstance(req, ANONYMOUS_OK):
                 self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
@@ -261,14 +262,14 @@ class ChatService:
             s.stamp = now
             if tokens >= 1.0:
                 s.tokens = tokens - 1.0
-            elif type(req) not in _UNMETERED:
+            elif kind not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
-        if (self.budget.full or (self.history is not None and self.history.full)) and type(
-            req
-        ) in _BUDGETED:
+        if (
+            self.budget.full or (self.history is not None and self.history.full)
+        ) and kind in _BUDGETED:
             return self._busy(s, req)
-        result = (self._original_handlers if s.legacy else self._handlers)[type(req)](s, req)
+        result = (self._original_handlers if s.legacy else self._handlers)[kind](s, req)
         if result is None:
             return None
         return self._guarded(s, req, result)
@@ -401,6 +402,8 @@ class ChatService:
         """Send ``reply`` as the session's dialect shows it (the one place the
         dialect filter applies); returns what was sent, None if nothing."""
         if s.legacy:
+            if type(reply) in dialect.NEVER:  # the usual case (CHAT_ACK), without a call
+                return None
             shown = dialect.for_original(reply)
             if shown is None:
                 return None
