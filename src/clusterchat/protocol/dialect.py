@@ -56,6 +56,13 @@ def shown(legacy: bool | None, msgid: MsgId) -> bool:
     return not legacy or msgid in LEGACY_REPLIES
 
 
+def issues_extras(legacy: bool | None) -> bool:
+    """Whether a login issues a ticket and starts receipts: ours only. The
+    original's LOGIN_ACK never carried them and it never sends RECEIVED
+    (a ticket is not even made for it: one would replace its user's last)."""
+    return not legacy
+
+
 def for_original(reply: Reply) -> Reply | None:
     """What the original client is sent for ``reply``; None: nothing."""
     if type(reply) in NEVER:  # by type first: a CHAT_ACK is built for every chat

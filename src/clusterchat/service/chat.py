@@ -528,9 +528,7 @@ class ChatService:
             race.refused()
             return
         uid, ticket_login = req.id, resumed.found is not None
-        # Receipts and tickets are ours: never started nor issued for a dialect
-        # whose client could not read them (it is shown no CHAT_ACK either).
-        ours = dialect.shown(s.legacy, MsgId.CHAT_ACK)
+        ours = dialect.issues_extras(s.legacy)  # a ticket, receipts
         receipts = req.receipts and ours
         ticket: str | None
         digest: str | None
@@ -567,6 +565,7 @@ class ChatService:
                 carried = [codec.encode_text(m) for _, m in view.offline]
                 s.receipts = s.peer.start_receipts(carried)
             reply = await self._login_reply(s, view, ticket, ticket_login, more, s.receipts)
+            # As ChatService.reply shows it; written below, after the race's turn.
             shown = dialect.for_original(reply) if s.legacy else reply
             assert shown is not None  # every dialect has its login reply
             wire = shown.wire()
