@@ -101,3 +101,49 @@ async def test_ack_after_store_and_busy_when_the_window_is_full(redis_url: str) 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_post_reported_tells_the_outcome_and_leaves_storing_to_the_caller(
+    redis_url: str,
+) -> None:
+    a_inbox, b_inbox = Inbox(here=True), Inbox(here=True)
+    a = RedisCluster(redis_url, "a", "t:", presence_ttl=10)
+    b = RedisCluster(redis_url, "b", "t:", presence_ttl=10)
+    await a.start(a_inbox)
+    await b.start(b_inbox)
+    outcomes: list[tuple[bytes, bool]] = []
+    try:
+        assert not a.post_reported(BOB, b"unknown", lambda ok: outcomes.append((b"?", ok)))
+        assert await b.claim(BOB)
+        assert await a.send([BOB], b"warm") == []  # the route is known now
+        assert a.post_reported(BOB, b"one", lambda ok: outcomes.append((b"one", ok)))
+        assert a.post_reported(BOB, b"two", lambda ok: outcomes.append((b"two", ok)))
+        await _until(lambda: len(outcomes) == 2)
+        assert outcomes == [(b"one", True), (b"two", True)]
+        await _until(lambda: b_inbox.offered == [b"warm", b"one", b"two"])
+
+        await b.close()  # nobody subscribes to b's channel now; a still routes BOB there
+        assert a.post_reported(BOB, b"three", lambda ok: outcomes.append((b"three", ok)))
+        await _until(lambda: len(outcomes) == 3)
+        assert outcomes[2] == (b"three", False)
+        await _until(lambda: a._windows["b"].held == 0)  # the refused batch is settled
+        assert a_inbox.stored == [], "the bus stored what its caller keeps"
+
+        # While the bus stores a posted message of its own, later ones are not
+        # posted (they would overtake it): the caller falls back to send().
+        a._routes[BOB] = "b"
+        a_inbox.gate.clear()
+        assert a.post(BOB, b"legacy")
+        await _until(lambda: a._redelivering)
+        assert not a.post_reported(BOB, b"four", lambda ok: outcomes.append((b"four", ok)))
+        a_inbox.gate.set()
+        await _until(lambda: a_inbox.stored == [([BOB], b"legacy")])
+        await _until(lambda: not a._redelivering)
+        a._routes[BOB] = "b"
+        assert a.post_reported(BOB, b"five", lambda ok: outcomes.append((b"five", ok)))
+        await _until(lambda: len(outcomes) == 4)
+        assert outcomes[3] == (b"five", False)
+    finally:
+        await a.close()
+        if not b._closing:
+            await b.close()

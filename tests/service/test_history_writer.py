@@ -49,6 +49,27 @@ async def test_thousands_of_messages_take_a_few_writes(store: SqlStore) -> None:
     assert await writer.close(5) == 0
 
 
+async def test_rounds_are_paced_unless_the_queue_is_full(store: SqlStore) -> None:
+    a = await store.create_user(unique(), "x")
+    writer = HistoryWriter(store, max_rows=10, pace=30.0)
+    for row in rows(a, a, 3):
+        writer.add(row)
+    assert await writer.drain(5) and writer.rounds == 1  # the first round goes at once
+    for row in rows(a, a, 3, start=3):
+        writer.add(row)
+    # The next round waits for the pace: more rows may join it...
+    assert not await writer.drain(0.3) and writer.written == 3
+    for row in rows(a, a, 7, start=6):
+        writer.add(row)
+    # ...but not once the queue is full: then it goes at once, all of them.
+    assert writer.full
+    assert await writer.drain(5) and writer.rounds == 2 and writer.written == 13
+    assert not writer.full
+    page = await store.history(a, a, 0, 20, 0)
+    assert [r.mid for r in page] == [f"m-{i}" for i in reversed(range(13))]
+    assert await writer.close(5) == 0
+
+
 @pytest.fixture
 async def proxy() -> AsyncIterator[CuttableProxy]:
     p = CuttableProxy(target_port=3306)

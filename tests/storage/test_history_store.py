@@ -3,17 +3,21 @@ newest first, and purges that take a bounded chunk at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from clusterchat import errors
 from clusterchat.service.history import Purger
+from clusterchat.storage import history as history_storage
 from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import history
-from tests.conftest import unique
+from tests.conftest import MYSQL_SERVER, unique
 
 
 @pytest.fixture
@@ -78,3 +82,65 @@ async def test_purge_takes_expired_rows_in_chunks_and_keeps_the_rest(store: SqlS
     assert await store.purge_history(now_ms(), 3) == (0, 0)  # nothing expired
     async with store.engine.begin() as conn:  # leave the shared database as found
         await conn.execute(delete(history))
+
+
+async def _drop_connections(url: str) -> int:
+    """Have MariaDB drop every connection to this database but ours, as a
+    server restart or its ``wait_timeout`` would; returns how many."""
+    name = url.rsplit("/", 1)[1]
+    engine = create_async_engine(MYSQL_SERVER + "/")
+    try:
+        async with engine.connect() as conn:
+            ids = (
+                await conn.execute(
+                    text(
+                        "SELECT ID FROM information_schema.PROCESSLIST"
+                        " WHERE DB = :db AND ID <> CONNECTION_ID()"
+                    ),
+                    {"db": name},
+                )
+            ).scalars()
+            killed = 0
+            for cid in list(ids):
+                with contextlib.suppress(DBAPIError):  # gone meanwhile
+                    await conn.execute(text(f"KILL CONNECTION {int(cid)}"))
+                    killed += 1
+            return killed
+    finally:
+        await engine.dispose()
+
+
+async def test_history_connection_dropped_while_idle_writes_the_next_round(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqlStore(mariadb_url, pool_size=2)
+    await store.create_schema()
+    try:
+        a, b = await store.create_user(unique(), "x"), await store.create_user(unique(), "x")
+        await store.add_history([(a, b, a, "m-1", now_ms(), "before")])
+        assert await _drop_connections(mariadb_url) >= 1
+        # Unused for IDLE_PING: pinged first, found dropped, opened again.
+        monkeypatch.setattr(history_storage, "IDLE_PING", 0.0)
+        await store.add_history([(a, b, a, "m-2", now_ms(), "after")])
+        assert [r.body for r in await store.history(a, b, 0, 10, 0)] == ["after", "before"]
+    finally:
+        await store.close()
+
+
+async def test_history_connection_dropped_in_use_fails_one_round_in_doubt(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history_storage, "IDLE_PING", 3600.0)  # no ping: write at once
+    store = SqlStore(mariadb_url, pool_size=2)
+    await store.create_schema()
+    try:
+        a, b = await store.create_user(unique(), "x"), await store.create_user(unique(), "x")
+        await store.add_history([(a, b, a, "m-1", now_ms(), "first")])
+        assert await _drop_connections(mariadb_url) >= 1
+        # The write may or may not have been kept: the writer retries it.
+        with pytest.raises(errors.InDoubt):
+            await store.add_history([(a, b, a, "m-2", now_ms(), "lost")])
+        await store.add_history([(a, b, a, "m-3", now_ms(), "next")])  # a new connection
+        assert [r.body for r in await store.history(a, b, 0, 10, 0)] == ["next", "first"]
+    finally:
+        await store.close()

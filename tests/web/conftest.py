@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed as WsClosed
 
 from clusterchat.client.connection import ChatConnection, ConnectionClosed
 from clusterchat.config import Settings
-from clusterchat.protocol import codec
+from clusterchat.protocol.client import ClientProtocol, Undecodable
 from clusterchat.server.node import Node
 
 
@@ -24,7 +24,7 @@ class WsChat(ChatConnection):
     def __init__(self, ws: ClientConnection) -> None:
         # No reader/writer: the WebSocket replaces them.
         self.ws = ws
-        self.terminator = b"\n"
+        self.core = ClientProtocol()
 
     @classmethod
     async def open_ws(cls, port: int, **kw: Any) -> WsChat:
@@ -40,9 +40,9 @@ class WsChat(ChatConnection):
                 text = await self.ws.recv()
             except WsClosed as exc:
                 raise ConnectionClosed(str(exc)) from exc
-        doc = codec.loads(text if isinstance(text, bytes) else text.encode())
-        assert isinstance(doc, dict)
-        return doc
+        (event,) = self.core.receive_message(text if isinstance(text, bytes) else text.encode())
+        assert not isinstance(event, Undecodable), event
+        return event.msg
 
     async def at_eof(self, timeout: float = 10.0) -> bool:
         async with asyncio.timeout(timeout):

@@ -15,7 +15,6 @@ from typing import Any
 
 from clusterchat.bench.conn import BenchConn, Closed
 from clusterchat.bench.stats import Result
-from clusterchat.protocol.acks import Acks
 from clusterchat.protocol.messages import ErrCode, MsgId
 
 PASSWORD = "bench-pw"
@@ -87,8 +86,9 @@ async def _open(
     if opts.transport == "ws":
         from clusterchat.bench.wsconn import WsBenchConn
 
-        return await WsBenchConn.open(host, port, on_push)
-    return await BenchConn.open(host, port, on_push, b"\0" if opts.nul else b"\n")
+        return await WsBenchConn.open(host, port, on_push, acknowledge=opts.receipts)
+    term = b"\0" if opts.nul else b"\n"
+    return await BenchConn.open(host, port, on_push, term, acknowledge=opts.receipts)
 
 
 async def _register_all(opts: Options, n: int, progress: Progress) -> list[int]:
@@ -119,15 +119,12 @@ async def _login(
     conn: BenchConn, uid: int, secret: dict[str, str], receipts: bool = False
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {"msgid": MsgId.LOGIN, "id": uid, **secret}
-    if receipts:
+    if receipts:  # the connection's core acknowledges (opened with opts.receipts)
         doc["receipts"] = True
-        conn.acks = Acks()
     ack = await conn.request(doc)
     if ack.get("errno") == 0:
         conn.uid = uid
         conn.ticket = ack.get("ticket")
-        if conn.acks is not None and ack.get("receipts"):
-            conn.saw(len(ack.get("offlinemsg") or ()))  # the reply's are numbered 1 to n
     return ack
 
 

@@ -9,7 +9,7 @@ arriving from other nodes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,6 +86,15 @@ class Bus(Protocol):
         """Queue a message for a user known to be on another node, without
         waiting; False if that is not known (then use :meth:`send`). If no
         node takes it, the bus stores it offline, in order."""
+        ...
+
+    def post_reported(self, uid: int, payload: bytes, published: Callable[[bool], None]) -> bool:
+        """Queue a message like :meth:`post`, for a caller that answers its
+        client once the message is handed on: ``published(True)`` once it is
+        (what :meth:`send` returning no uids means), ``published(False)`` if
+        no node took it, and then the caller stores it (the bus does not).
+        False, with nothing queued, where :meth:`post` would say False, or
+        while earlier messages are being stored (:meth:`send` waits for them)."""
         ...
 
     async def nudge(self, uids: Sequence[int]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from clusterchat.bus.base import Inbox, WindowStats
 
@@ -36,6 +36,9 @@ class NoBus:
         return list(uids)
 
     def post(self, uid: int, payload: bytes) -> bool:
+        return False
+
+    def post_reported(self, uid: int, payload: bytes, published: Callable[[bool], None]) -> bool:
         return False
 
     async def nudge(self, uids: Sequence[int]) -> None:

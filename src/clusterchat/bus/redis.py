@@ -121,6 +121,9 @@ class RedisCluster:
         self._outbox: dict[str, list[Item]] = {}
         self._queued: dict[str, int] = {}  # bytes admitted into _outbox, per node
         self._posted: dict[str, list[Item]] = {}  # queued by post(): nobody awaits them
+        #: Queued by post_reported(): told the outcome of their batch's PUBLISH.
+        self._reported: dict[str, list[Callable[[bool], None]]] = {}
+        self._redelivering = 0  # work put in _misdelivered and not yet done
         self._sent: dict[str, asyncio.Future[bool]] = {}
         self._wake = asyncio.Event()
         self._misdelivered: asyncio.Queue[Work] = asyncio.Queue()
@@ -267,13 +270,31 @@ class RedisCluster:
     # -- sending -------------------------------------------------------------------------
 
     def post(self, uid: int, payload: bytes) -> bool:
-        node = self._routes.get(uid)
-        if node is None or node == self.node_id or not self._admit(node, len(payload)):
+        node = self._route(uid, len(payload))
+        if node is None:
             return False
         item: Item = (DELIVER, [uid], payload, 0)
         self._enqueue(node, item, len(payload))
         self._posted.setdefault(node, []).append(item)
         return True
+
+    def post_reported(self, uid: int, payload: bytes, published: Callable[[bool], None]) -> bool:
+        if self._redelivering:  # stores of earlier messages go first: send() waits for them
+            return False
+        node = self._route(uid, len(payload))
+        if node is None:
+            return False
+        self._enqueue(node, (DELIVER, [uid], payload, 0), len(payload))
+        self._reported.setdefault(node, []).append(published)
+        return True
+
+    def _route(self, uid: int, size: int) -> str | None:
+        """The node a message posted for ``uid`` goes to, its room taken;
+        None if that node is not known or its window is full."""
+        node = self._routes.get(uid)
+        if node is None or node == self.node_id:
+            return None
+        return node if self._admit(node, size) else None
 
     async def send(self, uids: Sequence[int], payload: bytes) -> list[int]:
         # Messages being rerouted or stored (a failed publish of posted ones)
@@ -319,10 +340,10 @@ class RedisCluster:
             raise
         if not by_node:
             return undelivered
-        sent = [
+        sent = []
+        for node, ids in by_node.items():
             self._enqueue(node, (DELIVER, ids, payload, hops), size)
-            for node, ids in by_node.items()
-        ]
+            sent.append(self._publishing(node))
         # One node is the usual case (a 1:1 message): no gather to make and wait on.
         oks = [await sent[0]] if len(sent) == 1 else await asyncio.gather(*sent)
         for (node, ids), ok in zip(by_node.items(), oks, strict=True):
@@ -373,13 +394,16 @@ class RedisCluster:
         if freed is not None and not freed.done():
             freed.set_result(None)
 
-    def _enqueue(self, node: str, item: Item, size: int) -> asyncio.Future[bool]:
+    def _enqueue(self, node: str, item: Item, size: int) -> None:
         self._outbox.setdefault(node, []).append(item)
         self._queued[node] = self._queued.get(node, 0) + size
+        self._wake.set()
+
+    def _publishing(self, node: str) -> asyncio.Future[bool]:
+        """Whether the next PUBLISH to ``node`` reaches it (the batch being queued)."""
         fut = self._sent.get(node)
         if fut is None:
             fut = self._sent[node] = asyncio.get_running_loop().create_future()
-        self._wake.set()
         return fut
 
     def _forget_node(self, node: str) -> None:
@@ -396,6 +420,7 @@ class RedisCluster:
             queued, self._queued = self._queued, {}
             sent, self._sent = self._sent, {}
             posted, self._posted = self._posted, {}
+            reported, self._reported = self._reported, {}
             answer, self._answer = self._answer, set()
             probe, self._probe = self._probe, set()
             nodes = list(outbox.keys() | answer | probe)
@@ -435,13 +460,22 @@ class RedisCluster:
                 fut = sent.get(node)
                 if fut is not None and not fut.done():
                     fut.set_result(bool(count))
+                for published in reported.get(node, ()):
+                    try:
+                        published(bool(count))
+                    except Exception:  # the caller's bug must not stop the flusher
+                        log.exception("a published() callback failed")
 
     def _refused(self, node: str, seq: int, posted: list[Item]) -> None:
         """Nobody took a batch: awaited senders store theirs; posted items are ours to store."""
         window = self._window(node)
         window.refused(seq)
         work = [(uids, payload, 1) for kind, uids, payload, _ in posted if kind == DELIVER]
-        self._misdelivered.put_nowait((work, functools.partial(self._stored, node, seq)))
+        self._misdeliver((work, functools.partial(self._stored, node, seq)))
+
+    def _misdeliver(self, work: Work) -> None:
+        self._redelivering += 1
+        self._misdelivered.put_nowait(work)
 
     def _returned(self, node: str, flights: list[Flight[list[Item]]], why: str) -> None:
         """Batches another node did not take: store every message in them."""
@@ -452,7 +486,7 @@ class RedisCluster:
             work = [
                 (uids, payload, 1) for kind, uids, payload, _ in flight.items if kind == DELIVER
             ]
-            self._misdelivered.put_nowait((work, functools.partial(self._stored, node, flight.seq)))
+            self._misdeliver((work, functools.partial(self._stored, node, flight.seq)))
 
     def _stored(self, node: str, seq: int) -> None:
         self._window(node).stored(seq)
@@ -576,7 +610,7 @@ class RedisCluster:
             self._wake.set()
 
         if work:  # acknowledged once re-routed or stored
-            self._misdelivered.put_nowait((work, taken))
+            self._misdeliver((work, taken))
         else:
             taken()
 
@@ -596,7 +630,7 @@ class RedisCluster:
                 if missed:
                     work.append((missed, payload, hops))
         if work:
-            self._misdelivered.put_nowait((work, None))
+            self._misdeliver((work, None))
 
     async def _redeliver(self) -> None:
         """Messages for users who left this node, and batches others did not take:
@@ -610,6 +644,7 @@ class RedisCluster:
                 if done is not None:
                     done()
             finally:
+                self._redelivering -= 1
                 self._misdelivered.task_done()
 
     async def _reroute(self, uids: list[int], payload: bytes, hops: int) -> None:

@@ -1,8 +1,18 @@
-"""A protocol client with no UI: connect, send requests, await replies.
+"""One connection to a node over asyncio streams, driving the client core.
 
-The terminal client, the benchmark and the tests all drive the server
-through this class, so it speaks both dialects (``legacy=True`` ends each
-request with NUL, as the original C++ client does).
+Everything about the protocol (frames, reply matching, receipts) is in
+:class:`clusterchat.protocol.client.ClientProtocol`; this class only reads,
+writes and waits. It is read two ways:
+
+- pulled (:meth:`ChatConnection.recv`, :meth:`~ChatConnection.expect`):
+  every message in arrival order, and nothing is read until asked, so a
+  test can play a slow reader. The tests drive the server this way.
+- :meth:`~ChatConnection.listen`: read until the connection ends, each
+  reply to a :meth:`~ChatConnection.call` resolving its future and every
+  event (replies too) handed to a callback. The terminal client (client/session.py)
+  runs on this.
+
+``legacy=True`` ends each request with NUL, as the original C++ client does.
 """
 
 from __future__ import annotations
@@ -10,11 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from clusterchat.protocol import codec
-from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
+from clusterchat.protocol.acks import INTERVAL
+from clusterchat.protocol.client import (
+    ClientProtocol,
+    Event,
+    Push,
+    ReceiptRefused,
+    Reply,
+    Undecodable,
+    Unexpected,
+)
 from clusterchat.protocol.messages import MsgId
+
+Waiter = asyncio.Future[dict[str, Any]]
+OnEvent = Callable[[Event[Waiter]], None]
 
 
 class ConnectionClosed(Exception):
@@ -27,34 +49,116 @@ class ChatConnection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         legacy: bool = False,
+        core: ClientProtocol[Waiter] | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._decoder = FrameDecoder(max_frame=16 * DEFAULT_MAX_FRAME)
-        self._inbox: deque[dict[str, Any]] = deque()
-        self.terminator = b"\x00" if legacy else b"\n"
+        self.core: ClientProtocol[Waiter] = core or ClientProtocol(legacy=legacy)
+        self._inbox: deque[dict[str, Any]] = deque()  # pulled: what arrived, unread
+        self._on_event: OnEvent | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     @classmethod
-    async def open(cls, host: str, port: int, legacy: bool = False, **kw: Any) -> ChatConnection:
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        legacy: bool = False,
+        core: ClientProtocol[Waiter] | None = None,
+        **kw: Any,
+    ) -> ChatConnection:
         reader, writer = await asyncio.open_connection(host, port, limit=1 << 20, **kw)
-        return cls(reader, writer, legacy)
+        return cls(reader, writer, legacy, core)
+
+    @property
+    def terminator(self) -> bytes:
+        return self.core.terminator
+
+    # -- writing -------------------------------------------------------------------
 
     async def send(self, doc: dict[str, Any]) -> None:
-        await self.send_raw(codec.dumps(doc).encode() + self.terminator)
+        """A request whose reply, if any, is read with :meth:`recv`."""
+        await self.send_raw(self.core.send(doc))
 
     async def send_raw(self, data: bytes) -> None:
+        """Bytes as they are, around the core (its FIFO does not know them)."""
         self._writer.write(data)
         await self._writer.drain()
+
+    def call(self, doc: dict[str, Any]) -> Waiter:
+        """Send a request now; its reply, matched in request order."""
+        fut: Waiter = asyncio.get_running_loop().create_future()
+        data = self.core.send(doc, fut)
+        self._writer.write(data)
+        return fut
+
+    def send_nowait(self, doc: dict[str, Any]) -> None:
+        """A request sent without waiting for the socket (its reply, if
+        any, goes where :meth:`send`'s goes)."""
+        self._writer.write(self.core.send(doc))
+
+    def _flush(self) -> None:
+        """What the core wants written of its own accord (receipts)."""
+        data = self.core.data_to_send()
+        if data and not self._writer.is_closing():
+            self._writer.write(data)
+        if self.core.unacknowledged and self._ack_timer is None:
+            loop = asyncio.get_running_loop()
+            self._ack_timer = loop.call_later(INTERVAL, self._acknowledge)
+
+    def _acknowledge(self) -> None:
+        self._ack_timer = None
+        self.core.acknowledge()
+        self._flush()
+
+    # -- reading -------------------------------------------------------------------
+
+    async def _read(self) -> bool:
+        """One read through the core; False at the end of the stream."""
+        data = await self._reader.read(65536)
+        if not data:
+            return False
+        events = self.core.receive_data(data)
+        self._flush()
+        for event in events:
+            if type(event) is Reply and event.token is not None:
+                if not event.token.done():
+                    event.token.set_result(event.msg)
+                if self._on_event is not None:
+                    self._on_event(event)
+            elif self._on_event is not None:
+                self._on_event(event)
+            elif type(event) is Undecodable:
+                raise ValueError(f"undecodable frame from the server: {event.reason}")
+            else:
+                assert type(event) in (Reply, Push, ReceiptRefused, Unexpected)
+                self._inbox.append(event.msg)  # type: ignore[union-attr]
+        return True
+
+    async def listen(self, on_event: OnEvent) -> None:
+        """Read until the connection ends (or fails); then every call still
+        waiting fails with ConnectionClosed."""
+        self._on_event = on_event
+        try:
+            while await self._read():
+                pass
+        finally:
+            self._lost()
+
+    def _lost(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        for fut in self.core.connection_lost():
+            if fut is not None and not fut.done():
+                fut.set_exception(ConnectionClosed("connection lost"))
 
     async def recv(self, timeout: float | None = 10.0) -> dict[str, Any]:
         """The next message from the server, in arrival order."""
         async with asyncio.timeout(timeout):
             while not self._inbox:
-                data = await self._reader.read(65536)
-                if not data:
+                if not await self._read():
                     raise ConnectionClosed("server closed the connection")
-                for frame, _ in self._decoder.feed(data):
-                    self._inbox.append(codec.loads(frame))
         return self._inbox.popleft()
 
     async def expect(self, msgid: int, timeout: float = 10.0) -> dict[str, Any]:
@@ -95,10 +199,17 @@ class ChatConnection:
                 pass
         return True
 
+    # -- the end -------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self._writer.is_closing()
+
     async def close(self) -> None:
         self._writer.close()
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
+        self._lost()
 
     async def abort(self) -> None:
         """Go away at once, as a crashed client does: whatever arrived unread is lost."""

@@ -1,8 +1,8 @@
 """A long-lived protocol client with no UI: requests, pushed messages, reconnects.
 
-Every reply the server sends answers exactly one request, in request order,
-so replies are matched to a FIFO of waiting futures; messages in
-:data:`~clusterchat.protocol.messages.PUSHED` go to ``on_push``. When the
+The protocol is the client core's (protocol/client.py: replies matched to
+requests in order, receipts) over a :class:`ChatConnection`; pushed
+messages go to ``on_push``, each frame to ``on_raw`` if given. When the
 connection drops, the client reconnects with backoff and, if it was logged
 in, logs in again. It asks for receipts at every login and acknowledges
 what is pushed (:mod:`clusterchat.protocol.acks`): a message the server
@@ -16,14 +16,14 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from clusterchat.client.connection import ChatConnection, ConnectionClosed, Waiter
 from clusterchat.protocol import codec
-from clusterchat.protocol.acks import INTERVAL, Acks, received
-from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
-from clusterchat.protocol.messages import PUSHED, LoginErr, MsgId
+from clusterchat.protocol.client import ClientProtocol, Event, Push, ReceiptRefused, TooLong
+from clusterchat.protocol.framing import FrameTooLarge
+from clusterchat.protocol.messages import LoginErr, MsgId
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,10 @@ RELOGIN_PATIENCE = 30.0
 SEEN_MIDS = 4096
 
 
-class ConnectionLost(Exception):
-    pass
+#: A request that cannot be answered: the connection is down or went down.
+ConnectionLost = ConnectionClosed
 
-
-class TooLong(Exception):
-    """A request whose frame the server would not take: nothing was sent."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"request of {size} bytes, over the {limit}-byte frame limit")
-        self.size, self.limit = size, limit
+__all__ = ["ChatClient", "ConnectionLost", "TooLong"]
 
 
 class ChatClient:
@@ -66,89 +60,72 @@ class ChatClient:
         # when it gave one (then the password is not kept), else the password.
         self._password: str | None = None
         self._ticket: str | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._pending: deque[asyncio.Future[dict[str, Any]]] = deque()
+        #: The protocol, kept across reconnects (the server's frame limit,
+        #: receipts); each connection starts it again with no request waiting.
+        self.core: ClientProtocol[Waiter] = ClientProtocol(acknowledge=True, refuse_too_long=True)
+        self._conn: ChatConnection | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
-        self._acks_task: asyncio.Task[None] | None = None
-        self.acks = Acks()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
         self.connected = asyncio.Event()
         # Connected and, after a reconnect, logged in again: requests may go.
         self.ready = asyncio.Event()
         self._seen: dict[object, None] = {}  # recent message ids, oldest first
-        #: The largest request frame the server takes (bytes, without the
-        #: newline): its LOGIN_ACK says (``maxframe``), else the default.
-        self.max_frame = DEFAULT_MAX_FRAME
+
+    @property
+    def max_frame(self) -> int:
+        """The largest request frame the server takes (bytes, without the
+        newline): its LOGIN_ACK says (``maxframe``), else the default."""
+        return self.core.max_frame
 
     # -- connection ---------------------------------------------------------------
 
     async def connect(self) -> None:
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self.tls, limit=1 << 20
-        )
-        self._writer = writer
-        self._reader_task = asyncio.ensure_future(self._read(reader, writer))
+        conn = await ChatConnection.open(self.host, self.port, core=self.core, ssl=self.tls)
+        self._conn = conn
+        self._reader_task = asyncio.ensure_future(self._read(conn))
         if self._keepalive_task is None:
             self._keepalive_task = asyncio.ensure_future(self._keepalive())
-        if self._acks_task is None:
-            self._acks_task = asyncio.ensure_future(self._acknowledge())
         self.connected.set()
         if not self.uid:  # else ready once logged in again (see _reconnect)
             self.ready.set()
 
     async def close(self) -> None:
         self._closing = True
-        tasks = (self._keepalive_task, self._acks_task, self._reconnect_task, self._reader_task)
-        for task in tasks:
+        for task in (self._keepalive_task, self._reconnect_task, self._reader_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
-        self._fail_pending()
+        if self._conn is not None:
+            await self._conn.close()
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder(max_frame=16 * DEFAULT_MAX_FRAME)
+    async def _read(self, conn: ChatConnection) -> None:
         try:
-            while data := await reader.read(65536):
-                for frame, _ in decoder.feed(data):
-                    self._dispatch(frame)
-        except (OSError, ValueError) as exc:
+            await conn.listen(self._event)
+        except (OSError, ValueError, FrameTooLarge) as exc:
             log.debug("read failed: %s", exc)
-        writer.close()
         self.connected.clear()
         self.ready.clear()
-        self._fail_pending()
+        await conn.close()
         if not self._closing:
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
 
-    def _dispatch(self, frame: bytes) -> None:
+    def _event(self, event: Event[Waiter]) -> None:
         if self.on_raw is not None:
-            self.on_raw(frame)
-        try:
-            msg = codec.loads(frame)
-        except ValueError:
-            return
-        if not isinstance(msg, dict):
-            return
-        if msg.get("msgid") in PUSHED:
-            self._push(msg)
-        elif msg.get("msgid") == MsgId.ERROR and msg.get("re") == MsgId.RECEIVED:
-            log.warning("receipt refused: %s", msg.get("errmsg"))  # RECEIVED has no reply
-        elif self._pending:
-            fut = self._pending.popleft()
-            if not fut.done():
-                fut.set_result(msg)
+            self.on_raw(event.frame)
+        if type(event) is Push:
+            self._push(event.msg)
+        elif type(event) is ReceiptRefused:  # RECEIVED has no reply
+            log.warning("receipt refused: %s", event.msg.get("errmsg"))
+
+    def _dispatch(self, frame: bytes) -> None:
+        """One whole frame, as if it had arrived on the connection."""
+        for event in self.core.receive_message(frame):
+            self._event(event)
 
     def _push(self, msg: dict[str, Any]) -> None:
-        seq = msg.get("seq")
-        if type(seq) is int and (due := self.acks.saw(seq)) is not None:
-            self._write(received(due))
         mid = msg.get("mid")
         if mid is not None:
             if mid in self._seen:  # delivery between nodes is at least once
@@ -157,12 +134,6 @@ class ChatClient:
             if len(self._seen) > SEEN_MIDS:
                 del self._seen[next(iter(self._seen))]
         self.on_push(msg)
-
-    def _fail_pending(self) -> None:
-        while self._pending:
-            fut = self._pending.popleft()
-            if not fut.done():
-                fut.set_exception(ConnectionLost("connection lost"))
 
     async def _reconnect(self) -> None:
         self.on_status("Connection lost; reconnecting...")
@@ -192,7 +163,6 @@ class ChatClient:
             except ConnectionLost:
                 return False
             if ack.get("errno") == 0:
-                self._note_limits(ack)
                 ticket = ack.get("ticket")  # tickets rotate: the old one is dead now
                 if isinstance(ticket, str):
                     self._ticket = ticket
@@ -210,32 +180,9 @@ class ChatClient:
                 return True
             await asyncio.sleep(0.5)
 
-    async def _acknowledge(self) -> None:
-        """Receipts: say what arrived at least every INTERVAL while anything did."""
-        while True:
-            await asyncio.sleep(INTERVAL)
-            self._ack_now()
-
-    def _ack_now(self) -> None:
-        due = self.acks.take()
-        if due is not None:
-            self._write(received(due))
-
-    def _write(self, doc: dict[str, Any]) -> None:
-        """A request with no reply (RECEIVED); dropped if not connected (the
-        server then stores what it was not told about)."""
-        if self.connected.is_set() and self._writer is not None:
-            self._writer.write(codec.dumps(doc).encode() + b"\n")
-
     async def _login_request(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """LOGIN asking for receipts; numbering starts again with the reply."""
-        self.acks.reset()
-        ack = await self._send({"msgid": MsgId.LOGIN, "receipts": True, **fields})
-        if ack.get("receipts"):  # the offline messages it carries are numbered 1 to n
-            due = self.acks.saw(len(ack.get("offlinemsg") or ()))
-            if due is not None:
-                self._write(received(due))
-        return ack
+        """LOGIN asking for receipts (the core acknowledges what comes)."""
+        return await self._send({"msgid": MsgId.LOGIN, "receipts": True, **fields})
 
     async def _keepalive(self) -> None:
         """nginx and NATs drop idle TCP connections; a ping now and then keeps ours."""
@@ -253,29 +200,16 @@ class ChatClient:
         return await self._send(doc)
 
     async def _send(self, doc: dict[str, Any]) -> dict[str, Any]:
-        if not self.connected.is_set() or self._writer is None:
+        conn = self._conn
+        if not self.connected.is_set() or conn is None:
             raise ConnectionLost("not connected")
-        if doc.get("msgid") == MsgId.LOGOUT:
-            self._ack_now()  # what arrived is not stored again for the next login
-        frame = codec.dumps(doc).encode()
-        if len(frame) > self.max_frame:  # the server would close the connection
-            raise TooLong(len(frame), self.max_frame)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append(fut)
-        self._writer.write(frame + b"\n")
-        return await fut
-
-    def _note_limits(self, ack: dict[str, Any]) -> None:
-        limit = ack.get("maxframe")
-        if isinstance(limit, int) and limit > 0:
-            self.max_frame = limit
+        return await conn.call(doc)  # TooLong if over the server's limit: nothing sent
 
     async def login(self, uid: int, password: str) -> dict[str, Any]:
         if not self.ready.is_set():
             raise ConnectionLost("not connected (reconnecting)")
         ack = await self._login_request({"id": uid, "password": password})
         if ack.get("errno") == 0:
-            self._note_limits(ack)
             self.uid, self.name = uid, str(ack.get("name", ""))
             ticket = ack.get("ticket")
             self._ticket = ticket if isinstance(ticket, str) else None

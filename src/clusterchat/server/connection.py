@@ -21,7 +21,7 @@ import sys
 import termios
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from clusterchat.logs import names_connection
 from clusterchat.protocol import codec, proxy
@@ -170,11 +170,18 @@ class Connection(asyncio.Protocol):
                 self._failed(frame)
                 return
             if work is not None:
-                self._queue = deque()
-                self.node.spawn(self._drain(work))
+                self._wait(work)
             return
+        if self._out is not None or len(frames) < 2:
+            for item in frames:
+                self._serve(item)
+            return
+        # Requests read together (a client with many in flight) are answered
+        # together: their replies gather in _out and leave in one write.
+        self._out = []
         for item in frames:
             self._serve(item)
+        self._write_replies()
 
     def eof_received(self) -> bool:
         """A FIN: the peer read all its kernel acknowledged (else it would
@@ -237,7 +244,9 @@ class Connection(asyncio.Protocol):
         """Write a reply, after what was accepted for the peer before it. If
         a write is due at the end of this loop iteration anyway (a message
         for the peer came first), the reply joins it: a CHAT_ACK and the
-        partner's message cost one system call, not two. Else it leaves now."""
+        partner's message cost one system call, not two. Requests read
+        together are answered together, in one write after the last of them
+        (``data_received``). Else it leaves now."""
         t = self.transport
         if t is None or t.is_closing():
             return False
@@ -341,11 +350,14 @@ class Connection(asyncio.Protocol):
         t.write(data)
 
     def _write_replies(self) -> None:
-        """Write the replies queued this tick now (before a close)."""
+        """Write the replies gathered so far now (before a close, or after
+        the requests of one read)."""
         out = self._out
         if out is not None:
             self._out = None
-            self._write(b"".join(out))
+            t = self.transport
+            if out and t is not None and not t.is_closing():
+                self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def report(self) -> bool:
         """Tell the outbox what is still in flight; False once it has
@@ -435,9 +447,10 @@ class Connection(asyncio.Protocol):
         a duplicate (same mid), never a loss."""
         self._end(End.CUT_OFF, cut_off=True)
         t = self.transport
-        if why is not None and t is not None and not t.is_closing():
-            self._write_replies()
-            self._write(why)
+        if t is not None and not t.is_closing():
+            self._write_replies()  # this iteration's replies, not yet written
+            if why is not None:
+                self._write(why)
         if t is not None:
             t.close()  # flushes what it can, then FIN; cut hard if the peer never reads
             self._linger = asyncio.get_running_loop().call_later(_LINGER, t.abort)
@@ -453,8 +466,7 @@ class Connection(asyncio.Protocol):
             return
         work = self._dispatch(item)
         if work is not None:
-            self._queue = deque()
-            self.node.spawn(self._drain(work))
+            self._wait(work)
 
     def _dispatch(self, item: tuple[bytes, int]) -> Work:
         frame, term = item
@@ -473,6 +485,30 @@ class Connection(asyncio.Protocol):
         """A bug must cost one request, never the node (the service logs it)."""
         self.node.service.internal_error(self.session, frame)
 
+    def _wait(self, work: Awaitable[None]) -> None:
+        """A request waits on I/O: later ones queue until it is done. A future
+        (a chat posted to another node, acknowledged when published) needs
+        no task: its callback serves the queue."""
+        self._queue = deque()
+        if isinstance(work, asyncio.Future):
+            work.add_done_callback(self._resume)
+        else:
+            self.node.spawn(self._drain(work))
+
+    def _resume(self, done: asyncio.Future[Any]) -> None:
+        """What queued behind a future, served until a request waits again."""
+        queue = self._queue
+        while queue:
+            work = self._dispatch(queue.popleft())
+            if work is not None:  # still queueing: no _wait, which starts a new queue
+                if isinstance(work, asyncio.Future):
+                    work.add_done_callback(self._resume)
+                else:
+                    self.node.spawn(self._drain(work))
+                return
+            queue = self._queue
+        self._drained()
+
     async def _drain(self, first: Awaitable[None]) -> None:
         await first
         queue = self._queue
@@ -481,6 +517,10 @@ class Connection(asyncio.Protocol):
             if work is not None:
                 await work
             queue = self._queue
+        self._drained()
+
+    def _drained(self) -> None:
+        """Every queued request is served: read again."""
         if self.transport is None or self.transport.is_closing():
             return
         self._queue = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -270,8 +271,8 @@ class ChatService:
         ) and kind in _BUDGETED:
             return self._busy(s, req)
         result = (self._original_handlers if s.legacy else self._handlers)[kind](s, req)
-        if result is None:
-            return None
+        if result is None or isinstance(result, asyncio.Future):
+            return result  # a future answers its own failures (_one_chat_posted)
         return self._guarded(s, req, result)
 
     def _serve(self, s: Session, req: Request) -> Work:
@@ -951,7 +952,64 @@ class ChatService:
             if self.history is not None:
                 self._keep_one(s.uid, req.toid, mid, ts, req.msg)
             return None
+        if target is None and not s.legacy:
+            posted = self._one_chat_posted(s, req, payload, mid, ts)
+            if posted is not None:
+                return posted
         return self._one_chat_away(s, req.toid, payload, mid, ts, req.msg)
+
+    def _one_chat_posted(
+        self, s: Session, req: OneChat, payload: bytes, mid: str, ts: int
+    ) -> asyncio.Future[None] | None:
+        """Ours, to a user on another node: queued for the bus's next PUBLISH
+        with no task or coroutine of its own; the CHAT_ACK is sent when that
+        PUBLISH is answered (:meth:`_published`). The connection serves its
+        next request once the returned future is done, so no later reply
+        overtakes the acknowledgement. None if the bus cannot post it now
+        (route unknown, window full): :meth:`_one_chat_away` then waits."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        published = functools.partial(self._published, s, s.uid, req, payload, mid, ts, done)
+        return done if self.bus.post_reported(req.toid, payload, published) else None
+
+    def _published(
+        self,
+        s: Session,
+        uid: int,
+        req: OneChat,
+        payload: bytes,
+        mid: str,
+        ts: int,
+        done: asyncio.Future[None],
+        ok: bool,
+    ) -> None:
+        """The bus's answer for a posted message: delivered (Redis took it for
+        the receiver's node), or nobody took it and it is stored before the
+        acknowledgement, exactly as :meth:`_one_chat_away` does."""
+        if not ok:
+            self._spawn(self._store_posted(s, req, payload, mid, ts, done))
+            return
+        self.counts.relayed_to_nodes += 1
+        if self.history is not None:
+            self._keep_one(uid, req.toid, mid, ts, req.msg)
+        self.reply(s, ChatAck(mid, ts, ChatStatus.DELIVERED))
+        if not done.done():  # cancelled if the connection's task was
+            done.set_result(None)
+
+    async def _store_posted(
+        self,
+        s: Session,
+        req: OneChat,
+        payload: bytes,
+        mid: str,
+        ts: int,
+        done: asyncio.Future[None],
+    ) -> None:
+        stored = self._one_chat_stored(s, req.toid, payload, mid, ts, req.msg)
+        try:
+            await self._guarded(s, req, stored)
+        finally:
+            if not done.done():
+                done.set_result(None)
 
     def _keep_one(self, uid: int, toid: int, mid: str, ts: int, msg: str) -> None:
         """History of a 1:1 message accepted (delivered, relayed or stored)."""
@@ -964,22 +1022,30 @@ class ChatService:
     async def _one_chat_away(
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int, msg: str
     ) -> None:
-        if not await self._send_away(s, [toid], payload):
-            self.counts.relayed_to_nodes += 1
-            status = ChatStatus.DELIVERED
-        else:
-            text = _text(payload)
-            if self._too_long_to_store(s, OneChat, len(text)):
-                return
-            try:
-                await self.store.store_offline(toid, text, self.quota)
-            except errors.InDoubt:  # kept or not? find out before answering
-                await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout)
-            await self._after_store([toid])
-            status = ChatStatus.STORED
+        if await self._send_away(s, [toid], payload):  # no node took it
+            await self._one_chat_stored(s, toid, payload, mid, ts, msg)
+            return
+        self.counts.relayed_to_nodes += 1
         if self.history is not None:
             self._keep_one(s.uid, toid, mid, ts, msg)
-        self.reply(s, ChatAck(mid, ts, status))
+        self.reply(s, ChatAck(mid, ts, ChatStatus.DELIVERED))
+
+    async def _one_chat_stored(
+        self, s: Session, toid: int, payload: bytes, mid: str, ts: int, msg: str
+    ) -> None:
+        """No node took a 1:1 message: store it for the receiver's next login,
+        then acknowledge (a refusal from the store reaches the client instead)."""
+        text = _text(payload)
+        if self._too_long_to_store(s, OneChat, len(text)):
+            return
+        try:
+            await self.store.store_offline(toid, text, self.quota)
+        except errors.InDoubt:  # kept or not? find out before answering
+            await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout)
+        await self._after_store([toid])
+        if self.history is not None:
+            self._keep_one(s.uid, toid, mid, ts, msg)
+        self.reply(s, ChatAck(mid, ts, ChatStatus.STORED))
 
     def _too_long_to_store(self, s: Session, req: Request | type, size: int) -> bool:
         """Refuse a message too long to keep for an offline receiver."""

@@ -3,8 +3,9 @@
 Every 1:1 and group message a node accepts is queued here by that node (the
 sender's), once, whichever node the receivers are on. One writer task per
 node takes everything queued into one multi-row INSERT per round (a round
-lingers a couple of milliseconds so a busy node writes hundreds of rows a
-statement), retrying with backoff like the re-store writer
+lingers a couple of milliseconds, and starts at most every ``PACE`` while
+the queue is short, so a busy node writes hundreds of rows a statement and
+at most 100 statements a second), retrying with backoff like the re-store writer
 (``service/restore.py``) until the store takes them, and writes what is left
 at shutdown within a deadline.
 
@@ -52,6 +53,12 @@ BATCH_ROWS = 5000
 BATCH_BYTES = 4 * 1024 * 1024
 #: Seconds a round waits for more rows after the first (one INSERT per few ms).
 LINGER = 0.002
+#: Seconds from one round's start to the next's while the queue is short of a
+#: batch (and not full): at most 100 rounds a second. Each round costs both
+#: ends a statement, a commit with its log flush and a few wake-ups; at a
+#: node's ceiling rounds back to back (one every few ms) spent that on 200
+#: rounds a second (BENCHMARKS.md, "History on vs off").
+PACE = 0.01
 #: Purge: rows per DELETE, pause between chunks, and the longest sleep between rounds.
 PURGE_CHUNK = 1000
 PURGE_PAUSE = 0.02
@@ -74,11 +81,13 @@ class HistoryWriter:
         max_rows: int = QUEUE_ROWS,
         max_bytes: int = QUEUE_BYTES,
         linger: float = LINGER,
+        pace: float = PACE,
     ) -> None:
         self._store = store
         self.max_rows = max(1, max_rows)
         self.max_bytes = max(1, max_bytes)
         self.linger = linger
+        self.pace = pace
         #: Queued rows, and the batch being written (retried until it is).
         self._rows: list[HistoryRow] = []
         self._bytes = 0
@@ -114,8 +123,9 @@ class HistoryWriter:
         rows = self._rows
         rows.append(row)
         self._bytes += len(row[5]) + ROW_COST
-        if len(rows) >= self._cap_rows or self._bytes >= self._cap_bytes:
+        if not self.full and (len(rows) >= self._cap_rows or self._bytes >= self._cap_bytes):
             self.full = True
+            self._wake.set()  # a round waiting for its pace goes now
         if self._idle:
             self._idle = False
             if self._task is None:
@@ -124,6 +134,8 @@ class HistoryWriter:
 
     async def _run(self) -> None:
         delay = RETRY_FIRST
+        loop = asyncio.get_running_loop()
+        started = -self.pace  # when the last round started
         while True:
             if not self._flight:
                 if not self._rows:
@@ -133,6 +145,14 @@ class HistoryWriter:
                     if self.linger:  # let the rows of the next few ms join this one
                         await asyncio.sleep(self.linger)
                     continue
+                wait = started + self.pace - loop.time()
+                if wait > 0 and not self.full and len(self._rows) < BATCH_ROWS:
+                    self._wake.clear()  # rows join this round meanwhile, unless it fills
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
+                    continue
+                started = loop.time()
                 self._take()
             batch = self._flight
             try:

@@ -8,15 +8,22 @@ reads the next ``chunk`` ids in primary-key order and deletes the expired
 ones among them, and goes on to the next chunk until one has none expired, so
 a node never holds a long lock or a long statement (and a row stamped in the
 future by a node whose clock is ahead holds up nothing but itself).
+
+Writes are the node's share of history's cost, a few hundred rows a round.
+On MariaDB/MySQL they go through :class:`BulkConnection`, the driver used
+directly on a connection of its own; elsewhere through SQLAlchemy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from sqlalchemy import BigInteger, Integer, bindparam, delete, exists, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clusterchat import errors
 from clusterchat.storage.base import HistoryRow, Said
@@ -63,8 +70,75 @@ PURGE = delete(history).where(
     & (history.c.ts < bindparam("cutoff", type_=BigInteger))
 )
 _INSERT_SQL = "INSERT INTO history (conva, convb, sender, mid, ts, body) VALUES ({})"
+_BULK_SQL = _INSERT_SQL.format(",".join(["%s"] * 6))  # asyncmy's placeholders
 #: Beyond any row id (rows are BIGINT): "before" this is "the newest".
 NEWEST = 2**63 - 1
+#: Seconds a BulkConnection may sit unused before it is pinged before a write.
+IDLE_PING = 5.0
+
+
+class BulkConnection:
+    """History's own connection to MariaDB/MySQL, used through the driver alone.
+
+    A round is one statement: the rows bound in binary with asyncmy's
+    ``executemany`` (one COM_STMT_BULK_EXECUTE on MariaDB, a multi-row INSERT
+    on MySQL), committed by autocommit. Through SQLAlchemy the same round
+    also cost a pool checkout with its COM_PING, a greenlet, a separate
+    COMMIT and Python work per row; on a node at its ceiling that was most of
+    what history cost it (BENCHMARKS.md). A connection unused for
+    ``IDLE_PING`` seconds is pinged first (the server may have dropped it);
+    one that fails, or whose write is cancelled, is closed, and the next
+    round opens a new one. Writes take turns (one connection, one statement
+    at a time).
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], observe: Callable[[float], None]):
+        self._connect = connect
+        self._observe = observe
+        self._conn: Any = None
+        self._used = 0.0
+        self._turn = asyncio.Lock()
+
+    async def write(self, sql: str, rows: Sequence[HistoryRow]) -> None:
+        from asyncmy.errors import MySQLError
+
+        failures = (MySQLError, OSError, ConnectionError, TimeoutError)
+        async with self._turn:
+            start = time.perf_counter()
+            try:
+                try:
+                    await self._ready(start, failures)
+                except failures as exc:
+                    self.close()
+                    raise errors.Unavailable(
+                        f"database unavailable: {exc.__class__.__name__}"
+                    ) from exc
+                try:
+                    async with self._conn.cursor() as cur:
+                        await cur.executemany(sql, rows)
+                except failures as exc:  # autocommit: the statement may have been kept
+                    self.close()
+                    raise errors.InDoubt(f"history write failed: {exc.__class__.__name__}") from exc
+            except BaseException:  # cancelled mid-statement: the connection is unusable
+                self.close()
+                raise
+            finally:
+                self._used = time.perf_counter()
+                self._observe(self._used - start)
+
+    async def _ready(self, now: float, failures: tuple[type[BaseException], ...]) -> None:
+        if self._conn is not None and now - self._used > IDLE_PING:
+            try:
+                await self._conn.ping(reconnect=False)
+            except failures:  # dropped while unused (wait_timeout, a restart): a new one
+                self.close()
+        if self._conn is None:
+            self._conn = await self._connect()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 class HistoryQueries:
@@ -73,21 +147,22 @@ class HistoryQueries:
     #: Rows written to history (metrics, tests).
     history_rows = 0
 
-    history_engine: AsyncEngine  # SqlStore's
+    history_bulk: BulkConnection | None  # SqlStore's: MariaDB/MySQL only
 
-    def _tx(
-        self, engine: AsyncEngine | None = None
-    ) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+    def _tx(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         raise NotImplementedError  # SqlStore's
 
     async def add_history(self, rows: Sequence[HistoryRow]) -> None:
         if not rows:
             return
-        async with self._tx(self.history_engine) as conn:
-            # The driver's executemany with the tuples as they are: one bulk
-            # statement on MariaDB (see SqlStore.history_engine), one multi-row
-            # INSERT elsewhere; SQLAlchemy's own per-row parameter handling
-            # would cost the chat node more than the write itself.
+        if self.history_bulk is not None:
+            await self.history_bulk.write(_BULK_SQL, rows)
+            self.history_rows += len(rows)
+            return
+        async with self._tx() as conn:
+            # The driver's executemany with the tuples as they are (SQLite: one
+            # prepared statement stepped per row); SQLAlchemy's own per-row
+            # parameter handling would cost the chat node more than the write.
             mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
             sql = _INSERT_SQL.format(",".join([mark] * 6))
             await conn.exec_driver_sql(sql, list(rows))

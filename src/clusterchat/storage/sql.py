@@ -35,7 +35,7 @@ from clusterchat.storage.base import (
     Resume,
 )
 from clusterchat.storage.batching import Batcher
-from clusterchat.storage.history import HistoryQueries
+from clusterchat.storage.history import BulkConnection, HistoryQueries
 from clusterchat.storage.social import SocialQueries
 from clusterchat.storage.tables import (
     allgroup,
@@ -212,15 +212,22 @@ class SqlStore(SocialQueries, HistoryQueries):
         self._url = make_url(url)
         self.url = self._url.render_as_string(hide_password=True)
         self.engine = make_engine(self._url, pool_size)
+        self.latency = Histogram(
+            "clusterchat_store_seconds",
+            "Store transaction time",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=None,
+        )
         #: History's batched INSERTs. On MariaDB/MySQL a connection of its own
-        #: with asyncmy's statement cache: MariaDB then takes a batch as one
-        #: binary bulk statement (COM_STMT_BULK_EXECUTE), not escaped text, at
-        #: about a third of the CPU on both ends; other statements keep the
-        #: text protocol on the main pool.
-        self.history_engine = (
-            make_engine(self._url.update_query_dict({"stmt_cache_size": "4"}), 1)
-            if _is_mysql(self._url) and _asyncmy_caches_statements()
-            else self.engine
+        #: used through the driver alone (storage/history.py), with asyncmy's
+        #: statement cache: MariaDB then takes a batch as one binary bulk
+        #: statement (COM_STMT_BULK_EXECUTE), not escaped text, at about a
+        #: third of the CPU on both ends; other statements keep the text
+        #: protocol on the main pool.
+        self.history_bulk = (
+            BulkConnection(self._driver_connect, self.latency.observe)
+            if _is_mysql(self._url)
+            else None
         )
         self._states = _StateWriter(self)
         self._resumes: Batcher[Resume] = Batcher(self._resume_many)
@@ -228,12 +235,6 @@ class SqlStore(SocialQueries, HistoryQueries):
         #: For metrics: offline rows written, and deleted after delivery.
         self.stored_rows = 0
         self.delivered_rows = 0
-        self.latency = Histogram(
-            "clusterchat_store_seconds",
-            "Store transaction time",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
-            registry=None,
-        )
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -321,16 +322,26 @@ class SqlStore(SocialQueries, HistoryQueries):
     async def close(self) -> None:
         await self._states.flush()
         await self.engine.dispose()
-        if self.history_engine is not self.engine:
-            await self.history_engine.dispose()
+        if self.history_bulk is not None:
+            self.history_bulk.close()
+
+    async def _driver_connect(self) -> Any:
+        """A new asyncmy connection to this store, autocommitting (history's)."""
+        import asyncmy
+
+        args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+        kwargs["autocommit"] = True
+        if _asyncmy_caches_statements():
+            kwargs["stmt_cache_size"] = 4
+        return await asyncmy.connect(*args, **kwargs)
 
     @contextlib.asynccontextmanager
-    async def _tx(self, engine: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
         start = time.perf_counter()
         committing = False
         try:
             with _translated():
-                async with (engine or self.engine).begin() as conn:
+                async with self.engine.begin() as conn:
                     yield conn
                     committing = True
         except errors.Unavailable as exc:
