@@ -120,7 +120,7 @@ class _Service:
             b'{"msgid":4,"name":"fuzz","password":"pw"}',
             b'{"msgid":1,"id":1,"password":"pw"}',
         ):
-            work = self.svc.handle(self.user, req, legacy=False)
+            work = self.svc.handle(self.user, codec.read_request(req), legacy=False)
             if work is not None:
                 await work
         assert self.user.uid == 1
@@ -131,7 +131,9 @@ class _Service:
     async def _one(self, data: bytes) -> None:
         frames = [f for f in data.replace(b"\x00", b"\n").split(b"\n") if f.strip()][:16]
         if self.user.uid != 1:  # an earlier input logged the user out: back in
-            work = self.svc.handle(self.user, b'{"msgid":1,"id":1,"password":"pw"}', False)
+            work = self.svc.handle(
+                self.user, codec.read_request(b'{"msgid":1,"id":1,"password":"pw"}'), False
+            )
             if work is not None:
                 await work
         stranger = Session(_Peer())
@@ -139,7 +141,7 @@ class _Service:
             peer: Any = s.peer
             peer.replies = 0
             for frame in frames:
-                work = self.svc.handle(s, frame.strip(), legacy=False)
+                work = self.svc.handle(s, codec.read_request(frame.strip()), legacy=False)
                 if work is not None:
                     await work
             assert peer.replies == len(frames), (frames, peer.replies)

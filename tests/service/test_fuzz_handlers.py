@@ -87,14 +87,14 @@ async def _run(frames: list[bytes]) -> None:
             b'{"msgid":4,"name":"fuzz","password":"pw"}',
             b'{"msgid":1,"id":1,"password":"pw"}',
         ):
-            work = svc.handle(user, req, legacy=False)
+            work = svc.handle(user, codec.read_request(req), legacy=False)
             if work is not None:
                 await work
         assert user.uid == 1
         setup.replies.clear()
         for frame in frames:
             for s in (user, stranger):
-                work = svc.handle(s, frame, legacy=False)
+                work = svc.handle(s, codec.read_request(frame), legacy=False)
                 if work is not None:
                     await work
         assert len(setup.replies) == len(frames), setup.replies

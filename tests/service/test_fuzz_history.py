@@ -59,13 +59,13 @@ async def _run_on(url: str, frames: list[bytes]) -> None:
             b'{"msgid":1,"id":1,"password":"pw"}',
             b'{"msgid":8,"groupname":"g"}',
         ):
-            work = svc.handle(user, req, legacy=False)
+            work = svc.handle(user, codec.read_request(req), legacy=False)
             if work is not None:
                 await work
         assert user.uid == 1, peer.replies
         peer.replies.clear()
         for frame in frames:
-            work = svc.handle(user, frame, legacy=False)
+            work = svc.handle(user, codec.read_request(frame), legacy=False)
             if work is not None:
                 await work
         assert len(peer.replies) == len(frames), peer.replies

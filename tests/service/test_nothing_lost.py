@@ -66,7 +66,7 @@ async def service(tmp_path: Path) -> AsyncIterator[ChatService]:
 
 
 async def request(svc: ChatService, s: Session, doc: dict[str, object]) -> None:
-    work = svc.handle(s, codec.dumps(doc).encode(), legacy=False)
+    work = svc.handle(s, codec.read_request(codec.dumps(doc).encode()), legacy=False)
     if work is not None:
         await work
 
@@ -137,7 +137,7 @@ async def test_messages_arriving_during_login_follow_the_offline_ones(
 
     peer = Peer()
     frame = codec.dumps({"msgid": 1, "id": bob_id, "password": "pw"}).encode()
-    work = service.handle(Session(peer), frame, legacy=False)
+    work = service.handle(Session(peer), codec.read_request(frame), legacy=False)
     assert work is not None
     task = asyncio.ensure_future(work)
     async with asyncio.timeout(5):

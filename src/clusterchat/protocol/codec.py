@@ -1,7 +1,8 @@
 """JSON bytes <-> typed messages, and every reply the server builds.
 
-Decoding never raises anything but :class:`BadRequest`, which carries the
-``errno`` and a sentence for the client; encoding returns ready-to-write
+Decoding gives a typed request or a :class:`BadRequest`, which carries the
+``errno`` and a sentence for the client (``read_request`` returns it,
+``decode_request`` raises it); encoding returns ready-to-write
 bytes (newline included) so a relayed message is serialised exactly once.
 """
 
@@ -38,15 +39,26 @@ _NOT_JSON = "request is not valid JSON in UTF-8"
 _TOO_DEEP = "request is nested too deeply (requests are flat JSON objects)"
 
 
-def decode_request(frame: bytes) -> Request:
+def read_request(frame: bytes) -> Request | BadRequest:
+    """A frame as the typed request it is, or the refusal it earns (returned,
+    not raised: the transport hands either to the service). One msgspec
+    decode straight into the tagged struct on the usual path."""
     try:
         req: Request = _decoder.decode(frame)
     except msgspec.ValidationError as exc:
-        raise _classify(frame, exc) from None
+        return _classify(frame, exc)
     except ValueError:  # msgspec.DecodeError, or UnicodeDecodeError for bad UTF-8
-        raise BadRequest(ErrCode.MALFORMED, _NOT_JSON) from None
+        return BadRequest(ErrCode.MALFORMED, _NOT_JSON)
     except RecursionError:
-        raise BadRequest(ErrCode.MALFORMED, _TOO_DEEP) from None
+        return BadRequest(ErrCode.MALFORMED, _TOO_DEEP)
+    return req
+
+
+def decode_request(frame: bytes) -> Request:
+    """``read_request``, raising the refusal."""
+    req = read_request(frame)
+    if isinstance(req, BadRequest):
+        raise req
     return req
 
 
@@ -117,7 +129,7 @@ def loads(data: bytes | str) -> Any:
     return _any_decoder.decode(data)
 
 
-def error(code: ErrCode, errmsg: str, re: int | None = None) -> bytes:
+def error(code: int, errmsg: str, re: int | None = None) -> bytes:
     return encode({"msgid": MsgId.ERROR, "errno": int(code), "errmsg": errmsg, "re": re})
 
 
@@ -157,11 +169,13 @@ def group_chat(uid: int, name: str, gid: int, msg: str, time: str, ts: int, mid:
 
 #: A CHAT_ACK is sent for every chat of our dialect: pre-encoded around its
 #: three fields (sorted keys, as the encoder would), half the cost of a struct.
-_CHAT_ACK_TEMPLATE = b'{"errno":0,"mid":%%b,"msgid":%d,"status":%%b,"ts":%%d}\n' % _CHAT_ACK
+CHAT_ACK_TEMPLATE = b'{"errno":0,"mid":%%b,"msgid":%d,"status":%%b,"ts":%%d}\n' % _CHAT_ACK
+#: One JSON value, as bytes (sorted keys).
+encode_json = _encoder.encode
 
 
 def chat_ack(mid: str, ts: int, status: str) -> bytes:
-    return _CHAT_ACK_TEMPLATE % (_encoder.encode(mid), _encoder.encode(status), ts)
+    return CHAT_ACK_TEMPLATE % (_encoder.encode(mid), _encoder.encode(status), ts)
 
 
 def login_ack(

@@ -39,9 +39,11 @@ if TYPE_CHECKING:
 
     from clusterchat.budget import Budget
     from clusterchat.config import Settings
+    from clusterchat.protocol.codec import BadRequest
+    from clusterchat.protocol.messages import Request
     from clusterchat.service.counts import ServiceCounts
     from clusterchat.service.refusals import RefusalLog
-    from clusterchat.service.session import Session
+    from clusterchat.service.session import Session, Work
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class Service(Protocol):
     counts: ServiceCounts
     refusals: RefusalLog
 
-    def handle(self, s: Session, frame: bytes, legacy: bool) -> Awaitable[None] | None: ...
+    def handle(self, s: Session, request: Request | BadRequest, legacy: bool) -> Work: ...
     def frame_too_large(self, s: Session, limit: int) -> None: ...
     def internal_error(self, s: Session, frame: bytes = b"") -> None: ...
     def spill(self, s: Session, payloads: list[bytes], cut_off: bool = True) -> None: ...
@@ -291,10 +293,10 @@ class ConnectionCore:
 
     # -- request ordering ----------------------------------------------------------------
 
-    def _handle(self, frame: bytes, term: int) -> Awaitable[None] | None:
+    def _handle(self, frame: bytes, term: int) -> Work:
         """The one call into the service: a request, and the I/O it awaits (if any)."""
         try:
-            return self._service.handle(self.session, frame, term == NUL)
+            return self._service.handle(self.session, codec.read_request(frame), term == NUL)
         except Exception:
             # A bug must cost one request, never the node (the service logs it).
             self._service.internal_error(self.session, frame)
@@ -311,7 +313,7 @@ class ConnectionCore:
         if work is not None:
             self._wait_for(work)
 
-    def _dispatch(self, item: tuple[bytes, int]) -> Awaitable[None] | None:
+    def _dispatch(self, item: tuple[bytes, int]) -> Work:
         frame, term = item
         if term == -1:
             self._service.frame_too_large(self.session, self.decoder.max_frame)

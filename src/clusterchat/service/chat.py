@@ -1,10 +1,16 @@
 """The chat logic: who may do what, and where each message goes.
 
-``handle`` is called once per request frame. Requests that need no I/O
-(chat to a user on this node, with group membership cached) are served
-synchronously and return None; the rest return an awaitable that the
-transport runs before it serves the connection's next request, so every
-connection's requests take effect in the order sent.
+``handle`` is called once per request, decoded by the transport
+(``codec.read_request``: a typed request or the refusal it earns). Requests
+that need no I/O (chat to a user on this node, with group membership
+cached) are served synchronously and return None; the rest return an
+awaitable (``Work``) that the transport runs before it serves the
+connection's next request, so every connection's requests take effect in
+the order sent.
+
+Handlers reply with typed values (protocol/replies.py) through ``reply``,
+which applies the dialect filter (protocol/dialect.py): what the original
+client may see is decided there, not in each handler.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +30,7 @@ from clusterchat import errors, logs
 from clusterchat.budget import Budget
 from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.counters import Tallies
-from clusterchat.protocol import codec, names
+from clusterchat.protocol import codec, dialect, names
 from clusterchat.protocol.codec import BadRequest
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.protocol.messages import (
@@ -48,8 +54,24 @@ from clusterchat.protocol.messages import (
     Register,
     Request,
 )
+from clusterchat.protocol.replies import (
+    DISPLACED,
+    KICKED,
+    LOGOUT_ACK,
+    Ack,
+    ChatAck,
+    Error,
+    Fixed,
+    LoginOk,
+    LoginRefused,
+    RegOk,
+    RegRefused,
+    Reply,
+    Unreadable,
+)
 from clusterchat.service import in_doubt, pushes, tickets
 from clusterchat.service.backoff import Backoff
+from clusterchat.service.context import Handler
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.friends import Friends
 from clusterchat.service.groups import Groups
@@ -59,16 +81,11 @@ from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.refusals import RefusalLog
 from clusterchat.service.restore import Restorer
-from clusterchat.service.session import Session
+from clusterchat.service.session import Session, Work
 from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
 log = logging.getLogger(__name__)
 
-_LOGOUT_ACK = codec.ack(MsgId.LOGOUT_ACK)
-_DISPLACED = codec.encode(
-    {"msgid": MsgId.NOTICE, "text": "you logged in somewhere else; this session has ended"}
-)
-_KICKED = codec.encode({"msgid": MsgId.NOTICE, "text": "an operator ended this session"})
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
 LOGIN_OFFLINE_BYTES = 256 * 1024
@@ -174,7 +191,7 @@ class ChatService:
         )
         self._members: dict[int, frozenset[int]] = {}
         self._mids = itertools.count(1)
-        self._pong = codec.encode({"msgid": MsgId.PONG, "node": self.node_id})
+        self._pong = Fixed.of({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
         self.restorer = Restorer(store, self.budget, self._after_store)
         #: Seconds history is kept; the writer is None when it is off.
@@ -188,7 +205,7 @@ class ChatService:
             self._purger = Purger(store, self.history_retention)
         self.settle_timeout = in_doubt.SETTLE_TIMEOUT  # a store in doubt, before closing
         self._logging_in: dict[int, list[LoginRace[bytes]]] = {}  # not yet registered
-        self._handlers: dict[type, Callable[[Session, Any], Awaitable[None] | None]] = {
+        self._handlers: dict[type, Handler] = {
             Login: self._login,
             Logout: self._logout,
             Register: self._register,
@@ -206,7 +223,15 @@ class ChatService:
         self.groups = Groups(self)
         self._handlers.update(self.friends.handlers())
         self._handlers.update(self.groups.handlers())
-        self._handlers.update(HistoryRequests(self).handlers())
+        history = HistoryRequests(self, self.history, self.history_retention)
+        self._handlers.update(history.handlers())
+        #: The same for the original client (protocol/dialect.py): requests
+        #: of ours it cannot read the answer to are not served, or refused.
+        self._original_handlers = dict(self._handlers)
+        for kind in dialect.UNANSWERED:
+            self._original_handlers[kind] = _unanswered
+        for kind in dialect.UNKNOWN:
+            self._original_handlers[kind] = self._unknown
 
     async def start(self) -> None:
         await self.bus.start(self)
@@ -215,16 +240,17 @@ class ChatService:
 
     # -- entry points from the transport ----------------------------------------
 
-    def handle(self, s: Session, frame: bytes, legacy: bool) -> Awaitable[None] | None:
+    def handle(self, s: Session, req: Request | BadRequest, legacy: bool) -> Work:
+        """Serve one request of ``s`` (``legacy``: it came NUL-terminated; the
+        first request fixes the session's dialect)."""
         if s.legacy is None:
             s.legacy = legacy
-        try:
-            req = codec.decode_request(frame)
-        except BadRequest as exc:
-            self._refuse_bad(s, exc)
+        if isinstance(req, BadRequest):
+            self._refuse_bad(s, req)
             return None
+        kind = type(req)
         counted = self.counts.requests
-        counted[type(req)] = counted.get(type(req), 0) + 1
+        counted[kind] = counted.get(kind, 0) + 1
         if not s.uid:
             if not isinstance(req, ANONYMOUS_OK):
                 self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
@@ -237,19 +263,28 @@ class ChatService:
             s.stamp = now
             if tokens >= 1.0:
                 s.tokens = tokens - 1.0
-            elif type(req) not in _UNMETERED:
+            elif kind not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
-        if (self.budget.full or (self.history is not None and self.history.full)) and type(
-            req
-        ) in _BUDGETED:
+        if (
+            self.budget.full or (self.history is not None and self.history.full)
+        ) and kind in _BUDGETED:
             return self._busy(s, req)
-        result = self._handlers[type(req)](s, req)
+        result = (self._original_handlers if s.legacy else self._handlers)[kind](s, req)
         if result is None or isinstance(result, asyncio.Future):
             return result  # a future answers its own failures (_one_chat_posted)
         return self._guarded(s, req, result)
 
-    def _busy(self, s: Session, req: Request) -> Awaitable[None] | None:
+    def _serve(self, s: Session, req: Request) -> Work:
+        return (self._original_handlers if s.legacy else self._handlers)[type(req)](s, req)
+
+    def _unknown(self, s: Session, req: Request) -> None:
+        """A request of ours the original client may not make: refused as any
+        message id it did not have."""
+        msgid = int(req.__struct_config__.tag)  # type: ignore[arg-type]
+        self._refuse_bad(s, BadRequest(ErrCode.UNKNOWN_MSGID, f"unknown msgid {msgid}", msgid))
+
+    def _busy(self, s: Session, req: Request) -> Work:
         """The memory budget (or the history queue) is full. A modern client
         is told to retry and nothing is delivered; the original client, which
         has no such reply, waits until there is room (its queue fills and TCP
@@ -261,7 +296,7 @@ class ChatService:
             assert self.history is not None
             self.history.refused += 1
             text = _HISTORY_BUSY_TEXT
-        if not s.legacy:
+        if dialect.shown(s.legacy, MsgId.ERROR):
             self._refuse(s, req, ErrCode.BUSY, text)
             return None
         return self._when_room(s, req)
@@ -272,18 +307,18 @@ class ChatService:
             await self._room.wait()
         if s.closed or not s.uid:
             return
-        work = self._handlers[type(req)](s, req)
+        work = self._serve(s, req)
         if work is not None:
             await self._guarded(s, req, work)
 
     def _room_again(self) -> None:
         self._room.set()
 
-    def _too_fast(self, s: Session, req: Request, wait: float) -> Awaitable[None] | None:
+    def _too_fast(self, s: Session, req: Request, wait: float) -> Work:
         """Over the flood limit. A modern client is told and may retry; the
         original client has no such reply, so its request waits for its turn
         (and, its queue full, the connection stops being read: TCP slows it)."""
-        if not s.legacy:
+        if dialect.shown(s.legacy, MsgId.ERROR):
             self._refuse(
                 s,
                 req,
@@ -299,22 +334,20 @@ class ChatService:
         if s.closed or not s.uid:
             return
         s.tokens, s.stamp = 0.0, time.monotonic()  # the token that came in, spent
-        work = self._handlers[type(req)](s, req)
+        work = self._serve(s, req)
         if work is not None:
             await self._guarded(s, req, work)
 
     def frame_too_large(self, s: Session, limit: int) -> None:
         msg = f"request exceeds the {limit}-byte frame limit; closing the connection"
         self.refusals.note(s, msg)
-        if not s.legacy:
-            s.peer.send(codec.error(ErrCode.FRAME_TOO_LARGE, msg))
+        self.reply(s, Error(ErrCode.FRAME_TOO_LARGE, msg))
 
     def internal_error(self, s: Session, frame: bytes = b"") -> None:
         """A bug must cost one request, never the node, nor the log's disk:
         the traceback is logged at most once per connection per interval."""
         self.refusals.note(s, f"request failed: {frame[:200]!r}", exc_info=True)
-        if not s.legacy:
-            s.peer.send(codec.error(ErrCode.INTERNAL, "internal error"))
+        self.reply(s, Error(ErrCode.INTERNAL, "internal error"))
 
     def spill(self, s: Session, payloads: list[bytes], cut_off: bool = True) -> None:
         """Messages accepted for a peer that may not have got them (it stopped
@@ -366,35 +399,41 @@ class ChatService:
 
     # -- refusals ------------------------------------------------------------------
 
+    def reply(self, s: Session, reply: Reply) -> Reply | None:
+        """Send ``reply`` as the session's dialect shows it (the one place the
+        dialect filter applies); returns what was sent, None if nothing."""
+        if s.legacy:
+            if type(reply) in dialect.NEVER:  # the usual case (CHAT_ACK), without a call
+                return None
+            shown = dialect.for_original(reply)
+            if shown is None:
+                return None
+            reply = shown
+        s.peer.send(reply.wire())
+        return reply
+
     def _refuse_bad(self, s: Session, exc: BadRequest) -> None:
         self.refusals.note(s, f"refused a bad request: {exc.errmsg}")
-        if s.legacy:
-            # The original client understands only its own reply types.
-            if exc.msgid == MsgId.LOGIN:
-                self._login_refused(s, LoginErr.BAD_CREDENTIALS, exc.errmsg)
-            elif exc.msgid == MsgId.REG:
-                self._reg_refused(s, RegErr.FAILED, exc.errmsg)
-            else:
-                self.counts.refused("error", exc.code)
-            return
-        self.counts.refused("error", exc.code)
-        s.peer.send(codec.error(exc.code, exc.errmsg, exc.msgid))
+        refusal = Unreadable(exc.code, exc.errmsg, exc.msgid)
+        # Counted as what the client was told (the original client is told
+        # a bad LOGIN or REG in their own reply), else as what it was not.
+        told = self.reply(s, refusal)
+        counted = told if isinstance(told, (LoginRefused, RegRefused)) else refusal
+        self.counts.refused(counted.kind, counted.errno)
 
     def _login_refused(self, s: Session, errno: int, errmsg: str) -> None:
         self.counts.refused("login", errno)
-        s.peer.send(codec.login_refused(errno, errmsg))
+        self.reply(s, LoginRefused(errno, errmsg))
 
     def _reg_refused(self, s: Session, errno: int, errmsg: str) -> None:
         self.counts.refused("register", errno)
-        s.peer.send(codec.reg_refused(errno, errmsg))
+        self.reply(s, RegRefused(errno, errmsg))
 
     def _refuse(self, s: Session, req: Request, code: ErrCode, errmsg: str) -> None:
         self.counts.refused("error", code)
         msgid = int(req.__struct_config__.tag)  # type: ignore[arg-type]
-        if s.legacy:
+        if self.reply(s, Error(code, errmsg, msgid)) is None:
             self.refusals.note(s, f"refused legacy msgid {msgid}: {errmsg}")
-        else:
-            s.peer.send(codec.error(code, errmsg, msgid))
 
     refuse = _refuse
 
@@ -466,7 +505,7 @@ class ChatService:
         except errors.Unavailable:
             self._reg_refused(s, RegErr.UNAVAILABLE, "service unavailable, retry")
             return
-        s.peer.send(codec.reg_ack(uid))
+        self.reply(s, RegOk(uid))
 
     async def _login(self, s: Session, req: Login) -> None:
         refusal = self._precheck_login(s, req)
@@ -490,7 +529,8 @@ class ChatService:
             race.refused()
             return
         uid, ticket_login = req.id, resumed.found is not None
-        receipts = req.receipts and not s.legacy
+        ours = dialect.issues_extras(s.legacy)  # a ticket, receipts
+        receipts = req.receipts and ours
         ticket: str | None
         digest: str | None
         try:
@@ -508,7 +548,7 @@ class ChatService:
                     raise _TicketRaced
                 self.store.note_state(uid, online=True)
             else:
-                ticket, digest = tickets.issue() if not s.legacy else (None, None)
+                ticket, digest = tickets.issue() if ours else (None, None)
                 view = await self.store.open_session(uid, digest)
                 # The reply carries what fits; the rest follows it, page by page
                 # (with receipts, a page at most: it all waits for acknowledgement).
@@ -526,6 +566,10 @@ class ChatService:
                 carried = [codec.encode_text(m) for _, m in view.offline]
                 s.receipts = s.peer.start_receipts(carried)
             reply = await self._login_reply(s, view, ticket, ticket_login, more, s.receipts)
+            # As ChatService.reply shows it; written below, after the race's turn.
+            shown = dialect.for_original(reply) if s.legacy else reply
+            assert shown is not None  # every dialect has its login reply
+            wire = shown.wire()
         except BaseException as exc:
             if s.receipts:  # the reply's offline messages are still in the store
                 s.receipts = False
@@ -536,11 +580,11 @@ class ChatService:
             await self.presence.release(uid)
             if isinstance(exc, _TicketRaced):
                 await self.store_offline_each(uid, held)  # accepted for them: kept
-                s.peer.send(codec.login_refused(LoginErr.BAD_CREDENTIALS, "wrong id or ticket"))
+                self.reply(s, LoginRefused(LoginErr.BAD_CREDENTIALS, "wrong id or ticket"))
                 return
             raise
         held = race.reply_sent()
-        sent = s.peer.send(reply)
+        sent = s.peer.send(wire)
         for payload in held:
             sent = s.peer.deliver(payload) and sent
         if not sent:  # gone before it got them: keep everything for next time
@@ -659,7 +703,7 @@ class ChatService:
         resumed: bool,
         more: list[str] | None = None,
         receipts: bool = False,
-    ) -> bytes:
+    ) -> LoginOk:
         ids = {f for f, _ in view.friends}
         ids.update(m.id for g in view.groups for m in g.members)
         online = await self.presence.online(ids) if ids else set()
@@ -677,9 +721,8 @@ class ChatService:
         for g in view.groups:
             self._cache_members(g.id, frozenset(m.id for m in g.members))
         offline = [m for _, m in view.offline]
-        limit = None if s.legacy else self.max_frame
-        return codec.login_ack(
-            s.uid, s.name, friends, groups, offline, ticket, resumed, more, limit, receipts
+        return LoginOk(
+            s.uid, s.name, friends, groups, offline, ticket, resumed, more, self.max_frame, receipts
         )
 
     async def _flush_offline(
@@ -749,7 +792,6 @@ class ChatService:
     async def _leave(self, s: Session, logout: bool = False, held: Sequence[bytes] = ()) -> None:
         """Log out (the ticket is revoked) or drop (it stays, for reconnecting)."""
         uid = s.uid
-        reply = logout and not s.legacy
         unacked = self._stop_receipts(s)
         held = [*unacked, *held, *self._forget(s, closed=not logout)]
         try:
@@ -762,8 +804,8 @@ class ChatService:
             await self._keep_bucket(uid, s)
             # Acknowledge only once the whole cluster sees the user offline.
             await self.presence.release(uid)
-            if reply:
-                s.peer.send(_LOGOUT_ACK)
+            if logout:
+                self.reply(s, LOGOUT_ACK)
 
     async def _keep_bucket(self, uid: int, s: Session) -> None:
         """A flood bucket not full is kept for the user's next login: leaving
@@ -806,8 +848,7 @@ class ChatService:
         return held
 
     def _ping(self, s: Session, req: Ping) -> None:
-        if not s.legacy:
-            s.peer.send(self._pong)
+        self.reply(s, self._pong)
 
     # -- friends and groups -----------------------------------------------------------
 
@@ -818,17 +859,17 @@ class ChatService:
         if req.friendid in s.blocked_by:
             raise errors.RefusedByUser(req.friendid)
         name = await self.store.add_friend(s.uid, req.friendid, self.quota)
-        if not s.legacy:
+        if dialect.shown(s.legacy, MsgId.ADD_FRIEND_ACK):  # else no presence to look up
             online = bool(await self.presence.online({req.friendid} - s.blocked_by))
             friend = {"id": req.friendid, "name": name, "state": _state(online)}
-            s.peer.send(codec.ack(MsgId.ADD_FRIEND_ACK, friend=friend))
+            self.reply(s, Ack(MsgId.ADD_FRIEND_ACK, {"friend": friend}))
         # The new friend learns it now (modern clients; never stored offline:
         # their login reply and FRIEND_LIST show it).
         adder = {"id": s.uid, "name": s.name, "state": _state(True)}
         added = codec.encode({"msgid": MsgId.FRIEND_ADDED, "friend": adder})
         await pushes.send(self, [req.friendid], added)
 
-    def _create_group(self, s: Session, req: CreateGroup) -> Awaitable[None] | None:
+    def _create_group(self, s: Session, req: CreateGroup) -> Work:
         try:
             name = names.normalise(req.groupname, "group name")
         except names.BadName as exc:
@@ -839,15 +880,8 @@ class ChatService:
     async def _create_named_group(self, s: Session, req: CreateGroup, name: str) -> None:
         gid = await self.store.create_group(s.uid, name, req.groupdesc, self.quota)
         self._cache_members(gid, frozenset((s.uid,)))
-        if not s.legacy:
-            s.peer.send(
-                codec.ack(
-                    MsgId.CREATE_GROUP_ACK,
-                    groupid=gid,
-                    groupname=name,
-                    groupdesc=req.groupdesc,
-                )
-            )
+        fields = {"groupid": gid, "groupname": name, "groupdesc": req.groupdesc}
+        self.reply(s, Ack(MsgId.CREATE_GROUP_ACK, fields))
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
         await self.groups.may_join(s, req.groupid)
@@ -857,20 +891,15 @@ class ChatService:
         await self.store.joined(s.uid, req.groupid)
         self._members.pop(req.groupid, None)
         await self.bus.announce_group(req.groupid)
-        if not s.legacy:
-            s.peer.send(codec.ack(MsgId.ADD_GROUP_ACK, groupid=req.groupid, groupname=name))
+        self.reply(s, Ack(MsgId.ADD_GROUP_ACK, {"groupid": req.groupid, "groupname": name}))
 
     async def _list_friends(self, s: Session, req: ListFriends) -> None:
-        if s.legacy:
-            return
         friends = await self.store.friends(s.uid)
         online = await self.presence.online(f for f, _ in friends) - s.blocked_by
         docs = [{"id": f, "name": n, "state": _state(f in online)} for f, n in friends]
-        s.peer.send(codec.ack(MsgId.FRIEND_LIST, friends=docs))
+        self.reply(s, Ack(MsgId.FRIEND_LIST, {"friends": docs}))
 
     async def _list_groups(self, s: Session, req: ListGroups) -> None:
-        if s.legacy:
-            return
         every = [g for g in await self.store.groups(s.uid) if g.id > req.after]
         groups = _groups_fitting(every)  # a page; the client asks for the next
         online = await self.presence.online({m.id for g in groups for m in g.members})
@@ -888,9 +917,9 @@ class ChatService:
             for g in groups
         ]
         if len(groups) < len(every):
-            s.peer.send(codec.ack(MsgId.GROUP_LIST, groups=docs, more=True))
+            self.reply(s, Ack(MsgId.GROUP_LIST, {"groups": docs, "more": True}))
         else:
-            s.peer.send(codec.ack(MsgId.GROUP_LIST, groups=docs))
+            self.reply(s, Ack(MsgId.GROUP_LIST, {"groups": docs}))
 
     def _cache_members(self, gid: int, members: frozenset[int]) -> None:
         if len(self._members) >= _MAX_CACHED_GROUPS:
@@ -899,7 +928,7 @@ class ChatService:
 
     # -- chat: the hot path ---------------------------------------------------------------
 
-    def _one_chat(self, s: Session, req: OneChat) -> Awaitable[None] | None:
+    def _one_chat(self, s: Session, req: OneChat) -> Work:
         if req.toid in s.blocked_by:
             self._refuse(
                 s, req, ErrCode.REFUSED_BY_USER, f"user {req.toid} does not accept this from you"
@@ -913,11 +942,11 @@ class ChatService:
             self.counts.relayed_local += 1
             if self.history is not None:
                 self._keep_one(s.uid, req.toid, mid, ts, req.msg)
-            if not s.legacy:
-                s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
+            self.reply(s, ChatAck(mid, ts, ChatStatus.DELIVERED))
             return None
-        # On another node: the original client expects no reply, so do not wait
-        # for Redis (the bus stores the message if no node takes it).
+        # On another node: the original client expects no reply (it is shown
+        # no CHAT_ACK), so do not wait for Redis (the bus stores the message
+        # if no node takes it).
         if s.legacy and target is None and self.bus.post(req.toid, payload):
             self.counts.relayed_to_nodes += 1
             if self.history is not None:
@@ -962,7 +991,7 @@ class ChatService:
         self.counts.relayed_to_nodes += 1
         if self.history is not None:
             self._keep_one(uid, req.toid, mid, ts, req.msg)
-        s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
+        self.reply(s, ChatAck(mid, ts, ChatStatus.DELIVERED))
         if not done.done():  # cancelled if the connection's task was
             done.set_result(None)
 
@@ -999,8 +1028,7 @@ class ChatService:
         self.counts.relayed_to_nodes += 1
         if self.history is not None:
             self._keep_one(s.uid, toid, mid, ts, msg)
-        if not s.legacy:
-            s.peer.send(codec.chat_ack(mid, ts, ChatStatus.DELIVERED))
+        self.reply(s, ChatAck(mid, ts, ChatStatus.DELIVERED))
 
     async def _one_chat_stored(
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int, msg: str
@@ -1017,8 +1045,7 @@ class ChatService:
         await self._after_store([toid])
         if self.history is not None:
             self._keep_one(s.uid, toid, mid, ts, msg)
-        if not s.legacy:
-            s.peer.send(codec.chat_ack(mid, ts, ChatStatus.STORED))
+        self.reply(s, ChatAck(mid, ts, ChatStatus.STORED))
 
     def _too_long_to_store(self, s: Session, req: Request | type, size: int) -> bool:
         """Refuse a message too long to keep for an offline receiver."""
@@ -1027,13 +1054,11 @@ class ChatService:
             return False
         msgid = int(req.__struct_config__.tag)  # type: ignore[union-attr, arg-type]
         text = f"messages kept for offline receivers are at most {most} bytes; not sent"
-        if s.legacy:
+        if self.reply(s, Error(ErrCode.TOO_LONG_TO_STORE, text, msgid)) is None:
             self.refusals.note(s, f"refused legacy msgid {msgid}: {text}")
-        else:
-            s.peer.send(codec.error(ErrCode.TOO_LONG_TO_STORE, text, msgid))
         return True
 
-    def _group_chat(self, s: Session, req: GroupChat) -> Awaitable[None] | None:
+    def _group_chat(self, s: Session, req: GroupChat) -> Work:
         # Kept for whoever is away, so always within the stored-message bound
         # (checked before anyone gets it: a refused message has no effect).
         if len(req.msg) > self.limits.max_stored_message // 4 and self._too_long_to_store(
@@ -1053,9 +1078,7 @@ class ChatService:
         if work is not None:
             await work
 
-    def _fan_out(
-        self, s: Session, req: GroupChat, members: frozenset[int]
-    ) -> Awaitable[None] | None:
+    def _fan_out(self, s: Session, req: GroupChat, members: frozenset[int]) -> Work:
         if s.uid not in members:
             if members:
                 self._refuse(s, req, ErrCode.NOT_GROUP_MEMBER, "you are not in this group")
@@ -1078,8 +1101,7 @@ class ChatService:
         if not away:
             if self.history is not None:
                 self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
-            if not s.legacy:
-                s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
+            self.reply(s, ChatAck(mid, ts, ChatStatus.SENT))
             return None
         reached = len(members) - 1 - len(away)  # written to members here
         return self._fan_out_away(s, req, away, payload, mid, ts, reached)
@@ -1116,23 +1138,13 @@ class ChatService:
                 log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
                 if self.history is not None:
                     self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
-                if not s.legacy:
-                    s.peer.send(
-                        codec.ack(
-                            MsgId.CHAT_ACK, mid=mid, ts=ts, status=ChatStatus.PARTIAL, missed=left
-                        )
-                    )
+                self.reply(s, ChatAck(mid, ts, ChatStatus.PARTIAL, missed=left))
                 return
             await self._after_store([u for u in left if u not in full])
         if self.history is not None:
             self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
-        if not s.legacy:
-            if full:  # members whose mailbox is full do not get it: say who
-                s.peer.send(
-                    codec.ack(MsgId.CHAT_ACK, mid=mid, ts=ts, status=ChatStatus.SENT, full=full)
-                )
-            else:
-                s.peer.send(codec.chat_ack(mid, ts, ChatStatus.SENT))
+        # Members whose mailbox is full do not get it: say who.
+        self.reply(s, ChatAck(mid, ts, ChatStatus.SENT, full=full or None))
 
     async def _send_away(self, s: Session, uids: list[int], payload: bytes) -> list[int]:
         """Hand a message to other nodes. Past the bus window ours are told
@@ -1141,7 +1153,7 @@ class ChatService:
             try:
                 return await self.bus.send(uids, payload)
             except errors.Busy:
-                if not s.legacy:
+                if dialect.shown(s.legacy, MsgId.ERROR):
                     raise
 
     # -- the bus's inbox: traffic from other nodes ---------------------------------------
@@ -1194,8 +1206,7 @@ class ChatService:
         if s is None:
             return
         log.warning("audit: user %d kicked by an operator", uid)
-        if not s.legacy:
-            s.peer.send(_KICKED)
+        self.reply(s, KICKED)
         s.peer.close()
 
     def displaced(self, uid: int) -> None:
@@ -1207,8 +1218,7 @@ class ChatService:
         held = [*unacked, *self._forget(s, closed=True)]
         if held:
             self._spawn(self.store_offline_each(uid, held))
-        if not s.legacy:
-            s.peer.send(_DISPLACED)
+        self.reply(s, DISPLACED)
         s.peer.close()
 
     # -- offline storage ------------------------------------------------------------------
@@ -1268,6 +1278,10 @@ def _groups_fitting(groups: list[Group]) -> list[Group]:
         if total > LOGIN_GROUPS_BYTES and i:
             return groups[:i]
     return groups
+
+
+def _unanswered(s: Session, req: Request) -> None:
+    """A request whose only effect is a reply the session's client cannot read."""
 
 
 def _text(payload: bytes) -> str:

@@ -11,8 +11,7 @@ blocker's node, so the chat path never asks the database.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import (
@@ -23,23 +22,19 @@ from clusterchat.protocol.messages import (
     RemoveFriend,
     Unblock,
 )
+from clusterchat.protocol.replies import Ack, Done
 from clusterchat.service import pushes
+from clusterchat.service.context import Handler, Service
 from clusterchat.service.session import NOBODY, Session
 
-if TYPE_CHECKING:
-    from clusterchat.service.chat import ChatService
 
-Handler = Callable[[Session, Any], Awaitable[None] | None]
-
-
-def done(s: Session, msgid: MsgId, **fields: Any) -> None:
-    """The reply to a request of ours (an original client gets none)."""
-    if not s.legacy:
-        s.peer.send(codec.ack(MsgId.DONE, re=int(msgid), **fields))
+def done(svc: Service, s: Session, msgid: MsgId, **fields: Any) -> None:
+    """The reply to a request of ours (the dialect filter keeps it from an original client)."""
+    svc.reply(s, Done(msgid, fields))
 
 
 class Friends:
-    def __init__(self, svc: ChatService) -> None:
+    def __init__(self, svc: Service) -> None:
         self.svc = svc
 
     def handlers(self) -> dict[type, Handler]:
@@ -62,15 +57,7 @@ class Friends:
             changes, s.block_log = s.block_log, None
         s.blocked_by = frozenset(found) or NOBODY
         for by, on in changes or ():
-            self.block_changed(s, by, on)
-
-    def block_changed(self, s: Session, by: int, on: bool) -> None:
-        if s.block_log is not None:
-            s.block_log.append((by, on))
-        if on:
-            s.blocked_by = s.blocked_by | {by}
-        elif by in s.blocked_by:
-            s.blocked_by = s.blocked_by - {by} or NOBODY
+            s.block_changed(by, on)
 
     # -- handlers --------------------------------------------------------------------
 
@@ -79,7 +66,7 @@ class Friends:
             self.svc.refuse(s, req, ErrCode.SELF_TARGET, "you cannot unfriend yourself")
             return
         await self.svc.store.remove_friend(s.uid, req.friendid)
-        done(s, MsgId.REMOVE_FRIEND, friendid=req.friendid)
+        done(self.svc, s, MsgId.REMOVE_FRIEND, friendid=req.friendid)
         event = {"msgid": MsgId.FRIEND_EVENT, "event": "unfriended", "id": s.uid, "name": s.name}
         await pushes.send(self.svc, [req.friendid], codec.encode(event))
 
@@ -91,16 +78,14 @@ class Friends:
         # Told before the reply: once blocking is acknowledged, nothing more
         # from them is accepted on this node (other nodes follow within a hop).
         await pushes.control(self.svc, req.userid, pushes.BLOCKS, {"by": s.uid, "on": True})
-        done(s, MsgId.BLOCK, userid=req.userid, name=name)
+        done(self.svc, s, MsgId.BLOCK, userid=req.userid, name=name)
 
     async def _unblock(self, s: Session, req: Unblock) -> None:
         if await self.svc.store.unblock(s.uid, req.userid):
             await pushes.control(self.svc, req.userid, pushes.BLOCKS, {"by": s.uid, "on": False})
-        done(s, MsgId.UNBLOCK, userid=req.userid)
+        done(self.svc, s, MsgId.UNBLOCK, userid=req.userid)
 
     async def _list_blocked(self, s: Session, req: ListBlocked) -> None:
-        if s.legacy:
-            return
         rows = await self.svc.store.blocked(s.uid)
         docs = [{"id": uid, "name": name} for uid, name in rows]
-        s.peer.send(codec.ack(MsgId.BLOCKED_LIST, blocked=docs))
+        self.svc.reply(s, Ack(MsgId.BLOCKED_LIST, {"blocked": docs}))

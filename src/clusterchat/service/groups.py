@@ -10,7 +10,6 @@ receives nor may post once the change is acknowledged on their node.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from clusterchat import errors
 from clusterchat.protocol import codec
@@ -25,18 +24,17 @@ from clusterchat.protocol.messages import (
     SetRole,
     TransferGroup,
 )
+from clusterchat.protocol.replies import Ack
 from clusterchat.service import group_rules as rules
 from clusterchat.service import pushes
-from clusterchat.service.friends import Handler, done
+from clusterchat.service.context import Handler, Service
+from clusterchat.service.friends import done
 from clusterchat.service.session import Session
 from clusterchat.storage.base import Group, GroupChange, Member
 
-if TYPE_CHECKING:
-    from clusterchat.service.chat import ChatService
-
 
 class Groups:
-    def __init__(self, svc: ChatService) -> None:
+    def __init__(self, svc: Service) -> None:
         self.svc = svc
 
     def handlers(self) -> dict[type, Handler]:
@@ -86,7 +84,7 @@ class Groups:
         group, _ = await self.svc.store.change_group(
             req.groupid, lambda g: rules.invite(g, s.uid, req.userid)
         )
-        done(s, MsgId.INVITE, groupid=req.groupid, userid=req.userid)
+        done(self.svc, s, MsgId.INVITE, groupid=req.groupid, userid=req.userid)
         event = {
             "msgid": MsgId.GROUP_EVENT,
             "event": "invited",
@@ -100,9 +98,8 @@ class Groups:
         await pushes.send(self.svc, [req.userid], codec.encode(event))
 
     async def _list_invites(self, s: Session, req: ListInvites) -> None:
-        if not s.legacy:
-            invites = await self.svc.store.invites(s.uid)
-            s.peer.send(codec.ack(MsgId.INVITE_LIST, invites=invites))
+        invites = await self.svc.store.invites(s.uid)
+        self.svc.reply(s, Ack(MsgId.INVITE_LIST, {"invites": invites}))
 
     async def may_join(self, s: Session, gid: int) -> None:
         """Before ADD_GROUP: an invite-only group needs an invitation."""
@@ -120,7 +117,7 @@ class Groups:
         if change.remove or change.delete:
             self.svc.group_changed(gid)
             await self.svc.bus.announce_group(gid)
-        done(s, msgid, groupid=gid)
+        done(self.svc, s, msgid, groupid=gid)
         if not change:
             return
         actor = next((m for m in group.members if m.id == uid), Member(uid, s.name, ""))

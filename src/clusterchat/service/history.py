@@ -29,19 +29,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clusterchat import errors
 from clusterchat.config import HISTORY_DAYS, HISTORY_QUEUE
-from clusterchat.protocol import codec
-from clusterchat.protocol.codec import BadRequest
 from clusterchat.protocol.messages import ErrCode, History, MsgId
+from clusterchat.protocol.replies import Ack
+from clusterchat.service.context import Handler, Service
 from clusterchat.service.restore import RETRY_FIRST, RETRY_MAX
 from clusterchat.service.session import Session
 from clusterchat.storage.base import HistoryRow, Store
-
-if TYPE_CHECKING:
-    from clusterchat.service.chat import ChatService
 
 log = logging.getLogger(__name__)
 
@@ -275,35 +272,32 @@ class Purger:
             await asyncio.sleep(PURGE_PAUSE)  # let the node (and other nodes) in between
 
 
-Handler = Callable[[Session, Any], Awaitable[None] | None]
-
-
 class HistoryRequests:
-    """Serves HISTORY (60) with HISTORY_PAGE (61) or an ERROR 180-184."""
+    """Serves HISTORY (60) with HISTORY_PAGE (61) or an ERROR 180-184
+    (an original client is refused it as an unknown msgid: protocol/dialect.py).
+    ``writer``: None when history is off; ``retention``: seconds kept."""
 
-    def __init__(self, svc: ChatService) -> None:
+    def __init__(self, svc: Service, writer: HistoryWriter | None, retention: float) -> None:
         self.svc = svc
+        self.writer = writer
+        self.retention = retention
 
     def handlers(self) -> dict[type, Handler]:
         return {History: self._history}
 
     def _history(self, s: Session, req: History) -> Awaitable[None] | None:
         svc = self.svc
-        if s.legacy:  # not the original's: as for any message id it did not have
-            msgid = int(MsgId.HISTORY)
-            svc._refuse_bad(s, BadRequest(ErrCode.UNKNOWN_MSGID, f"unknown msgid {msgid}", msgid))
-            return None
-        if svc.history is None:
+        if self.writer is None:
             svc.refuse(s, req, ErrCode.HISTORY_OFF, "this server keeps no history")
             return None
         if (req.userid is None) == (req.groupid is None):
             svc.refuse(s, req, ErrCode.HISTORY_TARGET, "give exactly one of userid and groupid")
             return None
-        return self._page(s, req, svc.history)
+        return self._page(s, req, self.writer)
 
     async def _page(self, s: Session, req: History, writer: HistoryWriter) -> None:
         svc = self.svc
-        since = int((time.time() - svc.history_retention) * 1000)
+        since = int((time.time() - self.retention) * 1000)
         if req.groupid is not None:
             joined = await svc.store.group_joined(s.uid, req.groupid)
             if joined is None:
@@ -342,4 +336,4 @@ class HistoryRequests:
                     "msg": r.body,
                 }
             )
-        s.peer.send(codec.ack(MsgId.HISTORY_PAGE, **{key: ident}, messages=docs, more=more))
+        svc.reply(s, Ack(MsgId.HISTORY_PAGE, {key: ident, "messages": docs, "more": more}))

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clusterchat import errors
-from clusterchat.protocol import codec
+from clusterchat.protocol import codec, dialect
+from clusterchat.protocol.messages import MsgId
+from clusterchat.service.context import Service
 from clusterchat.service.session import Session
-
-if TYPE_CHECKING:
-    from clusterchat.service.chat import ChatService
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,13 @@ def is_chat(payload: bytes) -> bool:
     return bool(payload) and payload[0] == _JSON and codec.is_chat(payload)
 
 
-async def send(svc: ChatService, uids: Iterable[int], payload: bytes) -> None:
+def _shown(s: Session) -> bool:
+    """Events (FRIEND_ADDED, FRIEND_EVENT, GROUP_EVENT) are ours: the dialect
+    filter keeps them from an original client."""
+    return dialect.shown(s.legacy, MsgId.GROUP_EVENT)
+
+
+async def send(svc: Service, uids: Iterable[int], payload: bytes) -> None:
     """Write ``payload`` (a PUSHED document, framed) to those of ``uids``
     online with a modern client; users offline are skipped."""
     away = []
@@ -47,12 +52,12 @@ async def send(svc: ChatService, uids: Iterable[int], payload: bytes) -> None:
         s = svc.sessions.get(uid)
         if s is None:
             away.append(uid)
-        elif not s.legacy:
+        elif _shown(s):
             s.deliver(payload)
     await _away(svc, away, PUSH + payload)
 
 
-async def control(svc: ChatService, uid: int, kind: bytes, doc: dict[str, Any]) -> None:
+async def control(svc: Service, uid: int, kind: bytes, doc: dict[str, Any]) -> None:
     """A control message for one user's session, wherever it is."""
     payload = kind + codec.encode(doc)
     s = svc.sessions.get(uid)
@@ -62,7 +67,7 @@ async def control(svc: ChatService, uid: int, kind: bytes, doc: dict[str, Any]) 
         await _away(svc, [uid], payload)
 
 
-async def _away(svc: ChatService, uids: list[int], payload: bytes) -> None:
+async def _away(svc: Service, uids: list[int], payload: bytes) -> None:
     if uids and svc.bus.shared:
         try:
             await svc.bus.send(uids, payload)  # those offline come back: dropped
@@ -70,13 +75,13 @@ async def _away(svc: ChatService, uids: list[int], payload: bytes) -> None:
             log.warning("could not tell %d users of a change: %s", len(uids), exc)
 
 
-def arrived(svc: ChatService, s: Session, payload: bytes) -> bool:
+def arrived(svc: Service, s: Session, payload: bytes) -> bool:
     """One of ours reached a local session (``ChatService.deliver``)."""
     kind, body = payload[:1], payload[1:]
     if kind == PUSH:
-        if not s.legacy:
+        if _shown(s):
             s.deliver(body)
     elif kind == BLOCKS:
         doc = codec.loads(body)
-        svc.friends.block_changed(s, int(doc["by"]), bool(doc["on"]))
+        s.block_changed(int(doc["by"]), bool(doc["on"]))
     return True

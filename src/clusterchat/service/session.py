@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Set
-from typing import Protocol
+from collections.abc import Awaitable, Set
+from typing import Protocol, TypeAlias
 
 from clusterchat.service.login_race import LoginRace
 
 #: ``blocked_by`` of the many sessions nobody blocks: one shared empty set,
 #: not an empty ``set()`` (216 bytes) per connection.
 NOBODY: frozenset[int] = frozenset()
+
+#: What the service's entry point returns for a request: None when it is
+#: done, else the rest of it, which the transport awaits before it serves
+#: the connection's next request (so each connection's requests take effect
+#: in the order sent).
+Work: TypeAlias = Awaitable[None] | None
 
 
 class Peer(Protocol):
@@ -112,6 +118,15 @@ class Session:
     @property
     def closed(self) -> bool:
         return self.race.closed
+
+    def block_changed(self, by: int, on: bool) -> None:
+        """User ``by`` blocked (``on``) or unblocked this one (service/friends.py)."""
+        if self.block_log is not None:
+            self.block_log.append((by, on))
+        if on:
+            self.blocked_by = self.blocked_by | {by}
+        elif by in self.blocked_by:
+            self.blocked_by = self.blocked_by - {by} or NOBODY
 
     def deliver(self, payload: bytes) -> bool:
         held = self.race.held
