@@ -51,7 +51,8 @@ class FakeService:
         self.disconnects = 0
         self.reply: bytes | None = None  # sent back for every request, if set
 
-    def handle(self, s: Session, frame: bytes, legacy: bool) -> Awaitable[None] | None:
+    def handle(self, s: Session, request: object, legacy: bool) -> Awaitable[None] | None:
+        frame = cast(bytes, request)  # OpaqueCore hands frames on undecoded
         if frame.startswith(b"boom"):
             raise RuntimeError("a bug")
         self.served.append((frame, legacy))
@@ -162,11 +163,19 @@ class FakeLink:
         return self.core.send(data)
 
 
+class OpaqueCore(ConnectionCore):
+    """Serves frames as they are: ordering and framing do not depend on what
+    a request says (decoding is tests/protocol's)."""
+
+    __slots__ = ()
+    decode = staticmethod(lambda frame: frame)
+
+
 def make(output_limit: int = 1 << 20) -> tuple[ConnectionCore, FakeLink, FakeHost]:
     host = FakeHost(output_limit)
     link = FakeLink()
     session = Session(cast(Peer, link), 0.0)
-    core = ConnectionCore(host, link, session, 0.0)
+    core = OpaqueCore(host, link, session, 0.0)
     link.core = core
     return core, link, host
 
