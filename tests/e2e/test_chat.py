@@ -11,6 +11,7 @@ from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
 from tests.conftest import PASSWORD, Connect, UserFactory, unique
+from tests.e2e.test_memory_budget import stalled_user
 
 
 async def test_register_then_login_returns_identity(connect: Connect) -> None:
@@ -170,17 +171,20 @@ async def test_a_message_crossing_the_receivers_close_is_kept(
     """Written to bob's socket just as bob's client went away, unread: the
     server cannot know whether it was read, so it keeps it for bob's next
     login (at least once; a duplicate carries the same mid)."""
-    alice, bob = await user(), await user()
+    alice = await user()
+    # bob's client never reads again: what the node writes him stays in his
+    # kernel, unread, as with a client that died before it got to it.
+    bob, bob_id = await stalled_user(node.port)
     ack = await alice.conn.request(
-        {"msgid": MsgId.ONE_CHAT, "toid": bob.id, "msg": "crossing"}, MsgId.CHAT_ACK
+        {"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": "crossing"}, MsgId.CHAT_ACK
     )
     assert ack["status"] == "delivered"
-    await bob.conn.abort()  # gone without handling what had arrived
+    bob.close()  # gone without handling what had arrived (unread: the kernel resets)
     async with asyncio.timeout(5):
-        while bob.id in node.service.sessions:  # noqa: ASYNC110 - polled with a deadline
+        while bob_id in node.service.sessions:  # noqa: ASYNC110 - polled with a deadline
             await asyncio.sleep(0.01)
     again = await connect()
-    login = await again.login(bob.id, PASSWORD)
+    login = await again.login(bob_id, PASSWORD)
     assert [json.loads(m)["msg"] for m in login["offlinemsg"]] == ["crossing"]
     assert json.loads(login["offlinemsg"][0])["mid"] == ack["mid"]
 

@@ -321,11 +321,18 @@ def test_a_half_received_request_is_timed_from_its_first_byte() -> None:
 # -- writes: replies, chat messages, one write per tick ------------------------------------
 
 
-def test_a_reply_with_nothing_due_is_written_at_once() -> None:
+def test_a_reply_leaves_at_the_end_of_the_tick_with_the_partners_message() -> None:
+    """At window 1 a CHAT_ACK and the message the partner sent meanwhile
+    share a write (one system call, not two)."""
     core, link, host = make()
     assert core.send(b"r1")
-    assert link.written == [b"r1"]
-    assert not host.flushes
+    assert link.written == []
+    assert host.flushes == [core]  # the reply asks for the tick's flush
+    assert core.deliver(b"m1")
+    host.tick()
+    assert link.written == [b"r1m1"]
+    host.tick()
+    assert link.written == [b"r1m1"]  # nothing twice
 
 
 def test_a_reply_joins_the_messages_due_this_tick_in_one_write() -> None:
@@ -346,7 +353,9 @@ def test_replies_to_requests_read_together_leave_in_one_write_in_order() -> None
     host.service.reply = b"re:"
     core.receive_data(b"a\nb\nc\n", 1.0)
     assert link.written == [b"re:are:bre:c"]
-    core.receive_data(b"d\n", 1.0)  # alone in its read: written at once
+    core.receive_data(b"d\n", 1.0)  # alone in its read: at the end of the tick
+    assert link.written == [b"re:are:bre:c"]
+    host.tick()
     assert link.written == [b"re:are:bre:c", b"re:d"]
 
 

@@ -389,10 +389,9 @@ class ConnectionCore:
             return False
         out = self._out
         if out is None:
-            if before is None:  # nothing due this tick: no reason to wait
-                self._link.write(data)
-                return True
-            self._out = out = []  # the outbox's first message asked for the flush
+            self._out = out = []
+            if before is None:  # the partner's message may come this tick too
+                self._host.write_soon(self)
         if before is not None:
             out.append(before)
         out.append(data)
