@@ -25,7 +25,7 @@ from clusterchat.protocol.messages import PUSHED
 from clusterchat.service.chat import ChatService
 from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost, Passwords
-from clusterchat.service.session import Session
+from clusterchat.service.session import NoReceipts, Session
 from clusterchat.storage.sql import SqlStore
 
 LIMIT = 256
@@ -67,7 +67,7 @@ def requests(data: bytes) -> None:
         assert 100 <= int(exc.code) < 200 and exc.errmsg
 
 
-class _Peer:
+class _Peer(NoReceipts):
     address = "fuzz"
 
     def __init__(self) -> None:
@@ -82,18 +82,6 @@ class _Peer:
 
     def close(self) -> None:
         pass
-
-    def start_receipts(self, carried: list[bytes]) -> bool:
-        return False  # this fake numbers nothing
-
-    def received(self, seq: int) -> bool:
-        return False
-
-    async def receipt_room(self, nbytes: int) -> bool:
-        return True
-
-    def stop_receipts(self) -> list[bytes]:
-        return []
 
 
 class _Service:

@@ -21,12 +21,12 @@ from clusterchat.bus.local import LocalPresence, NoBus
 from clusterchat.protocol import codec
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
-from clusterchat.service.session import Session
+from clusterchat.service.session import NoReceipts, Session
 from clusterchat.storage.sql import SqlStore
 from tests.conftest import FAST_HASH
 
 
-class Peer:
+class Peer(NoReceipts):
     """Records every write, raw, as ``send`` (a reply) or ``deliver`` (a push)."""
 
     address = "dialect"
@@ -45,18 +45,6 @@ class Peer:
 
     def close(self) -> None:
         self.closed = True
-
-    def start_receipts(self, carried: list[bytes]) -> bool:
-        return False
-
-    def received(self, seq: int) -> bool:
-        return False
-
-    async def receipt_room(self, nbytes: int) -> bool:
-        return True
-
-    def stop_receipts(self) -> list[bytes]:
-        return []
 
 
 def _normal(data: bytes) -> str:

@@ -14,7 +14,7 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.messages import PUSHED
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
-from clusterchat.service.session import Session
+from clusterchat.service.session import NoReceipts, Session
 from clusterchat.storage.sql import SqlStore
 from tests.conftest import FAST_HASH
 
@@ -41,7 +41,7 @@ requests = st.one_of(
 )
 
 
-class Peer:
+class Peer(NoReceipts):
     address = "fuzz"
 
     def __init__(self) -> None:
@@ -60,18 +60,6 @@ class Peer:
 
     def close(self) -> None:
         pass
-
-    def start_receipts(self, carried: list[bytes]) -> bool:
-        return False  # this fake numbers nothing
-
-    def received(self, seq: int) -> bool:
-        return False
-
-    async def receipt_room(self, nbytes: int) -> bool:
-        return True
-
-    def stop_receipts(self) -> list[bytes]:
-        return []
 
 
 async def _run(frames: list[bytes]) -> None:

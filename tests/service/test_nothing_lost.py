@@ -15,13 +15,13 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
 from clusterchat.service.chat import ChatService
 from clusterchat.service.passwords import Passwords
-from clusterchat.service.session import Session
+from clusterchat.service.session import NoReceipts, Session
 from clusterchat.storage.base import LoginView
 from clusterchat.storage.sql import SqlStore
 from tests.conftest import FAST_HASH
 
 
-class Peer:
+class Peer(NoReceipts):
     """A connection whose far end can vanish between two writes."""
 
     address = "test"
@@ -40,18 +40,6 @@ class Peer:
 
     def close(self) -> None:
         self.open = False
-
-    def start_receipts(self, carried: list[bytes]) -> bool:
-        return False  # this fake numbers nothing
-
-    def received(self, seq: int) -> bool:
-        return False
-
-    async def receipt_room(self, nbytes: int) -> bool:
-        return True
-
-    def stop_receipts(self) -> list[bytes]:
-        return []
 
 
 @pytest.fixture

@@ -59,6 +59,24 @@ class Peer(Protocol):
         ...
 
 
+class NoReceipts:
+    """The receipt half of :class:`Peer` for a transport that numbers
+    nothing (the service's fakes in tests and fuzz targets): receipts are
+    refused at login, so the rest is never asked for."""
+
+    def start_receipts(self, carried: list[bytes]) -> bool:
+        return False
+
+    def received(self, seq: int) -> bool:
+        return False
+
+    async def receipt_room(self, nbytes: int) -> bool:
+        return True
+
+    def stop_receipts(self) -> list[bytes]:
+        return []
+
+
 class Session:
     """Login state of one connection.
 
