@@ -409,6 +409,50 @@ def test_messages_not_written_when_the_peer_resets_are_stored() -> None:
     assert core.ended and not core.deliver(b"m2")
 
 
+def test_messages_due_when_the_peer_resets_in_the_same_tick_are_all_stored() -> None:
+    """The reset is read after the messages were accepted, before the
+    tick's write: none was written, so all are stored, not only the few a
+    peer that kept up may have had unread."""
+    core, link, host = make()
+    burst = [b"m%d" % i for i in range(200)]
+    for m in burst:
+        core.deliver(m)
+    link.closed = True  # the transport saw the reset; connection_lost comes next
+    host.tick()
+    core.connection_lost()
+    assert host.service.spilled == [(burst, False)]
+
+
+def test_messages_a_reply_took_before_the_peer_reset_are_all_stored() -> None:
+    core, link, host = make()
+    core.deliver(b"old")
+    host.tick()
+    burst = [b"m%d" % i for i in range(200)]
+    for m in burst:
+        core.deliver(m)
+    core.send(b"r1")  # takes the burst, to go before it
+    core.deliver(b"after")
+    link.closed = True
+    host.tick()
+    core.connection_lost()
+    ((spilled, _),) = host.service.spilled
+    assert spilled[-201:] == [*burst, b"after"]
+
+
+def test_our_close_after_the_peer_reset_in_the_tick_stores_what_was_not_written() -> None:
+    core, link, host = make()
+    burst = [b"m%d" % i for i in range(200)]
+    for m in burst[:100]:
+        core.deliver(m)
+    core.send(b"r1")
+    for m in burst[100:]:
+        core.deliver(m)
+    link.closed = True
+    core.close()  # a logout or kick handled before the connection's loss
+    ((spilled, _),) = host.service.spilled
+    assert spilled == burst
+
+
 def test_after_a_fin_only_what_its_kernel_had_not_acknowledged_is_stored() -> None:
     core, link, host = make()
     core.deliver(b"m1")

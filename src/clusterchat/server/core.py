@@ -155,6 +155,7 @@ class ConnectionCore:
         "_proxy",
         "_queue",
         "_service",
+        "_taken",
         "_watched",
         "decoder",
         "last_seen",
@@ -180,6 +181,9 @@ class ConnectionCore:
         # Replies that joined a write due at the end of this tick (and what the
         # outbox had before them).
         self._out: list[bytes] | None = None
+        # Bytes of _out that send() took from the outbox (written by then, as
+        # far as the outbox knows).
+        self._taken = 0
         self._paused = False  # reading paused because the queue is long
         #: Receipts: set when the client acknowledges or the connection ends
         #: (the adapter makes it when a receipt_room waits).
@@ -394,6 +398,7 @@ class ConnectionCore:
                 self._host.write_soon(self)
         if before is not None:
             out.append(before)
+            self._taken += len(before)
         out.append(data)
         return True
 
@@ -459,6 +464,14 @@ class ConnectionCore:
         """Write this tick's replies and what the outbox has, in one write
         (the node calls this once per loop iteration for every connection
         that was sent or delivered to)."""
+        if self._link.closing():
+            # Cut off, or the peer's reset was read in this iteration after
+            # messages were accepted for it: nothing is taken, and what a
+            # reply took goes back, so what was never written is pending and
+            # end() returns all of it (as written, a peer that kept up would
+            # get only its last few messages stored again).
+            self._unwritten()
+            return
         outbox = self.outbox
         data = outbox.take() if outbox is not None else None
         if data is None and outbox is not None and outbox.overflowed:
@@ -467,13 +480,12 @@ class ConnectionCore:
         out = self._out
         if out is not None:
             self._out = None
+            self._taken = 0
             if data is not None:
                 out.append(data)
             data = out[0] if len(out) == 1 else b"".join(out)
         elif data is None:
             return
-        if self._link.closing():
-            return  # cut off meanwhile: the outbox's end() kept its part
         self._link.write(data)
         if not self._watched and outbox is not None and not outbox.idle:
             self._watched = True
@@ -512,11 +524,23 @@ class ConnectionCore:
     def _write_replies(self) -> None:
         """Write the replies gathered so far now (before a close, or after
         the requests of one read)."""
+        if self._link.closing():
+            self._unwritten()
+            return
         out = self._out
         if out is not None:
             self._out = None
-            if out and not self._link.closing():
+            self._taken = 0
+            if out:
                 self._link.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _unwritten(self) -> None:
+        """The transport is closing: this iteration's replies are not owed,
+        but messages they took from the outbox go back to it (never written)."""
+        self._out = None
+        taken, self._taken = self._taken, 0
+        if taken and self.outbox is not None:
+            self.outbox.unwritten(taken)
 
     def _end(self, how: End, in_flight: int = 0, cut_off: bool = False) -> None:
         """The outbox is done with (see End); store what it says may be unread,

@@ -243,6 +243,23 @@ class Outbox:
             self._trim(self.window_max)
         return pending[0] if len(pending) == 1 else b"".join(pending)
 
+    def unwritten(self, nbytes: int) -> None:
+        """The last ``nbytes`` taken were never written (the transport was
+        closing by the time of the write): they are pending again, so that
+        :meth:`end` returns them all. (With receipts :meth:`end` returns all
+        that is not acknowledged anyway.)"""
+        window = self._window
+        if self.receipts is not None or self._ended or not window or nbytes <= 0:
+            return
+        n = self._tail_count(nbytes)
+        back = [window.pop() for _ in range(n)]
+        back.reverse()
+        size = sum(map(len, back))
+        self._window_bytes -= size
+        self._since = max(0, self._since - n)
+        self._pending = back + (self._pending or [])
+        self._pending_bytes += size
+
     def pause(self) -> None:
         """The transport's buffer is full: hold what comes from now on."""
         if not self._paused and not self._ended:
