@@ -18,6 +18,8 @@ import contextlib
 from tests.helpers import CuttableProxy
 
 _COM_QUERY = 3
+#: The bulk statement MariaDB's driver binds many rows with (asyncmy's executemany).
+COM_STMT_BULK_EXECUTE = 0xFA
 
 
 class MariaDbProxy(CuttableProxy):
@@ -25,6 +27,7 @@ class MariaDbProxy(CuttableProxy):
         super().__init__(target_port)
         self._armed: tuple[bytes, bool] | None = None
         self._cut_on: bytes | None = None
+        self._lose_command: int | None = None
         #: Set once a commit's answer was lost.
         self.commit_lost = asyncio.Event()
 
@@ -33,6 +36,13 @@ class MariaDbProxy(CuttableProxy):
         into table ``writing``; ``then_cut``: and refuse every connection
         from then on (the store stays away) until :meth:`start`."""
         self._armed = (f"insert into {writing}".encode(), then_cut)
+        self.commit_lost.clear()
+
+    def lose_next_answer_to(self, command: int) -> None:
+        """Drop MariaDB's answer to the next packet of this command (e.g.
+        :data:`COM_STMT_BULK_EXECUTE` on an autocommitting connection: the
+        rows are kept, the client cannot know) and abort both sides."""
+        self._lose_command = command
         self.commit_lost.clear()
 
     def cut_on(self, statement: str) -> None:
@@ -50,6 +60,10 @@ class MariaDbProxy(CuttableProxy):
         wrote, lose = [False], [False]  # this connection's transaction
 
         def watch(payload: bytes) -> bool:
+            if self._lose_command is not None and payload[:1] == bytes([self._lose_command]):
+                self._lose_command = None
+                lose[0] = True
+                return True
             if payload[:1] != bytes([_COM_QUERY]):
                 return True
             sql = payload[1:].strip().lower()
@@ -83,8 +97,8 @@ class MariaDbProxy(CuttableProxy):
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await ur.read(65536):
                     if lose[0]:  # MariaDB answered the COMMIT: it is done
-                        assert self._armed is not None
-                        then_cut, self._armed = self._armed[1], None
+                        then_cut = self._armed is not None and self._armed[1]
+                        self._armed = None
                         if then_cut:
                             self._cut_now()
                         w.transport.abort()

@@ -22,6 +22,7 @@ from clusterchat.storage.sql import SqlStore
 from tests.conftest import MYSQL_SERVER, PASSWORD, unique
 from tests.e2e.test_legacy_dialect import nlohmann
 from tests.helpers import CuttableProxy
+from tests.mysql_proxy import COM_STMT_BULK_EXECUTE, MariaDbProxy
 
 
 @pytest.fixture
@@ -101,6 +102,35 @@ async def test_retries_through_an_outage_until_the_store_takes_them(
         assert await writer.close(5) == 0
     finally:
         await store.close()
+        await direct.close()
+
+
+async def test_a_write_whose_answer_was_lost_is_not_written_twice(mariadb_url: str) -> None:
+    """MariaDB kept the rows of a bulk write (autocommit) but its answer was
+    lost: the writer must find them there rather than write them again."""
+    direct = SqlStore(mariadb_url)
+    await direct.create_schema()
+    a = await direct.create_user(unique(), "x")
+    proxy = MariaDbProxy(target_port=3306)
+    await proxy.start()
+    host = MYSQL_SERVER.rsplit(":", 1)[0]
+    store = SqlStore(f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}", pool_size=2)
+    try:
+        writer = HistoryWriter(store)
+        writer.add(rows(a, a, 1)[0])
+        assert await writer.drain(10)  # the history connection is open
+        proxy.lose_next_answer_to(COM_STMT_BULK_EXECUTE)
+        for row in rows(a, a, 3, start=1):
+            writer.add(row)
+        async with asyncio.timeout(10):
+            await proxy.commit_lost.wait()
+        assert await writer.drain(30)
+        got = await direct.history(a, a, 0, 10, 0)
+        assert [r.mid for r in got] == ["m-3", "m-2", "m-1", "m-0"]  # once each
+        assert await writer.close(5) == 0
+    finally:
+        await store.close()
+        await proxy.cut()
         await direct.close()
 
 

@@ -134,6 +134,9 @@ class HistoryWriter:
 
     async def _run(self) -> None:
         delay = RETRY_FIRST
+        # The batch's last write failed with its answer lost: some or all of
+        # it may be kept, and history has no unique key to refuse it twice.
+        doubt = False
         loop = asyncio.get_running_loop()
         started = -self.pace  # when the last round started
         while True:
@@ -156,8 +159,16 @@ class HistoryWriter:
                 self._take()
             batch = self._flight
             try:
-                await self._store.add_history(batch)
+                if doubt:
+                    kept = await self._store.history_kept(batch)
+                    doubt = False
+                    if kept:
+                        batch = self._flight = [r for r in batch if r[3] not in kept]
+                        self.written += len(kept)
+                if batch:
+                    await self._store.add_history(batch)
             except Exception as exc:  # down, or refusing: keep them, retry
+                doubt = doubt or isinstance(exc, errors.InDoubt)
                 self.failures += 1
                 log.warning(
                     "could not write %d messages to history (%s); retrying in %.1f s",

@@ -217,6 +217,11 @@ class Store(Protocol):
         """Keep these messages in one multi-row INSERT."""
         ...
 
+    async def history_kept(self, rows: Sequence[HistoryRow]) -> set[str]:
+        """The mids of ``rows`` already in history: after a write whose
+        answer was lost (InDoubt), what must not be written again."""
+        ...
+
     async def history(
         self, conva: int, convb: int, before: int, limit: int, since: int
     ) -> list[Said]:

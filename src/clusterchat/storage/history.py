@@ -58,6 +58,15 @@ JOINED = select(groupuser.c.joined).where(
 )
 GROUP_EXISTS = select(exists().where(allgroup.c.id == bindparam("gid", type_=Integer)))
 USER_EXISTS = select(exists().where(user.c.id == bindparam("uid", type_=Integer)))
+#: A write in doubt is looked for among this many newest rows of each of its
+#: conversations: kept, its rows are there unless that many came after them.
+KEPT_SCAN = 1000
+KEPT = (
+    select(history.c.mid)
+    .where((history.c.conva == _a) & (history.c.convb == _b))
+    .order_by(history.c.id.desc())
+    .limit(KEPT_SCAN)
+)
 OLDEST = (
     select(history.c.id, history.c.ts)
     .where(history.c.id > bindparam("after", type_=BigInteger))
@@ -167,6 +176,19 @@ class HistoryQueries:
             sql = _INSERT_SQL.format(",".join([mark] * 6))
             await conn.exec_driver_sql(sql, list(rows))
         self.history_rows += len(rows)
+
+    async def history_kept(self, rows: Sequence[HistoryRow]) -> set[str]:
+        # One range scan of ix_history_conv_id per conversation (history has
+        # no index on mid: this runs only after a write in doubt).
+        convs: dict[tuple[int, int], set[str]] = {}
+        for conva, convb, _, mid, _, _ in rows:
+            convs.setdefault((conva, convb), set()).add(mid)
+        kept: set[str] = set()
+        async with self._tx() as conn:
+            for (conva, convb), mids in convs.items():
+                found = (await conn.execute(KEPT, {"a": conva, "b": convb})).scalars()
+                kept.update(mids.intersection(found))
+        return kept
 
     async def history(
         self, conva: int, convb: int, before: int, limit: int, since: int
