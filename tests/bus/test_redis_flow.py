@@ -134,11 +134,11 @@ async def test_post_reported_tells_the_outcome_and_leaves_storing_to_the_caller(
         a._routes[BOB] = "b"
         a_inbox.gate.clear()
         assert a.post(BOB, b"legacy")
-        await _until(lambda: a._redelivering)
+        await _until(lambda: BOB in a._held)
         assert not a.post_reported(BOB, b"four", lambda ok: outcomes.append((b"four", ok)))
         a_inbox.gate.set()
         await _until(lambda: a_inbox.stored == [([BOB], b"legacy")])
-        await _until(lambda: not a._redelivering)
+        await _until(lambda: BOB not in a._held)
         a._routes[BOB] = "b"
         assert a.post_reported(BOB, b"five", lambda ok: outcomes.append((b"five", ok)))
         await _until(lambda: len(outcomes) == 4)

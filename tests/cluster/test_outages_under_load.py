@@ -5,6 +5,7 @@ message must arrive (live or from offline storage); the figures are printed
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from clusterchat.protocol import codec
+from clusterchat.protocol.messages import MsgId
 from tests.cluster.conftest import PRESENCE_TTL, Cluster, running_cluster
-from tests.conftest import MYSQL_SERVER
+from tests.conftest import MYSQL_SERVER, PASSWORD
 from tests.helpers import CuttableProxy, OwnRedis
 from tests.steady import SteadyChat
 
@@ -72,6 +75,48 @@ async def test_mariadb_outage_under_load(
     assert set(figures) <= {
         "delivered", "stored", "refused 150", "acknowledged", "arrived", "duplicates"
     }  # fmt: skip
+
+
+async def test_a_message_waiting_for_the_store_holds_up_only_its_receiver(
+    cluster_via_db_proxy: Cluster, db_proxy: CuttableProxy
+) -> None:
+    """While MariaDB is down, node0 holds a message it must store for dave
+    (he left; it retries until the store is back). Chat between online
+    users on two nodes needs no store: alice's message to bob must not wait
+    behind dave's."""
+    import msgspec
+    import redis.asyncio as aioredis
+
+    cluster = cluster_via_db_proxy
+    alice, bob = await cluster.user_on("node0"), await cluster.user_on("node1")
+    dave = await cluster.user_on("node0")
+    await dave.conn.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    # The route to bob is known before the outage (it needs no store either).
+    await alice.conn.request({"msgid": 6, "toid": bob.id, "msg": "before"}, MsgId.CHAT_ACK)
+    assert (await bob.conn.expect(MsgId.ONE_CHAT))["msg"] == "before"
+    await db_proxy.cut()
+    # A message for dave reaches node0, which no longer holds him: it must be stored.
+    payload = codec.encode({"msgid": 6, "id": bob.id, "name": bob.name, "toid": dave.id,
+                            "msg": "for dave", "mid": "x-1", "ts": 0})  # fmt: skip
+    client = aioredis.Redis.from_url(cluster.redis_url)
+    try:
+        batch = msgspec.msgpack.encode(("test", 0, 0, [(0, [dave.id], payload, 0)]))
+        assert await client.publish(f"{cluster.prefix}to:node0", batch) == 1
+    finally:
+        await client.aclose()
+    ack = await alice.conn.request({"msgid": 6, "toid": bob.id, "msg": "during"}, MsgId.CHAT_ACK)
+    assert ack["status"] == "delivered"
+    assert (await bob.conn.expect(MsgId.ONE_CHAT))["msg"] == "during"
+    await db_proxy.start()
+    async with asyncio.timeout(15):
+        while True:  # stored once the store is back
+            again = await cluster.connect_to("node1")
+            login = await again.login(dave.id, PASSWORD)
+            if "offlinemsg" in login:
+                break
+            await again.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+            await asyncio.sleep(0.2)
+    assert [json.loads(m)["msg"] for m in login["offlinemsg"]] == ["for dave"]
 
 
 async def test_redis_outage_under_load(cluster_on_own_redis: Cluster, own_redis: OwnRedis) -> None:

@@ -123,7 +123,11 @@ class RedisCluster:
         self._posted: dict[str, list[Item]] = {}  # queued by post(): nobody awaits them
         #: Queued by post_reported(): told the outcome of their batch's PUBLISH.
         self._reported: dict[str, list[Callable[[bool], None]]] = {}
-        self._redelivering = 0  # work put in _misdelivered and not yet done
+        #: Receivers of work put in _misdelivered and not yet done (re-routed
+        #: or stored), with how many items each: a later message for one of
+        #: them waits for those, or it could overtake them. Nobody else waits.
+        self._held: dict[int, int] = {}
+        self._unheld: asyncio.Future[None] | None = None  # done when one is let go
         self._sent: dict[str, asyncio.Future[bool]] = {}
         self._wake = asyncio.Event()
         self._misdelivered: asyncio.Queue[Work] = asyncio.Queue()
@@ -279,7 +283,7 @@ class RedisCluster:
         return True
 
     def post_reported(self, uid: int, payload: bytes, published: Callable[[bool], None]) -> bool:
-        if self._redelivering:  # stores of earlier messages go first: send() waits for them
+        if uid in self._held:  # stores of earlier messages go first: send() waits for them
             return False
         node = self._route(uid, len(payload))
         if node is None:
@@ -297,10 +301,29 @@ class RedisCluster:
         return node if self._admit(node, size) else None
 
     async def send(self, uids: Sequence[int], payload: bytes) -> list[int]:
-        # Messages being rerouted or stored (a failed publish of posted ones)
-        # go first, or this one could overtake them. Usually nothing waits.
-        await self._misdelivered.join()
+        # Messages for these receivers being rerouted or stored (a failed
+        # publish of posted ones) go first, or this one could overtake them.
+        # Usually nothing waits; others' stores (the database may be down)
+        # hold up nobody else.
+        if self._held:
+            await self._after_held(uids)
         return await self._send(uids, payload, 0)
+
+    async def _after_held(self, uids: Sequence[int]) -> None:
+        """Wait until no earlier message for ``uids`` is being re-routed or
+        stored; :class:`errors.Busy` (nothing sent) past ``room_wait``."""
+        held = self._held
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.room_wait
+        while any(uid in held for uid in uids):
+            left = deadline - loop.time()
+            if left <= 0:
+                raise errors.Busy("earlier messages for this user are still being stored; retry")
+            unheld = self._unheld
+            if unheld is None:
+                unheld = self._unheld = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(unheld), left)
 
     async def _send(self, uids: Sequence[int], payload: bytes, hops: int) -> list[int]:
         """Hand a message on; a first hop waits for room (then :class:`errors.Busy`,
@@ -474,8 +497,23 @@ class RedisCluster:
         self._misdeliver((work, functools.partial(self._stored, node, seq)))
 
     def _misdeliver(self, work: Work) -> None:
-        self._redelivering += 1
+        held = self._held
+        for uids, _, _ in work[0]:
+            for uid in uids:
+                held[uid] = held.get(uid, 0) + 1
         self._misdelivered.put_nowait(work)
+
+    def _unhold(self, work: Work) -> None:
+        held = self._held
+        for uids, _, _ in work[0]:
+            for uid in uids:
+                if held[uid] > 1:
+                    held[uid] -= 1
+                else:
+                    del held[uid]
+        unheld, self._unheld = self._unheld, None
+        if unheld is not None and not unheld.done():
+            unheld.set_result(None)
 
     def _returned(self, node: str, flights: list[Flight[list[Item]]], why: str) -> None:
         """Batches another node did not take: store every message in them."""
@@ -637,14 +675,15 @@ class RedisCluster:
         follow them once, else store. In order."""
         assert self._inbox is not None
         while True:
-            work, done = await self._misdelivered.get()
+            work = await self._misdelivered.get()
+            items, done = work
             try:
-                for uids, payload, hops in work:
+                for uids, payload, hops in items:
                     await self._reroute(uids, payload, hops)
                 if done is not None:
                     done()
             finally:
-                self._redelivering -= 1
+                self._unhold(work)
                 self._misdelivered.task_done()
 
     async def _reroute(self, uids: list[int], payload: bytes, hops: int) -> None:
