@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from clusterchat.protocol.messages import MsgId
+from clusterchat.server import node as node_module
 from clusterchat.server.node import Node
 from tests.conftest import PASSWORD, Connect, UserFactory
 from tests.e2e.test_memory_budget import stalled_user
@@ -67,6 +68,41 @@ async def test_a_burst_accepted_just_before_the_receivers_reset_is_all_kept(
         reading.cancel()
     acked = {r["mid"] for r in replies if r["msgid"] == MsgId.CHAT_ACK}
     assert acked, replies[:3]
+    async with asyncio.timeout(5):
+        while bob_id in node.service.sessions:  # noqa: ASYNC110 - polled with a deadline
+            await asyncio.sleep(0.01)
+    got = await _everything_for(await connect(), bob_id, acked)
+    assert not acked - got, f"{len(acked - got)} of {len(acked)} acknowledged messages lost"
+
+
+@pytest.mark.unmetered
+async def test_a_burst_the_receiver_never_read_is_kept_when_it_resets_at_once(
+    user: UserFactory, connect: Connect, node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Megabytes written to a receiver that reads nothing sit in the node's
+    send queue (the receiver's kernel has not acknowledged them): a reset
+    right after must not settle them as read, whenever the node's next
+    in-flight report would have come (here: never)."""
+    monkeypatch.setattr(node_module, "REPORT_EVERY", 3600.0)
+    alice = await user()
+    bob, bob_id = await stalled_user(node.port)
+    text = "z" * 1000
+    loop = asyncio.get_running_loop()
+    acks: list[asyncio.Future[dict[str, Any]]] = [loop.create_future() for _ in range(BURST * 15)]
+    burst = b"".join(
+        alice.conn.core.send({"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": text}, ack)
+        for ack in acks
+    )
+    reading = asyncio.ensure_future(alice.conn.listen(lambda event: None))
+    try:
+        await alice.conn.send_raw(burst)
+        replies = await asyncio.wait_for(asyncio.gather(*acks), 30)
+    finally:
+        reading.cancel()
+    acked = {r["mid"] for r in replies if r["msgid"] == MsgId.CHAT_ACK}
+    assert len(acked) == len(acks), replies[:3]
+    bob.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    bob.close()
     async with asyncio.timeout(5):
         while bob_id in node.service.sessions:  # noqa: ASYNC110 - polled with a deadline
             await asyncio.sleep(0.01)

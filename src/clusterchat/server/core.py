@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from clusterchat.protocol import codec, proxy
 from clusterchat.protocol.framing import NEWLINE, NUL, FrameDecoder, FrameTooLarge
 from clusterchat.protocol.messages import ErrCode
-from clusterchat.server.outbox import FIRST, OVER, QUEUED, End, Outbox
+from clusterchat.server.outbox import FIRST, OVER, QUEUED, RECEIVE_MARGIN, End, Outbox
 from clusterchat.server.receipts import Unacked
 
 if TYPE_CHECKING:
@@ -487,6 +487,11 @@ class ConnectionCore:
         elif data is None:
             return
         self._link.write(data)
+        if outbox is not None and outbox.unmeasured > RECEIVE_MARGIN:
+            # More than a receive buffer since the last look: the peer may
+            # not be reading. If it resets before the next report, what sits
+            # unacknowledged in our send queue must be known to be unread.
+            outbox.probed(self._link.in_flight())
         if not self._watched and outbox is not None and not outbox.idle:
             self._watched = True
             self._host.watch(self)
