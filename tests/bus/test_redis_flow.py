@@ -136,6 +136,7 @@ async def test_post_reported_tells_the_outcome_and_leaves_storing_to_the_caller(
         assert a.post(BOB, b"legacy")
         await _until(lambda: BOB in a._held)
         assert not a.post_reported(BOB, b"four", lambda ok: outcomes.append((b"four", ok)))
+        assert not a.post(BOB, b"legacy too")  # the original client's message, the same
         a_inbox.gate.set()
         await _until(lambda: a_inbox.stored == [([BOB], b"legacy")])
         await _until(lambda: BOB not in a._held)

@@ -274,6 +274,8 @@ class RedisCluster:
     # -- sending -------------------------------------------------------------------------
 
     def post(self, uid: int, payload: bytes) -> bool:
+        if uid in self._held:  # stores of earlier messages go first: send() waits for them
+            return False
         node = self._route(uid, len(payload))
         if node is None:
             return False
