@@ -3,6 +3,7 @@ newest first, and purges that take a bounded chunk at a time."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from clusterchat.storage import history as history_storage
 from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import history
 from tests.conftest import MYSQL_SERVER, unique
+from tests.helpers import StallingProxy
 
 
 @pytest.fixture
@@ -144,3 +146,32 @@ async def test_history_connection_dropped_in_use_fails_one_round_in_doubt(
         assert [r.body for r in await store.history(a, b, 0, 10, 0)] == ["next", "first"]
     finally:
         await store.close()
+
+
+async def test_a_history_write_on_a_silent_connection_fails_in_doubt_in_time(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history connection's flow goes silent (a middlebox holds it: no
+    FIN, no reset). The write must fail, in doubt, within WRITE_TIMEOUT and
+    the next one go through a new connection; else history, and every chat
+    of the node once its queue is full, waits for ever."""
+    monkeypatch.setattr(history_storage, "IDLE_PING", 3600.0)
+    monkeypatch.setattr(history_storage, "WRITE_TIMEOUT", 1.0)
+    direct = SqlStore(mariadb_url, pool_size=2)
+    await direct.create_schema()
+    proxy = StallingProxy(int(MYSQL_SERVER.rsplit(":", 1)[1]))
+    await proxy.start()
+    host = MYSQL_SERVER.rsplit(":", 1)[0]
+    store = SqlStore(f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}", pool_size=2)
+    try:
+        a, b = await direct.create_user(unique(), "x"), await direct.create_user(unique(), "x")
+        await store.add_history([(a, b, a, "m-1", now_ms(), "first")])
+        proxy.stall()
+        async with asyncio.timeout(10):
+            with pytest.raises(errors.InDoubt):
+                await store.add_history([(a, b, a, "m-2", now_ms(), "held")])
+        assert store.history_bulk is not None and store.history_bulk._conn is None  # dropped
+    finally:
+        await store.close()
+        await proxy.close()
+        await direct.close()

@@ -84,6 +84,11 @@ _BULK_SQL = _INSERT_SQL.format(",".join(["%s"] * 6))  # asyncmy's placeholders
 NEWEST = 2**63 - 1
 #: Seconds a BulkConnection may sit unused before it is pinged before a write.
 IDLE_PING = 5.0
+#: Seconds a write (with its ping or connect) may take before it counts as
+#: failed in doubt: a flow that went silent (a proxy or NAT holding it, a
+#: database host gone without a reset) must not hold history, and so every
+#: chat of the node once the queue fills, until TCP gives up, if ever.
+WRITE_TIMEOUT = 30.0
 
 
 class BulkConnection:
@@ -116,14 +121,15 @@ class BulkConnection:
             start = time.perf_counter()
             try:
                 try:
-                    await self._ready(start, failures)
+                    async with asyncio.timeout(WRITE_TIMEOUT):
+                        await self._ready(start, failures)
                 except failures as exc:
                     self.close()
                     raise errors.Unavailable(
                         f"database unavailable: {exc.__class__.__name__}"
                     ) from exc
                 try:
-                    async with self._conn.cursor() as cur:
+                    async with asyncio.timeout(WRITE_TIMEOUT), self._conn.cursor() as cur:
                         await cur.executemany(sql, rows)
                 except failures as exc:  # autocommit: the statement may have been kept
                     self.close()
