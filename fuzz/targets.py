@@ -80,6 +80,9 @@ class _Peer(NoReceipts):
 
     deliver = send
 
+    def closing(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 

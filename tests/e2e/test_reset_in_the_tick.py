@@ -14,14 +14,20 @@ import asyncio
 import json
 import socket
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from clusterchat.client.connection import ChatConnection
+from clusterchat.config import Settings
+from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
 from clusterchat.server import node as node_module
 from clusterchat.server.node import Node
-from tests.conftest import PASSWORD, Connect, UserFactory
+from clusterchat.storage.base import LoginView
+from clusterchat.storage.sql import SqlStore
+from tests.conftest import PASSWORD, Connect, UserFactory, unique
 from tests.e2e.test_memory_budget import stalled_user
 
 BURST = 200
@@ -108,3 +114,66 @@ async def test_a_burst_the_receiver_never_read_is_kept_when_it_resets_at_once(
             await asyncio.sleep(0.01)
     got = await _everything_for(await connect(), bob_id, acked)
     assert not acked - got, f"{len(acked - got)} of {len(acked)} acknowledged messages lost"
+
+
+class ResetAtLogin(SqlStore):
+    """A real store that resets a socket the test names just as the login
+    reading it returns: the reset reaches the node before the login reply
+    is written, and is read after the login goes on."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, pool_size=4)
+        self.reset: socket.socket | None = None
+
+    async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
+        view = await super().open_session(uid, ticket_digest)
+        sock, self.reset = self.reset, None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        return view
+
+
+@pytest.fixture
+async def resetting(settings: Settings) -> AsyncIterator[tuple[Node, ResetAtLogin]]:
+    store = ResetAtLogin(settings.db_url)
+    n = Node(settings, store=store)
+    await n.start()
+    yield n, store
+    await n.stop()
+
+
+async def test_offline_messages_of_a_login_reply_that_never_left_are_kept(
+    resetting: tuple[Node, ResetAtLogin],
+) -> None:
+    node, store = resetting
+    alice = await ChatConnection.open("127.0.0.1", node.port)
+    alice_id = await alice.register(unique(), PASSWORD)
+    assert (await alice.login(alice_id, PASSWORD))["errno"] == 0
+    bob_conn = await ChatConnection.open("127.0.0.1", node.port)
+    bob_id = await bob_conn.register(unique(), PASSWORD)
+    await bob_conn.close()
+    mids = set()
+    for i in range(3):
+        ack = await alice.request(
+            {"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": f"away {i}"}, MsgId.CHAT_ACK
+        )
+        assert ack["status"] == "stored"
+        mids.add(ack["mid"])
+    loop = asyncio.get_running_loop()
+    bob = socket.socket()
+    bob.setblocking(False)
+    await loop.sock_connect(bob, ("127.0.0.1", node.port))
+    store.reset = bob
+    login = {"msgid": MsgId.LOGIN, "id": bob_id, "password": PASSWORD}
+    await loop.sock_sendall(bob, codec.dumps(login).encode() + b"\n")
+    async with asyncio.timeout(5):
+        while store.reset is not None or bob_id in node.service.sessions:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    again = await ChatConnection.open("127.0.0.1", node.port)
+    try:
+        got = await _everything_for(again, bob_id, mids)
+    finally:
+        await again.close()
+        await alice.close()
+    assert mids <= got, f"{len(mids - got)} of {len(mids)} stored messages lost"

@@ -43,6 +43,9 @@ class Peer(NoReceipts):
         self.wire.append("deliver " + _normal(data))
         return True
 
+    def closing(self) -> bool:
+        return self.closed
+
     def close(self) -> None:
         self.closed = True
 

@@ -58,6 +58,9 @@ class Peer(NoReceipts):
 
     deliver = send
 
+    def closing(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 

@@ -38,6 +38,9 @@ class Peer(NoReceipts):
 
     deliver = send
 
+    def closing(self) -> bool:
+        return not self.open
+
     def close(self) -> None:
         self.open = False
 

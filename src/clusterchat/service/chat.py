@@ -595,7 +595,16 @@ class ChatService:
         if s.receipts:  # it waits for receipts, which come as requests after this one
             self._spawn(self._flush_offline(s, race, written=view.offline))
             return
-        await self._flush_offline(s, race, written=view.offline)
+        written = view.offline
+        if written:
+            # The reply leaves with this loop iteration's write, scheduled
+            # before this wakes up. Its messages are deleted only if that
+            # write found the connection standing (a peer that reset just
+            # before gets them again at its next login).
+            await asyncio.sleep(0)
+            if s.peer.closing():
+                written = []
+        await self._flush_offline(s, race, written=written)
 
     async def _admit(self, s: Session, req: Login) -> Admitted | None:
         """Check the secret, claim the user and register the session. Returns

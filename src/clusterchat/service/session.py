@@ -28,6 +28,12 @@ class Peer(Protocol):
         """Queue a reply for the peer; False if the connection is closing."""
         ...
 
+    def closing(self) -> bool:
+        """Nothing more can be written: the connection is closing or gone
+        (a write that failed, for one: a reply queued by :meth:`send`
+        leaves at the end of the loop iteration)."""
+        ...
+
     def deliver(self, data: bytes) -> bool:
         """Queue a chat message for the peer; False if it cannot take it (the
         caller stores it offline). A peer that stops reading is cut off and
