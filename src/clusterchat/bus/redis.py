@@ -320,7 +320,7 @@ class RedisCluster:
         while any(uid in held for uid in uids):
             left = deadline - loop.time()
             if left <= 0:
-                raise errors.Busy("earlier messages for this user are still being stored; retry")
+                raise errors.Busy("earlier messages for a receiver are still being stored; retry")
             unheld = self._unheld
             if unheld is None:
                 unheld = self._unheld = loop.create_future()
