@@ -23,41 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import DIALECT_FLAGS, PY, Loadgen, process, sh
-
-PORT_FWD, PORT_NODE = 17840, 17841
-
-
-def node_cmd(python: str, port: int, db: str) -> list[str]:
-    return [
-        python,
-        "-m",
-        "clusterchat",
-        "server",
-        "--port",
-        str(port),
-        "--db",
-        db,
-        "--log-level",
-        "WARNING",
-        "--message-rate",
-        "0",
-        "--registrations",
-        "0",
-        "--hash-cost",
-        "1,8,1",
-    ]
+from bench import procs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--loadgen-src", default="/work/shared/tools/loadgen")
+    ap.add_argument("--loadgen-src", help="as bench/run.py's")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", default="5")
     ap.add_argument("--window", default="16")
@@ -66,32 +42,36 @@ def main() -> None:
     ap.add_argument("--mariadb-port", type=int, default=3306)
     ap.add_argument("--mariadb-pid", type=int, default=0)
     args = ap.parse_args()
-    md_pid = args.mariadb_pid or int(sh(["pgrep", "-o", "-x", "mariadbd"]).split()[0])
-    lg = Loadgen(Path(args.loadgen_src))
-    variants = [("off", PY), ("on", PY)] + ([("before", args.before)] if args.before else [])
-    db_name = f"ccb_hist{os.getpid()}"
-    url = f"mysql+asyncmy://root@127.0.0.1:{args.mariadb_port}/{db_name}"
-    drop = ["mariadb", "-h127.0.0.1", f"-P{args.mariadb_port}", "-uroot", "-e"]
+    md_pid = args.mariadb_pid or int(procs.sh(["pgrep", "-o", "-x", "mariadbd"]).split()[0])
+    lg = procs.Loadgen(procs.loadgen_src(args.loadgen_src))
+    variants = [("off", procs.PY), ("on", procs.PY)] + (
+        [("before", args.before)] if args.before else []
+    )
+    mariadb = f"127.0.0.1:{args.mariadb_port}"
     rates: dict[tuple[int, str, str], float] = {}
-    fwd = [str(lg.dir / "fwdserver"), str(PORT_FWD)]
-    with process(fwd, PORT_FWD):
+    fwd, port_fwd = lg.forwarder()
+    cheap = ("--hash-cost", "1,8,1")
+    with procs.process(fwd, port_fwd):
         for run in range(args.runs):
             for name, python in variants:
-                sh([*drop, f"DROP DATABASE IF EXISTS {db_name}"])
                 # process() passes this environment on to the node
                 if name == "off":
                     os.environ["CLUSTERCHAT_HISTORY_DAYS"] = "0"
                 else:
                     os.environ.pop("CLUSTERCHAT_HISTORY_DAYS", None)
-                with process(node_cmd(python, PORT_NODE, url), PORT_NODE) as p:
+                port = procs.free_port()
+                with (
+                    procs.scratch_db("hist", mariadb) as db,
+                    procs.process(procs.node_cmd(port, db, *cheap, python=python), port) as p,
+                ):
                     for d in args.dialects.split(","):
                         common = ["--scenario", "chat", "-p", "50", "-w", args.window]
-                        common += ["-t", args.seconds, *DIALECT_FLAGS[d]]
-                        ceil = lg.run(*common, "--targets", f"127.0.0.1:{PORT_FWD}")
+                        common += ["-t", args.seconds, *procs.DIALECT_FLAGS[d]]
+                        ceil = lg.run(*common, "--targets", f"127.0.0.1:{port_fwd}")
                         r = lg.run(
                             *common,
                             "--targets",
-                            f"127.0.0.1:{PORT_NODE}",
+                            f"127.0.0.1:{port}",
                             "--server-pid",
                             f"{p.pid},{md_pid}",
                         )
@@ -117,7 +97,6 @@ def main() -> None:
                 off = rates[(run, d, "off")]
                 ratios = {n: round(rates[(run, d, n)] / off, 3) for n, _ in variants[1:]}
                 print(json.dumps({"run": run, "dialect": d, "of_off": ratios}), flush=True)
-    subprocess.run([*drop, f"DROP DATABASE IF EXISTS {db_name}"], check=False)
 
 
 if __name__ == "__main__":

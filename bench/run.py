@@ -1,7 +1,7 @@
 """Reproduce BENCHMARKS.md: the C loadgen against the C fwdserver (the
 machine's ceiling) and against clusterchat, in one session, same pinning.
 
-    .venv/bin/python bench/run.py [--loadgen-src ../shared/tools/loadgen] [--runs 3]
+    .venv/bin/python bench/run.py [--loadgen-src DIR] [--runs 3] [--only w1,ws,...]
 
 Server on CPU 0, load generator on CPU 1. Medians of --runs runs; chat rates
 are also given as a fraction of the fwdserver ceiling measured alongside
@@ -20,87 +20,39 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import tempfile
+import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = str(ROOT / ".venv" / "bin" / "python")
-MYSQL = "mysql+asyncmy://root@127.0.0.1:3306"
-REDIS = "redis://127.0.0.1:6379/0"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.procs import (
+    DIALECT_FLAGS,
+    LOADGEN_ENV,
+    PY,
+    REDIS,
+    Loadgen,
+    Row,
+    free_port,
+    loadgen_src,
+    node_cmd,
+    process,
+    scratch_db,
+    sh,
+)
+
 #: Percent of one core past which a process counts as the limit.
 SATURATED = 90.0
-#: Loadgen flags per dialect (the loadgen's default framing is NUL).
-DIALECT_FLAGS = {"nul": [], "modern": ["--newline"]}
-
-Row = dict[str, Any]
-
-
-def sh(cmd: list[str]) -> str:
-    return subprocess.run(cmd, check=True, text=True, capture_output=True).stdout
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"port {port} did not open")
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], port: int, cpu: str | None = "0") -> Iterator[subprocess.Popen[bytes]]:
-    full = (["taskset", "-c", cpu] if cpu else []) + cmd
-    p = subprocess.Popen(
-        full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        wait_port(port)
-        time.sleep(0.5)
-        yield p
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
-def node_cmd(port: int, db: str, *extra: str) -> list[str]:
-    return [
-        PY,
-        "-m",
-        "clusterchat",
-        "server",
-        "--port",
-        str(port),
-        "--db",
-        db,
-        "--log-level",
-        "WARNING",
-        "--message-rate",
-        "0",
-        "--registrations",
-        "0",
-        *extra,
-    ]
-
-
-def fresh_db(name: str) -> str:
-    sh(["mariadb", "-h127.0.0.1", "-uroot", "-e", f"DROP DATABASE IF EXISTS {name}"])
-    return f"{MYSQL}/{name}"
+#: Rows measured with the C load generator (the others drive ``clusterchat bench``).
+LOADGEN_ROWS = ("w1", "w16", "cross", "group", "login", "hold", "workers")
+#: Rows with the C forwarder's ceiling measured alongside.
+CEILING_ROWS = ("w1", "w16", "cross", "group")
 
 
 def limit(node_cpu: float | None, load_cpu: float | None, redis_cpu: float | None = None) -> str:
@@ -120,19 +72,6 @@ def redis_pid() -> int | None:
         return int(sh(["pgrep", "-o", "-x", "redis-server"]).split()[0])
     except (subprocess.CalledProcessError, IndexError, ValueError):
         return None
-
-
-class Loadgen:
-    def __init__(self, src: Path) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="loadgen-"))
-        for f in ("loadgen.c", "fwdserver.c", "Makefile"):
-            shutil.copy(src / f, self.dir / f)
-        sh(["make", "-s", "-C", str(self.dir)])
-
-    def run(self, *args: str) -> Row:
-        out = sh(["taskset", "-c", "1", str(self.dir / "loadgen"), *args])
-        row: Row = json.loads(out.strip().splitlines()[-1])
-        return row
 
 
 def median(rows: list[Row], key: str) -> float:
@@ -234,7 +173,11 @@ def bench_rows(runs: int, label: str, args: list[str], pid: int) -> Row:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--loadgen-src", default=str(ROOT.parent / "shared" / "tools" / "loadgen"))
+    ap.add_argument(
+        "--loadgen-src",
+        help="the C load generator's sources (loadgen.c, fwdserver.c, Makefile) "
+        f"[env {LOADGEN_ENV}; default shared/tools/loadgen beside the checkout or a parent]",
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", default="10")
     ap.add_argument(
@@ -252,14 +195,27 @@ def main() -> None:
     def want(k: str) -> bool:
         return not only or k in only
 
-    lg = Loadgen(Path(args.loadgen_src))
+    # Found (or refused) before any row runs; built when a row needs it.
+    src = loadgen_src(args.loadgen_src) if any(map(want, LOADGEN_ROWS)) else None
+
+    @functools.cache
+    def lg() -> Loadgen:
+        assert src is not None
+        return Loadgen(src)
+
     t = args.seconds
     results: dict[str, Any] = {}
-    fwd = [str(lg.dir / "fwdserver"), "7100"]
     cheap = ["--hash-cost", "1,8,1"]  # setup logins are not what these rows measure
-    with process(fwd, 7100):
+    with contextlib.ExitStack() as ceiling:
+        if any(map(want, CEILING_ROWS)):
+            fwd, fwd_port = lg().forwarder()
+            ceiling.enter_context(process(fwd, fwd_port))
         if want("w1") or want("w16"):
-            with process(node_cmd(7200, fresh_db("ccb_chat"), *cheap), 7200) as p:
+            port = free_port()
+            with (
+                scratch_db("chat") as db,
+                process(node_cmd(port, db, *cheap), port) as p,
+            ):
                 for w in ("1", "16"):
                     if not want(f"w{w}"):
                         continue
@@ -276,20 +232,21 @@ def main() -> None:
                             *DIALECT_FLAGS[d],
                         ]
                         results[f"chat_w{w}_{d}"] = chat_rows(
-                            lg,
+                            lg(),
                             args.runs,
                             f"1:1 chat, w{w}, {d} dialect",
                             scenario,
-                            "127.0.0.1:7200",
+                            f"127.0.0.1:{port}",
                             [p.pid],
-                            7100,
+                            fwd_port,
                         )
         if want("cross"):
-            db = fresh_db("ccb_cross")
             pre = ["--redis", REDIS, "--redis-prefix", f"ccb{os.getpid()}:", *cheap]
+            pa, pb = free_port(), free_port()
             with (
-                process(node_cmd(7300, db, *pre), 7300) as a,
-                process(node_cmd(7301, db, *pre), 7301) as b,
+                scratch_db("cross") as db,
+                process(node_cmd(pa, db, *pre), pa) as a,
+                process(node_cmd(pb, db, *pre), pb) as b,
             ):
                 for d in dialects:
                     scenario = [
@@ -304,57 +261,65 @@ def main() -> None:
                         *DIALECT_FLAGS[d],
                     ]
                     results[f"cross_{d}"] = chat_rows(
-                        lg,
+                        lg(),
                         args.runs,
                         f"1:1 chat across 2 nodes (both on CPU 0), w1, {d} dialect",
                         scenario,
-                        "127.0.0.1:7300,127.0.0.1:7301",
+                        f"127.0.0.1:{pa},127.0.0.1:{pb}",
                         [a.pid, b.pid],
-                        7100,
+                        fwd_port,
                         redis=redis_pid(),
                     )
         if want("group"):
-            with process(node_cmd(7400, fresh_db("ccb_group"), *cheap), 7400) as p:
+            port = free_port()
+            with (
+                scratch_db("group") as db,
+                process(node_cmd(port, db, *cheap), port) as p,
+            ):
                 scenario = ["--scenario", "group", "-g", "50", "-s", "1", "-w", "1", "-t", t]
                 results["group"] = chat_rows(
-                    lg,
+                    lg(),
                     args.runs,
                     "group fan-out, 50 members, 1 sender, nul dialect",
                     scenario,
-                    "127.0.0.1:7400",
+                    f"127.0.0.1:{port}",
                     [p.pid],
-                    7100,
+                    fwd_port,
                     ["-p", "50", "-w", "1", "-t", t],
                 )
     if want("ws"):
-        db = fresh_db("ccb_ws")
-        with process(node_cmd(7450, db, *cheap, "--http-port", "7451"), 7450) as p:
+        port, http = free_port(), free_port()
+        with (
+            scratch_db("ws") as db,
+            process(node_cmd(port, db, *cheap, "--http-port", str(http)), port) as p,
+        ):
             for w in ("1", "16"):
                 common = ["-p", "50", "-w", w, "-t", t, "--warmup", "1"]
                 tcp = bench_rows(
                     args.runs,
                     f"1:1 chat, w{w}, modern over TCP (clusterchat bench)",
-                    [*common, "--target", "127.0.0.1:7450"],
+                    [*common, "--target", f"127.0.0.1:{port}"],
                     p.pid,
                 )
                 ws = bench_rows(
                     args.runs,
                     f"1:1 chat, w{w}, WebSocket (clusterchat bench)",
-                    [*common, "--target", "127.0.0.1:7451", "--transport", "ws"],
+                    [*common, "--target", f"127.0.0.1:{http}", "--transport", "ws"],
                     p.pid,
                 )
                 ws["fraction_of_tcp"] = round(ws["ops"] / tcp["ops"], 3) if tcp["ops"] else None
                 results[f"bench_tcp_w{w}"], results[f"ws_w{w}"] = tcp, ws
     if want("login"):
         rows = []
-        for i in range(args.runs):
-            with process(node_cmd(7500, fresh_db(f"ccb_login{i}")), 7500) as p:
+        for _ in range(args.runs):
+            port = free_port()
+            with scratch_db("login") as db, process(node_cmd(port, db), port) as p:
                 rows.append(
-                    lg.run(
+                    lg().run(
                         "--scenario",
                         "login",
                         "--targets",
-                        "127.0.0.1:7500",
+                        f"127.0.0.1:{port}",
                         "-n",
                         "1000",
                         "-c",
@@ -374,8 +339,9 @@ def main() -> None:
         }
     if want("reconnect"):
         rows = []
-        for i in range(args.runs):
-            with process(node_cmd(7600, fresh_db(f"ccb_rc{i}"), *cheap), 7600):
+        for _ in range(args.runs):
+            port = free_port()
+            with scratch_db("rc") as db, process(node_cmd(port, db, *cheap), port):
                 out = sh(
                     [
                         "taskset",
@@ -387,7 +353,7 @@ def main() -> None:
                         "bench",
                         "reconnect",
                         "--target",
-                        "127.0.0.1:7600",
+                        f"127.0.0.1:{port}",
                         "-n",
                         "5000",
                         "--json",
@@ -402,12 +368,13 @@ def main() -> None:
             "runs": [round(r["seconds"], 2) for r in rows],
         }
     if want("hold"):
-        with process(node_cmd(7700, fresh_db("ccb_hold"), *cheap), 7700) as p:
-            r = lg.run(
+        port = free_port()
+        with scratch_db("hold") as db, process(node_cmd(port, db, *cheap), port) as p:
+            r = lg().run(
                 "--scenario",
                 "hold",
                 "--targets",
-                "127.0.0.1:7700",
+                f"127.0.0.1:{port}",
                 "-k",
                 "10000",
                 "-c",
@@ -424,18 +391,21 @@ def main() -> None:
             "logged_in": r["logged_in"],
         }
     if want("workers"):
-        db = fresh_db("ccb_workers")
         pre = ["--redis", REDIS, "--redis-prefix", f"ccw{os.getpid()}:", *cheap]
         workers = {}
         for n in (1, 2):
-            with process([*node_cmd(7800, db, *pre), "--workers", str(n)], 7800, cpu=None):
+            port = free_port()
+            with (
+                scratch_db("workers") as db,
+                process([*node_cmd(port, db, *pre), "--workers", str(n)], port, cpu=None),
+            ):
                 time.sleep(1)
                 runs = [
-                    lg.run(
+                    lg().run(
                         "--scenario",
                         "chat",
                         "--targets",
-                        "127.0.0.1:7800",
+                        f"127.0.0.1:{port}",
                         "-p",
                         "50",
                         "-w",

@@ -304,3 +304,11 @@ def test_a_websocket_message_is_one_frame() -> None:
     (push,) = core.receive_message(chat(3))
     assert isinstance(reply, Reply) and reply.token == "ping"
     assert isinstance(push, Push) and push.msg["msg"] == "m3"
+
+
+def test_websocket_messages_read_together_are_events_in_order() -> None:
+    core: ClientProtocol[str] = ClientProtocol()
+    core.send({"msgid": MsgId.PING}, "ping")
+    reply, push = core.receive_messages([pong(0).rstrip(b"\n"), chat(3)])
+    assert isinstance(reply, Reply) and reply.token == "ping"
+    assert isinstance(push, Push) and push.msg["msg"] == "m3"

@@ -359,6 +359,20 @@ def test_replies_to_requests_read_together_leave_in_one_write_in_order() -> None
     assert link.written == [b"re:are:bre:c", b"re:d"]
 
 
+def test_replies_to_messages_read_together_leave_in_one_write_in_order() -> None:
+    """A WebSocket hands the core whole messages, as many as one read held:
+    answered together too, in the modern dialect."""
+    core, link, host = make()
+    host.service.reply = b"re:"
+    core.receive_frames([b"a", b"b", b"c"])
+    assert link.written == [b"re:are:bre:c"]
+    assert host.service.served == [(b"a", False), (b"b", False), (b"c", False)]
+    core.receive_frames([b"d"])  # alone in its read: at the end of the tick
+    assert link.written == [b"re:are:bre:c"]
+    host.tick()
+    assert link.written == [b"re:are:bre:c", b"re:d"]
+
+
 def test_an_idle_outbox_is_given_back_after_the_reports() -> None:
     core, _, host = make()
     core.deliver(b"m1")

@@ -53,8 +53,7 @@ class WsBenchConn(BenchConn):
         if ws.state is State.OPEN and not ws.reader.buffer and ws.current_size is None:
             # Between frames: chat messages here, anything else by the library.
             messages, used = wsframes.read(data, None, masked=False)
-            core = self.core
-            self._handle([event for m in messages for event in core.receive_message(m)])
+            self._handle(self.core.receive_messages(messages))
             if used == len(data):
                 return
             data = data[used:]
@@ -82,13 +81,9 @@ class WsBenchConn(BenchConn):
             raise Closed("connection closed")
         # A load generator's frames need no fresh random mask each (that
         # protects proxies from a script in a browser); one per connection.
-        self._write_ws()  # anything the library queued goes first
-        if data.count(b"\n") > 1:
-            lines = data.split(b"\n")[:-1]
-            data = b"".join(wsframes.encode(line + b"\n", self.mask) for line in lines)
-        else:
-            data = wsframes.encode(data, self.mask)
-        self.transport.write(data)
+        if self.ws.writes:
+            self._write_ws()  # anything the library queued goes first
+        self.transport.write(wsframes.encode(data, self.mask))
 
     def _write_ws(self) -> None:
         t = self.transport

@@ -183,6 +183,10 @@ class ClientProtocol(Generic[T]):
         """One whole message (a WebSocket text frame): its event."""
         return self._events([(payload, NEWLINE)])
 
+    def receive_messages(self, payloads: list[bytes]) -> list[Event[T]]:
+        """Whole messages read together: their events, in order."""
+        return self._events([(p, NEWLINE) for p in payloads])
+
     def _events(self, frames: list[tuple[bytes, int]]) -> list[Event[T]]:
         # One loop, no call per frame but the decoder's: the bench's hot path.
         events: list[Event[T]] = []

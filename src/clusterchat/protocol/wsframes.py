@@ -24,6 +24,7 @@ _TEXT = 0x81  # FIN, no RSV bits, opcode 1
 _BINARY = 0x82
 _MASKED = 0x80
 _SHORT = [bytes((_TEXT, n)) for n in range(126)]  # headers of unmasked frames < 126 bytes
+_SHORT_MASKED = [bytes((_TEXT, _MASKED | n)) for n in range(126)]  # a client's
 _MEDIUM = struct.Struct("!BBH")  # length 126, then 16 bits
 _LONG = struct.Struct("!BBQ")  # length 127, then 64 bits
 
@@ -76,7 +77,8 @@ def encode(data: bytes, mask: bytes | None = None) -> bytes:
     for line in data.split(b"\n")[:-1]:
         n = len(line)
         if mask is not None:
-            add(_header(n, _MASKED) + mask)
+            add(_SHORT_MASKED[n] if n < 126 else _header(n, _MASKED))
+            add(mask)
             add(apply_mask(line, mask))
         elif n < 126:
             add(_SHORT[n])

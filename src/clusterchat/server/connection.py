@@ -29,17 +29,21 @@ _WRITE_HIGH = 64 * 1024
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_linger", "address", "core", "id", "node", "session", "transport")
+    __slots__ = ("_linger", "address", "core", "id", "node", "transport")
 
     def __init__(self, node: Host[Connection]) -> None:
         self.node = node
         self.transport: asyncio.Transport | None = None
         self.address = ""
         now = node.clock()
-        self.session = Session(self, now)
-        self.core = ConnectionCore(node, self, self.session, now)
+        self.core = ConnectionCore(node, self, Session(self, now), now)
         self._linger: asyncio.TimerHandle | None = None
         self.id = node.new_connection_id()  # on its log lines (clusterchat.logs)
+
+    @property
+    def session(self) -> Session:
+        """The core's (one slot less on every idle connection)."""
+        return self.core.session
 
     # -- asyncio.Protocol: fed to the core ----------------------------------------------
 

@@ -221,6 +221,21 @@ class ConnectionCore:
                 self._serve(item)
             self._serve(_OVERSIZE)
             return
+        self._serve_read(frames)
+
+    def receive_frames(self, messages: list[bytes]) -> None:
+        """Whole messages from a framed transport (a WebSocket), as many as
+        one read held: requests of the modern dialect, answered together as
+        :meth:`receive_data`'s are."""
+        self._serve_read([(m, NEWLINE) for m in messages])
+
+    def receive_frame(self, frame: bytes) -> None:
+        """One whole message (a fragmented one, or one the WebSocket
+        library parsed): a request of the modern dialect."""
+        self._serve((frame, NEWLINE))
+
+    def _serve_read(self, frames: list[tuple[bytes, int]]) -> None:
+        """The requests of one read, in order."""
         if self._queue is None and len(frames) == 1:
             # The relay's usual case, without the general path's calls.
             frame, term = frames[0]
@@ -238,11 +253,6 @@ class ConnectionCore:
         for item in frames:
             self._serve(item)
         self._write_replies()
-
-    def receive_frame(self, frame: bytes) -> None:
-        """One whole message from a framed transport (a WebSocket): a
-        request of the modern dialect."""
-        self._serve((frame, NEWLINE))
 
     def receive_eof(self) -> None:
         """A FIN (or a WebSocket close): the peer read all its kernel

@@ -69,8 +69,8 @@ class WsConnection(Connection):
             # Between frames: the chat messages are read here, and only
             # what follows the first other frame goes through the library.
             messages, used = wsframes.read(data, ws.max_message_size, masked=True)
-            for message in messages:
-                core.receive_frame(message)
+            if messages:
+                core.receive_frames(messages)
             if used == len(data):
                 return  # the library was not asked for anything to send
             data = data[used:]

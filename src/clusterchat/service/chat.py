@@ -652,6 +652,7 @@ class ChatService:
                 tokens = kept[0] + (time.time() - kept[1]) * self._rate
                 s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
         s.uid, s.name = req.id, name  # the race holds deliveries from here on
+        s.anonymous_since = 0.0  # no login deadline now (nor a float kept for it)
         self.sessions[req.id] = s
         return Admitted(resumed)
 
