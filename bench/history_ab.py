@@ -3,32 +3,74 @@ C loadgen: BENCHMARKS.md, "History on vs off".
 
     .venv/bin/python bench/history_ab.py [--runs 3] [--seconds 5] [--window 16]
         [--dialects nul,modern] [--before ../main/.venv/bin/python]
+        [--stores shared,private] [--private-cpu 1]
         [--mariadb-port 3306] [--mariadb-pid PID]
 
-Each run starts a fresh node (CPU 0, a fresh MariaDB database) per variant,
-in turn: history off (``CLUSTERCHAT_HISTORY_DAYS=0``), history on, and with
-``--before`` history on with another checkout's interpreter (the code before
-a change), each next to a C forwarder ceiling run; the loadgen runs on CPU
-1. MariaDB runs wherever it runs: the shared instance floats over both
-cores (``--mariadb-port``/``--mariadb-pid`` point at another instance, e.g.
-one pinned with taskset). Ports and database names are this script's own,
-so it can run beside ``bench/run.py``. Prints one JSON line per node run:
+Each run starts a fresh node (CPU 0, a fresh MariaDB database) per store and
+variant, in turn: history off (``CLUSTERCHAT_HISTORY_DAYS=0``), history on,
+and with ``--before`` history on with another checkout's interpreter (the
+code before a change), each next to a C forwarder ceiling run; the loadgen
+runs on CPU 1. Stores: ``shared`` is the shared MariaDB, which floats over
+both cores (``--mariadb-port``/``--mariadb-pid`` point at another instance);
+``private`` is one this script starts for itself, pinned to
+``--private-cpu`` (bench/private_mariadb.py), so that mariadbd does not take
+the node's core. Ports and database names are this script's own, so it can
+run beside ``bench/run.py``. Prints one JSON line per node run:
 deliveries/s, the ceiling beside it, CPU percent of the node, of mariadbd
 and of the loadgen, and microseconds of CPU per delivery of node and
-mariadbd; then the on/off ratio per run and dialect.
+mariadbd; then the on/off ratio per run, store and dialect.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
+from bench.private_mariadb import private_mariadb
+
+
+@dataclass(frozen=True)
+class Store:
+    name: str  # "shared" or "private"
+    port: int
+    pid: int  # mariadbd's, for its CPU
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Microseconds of CPU per delivery."""
+
+    node: float
+    mariadbd: float
+    loadgen: float
+
+
+def derived(
+    costs: dict[tuple[int, str, str, str], Costs], key: tuple[int, str, str], names: list[str]
+) -> dict[str, dict[str, float]]:
+    """On/off ratios from CPU per delivery, steadier than rates on a shared
+    machine: ``cpu_of_off``, what the ratio would be if the two cores were
+    the only limit (node + loadgen off against node + mariadbd + loadgen
+    on); ``node_of_off``, what a node whose database is on another machine
+    sustains (its own CPU per delivery off against on)."""
+    off = costs.get((*key, "off"))
+    out: dict[str, dict[str, float]] = {"cpu_of_off": {}, "node_of_off": {}}
+    for n in names:
+        on = costs.get((*key, n))
+        if off is None or on is None:
+            continue
+        total_on = on.node + on.mariadbd + on.loadgen
+        out["cpu_of_off"][n] = round((off.node + off.loadgen) / total_on, 3)
+        out["node_of_off"][n] = round(off.node / on.node, 3)
+    return out
 
 
 def main() -> None:
@@ -39,64 +81,92 @@ def main() -> None:
     ap.add_argument("--window", default="16")
     ap.add_argument("--dialects", default="nul")
     ap.add_argument("--before", default="", help="python of a checkout to run as 'before'")
+    ap.add_argument("--stores", default="shared", help="shared, private or both, in turn")
+    ap.add_argument("--private-cpu", default="1", help="the CPU a private mariadbd runs on")
     ap.add_argument("--mariadb-port", type=int, default=3306)
     ap.add_argument("--mariadb-pid", type=int, default=0)
     args = ap.parse_args()
-    md_pid = args.mariadb_pid or int(procs.sh(["pgrep", "-o", "-x", "mariadbd"]).split()[0])
+    with contextlib.ExitStack() as stack:
+        stores = []
+        for name in args.stores.split(","):
+            if name == "shared":
+                found = procs.sh(["pgrep", "-o", "-x", "mariadbd"])
+                pid = args.mariadb_pid or int(found.split()[0])
+                stores.append(Store(name, args.mariadb_port, pid))
+            elif name == "private":
+                inst = stack.enter_context(private_mariadb(args.private_cpu))
+                stores.append(Store(name, inst.port, inst.pid))
+            else:
+                ap.error(f"unknown store {name!r}")
+        bench(args, stores)
+
+
+def bench(args: argparse.Namespace, stores: list[Store]) -> None:
     lg = procs.Loadgen(procs.loadgen_src(args.loadgen_src))
     variants = [("off", procs.PY), ("on", procs.PY)] + (
         [("before", args.before)] if args.before else []
     )
-    mariadb = f"127.0.0.1:{args.mariadb_port}"
-    rates: dict[tuple[int, str, str], float] = {}
+    rates: dict[tuple[int, str, str, str], float] = {}
+    costs: dict[tuple[int, str, str, str], Costs] = {}
     fwd, port_fwd = lg.forwarder()
     cheap = ("--hash-cost", "1,8,1")
     with procs.process(fwd, port_fwd):
         for run in range(args.runs):
-            for name, python in variants:
-                # process() passes this environment on to the node
-                if name == "off":
-                    os.environ["CLUSTERCHAT_HISTORY_DAYS"] = "0"
-                else:
-                    os.environ.pop("CLUSTERCHAT_HISTORY_DAYS", None)
-                port = procs.free_port()
-                with (
-                    procs.scratch_db("hist", mariadb) as db,
-                    procs.process(procs.node_cmd(port, db, *cheap, python=python), port) as p,
-                ):
-                    for d in args.dialects.split(","):
-                        common = ["--scenario", "chat", "-p", "50", "-w", args.window]
-                        common += ["-t", args.seconds, *procs.DIALECT_FLAGS[d]]
-                        ceil = lg.run(*common, "--targets", f"127.0.0.1:{port_fwd}")
-                        r = lg.run(
-                            *common,
-                            "--targets",
-                            f"127.0.0.1:{port}",
-                            "--server-pid",
-                            f"{p.pid},{md_pid}",
-                        )
-                        ops = float(r["ops_per_s"])
-                        node_cpu, md_cpu = r["server_cpu_pct"]
-                        rates[(run, d, name)] = ops
-                        row = {
-                            "run": run,
-                            "dialect": d,
-                            "history": name,
-                            "ops": ops,
-                            "ceiling": ceil["ops_per_s"],
-                            "lost": r["lost"],
-                            "p99_us": r["p99_us"],
-                            "node_cpu_pct": node_cpu,
-                            "mariadbd_cpu_pct": md_cpu,
-                            "loadgen_cpu_pct": r["loadgen_cpu_pct"],
-                            "node_us": round(node_cpu * 1e4 / ops, 2) if ops else None,
-                            "mariadbd_us": round(md_cpu * 1e4 / ops, 2) if ops else None,
-                        }
-                        print(json.dumps(row), flush=True)
-            for d in args.dialects.split(","):
-                off = rates[(run, d, "off")]
-                ratios = {n: round(rates[(run, d, n)] / off, 3) for n, _ in variants[1:]}
-                print(json.dumps({"run": run, "dialect": d, "of_off": ratios}), flush=True)
+            for store in stores:
+                for name, python in variants:
+                    # process() passes this environment on to the node
+                    if name == "off":
+                        os.environ["CLUSTERCHAT_HISTORY_DAYS"] = "0"
+                    else:
+                        os.environ.pop("CLUSTERCHAT_HISTORY_DAYS", None)
+                    port = procs.free_port()
+                    with (
+                        procs.scratch_db("hist", f"127.0.0.1:{store.port}") as db,
+                        procs.process(procs.node_cmd(port, db, *cheap, python=python), port) as p,
+                    ):
+                        for d in args.dialects.split(","):
+                            common = ["--scenario", "chat", "-p", "50", "-w", args.window]
+                            common += ["-t", args.seconds, *procs.DIALECT_FLAGS[d]]
+                            ceil = lg.run(*common, "--targets", f"127.0.0.1:{port_fwd}")
+                            r = lg.run(
+                                *common,
+                                "--targets",
+                                f"127.0.0.1:{port}",
+                                "--server-pid",
+                                f"{p.pid},{store.pid}",
+                            )
+                            ops = float(r["ops_per_s"])
+                            node_cpu, md_cpu = r["server_cpu_pct"]
+                            rates[(run, store.name, d, name)] = ops
+                            if ops:
+                                lg_cpu = float(r["loadgen_cpu_pct"])
+                                costs[(run, store.name, d, name)] = Costs(
+                                    *(pct * 1e4 / ops for pct in (node_cpu, md_cpu, lg_cpu))
+                                )
+                            row = {
+                                "run": run,
+                                "store": store.name,
+                                "dialect": d,
+                                "history": name,
+                                "ops": ops,
+                                "ceiling": ceil["ops_per_s"],
+                                "lost": r["lost"],
+                                "p99_us": r["p99_us"],
+                                "node_cpu_pct": node_cpu,
+                                "mariadbd_cpu_pct": md_cpu,
+                                "loadgen_cpu_pct": r["loadgen_cpu_pct"],
+                                "node_us": round(node_cpu * 1e4 / ops, 2) if ops else None,
+                                "mariadbd_us": round(md_cpu * 1e4 / ops, 2) if ops else None,
+                            }
+                            print(json.dumps(row), flush=True)
+                for d in args.dialects.split(","):
+                    off = rates[(run, store.name, d, "off")]
+                    ratios = {
+                        n: round(rates[(run, store.name, d, n)] / off, 3) for n, _ in variants[1:]
+                    }
+                    doc = {"run": run, "store": store.name, "dialect": d, "of_off": ratios}
+                    doc.update(derived(costs, (run, store.name, d), [n for n, _ in variants[1:]]))
+                    print(json.dumps(doc), flush=True)
 
 
 if __name__ == "__main__":

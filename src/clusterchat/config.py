@@ -22,9 +22,12 @@ from clusterchat.protocol.framing import DEFAULT_MAX_FRAME
 #: purged every minute, see service/history.py); an operator who needs years sets it.
 HISTORY_DAYS = 90.0
 #: Messages waiting to be written to history before chats are refused as busy.
-#: At tens of thousands of messages a second a healthy store empties the queue
-#: every few milliseconds; 20,000 rides out a store pause of a second or so.
-HISTORY_QUEUE = 20_000
+#: A healthy store empties the queue every few milliseconds; 100,000 rides out
+#: a store pause of about a second at tens of thousands of messages a second,
+#: and the start of a load at a node's ceiling (~150,000 a second), when the
+#: first rounds fall behind and the queue peaked at 33,000 (BENCHMARKS.md).
+#: Its memory stays under the byte bound (service/history.py, QUEUE_BYTES).
+HISTORY_QUEUE = 100_000
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6000

@@ -246,7 +246,7 @@ def test_history_options_come_from_the_command_line_or_the_environment(
     from clusterchat.cli import build_parser
 
     args = build_parser().parse_args(["server"])
-    assert (args.history_days, args.history_queue) == (90.0, 20_000)
+    assert (args.history_days, args.history_queue) == (90.0, 100_000)
     args = build_parser().parse_args(["server", "--history-days", "0", "--history-queue", "9"])
     assert (args.history_days, args.history_queue) == (0.0, 9)
     monkeypatch.setenv("CLUSTERCHAT_HISTORY_DAYS", "0.5")

@@ -14,11 +14,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from clusterchat import errors
+from clusterchat.config import Settings
+from clusterchat.server.node import Node
 from clusterchat.service.history import Purger
 from clusterchat.storage import history as history_storage
 from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import history
-from tests.conftest import MYSQL_SERVER, unique
+from tests.conftest import FAST_HASH, MYSQL_SERVER, unique
 from tests.helpers import StallingProxy
 
 
@@ -175,3 +177,22 @@ async def test_a_history_write_on_a_silent_connection_fails_in_doubt_in_time(
         await store.close()
         await proxy.close()
         await direct.close()
+
+
+async def test_a_node_opens_its_history_connection_at_start_not_with_the_first_round(
+    mariadb_url: str,
+) -> None:
+    """At its ceiling a node took tens of ms to open it inside the first round,
+    while the queue filled (service/history.py, ``HistoryWriter.open``)."""
+    settings = Settings(host="127.0.0.1", port=0, db_url=mariadb_url, hash_cost=FAST_HASH)
+    store = SqlStore(mariadb_url, pool_size=2)
+    node = Node(settings, store=store)
+    assert store.history_bulk is not None and not store.history_bulk.connected
+    await node.start()
+    try:
+        assert store.history_bulk.connected  # before any message
+        a, b = await store.create_user(unique(), "x"), await store.create_user(unique(), "x")
+        await store.add_history([(a, b, a, "m-1", now_ms(), "on it")])
+        assert [r.body for r in await store.history(a, b, 0, 10, 0)] == ["on it"]
+    finally:
+        await node.stop()

@@ -235,6 +235,8 @@ class ChatService:
 
     async def start(self) -> None:
         await self.bus.start(self)
+        if self.history is not None:
+            await self.history.open()
         if self._purger is not None:
             self._purging = asyncio.ensure_future(self._purger.run())
 

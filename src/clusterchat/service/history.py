@@ -118,6 +118,14 @@ class HistoryWriter:
         """Rows ever queued: a mark for :meth:`caught_up`."""
         return self.written + len(self._flight) + len(self._rows)
 
+    async def open(self) -> None:
+        """At the node's start: the store's history connection opened
+        before the first message (storage/history.py, ``BulkConnection.open``)."""
+        try:
+            await self._store.open_history()
+        except errors.Unavailable as exc:
+            log.warning("history store not reachable yet (%s); the first write will retry", exc)
+
     def add(self, row: HistoryRow) -> None:
         """Queue one message (the hot path: an append and two comparisons)."""
         rows = self._rows

@@ -213,6 +213,12 @@ class Store(Protocol):
 
     # -- history (storage/history.py) ---------------------------------------------
 
+    async def open_history(self) -> None:
+        """Open what history writes go through now, not with the first
+        round; Unavailable if the database cannot be reached (the first
+        round then tries again)."""
+        ...
+
     async def add_history(self, rows: Sequence[HistoryRow]) -> None:
         """Keep these messages in one multi-row INSERT."""
         ...

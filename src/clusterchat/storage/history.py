@@ -113,6 +113,23 @@ class BulkConnection:
         self._used = 0.0
         self._turn = asyncio.Lock()
 
+    async def open(self) -> None:
+        """Connect now, before the first round: a node already at its
+        ceiling took tens of milliseconds to open it with the first round
+        (each step of the handshake waits its turn in the busy loop) while
+        the queue filled with the messages of those milliseconds, enough to
+        be refused as full at the start of a load (BENCHMARKS.md)."""
+        from asyncmy.errors import MySQLError
+
+        failures = (MySQLError, OSError, ConnectionError, TimeoutError)
+        async with self._turn:
+            try:
+                await self._ready(time.perf_counter(), failures)
+            except failures as exc:
+                self.close()
+                raise errors.Unavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+            self._used = time.perf_counter()
+
     async def write(self, sql: str, rows: Sequence[HistoryRow]) -> None:
         from asyncmy.errors import MySQLError
 
@@ -150,6 +167,10 @@ class BulkConnection:
         if self._conn is None:
             self._conn = await self._connect()
 
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -166,6 +187,10 @@ class HistoryQueries:
 
     def _tx(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         raise NotImplementedError  # SqlStore's
+
+    async def open_history(self) -> None:
+        if self.history_bulk is not None:
+            await self.history_bulk.open()
 
     async def add_history(self, rows: Sequence[HistoryRow]) -> None:
         if not rows:
