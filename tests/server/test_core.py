@@ -124,9 +124,13 @@ class FakeLink:
         self.readdressed: list[str] = []
         self.refuse_address: bytes | None = None
         self.core: ConnectionCore | None = None
+        self.fail_writes = False  # the peer's reset came first: a write fails, and closes
 
     def write(self, data: bytes) -> None:
         assert not self.closing()
+        if self.fail_writes:
+            self.closed = True
+            return
         self.written.append(data)
 
     def closing(self) -> bool:
@@ -451,6 +455,26 @@ def test_messages_a_reply_took_before_the_peer_reset_are_all_stored() -> None:
     core.connection_lost()
     ((spilled, _),) = host.service.spilled
     assert spilled[-201:] == [*burst, b"after"]
+
+
+def test_messages_of_a_write_that_failed_are_all_stored() -> None:
+    """The peer's reset reached the kernel before the tick's write, which
+    fails (the transport then closes): what it carried never left."""
+    core, link, host = make()
+    core.deliver(b"old")
+    host.tick()
+    burst = [b"m%d" % i for i in range(200)]
+    for m in burst[:100]:
+        core.deliver(m)
+    core.send(b"r1")  # takes the first hundred
+    for m in burst[100:]:
+        core.deliver(m)
+    link.fail_writes = True
+    host.tick()
+    assert link.closed
+    core.connection_lost()
+    ((spilled, _),) = host.service.spilled
+    assert spilled[-200:] == burst
 
 
 def test_our_close_after_the_peer_reset_in_the_tick_stores_what_was_not_written() -> None:

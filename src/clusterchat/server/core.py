@@ -487,6 +487,7 @@ class ConnectionCore:
         if data is None and outbox is not None and outbox.overflowed:
             self.overflowed()  # receipts: too much not acknowledged
             return
+        taken = self._taken + (len(data) if data is not None else 0)
         out = self._out
         if out is not None:
             self._out = None
@@ -497,6 +498,12 @@ class ConnectionCore:
         elif data is None:
             return
         self._link.write(data)
+        if self._link.closing():
+            # The write failed: the peer's reset had come, not yet read.
+            # What it carried of the outbox never left.
+            if taken and outbox is not None:
+                outbox.unwritten(taken)
+            return
         if outbox is not None and outbox.unmeasured > RECEIVE_MARGIN:
             # More than a receive buffer since the last look: the peer may
             # not be reading. If it resets before the next report, what sits
@@ -545,9 +552,11 @@ class ConnectionCore:
         out = self._out
         if out is not None:
             self._out = None
-            self._taken = 0
+            taken, self._taken = self._taken, 0
             if out:
                 self._link.write(out[0] if len(out) == 1 else b"".join(out))
+                if taken and self.outbox is not None and self._link.closing():
+                    self.outbox.unwritten(taken)  # the write failed (see flush)
 
     def _unwritten(self) -> None:
         """The transport is closing: this iteration's replies are not owed,
