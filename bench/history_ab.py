@@ -18,7 +18,8 @@ the node's core. Ports and database names are this script's own, so it can
 run beside ``bench/run.py``. Prints one JSON line per node run:
 deliveries/s, the ceiling beside it, CPU percent of the node, of mariadbd
 and of the loadgen, and microseconds of CPU per delivery of node and
-mariadbd; then the on/off ratio per run, store and dialect.
+mariadbd, and the chats the node refused or slowed (ERROR 151) per cause; then
+the on/off ratio per run, store and dialect.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import json
 import os
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
 from bench.private_mariadb import private_mariadb
+
+#: The node's counters of chats refused (ERROR 151) or slowed, per cause.
+REFUSALS = {
+    "history": "clusterchat_history_refusals_total",
+    "budget": "clusterchat_budget_refusals_total",
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,20 @@ def derived(
         out["cpu_of_off"][n] = round((off.node + off.loadgen) / total_on, 3)
         out["node_of_off"][n] = round(off.node / on.node, 3)
     return out
+
+
+def refusals(http_port: int) -> dict[str, float]:
+    """The node's refusal counters now (its /metrics): a modern chat refused
+    with ERROR 151 is one the C loadgen never retries and counts lost."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    got = dict.fromkeys(REFUSALS, 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        for key, metric in REFUSALS.items():
+            if name == metric:
+                got[key] = float(value)
+    return got
 
 
 def main() -> None:
@@ -119,15 +141,17 @@ def bench(args: argparse.Namespace, stores: list[Store]) -> None:
                         os.environ["CLUSTERCHAT_HISTORY_DAYS"] = "0"
                     else:
                         os.environ.pop("CLUSTERCHAT_HISTORY_DAYS", None)
-                    port = procs.free_port()
+                    port, http = procs.free_port(), procs.free_port()
+                    extra = (*cheap, "--http-port", str(http))
                     with (
                         procs.scratch_db("hist", f"127.0.0.1:{store.port}") as db,
-                        procs.process(procs.node_cmd(port, db, *cheap, python=python), port) as p,
+                        procs.process(procs.node_cmd(port, db, *extra, python=python), port) as p,
                     ):
                         for d in args.dialects.split(","):
                             common = ["--scenario", "chat", "-p", "50", "-w", args.window]
                             common += ["-t", args.seconds, *procs.DIALECT_FLAGS[d]]
                             ceil = lg.run(*common, "--targets", f"127.0.0.1:{port_fwd}")
+                            refused = refusals(http)
                             r = lg.run(
                                 *common,
                                 "--targets",
@@ -137,6 +161,7 @@ def bench(args: argparse.Namespace, stores: list[Store]) -> None:
                             )
                             ops = float(r["ops_per_s"])
                             node_cpu, md_cpu = r["server_cpu_pct"]
+                            refused = {k: v - refused[k] for k, v in refusals(http).items()}
                             rates[(run, store.name, d, name)] = ops
                             if ops:
                                 lg_cpu = float(r["loadgen_cpu_pct"])
@@ -152,6 +177,7 @@ def bench(args: argparse.Namespace, stores: list[Store]) -> None:
                                 "ceiling": ceil["ops_per_s"],
                                 "lost": r["lost"],
                                 "p99_us": r["p99_us"],
+                                "refused": refused,
                                 "node_cpu_pct": node_cpu,
                                 "mariadbd_cpu_pct": md_cpu,
                                 "loadgen_cpu_pct": r["loadgen_cpu_pct"],
