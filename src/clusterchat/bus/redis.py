@@ -45,7 +45,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from clusterchat import errors
-from clusterchat.bus import scripts
+from clusterchat.bus import resp, scripts
 from clusterchat.bus.base import Inbox, WindowStats
 from clusterchat.bus.window import Flight, ReceiveState, SendWindow
 
@@ -106,6 +106,9 @@ class RedisCluster:
             health_check_interval=5,
             retry=Retry(NoBackoff(), 0),
         )
+        #: The hot path's own connections (bus/resp.py): PUBLISH out, the subscription in.
+        self._url = url
+        self._publisher = resp.Publisher(url, timeout=2)
         self._claim = self.client.register_script(scripts.CLAIM)
         self._release = self.client.register_script(scripts.RELEASE)
         self._locate = self.client.register_script(scripts.LOCATE)
@@ -151,8 +154,8 @@ class RedisCluster:
     def _user_key(self, uid: int) -> str:
         return f"{self.prefix}user:{uid}"
 
-    def _channel(self, node: str) -> str:
-        return f"{self.prefix}to:{node}"
+    def _channel(self, node: str) -> bytes:
+        return f"{self.prefix}to:{node}".encode()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -211,6 +214,7 @@ class RedisCluster:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._publisher.close()
         await self.client.aclose()
 
     async def _heartbeat_once(self) -> bool:
@@ -470,10 +474,8 @@ class RedisCluster:
                 seqs.append(seq)
                 frames.append(self._encoder.encode(batch))
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for node, frame in zip(nodes, frames, strict=True):
-                        pipe.publish(self._channel(node), frame)
-                    counts = await pipe.execute()
+                channels = [self._channel(node) for node in nodes]
+                counts = await self._publisher.publish(list(zip(channels, frames, strict=True)))
             except (RedisError, OSError) as exc:
                 log.warning("publish of %d batches failed: %s", len(nodes), exc)
                 counts = [0] * len(nodes)
@@ -548,9 +550,11 @@ class RedisCluster:
     async def _listen(self) -> None:
         backoff = 0.05
         while not self._closing:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            sub = resp.Subscription(
+                self._url, [self._channel(self.node_id), self._events], self._on_message, 2.0
+            )
             try:
-                await pubsub.subscribe(self._channel(self.node_id), f"{self.prefix}events")
+                await sub.open()
                 await self._resync()
                 # Senders probe us so we report the batches this subscription missed.
                 await self.client.publish(self._events, f"r{self.node_id}")
@@ -559,10 +563,7 @@ class RedisCluster:
                 self._was_connected = True
                 self.connected.set()
                 backoff = 0.05
-                while True:
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None:
-                        self._on_message(msg["channel"], msg["data"])
+                await sub.watch(every=5.0)  # messages go to _on_message meanwhile
             except (RedisError, OSError) as exc:
                 if self.connected.is_set():
                     log.warning("lost Redis: %s; reconnecting", exc)
@@ -570,8 +571,7 @@ class RedisCluster:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                sub.close()
 
     def _spawn_reconnected(self) -> None:
         assert self._inbox is not None
