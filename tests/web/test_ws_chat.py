@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.utils import apply_mask
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
+from clusterchat.server.websocket import WsConnection, between_frames
 from tests.conftest import PASSWORD, unique
 from tests.web.conftest import WsChat
 
@@ -193,4 +197,38 @@ async def test_frames_of_every_kind_in_one_read_and_split_across_reads(ws_node: 
     for _ in range(4):
         got = await web.recv()
         assert got["msgid"] == MsgId.PONG, got
+    await web.close()
+
+
+async def test_a_frame_whose_header_came_alone_is_finished_by_the_library(ws_node: Node) -> None:
+    """The library took the header of a frame cut right after it: the next
+    read is that frame's payload, even one whose bytes look like a frame."""
+    web = await WsChat.open_ws(ws_node.http.port)
+    ping = json.dumps({"msgid": MsgId.PING}).encode()
+    n = len(ping)
+    assert 6 < n < 126
+    # A mask that makes the masked payload a whole masked text frame of its own.
+    mask = bytes((ping[0] ^ 0x81, ping[1] ^ (0x80 | (n - 6)), 0, 0))
+    header = bytes((0x81, 0x80 | n)) + mask
+    transport = web.ws.transport
+    # A whole frame first: its PONG says the node has read the header too.
+    transport.write(Frame(Opcode.TEXT, ping).serialize(mask=True) + header)
+    assert (await web.recv())["msgid"] == MsgId.PONG
+    transport.write(apply_mask(ping, mask))
+    assert (await web.recv())["msgid"] == MsgId.PONG
+    await web.close()
+
+
+async def test_an_open_websocket_keeps_no_handshake_request(ws_node: Node) -> None:
+    """The library's server parser would hold the request (2 KB of
+    headers) as long as the connection lives; an idle one should not."""
+    web = await WsChat.open_ws(ws_node.http.port)
+    (conn,) = [c for c in ws_node.connections if isinstance(c, WsConnection)]
+    assert between_frames(conn.ws)
+    g: Any = conn.ws.parser
+    while g is not None:
+        assert not any(isinstance(v, Request) for v in g.gi_frame.f_locals.values())
+        g = g.gi_yieldfrom
+    await web.send({"msgid": MsgId.PING})  # and it still reads
+    assert (await web.recv())["msgid"] == MsgId.PONG
     await web.close()

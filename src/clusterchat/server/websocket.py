@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from websockets import protocol as wsprotocol
 from websockets.datastructures import Headers
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from clusterchat.logs import names_connection
 from clusterchat.protocol import wsframes
@@ -37,6 +39,17 @@ _protocol_log = logging.getLogger("clusterchat.server.websocket.protocol")
 _protocol_log.setLevel(logging.WARNING)
 
 OPEN = State.OPEN
+_WAITS_FOR_A_FRAME = StreamReader.at_eof.__code__
+
+
+def between_frames(ws: wsprotocol.Protocol) -> bool:
+    """Whether the library's parser waits for a new frame, not for the
+    rest of one whose header it has taken (its buffer may be empty then
+    too): only then may the next bytes be read as frames here."""
+    g: Any = ws.parser
+    while g.gi_yieldfrom is not None:
+        g = g.gi_yieldfrom
+    return g.gi_code is _WAITS_FOR_A_FRAME
 
 
 class Router(Protocol):
@@ -46,13 +59,15 @@ class Router(Protocol):
 
 
 class WsConnection(Connection):
-    __slots__ = ("fragments", "http", "ws")
+    __slots__ = ("between", "fragments", "http", "ws")
 
     def __init__(self, node: Host[Connection], http: Router) -> None:
         super().__init__(node)
         self.http = http
         self.fragments: list[bytes] | None = None
         self.ws = ServerProtocol(max_size=node.settings.max_frame, logger=_protocol_log)
+        #: The library's parser is between frames (see :func:`between_frames`).
+        self.between = False
 
     def refusal(self, why: bytes) -> bytes:
         """Over a limit: the JSON error, as an HTTP 503 the browser can show."""
@@ -65,7 +80,7 @@ class WsConnection(Connection):
         core = self.core
         core.last_seen = self.node.clock()
         ws = self.ws
-        if ws.state is OPEN and not ws.reader.buffer and ws.current_size is None:
+        if self.between and ws.current_size is None and ws.state is OPEN:
             # Between frames: the chat messages are read here, and only
             # what follows the first other frame goes through the library.
             messages, used = wsframes.read(data, ws.max_message_size, masked=True)
@@ -75,6 +90,7 @@ class WsConnection(Connection):
                 return  # the library was not asked for anything to send
             data = data[used:]
         ws.receive_data(data)
+        upgraded = False
         for event in ws.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
@@ -90,6 +106,14 @@ class WsConnection(Connection):
                         self.fragments = None
             elif isinstance(event, Request):
                 self.http.route(self, event)
+                upgraded = ws.state is OPEN
+        self.between = ws.state is OPEN and between_frames(ws)
+        if upgraded and self.between:
+            # The server's parser keeps the handshake request (its headers,
+            # 2 KB) for the life of the connection; between frames the base
+            # class's parser reads on without it.
+            ws.parser = wsprotocol.Protocol.parse(ws)
+            next(ws.parser)
         if ws.state is not OPEN and not core.ended and ws.handshake_exc is None:
             # A close frame (or a broken frame, or one over --max-frame) from
             # the peer: like a FIN, it read what its kernel acknowledged.
