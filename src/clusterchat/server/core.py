@@ -148,6 +148,7 @@ _ENDED = _ended_outbox()
 
 class ConnectionCore:
     __slots__ = (
+        "_due",
         "_host",
         "_link",
         "_out",
@@ -181,6 +182,8 @@ class ConnectionCore:
         # outbox had before them).
         self._out: list[bytes] | None = None
         self._paused = False  # reading paused because the queue is long
+        # A flush is asked of the node for this loop iteration (one is enough).
+        self._due = False
         #: Receipts: set when the client acknowledges or the connection ends
         #: (the adapter makes it when a receipt_room waits).
         self.room: asyncio.Event | None = None
@@ -260,7 +263,7 @@ class ConnectionCore:
 
     def writing_resumed(self) -> None:
         if self.outbox is not None and self.outbox.resume():
-            self._host.write_soon(self)
+            self._write_soon()
         if not self._paused:
             self._link.resume_reading()
 
@@ -391,7 +394,7 @@ class ConnectionCore:
         if out is None:
             self._out = out = []
             if before is None:  # the partner's message may come this tick too
-                self._host.write_soon(self)
+                self._write_soon()
         if before is not None:
             out.append(before)
         out.append(data)
@@ -403,7 +406,7 @@ class ConnectionCore:
         if verdict == QUEUED:
             return True
         if verdict == FIRST:
-            self._host.write_soon(self)
+            self._write_soon()
             return True
         if verdict == OVER:
             self._cut_off()
@@ -459,6 +462,7 @@ class ConnectionCore:
         """Write this tick's replies and what the outbox has, in one write
         (the node calls this once per loop iteration for every connection
         that was sent or delivered to)."""
+        self._due = False
         outbox = self.outbox
         data = outbox.take() if outbox is not None else None
         if data is None and outbox is not None and outbox.overflowed:
@@ -478,6 +482,13 @@ class ConnectionCore:
         if not self._watched and outbox is not None and not outbox.idle:
             self._watched = True
             self._host.watch(self)
+
+    def _write_soon(self) -> None:
+        """Ask the node for a flush at the end of this iteration, once: a
+        reply deferred and then a delivery (or the reverse) share it."""
+        if not self._due:
+            self._due = True
+            self._host.write_soon(self)
 
     def report(self, now: float) -> bool:
         """Tell the outbox what is still in flight; False once it has
