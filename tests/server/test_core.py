@@ -333,6 +333,7 @@ def test_a_reply_leaves_at_the_end_of_the_tick_with_the_partners_message() -> No
     assert link.written == []
     assert host.flushes == [core]  # the reply asks for the tick's flush
     assert core.deliver(b"m1")
+    assert host.flushes == [core]  # the message joins that flush: not asked twice
     host.tick()
     assert link.written == [b"r1m1"]
     host.tick()
@@ -350,6 +351,16 @@ def test_a_reply_joins_the_messages_due_this_tick_in_one_write() -> None:
     host.tick()
     assert link.written == [b"m1m2r1"]
     assert host.watched == [core]  # what was written is remembered, for now
+
+
+def test_a_flush_is_asked_again_in_the_next_tick() -> None:
+    core, link, host = make()
+    assert core.send(b"r1")
+    host.tick()
+    assert core.deliver(b"m1")
+    assert host.flushes == [core]
+    host.tick()
+    assert link.written == [b"r1", b"m1"]
 
 
 def test_replies_to_requests_read_together_leave_in_one_write_in_order() -> None:

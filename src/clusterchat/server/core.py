@@ -148,6 +148,7 @@ _ENDED = _ended_outbox()
 
 class ConnectionCore:
     __slots__ = (
+        "_due",
         "_host",
         "_link",
         "_out",
@@ -185,6 +186,8 @@ class ConnectionCore:
         # far as the outbox knows).
         self._taken = 0
         self._paused = False  # reading paused because the queue is long
+        # A flush is asked of the node for this loop iteration (one is enough).
+        self._due = False
         #: Receipts: set when the client acknowledges or the connection ends
         #: (the adapter makes it when a receipt_room waits).
         self.room: asyncio.Event | None = None
@@ -274,7 +277,7 @@ class ConnectionCore:
 
     def writing_resumed(self) -> None:
         if self.outbox is not None and self.outbox.resume():
-            self._host.write_soon(self)
+            self._write_soon()
         if not self._paused:
             self._link.resume_reading()
 
@@ -405,7 +408,7 @@ class ConnectionCore:
         if out is None:
             self._out = out = []
             if before is None:  # the partner's message may come this tick too
-                self._host.write_soon(self)
+                self._write_soon()
         if before is not None:
             out.append(before)
             self._taken += len(before)
@@ -418,7 +421,7 @@ class ConnectionCore:
         if verdict == QUEUED:
             return True
         if verdict == FIRST:
-            self._host.write_soon(self)
+            self._write_soon()
             return True
         if verdict == OVER:
             self._cut_off()
@@ -474,6 +477,7 @@ class ConnectionCore:
         """Write this tick's replies and what the outbox has, in one write
         (the node calls this once per loop iteration for every connection
         that was sent or delivered to)."""
+        self._due = False
         if self._link.closing():
             # Cut off, or the peer's reset was read in this iteration after
             # messages were accepted for it: nothing is taken, and what a
@@ -512,6 +516,13 @@ class ConnectionCore:
         if not self._watched and outbox is not None and not outbox.idle:
             self._watched = True
             self._host.watch(self)
+
+    def _write_soon(self) -> None:
+        """Ask the node for a flush at the end of this iteration, once: a
+        reply deferred and then a delivery (or the reverse) share it."""
+        if not self._due:
+            self._due = True
+            self._host.write_soon(self)
 
     def report(self, now: float) -> bool:
         """Tell the outbox what is still in flight; False once it has
