@@ -156,6 +156,10 @@ class StallingProxy:
     def stall(self) -> None:
         self._flowing.clear()
 
+    def flow(self) -> None:
+        """The held flows carry on, with what was held, as when the tunnel ends."""
+        self._flowing.set()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
