@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -54,6 +55,32 @@ async def test_origin_allow_list(settings: Settings, nodes: list[Node]) -> None:
     await ok.close()
     with pytest.raises(InvalidStatus):
         await connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+
+
+async def test_a_header_given_twice_gets_a_400_not_a_traceback(
+    ws_node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two Origin (or Host) headers: which would the browser have meant?
+    Before, the lookup raised in data_received: the connection was dropped
+    with no reply and every such request logged a traceback at ERROR."""
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    upgrade = (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    twice = (
+        "Host: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\nOrigin: http://evil.example\r\n",
+        "Host: evil.example\r\nHost: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\n",
+    )
+    for headers in twice:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ws_node.http.port)
+        writer.write(f"GET /ws HTTP/1.1\r\n{headers}{upgrade}".encode())
+        async with asyncio.timeout(10):
+            reply = await reader.read()  # the node closes after its answer
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 400 "), reply[:100]
+        assert b"one Origin header and one Host header" in reply
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_message_over_max_frame_closes_with_1009(

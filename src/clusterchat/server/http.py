@@ -109,7 +109,14 @@ class HttpServer:
         path = urlsplit(request.path).path
         ws = conn.ws
         if path == "/ws":
-            origin = request.headers.get("Origin")
+            origins = request.headers.get_all("Origin")
+            if len(origins) > 1 or len(request.headers.get_all("Host")) > 1:
+                # Which one would the browser have meant? Refused, not guessed.
+                log.info("WebSocket from %s refused: Origin or Host given twice", conn.address)
+                res = ws.reject(400, "one Origin header and one Host header, please\n")
+                ws.send_response(res)
+                return
+            origin = origins[0] if origins else None
             if origin is not None and not self.origin_allowed(origin, request):
                 log.info("WebSocket from %s refused: origin %r", conn.address, origin[:100])
                 res = ws.reject(403, "this origin may not open a chat connection\n")
