@@ -57,29 +57,33 @@ async def test_origin_allow_list(settings: Settings, nodes: list[Node]) -> None:
         await connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
 
 
-async def test_a_header_given_twice_gets_a_400_not_a_traceback(
+async def test_unreadable_handshakes_get_a_clear_status_not_a_traceback(
     ws_node: Node, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Two Origin (or Host) headers: which would the browser have meant?
-    Before, the lookup raised in data_received: the connection was dropped
-    with no reply and every such request logged a traceback at ERROR."""
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    """Two Origin (or Host) headers: which would the browser have meant? An
+    unclosed IPv6 bracket in the path or the Origin: no address at all.
+    Before, each raised in data_received: the connection was dropped with
+    no reply and every such request logged a traceback at ERROR."""
     upgrade = (
         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    twice = (
-        "Host: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\nOrigin: http://evil.example\r\n",
-        "Host: evil.example\r\nHost: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\n",
-    )
-    for headers in twice:
+    twice = b"one Origin header and one Host header"
+    ok = "Host: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\n"
+    cases = (
+        ("/ws", ok + "Origin: http://evil.example\r\n", b"400", twice),
+        ("/ws", ok + "Host: evil.example\r\n", b"400", twice),
+        ("//[x", "Host: 127.0.0.1\r\n", b"400", b"unreadable path"),
+        ("/ws", "Host: 127.0.0.1\r\nOrigin: http://[::1\r\n", b"403", b"origin may not"),
+    )  # fmt: skip
+    for path, headers, status, text in cases:
         reader, writer = await asyncio.open_connection("127.0.0.1", ws_node.http.port)
-        writer.write(f"GET /ws HTTP/1.1\r\n{headers}{upgrade}".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\n{headers}{upgrade}".encode())
         async with asyncio.timeout(10):
             reply = await reader.read()  # the node closes after its answer
         writer.close()
-        assert reply.startswith(b"HTTP/1.1 400 "), reply[:100]
-        assert b"one Origin header and one Host header" in reply
+        assert reply.startswith(b"HTTP/1.1 " + status + b" "), reply[:100]
+        assert text in reply
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 

@@ -106,8 +106,13 @@ class HttpServer:
     def route(self, conn: WsConnection, request: Request) -> None:
         if not self._readdress(conn, request):
             return
-        path = urlsplit(request.path).path
         ws = conn.ws
+        try:
+            path = urlsplit(request.path).path
+        except ValueError:  # "//[x": an unclosed IPv6 bracket
+            log.info("HTTP request from %s refused: unreadable path", conn.address)
+            ws.send_response(response(400, "text/plain; charset=utf-8", b"unreadable path\n"))
+            return
         if path == "/ws":
             origins = request.headers.get_all("Origin")
             if len(origins) > 1 or len(request.headers.get_all("Host")) > 1:
@@ -184,7 +189,11 @@ class HttpServer:
         if self.origins:
             return "*" in self.origins or origin in self.origins
         host = request.headers.get("Host", "")
-        return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+            return False
+        return bool(host) and netloc.lower() == host.lower()
 
     # -- keepalive ----------------------------------------------------------------------
 
