@@ -166,6 +166,34 @@ async def test_pongs_keep_a_quiet_browser_and_a_vanished_one_is_closed(
     await quiet.close()
 
 
+async def test_a_message_dribbled_in_fragments_is_cut_off(
+    settings: Settings, nodes: list[Node]
+) -> None:
+    """--frame-timeout holds over WebSocket too: a message sent in
+    fragments, one byte every 0.2 s, is refused and the connection closed,
+    as a request dribbled over TCP is; before, the node held it (up to
+    --max-frame per connection) for as long as the bytes kept coming."""
+    n = await _node(settings, frame_timeout=1.0)
+    nodes.append(n)
+    web = await WsChat.open_ws(n.http.port)
+    uid = await web.register(unique(), PASSWORD)
+    assert (await web.login(uid, PASSWORD))["errno"] == 0
+
+    async def dribble() -> AsyncIterator[str]:
+        for char in '{"msgid":12,"pad":"' + "x" * 100 + '"}':
+            yield char
+            await asyncio.sleep(0.2)
+
+    sending = asyncio.ensure_future(web.ws.send(dribble()))
+    try:
+        err = await web.expect(MsgId.ERROR, timeout=10)
+        assert err["errno"] == ErrCode.TIMEOUT and "too long to arrive" in err["errmsg"]
+        await web.at_eof()
+    finally:
+        sending.cancel()
+    await web.abort()
+
+
 async def test_flood_limit(ws_node: Node) -> None:
     web = await WsChat.open_ws(ws_node.http.port)
     uid = await web.register(unique(), PASSWORD)

@@ -63,15 +63,18 @@ class WsConnection(Connection):
     @names_connection  # its log lines name this connection
     def data_received(self, data: bytes) -> None:
         core = self.core
-        core.last_seen = self.node.clock()
+        core.last_seen = now = self.node.clock()
         ws = self.ws
+        whole = False  # a message ended in this read
         if ws.state is OPEN and not ws.reader.buffer and ws.current_size is None:
             # Between frames: the chat messages are read here, and only
             # what follows the first other frame goes through the library.
             messages, used = wsframes.read(data, ws.max_message_size, masked=True)
             if messages:
                 core.receive_frames(messages)
+                whole = True
             if used == len(data):
+                core.partial_since = 0.0
                 return  # the library was not asked for anything to send
             data = data[used:]
         ws.receive_data(data)
@@ -80,6 +83,7 @@ class WsConnection(Connection):
                 if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
                     if event.fin:
                         core.receive_frame(bytes(event.data))
+                        whole = True
                     else:  # the first of a fragmented message's frames
                         self.fragments = [bytes(event.data)]
                 elif event.opcode is Opcode.CONT and self.fragments is not None:
@@ -88,8 +92,16 @@ class WsConnection(Connection):
                     if event.fin:
                         core.receive_frame(b"".join(self.fragments))
                         self.fragments = None
+                        whole = True
             elif isinstance(event, Request):
                 self.http.route(self, event)
+        if ws.state is OPEN and (ws.reader.buffer or self.fragments is not None):
+            # A message begun, not whole: --frame-timeout counts from its
+            # start, as on TCP (dribbling it keeps the connection lively).
+            if whole or not core.partial_since:
+                core.partial_since = now
+        else:
+            core.partial_since = 0.0
         if ws.state is not OPEN and not core.ended and ws.handshake_exc is None:
             # A close frame (or a broken frame, or one over --max-frame) from
             # the peer: like a FIN, it read what its kernel acknowledged.
