@@ -178,7 +178,7 @@ class HttpServer:
         except Exception:
             log.exception("HTTP route failed")
             status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
-        if conn.transport is not None:
+        if conn.transport is not None and not conn.ws.eof_sent:  # else: bytes after it, closed
             conn.ws.send_response(response(status, content_type, body, Cache_Control="no-store"))
             conn.write_out()
 

@@ -18,7 +18,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
 from websockets.datastructures import Headers
-from websockets.exceptions import PayloadTooBig
+from websockets.exceptions import InvalidMessage, PayloadTooBig
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -94,7 +94,15 @@ class WsConnection(Connection):
                         self.fragments = None
                         whole = True
             elif isinstance(event, Request):
-                self.http.route(self, event)
+                if ws.eof_sent:
+                    # What followed the request in this read was taken for
+                    # frames, and the library gave up on them: say why
+                    # before its close, not a traceback and no answer.
+                    self._refuse_http(
+                        b"one request per connection, nothing more before its answer\n"
+                    )
+                else:
+                    self.http.route(self, event)
         if ws.state is OPEN and (ws.reader.buffer or self.fragments is not None):
             # A message begun, not whole: --frame-timeout counts from its
             # start, as on TCP (dribbling it keeps the connection lively).
@@ -102,6 +110,10 @@ class WsConnection(Connection):
                 core.partial_since = now
         else:
             core.partial_since = 0.0
+        if isinstance(ws.handshake_exc, InvalidMessage) and not self._closing_transport():
+            # Not an HTTP/1.1 GET (a POST, garbage): the library closes
+            # without a word.
+            self._refuse_http(b"not an HTTP/1.1 GET request\n")
         if ws.state is not OPEN and not core.ended and ws.handshake_exc is None:
             # A close frame (or a broken frame, or one over --max-frame) from
             # the peer: like a FIN, it read what its kernel acknowledged.
@@ -109,6 +121,15 @@ class WsConnection(Connection):
                 log.info("closing WebSocket from %s: message over --max-frame", self.address)
             core.receive_eof()
         self.write_out()
+
+    def _refuse_http(self, why: bytes) -> None:
+        """A 400 the library would not send, before its close."""
+        log.info("HTTP request from %s refused: %s", self.address, why.decode().strip())
+        if self.transport is not None:
+            self.transport.write(response(400, "text/plain; charset=utf-8", why).serialize())
+
+    def _closing_transport(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def write_out(self) -> None:
         """Write what the protocol has for the peer; an empty chunk means close."""
