@@ -106,3 +106,32 @@ async def test_logins_on_a_silent_store_flow_get_an_error_in_time(
             await c.close()
         await node.stop()
         await proxy.close()
+
+
+async def test_logins_get_new_connections_when_the_old_flows_stay_silent(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pooled connections' flows go silent for good, new ones would
+    flow: each held connection fails one transaction in TX_TIMEOUT and is
+    replaced, so logins work again without the old flows coming back."""
+    monkeypatch.setattr(sql, "TX_TIMEOUT", 1.0)
+    proxy = StallingProxy(int(MYSQL_SERVER.rsplit(":", 1)[1]))
+    await proxy.start()
+    host = MYSQL_SERVER.rsplit(":", 1)[0]
+    url = f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}"
+    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, db_pool=2))
+    await node.start()
+    conn, uid = await _user(node)
+    try:
+        await conn.request({"msgid": 3}, MsgId.LOGOUT_ACK)
+        proxy.stall_existing()
+        errnos = []
+        for _ in range(3):  # at most one failure per pooled connection
+            errnos.append((await conn.login(uid, PASSWORD))["errno"])
+            if errnos[-1] == 0:
+                break
+        assert errnos[-1] == 0 and set(errnos[:-1]) <= {4}, errnos
+    finally:
+        await conn.close()
+        await node.stop()
+        await proxy.close()
