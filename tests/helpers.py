@@ -156,6 +156,17 @@ class StallingProxy:
     def stall(self) -> None:
         self._flowing.clear()
 
+    def flow(self) -> None:
+        """The held flows carry on, with what was held, as when the tunnel ends."""
+        self._flowing.set()
+
+    def stall_existing(self) -> None:
+        """Hold the flows open now for ever; new ones flow (a NAT that lost
+        its old mappings, not the route)."""
+        self._flowing.clear()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -169,10 +180,12 @@ class StallingProxy:
         ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers.update((w, uw))
 
+        flowing = self._flowing  # a stall_existing() later holds this flow for ever
+
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
-                    await self._flowing.wait()  # stalled: hold it, read no more
+                    await flowing.wait()  # stalled: hold it, read no more
                     dst.write(data)
                     await dst.drain()
 

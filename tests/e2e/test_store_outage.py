@@ -10,8 +10,9 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
+from clusterchat.storage import sql
 from tests.conftest import FAST_HASH, MYSQL_SERVER, PASSWORD, unique
-from tests.helpers import CuttableProxy
+from tests.helpers import CuttableProxy, StallingProxy
 
 
 @pytest.fixture
@@ -71,3 +72,66 @@ async def test_store_outage_gives_errors_and_recovers(
     assert await newcomer.register(unique(), PASSWORD) > 0
     for c in (alice, carol, bob, newcomer):
         await c.close()
+
+
+async def test_logins_on_a_silent_store_flow_get_an_error_in_time(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flows between a node and MariaDB go silent (a middlebox holds
+    them: no FIN, no reset). Each login must be told "unavailable" within
+    TX_TIMEOUT, more logins than the pool has connections too, and logins
+    work again once the flows carry on; before, every login waited for ever
+    (the pooled connection's read never returned) and held its connection."""
+    monkeypatch.setattr(sql, "TX_TIMEOUT", 1.0)
+    proxy = StallingProxy(int(MYSQL_SERVER.rsplit(":", 1)[1]))
+    await proxy.start()
+    host = MYSQL_SERVER.rsplit(":", 1)[0]
+    url = f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}"
+    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, db_pool=2))
+    await node.start()
+    conns: list[ChatConnection] = []
+    try:
+        users = [await _user(node) for _ in range(4)]
+        conns += [c for c, _ in users]
+        for c, _ in users:
+            await c.request({"msgid": 3}, MsgId.LOGOUT_ACK)
+        proxy.stall()
+        for c, uid in users:  # twice the pool, one after another
+            assert (await c.login(uid, PASSWORD))["errno"] == 4
+        proxy.flow()
+        for c, uid in users:
+            assert (await c.login(uid, PASSWORD))["errno"] == 0
+    finally:
+        for c in conns:
+            await c.close()
+        await node.stop()
+        await proxy.close()
+
+
+async def test_logins_get_new_connections_when_the_old_flows_stay_silent(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pooled connections' flows go silent for good, new ones would
+    flow: each held connection fails one transaction in TX_TIMEOUT and is
+    replaced, so logins work again without the old flows coming back."""
+    monkeypatch.setattr(sql, "TX_TIMEOUT", 1.0)
+    proxy = StallingProxy(int(MYSQL_SERVER.rsplit(":", 1)[1]))
+    await proxy.start()
+    host = MYSQL_SERVER.rsplit(":", 1)[0]
+    url = f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}"
+    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, db_pool=2))
+    await node.start()
+    conn, uid = await _user(node)
+    try:
+        await conn.request({"msgid": 3}, MsgId.LOGOUT_ACK)
+        proxy.stall_existing()
+        errnos = []
+        for _ in range(3):  # at most one failure per pooled connection
+            errnos.append((await conn.login(uid, PASSWORD))["errno"])
+            if errnos[-1] == 0:
+                break
+        assert errnos[-1] == 0 and set(errnos[:-1]) <= {4}, errnos
+    finally:
+        await conn.close()
+        await node.stop()
+        await proxy.close()

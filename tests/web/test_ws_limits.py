@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -54,6 +55,47 @@ async def test_origin_allow_list(settings: Settings, nodes: list[Node]) -> None:
     await ok.close()
     with pytest.raises(InvalidStatus):
         await connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+
+
+async def test_unreadable_handshakes_get_a_clear_status_not_a_traceback(
+    ws_node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two Origin (or Host) headers: which would the browser have meant? An
+    unclosed IPv6 bracket in the path or the Origin: no address at all.
+    Pipelined requests. Before, each raised (in data_received, or in the
+    task answering a route): the connection was dropped with no reply and
+    every such request logged a traceback at ERROR; a POST got no reply."""
+    upgrade = (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    twice = b"one Origin header and one Host header"
+    ok = "Host: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\n"
+    cases = (
+        ("/ws", ok + "Origin: http://evil.example\r\n", b"400", twice),
+        ("/ws", ok + "Host: evil.example\r\n", b"400", twice),
+        ("//[x", "Host: 127.0.0.1\r\n", b"400", b"unreadable path"),
+        ("/ws", "Host: 127.0.0.1\r\nOrigin: http://[::1\r\n", b"403", b"origin may not"),
+    )  # fmt: skip
+    raw = [(f"GET {p} HTTP/1.1\r\n{h}{upgrade}", status, text) for p, h, status, text in cases]
+    # Pipelined (the next request is taken for frames, which the library
+    # fails), also behind a route answered later; not a GET at all.
+    get = "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    pipelined = b"one request per connection"
+    raw += [
+        (get.format("/") + get.format("/"), b"400", pipelined),
+        (get.format("/healthz") + get.format("/nope"), b"400", pipelined),
+        ("POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\nhi", b"400", b"GET"),
+    ]
+    for request, status, text in raw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ws_node.http.port)
+        writer.write(request.encode())
+        async with asyncio.timeout(10):
+            reply = await reader.read()  # the node closes after its answer
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 " + status + b" "), (request, reply[:100])
+        assert text in reply
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_message_over_max_frame_closes_with_1009(
@@ -133,6 +175,34 @@ async def test_pongs_keep_a_quiet_browser_and_a_vanished_one_is_closed(
     await asyncio.sleep(idle * 3)  # the quiet period is the point of the test
     assert (await quiet.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
     await quiet.close()
+
+
+async def test_a_message_dribbled_in_fragments_is_cut_off(
+    settings: Settings, nodes: list[Node]
+) -> None:
+    """--frame-timeout holds over WebSocket too: a message sent in
+    fragments, one byte every 0.2 s, is refused and the connection closed,
+    as a request dribbled over TCP is; before, the node held it (up to
+    --max-frame per connection) for as long as the bytes kept coming."""
+    n = await _node(settings, frame_timeout=1.0)
+    nodes.append(n)
+    web = await WsChat.open_ws(n.http.port)
+    uid = await web.register(unique(), PASSWORD)
+    assert (await web.login(uid, PASSWORD))["errno"] == 0
+
+    async def dribble() -> AsyncIterator[str]:
+        for char in '{"msgid":12,"pad":"' + "x" * 100 + '"}':
+            yield char
+            await asyncio.sleep(0.2)
+
+    sending = asyncio.ensure_future(web.ws.send(dribble()))
+    try:
+        err = await web.expect(MsgId.ERROR, timeout=10)
+        assert err["errno"] == ErrCode.TIMEOUT and "too long to arrive" in err["errmsg"]
+        await web.at_eof()
+    finally:
+        sending.cancel()
+    await web.abort()
 
 
 async def test_flood_limit(ws_node: Node) -> None:

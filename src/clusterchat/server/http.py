@@ -106,10 +106,22 @@ class HttpServer:
     def route(self, conn: WsConnection, request: Request) -> None:
         if not self._readdress(conn, request):
             return
-        path = urlsplit(request.path).path
         ws = conn.ws
+        try:
+            path = urlsplit(request.path).path
+        except ValueError:  # "//[x": an unclosed IPv6 bracket
+            log.info("HTTP request from %s refused: unreadable path", conn.address)
+            ws.send_response(response(400, "text/plain; charset=utf-8", b"unreadable path\n"))
+            return
         if path == "/ws":
-            origin = request.headers.get("Origin")
+            origins = request.headers.get_all("Origin")
+            if len(origins) > 1 or len(request.headers.get_all("Host")) > 1:
+                # Which one would the browser have meant? Refused, not guessed.
+                log.info("WebSocket from %s refused: Origin or Host given twice", conn.address)
+                res = ws.reject(400, "one Origin header and one Host header, please\n")
+                ws.send_response(res)
+                return
+            origin = origins[0] if origins else None
             if origin is not None and not self.origin_allowed(origin, request):
                 log.info("WebSocket from %s refused: origin %r", conn.address, origin[:100])
                 res = ws.reject(403, "this origin may not open a chat connection\n")
@@ -166,7 +178,7 @@ class HttpServer:
         except Exception:
             log.exception("HTTP route failed")
             status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
-        if conn.transport is not None:
+        if conn.transport is not None and not conn.ws.eof_sent:  # else: bytes after it, closed
             conn.ws.send_response(response(status, content_type, body, Cache_Control="no-store"))
             conn.write_out()
 
@@ -177,7 +189,11 @@ class HttpServer:
         if self.origins:
             return "*" in self.origins or origin in self.origins
         host = request.headers.get("Host", "")
-        return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+            return False
+        return bool(host) and netloc.lower() == host.lower()
 
     # -- keepalive ----------------------------------------------------------------------
 

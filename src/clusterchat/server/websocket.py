@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets import protocol as wsprotocol
 from websockets.datastructures import Headers
-from websockets.exceptions import PayloadTooBig
+from websockets.exceptions import InvalidMessage, PayloadTooBig
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -78,15 +78,18 @@ class WsConnection(Connection):
     @names_connection  # its log lines name this connection
     def data_received(self, data: bytes) -> None:
         core = self.core
-        core.last_seen = self.node.clock()
+        core.last_seen = now = self.node.clock()
         ws = self.ws
+        whole = False  # a message ended in this read
         if self.between and ws.current_size is None and ws.state is OPEN:
             # Between frames: the chat messages are read here, and only
             # what follows the first other frame goes through the library.
             messages, used = wsframes.read(data, ws.max_message_size, masked=True)
             if messages:
                 core.receive_frames(messages)
+                whole = True
             if used == len(data):
+                core.partial_since = 0.0
                 return  # the library was not asked for anything to send
             data = data[used:]
         ws.receive_data(data)
@@ -96,6 +99,7 @@ class WsConnection(Connection):
                 if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
                     if event.fin:
                         core.receive_frame(bytes(event.data))
+                        whole = True
                     else:  # the first of a fragmented message's frames
                         self.fragments = [bytes(event.data)]
                 elif event.opcode is Opcode.CONT and self.fragments is not None:
@@ -104,9 +108,18 @@ class WsConnection(Connection):
                     if event.fin:
                         core.receive_frame(b"".join(self.fragments))
                         self.fragments = None
+                        whole = True
             elif isinstance(event, Request):
-                self.http.route(self, event)
-                upgraded = ws.state is OPEN
+                if ws.eof_sent:
+                    # What followed the request in this read was taken for
+                    # frames, and the library gave up on them: say why
+                    # before its close, not a traceback and no answer.
+                    self._refuse_http(
+                        b"one request per connection, nothing more before its answer\n"
+                    )
+                else:
+                    self.http.route(self, event)
+                    upgraded = ws.state is OPEN
         self.between = ws.state is OPEN and between_frames(ws)
         if upgraded and self.between:
             # The server's parser keeps the handshake request (its headers,
@@ -114,6 +127,17 @@ class WsConnection(Connection):
             # class's parser reads on without it.
             ws.parser = wsprotocol.Protocol.parse(ws)
             next(ws.parser)
+        if ws.state is OPEN and (ws.reader.buffer or self.fragments is not None):
+            # A message begun, not whole: --frame-timeout counts from its
+            # start, as on TCP (dribbling it keeps the connection lively).
+            if whole or not core.partial_since:
+                core.partial_since = now
+        else:
+            core.partial_since = 0.0
+        if isinstance(ws.handshake_exc, InvalidMessage) and not self._closing_transport():
+            # Not an HTTP/1.1 GET (a POST, garbage): the library closes
+            # without a word.
+            self._refuse_http(b"not an HTTP/1.1 GET request\n")
         if ws.state is not OPEN and not core.ended and ws.handshake_exc is None:
             # A close frame (or a broken frame, or one over --max-frame) from
             # the peer: like a FIN, it read what its kernel acknowledged.
@@ -121,6 +145,15 @@ class WsConnection(Connection):
                 log.info("closing WebSocket from %s: message over --max-frame", self.address)
             core.receive_eof()
         self.write_out()
+
+    def _refuse_http(self, why: bytes) -> None:
+        """A 400 the library would not send, before its close."""
+        log.info("HTTP request from %s refused: %s", self.address, why.decode().strip())
+        if self.transport is not None:
+            self.transport.write(response(400, "text/plain; charset=utf-8", why).serialize())
+
+    def _closing_transport(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def write_out(self) -> None:
         """Write what the protocol has for the peer; an empty chunk means close."""

@@ -52,6 +52,13 @@ _MYSQL_NO_SUCH_DB = 1049
 _MYSQL_TABLE_EXISTS = 1050
 #: How often a node looks again at an unstamped schema it would refuse (0.2 s apart).
 _UNSTAMPED_LOOKS = 15
+#: Seconds a pooled transaction (checkout and pre-ping included) may take
+#: before it fails as Unavailable, or InDoubt once its COMMIT went out, and
+#: its connection is terminated, not returned: a flow gone silent (a proxy or
+#: NAT holding it, a database host gone without a reset) must not hold the
+#: request, and so every login once the pool is exhausted, until TCP gives
+#: up, if ever. Shorter than the login timeout, so the client is told.
+TX_TIMEOUT = 15.0
 
 T = TypeVar("T")
 
@@ -341,7 +348,7 @@ class SqlStore(SocialQueries, HistoryQueries):
         committing = False
         try:
             with _translated():
-                async with self.engine.begin() as conn:
+                async with asyncio.timeout(TX_TIMEOUT), self.engine.begin() as conn:
                     yield conn
                     committing = True
         except errors.Unavailable as exc:
