@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,17 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import procs
+
 
 @dataclass(frozen=True)
 class Instance:
     port: int
     pid: int
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_sql(port: int, timeout: float = 60.0) -> None:
@@ -48,7 +43,7 @@ def _wait_sql(port: int, timeout: float = 60.0) -> None:
 def private_mariadb(cpu: str) -> Iterator[Instance]:
     """Start a throwaway mariadbd pinned to ``cpu``; removed on exit."""
     datadir = Path(tempfile.mkdtemp(prefix="ccb-mariadb-"))
-    port = _free_port()
+    port = procs.free_port()
     try:
         subprocess.run(
             [

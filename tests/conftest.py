@@ -23,6 +23,7 @@ from clusterchat.config import Settings
 from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 from clusterchat.service.passwords import HashCost
+from tests.helpers import OwnRedis
 
 MYSQL_SERVER = os.environ.get("CLUSTERCHAT_TEST_MYSQL", "mysql+asyncmy://root@127.0.0.1:3306")
 #: Cheap hashing so the suite is fast; users get the safe default.
@@ -143,3 +144,14 @@ def user(connect: Connect) -> UserFactory:
 
 
 __all__ = ["FAST_HASH", "PASSWORD", "User", "replace", "unique"]
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
+    """A redis-server of the test's own, which it may kill and bring back."""
+    r = OwnRedis(tmp_path)
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.kill()

@@ -5,7 +5,7 @@ back (the pending batch fails, the next one reconnects)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,16 +13,6 @@ from redis.exceptions import RedisError
 
 from clusterchat.bus import resp
 from tests.helpers import OwnRedis
-
-
-@pytest.fixture
-async def own(tmp_path: Path) -> AsyncIterator[OwnRedis]:
-    r = OwnRedis(tmp_path)
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.kill()
 
 
 async def _subscribed(url: str, channels: list[bytes]) -> tuple[resp.Subscription, list[bytes]]:
@@ -38,9 +28,11 @@ async def _until(check: Callable[[], object], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_batches_are_answered_in_order_and_messages_arrive_in_order(own: OwnRedis) -> None:
-    sub, got = await _subscribed(own.url, [b"t:a", b"t:b"])
-    pub = resp.Publisher(own.url, 2.0)
+async def test_batches_are_answered_in_order_and_messages_arrive_in_order(
+    own_redis: OwnRedis,
+) -> None:
+    sub, got = await _subscribed(own_redis.url, [b"t:a", b"t:b"])
+    pub = resp.Publisher(own_redis.url, 2.0)
     try:
         first = pub.publish([(b"t:a", b"1"), (b"t:nobody", b"x"), (b"t:b", b"2")])
         second = pub.publish([(b"t:a", b"3" * 100_000)])
@@ -70,21 +62,21 @@ async def test_a_password_is_sent_first(tmp_path: Path) -> None:
 
 
 async def test_redis_gone_fails_the_batch_and_the_watch_then_both_come_back(
-    own: OwnRedis,
+    own_redis: OwnRedis,
 ) -> None:
-    sub, got = await _subscribed(own.url, [b"t:a"])
-    pub = resp.Publisher(own.url, 2.0)
+    sub, got = await _subscribed(own_redis.url, [b"t:a"])
+    pub = resp.Publisher(own_redis.url, 2.0)
     watching = asyncio.ensure_future(sub.watch(every=5.0))
     try:
         assert await pub.publish([(b"t:a", b"before")]) == [1]
-        await own.kill()
+        await own_redis.kill()
         with pytest.raises(RedisError):
             async with asyncio.timeout(5):
                 await watching
         with pytest.raises((RedisError, OSError)):
             await pub.publish([(b"t:a", b"during")])
-        await own.start()
-        sub, got = await _subscribed(own.url, [b"t:a"])
+        await own_redis.start()
+        sub, got = await _subscribed(own_redis.url, [b"t:a"])
         assert await pub.publish([(b"t:a", b"after")]) == [1]
         await _until(lambda: got == [b"after"])
     finally:

@@ -137,16 +137,6 @@ async def cluster(tmp_path: Path, mariadb_url: str, shared_redis: str) -> AsyncI
 
 
 @pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
-    r = OwnRedis(tmp_path)
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.kill()
-
-
-@pytest.fixture
 async def cluster_on_own_redis(
     tmp_path: Path, mariadb_url: str, own_redis: OwnRedis
 ) -> AsyncIterator[Cluster]:
