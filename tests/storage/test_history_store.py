@@ -196,3 +196,33 @@ async def test_a_node_opens_its_history_connection_at_start_not_with_the_first_r
         assert [r.body for r in await store.history(a, b, 0, 10, 0)] == ["on it"]
     finally:
         await node.stop()
+
+
+async def test_opening_the_history_connection_on_a_silent_flow_fails_in_time(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history connection is opened at the node's start (the service
+    logs Unavailable and goes on): a flow gone silent (no FIN, no reset)
+    must cost that WRITE_TIMEOUT at most, not hold the start for ever; the
+    first write opens it again."""
+    monkeypatch.setattr(history_storage, "WRITE_TIMEOUT", 1.0)
+    direct = SqlStore(mariadb_url, pool_size=2)
+    await direct.create_schema()
+    proxy = StallingProxy(int(MYSQL_SERVER.rsplit(":", 1)[1]))
+    await proxy.start()
+    host = MYSQL_SERVER.rsplit(":", 1)[0]
+    store = SqlStore(f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}", pool_size=2)
+    proxy.stall()
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(errors.Unavailable):
+                await store.open_history()
+        assert store.history_bulk is not None and not store.history_bulk.connected
+        proxy.flow()
+        a, b = await direct.create_user(unique(), "x"), await direct.create_user(unique(), "x")
+        await store.add_history([(a, b, a, "m-1", now_ms(), "after the stall")])
+        assert [r.body for r in await direct.history(a, b, 0, 10, 0)] == ["after the stall"]
+    finally:
+        await store.close()
+        await proxy.close()
+        await direct.close()

@@ -124,7 +124,8 @@ class BulkConnection:
         failures = (MySQLError, OSError, ConnectionError, TimeoutError)
         async with self._turn:
             try:
-                await self._ready(time.perf_counter(), failures)
+                async with asyncio.timeout(WRITE_TIMEOUT):  # a silent flow must not hold the start
+                    await self._ready(time.perf_counter(), failures)
             except failures as exc:
                 self.close()
                 raise errors.Unavailable(f"database unavailable: {exc.__class__.__name__}") from exc
