@@ -59,12 +59,22 @@ class NodeCollector(Collector):
         #: Rows in the offline table, counted before each scrape (bounded by a
         #: timeout: the last count stays if the store is slow or down).
         self.backlog: int | None = None
+        #: The count under way: scrapes that come meanwhile share it, so a
+        #: flood of scrapes (the HTTP port is public) runs one at a time.
+        self._counting: asyncio.Future[None] | None = None
 
     async def refresh(self) -> None:
         """What needs I/O is read before the scrape (collect() is synchronous)."""
-        store = self.node.store
-        if not isinstance(store, SqlStore):
+        if not isinstance(self.node.store, SqlStore):
             return
+        counting = self._counting
+        if counting is None or counting.done():
+            counting = self._counting = asyncio.ensure_future(self._count())
+        await asyncio.shield(counting)
+
+    async def _count(self) -> None:
+        store = self.node.store
+        assert isinstance(store, SqlStore)
         try:
             async with asyncio.timeout(2):
                 async with store.engine.connect() as conn:
