@@ -9,6 +9,8 @@ import shutil
 import socket
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
@@ -191,6 +193,15 @@ class StallingProxy:
 
         for t in (asyncio.ensure_future(pump(r, uw)), asyncio.ensure_future(pump(ur, w))):
             self._tasks.add(t)
+
+
+async def stalling_mariadb(url: str) -> tuple[StallingProxy, str]:
+    """A started :class:`StallingProxy` in front of the MariaDB of ``url``,
+    and ``url`` through it."""
+    u = make_url(url)
+    proxy = StallingProxy(u.port or 3306)
+    await proxy.start()
+    return proxy, u.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
 
 
 def server_cmd(port: int, db_url: str, *extra: str) -> list[str]:

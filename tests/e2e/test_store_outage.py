@@ -12,7 +12,7 @@ from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
 from clusterchat.storage import sql
 from tests.conftest import FAST_HASH, MYSQL_SERVER, PASSWORD, unique
-from tests.helpers import CuttableProxy, StallingProxy
+from tests.helpers import CuttableProxy, stalling_mariadb
 
 
 @pytest.fixture
@@ -83,10 +83,7 @@ async def test_logins_on_a_silent_store_flow_get_an_error_in_time(
     work again once the flows carry on; before, every login waited for ever
     (the pooled connection's read never returned) and held its connection."""
     monkeypatch.setattr(sql, "TX_TIMEOUT", 1.0)
-    proxy = StallingProxy(int(MYSQL_SERVER.rsplit(":", 1)[1]))
-    await proxy.start()
-    host = MYSQL_SERVER.rsplit(":", 1)[0]
-    url = f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}"
+    proxy, url = await stalling_mariadb(mariadb_url)
     node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, db_pool=2))
     await node.start()
     conns: list[ChatConnection] = []
@@ -115,10 +112,7 @@ async def test_logins_get_new_connections_when_the_old_flows_stay_silent(
     flow: each held connection fails one transaction in TX_TIMEOUT and is
     replaced, so logins work again without the old flows coming back."""
     monkeypatch.setattr(sql, "TX_TIMEOUT", 1.0)
-    proxy = StallingProxy(int(MYSQL_SERVER.rsplit(":", 1)[1]))
-    await proxy.start()
-    host = MYSQL_SERVER.rsplit(":", 1)[0]
-    url = f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}"
+    proxy, url = await stalling_mariadb(mariadb_url)
     node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, db_pool=2))
     await node.start()
     conn, uid = await _user(node)

@@ -21,7 +21,7 @@ from clusterchat.storage import history as history_storage
 from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import history
 from tests.conftest import FAST_HASH, MYSQL_SERVER, unique
-from tests.helpers import StallingProxy
+from tests.helpers import stalling_mariadb
 
 
 @pytest.fixture
@@ -161,10 +161,8 @@ async def test_a_history_write_on_a_silent_connection_fails_in_doubt_in_time(
     monkeypatch.setattr(history_storage, "WRITE_TIMEOUT", 1.0)
     direct = SqlStore(mariadb_url, pool_size=2)
     await direct.create_schema()
-    proxy = StallingProxy(int(MYSQL_SERVER.rsplit(":", 1)[1]))
-    await proxy.start()
-    host = MYSQL_SERVER.rsplit(":", 1)[0]
-    store = SqlStore(f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}", pool_size=2)
+    proxy, through = await stalling_mariadb(mariadb_url)
+    store = SqlStore(through, pool_size=2)
     try:
         a, b = await direct.create_user(unique(), "x"), await direct.create_user(unique(), "x")
         await store.add_history([(a, b, a, "m-1", now_ms(), "first")])
@@ -208,10 +206,8 @@ async def test_opening_the_history_connection_on_a_silent_flow_fails_in_time(
     monkeypatch.setattr(history_storage, "WRITE_TIMEOUT", 1.0)
     direct = SqlStore(mariadb_url, pool_size=2)
     await direct.create_schema()
-    proxy = StallingProxy(int(MYSQL_SERVER.rsplit(":", 1)[1]))
-    await proxy.start()
-    host = MYSQL_SERVER.rsplit(":", 1)[0]
-    store = SqlStore(f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}", pool_size=2)
+    proxy, through = await stalling_mariadb(mariadb_url)
+    store = SqlStore(through, pool_size=2)
     proxy.stall()
     try:
         async with asyncio.timeout(10):
