@@ -98,9 +98,9 @@ async def burst(
     readers = [asyncio.ensure_future(_read(p)) for p in pairs]
     tally: Counter[str] = Counter()
     started = time.monotonic()
-    await asyncio.gather(
-        *(_send(p, k, count, size, tally) for k, p in enumerate(pairs)),
+    await asyncio.gather(  # during's task starts first: before any message is sent
         *([during()] if during is not None else []),
+        *(_send(p, k, count, size, tally) for k, p in enumerate(pairs)),
     )
     sent = time.monotonic() - started
     # Live delivery, or a hand-back stored and pushed again: wait until all is in,
@@ -192,21 +192,19 @@ async def test_burst_past_a_limit_the_nodes_cannot_see_loses_nothing(
 
 
 async def _held_until_cut(cluster: Cluster, own: OwnRedis) -> None:
-    """node1 stops reading (SIGSTOP) in the middle of the burst until Redis cuts
+    """node1 stops reading (SIGSTOP) from the burst's start until Redis cuts
     its subscription: a node that keeps up is never cut, and this one's
     subscriber reads fast enough to keep up on a quiet machine."""
     channel = f"{cluster.prefix}to:node1"
     client = aioredis.Redis.from_url(own.url)
     pid = cluster.pid("node1")
+    os.kill(pid, signal.SIGSTOP)  # before the burst's first message: all of it piles up
     try:
         [(_, subscribers)] = await client.pubsub_numsub(channel)
         assert subscribers == 1, f"node1 is not subscribed to {channel}"
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            async with asyncio.timeout(60):
-                while (await client.pubsub_numsub(channel))[0][1]:  # noqa: ASYNC110 - Redis polled, deadline
-                    await asyncio.sleep(0.05)
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        async with asyncio.timeout(60):
+            while (await client.pubsub_numsub(channel))[0][1]:  # noqa: ASYNC110 - Redis polled, deadline
+                await asyncio.sleep(0.05)
     finally:
+        os.kill(pid, signal.SIGCONT)
         await client.aclose()
