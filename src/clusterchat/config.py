@@ -175,6 +175,17 @@ class Settings:
     #: Origins allowed to open /ws (e.g. "https://chat.example.com"; "*": any);
     #: empty: the page's own origin only.
     http_origins: tuple[str, ...] = ()
+    #: Addresses and networks that may read /metrics, /healthz and /readyz on
+    #: the HTTP port (the web client's port, often public): loopback and the
+    #: private ranges a scraper or a load balancer's checks come from.
+    ops_from: tuple[str, ...] = (
+        "127.0.0.0/8",
+        "::1",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    )
     #: Days every 1:1 and group message is kept for HISTORY requests (0: none
     #: is written); fractions allowed.
     history_days: float = HISTORY_DAYS

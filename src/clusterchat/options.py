@@ -158,6 +158,11 @@ SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
         Option("--http-origins", ("http_origins",), "ORIGIN[,ORIGIN]",
                "web pages (scheme://host[:port]) allowed to open a chat WebSocket, '*' for "
                "any; default: only the page this node (or nginx in front of it) serves"),
+        Option("--ops-from", ("ops_from",), "ADDRESS[,NETWORK...]",
+               "who may read /metrics, /healthz and /readyz on the HTTP port (others get "
+               "403); addresses or networks; '' : no one",
+               shown="loopback and private networks",
+               parse=lambda text: TrustedProxies(text.split(",")).specs),
         Option("--workers", (), "N",
                "run N processes sharing the port (SO_REUSEPORT), joined through --redis",
                parse=int, default="1"),

@@ -39,3 +39,9 @@ def test_membership_is_the_network_s(address: ipaddress.IPv4Address, prefix: int
     outside = int(network.broadcast_address) + 1
     if outside < 2**32:
         assert str(ipaddress.IPv4Address(outside)) not in trusted
+
+
+def test_ipv4_on_a_dual_stack_listener_is_its_ipv4_address() -> None:
+    trusted = TrustedProxies(["127.0.0.1", "10.0.0.0/8"])
+    assert "::ffff:127.0.0.1" in trusted and "::ffff:10.9.8.7" in trusted
+    assert "::ffff:11.0.0.1" not in trusted and "::ffff:zz" not in trusted

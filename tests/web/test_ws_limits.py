@@ -284,3 +284,30 @@ async def test_static_files_and_extra_routes(ws_node: Node) -> None:
     assert head.startswith(b"HTTP/1.1 404")
     head, body = await get("/healthz?x=1")
     assert head.startswith(b"HTTP/1.1 200") and body == b"ok\n"
+
+
+async def test_ops_endpoints_only_for_ops_from(settings: Settings, nodes: list[Node]) -> None:
+    """/metrics and /readyz share the public web port: only --ops-from may read them;
+    behind a trusted proxy the client's forwarded address is the one judged."""
+
+    async def get(port: int, path: str, *headers: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        extra = "".join(f"{h}\r\n" for h in headers)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
+        raw = await asyncio.wait_for(reader.read(), 10)  # the node closes after it
+        writer.close()
+        return raw
+
+    default = await _node(settings, trusted_proxies=("127.0.0.1",))  # ops: the default
+    nodes.append(default)
+    assert (await get(default.http.port, "/readyz")).startswith(b"HTTP/1.1 200")
+    public = await get(default.http.port, "/metrics", "X-Forwarded-For: 203.0.113.9")
+    assert public.startswith(b"HTTP/1.1 403") and b"--ops-from" in public
+    private = await get(default.http.port, "/healthz", "X-Forwarded-For: 10.1.2.3")
+    assert private.startswith(b"HTTP/1.1 200")
+
+    elsewhere = await _node(settings, ops_from=("10.0.0.0/8",))
+    nodes.append(elsewhere)
+    for path in ("/metrics", "/healthz", "/readyz"):
+        assert (await get(elsewhere.http.port, path)).startswith(b"HTTP/1.1 403"), path
+    assert (await get(elsewhere.http.port, "/")).startswith(b"HTTP/1.1 200")  # the page is public

@@ -38,7 +38,11 @@ class TrustedProxies:
     def __contains__(self, address: object) -> bool:
         if address in self._exact:
             return True
-        if not self._networks or not isinstance(address, str):
+        if not isinstance(address, str):
+            return False
+        if address.startswith("::ffff:"):  # IPv4 on a dual-stack listener
+            return address[7:] in self
+        if not self._networks:
             return False
         try:
             ip = ipaddress.ip_address(address)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from websockets.http11 import Request
 
 from clusterchat.protocol import forwarded
+from clusterchat.protocol.trusted import TrustedProxies
 from clusterchat.server.sockets import tune_listener
 from clusterchat.server.websocket import WsConnection, response
 
@@ -72,6 +73,8 @@ class HttpServer:
         #: Allowed ``Origin`` values for /ws; empty: the page's own origin only.
         self.origins = frozenset(o.rstrip("/") for o in node.settings.http_origins)
         self.port = node.settings.http_port or 0
+        #: Who may use :attr:`routes` (``--ops-from``).
+        self.ops_from = TrustedProxies(node.settings.ops_from)
         self._static: dict[str, tuple[str, bytes]] = {}
         self._server: asyncio.base_events.Server | None = None
         self._pinger: asyncio.Task[None] | None = None
@@ -131,7 +134,11 @@ class HttpServer:
             return
         handler = self.routes.get(path)
         if handler is not None:
-            self.node.spawn(self._answer(conn, handler))
+            if conn.address in self.ops_from:
+                self.node.spawn(self._answer(conn, handler))
+            else:  # what a node holds, and a database query, are not for anyone
+                body = b"served to --ops-from addresses only\n"
+                ws.send_response(response(403, "text/plain; charset=utf-8", body))
             return
         found = self._static.get(path)
         if found is None:
