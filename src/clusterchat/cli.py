@@ -367,7 +367,7 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         node_id=node_id or new_node_id(),
         reuse_port=worker,
     )
-    from clusterchat.errors import SchemaMismatch
+    from clusterchat.errors import SchemaMismatch, Unavailable
 
     try:
         backends = open_backends(settings, settings.node_id)
@@ -375,6 +375,9 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     except SchemaMismatch as exc:
         print(f"clusterchat server: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:  # a wrong --db/--redis, or the service down: no traceback
+        print(f"clusterchat server: cannot start: {_why(exc)}", file=sys.stderr)
+        return 1
     except OSError as exc:
         if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise
@@ -382,6 +385,13 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         print(f"clusterchat server: cannot listen: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _why(exc: BaseException) -> str:
+    """An Unavailable's text with the driver's own words, if it has them."""
+    cause = getattr(exc.__cause__, "orig", None)
+    text = str(exc)
+    return f"{text}: {cause}" if cause is not None and str(cause) not in text else text
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -482,7 +492,13 @@ def _db(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    _run(go())
+    from clusterchat.errors import Unavailable
+
+    try:
+        _run(go())
+    except Unavailable as exc:
+        print(f"clusterchat db: {_why(exc)}", file=sys.stderr)
+        return 1
     return out[0]
 
 

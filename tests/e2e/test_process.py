@@ -177,3 +177,49 @@ async def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     text = err.decode()
     assert "Traceback" not in text
     assert f"cannot listen: [Errno {errno.EADDRINUSE}]" in text and str(taken) in text
+
+
+async def _one_line_error(*args: str) -> str:
+    env = {**os.environ, "CLUSTERCHAT_DB": ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", *args, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert proc.returncode == 1
+    text = err.decode()
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
+    return text
+
+
+async def test_an_unreachable_store_or_redis_is_a_one_line_error(tmp_path: Path) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = closed.getsockname()[1]
+    try:
+        db = f"mysql://root@127.0.0.1:{port}/chat"
+        text = await _one_line_error("server", "--port", "0", "--db", db)
+        assert "cannot start" in text and "Connection refused" in text
+        text = await _one_line_error("db", "status", "--db", db)
+        assert "Connection refused" in text
+        sqlite = f"sqlite:///{tmp_path / 'x.db'}"  # no driver named: aiosqlite is taken
+        text = await _one_line_error(
+            "server", "--port", "0", "--db", sqlite, "--redis", f"redis://127.0.0.1:{port}/0"
+        )
+        assert "cannot start: redis unavailable" in text
+    finally:
+        closed.close()
+
+
+async def test_a_url_without_a_driver_gets_the_async_one(tmp_path: Path) -> None:
+    from clusterchat.storage.sql import async_url
+
+    assert async_url("sqlite:///c.db").drivername == "sqlite+aiosqlite"
+    assert async_url("mysql://root@h/chat").drivername == "mysql+asyncmy"
+    assert async_url("mariadb://root@h/chat").drivername == "mariadb+asyncmy"
+    assert async_url("mysql+aiomysql://root@h/chat").drivername == "mysql+aiomysql"
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    async with server_process("--port", "0", "--db", db) as (_proc, port, _):
+        c = await ChatConnection.open("127.0.0.1", port)
+        assert await c.register(unique(), PASSWORD) > 0
+        await c.close()

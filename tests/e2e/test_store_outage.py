@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
+from clusterchat import errors
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
 from clusterchat.protocol.messages import ErrCode, MsgId
@@ -128,4 +130,22 @@ async def test_logins_get_new_connections_when_the_old_flows_stay_silent(
     finally:
         await conn.close()
         await node.stop()
+        await proxy.close()
+
+
+async def test_a_node_start_on_a_silent_store_fails_in_time(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MariaDB whose flow goes silent before the node's first query: the
+    start must fail as Unavailable in TX_TIMEOUT (before, it waited for ever)."""
+    monkeypatch.setattr(sql, "TX_TIMEOUT", 1.0)
+    proxy, url = await stalling_mariadb(mariadb_url)
+    proxy.stall()
+    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, db_pool=2))
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(errors.Unavailable, match="did not answer in 1 s"):
+                await node.start()
+    finally:
+        await node.store.close()
         await proxy.close()

@@ -87,6 +87,18 @@ def _asyncmy_caches_statements() -> bool:
     return hasattr(Connection, "_acquire_cached_statement")
 
 
+#: The asyncio driver for a URL that names none ("sqlite:///chat.db",
+#: "mysql://root@host/chat", as SQLAlchemy's own docs write them): the sync
+#: default would fail at the first query with a message about drivers.
+_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "mysql": "asyncmy", "mariadb": "asyncmy"}
+
+
+def async_url(url: str | URL) -> URL:
+    u = make_url(url)
+    driver = _ASYNC_DRIVERS.get(u.drivername)
+    return u.set(drivername=f"{u.drivername}+{driver}") if driver else u
+
+
 def make_engine(url: URL, pool_size: int = 20) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
@@ -216,7 +228,7 @@ class SqlStore(SocialQueries, HistoryQueries):
         self, url: str | URL, pool_size: int = 20, ticket_lifetime: float = 28 * 86_400.0
     ) -> None:
         self.ticket_lifetime = ticket_lifetime
-        self._url = make_url(url)
+        self._url = async_url(url)
         self.url = self._url.render_as_string(hide_password=True)
         self.engine = make_engine(self._url, pool_size)
         self.latency = Histogram(
@@ -248,7 +260,7 @@ class SqlStore(SocialQueries, HistoryQueries):
     async def create_schema(self) -> None:
         """Make the schema in an empty database (a newcomer's first start needs
         no extra step); refuse a database at another revision with what to run."""
-        st = await self._on_database(self.schema_state)
+        st = await self._on_database(self._schema_state)
         if st.empty or (st.current and not st.versioned):  # empty, or made from chat.sql
             await self._create_tables()  # stamps it too
             st = await self.schema_state()
@@ -263,8 +275,18 @@ class SqlStore(SocialQueries, HistoryQueries):
             raise errors.SchemaMismatch(problem)
 
     async def schema_state(self) -> schema.State:
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(schema.state)
+        """Raises Unavailable if the database cannot be reached or does not
+        answer in TX_TIMEOUT: a silent flow must fail a node's start or an
+        admin command, not hang it."""
+        with _translated():
+            return await self._schema_state()
+
+    async def _schema_state(self) -> schema.State:
+        try:
+            async with asyncio.timeout(TX_TIMEOUT), self.engine.connect() as conn:
+                return await conn.run_sync(schema.state)
+        except TimeoutError:
+            raise errors.Unavailable(f"database did not answer in {TX_TIMEOUT:g} s") from None
 
     async def upgrade_schema(self) -> tuple[str | None, str]:
         """Bring any earlier schema (or none) to this code's; returns (from, to)."""
