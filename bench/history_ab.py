@@ -9,7 +9,8 @@ C loadgen: BENCHMARKS.md, "History on vs off".
 Each run starts a fresh node (CPU 0, a fresh MariaDB database) per store and
 variant, in turn: history off (``CLUSTERCHAT_HISTORY_DAYS=0``), history on,
 and with ``--before`` history on with another checkout's interpreter (the
-code before a change), each next to a C forwarder ceiling run; the loadgen
+code before a change; "on" and "before" swap places every run), each next
+to a C forwarder ceiling run; the loadgen
 runs on CPU 1. Stores: ``shared`` is the shared MariaDB, which floats over
 both cores (``--mariadb-port``/``--mariadb-pid`` point at another instance);
 ``private`` is one this script starts for itself, pinned to
@@ -135,7 +136,11 @@ def bench(args: argparse.Namespace, stores: list[Store]) -> None:
     with procs.process(fwd, port_fwd):
         for run in range(args.runs):
             for store in stores:
-                for name, python in variants:
+                # The on variants swap places every run: a node run later in a
+                # run found mariadbd 10-18% dearer per delivery in an A/A test
+                # (the same code as "on" and "before"; BENCHMARKS.md).
+                on = variants[1:] if run % 2 == 0 else variants[:0:-1]
+                for name, python in variants[:1] + on:
                     # process() passes this environment on to the node
                     if name == "off":
                         os.environ["CLUSTERCHAT_HISTORY_DAYS"] = "0"
