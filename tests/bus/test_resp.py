@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from clusterchat.bus import resp
-from tests.helpers import OwnRedis
+from tests.helpers import OwnRedis, StallingProxy
 
 
 async def _subscribed(url: str, channels: list[bytes]) -> tuple[resp.Subscription, list[bytes]]:
@@ -83,3 +84,25 @@ async def test_redis_gone_fails_the_batch_and_the_watch_then_both_come_back(
         watching.cancel()
         pub.close()
         sub.close()
+
+
+async def test_a_silent_redis_fails_the_batch_within_the_timeout_then_publishing_resumes(
+    own_redis: OwnRedis,
+) -> None:
+    """One watchdog timer, not a timeout per batch: the batch still fails
+    within 1.25 times the timeout, and the next one reconnects."""
+    proxy = StallingProxy(own_redis.port)
+    await proxy.start()
+    pub = resp.Publisher(f"redis://127.0.0.1:{proxy.port}/0", 0.4)
+    loop = asyncio.get_running_loop()
+    try:
+        assert await pub.publish([(b"t:a", b"before")]) == [0]
+        proxy.stall_existing()
+        began = loop.time()
+        with pytest.raises(RedisTimeoutError):
+            await pub.publish([(b"t:a", b"stalled")])
+        assert 0.4 <= loop.time() - began <= 0.4 * 1.25 + 0.2
+        assert await pub.publish([(b"t:a", b"after")]) == [0]  # a new connection flows
+    finally:
+        pub.close()
+        await proxy.close()
