@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from clusterchat.protocol.messages import ErrCode, MsgId, Request
+from clusterchat.protocol.messages import ChatStatus, ErrCode, MsgId, Request
 
 _decoder = msgspec.json.Decoder(Request)
 _any_decoder = msgspec.json.Decoder()
@@ -176,6 +176,15 @@ encode_json = _encoder.encode
 
 def chat_ack(mid: str, ts: int, status: str) -> bytes:
     return CHAT_ACK_TEMPLATE % (_encoder.encode(mid), _encoder.encode(status), ts)
+
+
+def delivered_ack_template(node_id: str) -> bytes:
+    """CHAT_ACK "delivered" for mids ``<node_id>-<n>``, pre-encoded but for
+    ``n`` and ``ts`` (``% (n, ts)``): the reply to every chat delivered on
+    this node, with no JSON encoding per chat (digits need no escaping)."""
+    before_mid, before_status, rest = CHAT_ACK_TEMPLATE.split(b"%b")
+    mid = _encoder.encode(node_id + "-")[:-1].replace(b"%", b"%%") + b'%d"'
+    return before_mid + mid + before_status + _encoder.encode(ChatStatus.DELIVERED) + rest
 
 
 def login_ack(

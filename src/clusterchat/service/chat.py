@@ -191,6 +191,8 @@ class ChatService:
         )
         self._members: dict[int, frozenset[int]] = {}
         self._mids = itertools.count(1)
+        #: The CHAT_ACK of a chat delivered here, but for the mid's number and ts.
+        self._delivered_ack = codec.delivered_ack_template(self.node_id)
         self._pong = Fixed.of({"msgid": MsgId.PONG, "node": self.node_id})
         self._background: set[asyncio.Task[Any]] = set()
         self.restorer = Restorer(store, self.budget, self._after_store)
@@ -947,14 +949,16 @@ class ChatService:
             )
             return None
         ts = int(time.time() * 1000)
-        mid = f"{self.node_id}-{next(self._mids)}"
+        n = next(self._mids)
+        mid = f"{self.node_id}-{n}"
         payload = codec.one_chat(s.uid, s.name, req.toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(req.toid)
         if target is not None and target.deliver(payload):
             self.counts.relayed_local += 1
             if self.history is not None:
                 self._keep_one(s.uid, req.toid, mid, ts, req.msg)
-            self.reply(s, ChatAck(mid, ts, ChatStatus.DELIVERED))
+            if not s.legacy:  # the original is shown no CHAT_ACK (see reply)
+                s.peer.send(self._delivered_ack % (n, ts))
             return None
         # On another node: the original client expects no reply (it is shown
         # no CHAT_ACK), so do not wait for Redis (the bus stores the message
