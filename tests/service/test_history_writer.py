@@ -1,6 +1,7 @@
 """The history writer against real stores: few batched writes, retries through
-an outage, backpressure (ERROR 151, no effect) while a slowed store cannot keep
-up, and a shutdown that writes what is queued."""
+an outage, backpressure while a slowed store cannot keep up (senders wait;
+past their patience ERROR 151, no effect), and a shutdown that writes what
+is queued."""
 
 from __future__ import annotations
 
@@ -169,6 +170,15 @@ async def _chat(conn: ChatConnection, toid: int, msg: str) -> dict[str, Any]:
     return await conn.request({"msgid": MsgId.ONE_CHAT, "toid": toid, "msg": msg}, MsgId.CHAT_ACK)
 
 
+async def _fill(alice: ChatConnection, b: int, n: int) -> list[str]:
+    """Chats from alice to b until the history queue is full (n rows)."""
+    accepted = []
+    for i in range(n):
+        assert (await _chat(alice, b, f"m{i}"))["status"] == "delivered"
+        accepted.append(f"m{i}")
+    return accepted
+
+
 @pytest.mark.unmetered
 async def test_a_store_that_cannot_keep_up_slows_senders_and_loses_nothing(
     slowed: Node,
@@ -183,38 +193,67 @@ async def test_a_store_that_cannot_keep_up_slows_senders_and_loses_nothing(
     legacy, c = await _logged_in(node, legacy=True)
     try:
         store.gate.clear()
-        accepted = []
-        refusal: dict[str, Any] = {}
-        for i in range(20):
-            await alice.send({"msgid": MsgId.ONE_CHAT, "toid": b, "msg": f"m{i}"})
-            got = await alice.recv()
-            if got["msgid"] == MsgId.ERROR:
-                refusal = got
-                break
-            accepted.append(f"m{i}")
-        # Refused with "busy, retry" at the queue's bound, not dropped.
-        assert refusal["errno"] == ErrCode.BUSY and refusal["re"] == MsgId.ONE_CHAT, refusal
-        assert len(accepted) == 5 and writer.full and len(writer) == 5
-        refused = f"m{len(accepted)}"
-        for m in accepted:  # everything accepted was delivered...
+        accepted = await _fill(alice, b, 5)
+        assert writer.full and len(writer) == 5
+        for m in accepted:  # everything accepted was delivered
             assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == m
-        # ...and the refused one was not: a refusal has no effect.
-        # The original client has no "busy" reply: it is slowed, not refused.
+        # Past the bound, a modern chat waits for room, and the sender's next
+        # one waits behind it; so does the original client's.
+        await alice.send({"msgid": MsgId.ONE_CHAT, "toid": b, "msg": "waited"})
+        await alice.send({"msgid": MsgId.ONE_CHAT, "toid": b, "msg": "behind"})
         await legacy.send_raw(nlohmann({"msgid": 6, "id": c, "toid": b, "msg": "from legacy"}))
-        await asyncio.sleep(0.2)  # give a wrong delivery the chance to show
-        assert not bob._inbox and not await _readable(bob)
-        store.gate.set()
-        got = await bob.expect(MsgId.ONE_CHAT)  # the legacy sender went on once there was room
-        assert got["msg"] == "from legacy"
-        assert (await _chat(alice, b, "after"))["status"] == "delivered"
+        await asyncio.sleep(0.3)  # give a wrong reply or delivery the chance to show
+        assert not await _readable(alice) and not await _readable(bob)
+        store.gate.set()  # the store catches up: everything waiting goes on, in order
+        for _ in ("waited", "behind"):
+            assert (await alice.expect(MsgId.CHAT_ACK))["status"] == "delivered"
+        got = [(await bob.expect(MsgId.ONE_CHAT))["msg"] for _ in range(3)]
+        assert [m for m in got if m != "from legacy"] == ["waited", "behind"]
+        assert "from legacy" in got
         assert await writer.drain(10)
         kept = [m.body for m in await store.history(min(a, b), max(a, b), 0, 50, 0)]
-        assert kept == ["after", *reversed(accepted)] and refused not in kept
+        assert kept == ["behind", "waited", *reversed(accepted)]
         legacy_kept = await store.history(min(c, b), max(c, b), 0, 50, 0)
         assert [m.body for m in legacy_kept] == ["from legacy"]
-        assert writer.refused >= 2  # the refusal and the legacy sender's wait
+        assert writer.refused >= 2  # slowed: the modern chat and the legacy one
     finally:
         for conn in (alice, bob, legacy):
+            await conn.close()
+
+
+@pytest.mark.unmetered
+async def test_a_store_that_stays_behind_gets_modern_senders_refused(slowed: Node) -> None:
+    node = slowed
+    store = node.store
+    assert isinstance(store, SlowedStore)
+    writer = node.service.history
+    assert writer is not None
+    node.service.history_patience = 0.3
+    alice, a = await _logged_in(node)
+    bob, b = await _logged_in(node)
+    try:
+        store.gate.clear()
+        accepted = await _fill(alice, b, 5)
+        for m in accepted:
+            assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == m
+        waited = time.monotonic()
+        await alice.send({"msgid": MsgId.ONE_CHAT, "toid": b, "msg": "refused"})
+        refusal = await alice.recv()
+        # Refused with "busy, retry" once its patience ran out, not dropped...
+        assert refusal["msgid"] == MsgId.ERROR, refusal
+        assert refusal["errno"] == ErrCode.BUSY and refusal["re"] == MsgId.ONE_CHAT, refusal
+        assert "history" in refusal["errmsg"]
+        assert time.monotonic() - waited >= 0.3
+        # ...and a refusal has no effect: nobody got it, history does not hold it.
+        assert not await _readable(bob)
+        store.gate.set()
+        assert (await _chat(alice, b, "after"))["status"] == "delivered"
+        assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == "after"
+        assert await writer.drain(10)
+        kept = [m.body for m in await store.history(min(a, b), max(a, b), 0, 50, 0)]
+        assert kept == ["after", *reversed(accepted)]
+    finally:
+        for conn in (alice, bob):
             await conn.close()
 
 

@@ -106,6 +106,10 @@ _UNMETERED: frozenset[type] = frozenset({Logout, Ping, Received})
 _BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
 _BUSY_TEXT = "server busy: too much held for slow readers; retry in a moment"
 _HISTORY_BUSY_TEXT = "server busy: history is written slower than chats arrive; retry in a moment"
+#: Seconds a modern client's chat waits for room in a full history queue
+#: before it is refused as busy: a store that pauses (a checkpoint, a
+#: failover) slows senders; only one that stays behind refuses them.
+HISTORY_PATIENCE = 5.0
 #: Seconds the re-store queue may take to reach the store at shutdown.
 RESTORE_DEADLINE = 10.0
 
@@ -206,6 +210,7 @@ class ChatService:
             self.history.on_room = self._room_again
             self._purger = Purger(store, self.history_retention)
         self.settle_timeout = in_doubt.SETTLE_TIMEOUT  # a store in doubt, before closing
+        self.history_patience = HISTORY_PATIENCE
         self._logging_in: dict[int, list[LoginRace[bytes]]] = {}  # not yet registered
         self._handlers: dict[type, Handler] = {
             Login: self._login,
@@ -289,26 +294,35 @@ class ChatService:
         self._refuse_bad(s, BadRequest(ErrCode.UNKNOWN_MSGID, f"unknown msgid {msgid}", msgid))
 
     def _busy(self, s: Session, req: Request) -> Work:
-        """The memory budget (or the history queue) is full. A modern client
-        is told to retry and nothing is delivered; the original client, which
-        has no such reply, waits until there is room (its queue fills and TCP
-        slows it)."""
-        text = _BUSY_TEXT
+        """The memory budget or the history queue is full. While the budget
+        is full a modern client is told to retry and nothing is delivered;
+        while history is, its chat waits (and the connection's later requests
+        behind it: TCP slows the sender) up to ``history_patience``, then is
+        refused so. The original client, which has no such reply, waits until
+        there is room."""
+        modern = dialect.shown(s.legacy, MsgId.ERROR)
         if self.budget.full:
             self.budget.refused += 1
+            if modern:
+                self._refuse(s, req, ErrCode.BUSY, _BUSY_TEXT)
+                return None
         else:
             assert self.history is not None
             self.history.refused += 1
-            text = _HISTORY_BUSY_TEXT
-        if dialect.shown(s.legacy, MsgId.ERROR):
-            self._refuse(s, req, ErrCode.BUSY, text)
-            return None
-        return self._when_room(s, req)
+        return self._when_room(s, req, self.history_patience if modern else None)
 
-    async def _when_room(self, s: Session, req: Request) -> None:
+    async def _when_room(self, s: Session, req: Request, patience: float | None) -> None:
+        deadline = None if patience is None else asyncio.get_running_loop().time() + patience
         while self.budget.full or (self.history is not None and self.history.full):
             self._room.clear()
-            await self._room.wait()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._room.wait()
+            except TimeoutError:
+                if not s.closed and s.uid:
+                    text = _BUSY_TEXT if self.budget.full else _HISTORY_BUSY_TEXT
+                    self._refuse(s, req, ErrCode.BUSY, text)
+                return
         if s.closed or not s.uid:
             return
         work = self._serve(s, req)

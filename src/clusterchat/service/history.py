@@ -10,10 +10,11 @@ at most 100 statements a second), retrying with backoff like the re-store writer
 at shutdown within a deadline.
 
 The queue is bounded in rows and bytes. Past the bound ``full`` is set and
-the service refuses new chats with ERROR 151 BUSY before delivering them (no
-effect; the original client is slowed instead), exactly as for a full memory
-budget, until the queue is down to half its bound: a message is never
-dropped from history silently and memory never grows without bound. Chats
+new chats wait before they are delivered, until the queue is down to half
+its bound (their senders' connections are not read meanwhile: TCP slows
+them); a modern client's chat that waits longer than the service's
+``history_patience`` is refused with ERROR 151 BUSY (no effect). A message
+is never dropped from history silently and memory never grows without bound. Chats
 already past that check when the queue fills may still be queued (one per
 connection at most), so the bound may be overshot by that much.
 
