@@ -395,8 +395,9 @@ def _why(exc: BaseException) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from clusterchat.bench.conn import Closed
     from clusterchat.bench.main import run as run_bench
-    from clusterchat.bench.scenarios import Options
+    from clusterchat.bench.scenarios import BenchError, Options
 
     targets = []
     for t in args.target.split(","):
@@ -430,7 +431,14 @@ def _bench(args: argparse.Namespace) -> int:
     async def go() -> None:
         results.append(await run_bench(args.scenario, opts, args.json))
 
-    _run(go())
+    try:
+        _run(go())
+    except (BenchError, Closed) as exc:
+        print(f"clusterchat bench: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"clusterchat bench: {args.target}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0 if results and not results[0].errors and not results[0].lost else 1
 
 

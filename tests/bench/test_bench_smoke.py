@@ -82,3 +82,31 @@ async def test_the_original_dialect_is_refused_where_it_cannot_work(args: list[s
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert b"--dialect nul" in err
+
+
+async def _bench_error(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "bench", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    text = err.decode()
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
+    return text
+
+
+async def test_a_server_with_its_default_limits_is_a_one_line_error(tmp_path: Path) -> None:
+    """A newcomer benchmarking a node started as the README's first command
+    (registration limit 20 an address) is told which flags the benchmark
+    needs, and an unreachable target is named."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
+    n = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH))
+    await n.start()
+    try:
+        text = await _bench_error("chat", "-p", "15", "-t", "1", "--target", f"127.0.0.1:{n.port}")
+        assert "too many registrations" in text and "--registrations 0" in text
+    finally:
+        await n.stop()
+    text = await _bench_error("login", "-n", "2", "--target", f"127.0.0.1:{n.port}")
+    assert f"127.0.0.1:{n.port}" in text and "refused" in text

@@ -20,6 +20,23 @@ from clusterchat.protocol.messages import ErrCode, MsgId
 PASSWORD = "bench-pw"
 _BUSY = 4  # REG_ACK / LOGIN_ACK errno: service unavailable or busy, retry
 _RETRIES = 200
+#: Told when the server under test refuses a benchmark for a limit of its own.
+_LIMITS_HINT = (
+    ' (start the server under test with --registrations 0 --message-rate 0: README, "Benchmarking")'
+)
+
+
+class BenchError(Exception):
+    """The server under test refused what the benchmark needs: one line for
+    the person running it, not a traceback."""
+
+
+def _refused(what: str, ack: dict[str, Any]) -> BenchError:
+    why = str(ack.get("errmsg") or ack)
+    hint = _LIMITS_HINT if "too many" in why else ""
+    return BenchError(f"the server refused {what}: {why}{hint}")
+
+
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -105,7 +122,7 @@ async def _register_all(opts: Options, n: int, progress: Progress) -> list[int]:
                 break
             await asyncio.sleep(0.05)  # a busy server: wait for it
         if ack.get("errno") != 0:
-            raise RuntimeError(f"register failed: {ack}")
+            raise _refused(f"registering user {i + 1} of {n}", ack)
         ids[i] = int(ack["id"])
 
     # One request in flight per connection keeps replies matched.
@@ -140,7 +157,7 @@ async def _login_all(
         conn = await _open(opts, i, on_push(i) if on_push else None)
         ack = await _login(conn, ids[i], {"password": PASSWORD}, opts.receipts)
         if ack.get("errno") != 0:
-            raise RuntimeError(f"login failed: {ack}")
+            raise _refused(f"logging in user {ids[i]}", ack)
         conns[i] = conn
 
     await _bounded(len(ids), opts.concurrency, one, progress, "logging in")

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from clusterchat.bench.conn import BenchConn, Closed
-from clusterchat.bench.scenarios import PASSWORD, Options, Progress, _login, _open, _register_all
+from clusterchat.bench.scenarios import (
+    PASSWORD,
+    BenchError,
+    Options,
+    Progress,
+    _login,
+    _open,
+    _register_all,
+)
 from clusterchat.bench.stats import Result
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
@@ -152,7 +160,7 @@ class Soak:
         self.users = [_User(uid) for uid in ids]
         for i, user in enumerate(self.users):
             if not await self._connect(i, user):
-                raise RuntimeError(f"login failed for user {user.uid}")
+                raise BenchError(f"the server refused logging in user {user.uid}")
         start = time.perf_counter()
         stop_at = start + opts.seconds
         ticker = asyncio.ensure_future(self._tick(start, stop_at))
