@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from clusterchat import errors
 from clusterchat.bus.redis import RedisCluster
@@ -148,3 +149,41 @@ async def test_post_reported_tells_the_outcome_and_leaves_storing_to_the_caller(
         await a.close()
         if not b._closing:
             await b.close()
+
+
+async def test_a_burst_of_logins_and_departures_waits_for_the_pool(redis_url: str) -> None:
+    """More presence calls at once than the pool has connections (a reconnect
+    storm, a burst of disconnects) wait their turn: before, redis-py refused
+    each one past its 100th with "Too many connections", and a user whose
+    release failed stayed online in the cluster's eyes."""
+    a = RedisCluster(redis_url, "a", "t:", presence_ttl=10)
+    await a.start(Inbox(here=True))
+    try:
+        uids = range(1000, 1600)
+        assert all(await asyncio.gather(*(a.claim(u) for u in uids)))
+        assert await a.online(uids) == set(uids)
+        await asyncio.gather(*(a.release(u) for u in uids))
+        assert await a.online(uids) == set()
+    finally:
+        await a.close()
+
+
+async def test_a_failed_release_is_retried_at_the_heartbeat(redis_url: str) -> None:
+    """A release that fails (Redis paused past the socket timeout) leaves the
+    user online in the cluster's eyes only until the next heartbeat, which
+    releases them again, unless they logged in here again meanwhile."""
+    a = RedisCluster(redis_url, "a", "t:", presence_ttl=3)
+    await a.start(Inbox(here=True))
+    admin = aioredis.Redis.from_url(redis_url)
+    again = BOB + 1
+    try:
+        assert await a.claim(BOB) and await a.claim(again)
+        await admin.client_pause(2500, all=False)  # writes (and scripts) wait
+        await asyncio.gather(a.release(BOB), a.release(again))  # both time out
+        assert await a.online([BOB, again]) == {BOB, again}
+        assert await a.claim(again)  # back on this node: the retry must leave it be
+        await _until(lambda: not a._unreleased)
+        assert await a.online([BOB, again]) == {again}
+    finally:
+        await admin.aclose()
+        await a.close()

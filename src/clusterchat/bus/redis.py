@@ -62,6 +62,10 @@ Batch = tuple[str, str, int, int, str, list[int], list[int], list[Item]]
 Work = tuple[list[tuple[list[int], bytes, int]], Callable[[], None] | None]
 
 DEFAULT_WINDOW = 4 * 1024 * 1024
+#: Connections for presence and control (the hot path has its own: bus/resp.py),
+#: and the seconds a call waits for one before it fails as unavailable.
+POOL_SIZE = 64
+POOL_WAIT = 5.0
 #: Survivors clean up after a node silent for this many presence TTLs.
 REAP_AFTER = 3
 
@@ -99,13 +103,19 @@ class RedisCluster:
         self.epoch = secrets.token_hex(4)
         self.prefix = prefix
         self.presence_ttl = presence_ttl
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # Presence calls wait for one of the pool's connections rather than
+        # fail: 500 users leaving at once (a burst of disconnects) must not
+        # leave 400 of them online in the cluster's eyes.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT,
             socket_timeout=2,
             socket_connect_timeout=2,
             health_check_interval=5,
             retry=Retry(NoBackoff(), 0),
         )
+        self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         #: The hot path's own connections (bus/resp.py): PUBLISH out, the subscription in.
         self._url = url
         self._publisher = resp.Publisher(url, timeout=2)
@@ -137,6 +147,11 @@ class RedisCluster:
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = asyncio.Event()
         self._was_connected = False
+        #: Users whose release failed and who have not logged in here since:
+        #: the heartbeat releases them again (under the lock, which a claim of
+        #: one of them waits for, so a retry never undoes a newer login).
+        self._unreleased: set[int] = set()
+        self._retrying = asyncio.Lock()
         self._closing = False
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(Batch)
@@ -234,6 +249,8 @@ class RedisCluster:
                 if not await self._heartbeat_once() and self.connected.is_set():
                     log.warning("heartbeat had lapsed; re-asserting local users")
                     await self._resync()
+                elif self._unreleased:
+                    await self._release_again()
                 if await self._reap(keys=[self._nodes_key], args=[self.prefix, grace]):
                     log.info("cleaned up after a node that died")
             except (RedisError, OSError) as exc:
@@ -242,6 +259,13 @@ class RedisCluster:
     # -- presence ------------------------------------------------------------------------
 
     async def claim(self, uid: int) -> bool:
+        if uid in self._unreleased:  # not while a retry may release it
+            async with self._retrying:
+                self._unreleased.discard(uid)
+                return await self._claim_once(uid)
+        return await self._claim_once(uid)
+
+    async def _claim_once(self, uid: int) -> bool:
         try:
             got = await self._claim(
                 keys=[self._user_key(uid), self._members_key],
@@ -258,8 +282,22 @@ class RedisCluster:
                 args=[self.prefix, self.node_id, uid],
             )
         except (RedisError, OSError) as exc:
-            # The node's member set is reconciled when Redis is back.
-            log.warning("could not release user %d: %s", uid, exc)
+            if not self._unreleased:  # one line per heartbeat, not one per user
+                log.warning("could not release user %d (retried at the heartbeat): %s", uid, exc)
+            self._unreleased.add(uid)
+
+    async def _release_again(self) -> None:
+        """Release the users whose release failed, or they would stay online
+        in the cluster's eyes (until this node stops)."""
+        async with self._retrying:
+            uids = list(self._unreleased)
+            for uid in uids:
+                await self._release(
+                    keys=[self._user_key(uid), self._members_key],
+                    args=[self.prefix, self.node_id, uid],
+                )
+                self._unreleased.discard(uid)
+        log.info("released %d users whose release had failed", len(uids))
 
     async def online(self, uids: Iterable[int]) -> set[int]:
         ids = list(uids)
