@@ -47,8 +47,9 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         ["reconnect", "-n", "50"],
         # The soak's CI-sized version (README: the long one).
         ["soak", "-n", "20", "-t", "4", "--rate", "5", "--server-pid", str(os.getpid())],
+        ["soak", "-n", "20", "-t", "2", "--rate", "5", "--receipts"],
     ],
-    ids=lambda a: "-".join(a[:1] + a[-1:] if "ws" in a or "nul" in a else a[:1]),
+    ids=lambda a: "-".join(a[:1] + a[-1:] if {"ws", "nul", "--receipts"} & set(a) else a[:1]),
 )
 async def test_bench_scenario_reports_and_loses_nothing(node: Node, args: list[str]) -> None:
     port = node.http.port if "ws" in args else node.port
@@ -69,7 +70,10 @@ async def test_bench_scenario_reports_and_loses_nothing(node: Node, args: list[s
         assert result["notes"]["client CPU %"] > 0  # which side was the limit
     if args[0] == "soak":
         assert result["notes"]["comings and goings"] > 0
-        assert "rss_growth_kib" in result["notes"]
+        if "--receipts" in args:  # every login asked for them and got them
+            assert result["notes"]["logins with receipts"] >= 20
+        else:
+            assert "rss_growth_kib" in result["notes"]
 
 
 @pytest.mark.parametrize("args", [["chat", "--transport", "ws"], ["group"], ["soak"]])

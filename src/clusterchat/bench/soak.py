@@ -64,6 +64,7 @@ class Soak:
         self.acked: dict[int, set[str]] = {}  # receiver uid -> acknowledged texts
         self.sent = 0
         self.churned = 0
+        self.with_receipts = 0  # logins the server granted receipts (--receipts)
         self.rss: list[tuple[float, int]] = []
         self._returns: set[asyncio.Task[None]] = set()
 
@@ -82,11 +83,12 @@ class Soak:
         """Log the user in (ticket if it has one); False if the server said no."""
         conn = await _open(self.opts, i, self._on_push(user))
         secret = {"ticket": user.ticket} if user.ticket else {"password": PASSWORD}
-        ack = await _login(conn, user.uid, secret)
+        ack = await _login(conn, user.uid, secret, self.opts.receipts)
         if ack.get("errno") != 0:
             conn.close()
             return False
         user.ticket = conn.ticket or user.ticket
+        self.with_receipts += bool(ack.get("receipts"))
         for item in ack.get("offlinemsg") or []:
             self._on_push(user)(codec.loads(item))
         user.conn = conn
@@ -214,6 +216,8 @@ class Soak:
             r.notes["lost: sent within 1 s of the receiver dropping"] = self._lost_at_drops()
         r.notes["sent"] = self.sent
         r.notes["comings and goings"] = self.churned
+        if self.opts.receipts:
+            r.notes["logins with receipts"] = self.with_receipts
         if self.rss:
             base = next((kib for t, kib in self.rss if t >= SETTLE), self.rss[0][1])
             r.notes["server RSS MiB (first, base, last)"] = (
