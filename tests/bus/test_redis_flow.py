@@ -187,3 +187,32 @@ async def test_a_failed_release_is_retried_at_the_heartbeat(redis_url: str) -> N
     finally:
         await admin.aclose()
         await a.close()
+
+
+class Nudged(Inbox):
+    def __init__(self) -> None:
+        super().__init__(here=True)
+        self.nudges: list[int] = []
+
+    def nudged(self, uid: int) -> None:
+        self.nudges.append(uid)
+
+
+async def test_a_nudge_that_cannot_be_routed_is_sent_again(redis_url: str) -> None:
+    """Something stored for an online user is announced by a nudge; when
+    Redis cannot say where the user is, the nudge is tried again at the
+    heartbeat. Before, it was dropped, and the message waited for the
+    user's next login although they were online."""
+    inbox = Nudged()
+    a = RedisCluster(redis_url, "a", "t:", presence_ttl=3)
+    await a.start(inbox)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await a.claim(BOB)
+        await admin.client_pause(2500, all=False)  # scripts wait: LOCATE times out
+        await a.nudge([BOB])
+        assert inbox.nudges == []
+        await _until(lambda: inbox.nudges == [BOB])
+    finally:
+        await admin.aclose()
+        await a.close()

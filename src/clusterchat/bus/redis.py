@@ -152,6 +152,10 @@ class RedisCluster:
         #: one of them waits for, so a retry never undoes a newer login).
         self._unreleased: set[int] = set()
         self._retrying = asyncio.Lock()
+        #: Users whose nudge could not be routed (Redis unreachable): nudged
+        #: again at the heartbeat, or what was stored for them would wait for
+        #: their next login although they are online.
+        self._unnudged: set[int] = set()
         self._closing = False
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(Batch)
@@ -251,6 +255,9 @@ class RedisCluster:
                     await self._resync()
                 elif self._unreleased:
                     await self._release_again()
+                if self._unnudged:
+                    uids, self._unnudged = list(self._unnudged), set()
+                    await self.nudge(uids)
                 if await self._reap(keys=[self._nodes_key], args=[self.prefix, grace]):
                     log.info("cleaned up after a node that died")
             except (RedisError, OSError) as exc:
@@ -423,7 +430,8 @@ class RedisCluster:
         try:
             where = await self._where(list(uids))
         except errors.Unavailable:
-            return  # stored anyway; delivered at the next login
+            self._unnudged.update(uids)  # stored anyway: tried again at the heartbeat
+            return
         for uid, node in zip(uids, where, strict=True):
             if node == self.node_id and self._inbox is not None:
                 self._inbox.nudged(uid)
