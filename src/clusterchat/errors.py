@@ -37,7 +37,14 @@ class ClusterChatError(Exception):
 
 
 class Unavailable(ClusterChatError):
-    pass
+    @classmethod
+    def of(cls, what: str, exc: BaseException) -> Unavailable:
+        """``what`` unavailable, in the driver's own words (SQLAlchemy keeps
+        them in ``orig``): a lock wait timeout and a lost connection must not
+        read alike in the log."""
+        words = str(getattr(exc, "orig", None) or exc)[:300]
+        text = f"{what} unavailable: {exc.__class__.__name__}"
+        return cls(f"{text}: {words}" if words else text)
 
 
 class Busy(Unavailable):

@@ -128,7 +128,7 @@ class BulkConnection:
                     await self._ready(time.perf_counter(), failures)
             except failures as exc:
                 self.close()
-                raise errors.Unavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+                raise errors.Unavailable.of("database", exc) from exc
             self._used = time.perf_counter()
 
     async def write(self, sql: str, rows: Sequence[HistoryRow]) -> None:
@@ -143,9 +143,7 @@ class BulkConnection:
                         await self._ready(start, failures)
                 except failures as exc:
                     self.close()
-                    raise errors.Unavailable(
-                        f"database unavailable: {exc.__class__.__name__}"
-                    ) from exc
+                    raise errors.Unavailable.of("database", exc) from exc
                 try:
                     async with asyncio.timeout(WRITE_TIMEOUT), self._conn.cursor() as cur:
                         await cur.executemany(sql, rows)

@@ -70,7 +70,7 @@ def _translated() -> Iterator[None]:
     except IntegrityError:
         raise
     except (DBAPIError, OSError, ConnectionError, TimeoutError) as exc:
-        raise errors.Unavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+        raise errors.Unavailable.of("database", exc) from exc
 
 
 def _is_mysql(url: URL) -> bool:
