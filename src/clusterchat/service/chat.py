@@ -79,7 +79,7 @@ from clusterchat.service.history import QUEUE_ROWS, HistoryRequests, HistoryWrit
 from clusterchat.service.limits import FailureLimiter, Limits
 from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
-from clusterchat.service.refusals import RefusalLog
+from clusterchat.service.refusals import RefusalLog, Sampled
 from clusterchat.service.restore import Restorer
 from clusterchat.service.session import Session, Work
 from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
@@ -186,6 +186,7 @@ class ChatService:
         self.node_id = node_id or os.urandom(3).hex()
         self.sessions: dict[int, Session] = {}
         self.refusals = RefusalLog(log)
+        self.outages = Sampled(log)
         self.quota = Quota(
             lim.max_offline_messages,
             lim.max_offline_bytes,
@@ -470,10 +471,10 @@ class ChatService:
             log.warning("closing uid %s's connection: %s", s.uid, exc)
             s.peer.close()
         except errors.Unavailable as exc:
-            log.warning("%s", exc)
+            self.outages.warning(f"request refused: {exc}")
             self._refuse(s, req, ErrCode.UNAVAILABLE, "service temporarily unavailable, retry")
         except Exception:
-            log.exception("handler failed for %r", req)
+            self.refusals.note(s, f"handler failed for {req!r}", exc_info=True)
             self._refuse(s, req, ErrCode.INTERNAL, "internal error")
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -487,7 +488,7 @@ class ChatService:
             return
         exc = task.exception()
         if isinstance(exc, errors.Unavailable):
-            log.warning("background work failed: %s", exc)
+            self.outages.warning(f"background work failed: {exc}")
         elif exc is not None:
             log.error("background work failed", exc_info=exc)
 
@@ -780,7 +781,8 @@ class ChatService:
                     rows = await self.store.offline(uid)
                 except errors.Unavailable as exc:
                     if race.read_failed():
-                        log.warning("offline delivery to user %d failed, retrying: %s", uid, exc)
+                        why = f"offline delivery to user {uid} failed, retrying: {exc}"
+                        self.outages.warning(why)
                         later = min(max(delay * 2, 0.1), 2.0)
                         self._spawn(self._flush_offline(s, race, written, later, uid))
                     return

@@ -1,4 +1,6 @@
-"""Refusals logged at a bounded rate: one line per connection per interval.
+"""Refusals logged at a bounded rate: one line per connection per interval,
+and node-wide conditions (a store outage failing every request) one line per
+interval for the whole node.
 
 A client sending garbage as fast as it can must not fill the disk with our
 log: the first refusal on a connection is logged, the next ones within the
@@ -51,3 +53,29 @@ class RefusalLog:
                 s.uid,
             )
             s.log_quiet = 0
+
+
+class Sampled:
+    """One warning per interval for a condition that fails many requests at
+    once (the store or Redis gone): the first line says what, the next one
+    how many more there were. Else an outage under load writes thousands of
+    lines a second."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log, self.interval, self.clock = logger, interval, clock
+        self._after = 0.0
+        self._quiet = 0
+
+    def warning(self, text: str) -> None:
+        now = self.clock()
+        if now < self._after:
+            self._quiet += 1
+            return
+        quiet, self._quiet, self._after = self._quiet, 0, now + self.interval
+        more = f" ({quiet} more like it since the last line)" if quiet else ""
+        self.log.warning("%s%s", text, more)
