@@ -7,7 +7,9 @@ import asyncio
 import functools
 import itertools
 import os
+import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,33 +249,51 @@ async def reconnect(opts: Options, progress: Progress) -> Result:
     conns: list[BenchConn] = []
     done = 0
 
+    refused: Counter[str] = Counter()
+
     async def back(i: int) -> None:
+        """Log user i back in as our clients do: a connection shed, or a login
+        refused as busy (4) or as "already online" while the old session is
+        dropped (2), is retried after a short, jittered pause."""
         nonlocal done
         uid = ids[i]
         t0 = _now_us()
         for _attempt in range(100):
-            conn = await _open(opts, i)
-            conns.append(conn)
             ticket = tickets.get(uid)
             secret = {"ticket": ticket} if ticket else {"password": PASSWORD}
-            ack = await _login(conn, uid, secret)
-            if ack.get("errno") == 0:
+            conn: BenchConn | None = None
+            try:
+                conn = await _open(opts, i)
+                ack = await _login(conn, uid, secret)
+            except (Closed, OSError):  # the connection was shed
+                ack = {"errno": _BUSY}
+            errno = ack.get("errno")
+            if ack.get("msgid") == MsgId.ERROR and errno == ErrCode.SERVER_FULL:
+                errno = _BUSY  # shed at connect ("overloaded; try again shortly")
+            if errno == 0 and conn is not None:
+                conns.append(conn)
                 result.latencies_us.append(_now_us() - t0)
                 result.ops += 1
                 done += 1
                 progress("reconnecting", done, len(ids))
                 return
-            conn.close()
-            if ack.get("errno") != 2:  # 2: the old session is still being dropped
+            if conn is not None:
+                conn.close()
+            if errno not in (2, _BUSY):
                 result.errors += 1
+                refused[str(ack.get("errmsg"))] += 1
                 return
-            await asyncio.sleep(0.05)
+            result.shed += errno == _BUSY
+            await asyncio.sleep(random.uniform(0.05, 0.5))
         result.errors += 1
+        refused["still refused after 100 tries"] += 1
 
     start = time.perf_counter()
     await asyncio.gather(*(back(i) for i in range(len(ids))))
     result.seconds = time.perf_counter() - start
     result.notes["all back in"] = f"{result.seconds:.2f} s"
+    for why, n in refused.items():
+        result.notes[f"refused: {why}"] = n
     for c in conns:
         c.close()
     return result
