@@ -134,3 +134,19 @@ async def test_client_reconnects_and_logs_back_in_after_a_node_restart(
         assert await bob.quit() == 0
     finally:
         await restarted.stop()
+
+
+async def test_a_kicked_client_says_it_is_not_logged_in_again(
+    lone_node: Node, scripted: list[Scripted]
+) -> None:
+    """`clusterchat admin kick` revokes the ticket and closes the session: the
+    client reconnects but its ticket is refused. It used to print "logged in
+    again" right after "Could not log in again"."""
+    ann, ann_id = await registered(lone_node.port, "ann", scripted)
+    await lone_node.store.end_session(ann_id)  # what the operator's kick does
+    lone_node.service.kicked(ann_id)
+    await ann.expect(r"\*\*\* an operator ended this session")
+    await ann.expect("Could not log in again", timeout=15)
+    line = await ann.expect("Reconnected to .*", timeout=15)
+    assert "not logged in" in line.group(0) and "logged in again" not in line.group(0)
+    assert await ann.quit() == 0

@@ -146,22 +146,30 @@ class ChatClient:
             except OSError:
                 continue
             if self.uid and (self._ticket or self._password):
-                if not await self._relogin():
+                back = await self._relogin()
+                if back is None:
                     continue
-                self.on_status(f"Reconnected to {self.host}:{self.port}, logged in again.")
+                if back:
+                    self.on_status(f"Reconnected to {self.host}:{self.port}, logged in again.")
+                else:
+                    self.on_status(
+                        f"Reconnected to {self.host}:{self.port}, but not logged in: /login ID"
+                    )
             else:
                 self.on_status(f"Reconnected to {self.host}:{self.port}.")
             self.ready.set()
             return
 
-    async def _relogin(self) -> bool:
+    async def _relogin(self) -> bool | None:
+        """Log in again after a reconnect: True if in, False if refused (the
+        session is over: logged out here), None if the connection was lost."""
         deadline = asyncio.get_running_loop().time() + RELOGIN_PATIENCE
         secret = {"ticket": self._ticket} if self._ticket else {"password": self._password}
         while True:
             try:
                 ack = await self._login_request({"id": self.uid, **secret})
             except ConnectionLost:
-                return False
+                return None
             if ack.get("errno") == 0:
                 ticket = ack.get("ticket")  # tickets rotate: the old one is dead now
                 if isinstance(ticket, str):
@@ -177,7 +185,7 @@ class ChatClient:
             if not retry or asyncio.get_running_loop().time() > deadline:
                 self.on_status(f"Could not log in again: {ack.get('errmsg')}")
                 self.uid, self._password, self._ticket = 0, None, None
-                return True
+                return False
             await asyncio.sleep(0.5)
 
     async def _login_request(self, fields: dict[str, Any]) -> dict[str, Any]:
