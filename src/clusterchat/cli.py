@@ -287,7 +287,7 @@ def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         ("kick", "end the user's session, on whichever node holds it (they may log in again)"),
         ("ban", "forbid logging in (LoginErr 6), revoke the ticket, end the session"),
         ("unban", "allow logging in again"),
-        ("delete", "delete the user with friendships, memberships and offline messages"),
+        ("delete", "delete the user with friendships, memberships, offline messages and history"),
     ):
         one = act.add_parser(name, help=text)
         one.add_argument("uid", type=int)
@@ -309,7 +309,10 @@ def _admin(args: argparse.Namespace) -> int:
             elif cmd == "nodes":
                 if a.redis is None:
                     raise AdminError("nodes needs --redis")
-                for node, uids in sorted((await a.nodes()).items()):
+                nodes = await a.nodes()
+                if not nodes:
+                    print(f"no live nodes under prefix {args.redis_prefix!r} in {args.redis}")
+                for node, uids in sorted(nodes.items()):
                     print(f"{node}  {len(uids)} users")
             elif cmd == "counts":
                 for key, n in (await a.counts()).items():

@@ -17,10 +17,12 @@ from tests.cluster.conftest import Cluster
 from tests.conftest import PASSWORD, unique
 
 
-async def _admin(cluster: Cluster, db: str, *args: str) -> tuple[int, str, str]:
+async def _admin(
+    cluster: Cluster, db: str, *args: str, prefix: str | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "clusterchat", "admin", "--db", db,
-        "--redis", cluster.redis_url, "--redis-prefix", cluster.prefix, *args,
+        "--redis", cluster.redis_url, "--redis-prefix", prefix or cluster.prefix, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(60):
@@ -63,6 +65,11 @@ async def test_admin_commands_on_a_live_two_node_cluster(
     assert lines[alice.id] == "node0" and lines[bob.id] == "node1"
     code, out, _ = await _admin(cluster, mariadb_url, "counts")
     assert code == 0 and "nodes             2" in out
+    code, out, _ = await _admin(cluster, mariadb_url, "nodes")
+    assert code == 0 and "node0  1 users" in out and "node1  1 users" in out, out
+    # A wrong prefix (a typo) says so, instead of printing nothing.
+    code, out, _ = await _admin(cluster, mariadb_url, "nodes", prefix="typo:")
+    assert code == 0 and "no live nodes under prefix 'typo:'" in out, out
 
     # Kick bob, who is on the other node from... whichever: each node hears it.
     code, out, err = await _admin(cluster, mariadb_url, "kick", str(bob.id))
