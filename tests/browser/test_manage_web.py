@@ -84,3 +84,25 @@ async def test_roles_removal_invitations_and_blocking(web_node: Node, new_page: 
     await ann.click("#act-delete")
     await expect(bob.locator("#toast")).to_contain_text("was deleted by Ann Lee")
     await expect(ann.locator(f'[data-key="g:{gid}"]')).to_have_count(0)
+
+
+async def test_the_menus_leave_names_and_inputs_readable(web_node: Node, new_page: NewPage) -> None:
+    """A short name beside three role buttons was squeezed to one letter a
+    line, and the manage menu's inputs to "New na" (newcomer walkthrough)."""
+    port = web_node.http.port
+    ann, bob = await new_page(port, width=1100, height=700), await new_page(port)
+    await register(ann, "ann")
+    bob_id = await register(bob, "bob")
+    gid = await create_group(ann, "devs")
+    await join(bob, gid)
+    await ann.click("#members-btn")
+    name = ann.locator("#member-list .member", has_text="bob").locator(".name")
+    await expect(name).to_have_text("bob")
+    await expect(ann.locator(f'[data-testid="admin-{bob_id}"]')).to_be_visible()
+    box = await name.bounding_box()
+    line = await name.evaluate("n => parseFloat(getComputedStyle(n).lineHeight) || 20")
+    assert box is not None and box["height"] < 1.5 * line, box  # one line
+    await ann.click("#actions-btn")
+    for field in ("#rename-name", "#describe-text", "#invite-id"):
+        box = await ann.locator(field).bounding_box()
+        assert box is not None and box["width"] >= 120, (field, box)

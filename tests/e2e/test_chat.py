@@ -69,6 +69,7 @@ async def test_duplicate_login_is_refused_with_errno_2(user: UserFactory, connec
     other = await connect()
     ack = await other.login(alice.id, PASSWORD)
     assert ack["errno"] == 2
+    assert "logged in elsewhere" in ack["errmsg"] and "log out there" in ack["errmsg"]
 
 
 async def test_one_to_one_chat_carries_sender_identity_and_server_stamp(

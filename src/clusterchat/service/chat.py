@@ -98,6 +98,10 @@ _MAX_CACHED_GROUPS = 10_000
 _JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
 _REG_BUSY = "server busy: too many registrations at once; retry in a few seconds"
+_ONLINE_ELSEWHERE = (
+    "this account is logged in elsewhere (another window or device): log out there first, "
+    "or wait a few seconds if that connection has just dropped"
+)
 #: Never refused for flooding: leaving, proving one is alive, and receipts
 #: (which free memory and are sent at most every few messages).
 _UNMETERED: frozenset[type] = frozenset({Logout, Ping, Received})
@@ -713,11 +717,11 @@ class ChatService:
     async def _claim(self, s: Session, uid: int) -> bool:
         """Mark the user online here and cluster-wide, unless they already are."""
         if uid in self.sessions or s.logged_in or not await self.presence.claim(uid):
-            self._login_refused(s, LoginErr.ALREADY_ONLINE, "this account is online")
+            self._login_refused(s, LoginErr.ALREADY_ONLINE, _ONLINE_ELSEWHERE)
             return False
         if uid in self.sessions or s.logged_in:  # lost a race while claiming
             await self.presence.release(uid)
-            self._login_refused(s, LoginErr.ALREADY_ONLINE, "this account is online")
+            self._login_refused(s, LoginErr.ALREADY_ONLINE, _ONLINE_ELSEWHERE)
             return False
         if not s.race.claimed():  # the connection dropped while we checked the password
             await self.presence.release(uid)
