@@ -150,3 +150,26 @@ async def test_a_kicked_client_says_it_is_not_logged_in_again(
     line = await ann.expect("Reconnected to .*", timeout=15)
     assert "not logged in" in line.group(0) and "logged in again" not in line.group(0)
     assert await ann.quit() == 0
+
+
+async def test_a_piped_batch_past_the_flood_limit_is_paced_not_dropped(lone_node: Node) -> None:
+    """A script piping more chats than the flood limit's burst (50, then 20 a
+    second) gets every one sent, in order: the client waits and sends again
+    what the server refused as too fast. Before, 20 of these 70 printed
+    "Not done: Too many requests" and were lost to the script."""
+    dave = await ChatConnection.open("127.0.0.1", lone_node.port)
+    dave_id = await dave.register("dave", "pw")
+    assert (await dave.login(dave_id, "pw"))["errno"] == 0
+    cli = Path(sys.executable).with_name("clusterchat")
+    proc = await asyncio.create_subprocess_exec(
+        str(cli), "client", "127.0.0.1", str(lone_node.port),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=CLIENT_ENV,
+    )  # fmt: skip
+    lines = "".join(f"chat:{dave_id}:line {i}\n" for i in range(70))
+    out, err = await asyncio.wait_for(proc.communicate(f"register:carol:pw\n{lines}".encode()), 60)
+    assert proc.returncode == 0, err
+    assert "Not done" not in out.decode(), out.decode()
+    got = [(await dave.expect(MsgId.ONE_CHAT))["msg"] for _ in range(70)]
+    assert got == [f"line {i}" for i in range(70)]
+    await dave.close()

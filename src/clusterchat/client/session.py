@@ -23,7 +23,7 @@ from clusterchat.client.connection import ChatConnection, ConnectionClosed, Wait
 from clusterchat.protocol import codec
 from clusterchat.protocol.client import ClientProtocol, Event, Push, ReceiptRefused, TooLong
 from clusterchat.protocol.framing import FrameTooLarge
-from clusterchat.protocol.messages import LoginErr, MsgId
+from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ KEEPALIVE = 30.0
 #: How long to keep retrying a login refused as "already online" after a
 #: reconnect: the old session may still be held by a node that just died.
 RELOGIN_PATIENCE = 30.0
+#: Seconds before a request refused as too fast is sent again (then twice as
+#: long each time), and the longest pause before the refusal is shown.
+FLOOD_PAUSE = 0.05
+FLOOD_PATIENCE = 2.0
 #: Message ids remembered to drop a redelivered duplicate.
 SEEN_MIDS = 4096
 
@@ -203,9 +207,19 @@ class ChatClient:
     # -- requests ------------------------------------------------------------------
 
     async def request(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Send ``doc`` and return its reply. A request refused as over the
+        flood limit was not served: it is sent again after a pause (doubling,
+        about 3 s in all), so a script piping a batch is paced, not cut."""
         if not self.ready.is_set():
             raise ConnectionLost("not connected (reconnecting)")
-        return await self._send(doc)
+        pause = FLOOD_PAUSE
+        while True:
+            reply = await self._send(doc)
+            too_fast = reply.get("msgid") == MsgId.ERROR and reply.get("errno") == ErrCode.TOO_FAST
+            if not too_fast or pause > FLOOD_PATIENCE:
+                return reply
+            await asyncio.sleep(pause)
+            pause *= 2
 
     async def _send(self, doc: dict[str, Any]) -> dict[str, Any]:
         conn = self._conn
