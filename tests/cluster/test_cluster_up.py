@@ -77,7 +77,8 @@ async def test_a_port_taken_fails_clearly_and_starts_nothing(
         taken.bind(("127.0.0.1", base + 1))
         taken.listen()
         with pytest.raises(
-            RuntimeError, match=rf"127.0.0.1:{base + 1} \(node1\) is already in use"
+            RuntimeError,
+            match=rf"127.0.0.1:{base + 1} \(node1\) is already in use.*with --base-port",
         ):
             await asyncio.to_thread(
                 launcher.up, tmp_path / "cluster", 2, base + 2, base, "127.0.0.1",

@@ -279,6 +279,8 @@ async def test_static_files_and_extra_routes(ws_node: Node) -> None:
     assert b'<script type="module" src="/app.js">' in body
     head, body = await get("/app.js")
     assert b"text/javascript" in head and b"textContent" in body
+    head, body = await get("/icon.svg")  # the page's icon: no 404 in the console
+    assert head.startswith(b"HTTP/1.1 200") and b"image/svg+xml" in head and b"<svg" in body
     assert b"innerHTML" not in body
     head, _ = await get("/nope")
     assert head.startswith(b"HTTP/1.1 404")

@@ -125,13 +125,18 @@ def up(
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / STATE).exists():
         raise RuntimeError(f"a cluster is already up in {run_dir}; run `clusterchat cluster down`")
-    wanted = [(base_port + i, f"node{i}") for i in range(nodes)] + [(listen_port, "nginx")]
+    # Each port, what uses it, and the option that moves it.
+    wanted = [(base_port + i, f"node{i}", "--base-port") for i in range(nodes)]
+    wanted.append((listen_port, "nginx", "--listen-port"))
     if web_port:
-        wanted += [(http_base_port + i, f"node{i} HTTP") for i in range(nodes)]
-        wanted.append((web_port, "nginx HTTP"))
-    for port, what in wanted:
+        wanted += [(http_base_port + i, f"node{i} HTTP", "--http-base-port") for i in range(nodes)]
+        wanted.append((web_port, "nginx HTTP", "--web-port"))
+    for port, what, option in wanted:
         if not _port_free(host, port):
-            raise RuntimeError(f"port {host}:{port} ({what}) is already in use; nothing started")
+            raise RuntimeError(
+                f"port {host}:{port} ({what}) is already in use; nothing started "
+                f"(choose another with {option})"
+            )
     state = ClusterState(
         listen=f"{host}:{listen_port}", web=f"{host}:{web_port}" if web_port else ""
     )

@@ -134,5 +134,6 @@ def upgrade(connection: Connection) -> tuple[str | None, str]:
         log.info("database made before schema versioning: recognised as %s", before)
         command.stamp(cfg, before)
     command.upgrade(cfg, "head")
-    log.info("schema upgraded from revision %s to %s", before, head())
+    if before != head():
+        log.info("schema upgraded from revision %s to %s", before, head())
     return before, head()
