@@ -54,9 +54,9 @@ def test_a_page_reads_oldest_first_and_says_how_to_go_back() -> None:
         ],
     }
     lines = render.history(5, False, 2, reply)
-    assert lines[0] == "History with user 5:"
+    assert lines[0] == "History with bob\\x1b (#5):"
     assert lines[1].endswith("ann (#3): first") and lines[2].endswith("bob\\x1b (#5): second")
-    assert lines[3] == "(older messages: /history 5 2 10)"
+    assert lines[3] == "(older messages: /history 5 2 10, the 2 before #10)"
     assert render.history(3, True, 20, {"messages": []}) == ["No messages with group 3 kept."]
     assert "/ghistory GID [N]" in c.HELP and "/history ID [N]" in c.HELP
 
@@ -71,10 +71,10 @@ async def test_the_client_pages_back_through_a_conversation(
         await ann.say(f"/msg {bob_id} hello {i}")
         await bob.expect(rf"ann \(#{ann_id}\): hello {i}$")
     await bob.say(f"/history {ann_id} 2")
-    await bob.expect(rf"History with user {ann_id}:")
+    await bob.expect(rf"History with ann \(#{ann_id}\):")
     await bob.expect(rf"ann \(#{ann_id}\): hello 1$")
     await bob.expect(rf"ann \(#{ann_id}\): hello 2$")
-    more = await bob.expect(rf"\(older messages: /history {ann_id} 2 (\d+)\)")
+    more = await bob.expect(rf"\(older messages: /history {ann_id} 2 (\d+), the 2 before #")
     await bob.say(f"/history {ann_id} 2 {more.group(1)}")
     await bob.expect(rf"ann \(#{ann_id}\): hello 0$")
     await ann.say("creategroup:room:ours")

@@ -177,14 +177,16 @@ def history(target: int, group: bool, count: int, reply: dict[str, Any]) -> list
     where = f"group {target}" if group else f"user {target}"
     if not docs:
         return [f"No messages with {where} kept."]
-    lines = [f"History with {where}:"]
+    name = next((m.get("name") for m in docs if m.get("from") == target), None)
+    lines = [f"History with {who(target, name) if name and not group else where}:"]
     for m in sorted(docs, key=lambda m: (m.get("ts") or 0, m.get("id") or 0)):
         sender = who(m.get("from"), m.get("name"))
         lines.append(f"[{_day_clock(m)}] {sender}: {clean(m.get('msg', ''))}")
     if reply.get("more"):
         oldest = min(int(m.get("id") or 0) for m in docs)
         cmd = "ghistory" if group else "history"
-        lines.append(f"(older messages: /{cmd} {target} {count} {oldest})")
+        further = f"/{cmd} {target} {count} {oldest}"
+        lines.append(f"(older messages: {further}, the {count} before #{oldest})")
     return lines
 
 
