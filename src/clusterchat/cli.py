@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, default_db_url
+from clusterchat.config import DEFAULT_HOST, DEFAULT_PORT, default_db_url, default_port
 from clusterchat.options import OPTIONS, add_server_options, settings_from
 
 
@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("scenario", choices=["reg", "login", "reconnect", "chat", "group", "soak"])
     bench.add_argument(
         "--target",
-        default="127.0.0.1:6000",
+        default=None,
         metavar="HOST:PORT[,HOST:PORT]",
-        help="server(s); connections alternate between them [default %(default)s]",
+        help="server(s); connections alternate between them [default 127.0.0.1:8000 (nginx) "
+        "when `clusterchat cluster up` runs on this machine, else 127.0.0.1:6000]",
     )
     bench.add_argument("-n", "--users", type=int, default=200,
                        help="users (reg, login, reconnect) [default 200]")  # fmt: skip
@@ -402,6 +403,7 @@ def _bench(args: argparse.Namespace) -> int:
     from clusterchat.bench.main import run as run_bench
     from clusterchat.bench.scenarios import BenchError, Options
 
+    args.target = args.target or f"127.0.0.1:{default_port()}"
     targets = []
     for t in args.target.split(","):
         host, _, port = t.rpartition(":")
@@ -525,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args)
     if args.command == "client":
-        from clusterchat.client.main import ClientOptions, default_port
+        from clusterchat.client.main import ClientOptions
         from clusterchat.client.main import run as run_client
 
         env_port = os.environ.get("CLUSTERCHAT_PORT")

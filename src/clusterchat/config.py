@@ -193,3 +193,9 @@ class Settings:
     history_queue: int = HISTORY_QUEUE
     #: Share the port with sibling worker processes (SO_REUSEPORT).
     reuse_port: bool = False
+
+
+def default_port() -> int:
+    """Where our clients and the benchmark connect by default: 8000 (nginx)
+    when `clusterchat cluster up` is running here, else a lone node's 6000."""
+    return 8000 if (data_dir() / "cluster" / "cluster.json").exists() else DEFAULT_PORT

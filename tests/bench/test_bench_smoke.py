@@ -114,3 +114,23 @@ async def test_a_server_with_its_default_limits_is_a_one_line_error(tmp_path: Pa
         await n.stop()
     text = await _bench_error("login", "-n", "2", "--target", f"127.0.0.1:{n.port}")
     assert f"127.0.0.1:{n.port}" in text and "refused" in text
+
+
+async def test_bench_aims_where_the_client_does(tmp_path: Path) -> None:
+    """With `clusterchat cluster up` running here, the client connects to nginx
+    (8000); the benchmark used to measure the lone node's 6000 instead."""
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "cluster.json").write_text("{}")
+    env = {**os.environ, "CLUSTERCHAT_HOME": str(tmp_path)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from clusterchat.config import default_port; print(default_port())",
+        env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert out.strip() == b"8000"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "bench", "--help",
+        env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert b"127.0.0.1:8000 (nginx)" in out

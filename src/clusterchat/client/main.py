@@ -9,15 +9,6 @@ from dataclasses import dataclass
 
 from clusterchat.client.app import Controller, ask_password, interactive, scripted
 from clusterchat.client.session import ChatClient
-from clusterchat.config import data_dir
-
-CLUSTER_PORT = 8000
-NODE_PORT = 6000
-
-
-def default_port() -> int:
-    """8000 (nginx) when `clusterchat cluster up` is running here, else a lone node's 6000."""
-    return CLUSTER_PORT if (data_dir() / "cluster" / "cluster.json").exists() else NODE_PORT
 
 
 @dataclass
