@@ -3,6 +3,7 @@ count per (account, address) and per address, and buy a growing delay."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -63,6 +64,22 @@ async def test_the_guesser_is_held_and_the_owner_gets_in(guarded: Node) -> None:
     print(f"40 tries in a burst: {guesses} checked, {refused} refused; owner let in")
     await attacker.close()
     await owner.close()
+
+
+async def test_guesses_sent_at_once_get_no_more_free_tries(guarded: Node) -> None:
+    # Before: every guess in flight passed the check made before any of them
+    # was counted: 30 concurrent guesses were 30 password checks, not 3.
+    owner = await _open(guarded, OWNER)
+    victim = await owner.register(unique(), PASSWORD)
+    bots = [await _open(guarded, ATTACKER) for _ in range(30)]
+    replies = await asyncio.gather(*(b.login(victim, "guess") for b in bots))
+    checked = sum(r["errno"] == LoginErr.BAD_CREDENTIALS for r in replies)
+    assert checked <= FREE + 1, [r["errno"] for r in replies]
+    assert all(r["errno"] == LoginErr.TOO_MANY_FAILURES for r in replies if r["errno"] != 1)
+    assert (await owner.login(victim, PASSWORD))["errno"] == 0
+    print(f"30 guesses at once: {checked} checked, the rest refused; owner let in")
+    for c in (*bots, owner):
+        await c.close()
 
 
 async def test_a_valid_ticket_works_even_from_the_guessers_address(guarded: Node) -> None:

@@ -76,7 +76,7 @@ from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.friends import Friends
 from clusterchat.service.groups import Groups
 from clusterchat.service.history import QUEUE_ROWS, HistoryRequests, HistoryWriter, Purger
-from clusterchat.service.limits import FailureLimiter, Limits
+from clusterchat.service.limits import FailureLimiter, Limits, Turns
 from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.refusals import RefusalLog
@@ -173,6 +173,10 @@ class ChatService:
         self._by_account = self._tallies.by_pair
         self._by_address = self._tallies.by_address
         self._registrations = self._tallies.registrations
+        #: Password logins per (account, address), registrations per address:
+        #: one at a time, so concurrent tries cannot pass a check made before
+        #: the others were counted.
+        self._turns = Turns()
         self._registrations_limit = lim.registrations_per_address
         self.store = store
         self.passwords = passwords
@@ -485,20 +489,10 @@ class ChatService:
         except names.BadName as exc:
             self._reg_refused(s, RegErr.FAILED, str(exc))
             return
-        wait = await self._registrations.wait(s.peer.address)
-        if wait:
-            text = (
-                f"too many registrations from your address (at most "
-                f"{self._registrations_limit}); try again in {int(wait) + 1} s"
-            )
-            self._reg_refused(s, RegErr.TOO_MANY, text)
+        async with self._turns(("register", s.peer.address)):  # see limits.Turns
+            digest = await self._metered_hash(s, req.password)
+        if digest is None:
             return
-        try:
-            digest = await self.passwords.hash(req.password)
-        except errors.Busy:
-            self._reg_refused(s, RegErr.UNAVAILABLE, _REG_BUSY)
-            return
-        await self._registrations.hit(s.peer.address)  # counted once it cost a hash
         try:
             uid = await self.store.create_user(name, digest)
         except errors.NameTaken:
@@ -510,6 +504,25 @@ class ChatService:
             self._reg_refused(s, RegErr.UNAVAILABLE, "service unavailable, retry")
             return
         self.reply(s, RegOk(uid))
+
+    async def _metered_hash(self, s: Session, password: str) -> str | None:
+        """The new account's password hash, counted against the address's
+        registrations; None if refused (the reply is sent)."""
+        wait = await self._registrations.wait(s.peer.address)
+        if wait:
+            text = (
+                f"too many registrations from your address (at most "
+                f"{self._registrations_limit}); try again in {int(wait) + 1} s"
+            )
+            self._reg_refused(s, RegErr.TOO_MANY, text)
+            return None
+        try:
+            digest = await self.passwords.hash(password)
+        except errors.Busy:
+            self._reg_refused(s, RegErr.UNAVAILABLE, _REG_BUSY)
+            return None
+        await self._registrations.hit(s.peer.address)  # counted once it cost a hash
+        return digest
 
     async def _login(self, s: Session, req: Login) -> None:
         refusal = self._precheck_login(s, req)
@@ -613,6 +626,32 @@ class ChatService:
     async def _admit(self, s: Session, req: Login) -> Admitted | None:
         """Check the secret, claim the user and register the session. Returns
         None if refused (the reply is sent), else what the login read."""
+        if req.ticket is None:
+            # Guesses at one account from one address take turns, so each
+            # sees the failures counted before it (limits.Turns).
+            async with self._turns((req.id, s.peer.address)):
+                who = await self._check_secret(s, req)
+        else:
+            who = await self._check_secret(s, req)
+        if who is None:
+            return None
+        name, resumed = who
+        if not await self._claim(s, req.id):
+            return None
+        if self._rate:  # what the last session left of the flood bucket
+            kept = await self._tallies.take_bucket(req.id)
+            if kept is not None:
+                tokens = kept[0] + (time.time() - kept[1]) * self._rate
+                s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
+        s.uid, s.name = req.id, name  # the race holds deliveries from here on
+        s.anonymous_since = 0.0  # no login deadline now (nor a float kept for it)
+        self.sessions[req.id] = s
+        return Admitted(resumed)
+
+    async def _check_secret(self, s: Session, req: Login) -> tuple[str, Resume | None] | None:
+        """The brute-force guard around :meth:`_authenticate`: the user's name
+        (and, for a ticket login, what it read), or None if refused (the
+        reply is sent)."""
         address = s.peer.address
         pair = (req.id, address)
         # A valid ticket always works: it cannot be guessed, and checking it
@@ -647,18 +686,7 @@ class ChatService:
             self._login_refused(s, LoginErr.BAD_CREDENTIALS, "wrong id or password")
             return None
         await self._by_account.clear(pair)
-        name, resumed = who
-        if not await self._claim(s, req.id):
-            return None
-        if self._rate:  # what the last session left of the flood bucket
-            kept = await self._tallies.take_bucket(req.id)
-            if kept is not None:
-                tokens = kept[0] + (time.time() - kept[1]) * self._rate
-                s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
-        s.uid, s.name = req.id, name  # the race holds deliveries from here on
-        s.anonymous_since = 0.0  # no login deadline now (nor a float kept for it)
-        self.sessions[req.id] = s
-        return Admitted(resumed)
+        return who
 
     def _precheck_login(self, s: Session, req: Login) -> tuple[int, str] | None:
         if s.logged_in:
