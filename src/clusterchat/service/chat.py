@@ -97,6 +97,7 @@ LOGIN_GROUPS_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
 _JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
+_BUSY_ADDRESS = "server busy: too many logins at once from your address; retry in a few seconds"
 _REG_BUSY = "server busy: too many registrations at once; retry in a few seconds"
 #: Never refused for flooding: leaving, proving one is alive, and receipts
 #: (which free memory and are sent at most every few messages).
@@ -177,6 +178,8 @@ class ChatService:
         #: one at a time, so concurrent tries cannot pass a check made before
         #: the others were counted.
         self._turns = Turns()
+        #: Password logins in flight per client address (``Passwords.share``).
+        self._checking: dict[str, int] = {}
         self._registrations_limit = lim.registrations_per_address
         self.store = store
         self.passwords = passwords
@@ -626,11 +629,23 @@ class ChatService:
     async def _admit(self, s: Session, req: Login) -> Admitted | None:
         """Check the secret, claim the user and register the session. Returns
         None if refused (the reply is sent), else what the login read."""
+        address = s.peer.address
         if req.ticket is None:
-            # Guesses at one account from one address take turns, so each
-            # sees the failures counted before it (limits.Turns).
-            async with self._turns((req.id, s.peer.address)):
-                who = await self._check_secret(s, req)
+            checking = self._checking.get(address, 0)
+            if checking >= self.passwords.share:
+                self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY_ADDRESS)
+                return None
+            self._checking[address] = checking + 1
+            try:
+                # Guesses at one account from one address take turns, so
+                # each sees the failures counted before it (limits.Turns).
+                async with self._turns((req.id, address)):
+                    who = await self._check_secret(s, req)
+            finally:
+                if self._checking[address] > 1:
+                    self._checking[address] -= 1
+                else:
+                    del self._checking[address]
         else:
             who = await self._check_secret(s, req)
         if who is None:
