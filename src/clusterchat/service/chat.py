@@ -99,9 +99,11 @@ _JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
 _BUSY_ADDRESS = "server busy: too many logins at once from your address; retry in a few seconds"
 _REG_BUSY = "server busy: too many registrations at once; retry in a few seconds"
-#: Never refused for flooding: leaving, proving one is alive, and receipts
-#: (which free memory and are sent at most every few messages).
-_UNMETERED: frozenset[type] = frozenset({Logout, Ping, Received})
+#: Never refused for flooding: leaving, and receipts (which free memory and
+#: are sent at most every few messages). PING is metered: answered as fast as
+#: they come, pings took the node's loop from everyone else; a refused ping
+#: still shows the connection alive (any bytes do).
+_UNMETERED: frozenset[type] = frozenset({Logout, Received})
 #: Requests that make the node hold bytes for others: refused while the
 #: memory budget is full.
 _BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
@@ -262,11 +264,7 @@ class ChatService:
         kind = type(req)
         counted = self.counts.requests
         counted[kind] = counted.get(kind, 0) + 1
-        if not s.uid:
-            if not isinstance(req, ANONYMOUS_OK):
-                self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
-                return None
-        elif self._rate:
+        if self._rate:  # before login too: PINGs are no cheaper than chats
             now = time.monotonic()
             tokens = s.tokens + (now - s.stamp) * self._rate
             if tokens > self._burst:
@@ -277,6 +275,9 @@ class ChatService:
             elif kind not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
+        if not s.uid and not isinstance(req, ANONYMOUS_OK):
+            self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
+            return None
         if (
             self.budget.full or (self.history is not None and self.history.full)
         ) and kind in _BUDGETED:
@@ -342,7 +343,7 @@ class ChatService:
 
     async def _throttled(self, s: Session, req: Request, wait: float) -> None:
         await asyncio.sleep(wait)
-        if s.closed or not s.uid:
+        if s.closed or (not s.uid and not isinstance(req, ANONYMOUS_OK)):
             return
         s.tokens, s.stamp = 0.0, time.monotonic()  # the token that came in, spent
         work = self._serve(s, req)
@@ -658,6 +659,8 @@ class ChatService:
             if kept is not None:
                 tokens = kept[0] + (time.time() - kept[1]) * self._rate
                 s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
+            else:  # a full bucket, whatever the requests before login spent
+                s.tokens, s.stamp = 0.0, 0.0
         s.uid, s.name = req.id, name  # the race holds deliveries from here on
         s.anonymous_since = 0.0  # no login deadline now (nor a float kept for it)
         self.sessions[req.id] = s
