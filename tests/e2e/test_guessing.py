@@ -3,6 +3,7 @@ count per (account, address) and per address, and buy a growing delay."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,6 +16,7 @@ from clusterchat.protocol.messages import LoginErr, MsgId
 from clusterchat.server.node import Node
 from clusterchat.service.backoff import Backoff
 from clusterchat.service.limits import Limits
+from clusterchat.service.passwords import HashCost
 from tests.conftest import PASSWORD, unique
 
 FREE, FIRST = 3, 0.2
@@ -63,6 +65,46 @@ async def test_the_guesser_is_held_and_the_owner_gets_in(guarded: Node) -> None:
     print(f"40 tries in a burst: {guesses} checked, {refused} refused; owner let in")
     await attacker.close()
     await owner.close()
+
+
+async def test_guesses_sent_at_once_get_no_more_free_tries(guarded: Node) -> None:
+    # Before: every guess in flight passed the check made before any of them
+    # was counted: 30 concurrent guesses were 30 password checks, not 3.
+    owner = await _open(guarded, OWNER)
+    victim = await owner.register(unique(), PASSWORD)
+    bots = [await _open(guarded, ATTACKER) for _ in range(30)]
+    replies = await asyncio.gather(*(b.login(victim, "guess") for b in bots))
+    checked = sum(r["errno"] == LoginErr.BAD_CREDENTIALS for r in replies)
+    assert checked <= FREE + 1, [r["errno"] for r in replies]
+    held = (LoginErr.BAD_CREDENTIALS, LoginErr.TOO_MANY_FAILURES, LoginErr.UNAVAILABLE)
+    assert all(r["errno"] in held for r in replies), replies
+    assert (await owner.login(victim, PASSWORD))["errno"] == 0
+    print(f"30 guesses at once: {checked} checked, the rest refused; owner let in")
+    for c in (*bots, owner):
+        await c.close()
+
+
+async def test_one_address_cannot_fill_the_login_queue(settings: Settings) -> None:
+    # Before: 40 password logins at once from one address (under its
+    # connection limit) filled the queue (16), and the owner, from another
+    # address, was told "busy".
+    cost = HashCost(time_cost=2, memory_kib=16384, parallelism=1)
+    node = Node(replace(settings, hash_cost=cost, login_queue=16))
+    await node.start()
+    try:
+        owner = await _open(node, OWNER)
+        uid = await owner.register(unique(), PASSWORD)
+        bots = [await _open(node, ATTACKER) for _ in range(40)]
+        flood = [asyncio.ensure_future(b.login(2_000_000_000 + n, "x")) for n, b in enumerate(bots)]
+        await asyncio.sleep(0.05)  # the flood is in
+        assert (await owner.login(uid, PASSWORD))["errno"] == LoginErr.OK
+        replies = await asyncio.gather(*flood)
+        busy = [r for r in replies if r["errno"] == LoginErr.UNAVAILABLE]
+        assert busy and all("from your address" in str(r["errmsg"]) for r in busy), replies
+        for c in (*bots, owner):
+            await c.close()
+    finally:
+        await node.stop()
 
 
 async def test_a_valid_ticket_works_even_from_the_guessers_address(guarded: Node) -> None:

@@ -146,6 +146,25 @@ async def test_a_flooding_user_is_told_to_slow_down(limited: Node) -> None:
         await c.close()
 
 
+async def test_requests_before_login_are_metered_too(limited: Node) -> None:
+    # Before: 200 PINGs sent at once before login got 200 PONGs, as fast as
+    # the node could answer, from each of an address's connections.
+    anonymous = await ChatConnection.open("127.0.0.1", limited.port)
+    await anonymous.send_raw(b'{"msgid":12}\n' * 200)
+    replies = [await anonymous.recv() for _ in range(200)]
+    pongs = [r for r in replies if r["msgid"] == MsgId.PONG]
+    refused = [r for r in replies if r["msgid"] == MsgId.ERROR]
+    assert BURST <= len(pongs) < 50 and len(pongs) + len(refused) == 200, len(pongs)
+    assert all(r["errno"] == ErrCode.TOO_FAST and r["re"] == MsgId.PING for r in refused)
+    # Logging in afterwards starts with a full bucket, as before.
+    await asyncio.sleep(1 / RATE)
+    uid = await anonymous.register(unique(), PASSWORD)
+    assert (await anonymous.login(uid, PASSWORD))["errno"] == 0
+    for _ in range(BURST):
+        assert (await anonymous.request({"msgid": MsgId.PING}, MsgId.PONG))["node"]
+    await anonymous.close()
+
+
 async def test_an_original_client_over_the_limit_is_slowed_not_dropped(limited: Node) -> None:
     sender, receiver, to = await _pair(limited.port, legacy=True)
     count = BURST + 40  # 40 past the burst: at RATE/s, no less than 0.8 s

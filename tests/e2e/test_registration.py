@@ -41,6 +41,24 @@ async def test_registrations_are_metered_per_address(settings: Settings) -> None
         await node.stop()
 
 
+async def test_registrations_sent_at_once_are_metered_too(settings: Settings) -> None:
+    # Before: all 12 passed the check made before any was counted.
+    node = Node(replace(settings, limits=Limits(registrations_per_address=3)))
+    await node.start()
+    try:
+        bots = [
+            await ChatConnection.open("127.0.0.1", node.port, local_addr=("127.0.0.2", 0))
+            for _ in range(12)
+        ]
+        regs = await asyncio.gather(*(_reg(b) for b in bots))
+        errnos = sorted(int(str(r["errno"])) for r in regs)
+        assert errnos == [0] * 3 + [RegErr.TOO_MANY] * 9, regs
+        for b in bots:
+            await b.close()
+    finally:
+        await node.stop()
+
+
 FLOOD, LOGINS = 100, 10
 
 

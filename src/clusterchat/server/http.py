@@ -113,20 +113,20 @@ class HttpServer:
         try:
             path = urlsplit(request.path).path
         except ValueError:  # "//[x": an unclosed IPv6 bracket
-            log.info("HTTP request from %s refused: unreadable path", conn.address)
+            conn.refused("HTTP request refused: unreadable path")
             ws.send_response(response(400, "text/plain; charset=utf-8", b"unreadable path\n"))
             return
         if path == "/ws":
             origins = request.headers.get_all("Origin")
             if len(origins) > 1 or len(request.headers.get_all("Host")) > 1:
                 # Which one would the browser have meant? Refused, not guessed.
-                log.info("WebSocket from %s refused: Origin or Host given twice", conn.address)
+                conn.refused("WebSocket refused: Origin or Host given twice")
                 res = ws.reject(400, "one Origin header and one Host header, please\n")
                 ws.send_response(res)
                 return
             origin = origins[0] if origins else None
             if origin is not None and not self.origin_allowed(origin, request):
-                log.info("WebSocket from %s refused: origin %r", conn.address, origin[:100])
+                conn.refused(f"WebSocket refused: origin {origin[:100]!r}")
                 res = ws.reject(403, "this origin may not open a chat connection\n")
             else:
                 res = ws.accept(request)

@@ -33,7 +33,6 @@ from clusterchat.server.connection import Connection
 if TYPE_CHECKING:
     from clusterchat.server.host import Host
 
-log = logging.getLogger(__name__)
 # The library logs every connection opened and closed at INFO: too chatty at 10,000.
 _protocol_log = logging.getLogger("clusterchat.server.websocket.protocol")
 _protocol_log.setLevel(logging.WARNING)
@@ -142,15 +141,20 @@ class WsConnection(Connection):
             # A close frame (or a broken frame, or one over --max-frame) from
             # the peer: like a FIN, it read what its kernel acknowledged.
             if isinstance(ws.parser_exc, PayloadTooBig):
-                log.info("closing WebSocket from %s: message over --max-frame", self.address)
+                self.refused("closing WebSocket: message over --max-frame")
             core.receive_eof()
         self.write_out()
 
     def _refuse_http(self, why: bytes) -> None:
         """A 400 the library would not send, before its close."""
-        log.info("HTTP request from %s refused: %s", self.address, why.decode().strip())
+        self.refused(f"HTTP request refused: {why.decode().strip()}")
         if self.transport is not None:
             self.transport.write(response(400, "text/plain; charset=utf-8", why).serialize())
+
+    def refused(self, text: str) -> None:
+        """Logged as a refused request is: at a bounded rate per connection
+        and per address (service/refusals.py)."""
+        self.node.service.refusals.note(self.session, text)
 
     def _closing_transport(self) -> bool:
         return self.transport is None or self.transport.is_closing()

@@ -76,7 +76,7 @@ from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.friends import Friends
 from clusterchat.service.groups import Groups
 from clusterchat.service.history import QUEUE_ROWS, HistoryRequests, HistoryWriter, Purger
-from clusterchat.service.limits import FailureLimiter, Limits
+from clusterchat.service.limits import FailureLimiter, Limits, Turns
 from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.refusals import RefusalLog, Sampled
@@ -97,14 +97,17 @@ LOGIN_GROUPS_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
 _JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
+_BUSY_ADDRESS = "server busy: too many logins at once from your address; retry in a few seconds"
 _REG_BUSY = "server busy: too many registrations at once; retry in a few seconds"
 _ONLINE_ELSEWHERE = (
     "this account is logged in elsewhere (another window or device): log out there first, "
     "or wait a few seconds if that connection has just dropped"
 )
-#: Never refused for flooding: leaving, proving one is alive, and receipts
-#: (which free memory and are sent at most every few messages).
-_UNMETERED: frozenset[type] = frozenset({Logout, Ping, Received})
+#: Never refused for flooding: leaving, and receipts (which free memory and
+#: are sent at most every few messages). PING is metered: answered as fast as
+#: they come, pings took the node's loop from everyone else; a refused ping
+#: still shows the connection alive (any bytes do).
+_UNMETERED: frozenset[type] = frozenset({Logout, Received})
 #: Requests that make the node hold bytes for others: refused while the
 #: memory budget is full.
 _BUDGETED: frozenset[type] = frozenset({OneChat, GroupChat})
@@ -181,6 +184,12 @@ class ChatService:
         self._by_account = self._tallies.by_pair
         self._by_address = self._tallies.by_address
         self._registrations = self._tallies.registrations
+        #: Password logins per (account, address), registrations per address:
+        #: one at a time, so concurrent tries cannot pass a check made before
+        #: the others were counted.
+        self._turns = Turns()
+        #: Password logins in flight per client address (``Passwords.share``).
+        self._checking: dict[str, int] = {}
         self._registrations_limit = lim.registrations_per_address
         self.store = store
         self.passwords = passwords
@@ -265,11 +274,7 @@ class ChatService:
         kind = type(req)
         counted = self.counts.requests
         counted[kind] = counted.get(kind, 0) + 1
-        if not s.uid:
-            if not isinstance(req, ANONYMOUS_OK):
-                self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
-                return None
-        elif self._rate:
+        if self._rate:  # before login too: PINGs are no cheaper than chats
             now = time.monotonic()
             tokens = s.tokens + (now - s.stamp) * self._rate
             if tokens > self._burst:
@@ -280,6 +285,9 @@ class ChatService:
             elif kind not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
+        if not s.uid and not isinstance(req, ANONYMOUS_OK):
+            self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
+            return None
         if (
             self.budget.full or (self.history is not None and self.history.full)
         ) and kind in _BUDGETED:
@@ -354,7 +362,7 @@ class ChatService:
 
     async def _throttled(self, s: Session, req: Request, wait: float) -> None:
         await asyncio.sleep(wait)
-        if s.closed or not s.uid:
+        if s.closed or (not s.uid and not isinstance(req, ANONYMOUS_OK)):
             return
         s.tokens, s.stamp = 0.0, time.monotonic()  # the token that came in, spent
         work = self._serve(s, req)
@@ -504,20 +512,10 @@ class ChatService:
         except names.BadName as exc:
             self._reg_refused(s, RegErr.FAILED, str(exc))
             return
-        wait = await self._registrations.wait(s.peer.address)
-        if wait:
-            text = (
-                f"too many registrations from your address (at most "
-                f"{self._registrations_limit}); try again in {int(wait) + 1} s"
-            )
-            self._reg_refused(s, RegErr.TOO_MANY, text)
+        async with self._turns(("register", s.peer.address)):  # see limits.Turns
+            digest = await self._metered_hash(s, req.password)
+        if digest is None:
             return
-        try:
-            digest = await self.passwords.hash(req.password)
-        except errors.Busy:
-            self._reg_refused(s, RegErr.UNAVAILABLE, _REG_BUSY)
-            return
-        await self._registrations.hit(s.peer.address)  # counted once it cost a hash
         try:
             uid = await self.store.create_user(name, digest)
         except errors.NameTaken:
@@ -529,6 +527,25 @@ class ChatService:
             self._reg_refused(s, RegErr.UNAVAILABLE, "service unavailable, retry")
             return
         self.reply(s, RegOk(uid))
+
+    async def _metered_hash(self, s: Session, password: str) -> str | None:
+        """The new account's password hash, counted against the address's
+        registrations; None if refused (the reply is sent)."""
+        wait = await self._registrations.wait(s.peer.address)
+        if wait:
+            text = (
+                f"too many registrations from your address (at most "
+                f"{self._registrations_limit}); try again in {int(wait) + 1} s"
+            )
+            self._reg_refused(s, RegErr.TOO_MANY, text)
+            return None
+        try:
+            digest = await self.passwords.hash(password)
+        except errors.Busy:
+            self._reg_refused(s, RegErr.UNAVAILABLE, _REG_BUSY)
+            return None
+        await self._registrations.hit(s.peer.address)  # counted once it cost a hash
+        return digest
 
     async def _login(self, s: Session, req: Login) -> None:
         refusal = self._precheck_login(s, req)
@@ -633,6 +650,46 @@ class ChatService:
         """Check the secret, claim the user and register the session. Returns
         None if refused (the reply is sent), else what the login read."""
         address = s.peer.address
+        if req.ticket is None:
+            checking = self._checking.get(address, 0)
+            if checking >= self.passwords.share:
+                self._login_refused(s, LoginErr.UNAVAILABLE, _BUSY_ADDRESS)
+                return None
+            self._checking[address] = checking + 1
+            try:
+                # Guesses at one account from one address take turns, so
+                # each sees the failures counted before it (limits.Turns).
+                async with self._turns((req.id, address)):
+                    who = await self._check_secret(s, req)
+            finally:
+                if self._checking[address] > 1:
+                    self._checking[address] -= 1
+                else:
+                    del self._checking[address]
+        else:
+            who = await self._check_secret(s, req)
+        if who is None:
+            return None
+        name, resumed = who
+        if not await self._claim(s, req.id):
+            return None
+        if self._rate:  # what the last session left of the flood bucket
+            kept = await self._tallies.take_bucket(req.id)
+            if kept is not None:
+                tokens = kept[0] + (time.time() - kept[1]) * self._rate
+                s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
+            else:  # a full bucket, whatever the requests before login spent
+                s.tokens, s.stamp = 0.0, 0.0
+        s.uid, s.name = req.id, name  # the race holds deliveries from here on
+        s.anonymous_since = 0.0  # no login deadline now (nor a float kept for it)
+        self.sessions[req.id] = s
+        return Admitted(resumed)
+
+    async def _check_secret(self, s: Session, req: Login) -> tuple[str, Resume | None] | None:
+        """The brute-force guard around :meth:`_authenticate`: the user's name
+        (and, for a ticket login, what it read), or None if refused (the
+        reply is sent)."""
+        address = s.peer.address
         pair = (req.id, address)
         # A valid ticket always works: it cannot be guessed, and checking it
         # costs a digest, not a hash. Failed ones count against the address.
@@ -666,18 +723,7 @@ class ChatService:
             self._login_refused(s, LoginErr.BAD_CREDENTIALS, "wrong id or password")
             return None
         await self._by_account.clear(pair)
-        name, resumed = who
-        if not await self._claim(s, req.id):
-            return None
-        if self._rate:  # what the last session left of the flood bucket
-            kept = await self._tallies.take_bucket(req.id)
-            if kept is not None:
-                tokens = kept[0] + (time.time() - kept[1]) * self._rate
-                s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
-        s.uid, s.name = req.id, name  # the race holds deliveries from here on
-        s.anonymous_since = 0.0  # no login deadline now (nor a float kept for it)
-        self.sessions[req.id] = s
-        return Admitted(resumed)
+        return who
 
     def _precheck_login(self, s: Session, req: Login) -> tuple[int, str] | None:
         if s.logged_in:

@@ -8,8 +8,10 @@ the allowance by its node count (nginx spreads a guesser over them).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 
 from clusterchat.config import Limits as Limits  # re-exported: its home was here
 
@@ -53,3 +55,32 @@ class FailureLimiter:
 
     def succeeded(self, key: Hashable) -> None:
         self._seen.pop(key, None)
+
+
+class Turns:
+    """One at a time per key (an (account, address) pair, an address).
+
+    A guard checks its count before the slow password hash and counts the
+    failure after it. Tries made at once would all pass the check before any
+    of them was counted (64 concurrent guesses where 5 are free); taking
+    turns makes check, hash and count one step per key. A key's lock is
+    dropped when nobody holds or waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)

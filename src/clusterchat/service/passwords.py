@@ -66,6 +66,13 @@ class Passwords:
         self._dummy = self._hasher.hash("clusterchat-no-such-user")
 
     @property
+    def share(self) -> int:
+        """Password checks one client address may have in flight: half the
+        pool and its queue, so one address cannot fill the queue and have
+        everyone else told "busy"."""
+        return max(1, self._capacity // 2)
+
+    @property
     def busy(self) -> bool:
         """Every thread is hashing and the queue is full."""
         return self._pending >= self._capacity

@@ -7,6 +7,10 @@ log: the first refusal on a connection is logged, the next ones within the
 interval are only counted, and the count goes into the next line (or a last
 one when the connection closes). Tracebacks of our own bugs follow the same
 rule: one per connection per interval, with the frame that caused it.
+
+One client may also open connection after connection, each refused once:
+lines about one address are bounded too (``PER_ADDRESS`` an interval); past
+that its refusals are counted, and the count goes into its next line.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from clusterchat.service.session import Session
 
 #: Seconds between two log lines about one connection's refusals.
 INTERVAL = 10.0
+#: Log lines about one client address per interval, whatever its connections.
+PER_ADDRESS = 10
+#: Addresses remembered at most (past it, those whose interval is over are forgotten).
+MAX_ADDRESSES = 10_000
 
 
 class RefusalLog:
@@ -29,19 +37,40 @@ class RefusalLog:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log, self.interval, self.clock = logger, interval, clock
+        #: Per address: [end of its interval, lines in it, refusals not logged].
+        self._addresses: dict[str, list[float]] = {}
 
     def note(self, s: Session, text: str, exc_info: bool = False) -> None:
-        """Log ``text`` about ``s`` unless a line about it went out within the interval."""
+        """Log ``text`` about ``s`` unless a line about it (or ``PER_ADDRESS``
+        about its address) went out within the interval."""
         now = self.clock()
         if now < s.log_after:
             s.log_quiet += 1
             return
-        quiet, s.log_quiet, s.log_after = s.log_quiet, 0, now + self.interval
+        gate = self._gate(s.peer.address, now)
+        if gate[1] >= PER_ADDRESS:
+            gate[2] += 1  # in the address's next line, not this connection's
+            return
+        gate[1] += 1
+        quiet = s.log_quiet + int(gate[2])
+        s.log_quiet, s.log_after, gate[2] = 0, now + self.interval, 0
         more = f" ({quiet} more refused since the last line)" if quiet else ""
         level = logging.ERROR if exc_info else logging.INFO
         self.log.log(
             level, "%s (%s, uid %s)%s", text, s.peer.address, s.uid, more, exc_info=exc_info
         )
+
+    def _gate(self, address: str, now: float) -> list[float]:
+        gate = self._addresses.get(address)
+        if gate is None:
+            if len(self._addresses) >= MAX_ADDRESSES:
+                self._addresses = {a: g for a, g in self._addresses.items() if g[0] > now}
+                if len(self._addresses) >= MAX_ADDRESSES:  # a flood of addresses
+                    self._addresses.clear()
+            gate = self._addresses[address] = [now + self.interval, 0, 0]
+        elif now >= gate[0]:
+            gate[0], gate[1] = now + self.interval, 0
+        return gate
 
     def closed(self, s: Session) -> None:
         """The count nobody has heard about yet, if any."""
