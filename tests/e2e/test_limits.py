@@ -150,14 +150,18 @@ async def test_requests_before_login_are_metered_too(limited: Node) -> None:
     # Before: 200 PINGs sent at once before login got 200 PONGs, as fast as
     # the node could answer, from each of an address's connections.
     anonymous = await ChatConnection.open("127.0.0.1", limited.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await anonymous.send_raw(b'{"msgid":12}\n' * 200)
     replies = [await anonymous.recv() for _ in range(200)]
+    took = loop.time() - started  # a loaded machine spreads them: the bucket refills
     pongs = [r for r in replies if r["msgid"] == MsgId.PONG]
     refused = [r for r in replies if r["msgid"] == MsgId.ERROR]
-    assert BURST <= len(pongs) < 50 and len(pongs) + len(refused) == 200, len(pongs)
+    assert BURST <= len(pongs) <= BURST + RATE * took + 1, (len(pongs), took)
+    assert len(pongs) + len(refused) == 200
     assert all(r["errno"] == ErrCode.TOO_FAST and r["re"] == MsgId.PING for r in refused)
     # Logging in afterwards starts with a full bucket, as before.
-    await asyncio.sleep(1 / RATE)
+    await asyncio.sleep(BURST / RATE)  # the anonymous bucket refills: register, log in
     uid = await anonymous.register(unique(), PASSWORD)
     assert (await anonymous.login(uid, PASSWORD))["errno"] == 0
     for _ in range(BURST):
