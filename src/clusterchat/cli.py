@@ -463,8 +463,10 @@ def _cluster(args: argparse.Namespace) -> int:
     run_dir = Path(args.dir) if args.dir else data_dir() / "cluster"
     try:
         if args.cluster_command == "down":
-            stopped = launcher.down(run_dir)
-            print(f"stopped {', '.join(stopped) or 'nothing (already gone)'}")
+            stopped, gone = launcher.down(run_dir)
+            print(f"stopped {', '.join(stopped) or 'nothing'}")
+            if gone:
+                print(f"not running any more (nothing to stop): {', '.join(gone)}")
             return 0
         extra = [a for a in args.server_args if a != "--"]
         extra += ["--db", args.db or default_db_url(), "--redis", args.redis]

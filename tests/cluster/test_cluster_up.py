@@ -5,7 +5,9 @@ waited for until its /readyz says so."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 import socket
 import time
 import urllib.request
@@ -65,8 +67,13 @@ async def test_a_slow_node_is_waited_for_until_ready(
             with await asyncio.to_thread(urllib.request.urlopen, url, None, 5) as res:
                 assert res.status == 200
         assert len([p for p in state.procs if p.name.startswith("node")]) == 2
+        # A node that died is named as such by `down`, not silently left out.
+        os.kill(next(p.pid for p in state.procs if p.name == "node1"), signal.SIGKILL)
+        stopped, gone = await asyncio.to_thread(launcher.down, run_dir)
+        assert gone == ["node1"] and sorted(stopped) == ["nginx", "node0"], (stopped, gone)
     finally:
-        await asyncio.to_thread(launcher.down, run_dir)
+        if (run_dir / launcher.STATE).exists():
+            await asyncio.to_thread(launcher.down, run_dir)
 
 
 async def test_a_port_taken_fails_clearly_and_starts_nothing(

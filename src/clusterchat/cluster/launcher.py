@@ -222,13 +222,14 @@ def _same_process(pid: int, name: str) -> bool:
     return (b"nginx" in cmdline) if name == "nginx" else (b"clusterchat" in cmdline)
 
 
-def down(run_dir: Path, timeout: float = 15.0) -> list[str]:
+def down(run_dir: Path, timeout: float = 15.0) -> tuple[list[str], list[str]]:
+    """Stop the recorded cluster: (what was stopped, what was no longer running)."""
     path = run_dir / STATE
     if not path.exists():
         raise RuntimeError(f"no cluster recorded in {run_dir}")
     raw = json.loads(path.read_text())
     procs = [Proc(**p) for p in raw["procs"]]
-    stopped = []
+    stopped, gone = [], []
     # nginx first, so no new connections reach nodes that are going away.
     for proc in sorted(procs, key=lambda p: p.name != "nginx"):
         if _alive(proc.pid) and _same_process(proc.pid, proc.name):
@@ -240,11 +241,13 @@ def down(run_dir: Path, timeout: float = 15.0) -> list[str]:
             if _alive(proc.pid):
                 os.kill(proc.pid, signal.SIGKILL)
             stopped.append(proc.name)
+        else:
+            gone.append(proc.name)
         _reap(proc.pid)
         if (child := _children.pop(proc.pid, None)) is not None:
             child.wait()
     path.unlink()
-    return stopped
+    return stopped, gone
 
 
 def _reap(pid: int) -> None:
