@@ -26,24 +26,33 @@ async def registered(port: int, name: str, scripted: list[Scripted]) -> tuple[Sc
     return s, uid
 
 
+async def piped(port: int, script: str, timeout: float = 30) -> str:
+    """`printf SCRIPT | clusterchat client 127.0.0.1 PORT`: its output, once it has exited 0."""
+    cli = Path(sys.executable).with_name("clusterchat")
+    proc = await asyncio.create_subprocess_exec(
+        str(cli), "client", "127.0.0.1", str(port),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=CLIENT_ENV,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(script.encode()), timeout)
+    assert proc.returncode == 0, err
+    return out.decode()
+
+
+async def dave_online(port: int) -> tuple[ChatConnection, int]:
+    dave = await ChatConnection.open("127.0.0.1", port)
+    dave_id = await dave.register("dave", "pw")
+    assert (await dave.login(dave_id, "pw"))["errno"] == 0
+    return dave, dave_id
+
+
 @pytest.mark.parametrize("register", ["register:carol:pw", "/register carol pw"])
 async def test_registering_logs_in_so_a_piped_script_can_chat_at_once(
     lone_node: Node, register: str
 ) -> None:
     """`printf 'register:carol:pw\\nchat:1:x\\n' | clusterchat client` (issue 12)."""
-    dave = await ChatConnection.open("127.0.0.1", lone_node.port)
-    dave_id = await dave.register("dave", "pw")
-    assert (await dave.login(dave_id, "pw"))["errno"] == 0
-    cli = Path(sys.executable).with_name("clusterchat")
-    proc = await asyncio.create_subprocess_exec(
-        str(cli), "client", "127.0.0.1", str(lone_node.port),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=CLIENT_ENV,
-    )  # fmt: skip
-    script = f"{register}\n\nchat:{dave_id}:x\n".encode()
-    out, err = await asyncio.wait_for(proc.communicate(script), 30)
-    text = out.decode()
-    assert proc.returncode == 0, err
+    dave, dave_id = await dave_online(lone_node.port)
+    text = await piped(lone_node.port, f"{register}\n\nchat:{dave_id}:x\n")
     assert re.search(r"Registered carol with id \d+; logging you in", text), text
     assert "Logged in as carol" in text and "Not understood" not in text, text
     got = await dave.expect(MsgId.ONE_CHAT)
@@ -157,19 +166,10 @@ async def test_a_piped_batch_past_the_flood_limit_is_paced_not_dropped(lone_node
     second) gets every one sent, in order: the client waits and sends again
     what the server refused as too fast. Before, 20 of these 70 printed
     "Not done: Too many requests" and were lost to the script."""
-    dave = await ChatConnection.open("127.0.0.1", lone_node.port)
-    dave_id = await dave.register("dave", "pw")
-    assert (await dave.login(dave_id, "pw"))["errno"] == 0
-    cli = Path(sys.executable).with_name("clusterchat")
-    proc = await asyncio.create_subprocess_exec(
-        str(cli), "client", "127.0.0.1", str(lone_node.port),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=CLIENT_ENV,
-    )  # fmt: skip
+    dave, dave_id = await dave_online(lone_node.port)
     lines = "".join(f"chat:{dave_id}:line {i}\n" for i in range(70))
-    out, err = await asyncio.wait_for(proc.communicate(f"register:carol:pw\n{lines}".encode()), 60)
-    assert proc.returncode == 0, err
-    assert "Not done" not in out.decode(), out.decode()
+    text = await piped(lone_node.port, f"register:carol:pw\n{lines}", timeout=60)
+    assert "Not done" not in text, text
     got = [(await dave.expect(MsgId.ONE_CHAT))["msg"] for _ in range(70)]
     assert got == [f"line {i}" for i in range(70)]
     await dave.close()

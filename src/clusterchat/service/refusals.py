@@ -90,18 +90,13 @@ class Sampled:
     how many more there were. Else an outage under load writes thousands of
     lines a second."""
 
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval: float = INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.log, self.interval, self.clock = logger, interval, clock
+    def __init__(self, logger: logging.Logger, interval: float = INTERVAL) -> None:
+        self.log, self.interval = logger, interval
         self._after = 0.0
         self._quiet = 0
 
     def warning(self, text: str) -> None:
-        now = self.clock()
+        now = time.monotonic()
         if now < self._after:
             self._quiet += 1
             return
