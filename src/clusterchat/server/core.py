@@ -213,6 +213,14 @@ class ConnectionCore:
                 return
         self.last_seen = now
         decoder = self.decoder
+        if self._queue is None:
+            one = decoder.whole(data)
+            if one is not None:  # the relay's usual read, without lists or a second call
+                self.partial_since = 0.0
+                work = self._handle(one, data[-1])
+                if work is not None:
+                    self._wait_for(work)
+                return
         try:
             frames = decoder.feed(data)
             if not decoder.pending:
