@@ -70,6 +70,39 @@ def test_arbitrary_bytes_same_outcome_for_any_split(data: bytes, cuts: list[int]
         assert split == whole
 
 
+@given(st.binary(max_size=LIMIT + 3), st.binary(max_size=4))
+def test_whole_is_feed_when_the_read_is_one_frame(data: bytes, held: bytes) -> None:
+    """The core's fast path: ``whole`` gives a frame only where ``feed`` would
+    give exactly that one frame (same terminator: the read's last byte), and
+    leaves the decoder as ``feed`` would; else None, consuming nothing."""
+    for tail in (b"", b"\x00", b"\n", b"\r\n", b"{}\n\x00", b"{}\x00\n"):
+        fast, slow = FrameDecoder(max_frame=LIMIT), FrameDecoder(max_frame=LIMIT)
+        fast.feed(held)
+        slow.feed(held)
+        before = fast.pending
+        read = data + tail
+        frame = fast.whole(read)
+        try:
+            frames = slow.feed(read)
+        except FrameTooLarge:
+            assert frame is None
+            continue
+        if frame is not None:
+            assert frames == [(frame, read[-1])]
+            assert fast.pending == slow.pending == 0
+        else:
+            assert fast.pending == before  # nothing consumed: feed it
+            assert fast.feed(read) == frames
+
+
+def test_whole_takes_a_usual_chat_in_either_dialect() -> None:
+    chat = b'{"msgid":6,"toid":2,"msg":"hi"}'
+    for term in (NUL, NEWLINE):
+        assert FrameDecoder().whole(chat + bytes([term])) == chat
+    assert FrameDecoder().whole(chat + b"\x00" + chat + b"\x00") is None  # two: feed them
+    assert FrameDecoder().whole(chat) is None  # unfinished
+
+
 def test_blank_frames_are_dropped_in_either_dialect() -> None:
     assert FrameDecoder().feed(b"  \x00") == []
     assert FrameDecoder().feed(b" \t \n") == []

@@ -17,6 +17,7 @@ NUL: Final = 0
 NEWLINE: Final = 10
 
 _TERMINATOR = re.compile(rb"[\n\x00]")
+_TERMINATORS = (NUL, NEWLINE)
 
 
 class FrameTooLarge(Exception):
@@ -50,6 +51,25 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes held of a frame not yet terminated."""
         return len(self._buf)
+
+    def whole(self, data: bytes) -> bytes | None:
+        """The frame, if ``data`` is exactly one whole frame of either dialect
+        and nothing is held before it (its terminator is ``data[-1]``); else
+        None and nothing is consumed: :meth:`feed` it. The relay's usual read,
+        with no list to build."""
+        end = len(data) - 1
+        if (
+            self._buf
+            or not 0 < end <= self.max_frame
+            or data.find(data[-1]) != end  # not a terminator, or more than one frame
+            or data[-1] not in _TERMINATORS
+            or data[end - 1] == 13
+        ):
+            return None
+        if (NUL if data[-1] == NEWLINE else NEWLINE) in data:  # mixed: two frames
+            return None
+        frame = data[:end]
+        return None if frame.isspace() else frame
 
     def feed(self, data: bytes) -> list[tuple[bytes, int]]:
         buf = self._buf + data if self._buf else data

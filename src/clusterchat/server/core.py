@@ -213,6 +213,14 @@ class ConnectionCore:
                 return
         self.last_seen = now
         decoder = self.decoder
+        if self._queue is None:
+            one = decoder.whole(data)
+            if one is not None:  # the relay's usual read, without lists or a second call
+                self.partial_since = 0.0
+                work = self._handle(one, data[-1])
+                if work is not None:
+                    self._wait_for(work)
+                return
         try:
             frames = decoder.feed(data)
             if not decoder.pending:
@@ -421,7 +429,9 @@ class ConnectionCore:
         if verdict == QUEUED:
             return True
         if verdict == FIRST:
-            self._write_soon()
+            if not self._due:  # _write_soon, inlined: once per chat at w1
+                self._due = True
+                self._host.write_soon(self)
             return True
         if verdict == OVER:
             self._cut_off()
@@ -478,7 +488,8 @@ class ConnectionCore:
         (the node calls this once per loop iteration for every connection
         that was sent or delivered to)."""
         self._due = False
-        if self._link.closing():
+        link = self._link
+        if link.closing():
             # Cut off, or the peer's reset was read in this iteration after
             # messages were accepted for it: nothing is taken, and what a
             # reply took goes back, so what was never written is pending and
@@ -501,19 +512,21 @@ class ConnectionCore:
             data = out[0] if len(out) == 1 else b"".join(out)
         elif data is None:
             return
-        self._link.write(data)
-        if self._link.closing():
+        link.write(data)
+        if link.closing():
             # The write failed: the peer's reset had come, not yet read.
             # What it carried of the outbox never left.
             if taken and outbox is not None:
                 outbox.unwritten(taken)
             return
-        if outbox is not None and outbox.unmeasured > RECEIVE_MARGIN:
+        if outbox is None:
+            return
+        if outbox.unmeasured > RECEIVE_MARGIN:
             # More than a receive buffer since the last look: the peer may
             # not be reading. If it resets before the next report, what sits
             # unacknowledged in our send queue must be known to be unread.
-            outbox.probed(self._link.in_flight())
-        if not self._watched and outbox is not None and not outbox.idle:
+            outbox.probed(link.in_flight())
+        if not self._watched and not outbox.idle:
             self._watched = True
             self._host.watch(self)
 

@@ -114,7 +114,6 @@ class Outbox:
         "_pending",
         "_pending_bytes",
         "_since",
-        "_unmeasured",
         "_window",
         "_window_bytes",
         "limit",
@@ -122,6 +121,7 @@ class Outbox:
         "receipts",
         "recent_max",
         "settled",
+        "unmeasured",
         "window_max",
     )
 
@@ -147,8 +147,9 @@ class Outbox:
         self._since = 0
         # Bytes in flight at the last report (0: the peer was keeping up).
         self._in_flight = 0
-        # Bytes written since the last report.
-        self._unmeasured = 0
+        #: Bytes written since the last report or probe: past
+        #: ``RECEIVE_MARGIN`` the transport probes (:meth:`probed`).
+        self.unmeasured = 0
         self._ended = False
         #: Messages let go of as safely past the peer (for tests and metrics).
         self.settled = 0
@@ -241,7 +242,7 @@ class Outbox:
         else:
             window.extend(pending)
         self._since += len(pending)
-        self._unmeasured += self._pending_bytes
+        self.unmeasured += self._pending_bytes
         size = self._window_bytes = self._window_bytes + self._pending_bytes
         self._pending_bytes = 0
         if size > self.window_max:
@@ -299,7 +300,7 @@ class Outbox:
         safely past the peer: written before the previous report and
         beyond ``in_flight`` (plus a margin, if the peer is behind)."""
         self._in_flight = in_flight
-        self._unmeasured = 0
+        self.unmeasured = 0
         window = self._window
         if not window:
             self._since = 0
@@ -315,18 +316,12 @@ class Outbox:
         self._drop(len(window) - max(unsafe, self._since))
         self._since = 0
 
-    @property
-    def unmeasured(self) -> int:
-        """Bytes written since the last report or probe: past
-        ``RECEIVE_MARGIN`` the transport probes (:meth:`probed`)."""
-        return self._unmeasured
-
     def probed(self, in_flight: int) -> None:
         """Bytes in flight, read right after a write between two reports:
         if the peer is behind, say so now (a reset before the next report
         must not take what its kernel never acknowledged as read). Settles
         nothing: a report does that."""
-        self._unmeasured = 0
+        self.unmeasured = 0
         if in_flight:
             self._in_flight = in_flight
 

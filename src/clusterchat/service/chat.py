@@ -1009,20 +1009,21 @@ class ChatService:
     # -- chat: the hot path ---------------------------------------------------------------
 
     def _one_chat(self, s: Session, req: OneChat) -> Work:
-        if req.toid in s.blocked_by:
+        toid = req.toid
+        if toid in s.blocked_by:
             self._refuse(
-                s, req, ErrCode.REFUSED_BY_USER, f"user {req.toid} does not accept this from you"
+                s, req, ErrCode.REFUSED_BY_USER, f"user {toid} does not accept this from you"
             )
             return None
         ts = int(time.time() * 1000)
         n = next(self._mids)
         mid = f"{self.node_id}-{n}"
-        payload = codec.one_chat(s.uid, s.name, req.toid, req.msg, req.time, ts, mid)
-        target = self.sessions.get(req.toid)
+        payload = codec.one_chat(s.uid, s.name, toid, req.msg, req.time, ts, mid)
+        target = self.sessions.get(toid)
         if target is not None and target.deliver(payload):
             self.counts.relayed_local += 1
             if self.history is not None:
-                self._keep_one(s.uid, req.toid, mid, ts, req.msg)
+                self._keep_one(s.uid, toid, mid, ts, req.msg)
             if not s.legacy:  # the original is shown no CHAT_ACK (see reply)
                 s.peer.send(self._delivered_ack % (n, ts))
             return None
