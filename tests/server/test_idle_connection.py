@@ -33,6 +33,7 @@ async def test_an_idle_logged_in_connection_has_no_outbox(
     assert conn.outbox is None
     assert conn.session.blocked_by is NOBODY
     assert conn.core.decoder is node.decoder
+    assert conn._id == 0  # numbered by its first log line: none yet
 
 
 async def test_the_outbox_comes_with_a_message_and_goes_once_settled(
