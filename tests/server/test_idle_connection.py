@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 
 import pytest
 
@@ -34,6 +35,7 @@ async def test_an_idle_logged_in_connection_has_no_outbox(
     assert conn.session.blocked_by is NOBODY
     assert conn.core.decoder is node.decoder
     assert conn._id == 0  # numbered by its first log line: none yet
+    assert sys.getsizeof(conn.session) <= 128  # one slot more takes a 144-byte block
 
 
 async def test_the_outbox_comes_with_a_message_and_goes_once_settled(

@@ -33,10 +33,11 @@ class RefusalLog:
     def note(self, s: Session, text: str, exc_info: bool = False) -> None:
         """Log ``text`` about ``s`` unless a line about it went out within the interval."""
         now = self.clock()
-        if now < s.log_after:
-            s.log_quiet += 1
+        after, quiet = s.log_state
+        if now < after:
+            s.log_state = (after, quiet + 1)
             return
-        quiet, s.log_quiet, s.log_after = s.log_quiet, 0, now + self.interval
+        s.log_state = (now + self.interval, 0)
         more = f" ({quiet} more refused since the last line)" if quiet else ""
         level = logging.ERROR if exc_info else logging.INFO
         self.log.log(
@@ -45,14 +46,15 @@ class RefusalLog:
 
     def closed(self, s: Session) -> None:
         """The count nobody has heard about yet, if any."""
-        if s.log_quiet:
+        after, quiet = s.log_state
+        if quiet:
             self.log.info(
                 "%d more refused before the connection closed (%s, uid %s)",
-                s.log_quiet,
+                quiet,
                 s.peer.address,
                 s.uid,
             )
-            s.log_quiet = 0
+            s.log_state = (after, 0)
 
 
 class Sampled:
