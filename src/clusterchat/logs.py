@@ -21,8 +21,10 @@ from contextvars import ContextVar
 from types import CodeType
 from typing import Any, TypeVar
 
-#: The id of the client connection a task serves; 0: none.
-connection_id: ContextVar[int] = ContextVar("connection_id", default=0)
+#: The client connection a task serves (an object with an ``id``); None: none.
+#: Its id is read only when a line is logged: a connection numbers itself
+#: on its first line, so the many that never log hold no number.
+connection: ContextVar[Any] = ContextVar("connection", default=None)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _serving: set[CodeType] = set()
@@ -35,26 +37,32 @@ def names_connection(method: _F) -> _F:
     return method
 
 
-def current_connection() -> int:
-    """The id of the connection being served here, looked up only when asked."""
-    cid = connection_id.get()
-    if cid:
-        return cid
+def _served() -> Any:
+    """The connection being served here (None: none), found without its id."""
+    conn = connection.get()
+    if conn is not None:
+        return conn
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code in _serving:
-            return int(frame.f_locals["self"].id)
+            return frame.f_locals["self"]
         frame = frame.f_back  # type: ignore[assignment]
-    return 0
+    return None
+
+
+def current_connection() -> int:
+    """The id of the connection being served here, looked up only when asked."""
+    conn = _served()
+    return int(conn.id) if conn is not None else 0
 
 
 def start_task(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     """A task whose log lines name the connection being served when it started."""
-    cid = current_connection()
-    if not cid:
+    conn = _served()
+    if conn is None:
         return asyncio.ensure_future(coro)
     context = contextvars.copy_context()
-    context.run(connection_id.set, cid)
+    context.run(connection.set, conn)
     return asyncio.get_running_loop().create_task(coro, context=context)
 
 

@@ -130,3 +130,12 @@ def test_unterminated_frame_over_limit_fails_before_its_end_arrives() -> None:
     dec.feed(b"1234")
     with pytest.raises(FrameTooLarge):
         dec.feed(b"56789")
+
+
+def test_split_off_takes_the_unfinished_frame_and_leaves_the_decoder_empty() -> None:
+    shared = FrameDecoder(max_frame=LIMIT)
+    assert shared.feed(b"a\nb") == [(b"a", NEWLINE)]
+    own = shared.split_off()
+    assert shared.pending == 0 and own.pending == 1 and own.max_frame == LIMIT
+    assert shared.feed(b"c\n") == [(b"c", NEWLINE)]
+    assert own.feed(b"d\n") == [(b"bd", NEWLINE)]

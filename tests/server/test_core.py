@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from clusterchat.budget import Budget
 from clusterchat.config import Settings
+from clusterchat.protocol.framing import FrameDecoder
 from clusterchat.server.core import LINGER, QUEUE_PAUSE, ConnectionCore
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.refusals import RefusalLog
@@ -81,6 +82,7 @@ class FakeHost:
     def __init__(self, output_limit: int = 1 << 20) -> None:
         self.settings = Settings(max_frame=MAX_FRAME, output_limit=output_limit)
         self.budget = Budget(0)
+        self.decoder = FrameDecoder(MAX_FRAME)
         self.service = FakeService()
         self.flushes: list[ConnectionCore] = []
         self.watched: list[ConnectionCore] = []
@@ -175,8 +177,10 @@ class OpaqueCore(ConnectionCore):
     decode = staticmethod(lambda frame: frame)
 
 
-def make(output_limit: int = 1 << 20) -> tuple[ConnectionCore, FakeLink, FakeHost]:
-    host = FakeHost(output_limit)
+def make(
+    output_limit: int = 1 << 20, host: FakeHost | None = None
+) -> tuple[ConnectionCore, FakeLink, FakeHost]:
+    host = host or FakeHost(output_limit)
     link = FakeLink()
     session = Session(cast(Peer, link), 0.0)
     core = OpaqueCore(host, link, session, 0.0)
@@ -283,6 +287,24 @@ def test_any_split_of_the_stream_serves_the_same_frames_in_order(
             task.close()
     assert served(host) == frames
     assert core.partial_since == 0.0  # nothing half-received
+
+
+def test_cores_share_the_hosts_decoder_until_a_frame_comes_in_parts() -> None:
+    """An idle connection holds no decoder of its own (issue 14: memory per
+    idle connection); one whose frame arrives in parts keeps its bytes apart."""
+    a, _, host = make()
+    b, _, _ = make(host=host)
+    a.receive_data(b"a1\n", 1.0)
+    b.receive_data(b"b1\n", 1.0)
+    assert a.decoder is b.decoder is host.decoder
+    a.receive_data(b"a2-", 2.0)
+    b.receive_data(b"b2-", 2.0)
+    assert a.decoder is not host.decoder and b.decoder is not host.decoder
+    assert not host.decoder.pending
+    b.receive_data(b"end\n", 3.0)
+    a.receive_data(b"end\n", 3.0)
+    assert served(host) == [b"a1", b"b1", b"b2-end", b"a2-end"]
+    assert a.partial_since == b.partial_since == 0.0
 
 
 # -- frames over the limit --------------------------------------------------------------

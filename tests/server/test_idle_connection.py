@@ -1,12 +1,14 @@
 """What an idle logged-in connection costs: the objects it only needs while
-it is being sent to (its outbox, a set of who blocks it) are not made until
-then, and the outbox is given back once what it wrote is settled. The
+it is being sent to (its outbox, a set of who blocks it) or while a request
+arrives in parts (a frame decoder of its own) are not made until then, and
+the outbox is given back once what it wrote is settled. The
 memory figure itself is ``bench/run.py --only hold`` (BENCHMARKS.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 
 import pytest
 
@@ -31,6 +33,9 @@ async def test_an_idle_logged_in_connection_has_no_outbox(
     conn = server_side(node, u.id)
     assert conn.outbox is None
     assert conn.session.blocked_by is NOBODY
+    assert conn.core.decoder is node.decoder
+    assert conn._id == 0  # numbered by its first log line: none yet
+    assert sys.getsizeof(conn.session) <= 128  # one slot more takes a 144-byte block
 
 
 async def test_the_outbox_comes_with_a_message_and_goes_once_settled(

@@ -5,6 +5,8 @@ or from the task that connection started."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 from clusterchat import logs
 
@@ -43,3 +45,29 @@ async def test_a_task_started_under_a_read_names_its_connection() -> None:
     starter.data_received()
     assert await starter.task == 9
     assert await logs.start_task(_in_task()) == 0  # started outside any read
+
+
+async def test_a_task_started_under_a_read_reads_the_id_only_to_log() -> None:
+    """A connection numbers itself on its first line: starting its tasks
+    (every login does) must not make it take a number (issue 14)."""
+
+    class _Lazy:
+        asked = 0
+
+        @property
+        def id(self) -> int:
+            self.asked += 1
+            return 5
+
+        @logs.names_connection
+        def data_received(self, coro: Coroutine[Any, Any, int]) -> asyncio.Task[int]:
+            return logs.start_task(coro)
+
+    async def quiet() -> int:
+        await asyncio.sleep(0)
+        return 0
+
+    conn = _Lazy()
+    await conn.data_received(quiet())
+    assert conn.asked == 0
+    assert await conn.data_received(_in_task()) == 5

@@ -9,7 +9,7 @@ arriving from other nodes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +24,14 @@ class Presence(Protocol):
     async def online(self, uids: Iterable[int]) -> set[int]:
         """The subset of ``uids`` logged in anywhere."""
         ...
+
+    def registered(self, uid: int, sessions: Container[int]) -> None:
+        """The claimed user's session is in the service's table of sessions
+        (``sessions``) from now on (a lone node's presence reads it there)."""
+
+    def unregistered(self, uid: int) -> None:
+        """The user's session left the table; the user stays claimed until
+        :meth:`release`."""
 
 
 class Inbox(Protocol):

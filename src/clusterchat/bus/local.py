@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 
 from clusterchat.bus.base import Inbox, WindowStats
 
 
 class LocalPresence:
+    """Who is online, for a node that is alone: the users with a session in
+    the service's table (which it shares with :meth:`registered`), and the
+    few claimed before their session is registered, or still claimed after
+    it ended and until their release. Not a set of everyone online: each
+    idle connection would pay an entry (50 to 100 bytes) for what the
+    service's table already says."""
+
     def __init__(self) -> None:
-        self._online: set[int] = set()
+        self._sessions: Container[int] = frozenset()
+        self._unseated: set[int] = set()  # claimed, and not in the table
 
     async def claim(self, uid: int) -> bool:
-        if uid in self._online:
+        if uid in self._unseated or uid in self._sessions:
             return False
-        self._online.add(uid)
+        self._unseated.add(uid)
         return True
 
     async def release(self, uid: int) -> None:
-        self._online.discard(uid)
+        self._unseated.discard(uid)
 
     async def online(self, uids: Iterable[int]) -> set[int]:
-        return self._online.intersection(uids)
+        return {uid for uid in uids if uid in self._unseated or uid in self._sessions}
+
+    def registered(self, uid: int, sessions: Container[int]) -> None:
+        self._sessions = sessions
+        self._unseated.discard(uid)
+
+    def unregistered(self, uid: int) -> None:
+        self._unseated.add(uid)
 
 
 class NoBus:

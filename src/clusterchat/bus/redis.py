@@ -36,7 +36,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 
 import msgspec
 import redis.asyncio as aioredis
@@ -305,6 +305,12 @@ class RedisCluster:
                 )
                 self._unreleased.discard(uid)
         log.info("released %d users whose release had failed", len(uids))
+
+    def registered(self, uid: int, sessions: Container[int]) -> None:
+        pass  # Redis holds the claim until release
+
+    def unregistered(self, uid: int) -> None:
+        pass
 
     async def online(self, uids: Iterable[int]) -> set[int]:
         ids = list(uids)

@@ -71,6 +71,15 @@ class FrameDecoder:
         frame = data[:end]
         return None if frame.isspace() else frame
 
+    def split_off(self) -> FrameDecoder:
+        """A new decoder holding what this one holds of an unfinished frame;
+        this one is left empty. A server shares one decoder among the
+        connections that have no frame half-received, and gives a connection
+        its own once a frame arrives in parts: an idle one holds none."""
+        own = FrameDecoder(self.max_frame)
+        own._buf, self._buf = self._buf, b""
+        return own
+
     def feed(self, data: bytes) -> list[tuple[bytes, int]]:
         buf = self._buf + data if self._buf else data
         # Common cases first, with C-speed scans (an int needle is the fast

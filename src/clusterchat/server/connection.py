@@ -29,7 +29,7 @@ _WRITE_HIGH = 64 * 1024
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_linger", "address", "core", "id", "node", "transport")
+    __slots__ = ("_id", "_linger", "address", "core", "node", "transport")
 
     def __init__(self, node: Host[Connection]) -> None:
         self.node = node
@@ -38,7 +38,16 @@ class Connection(asyncio.Protocol):
         now = node.clock()
         self.core = ConnectionCore(node, self, Session(self, now), now)
         self._linger: asyncio.TimerHandle | None = None
-        self.id = node.new_connection_id()  # on its log lines (clusterchat.logs)
+        self._id = 0
+
+    @property
+    def id(self) -> int:
+        """The number on its log lines (clusterchat.logs), given with the
+        first one: a connection that logs nothing holds no number (an int
+        object, on an idle connection)."""
+        if not self._id:
+            self._id = self.node.new_connection_id()
+        return self._id
 
     @property
     def session(self) -> Session:

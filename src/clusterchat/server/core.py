@@ -120,6 +120,9 @@ class CoreHost(Protocol):
     settings: Settings
     #: Bytes held for other people on this node (outboxes charge it).
     budget: Budget
+    #: Frames of the connections with none half-received: one decoder for
+    #: all of them (a connection splits off its own when a frame comes in parts).
+    decoder: FrameDecoder
 
     @property
     def service(self) -> Service: ...
@@ -175,7 +178,8 @@ class ConnectionCore:
         self._link = link
         self._service = host.service
         self.session = session
-        self.decoder = FrameDecoder(host.settings.max_frame)
+        #: The host's, until a frame arrives in parts: then one of its own.
+        self.decoder = host.decoder
         #: None until the first chat message, and again once all is settled.
         self.outbox: Outbox | None = None
         self._queue: deque[tuple[bytes, int]] | None = None
@@ -225,8 +229,11 @@ class ConnectionCore:
             frames = decoder.feed(data)
             if not decoder.pending:
                 self.partial_since = 0.0
-            elif frames or not self.partial_since:  # a new request began
-                self.partial_since = now
+            else:
+                if decoder is self._host.decoder:  # shared: take what it holds
+                    self.decoder = decoder.split_off()
+                if frames or not self.partial_since:  # a new request began
+                    self.partial_since = now
         except FrameTooLarge as exc:
             for item in exc.frames:
                 self._serve(item)

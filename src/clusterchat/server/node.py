@@ -21,6 +21,7 @@ from clusterchat import logs
 from clusterchat.budget import Budget
 from clusterchat.config import Settings, connection_limit
 from clusterchat.protocol import codec
+from clusterchat.protocol.framing import FrameDecoder
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.protocol.trusted import TrustedProxies
 from clusterchat.server.backends import Backends, open_backends
@@ -82,6 +83,7 @@ class Node:
             max_frame=settings.max_frame,
         )
         self.lag = LoopLag(settings.shed_lag)
+        self.decoder = FrameDecoder(settings.max_frame)  # see CoreHost.decoder
         self.connections: set[Connection] = set()
         self._unflushed: list[ConnectionCore] = []
         # Connections whose outbox remembers written messages: asked twice a

@@ -404,6 +404,8 @@ class ChatService:
         """Mark every local user offline in one statement, then release them."""
         uids = list(self.sessions)
         self.sessions.clear()
+        for uid in uids:
+            self.presence.unregistered(uid)
         if self._purging is not None:
             self._purging.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -683,6 +685,7 @@ class ChatService:
         s.uid, s.name = req.id, name  # the race holds deliveries from here on
         s.anonymous_since = 0.0  # no login deadline now (nor a float kept for it)
         self.sessions[req.id] = s
+        self.presence.registered(req.id, self.sessions)
         return Admitted(resumed)
 
     async def _check_secret(self, s: Session, req: Login) -> tuple[str, Resume | None] | None:
@@ -920,6 +923,7 @@ class ChatService:
         """Unregister the session; returns what its race held, to be stored."""
         if self.sessions.get(s.uid) is s:
             del self.sessions[s.uid]
+            self.presence.unregistered(s.uid)  # claimed until released
         s.uid, s.name = 0, ""
         s.anonymous_since = time.monotonic()  # a new login deadline
         held = s.race.ended(closed)

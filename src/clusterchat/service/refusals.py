@@ -44,16 +44,17 @@ class RefusalLog:
         """Log ``text`` about ``s`` unless a line about it (or ``PER_ADDRESS``
         about its address) went out within the interval."""
         now = self.clock()
-        if now < s.log_after:
-            s.log_quiet += 1
+        after, quiet = s.log_state
+        if now < after:
+            s.log_state = (after, quiet + 1)
             return
         gate = self._gate(s.peer.address, now)
         if gate[1] >= PER_ADDRESS:
             gate[2] += 1  # in the address's next line, not this connection's
             return
         gate[1] += 1
-        quiet = s.log_quiet + int(gate[2])
-        s.log_quiet, s.log_after, gate[2] = 0, now + self.interval, 0
+        quiet += int(gate[2])
+        s.log_state, gate[2] = (now + self.interval, 0), 0
         more = f" ({quiet} more refused since the last line)" if quiet else ""
         level = logging.ERROR if exc_info else logging.INFO
         self.log.log(
@@ -74,14 +75,15 @@ class RefusalLog:
 
     def closed(self, s: Session) -> None:
         """The count nobody has heard about yet, if any."""
-        if s.log_quiet:
+        after, quiet = s.log_state
+        if quiet:
             self.log.info(
                 "%d more refused before the connection closed (%s, uid %s)",
-                s.log_quiet,
+                quiet,
                 s.peer.address,
                 s.uid,
             )
-            s.log_quiet = 0
+            s.log_state = (after, 0)
 
 
 class Sampled:
