@@ -103,10 +103,18 @@ class CuttableProxy:
         self._pipes.clear()
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        server = self._server
         try:
             ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             w.close()
+            return
+        if self._server is not server or server is None:
+            # Cut while this one was connecting: it must not survive the
+            # outage (a node's pooled connection opened at the cut did, and
+            # a "MariaDB down" test stored everything through it).
+            w.transport.abort()
+            uw.transport.abort()
             return
         self._pipes.update((w, uw))
         me = asyncio.current_task()
