@@ -284,14 +284,17 @@ class RedisCluster:
 
     async def release(self, uid: int) -> None:
         try:
-            await self._release(
-                keys=[self._user_key(uid), self._members_key],
-                args=[self.prefix, self.node_id, uid],
-            )
+            await self._release_key(uid)
         except (RedisError, OSError) as exc:
             if not self._unreleased:  # one line per heartbeat, not one per user
                 log.warning("could not release user %d (retried at the heartbeat): %s", uid, exc)
             self._unreleased.add(uid)
+
+    async def _release_key(self, uid: int) -> None:
+        """Delete the user's presence if it is still ours (scripts.RELEASE)."""
+        await self._release(
+            keys=[self._user_key(uid), self._members_key], args=[self.prefix, self.node_id, uid]
+        )
 
     async def _release_again(self) -> None:
         """Release the users whose release failed, or they would stay online
@@ -299,10 +302,7 @@ class RedisCluster:
         async with self._retrying:
             uids = list(self._unreleased)
             for uid in uids:
-                await self._release(
-                    keys=[self._user_key(uid), self._members_key],
-                    args=[self.prefix, self.node_id, uid],
-                )
+                await self._release_key(uid)
                 self._unreleased.discard(uid)
         log.info("released %d users whose release had failed", len(uids))
 
@@ -639,10 +639,7 @@ class RedisCluster:
         local = set(self._inbox.local_users())
         listed = {int(u) for u in await self.client.smembers(self._members_key)}
         for uid in listed - local:
-            await self._release(
-                keys=[self._user_key(uid), self._members_key],
-                args=[self.prefix, self.node_id, uid],
-            )
+            await self._release_key(uid)
         for uid in local:
             if not await self.claim(uid):
                 log.warning("user %d logged in elsewhere while we were cut off", uid)
