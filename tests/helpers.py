@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import socket
@@ -21,10 +22,24 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def _port_range() -> tuple[int, int]:
+    """Below the kernel's ephemeral ports (32768 up), which it hands out to
+    every outgoing connection and port-0 listener meanwhile; under
+    pytest-xdist, a slice of its own for each worker."""
+    low, high = 20000, 32000
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    if worker.startswith("gw"):
+        share = (high - low) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+        low += int(worker[2:]) * share
+        high = low + share
+    return low, high
+
+
 def free_ports(n: int) -> int:
     """A base port such that base .. base+n-1 are free."""
+    low, high = _port_range()
     for _ in range(200):
-        base = random.randrange(20000, 40000)
+        base = random.randrange(low, high - n)
         if all(port_is_free(base + i) for i in range(n)):
             return base
     raise RuntimeError("no free port range")

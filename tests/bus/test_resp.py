@@ -86,6 +86,7 @@ async def test_redis_gone_fails_the_batch_and_the_watch_then_both_come_back(
         sub.close()
 
 
+@pytest.mark.serial  # times the publish timeout to 0.2 s
 async def test_a_silent_redis_fails_the_batch_within_the_timeout_then_publishing_resumes(
     own_redis: OwnRedis,
 ) -> None:

@@ -25,6 +25,9 @@ from tests.cluster.conftest import Cluster, running_cluster
 from tests.conftest import PASSWORD, User
 from tests.helpers import OwnRedis
 
+# Bursts sized against Redis's buffer limits: alone, not beside other tests.
+pytestmark = pytest.mark.serial
+
 SMALL_LIMIT = "pubsub 1048576 524288 60"  # 1 MiB hard, 512 KiB soft
 
 

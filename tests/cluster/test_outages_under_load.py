@@ -20,6 +20,9 @@ from tests.conftest import MYSQL_SERVER, PASSWORD
 from tests.helpers import CuttableProxy, OwnRedis
 from tests.steady import SteadyChat
 
+# Paced load through outages: alone, not beside other tests.
+pytestmark = pytest.mark.serial
+
 PAIRS = 10
 PER_SECOND = 10.0  # per sender: 100 messages a second in all, half of them stored
 OUTAGE = 200  # messages answered (or not) while the part is down: about 2 s

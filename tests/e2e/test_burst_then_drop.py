@@ -29,10 +29,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId
 from tests.conftest import FAST_HASH, PASSWORD, unique
+
+# A load test with latency and memory bounds: alone, not beside other tests.
+pytestmark = pytest.mark.serial
 
 MEMBERS = 999
 MESSAGES = 30

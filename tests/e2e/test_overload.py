@@ -67,6 +67,7 @@ async def _chatting(port: int, stop: asyncio.Event) -> tuple[int, list[str], lis
     return n, acked, got
 
 
+@pytest.mark.serial  # measures the node's capacity
 async def test_a_login_storm_at_twice_capacity_is_shed_not_queued(tmp_path: Path) -> None:
     port = free_ports(1)
     cmd = server_cmd(port, f"sqlite+aiosqlite:///{tmp_path / 'o.db'}")
@@ -108,6 +109,7 @@ async def touchy(settings: Settings) -> AsyncIterator[Node]:
     await n.stop()
 
 
+@pytest.mark.serial  # a neighbour's load is lag too
 async def test_a_node_that_falls_behind_refuses_newcomers_until_it_catches_up(
     touchy: Node,
 ) -> None:
@@ -115,6 +117,9 @@ async def test_a_node_that_falls_behind_refuses_newcomers_until_it_catches_up(
     than the shedding threshold: new connections are refused with a reason,
     the ones already in are served, and admission resumes by itself."""
     inside = await ChatConnection.open("127.0.0.1", touchy.port)
+    # Admitted before the hold-up: connected is not yet accepted (a loaded
+    # CI run had the node accept it after the hold-up, and refuse it).
+    assert (await inside.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
     loop = asyncio.get_running_loop()
     blocked = asyncio.Event()
 

@@ -35,6 +35,7 @@ async def _closed_with(conn: ChatConnection, code: ErrCode, words: str) -> None:
         await conn.recv(timeout=10)
 
 
+@pytest.mark.serial  # times the login deadline
 async def test_pinging_does_not_extend_the_login_deadline(tight: Node) -> None:
     loop = asyncio.get_running_loop()
     opened = loop.time()  # before the connect, so before the node's accept

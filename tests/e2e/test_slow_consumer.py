@@ -17,6 +17,9 @@ from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
 
+# The sender's worst wait is bounded: alone, not beside other tests.
+pytestmark = pytest.mark.serial
+
 LIMIT = 64 * 1024
 
 

@@ -140,6 +140,7 @@ async def test_login_timeout(settings: Settings, nodes: list[Node]) -> None:
     await web.at_eof()
 
 
+@pytest.mark.serial  # times the idle timeout
 async def test_pongs_keep_a_quiet_browser_and_a_vanished_one_is_closed(
     settings: Settings, nodes: list[Node]
 ) -> None:
