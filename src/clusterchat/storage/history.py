@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -89,8 +90,12 @@ PURGE = delete(history).where(
     & (history.c.id <= bindparam("hi", type_=BigInteger))
     & (history.c.ts < bindparam("cutoff", type_=BigInteger))
 )
-_INSERT_SQL = "INSERT INTO history (conva, convb, sender, mid, ts, body, n) VALUES ({})"
-_BULK_SQL = _INSERT_SQL.format(",".join(["%s"] * 7))  # asyncmy's placeholders
+#: The statement of a round with a packed row, and of one without (``n``: its default, 1).
+_INSERT_SQL = {
+    7: "INSERT INTO history (conva, convb, sender, mid, ts, body, n) VALUES ({})",
+    6: "INSERT INTO history (conva, convb, sender, mid, ts, body) VALUES ({})",
+}
+_BULK_SQL = {k: v.format(",".join(["%s"] * k)) for k, v in _INSERT_SQL.items()}  # asyncmy's
 #: Bits of a message id that number it within its row, and so the most
 #: messages one row packs.
 INDEX_BITS = 10
@@ -101,15 +106,20 @@ NEWEST = 2**63 - 1
 PAGE_ROWS = 32
 _pack = msgspec.json.Encoder().encode
 _unpack = msgspec.json.Decoder(list[tuple[int, str, int, str]]).decode
+_conv = operator.itemgetter(0, 1)
 #: A row as written: a HistoryRow and ``n``.
 Packed = tuple[int, int, int, str, int, str, int]
 
 
-def pack(rows: Sequence[HistoryRow]) -> list[Packed]:
+def pack(rows: Sequence[HistoryRow]) -> Sequence[HistoryRow] | list[Packed]:
     """One row per conversation, in the order of each one's first message:
     its messages in order, ``n`` of them, as ``[sender, mid, ts, text]``
     arrays in ``body`` (``sender``, ``mid`` and ``ts`` are the newest's);
-    a conversation with one message keeps the plain row (``n`` = 1)."""
+    a conversation with one message keeps the plain row (``n`` = 1). A round
+    of one message per conversation (many conversations, or a quiet node) is
+    written as it is, without ``n``: packing must not cost it (BENCHMARKS.md)."""
+    if len(set(map(_conv, rows))) == len(rows):
+        return rows
     convs: dict[tuple[int, int], list[HistoryRow]] = {}
     for r in rows:
         key = r[0], r[1]
@@ -186,7 +196,7 @@ class BulkConnection:
                 raise errors.Unavailable.of("database", exc) from exc
             self._used = time.perf_counter()
 
-    async def write(self, sql: str, rows: Sequence[Packed]) -> None:
+    async def write(self, sql: str, rows: Sequence[HistoryRow] | Sequence[Packed]) -> None:
         from asyncmy.errors import MySQLError
 
         failures = (MySQLError, OSError, ConnectionError, TimeoutError)
@@ -252,15 +262,16 @@ class HistoryQueries:
             return
         packed = pack(rows)
         if self.history_bulk is not None:
-            await self.history_bulk.write(_BULK_SQL, packed)
+            await self.history_bulk.write(_BULK_SQL[len(packed[0])], packed)
         else:
             async with self._tx() as conn:
                 # The driver's executemany with the tuples as they are (SQLite: one
                 # prepared statement stepped per row); SQLAlchemy's own per-row
                 # parameter handling would cost the chat node more than the write.
                 mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-                sql = _INSERT_SQL.format(",".join([mark] * 7))
-                await conn.exec_driver_sql(sql, packed)
+                cols = len(packed[0])
+                sql = _INSERT_SQL[cols].format(",".join([mark] * cols))
+                await conn.exec_driver_sql(sql, list(packed))
         self.history_rows += len(rows)
         self.history_packed += len(packed)
 
