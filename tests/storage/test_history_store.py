@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from clusterchat import errors
+from clusterchat.admin import Admin
 from clusterchat.config import Settings
 from clusterchat.server.node import Node
 from clusterchat.service.history import Purger
@@ -328,3 +329,26 @@ async def test_opening_the_history_connection_on_a_silent_flow_fails_in_time(
         await store.close()
         await proxy.close()
         await direct.close()
+
+
+async def test_deleting_an_account_takes_its_messages_out_of_packed_group_rows(
+    store: SqlStore, db_url: str
+) -> None:
+    """``clusterchat admin delete`` removes what the user said in groups (on
+    SQLite their id may be given again): from packed rows, message by message."""
+    a, b, c = [await store.create_user(unique(), "x") for _ in range(3)]
+    gid = await store.create_group(a, unique("g"), "")
+    t = now_ms()
+    await store.add_history([(0, gid, (a, b)[i % 2], f"g-{i}", t, f"m{i}") for i in range(4)])
+    await store.add_history([(0, gid, b, f"g-{i}", t, f"m{i}") for i in (4, 5)])
+    looks_like_b = f'see [{b},"'  # a text that matches the search: left as it is
+    await store.add_history([(0, gid, c, "g-6", t, looks_like_b), (0, gid, c, "g-7", t, "m7")])
+    await store.add_history([(0, gid, b, "g-8", t, "m8")])
+    await store.add_history([(a, b, b, f"p-{i}", t, "private") for i in range(3)])
+    async with Admin(db_url, None) as admin:
+        gone = await admin.delete_user(b)
+    assert gone["history_messages"] == 2 + 2 + 1 + 3
+    left = await store.history(0, gid, 0, 50, 0)
+    assert [m.body for m in left] == ["m7", looks_like_b, "m2", "m0"]
+    assert [m.id for m in left] == sorted({m.id for m in left}, reverse=True)
+    assert await store.history(a, b, 0, 50, 0) == []

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import BigInteger, Integer, bindparam, delete, exists, select
+from sqlalchemy import BigInteger, Integer, bindparam, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clusterchat import errors
@@ -154,6 +154,34 @@ IDLE_PING = 5.0
 #: database host gone without a reset) must not hold history, and so every
 #: chat of the node once the queue fills, until TCP gives up, if ever.
 WRITE_TIMEOUT = 30.0
+
+
+async def forget_in_packed_groups(conn: AsyncConnection, uid: int) -> int:
+    """Take what ``uid`` said out of packed group rows (an account deleted:
+    its id may be given again on SQLite); returns how many messages. Plain
+    rows and 1:1 conversations are deleted by the caller with one statement.
+    ``body LIKE '%[uid,"%'`` finds every packed row holding one of theirs (a
+    message's text may match it too: those rows are unpacked and left as
+    they were). A row keeps its id; its other messages move down an index."""
+    gone = 0
+    mark = f'[{uid},"'
+    found = await conn.execute(
+        select(history.c.id, history.c.body).where(
+            (history.c.conva == 0) & (history.c.n > 1) & history.c.body.contains(mark)
+        )
+    )
+    for rid, body in found.all():
+        msgs = _unpack(body)
+        keep = [m for m in msgs if m[0] != uid]
+        gone += len(msgs) - len(keep)
+        if not keep:
+            await conn.execute(delete(history).where(history.c.id == rid))
+        elif len(keep) < len(msgs):
+            sender, mid, ts, text = keep[-1]
+            packed = text if len(keep) == 1 else _pack(keep).decode()
+            values = {"sender": sender, "mid": mid, "ts": ts, "body": packed, "n": len(keep)}
+            await conn.execute(update(history).where(history.c.id == rid).values(values))
+    return gone
 
 
 class BulkConnection:
