@@ -128,6 +128,11 @@ async def test_a_round_packs_each_conversations_messages_into_one_row(store: Sql
         got = await store.history(a, b, got[-1].id, 200, 0)
         seen += [r.id for r in got]
     assert len(seen) == 1505 and seen == sorted(set(seen), reverse=True)
+    # Long texts: a row stops at PACK_TEXT characters (what a page query reads is bounded).
+    long = [(a, c, a, f"long-{i}", t, f"{i:02} " + "y" * 9_997) for i in range(20)]
+    await store.add_history(long)
+    assert await rows_of(store, a, c) == 1 + 4  # "alone", then 20 x 10 KB in 4 rows
+    assert [r.body[:2] for r in await store.history(a, c, 0, 30, 0)][:3] == ["19", "18", "17"]
 
 
 async def test_pages_cross_packed_and_plain_rows_and_stay_put_under_new_writes(

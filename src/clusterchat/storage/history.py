@@ -100,13 +100,17 @@ _BULK_SQL = {k: v.format(",".join(["%s"] * k)) for k, v in _INSERT_SQL.items()} 
 #: messages one row packs.
 INDEX_BITS = 10
 PACK_MAX = 1 << INDEX_BITS
+#: Characters of text past which a packed row takes no more messages (a
+#: page query reads up to ``PAGE_ROWS`` rows: this bounds what it holds).
+PACK_TEXT = 64 * 1024
 #: Beyond any row id (rows are BIGINT): "before" this is "the newest".
 NEWEST = 2**63 - 1
 #: Rows one page query reads at most (a page of unpacked rows takes a few).
-PAGE_ROWS = 32
+PAGE_ROWS = 16
 _pack = msgspec.json.Encoder().encode
 _unpack = msgspec.json.Decoder(list[tuple[int, str, int, str]]).decode
 _conv = operator.itemgetter(0, 1)
+_text = operator.itemgetter(5)
 #: A row as written: a HistoryRow and ``n``.
 Packed = tuple[int, int, int, str, int, str, int]
 
@@ -132,14 +136,26 @@ def pack(rows: Sequence[HistoryRow]) -> Sequence[HistoryRow] | list[Packed]:
     for group in convs.values():
         if len(group) == 1:
             out.append((*group[0], 1))
-            continue
-        for i in range(0, len(group), PACK_MAX):
-            part = group[i : i + PACK_MAX]
-            a, b, sender, mid, ts, body = part[-1]
-            if len(part) > 1:
-                body = _pack([r[2:] for r in part]).decode()
-            out.append((a, b, sender, mid, ts, body, len(part)))
+        elif len(group) <= PACK_MAX and sum(map(len, map(_text, group))) <= PACK_TEXT:
+            out.append(_packed(group))
+        else:
+            part: list[HistoryRow] = []
+            size = 0
+            for r in group:
+                if part and (len(part) == PACK_MAX or size + len(r[5]) > PACK_TEXT):
+                    out.append(_packed(part))
+                    part, size = [], 0
+                part.append(r)
+                size += len(r[5])
+            out.append(_packed(part))
     return out
+
+
+def _packed(part: list[HistoryRow]) -> Packed:
+    a, b, sender, mid, ts, body = part[-1]
+    if len(part) > 1:
+        body = _pack([r[2:] for r in part]).decode()
+    return a, b, sender, mid, ts, body, len(part)
 
 
 def _messages(n: int, sender: int, mid: str, ts: int, body: str) -> list[tuple[int, str, int, str]]:
