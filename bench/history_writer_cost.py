@@ -2,12 +2,16 @@
 (BENCHMARKS.md, "Where history's CPU goes").
 
     taskset -c 0 .venv/bin/python bench/history_writer_cost.py [RATE] [SECONDS] [--null]
+        [--convs N]
 
-Feeds about RATE rows a second (50 conversations, the loadgen's message
-size) through ``HistoryWriter`` and ``SqlStore`` on the shared MariaDB for
-SECONDS, waits until all are written, and prints this process's CPU per row
+Feeds about RATE rows a second (``--convs`` conversations in turn, 50 by
+default as the loadgen's; the loadgen's message size) through
+``HistoryWriter`` and ``SqlStore`` on the shared MariaDB for SECONDS,
+waits until all are written, and prints this process's CPU per row
 and the CPU per row of the mariadbd threads serving this run's database
-(``information_schema.PROCESSLIST.TID``). ``--null`` writes nowhere: its
+(``information_schema.PROCESSLIST.TID``). With ``--convs`` above the rows
+of a round (RATE / 100) no round has two messages of one conversation:
+history rows cannot be packed. ``--null`` writes nowhere: its
 CPU per row is the feeding loop's own, to subtract. Run the interpreter of
 another checkout (e.g. ``../main/.venv/bin/python``) for a before/after.
 """
@@ -51,7 +55,7 @@ class NullStore(SqlStore):
         return None
 
 
-async def main(rate: int, seconds: float, null: bool, mariadbd: int) -> None:
+async def main(rate: int, seconds: float, null: bool, mariadbd: int, convs: int) -> None:
     db = f"ccb_wcost{os.getpid()}"
     sql(f"DROP DATABASE IF EXISTS {db}")
     store = SqlStore(f"mysql+asyncmy://root@127.0.0.1:3306/{db}", pool_size=2)
@@ -68,7 +72,7 @@ async def main(rate: int, seconds: float, null: bool, mariadbd: int) -> None:
     body = "1234567890123456789:123456:42:" + "x" * 10
     while time.perf_counter() - wall0 < seconds:
         for _ in range(per_ms):
-            a = (n % 50) * 2 + 1
+            a = (n % convs) * 2 + 1
             writer.add((a, a + 1, a, f"ab12cd-{n}", ts, body))
             n += 1
         await asyncio.sleep(0.001)
@@ -76,7 +80,8 @@ async def main(rate: int, seconds: float, null: bool, mariadbd: int) -> None:
     cpu1, wall1 = time.process_time(), time.perf_counter()
     served = sum(thread_cpu(mariadbd, t) - before[t] for t in tids)
     print(
-        f"{'null' if null else 'store'}: {n} rows at {n / (wall1 - wall0):.0f}/s in "
+        f"{'null' if null else 'store'}, {convs} conversations: "
+        f"{n} rows at {n / (wall1 - wall0):.0f}/s in "
         f"{writer.rounds} rounds ({n / max(1, writer.rounds):.0f} a round); CPU per row: "
         f"this process {1e6 * (cpu1 - cpu0) / n:.2f} us, mariadbd {1e6 * served / n:.2f} us"
     )
@@ -86,12 +91,19 @@ async def main(rate: int, seconds: float, null: bool, mariadbd: int) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--null"]
+    argv = sys.argv[1:]
+    convs = 50
+    if "--convs" in argv:
+        at = argv.index("--convs")
+        convs = int(argv[at + 1])
+        del argv[at : at + 2]
+    args = [a for a in argv if a != "--null"]
     asyncio.run(
         main(
             int(args[0]) if args else 50_000,
             float(args[1]) if len(args) > 1 else 4.0,
             "--null" in sys.argv,
             int(subprocess.check_output(["pgrep", "-o", "-x", "mariadbd"]).split()[0]),
+            convs,
         )
     )

@@ -1,5 +1,7 @@
-"""The history table on SQLite and MariaDB: one multi-row write, pages by id
-newest first, and purges that take a bounded chunk at a time."""
+"""The history table on SQLite and MariaDB: one multi-row write packing each
+conversation's messages of a round into one row, pages by message id newest
+first across packed and plain rows, and purges that take a bounded chunk at
+a time."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import delete, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from clusterchat import errors
+from clusterchat.admin import Admin
 from clusterchat.config import Settings
 from clusterchat.server.node import Node
 from clusterchat.service.history import Purger
@@ -73,7 +76,8 @@ async def test_purge_takes_expired_rows_in_chunks_and_keeps_the_rest(store: SqlS
     old = now_ms() - 10_000
     # A row stamped in the future (a node whose clock is ahead) among old ones.
     await store.add_history([(a, b, a, "ahead", now_ms() + 60_000, "ahead")])
-    await store.add_history([(a, b, a, f"old-{i}", old + i, "old") for i in range(7)])
+    for i in range(7):  # a round each: seven rows (one round would pack them in one)
+        await store.add_history([(a, b, a, f"old-{i}", old + i, "old")])
     await store.add_history([(a, b, a, "new", now_ms() + 60_000, "new")])
     cutoff = now_ms() - 5_000
     n, after = await store.purge_history(cutoff, 3)
@@ -86,6 +90,114 @@ async def test_purge_takes_expired_rows_in_chunks_and_keeps_the_rest(store: SqlS
     assert await store.purge_history(now_ms(), 3) == (0, 0)  # nothing expired
     async with store.engine.begin() as conn:  # leave the shared database as found
         await conn.execute(delete(history))
+
+
+async def rows_of(store: SqlStore, conva: int, convb: int) -> int:
+    async with store.engine.connect() as conn:
+        where = (history.c.conva == conva) & (history.c.convb == convb)
+        return int(await conn.scalar(select(func.count()).select_from(history).where(where)) or 0)
+
+
+async def test_a_round_packs_each_conversations_messages_into_one_row(store: SqlStore) -> None:
+    a, b, c = [await store.create_user(unique(), "x") for _ in range(3)]
+    gid = await store.create_group(a, unique("g"), "")
+    t = now_ms()
+    ab = [(a, b, a if i % 2 else b, f"ab-{i}", t + i, f"ab {i} ünï") for i in range(5)]
+    ac = [(a, c, c, "ac-0", t, "alone")]
+    group = [(0, gid, (a, b, c)[i], f"g-{i}", t + i, f'g "{i}"') for i in range(3)]
+    interleaved = [ab[0], group[0], ab[1], ac[0], group[1], ab[2], ab[3], group[2], ab[4]]
+    before = store.history_packed
+    await store.add_history(interleaved)
+    assert store.history_packed - before == 3  # one row per conversation
+    assert [await rows_of(store, *conv) for conv in ((a, b), (a, c), (0, gid))] == [1, 1, 1]
+    page = await store.history(a, b, 0, 10, 0)
+    assert [(r.sender, r.mid, r.ts, r.body) for r in page] == [r[2:] for r in reversed(ab)]
+    assert all(r.name for r in page)
+    ids = [r.id for r in page]
+    assert ids == sorted(ids, reverse=True) and len({i >> 10 for i in ids}) == 1
+    assert [r.body for r in await store.history(a, c, 0, 10, 0)] == ["alone"]
+    assert [r.body for r in await store.history(0, gid, 0, 10, 0)] == ['g "2"', 'g "1"', 'g "0"']
+    # More than a row holds: the rest goes on in the next row, ids still in order.
+    many = [(a, b, a, f"big-{i}", t, str(i)) for i in range(1500)]
+    await store.add_history(many)
+    assert await rows_of(store, a, b) == 3
+    got = await store.history(a, b, 0, 200, 0)
+    assert [r.body for r in got] == [str(i) for i in reversed(range(1300, 1500))]
+    seen = [r.id for r in got]
+    while got:
+        got = await store.history(a, b, got[-1].id, 200, 0)
+        seen += [r.id for r in got]
+    assert len(seen) == 1505 and seen == sorted(set(seen), reverse=True)
+    # Long texts: a row stops at PACK_TEXT characters (what a page query reads is bounded).
+    long = [(a, c, a, f"long-{i}", t, f"{i:02} " + "y" * 9_997) for i in range(20)]
+    await store.add_history(long)
+    assert await rows_of(store, a, c) == 1 + 4  # "alone", then 20 x 10 KB in 4 rows
+    assert [r.body[:2] for r in await store.history(a, c, 0, 30, 0)][:3] == ["19", "18", "17"]
+
+
+async def test_pages_cross_packed_and_plain_rows_and_stay_put_under_new_writes(
+    store: SqlStore,
+) -> None:
+    a, b = await store.create_user(unique(), "x"), await store.create_user(unique(), "x")
+    t = now_ms()
+    async with store.engine.begin() as conn:  # a row as written before revision 0007
+        await conn.execute(
+            history.insert().values(conva=a, convb=b, sender=a, mid="m-0", ts=t, body="text 0")
+        )
+    rounds = [[1], [2, 3, 4], [5], [6, 7], [8, 9, 10, 11, 12]]
+    for r in rounds:
+        await store.add_history([(a, b, (a, b)[i % 2], f"m-{i}", t + i, f"text {i}") for i in r])
+    seen: list[int] = []
+    page = await store.history(a, b, 0, 3, 0)
+    while page:
+        seen += [int(m.mid[2:]) for m in page]
+        assert [m.id for m in page] == sorted({m.id for m in page}, reverse=True)
+        # Others write meanwhile, packed and not: no page shows them or repeats.
+        await store.add_history([(a, b, a, f"late-{len(seen)}", t + 99, "late")] * 2)
+        await store.add_history([(a, b, b, f"late1-{len(seen)}", t + 99, "late")])
+        page = await store.history(a, b, page[-1].id, 3, 0)
+    assert seen == list(reversed(range(13)))
+    assert (await store.history(a, b, 0, 1, 0))[0].mid.startswith("late1-")
+
+
+async def test_since_hides_the_older_messages_inside_a_packed_row(store: SqlStore) -> None:
+    """A group's history from when the member joined: a row packs messages
+    from either side of that time."""
+    a = await store.create_user(unique(), "x")
+    gid = await store.create_group(a, unique("g"), "")
+    t = now_ms()
+    await store.add_history([(0, gid, a, f"g-{i}", t + i, str(i)) for i in range(10)])
+    assert [r.body for r in await store.history(0, gid, 0, 50, t + 6)] == ["9", "8", "7", "6"]
+    assert await store.history(0, gid, 0, 50, t + 10) == []
+    first = await store.history(0, gid, 0, 2, t + 6)
+    assert [r.body for r in await store.history(0, gid, first[-1].id, 50, t + 6)] == ["7", "6"]
+
+
+async def test_a_packed_row_is_purged_when_its_newest_message_expires(store: SqlStore) -> None:
+    async with store.engine.begin() as conn:  # the session's MariaDB is shared: start empty
+        await conn.execute(delete(history))
+    a, b = await store.create_user(unique(), "x"), await store.create_user(unique(), "x")
+    old = now_ms() - 10_000
+    cutoff = now_ms() - 5_000
+    await store.add_history([(a, b, a, f"old-{i}", old + i, "old") for i in range(5)])
+    # Its first message is past the cutoff, its newest not: the row stays whole.
+    straddling = [(a, b, a, "edge-0", old, "edge 0"), (a, b, a, "edge-1", cutoff + 1000, "edge 1")]
+    await store.add_history(straddling)
+    for i in range(4):
+        await store.add_history([(a, b, a, f"one-{i}", old + i, "old")])
+    assert await Purger(store, retention=5.0, chunk=2).once() == 5  # 1 packed + 4 plain
+    assert [r.body for r in await store.history(a, b, 0, 50, 0)] == ["edge 1", "edge 0"]
+    async with store.engine.begin() as conn:  # leave the shared database as found
+        await conn.execute(delete(history))
+
+
+async def test_a_write_in_doubt_is_found_inside_packed_rows(store: SqlStore) -> None:
+    a, b, c = [await store.create_user(unique(), "x") for _ in range(3)]
+    t = now_ms()
+    written = [(a, b, a, f"p-{i}", t, "x") for i in range(4)] + [(a, c, a, "q-0", t, "y")]
+    await store.add_history(written)
+    asked = [*written, (a, b, a, "p-9", t, "not written"), (b, c, b, "r-0", t, "nor this")]
+    assert await store.history_kept(asked) == {"p-0", "p-1", "p-2", "p-3", "q-0"}
 
 
 async def _drop_connections(url: str) -> int:
@@ -222,3 +334,26 @@ async def test_opening_the_history_connection_on_a_silent_flow_fails_in_time(
         await store.close()
         await proxy.close()
         await direct.close()
+
+
+async def test_deleting_an_account_takes_its_messages_out_of_packed_group_rows(
+    store: SqlStore, db_url: str
+) -> None:
+    """``clusterchat admin delete`` removes what the user said in groups (on
+    SQLite their id may be given again): from packed rows, message by message."""
+    a, b, c = [await store.create_user(unique(), "x") for _ in range(3)]
+    gid = await store.create_group(a, unique("g"), "")
+    t = now_ms()
+    await store.add_history([(0, gid, (a, b)[i % 2], f"g-{i}", t, f"m{i}") for i in range(4)])
+    await store.add_history([(0, gid, b, f"g-{i}", t, f"m{i}") for i in (4, 5)])
+    looks_like_b = f'see [{b},"'  # a text that matches the search: left as it is
+    await store.add_history([(0, gid, c, "g-6", t, looks_like_b), (0, gid, c, "g-7", t, "m7")])
+    await store.add_history([(0, gid, b, "g-8", t, "m8")])
+    await store.add_history([(a, b, b, f"p-{i}", t, "private") for i in range(3)])
+    async with Admin(db_url, None) as admin:
+        gone = await admin.delete_user(b)
+    assert gone["history_messages"] == 2 + 2 + 1 + 3
+    left = await store.history(0, gid, 0, 50, 0)
+    assert [m.body for m in left] == ["m7", looks_like_b, "m2", "m0"]
+    assert [m.id for m in left] == sorted({m.id for m in left}, reverse=True)
+    assert await store.history(a, b, 0, 50, 0) == []

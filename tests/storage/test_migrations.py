@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import MsgId
 from clusterchat.storage import schema
+from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import metadata, mysql_ddl, user
 from tests.conftest import FAST_HASH, MYSQL_SERVER, PASSWORD, _mysql, unique
 from tests.e2e.test_process import server_process
@@ -230,3 +231,44 @@ async def test_a_database_made_by_hand_from_chat_sql_is_started_on_and_stamped(
     finally:
         await engine.dispose()
     assert st.versioned and st.current
+
+
+def _to_0006(conn: Connection) -> None:
+    from alembic import command
+
+    command.upgrade(schema._config(conn), "0006")
+
+
+async def test_history_kept_before_packing_pages_as_one_message_a_row_after_it(
+    blank_db: str,
+) -> None:
+    """Revision 0007 packs a round's messages of a conversation into one row
+    and numbers messages ``row id << 10 | index``: rows from before it are
+    index 0 of theirs, and page in order with the packed ones after them."""
+    engine = create_async_engine(blank_db)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_to_0006)
+            for i in range(3):
+                await conn.exec_driver_sql(
+                    "INSERT INTO history (conva, convb, sender, mid, ts, body)"
+                    f" VALUES (1, 2, 1, 'old-{i}', {10**12 + i}, 'before {i}')"
+                )
+    finally:
+        await engine.dispose()
+    code, out = await _clusterchat("db", "upgrade", "--db", blank_db)
+    assert code == 0 and "to revision 0007" in out, out
+    store = SqlStore(blank_db, pool_size=2)
+    try:
+        await store.add_history([(1, 2, 2, f"new-{i}", 10**12 + 9, f"after {i}") for i in range(3)])
+        everything = await store.history(1, 2, 0, 50, 0)
+        assert [m.body for m in everything] == [
+            *(f"after {i}" for i in (2, 1, 0)),
+            *(f"before {i}" for i in (2, 1, 0)),
+        ]
+        old = everything[3:]
+        assert [m.id & 1023 for m in old] == [0, 0, 0]
+        page = await store.history(1, 2, everything[3].id, 2, 0)  # a cursor at an old row
+        assert [m.body for m in page] == ["before 1", "before 0"]
+    finally:
+        await store.close()

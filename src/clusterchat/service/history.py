@@ -4,10 +4,11 @@ Every 1:1 and group message a node accepts is queued here by that node (the
 sender's), once, whichever node the receivers are on. One writer task per
 node takes everything queued into one multi-row INSERT per round (a round
 lingers a couple of milliseconds, and starts at most every ``PACE`` while
-the queue is short, so a busy node writes hundreds of rows a statement and
-at most 100 statements a second), retrying with backoff like the re-store writer
-(``service/restore.py``) until the store takes them, and writes what is left
-at shutdown within a deadline.
+the queue is short, so a busy node writes hundreds of messages a statement
+and at most 100 statements a second), each conversation's messages of the
+round packed into one row by the store (``storage/history.py``), retrying
+with backoff like the re-store writer (``service/restore.py``) until the
+store takes them, and writes what is left at shutdown within a deadline.
 
 The queue is bounded in rows and bytes. Past the bound ``full`` is set and
 new chats wait before they are delivered, until the queue is down to half

@@ -101,7 +101,7 @@ HistoryRow = tuple[int, int, int, str, int, str]
 class Said:
     """A message read back from history."""
 
-    id: int  # the row id: the cursor for the page before it
+    id: int  # row id << 10 | index in the row: the cursor for the page before it
     sender: int
     name: str  # the sender's name now ("" if the account is gone)
     mid: str
@@ -220,7 +220,8 @@ class Store(Protocol):
         ...
 
     async def add_history(self, rows: Sequence[HistoryRow]) -> None:
-        """Keep these messages in one multi-row INSERT."""
+        """Keep these messages in one multi-row INSERT, each conversation's
+        in one row (storage/history.py)."""
         ...
 
     async def history_kept(self, rows: Sequence[HistoryRow]) -> set[str]:
@@ -232,7 +233,8 @@ class Store(Protocol):
         self, conva: int, convb: int, before: int, limit: int, since: int
     ) -> list[Said]:
         """A conversation's newest ``limit`` messages with id below ``before``
-        (0: the newest) and ``ts`` at least ``since``, newest first."""
+        (0: the newest) and ``ts`` at least ``since``, newest first, packed
+        rows unpacked."""
         ...
 
     async def user_exists(self, uid: int) -> bool: ...

@@ -1,9 +1,16 @@
-"""The SQL side of message history: batched writes, pages by id, purges in chunks.
+"""The SQL side of message history: batched, packed writes, pages by id, purges in chunks.
 
 A mixin of :class:`~clusterchat.storage.sql.SqlStore` like ``social.py``.
-Pages are "the newest rows of this conversation below id X": one descending
-range scan of ``ix_history_conv_id``, stable however many rows are added
-meanwhile (they get higher ids). Purging never scans more than a chunk: it
+A round's messages are packed: each conversation's messages of the round
+become one row (``n`` of them, at most ``PACK_MAX``), since what a row costs
+MariaDB hardly depends on its width (BENCHMARKS.md); a conversation with one
+message in the round keeps the plain one-message row. A message's id is
+``row id << 10 | its index in the row``, so ids grow within a conversation
+and rows written before packing (revision 0007) are index 0 of theirs.
+Pages are "the newest messages of this conversation below id X": descending
+range scans of ``ix_history_conv_id`` from row ``(X - 1) >> 10``, stable
+however many rows are added meanwhile (they get higher ids); the senders'
+names now are read in one more query. Purging never scans more than a chunk: it
 reads the next ``chunk`` ids in primary-key order and deletes the expired
 ones among them, and goes on to the next chunk until one has none expired, so
 a node never holds a long lock or a long statement (and a row stamped in the
@@ -18,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, bindparam, delete, exists, select
+import msgspec
+from sqlalchemy import BigInteger, Integer, bindparam, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clusterchat import errors
@@ -32,25 +41,28 @@ from clusterchat.storage.tables import allgroup, groupuser, history, user
 _a = bindparam("a", type_=Integer)
 _b = bindparam("b", type_=Integer)
 
-#: Newest first, below a cursor; the sender's name as it is now.
+#: Newest rows first, from a row id down.
 PAGE = (
     select(
         history.c.id,
         history.c.sender,
-        user.c.name,
         history.c.mid,
         history.c.ts,
         history.c.body,
+        history.c.n,
     )
-    .outerjoin(user, user.c.id == history.c.sender)
     .where(
         (history.c.conva == _a)
         & (history.c.convb == _b)
-        & (history.c.id < bindparam("before", type_=BigInteger))
+        & (history.c.id <= bindparam("top", type_=BigInteger))
         & (history.c.ts >= bindparam("since", type_=BigInteger))
     )
     .order_by(history.c.id.desc())
     .limit(bindparam("limit"))
+)
+#: The senders' names as they are now.
+NAMES = select(user.c.id, user.c.name).where(
+    user.c.id.in_(bindparam("ids", expanding=True, type_=Integer))
 )
 JOINED = select(groupuser.c.joined).where(
     (groupuser.c.groupid == bindparam("gid", type_=Integer))
@@ -62,7 +74,7 @@ USER_EXISTS = select(exists().where(user.c.id == bindparam("uid", type_=Integer)
 #: conversations: kept, its rows are there unless that many came after them.
 KEPT_SCAN = 1000
 KEPT = (
-    select(history.c.mid)
+    select(history.c.mid, history.c.n, history.c.body)
     .where((history.c.conva == _a) & (history.c.convb == _b))
     .order_by(history.c.id.desc())
     .limit(KEPT_SCAN)
@@ -78,10 +90,79 @@ PURGE = delete(history).where(
     & (history.c.id <= bindparam("hi", type_=BigInteger))
     & (history.c.ts < bindparam("cutoff", type_=BigInteger))
 )
-_INSERT_SQL = "INSERT INTO history (conva, convb, sender, mid, ts, body) VALUES ({})"
-_BULK_SQL = _INSERT_SQL.format(",".join(["%s"] * 6))  # asyncmy's placeholders
+#: The statement of a round with a packed row, and of one without (``n``: its default, 1).
+_INSERT_SQL = {
+    7: "INSERT INTO history (conva, convb, sender, mid, ts, body, n) VALUES ({})",
+    6: "INSERT INTO history (conva, convb, sender, mid, ts, body) VALUES ({})",
+}
+_BULK_SQL = {k: v.format(",".join(["%s"] * k)) for k, v in _INSERT_SQL.items()}  # asyncmy's
+#: Bits of a message id that number it within its row, and so the most
+#: messages one row packs.
+INDEX_BITS = 10
+PACK_MAX = 1 << INDEX_BITS
+#: Characters of text past which a packed row takes no more messages (a
+#: page query reads up to ``PAGE_ROWS`` rows: this bounds what it holds).
+PACK_TEXT = 64 * 1024
 #: Beyond any row id (rows are BIGINT): "before" this is "the newest".
 NEWEST = 2**63 - 1
+#: Rows one page query reads at most (a page of unpacked rows takes a few).
+PAGE_ROWS = 16
+_pack = msgspec.json.Encoder().encode
+_unpack = msgspec.json.Decoder(list[tuple[int, str, int, str]]).decode
+_conv = operator.itemgetter(0, 1)
+_text = operator.itemgetter(5)
+#: A row as written: a HistoryRow and ``n``.
+Packed = tuple[int, int, int, str, int, str, int]
+
+
+def pack(rows: Sequence[HistoryRow]) -> Sequence[HistoryRow] | list[Packed]:
+    """One row per conversation, in the order of each one's first message:
+    its messages in order, ``n`` of them, as ``[sender, mid, ts, text]``
+    arrays in ``body`` (``sender``, ``mid`` and ``ts`` are the newest's);
+    a conversation with one message keeps the plain row (``n`` = 1). A round
+    of one message per conversation (many conversations, or a quiet node) is
+    written as it is, without ``n``: packing must not cost it (BENCHMARKS.md)."""
+    if len(set(map(_conv, rows))) == len(rows):
+        return rows
+    convs: dict[tuple[int, int], list[HistoryRow]] = {}
+    for r in rows:
+        key = r[0], r[1]
+        got = convs.get(key)
+        if got is None:
+            convs[key] = [r]
+        else:
+            got.append(r)
+    out: list[Packed] = []
+    for group in convs.values():
+        if len(group) == 1:
+            out.append((*group[0], 1))
+        elif len(group) <= PACK_MAX and sum(map(len, map(_text, group))) <= PACK_TEXT:
+            out.append(_packed(group))
+        else:
+            part: list[HistoryRow] = []
+            size = 0
+            for r in group:
+                if part and (len(part) == PACK_MAX or size + len(r[5]) > PACK_TEXT):
+                    out.append(_packed(part))
+                    part, size = [], 0
+                part.append(r)
+                size += len(r[5])
+            out.append(_packed(part))
+    return out
+
+
+def _packed(part: list[HistoryRow]) -> Packed:
+    a, b, sender, mid, ts, body = part[-1]
+    if len(part) > 1:
+        body = _pack([r[2:] for r in part]).decode()
+    return a, b, sender, mid, ts, body, len(part)
+
+
+def _messages(n: int, sender: int, mid: str, ts: int, body: str) -> list[tuple[int, str, int, str]]:
+    """A row's messages, oldest first."""
+    return _unpack(body) if n > 1 else [(sender, mid, ts, body)]
+
+
 #: Seconds a BulkConnection may sit unused before it is pinged before a write.
 IDLE_PING = 5.0
 #: Seconds a write (with its ping or connect) may take before it counts as
@@ -89,6 +170,34 @@ IDLE_PING = 5.0
 #: database host gone without a reset) must not hold history, and so every
 #: chat of the node once the queue fills, until TCP gives up, if ever.
 WRITE_TIMEOUT = 30.0
+
+
+async def forget_in_packed_groups(conn: AsyncConnection, uid: int) -> int:
+    """Take what ``uid`` said out of packed group rows (an account deleted:
+    its id may be given again on SQLite); returns how many messages. Plain
+    rows and 1:1 conversations are deleted by the caller with one statement.
+    ``body LIKE '%[uid,"%'`` finds every packed row holding one of theirs (a
+    message's text may match it too: those rows are unpacked and left as
+    they were). A row keeps its id; its other messages move down an index."""
+    gone = 0
+    mark = f'[{uid},"'
+    found = await conn.execute(
+        select(history.c.id, history.c.body).where(
+            (history.c.conva == 0) & (history.c.n > 1) & history.c.body.contains(mark)
+        )
+    )
+    for rid, body in found.all():
+        msgs = _unpack(body)
+        keep = [m for m in msgs if m[0] != uid]
+        gone += len(msgs) - len(keep)
+        if not keep:
+            await conn.execute(delete(history).where(history.c.id == rid))
+        elif len(keep) < len(msgs):
+            sender, mid, ts, text = keep[-1]
+            packed = text if len(keep) == 1 else _pack(keep).decode()
+            values = {"sender": sender, "mid": mid, "ts": ts, "body": packed, "n": len(keep)}
+            await conn.execute(update(history).where(history.c.id == rid).values(values))
+    return gone
 
 
 class BulkConnection:
@@ -131,7 +240,7 @@ class BulkConnection:
                 raise errors.Unavailable.of("database", exc) from exc
             self._used = time.perf_counter()
 
-    async def write(self, sql: str, rows: Sequence[HistoryRow]) -> None:
+    async def write(self, sql: str, rows: Sequence[HistoryRow] | Sequence[Packed]) -> None:
         from asyncmy.errors import MySQLError
 
         failures = (MySQLError, OSError, ConnectionError, TimeoutError)
@@ -179,8 +288,9 @@ class BulkConnection:
 class HistoryQueries:
     """Mixed into SqlStore, which provides ``_tx``."""
 
-    #: Rows written to history (metrics, tests).
+    #: Messages written to history, and the rows they were packed in (metrics, tests).
     history_rows = 0
+    history_packed = 0
 
     history_bulk: BulkConnection | None  # SqlStore's: MariaDB/MySQL only
 
@@ -194,18 +304,20 @@ class HistoryQueries:
     async def add_history(self, rows: Sequence[HistoryRow]) -> None:
         if not rows:
             return
+        packed = pack(rows)
         if self.history_bulk is not None:
-            await self.history_bulk.write(_BULK_SQL, rows)
-            self.history_rows += len(rows)
-            return
-        async with self._tx() as conn:
-            # The driver's executemany with the tuples as they are (SQLite: one
-            # prepared statement stepped per row); SQLAlchemy's own per-row
-            # parameter handling would cost the chat node more than the write.
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            sql = _INSERT_SQL.format(",".join([mark] * 6))
-            await conn.exec_driver_sql(sql, list(rows))
+            await self.history_bulk.write(_BULK_SQL[len(packed[0])], packed)
+        else:
+            async with self._tx() as conn:
+                # The driver's executemany with the tuples as they are (SQLite: one
+                # prepared statement stepped per row); SQLAlchemy's own per-row
+                # parameter handling would cost the chat node more than the write.
+                mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+                cols = len(packed[0])
+                sql = _INSERT_SQL[cols].format(",".join([mark] * cols))
+                await conn.exec_driver_sql(sql, list(packed))
         self.history_rows += len(rows)
+        self.history_packed += len(packed)
 
     async def history_kept(self, rows: Sequence[HistoryRow]) -> set[str]:
         # One range scan of ix_history_conv_id per conversation (history has
@@ -216,17 +328,42 @@ class HistoryQueries:
         kept: set[str] = set()
         async with self._tx() as conn:
             for (conva, convb), mids in convs.items():
-                found = (await conn.execute(KEPT, {"a": conva, "b": convb})).scalars()
-                kept.update(mids.intersection(found))
+                for r in await conn.execute(KEPT, {"a": conva, "b": convb}):
+                    if r.n > 1:
+                        kept.update(mids.intersection(m[1] for m in _unpack(r.body)))
+                    elif r.mid in mids:
+                        kept.add(r.mid)
         return kept
 
     async def history(
         self, conva: int, convb: int, before: int, limit: int, since: int
     ) -> list[Said]:
-        page = {"a": conva, "b": convb, "before": before or NEWEST, "since": since, "limit": limit}
+        """Rows newest first, unpacked, until ``limit`` messages: each row
+        read holds at least one (its newest is at ``ts`` and below the
+        cursor), so no query asks for more rows than messages still wanted."""
+        out: list[tuple[int, int, str, int, str]] = []
+        top = (before - 1) >> INDEX_BITS if before else NEWEST
         async with self._tx() as conn:
-            rows = (await conn.execute(PAGE, page)).all()
-        return [Said(r.id, r.sender, r.name or "", r.mid, r.ts, r.body) for r in rows]
+            while len(out) < limit and top >= 0:
+                want = min(limit - len(out), PAGE_ROWS)
+                page = {"a": conva, "b": convb, "top": top, "since": since, "limit": want}
+                rows = (await conn.execute(PAGE, page)).all()
+                for r in rows:
+                    base = r.id << INDEX_BITS
+                    msgs = _messages(r.n, r.sender, r.mid, r.ts, r.body)
+                    for i in range(len(msgs) - 1, -1, -1):
+                        sender, mid, ts, body = msgs[i]
+                        if (not before or base | i < before) and ts >= since:
+                            out.append((base | i, sender, mid, ts, body))
+                if len(rows) < want:
+                    break
+                top = rows[-1].id - 1
+            del out[limit:]
+            names: dict[int, str] = {}
+            if out:
+                found = await conn.execute(NAMES, {"ids": list({m[1] for m in out})})
+                names = {uid: name for uid, name in found}
+        return [Said(i, s, names.get(s) or "", m, t, b) for i, s, m, t, b in out]
 
     async def user_exists(self, uid: int) -> bool:
         async with self._tx() as conn:

@@ -90,7 +90,8 @@ def _unversioned(connection: Connection) -> str | None:
     if "user" not in tables:
         return None
     if "history" in tables:
-        return "0006"
+        history_cols = {c["name"] for c in insp.get_columns("history")}
+        return "0007" if "n" in history_cols else "0006"
     user_cols = {c["name"] for c in insp.get_columns("user")}
     if "namekey" in user_cols:
         return "0005"

@@ -10,7 +10,8 @@ delivered in the order sent, and its text is unbounded (MEDIUMTEXT on MySQL)
 instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
 ``admin`` role, a join time and an invite-only flag; ``blocked`` holds who
 blocks whom, ``groupinvite`` invitations to invite-only groups. ``history``
-keeps every chat message for ``--history-days`` (revision 0006).
+keeps every chat message for ``--history-days`` (revision 0006), several of
+one conversation to a row (revision 0007).
 
 Names (users and groups) are unique by their key (``namekey``,
 ``groupkey``: see :mod:`clusterchat.protocol.names`), compared byte for
@@ -165,7 +166,11 @@ groupinvite = Table(
 #: by the sender's node, purged in small chunks by id). A conversation is the
 #: pair (``conva``, ``convb``): the two users' ids lower first for 1:1 chat,
 #: (0, group id) for a group (no user has id 0). ``id`` orders and pages it:
-#: "the newest rows before id X" is one range scan of the index below.
+#: "the newest rows before id X" is one range scan of the index below. A row
+#: holds ``n`` messages of one conversation, written in one round (revision
+#: 0007): ``sender``, ``mid`` and ``ts`` are its newest message's, and
+#: ``body`` is that message's text when ``n`` is 1, else all ``n`` of them as a
+#: JSON array of ``[sender, mid, ts, text]``, oldest first (storage/history.py).
 history = Table(
     "history",
     metadata,
@@ -177,6 +182,7 @@ history = Table(
     # The server's time the message was accepted (milliseconds since the epoch).
     Column("ts", BigInteger, nullable=False),
     Column("body", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
+    Column("n", Integer, nullable=False, server_default="1"),
     Index("ix_history_conv_id", "conva", "convb", "id"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
