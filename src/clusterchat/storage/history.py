@@ -111,6 +111,7 @@ _pack = msgspec.json.Encoder().encode
 _unpack = msgspec.json.Decoder(list[tuple[int, str, int, str]]).decode
 _conv = operator.itemgetter(0, 1)
 _text = operator.itemgetter(5)
+_said = operator.itemgetter(2, 3, 4, 5)  # what a packed row keeps of each message
 #: A row as written: a HistoryRow and ``n``.
 Packed = tuple[int, int, int, str, int, str, int]
 
@@ -122,11 +123,11 @@ def pack(rows: Sequence[HistoryRow]) -> Sequence[HistoryRow] | list[Packed]:
     a conversation with one message keeps the plain row (``n`` = 1). A round
     of one message per conversation (many conversations, or a quiet node) is
     written as it is, without ``n``: packing must not cost it (BENCHMARKS.md)."""
-    if len(set(map(_conv, rows))) == len(rows):
+    keys = list(map(_conv, rows))
+    if len(set(keys)) == len(rows):
         return rows
     convs: dict[tuple[int, int], list[HistoryRow]] = {}
-    for r in rows:
-        key = r[0], r[1]
+    for key, r in zip(keys, rows, strict=True):
         got = convs.get(key)
         if got is None:
             convs[key] = [r]
@@ -154,7 +155,7 @@ def pack(rows: Sequence[HistoryRow]) -> Sequence[HistoryRow] | list[Packed]:
 def _packed(part: list[HistoryRow]) -> Packed:
     a, b, sender, mid, ts, body = part[-1]
     if len(part) > 1:
-        body = _pack([r[2:] for r in part]).decode()
+        body = _pack(list(map(_said, part))).decode()
     return a, b, sender, mid, ts, body, len(part)
 
 
