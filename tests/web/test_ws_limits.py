@@ -180,6 +180,21 @@ async def test_login_timeout(settings: Settings, nodes: list[Node]) -> None:
     await web.at_eof()
 
 
+async def test_headers_too_slow_get_408_before_the_close(
+    settings: Settings, nodes: list[Node]
+) -> None:
+    # Before: a bare close, no status line.
+    n = await _node(settings, login_timeout=0.3)
+    nodes.append(n)
+    reader, writer = await asyncio.open_connection("127.0.0.1", n.http.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+    async with asyncio.timeout(10):
+        reply = await reader.read()  # to EOF
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
+    assert reply.endswith(b"the request's headers did not arrive in time\n")
+
+
 async def test_pongs_keep_a_quiet_browser_and_a_vanished_one_is_closed(
     settings: Settings, nodes: list[Node]
 ) -> None:

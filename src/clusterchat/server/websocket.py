@@ -204,6 +204,18 @@ class WsConnection(Connection):
 
     def close(self) -> None:
         core = self.core
+        ws = self.ws
+        if (
+            ws.state is State.CONNECTING
+            and ws.handshake_exc is None
+            and not self._closing_transport()
+        ):
+            # No whole request yet (the login timeout ran out on its headers):
+            # say so, as HTTP, rather than a bare close.
+            assert self.transport is not None
+            self.refused("HTTP request refused: its headers did not arrive in time (408)")
+            why = b"the request's headers did not arrive in time\n"
+            self.transport.write(response(408, "text/plain; charset=utf-8", why).serialize())
         if self.ws.state is OPEN and self.transport is not None and not core.ended:
             core.flush()
             self.ws.send_close(CloseCode.NORMAL_CLOSURE)
