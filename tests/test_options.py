@@ -97,6 +97,16 @@ def test_help_names_every_environment_variable(capsys: pytest.CaptureFixture[str
     assert not missing
 
 
+def test_server_usage_shows_the_originals_ip_port_form(capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: the positionals were hidden, so usage showed only options.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["server", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: clusterchat server [IP] [PORT] [options]\n"), out[:200]
+    args = build_parser().parse_args(["server", "127.0.0.1", "6001"])
+    assert (args.ip, args.port_pos) == ("127.0.0.1", 6001)
+
+
 def test_the_terminal_client_does_not_load_the_service() -> None:
     """Starting `clusterchat client` must not pay for argon2 or the server."""
     code = (

@@ -48,12 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         "server",
         parents=[common],
         help="run a chat server node",
+        usage="%(prog)s [IP] [PORT] [options]",
         description="Run one chat server node. With no options it listens on "
         f"{DEFAULT_HOST}:{DEFAULT_PORT} and keeps everything in an embedded SQLite file. "
         "The original's form `clusterchat server IP PORT` works too.",
     )
-    srv.add_argument("ip", nargs="?", help=argparse.SUPPRESS)
-    srv.add_argument("port_pos", nargs="?", type=int, help=argparse.SUPPRESS)
+    srv.add_argument("ip", nargs="?", metavar="IP", help="the address to listen on (as --host)")
+    srv.add_argument(
+        "port_pos", nargs="?", type=int, metavar="PORT", help="the TCP port (as --port)"
+    )
     add_server_options(srv)
 
     cli = sub.add_parser(

@@ -266,9 +266,10 @@ SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
     ("what one user may do", (
         Option("--message-rate", ("limits.message_rate", "limits.message_burst"),
                "PER_SECOND[,BURST]",
-               "requests a logged-in user may make per second, sustained, and at once "
-               "(flood limit); over it a client gets ERROR 170, an original client is "
-               "slowed down instead; 0 turns it off (for benchmarks)", parse=_rate),
+               "requests a logged-in user (or a connection before login) may make per "
+               "second, sustained, and at once (flood limit; unreadable lines count); over "
+               "it a client gets ERROR 170 (closed, if the line was unreadable), an original "
+               "client is slowed down instead; 0 turns it off (for benchmarks)", parse=_rate),
         Option("--offline-quota", ("limits.max_offline_messages", "limits.max_offline_bytes",
                                    "limits.max_stored_message"), "MESSAGES,BYTES,MESSAGE_BYTES",
                "what one receiver may have waiting (messages, total bytes) and how long a "

@@ -161,6 +161,22 @@ async def test_a_kicked_client_says_it_is_not_logged_in_again(
     assert await ann.quit() == 0
 
 
+async def test_a_displaced_client_says_so_and_does_not_reconnect(
+    lone_node: Node, scripted: list[Scripted]
+) -> None:
+    """The account logged in on another node, which took the session over:
+    the client used to reconnect and print "Could not log in again" and
+    "not logged in"; now it says why it was logged out and stays so."""
+    ann, ann_id = await registered(lone_node.port, "ann", scripted)
+    lone_node.service.displaced(ann_id)  # what another node's login makes this one do
+    await ann.expect(r"\*\*\* you logged in somewhere else")
+    await ann.expect("Logged out: this account logged in elsewhere .*Not reconnecting", timeout=15)
+    assert await ann.quit() == 0
+    assert ann.proc.stdout is not None
+    seen = "\n".join(ann.lines) + (await ann.proc.stdout.read()).decode()
+    assert "Reconnect" not in seen and "log in again" not in seen, seen
+
+
 async def test_a_piped_batch_past_the_flood_limit_is_paced_not_dropped(lone_node: Node) -> None:
     """A script piping more chats than the flood limit's burst (50, then 20 a
     second) gets every one sent, in order: the client waits and sends again

@@ -24,6 +24,10 @@ class _LineSeen(logging.Handler):
             self.seen.set()
 
 
+#: What is logged of 300 refusals at once, not how fast they are answered
+#: (the flood limit meters unreadable lines too: tests/e2e/test_limits.py).
+pytestmark = pytest.mark.unmetered
+
 DEPTH = 1000
 FRAMES = 300
 NESTED = [

@@ -169,6 +169,38 @@ async def test_requests_before_login_are_metered_too(limited: Node) -> None:
     await anonymous.close()
 
 
+async def test_unreadable_lines_are_metered_like_requests(limited: Node) -> None:
+    # Before: 20,000 lines of garbage on one connection got 20,000 ERROR 100s,
+    # as fast as the node could answer; only the log of them was bounded.
+    flooder = await ChatConnection.open("127.0.0.1", limited.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await flooder.send_raw(b"not json\n" * 20_000)
+    replies = []
+    with pytest.raises(ConnectionClosed):
+        while True:
+            replies.append(await flooder.recv())
+    took = loop.time() - started
+    *unreadable, last = replies
+    assert BURST <= len(unreadable) <= BURST + RATE * took + 1, (len(unreadable), took)
+    assert all(r["errno"] == ErrCode.MALFORMED for r in unreadable)
+    assert last["errno"] == ErrCode.TOO_FAST, last
+    assert last["errmsg"] == (
+        "too many unreadable requests (request is not valid JSON in UTF-8): "
+        f"at most {RATE:g} a second (bursts of {BURST}); closing"
+    )
+    # Its address's other connections are metered on their own: an honest
+    # client logs in, and its occasional bad line gets the usual answer.
+    honest = await ChatConnection.open("127.0.0.1", limited.port)
+    uid = await honest.register(unique(), PASSWORD)
+    assert (await honest.login(uid, PASSWORD))["errno"] == 0
+    await honest.send_raw(b'{"msgid": 6, "toid": "ann", "msg": "hi"}\n')
+    err = await honest.expect(MsgId.ERROR)
+    assert err["errno"] == ErrCode.INVALID_FIELD and err["re"] == MsgId.ONE_CHAT
+    assert (await honest.request({"msgid": MsgId.PING}, MsgId.PONG))["node"]
+    await honest.close()
+
+
 async def test_an_original_client_over_the_limit_is_slowed_not_dropped(limited: Node) -> None:
     sender, receiver, to = await _pair(limited.port, legacy=True)
     count = BURST + 40  # 40 past the burst: at RATE/s, no less than 0.8 s

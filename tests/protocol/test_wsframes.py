@@ -8,9 +8,9 @@ from websockets.frames import Frame, Opcode
 
 from clusterchat.protocol import wsframes
 
-# Documents as the server writes them: no newline inside, any length up to 70,000.
+# Documents as the server writes them: UTF-8, no newline inside, any length up to 70,000.
 documents = st.lists(
-    st.binary(max_size=300).map(lambda b: b.replace(b"\n", b" "))
+    st.text(max_size=300).map(lambda t: t.replace("\n", " ").encode())
     | st.integers(126, 70_000).map(lambda n: b"x" * n),
     max_size=8,
 )
@@ -55,6 +55,13 @@ def test_stops_at_control_frames_fragments_wrong_masking_and_oversize() -> None:
         Frame(Opcode.TEXT, b"part", fin=False).serialize(mask=True),
         Frame(Opcode.TEXT, b"unmasked").serialize(mask=False),
         Frame(Opcode.TEXT, b"x" * 300).serialize(mask=True),
+        Frame(Opcode.TEXT, b"caf\xe9").serialize(mask=True),  # not UTF-8: the library's
     ):
         read, used = wsframes.read(text + other + text, 200, masked=True)
         assert (read, used) == ([b"hi"], len(text))
+
+
+def test_binary_frames_need_not_be_utf8() -> None:
+    data = Frame(Opcode.BINARY, b"caf\xe9").serialize(mask=True)
+    assert wsframes.read(data, None, masked=True) == ([b"caf\xe9"], len(data))
+    assert wsframes.is_utf8("café".encode()) and not wsframes.is_utf8(b"caf\xe9")

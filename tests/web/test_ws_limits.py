@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -111,6 +112,45 @@ async def test_message_over_max_frame_closes_with_1009(
     assert n.connections == set()
 
 
+_NOT_UTF8 = b'{"msgid":6,"toid":1,"msg":"caf\xe9"}'  # Latin-1, not UTF-8
+
+
+@pytest.mark.parametrize("path", ["bulk", "fragmented"])
+async def test_a_text_message_not_utf8_closes_with_1007(ws_node: Node, path: str) -> None:
+    # Before: answered ERROR 100 "not valid JSON in UTF-8", the connection kept
+    # (RFC 6455 section 8.1: an endpoint receiving such text fails it, 1007).
+    web = await WsChat.open_ws(ws_node.http.port)
+    ping = json.dumps({"msgid": MsgId.PING}).encode()
+    if path == "bulk":  # the node's own frame reader (protocol/wsframes.py) takes the first
+        frames = [Frame(Opcode.TEXT, ping), Frame(Opcode.TEXT, _NOT_UTF8)]
+    else:  # the library's parser, a fragmented message after a control frame
+        frames = [
+            Frame(Opcode.TEXT, ping),
+            Frame(Opcode.PING, b""),
+            Frame(Opcode.TEXT, _NOT_UTF8[:18], fin=False),
+            Frame(Opcode.CONT, _NOT_UTF8[18:]),
+        ]
+    after = Frame(Opcode.TEXT, ping)  # not read: nothing after the bad one is
+    web.ws.transport.write(b"".join(f.serialize(mask=True) for f in [*frames, after]))
+    assert (await web.recv())["msgid"] == MsgId.PONG
+    with pytest.raises(ConnectionClosed):
+        await web.recv()
+    await web.at_eof()
+    assert web.ws.close_code == 1007
+    assert web.ws.close_reason == "text message is not valid UTF-8"
+
+
+async def test_a_binary_message_not_utf8_is_error_100(ws_node: Node) -> None:
+    """Binary messages carry no promise of UTF-8: the request is refused as
+    not JSON, as on TCP, and the connection stays."""
+    web = await WsChat.open_ws(ws_node.http.port)
+    web.ws.transport.write(Frame(Opcode.BINARY, _NOT_UTF8).serialize(mask=True))
+    err = await web.recv()
+    assert err["errno"] == ErrCode.MALFORMED and "UTF-8" in err["errmsg"], err
+    assert (await web.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    await web.close()
+
+
 async def test_connection_limits_count_websockets(settings: Settings, nodes: list[Node]) -> None:
     n = await _node(settings, max_connections=2)
     nodes.append(n)
@@ -138,6 +178,21 @@ async def test_login_timeout(settings: Settings, nodes: list[Node]) -> None:
     web = await WsChat.open_ws(n.http.port)
     assert (await web.expect(MsgId.ERROR, timeout=10))["errno"] == ErrCode.TIMEOUT
     await web.at_eof()
+
+
+async def test_headers_too_slow_get_408_before_the_close(
+    settings: Settings, nodes: list[Node]
+) -> None:
+    # Before: a bare close, no status line.
+    n = await _node(settings, login_timeout=0.3)
+    nodes.append(n)
+    reader, writer = await asyncio.open_connection("127.0.0.1", n.http.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+    async with asyncio.timeout(10):
+        reply = await reader.read()  # to EOF
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
+    assert reply.endswith(b"the request's headers did not arrive in time\n")
 
 
 @pytest.mark.serial  # times the idle timeout

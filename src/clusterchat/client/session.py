@@ -24,6 +24,7 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.client import ClientProtocol, Event, Push, ReceiptRefused, TooLong
 from clusterchat.protocol.framing import FrameTooLarge
 from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId
+from clusterchat.protocol.replies import DISPLACED_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class ChatClient:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
+        #: The server ended the session because the account logged in on
+        #: another node: reconnecting would only be refused.
+        self.displaced = False
         self.connected = asyncio.Event()
         # Connected and, after a reconnect, logged in again: requests may go.
         self.ready = asyncio.Event()
@@ -113,7 +117,12 @@ class ChatClient:
         self.connected.clear()
         self.ready.clear()
         await conn.close()
-        if not self._closing:
+        if self.displaced:
+            self.on_status(
+                "Logged out: this account logged in elsewhere (another window or device). "
+                "Not reconnecting; /quit, or start the client again to log in here."
+            )
+        elif not self._closing:
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
 
     def _event(self, event: Event[Waiter]) -> None:
@@ -130,6 +139,9 @@ class ChatClient:
             self._event(event)
 
     def _push(self, msg: dict[str, Any]) -> None:
+        if msg.get("msgid") == MsgId.NOTICE and msg.get("text") == DISPLACED_TEXT:
+            self.displaced = True  # the server closes the connection next
+            self.uid, self._password, self._ticket = 0, None, None
         mid = msg.get("mid")
         if mid is not None:
             if mid in self._seen:  # delivery between nodes is at least once

@@ -178,9 +178,9 @@ class Fixed(Reply, frozen=True, gc=False):
 
 
 LOGOUT_ACK = Fixed(MsgId.LOGOUT_ACK, codec.ack(MsgId.LOGOUT_ACK))
-DISPLACED = Fixed.of(
-    {"msgid": MsgId.NOTICE, "text": "you logged in somewhere else; this session has ended"}
-)
+#: The NOTICE's text; the terminal client stops reconnecting when it reads it.
+DISPLACED_TEXT = "you logged in somewhere else; this session has ended"
+DISPLACED = Fixed.of({"msgid": MsgId.NOTICE, "text": DISPLACED_TEXT})
 KICKED = Fixed.of({"msgid": MsgId.NOTICE, "text": "an operator ended this session"})
 
 #: A refusal: a reply that bumps a refusal counter (``kind``, ``errno``).

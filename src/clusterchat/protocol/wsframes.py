@@ -29,11 +29,25 @@ _MEDIUM = struct.Struct("!BBH")  # length 126, then 16 bits
 _LONG = struct.Struct("!BBQ")  # length 127, then 64 bits
 
 
+def is_utf8(payload: bytes) -> bool:
+    """Whether a text message is valid UTF-8, as RFC 6455 section 8.1 wants
+    (else the connection fails with close code 1007). ASCII, the usual
+    case, is checked without decoding."""
+    if payload.isascii():
+        return True
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def read(data: bytes, max_size: int | None, masked: bool) -> tuple[list[bytes], int]:
     """The payloads of the complete, final, text or binary frames that
     ``data`` begins with (``masked``: as a client sends them), and how many
-    bytes they took; reading stops at the first frame that is anything else
-    or longer than ``max_size``."""
+    bytes they took; reading stops at the first frame that is anything else,
+    longer than ``max_size``, or text that is not UTF-8 (the caller's
+    library path fails the connection for it)."""
     out: list[bytes] = []
     pos, end = 0, len(data)
     mask_bit = _MASKED if masked else 0
@@ -59,12 +73,15 @@ def read(data: bytes, max_size: int | None, masked: bool) -> tuple[list[bytes], 
             stop = head + 4 + size
             if stop > end:
                 break
-            out.append(apply_mask(data[head + 4 : stop], data[head : head + 4]))
+            payload = apply_mask(data[head + 4 : stop], data[head : head + 4])
         else:
             stop = head + size
             if stop > end:
                 break
-            out.append(data[head:stop])
+            payload = data[head:stop]
+        if op == _TEXT and not payload.isascii() and not is_utf8(payload):
+            break
+        out.append(payload)
         pos = stop
     return out, pos
 

@@ -61,6 +61,9 @@ _RECEIPT_TIMEOUT = codec.error(
     "nothing acknowledged (RECEIVED) for too long; closing. Unacknowledged messages are "
     "kept for your next login",
 )
+#: ``_queue`` once we close: what the peer sent after is dropped unread (a
+#: flooder's 20,000 pipelined lines are not each decoded and refused).
+_DROPPED: deque[tuple[bytes, int]] = deque(maxlen=0)
 #: ``_proxy`` once refused after a PROXY line: input is discarded until the peer closes.
 _DISCARD = b"\0refused"
 
@@ -478,7 +481,9 @@ class ConnectionCore:
 
     def close(self) -> None:
         """Close by us (logout, timeouts, displaced, shutdown): the peer gets
-        what was written, then FIN; what it may not get is stored."""
+        what was written, then FIN; what it may not get is stored. Requests
+        still unread are not served."""
+        self._queue = _DROPPED
         if self.ended:
             self._link.shut()
             return

@@ -58,12 +58,13 @@ class Router(Protocol):
 
 
 class WsConnection(Connection):
-    __slots__ = ("between", "fragments", "http", "ws")
+    __slots__ = ("between", "fragments", "http", "text", "ws")
 
     def __init__(self, node: Host[Connection], http: Router) -> None:
         super().__init__(node)
         self.http = http
         self.fragments: list[bytes] | None = None
+        self.text = False  # the fragmented message is text (else binary)
         self.ws = ServerProtocol(max_size=node.settings.max_frame, logger=_protocol_log)
         #: The library's parser is between frames (see :func:`between_frames`).
         self.between = False
@@ -97,16 +98,19 @@ class WsConnection(Connection):
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
                     if event.fin:
-                        core.receive_frame(bytes(event.data))
+                        if not self._take(bytes(event.data), event.opcode is Opcode.TEXT):
+                            break
                         whole = True
                     else:  # the first of a fragmented message's frames
                         self.fragments = [bytes(event.data)]
+                        self.text = event.opcode is Opcode.TEXT
                 elif event.opcode is Opcode.CONT and self.fragments is not None:
                     # The library checked their order and --max-frame on the total.
                     self.fragments.append(bytes(event.data))
                     if event.fin:
-                        core.receive_frame(b"".join(self.fragments))
-                        self.fragments = None
+                        message, self.fragments = b"".join(self.fragments), None
+                        if not self._take(message, self.text):
+                            break
                         whole = True
             elif isinstance(event, Request):
                 if ws.eof_sent:
@@ -144,6 +148,18 @@ class WsConnection(Connection):
                 self.refused("closing WebSocket: message over --max-frame")
             core.receive_eof()
         self.write_out()
+
+    def _take(self, message: bytes, text: bool) -> bool:
+        """A whole message for the core; a text one that is not UTF-8 fails
+        the connection with close code 1007 instead (RFC 6455 section 8.1),
+        and nothing after it is read: False."""
+        if text and not wsframes.is_utf8(message):
+            self.refused("closing WebSocket: a text message is not valid UTF-8 (1007)")
+            self.core.flush()  # the replies to what came before it, then the close
+            self.ws.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
+            return False
+        self.core.receive_frame(message)
+        return True
 
     def _refuse_http(self, why: bytes) -> None:
         """A 400 the library would not send, before its close."""
@@ -188,6 +204,18 @@ class WsConnection(Connection):
 
     def close(self) -> None:
         core = self.core
+        ws = self.ws
+        if (
+            ws.state is State.CONNECTING
+            and ws.handshake_exc is None
+            and not self._closing_transport()
+        ):
+            # No whole request yet (the login timeout ran out on its headers):
+            # say so, as HTTP, rather than a bare close.
+            assert self.transport is not None
+            self.refused("HTTP request refused: its headers did not arrive in time (408)")
+            why = b"the request's headers did not arrive in time\n"
+            self.transport.write(response(408, "text/plain; charset=utf-8", why).serialize())
         if self.ws.state is OPEN and self.transport is not None and not core.ended:
             core.flush()
             self.ws.send_close(CloseCode.NORMAL_CLOSURE)

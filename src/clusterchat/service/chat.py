@@ -268,13 +268,13 @@ class ChatService:
         first request fixes the session's dialect)."""
         if s.legacy is None:
             s.legacy = legacy
-        if isinstance(req, BadRequest):
-            self._refuse_bad(s, req)
-            return None
         kind = type(req)
-        counted = self.counts.requests
-        counted[kind] = counted.get(kind, 0) + 1
-        if self._rate:  # before login too: PINGs are no cheaper than chats
+        if kind is not BadRequest:
+            counted = self.counts.requests
+            counted[kind] = counted.get(kind, 0) + 1
+        # Before login too, and unreadable lines as well: neither PINGs nor
+        # garbage are cheaper than chats to answer.
+        if self._rate:
             now = time.monotonic()
             tokens = s.tokens + (now - s.stamp) * self._rate
             if tokens > self._burst:
@@ -285,6 +285,9 @@ class ChatService:
             elif kind not in _UNMETERED:
                 s.tokens = tokens
                 return self._too_fast(s, req, (1.0 - tokens) / self._rate)
+        if isinstance(req, BadRequest):
+            self._refuse_bad(s, req)
+            return None
         if not s.uid and not isinstance(req, ANONYMOUS_OK):
             self._refuse(s, req, ErrCode.NOT_LOGGED_IN, "log in first")
             return None
@@ -345,24 +348,36 @@ class ChatService:
     def _room_again(self) -> None:
         self._room.set()
 
-    def _too_fast(self, s: Session, req: Request, wait: float) -> Work:
+    def _too_fast(self, s: Session, req: Request | BadRequest, wait: float) -> Work:
         """Over the flood limit. A modern client is told and may retry; the
         original client has no such reply, so its request waits for its turn
-        (and, its queue full, the connection stops being read: TCP slows it)."""
+        (and, its queue full, the connection stops being read: TCP slows it).
+        Unreadable lines past the limit are no honest client's: refusing each
+        would cost what answering it did, so the connection is closed."""
         if dialect.shown(s.legacy, MsgId.ERROR):
-            self._refuse(
-                s,
-                req,
-                ErrCode.TOO_FAST,
-                f"too many requests: at most {self._rate:g} a second "
-                f"(bursts of {self._burst:g}); retry in {wait:.2f} s",
-            )
+            limit = f"at most {self._rate:g} a second (bursts of {self._burst:g})"
+            if isinstance(req, BadRequest):
+                self.counts.refused("error", ErrCode.TOO_FAST)
+                text = f"too many unreadable requests ({req.errmsg}): {limit}; closing"
+                self.refusals.note(s, f"closing: {text}")
+                self.reply(s, Error(ErrCode.TOO_FAST, text, req.msgid))
+                s.peer.close()
+            else:
+                self._refuse(
+                    s, req, ErrCode.TOO_FAST, f"too many requests: {limit}; retry in {wait:.2f} s"
+                )
             return None
         return self._throttled(s, req, wait)
 
-    async def _throttled(self, s: Session, req: Request, wait: float) -> None:
+    async def _throttled(self, s: Session, req: Request | BadRequest, wait: float) -> None:
         await asyncio.sleep(wait)
-        if s.closed or (not s.uid and not isinstance(req, ANONYMOUS_OK)):
+        if s.closed:
+            return
+        if isinstance(req, BadRequest):
+            s.tokens, s.stamp = 0.0, time.monotonic()
+            self._refuse_bad(s, req)
+            return
+        if not s.uid and not isinstance(req, ANONYMOUS_OK):
             return
         s.tokens, s.stamp = 0.0, time.monotonic()  # the token that came in, spent
         work = self._serve(s, req)
