@@ -135,6 +135,26 @@ async def test_a_round_packs_each_conversations_messages_into_one_row(store: Sql
     assert [r.body[:2] for r in await store.history(a, c, 0, 30, 0)][:3] == ["19", "18", "17"]
 
 
+async def test_a_batch_past_the_databases_packet_is_written_in_several_statements(
+    store: SqlStore,
+) -> None:
+    # The writer's batch bound counts characters (4 MiB); packed in JSON a
+    # control character takes 6 bytes: ~24 MiB, past MariaDB's 16 MiB
+    # max_allowed_packet, as one bulk command. Before: refused, and retried
+    # unchanged for ever (the node's history queue filling behind it).
+    a, b, c = [await store.create_user(unique(), "x") for _ in range(3)]
+    t = now_ms()
+    text_ = "\x01" * 10_000  # what a 64 KiB frame of "\u0001"s carries
+    rows = [((a, b) if i % 2 else (a, c)) + (a, f"c-{i}", t + i, text_) for i in range(400)]
+    await store.add_history(rows)
+    assert await rows_of(store, a, b) + await rows_of(store, a, c) >= 2
+    got = await store.history(a, b, 0, 200, 0)
+    assert [r.mid for r in got] == [f"c-{i}" for i in reversed(range(1, 400, 2))]
+    assert all(r.body == text_ for r in got)
+    parts = history_storage.statements(history_storage.pack(rows))
+    assert len(parts) > 1 and sum(map(len, parts)) == len(history_storage.pack(rows))
+
+
 async def test_pages_cross_packed_and_plain_rows_and_stay_put_under_new_writes(
     store: SqlStore,
 ) -> None:

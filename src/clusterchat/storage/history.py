@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import BigInteger, Integer, bindparam, delete, exists, select, update
+from sqlalchemy import BigInteger, Integer, bindparam, case, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clusterchat import errors
@@ -74,7 +74,7 @@ USER_EXISTS = select(exists().where(user.c.id == bindparam("uid", type_=Integer)
 #: conversations: kept, its rows are there unless that many came after them.
 KEPT_SCAN = 1000
 KEPT = (
-    select(history.c.mid, history.c.n, history.c.body)
+    select(history.c.mid, history.c.n, case((history.c.n > 1, history.c.body)).label("body"))
     .where((history.c.conva == _a) & (history.c.convb == _b))
     .order_by(history.c.id.desc())
     .limit(KEPT_SCAN)
@@ -103,6 +103,9 @@ PACK_MAX = 1 << INDEX_BITS
 #: Characters of text past which a packed row takes no more messages (a
 #: page query reads up to ``PAGE_ROWS`` rows: this bounds what it holds).
 PACK_TEXT = 64 * 1024
+#: Characters of text one statement carries at most (``statements``): at 6
+#: bytes a character still under half of MariaDB's default 16 MiB packet.
+STATEMENT_TEXT = 1024 * 1024
 #: Beyond any row id (rows are BIGINT): "before" this is "the newest".
 NEWEST = 2**63 - 1
 #: Rows one page query reads at most (a page of unpacked rows takes a few).
@@ -149,6 +152,25 @@ def pack(rows: Sequence[HistoryRow]) -> Sequence[HistoryRow] | list[Packed]:
                 part.append(r)
                 size += len(r[5])
             out.append(_packed(part))
+    return out
+
+
+def statements(rows: Sequence[HistoryRow] | list[Packed]) -> list[Sequence[Any]]:
+    """The rows cut into statements of at most ``STATEMENT_TEXT`` characters
+    of text: MariaDB's bulk command is one packet, refused past the server's
+    ``max_allowed_packet`` (16 MiB by default) however the rows are split
+    into packets, and a character of a packed body may take 6 bytes (a
+    control character in JSON) or 4 (UTF-8)."""
+    if sum(map(len, map(_text, rows))) <= STATEMENT_TEXT:
+        return [rows]
+    out: list[Sequence[Any]] = []
+    start, size = 0, 0
+    for i, r in enumerate(rows):
+        if i > start and size + len(_text(r)) > STATEMENT_TEXT:
+            out.append(rows[start:i])
+            start, size = i, 0
+        size += len(_text(r))
+    out.append(rows[start:])
     return out
 
 
@@ -307,7 +329,17 @@ class HistoryQueries:
             return
         packed = pack(rows)
         if self.history_bulk is not None:
-            await self.history_bulk.write(_BULK_SQL[len(packed[0])], packed)
+            sql = _BULK_SQL[len(packed[0])]
+            parts = statements(packed)
+            for i, part in enumerate(parts):
+                try:
+                    await self.history_bulk.write(sql, part)
+                except errors.Unavailable as exc:
+                    if i == 0:
+                        raise
+                    # Earlier statements were kept (autocommit): the writer
+                    # must look for them before it writes the batch again.
+                    raise errors.InDoubt(f"history write failed after {i} statements") from exc
         else:
             async with self._tx() as conn:
                 # The driver's executemany with the tuples as they are (SQLite: one
