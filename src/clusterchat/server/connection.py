@@ -107,6 +107,13 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         self.core.close()
 
+    def time_out(self, why: bytes | None) -> None:
+        """Closed by the node's sweep (login, frame or idle timeout), told
+        ``why`` first unless None."""
+        if why is not None:
+            self.send(why)
+        self.close()
+
     def start_receipts(self, carried: list[bytes]) -> bool:
         return self.core.start_receipts(carried)
 

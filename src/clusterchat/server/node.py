@@ -278,17 +278,16 @@ class Node:
                 core = conn.core
                 quiet = now - core.last_seen
                 session = conn.session
+                # The original client is shown no ERROR: it is closed silently.
+                legacy = session.legacy is True
                 if not session.uid and now - session.anonymous_since > s.login_timeout:
-                    if session.legacy is not True:  # from accept: a PING does not extend it
-                        conn.send(_LOGIN_TIMEOUT)
-                    conn.close()
+                    # From accept: a PING does not extend it.
+                    conn.time_out(None if legacy else _LOGIN_TIMEOUT)
                 elif core.partial_since and now - core.partial_since > s.frame_timeout:
-                    if session.legacy is not True:  # one byte every few seconds is not a request
-                        conn.send(_FRAME_TIMEOUT)
-                    conn.close()
+                    # One byte every few seconds is not a request.
+                    conn.time_out(None if legacy else _FRAME_TIMEOUT)
                 elif session.uid and session.legacy is False and quiet > s.idle_timeout:
-                    conn.send(_IDLE_TIMEOUT)
-                    conn.close()
+                    conn.time_out(_IDLE_TIMEOUT)
 
     async def readiness(self) -> list[str]:
         """Why this node should not get new clients now; empty when it should."""

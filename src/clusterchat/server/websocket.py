@@ -202,20 +202,23 @@ class WsConnection(Connection):
                 self.write_out()
             t.write(wsframes.encode(data))
 
-    def close(self) -> None:
-        core = self.core
+    def time_out(self, why: bytes | None) -> None:
         ws = self.ws
         if (
             ws.state is State.CONNECTING
             and ws.handshake_exc is None
             and not self._closing_transport()
         ):
-            # No whole request yet (the login timeout ran out on its headers):
-            # say so, as HTTP, rather than a bare close.
+            # No whole request yet (its headers too slow): say so, as HTTP,
+            # rather than a bare close.
             assert self.transport is not None
             self.refused("HTTP request refused: its headers did not arrive in time (408)")
-            why = b"the request's headers did not arrive in time\n"
-            self.transport.write(response(408, "text/plain; charset=utf-8", why).serialize())
+            slow = b"the request's headers did not arrive in time\n"
+            self.transport.write(response(408, "text/plain; charset=utf-8", slow).serialize())
+        super().time_out(why)
+
+    def close(self) -> None:
+        core = self.core
         if self.ws.state is OPEN and self.transport is not None and not core.ended:
             core.flush()
             self.ws.send_close(CloseCode.NORMAL_CLOSURE)
