@@ -371,15 +371,13 @@ class ChatService:
 
     async def _throttled(self, s: Session, req: Request | BadRequest, wait: float) -> None:
         await asyncio.sleep(wait)
-        if s.closed:
-            return
-        if isinstance(req, BadRequest):
-            s.tokens, s.stamp = 0.0, time.monotonic()
-            self._refuse_bad(s, req)
-            return
-        if not s.uid and not isinstance(req, ANONYMOUS_OK):
+        bad = isinstance(req, BadRequest)
+        if s.closed or (not bad and not s.uid and not isinstance(req, ANONYMOUS_OK)):
             return
         s.tokens, s.stamp = 0.0, time.monotonic()  # the token that came in, spent
+        if isinstance(req, BadRequest):
+            self._refuse_bad(s, req)
+            return
         work = self._serve(s, req)
         if work is not None:
             await self._guarded(s, req, work)
