@@ -23,6 +23,10 @@ expect.set_options(timeout=15_000)
 
 
 def web_settings(tmp_path: Path, **kw: object) -> Settings:
+    # No shedding: the node shares its event loop with Playwright's driver,
+    # whose work made the loop 0.8 s late on a busy machine, and a page whose
+    # script was refused (ERROR 160) never showed its form.
+    kw.setdefault("shed_lag", 0.0)
     return Settings(
         port=0,
         http_port=0,
