@@ -234,7 +234,8 @@ class Store(Protocol):
     ) -> list[Said]:
         """A conversation's newest ``limit`` messages with id below ``before``
         (0: the newest) and ``ts`` at least ``since``, newest first, packed
-        rows unpacked."""
+        rows unpacked. It ends at the first row older than ``since``: a
+        request never scans what it does not return."""
         ...
 
     async def user_exists(self, uid: int) -> bool: ...
