@@ -145,3 +145,33 @@ async def test_a_member_of_many_big_groups_lists_a_page_of_them(node: Node) -> N
             await db.execute(delete(groupuser).where(groupuser.c.groupid.in_(gids)))
             await db.execute(delete(allgroup).where(allgroup.c.id.in_(gids)))
             await db.execute(delete(user).where(user.c.name.like(f"{tag}%")))
+
+
+async def test_a_page_of_long_messages_reads_about_a_pages_worth(node: Node) -> None:
+    """A page is cut at 128 KiB of text; the store read every message asked
+    for all the same, 100 of 50,000 characters (5 MB) to send two of them."""
+    conn = await ChatConnection.open("127.0.0.1", node.port)
+    store = node.store
+    assert isinstance(store, SqlStore)
+    try:
+        uid = await conn.register(unique(), PASSWORD)
+        assert (await conn.login(uid, PASSWORD))["errno"] == 0
+        now = int(time.time() * 1000)
+        notes = [
+            {"conva": uid, "convb": uid, "sender": uid, "mid": f"{uid}-{i}", "ts": now + i,
+             "body": f"{i} " + "x" * 50_000}
+            for i in range(100)
+        ]  # fmt: skip
+        async with store.engine.begin() as db:  # notes to oneself, one row each
+            await db.execute(insert(history), notes)
+        start = await rows_read(store)
+        page = await ask_history(conn, userid=uid, limit=100)
+        read = await rows_read(store) - start
+        assert [m["msg"].split()[0] for m in page["messages"]] == ["99", "98"] and page["more"]
+        assert read < 20, read  # before: every one of the 100 rows
+        rest = await ask_history(conn, userid=uid, limit=100, before=page["messages"][-1]["id"])
+        assert rest["messages"][0]["msg"].startswith("97 ") and rest["more"]
+    finally:
+        await conn.close()
+        async with store.engine.begin() as db:  # the session's MariaDB is shared
+            await db.execute(delete(history).where(history.c.conva == uid))

@@ -242,12 +242,14 @@ class Store(Protocol):
         ...
 
     async def history(
-        self, conva: int, convb: int, before: int, limit: int, since: int
+        self, conva: int, convb: int, before: int, limit: int, since: int, max_chars: int = 0
     ) -> list[Said]:
         """A conversation's newest ``limit`` messages with id below ``before``
         (0: the newest) and ``ts`` at least ``since``, newest first, packed
         rows unpacked. It ends at the first row older than ``since``: a
-        request never scans what it does not return."""
+        request never scans what it does not return. Once the text passes
+        ``max_chars`` (0: no bound; 100 counted for each message besides)
+        with two messages or more, no more rows are read."""
         ...
 
     async def user_exists(self, uid: int) -> bool: ...
