@@ -54,6 +54,7 @@ async def test_a_new_member_reads_a_page_not_the_groups_whole_past(node: Node) -
     conns = [await ChatConnection.open("127.0.0.1", node.port) for _ in range(2)]
     store = node.store
     assert isinstance(store, SqlStore)
+    gid = 0
     try:
         owner, newcomer = conns
         uids = [await c.register(unique(), PASSWORD) for c in conns]
@@ -94,6 +95,7 @@ async def test_a_member_of_many_big_groups_lists_a_page_of_them(node: Node) -> N
     store = node.store
     assert isinstance(store, SqlStore)
     tag = unique("m")
+    gids: list[int] = []
     try:
         uid = await conn.register(unique(), PASSWORD)
         async with store.engine.begin() as db:  # 40 groups of 500: 20,000 memberships
@@ -153,6 +155,7 @@ async def test_a_page_of_long_messages_reads_about_a_pages_worth(node: Node) -> 
     conn = await ChatConnection.open("127.0.0.1", node.port)
     store = node.store
     assert isinstance(store, SqlStore)
+    uid = 0
     try:
         uid = await conn.register(unique(), PASSWORD)
         assert (await conn.login(uid, PASSWORD))["errno"] == 0
