@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,6 +21,7 @@ from clusterchat.client.connection import ChatConnection, ConnectionClosed
 from clusterchat.config import Settings
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
+from clusterchat.server.websocket import WsConnection
 from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
 from tests.web.conftest import WsChat, ws_settings
@@ -369,3 +371,26 @@ async def test_ops_endpoints_only_for_ops_from(settings: Settings, nodes: list[N
     for path in ("/metrics", "/healthz", "/readyz"):
         assert (await get(elsewhere.http.port, path)).startswith(b"HTTP/1.1 403"), path
     assert (await get(elsewhere.http.port, "/")).startswith(b"HTTP/1.1 200")  # the page is public
+
+
+async def test_a_message_in_countless_empty_fragments_holds_no_more_than_its_bytes(
+    ws_node: Node,
+) -> None:
+    """Empty continuation frames add nothing to a message's size, which is
+    what --max-frame bounds: the node held one list slot for each (8 bytes
+    for every 6 the peer sent, for as long as --frame-timeout let it go on),
+    past any limit. It holds the bytes of the message so far, and no more."""
+    web = await WsChat.open_ws(ws_node.http.port)
+    (conn,) = [c for c in ws_node.connections if isinstance(c, WsConnection)]
+    ping = json.dumps({"msgid": MsgId.PING}).encode()
+    empty = Frame(Opcode.CONT, b"", fin=False).serialize(mask=True)
+    web.ws.transport.write(Frame(Opcode.TEXT, ping[:5], fin=False).serialize(mask=True))
+    for _ in range(20):
+        web.ws.transport.write(empty * 10_000)
+    pong = await web.ws.ping()  # a control frame in the midst: its pong says all was read
+    await asyncio.wait_for(pong, 10)
+    held = conn.fragments
+    assert held is not None and sys.getsizeof(held) < 1024, sys.getsizeof(held)
+    web.ws.transport.write(Frame(Opcode.CONT, ping[5:]).serialize(mask=True))
+    assert (await web.recv())["msgid"] == MsgId.PONG  # still one message, served
+    await web.close()

@@ -63,7 +63,10 @@ class WsConnection(Connection):
     def __init__(self, node: Host[Connection], http: Router) -> None:
         super().__init__(node)
         self.http = http
-        self.fragments: list[bytes] | None = None
+        #: The fragmented message so far: its bytes, one buffer (a list of
+        #: frames grew by a slot for each empty one, which --max-frame, a
+        #: bound on bytes, never counted).
+        self.fragments: bytearray | None = None
         self.text = False  # the fragmented message is text (else binary)
         self.ws = ServerProtocol(max_size=node.settings.max_frame, logger=_protocol_log)
         #: The library's parser is between frames (see :func:`between_frames`).
@@ -102,13 +105,13 @@ class WsConnection(Connection):
                             break
                         whole = True
                     else:  # the first of a fragmented message's frames
-                        self.fragments = [bytes(event.data)]
+                        self.fragments = bytearray(event.data)
                         self.text = event.opcode is Opcode.TEXT
                 elif event.opcode is Opcode.CONT and self.fragments is not None:
                     # The library checked their order and --max-frame on the total.
-                    self.fragments.append(bytes(event.data))
+                    self.fragments += event.data
                     if event.fin:
-                        message, self.fragments = b"".join(self.fragments), None
+                        message, self.fragments = bytes(self.fragments), None
                         if not self._take(message, self.text):
                             break
                         whole = True

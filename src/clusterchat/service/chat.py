@@ -616,6 +616,8 @@ class ChatService:
                 friends, groups = view.friends[:LOGIN_FRIENDS], _groups_fitting(view.groups)
                 more = [k for k, n, m in (("friends", friends, view.friends),
                         ("groups", groups, view.groups)) if len(n) < len(m)]  # fmt: skip
+                if view.more_groups and "groups" not in more:
+                    more.append("groups")
                 view = LoginView(friends, groups, fits)
             if receipts:  # before anything is delivered to this session
                 carried = [codec.encode_text(m) for _, m in view.offline]
@@ -997,7 +999,7 @@ class ChatService:
         self.reply(s, Ack(MsgId.FRIEND_LIST, {"friends": docs}))
 
     async def _list_groups(self, s: Session, req: ListGroups) -> None:
-        every = [g for g in await self.store.groups(s.uid) if g.id > req.after]
+        every, beyond = await self.store.groups(s.uid, req.after)
         groups = _groups_fitting(every)  # a page; the client asks for the next
         online = await self.presence.online({m.id for g in groups for m in g.members})
         online -= s.blocked_by
@@ -1013,7 +1015,7 @@ class ChatService:
             }
             for g in groups
         ]
-        if len(groups) < len(every):
+        if len(groups) < len(every) or beyond:
             self.reply(s, Ack(MsgId.GROUP_LIST, {"groups": docs, "more": True}))
         else:
             self.reply(s, Ack(MsgId.GROUP_LIST, {"groups": docs}))

@@ -336,7 +336,9 @@ class HistoryRequests:
             a, b = sorted((s.uid, req.userid))
             key, ident = "userid", req.userid
         await writer.caught_up(writer.queued, READ_YOUR_WRITES)  # one's own messages too
-        rows = await svc.store.history(a, b, req.before, req.limit + 1, since)
+        # The store stops reading past the page's bytes (one message more
+        # than fit: cut there, the page says ``more``).
+        rows = await svc.store.history(a, b, req.before, req.limit + 1, since, PAGE_BYTES)
         if not rows and req.userid is not None and not await svc.store.user_exists(req.userid):
             raise errors.NoSuchUser(req.userid)
         more = len(rows) > req.limit

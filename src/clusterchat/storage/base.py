@@ -48,15 +48,23 @@ class Group:
     inviteonly: bool = False  # read by store.change_group only
 
 
+#: Members a page of groups is read up to (more, by the rest of the last
+#: groups read): a reply's 256 KiB of groups (LIST_GROUPS, a login) holds
+#: fewer, at 70 bytes or more each.
+GROUP_PAGE_MEMBERS = 4000
+
+
 @dataclass(frozen=True, slots=True)
 class LoginView:
     """Everything a login reply needs, read in one go."""
 
     friends: list[tuple[int, str]]
+    #: The first page of groups (:meth:`Store.groups`), and whether more follow.
     groups: list[Group]
     #: (ordering key, stored message document): the first page; if it is full,
     #: more follow through :meth:`Store.offline`.
     offline: list[tuple[int, str]]
+    more_groups: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +160,11 @@ class Store(Protocol):
         ...
 
     async def friends(self, uid: int) -> list[tuple[int, str]]: ...
-    async def groups(self, uid: int) -> list[Group]: ...
+    async def groups(self, uid: int, after: int = 0) -> tuple[list[Group], bool]:
+        """A page of ``uid``'s groups with ids above ``after``, in id order,
+        read until ``GROUP_PAGE_MEMBERS`` members or so, and whether more
+        follow: what a user in many big groups asks for costs a page."""
+        ...
 
     async def add_friend(self, uid: int, friendid: int, quota: Quota = NO_QUOTA) -> str:
         """Befriend both ways; returns the friend's name. OverQuota past ``quota.friends``."""
@@ -230,11 +242,14 @@ class Store(Protocol):
         ...
 
     async def history(
-        self, conva: int, convb: int, before: int, limit: int, since: int
+        self, conva: int, convb: int, before: int, limit: int, since: int, max_chars: int = 0
     ) -> list[Said]:
         """A conversation's newest ``limit`` messages with id below ``before``
         (0: the newest) and ``ts`` at least ``since``, newest first, packed
-        rows unpacked."""
+        rows unpacked. It ends at the first row older than ``since``: a
+        request never scans what it does not return. Once the text passes
+        ``max_chars`` (0: no bound; 100 counted for each message besides)
+        with two messages or more, no more rows are read."""
         ...
 
     async def user_exists(self, uid: int) -> bool: ...

@@ -103,8 +103,14 @@ GROUPS = (
     )
     .join(groupuser, groupuser.c.groupid == allgroup.c.id)
     .join(user, user.c.id == groupuser.c.userid)
-    .where(allgroup.c.id.in_(select(groupuser.c.groupid).where(groupuser.c.userid == _uid)))
+    .where(allgroup.c.id.in_(bindparam("gids", expanding=True, type_=Integer)))
     .order_by(allgroup.c.id, user.c.id)
+)
+#: The groups a user is in, past a group id.
+MY_GROUPS = (
+    select(groupuser.c.groupid)
+    .where((groupuser.c.userid == _uid) & (groupuser.c.groupid > bindparam("after")))
+    .order_by(groupuser.c.groupid)
 )
 
 GROUP_MEMBERS = select(groupuser.c.userid).where(groupuser.c.groupid == bindparam("gid"))
