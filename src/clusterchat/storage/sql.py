@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -146,12 +146,20 @@ async def _friends(conn: AsyncConnection, uid: int) -> list[tuple[int, str]]:
     return [(r.id, r.name) for r in rows]
 
 
-async def _groups(conn: AsyncConnection, uid: int) -> list[Group]:
-    groups: dict[int, tuple[str, str, list[Member]]] = {}
-    for r in await conn.execute(q.GROUPS, {"uid": uid}):
-        g = groups.setdefault(r.id, (r.groupname, r.groupdesc, []))
-        g[2].append(Member(r.uid, r.name, r.grouprole))
-    return [Group(gid, n, d, tuple(m)) for gid, (n, d, m) in groups.items()]
+async def _groups(
+    conn: AsyncConnection, uid: int, known: Container[int] = frozenset()
+) -> list[Group]:
+    """The user's groups, by id; those in ``known`` without their members
+    (the caller has them). Two statements: the groups, then the members of
+    the others, as plain tuples (no per-row attribute lookups)."""
+    heads = (await conn.execute(q.GROUPS, {"uid": uid})).all()
+    wanted = [gid for gid, _, _ in heads if gid not in known]
+    members: dict[int, list[Member]] = {gid: [] for gid in wanted}
+    for i in range(0, len(wanted), 1000):
+        rows = await conn.execute(q.MEMBERS, {"gids": wanted[i : i + 1000]})
+        for gid, mid, name, role in rows:
+            members[gid].append(Member(mid, name, role))
+    return [Group(gid, n, d, tuple(members.get(gid, ()))) for gid, n, d in heads]
 
 
 async def _over_mailbox(
@@ -445,12 +453,14 @@ class SqlStore(SocialQueries, HistoryQueries):
             res = await conn.execute(q.ROTATE_TICKET, args)
         return bool(res.rowcount)
 
-    async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
+    async def open_session(
+        self, uid: int, ticket_digest: str | None, known: Container[int] = frozenset()
+    ) -> LoginView:
         """Everything a login reply needs, and the user marked online, in one
         transaction. A new ticket digest replaces the old one; None keeps it."""
         async with self._tx() as conn:
             friends = await _friends(conn, uid)
-            groups = await _groups(conn, uid)
+            groups = await _groups(conn, uid, known)
             page = {"uid": uid, "page": self.offline_page}
             offline = (await conn.execute(q.OFFLINE, page)).all()
             if ticket_digest is None:
