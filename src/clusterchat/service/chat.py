@@ -608,9 +608,10 @@ class ChatService:
                 self.store.note_state(uid, online=True)
             else:
                 ticket, digest = tickets.issue() if ours else (None, None)
-                rosters = self._rosters.fresh()
+                known = self._rosters.fresh()
                 since = self._rosters.reading()
-                view = await self.store.open_session(uid, digest, rosters)
+                view = await self.store.open_session(uid, digest, known)
+                rosters = known.held
                 read = [g for g in view.groups if g.id not in rosters]
                 rosters.update(self._rosters.keep(read, since))
                 # The reply carries what fits; the rest follows it, page by page

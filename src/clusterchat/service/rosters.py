@@ -64,6 +64,26 @@ class Roster:
         return codec.group_doc_of_entries(gid, name, desc, "".join(parts))
 
 
+class Held:
+    """The groups whose rosters a login uses rather than read (the store
+    asks ``gid in held`` once per group, as it reads), and those rosters,
+    held: a change heard after the store asked does not take one away
+    before the reply is built. Asks nothing of the rosters the user's
+    groups are not (a node may hold thousands)."""
+
+    def __init__(self, rosters: Rosters) -> None:
+        self._rosters = rosters
+        self.held: dict[int, Roster] = {}
+
+    def __contains__(self, gid: object) -> bool:
+        if not isinstance(gid, int):
+            return False
+        r = self._rosters.get(gid)
+        if r is not None:
+            self.held[gid] = r
+        return r is not None
+
+
 class Rosters:
     """The node's rosters by group id, with what invalidates them."""
 
@@ -79,12 +99,14 @@ class Rosters:
         #: are forgotten, or everything was dropped).
         self._floor = 0
 
-    def fresh(self) -> dict[int, Roster]:
-        """The rosters still within their lifetime: for one login, which uses
-        these and reads the others (held by the caller, so a change heard
-        meanwhile does not take one away halfway)."""
-        oldest = self.clock() - LIFETIME
-        return {gid: r for gid, r in self._rosters.items() if r.made >= oldest}
+    def fresh(self) -> Held:
+        """For one login's read: which groups' members need no reading."""
+        return Held(self)
+
+    def get(self, gid: int) -> Roster | None:
+        """Group ``gid``'s roster, if it is within its lifetime."""
+        r = self._rosters.get(gid)
+        return r if r is not None and r.made >= self.clock() - LIFETIME else None
 
     def reading(self) -> int:
         """Call before reading groups from the store; pass to :meth:`keep`."""
