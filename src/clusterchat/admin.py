@@ -217,6 +217,8 @@ class Admin:
             and_(history.c.conva > 0, or_(history.c.conva == uid, history.c.convb == uid)),
         )
         async with self.store.engine.begin() as conn:
+            q = select(groupuser.c.groupid).where(groupuser.c.userid == uid)
+            groups = list((await conn.execute(q)).scalars())
             for label, stmt in (
                 ("friendships", delete(friend).where(or_(friend.c.userid == uid,
                                                          friend.c.friendid == uid))),
@@ -234,6 +236,9 @@ class Admin:
                     gone[label] = int(held or 0) + await forget_in_packed_groups(conn, uid)
                     continue
                 gone[label] = (await conn.execute(stmt)).rowcount
+        if self.redis is not None:  # nodes drop the groups' cached members (login replies)
+            for gid in groups:
+                await self.redis.publish(f"{self.prefix}events", f"g{gid}")
         self._audit("delete", uid=uid, name=name, **gone)
         return gone
 

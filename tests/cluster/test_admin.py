@@ -5,6 +5,7 @@ password, delete a user with everything that is theirs; audit lines logged."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 
 from sqlalchemy import func, select
@@ -129,6 +130,12 @@ async def test_admin_commands_on_a_live_two_node_cluster(
             await asyncio.sleep(0.02)
     assert before == {"user": 1, "friend": 2, "groupuser": 1, "offline": 1, "history": 1}
 
+    async def members_bob_sees() -> set[int]:
+        await again.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+        (doc,) = (await again.login(bob.id, "n3w-pass"))["groups"]
+        return {json.loads(u)["id"] for u in json.loads(doc)["users"]}
+
+    assert await members_bob_sees() == {carol.id, bob.id}  # node1 holds the group's roster
     code, out, err = await _admin(cluster, mariadb_url, "delete", str(carol.id))
     assert code == 0 and "action=delete" in err, err
     assert "1 offline_messages" in out and "2 friendships" in out
@@ -138,6 +145,11 @@ async def test_admin_commands_on_a_live_two_node_cluster(
     }  # fmt: skip
     late = await ChatConnection.open("127.0.0.1", cluster.port)
     assert (await late.login(carol.id, PASSWORD))["errno"] == LoginErr.BAD_CREDENTIALS
+    # The delete announced her group: node1's next login replies leave her out
+    # (a roster would otherwise be used for up to a minute).
+    async with asyncio.timeout(10):
+        while carol.id in await members_bob_sees():
+            pass
     await late.close()
     code, _, err = await _admin(cluster, mariadb_url, "ban", str(carol.id))
     assert code == 1 and "no user" in err and "refused=" in err

@@ -158,3 +158,30 @@ async def test_original_client_on_the_other_node_is_told_nothing_new(cluster: Cl
     (group,) = [json.loads(g) for g in again["groups"]]
     roles = {json.loads(m)["id"]: json.loads(m)["role"] for m in group["users"]}
     assert roles == {ann.id: "creator", uid: "admin"}
+
+
+async def test_login_replies_on_the_other_node_follow_group_changes(cluster: Cluster) -> None:
+    """A login reply's members come from a roster cached per node
+    (service/rosters.py): a role change or a removal made on node0 shows in
+    the next login on node1, whose roster was made before."""
+    ann = await cluster.user_on("node0")
+    bob, carol = [await cluster.user_on("node1") for _ in range(2)]
+    ack = await ann.conn.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": unique("g")}, MsgId.CREATE_GROUP_ACK
+    )
+    gid = ack["groupid"]
+    for m in (bob, carol):
+        await m.conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+
+    async def roles_bob_sees() -> dict[int, str]:
+        await bob.conn.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+        (doc,) = (await bob.conn.login(bob.id, PASSWORD))["groups"]
+        return {u["id"]: u["role"] for u in map(json.loads, json.loads(doc)["users"])}
+
+    assert await roles_bob_sees() == {ann.id: "creator", bob.id: "normal", carol.id: "normal"}
+    await done(ann, {"msgid": MsgId.SET_ROLE, "groupid": gid, "userid": carol.id, "role": "admin"})
+    await event(bob, event="role", id=carol.id, role="admin")
+    assert (await roles_bob_sees())[carol.id] == "admin"
+    await done(ann, {"msgid": MsgId.REMOVE_MEMBER, "groupid": gid, "userid": carol.id})
+    await event(bob, event="removed", id=carol.id)
+    assert await roles_bob_sees() == {ann.id: "creator", bob.id: "normal"}

@@ -14,7 +14,7 @@ import asyncio
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container
 from typing import Any
 
 import pytest
@@ -125,8 +125,10 @@ class ResetAtLogin(SqlStore):
         super().__init__(url, pool_size=4)
         self.reset: socket.socket | None = None
 
-    async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
-        view = await super().open_session(uid, ticket_digest)
+    async def open_session(
+        self, uid: int, ticket_digest: str | None, known: Container[int] = frozenset()
+    ) -> LoginView:
+        view = await super().open_session(uid, ticket_digest, known)
         sock, self.reset = self.reset, None
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +166,10 @@ async def test_message_stored_while_the_login_reads_is_delivered_after_it(
     await request(service, bob, {"msgid": 3})
     read = service.store.open_session
 
-    async def read_then_store(uid: int, digest: str | None) -> LoginView:
-        view = await read(uid, digest)
+    async def read_then_store(
+        uid: int, digest: str | None, known: Container[int] = frozenset()
+    ) -> LoginView:
+        view = await read(uid, digest, known)
         payload = codec.encode({"msgid": 6, "id": 99, "name": "far", "toid": uid, "msg": "x"})
         await service.store_offline([uid], payload)
         return view

@@ -370,10 +370,37 @@ async def test_deleting_an_account_takes_its_messages_out_of_packed_group_rows(
     await store.add_history([(0, gid, c, "g-6", t, looks_like_b), (0, gid, c, "g-7", t, "m7")])
     await store.add_history([(0, gid, b, "g-8", t, "m8")])
     await store.add_history([(a, b, b, f"p-{i}", t, "private") for i in range(3)])
+    ids = {m.body: m.id for m in await store.history(0, gid, 0, 50, 0)}
     async with Admin(db_url, None) as admin:
         gone = await admin.delete_user(b)
     assert gone["history_messages"] == 2 + 2 + 1 + 3
     left = await store.history(0, gid, 0, 50, 0)
     assert [m.body for m in left] == ["m7", looks_like_b, "m2", "m0"]
-    assert [m.id for m in left] == sorted({m.id for m in left}, reverse=True)
+    # What is left keeps its id: a client's cursor into a row still means
+    # the same message, so paging from it skips and repeats nothing.
+    assert {m.body: m.id for m in left} == {k: ids[k] for k in ("m7", looks_like_b, "m2", "m0")}
+    assert [m.body for m in await store.history(0, gid, ids["m3"], 1, 0)] == ["m2"]
+    assert [m.body for m in await store.history(0, gid, ids["m2"], 50, 0)] == ["m0"]
+    assert [m.body for m in await store.history(0, gid, ids["m1"], 50, 0)] == ["m0"]
+    assert [m.sender for m in left] == [c, c, a, a]
     assert await store.history(a, b, 0, 50, 0) == []
+
+
+async def test_a_packed_row_whose_newest_message_is_taken_out_is_paged_by_the_one_before(
+    store: SqlStore, db_url: str
+) -> None:
+    """The row's own columns (``ts`` for ``since`` and purges) become those
+    of its newest message left."""
+    a, b = [await store.create_user(unique(), "x") for _ in range(2)]
+    gid = await store.create_group(a, unique("g"), "")
+    t = now_ms()
+    await store.add_history([(0, gid, a, "g-0", t, "m0"), (0, gid, b, "g-1", t + 50, "m1")])
+    async with Admin(db_url, None) as admin:
+        await admin.delete_user(b)
+    async with store.engine.connect() as conn:
+        cols = select(history.c.sender, history.c.ts, history.c.n)
+        ours = (history.c.conva == 0) & (history.c.convb == gid)
+        (row,) = (await conn.execute(cols.where(ours))).all()
+    assert tuple(row) == (a, t, 2)
+    assert [m.body for m in await store.history(0, gid, 0, 50, t)] == ["m0"]
+    assert await store.history(0, gid, 0, 50, t + 1) == []

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -394,3 +395,53 @@ async def test_a_message_in_countless_empty_fragments_holds_no_more_than_its_byt
     web.ws.transport.write(Frame(Opcode.CONT, ping[5:]).serialize(mask=True))
     assert (await web.recv())["msgid"] == MsgId.PONG  # still one message, served
     await web.close()
+
+
+async def test_a_shedding_node_serves_its_files_and_refuses_sessions(
+    settings: Settings, nodes: list[Node]
+) -> None:
+    """While its loop is late the node takes no new session (503 for a
+    WebSocket, ERROR on TCP) but still serves the page and its files: a page
+    refused its script could not retry by itself (tests/browser/test_web_shedding.py)."""
+    node = await _node(settings, shed_lag=0.1)
+    nodes.append(node)
+
+    async def get(path: str, *headers: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.http.port)
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *headers, "", ""]
+        writer.write("\r\n".join(lines).encode())
+        async with asyncio.timeout(10):
+            raw = await reader.readuntil(b"\r\n\r\n")
+            if not raw.startswith(b"HTTP/1.1 101"):
+                raw += await reader.read()  # the node closes after it
+        writer.close()
+        return raw
+
+    upgrade = (
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    )
+    assert (await get("/ws", *upgrade)).startswith(b"HTTP/1.1 101")  # keeping up: taken
+    loop = asyncio.get_running_loop()
+    lagging = asyncio.Event()
+
+    def block() -> None:  # the loop runs 0.3 s late
+        time.sleep(0.3)
+        lagging.set()
+
+    loop.call_soon(block)
+    await lagging.wait()
+    async with asyncio.timeout(5):
+        while not node.lag.overloaded:  # noqa: ASYNC110 (its next lag sample finds it late)
+            await asyncio.sleep(0.01)
+    shed = node.lag.shed
+    for path in ("/", "/app.js", "/chat.js", "/style.css"):
+        assert (await get(path)).startswith(b"HTTP/1.1 200"), path
+    refused = await get("/ws", *upgrade)
+    assert refused.startswith(b"HTTP/1.1 503") and b'"errno":160' in refused
+    tcp = await ChatConnection.open("127.0.0.1", node.port)
+    assert (await tcp.recv())["errno"] == ErrCode.SERVER_FULL
+    await tcp.close()
+    assert node.lag.shed == shed + 2

@@ -67,7 +67,7 @@ class Inbox(Protocol):
         ...
 
     def group_changed(self, gid: int) -> None:
-        """Another node changed a group's members: drop what is cached."""
+        """Another node changed a group's members or roles: drop what is cached."""
         ...
 
 

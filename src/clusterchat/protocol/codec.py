@@ -245,5 +245,28 @@ def group_doc(gid: int, name: str, desc: str, members: Iterable[str]) -> str:
     return dumps({"id": gid, "groupname": name, "groupdesc": desc, "users": list(members)})
 
 
+#: How an entry of a group document's ``users`` ends (its state, the member
+#: document's last key, then the JSON string's quote), online or not.
+MEMBER_ONLINE = '\\"online\\"}"'
+MEMBER_OFFLINE = '\\"offline\\"}"'
+
+
+def member_entry(uid: int, name: str, role: str) -> str:
+    """A member's entry in a group document's ``users`` (JSON text of a
+    string holding the member's document) but for its ending,
+    :data:`MEMBER_ONLINE` or :data:`MEMBER_OFFLINE`: made once per member,
+    not once per login that shows the group."""
+    whole = _encoder.encode(member_doc(uid, name, False, role)).decode()
+    assert whole.endswith(MEMBER_OFFLINE)
+    return whole[: -len(MEMBER_OFFLINE)]
+
+
+def group_doc_of_entries(gid: int, name: str, desc: str, users: str) -> str:
+    """:func:`group_doc`, given its ``users`` already as JSON: the entries
+    (:func:`member_entry` and their endings) joined by commas."""
+    head = f'{{"groupdesc":{_encoder.encode(desc).decode()},"groupname":'
+    return f'{head}{_encoder.encode(name).decode()},"id":{gid},"users":[{users}]}}'
+
+
 def ack(msgid: MsgId, **fields: Any) -> bytes:
     return encode({"msgid": msgid, "errno": 0, **fields})

@@ -30,6 +30,8 @@ _WRITE_HIGH = 64 * 1024
 
 class Connection(asyncio.Protocol):
     __slots__ = ("_id", "_linger", "address", "core", "node", "transport")
+    #: Refused at once while the node sheds load (see server/load.py).
+    sheds_at_accept = True
 
     def __init__(self, node: Host[Connection]) -> None:
         self.node = node
@@ -60,7 +62,7 @@ class Connection(asyncio.Protocol):
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = t.get_extra_info("peername")
         self.address = self.node.intern_address(peer[0] if peer else "")
-        refusal = self.node.admit(self.address)
+        refusal = self.node.admit(self.address, self.sheds_at_accept)
         if refusal is not None:
             t.set_protocol(Refused(t, self.refusal(refusal)))
             self.transport = None

@@ -5,7 +5,9 @@ admitted and counted like a TCP one. Its first request is routed here:
 ``/ws`` becomes a WebSocket (if its ``Origin`` is allowed), a path in
 :attr:`HttpServer.routes` is answered by its coroutine, anything else is a
 static file of the web client or 404. Plain HTTP responses close the
-connection: the client is a handful of files, loaded once.
+connection: the client is a handful of files, loaded once. While the node
+sheds load (server/load.py) only those files are served: everything else
+is answered 503, as a TCP connection is refused at once.
 """
 
 from __future__ import annotations
@@ -115,6 +117,10 @@ class HttpServer:
         except ValueError:  # "//[x": an unclosed IPv6 bracket
             conn.refused("HTTP request refused: unreadable path")
             ws.send_response(response(400, "text/plain; charset=utf-8", b"unreadable path\n"))
+            return
+        if path not in self._static and (refusal := self.node.shed()) is not None:
+            # Shedding load: a session (or an ops route) waits; files are cheap.
+            ws.send_response(response(503, "application/json", refusal, Retry_After="2"))
             return
         if path == "/ws":
             origins = request.headers.get_all("Origin")

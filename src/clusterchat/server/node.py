@@ -116,17 +116,26 @@ class Node:
         """One string per client address, however many connections it has."""
         return self._addresses.setdefault(address, address)
 
-    def admit(self, address: str) -> bytes | None:
-        """None to accept a new connection, else the refusal to send it."""
+    def admit(self, address: str, sheds: bool = True) -> bytes | None:
+        """None to accept a new connection, else the refusal to send it.
+        ``sheds`` False: taken even while shedding load (the HTTP port, whose
+        static files are served then; it asks :meth:`shed` per request)."""
         if len(self.connections) >= self.max_connections and not self._make_room():
             return _SERVER_FULL
-        if self.lag.overloaded:
-            self.lag.shed += 1
-            return _OVERLOADED
+        if sheds and (refusal := self.shed()) is not None:
+            return refusal
         limit = self.settings.max_connections_per_address
         if limit and address not in self._trusted and self._per_address.get(address, 0) >= limit:
             return _ADDRESS_FULL
         self._per_address[address] = self._per_address.get(address, 0) + 1
+        return None
+
+    def shed(self) -> bytes | None:
+        """The refusal for work that is not cheap while the event loop is
+        late (a new session), counted; None if the node keeps up."""
+        if self.lag.overloaded:
+            self.lag.shed += 1
+            return _OVERLOADED
         return None
 
     @property

@@ -72,6 +72,12 @@ class WsConnection(Connection):
         #: The library's parser is between frames (see :func:`between_frames`).
         self.between = False
 
+    #: While the node sheds load, its static files are still served: they
+    #: cost about what a refusal does (a request read, one write from
+    #: memory), and a page refused its script cannot retry by itself.
+    #: A WebSocket (a session) is refused at its request (http.py).
+    sheds_at_accept = False
+
     def refusal(self, why: bytes) -> bytes:
         """Over a limit: the JSON error, as an HTTP 503 the browser can show."""
         return response(503, "application/json", why).serialize()

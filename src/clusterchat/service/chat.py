@@ -22,7 +22,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,7 @@ from clusterchat.service.login_race import LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.refusals import RefusalLog, Sampled
 from clusterchat.service.restore import Restorer
+from clusterchat.service.rosters import Roster, Rosters
 from clusterchat.service.session import Session, Work
 from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
@@ -208,6 +209,8 @@ class ChatService:
             lim.max_friends,
         )
         self._members: dict[int, frozenset[int]] = {}
+        #: Group members as login replies show them (service/rosters.py).
+        self._rosters = Rosters()
         self._mids = itertools.count(1)
         #: The CHAT_ACK of a chat delivered here, but for the mid's number and ts.
         self._delivered_ack = codec.delivered_ack_template(self.node_id)
@@ -588,13 +591,14 @@ class ChatService:
         receipts = req.receipts and ours
         ticket: str | None
         digest: str | None
+        rosters: dict[int, Roster]
         try:
             await self.friends.load_blocks(s)
             if resumed.found is not None:
                 # A ticket login (a reconnect): offline messages only; the
                 # client has its lists. Look again if something may have been
                 # stored between the read and the registration.
-                view, more = LoginView([], [], []), []
+                view, more, rosters = LoginView([], [], []), [], {}
                 race.reply_read(complete=not (resumed.found.has_offline or self.bus.shared))
                 # The ticket used is replaced: a stolen copy dies with this use.
                 ticket, digest = tickets.issue()
@@ -604,7 +608,12 @@ class ChatService:
                 self.store.note_state(uid, online=True)
             else:
                 ticket, digest = tickets.issue() if ours else (None, None)
-                view = await self.store.open_session(uid, digest)
+                known = self._rosters.fresh()
+                since = self._rosters.reading()
+                view = await self.store.open_session(uid, digest, known)
+                rosters = known.held
+                read = [g for g in view.groups if g.id not in rosters]
+                rosters.update(self._rosters.keep(read, since))
                 # The reply carries what fits; the rest follows it, page by page
                 # (with receipts, a page at most: it all waits for acknowledgement).
                 fits = _fitting(view.offline, LOGIN_OFFLINE_BYTES)
@@ -613,7 +622,8 @@ class ChatService:
                 race.reply_read(
                     complete=len(fits) == len(view.offline) and len(fits) < self.store.offline_page
                 )
-                friends, groups = view.friends[:LOGIN_FRIENDS], _groups_fitting(view.groups)
+                friends = view.friends[:LOGIN_FRIENDS]
+                groups = _groups_fitting(view.groups, rosters)
                 more = [k for k, n, m in (("friends", friends, view.friends),
                         ("groups", groups, view.groups)) if len(n) < len(m)]  # fmt: skip
                 if view.more_groups and "groups" not in more:
@@ -622,7 +632,9 @@ class ChatService:
             if receipts:  # before anything is delivered to this session
                 carried = [codec.encode_text(m) for _, m in view.offline]
                 s.receipts = s.peer.start_receipts(carried)
-            reply = await self._login_reply(s, view, ticket, ticket_login, more, s.receipts)
+            reply = await self._login_reply(
+                s, view, rosters, ticket, ticket_login, more, s.receipts
+            )
             # As ChatService.reply shows it; written below, after the race's turn.
             shown = dialect.for_original(reply) if s.legacy else reply
             assert shown is not None  # every dialect has its login reply
@@ -796,27 +808,22 @@ class ChatService:
         self,
         s: Session,
         view: LoginView,
+        rosters: Mapping[int, Roster],
         ticket: str | None,
         resumed: bool,
         more: list[str] | None = None,
         receipts: bool = False,
     ) -> LoginOk:
+        """``rosters``: the members of each of ``view.groups``, encoded."""
         ids = {f for f, _ in view.friends}
-        ids.update(m.id for g in view.groups for m in g.members)
+        for g in view.groups:
+            ids.update(rosters[g.id].members)
         online = await self.presence.online(ids) if ids else set()
         online -= s.blocked_by  # those who block you look offline
         friends = [codec.friend_doc(f, n, f in online) for f, n in view.friends]
-        groups = [
-            codec.group_doc(
-                g.id,
-                g.name,
-                g.desc,
-                (codec.member_doc(m.id, m.name, m.id in online, m.role) for m in g.members),
-            )
-            for g in view.groups
-        ]
+        groups = [rosters[g.id].doc(g.id, g.name, g.desc, online) for g in view.groups]
         for g in view.groups:
-            self._cache_members(g.id, frozenset(m.id for m in g.members))
+            self._cache_members(g.id, rosters[g.id].members)
         offline = [m for _, m in view.offline]
         return LoginOk(
             s.uid, s.name, friends, groups, offline, ticket, resumed, more, self.max_frame, receipts
@@ -988,7 +995,7 @@ class ChatService:
             s.uid, req.groupid, self.limits.max_group_size, self.quota
         )
         await self.store.joined(s.uid, req.groupid)
-        self._members.pop(req.groupid, None)
+        self.group_changed(req.groupid)
         await self.bus.announce_group(req.groupid)
         self.reply(s, Ack(MsgId.ADD_GROUP_ACK, {"groupid": req.groupid, "groupname": name}))
 
@@ -1290,6 +1297,7 @@ class ChatService:
         return list(self.sessions)
 
     async def reconnected(self) -> None:
+        self._rosters.clear()  # group changes announced meanwhile were missed
         try:
             waiting = await self.store.offline_users(list(self.sessions))
         except errors.Unavailable as exc:
@@ -1300,6 +1308,7 @@ class ChatService:
 
     def group_changed(self, gid: int) -> None:
         self._members.pop(gid, None)
+        self._rosters.changed(gid)
 
     def kicked(self, uid: int) -> None:
         """An operator ended the user's session (`clusterchat admin kick`, `ban`,
@@ -1372,11 +1381,18 @@ class _TicketRaced(Exception):
     """The ticket was replaced between its check and its use (used twice at once)."""
 
 
-def _groups_fitting(groups: list[Group]) -> list[Group]:
-    """The leading groups whose documents fit in LOGIN_GROUPS_BYTES (roughly)."""
+def _groups_fitting(
+    groups: list[Group], rosters: Mapping[int, Roster] | None = None
+) -> list[Group]:
+    """The leading groups whose documents fit in LOGIN_GROUPS_BYTES (roughly);
+    their members' share from ``rosters`` if given, else from ``members``."""
     total = 0
     for i, g in enumerate(groups):
-        total += 80 + len(g.name) + len(g.desc) + sum(70 + len(m.name) for m in g.members)
+        total += 80 + len(g.name) + len(g.desc)
+        if rosters is not None:
+            total += rosters[g.id].size
+        else:
+            total += sum(70 + len(m.name) for m in g.members)
         if total > LOGIN_GROUPS_BYTES and i:
             return groups[:i]
     return groups

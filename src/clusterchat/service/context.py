@@ -36,5 +36,5 @@ class Service(Protocol):
         ...
 
     def group_changed(self, gid: int) -> None:
-        """Forget the cached members of group ``gid`` on this node."""
+        """Forget the cached members (and roster) of group ``gid`` on this node."""
         ...

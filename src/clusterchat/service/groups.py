@@ -114,7 +114,7 @@ class Groups:
     ) -> None:
         uid = s.uid
         group, change = await self.svc.store.change_group(gid, decide)
-        if change.remove or change.delete:
+        if change.remove or change.delete or change.roles:  # what login replies show
             self.svc.group_changed(gid)
             await self.svc.bus.announce_group(gid)
         done(self.svc, s, msgid, groupid=gid)

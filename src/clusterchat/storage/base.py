@@ -8,7 +8,7 @@ request conflicts with what is stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -149,9 +149,13 @@ class Store(Protocol):
     #: Seconds a ticket stored by open_session or rotate_ticket works.
     ticket_lifetime: float
 
-    async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
+    async def open_session(
+        self, uid: int, ticket_digest: str | None, known: Container[int] = frozenset()
+    ) -> LoginView:
         """Mark online and read what the login reply carries. A new ticket
-        digest replaces the stored one; None keeps it."""
+        digest replaces the stored one; None keeps it. Groups whose id is in
+        ``known`` come without members (``members`` empty): the caller
+        holds them, and a big group's members are most of a login's reading."""
         ...
 
     async def rotate_ticket(self, uid: int, old: str, new: str) -> bool:

@@ -118,6 +118,10 @@ _unpack = msgspec.json.Decoder(list[tuple[int, str, int, str]]).decode
 _conv = operator.itemgetter(0, 1)
 _text = operator.itemgetter(5)
 _said = operator.itemgetter(2, 3, 4, 5)  # what a packed row keeps of each message
+#: What a packed row holds in place of a message taken out of it (its
+#: sender's account deleted): no user has id 0. The row's other messages
+#: keep their index, so their ids; pages skip it.
+TOMBSTONE = (0, "", 0, "")
 #: A row as written: a HistoryRow and ``n``.
 Packed = tuple[int, int, int, str, int, str, int]
 
@@ -204,7 +208,10 @@ async def forget_in_packed_groups(conn: AsyncConnection, uid: int) -> int:
     rows and 1:1 conversations are deleted by the caller with one statement.
     ``body LIKE '%[uid,"%'`` finds every packed row holding one of theirs (a
     message's text may match it too: those rows are unpacked and left as
-    they were). A row keeps its id; its other messages move down an index."""
+    they were). A row keeps its id and its other messages their index, so
+    their ids: each of the user's entries becomes a :data:`TOMBSTONE`, which
+    pages skip (a client paging back from a cursor in the row neither skips
+    nor repeats a message). A row of tombstones only is deleted."""
     gone = 0
     mark = f'[{uid},"'
     found = await conn.execute(
@@ -214,14 +221,14 @@ async def forget_in_packed_groups(conn: AsyncConnection, uid: int) -> int:
     )
     for rid, body in found.all():
         msgs = _unpack(body)
-        keep = [m for m in msgs if m[0] != uid]
-        gone += len(msgs) - len(keep)
-        if not keep:
+        kept = [m if m[0] != uid else TOMBSTONE for m in msgs]
+        gone += sum(m[0] == uid for m in msgs)
+        live = [m for m in kept if m[0] != TOMBSTONE[0]]
+        if not live:
             await conn.execute(delete(history).where(history.c.id == rid))
-        elif len(keep) < len(msgs):
-            sender, mid, ts, text = keep[-1]
-            packed = text if len(keep) == 1 else _pack(keep).decode()
-            values = {"sender": sender, "mid": mid, "ts": ts, "body": packed, "n": len(keep)}
+        elif kept != msgs:
+            sender, mid, ts, _ = live[-1]  # the row's columns are its newest message's
+            values = {"sender": sender, "mid": mid, "ts": ts, "body": _pack(kept).decode()}
             await conn.execute(update(history).where(history.c.id == rid).values(values))
     return gone
 
@@ -401,7 +408,7 @@ class HistoryQueries:
                     msgs = _messages(r.n, r.sender, r.mid, r.ts, r.body)
                     for i in range(len(msgs) - 1, -1, -1):
                         sender, mid, ts, body = msgs[i]
-                        if (not before or base | i < before) and ts >= since:
+                        if (not before or base | i < before) and ts >= since and sender:
                             out.append((base | i, sender, mid, ts, body))
                             chars += len(body) + 100
                 if ended:

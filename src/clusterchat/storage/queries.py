@@ -7,7 +7,19 @@ so the hot ones are made here once and executed with a parameter dict.
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, Text, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 
 from clusterchat.storage.tables import allgroup, friend, groupuser, offlinemessage, user
 
@@ -92,25 +104,28 @@ FRIENDS = (
     .order_by(user.c.id)
 )
 
+#: The groups a user is in past a group id, by id: one row each (names and
+#: descriptions are not repeated per member, as a join with the members would).
 GROUPS = (
-    select(
-        allgroup.c.id,
-        allgroup.c.groupname,
-        allgroup.c.groupdesc,
-        user.c.id.label("uid"),
-        user.c.name,
-        groupuser.c.grouprole,
-    )
+    select(allgroup.c.id, allgroup.c.groupname, allgroup.c.groupdesc)
     .join(groupuser, groupuser.c.groupid == allgroup.c.id)
-    .join(user, user.c.id == groupuser.c.userid)
-    .where(allgroup.c.id.in_(bindparam("gids", expanding=True, type_=Integer)))
-    .order_by(allgroup.c.id, user.c.id)
-)
-#: The groups a user is in, past a group id.
-MY_GROUPS = (
-    select(groupuser.c.groupid)
     .where((groupuser.c.userid == _uid) & (groupuser.c.groupid > bindparam("after")))
-    .order_by(groupuser.c.groupid)
+    .order_by(allgroup.c.id)
+)
+
+#: The members of some groups, by group then user id. Only the columns a
+#: login reply shows; the role is read as text (no Enum processing per row:
+#: a 1,000-member group is 1,000 rows).
+MEMBERS = (
+    select(
+        groupuser.c.groupid,
+        user.c.id,
+        user.c.name,
+        type_coerce(groupuser.c.grouprole, String),
+    )
+    .join(user, user.c.id == groupuser.c.userid)
+    .where(groupuser.c.groupid.in_(bindparam("gids", expanding=True, type_=Integer)))
+    .order_by(groupuser.c.groupid, user.c.id)
 )
 
 GROUP_MEMBERS = select(groupuser.c.userid).where(groupuser.c.groupid == bindparam("gid"))

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -147,28 +147,35 @@ async def _friends(conn: AsyncConnection, uid: int) -> list[tuple[int, str]]:
     return [(r.id, r.name) for r in rows]
 
 
-async def _groups(conn: AsyncConnection, uid: int, after: int = 0) -> tuple[list[Group], bool]:
-    """See Store.groups. The first group is read alone; then as many at a
-    time (16 at most) as the members still wanted would fill at the size of
-    those read so far. Reading every group whole took a member of 500 groups
-    of 1,000 five seconds of the node's event loop for each login and each
+async def _groups(
+    conn: AsyncConnection, uid: int, after: int = 0, known: Container[int] = frozenset()
+) -> tuple[list[Group], bool]:
+    """See Store.groups: the user's groups past ``after`` (one small row
+    each), then the members of those not in ``known`` (the caller holds them:
+    they come with none) as plain tuples, the first group alone, then as many
+    at a time (16 at most) as the members still wanted would fill at the size
+    of those read so far; the page ends before the first group whose members
+    it did not read. Reading every group whole took a member of 500 groups of
+    1,000 five seconds of the node's event loop for each login and each
     LIST_GROUPS, even one past the last group."""
-    gids = (await conn.execute(q.MY_GROUPS, {"uid": uid, "after": after})).scalars().all()
-    out: list[Group] = []
+    heads = (await conn.execute(q.GROUPS, {"uid": uid, "after": after})).all()
+    wanted = [gid for gid, _, _ in heads if gid not in known]
+    members: dict[int, list[Member]] = {}
     loaded, start, chunk = 0, 0, 1
-    while start < len(gids):
+    while start < len(wanted):
         if loaded >= GROUP_PAGE_MEMBERS:
-            return out, True
-        groups: dict[int, tuple[str, str, list[Member]]] = {}
-        for r in await conn.execute(q.GROUPS, {"gids": list(gids[start : start + chunk])}):
-            g = groups.setdefault(r.id, (r.groupname, r.groupdesc, []))
-            g[2].append(Member(r.uid, r.name, r.grouprole))
+            first_unread = wanted[start]
+            page = [h for h in heads if h[0] < first_unread]
+            return [Group(gid, n, d, tuple(members.get(gid, ()))) for gid, n, d in page], True
+        part = wanted[start : start + chunk]
+        members.update((gid, []) for gid in part)
+        for gid, mid, name, role in await conn.execute(q.MEMBERS, {"gids": part}):
+            members[gid].append(Member(mid, name, role))
             loaded += 1
-        out += [Group(gid, n, d, tuple(m)) for gid, (n, d, m) in groups.items()]
         start += chunk
-        each = max(1, loaded // len(out)) if out else 1
+        each = max(1, loaded // len(members))
         chunk = max(1, min(16, -(-(GROUP_PAGE_MEMBERS - loaded) // each)))
-    return out, False
+    return [Group(gid, n, d, tuple(members.get(gid, ()))) for gid, n, d in heads], False
 
 
 async def _over_mailbox(
@@ -462,12 +469,14 @@ class SqlStore(SocialQueries, HistoryQueries):
             res = await conn.execute(q.ROTATE_TICKET, args)
         return bool(res.rowcount)
 
-    async def open_session(self, uid: int, ticket_digest: str | None) -> LoginView:
+    async def open_session(
+        self, uid: int, ticket_digest: str | None, known: Container[int] = frozenset()
+    ) -> LoginView:
         """Everything a login reply needs, and the user marked online, in one
         transaction. A new ticket digest replaces the old one; None keeps it."""
         async with self._tx() as conn:
             friends = await _friends(conn, uid)
-            groups, more_groups = await _groups(conn, uid)
+            groups, more_groups = await _groups(conn, uid, known=known)
             page = {"uid": uid, "page": self.offline_page}
             offline = (await conn.execute(q.OFFLINE, page)).all()
             if ticket_digest is None:

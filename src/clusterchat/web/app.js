@@ -621,7 +621,7 @@ setInterval(refresh, REFRESH_MS);
 
 // -- connection state --------------------------------------------------------------------
 
-function onState(s, why) {
+function onState(s, why, retryMs) {
   document.body.classList.toggle("offline", s !== "online");
   if (s === "online") {
     banner("");
@@ -629,7 +629,12 @@ function onState(s, why) {
     state.wasOffline = false;
   } else if (s === "offline") {
     state.wasOffline = true;
-    banner(`Disconnected (${why}). Reconnecting…`, "warn");
+    const secs = Math.max(1, Math.round(retryMs / 1000));
+    // A browser is not told why a WebSocket was refused: a busy node that
+    // sheds load (HTTP 503) and one that is down look the same to it.
+    banner(state.everOnline
+      ? `Disconnected (${why}). Reconnecting in ${secs} s…`
+      : `Server busy or unreachable. Retrying in ${secs} s…`, "warn");
   } else if (state.everOnline) {
     banner("Reconnecting…", "warn");
   }
@@ -702,7 +707,11 @@ async function submitAuth(event) {
   err.textContent = "";
   $("auth-submit").disabled = true;
   try {
-    await sock.whenReady();
+    if (!sock.ready) {
+      err.textContent = "Waiting for the server…";
+      await sock.whenReady();
+      err.textContent = "";
+    }
     let uid;
     if (registering) {
       const name = $("reg-name").value.trim();

@@ -25,6 +25,10 @@ const RELOGIN_PATIENCE_MS = 30000; // "already online": the old node may still h
 const SEEN_MAX = 4096;
 const ACK_EVERY = 64;
 const ACK_INTERVAL_MS = 1000;
+// Reconnecting waits 250 ms, then twice as long each time, up to this; each
+// wait is 50-100% of that at random, so pages a busy node refused together
+// (it sheds load: server/load.py) do not all come back in the same instant.
+const RETRY_MAX_MS = 8000;
 
 export class Disconnected extends Error {}
 
@@ -32,7 +36,7 @@ export class ChatSocket {
   constructor(url, { onPush, onState, onRelogin }) {
     this.url = url;
     this.onPush = onPush;       // (msg) => void, once per mid
-    this.onState = onState;     // ("connecting"|"online"|"offline", detail) => void
+    this.onState = onState;     // ("connecting"|"online"|"offline", why, retry in ms) => void
     this.onRelogin = onRelogin; // (ack | null) => void after a reconnect's login
     this.ws = null;
     this.pending = [];
@@ -101,10 +105,11 @@ export class ChatSocket {
       this._failPending();
       if (this.closedByUs) return;
       const why = event.reason || (event.code === 1006 ? "connection lost" : `closed (${event.code})`);
-      this.onState("offline", why);
+      const wait = Math.round(this.delay * (0.5 + Math.random() / 2));
+      this.onState("offline", why, wait);
       clearTimeout(this.timer);
-      this.timer = setTimeout(() => this._open(), this.delay);
-      this.delay = Math.min(this.delay * 2, 5000);
+      this.timer = setTimeout(() => this._open(), wait);
+      this.delay = Math.min(this.delay * 2, RETRY_MAX_MS);
     };
   }
 
