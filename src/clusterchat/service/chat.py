@@ -1115,9 +1115,9 @@ class ChatService:
         """History of a 1:1 message accepted (delivered, relayed or stored)."""
         assert self.history is not None
         if uid < toid:
-            self.history.add((uid, toid, uid, mid, ts, msg))
+            self.history.add(uid, toid, uid, mid, ts, msg)
         else:
-            self.history.add((toid, uid, uid, mid, ts, msg))
+            self.history.add(toid, uid, uid, mid, ts, msg)
 
     async def _one_chat_away(
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int, msg: str
@@ -1200,7 +1200,7 @@ class ChatService:
         self.counts.relayed_local += len(members) - 1 - len(away)
         if not away:
             if self.history is not None:
-                self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
+                self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
             self.reply(s, ChatAck(mid, ts, ChatStatus.SENT))
             return None
         reached = len(members) - 1 - len(away)  # written to members here
@@ -1237,12 +1237,12 @@ class ChatService:
                 # Some members have it: say exactly who does not (a refusal would lie).
                 log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
                 if self.history is not None:
-                    self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
+                    self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
                 self.reply(s, ChatAck(mid, ts, ChatStatus.PARTIAL, missed=left))
                 return
             await self._after_store([u for u in left if u not in full])
         if self.history is not None:
-            self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
+            self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
         # Members whose mailbox is full do not get it: say who.
         self.reply(s, ChatAck(mid, ts, ChatStatus.SENT, full=full or None))
 
