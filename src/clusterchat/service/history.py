@@ -6,7 +6,7 @@ conversation's. One writer task per
 node takes everything queued into one multi-row INSERT per round (a round
 lingers a couple of milliseconds, and starts at most every ``PACE`` while
 the queue is short, so a busy node writes hundreds of messages a statement
-and at most 100 statements a second), each conversation's messages of the
+and at most 40 statements a second), each conversation's messages of the
 round packed into one row by the store (``storage/history.py``), retrying
 with backoff like the re-store writer (``service/restore.py``) until the
 store takes them, and writes what is left at shutdown within a deadline.
@@ -58,11 +58,12 @@ BATCH_BYTES = 4 * 1024 * 1024
 #: Seconds a round waits for more rows after the first (one INSERT per few ms).
 LINGER = 0.002
 #: Seconds from one round's start to the next's while the queue is short of a
-#: batch (and not full): at most 100 rounds a second. Each round costs both
+#: batch (and not full): at most 40 rounds a second. Each round costs both
 #: ends a statement, a commit with its log flush and a few wake-ups; at a
 #: node's ceiling rounds back to back (one every few ms) spent that on 200
-#: rounds a second (BENCHMARKS.md, "History on vs off").
-PACE = 0.01
+#: rounds a second, and 100 a second (0.01) still cost mariadbd 1.7-2.3 µs
+#: of CPU a message where 40 cost 1.0-1.3 (BENCHMARKS.md, "History on vs off").
+PACE = 0.025
 #: Purge: rows per DELETE, pause between chunks, and the longest sleep between rounds.
 PURGE_CHUNK = 1000
 PURGE_PAUSE = 0.02
@@ -133,10 +134,12 @@ class HistoryWriter:
         except errors.Unavailable as exc:
             log.warning("history store not reachable yet (%s); the first write will retry", exc)
 
-    def add(self, conva: int, convb: int, sender: int, mid: str, ts: int, body: str) -> None:
-        """Queue one message of conversation (conva, convb) (the hot path: an
-        append to its conversation's list and two comparisons)."""
-        self._convs[conva, convb].append((sender, mid, ts, body))
+    def add(self, a: int, b: int, sender: int, mid: str, ts: int, body: str) -> None:
+        """Queue one message of the conversation of ``a`` and ``b``, in either
+        order: of two users (kept as the lower id, the higher) or of a group
+        (0 and its id). The hot path: an append to the conversation's list
+        and two comparisons; the chat service calls it directly."""
+        self._convs[(a, b) if a < b else (b, a)].append((sender, mid, ts, body))
         self._rows += 1
         self._bytes += len(body) + ROW_COST
         if not self.full and (self._rows >= self._cap_rows or self._bytes >= self._cap_bytes):
