@@ -23,10 +23,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 
 from clusterchat.service.history import HistoryWriter
-from clusterchat.storage.base import HistoryRow
+from clusterchat.storage.base import Conversations
 from clusterchat.storage.sql import SqlStore
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -51,7 +50,7 @@ class NullStore(SqlStore):
     def __init__(self) -> None:  # no database
         pass
 
-    async def add_history(self, rows: Sequence[HistoryRow]) -> None:
+    async def write_history(self, convs: Conversations) -> None:
         return None
 
 
@@ -62,7 +61,7 @@ async def main(rate: int, seconds: float, null: bool, mariadbd: int, convs: int)
     await store.create_schema()
     writer = HistoryWriter(NullStore() if null else store)
     for i in range(100):  # connections open before the clock starts
-        writer.add((1, 2, 1, f"warm-{i}", 0, "warm"))
+        writer.add(1, 2, 1, f"warm-{i}", 0, "warm")
     await writer.drain(10)
     listed = sql(f"SELECT TID FROM information_schema.PROCESSLIST WHERE DB='{db}'")
     tids = {int(t) for t in listed.split()}
@@ -73,7 +72,7 @@ async def main(rate: int, seconds: float, null: bool, mariadbd: int, convs: int)
     while time.perf_counter() - wall0 < seconds:
         for _ in range(per_ms):
             a = (n % convs) * 2 + 1
-            writer.add((a, a + 1, a, f"ab12cd-{n}", ts, body))
+            writer.add(a, a + 1, a, f"ab12cd-{n}", ts, body)
             n += 1
         await asyncio.sleep(0.001)
     await writer.drain(60)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -17,8 +17,8 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
-from clusterchat.service.history import HistoryWriter
-from clusterchat.storage.base import HistoryRow
+from clusterchat.service.history import BATCH_ROWS, HistoryWriter
+from clusterchat.storage.base import Conversations, HistoryRow
 from clusterchat.storage.sql import SqlStore
 from tests.conftest import MYSQL_SERVER, PASSWORD, unique
 from tests.e2e.test_legacy_dialect import nlohmann
@@ -43,7 +43,7 @@ async def test_thousands_of_messages_take_a_few_writes(store: SqlStore) -> None:
     a = await store.create_user(unique(), "x")
     writer = HistoryWriter(store)
     for row in rows(a, a, 5000):
-        writer.add(row)
+        writer.add(*row)
     assert await writer.drain(30)
     assert writer.written == 5000 and writer.rounds <= 5000 // 2000 + 2
     page = await store.history(a, a, 0, 3, 0)
@@ -51,18 +51,46 @@ async def test_thousands_of_messages_take_a_few_writes(store: SqlStore) -> None:
     assert await writer.close(5) == 0
 
 
+async def test_a_queue_past_a_batch_is_written_in_several_each_conversation_in_order(
+    store: SqlStore,
+) -> None:
+    # Queued by conversation: a batch takes whole conversations, the last
+    # one in part (its oldest), and the rest of it goes first in the next.
+    a, b, c = [await store.create_user(unique(), "x") for _ in range(3)]
+    gid = await store.create_group(a, unique("g"), "")
+    convs = [(a, b), (a, c), (0, gid)]
+    writer = HistoryWriter(store)
+    t = int(time.time() * 1000)
+    n = BATCH_ROWS + BATCH_ROWS // 2
+    for i in range(n):
+        conva, convb = convs[0] if i < BATCH_ROWS // 2 else convs[i % 3]
+        writer.add(conva, convb, a, f"m-{i}", t, f"text {i}")
+    assert len(writer) == n
+    assert await writer.drain(60)
+    assert writer.written == n and writer.rounds == 2
+    for conva, convb in convs:
+        want = [
+            f"m-{i}"
+            for i in range(n)
+            if (conva, convb) == (convs[0] if i < BATCH_ROWS // 2 else convs[i % 3])
+        ]
+        got = await store.history(conva, convb, 0, n, 0)
+        assert [r.mid for r in reversed(got)] == want  # once each, ids in queued order
+    assert await writer.close(5) == 0
+
+
 async def test_rounds_are_paced_unless_the_queue_is_full(store: SqlStore) -> None:
     a = await store.create_user(unique(), "x")
     writer = HistoryWriter(store, max_rows=10, pace=30.0)
     for row in rows(a, a, 3):
-        writer.add(row)
+        writer.add(*row)
     assert await writer.drain(5) and writer.rounds == 1  # the first round goes at once
     for row in rows(a, a, 3, start=3):
-        writer.add(row)
+        writer.add(*row)
     # The next round waits for the pace: more rows may join it...
     assert not await writer.drain(0.3) and writer.written == 3
     for row in rows(a, a, 7, start=6):
-        writer.add(row)
+        writer.add(*row)
     # ...but not once the queue is full: then it goes at once, all of them.
     assert writer.full
     assert await writer.drain(5) and writer.rounds == 2 and writer.written == 13
@@ -92,7 +120,7 @@ async def test_retries_through_an_outage_until_the_store_takes_them(
         writer = HistoryWriter(store)
         await proxy.cut()
         for row in rows(a, a, 3):
-            writer.add(row)
+            writer.add(*row)
         async with asyncio.timeout(20):
             while writer.failures < 2:  # noqa: ASYNC110 - polled with a deadline
                 await asyncio.sleep(0.05)
@@ -118,11 +146,11 @@ async def test_a_write_whose_answer_was_lost_is_not_written_twice(mariadb_url: s
     store = SqlStore(f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}", pool_size=2)
     try:
         writer = HistoryWriter(store)
-        writer.add(rows(a, a, 1)[0])
+        writer.add(*rows(a, a, 1)[0])
         assert await writer.drain(10)  # the history connection is open
         proxy.lose_next_answer_to(COM_STMT_BULK_EXECUTE)
         for row in rows(a, a, 3, start=1):
-            writer.add(row)
+            writer.add(*row)
         async with asyncio.timeout(10):
             await proxy.commit_lost.wait()
         assert await writer.drain(30)
@@ -144,9 +172,9 @@ class SlowedStore(SqlStore):
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def add_history(self, rows: Sequence[HistoryRow]) -> None:
+    async def write_history(self, convs: Conversations) -> None:
         await self.gate.wait()
-        await super().add_history(rows)
+        await super().write_history(convs)
 
 
 @pytest.fixture

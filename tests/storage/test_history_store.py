@@ -151,8 +151,9 @@ async def test_a_batch_past_the_databases_packet_is_written_in_several_statement
     got = await store.history(a, b, 0, 200, 0)
     assert [r.mid for r in got] == [f"c-{i}" for i in reversed(range(1, 400, 2))]
     assert all(r.body == text_ for r in got)
-    parts = history_storage.statements(history_storage.pack(rows))
-    assert len(parts) > 1 and sum(map(len, parts)) == len(history_storage.pack(rows))
+    packed = history_storage.pack(history_storage.by_conversation(rows))
+    parts = history_storage.statements(packed)
+    assert len(parts) > 1 and sum(map(len, parts)) == len(packed)
 
 
 async def test_pages_cross_packed_and_plain_rows_and_stay_put_under_new_writes(
@@ -217,7 +218,8 @@ async def test_a_write_in_doubt_is_found_inside_packed_rows(store: SqlStore) -> 
     written = [(a, b, a, f"p-{i}", t, "x") for i in range(4)] + [(a, c, a, "q-0", t, "y")]
     await store.add_history(written)
     asked = [*written, (a, b, a, "p-9", t, "not written"), (b, c, b, "r-0", t, "nor this")]
-    assert await store.history_kept(asked) == {"p-0", "p-1", "p-2", "p-3", "q-0"}
+    kept = await store.history_kept(history_storage.by_conversation(asked))
+    assert kept == {"p-0", "p-1", "p-2", "p-3", "q-0"}
 
 
 async def _drop_connections(url: str) -> int:

@@ -1049,7 +1049,7 @@ class ChatService:
         if target is not None and target.deliver(payload):
             self.counts.relayed_local += 1
             if self.history is not None:
-                self._keep_one(s.uid, toid, mid, ts, req.msg)
+                self.history.add(s.uid, toid, s.uid, mid, ts, req.msg)
             if not s.legacy:  # the original is shown no CHAT_ACK (see reply)
                 s.peer.send(self._delivered_ack % (n, ts))
             return None
@@ -1059,7 +1059,7 @@ class ChatService:
         if s.legacy and target is None and self.bus.post(req.toid, payload):
             self.counts.relayed_to_nodes += 1
             if self.history is not None:
-                self._keep_one(s.uid, req.toid, mid, ts, req.msg)
+                self.history.add(s.uid, req.toid, s.uid, mid, ts, req.msg)
             return None
         if target is None and not s.legacy:
             posted = self._one_chat_posted(s, req, payload, mid, ts)
@@ -1099,7 +1099,7 @@ class ChatService:
             return
         self.counts.relayed_to_nodes += 1
         if self.history is not None:
-            self._keep_one(uid, req.toid, mid, ts, req.msg)
+            self.history.add(uid, req.toid, uid, mid, ts, req.msg)
         self.reply(s, ChatAck(mid, ts, ChatStatus.DELIVERED))
         if not done.done():  # cancelled if the connection's task was
             done.set_result(None)
@@ -1120,14 +1120,6 @@ class ChatService:
             if not done.done():
                 done.set_result(None)
 
-    def _keep_one(self, uid: int, toid: int, mid: str, ts: int, msg: str) -> None:
-        """History of a 1:1 message accepted (delivered, relayed or stored)."""
-        assert self.history is not None
-        if uid < toid:
-            self.history.add((uid, toid, uid, mid, ts, msg))
-        else:
-            self.history.add((toid, uid, uid, mid, ts, msg))
-
     async def _one_chat_away(
         self, s: Session, toid: int, payload: bytes, mid: str, ts: int, msg: str
     ) -> None:
@@ -1136,7 +1128,7 @@ class ChatService:
             return
         self.counts.relayed_to_nodes += 1
         if self.history is not None:
-            self._keep_one(s.uid, toid, mid, ts, msg)
+            self.history.add(s.uid, toid, s.uid, mid, ts, msg)
         self.reply(s, ChatAck(mid, ts, ChatStatus.DELIVERED))
 
     async def _one_chat_stored(
@@ -1153,7 +1145,7 @@ class ChatService:
             await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout)
         await self._after_store([toid])
         if self.history is not None:
-            self._keep_one(s.uid, toid, mid, ts, msg)
+            self.history.add(s.uid, toid, s.uid, mid, ts, msg)
         self.reply(s, ChatAck(mid, ts, ChatStatus.STORED))
 
     def _too_long_to_store(self, s: Session, req: Request | type, size: int) -> bool:
@@ -1209,7 +1201,7 @@ class ChatService:
         self.counts.relayed_local += len(members) - 1 - len(away)
         if not away:
             if self.history is not None:
-                self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
+                self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
             self.reply(s, ChatAck(mid, ts, ChatStatus.SENT))
             return None
         reached = len(members) - 1 - len(away)  # written to members here
@@ -1246,12 +1238,12 @@ class ChatService:
                 # Some members have it: say exactly who does not (a refusal would lie).
                 log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
                 if self.history is not None:
-                    self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
+                    self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
                 self.reply(s, ChatAck(mid, ts, ChatStatus.PARTIAL, missed=left))
                 return
             await self._after_store([u for u in left if u not in full])
         if self.history is not None:
-            self.history.add((0, req.groupid, s.uid, mid, ts, req.msg))
+            self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
         # Members whose mailbox is full do not get it: say who.
         self.reply(s, ChatAck(mid, ts, ChatStatus.SENT, full=full or None))
 

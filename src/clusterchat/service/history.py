@@ -1,11 +1,12 @@
 """Message history: kept off the hot path, paged back on request, purged when old.
 
 Every 1:1 and group message a node accepts is queued here by that node (the
-sender's), once, whichever node the receivers are on. One writer task per
+sender's), once, whichever node the receivers are on, in a list of its
+conversation's. One writer task per
 node takes everything queued into one multi-row INSERT per round (a round
 lingers a couple of milliseconds, and starts at most every ``PACE`` while
 the queue is short, so a busy node writes hundreds of messages a statement
-and at most 100 statements a second), each conversation's messages of the
+and at most 40 statements a second), each conversation's messages of the
 round packed into one row by the store (``storage/history.py``), retrying
 with backoff like the re-store writer (``service/restore.py``) until the
 store takes them, and writes what is left at shutdown within a deadline.
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,7 +42,7 @@ from clusterchat.protocol.replies import Ack
 from clusterchat.service.context import Handler, Service
 from clusterchat.service.restore import RETRY_FIRST, RETRY_MAX
 from clusterchat.service.session import Session
-from clusterchat.storage.base import HistoryRow, Store
+from clusterchat.storage.base import Conversations, Entry, Store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DAYS = HISTORY_DAYS
 QUEUE_ROWS = HISTORY_QUEUE
 QUEUE_BYTES = 32 * 1024 * 1024
-#: Bytes a queued row holds besides its text: the tuple, its mid, the list slot.
+#: Bytes a queued message holds besides its text: the tuple, its mid, the list slot.
 ROW_COST = 200
 #: Rows and bytes of message text one INSERT carries at most.
 BATCH_ROWS = 5000
@@ -56,11 +58,12 @@ BATCH_BYTES = 4 * 1024 * 1024
 #: Seconds a round waits for more rows after the first (one INSERT per few ms).
 LINGER = 0.002
 #: Seconds from one round's start to the next's while the queue is short of a
-#: batch (and not full): at most 100 rounds a second. Each round costs both
+#: batch (and not full): at most 40 rounds a second. Each round costs both
 #: ends a statement, a commit with its log flush and a few wake-ups; at a
 #: node's ceiling rounds back to back (one every few ms) spent that on 200
-#: rounds a second (BENCHMARKS.md, "History on vs off").
-PACE = 0.01
+#: rounds a second, and 100 a second (0.01) still cost mariadbd 1.7-2.3 µs
+#: of CPU a message where 40 cost 1.0-1.3 (BENCHMARKS.md, "History on vs off").
+PACE = 0.025
 #: Purge: rows per DELETE, pause between chunks, and the longest sleep between rounds.
 PURGE_CHUNK = 1000
 PURGE_PAUSE = 0.02
@@ -90,10 +93,13 @@ class HistoryWriter:
         self.max_bytes = max(1, max_bytes)
         self.linger = linger
         self.pace = pace
-        #: Queued rows, and the batch being written (retried until it is).
-        self._rows: list[HistoryRow] = []
+        #: Queued messages by conversation, and the batch being written
+        #: (retried until it is); how many messages each holds, and bytes.
+        self._convs: defaultdict[tuple[int, int], list[Entry]] = defaultdict(list)
+        self._rows = 0
         self._bytes = 0
-        self._flight: list[HistoryRow] = []
+        self._flight: Conversations = {}
+        self._flight_rows = 0
         self._flight_bytes = 0
         #: What the queue may still take beside the batch in flight.
         self._cap_rows = self.max_rows
@@ -113,12 +119,12 @@ class HistoryWriter:
         self.refused = 0
 
     def __len__(self) -> int:
-        return len(self._rows) + len(self._flight)
+        return self._rows + self._flight_rows
 
     @property
     def queued(self) -> int:
         """Rows ever queued: a mark for :meth:`caught_up`."""
-        return self.written + len(self._flight) + len(self._rows)
+        return self.written + self._flight_rows + self._rows
 
     async def open(self) -> None:
         """At the node's start: the store's history connection opened
@@ -128,12 +134,15 @@ class HistoryWriter:
         except errors.Unavailable as exc:
             log.warning("history store not reachable yet (%s); the first write will retry", exc)
 
-    def add(self, row: HistoryRow) -> None:
-        """Queue one message (the hot path: an append and two comparisons)."""
-        rows = self._rows
-        rows.append(row)
-        self._bytes += len(row[5]) + ROW_COST
-        if not self.full and (len(rows) >= self._cap_rows or self._bytes >= self._cap_bytes):
+    def add(self, a: int, b: int, sender: int, mid: str, ts: int, body: str) -> None:
+        """Queue one message of the conversation of ``a`` and ``b``, in either
+        order: of two users (kept as the lower id, the higher) or of a group
+        (0 and its id). The hot path: an append to the conversation's list
+        and two comparisons; the chat service calls it directly."""
+        self._convs[(a, b) if a < b else (b, a)].append((sender, mid, ts, body))
+        self._rows += 1
+        self._bytes += len(body) + ROW_COST
+        if not self.full and (self._rows >= self._cap_rows or self._bytes >= self._cap_bytes):
             self.full = True
             self._wake.set()  # a round waiting for its pace goes now
         if self._idle:
@@ -151,7 +160,7 @@ class HistoryWriter:
         started = -self.pace  # when the last round started
         while True:
             if not self._flight:
-                if not self._rows:
+                if not self._convs:
                     self._idle = True
                     self._wake.clear()
                     await self._wake.wait()
@@ -159,7 +168,7 @@ class HistoryWriter:
                         await asyncio.sleep(self.linger)
                     continue
                 wait = started + self.pace - loop.time()
-                if wait > 0 and not self.full and len(self._rows) < BATCH_ROWS:
+                if wait > 0 and not self.full and self._rows < BATCH_ROWS:
                     self._wake.clear()  # rows join this round meanwhile, unless it fills
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait):
@@ -173,16 +182,18 @@ class HistoryWriter:
                     kept = await self._store.history_kept(batch)
                     doubt = False
                     if kept:
-                        batch = self._flight = [r for r in batch if r[3] not in kept]
-                        self.written += len(kept)
+                        batch = self._flight = _without(batch, kept)
+                        left = sum(map(len, batch.values()))
+                        self.written += self._flight_rows - left
+                        self._flight_rows = left
                 if batch:
-                    await self._store.add_history(batch)
+                    await self._store.write_history(batch)
             except Exception as exc:  # down, or refusing: keep them, retry
                 doubt = doubt or isinstance(exc, errors.InDoubt)
                 self.failures += 1
                 log.warning(
                     "could not write %d messages to history (%s); retrying in %.1f s",
-                    len(batch),
+                    self._flight_rows,
                     exc,
                     delay,
                 )
@@ -191,37 +202,56 @@ class HistoryWriter:
                 continue
             delay = RETRY_FIRST
             self.rounds += 1
-            self.written += len(batch)
-            self._flight, self._flight_bytes = [], 0
+            self.written += self._flight_rows
+            self._flight, self._flight_rows, self._flight_bytes = {}, 0, 0
             self._cap_rows, self._cap_bytes = self.max_rows, self.max_bytes
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
             # Room again at half the bound, not at the first row written: a
             # store just catching up does not flap between refusing and not.
-            rows_ok = len(self._rows) <= self.max_rows // 2
+            rows_ok = self._rows <= self.max_rows // 2
             if self.full and rows_ok and self._bytes <= self.max_bytes // 2:
                 self.full = False
                 if self.on_room is not None:
                     self.on_room()
 
     def _take(self) -> None:
-        """Move the oldest rows, up to a batch's bounds, in flight."""
-        rows = self._rows
-        if len(rows) <= BATCH_ROWS and self._bytes <= BATCH_BYTES:
-            self._flight, self._flight_bytes = rows, self._bytes  # all of them, no copy
-            self._rows, self._bytes = [], 0
+        """Move queued messages, up to a batch's bounds, in flight: whole
+        conversations in the order of their first message, the last one
+        taken perhaps in part (its oldest messages; the rest stay first in
+        the queue)."""
+        convs = self._convs
+        if self._rows <= BATCH_ROWS and self._bytes <= BATCH_BYTES:
+            # all of them, no copy
+            self._flight, self._flight_rows, self._flight_bytes = convs, self._rows, self._bytes
+            self._convs, self._rows, self._bytes = defaultdict(list), 0, 0
         else:
+            batch: Conversations = {}
+            whole: list[tuple[int, int]] = []
             n, size = 0, 0
-            for row in rows:
-                cost = len(row[5]) + ROW_COST
-                if n and (n >= BATCH_ROWS or size + cost > BATCH_BYTES):
-                    break
-                n += 1
-                size += cost
-            self._flight, self._flight_bytes = rows[:n], size
-            del rows[:n]
+            for key, msgs in convs.items():
+                i = 0
+                for m in msgs:
+                    cost = len(m[3]) + ROW_COST
+                    if n and (n >= BATCH_ROWS or size + cost > BATCH_BYTES):
+                        break
+                    n += 1
+                    size += cost
+                    i += 1
+                if i == len(msgs):
+                    batch[key] = msgs
+                    whole.append(key)
+                    continue
+                if i:
+                    batch[key] = msgs[:i]
+                    del msgs[:i]
+                break
+            for key in whole:
+                del convs[key]
+            self._flight, self._flight_rows, self._flight_bytes = batch, n, size
+            self._rows -= n
             self._bytes -= size
-        self._cap_rows = self.max_rows - len(self._flight)
+        self._cap_rows = self.max_rows - self._flight_rows
         self._cap_bytes = self.max_bytes - self._flight_bytes
 
     async def caught_up(self, mark: int, timeout: float) -> bool:
@@ -255,6 +285,16 @@ class HistoryWriter:
                 await self._task
             self._task = None
         return left
+
+
+def _without(convs: Conversations, mids: set[str]) -> Conversations:
+    """``convs`` but the messages whose mid is in ``mids``."""
+    out: Conversations = {}
+    for key, msgs in convs.items():
+        left = [m for m in msgs if m[1] not in mids]
+        if left:
+            out[key] = left
+    return out
 
 
 class Purger:

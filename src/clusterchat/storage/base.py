@@ -101,8 +101,15 @@ NO_QUOTA = Quota()
 
 #: One message for the history table: (conva, convb, sender, mid, ts, body);
 #: the conversation is (lower user id, higher user id) for 1:1 chat and
-#: (0, group id) for a group. A plain tuple: one is made per message.
+#: (0, group id) for a group.
 HistoryRow = tuple[int, int, int, str, int, str]
+#: One message as a packed history row keeps it: (sender, mid, ts, body). A
+#: plain tuple: the history writer makes one per message on the hot path.
+Entry = tuple[int, str, int, str]
+#: Messages to write by conversation ((conva, convb)), each one's oldest
+#: first, in the order of each conversation's first message: what the
+#: history writer queues, so that packing does no grouping.
+Conversations = dict[tuple[int, int], list[Entry]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,13 +242,17 @@ class Store(Protocol):
         round then tries again)."""
         ...
 
-    async def add_history(self, rows: Sequence[HistoryRow]) -> None:
+    async def write_history(self, convs: Conversations) -> None:
         """Keep these messages in one multi-row INSERT, each conversation's
         in one row (storage/history.py)."""
         ...
 
-    async def history_kept(self, rows: Sequence[HistoryRow]) -> set[str]:
-        """The mids of ``rows`` already in history: after a write whose
+    async def add_history(self, rows: Sequence[HistoryRow]) -> None:
+        """:meth:`write_history` of rows in any order (grouped here)."""
+        ...
+
+    async def history_kept(self, convs: Conversations) -> set[str]:
+        """The mids of ``convs`` already in history: after a write whose
         answer was lost (InDoubt), what must not be written again."""
         ...
 

@@ -4,7 +4,9 @@ A mixin of :class:`~clusterchat.storage.sql.SqlStore` like ``social.py``.
 A round's messages are packed: each conversation's messages of the round
 become one row (``n`` of them, at most ``PACK_MAX``), since what a row costs
 MariaDB hardly depends on its width (BENCHMARKS.md); a conversation with one
-message in the round keeps the plain one-message row. A message's id is
+message in the round keeps the plain one-message row. The writer queues them
+grouped by conversation already (``Conversations``), so packing a row is one
+encoder call. A message's id is
 ``row id << 10 | its index in the row``, so ids grow within a conversation
 and rows written before packing (revision 0007) are index 0 of theirs.
 Pages are "the newest messages of this conversation below id X": descending
@@ -35,7 +37,7 @@ from sqlalchemy import BigInteger, Integer, bindparam, case, delete, exists, sel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clusterchat import errors
-from clusterchat.storage.base import HistoryRow, Said
+from clusterchat.storage.base import Conversations, Entry, HistoryRow, Said
 from clusterchat.storage.tables import allgroup, groupuser, history, user
 
 _a = bindparam("a", type_=Integer)
@@ -93,12 +95,9 @@ PURGE = delete(history).where(
     & (history.c.id <= bindparam("hi", type_=BigInteger))
     & (history.c.ts < bindparam("cutoff", type_=BigInteger))
 )
-#: The statement of a round with a packed row, and of one without (``n``: its default, 1).
-_INSERT_SQL = {
-    7: "INSERT INTO history (conva, convb, sender, mid, ts, body, n) VALUES ({})",
-    6: "INSERT INTO history (conva, convb, sender, mid, ts, body) VALUES ({})",
-}
-_BULK_SQL = {k: v.format(",".join(["%s"] * k)) for k, v in _INSERT_SQL.items()}  # asyncmy's
+#: A round's statement, with the driver's placeholders.
+_INSERT_SQL = "INSERT INTO history (conva, convb, sender, mid, ts, body, n) VALUES ({})"
+_BULK_SQL = _INSERT_SQL.format(",".join(["%s"] * 7))  # asyncmy's
 #: Bits of a message id that number it within its row, and so the most
 #: messages one row packs.
 INDEX_BITS = 10
@@ -115,9 +114,8 @@ NEWEST = 2**63 - 1
 PAGE_ROWS = 16
 _pack = msgspec.json.Encoder().encode
 _unpack = msgspec.json.Decoder(list[tuple[int, str, int, str]]).decode
-_conv = operator.itemgetter(0, 1)
-_text = operator.itemgetter(5)
-_said = operator.itemgetter(2, 3, 4, 5)  # what a packed row keeps of each message
+_text = operator.itemgetter(5)  # of a row
+_entry_text = operator.itemgetter(3)
 #: What a packed row holds in place of a message taken out of it (its
 #: sender's account deleted): no user has id 0. The row's other messages
 #: keep their index, so their ids; pages skip it.
@@ -126,43 +124,39 @@ TOMBSTONE = (0, "", 0, "")
 Packed = tuple[int, int, int, str, int, str, int]
 
 
-def pack(rows: Sequence[HistoryRow]) -> Sequence[HistoryRow] | list[Packed]:
+def by_conversation(rows: Sequence[HistoryRow]) -> Conversations:
+    """Rows in any order, grouped as the writer queues them."""
+    convs: Conversations = {}
+    for a, b, sender, mid, ts, body in rows:
+        convs.setdefault((a, b), []).append((sender, mid, ts, body))
+    return convs
+
+
+def pack(convs: Conversations) -> list[Packed]:
     """One row per conversation, in the order of each one's first message:
     its messages in order, ``n`` of them, as ``[sender, mid, ts, text]``
     arrays in ``body`` (``sender``, ``mid`` and ``ts`` are the newest's);
-    a conversation with one message keeps the plain row (``n`` = 1). A round
-    of one message per conversation (many conversations, or a quiet node) is
-    written as it is, without ``n``: packing must not cost it (BENCHMARKS.md)."""
-    keys = list(map(_conv, rows))
-    if len(set(keys)) == len(rows):
-        return rows
-    convs: dict[tuple[int, int], list[HistoryRow]] = {}
-    for key, r in zip(keys, rows, strict=True):
-        got = convs.get(key)
-        if got is None:
-            convs[key] = [r]
-        else:
-            got.append(r)
+    a conversation with one message keeps the plain row (``n`` = 1). Past
+    ``PACK_MAX`` messages or ``PACK_TEXT`` characters it goes on in the next
+    row."""
     out: list[Packed] = []
-    for group in convs.values():
-        if len(group) == 1:
-            out.append((*group[0], 1))
-        elif len(group) <= PACK_MAX and sum(map(len, map(_text, group))) <= PACK_TEXT:
-            out.append(_packed(group))
+    for (a, b), msgs in convs.items():
+        if len(msgs) == 1:
+            out.append((a, b, *msgs[0], 1))
+        elif len(msgs) <= PACK_MAX and sum(map(len, map(_entry_text, msgs))) <= PACK_TEXT:
+            out.append(_packed(a, b, msgs))
         else:
-            part: list[HistoryRow] = []
-            size = 0
-            for r in group:
-                if part and (len(part) == PACK_MAX or size + len(r[5]) > PACK_TEXT):
-                    out.append(_packed(part))
-                    part, size = [], 0
-                part.append(r)
-                size += len(r[5])
-            out.append(_packed(part))
+            start, size = 0, 0
+            for i, m in enumerate(msgs):
+                if i > start and (i - start == PACK_MAX or size + len(m[3]) > PACK_TEXT):
+                    out.append(_packed(a, b, msgs[start:i]))
+                    start, size = i, 0
+                size += len(m[3])
+            out.append(_packed(a, b, msgs[start:]))
     return out
 
 
-def statements(rows: Sequence[HistoryRow] | list[Packed]) -> list[Sequence[Any]]:
+def statements(rows: list[Packed]) -> list[Sequence[Packed]]:
     """The rows cut into statements of at most ``STATEMENT_TEXT`` characters
     of text: MariaDB's bulk command is one packet, refused past the server's
     ``max_allowed_packet`` (16 MiB by default) however the rows are split
@@ -170,7 +164,7 @@ def statements(rows: Sequence[HistoryRow] | list[Packed]) -> list[Sequence[Any]]
     control character in JSON) or 4 (UTF-8)."""
     if sum(map(len, map(_text, rows))) <= STATEMENT_TEXT:
         return [rows]
-    out: list[Sequence[Any]] = []
+    out: list[Sequence[Packed]] = []
     start, size = 0, 0
     for i, r in enumerate(rows):
         if i > start and size + len(_text(r)) > STATEMENT_TEXT:
@@ -181,11 +175,11 @@ def statements(rows: Sequence[HistoryRow] | list[Packed]) -> list[Sequence[Any]]
     return out
 
 
-def _packed(part: list[HistoryRow]) -> Packed:
-    a, b, sender, mid, ts, body = part[-1]
-    if len(part) > 1:
-        body = _pack(list(map(_said, part))).decode()
-    return a, b, sender, mid, ts, body, len(part)
+def _packed(a: int, b: int, msgs: list[Entry]) -> Packed:
+    sender, mid, ts, body = msgs[-1]
+    if len(msgs) > 1:
+        body = _pack(msgs).decode()  # [[sender, mid, ts, body], ...]
+    return a, b, sender, mid, ts, body, len(msgs)
 
 
 def _messages(n: int, sender: int, mid: str, ts: int, body: str) -> list[tuple[int, str, int, str]]:
@@ -273,7 +267,7 @@ class BulkConnection:
                 raise errors.Unavailable.of("database", exc) from exc
             self._used = time.perf_counter()
 
-    async def write(self, sql: str, rows: Sequence[HistoryRow] | Sequence[Packed]) -> None:
+    async def write(self, sql: str, rows: Sequence[Packed]) -> None:
         from asyncmy.errors import MySQLError
 
         failures = (MySQLError, OSError, ConnectionError, TimeoutError)
@@ -335,15 +329,17 @@ class HistoryQueries:
             await self.history_bulk.open()
 
     async def add_history(self, rows: Sequence[HistoryRow]) -> None:
-        if not rows:
+        await self.write_history(by_conversation(rows))
+
+    async def write_history(self, convs: Conversations) -> None:
+        if not convs:
             return
-        packed = pack(rows)
+        packed = pack(convs)
         if self.history_bulk is not None:
-            sql = _BULK_SQL[len(packed[0])]
             parts = statements(packed)
             for i, part in enumerate(parts):
                 try:
-                    await self.history_bulk.write(sql, part)
+                    await self.history_bulk.write(_BULK_SQL, part)
                 except errors.Unavailable as exc:
                     if i == 0:
                         raise
@@ -356,21 +352,18 @@ class HistoryQueries:
                 # prepared statement stepped per row); SQLAlchemy's own per-row
                 # parameter handling would cost the chat node more than the write.
                 mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-                cols = len(packed[0])
-                sql = _INSERT_SQL[cols].format(",".join([mark] * cols))
-                await conn.exec_driver_sql(sql, list(packed))
-        self.history_rows += len(rows)
+                sql = _INSERT_SQL.format(",".join([mark] * 7))
+                await conn.exec_driver_sql(sql, packed)
+        self.history_rows += sum(map(len, convs.values()))
         self.history_packed += len(packed)
 
-    async def history_kept(self, rows: Sequence[HistoryRow]) -> set[str]:
+    async def history_kept(self, convs: Conversations) -> set[str]:
         # One range scan of ix_history_conv_id per conversation (history has
         # no index on mid: this runs only after a write in doubt).
-        convs: dict[tuple[int, int], set[str]] = {}
-        for conva, convb, _, mid, _, _ in rows:
-            convs.setdefault((conva, convb), set()).add(mid)
         kept: set[str] = set()
         async with self._tx() as conn:
-            for (conva, convb), mids in convs.items():
+            for (conva, convb), msgs in convs.items():
+                mids = {m[1] for m in msgs}
                 for r in await conn.execute(KEPT, {"a": conva, "b": convb}):
                     if r.n > 1:
                         kept.update(mids.intersection(m[1] for m in _unpack(r.body)))
