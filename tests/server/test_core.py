@@ -128,12 +128,13 @@ class FakeLink:
         self.core: ConnectionCore | None = None
         self.fail_writes = False  # the peer's reset came first: a write fails, and closes
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
         assert not self.closing()
         if self.fail_writes:
             self.closed = True
-            return
+            return False
         self.written.append(data)
+        return True
 
     def closing(self) -> bool:
         return self.closed

@@ -141,10 +141,11 @@ class Connection(asyncio.Protocol):
 
     # -- core.Link: what the core asks of the transport -----------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
         t = self.transport
         assert t is not None
         t.write(data)
+        return not t.is_closing()
 
     def closing(self) -> bool:
         t = self.transport
