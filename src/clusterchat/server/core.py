@@ -18,10 +18,15 @@ grows. The awaiting itself is the node's: the core hands it a coroutine
 (:meth:`CoreHost.spawn`). A connection gets its outbox with its first chat
 message and gives it back once everything written is settled, so the many
 idle ones cost nothing for it.
+
+The core is also the service's :class:`~clusterchat.service.session.Peer`:
+what the service writes (replies, deliveries, receipts) comes straight
+here, with no adapter in between, on the path every chat takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from asyncio import Future
 from collections import deque
@@ -33,17 +38,16 @@ from clusterchat.protocol.framing import NEWLINE, NUL, FrameDecoder, FrameTooLar
 from clusterchat.protocol.messages import ErrCode
 from clusterchat.server.outbox import FIRST, OVER, QUEUED, RECEIVE_MARGIN, End, Outbox
 from clusterchat.server.receipts import Unacked
+from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
-    import asyncio
-
     from clusterchat.budget import Budget
     from clusterchat.config import Settings
     from clusterchat.protocol.codec import BadRequest
     from clusterchat.protocol.messages import Request
     from clusterchat.service.counts import ServiceCounts
     from clusterchat.service.refusals import RefusalLog
-    from clusterchat.service.session import Session, Work
+    from clusterchat.service.session import Work
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +185,12 @@ class ConnectionCore:
     #: ordering give the core opaque frames instead).
     decode: Callable[[bytes], Request] = codec.decode_valid
 
-    def __init__(self, host: CoreHost, link: Link, session: Session, now: float) -> None:
+    def __init__(self, host: CoreHost, link: Link, now: float) -> None:
         self._host = host
         self._link = link
         self._service = host.service
-        self.session = session
+        #: Who is logged in here; the service writes to it through this core.
+        self.session = Session(self, now)
         #: The host's, until a frame arrives in parts: then one of its own.
         self.decoder = host.decoder
         #: None until the first chat message, and again once all is settled.
@@ -203,7 +208,7 @@ class ConnectionCore:
         # resume's True): send() takes from the outbox only then.
         self._due = False
         #: Receipts: set when the client acknowledges or the connection ends
-        #: (the adapter makes it when a receipt_room waits).
+        #: (made when a receipt_room waits).
         self.room: asyncio.Event | None = None
         # Whether the node asks this connection for in-flight reports.
         self._watched = False
@@ -263,24 +268,21 @@ class ConnectionCore:
         self._serve((frame, NEWLINE))
 
     def _serve_read(self, frames: list[tuple[bytes, int]]) -> None:
-        """The requests of one read, in order."""
-        if self._queue is None and len(frames) == 1:
-            # The relay's usual case, without the general path's calls.
-            frame, term = frames[0]
-            work = self._handle(frame, term)
-            if work is not None:
-                self._wait_for(work)
-            return
-        if self._out is not None or len(frames) < 2:
-            for item in frames:
-                self._serve(item)
-            return
-        # Requests read together (a client with many in flight) are answered
-        # together: their replies gather in _out and leave in one write.
-        self._out = []
-        for item in frames:
-            self._serve(item)
-        self._write_replies()
+        """The requests of one read, in order. Requests read together (a
+        client with many in flight) are answered together: their replies
+        gather in _out and leave in one write."""
+        together = self._out is None and len(frames) > 1
+        if together:
+            self._out = []
+        for frame, term in frames:
+            if self._queue is None:  # served now: _serve's case, without its calls
+                work = self._handle(frame, term)
+                if work is not None:
+                    self._wait_for(work)
+            else:  # behind a request that awaits I/O
+                self._serve((frame, term))
+        if together:
+            self._write_replies()
 
     def receive_eof(self) -> None:
         """A FIN (or a WebSocket close): the peer read all its kernel
@@ -419,6 +421,13 @@ class ConnectionCore:
 
     # -- service.Peer: what the service writes ---------------------------------------------
 
+    @property
+    def address(self) -> str:
+        return self._link.address
+
+    def closing(self) -> bool:
+        return self._link.closing()
+
     def send(self, data: bytes) -> bool:
         """Write a reply, after what was accepted for the peer before it.
         Replies leave at the end of this loop iteration, in one write with
@@ -469,6 +478,13 @@ class ConnectionCore:
         if carried:  # in the login reply, unnumbered there: 1 to n
             unacked.written(carried, sum(map(len, carried)))
         (self.outbox or self._new_outbox()).start_receipts(unacked)
+        return not self.ended
+
+    async def receipt_room(self, nbytes: int) -> bool:
+        while (outbox := self.outbox) is not None and not outbox.has_room(nbytes):
+            room = self.room = self.room or asyncio.Event()
+            room.clear()
+            await room.wait()
         return not self.ended
 
     def received(self, seq: int) -> bool:
