@@ -30,7 +30,6 @@ from clusterchat.config import HashCost, Settings
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
 from clusterchat.server import core
-from clusterchat.server.connection import Connection
 from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 
@@ -80,8 +79,8 @@ async def measure(dialect: str, rounds: int, n: int) -> tuple[float, list[float]
                 conns.append(c)
             peers, real = [], []
             for uid in ids:
-                peer = node.service.sessions[uid].peer
-                assert isinstance(peer, Connection)
+                session = node.service.sessions[uid]
+                peer = next(c for c in node.connections if c.session is session)
                 real.append(peer.transport)
                 peer.transport = _Nowhere()  # type: ignore[assignment]
                 peers.append(peer)

@@ -7,7 +7,7 @@ import asyncio
 
 from playwright.async_api import expect
 
-from clusterchat.server.connection import Connection
+from clusterchat.server.core import ConnectionCore
 from clusterchat.server.node import Node
 from tests.browser.conftest import NewPage, add_friend, register, say
 
@@ -20,7 +20,7 @@ async def test_the_page_acknowledges_what_it_received(web_node: Node, new_page: 
     bob_id = await register(bob, "Bob Marsh")
     await add_friend(ann, bob_id)
     peer = web_node.service.sessions[bob_id].peer
-    assert isinstance(peer, Connection) and peer.outbox is not None  # made at login
+    assert isinstance(peer, ConnectionCore) and peer.outbox is not None  # made at login
     receipts = peer.outbox.receipts
     assert receipts is not None  # asked for at login
     for text in ("one", "two", "three"):

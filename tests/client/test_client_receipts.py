@@ -13,14 +13,14 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.client.session import ChatClient
 from clusterchat.protocol.acks import EVERY
 from clusterchat.protocol.messages import MsgId
-from clusterchat.server.connection import Connection
+from clusterchat.server.core import ConnectionCore
 from clusterchat.server.node import Node
 from tests.conftest import PASSWORD, unique
 
 
 async def _unacked(node: Node, uid: int) -> int:
     peer = node.service.sessions[uid].peer
-    assert isinstance(peer, Connection) and peer.outbox is not None
+    assert isinstance(peer, ConnectionCore) and peer.outbox is not None
     receipts = peer.outbox.receipts
     assert receipts is not None  # kept while receipts are on
     return receipts.count

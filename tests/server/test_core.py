@@ -21,7 +21,7 @@ from clusterchat.protocol.framing import FrameDecoder
 from clusterchat.server.core import LINGER, QUEUE_PAUSE, ConnectionCore
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.refusals import RefusalLog
-from clusterchat.service.session import Peer, Session
+from clusterchat.service.session import Session
 
 MAX_FRAME = 64
 
@@ -128,12 +128,13 @@ class FakeLink:
         self.core: ConnectionCore | None = None
         self.fail_writes = False  # the peer's reset came first: a write fails, and closes
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
         assert not self.closing()
         if self.fail_writes:
             self.closed = True
-            return
+            return False
         self.written.append(data)
+        return True
 
     def closing(self) -> bool:
         return self.closed
@@ -163,11 +164,6 @@ class FakeLink:
         self.readdressed.append(address)
         return self.refuse_address
 
-    # service.Peer, as the adapters pass it on
-    def send(self, data: bytes) -> bool:
-        assert self.core is not None
-        return self.core.send(data)
-
 
 class OpaqueCore(ConnectionCore):
     """Serves frames as they are: ordering and framing do not depend on what
@@ -182,8 +178,7 @@ def make(
 ) -> tuple[ConnectionCore, FakeLink, FakeHost]:
     host = host or FakeHost(output_limit)
     link = FakeLink()
-    session = Session(cast(Peer, link), 0.0)
-    core = OpaqueCore(host, link, session, 0.0)
+    core = OpaqueCore(host, link, 0.0)
     link.core = core
     return core, link, host
 

@@ -248,6 +248,19 @@ def test_resume_writes_what_was_held_first() -> None:
     assert box.take() == b"1\n2\n"
 
 
+def test_resume_asks_for_a_write_of_what_was_pending_when_it_paused() -> None:
+    """Accepted, then the transport paused before the tick's write, which
+    took nothing: resuming must ask for that write, held messages or not (a
+    message delivered later only joins it, and would wait with it)."""
+    box = Outbox(100)
+    assert box.deliver(b"1\n") == FIRST
+    box.pause()
+    assert box.take() is None
+    assert box.resume() is True
+    assert box.deliver(b"2\n") == QUEUED
+    assert box.take() == b"1\n2\n"
+
+
 def test_reports_settle_what_is_past_the_peer() -> None:
     box = Outbox(100)
     for i in range(5):

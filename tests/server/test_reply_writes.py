@@ -8,7 +8,6 @@ from typing import Any
 
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
-from clusterchat.server.connection import Connection
 from clusterchat.server.node import Node
 from tests.conftest import UserFactory
 
@@ -29,8 +28,8 @@ class _CountedWrites:
 
 
 def _counted(node: Node, uid: int) -> _CountedWrites:
-    conn = node.service.sessions[uid].peer
-    assert isinstance(conn, Connection)
+    session = node.service.sessions[uid]
+    conn = next(c for c in node.connections if c.session is session)
     counted = _CountedWrites(conn.transport)
     conn.transport = counted  # type: ignore[assignment]
     return counted

@@ -17,7 +17,6 @@ NUL: Final = 0
 NEWLINE: Final = 10
 
 _TERMINATOR = re.compile(rb"[\n\x00]")
-_TERMINATORS = (NUL, NEWLINE)
 
 
 class FrameTooLarge(Exception):
@@ -58,18 +57,21 @@ class FrameDecoder:
         None and nothing is consumed: :meth:`feed` it. The relay's usual read,
         with no list to build."""
         end = len(data) - 1
-        if (
-            self._buf
-            or not 0 < end <= self.max_frame
-            or data.find(data[-1]) != end  # not a terminator, or more than one frame
-            or data[-1] not in _TERMINATORS
-            or data[end - 1] == 13
-        ):
+        if self._buf or not 0 < end <= self.max_frame:
             return None
-        if (NUL if data[-1] == NEWLINE else NEWLINE) in data:  # mixed: two frames
+        last = data[end]
+        if last == NUL:
+            other = NEWLINE
+        elif last == NEWLINE:
+            other = NUL
+        else:
+            return None
+        # Its first terminator is its last byte, no other kind is in it (two
+        # frames), and no \r to strip.
+        if data.find(last) != end or other in data or data[end - 1] == 13:
             return None
         frame = data[:end]
-        return None if frame.isspace() else frame
+        return frame if data[0] == 123 or not frame.isspace() else None  # 123: "{"
 
     def split_off(self) -> FrameDecoder:
         """A new decoder holding what this one holds of an unfinished frame;

@@ -5,8 +5,8 @@ user costs a few hundred bytes. What a connection decides (frames, request
 order, the outbox, receipts, PROXY lines, what to store at its end) is
 :class:`~clusterchat.server.core.ConnectionCore`'s; this adapter feeds it
 the transport's events and performs what it asks (the core's
-:class:`~clusterchat.server.core.Link`). The service sees it as its
-:class:`~clusterchat.service.session.Peer`, and passes each call on.
+:class:`~clusterchat.server.core.Link`). The service writes to the core
+(its :class:`~clusterchat.service.session.Peer`), not to this adapter.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.address = ""
         now = node.clock()
-        self.core = ConnectionCore(node, self, Session(self, now), now)
+        self.core = ConnectionCore(node, self, now)
         self._linger: asyncio.TimerHandle | None = None
         self._id = 0
 
@@ -98,13 +98,10 @@ class Connection(asyncio.Protocol):
         """What a connection over a limit is told before it is closed."""
         return why
 
-    # -- service.Peer: passed on to the core ------------------------------------------
+    # -- what the node asks: passed on to the core --------------------------------------
 
     def send(self, data: bytes) -> bool:
         return self.core.send(data)
-
-    def deliver(self, data: bytes) -> bool:
-        return self.core.deliver(data)
 
     def close(self) -> None:
         self.core.close()
@@ -116,37 +113,17 @@ class Connection(asyncio.Protocol):
             self.send(why)
         self.close()
 
-    def start_receipts(self, carried: list[bytes]) -> bool:
-        return self.core.start_receipts(carried)
-
-    def received(self, seq: int) -> bool:
-        return self.core.received(seq)
-
-    def stop_receipts(self) -> list[bytes]:
-        return self.core.stop_receipts()
-
-    async def receipt_room(self, nbytes: int) -> bool:
-        core = self.core
-        while (outbox := core.outbox) is not None and not outbox.has_room(nbytes):
-            room = core.room = core.room or asyncio.Event()
-            room.clear()
-            await room.wait()
-        return not core.ended
-
     @property
     def outbox(self) -> Outbox | None:
         return self.core.outbox
 
-    @property
-    def ended(self) -> bool:
-        return self.core.ended
-
     # -- core.Link: what the core asks of the transport -----------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
         t = self.transport
         assert t is not None
         t.write(data)
+        return not t.is_closing()
 
     def closing(self) -> bool:
         t = self.transport

@@ -18,10 +18,15 @@ grows. The awaiting itself is the node's: the core hands it a coroutine
 (:meth:`CoreHost.spawn`). A connection gets its outbox with its first chat
 message and gives it back once everything written is settled, so the many
 idle ones cost nothing for it.
+
+The core is also the service's :class:`~clusterchat.service.session.Peer`:
+what the service writes (replies, deliveries, receipts) comes straight
+here, with no adapter in between, on the path every chat takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from asyncio import Future
 from collections import deque
@@ -33,17 +38,16 @@ from clusterchat.protocol.framing import NEWLINE, NUL, FrameDecoder, FrameTooLar
 from clusterchat.protocol.messages import ErrCode
 from clusterchat.server.outbox import FIRST, OVER, QUEUED, RECEIVE_MARGIN, End, Outbox
 from clusterchat.server.receipts import Unacked
+from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
-    import asyncio
-
     from clusterchat.budget import Budget
     from clusterchat.config import Settings
     from clusterchat.protocol.codec import BadRequest
     from clusterchat.protocol.messages import Request
     from clusterchat.service.counts import ServiceCounts
     from clusterchat.service.refusals import RefusalLog
-    from clusterchat.service.session import Session, Work
+    from clusterchat.service.session import Work
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +78,12 @@ class Link(Protocol):
     #: The client's address (a trusted proxy's PROXY line may change it).
     address: str
 
-    def write(self, data: bytes) -> None:
-        """Hand whole documents to the peer (a WebSocket frames each one)."""
+    def write(self, data: bytes) -> bool:
+        """Hand whole documents to the peer (a WebSocket frames each one).
+        False if the transport is closing after it: closed already, or the
+        write failed (the peer's reset had come, not yet read), so what it
+        carried never left. One call where a write and a look would be two."""
+        ...
 
     def closing(self) -> bool:
         """Nothing more can be written: the transport is closing or gone."""
@@ -131,7 +139,7 @@ class CoreHost(Protocol):
     def service(self) -> Service: ...
 
     def write_soon(self, core: ConnectionCore) -> None:
-        """Call ``core.flush(now)`` once this loop iteration's reads are done."""
+        """Call ``core.flush()`` once this loop iteration's reads are done."""
 
     def watch(self, core: ConnectionCore) -> None:
         """Call ``core.report(now)`` twice a second while it answers True."""
@@ -172,15 +180,17 @@ class ConnectionCore:
         "session",
     )
 
-    #: Frame to typed request, before the service sees it (tests of ordering
-    #: give the core opaque frames instead).
-    decode: Callable[[bytes], Request | BadRequest] = staticmethod(codec.read_request)
+    #: Frame to typed request, before the service sees it; raises if it is
+    #: none, and ``codec.read_request`` then gives the refusal (tests of
+    #: ordering give the core opaque frames instead).
+    decode: Callable[[bytes], Request] = codec.decode_valid
 
-    def __init__(self, host: CoreHost, link: Link, session: Session, now: float) -> None:
+    def __init__(self, host: CoreHost, link: Link, now: float) -> None:
         self._host = host
         self._link = link
         self._service = host.service
-        self.session = session
+        #: Who is logged in here; the service writes to it through this core.
+        self.session = Session(self, now)
         #: The host's, until a frame arrives in parts: then one of its own.
         self.decoder = host.decoder
         #: None until the first chat message, and again once all is settled.
@@ -194,9 +204,11 @@ class ConnectionCore:
         self._taken = 0
         self._paused = False  # reading paused because the queue is long
         # A flush is asked of the node for this loop iteration (one is enough).
+        # One is whenever the outbox has messages pending (deliver's FIRST,
+        # resume's True): send() takes from the outbox only then.
         self._due = False
         #: Receipts: set when the client acknowledges or the connection ends
-        #: (the adapter makes it when a receipt_room waits).
+        #: (made when a receipt_room waits).
         self.room: asyncio.Event | None = None
         # Whether the node asks this connection for in-flight reports.
         self._watched = False
@@ -256,24 +268,21 @@ class ConnectionCore:
         self._serve((frame, NEWLINE))
 
     def _serve_read(self, frames: list[tuple[bytes, int]]) -> None:
-        """The requests of one read, in order."""
-        if self._queue is None and len(frames) == 1:
-            # The relay's usual case, without the general path's calls.
-            frame, term = frames[0]
-            work = self._handle(frame, term)
-            if work is not None:
-                self._wait_for(work)
-            return
-        if self._out is not None or len(frames) < 2:
-            for item in frames:
-                self._serve(item)
-            return
-        # Requests read together (a client with many in flight) are answered
-        # together: their replies gather in _out and leave in one write.
-        self._out = []
-        for item in frames:
-            self._serve(item)
-        self._write_replies()
+        """The requests of one read, in order. Requests read together (a
+        client with many in flight) are answered together: their replies
+        gather in _out and leave in one write."""
+        together = self._out is None and len(frames) > 1
+        if together:
+            self._out = []
+        for frame, term in frames:
+            if self._queue is None:  # served now: _serve's case, without its calls
+                work = self._handle(frame, term)
+                if work is not None:
+                    self._wait_for(work)
+            else:  # behind a request that awaits I/O
+                self._serve((frame, term))
+        if together:
+            self._write_replies()
 
     def receive_eof(self) -> None:
         """A FIN (or a WebSocket close): the peer read all its kernel
@@ -335,7 +344,11 @@ class ConnectionCore:
     def _handle(self, frame: bytes, term: int) -> Work:
         """The one call into the service: a request, and the I/O it awaits (if any)."""
         try:
-            return self._service.handle(self.session, self.decode(frame), term == NUL)
+            try:
+                request: Request | BadRequest = self.decode(frame)
+            except Exception:  # not a valid request: the refusal it earns
+                request = codec.read_request(frame)
+            return self._service.handle(self.session, request, term == NUL)
         except Exception:
             # A bug must cost one request, never the node (the service logs it).
             self._service.internal_error(self.session, frame)
@@ -408,25 +421,34 @@ class ConnectionCore:
 
     # -- service.Peer: what the service writes ---------------------------------------------
 
+    @property
+    def address(self) -> str:
+        return self._link.address
+
+    def closing(self) -> bool:
+        return self._link.closing()
+
     def send(self, data: bytes) -> bool:
-        """Write a reply, after what was accepted for the peer before it. If
-        a write is due at the end of this loop iteration anyway (a message
-        for the peer came first), the reply joins it: a CHAT_ACK and the
-        partner's message cost one system call, not two. Requests read
-        together are answered together, in one write after the last of them
-        (``receive_data``). Else it leaves now."""
+        """Write a reply, after what was accepted for the peer before it.
+        Replies leave at the end of this loop iteration, in one write with
+        what the outbox has by then: a CHAT_ACK and the partner's message
+        cost one system call, not two. Requests read together are answered
+        together, in one write after the last of them (``receive_data``)."""
         if self._link.closing():
             return False
         outbox = self.outbox
-        before = outbox.take() if outbox is not None else None  # goes first
-        if before is None and outbox is not None and outbox.overflowed:
-            self.overflowed()  # receipts: too much not acknowledged
-            return False
+        before = None
+        if self._due and outbox is not None:  # messages may be pending: they go first
+            before = outbox.take()
+            if before is None and outbox.overflowed:
+                self.overflowed()  # receipts: too much not acknowledged
+                return False
         out = self._out
         if out is None:
             self._out = out = []
-            if before is None:  # the partner's message may come this tick too
-                self._write_soon()
+            if not self._due:  # _write_soon, inlined: once per chat in our dialect
+                self._due = True
+                self._host.write_soon(self)
         if before is not None:
             out.append(before)
             self._taken += len(before)
@@ -456,6 +478,13 @@ class ConnectionCore:
         if carried:  # in the login reply, unnumbered there: 1 to n
             unacked.written(carried, sum(map(len, carried)))
         (self.outbox or self._new_outbox()).start_receipts(unacked)
+        return not self.ended
+
+    async def receipt_room(self, nbytes: int) -> bool:
+        while (outbox := self.outbox) is not None and not outbox.has_room(nbytes):
+            room = self.room = self.room or asyncio.Event()
+            room.clear()
+            await room.wait()
         return not self.ended
 
     def received(self, seq: int) -> bool:
@@ -495,7 +524,7 @@ class ConnectionCore:
 
     # -- the node's rounds: flushes once per tick, in-flight reports -----------------------
 
-    def flush(self, now: float = 0.0) -> None:
+    def flush(self) -> None:
         """Write this tick's replies and what the outbox has, in one write
         (the node calls this once per loop iteration for every connection
         that was sent or delivered to)."""
@@ -510,28 +539,32 @@ class ConnectionCore:
             self._unwritten()
             return
         outbox = self.outbox
-        data = outbox.take() if outbox is not None else None
-        if data is None and outbox is not None and outbox.overflowed:
+        out = self._out
+        if outbox is None:  # replies alone: nothing was taken from an outbox
+            if out is not None:
+                self._out = None
+                self._taken = 0
+                link.write(out[0] if len(out) == 1 else b"".join(out))
+            return
+        data = outbox.take()
+        taken = self._taken
+        if data is not None:
+            taken += len(data)
+            if out is not None:
+                out.append(data)
+        elif outbox.overflowed:
             self.overflowed()  # receipts: too much not acknowledged
             return
-        taken = self._taken + (len(data) if data is not None else 0)
-        out = self._out
         if out is not None:
             self._out = None
             self._taken = 0
-            if data is not None:
-                out.append(data)
             data = out[0] if len(out) == 1 else b"".join(out)
         elif data is None:
             return
-        link.write(data)
-        if link.closing():
-            # The write failed: the peer's reset had come, not yet read.
-            # What it carried of the outbox never left.
-            if taken and outbox is not None:
+        if not link.write(data):
+            # The write failed: what it carried of the outbox never left.
+            if taken:
                 outbox.unwritten(taken)
-            return
-        if outbox is None:
             return
         if outbox.unmeasured > RECEIVE_MARGIN:
             # More than a receive buffer since the last look: the peer may
@@ -589,10 +622,13 @@ class ConnectionCore:
         if out is not None:
             self._out = None
             taken, self._taken = self._taken, 0
-            if out:
-                self._link.write(out[0] if len(out) == 1 else b"".join(out))
-                if taken and self.outbox is not None and self._link.closing():
-                    self.outbox.unwritten(taken)  # the write failed (see flush)
+            if (
+                out
+                and not self._link.write(out[0] if len(out) == 1 else b"".join(out))
+                and taken
+                and self.outbox is not None
+            ):
+                self.outbox.unwritten(taken)  # the write failed (see flush)
 
     def _unwritten(self) -> None:
         """The transport is closing: this iteration's replies are not owed,

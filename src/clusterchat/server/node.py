@@ -201,9 +201,8 @@ class Node:
 
     def _flush(self) -> None:
         conns, self._unflushed = self._unflushed, []
-        now = self.clock()
         for core in conns:
-            core.flush(now)
+            core.flush()
 
     def watch(self, core: ConnectionCore) -> None:
         self._watched.append(core)

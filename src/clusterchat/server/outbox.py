@@ -274,8 +274,10 @@ class Outbox:
             self._held_bytes = 0
 
     def resume(self) -> bool:
-        """The transport drained: what was held becomes pending. True if a
-        write should be scheduled (``take``)."""
+        """The transport drained: what was held becomes pending. True if
+        anything is pending: a write should be scheduled (``take``). That
+        includes what was pending when it paused, which a write while
+        paused did not take."""
         if not self._paused:
             return False
         self._paused = False
@@ -283,16 +285,15 @@ class Outbox:
         if self._budget is not None and self._held_bytes:
             self._budget.release(self._held_bytes)
         self._held_bytes = 0
-        if not held or self._ended:
+        if self._ended:
             return False
-        first = self._pending is None
-        if first:
-            self._pending = held
-        else:
-            assert self._pending is not None
-            self._pending.extend(held)
-        self._pending_bytes += sum(map(len, held))
-        return first
+        if held:
+            if self._pending is None:
+                self._pending = held
+            else:
+                self._pending.extend(held)
+            self._pending_bytes += sum(map(len, held))
+        return self._pending is not None
 
     def measured(self, in_flight: int) -> None:
         """``in_flight``: bytes written but not yet acknowledged by the peer's

@@ -199,17 +199,19 @@ class WsConnection(Connection):
     def closing(self) -> bool:
         return self.ws.state is not OPEN or super().closing()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
         ws = self.ws
         if ws.state is not OPEN:
-            return  # closing: replies are not owed, the outbox kept its messages
+            return False  # closing: replies are not owed, the outbox kept its messages
         # One text frame per document, all in one write, after anything
         # the library has queued (a pong).
         t = self.transport
-        if t is not None:
-            if ws.writes:
-                self.write_out()
-            t.write(wsframes.encode(data))
+        if t is None:
+            return False
+        if ws.writes:
+            self.write_out()
+        t.write(wsframes.encode(data))
+        return not self.closing()
 
     def time_out(self, why: bytes | None) -> None:
         ws = self.ws

@@ -1041,7 +1041,7 @@ class ChatService:
                 s, req, ErrCode.REFUSED_BY_USER, f"user {toid} does not accept this from you"
             )
             return None
-        ts = int(time.time() * 1000)
+        ts = time.time_ns() // 1_000_000
         n = next(self._mids)
         mid = f"{self.node_id}-{n}"
         payload = codec.one_chat(s.uid, s.name, toid, req.msg, req.time, ts, mid)
@@ -1186,7 +1186,7 @@ class ChatService:
             else:
                 self._refuse(s, req, ErrCode.NO_SUCH_GROUP, f"no group has id {req.groupid}")
             return None
-        ts = int(time.time() * 1000)
+        ts = time.time_ns() // 1_000_000
         mid = f"{self.node_id}-{next(self._mids)}"
         payload = codec.group_chat(s.uid, s.name, req.groupid, req.msg, req.time, ts, mid)
         away: list[int] = []

@@ -24,8 +24,10 @@ Work: TypeAlias = Awaitable[None] | None
 class Peer(Protocol):
     """What a transport offers the service."""
 
-    #: The client's address, for per-address limits.
-    address: str
+    @property
+    def address(self) -> str:
+        """The client's address, for per-address limits."""
+        ...
 
     def send(self, data: bytes) -> bool:
         """Queue a reply for the peer; False if the connection is closing."""
