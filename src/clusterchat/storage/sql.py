@@ -636,12 +636,17 @@ class SqlStore(SocialQueries, HistoryQueries):
     async def store_offline(self, uid: int, message: str, quota: Quota = NO_QUOTA) -> None:
         size = len(message.encode())
         async with self._tx() as conn:
-            if await _over_mailbox(conn, [uid], size, quota):
-                raise errors.MailboxFull(uid)
-            args = {"uid": uid, "message": message, "size": size}
-            res = await conn.execute(q.STORE_OFFLINE, args)
-            if res.rowcount:
-                await _tally(conn, {uid: (1, size)})
+            # Refused after the commit, not by rolling back: a recount's
+            # correction of the tally is kept.
+            if full := await _over_mailbox(conn, [uid], size, quota):
+                res = None
+            else:
+                args = {"uid": uid, "message": message, "size": size}
+                res = await conn.execute(q.STORE_OFFLINE, args)
+                if res.rowcount:
+                    await _tally(conn, {uid: (1, size)})
+        if full or res is None:
+            raise errors.MailboxFull(uid)
         self.stored_rows += res.rowcount
         if res.rowcount == 0:
             raise errors.NoSuchUser(uid)
