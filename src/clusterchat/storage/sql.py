@@ -181,8 +181,10 @@ MAILBOX_RECHECK = 60
 
 async def _tally(conn: AsyncConnection, deltas: dict[int, tuple[int, int]]) -> None:
     """Adds (count, bytes) to users' tallies, in the same transaction as the
-    rows. In user id order: two fan-outs lock tally rows in one order, so
-    they wait for each other but never deadlock."""
+    rows. In user id order, and before any offlinemessage row is touched
+    (stores and deletes alike): every writer takes a user's tally lock
+    before that user's rows, so fan-outs and deliveries wait for each other
+    but do not deadlock (tests/storage/test_mailbox_tally.py)."""
     if not deltas:
         return
     rows = [{"userid": u, "n": n, "bytes": b} for u, (n, b) in sorted(deltas.items())]
@@ -642,14 +644,13 @@ class SqlStore(SocialQueries, HistoryQueries):
                 res = None
             else:
                 args = {"uid": uid, "message": message, "size": size}
+                await _tally(conn, {uid: (1, size)})  # tally first: see _tally
                 res = await conn.execute(q.STORE_OFFLINE, args)
-                if res.rowcount:
-                    await _tally(conn, {uid: (1, size)})
+                if not res.rowcount:  # no such user: nothing stored, nothing tallied
+                    raise errors.NoSuchUser(uid)
         if full or res is None:
             raise errors.MailboxFull(uid)
         self.stored_rows += res.rowcount
-        if res.rowcount == 0:
-            raise errors.NoSuchUser(uid)
 
     async def store_offline_within(
         self, uids: Sequence[int], message: str, quota: Quota
@@ -660,12 +661,12 @@ class SqlStore(SocialQueries, HistoryQueries):
             kept = sorted(u for u in uids if u not in full)
             rows = [{"userid": u, "message": message, "size": size} for u in kept]
             if rows:
-                await conn.execute(insert(offlinemessage), rows)
                 deltas: dict[int, tuple[int, int]] = {}
                 for u in kept:
                     n, b = deltas.get(u, (0, 0))
                     deltas[u] = (n + 1, b + size)
                 await _tally(conn, deltas)
+                await conn.execute(insert(offlinemessage), rows)
         self.stored_rows += len(rows)
         return [u for u in uids if u in full]
 
@@ -680,8 +681,8 @@ class SqlStore(SocialQueries, HistoryQueries):
             n, b = deltas.get(u, (0, 0))
             deltas[u] = (n + 1, b + size)
         async with self._tx() as conn:
-            await conn.execute(insert(offlinemessage), rows)
             await _tally(conn, deltas)
+            await conn.execute(insert(offlinemessage), rows)
         self.stored_rows += len(items)
 
     async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
@@ -719,6 +720,7 @@ class SqlStore(SocialQueries, HistoryQueries):
     async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         args = {"uid": uid, "ids": list(ids)}
         async with self._tx() as conn:
+            await _tally(conn, {uid: (0, 0)})  # the tally's lock first: see _tally
             gone = (await conn.execute(q.DELETING, args)).one()
             res = await conn.execute(q.DELETE_OFFLINE, args)
             if gone.n:
