@@ -647,10 +647,12 @@ class SqlStore(SocialQueries, HistoryQueries):
                 await _tally(conn, {uid: (1, size)})  # tally first: see _tally
                 res = await conn.execute(q.STORE_OFFLINE, args)
                 if not res.rowcount:  # no such user: nothing stored, nothing tallied
-                    raise errors.NoSuchUser(uid)
+                    await _tally(conn, {uid: (-1, -size)})
         if full or res is None:
             raise errors.MailboxFull(uid)
         self.stored_rows += res.rowcount
+        if res.rowcount == 0:  # after the commit, as before: a lost answer is in doubt
+            raise errors.NoSuchUser(uid)
 
     async def store_offline_within(
         self, uids: Sequence[int], message: str, quota: Quota
