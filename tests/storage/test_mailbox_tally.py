@@ -137,17 +137,10 @@ async def test_a_group_message_reads_rows_per_receiver_not_per_stored_message(
         await store.close()
 
 
-async def test_fan_outs_and_deliveries_at_once_leave_exact_tallies(
-    url: str, request: pytest.FixtureRequest
-) -> None:
+async def test_fan_outs_and_deliveries_at_once_leave_exact_tallies(url: str) -> None:
     """Fan-outs (receivers in any order) and deliveries' deletes running at
-    once: none deadlocks, and every tally ends equal to its mailbox."""
-    if url.startswith("mysql"):
-        # Known open: on MariaDB the tally rows' locks together with the
-        # gap locks of offlinemessage's (userid, id) index still deadlock
-        # (1213) here in about 2 runs of 3, which the code before tallies
-        # did not. To fix before merging (retry on 1213, or another order).
-        request.applymarker(pytest.mark.xfail(reason="deadlock 1213 on MariaDB", strict=False))
+    once: none fails (MariaDB may pick one as a deadlock's victim, 1213: it
+    is run again), and every tally ends equal to its mailbox."""
     store = SqlStore(url, pool_size=8)
     await store.create_schema()
     try:

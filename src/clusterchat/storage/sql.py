@@ -77,6 +77,34 @@ def _translated() -> Iterator[None]:
         raise errors.Unavailable.of("database", exc) from exc
 
 
+#: Tries of a transaction MariaDB rolled back as a deadlock's victim.
+DEADLOCK_TRIES = 5
+
+
+def _deadlocked(exc: errors.Unavailable) -> bool:
+    """MariaDB's 1213: the transaction was rolled back whole to break a
+    deadlock (gap locks of concurrent tally upserts and deletes can cross),
+    so running it again is safe, and what the server's manual asks."""
+    cause = exc.__cause__
+    orig = getattr(cause, "orig", None)
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return not isinstance(exc, errors.InDoubt) and bool(args) and args[0] == 1213
+
+
+async def _again_if_deadlocked(work: Callable[[], Awaitable[T]]) -> T:
+    """``work`` (one transaction) run again, a few times, while MariaDB picks
+    it as a deadlock's victim: a fan-out or a delivery is not failed for it."""
+    for attempt in range(1, DEADLOCK_TRIES + 1):
+        try:
+            return await work()
+        except errors.Unavailable as exc:
+            if attempt == DEADLOCK_TRIES or not _deadlocked(exc):
+                raise
+            log.info("deadlock (1213), running the transaction again (%d)", attempt)
+            await asyncio.sleep(0.001 * attempt)
+    raise AssertionError("unreachable")
+
+
 def _is_mysql(url: URL) -> bool:
     return url.get_backend_name() in ("mysql", "mariadb")
 
@@ -637,39 +665,48 @@ class SqlStore(SocialQueries, HistoryQueries):
 
     async def store_offline(self, uid: int, message: str, quota: Quota = NO_QUOTA) -> None:
         size = len(message.encode())
-        async with self._tx() as conn:
-            # Refused after the commit, not by rolling back: a recount's
-            # correction of the tally is kept.
-            if full := await _over_mailbox(conn, [uid], size, quota):
-                res = None
-            else:
+
+        async def once() -> int | None:
+            async with self._tx() as conn:
+                # Refused after the commit, not by rolling back: a recount's
+                # correction of the tally is kept.
+                if await _over_mailbox(conn, [uid], size, quota):
+                    return None
                 args = {"uid": uid, "message": message, "size": size}
                 await _tally(conn, {uid: (1, size)})  # tally first: see _tally
                 res = await conn.execute(q.STORE_OFFLINE, args)
                 if not res.rowcount:  # no such user: nothing stored, nothing tallied
                     await _tally(conn, {uid: (-1, -size)})
-        if full or res is None:
+            return int(res.rowcount)
+
+        stored = await _again_if_deadlocked(once)
+        if stored is None:
             raise errors.MailboxFull(uid)
-        self.stored_rows += res.rowcount
-        if res.rowcount == 0:  # after the commit, as before: a lost answer is in doubt
+        self.stored_rows += stored
+        if stored == 0:  # after the commit, as before: a lost answer is in doubt
             raise errors.NoSuchUser(uid)
 
     async def store_offline_within(
         self, uids: Sequence[int], message: str, quota: Quota
     ) -> list[int]:
         size = len(message.encode())
-        async with self._tx() as conn:
-            full = await _over_mailbox(conn, uids, size, quota)
-            kept = sorted(u for u in uids if u not in full)
-            rows = [{"userid": u, "message": message, "size": size} for u in kept]
-            if rows:
-                deltas: dict[int, tuple[int, int]] = {}
-                for u in kept:
-                    n, b = deltas.get(u, (0, 0))
-                    deltas[u] = (n + 1, b + size)
-                await _tally(conn, deltas)
-                await conn.execute(insert(offlinemessage), rows)
-        self.stored_rows += len(rows)
+
+        async def once() -> tuple[set[int], int]:
+            async with self._tx() as conn:
+                full = await _over_mailbox(conn, uids, size, quota)
+                kept = sorted(u for u in uids if u not in full)
+                rows = [{"userid": u, "message": message, "size": size} for u in kept]
+                if rows:
+                    deltas: dict[int, tuple[int, int]] = {}
+                    for u in kept:
+                        n, b = deltas.get(u, (0, 0))
+                        deltas[u] = (n + 1, b + size)
+                    await _tally(conn, deltas)
+                    await conn.execute(insert(offlinemessage), rows)
+            return full, len(rows)
+
+        full, stored = await _again_if_deadlocked(once)
+        self.stored_rows += stored
         return [u for u in uids if u in full]
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
@@ -682,9 +719,13 @@ class SqlStore(SocialQueries, HistoryQueries):
             rows.append({"userid": u, "message": m, "size": size})
             n, b = deltas.get(u, (0, 0))
             deltas[u] = (n + 1, b + size)
-        async with self._tx() as conn:
-            await _tally(conn, deltas)
-            await conn.execute(insert(offlinemessage), rows)
+
+        async def once() -> None:
+            async with self._tx() as conn:
+                await _tally(conn, deltas)
+                await conn.execute(insert(offlinemessage), rows)
+
+        await _again_if_deadlocked(once)
         self.stored_rows += len(items)
 
     async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
@@ -721,10 +762,14 @@ class SqlStore(SocialQueries, HistoryQueries):
 
     async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         args = {"uid": uid, "ids": list(ids)}
-        async with self._tx() as conn:
-            await _tally(conn, {uid: (0, 0)})  # the tally's lock first: see _tally
-            gone = (await conn.execute(q.DELETING, args)).one()
-            res = await conn.execute(q.DELETE_OFFLINE, args)
-            if gone.n:
-                await _tally(conn, {uid: (-gone.n, -int(gone.bytes))})
-        self.delivered_rows += res.rowcount
+
+        async def once() -> int:
+            async with self._tx() as conn:
+                await _tally(conn, {uid: (0, 0)})  # the tally's lock first: see _tally
+                gone = (await conn.execute(q.DELETING, args)).one()
+                res = await conn.execute(q.DELETE_OFFLINE, args)
+                if gone.n:
+                    await _tally(conn, {uid: (-gone.n, -int(gone.bytes))})
+            return int(res.rowcount)
+
+        self.delivered_rows += await _again_if_deadlocked(once)
