@@ -29,6 +29,7 @@ from clusterchat.storage.tables import (
     groupinvite,
     groupuser,
     history,
+    mailbox,
     offlinemessage,
     user,
 )
@@ -227,9 +228,13 @@ class Admin:
                                                      blocked.c.blockedid == uid))),
                 ("invitations", delete(groupinvite).where(groupinvite.c.userid == uid)),
                 ("offline_messages", delete(offlinemessage).where(offlinemessage.c.userid == uid)),
+                ("mailbox", delete(mailbox).where(mailbox.c.userid == uid)),
                 ("history_messages", delete(history).where(theirs)),
                 ("users", delete(user).where(user.c.id == uid)),
             ):  # fmt: skip
+                if label == "mailbox":  # the tally of the rows just deleted: no count of its own
+                    await conn.execute(stmt)
+                    continue
                 if label == "history_messages":  # what a packed row held counts, each
                     held = await conn.scalar(select(func.sum(history.c.n)).where(theirs))
                     await conn.execute(stmt)

@@ -20,11 +20,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from clusterchat import errors
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import MsgId
 from clusterchat.storage import schema
+from clusterchat.storage.base import Quota
 from clusterchat.storage.sql import SqlStore
-from clusterchat.storage.tables import metadata, mysql_ddl, user
+from clusterchat.storage.tables import mailbox, metadata, mysql_ddl, user
 from tests.conftest import FAST_HASH, MYSQL_SERVER, PASSWORD, _mysql, unique
 from tests.e2e.test_process import server_process
 
@@ -257,7 +259,7 @@ async def test_history_kept_before_packing_pages_as_one_message_a_row_after_it(
     finally:
         await engine.dispose()
     code, out = await _clusterchat("db", "upgrade", "--db", blank_db)
-    assert code == 0 and "to revision 0007" in out, out
+    assert code == 0 and "from 0006 to revision" in out, out
     store = SqlStore(blank_db, pool_size=2)
     try:
         await store.add_history([(1, 2, 2, f"new-{i}", 10**12 + 9, f"after {i}") for i in range(3)])
@@ -270,5 +272,54 @@ async def test_history_kept_before_packing_pages_as_one_message_a_row_after_it(
         assert [m.id & 1023 for m in old] == [0, 0, 0]
         page = await store.history(1, 2, everything[3].id, 2, 0)  # a cursor at an old row
         assert [m.body for m in page] == ["before 1", "before 0"]
+    finally:
+        await store.close()
+
+
+def _to_0007(conn: Connection) -> None:
+    from alembic import command
+
+    command.upgrade(schema._config(conn), "0007")
+
+
+async def test_mailbox_tallies_are_filled_from_the_messages_already_stored(
+    blank_db: str,
+) -> None:
+    """Revision 0008 tallies each user's stored offline messages: a mailbox
+    filled before it counts toward the quota after it, and deliveries take
+    from the tally what they delete."""
+    engine = create_async_engine(blank_db)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_to_0007)
+            for uid, name in ((1, "a"), (2, "b")):
+                await conn.exec_driver_sql(
+                    "INSERT INTO user (id, name, namekey, password)"
+                    f" VALUES ({uid}, '{name}', '{name}', 'x')"
+                )
+            for i in range(3):
+                await conn.exec_driver_sql(
+                    "INSERT INTO offlinemessage (userid, message, size)"
+                    f" VALUES (1, 'm{i}', {10 + i})"
+                )
+    finally:
+        await engine.dispose()
+    code, out = await _clusterchat("db", "upgrade", "--db", blank_db)
+    assert code == 0 and "from 0007 to revision" in out, out
+    store = SqlStore(blank_db, pool_size=2)
+    try:
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(select(mailbox).order_by(mailbox.c.userid))).all()
+        assert [(r.userid, r.n, r.bytes) for r in rows] == [(1, 3, 33)]
+        quota = Quota(offline_messages=3)
+        with pytest.raises(errors.MailboxFull):
+            await store.store_offline(1, "one too many", quota)
+        await store.store_offline(2, "fits", quota)
+        ids = [i for i, _ in await store.offline(1)]
+        await store.delete_offline(1, ids[:2])
+        await store.store_offline(1, "fits now", quota)
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(select(mailbox).order_by(mailbox.c.userid))).all()
+        assert [(r.userid, r.n, r.bytes) for r in rows] == [(1, 2, 12 + 8), (2, 1, 4)]
     finally:
         await store.close()

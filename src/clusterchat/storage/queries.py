@@ -21,7 +21,7 @@ from sqlalchemy import (
     update,
 )
 
-from clusterchat.storage.tables import allgroup, friend, groupuser, offlinemessage, user
+from clusterchat.storage.tables import allgroup, friend, groupuser, mailbox, offlinemessage, user
 
 _uid = bindparam("uid", type_=Integer)
 
@@ -53,8 +53,8 @@ OFFLINE = (
 #: The same, unless the very message (its text carries a unique ``mid``) is
 #: there already: settles a store whose commit went unanswered.
 STORE_OFFLINE_MISSING = insert(offlinemessage).from_select(
-    ["userid", "message"],
-    select(_uid, bindparam("message", type_=Text)).where(
+    ["userid", "message", "size"],
+    select(_uid, bindparam("message", type_=Text), bindparam("size", type_=Integer)).where(
         exists().where(user.c.id == _uid),
         ~exists().where(
             (offlinemessage.c.userid == _uid)
@@ -89,6 +89,25 @@ MAILBOXES = (
     )
     .where(offlinemessage.c.userid.in_(bindparam("uids", expanding=True)))
     .group_by(offlinemessage.c.userid)
+)
+
+#: The tallies of the same: one row per receiver, not its whole mailbox.
+TALLIES = select(mailbox.c.userid, mailbox.c.n, mailbox.c.bytes, mailbox.c.checked).where(
+    mailbox.c.userid.in_(bindparam("uids", expanding=True))
+)
+
+#: What a delivery's delete will remove, locked so two deletes of the same
+#: rows do not both take them off the tally.
+DELETING = (
+    select(
+        func.count().label("n"),
+        func.coalesce(func.sum(offlinemessage.c.size), 0).label("bytes"),
+    )
+    .where(
+        (offlinemessage.c.userid == _uid)
+        & offlinemessage.c.id.in_(bindparam("ids", expanding=True))
+    )
+    .with_for_update()
 )
 
 GROUPS_CREATED = select(func.count()).where(

@@ -89,6 +89,8 @@ def _unversioned(connection: Connection) -> str | None:
     tables = {t.lower() for t in insp.get_table_names()}
     if "user" not in tables:
         return None
+    if "mailbox" in tables:
+        return "0008"
     if "history" in tables:
         history_cols = {c["name"] for c in insp.get_columns("history")}
         return "0007" if "n" in history_cols else "0006"

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 from prometheus_client import Histogram
 from sqlalchemy import event, insert, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -42,6 +44,7 @@ from clusterchat.storage.tables import (
     allgroup,
     friend,
     groupuser,
+    mailbox,
     metadata,
     offlinemessage,
     user,
@@ -72,6 +75,34 @@ def _translated() -> Iterator[None]:
         raise
     except (DBAPIError, OSError, ConnectionError, TimeoutError) as exc:
         raise errors.Unavailable.of("database", exc) from exc
+
+
+#: Tries of a transaction MariaDB rolled back as a deadlock's victim.
+DEADLOCK_TRIES = 5
+
+
+def _deadlocked(exc: errors.Unavailable) -> bool:
+    """MariaDB's 1213: the transaction was rolled back whole to break a
+    deadlock (gap locks of concurrent tally upserts and deletes can cross),
+    so running it again is safe, and what the server's manual asks."""
+    cause = exc.__cause__
+    orig = getattr(cause, "orig", None)
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return not isinstance(exc, errors.InDoubt) and bool(args) and args[0] == 1213
+
+
+async def _again_if_deadlocked(work: Callable[[], Awaitable[T]]) -> T:
+    """``work`` (one transaction) run again, a few times, while MariaDB picks
+    it as a deadlock's victim: a fan-out or a delivery is not failed for it."""
+    for attempt in range(1, DEADLOCK_TRIES + 1):
+        try:
+            return await work()
+        except errors.Unavailable as exc:
+            if attempt == DEADLOCK_TRIES or not _deadlocked(exc):
+                raise
+            log.info("deadlock (1213), running the transaction again (%d)", attempt)
+            await asyncio.sleep(0.001 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _is_mysql(url: URL) -> bool:
@@ -178,21 +209,78 @@ async def _groups(
     return [Group(gid, n, d, tuple(members.get(gid, ()))) for gid, n, d in heads], False
 
 
+#: Seconds a recount that found a mailbox full is trusted before the next
+#: refusal recounts it: a tally wrong by drift refuses for no longer.
+MAILBOX_RECHECK = 60
+
+
+async def _tally(conn: AsyncConnection, deltas: dict[int, tuple[int, int]]) -> None:
+    """Adds (count, bytes) to users' tallies, in the same transaction as the
+    rows. In user id order, and before any offlinemessage row is touched
+    (stores and deletes alike): every writer takes a user's tally lock
+    before that user's rows, so fan-outs and deliveries wait for each other
+    but do not deadlock (tests/storage/test_mailbox_tally.py)."""
+    if not deltas:
+        return
+    rows = [{"userid": u, "n": n, "bytes": b} for u, (n, b) in sorted(deltas.items())]
+    if conn.dialect.name == "sqlite":
+        ins = sqlite_insert(mailbox)
+        stmt: Any = ins.on_conflict_do_update(
+            index_elements=[mailbox.c.userid],
+            set_={"n": mailbox.c.n + ins.excluded.n, "bytes": mailbox.c.bytes + ins.excluded.bytes},
+        )
+    else:
+        mins = mysql_insert(mailbox)
+        stmt = mins.on_duplicate_key_update(
+            n=mailbox.c.n + mins.inserted.n, bytes=mailbox.c.bytes + mins.inserted.bytes
+        )
+    await conn.execute(stmt, rows)
+
+
 async def _over_mailbox(
     conn: AsyncConnection, uids: Sequence[int], size: int, quota: Quota
 ) -> set[int]:
     """Those of ``uids`` that one more message of ``size`` bytes would take
     past the offline quota. Concurrent stores may overshoot it by as many
-    messages as are stored at once: a bound, not an exact count."""
+    messages as are stored at once: a bound, not an exact count.
+
+    Reads each receiver's tally, not its mailbox. One the tally says is
+    full is recounted exactly (and its tally set right) unless a recount
+    confirmed it within MAILBOX_RECHECK seconds, so a tally left too high
+    (a node on older code deleting, say) cannot refuse a user for good."""
     if not (quota.offline_messages or quota.offline_bytes) or not uids:
         return set()
+
+    def over(n: int, nbytes: int) -> bool:
+        return bool(
+            (quota.offline_messages and n >= quota.offline_messages)
+            or (quota.offline_bytes and nbytes + size > quota.offline_bytes)
+        )
+
+    now = int(time.time())
     full = set()
+    recount = []
     for i in range(0, len(uids), 1000):
-        for r in await conn.execute(q.MAILBOXES, {"uids": list(uids[i : i + 1000])}):
-            if (quota.offline_messages and r.n >= quota.offline_messages) or (
-                quota.offline_bytes and r.bytes + size > quota.offline_bytes
-            ):
-                full.add(r.userid)
+        for r in await conn.execute(q.TALLIES, {"uids": list(uids[i : i + 1000])}):
+            if over(r.n, r.bytes):
+                if now - r.checked < MAILBOX_RECHECK:
+                    full.add(r.userid)
+                else:
+                    recount.append(r.userid)
+    recount.sort()
+    for i in range(0, len(recount), 1000):
+        chunk = recount[i : i + 1000]
+        exact = {r.userid: (r.n, r.bytes) for r in await conn.execute(q.MAILBOXES, {"uids": chunk})}
+        for u in chunk:
+            n, nbytes = exact.get(u, (0, 0))
+            is_full = over(n, nbytes)
+            if is_full:
+                full.add(u)
+            await conn.execute(
+                update(mailbox)
+                .where(mailbox.c.userid == u)
+                .values(n=n, bytes=nbytes, checked=now if is_full else 0)
+            )
     return full
 
 
@@ -586,44 +674,83 @@ class SqlStore(SocialQueries, HistoryQueries):
 
     async def store_offline(self, uid: int, message: str, quota: Quota = NO_QUOTA) -> None:
         size = len(message.encode())
-        async with self._tx() as conn:
-            if await _over_mailbox(conn, [uid], size, quota):
-                raise errors.MailboxFull(uid)
-            args = {"uid": uid, "message": message, "size": size}
-            res = await conn.execute(q.STORE_OFFLINE, args)
-        self.stored_rows += res.rowcount
-        if res.rowcount == 0:
+
+        async def once() -> int | None:
+            async with self._tx() as conn:
+                # Refused after the commit, not by rolling back: a recount's
+                # correction of the tally is kept.
+                if await _over_mailbox(conn, [uid], size, quota):
+                    return None
+                args = {"uid": uid, "message": message, "size": size}
+                await _tally(conn, {uid: (1, size)})  # tally first: see _tally
+                res = await conn.execute(q.STORE_OFFLINE, args)
+                if not res.rowcount:  # no such user: nothing stored, nothing tallied
+                    await _tally(conn, {uid: (-1, -size)})
+            return int(res.rowcount)
+
+        stored = await _again_if_deadlocked(once)
+        if stored is None:
+            raise errors.MailboxFull(uid)
+        self.stored_rows += stored
+        if stored == 0:  # after the commit, as before: a lost answer is in doubt
             raise errors.NoSuchUser(uid)
 
     async def store_offline_within(
         self, uids: Sequence[int], message: str, quota: Quota
     ) -> list[int]:
         size = len(message.encode())
-        async with self._tx() as conn:
-            full = await _over_mailbox(conn, uids, size, quota)
-            rows = [{"userid": u, "message": message, "size": size} for u in uids if u not in full]
-            if rows:
-                await conn.execute(insert(offlinemessage), rows)
-        self.stored_rows += len(rows)
+
+        async def once() -> tuple[set[int], int]:
+            async with self._tx() as conn:
+                full = await _over_mailbox(conn, uids, size, quota)
+                kept = sorted(u for u in uids if u not in full)
+                rows = [{"userid": u, "message": message, "size": size} for u in kept]
+                if rows:
+                    deltas: dict[int, tuple[int, int]] = {}
+                    for u in kept:
+                        n, b = deltas.get(u, (0, 0))
+                        deltas[u] = (n + 1, b + size)
+                    await _tally(conn, deltas)
+                    await conn.execute(insert(offlinemessage), rows)
+            return full, len(rows)
+
+        full, stored = await _again_if_deadlocked(once)
+        self.stored_rows += stored
         return [u for u in uids if u in full]
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
         if not items:
             return
-        async with self._tx() as conn:
-            await conn.execute(
-                insert(offlinemessage),
-                [{"userid": u, "message": m, "size": len(m.encode())} for u, m in items],
-            )
+        rows: list[dict[str, Any]] = []
+        deltas: dict[int, tuple[int, int]] = {}
+        for u, m in sorted(items, key=lambda it: it[0]):  # stable: keeps order
+            size = len(m.encode())
+            rows.append({"userid": u, "message": m, "size": size})
+            n, b = deltas.get(u, (0, 0))
+            deltas[u] = (n + 1, b + size)
+
+        async def once() -> None:
+            async with self._tx() as conn:
+                await _tally(conn, deltas)
+                await conn.execute(insert(offlinemessage), rows)
+
+        await _again_if_deadlocked(once)
         self.stored_rows += len(items)
 
     async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
         unknown = []
         async with self._tx() as conn:
-            for uid, message in items:
-                res = await conn.execute(q.STORE_OFFLINE_MISSING, {"uid": uid, "message": message})
-                if res.rowcount == 0 and not await conn.scalar(q.USER_EXISTS, {"uid": uid}):
+            deltas: dict[int, tuple[int, int]] = {}
+            for uid, message in sorted(items, key=lambda it: it[0]):  # stable
+                size = len(message.encode())
+                args = {"uid": uid, "message": message, "size": size}
+                res = await conn.execute(q.STORE_OFFLINE_MISSING, args)
+                if res.rowcount:
+                    n, b = deltas.get(uid, (0, 0))
+                    deltas[uid] = (n + 1, b + size)
+                elif not await conn.scalar(q.USER_EXISTS, {"uid": uid}):
                     unknown.append(uid)
+            await _tally(conn, deltas)
         if unknown:
             raise errors.NoSuchUser(unknown[0])
 
@@ -643,6 +770,15 @@ class SqlStore(SocialQueries, HistoryQueries):
         return found
 
     async def delete_offline(self, uid: int, ids: Sequence[int]) -> None:
-        async with self._tx() as conn:
-            res = await conn.execute(q.DELETE_OFFLINE, {"uid": uid, "ids": list(ids)})
-        self.delivered_rows += res.rowcount
+        args = {"uid": uid, "ids": list(ids)}
+
+        async def once() -> int:
+            async with self._tx() as conn:
+                await _tally(conn, {uid: (0, 0)})  # the tally's lock first: see _tally
+                gone = (await conn.execute(q.DELETING, args)).one()
+                res = await conn.execute(q.DELETE_OFFLINE, args)
+                if gone.n:
+                    await _tally(conn, {uid: (-gone.n, -int(gone.bytes))})
+            return int(res.rowcount)
+
+        self.delivered_rows += await _again_if_deadlocked(once)

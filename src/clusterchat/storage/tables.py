@@ -11,7 +11,8 @@ instead of VARCHAR(500). Everything is utf8mb4 on MySQL. Groups gain an
 ``admin`` role, a join time and an invite-only flag; ``blocked`` holds who
 blocks whom, ``groupinvite`` invitations to invite-only groups. ``history``
 keeps every chat message for ``--history-days`` (revision 0006), several of
-one conversation to a row (revision 0007).
+one conversation to a row (revision 0007). ``mailbox`` tallies each
+user's stored offline messages for the quotas (revision 0008).
 
 Names (users and groups) are unique by their key (``namekey``,
 ``groupkey``: see :mod:`clusterchat.protocol.names`), compared byte for
@@ -132,6 +133,23 @@ offlinemessage = Table(
     # Bytes of ``message`` (UTF-8): per-receiver quotas sum this, not the text.
     Column("size", Integer, nullable=False, server_default="0"),
     Index("ix_offlinemessage_userid_id", "userid", "id"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+#: Each user's stored offline count and bytes (revision 0008), kept with the
+#: rows in the same transaction, so the quota check reads one row per
+#: receiver instead of summing the mailbox. A bound, not the truth: the
+#: store recounts a user exactly before refusing one, and corrects it.
+mailbox = Table(
+    "mailbox",
+    metadata,
+    Column("userid", Integer, primary_key=True, autoincrement=False),
+    Column("n", Integer, nullable=False, server_default="0"),
+    Column("bytes", _BigId, nullable=False, server_default="0"),
+    # When (epoch seconds) a recount last confirmed the user full: refusals
+    # trust the tally until it is MAILBOX_RECHECK seconds old.
+    Column("checked", Integer, nullable=False, server_default="0"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
