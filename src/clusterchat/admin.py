@@ -227,12 +227,13 @@ class Admin:
                 ("blocks", delete(blocked).where(or_(blocked.c.userid == uid,
                                                      blocked.c.blockedid == uid))),
                 ("invitations", delete(groupinvite).where(groupinvite.c.userid == uid)),
-                ("offline_messages", delete(offlinemessage).where(offlinemessage.c.userid == uid)),
+                # The tally's lock before the rows', as every store takes them.
                 ("mailbox", delete(mailbox).where(mailbox.c.userid == uid)),
+                ("offline_messages", delete(offlinemessage).where(offlinemessage.c.userid == uid)),
                 ("history_messages", delete(history).where(theirs)),
                 ("users", delete(user).where(user.c.id == uid)),
             ):  # fmt: skip
-                if label == "mailbox":  # the tally of the rows just deleted: no count of its own
+                if label == "mailbox":  # the tally of the rows deleted next: no count of its own
                     await conn.execute(stmt)
                     continue
                 if label == "history_messages":  # what a packed row held counts, each

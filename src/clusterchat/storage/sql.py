@@ -738,20 +738,27 @@ class SqlStore(SocialQueries, HistoryQueries):
         self.stored_rows += len(items)
 
     async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
-        unknown = []
-        async with self._tx() as conn:
-            deltas: dict[int, tuple[int, int]] = {}
-            for uid, message in sorted(items, key=lambda it: it[0]):  # stable
-                size = len(message.encode())
-                args = {"uid": uid, "message": message, "size": size}
-                res = await conn.execute(q.STORE_OFFLINE_MISSING, args)
-                if res.rowcount:
-                    n, b = deltas.get(uid, (0, 0))
-                    deltas[uid] = (n + 1, b + size)
-                elif not await conn.scalar(q.USER_EXISTS, {"uid": uid}):
-                    unknown.append(uid)
-            await _tally(conn, deltas)
-        if unknown:
+
+        async def once() -> list[int]:
+            unknown = []
+            async with self._tx() as conn:
+                # The tallies' locks before any row's (its NOT EXISTS reads
+                # the user's rows): see _tally.
+                await _tally(conn, {uid: (0, 0) for uid, _ in items})
+                deltas: dict[int, tuple[int, int]] = {}
+                for uid, message in sorted(items, key=lambda it: it[0]):  # stable
+                    size = len(message.encode())
+                    args = {"uid": uid, "message": message, "size": size}
+                    res = await conn.execute(q.STORE_OFFLINE_MISSING, args)
+                    if res.rowcount:
+                        n, b = deltas.get(uid, (0, 0))
+                        deltas[uid] = (n + 1, b + size)
+                    elif not await conn.scalar(q.USER_EXISTS, {"uid": uid}):
+                        unknown.append(uid)
+                await _tally(conn, deltas)
+            return unknown
+
+        if unknown := await _again_if_deadlocked(once):
             raise errors.NoSuchUser(unknown[0])
 
     async def offline(self, uid: int) -> list[tuple[int, str]]:
