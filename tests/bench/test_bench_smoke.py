@@ -25,6 +25,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
             port=0,
             db_url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}",
             hash_cost=FAST_HASH,
+            shed_lag=0.0,
             # A benchmark floods and registers many users from one address, by design.
             limits=Limits(message_rate=0, registrations_per_address=0),
             http_port=0,
@@ -105,7 +106,7 @@ async def test_a_server_with_its_default_limits_is_a_one_line_error(tmp_path: Pa
     (registration limit 20 an address) is told which flags the benchmark
     needs, and an unreachable target is named."""
     db = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
-    n = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH))
+    n = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH, shed_lag=0.0))
     await n.start()
     try:
         text = await _bench_error("chat", "-p", "15", "-t", "1", "--target", f"127.0.0.1:{n.port}")

@@ -23,7 +23,12 @@ CLIENT_ENV = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "CLUSTERCHAT_HOME": "/
 @pytest.fixture
 async def lone_node(tmp_path: Path) -> AsyncIterator[Node]:
     n = Node(
-        Settings(port=0, db_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", hash_cost=FAST_HASH)
+        Settings(
+            port=0,
+            db_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}",
+            hash_cost=FAST_HASH,
+            shed_lag=0.0,
+        )
     )
     await n.start()
     yield n

@@ -33,6 +33,7 @@ async def _node(tmp_path: Path, db_url: str, redis_url: str, name: str) -> Node:
             port=0,
             db_url=db_url,
             hash_cost=FAST_HASH,
+            shed_lag=0.0,
             redis_url=redis_url,
             redis_prefix=f"ccdisp:{tmp_path.name}:",
             presence_ttl=PRESENCE_TTL,

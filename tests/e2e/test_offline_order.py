@@ -23,7 +23,7 @@ from tests.conftest import FAST_HASH, PASSWORD, unique
 
 @pytest.fixture
 async def maria_node(mariadb_url: str) -> AsyncIterator[Node]:
-    n = Node(Settings(port=0, db_url=mariadb_url, hash_cost=FAST_HASH))
+    n = Node(Settings(port=0, db_url=mariadb_url, hash_cost=FAST_HASH, shed_lag=0.0))
     await n.start()
     yield n
     await n.stop()

@@ -36,7 +36,7 @@ async def proxy() -> AsyncIterator[MariaDbProxy]:
 async def node(proxy: MariaDbProxy, mariadb_url: str) -> AsyncIterator[Node]:
     host = MYSQL_SERVER.rsplit(":", 1)[0]
     url = f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}"
-    n = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH))
+    n = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, shed_lag=0.0))
     await n.start()
     yield n
     await n.stop()

@@ -34,6 +34,7 @@ async def node(mariadb_url: str) -> AsyncIterator[Node]:
             db_url=mariadb_url,
             db_pool=1,
             hash_cost=FAST_HASH,
+            shed_lag=0.0,
             limits=Limits(registrations_per_address=0),
             trusted_proxies=(),
         )

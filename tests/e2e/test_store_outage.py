@@ -29,7 +29,7 @@ async def proxy() -> AsyncIterator[CuttableProxy]:
 async def node_via_proxy(proxy: CuttableProxy, mariadb_url: str) -> AsyncIterator[Node]:
     host = MYSQL_SERVER.rsplit(":", 1)[0]
     url = f"{host}:{proxy.port}/{mariadb_url.rsplit('/', 1)[1]}"
-    n = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH))
+    n = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, shed_lag=0.0))
     await n.start()
     yield n
     await n.stop()
@@ -90,7 +90,7 @@ async def test_logins_on_a_silent_store_flow_get_an_error_in_time(
     (the pooled connection's read never returned) and held its connection."""
     monkeypatch.setattr(sql, "TX_TIMEOUT", 1.0)
     proxy, url = await stalling_mariadb(mariadb_url)
-    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, db_pool=2))
+    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, shed_lag=0.0, db_pool=2))
     await node.start()
     conns: list[ChatConnection] = []
     try:
@@ -119,7 +119,7 @@ async def test_logins_get_new_connections_when_the_old_flows_stay_silent(
     replaced, so logins work again without the old flows coming back."""
     monkeypatch.setattr(sql, "TX_TIMEOUT", 1.0)
     proxy, url = await stalling_mariadb(mariadb_url)
-    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, db_pool=2))
+    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, shed_lag=0.0, db_pool=2))
     await node.start()
     conn, uid = await _user(node)
     try:
@@ -145,7 +145,7 @@ async def test_a_node_start_on_a_silent_store_fails_in_time(
     monkeypatch.setattr(sql, "TX_TIMEOUT", 1.0)
     proxy, url = await stalling_mariadb(mariadb_url)
     proxy.stall()
-    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, db_pool=2))
+    node = Node(Settings(port=0, db_url=url, hash_cost=FAST_HASH, shed_lag=0.0, db_pool=2))
     try:
         async with asyncio.timeout(10):
             with pytest.raises(errors.Unavailable, match="did not answer in 1 s"):

@@ -41,7 +41,11 @@ def client_ctx(crt: str) -> ssl.SSLContext:
 @pytest.fixture
 async def tls_node(tmp_path: Path, cert: tuple[str, str]) -> AsyncIterator[Node]:
     db = f"sqlite+aiosqlite:///{tmp_path / 'tls.db'}"
-    n = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH, tls_cert=cert[0], tls_key=cert[1]))
+    n = Node(
+        Settings(
+            port=0, db_url=db, hash_cost=FAST_HASH, shed_lag=0.0, tls_cert=cert[0], tls_key=cert[1]
+        )
+    )
     await n.start()
     yield n
     await n.stop()
@@ -80,7 +84,7 @@ async def test_nginx_terminates_tls_in_front_of_a_plain_node(
     tmp_path: Path, cert: tuple[str, str]
 ) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}"
-    node = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH))
+    node = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH, shed_lag=0.0))
     await node.start()
     listen = free_ports(1)
     conf = tmp_path / "nginx.conf"

@@ -26,8 +26,10 @@ async def test_scrapes_that_come_together_share_one_count(mariadb_url: str) -> N
             counts.append(statement)
 
     event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
-    node = Node(Settings(host="127.0.0.1", port=0, db_url=mariadb_url, hash_cost=FAST_HASH),
-                store=store)  # fmt: skip
+    settings = Settings(
+        host="127.0.0.1", port=0, db_url=mariadb_url, hash_cost=FAST_HASH, shed_lag=0.0
+    )
+    node = Node(settings, store=store)
     collector = NodeCollector(node)
     try:
         async with asyncio.timeout(10):

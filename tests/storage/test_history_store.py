@@ -316,7 +316,9 @@ async def test_a_node_opens_its_history_connection_at_start_not_with_the_first_r
 ) -> None:
     """At its ceiling a node took tens of ms to open it inside the first round,
     while the queue filled (service/history.py, ``HistoryWriter.open``)."""
-    settings = Settings(host="127.0.0.1", port=0, db_url=mariadb_url, hash_cost=FAST_HASH)
+    settings = Settings(
+        host="127.0.0.1", port=0, db_url=mariadb_url, hash_cost=FAST_HASH, shed_lag=0.0
+    )
     store = SqlStore(mariadb_url, pool_size=2)
     node = Node(settings, store=store)
     assert store.history_bulk is not None and not store.history_bulk.connected

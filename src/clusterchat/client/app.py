@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 Out = Callable[[str], None]
 AskPassword = Callable[[str], Awaitable[str]]
 
+#: How long a scripted line waits for a dropped connection to come back (s).
+SCRIPT_PATIENCE = 30.0
+
 
 class Controller:
     def __init__(self, client: ChatClient, out: Out, ask_password: AskPassword | None) -> None:
@@ -281,7 +284,16 @@ async def scripted(ctl: Controller) -> None:
             return
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        if not await ctl.run_line(line):
+        try:
+            cmd = c.parse(line)
+        except c.BadCommand as exc:
+            ctl.out(f"Not understood: {exc}.")
+            continue
+        if not isinstance(cmd, c.Quit | c.Help):
+            # A script cannot try again in a moment: its next line waits for
+            # a reconnect under way (bounded, then it is told as usual).
+            await ctl.client.reconnected(SCRIPT_PATIENCE)
+        if not await ctl.run(cmd):
             return
 
 

@@ -176,6 +176,14 @@ class ChatClient:
             self.ready.set()
             return
 
+    async def reconnected(self, timeout: float) -> None:
+        """Wait, at most ``timeout`` seconds, for a reconnect under way to
+        finish; at once if none is (connected, closing, or displaced)."""
+        if self.ready.is_set() or self._closing or self.displaced:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), timeout)
+
     async def _relogin(self) -> bool | None:
         """Log in again after a reconnect: True if in, False if refused (the
         session is over: logged out here), None if the connection was lost."""
