@@ -235,3 +235,30 @@ def server_cmd(port: int, db_url: str, *extra: str) -> list[str]:
     cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
     return [sys.executable, "-m", "clusterchat", "server", "--port", str(port),
             "--db", db_url, "--hash-cost", cost, *extra]  # fmt: skip
+
+
+async def big_groups(store: object, uid: int, tag: str, groups: int, members: int) -> list[int]:
+    """Puts user ``uid`` in ``groups`` new groups of ``members`` others each
+    (rows written straight to the store: registering thousands of users over
+    the protocol takes minutes). Names start with ``tag``. Returns the ids."""
+    from sqlalchemy import insert, select
+
+    from clusterchat.storage.sql import SqlStore
+    from clusterchat.storage.tables import allgroup, groupuser, user
+
+    assert isinstance(store, SqlStore)
+    async with store.engine.begin() as db:
+        names = [
+            {"name": f"{tag}{i}", "namekey": f"{tag}{i}", "password": "x"} for i in range(members)
+        ]
+        await db.execute(insert(user), names)
+        found = await db.execute(select(user.c.id).where(user.c.name.like(f"{tag}%")))
+        others = found.scalars().all()
+        rows = [{"groupname": f"{tag}g{i}", "groupkey": f"{tag}g{i}"} for i in range(groups)]
+        await db.execute(insert(allgroup), rows)
+        made = await db.execute(select(allgroup.c.id).where(allgroup.c.groupname.like(f"{tag}g%")))
+        gids = sorted(made.scalars().all())
+        await db.execute(
+            insert(groupuser), [{"groupid": g, "userid": u} for g in gids for u in [*others, uid]]
+        )
+    return gids

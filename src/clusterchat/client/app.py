@@ -108,15 +108,34 @@ class Controller:
         if reply.get("msgid") == MsgId.ERROR:
             self.out(render.refusal(reply))
             return
-        while isinstance(cmd, c.Groups) and reply.get("more") and reply.get("groups"):
-            for line in _done(cmd, reply):  # a page at a time: the list is long
-                self.out(line)
-            last = reply["groups"][-1].get("id", 0)
-            reply = await client.request({"msgid": MsgId.LIST_GROUPS, "after": last})
+        if isinstance(cmd, c.Groups):
+            await self._more_groups(reply)
+            return
         for line in _done(cmd, reply):
             self.out(line)
         if isinstance(cmd, c.Logout):
             client.forget()
+
+    async def _more_groups(self, reply: dict[str, Any]) -> None:
+        """Shows a GROUP_LIST and asks for the pages after it while it says
+        `more` (a reply holds about 4,000 members' worth): one list, its
+        header once, and a page refused says so instead of "No groups yet"."""
+        first = True
+        while True:
+            docs = reply.get("groups") or []
+            lines = render.groups(docs)
+            if not first:
+                lines = lines[1:] if docs else []  # no second "Groups:" header
+            for line in lines:
+                self.out(line)
+            first = False
+            if not (reply.get("more") and docs and isinstance(docs[-1], dict)):
+                return
+            after = docs[-1].get("id", 0)
+            reply = await self.client.request({"msgid": MsgId.LIST_GROUPS, "after": after})
+            if reply.get("msgid") == MsgId.ERROR:
+                self.out(f"(the rest of your groups were not listed) {render.refusal(reply)}")
+                return
 
     async def register(self, name: str, password: str) -> bool:
         """Register and, unless logged in already, log in as the new user

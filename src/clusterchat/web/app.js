@@ -584,15 +584,57 @@ function autoGrow() {
 
 // -- server lists --------------------------------------------------------------------
 
-async function refresh() {
-  if (!state.me || !sock.ready) return;
+// Every group, page after page: a reply holds about 4,000 members' worth and
+// says `more` when groups follow (docs/PROTOCOL.md, LIST_GROUPS 21). null if
+// a page was refused (the list then stays as it was).
+async function listGroups() {
+  const all = [];
+  let after = 0;
+  for (;;) {
+    const gl = await sock.request(after ? { msgid: Msg.LIST_GROUPS, after } : { msgid: Msg.LIST_GROUPS });
+    if (gl.msgid !== Msg.GROUP_LIST) return null;
+    const groups = Array.isArray(gl.groups) ? gl.groups : [];
+    all.push(...groups);
+    const last = Number(groups[groups.length - 1]?.id);
+    if (!gl.more || !(last > after)) return all; // the ids must move on: no endless loop
+    after = last;
+  }
+}
+
+// One refresh at a time: a long group list takes several round trips, and the
+// timer or an event asking meanwhile gets one more refresh after it.
+let refreshing = null;
+let refreshAgain = false;
+
+function refresh() {
+  if (!state.me || !sock.ready) return Promise.resolve();
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = (async () => {
+    try {
+      do {
+        refreshAgain = false;
+        await refreshOnce();
+      } while (refreshAgain && state.me && sock.ready);
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+async function refreshOnce() {
+  const me = state.me;
   try {
-    const [fl, gl, bl, il] = await Promise.all([
+    const [fl, groups, bl, il] = await Promise.all([
       sock.request({ msgid: Msg.LIST_FRIENDS }),
-      sock.request({ msgid: Msg.LIST_GROUPS }),
+      listGroups(),
       sock.request({ msgid: Msg.LIST_BLOCKED }),
       sock.request({ msgid: Msg.LIST_INVITES }),
     ]);
+    if (state.me !== me) return; // logged out (or in as someone else) meanwhile
     if (bl.msgid === Msg.BLOCKED_LIST) {
       state.blocked = new Map((bl.blocked || []).map((b) => [Number(b.id), String(b.name)]));
     }
@@ -605,8 +647,8 @@ async function refresh() {
       state.friends = new Map((fl.friends || []).map((f) =>
         [Number(f.id), { id: Number(f.id), name: String(f.name), state: String(f.state) }]));
     }
-    if (gl.msgid === Msg.GROUP_LIST) {
-      state.groups = new Map((gl.groups || []).map((g) => [Number(g.id), {
+    if (groups) {
+      state.groups = new Map(groups.map((g) => [Number(g.id), {
         id: Number(g.id), groupname: String(g.groupname), groupdesc: String(g.groupdesc ?? ""),
         users: (g.users || []).map((u) => ({ id: Number(u.id), name: String(u.name),
           state: String(u.state), role: String(u.role) })),
