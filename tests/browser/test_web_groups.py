@@ -22,26 +22,30 @@ async def test_every_page_of_groups_is_in_the_sidebar(
 ) -> None:
     conn = await ChatConnection.open("127.0.0.1", web_node.port)
     uid = await conn.register(unique("big"), PASSWORD)
-    gids = await big_groups(web_node.store, uid, unique("m"), groups=3, members=2500)
-    # The scenario pages: the login reply and the first LIST_GROUPS hold fewer.
+    # 7 groups of 1,000 (--max-group-size's default): the list comes in 3 pages.
+    gids = await big_groups(web_node.store, uid, unique("m"), groups=7, members=999)
     login = await conn.login(uid, PASSWORD)
-    assert login["more"] == ["groups"] and len(login["groups"]) < 3, login.get("more")
-    first = await conn.request({"msgid": MsgId.LIST_GROUPS}, MsgId.GROUP_LIST)
-    assert first.get("more") is True and len(first["groups"]) < 3
+    assert login["more"] == ["groups"] and len(login["groups"]) < 7, login.get("more")
+    pages, after = [], 0
+    while not pages or pages[-1].get("more"):
+        doc = {"msgid": MsgId.LIST_GROUPS, "after": after}
+        pages.append(await conn.request(doc, MsgId.GROUP_LIST))
+        after = pages[-1]["groups"][-1]["id"]
+    assert len(pages) >= 3 and [g["id"] for p in pages for g in p["groups"]] == gids
     await conn.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
     await conn.close()
 
     page = await new_page(web_node.http.port)
     await log_in(page, uid, PASSWORD)
     items = page.locator("#groups li.conv")
-    await expect(items).to_have_count(3)
+    await expect(items).to_have_count(7)
     for gid in gids:
         await expect(page.locator(f'[data-key="g:{gid}"] .sub')).to_have_text(
-            f"2501 members · #{gid}"
+            f"1000 members · #{gid}"
         )
     await page.click(f'[data-key="g:{gids[-1]}"]')  # the last page's group opens, members known
     await expect(page.locator("#conv-sub")).to_have_text(
-        f"group #{gids[-1]} · 2501 members, 1 online"
+        f"group #{gids[-1]} · 1000 members, 1 online"
     )
     shot = Path(os.environ.get("CLUSTERCHAT_SHOT_DIR", tmp_path)) / "many-groups.png"
     await page.screenshot(path=str(shot))  # CLUSTERCHAT_SHOT_DIR=... keeps it to look at

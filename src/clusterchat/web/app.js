@@ -67,6 +67,17 @@ function toast(text, kind = "error") {
   toastTimer = setTimeout(() => { t.hidden = true; }, 5000);
 }
 
+// A server's error text ("wrong id or password") as a sentence on the page.
+function sentence(text) {
+  const t = String(text ?? "").trim();
+  if (!t) return t;
+  return `${t[0].toUpperCase()}${t.slice(1)}${/[.!?…]$/.test(t) ? "" : "."}`;
+}
+
+function members(n) {
+  return `${n} ${n === 1 ? "member" : "members"}`;
+}
+
 function banner(text, kind) {
   const b = $("banner");
   b.hidden = !text;
@@ -217,7 +228,7 @@ function renderSidebar() {
   const gItems = [];
   for (const g of [...state.groups.values()].sort((a, b) => a.groupname.localeCompare(b.groupname))) {
     const c = conv("g", g.id);
-    gItems.push(convItem(c, g.groupname, `${(g.users || []).length} members · #${g.id}`));
+    gItems.push(convItem(c, g.groupname, `${members((g.users || []).length)} · #${g.id}`));
   }
   groups.replaceChildren(...gItems);
   $("groups-empty").hidden = gItems.length > 0;
@@ -323,7 +334,7 @@ function renderHead(c) {
     const g = state.groups.get(c.id);
     const users = g?.users || [];
     const online = users.filter((u) => u.state === "online").length;
-    $("conv-sub").textContent = `group #${c.id} · ${users.length} members, ${online} online`;
+    $("conv-sub").textContent = `group #${c.id} · ${members(users.length)}, ${online} online`;
     $("members-btn").hidden = false;
     const items = users.map((u) => {
       const li = el("li", "member");
@@ -759,7 +770,7 @@ async function submitAuth(event) {
       const name = $("reg-name").value.trim();
       if (!name || !password) { err.textContent = "Choose a name and a password."; return; }
       const ack = await sock.request({ msgid: Msg.REG, name, password });
-      if (ack.errno !== 0) { err.textContent = ack.errmsg || "That name is taken."; return; }
+      if (ack.errno !== 0) { err.textContent = sentence(ack.errmsg || "That name is taken."); return; }
       uid = Number(ack.id);
     } else {
       uid = Number($("login-id").value.trim());
@@ -767,7 +778,7 @@ async function submitAuth(event) {
     }
     reset();
     const ack = await sock.login(uid, password);
-    if (ack.errno !== 0) { err.textContent = ack.errmsg || "Wrong id or password."; return; }
+    if (ack.errno !== 0) { err.textContent = sentence(ack.errmsg || "Wrong id or password."); return; }
     $("password").value = "";
     if (sock.ticket) {
       sessionStorage.setItem(SESSION_KEY, JSON.stringify({ id: uid, name: ack.name, ticket: sock.ticket }));
@@ -813,7 +824,7 @@ async function resumeSaved() {
 async function ask(doc, okMsgid) {
   try {
     const ack = await sock.request(doc);
-    if (ack.msgid !== okMsgid) { toast(String(ack.errmsg ?? "refused")); return null; }
+    if (ack.msgid !== okMsgid) { toast(sentence(ack.errmsg ?? "refused")); return null; }
     return ack;
   } catch {
     toast("Not connected; try again when the connection is back.");

@@ -1,0 +1,51 @@
+"""The log-in form and group counts as a newcomer meets them: a name typed
+where the id goes, a wrong password, a group of one."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.async_api import expect
+
+from clusterchat.client.connection import ChatConnection
+from clusterchat.server.node import Node
+from tests.browser.conftest import NewPage, register
+from tests.conftest import PASSWORD, unique
+
+
+async def test_a_name_in_the_id_field_is_explained_and_does_not_block_registering(
+    web_node: Node, new_page: NewPage
+) -> None:
+    page = await new_page(web_node.http.port)
+    await page.fill("#login-id", "ann")  # a newcomer's guess: their name
+    await page.fill("#password", "pw")
+    await page.click("#auth-submit")
+    await expect(page.locator("#auth-error")).to_have_text("Your user id is a number.")
+    # The hidden id field, still holding "ann", did block the Create account
+    # button (the browser's own check of a field nobody could see).
+    uid = await register(page, unique("ann"))
+    assert uid > 0
+
+
+async def test_a_wrong_password_is_said_as_a_sentence(web_node: Node, new_page: NewPage) -> None:
+    conn = await ChatConnection.open("127.0.0.1", web_node.port)
+    uid = await conn.register(unique("bob"), PASSWORD)
+    await conn.close()
+    page = await new_page(web_node.http.port)
+    await page.fill("#login-id", str(uid))
+    await page.fill("#password", "not the password")
+    await page.click("#auth-submit")
+    await expect(page.locator("#auth-error")).to_have_text("Wrong id or password.")
+    await expect(page.locator("#auth")).to_be_visible()
+
+
+async def test_a_group_of_one_has_one_member(web_node: Node, new_page: NewPage) -> None:
+    page = await new_page(web_node.http.port)
+    await register(page, unique("cat"))
+    await page.click("#group-btn")
+    await page.fill("#group-name", "Solo")
+    await page.press("#group-name", "Enter")
+    item = page.locator("#groups li.conv", has_text="Solo")
+    await expect(item.locator(".sub")).to_have_text(re.compile(r"^1 member · #\d+$"))
+    await item.click()
+    await expect(page.locator("#conv-sub")).to_have_text(re.compile(r"· 1 member, 1 online$"))
