@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import expect
 
@@ -26,7 +27,8 @@ async def test_every_page_of_groups_is_in_the_sidebar(
     gids = await big_groups(web_node.store, uid, unique("m"), groups=7, members=999)
     login = await conn.login(uid, PASSWORD)
     assert login["more"] == ["groups"] and len(login["groups"]) < 7, login.get("more")
-    pages, after = [], 0
+    pages: list[dict[str, Any]] = []
+    after = 0
     while not pages or pages[-1].get("more"):
         doc = {"msgid": MsgId.LIST_GROUPS, "after": after}
         pages.append(await conn.request(doc, MsgId.GROUP_LIST))
