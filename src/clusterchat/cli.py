@@ -66,16 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat from the terminal. With a terminal: a login/register menu, then a "
         "prompt (type help). Without one (stdin a pipe or file): reads one command per line "
         "and prints one event per line, for scripts. Reconnects by itself. The server is "
-        "127.0.0.1:8000 (nginx) when `clusterchat cluster up` runs on this machine, else "
-        "127.0.0.1:6000 (a lone node).",
+        "nginx's port (127.0.0.1:8000, or the --listen-port chosen) when `clusterchat "
+        "cluster up` runs on this machine, else 127.0.0.1:6000 (a lone node).",
     )
     cli.add_argument("host_pos", nargs="?", metavar="HOST", help="server address")
     cli.add_argument("port_pos", nargs="?", type=int, metavar="PORT", help="server port")
     cli.add_argument("--host", default=_env("CLUSTERCHAT_HOST", "127.0.0.1"),
                      help="server address [env CLUSTERCHAT_HOST; default 127.0.0.1]")  # fmt: skip
     cli.add_argument("--port", type=int, default=None,
-                     help="server port [env CLUSTERCHAT_PORT; default 8000 if a cluster is "
-                     "up here, else 6000]")  # fmt: skip
+                     help="server port [env CLUSTERCHAT_PORT; default nginx's (8000, or "
+                     "`cluster up --listen-port`) if a cluster is up here, else 6000]")  # fmt: skip
     cli.add_argument("--user", type=int, default=None, metavar="ID",
                      help="log in as this user id at once")  # fmt: skip
     cli.add_argument("--password", default=None,
@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         default=None,
         metavar="HOST:PORT[,HOST:PORT]",
-        help="server(s); connections alternate between them [default 127.0.0.1:8000 (nginx) "
-        "when `clusterchat cluster up` runs on this machine, else 127.0.0.1:6000]",
+        help="server(s); connections alternate between them [default 127.0.0.1:8000 (nginx, "
+        "or its --listen-port) when `clusterchat cluster up` runs on this machine, else "
+        "127.0.0.1:6000]",
     )
     bench.add_argument("-n", "--users", type=int, default=200,
                        help="users (reg, login, reconnect) [default 200]")  # fmt: skip

@@ -9,6 +9,7 @@ no service code, so the terminal client can use it without loading argon2.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,15 @@ class Settings:
 
 
 def default_port() -> int:
-    """Where our clients and the benchmark connect by default: 8000 (nginx)
-    when `clusterchat cluster up` is running here, else a lone node's 6000."""
-    return 8000 if (data_dir() / "cluster" / "cluster.json").exists() else DEFAULT_PORT
+    """Where our clients and the benchmark connect by default: nginx's port
+    when `clusterchat cluster up` is running here (its --listen-port, 8000
+    unless chosen), else a lone node's 6000."""
+    state = data_dir() / "cluster" / "cluster.json"
+    try:
+        listen = json.loads(state.read_text()).get("listen", "")
+    except FileNotFoundError:
+        return DEFAULT_PORT
+    except (OSError, ValueError, AttributeError):
+        return 8000
+    port = str(listen).rpartition(":")[2]
+    return int(port) if port.isdigit() else 8000
