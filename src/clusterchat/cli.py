@@ -99,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ordinary use with users coming and going: checks nothing is lost and, with "
         "--server-pid, that the server's memory does not grow).",
     )
-    bench.add_argument("scenario", choices=["reg", "login", "reconnect", "chat", "group", "soak"])
+    bench.add_argument(
+        "scenario",
+        choices=["reg", "login", "reconnect", "chat", "group", "soak"],
+        metavar="SCENARIO",
+        help="reg, login, reconnect, chat, group or soak (above)",
+    )
     bench.add_argument(
         "--target",
         default=None,
@@ -199,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     cup.add_argument(
         "server_args",
         nargs=argparse.REMAINDER,
-        help="after --, options for every node (see `clusterchat server -h`)",
+        metavar="-- SERVER_OPTION",
+        help="after --, options for every node, e.g. `-- --presence-ttl 5` "
+        "(see `clusterchat server -h`)",
     )
     cdown = clsub.add_parser(
         "down",
@@ -282,22 +289,42 @@ def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     OPTIONS["--redis-prefix"].add_to(adm)  # the nodes' own
     act = adm.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
-    users = act.add_parser("users", help="list users (id, name, state, banned, node)")
+    # --db, --redis and --redis-prefix after the action too (`admin users --db URL`):
+    # without a value there, the one before the action (or its env) stands.
+    where = argparse.ArgumentParser(add_help=False)
+    here = where.add_argument_group("where (also accepted before the action)")
+    keep = argparse.SUPPRESS
+    here.add_argument("--db", metavar="URL", default=keep,
+                      help="the store [env CLUSTERCHAT_DB]")  # fmt: skip
+    here.add_argument("--redis", metavar="URL", default=keep,
+                      help="the cluster's Redis [env CLUSTERCHAT_REDIS]")  # fmt: skip
+    here.add_argument("--redis-prefix", dest="redis_prefix", metavar="PREFIX", default=keep,
+                      help="the nodes' --redis-prefix [env CLUSTERCHAT_REDIS_PREFIX]")  # fmt: skip
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        one: argparse.ArgumentParser = act.add_parser(
+            name, help=text, description=text[:1].upper() + text[1:] + ".", parents=[where]
+        )
+        return one
+
+    users = action("users", "list users (id, name, state, banned, node)")
     users.add_argument("--online", action="store_true", help="only those logged in")
-    act.add_parser("nodes", help="live nodes and how many users each holds (needs --redis)")
-    act.add_parser("counts", help="users, banned, groups, friendships, offline messages, online")
-    group = act.add_parser("group", help="show a group and its members")
-    group.add_argument("gid", type=int)
+    action("nodes", "live nodes and how many users each holds (needs --redis)")
+    action("counts", "users, banned, groups, friendships, offline messages, online")
+    group = action("group", "show a group and its members")
+    group.add_argument("gid", type=int, metavar="GROUP_ID", help="the group's id")
     for name, text in (
         ("kick", "end the user's session, on whichever node holds it (they may log in again)"),
         ("ban", "forbid logging in (LoginErr 6), revoke the ticket, end the session"),
         ("unban", "allow logging in again"),
         ("delete", "delete the user with friendships, memberships, offline messages and history"),
     ):
-        one = act.add_parser(name, help=text)
-        one.add_argument("uid", type=int)
-    reset = act.add_parser("reset-password", help="set a new password (random if not given)")
-    reset.add_argument("uid", type=int)
+        one = action(name, text)
+        one.add_argument("uid", type=int, metavar="USER_ID", help="the user's id")
+    reset = action(
+        "reset-password", "set a new password (random if not given, printed alone on stdout)"
+    )
+    reset.add_argument("uid", type=int, metavar="USER_ID", help="the user's id")
     reset.add_argument("--password", default=None, help="the new password [default: random]")
 
 

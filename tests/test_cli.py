@@ -1,0 +1,72 @@
+"""The command line as a newcomer meets it: `clusterchat admin` takes where
+to look (--db, --redis, --redis-prefix) after its action too, as people type
+it (`admin users --db URL` used to end in "unrecognized arguments"), and
+each --help names what its arguments are."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from clusterchat.cli import build_parser
+from clusterchat.client.connection import ChatConnection
+from clusterchat.config import Settings
+from clusterchat.server.node import Node
+from tests.conftest import FAST_HASH, PASSWORD, unique
+
+
+async def _admin(*args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERCHAT_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "admin", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_where_to_look_may_follow_the_action(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"
+    node = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH, shed_lag=0.0))
+    await node.start()
+    try:
+        conn = await ChatConnection.open("127.0.0.1", node.port)
+        name = unique("ann")
+        uid = await conn.register(name, PASSWORD)
+        await conn.close()
+    finally:
+        await node.stop()
+    other = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    for args in (
+        ("users", "--db", db),  # after the action
+        ("--db", db, "users"),  # before it, as always
+        ("--db", other, "users", "--db", db),  # after wins
+        ("group", "--db", db, "--redis-prefix", "x:", "999"),
+    ):
+        rc, out, err = await _admin(*args)
+        if args[0] == "group":
+            assert rc == 1 and "unrecognized" not in err and "999" in err, (args, err)
+        else:
+            assert rc == 0 and f"{uid}  {name}" in out, (args, out, err)
+
+
+def _help(*words: str) -> str:
+    parser = build_parser()
+    for word in words:  # down the subcommands
+        sub = next(a for a in parser._actions if a.choices and word in a.choices)
+        parser = sub.choices[word]  # type: ignore[index]
+    return parser.format_help()
+
+
+def test_each_help_says_what_its_arguments_are() -> None:
+    kick = _help("admin", "kick")
+    assert "End the user's session" in kick and "USER_ID" in kick and "--db URL" in kick
+    assert "GROUP_ID" in _help("admin", "group")
+    assert "SCENARIO" in _help("bench") and "{reg,login" not in _help("bench")
+    assert "-- SERVER_OPTION" in _help("cluster", "up") and "server_args" not in _help(
+        "cluster", "up"
+    )
