@@ -1,15 +1,16 @@
-"""The log-in form and group counts as a newcomer meets them: a name typed
-where the id goes, a wrong password, a group of one."""
+"""The page as a newcomer meets it: a name typed where the id goes, a wrong
+password, a group of one, friends' presence while the server is down."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from playwright.async_api import expect
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.server.node import Node
-from tests.browser.conftest import NewPage, register
+from tests.browser.conftest import NewPage, add_friend, register, web_settings
 from tests.conftest import PASSWORD, unique
 
 
@@ -49,3 +50,31 @@ async def test_a_group_of_one_has_one_member(web_node: Node, new_page: NewPage) 
     await expect(item.locator(".sub")).to_have_text(re.compile(r"^1 member · #\d+$"))
     await item.click()
     await expect(page.locator("#conv-sub")).to_have_text(re.compile(r"· 1 member, 1 online$"))
+
+
+async def test_presence_is_not_claimed_while_disconnected(
+    tmp_path: Path, new_page: NewPage
+) -> None:
+    node = Node(web_settings(tmp_path))
+    await node.start()
+    running = True
+    try:
+        ann = await new_page(node.http.port)
+        ann_id = await register(ann, unique("ann"))
+        bob = await new_page(node.http.port)
+        await register(bob, unique("bob"))
+        await add_friend(bob, ann_id)
+        item = bob.locator(f'[data-key="u:{ann_id}"]')
+        await expect(item.locator(".sub")).to_have_text("online")
+        await item.click()
+        await expect(bob.locator("#conv-sub")).to_have_text("online")
+        await node.stop()
+        running = False
+        await expect(bob.locator("#banner")).to_contain_text("Disconnected")
+        # Whether ann is still there nobody knows now: the page said "online".
+        await expect(item.locator(".sub")).to_have_text("not connected")
+        await expect(item.locator(".dot")).to_have_class("dot off")
+        await expect(bob.locator("#conv-sub")).to_have_text("not connected")
+    finally:
+        if running:
+            await node.stop()

@@ -181,7 +181,16 @@ function renderTitle() {
 
 // -- sidebar -------------------------------------------------------------------------
 
-function convItem(c, label, sub, online) {
+// Someone's state as last heard, while connected; disconnected, nobody's is
+// known (the list would go on saying "online" about people who left).
+function presence(st) {
+  if (!sock.ready) return "unknown";
+  return st === "online" ? "online" : "offline";
+}
+
+const PRESENCE_TEXT = { online: "online", offline: "offline", unknown: "not connected" };
+
+function convItem(c, label, sub, seen) {
   const li = el("li", "conv");
   li.dataset.key = c.key;
   li.dataset.testid = `conv-${c.key}`;
@@ -189,9 +198,9 @@ function convItem(c, label, sub, online) {
   const av = el("div", "avatar");
   paintAvatar(av, label, c.id + (c.kind === "g" ? 7 : 0));
   if (c.kind === "g") av.classList.add("group");
-  if (online !== undefined) {
-    const dot = el("span", `dot ${online ? "on" : "off"}`);
-    dot.title = online ? "online" : "offline";
+  if (seen !== undefined) {
+    const dot = el("span", `dot ${seen === "online" ? "on" : "off"}`);
+    dot.title = PRESENCE_TEXT[seen];
     av.append(dot);
   }
   const who = el("div", "who");
@@ -215,8 +224,8 @@ function renderSidebar() {
   for (const f of sorted) {
     const c = conv("u", f.id);
     known.add(c.key);
-    const online = f.state === "online";
-    fItems.push(convItem(c, f.name, online ? "online" : "offline", online));
+    const seen = presence(f.state);
+    fItems.push(convItem(c, f.name, PRESENCE_TEXT[seen], seen));
   }
   for (const c of state.convs.values()) { // people who wrote without being friends
     if (c.kind === "u" && !known.has(c.key) && c.messages.length) {
@@ -328,17 +337,19 @@ function renderHead(c) {
   $("conv-avatar").classList.toggle("group", c.kind === "g");
   if (c.kind === "u") {
     const f = state.friends.get(c.id);
-    $("conv-sub").textContent = f ? (f.state === "online" ? "online" : "offline") : `user ${c.id}`;
+    $("conv-sub").textContent = f ? PRESENCE_TEXT[presence(f.state)] : `user ${c.id}`;
     $("members-btn").hidden = true;
   } else {
     const g = state.groups.get(c.id);
     const users = g?.users || [];
-    const online = users.filter((u) => u.state === "online").length;
-    $("conv-sub").textContent = `group #${c.id} · ${members(users.length)}, ${online} online`;
+    const online = users.filter((u) => presence(u.state) === "online").length;
+    $("conv-sub").textContent = sock.ready
+      ? `group #${c.id} · ${members(users.length)}, ${online} online`
+      : `group #${c.id} · ${members(users.length)}`;
     $("members-btn").hidden = false;
     const items = users.map((u) => {
       const li = el("li", "member");
-      li.append(el("span", `dot ${u.state === "online" ? "on" : "off"}`));
+      li.append(el("span", `dot ${presence(u.state) === "online" ? "on" : "off"}`));
       li.append(el("span", "name", u.name));
       if (u.role === "creator" || u.role === "admin") li.append(el("span", "role", u.role));
       const acts = memberActions(g, u);
@@ -676,6 +687,7 @@ setInterval(refresh, REFRESH_MS);
 
 function onState(s, why, retryMs) {
   document.body.classList.toggle("offline", s !== "online");
+  if (state.me) renderSidebar(); // presence: known again, or no longer
   if (s === "online") {
     banner("");
     state.everOnline = true;
