@@ -1,5 +1,6 @@
 """The page as a newcomer meets it: a name typed where the id goes, a wrong
-password, a group of one, friends' presence while the server is down."""
+password, a group of one, friends' presence while the server is down, a
+conversation on a server that keeps no history."""
 
 from __future__ import annotations
 
@@ -78,3 +79,21 @@ async def test_presence_is_not_claimed_while_disconnected(
     finally:
         if running:
             await node.stop()
+
+
+async def test_a_server_without_history_says_so_atop_a_conversation(
+    tmp_path: Path, new_page: NewPage
+) -> None:
+    node = Node(web_settings(tmp_path, history_days=0))
+    await node.start()
+    try:
+        ann = await new_page(node.http.port)
+        ann_id = await register(ann, unique("ann"))
+        bob = await new_page(node.http.port)
+        await register(bob, unique("bob"))
+        await add_friend(bob, ann_id)
+        await bob.click(f'[data-key="u:{ann_id}"]')
+        # It said "Start of the conversation", of friends who had talked for years.
+        await expect(bob.locator("#history-edge")).to_have_text("This server keeps no history.")
+    finally:
+        await node.stop()

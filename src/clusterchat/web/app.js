@@ -94,7 +94,7 @@ function conv(kind, id) {
     c = { key, kind, id: Number(id), messages: [], mids: new Set(), unread: 0, name: "",
       // History paged in from the server: the oldest row id loaded, whether older
       // ones remain, and a request in flight (docs/PROTOCOL.md, HISTORY).
-      oldest: 0, more: true, loading: null };
+      oldest: 0, more: true, loading: null, note: "" };
     state.convs.set(key, c);
   }
   return c;
@@ -268,8 +268,7 @@ function renderMessages(c) {
   const list = $("messages");
   const top = el("li", "history-edge");
   top.id = "history-edge";
-  top.textContent = c.loading ? "Loading earlier messages…"
-    : c.more ? "Scroll up for earlier messages" : "Start of the conversation";
+  top.textContent = edgeText(c);
   list.replaceChildren(top);
   for (const m of c.messages) appendMessage(c, m, false);
 }
@@ -286,15 +285,22 @@ function loadHistory(c) {
       await sock.whenReady();
       page = await sock.request(doc);
     } catch {
+      c.loading = null;
+      if (state.active === c.key) renderEdge(c); // not "Loading…" for ever
       return; // reconnecting: the next scroll or open asks again
     } finally {
       c.loading = null;
     }
-    if (page.msgid !== Msg.HISTORY_PAGE) { // history off (180), not a member (181), ...
-      c.more = false;
+    if (page.msgid !== Msg.HISTORY_PAGE) {
+      // History off (180), not a member (181), no such group (130): said at
+      // the top, where "Start of the conversation" was a wrong guess. Other
+      // refusals (busy, too fast) pass: the next open or scroll asks again.
+      c.note = sentence(page.errmsg || "earlier messages are not available");
+      if ([130, 180, 181, 182, 183, 184].includes(Number(page.errno))) c.more = false;
       if (state.active === c.key) renderEdge(c);
       return;
     }
+    c.note = "";
     const older = [];
     for (const h of Array.isArray(page.messages) ? page.messages : []) {
       const id = Number(h.id);
@@ -321,12 +327,15 @@ function loadHistory(c) {
   return c.loading;
 }
 
+function edgeText(c) {
+  if (c.loading) return "Loading earlier messages…";
+  if (c.note) return c.note;
+  return c.more ? "Scroll up for earlier messages" : "Start of the conversation";
+}
+
 function renderEdge(c) {
   const edge = $("history-edge");
-  if (edge) {
-    edge.textContent = c.loading ? "Loading earlier messages…"
-      : c.more ? "Scroll up for earlier messages" : "Start of the conversation";
-  }
+  if (edge) edge.textContent = edgeText(c);
 }
 
 function renderHead(c) {
