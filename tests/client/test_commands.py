@@ -57,6 +57,7 @@ def test_parse(line: str, cmd: c.Command) -> None:
         ("/register", r"the name is missing; write /register NAME \[PASSWORD\]$"),
         ("addgroup:", r"the group id is missing; write addgroup:GROUPID$"),
         ("frobnicate", "unknown command"),
+        ("hello there", r"to send a message write /msg ID MESSAGE \(to a user\) or /g GROUPID"),
         ("/frobnicate", "unknown command"),
         ("", "type a command"),
     ],

@@ -358,6 +358,11 @@ def _parse_colon(line: str) -> Command:
         return Register(
             _need(uname, "the name", "register:NAME:PASSWORD").strip(), password or None
         )
+    if " " in name and not rest:  # prose typed at the prompt, as in a chat window
+        raise BadCommand(
+            f"unknown command {name!r}; to send a message write /msg ID MESSAGE (to a user) "
+            "or /g GROUPID MESSAGE (to a group); `help` lists the commands"
+        )
     raise BadCommand(f"unknown command {name!r}; `help` lists them")
 
 
