@@ -44,6 +44,10 @@ async def test_a_wrong_password_is_said_as_a_sentence(web_node: Node, new_page: 
 async def test_a_group_of_one_has_one_member(web_node: Node, new_page: NewPage) -> None:
     page = await new_page(web_node.http.port)
     await register(page, unique("cat"))
+    # Before any group, the list says how to get one (it said only "No groups yet.").
+    await expect(page.locator("#groups-empty")).to_have_text(
+        "No groups yet. Create one, or join one by its id, with +."
+    )
     await page.click("#group-btn")
     await page.fill("#group-name", "Solo")
     await page.press("#group-name", "Enter")
