@@ -17,6 +17,8 @@ const state = {
   invites: [],            // open invitations: { groupid, groupname, by, byname }
   inviteOnly: new Map(),  // group id -> bool, as last heard (events, my own changes)
   everOnline: false,
+  groupsAt: 0,            // when the group list was last read whole (ms)
+  groupPages: 1,          // how many LIST_GROUPS pages it took
 };
 
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
@@ -616,29 +618,47 @@ function autoGrow() {
 // -- server lists --------------------------------------------------------------------
 
 // Every group, page after page: a reply holds about 4,000 members' worth and
-// says `more` when groups follow (docs/PROTOCOL.md, LIST_GROUPS 21). null if
-// a page was refused (the list then stays as it was).
+// says `more` when groups follow (docs/PROTOCOL.md, LIST_GROUPS 21). A page
+// refused as too fast (ERROR 170, the flood limit) is asked again a second
+// later; null if one is refused otherwise (the list then stays as it was).
+const TOO_FAST = 170;
 async function listGroups() {
   const all = [];
   let after = 0;
-  for (;;) {
+  let pages = 0;
+  for (let waits = 0; ;) {
     const gl = await sock.request(after ? { msgid: Msg.LIST_GROUPS, after } : { msgid: Msg.LIST_GROUPS });
+    if (gl.msgid === Msg.ERROR && Number(gl.errno) === TOO_FAST && waits < 60) {
+      waits += 1;
+      await new Promise((r) => setTimeout(r, 1000));
+      continue;
+    }
     if (gl.msgid !== Msg.GROUP_LIST) return null;
+    pages += 1;
     const groups = Array.isArray(gl.groups) ? gl.groups : [];
     all.push(...groups);
     const last = Number(groups[groups.length - 1]?.id);
-    if (!gl.more || !(last > after)) return all; // the ids must move on: no endless loop
+    if (!gl.more || !(last > after)) { // the ids must move on: no endless loop
+      state.groupPages = pages;
+      return all;
+    }
     after = last;
   }
 }
 
 // One refresh at a time: a long group list takes several round trips, and the
-// timer or an event asking meanwhile gets one more refresh after it.
+// timer or an event asking meanwhile gets one more refresh after it. The
+// timer's refresh (full: false) lists groups only every REFRESH_MS per page
+// the list took last time: a member of many big groups would otherwise have
+// the server send its whole list, megabytes of members, every 5 s. A change
+// (an event, one's own action, a login) lists them at once.
 let refreshing = null;
 let refreshAgain = false;
+let refreshFull = false;
 
-function refresh() {
+function refresh(full = true) {
   if (!state.me || !sock.ready) return Promise.resolve();
+  refreshFull = refreshFull || full;
   if (refreshing) {
     refreshAgain = true;
     return refreshing;
@@ -647,7 +667,11 @@ function refresh() {
     try {
       do {
         refreshAgain = false;
-        await refreshOnce();
+        const groupsDue = refreshFull
+          // (half a tick early: the timer is not exact, a list of one page is due each tick)
+          || Date.now() - state.groupsAt >= REFRESH_MS * (Math.max(1, state.groupPages) - 0.5);
+        refreshFull = false;
+        await refreshOnce(groupsDue);
       } while (refreshAgain && state.me && sock.ready);
     } finally {
       refreshing = null;
@@ -656,12 +680,12 @@ function refresh() {
   return refreshing;
 }
 
-async function refreshOnce() {
+async function refreshOnce(withGroups) {
   const me = state.me;
   try {
     const [fl, groups, bl, il] = await Promise.all([
       sock.request({ msgid: Msg.LIST_FRIENDS }),
-      listGroups(),
+      withGroups ? listGroups() : null,
       sock.request({ msgid: Msg.LIST_BLOCKED }),
       sock.request({ msgid: Msg.LIST_INVITES }),
     ]);
@@ -679,6 +703,7 @@ async function refreshOnce() {
         [Number(f.id), { id: Number(f.id), name: String(f.name), state: String(f.state) }]));
     }
     if (groups) {
+      state.groupsAt = Date.now();
       state.groups = new Map(groups.map((g) => [Number(g.id), {
         id: Number(g.id), groupname: String(g.groupname), groupdesc: String(g.groupdesc ?? ""),
         users: (g.users || []).map((u) => ({ id: Number(u.id), name: String(u.name),
@@ -690,7 +715,7 @@ async function refreshOnce() {
     if (c && c.kind === "g" && !state.groups.has(c.id)) closeConv(); // left, removed, deleted
   } catch { /* reconnecting: the next refresh catches up */ }
 }
-setInterval(refresh, REFRESH_MS);
+setInterval(() => refresh(false), REFRESH_MS);
 
 // -- connection state --------------------------------------------------------------------
 
@@ -767,6 +792,8 @@ function reset() {
   state.blocked.clear();
   state.invites = [];
   state.inviteOnly.clear();
+  state.groupsAt = 0;
+  state.groupPages = 1;
   state.active = null;
   $("conversation").hidden = true;
   $("placeholder").hidden = false;
