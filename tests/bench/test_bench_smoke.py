@@ -111,6 +111,9 @@ async def test_a_server_with_its_default_limits_is_a_one_line_error(tmp_path: Pa
     try:
         text = await _bench_error("chat", "-p", "15", "-t", "1", "--target", f"127.0.0.1:{n.port}")
         assert "too many registrations" in text and "--registrations 0" in text
+        # reg, every one refused: it printed a table of 0 ops and 3 errors, not why.
+        text = await _bench_error("reg", "-n", "3", "--target", f"127.0.0.1:{n.port}")
+        assert "every registration" in text and "--registrations 0" in text
     finally:
         await n.stop()
     text = await _bench_error("login", "-n", "2", "--target", f"127.0.0.1:{n.port}")
@@ -135,3 +138,21 @@ async def test_bench_aims_where_the_client_does(tmp_path: Path) -> None:
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert b"127.0.0.1:8000 (nginx" in out
+
+
+async def test_registrations_partly_refused_say_why_under_the_table(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    n = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH, shed_lag=0.0))
+    await n.start()  # 20 registrations an address a day
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clusterchat", "bench", "reg", "-n", "22", "-c", "1",
+            "--json", "--target", f"127.0.0.1:{n.port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await n.stop()
+    got = json.loads(out.decode().strip().splitlines()[-1])
+    assert got["ops"] == 20 and got["errors"] == 2, (got, err)
+    assert [v for k, v in got["notes"].items() if "too many registrations" in k] == [2], got

@@ -173,6 +173,8 @@ async def reg(opts: Options, progress: Progress) -> Result:
     result = Result("reg", opts.label)
     conns = [await _open(opts, i) for i in range(opts.concurrency)]
     prefix = f"r{os.urandom(4).hex()}"
+    refused: Counter[object] = Counter()  # by errno; the first reply of each says why
+    first: dict[object, dict[str, Any]] = {}
 
     async def one(i: int) -> None:
         conn = conns[i % len(conns)]
@@ -183,12 +185,18 @@ async def reg(opts: Options, progress: Progress) -> Result:
             result.ops += 1
         else:
             result.errors += 1
+            refused[ack.get("errno")] += 1
+            first.setdefault(ack.get("errno"), ack)
 
     start = time.perf_counter()
     await _bounded(opts.users, len(conns), one, progress, "registering")
     result.seconds = time.perf_counter() - start
     for c in conns:
         c.close()
+    if refused and not result.ops:  # a table of 0 ops and N errors said nothing of why
+        raise _refused("every registration", next(iter(first.values())))
+    for errno, n in refused.items():
+        result.notes[f"refused: {first[errno].get('errmsg') or first[errno]}"] = n
     return result
 
 
