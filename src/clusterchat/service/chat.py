@@ -22,7 +22,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,8 @@ LOGIN_OFFLINE_BYTES = 256 * 1024
 LOGIN_FRIENDS = 200
 LOGIN_GROUPS_BYTES = 256 * 1024
 _MAX_CACHED_GROUPS = 10_000
+#: Client addresses with a flood bucket for requests before login, at most.
+_MAX_METERED_ADDRESSES = 100_000
 _JSON = ord("{")
 _BUSY = "server busy: too many logins at once; retry in a few seconds"
 _BUSY_ADDRESS = "server busy: too many logins at once from your address; retry in a few seconds"
@@ -170,6 +172,13 @@ class ChatService:
         self._room = asyncio.Event()
         self._rate = max(0.0, self.limits.message_rate)
         self._burst = float(max(1, self.limits.message_burst))
+        #: Flood buckets of requests before login, per client address:
+        #: address -> [tokens, when last topped up] (see _address_wait).
+        self._address_burst = float(max(0, self.limits.address_burst))
+        self._anonymous: dict[str, list[float]] = {}
+        #: Addresses not metered so (the node's trusted proxies: their own
+        #: connections are tools and benchmarks; what they proxy is readdressed).
+        self.exempt_address: Callable[[str], bool] = _nobody
         lim = self.limits
         delays = (lim.login_delay, lim.login_delay_max, lim.login_window)
         counts = (
@@ -276,18 +285,32 @@ class ChatService:
             counted = self.counts.requests
             counted[kind] = counted.get(kind, 0) + 1
         # Before login too, and unreadable lines as well: neither PINGs nor
-        # garbage are cheaper than chats to answer.
+        # garbage are cheaper than chats to answer. Before login the address
+        # pays as well (over all its connections), and nothing is free: a
+        # LOGOUT or RECEIVED there is only an ERROR 110.
         if self._rate:
             now = time.monotonic()
             tokens = s.tokens + (now - s.stamp) * self._rate
             if tokens > self._burst:
                 tokens = self._burst
             s.stamp = now
-            if tokens >= 1.0:
-                s.tokens = tokens - 1.0
-            elif kind not in _UNMETERED:
-                s.tokens = tokens
-                return self._too_fast(s, req, (1.0 - tokens) / self._rate)
+            if s.uid:
+                if tokens >= 1.0:
+                    s.tokens = tokens - 1.0
+                else:
+                    s.tokens = tokens
+                    if kind not in _UNMETERED:
+                        return self._too_fast(s, req, (1.0 - tokens) / self._rate)
+            else:  # the connection's bucket, then its address's
+                wait = (1.0 - tokens) / self._rate if tokens < 1.0 else 0.0
+                by_address = 0.0
+                if not wait or s.legacy:  # a refusal costs the address nothing
+                    by_address = self._address_wait(s.peer.address, now, bool(s.legacy))
+                if not wait and not by_address:
+                    s.tokens = tokens - 1.0
+                else:
+                    s.tokens = tokens
+                    return self._too_fast(s, req, max(wait, by_address), by_address > wait)
         if isinstance(req, BadRequest):
             self._refuse_bad(s, req)
             return None
@@ -351,14 +374,57 @@ class ChatService:
     def _room_again(self) -> None:
         self._room.set()
 
-    def _too_fast(self, s: Session, req: Request | BadRequest, wait: float) -> Work:
+    def _address_wait(self, address: str, now: float, debt: bool = False) -> float:
+        """Take a token from ``address``'s bucket of requests before login;
+        0 if there was one, else the seconds until there is. ``debt``: a
+        request that will wait its turn (the original client's) takes its
+        token now, so the address's other waiting requests queue behind it.
+        Addresses that are trusted proxies (or tools on them) are not metered
+        so."""
+        burst = self._address_burst
+        if not burst or self.exempt_address(address):
+            return 0.0
+        bucket = self._anonymous.get(address)
+        if bucket is None:
+            if len(self._anonymous) >= _MAX_METERED_ADDRESSES:
+                self._forget_full_buckets(now)
+            self._anonymous[address] = bucket = [burst, now]
+        tokens = bucket[0] + (now - bucket[1]) * self._rate
+        if tokens > burst:
+            tokens = burst
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return 0.0
+        bucket[0] = tokens - 1.0 if debt else tokens
+        return (1.0 - tokens) / self._rate
+
+    def _forget_full_buckets(self, now: float) -> None:
+        """Bound the per-address buckets: drop those full again (as good as
+        none), else the oldest tenth."""
+        burst, rate = self._address_burst, self._rate
+        full = [a for a, (n, at) in self._anonymous.items() if n + (now - at) * rate >= burst]
+        for a in full or list(self._anonymous)[: _MAX_METERED_ADDRESSES // 10]:
+            del self._anonymous[a]
+
+    def _too_fast(
+        self, s: Session, req: Request | BadRequest, wait: float, by_address: bool = False
+    ) -> Work:
         """Over the flood limit. A modern client is told and may retry; the
         original client has no such reply, so its request waits for its turn
         (and, its queue full, the connection stops being read: TCP slows it).
         Unreadable lines past the limit are no honest client's: refusing each
-        would cost what answering it did, so the connection is closed."""
+        would cost what answering it did, so the connection is closed.
+        ``by_address``: before login, its address (over all its connections)
+        is what was out of tokens."""
         if dialect.shown(s.legacy, MsgId.ERROR):
-            limit = f"at most {self._rate:g} a second (bursts of {self._burst:g})"
+            if by_address:
+                limit = (
+                    f"at most {self._rate:g} a second from your address before login "
+                    f"(bursts of {self._address_burst:g}, over all its connections)"
+                )
+            else:
+                limit = f"at most {self._rate:g} a second (bursts of {self._burst:g})"
             if isinstance(req, BadRequest):
                 self.counts.refused("error", ErrCode.TOO_FAST)
                 text = f"too many unreadable requests ({req.errmsg}): {limit}; closing"
@@ -1388,6 +1454,10 @@ def _groups_fitting(
         if total > LOGIN_GROUPS_BYTES and i:
             return groups[:i]
     return groups
+
+
+def _nobody(address: str) -> bool:
+    return False
 
 
 def _unanswered(s: Session, req: Request) -> None:
