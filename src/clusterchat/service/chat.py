@@ -95,7 +95,12 @@ LOGIN_OFFLINE_BYTES = 256 * 1024
 #: give the rest, so the reply stays bounded whatever a user has.
 LOGIN_FRIENDS = 200
 LOGIN_GROUPS_BYTES = 256 * 1024
-_MAX_CACHED_GROUPS = 10_000
+#: Group members the fan-out cache holds at most (memory: a member costs
+#: its slot and int, some 40-60 bytes; a group's entry counts as
+#: _GROUP_COST members more), oldest cached groups dropped first. Bounded
+#: by members, not groups: 10,000 groups of 1,000 were 10 million.
+MAX_CACHED_MEMBERS = 1_000_000
+_GROUP_COST = 4
 #: Client addresses with a flood bucket for requests before login, at most.
 _MAX_METERED_ADDRESSES = 100_000
 _JSON = ord("{")
@@ -217,7 +222,11 @@ class ChatService:
             lim.max_memberships,
             lim.max_friends,
         )
+        #: Group members for the fan-out (``_cache_members``), and what they
+        #: count against ``max_cached_members``.
         self._members: dict[int, frozenset[int]] = {}
+        self._members_held = 0
+        self.max_cached_members = MAX_CACHED_MEMBERS
         #: Group members as login replies show them (service/rosters.py).
         self._rosters = Rosters()
         self._mids = itertools.count(1)
@@ -1094,9 +1103,23 @@ class ChatService:
             self.reply(s, Ack(MsgId.GROUP_LIST, {"groups": docs}))
 
     def _cache_members(self, gid: int, members: frozenset[int]) -> None:
-        if len(self._members) >= _MAX_CACHED_GROUPS:
-            self._members.clear()
-        self._members[gid] = members
+        """Keep a group's members for the fan-out, within
+        ``max_cached_members``: the groups cached longest ago make room (a
+        group bigger than the whole bound is read each time)."""
+        self._uncache_members(gid)
+        cost = len(members) + _GROUP_COST
+        if cost > self.max_cached_members:
+            return
+        cached = self._members
+        while cached and self._members_held + cost > self.max_cached_members:
+            self._uncache_members(next(iter(cached)))
+        cached[gid] = members
+        self._members_held += cost
+
+    def _uncache_members(self, gid: int) -> None:
+        gone = self._members.pop(gid, None)
+        if gone is not None:
+            self._members_held -= len(gone) + _GROUP_COST
 
     # -- chat: the hot path ---------------------------------------------------------------
 
@@ -1365,7 +1388,7 @@ class ChatService:
             self.nudged(uid)
 
     def group_changed(self, gid: int) -> None:
-        self._members.pop(gid, None)
+        self._uncache_members(gid)
         self._rosters.changed(gid)
 
     def kicked(self, uid: int) -> None:
