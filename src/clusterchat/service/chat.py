@@ -82,7 +82,7 @@ from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.refusals import RefusalLog, Sampled
 from clusterchat.service.restore import Restorer
 from clusterchat.service.rosters import Roster, Rosters
-from clusterchat.service.session import Session, Work
+from clusterchat.service.session import RESUMED, Session, Work
 from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,9 @@ _HISTORY_BUSY_TEXT = "server busy: history is written slower than chats arrive; 
 #: before it is refused as busy: a store that pauses (a checkpoint, a
 #: failover) slows senders; only one that stays behind refuses them.
 HISTORY_PATIENCE = 5.0
+#: Seconds a password login waits for another node to end the user's ticket
+#: session (ChatService._take_over) before it answers errno 2.
+TAKEOVER_WAIT = 1.0
 #: Seconds the re-store queue may take to reach the store at shutdown.
 RESTORE_DEADLINE = 10.0
 
@@ -775,7 +778,7 @@ class ChatService:
         if who is None:
             return None
         name, resumed = who
-        if not await self._claim(s, req.id):
+        if not await self._claim(s, req.id, password=req.ticket is None):
             return None
         if self._rate:  # what the last session left of the flood bucket
             kept = await self._tallies.take_bucket(req.id)
@@ -785,7 +788,8 @@ class ChatService:
             else:  # a full bucket, whatever the requests before login spent
                 s.tokens, s.stamp = 0.0, 0.0
         s.uid, s.name = req.id, name  # the race holds deliveries from here on
-        s.anonymous_since = 0.0  # no login deadline now (nor a float kept for it)
+        # No login deadline now (nor a float kept for it); how it logged in.
+        s.anonymous_since = 0.0 if resumed is None else RESUMED
         self.sessions[req.id] = s
         self.presence.registered(req.id, self.sessions)
         return Admitted(resumed)
@@ -865,9 +869,13 @@ class ChatService:
         except errors.Unavailable as exc:
             log.warning("user %d: plaintext password kept until next login: %s", uid, exc)
 
-    async def _claim(self, s: Session, uid: int) -> bool:
-        """Mark the user online here and cluster-wide, unless they already are."""
-        if uid in self.sessions or s.logged_in or not await self.presence.claim(uid):
+    async def _claim(self, s: Session, uid: int, password: bool = False) -> bool:
+        """Mark the user online here and cluster-wide, unless they already
+        are; a ``password`` login takes over a session that came by ticket."""
+        if s.logged_in or not (
+            (uid not in self.sessions and await self.presence.claim(uid))
+            or (password and await self._take_over(uid))
+        ):
             self._login_refused(s, LoginErr.ALREADY_ONLINE, _ONLINE_ELSEWHERE)
             return False
         if uid in self.sessions or s.logged_in:  # lost a race while claiming
@@ -878,6 +886,56 @@ class ChatService:
             await self.presence.release(uid)
             return False
         return True
+
+    async def _take_over(self, uid: int) -> bool:
+        """A login with the password, for a user online: end their session
+        if it came by ticket (a thief's copy of a ticket must not keep the
+        owner out), here or on another node, and claim the user; revoke the
+        tickets outstanding. A session that came with the password is kept
+        (a second login gets errno 2, as in the original). True if claimed."""
+        held = self.sessions.get(uid)
+        if held is not None:
+            if not held.resumed:
+                return False
+            self._end_displaced(held)
+            await self.presence.release(uid)
+            claimed = await self.presence.claim(uid)
+        elif self.bus.shared:
+            await self.bus.take_over(uid)  # ends it, if its node holds it by ticket
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TAKEOVER_WAIT
+            while not (claimed := await self.presence.claim(uid)):
+                if loop.time() >= deadline:
+                    return False
+                await asyncio.sleep(0.05)
+        else:
+            return False  # claimed by a login in progress here
+        if claimed:
+            log.warning("audit: user %d's ticket session ended by a password login", uid)
+            try:
+                await self.store.end_session(uid)  # its ticket, and any other copy
+            except BaseException:
+                await self.presence.release(uid)
+                raise
+        return claimed
+
+    def _end_displaced(self, s: Session) -> None:
+        """End a ticket session for a password login: as a displaced one
+        (told so, its unacknowledged messages kept), the user not released."""
+        uid = s.uid
+        unacked = self._stop_receipts(s)
+        held = [*unacked, *self._forget(s, closed=True)]
+        if held:
+            self._spawn(self.store_offline_each(uid, held))
+        self.reply(s, DISPLACED)
+        s.peer.close()
+
+    def taken_over(self, uid: int) -> None:
+        s = self.sessions.get(uid)
+        if s is None or not s.resumed:
+            return
+        self._end_displaced(s)
+        self._spawn(self.presence.release(uid))
 
     async def _login_reply(
         self,
@@ -1405,13 +1463,7 @@ class ChatService:
         s = self.sessions.get(uid)
         if s is None:
             return
-        # Presence is the other node's now: nothing to release.
-        unacked = self._stop_receipts(s)  # before the session forgets whose they are
-        held = [*unacked, *self._forget(s, closed=True)]
-        if held:
-            self._spawn(self.store_offline_each(uid, held))
-        self.reply(s, DISPLACED)
-        s.peer.close()
+        self._end_displaced(s)  # presence is the other node's now: nothing to release
 
     # -- offline storage ------------------------------------------------------------------
 

@@ -14,6 +14,11 @@ NOBODY: frozenset[int] = frozenset()
 #: ``log_state`` of a session never refused: no line logged, none unlogged.
 NOT_REFUSED: tuple[float, int] = (0.0, 0)
 
+#: ``anonymous_since`` of a session logged in with a ticket (any logged-in
+#: session has no login deadline; 0.0 marks one logged in with the password):
+#: kept in that slot, not a new one on every connection.
+RESUMED = -1.0
+
 #: What the service's entry point returns for a request: None when it is
 #: done, else the rest of it, which the transport awaits before it serves
 #: the connection's next request (so each connection's requests take effect
@@ -143,6 +148,12 @@ class Session:
     @property
     def logged_in(self) -> bool:
         return self.uid != 0
+
+    @property
+    def resumed(self) -> bool:
+        """Logged in with a ticket, not the password: a password login
+        takes the account over (ChatService._take_over)."""
+        return self.anonymous_since == RESUMED
 
     @property
     def closed(self) -> bool:
