@@ -426,9 +426,13 @@ class ChatService:
         original client has no such reply, so its request waits for its turn
         (and, its queue full, the connection stops being read: TCP slows it).
         Unreadable lines past the limit are no honest client's: refusing each
-        would cost what answering it did, so the connection is closed.
-        ``by_address``: before login, its address (over all its connections)
-        is what was out of tokens."""
+        would cost what answering it did, so the connection is closed. A
+        refusal costs a token too, for the same reason: the connection goes
+        into debt (the wait it is told grows), and one that sends a burst's
+        worth past the limit regardless is closed (one connection sending
+        PINGs as fast as it could held a core, and the loop 4 s late for
+        everyone, on refusals alone). ``by_address``: before login, its
+        address (over all its connections) is what was out of tokens."""
         if dialect.shown(s.legacy, MsgId.ERROR):
             if by_address:
                 limit = (
@@ -443,12 +447,32 @@ class ChatService:
                 self.refusals.note(s, f"closing: {text}")
                 self.reply(s, Error(ErrCode.TOO_FAST, text, req.msgid))
                 s.peer.close()
+            elif not self.spent(s, topped_up=True):
+                text = f"too many requests past the limit ({limit}), regardless; closing"
+                self.refusals.note(s, f"closing: {text}")
+                self._refuse(s, req, ErrCode.TOO_FAST, text)
+                s.peer.close()
             else:
+                wait = max(wait, (1.0 - s.tokens) / self._rate)
                 self._refuse(
                     s, req, ErrCode.TOO_FAST, f"too many requests: {limit}; retry in {wait:.2f} s"
                 )
             return None
         return self._throttled(s, req, wait)
+
+    def spent(self, s: Session, topped_up: bool = False) -> bool:
+        """Take a token for something that costs the node and is not served
+        (a refused request, or a WebSocket ping, pong or fragment: frames
+        that are no request), into debt if need be; False once the debt is
+        a whole burst: the peer ignores the limit and is to be closed."""
+        if not self._rate:
+            return True
+        if not topped_up:  # else ``s.tokens`` was, just now (handle)
+            now = time.monotonic()
+            tokens = s.tokens + (now - s.stamp) * self._rate
+            s.tokens, s.stamp = min(tokens, self._burst), now
+        s.tokens -= 1.0
+        return s.tokens > -self._burst
 
     async def _throttled(self, s: Session, req: Request | BadRequest, wait: float) -> None:
         await asyncio.sleep(wait)
