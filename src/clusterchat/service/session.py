@@ -151,9 +151,11 @@ class Session:
 
     @property
     def resumed(self) -> bool:
-        """Logged in with a ticket, not the password: a password login
-        takes the account over (ChatService._take_over)."""
-        return self.anonymous_since == RESUMED
+        """Logged in with a ticket, not the password, and that login is
+        complete: a password login takes the account over
+        (ChatService._take_over). One still completing is not ended under
+        it (the password login is told errno 2, and retries)."""
+        return self.anonymous_since == RESUMED and self.race.replied
 
     @property
     def closed(self) -> bool:
