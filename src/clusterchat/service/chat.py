@@ -111,8 +111,10 @@ _ONLINE_ELSEWHERE = (
     "this account is logged in elsewhere (another window or device): log out there first, "
     "or wait a few seconds if that connection has just dropped"
 )
-#: Never refused for flooding: leaving, and receipts (which free memory and
-#: are sent at most every few messages). PING is metered: answered as fast as
+#: Never refused for flooding, nor do they take a token: leaving, and
+#: receipts (which free memory, and come with the messages they acknowledge,
+#: not at the client's pace; one that acknowledges nothing takes a token:
+#: _received). PING is metered: answered as fast as
 #: they come, pings took the node's loop from everyone else; a refused ping
 #: still shows the connection alive (any bytes do).
 _UNMETERED: frozenset[type] = frozenset({Logout, Received})
@@ -307,7 +309,7 @@ class ChatService:
                 tokens = self._burst
             s.stamp = now
             if s.uid:
-                if tokens >= 1.0:
+                if tokens >= 1.0 and kind not in _UNMETERED:
                     s.tokens = tokens - 1.0
                 else:
                     s.tokens = tokens
@@ -1088,15 +1090,34 @@ class ChatService:
         return [p for p in s.peer.stop_receipts() if pushes.is_chat(p)]
 
     def _received(self, s: Session, req: Received) -> None:
-        """RECEIVED: the client has every pushed message up to ``seq``."""
+        """RECEIVED: the client has every pushed message up to ``seq``. Never
+        refused by the flood limit, but one that releases nothing (a number
+        already acknowledged) or a wrong one (a reply) costs a token: a
+        client sending them regardless is closed. Before, one pipelining
+        wrong RECEIVEDs got 430,000 ERROR 188s in 4 s, and one repeating a
+        valid number 1.1 million in 4 s: the node's loop 2-4 s late."""
         if not s.receipts:
             msg = "receipts are off on this connection; ask for them in LOGIN"
-            self.refusals.note(s, msg)
-            self._refuse(s, req, ErrCode.RECEIPTS_OFF, msg)
-        elif not s.peer.received(req.seq):
+        else:
+            released = s.peer.received(req.seq)
+            if released:
+                return
+            if released is None:  # harmless, and useless
+                if not self.spent(s):
+                    text = "too many RECEIVEDs that acknowledge nothing new; closing"
+                    self.refusals.note(s, f"closing: {text}")
+                    self._refuse(s, req, ErrCode.TOO_FAST, text)
+                    s.peer.close()
+                return
             msg = f"no message numbered {req.seq} was sent on this connection"
-            self.refusals.note(s, msg)
-            self._refuse(s, req, ErrCode.RECEIPT_AHEAD, msg)
+        code = ErrCode.RECEIPTS_OFF if not s.receipts else ErrCode.RECEIPT_AHEAD
+        self.refusals.note(s, msg)
+        if self.spent(s):
+            self._refuse(s, req, code, msg)
+        else:
+            text = f"too many wrong RECEIVEDs ({msg}), past the flood limit; closing"
+            self._refuse(s, req, ErrCode.TOO_FAST, text)
+            s.peer.close()
 
     def _forget(self, s: Session, closed: bool) -> list[bytes]:
         """Unregister the session; returns what its race held, to be stored."""

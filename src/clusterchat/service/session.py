@@ -59,9 +59,10 @@ class Peer(Protocol):
         1 to n before any push."""
         ...
 
-    def received(self, seq: int) -> bool:
-        """The client acknowledged every number up to ``seq``; False if no
-        such number was sent."""
+    def received(self, seq: int) -> bool | None:
+        """The client acknowledged every number up to ``seq``: True if that
+        released messages, None if it released none (an old number, or one
+        already acknowledged), False if no such number was sent."""
         ...
 
     async def receipt_room(self, nbytes: int) -> bool:
@@ -83,7 +84,7 @@ class NoReceipts:
     def start_receipts(self, carried: list[bytes]) -> bool:
         return False
 
-    def received(self, seq: int) -> bool:
+    def received(self, seq: int) -> bool | None:
         return False
 
     async def receipt_room(self, nbytes: int) -> bool:
