@@ -95,6 +95,12 @@ class Limits:
     #: or a stuck loop is slowed down, never allowed to crowd out the others.
     message_rate: float = 20.0
     message_burst: int = 50
+    #: Before login the flood limit is per client address too, over all its
+    #: connections: this many requests at once, then ``message_rate`` a
+    #: second (a whole NAT's connections may log in at once; a flooder gains
+    #: nothing from opening more connections). Trusted proxies' own
+    #: connections are not metered by address. 0: per connection only.
+    address_burst: int = 500
     #: Receipts (clients that opted in): messages and bytes written and not yet
     #: acknowledged before the client is cut off (ERROR 187, all stored), and
     #: seconds without any acknowledgement while some wait (ERROR 186, stored).

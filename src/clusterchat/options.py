@@ -270,6 +270,9 @@ SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
                "second, sustained, and at once (flood limit; unreadable lines count); over "
                "it a client gets ERROR 170 (closed, if the line was unreadable), an original "
                "client is slowed down instead; 0 turns it off (for benchmarks)", parse=_rate),
+        Option("--address-burst", ("limits.address_burst",), "N",
+               "requests one client address may make at once before login, over all its "
+               "connections (then --message-rate's PER_SECOND); 0: per connection only"),
         Option("--offline-quota", ("limits.max_offline_messages", "limits.max_offline_bytes",
                                    "limits.max_stored_message"), "MESSAGES,BYTES,MESSAGE_BYTES",
                "what one receiver may have waiting (messages, total bytes) and how long a "

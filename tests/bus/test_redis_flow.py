@@ -49,6 +49,9 @@ class Inbox:
     def displaced(self, uid: int) -> None:
         return None
 
+    def taken_over(self, uid: int) -> None:
+        pass
+
     def kicked(self, uid: int) -> None:
         return None
 

@@ -139,3 +139,16 @@ def test_split_off_takes_the_unfinished_frame_and_leaves_the_decoder_empty() -> 
     assert shared.pending == 0 and own.pending == 1 and own.max_frame == LIMIT
     assert shared.feed(b"c\n") == [(b"c", NEWLINE)]
     assert own.feed(b"d\n") == [(b"bd", NEWLINE)]
+
+
+def test_a_run_of_blank_frames_is_passed_on_to_be_metered() -> None:
+    # Before: any number of blank lines was dropped unseen, so no limit
+    # counted them (13 MB of them in 4 s took 1.7 s of a node's CPU).
+    from clusterchat.protocol.framing import BLANK_RUN, BLANK_RUN_FRAME
+
+    d = FrameDecoder()
+    assert d.feed(b"\n" * (BLANK_RUN - 1) + b'{"a":1}\n') == [(b'{"a":1}', NEWLINE)]
+    runs = d.feed(b"\r\n" * (3 * BLANK_RUN + 5))
+    assert runs == [(BLANK_RUN_FRAME, NEWLINE)] * 3
+    mixed = d.feed(b"\n\x00" * BLANK_RUN)
+    assert len(mixed) == 2 and all(f == BLANK_RUN_FRAME for f, _ in mixed)

@@ -374,6 +374,7 @@ async def test_ops_endpoints_only_for_ops_from(settings: Settings, nodes: list[N
     assert (await get(elsewhere.http.port, "/")).startswith(b"HTTP/1.1 200")  # the page is public
 
 
+@pytest.mark.unmetered  # else closed past the flood limit (test_ws_frame_flood.py)
 async def test_a_message_in_countless_empty_fragments_holds_no_more_than_its_bytes(
     ws_node: Node,
 ) -> None:

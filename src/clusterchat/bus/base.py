@@ -66,6 +66,12 @@ class Inbox(Protocol):
         """An operator ended the user's session, if it is here."""
         ...
 
+    def taken_over(self, uid: int) -> None:
+        """A login with the user's password, on another node, wants the
+        account: end the user's session here if it came by ticket (and
+        release the user), else do nothing."""
+        ...
+
     def group_changed(self, gid: int) -> None:
         """Another node changed a group's members or roles: drop what is cached."""
         ...
@@ -111,6 +117,11 @@ class Bus(Protocol):
 
     async def announce_group(self, gid: int) -> None:
         """Tell the other nodes a group's members changed."""
+        ...
+
+    async def take_over(self, uid: int) -> None:
+        """Ask the node holding ``uid`` to end its session if it came by
+        ticket (:meth:`Inbox.taken_over`); the caller then claims the user."""
         ...
 
     def window_stats(self) -> WindowStats | None:

@@ -59,6 +59,9 @@ class NoBus:
     async def nudge(self, uids: Sequence[int]) -> None:
         return None
 
+    async def take_over(self, uid: int) -> None:
+        return None
+
     async def announce_group(self, gid: int) -> None:
         return None
 

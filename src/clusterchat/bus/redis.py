@@ -655,6 +655,8 @@ class RedisCluster:
                 self._inbox.group_changed(int(ident))
             elif event == b"k" and self._inbox is not None:  # clusterchat.admin
                 self._inbox.kicked(int(ident))
+            elif event == b"t" and self._inbox is not None:  # a password login elsewhere
+                self._inbox.taken_over(int(ident))
             elif event == b"r":
                 node = ident.decode()
                 if node != self.node_id and node in self._windows:
@@ -755,3 +757,7 @@ class RedisCluster:
     async def announce_group(self, gid: int) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self.client.publish(f"{self.prefix}events", f"g{gid}")
+
+    async def take_over(self, uid: int) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.publish(f"{self.prefix}events", f"t{uid}")

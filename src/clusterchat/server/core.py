@@ -487,11 +487,16 @@ class ConnectionCore:
             await room.wait()
         return not self.ended
 
-    def received(self, seq: int) -> bool:
+    def received(self, seq: int) -> bool | None:
         if self.room is not None:
             self.room.set()
-        outbox = self.outbox
-        return outbox is not None and outbox.ack(seq)
+        receipts = self.outbox.receipts if self.outbox is not None else None
+        if receipts is None:
+            return False
+        released = receipts.released
+        if not receipts.ack(seq):
+            return False
+        return True if receipts.released != released else None  # None: nothing new
 
     def stop_receipts(self) -> list[bytes]:
         if self.room is not None:

@@ -94,6 +94,7 @@ class Node:
         self._addresses: dict[str, str] = {}
         self._per_address: dict[str, int] = {}
         self._trusted = TrustedProxies(settings.trusted_proxies)
+        self.service.exempt_address = self.trusts
         self._drained = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -105,6 +105,10 @@ class WsConnection(Connection):
         upgraded = False
         for event in ws.events_received():
             if isinstance(event, Frame):
+                if (
+                    not event.fin or event.opcode is Opcode.PING or event.opcode is Opcode.PONG
+                ) and self._too_many_frames():  # no request, yet parsed: metered as one
+                    break
                 if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
                     if event.fin:
                         if not self._take(bytes(event.data), event.opcode is Opcode.TEXT):
@@ -168,6 +172,19 @@ class WsConnection(Connection):
             self.ws.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
             return False
         self.core.receive_frame(message)
+        return True
+
+    def _too_many_frames(self) -> bool:
+        """Take a flood token for a frame that is no request (a ping, a pong,
+        a fragment); True if the peer is a burst past the limit regardless:
+        the connection fails with close code 1008 (policy violation). Before:
+        one connection sending empty pings or continuation frames, which no
+        limit counted, held a core and the loop 5 s late for everyone."""
+        if self.node.service.spent(self.session):
+            return False
+        self.refused("closing WebSocket: frames past the flood limit, regardless (1008)")
+        self.core.flush()
+        self.ws.fail(CloseCode.POLICY_VIOLATION, "too many frames: past the flood limit")
         return True
 
     def _refuse_http(self, why: bytes) -> None:

@@ -67,6 +67,12 @@ class LoginRace(Generic[P]):
 
     # -- logging in ------------------------------------------------------------------
 
+    @property
+    def replied(self) -> bool:
+        """The login reply was written (FLUSHING or ONLINE): the login is
+        complete, and may be ended from outside without racing it."""
+        return self.phase is Phase.FLUSHING or self.phase is Phase.ONLINE
+
     def login_started(self) -> bool:
         """A login request is being served; False if this connection cannot
         log in now (already logged in, or gone). Stores noticed from now on

@@ -14,6 +14,11 @@ NOBODY: frozenset[int] = frozenset()
 #: ``log_state`` of a session never refused: no line logged, none unlogged.
 NOT_REFUSED: tuple[float, int] = (0.0, 0)
 
+#: ``anonymous_since`` of a session logged in with a ticket (any logged-in
+#: session has no login deadline; 0.0 marks one logged in with the password):
+#: kept in that slot, not a new one on every connection.
+RESUMED = -1.0
+
 #: What the service's entry point returns for a request: None when it is
 #: done, else the rest of it, which the transport awaits before it serves
 #: the connection's next request (so each connection's requests take effect
@@ -54,9 +59,10 @@ class Peer(Protocol):
         1 to n before any push."""
         ...
 
-    def received(self, seq: int) -> bool:
-        """The client acknowledged every number up to ``seq``; False if no
-        such number was sent."""
+    def received(self, seq: int) -> bool | None:
+        """The client acknowledged every number up to ``seq``: True if that
+        released messages, None if it released none (an old number, or one
+        already acknowledged), False if no such number was sent."""
         ...
 
     async def receipt_room(self, nbytes: int) -> bool:
@@ -78,7 +84,7 @@ class NoReceipts:
     def start_receipts(self, carried: list[bytes]) -> bool:
         return False
 
-    def received(self, seq: int) -> bool:
+    def received(self, seq: int) -> bool | None:
         return False
 
     async def receipt_room(self, nbytes: int) -> bool:
@@ -143,6 +149,14 @@ class Session:
     @property
     def logged_in(self) -> bool:
         return self.uid != 0
+
+    @property
+    def resumed(self) -> bool:
+        """Logged in with a ticket, not the password, and that login is
+        complete: a password login takes the account over
+        (ChatService._take_over). One still completing is not ended under
+        it (the password login is told errno 2, and retries)."""
+        return self.anonymous_since == RESUMED and self.race.replied
 
     @property
     def closed(self) -> bool:
