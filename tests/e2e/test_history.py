@@ -265,3 +265,35 @@ async def test_a_page_of_long_messages_is_cut_to_what_clients_can_read(user: Use
     assert 0 < n < 12 and page["more"] is True  # 128 KiB of text at most, not 12 x 15 KB
     rest = await everything(alice.conn, 200, userid=bob.id)
     assert [m["msg"].split()[0] for m in rest] == [str(i) for i in reversed(range(12))]
+
+
+async def test_a_history_request_does_not_wait_for_the_writers_pace(
+    node: Node, user: UserFactory
+) -> None:
+    # Read-your-writes: a sender's messages still queued (rounds paced 30 s
+    # apart here) are in its page at once; the request sends the round now
+    # rather than waiting for the pace or its 1 s patience.
+    writer = node.service.history
+    assert writer is not None
+    writer.pace = 30.0
+    alice, bob = await user(), await user()
+    await chat(alice, bob.id, "first")  # the first round goes at once
+    async with asyncio.timeout(10):
+        while writer.written < 1:  # noqa: ASYNC110 - polled with a deadline
+            await asyncio.sleep(0.01)
+    await chat(alice, bob.id, "second")
+    await chat(bob, alice.id, "third")
+    assert writer.pending(alice.id, bob.id) and len(writer) == 2
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    page = await history(alice.conn, userid=bob.id)
+    assert loop.time() - start < 0.5
+    assert [m["msg"] for m in page["messages"]] == ["third", "second", "first"]
+    # A conversation with nothing queued waits for nothing (a round queued
+    # for another is left to its pace).
+    carol = await user()
+    await chat(alice, carol.id, "elsewhere")
+    start = loop.time()
+    page = await history(bob.conn, userid=alice.id)
+    assert loop.time() - start < 0.5 and len(page["messages"]) == 3
+    assert writer.pending(alice.id, carol.id) and len(writer) == 1

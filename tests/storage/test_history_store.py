@@ -133,6 +133,14 @@ async def test_a_round_packs_each_conversations_messages_into_one_row(store: Sql
     await store.add_history(long)
     assert await rows_of(store, a, c) == 1 + 4  # "alone", then 20 x 10 KB in 4 rows
     assert [r.body[:2] for r in await store.history(a, c, 0, 30, 0)][:3] == ["19", "18", "17"]
+    # The bound counts characters of text, not bytes of JSON: 6 x 10,000
+    # control characters (60,000 bytes in JSON each) still fit one row.
+    ctl = [(b, c, b, f"ctl-{i}", t, "\x01" * 10_000) for i in range(6)]
+    await store.add_history(ctl)
+    assert await rows_of(store, b, c) == 1
+    assert [r.mid for r in await store.history(b, c, 0, 10, 0)] == [
+        f"ctl-{i}" for i in range(5, -1, -1)
+    ]
 
 
 async def test_a_batch_past_the_databases_packet_is_written_in_several_statements(

@@ -109,6 +109,8 @@ class HistoryWriter:
         #: Called when the queue has room again after being full.
         self.on_room: Callable[[], None] | None = None
         self._idle = True  # the writer waits for rows (or has not started)
+        #: A reader waits for queued rows: the next round goes without its pace.
+        self._hurry = False
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -168,7 +170,7 @@ class HistoryWriter:
                         await asyncio.sleep(self.linger)
                     continue
                 wait = started + self.pace - loop.time()
-                if wait > 0 and not self.full and self._rows < BATCH_ROWS:
+                if wait > 0 and not (self.full or self._hurry) and self._rows < BATCH_ROWS:
                     self._wake.clear()  # rows join this round meanwhile, unless it fills
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait):
@@ -221,6 +223,7 @@ class HistoryWriter:
         taken perhaps in part (its oldest messages; the rest stay first in
         the queue)."""
         convs = self._convs
+        self._hurry = False
         if self._rows <= BATCH_ROWS and self._bytes <= BATCH_BYTES:
             # all of them, no copy
             self._flight, self._flight_rows, self._flight_bytes = convs, self._rows, self._bytes
@@ -253,6 +256,19 @@ class HistoryWriter:
             self._bytes -= size
         self._cap_rows = self.max_rows - self._flight_rows
         self._cap_bytes = self.max_bytes - self._flight_bytes
+
+    def pending(self, a: int, b: int) -> bool:
+        """Whether messages of the conversation of ``a`` and ``b`` (in
+        either order) are queued or being written."""
+        key = (a, b) if a < b else (b, a)
+        return key in self._convs or key in self._flight
+
+    def hurry(self) -> None:
+        """A reader waits for what is queued: the next round goes now, not
+        at its pace (one round more, at most, a request)."""
+        if self._rows:
+            self._hurry = True
+            self._wake.set()
 
     async def caught_up(self, mark: int, timeout: float) -> bool:
         """Wait until the first ``mark`` rows ever queued are written, at most
@@ -375,7 +391,10 @@ class HistoryRequests:
             assert req.userid is not None
             a, b = sorted((s.uid, req.userid))
             key, ident = "userid", req.userid
-        await writer.caught_up(writer.queued, READ_YOUR_WRITES)  # one's own messages too
+        if writer.pending(a, b):  # one's own messages too: wait for them, not the pace
+            mark = writer.queued
+            writer.hurry()
+            await writer.caught_up(mark, READ_YOUR_WRITES)
         # The store stops reading past the page's bytes (one message more
         # than fit: cut there, the page says ``more``).
         rows = await svc.store.history(a, b, req.before, req.limit + 1, since, PAGE_BYTES)

@@ -143,16 +143,22 @@ def pack(convs: Conversations) -> list[Packed]:
     for (a, b), msgs in convs.items():
         if len(msgs) == 1:
             out.append((a, b, *msgs[0], 1))
-        elif len(msgs) <= PACK_MAX and sum(map(len, map(_entry_text, msgs))) <= PACK_TEXT:
-            out.append(_packed(a, b, msgs))
-        else:
-            start, size = 0, 0
-            for i, m in enumerate(msgs):
-                if i > start and (i - start == PACK_MAX or size + len(m[3]) > PACK_TEXT):
-                    out.append(_packed(a, b, msgs[start:i]))
-                    start, size = i, 0
-                size += len(m[3])
-            out.append(_packed(a, b, msgs[start:]))
+            continue
+        if len(msgs) <= PACK_MAX:
+            # Encoded first: its bytes bound its characters of text, so a
+            # short one needs no count of them (the common case).
+            body = _pack(msgs)
+            if len(body) <= PACK_TEXT or sum(map(len, map(_entry_text, msgs))) <= PACK_TEXT:
+                sender, mid, ts, _ = msgs[-1]
+                out.append((a, b, sender, mid, ts, body.decode(), len(msgs)))
+                continue
+        start, size = 0, 0
+        for i, m in enumerate(msgs):
+            if i > start and (i - start == PACK_MAX or size + len(m[3]) > PACK_TEXT):
+                out.append(_packed(a, b, msgs[start:i]))
+                start, size = i, 0
+            size += len(m[3])
+        out.append(_packed(a, b, msgs[start:]))
     return out
 
 
