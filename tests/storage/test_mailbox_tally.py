@@ -45,7 +45,9 @@ async def _tally(store: SqlStore, uid: int) -> tuple[int, int]:
 async def _exact(store: SqlStore, uid: int) -> tuple[int, int]:
     async with store.engine.connect() as conn:
         sizes = (
-            await conn.execute(select(offlinemessage.c.size).where(offlinemessage.c.userid == uid))
+            await conn.execute(
+                select(offlinemessage.c.size).where(offlinemessage.c.userid.in_((uid, -uid)))
+            )
         ).scalars()
         got = list(sizes)
     return len(got), sum(got)
