@@ -134,7 +134,11 @@ async def test_a_group_message_reads_rows_per_receiver_not_per_stored_message(
         assert after - before < 5 * members, after - before
     finally:
         async with store.engine.begin() as conn:
-            await conn.execute(offlinemessage.delete().where(offlinemessage.c.userid.in_(uids)))
+            await conn.execute(
+                offlinemessage.delete().where(
+                    offlinemessage.c.userid.in_(uids + [-u for u in uids])
+                )
+            )
             await conn.execute(mailbox.delete().where(mailbox.c.userid.in_(uids)))
         await store.close()
 
