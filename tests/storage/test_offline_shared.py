@@ -239,7 +239,7 @@ async def test_deliveries_and_fan_outs_at_once_keep_bodies_and_shares_exact(
             offlinebody.c.message.like(f"{tag}-%")
         )
         refs = dict((await conn.execute(mine)).all())
-        named = dict(
+        named: dict[int, int] = dict(
             (
                 await conn.execute(
                     select(offlinemessage.c.bodyid, func.count())
