@@ -260,3 +260,11 @@ async def test_deliveries_and_fan_outs_at_once_keep_bodies_and_shares_exact(
             counted[(-userid, snd)] = counted.get((-userid, snd), 0) + 1
     assert refs == named  # every body's count is its rows', none left at 0
     assert shares == counted
+
+
+async def test_settling_keeps_each_users_order(store: SqlStore) -> None:
+    u, v = [await store.create_user(unique(), "x") for _ in range(2)]
+    one, two = unique(), unique()
+    await store.store_offline_missing([(v, two), (u, one), (u, two)])
+    assert await _mailbox(store, u) == [one, two]
+    assert await _mailbox(store, v) == [two]

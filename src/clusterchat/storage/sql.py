@@ -913,16 +913,16 @@ class SqlStore(SocialQueries, HistoryQueries):
         by_text: dict[str, list[int]] = {}
         for uid, message in items:
             by_text.setdefault(message, []).append(uid)
+        sizes = {message: len(message.encode()) for message in by_text}
 
         async def once() -> list[int]:
             unknown: list[int] = []
-            keep: list[tuple[int, str, int, int]] = []
+            missing: set[tuple[int, str]] = set()
             async with self._tx() as conn:
                 # The tallies' locks before any row's (the reads below see
                 # the users' rows): see _tally.
                 await _tally(conn, {uid: (0, 0) for uid, _ in items})
                 for message, uids in by_text.items():  # the text sent once per 1,000 users
-                    size = len(message.encode())
                     want = sorted(set(uids))
                     for i in range(0, len(want), 1000):
                         chunk = want[i : i + 1000]
@@ -930,14 +930,20 @@ class SqlStore(SocialQueries, HistoryQueries):
                         have = set((await conn.execute(q.HAVE_INLINE, args)).scalars())
                         args["uids"] = [-u for u in chunk]
                         have.update(-u for u in (await conn.execute(q.HAVE_SHARED, args)).scalars())
-                        missing = [u for u in chunk if u not in have]
-                        if not missing:
+                        lacking = [u for u in chunk if u not in have]
+                        if not lacking:
                             continue
-                        found = await conn.execute(q.USERS_EXISTING, {"uids": missing})
+                        found = await conn.execute(q.USERS_EXISTING, {"uids": lacking})
                         known = set(found.scalars())
-                        unknown += [u for u in missing if u not in known]
-                        keep += [(u, message, size, sender) for u in missing if u in known]
-                keep.sort(key=lambda it: it[0])  # stable
+                        unknown += [u for u in lacking if u not in known]
+                        missing.update((u, message) for u in lacking if u in known)
+                keep: list[
+                    tuple[int, str, int, int]
+                ] = []  # in the items' order for each user (a stable sort by user)
+                for uid, message in sorted(items, key=lambda it: it[0]):
+                    if (uid, message) in missing:
+                        missing.discard((uid, message))  # once each
+                        keep.append((uid, message, sizes[message], sender))
                 tally, shares = _deltas(keep)
                 await _tally(conn, tally)
                 await _share_tally(conn, shares)
