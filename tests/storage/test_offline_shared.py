@@ -268,3 +268,16 @@ async def test_settling_keeps_each_users_order(store: SqlStore) -> None:
     await store.store_offline_missing([(v, two), (u, one), (u, two)])
     assert await _mailbox(store, u) == [one, two]
     assert await _mailbox(store, v) == [two]
+
+
+async def test_a_re_store_of_a_group_burst_shares_each_text_in_order(store: SqlStore) -> None:
+    """Messages held for several members and stored again together (a node
+    re-storing a burst, service/restore.py): each text once, each member's
+    order kept."""
+    members = [await store.create_user(unique(), "x") for _ in range(3)]
+    texts = [unique() for _ in range(5)]
+    await store.store_offline_many([(u, t) for t in texts for u in members])
+    for u in members:
+        assert await _mailbox(store, u) == texts
+    for t in texts:
+        assert await _bodies(store, t) == [3]

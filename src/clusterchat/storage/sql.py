@@ -287,21 +287,29 @@ async def _keep(conn: AsyncConnection, items: Sequence[tuple[int, str, int, int]
     counts: dict[str, int] = {}
     for _, text, _, _ in items:  # one text object for a fan-out: hashed once
         counts[text] = counts.get(text, 0) + 1
+    shared = [(text, n) for text, n in counts.items() if n >= SHARED_FROM]
     bodies: dict[str, int] = {}
-    for text, n in counts.items():
-        if n >= SHARED_FROM:
+    if len(shared) > 1 and conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+        # Many texts at once (a re-store of a group burst): one statement,
+        # ids back in order (SQLite, MariaDB 10.5+: INSERT ... RETURNING).
+        stmt = insert(offlinebody).returning(offlinebody.c.id, sort_by_parameter_order=True)
+        rows = [{"message": t, "size": len(t.encode()), "refs": n} for t, n in shared]
+        ids = (await conn.execute(stmt, rows)).scalars().all()
+        bodies = {t: int(i) for (t, _), i in zip(shared, ids, strict=True)}
+    else:
+        for text, n in shared:
             size = len(text.encode())
             res = await conn.execute(insert(offlinebody).values(message=text, size=size, refs=n))
             pk = res.inserted_primary_key
             assert pk is not None
             bodies[text] = int(pk[0])
-    rows = [
+    out = [
         {"userid": -u, "message": "", "size": size, "bodyid": bodies[text], "sender": snd}
         if text in bodies
         else {"userid": u, "message": text, "size": size, "bodyid": None, "sender": snd}
         for u, text, size, snd in items
     ]
-    await conn.execute(insert(offlinemessage), rows)
+    await conn.execute(insert(offlinemessage), out)
 
 
 def _deltas(
