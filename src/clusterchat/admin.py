@@ -13,6 +13,7 @@ import asyncio
 import getpass
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 
 from clusterchat.service.passwords import HashCost, Passwords
 from clusterchat.storage.history import forget_in_packed_groups
+from clusterchat.storage.queries import DROP_BODIES, UNREF_BODY
 from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import (
     allgroup,
@@ -30,6 +32,7 @@ from clusterchat.storage.tables import (
     groupuser,
     history,
     mailbox,
+    mailboxshare,
     offlinemessage,
     user,
 )
@@ -229,12 +232,24 @@ class Admin:
                 ("invitations", delete(groupinvite).where(groupinvite.c.userid == uid)),
                 # The tally's lock before the rows', as every store takes them.
                 ("mailbox", delete(mailbox).where(mailbox.c.userid == uid)),
-                ("offline_messages", delete(offlinemessage).where(offlinemessage.c.userid == uid)),
+                ("offline_messages", delete(offlinemessage).where(
+                    offlinemessage.c.userid.in_((uid, -uid)))),
                 ("history_messages", delete(history).where(theirs)),
                 ("users", delete(user).where(user.c.id == uid)),
             ):  # fmt: skip
                 if label == "mailbox":  # the tally of the rows deleted next: no count of its own
                     await conn.execute(stmt)
+                    await conn.execute(delete(mailboxshare).where(mailboxshare.c.userid == uid))
+                    continue
+                if label == "offline_messages":  # then their shared texts' counts (bodies last)
+                    shared = select(offlinemessage.c.bodyid).where(offlinemessage.c.userid == -uid)
+                    bodies = Counter((await conn.execute(shared)).scalars())
+                    gone[label] = (await conn.execute(stmt)).rowcount
+                    if bodies:
+                        await conn.execute(
+                            UNREF_BODY, [{"b": b, "k": k} for b, k in sorted(bodies.items())]
+                        )
+                        await conn.execute(DROP_BODIES, {"bids": sorted(bodies)})
                     continue
                 if label == "history_messages":  # what a packed row held counts, each
                     held = await conn.scalar(select(func.sum(history.c.n)).where(theirs))

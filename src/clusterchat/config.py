@@ -87,6 +87,10 @@ class Limits:
     max_offline_messages: int = 5000
     max_offline_bytes: int = 16 * 1024 * 1024
     max_stored_message: int = 16 * 1024
+    #: The fraction of those bounds (messages and bytes) one sender may fill
+    #: in one receiver's mailbox: a stranger cannot fill it for everyone
+    #: else. A quarter: 1,250 messages or 4 MiB by default.
+    offline_share: float = 0.25
     max_groups_created: int = 100
     max_memberships: int = 500
     max_friends: int = 1000

@@ -23,6 +23,7 @@
           ├── NotAllowed      your role in the group does not permit it
           ├── Banned           `clusterchat admin ban`
           ├── MailboxFull     the receiver has as much stored as they may
+          │    └── MailboxShareFull  ... from this sender as one sender may leave
           └── OverQuota       this user has as many groups/friends as they may
 
 Driver exceptions (SQLAlchemy, redis) are translated into these at the
@@ -132,6 +133,11 @@ class Banned(Refused):
 
 class MailboxFull(Refused):
     pass
+
+
+class MailboxShareFull(MailboxFull):
+    """The sender has as much waiting for this receiver as one sender may
+    (``--offline-share``); others can still leave them messages."""
 
 
 class OverQuota(Refused):

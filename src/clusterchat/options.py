@@ -278,6 +278,11 @@ SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
                "what one receiver may have waiting (messages, total bytes) and how long a "
                "message kept for an offline receiver may be; past them the sender gets "
                "ERROR 171/172 and nothing is sent; 0 turns one off"),
+        Option("--offline-share", ("limits.offline_share",), "FRACTION",
+               "the part of one receiver's --offline-quota (messages and bytes) one sender "
+               "may fill; past it that sender gets ERROR 174 (in a group, the member is "
+               "listed in the ack's `full`) while others can still leave messages; group "
+               "messages count toward their writer's share; 0 or 1 turns it off"),
         Option("--user-quota", ("limits.max_groups_created", "limits.max_memberships",
                                 "limits.max_friends"), "GROUPS_CREATED,MEMBERSHIPS,FRIENDS",
                "what one user may create, join and befriend (ERROR 173 past it); 0 turns "

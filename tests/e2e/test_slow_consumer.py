@@ -26,7 +26,9 @@ LIMIT = 64 * 1024
 @pytest.fixture
 async def tight_node(settings: Settings) -> AsyncIterator[Node]:
     # The senders flood on purpose: no flood limit here.
-    n = Node(replace(settings, output_limit=LIMIT, limits=Limits(message_rate=0)))
+    # One sender fills the stalled reader's mailbox on purpose: no per-sender share.
+    limits = Limits(message_rate=0, offline_share=0)
+    n = Node(replace(settings, output_limit=LIMIT, limits=limits))
     await n.start()
     yield n
     await n.stop()

@@ -45,7 +45,9 @@ async def _tally(store: SqlStore, uid: int) -> tuple[int, int]:
 async def _exact(store: SqlStore, uid: int) -> tuple[int, int]:
     async with store.engine.connect() as conn:
         sizes = (
-            await conn.execute(select(offlinemessage.c.size).where(offlinemessage.c.userid == uid))
+            await conn.execute(
+                select(offlinemessage.c.size).where(offlinemessage.c.userid.in_((uid, -uid)))
+            )
         ).scalars()
         got = list(sizes)
     return len(got), sum(got)
@@ -132,7 +134,11 @@ async def test_a_group_message_reads_rows_per_receiver_not_per_stored_message(
         assert after - before < 5 * members, after - before
     finally:
         async with store.engine.begin() as conn:
-            await conn.execute(offlinemessage.delete().where(offlinemessage.c.userid.in_(uids)))
+            await conn.execute(
+                offlinemessage.delete().where(
+                    offlinemessage.c.userid.in_(uids + [-u for u in uids])
+                )
+            )
             await conn.execute(mailbox.delete().where(mailbox.c.userid.in_(uids)))
         await store.close()
 

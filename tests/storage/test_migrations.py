@@ -323,3 +323,45 @@ async def test_mailbox_tallies_are_filled_from_the_messages_already_stored(
         assert [(r.userid, r.n, r.bytes) for r in rows] == [(1, 2, 12 + 8), (2, 1, 4)]
     finally:
         await store.close()
+
+
+def _to_0008(conn: Connection) -> None:
+    from alembic import command
+
+    command.upgrade(schema._config(conn), "0008")
+
+
+async def test_offline_rows_from_before_0009_are_read_and_counted_toward_no_sender(
+    blank_db: str,
+) -> None:
+    """Revision 0009 keeps rows already stored as they are (their text, sender
+    0): they are delivered in order with shared ones kept after it, count
+    toward the receiver's quota and toward no sender's share."""
+    engine = create_async_engine(blank_db)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_to_0008)
+            for uid, name in ((1, "a"), (2, "b"), (3, "c")):
+                await conn.exec_driver_sql(
+                    "INSERT INTO user (id, name, namekey, password)"
+                    f" VALUES ({uid}, '{name}', '{name}', 'x')"
+                )
+            for i in range(2):
+                await conn.exec_driver_sql(
+                    f"INSERT INTO offlinemessage (userid, message, size) VALUES (1, 'old{i}', 4)"
+                )
+            await conn.exec_driver_sql("INSERT INTO mailbox (userid, n, bytes) VALUES (1, 2, 8)")
+    finally:
+        await engine.dispose()
+    code, out = await _clusterchat("db", "upgrade", "--db", blank_db)
+    assert code == 0 and "from 0008 to revision" in out, out
+    store = SqlStore(blank_db, pool_size=2)
+    try:
+        quota = Quota(offline_messages=4, offline_share=0.5)  # 2 from any one sender
+        await store.store_offline_within([1, 2], "new group", quota, sender=3)
+        await store.store_offline(1, "new 1:1", quota, sender=3)
+        with pytest.raises(errors.MailboxFull):  # 4 waiting: the old rows count
+            await store.store_offline(1, "one too many", quota, sender=2)
+        assert [m for _, m in await store.offline(1)] == ["old0", "old1", "new group", "new 1:1"]
+    finally:
+        await store.close()

@@ -152,6 +152,11 @@ _REFUSALS: dict[type[errors.Refused], tuple[ErrCode, str]] = {
         ErrCode.MAILBOX_FULL,
         "user {} has as many messages waiting as they may; this one was not sent",
     ),
+    errors.MailboxShareFull: (
+        ErrCode.MAILBOX_SHARE_FULL,
+        "you have as many messages waiting for user {} as one sender may leave them; "
+        "this one was not sent (others still can)",
+    ),
     errors.OverQuota: (ErrCode.QUOTA, "{}"),
 }
 
@@ -226,6 +231,7 @@ class ChatService:
             lim.max_groups_created,
             lim.max_memberships,
             lim.max_friends,
+            lim.offline_share,
         )
         #: Group members for the fan-out (``_cache_members``), and what they
         #: count against ``max_cached_members``.
@@ -1332,9 +1338,9 @@ class ChatService:
         if self._too_long_to_store(s, OneChat, len(text)):
             return
         try:
-            await self.store.store_offline(toid, text, self.quota)
+            await self.store.store_offline(toid, text, self.quota, s.uid)
         except errors.InDoubt:  # kept or not? find out before answering
-            await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout)
+            await in_doubt.settle(self.store, [(toid, text)], self.settle_timeout, s.uid)
         await self._after_store([toid])
         if self.history is not None:
             self.history.add(s.uid, toid, s.uid, mid, ts, msg)
@@ -1420,10 +1426,17 @@ class ChatService:
         full: list[int] = []
         if left:
             try:
-                full = await self.store.store_offline_within(left, _text(payload), self.quota)
+                # Counted toward the share of the member who wrote it, as
+                # their 1:1 messages are: a share cannot be got round by
+                # posting to a group, and one member's flood does not refuse
+                # the group's others.
+                full = await self.store.store_offline_within(
+                    left, _text(payload), self.quota, s.uid
+                )
             except errors.InDoubt:  # kept or not? find out before answering
                 text = _text(payload)
-                await in_doubt.settle(self.store, [(u, text) for u in left], self.settle_timeout)
+                items = [(u, text) for u in left]
+                await in_doubt.settle(self.store, items, self.settle_timeout, s.uid)
             except errors.Unavailable as exc:
                 if not reached:
                     raise  # nobody has it: refused, and it had no effect

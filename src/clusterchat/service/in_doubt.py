@@ -29,16 +29,20 @@ SETTLE_TIMEOUT = 5.0
 
 
 async def settle(
-    store: Store, items: Sequence[tuple[int, str]], timeout: float = SETTLE_TIMEOUT
+    store: Store,
+    items: Sequence[tuple[int, str]],
+    timeout: float = SETTLE_TIMEOUT,
+    sender: int = 0,
 ) -> None:
-    """Make sure ``items`` are stored, once each; raises InDoubt past
-    ``timeout``, NoSuchUser for an unknown receiver (nothing was stored for it)."""
+    """Make sure ``items`` are stored, once each (counted toward ``sender``'s
+    share, 0: none); raises InDoubt past ``timeout``, NoSuchUser for an
+    unknown receiver (nothing was stored for it)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.02
     while True:
         try:
-            await store.store_offline_missing(items)
+            await store.store_offline_missing(items, sender)
             log.info("settled a store in doubt (%d messages)", len(items))
             return
         except errors.Unavailable as exc:

@@ -95,6 +95,25 @@ class Quota:
     groups_created: int = 0
     memberships: int = 0
     friends: int = 0
+    #: The fraction of a receiver's offline bounds one sender may fill
+    #: (``--offline-share``); 0 (or 1 and more) switches the share off.
+    offline_share: float = 0.0
+
+    @property
+    def share_messages(self) -> int:
+        """Most messages one sender may have waiting for one receiver; 0: no bound."""
+        return _part(self.offline_messages, self.offline_share)
+
+    @property
+    def share_bytes(self) -> int:
+        """Most bytes one sender may have waiting for one receiver; 0: no bound."""
+        return _part(self.offline_bytes, self.offline_share)
+
+
+def _part(bound: int, share: float) -> int:
+    if not bound or not 0 < share < 1:
+        return 0
+    return max(1, int(bound * share))
 
 
 NO_QUOTA = Quota()
@@ -196,23 +215,29 @@ class Store(Protocol):
         """Member ids, empty when the group does not exist."""
         ...
 
-    async def store_offline(self, uid: int, message: str, quota: Quota = NO_QUOTA) -> None:
-        """Keep a message for a user; raises NoSuchUser for an unknown id, and
-        MailboxFull if it would take them past the quota's offline bounds."""
+    async def store_offline(
+        self, uid: int, message: str, quota: Quota = NO_QUOTA, sender: int = 0
+    ) -> None:
+        """Keep a message for a user; raises NoSuchUser for an unknown id,
+        MailboxFull if it would take them past the quota's offline bounds,
+        MailboxShareFull if past what one sender may leave them (``sender``
+        0: not counted toward any sender's share)."""
         ...
 
     async def store_offline_within(
-        self, uids: Sequence[int], message: str, quota: Quota
+        self, uids: Sequence[int], message: str, quota: Quota, sender: int = 0
     ) -> list[int]:
-        """Keep a message for those of ``uids`` it leaves within the quota;
-        returns the others (not stored)."""
+        """Keep a message for those of ``uids`` it leaves within the quota and
+        ``sender``'s share of it; returns the others (not stored)."""
         ...
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:
         """Keep messages already acknowledged: never refused for quota."""
         ...
 
-    async def store_offline_missing(self, items: Sequence[tuple[int, str]]) -> None:
+    async def store_offline_missing(
+        self, items: Sequence[tuple[int, str]], sender: int = 0
+    ) -> None:
         """Store those of ``items`` not stored already (each text is unique:
         it holds the message's ``mid``): after a store whose commit went
         unanswered (:class:`~clusterchat.errors.InDoubt`). Raises NoSuchUser

@@ -8,6 +8,7 @@ so the hot ones are made here once and executed with a parameter dict.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Integer,
     String,
     Text,
@@ -18,10 +19,20 @@ from sqlalchemy import (
     insert,
     select,
     type_coerce,
+    union_all,
     update,
 )
 
-from clusterchat.storage.tables import allgroup, friend, groupuser, mailbox, offlinemessage, user
+from clusterchat.storage.tables import (
+    allgroup,
+    friend,
+    groupuser,
+    mailbox,
+    mailboxshare,
+    offlinebody,
+    offlinemessage,
+    user,
+)
 
 _uid = bindparam("uid", type_=Integer)
 
@@ -36,59 +47,105 @@ RESUME_MANY = select(
     user.c.name,
     user.c.ticket,
     user.c.ticketexpiry,
-    exists().where(offlinemessage.c.userid == user.c.id).label("waiting"),
+    (
+        exists().where(offlinemessage.c.userid == user.c.id)
+        | exists().where(offlinemessage.c.userid == -user.c.id)  # shared texts: see tables.py
+    ).label("waiting"),
 ).where(user.c.id.in_(bindparam("uids", expanding=True)))
 
 #: Offline messages go out in pages: a login reply stays small, and a user
 #: with a huge backlog does not make the node read it all at once.
 OFFLINE_PAGE = 200
 
-OFFLINE = (
+_page = bindparam("page", type_=Integer)
+
+#: A user's oldest page: their own rows' texts and their shared rows' (userid
+#: = minus theirs, the text in offlinebody), each side one range of the
+#: (userid, id) index read in order, merged by id.
+_INLINE = (
     select(offlinemessage.c.id, offlinemessage.c.message)
     .where(offlinemessage.c.userid == _uid)
     .order_by(offlinemessage.c.id)
-    .limit(bindparam("page"))
+    .limit(_page)
+    .subquery()
 )
+_SHARED = (
+    select(offlinemessage.c.id, offlinebody.c.message)
+    .join(offlinebody, offlinebody.c.id == offlinemessage.c.bodyid)
+    .where(offlinemessage.c.userid == -_uid)
+    .order_by(offlinemessage.c.id)
+    .limit(_page)
+    .subquery()
+)
+_BOTH = union_all(select(_INLINE.c.id, _INLINE.c.message), select(_SHARED.c.id, _SHARED.c.message))
+OFFLINE = _BOTH.order_by("id").limit(_page)
 
-#: The same, unless the very message (its text carries a unique ``mid``) is
-#: there already: settles a store whose commit went unanswered.
-STORE_OFFLINE_MISSING = insert(offlinemessage).from_select(
-    ["userid", "message", "size"],
-    select(_uid, bindparam("message", type_=Text), bindparam("size", type_=Integer)).where(
-        exists().where(user.c.id == _uid),
-        ~exists().where(
-            (offlinemessage.c.userid == _uid)
-            & (offlinemessage.c.message == bindparam("message", type_=Text))
-        ),
-    ),
+_text = bindparam("message", type_=Text)
+_uids = bindparam("uids", expanding=True, type_=Integer)
+
+#: Which of some users (ids) have this very text stored as their own row,
+#: and which (minus their ids) as a shared one: settles a store whose commit
+#: went unanswered (the text carries a unique ``mid``).
+HAVE_INLINE = select(offlinemessage.c.userid).where(
+    offlinemessage.c.userid.in_(_uids) & (offlinemessage.c.message == _text)
 )
+HAVE_SHARED = (
+    select(offlinemessage.c.userid)
+    .join(offlinebody, offlinebody.c.id == offlinemessage.c.bodyid)
+    .where(offlinemessage.c.userid.in_(_uids) & (offlinebody.c.message == _text))
+)
+USERS_EXISTING = select(user.c.id).where(user.c.id.in_(_uids))
 
 USER_EXISTS = select(exists().where(user.c.id == _uid))
 
 #: By id, not "ids up to the last one delivered": two stores for one user can
 #: commit out of id order (MariaDB hands out ids at insert, not at commit), so
 #: a row below the last delivered id may appear later and must not be lost.
-DELETE_OFFLINE = delete(offlinemessage).where(
-    (offlinemessage.c.userid == _uid) & offlinemessage.c.id.in_(bindparam("ids", expanding=True))
-)
+_mine = offlinemessage.c.userid.in_([_uid, -_uid])
+_ids = offlinemessage.c.id.in_(bindparam("ids", expanding=True))
+DELETE_OFFLINE = delete(offlinemessage).where(_mine & _ids)
 
 #: Inserts only if the user exists: one statement, no check-then-act race.
 STORE_OFFLINE = insert(offlinemessage).from_select(
-    ["userid", "message", "size"],
-    select(_uid, bindparam("message", type_=Text), bindparam("size", type_=Integer)).where(
+    ["userid", "message", "size", "sender"],
+    select(_uid, _text, bindparam("size", type_=Integer), bindparam("sender", type_=Integer)).where(
         exists().where(user.c.id == _uid)
     ),
 )
 
-#: Stored count and bytes per receiver, for the offline quotas.
+#: Stored count and bytes per receiver, for the offline quotas: ``uids`` holds
+#: both each receiver's id and minus it (shared rows), added up by the caller.
 MAILBOXES = (
     select(
         offlinemessage.c.userid,
         func.count().label("n"),
         func.coalesce(func.sum(offlinemessage.c.size), 0).label("bytes"),
     )
-    .where(offlinemessage.c.userid.in_(bindparam("uids", expanding=True)))
+    .where(offlinemessage.c.userid.in_(_uids))
     .group_by(offlinemessage.c.userid)
+)
+
+#: The same for one sender's rows, for the per-sender share.
+SENDER_MAILBOXES = MAILBOXES.where(offlinemessage.c.sender == bindparam("sender", type_=Integer))
+
+#: One sender's share rows of some receivers.
+SHARES = select(
+    mailboxshare.c.userid, mailboxshare.c.n, mailboxshare.c.bytes, mailboxshare.c.checked
+).where(
+    mailboxshare.c.userid.in_(_uids) & (mailboxshare.c.sender == bindparam("sender", type_=Integer))
+)
+
+#: A delivered text's reference gone: ``k`` fewer rows name body ``b``.
+UNREF_BODY = (
+    update(offlinebody)
+    .where(offlinebody.c.id == bindparam("b", type_=BigInteger))
+    .values(refs=offlinebody.c.refs - bindparam("k", type_=Integer))
+)
+DROP_BODIES = delete(offlinebody).where(
+    offlinebody.c.id.in_(bindparam("bids", expanding=True)) & (offlinebody.c.refs <= 0)
+)
+DROP_EMPTY_SHARES = delete(mailboxshare).where(
+    (mailboxshare.c.userid == _uid) & (mailboxshare.c.n <= 0)
 )
 
 #: The tallies of the same: one row per receiver, not its whole mailbox.
@@ -96,17 +153,12 @@ TALLIES = select(mailbox.c.userid, mailbox.c.n, mailbox.c.bytes, mailbox.c.check
     mailbox.c.userid.in_(bindparam("uids", expanding=True))
 )
 
-#: What a delivery's delete will remove, locked so two deletes of the same
-#: rows do not both take them off the tally.
+#: What a delivery's delete will remove (each row's sender, size and shared
+#: body), locked so two deletes of the same rows do not both take them off
+#: the tallies and the bodies' counts.
 DELETING = (
-    select(
-        func.count().label("n"),
-        func.coalesce(func.sum(offlinemessage.c.size), 0).label("bytes"),
-    )
-    .where(
-        (offlinemessage.c.userid == _uid)
-        & offlinemessage.c.id.in_(bindparam("ids", expanding=True))
-    )
+    select(offlinemessage.c.sender, offlinemessage.c.size, offlinemessage.c.bodyid)
+    .where(_mine & _ids)
     .with_for_update()
 )
 

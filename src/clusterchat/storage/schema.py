@@ -89,6 +89,8 @@ def _unversioned(connection: Connection) -> str | None:
     tables = {t.lower() for t in insp.get_table_names()}
     if "user" not in tables:
         return None
+    if "mailboxshare" in tables:
+        return "0009"
     if "mailbox" in tables:
         return "0008"
     if "history" in tables:

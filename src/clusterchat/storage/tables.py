@@ -13,6 +13,8 @@ blocks whom, ``groupinvite`` invitations to invite-only groups. ``history``
 keeps every chat message for ``--history-days`` (revision 0006), several of
 one conversation to a row (revision 0007). ``mailbox`` tallies each
 user's stored offline messages for the quotas (revision 0008).
+``offlinebody`` keeps a text sent to many receivers once, ``mailboxshare``
+what each sender holds of a receiver's quota (revision 0009).
 
 Names (users and groups) are unique by their key (``namekey``,
 ``groupkey``: see :mod:`clusterchat.protocol.names`), compared byte for
@@ -132,7 +134,33 @@ offlinemessage = Table(
     Column("message", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
     # Bytes of ``message`` (UTF-8): per-receiver quotas sum this, not the text.
     Column("size", Integer, nullable=False, server_default="0"),
+    # Revision 0009. A row whose text is shared (one message to many
+    # receivers, a group's fan-out) has ``userid`` = minus the receiver's id,
+    # ``message`` empty and ``bodyid`` naming its ``offlinebody``; ``size`` is
+    # still the text's. Negative so that code from before 0009, which reads
+    # ``userid = receiver``, never sees such a row (during a rolling upgrade
+    # it neither delivers it as an empty text nor deletes it).
+    Column("bodyid", BigInteger, nullable=True),
+    # Who sent it (0: not known, kept before 0009 or re-stored by a node):
+    # the per-sender share of a receiver's quota (``mailboxshare``).
+    Column("sender", Integer, nullable=False, server_default="0"),
     Index("ix_offlinemessage_userid_id", "userid", "id"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+#: The text of a message kept for many receivers, stored once (revision
+#: 0009): a group message for 1,000 offline members was 1,000 copies of its
+#: text, built and escaped on the node's event loop. ``refs``: the
+#: ``offlinemessage`` rows naming it; the transaction deleting the last of
+#: them deletes it.
+offlinebody = Table(
+    "offlinebody",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("message", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"), nullable=False),
+    Column("size", Integer, nullable=False, server_default="0"),
+    Column("refs", Integer, nullable=False, server_default="0"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -149,6 +177,22 @@ mailbox = Table(
     Column("bytes", _BigId, nullable=False, server_default="0"),
     # When (epoch seconds) a recount last confirmed the user full: refusals
     # trust the tally until it is MAILBOX_RECHECK seconds old.
+    Column("checked", Integer, nullable=False, server_default="0"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+#: What one sender has stored in one receiver's mailbox (revision 0009), kept
+#: like ``mailbox`` in the same transactions as the rows: one sender may hold
+#: only a share of a receiver's quota (``--offline-share``). A row goes when
+#: its count reaches 0. A bound too, recounted before it refuses.
+mailboxshare = Table(
+    "mailboxshare",
+    metadata,
+    Column("userid", Integer, primary_key=True, autoincrement=False),
+    Column("sender", Integer, primary_key=True, autoincrement=False),
+    Column("n", Integer, nullable=False, server_default="0"),
+    Column("bytes", _BigId, nullable=False, server_default="0"),
     Column("checked", Integer, nullable=False, server_default="0"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
