@@ -1,0 +1,503 @@
+"""Soak checker: many receipt clients (ChatConnection, receipts on) on a 2-3 node
+cluster of its own (private MariaDB database, Redis prefix, optionally its own
+redis-server), bursts of 1:1 and group chats with a window of requests in
+flight, one fault per scenario (vanished receivers behind a stalling proxy,
+kill -9 of a node, Redis killed and restarted, MariaDB stalled); then every
+user logs in again and each acknowledged mid must have arrived (duplicates
+counted by mid; a tag arriving under two mids is a violation). Node RSS and
+/metrics are sampled every 0.5 s.
+
+    flock -s /tmp/quiet.lock timeout -s INT 180 python bench/soak.py burst --budget 67108864
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import sys
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+os.environ.setdefault("CLUSTERCHAT_REGISTRATIONS", "0")
+
+from tests.helpers import OwnRedis, StallingProxy, free_ports, stalling_mariadb  # noqa: E402
+
+from clusterchat.client.connection import ChatConnection, ConnectionClosed  # noqa: E402
+from clusterchat.cluster import launcher  # noqa: E402
+from clusterchat.protocol.client import ClientProtocol, Push  # noqa: E402
+from clusterchat.protocol.messages import MsgId  # noqa: E402
+
+PW = "s3cret"
+MYSQL = "mysql+asyncmy://root@127.0.0.1:3306"
+T0 = time.monotonic()
+
+
+def log(*a: Any) -> None:
+    print(f"[{time.monotonic() - T0:7.1f}]", *a, flush=True)
+
+
+class Client:
+    def __init__(self, uid: int, name: str) -> None:
+        self.uid = uid
+        self.name = name
+        self.conn: ChatConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.node = ""
+        self.proxy: StallingProxy | None = None
+
+
+class World:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        # receiver -> list of (mid, tag, key) in arrival order
+        self.got: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+        # receiver -> {mid: (tag, key)} acknowledged
+        self.expect: dict[int, dict[str, tuple[str, str]]] = defaultdict(dict)
+        # (key, receiver) -> mids in ack order (one sender connection, pipelined)
+        self.order: dict[tuple[str, int], list[str]] = defaultdict(list)
+        self.tally: Counter[str] = Counter()
+        self.doubt: set[str] = set()
+        self.members: dict[int, list[int]] = {}
+        self.pingers: set[asyncio.Task[None]] = set()
+
+    def on_push(self, uid: int, msg: dict[str, Any]) -> None:
+        mid = msg.get("msgid")
+        if mid == MsgId.ONE_CHAT:
+            key = f"u{msg['id']}"
+        elif mid == MsgId.GROUP_CHAT:
+            key = f"g{msg['groupid']}:{msg['id']}"
+        else:
+            return
+        self.got[uid].append((str(msg["mid"]), str(msg["msg"]).split(" ", 1)[0], key))
+
+    async def open(self, c: Client, port: int | None = None, retry: int = 80) -> dict[str, Any]:
+        core: ClientProtocol[Any] = ClientProtocol(acknowledge=True)
+        conn = await ChatConnection.open("127.0.0.1", port or self.port, core=core)
+        c.conn = conn
+        fut = conn.call({"msgid": MsgId.PING})
+        uid = c.uid
+
+        def on_event(ev: Any) -> None:
+            if type(ev) is Push:
+                self.on_push(uid, ev.msg)
+
+        c.task = asyncio.ensure_future(conn.listen(on_event))
+        task = c.task
+
+        async def pinger() -> None:
+            while not task.done():
+                await asyncio.sleep(2)
+                if not task.done() and c.conn is conn and not (c.proxy and port == c.proxy.port):
+                    conn.call({"msgid": MsgId.PING})
+
+        self.pingers.add(asyncio.ensure_future(pinger()))
+        c.node = str((await asyncio.wait_for(fut, 30))["node"])
+        ack = await asyncio.wait_for(
+            conn.call({"msgid": MsgId.LOGIN, "id": c.uid, "password": PW, "receipts": True}), 60
+        )
+        if ack.get("errno") == 2 and retry > 0:
+            await conn.close()
+            await asyncio.sleep(0.5)
+            return await self.open(c, port, retry - 1)
+        if ack.get("errno") != 0:
+            raise RuntimeError(f"login {c.uid}: {ack}")
+        for s in ack.get("offlinemsg") or []:
+            self.on_push(c.uid, json.loads(s))
+        return ack
+
+
+async def register(port: int, n: int, tag: str) -> list[Client]:
+    out: list[Client] = []
+
+    async def one(i: int) -> Client:
+        conn = await ChatConnection.open("127.0.0.1", port)
+        try:
+            name = f"{tag}{i}"
+            uid = await conn.register(name, PW)
+            return Client(uid, name)
+        finally:
+            await conn.close()
+
+    for k in range(0, n, 25):
+        out += await asyncio.gather(*(one(i) for i in range(k, min(n, k + 25))))
+    return out
+
+
+async def make_group(w: World, owner: Client, members: list[Client], name: str) -> int:
+    assert owner.conn
+    r = await owner.conn.call({"msgid": MsgId.CREATE_GROUP, "groupname": name, "groupdesc": ""})
+    gid = int(r["groupid"])
+
+    async def join(m: Client) -> None:
+        assert m.conn
+        r = await m.conn.call({"msgid": MsgId.ADD_GROUP, "groupid": gid})
+        assert r.get("msgid") == MsgId.ADD_GROUP_ACK, r
+
+    for k in range(0, len(members), 50):
+        await asyncio.gather(*(join(m) for m in members[k : k + 50]))
+    w.members[gid] = [owner.uid] + [m.uid for m in members]
+    return gid
+
+
+async def sender(
+    w: World, c: Client, targets: list[tuple[str, int]], count: int, size: int, window: int
+) -> None:
+    """targets: ("u", uid) or ("g", gid); count messages round-robin; window in flight."""
+    pad = "x" * size
+    sem = asyncio.Semaphore(window)
+
+    async def one(kind: str, to: int, tag: str) -> None:
+        for tries in range(200):
+            conn = c.conn
+            if conn is None or conn._writer.is_closing() or c.task is None or c.task.done():
+                await asyncio.sleep(0.2)
+                continue
+            doc: dict[str, Any] = {"msg": f"{tag} {pad}"}
+            if kind == "u":
+                doc.update(msgid=MsgId.ONE_CHAT, toid=to)
+            else:
+                doc.update(msgid=MsgId.GROUP_CHAT, groupid=to)
+            try:
+                fut = conn.call(doc)
+                r = await asyncio.wait_for(asyncio.shield(fut), 20)
+            except (ConnectionClosed, TimeoutError, OSError) as e:
+                w.tally[f"no reply {type(e).__name__}"] += 1
+                w.doubt.add(tag)
+                tag = f"{tag}r"
+                await asyncio.sleep(0.3)
+                continue
+            if r.get("msgid") == MsgId.CHAT_ACK:
+                w.tally[f"ack {r.get('status')}"] += 1
+                mid = str(r["mid"])
+                if kind == "u":
+                    rcv = [to]
+                    key = f"u{c.uid}"
+                else:
+                    skip = set(r.get("missed") or []) | set(r.get("full") or [])
+                    if skip:
+                        w.tally["group skipped members"] += len(skip)
+                    rcv = [m for m in w.members[to] if m != c.uid and m not in skip]
+                    key = f"g{to}:{c.uid}"
+                for u in rcv:
+                    w.expect[u][mid] = (tag, key)
+                    w.order[(key, u)].append(mid)
+                return
+            w.tally[f"refused {r.get('errno')}"] += 1
+            await asyncio.sleep(min(0.05 * (tries + 1), 1.0))
+        w.tally["gave up"] += 1
+
+    tasks = []
+    for n in range(count):
+        kind, to = targets[n % len(targets)]
+        await sem.acquire()
+        t = asyncio.ensure_future(one(kind, to, f"{c.uid}.{n + 1}"))
+        t.add_done_callback(lambda _t: sem.release())
+        tasks.append(t)
+        # order matters per pair: only pipeline, never reorder - call() writes in order
+    await asyncio.gather(*tasks)
+
+
+class Watch:
+    def __init__(self, pids: dict[str, int], http: dict[str, int]) -> None:
+        self.pids = pids
+        self.http = http
+        self.max_rss: dict[str, int] = {}
+        self.max_budget: dict[str, float] = {}
+        self.stop = False
+
+    def rss(self, pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+        except OSError:
+            pass
+        return 0
+
+    def metrics(self, port: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("#") or not any(
+                        s in line
+                        for s in (
+                            "budget",
+                            "held_bytes",
+                            "bus_window",
+                            "receipt_unacked_bytes",
+                            "slow_consumer",
+                            "offline_backlog",
+                        )
+                    ):
+                        continue
+                    k, _, v = line.rpartition(" ")
+                    out[k] = float(v)
+        except Exception:
+            pass
+        return out
+
+    async def run(self) -> None:
+        while not self.stop:
+            for n, pid in self.pids.items():
+                self.max_rss[n] = max(self.max_rss.get(n, 0), self.rss(pid))
+            for n, port in self.http.items():
+                m = await asyncio.to_thread(self.metrics, port)
+                for k, v in m.items():
+                    key = f"{n} {k}"
+                    self.max_budget[key] = max(self.max_budget.get(key, 0), v)
+            await asyncio.sleep(0.5)
+
+
+async def mysql(sql: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    e = create_async_engine(MYSQL + "/")
+    try:
+        async with e.begin() as c:
+            await c.execute(text(sql))
+    finally:
+        await e.dispose()
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scenario", choices=["burst", "vanish", "kill", "redis", "dbstall"])
+    ap.add_argument("--users", type=int, default=500)
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--count", type=int, default=40)
+    ap.add_argument("--size", type=int, default=200)
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--group", type=int, default=200)
+    ap.add_argument("--groups", type=int, default=2)
+    ap.add_argument("--gsenders", type=int, default=5)
+    ap.add_argument("--gcount", type=int, default=40)
+    ap.add_argument("--budget", default="67108864", help="bytes")
+    ap.add_argument("--quiet", type=float, default=4.0)
+    ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--arg", action="append", default=[])
+    a = ap.parse_args()
+
+    run = Path(f"/tmp/soak/run-{a.scenario}-{secrets.token_hex(3)}")
+    run.mkdir(parents=True)  # noqa: ASYNC240 - before anything runs
+    dbname = f"cc_soak_{secrets.token_hex(4)}"
+    db_url = f"{MYSQL}/{dbname}"
+    prefix = f"ccsoak:{secrets.token_hex(4)}:"
+    own: OwnRedis | None = None
+    redis_url = "redis://127.0.0.1:6379/0"
+    if a.scenario == "redis":
+        own = OwnRedis(run)
+        await own.start()
+        redis_url = own.url
+    node_db = db_url
+    dbproxy: StallingProxy | None = None
+    if a.scenario == "dbstall":
+        # the store must exist first: create through the direct url by a node start
+        await mysql(f"CREATE DATABASE `{dbname}`")
+        dbproxy, node_db = await stalling_mariadb(db_url)
+    base = free_ports(a.nodes + 1)
+    httpb = free_ports(a.nodes + 1)
+    args = ["--db", node_db, "--redis", redis_url, "--redis-prefix", prefix,
+            "--presence-ttl", "2", "--hash-cost", "1,8,1", "--message-rate", "0",
+            "--max-connections-per-address", "0", "--memory-budget", a.budget, *a.arg]  # fmt: skip
+    env = dict(kv.split("=", 1) for kv in a.env)
+    state = await asyncio.to_thread(
+        launcher.up, run / "cluster", a.nodes, base + a.nodes, base, "127.0.0.1", args,
+        env=env, web_port=httpb + a.nodes, http_base_port=httpb,
+    )  # fmt: skip
+    port = base + a.nodes
+    pids = {p.name: p.pid for p in state.procs if p.name.startswith("node")}
+    watch = Watch(pids, {f"node{i}": httpb + i for i in range(a.nodes)})
+    wt = asyncio.ensure_future(watch.run())
+    w = World(port)
+    rc = 1
+    try:
+        log("cluster up", run, pids)
+        users = await register(port, a.users, f"s{secrets.token_hex(2)}_")
+        log("registered", len(users))
+        vanish: list[Client] = []
+        if a.scenario == "vanish":
+            vanish = users[: len(users) // 4]
+            for c in vanish:
+                c.proxy = StallingProxy(port)
+                await c.proxy.start()
+        for k in range(0, len(users), 50):
+            await asyncio.gather(
+                *(w.open(c, c.proxy.port if c.proxy else None) for c in users[k : k + 50])
+            )
+        log("logged in; nodes:", Counter(c.node for c in users))
+        gids = []
+        for _ in range(a.groups):
+            mem = random.sample(users, a.group)
+            gids.append((await make_group(w, mem[0], mem[1:], f"sg{secrets.token_hex(3)}"), mem))
+        log("groups", [g for g, _ in gids])
+        n = len(users)
+        jobs = []
+        quiet_ids = {id(c) for c in vanish}
+        for i, c in enumerate(users):
+            if id(c) in quiet_ids:
+                continue  # vanished users only receive
+            targets = [("u", users[(i + d) % n].uid) for d in (1, 7, 31)]
+            jobs.append(sender(w, c, targets, a.count, a.size, a.window))
+        for gid, mem in gids:
+            for s in [m for m in mem if id(m) not in quiet_ids][: a.gsenders]:
+                jobs.append(sender(w, s, [("g", gid)], a.gcount, a.size, a.window))
+
+        async def fault() -> None:
+            await asyncio.sleep(1.0)
+            if a.scenario == "vanish":
+                for c in vanish:
+                    assert c.proxy
+                    c.proxy.stall_existing()
+                log("stalled", len(vanish), "receivers")
+            elif a.scenario == "kill":
+                victim = "node1"
+                os.kill(pids[victim], signal.SIGKILL)
+                log("killed", victim)
+                dead = [c for c in users if c.node == victim]
+                await asyncio.sleep(0.5)
+                for c in dead:  # relogin elsewhere as a client would
+                    for _ in range(20):
+                        try:
+                            await w.open(c)
+                            break
+                        except Exception:
+                            await asyncio.sleep(0.3)
+                log("relogged", len(dead), Counter(c.node for c in dead))
+            elif a.scenario == "redis":
+                assert own
+                await own.kill()
+                log("redis killed")
+                await asyncio.sleep(3)
+                await own.start()
+                log("redis back")
+            elif a.scenario == "dbstall":
+                assert dbproxy
+                dbproxy.stall()
+                log("db stalled")
+                await asyncio.sleep(8)
+                dbproxy.flow()
+                log("db flows")
+
+        t_burst = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(fault(), *jobs), 100)
+        log("burst done in %.1fs" % (time.monotonic() - t_burst), dict(w.tally))
+        if a.scenario == "vanish":
+            await asyncio.sleep(2)
+            for c in vanish:  # log in again elsewhere (directly via nginx)
+                await w.open(c)
+            log("vanished re-logged in")
+        # wait for quiet
+        last = -1
+        while True:
+            now = sum(len(v) for v in w.got.values())
+            if now == last:
+                break
+            last = now
+            await asyncio.sleep(a.quiet)
+        log("live arrivals", last)
+
+        async def bye(c: Client) -> None:
+            if c.conn and c.task and not c.task.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(c.conn.call({"msgid": MsgId.LOGOUT}), 10)
+
+        await asyncio.gather(*(bye(c) for c in users))
+        await asyncio.sleep(1)
+        for c in users:
+            if c.conn:
+                await c.conn.close()
+            if c.proxy:
+                await c.proxy.close()
+        await asyncio.sleep(1)
+        # everyone logs in again
+        for k in range(0, len(users), 50):
+            await asyncio.gather(*(w.open(c) for c in users[k : k + 50]))
+        last = -1
+        while True:
+            now = sum(len(v) for v in w.got.values())
+            if now == last:
+                break
+            last = now
+            await asyncio.sleep(a.quiet)
+        await asyncio.gather(*(bye(c) for c in users))
+        for c in users:
+            if c.conn:
+                await c.conn.close()
+        # check
+        acked = sum(len(v) for v in w.expect.values())
+        lost = 0
+        dup_same = 0
+        dup_other = 0
+        order_bad = 0
+        lost_by: Counter[str] = Counter()
+        examples: list[str] = []
+        for u, exp in w.expect.items():
+            got = w.got.get(u, [])
+            cnt = Counter(m for m, _, _ in got)
+            dup_same += sum(v - 1 for v in cnt.values() if v > 1)
+            tagmids: dict[tuple[str, str], set[str]] = defaultdict(set)
+            for m, t, key in got:
+                tagmids[(key, t)].add(m)
+            dup_other += sum(len(s) - 1 for s in tagmids.values() if len(s) > 1)
+            for m, (t, key) in exp.items():
+                if m not in cnt:
+                    lost += 1
+                    lost_by[m.rsplit("-", 1)[0]] += 1
+                    if len(examples) < 5:
+                        examples.append(f"user {u} missing {m} tag {t} from {key}")
+        for (pkey, u), mids in w.order.items():
+            pos: dict[str, int] = {}
+            for i, (m, _, gk) in enumerate(w.got.get(u, [])):
+                if gk == pkey and m not in pos:
+                    pos[m] = i
+            seq = [pos[m] for m in mids if m in pos]
+            order_bad += sum(1 for x, y in itertools.pairwise(seq) if y < x)
+        delivered = sum(len(v) for v in w.got.values())
+        res = {
+            "scenario": a.scenario, "acked_deliveries": acked, "arrivals": delivered,
+            "lost": lost, "dup_same_mid": dup_same, "dup_other_mid": dup_other,
+            "order_inversions": order_bad, "tally": dict(w.tally), "lost_by_node": dict(lost_by),
+            "max_rss_mib": watch.max_rss, "budget_metrics_max": watch.max_budget,
+        }  # fmt: skip
+        log("RESULT", json.dumps(res, sort_keys=True))
+        for e in examples:
+            log(e)
+        rc = 0 if lost == 0 and dup_other == 0 else 2
+    finally:
+        watch.stop = True
+        await wt
+        await asyncio.to_thread(launcher.down, run / "cluster")
+        if dbproxy:
+            await dbproxy.close()
+        if own:
+            await own.kill()
+        await mysql(f"DROP DATABASE IF EXISTS `{dbname}`")
+        if not own:
+            import redis.asyncio as aioredis
+
+            r = aioredis.Redis.from_url(redis_url)
+            keys = [k async for k in r.scan_iter(f"{prefix}*")]
+            if keys:
+                await r.delete(*keys)
+            await r.aclose()
+        shutil.rmtree(run / "cluster" / "tmp", ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
