@@ -30,10 +30,8 @@ import asyncio
 import logging
 from asyncio import Future
 from collections import deque
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
-
-from mypy_extensions import mypyc_attr
 
 from clusterchat.protocol import codec, proxy
 from clusterchat.protocol.framing import NEWLINE, NUL, FrameDecoder, FrameTooLarge
@@ -168,8 +166,6 @@ def _ended_outbox() -> Outbox:
 _ENDED = _ended_outbox()
 
 
-# Tests subclass it (tests/server/test_core.py's OpaqueCore) when it is compiled too.
-@mypyc_attr(allow_interpreted_subclasses=True)
 class ConnectionCore:
     __slots__ = (
         "_due",
@@ -189,6 +185,11 @@ class ConnectionCore:
         "room",
         "session",
     )
+
+    #: Frame to typed request, before the service sees it; raises if it is
+    #: none, and ``codec.read_request`` then gives the refusal (tests of
+    #: ordering give the core opaque frames instead).
+    decode: Callable[[bytes], Request] = codec.decode_valid
 
     def __init__(self, host: CoreHost, link: Link, now: float) -> None:
         self._host = host
@@ -345,13 +346,6 @@ class ConnectionCore:
         return buf[used:]
 
     # -- request ordering ----------------------------------------------------------------
-
-    def decode(self, frame: bytes) -> Request:
-        """Frame to typed request, before the service sees it; raises if it is
-        none, and ``codec.read_request`` then gives the refusal (tests of
-        ordering give the core opaque frames instead)."""
-        request: Request = codec.decode_valid(frame)
-        return request
 
     def _handle(self, frame: bytes, term: int) -> Work:
         """The one call into the service: a request, and the I/O it awaits (if any)."""
