@@ -558,7 +558,7 @@ class ConnectionCore:
                 self._taken = 0
                 link.write(out[0] if len(out) == 1 else b"".join(out))
             return
-        data = outbox.take()
+        data = outbox.take() if outbox.pending is not None else None  # None: only replies
         taken = self._taken
         if data is not None:
             taken += len(data)
