@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from clusterchat.config import HashCost, Settings
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
 from clusterchat.server import core
+from clusterchat.server.connection import Connection
 from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 
@@ -54,9 +56,23 @@ async def _tick() -> None:
     await asyncio.sleep(0)
 
 
-async def measure(dialect: str, rounds: int, n: int) -> tuple[float, list[float]]:
-    legacy = dialect == "nul"
-    with tempfile.TemporaryDirectory() as tmp:
+@dataclass
+class Relay:
+    """A node with two users logged in whose server-side transports write nowhere.
+
+    ``frames[i]`` is a loadgen-shaped ONE_CHAT from user ``i`` to the other,
+    to feed ``peers[i].data_received``.
+    """
+
+    node: Node
+    peers: list[Connection]
+    frames: list[bytes]
+    clients: list[ChatConnection]  # kept open: closing them would log the users out
+    real: list[Any]  # the transports swapped out, put back by stop()
+
+    @classmethod
+    async def start(cls, tmp: str, dialect: str) -> Relay:
+        legacy = dialect == "nul"
         node = Node(
             Settings(
                 host="127.0.0.1",
@@ -66,57 +82,60 @@ async def measure(dialect: str, rounds: int, n: int) -> tuple[float, list[float]
                 limits=Limits(registrations_per_address=0, message_rate=0),
                 trusted_proxies=(),
                 history_days=0,
+                shed_lag=0,  # no lag timer: callgrind's counts stay repeatable
             )
         )
         await node.start()
-        try:
-            ids, conns = [], []
-            for name in ("relay_a", "relay_b"):
-                c = await ChatConnection.open("127.0.0.1", node.port, legacy=legacy)
-                uid = await c.register(name, "password")
-                assert (await c.login(uid, "password"))["errno"] == 0
-                ids.append(uid)
-                conns.append(c)
-            peers, real = [], []
-            for uid in ids:
-                session = node.service.sessions[uid]
-                peer = next(c for c in node.connections if c.session is session)
-                real.append(peer.transport)
-                peer.transport = _Nowhere()  # type: ignore[assignment]
-                peers.append(peer)
-            end = b"\0" if legacy else b"\n"
-            frames = [
-                codec.dumps(
-                    {
-                        "msgid": MsgId.ONE_CHAT,
-                        "toid": ids[1 - i],
-                        "msg": "1732844400000000000:1:0:pad",
-                    }
-                ).encode()
-                + end
-                for i in range(2)
-            ]
-            best_chat, best_tick = float("inf"), float("inf")
-            per_round = []
-            for _ in range(rounds):
-                t = time.process_time()
-                for _ in range(n):
-                    await _tick()
-                tick = (time.process_time() - t) / n
-                t = time.process_time()
-                for i in range(n):
-                    peers[i & 1].data_received(frames[i & 1])
-                    await _tick()
-                chat = (time.process_time() - t) / n
-                best_tick, best_chat = min(best_tick, tick), min(best_chat, chat)
-                per_round.append((chat - tick) * 1e6)
-            for peer, transport in zip(peers, real, strict=True):
-                peer.transport = transport
-            for c in conns:
-                await c.close()
-            return (best_chat - best_tick) * 1e6, per_round
-        finally:
-            await node.stop()
+        ids, clients = [], []
+        for name in ("relay_a", "relay_b"):
+            c = await ChatConnection.open("127.0.0.1", node.port, legacy=legacy)
+            uid = await c.register(name, "password")
+            assert (await c.login(uid, "password"))["errno"] == 0
+            ids.append(uid)
+            clients.append(c)
+        peers, real = [], []
+        for uid in ids:
+            session = node.service.sessions[uid]
+            peer = next(c for c in node.connections if c.session is session)
+            real.append(peer.transport)
+            peer.transport = _Nowhere()  # type: ignore[assignment]
+            peers.append(peer)
+        end = b"\0" if legacy else b"\n"
+        msg = "1732844400000000000:1:0:pad"
+        frames = [
+            codec.dumps({"msgid": MsgId.ONE_CHAT, "toid": ids[1 - i], "msg": msg}).encode() + end
+            for i in range(2)
+        ]
+        return cls(node, peers, frames, clients, real)
+
+    async def stop(self) -> None:
+        for peer, transport in zip(self.peers, self.real, strict=True):
+            peer.transport = transport
+        for c in self.clients:
+            await c.close()
+        await self.node.stop()
+
+
+async def measure(dialect: str, rounds: int, n: int) -> tuple[float, list[float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        relay = await Relay.start(tmp, dialect)
+        peers, frames = relay.peers, relay.frames
+        best_chat, best_tick = float("inf"), float("inf")
+        per_round = []
+        for _ in range(rounds):
+            t = time.process_time()
+            for _ in range(n):
+                await _tick()
+            tick = (time.process_time() - t) / n
+            t = time.process_time()
+            for i in range(n):
+                peers[i & 1].data_received(frames[i & 1])
+                await _tick()
+            chat = (time.process_time() - t) / n
+            best_tick, best_chat = min(best_tick, tick), min(best_chat, chat)
+            per_round.append((chat - tick) * 1e6)
+        await relay.stop()
+        return (best_chat - best_tick) * 1e6, per_round
 
 
 def main() -> None:

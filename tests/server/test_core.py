@@ -84,12 +84,17 @@ class FakeHost:
         self.budget = Budget(0)
         self.decoder = FrameDecoder(MAX_FRAME)
         self.service = FakeService()
-        self.flushes: list[ConnectionCore] = []
+        self.unflushed: list[ConnectionCore] = []
+        self.flush_asked = 0  # flush_soon calls: one a tick
         self.watched: list[ConnectionCore] = []
         self.tasks: list[Coroutine[Any, Any, Any]] = []
 
-    def write_soon(self, core: ConnectionCore) -> None:
-        self.flushes.append(core)
+    def flush_soon(self) -> None:
+        self.flush_asked += 1
+
+    @property
+    def flushes(self) -> list[ConnectionCore]:
+        return self.unflushed
 
     def watch(self, core: ConnectionCore) -> None:
         self.watched.append(core)
@@ -107,7 +112,7 @@ class FakeHost:
 
     def tick(self) -> None:
         """The end of a loop iteration: the node's batched flushes."""
-        cores, self.flushes = self.flushes, []
+        cores, self.unflushed = self.unflushed, []
         for core in cores:
             core.flush()
 
@@ -378,6 +383,24 @@ def test_a_flush_is_asked_again_in_the_next_tick() -> None:
     assert host.flushes == [core]
     host.tick()
     assert link.written == [b"r1", b"m1"]
+    assert host.flush_asked == 2  # once in each tick
+
+
+def test_cores_written_to_in_one_tick_share_the_hosts_one_flush() -> None:
+    """At window 1 the sender's CHAT_ACK and the receiver's message: two
+    cores, one flush asked of the node, both written at its end."""
+    a, link_a, host = make()
+    b, link_b, _ = make(host=host)
+    assert b.deliver(b"m1")
+    assert a.send(b"ack1")
+    assert b.deliver(b"m2")
+    assert host.flushes == [b, a]
+    assert host.flush_asked == 1
+    host.tick()
+    assert (link_a.written, link_b.written) == ([b"ack1"], [b"m1m2"])
+    assert host.flushes == []
+    assert a.send(b"ack2")
+    assert host.flush_asked == 2  # the next tick's
 
 
 def test_replies_to_requests_read_together_leave_in_one_write_in_order() -> None:

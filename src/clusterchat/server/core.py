@@ -138,8 +138,14 @@ class CoreHost(Protocol):
     @property
     def service(self) -> Service: ...
 
-    def write_soon(self, core: ConnectionCore) -> None:
-        """Call ``core.flush()`` once this loop iteration's reads are done."""
+    #: The cores to flush once this loop iteration's reads are done (the
+    #: host swaps in an empty list as it flushes them). A core joins once a
+    #: tick, itself, without a call (:meth:`ConnectionCore._write_soon`).
+    unflushed: list[ConnectionCore]
+
+    def flush_soon(self) -> None:
+        """Call ``flush()`` on each core in ``unflushed`` once this loop
+        iteration's reads are done (asked by the first to join it)."""
 
     def watch(self, core: ConnectionCore) -> None:
         """Call ``core.report(now)`` twice a second while it answers True."""
@@ -448,7 +454,10 @@ class ConnectionCore:
             self._out = out = []
             if not self._due:  # _write_soon, inlined: once per chat in our dialect
                 self._due = True
-                self._host.write_soon(self)
+                unflushed = self._host.unflushed
+                if not unflushed:
+                    self._host.flush_soon()
+                unflushed.append(self)
         if before is not None:
             out.append(before)
             self._taken += len(before)
@@ -463,7 +472,10 @@ class ConnectionCore:
         if verdict == FIRST:
             if not self._due:  # _write_soon, inlined: once per chat at w1
                 self._due = True
-                self._host.write_soon(self)
+                unflushed = self._host.unflushed
+                if not unflushed:
+                    self._host.flush_soon()
+                unflushed.append(self)
             return True
         if verdict == OVER:
             self._cut_off()
@@ -551,7 +563,7 @@ class ConnectionCore:
                 self._taken = 0
                 link.write(out[0] if len(out) == 1 else b"".join(out))
             return
-        data = outbox.take()
+        data = outbox.take() if outbox.pending is not None else None  # None: only replies
         taken = self._taken
         if data is not None:
             taken += len(data)
@@ -585,7 +597,10 @@ class ConnectionCore:
         reply deferred and then a delivery (or the reverse) share it."""
         if not self._due:
             self._due = True
-            self._host.write_soon(self)
+            unflushed = self._host.unflushed
+            if not unflushed:  # the first this tick: the host schedules the flushes
+                self._host.flush_soon()
+            unflushed.append(self)
 
     def report(self, now: float) -> bool:
         """Tell the outbox what is still in flight; False once it has

@@ -85,7 +85,7 @@ class Node:
         self.lag = LoopLag(settings.shed_lag)
         self.decoder = FrameDecoder(settings.max_frame)  # see CoreHost.decoder
         self.connections: set[Connection] = set()
-        self._unflushed: list[ConnectionCore] = []
+        self.unflushed: list[ConnectionCore] = []  # see CoreHost.unflushed
         # Connections whose outbox remembers written messages: asked twice a
         # second how much is still in flight (see outbox.py).
         self._watched: list[ConnectionCore] = []
@@ -194,14 +194,13 @@ class Node:
             self._per_address.pop(address, None)
             self._addresses.pop(address, None)
 
-    def write_soon(self, core: ConnectionCore) -> None:
-        """Flush ``core`` once this loop iteration's reads are all handled."""
-        if not self._unflushed:
-            self._loop.call_soon(self._flush)
-        self._unflushed.append(core)
+    def flush_soon(self) -> None:
+        """Flush the cores in ``unflushed`` once this loop iteration's reads
+        are all handled (CoreHost.unflushed)."""
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        conns, self._unflushed = self._unflushed, []
+        conns, self.unflushed = self.unflushed, []
         for core in conns:
             core.flush()
 

@@ -111,13 +111,13 @@ class Outbox:
         "_held_bytes",
         "_in_flight",
         "_paused",
-        "_pending",
         "_pending_bytes",
         "_since",
         "_window",
         "_window_bytes",
         "limit",
         "overflowed",
+        "pending",
         "receipts",
         "recent_max",
         "settled",
@@ -136,7 +136,9 @@ class Outbox:
         self.recent_max = recent_max
         self.window_max = window_max
         self._budget = budget
-        self._pending: list[bytes] | None = None
+        #: Accepted and not yet taken (None: nothing); read by the core's
+        #: flush, which asks take() only when there is something to take.
+        self.pending: list[bytes] | None = None
         self._pending_bytes = 0
         self._held: list[bytes] | None = None  # not None while paused
         self._held_bytes = 0
@@ -172,10 +174,10 @@ class Outbox:
             if self._budget is not None:
                 self._budget.charge(len(data))
             return OVER if self._held_bytes > self.limit else QUEUED
-        pending = self._pending
+        pending = self.pending
         self._pending_bytes += len(data)
         if pending is None:
-            self._pending = [data]
+            self.pending = [data]
             return FIRST
         pending.append(data)
         return QUEUED
@@ -186,7 +188,7 @@ class Outbox:
         receipts = self.receipts
         if receipts is None or self._ended:
             return True
-        waiting = len(self._pending or ()) + len(self._held or ())
+        waiting = len(self.pending or ()) + len(self._held or ())
         if not waiting and not receipts.count:
             return True
         return receipts.room(waiting + 1, self._pending_bytes + self._held_bytes + nbytes)
@@ -203,9 +205,9 @@ class Outbox:
         if receipts is None:
             return []
         out = receipts.drain()
-        out += self._pending or ()
+        out += self.pending or ()
         out += self._held or ()
-        self._pending = None
+        self.pending = None
         self._pending_bytes = 0
         if self._held is not None:
             self._held = []
@@ -224,7 +226,7 @@ class Outbox:
 
     def take(self) -> bytes | None:
         """The bytes to write now (None: nothing, or paused); they join the window."""
-        pending = self._pending
+        pending = self.pending
         if pending is None or self._paused or self._ended:
             return None
         receipts = self.receipts
@@ -233,9 +235,9 @@ class Outbox:
             if not receipts.room(len(pending), nbytes):
                 self.overflowed = True  # kept pending: end() returns it
                 return None
-            self._pending, self._pending_bytes = None, 0
+            self.pending, self._pending_bytes = None, 0
             return receipts.written(pending, nbytes)
-        self._pending = None
+        self.pending = None
         window = self._window
         if window is None:
             window = self._window = deque(pending)
@@ -263,7 +265,7 @@ class Outbox:
         size = sum(map(len, back))
         self._window_bytes -= size
         self._since = max(0, self._since - n)
-        self._pending = back + (self._pending or [])
+        self.pending = back + (self.pending or [])
         self._pending_bytes += size
 
     def pause(self) -> None:
@@ -288,12 +290,12 @@ class Outbox:
         if self._ended:
             return False
         if held:
-            if self._pending is None:
-                self._pending = held
+            if self.pending is None:
+                self.pending = held
             else:
-                self._pending.extend(held)
+                self.pending.extend(held)
             self._pending_bytes += sum(map(len, held))
-        return self._pending is not None
+        return self.pending is not None
 
     def measured(self, in_flight: int) -> None:
         """``in_flight``: bytes written but not yet acknowledged by the peer's
@@ -336,7 +338,7 @@ class Outbox:
         """Nothing pending, held or remembered, and not paused: the transport
         may drop this outbox and start a new one with its next message."""
         return self.receipts is None and not (
-            self._window or self._pending or self._held or self._paused
+            self._window or self.pending or self._held or self._paused
         )
 
     @property
@@ -384,12 +386,12 @@ class Outbox:
         out = list(window)[len(window) - unsafe :] if unsafe else []
         if self.receipts is not None:
             out += self.receipts.drain()
-        out += self._pending or ()
+        out += self.pending or ()
         out += self._held or ()
         if self._budget is not None and self._held_bytes:
             self._budget.release(self._held_bytes)
         self._window = None
-        self._pending = self._held = None
+        self.pending = self._held = None
         self._window_bytes = self._pending_bytes = self._held_bytes = 0
         self._since = 0
         self._paused = False
