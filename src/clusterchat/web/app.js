@@ -619,9 +619,16 @@ function autoGrow() {
 
 // Every group, page after page: a reply holds about 4,000 members' worth and
 // says `more` when groups follow (docs/PROTOCOL.md, LIST_GROUPS 21). A page
-// refused as too fast (ERROR 170, the flood limit) is asked again a second
-// later; null if one is refused otherwise (the list then stays as it was).
+// refused as too fast (ERROR 170, the flood limit) is asked again when the
+// refusal says ("retry in N s"; a refusal costs a token too, so asking again
+// sooner, at the limit's own rate, would be refused for ever); null if one is
+// refused otherwise (the list then stays as it was).
 const TOO_FAST = 170;
+function retryMs(errmsg, waits) {
+  const told = /retry in ([0-9.]+) s/.exec(String(errmsg || ""));
+  const backoff = Math.min(1000 * 2 ** waits, 8000);
+  return told ? Math.max(Number(told[1]) * 1000 + 50, 250) : backoff;
+}
 async function listGroups() {
   const all = [];
   let after = 0;
@@ -629,8 +636,8 @@ async function listGroups() {
   for (let waits = 0; ;) {
     const gl = await sock.request(after ? { msgid: Msg.LIST_GROUPS, after } : { msgid: Msg.LIST_GROUPS });
     if (gl.msgid === Msg.ERROR && Number(gl.errno) === TOO_FAST && waits < 60) {
+      await new Promise((r) => setTimeout(r, retryMs(gl.errmsg, waits)));
       waits += 1;
-      await new Promise((r) => setTimeout(r, 1000));
       continue;
     }
     if (gl.msgid !== Msg.GROUP_LIST) return null;
