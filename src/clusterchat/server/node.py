@@ -248,11 +248,13 @@ class Node:
         if self.settings.http_port is not None:
             await self.http.start()
         self._sweeper = asyncio.ensure_future(self._sweep_silent())
-        self.lag.start()
         # What exists now lives as long as the node: keep it out of the cycle
         # collector's scans, whose pauses would otherwise show in latency.
         gc.collect()
         gc.freeze()
+        # Only now: that collection can take longer than --shed-lag (a test
+        # process's heap took 0.12 s), and the node would shed at its start.
+        self.lag.start()
         cluster = (
             f"cluster {_mask(self.settings.redis_url)}" if self.settings.redis_url else "alone"
         )
