@@ -280,7 +280,9 @@ async def test_flood_limit(ws_node: Node) -> None:
 async def test_stalled_reader_is_cut_off_and_nothing_is_lost(
     settings: Settings, nodes: list[Node]
 ) -> None:
-    n = await _node(settings, output_limit=64 * 1024, limits=Limits(message_rate=0))
+    # One sender leaves 12 MB on purpose: past its share of a mailbox (4 MiB).
+    limits = Limits(message_rate=0, offline_share=0)
+    n = await _node(settings, output_limit=64 * 1024, limits=limits)
     nodes.append(n)
     stalled = await WsChat.open_ws(n.http.port, max_queue=4)
     uid = await stalled.register(unique(), PASSWORD)
