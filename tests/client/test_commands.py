@@ -107,3 +107,16 @@ def test_a_join_names_the_group_and_a_new_friend_is_announced() -> None:
     assert _done(c.JoinGroup(3), {"groupid": 3}) == ["Joined group 3."]  # an older server
     added = {"msgid": 24, "friend": {"id": 7, "name": "ann", "state": "online"}}
     assert render.friend_added(added) == "*** ann (#7) added you as a friend."
+
+
+def test_the_login_summary_lists_a_few_members_of_each_group() -> None:
+    """A member of a few 1,000-member groups got thousands of lines at login."""
+    big = {"id": 7, "groupname": "all", "users": [{"id": i, "name": f"u{i}"} for i in range(1000)]}
+    ack = {"msgid": 2, "errno": 0, "id": 3, "name": "ann", "groups": [big, big]}
+    lines = render.login_summary(ack)
+    assert len(lines) < 40
+    assert (
+        lines.count(f"      ... and {1000 - render.SUMMARY_MEMBERS} more (`groups` lists them all)")
+        == 2
+    )
+    assert len(render.groups([big])) == 1002  # the `groups` command: every member

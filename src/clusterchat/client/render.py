@@ -67,7 +67,13 @@ def friends(items: object) -> list[str]:
     return lines
 
 
-def groups(items: object) -> list[str]:
+#: Members of each group the login summary lists; `groups` lists them all.
+SUMMARY_MEMBERS = 10
+
+
+def groups(items: object, members: int | None = None) -> list[str]:
+    """Each group with its members (the first ``members`` of each, if given:
+    a member of a few 1,000-member groups got thousands of lines at login)."""
     docs = _docs(items)
     if not docs:
         return ["No groups yet: /create NAME or /join GROUPID."]
@@ -76,18 +82,21 @@ def groups(items: object) -> list[str]:
         desc = clean(g.get("groupdesc", ""))
         head = f"  [group {clean(g.get('id'))}] {clean(g.get('groupname'))}"
         lines.append(f"{head} - {desc}" if desc else head)
-        for m in _docs(g.get("users")):
+        users = _docs(g.get("users"))
+        for m in users[:members]:
             role = clean(m.get("role", ""))
             lines.append(
                 f"      {who(m.get('id'), m.get('name'))}  {clean(m.get('state'))}  {role}"
             )
+        if members is not None and len(users) > members:
+            lines.append(f"      ... and {len(users) - members} more (`groups` lists them all)")
     return lines
 
 
 def login_summary(ack: dict[str, Any]) -> list[str]:
     lines = [f"Logged in as {who(ack.get('id'), ack.get('name'))}."]
     lines += friends(ack.get("friends"))
-    lines += groups(ack.get("groups"))
+    lines += groups(ack.get("groups"), SUMMARY_MEMBERS)
     for what in ack.get("more") or ():
         lines.append(f"  (more {clean(what)}: type `{clean(what)}` to list them all)")
     offline = _docs(ack.get("offlinemsg"))
