@@ -260,6 +260,17 @@ def test_a_new_login_numbers_from_1_again() -> None:
     assert core.data_to_send() == b'{"msgid":63,"seq":1}\n'
 
 
+def test_a_lost_connection_owes_no_receipt_to_the_next() -> None:
+    core = logged_in()
+    core.receive_data(chat(1, seq=1) + chat(2, seq=2))
+    assert core.unacknowledged
+    core.connection_lost()
+    assert not core.unacknowledged  # no timer armed on the next connection
+    core.acknowledge()
+    assert core.data_to_send() == b""
+    assert core.send({"msgid": MsgId.LOGOUT}, "logout") == b'{"msgid":3}\n'
+
+
 def test_without_acknowledging_nothing_is_sent_of_its_own_accord() -> None:
     core: ClientProtocol[str] = ClientProtocol()
     core.receive_data(b"".join(chat(i, seq=i) for i in range(1, 2 * EVERY)))

@@ -262,4 +262,9 @@ class ClientProtocol(Generic[T]):
         self._waiting.clear()
         self._decoder = FrameDecoder(self._decoder.max_frame)
         self._out.clear()
+        if self.acks is not None:
+            # Its numbers died with it (the server stores what was not
+            # acknowledged); a receipt owed for them went out on the next
+            # connection before its login and was refused "log in first".
+            self.acks.reset()
         return tokens
