@@ -70,6 +70,13 @@ def decode_request(frame: bytes) -> Request:
 def _classify(frame: bytes, exc: msgspec.ValidationError) -> BadRequest:
     """Slow path, errors only: tell a bad msgid from a bad field."""
     try:
+        frame.decode()
+    except UnicodeDecodeError:
+        # Not text, so not JSON. Checked here: msgspec's error for a bad
+        # byte in a key is a DecodeError in some processes (a CI run), a
+        # UnicodeDecodeError in others, and the first read as a bad field.
+        return BadRequest(ErrCode.MALFORMED, _NOT_JSON)
+    try:
         doc = _any_decoder.decode(frame)
     except msgspec.MsgspecError:  # valid JSON msgspec cannot hold, e.g. 1e400
         return BadRequest(ErrCode.INVALID_FIELD, _field_error(str(exc)))
