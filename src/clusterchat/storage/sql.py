@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import Histogram
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import Table, event, insert, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -343,20 +343,51 @@ async def _over_mailbox(
     full is recounted exactly (and its tally set right) unless a recount
     confirmed it within MAILBOX_RECHECK seconds, so a tally left too high
     (a node on older code deleting, say) cannot refuse a user for good."""
-    if not (quota.offline_messages or quota.offline_bytes) or not uids:
+    bounds = (quota.offline_messages, quota.offline_bytes)
+    return await _over_tallies(conn, uids, size, bounds, q.TALLIES, q.MAILBOXES, mailbox)
+
+
+async def _over_share(
+    conn: AsyncConnection, uids: Sequence[int], sender: int, size: int, quota: Quota
+) -> set[int]:
+    """Those of ``uids`` for whom ``sender`` holds as much as one sender may
+    (``quota.offline_share`` of the bounds), one more message of ``size``
+    considered: read from the share rows, recounted as ``_over_mailbox``."""
+    if not sender:
+        return set()
+    bounds = (quota.share_messages, quota.share_bytes)
+    return await _over_tallies(
+        conn, uids, size, bounds, q.SHARES, q.SENDER_MAILBOXES, mailboxshare, sender
+    )
+
+
+async def _over_tallies(
+    conn: AsyncConnection,
+    uids: Sequence[int],
+    size: int,
+    bounds: tuple[int, int],
+    tallies: Any,
+    counts: Any,
+    table: Table,
+    sender: int | None = None,
+) -> set[int]:
+    """The quota check both bounds share: ``tallies`` read per receiver
+    (of ``sender`` if given), those over ``bounds`` (messages, bytes; 0: no
+    bound) recounted by ``counts`` and their row in ``table`` set right,
+    unless a recount confirmed it within MAILBOX_RECHECK s."""
+    most_n, most_b = bounds
+    if not (most_n or most_b) or not uids:
         return set()
 
     def over(n: int, nbytes: int) -> bool:
-        return bool(
-            (quota.offline_messages and n >= quota.offline_messages)
-            or (quota.offline_bytes and nbytes + size > quota.offline_bytes)
-        )
+        return bool((most_n and n >= most_n) or (most_b and nbytes + size > most_b))
 
+    extra = {} if sender is None else {"sender": sender}
     now = int(time.time())
     full = set()
     recount = []
     for i in range(0, len(uids), 1000):
-        for r in await conn.execute(q.TALLIES, {"uids": list(uids[i : i + 1000])}):
+        for r in await conn.execute(tallies, {"uids": list(uids[i : i + 1000]), **extra}):
             if over(r.n, r.bytes):
                 if now - r.checked < MAILBOX_RECHECK:
                     full.add(r.userid)
@@ -365,16 +396,17 @@ async def _over_mailbox(
     recount.sort()
     for i in range(0, len(recount), 500):
         chunk = recount[i : i + 500]
-        exact = await _recount(conn, q.MAILBOXES, {"uids": _both(chunk)})
+        exact = await _recount(conn, counts, {"uids": _both(chunk), **extra})
         for u in chunk:
             n, nbytes = exact.get(u, (0, 0))
             is_full = over(n, nbytes)
             if is_full:
                 full.add(u)
+            row = table.c.userid == u
+            if sender is not None:
+                row &= table.c.sender == sender
             await conn.execute(
-                update(mailbox)
-                .where(mailbox.c.userid == u)
-                .values(n=n, bytes=nbytes, checked=now if is_full else 0)
+                update(table).where(row).values(n=n, bytes=nbytes, checked=now if is_full else 0)
             )
     return full
 
@@ -388,50 +420,6 @@ async def _recount(
         n, b = exact.get(abs(r.userid), (0, 0))
         exact[abs(r.userid)] = (n + r.n, b + int(r.bytes))
     return exact
-
-
-async def _over_share(
-    conn: AsyncConnection, uids: Sequence[int], sender: int, size: int, quota: Quota
-) -> set[int]:
-    """Those of ``uids`` for whom ``sender`` holds as much as one sender may
-    (``quota.offline_share`` of the bounds), one more message of ``size``
-    considered: read from the share rows, recounted exactly (and corrected)
-    before refusing unless a recount confirmed it within MAILBOX_RECHECK s,
-    as ``_over_mailbox``. A bound like it: concurrent stores may overshoot."""
-    most_n, most_b = quota.share_messages, quota.share_bytes
-    if not sender or not (most_n or most_b) or not uids:
-        return set()
-
-    def over(n: int, nbytes: int) -> bool:
-        return bool((most_n and n >= most_n) or (most_b and nbytes + size > most_b))
-
-    now = int(time.time())
-    full = set()
-    recount = []
-    for i in range(0, len(uids), 1000):
-        args = {"uids": list(uids[i : i + 1000]), "sender": sender}
-        for r in await conn.execute(q.SHARES, args):
-            if over(r.n, r.bytes):
-                if now - r.checked < MAILBOX_RECHECK:
-                    full.add(r.userid)
-                else:
-                    recount.append(r.userid)
-    recount.sort()
-    for i in range(0, len(recount), 500):
-        chunk = recount[i : i + 500]
-        args = {"uids": _both(chunk), "sender": sender}
-        exact = await _recount(conn, q.SENDER_MAILBOXES, args)
-        for u in chunk:
-            n, nbytes = exact.get(u, (0, 0))
-            is_full = over(n, nbytes)
-            if is_full:
-                full.add(u)
-            await conn.execute(
-                update(mailboxshare)
-                .where((mailboxshare.c.userid == u) & (mailboxshare.c.sender == sender))
-                .values(n=n, bytes=nbytes, checked=now if is_full else 0)
-            )
-    return full
 
 
 async def _check_memberships(conn: AsyncConnection, uid: int, quota: Quota) -> None:
