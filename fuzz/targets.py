@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from clusterchat.bus.base import Settlement
 from clusterchat.bus.local import LocalPresence, NoBus
 from clusterchat.protocol import codec
 from clusterchat.protocol.codec import BadRequest
@@ -84,7 +85,8 @@ class _Peer(NoReceipts):
             self.replies += 1
         return True
 
-    deliver = send
+    def deliver(self, data: bytes, settlement: Settlement | None = None) -> bool:
+        return self.send(data)
 
     def closing(self) -> bool:
         return False

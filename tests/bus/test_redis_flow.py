@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from clusterchat import errors
+from clusterchat.bus.base import Settlement
 from clusterchat.bus.redis import RedisCluster
 from tests.helpers import OwnRedis
 
@@ -29,7 +30,7 @@ class Inbox:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    def deliver(self, uid: int, payload: bytes) -> bool:
+    def deliver(self, uid: int, payload: bytes, settlement: Settlement | None = None) -> bool:
         self.offered.append(payload)
         return self.here
 

@@ -4,7 +4,9 @@ A sender's :class:`SendWindow` and a receiver's :class:`ReceiveState` are run
 against each other over two ordered, lossy wires (what Redis pub/sub is: in
 order per publisher, but a subscriber cut off loses what was in its buffer).
 Whatever happens, every batch ends exactly once: acknowledged after the
-receiver took it, or returned to the sender for storing.
+receiver took it and settled it (its receipts came), or returned to the
+sender for storing. A batch taken but not settled is kept by the sender
+outside the window until then, and comes back if the receiver dies.
 """
 
 from __future__ import annotations
@@ -17,25 +19,33 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from clusterchat.bus.window import Flight, Outcome, ReceiveState, SendWindow, ranges
+from clusterchat.bus.window import Flight, Outcome, ReceiveState, SendWindow, ranges, split_acks
 
 LIMIT = 1000
 TIMEOUT = 5.0
+KEEP_FOR = 20.0
+KEEP_LIMIT = 1500
 
 
 @dataclass
 class Pair:
     """One sender node and one receiver node, and the wires between them."""
 
-    win: SendWindow[int] = field(default_factory=lambda: SendWindow[int](LIMIT, TIMEOUT))
+    win: SendWindow[int] = field(
+        default_factory=lambda: SendWindow[int](LIMIT, TIMEOUT, KEEP_FOR, KEEP_LIMIT)
+    )
     rx: ReceiveState = field(default_factory=ReceiveState)
     epoch: str = "a1"
+    rx_epoch: str = "b1"  # the receiver's process
     now: float = 0.0
     wire: deque[tuple[str, int, int]] = field(default_factory=deque)  # epoch, seq, last
-    back: deque[tuple[str, list[int], list[int]]] = field(default_factory=deque)
+    # the receiver's epoch, then its answer: our epoch, acks, nacks
+    back: deque[tuple[str, str, list[int], list[int]]] = field(default_factory=deque)
     taking: set[int] = field(default_factory=set)  # fresh at the receiver, not yet taken
     seen: set[int] = field(default_factory=set)  # fresh at this receiver incarnation
     taken: set[int] = field(default_factory=set)
+    holding: set[int] = field(default_factory=set)  # taken, receipts out, at this receiver
+    settled: set[int] = field(default_factory=set)
     acked: set[int] = field(default_factory=set)
     returned: list[int] = field(default_factory=list)
     unstored: set[int] = field(default_factory=set)
@@ -61,23 +71,32 @@ class Pair:
             self.seen.add(seq)
             self.taking.add(seq)
 
-    def take(self, seq: int) -> None:
+    def take(self, seq: int, settled: bool = True) -> None:
         self.taking.remove(seq)
         self.taken.add(seq)
-        self.rx.taken(self.rx.epoch, seq)
+        self.rx.taken(self.rx.epoch, seq, settled)
+        (self.settled if settled else self.holding).add(seq)
+
+    def settle(self, seq: int) -> None:
+        self.holding.remove(seq)
+        self.settled.add(seq)
+        self.rx.settled(self.rx.epoch, seq)
 
     def answer(self) -> None:
         if self.rx.due():
-            self.back.append(self.rx.drain())
+            self.back.append((self.rx_epoch, *self.rx.drain()))
 
     def read_answer(self) -> None:
-        epoch, acks, nacks = self.back.popleft()
+        rx_epoch, epoch, acks, nacks = self.back.popleft()
+        self._returned(self.win.heard(rx_epoch))
         if epoch != self.epoch:
             return
         before = {s for s in self.sizes if s not in self.acked and s not in self.returned}
-        self.win.acked(acks)
-        self.acked |= {s for s in before if self._outcome(s) is Outcome.ACKED}
+        done, took = split_acks(acks)
+        self.win.acked(done)
+        self._returned(self.win.taken(took, self.now))
         self._returned(self.win.missing(nacks))
+        self.acked |= {s for s in before if self._outcome(s) is Outcome.ACKED}
 
     def expire(self, now: float) -> None:
         self.now = now
@@ -89,8 +108,15 @@ class Pair:
 
     def restart_receiver(self) -> None:
         self.rx = ReceiveState()
+        self.rx_epoch = f"b{int(self.rx_epoch[1:]) + 1}"
         self.taking.clear()
         self.seen.clear()
+        self.holding.clear()
+
+    def receiver_gone(self) -> None:
+        """Its heartbeat lapsed: the sender stores what it kept for it."""
+        self._returned(self.win.lost_kept())
+        self.restart_receiver()
 
     def _returned(self, flights: Iterable[Flight[int] | None]) -> None:
         for f in flights:
@@ -101,7 +127,11 @@ class Pair:
             self.unstored.add(seq)
 
     def _outcome(self, seq: int) -> Outcome:
-        return Outcome.IN_FLIGHT if seq in self.win._flights else Outcome.ACKED
+        if seq in self.win._flights:
+            return Outcome.IN_FLIGHT
+        if seq in self.win._kept:
+            return Outcome.KEPT
+        return Outcome.RETURNED if seq in self.returned else Outcome.ACKED
 
     def quiesce(self) -> None:
         """Let everything in transit arrive, then wait past every deadline."""
@@ -109,10 +139,12 @@ class Pair:
             self.deliver()
         for seq in list(self.taking):
             self.take(seq)
+        for seq in list(self.holding):
+            self.settle(seq)
         self.answer()
         while self.back:
             self.read_answer()
-        self.expire(self.now + 2 * TIMEOUT)
+        self.expire(self.now + 2 * KEEP_FOR)
         for seq in list(self.unstored):
             self.store(seq)
 
@@ -120,11 +152,18 @@ class Pair:
         assert not (self.acked & set(self.returned))
         assert len(self.returned) == len(set(self.returned))
         assert self.acked <= self.taken, "acknowledged a batch the receiver did not take"
-        in_flight = sum(self.sizes[s] for s in self.win._flights)
-        held = in_flight + sum(self.sizes[s] for s in self.unstored)
-        assert self.win.held == held
-        batches = self.win.in_flight() + len(self.unstored)
+        assert self.acked <= self.settled, "acknowledged a batch whose receipts were out"
+        win = self.win
+        in_flight = sum(self.sizes[s] for s in win._flights)
+        unstored = [s for s in self.unstored if not win._returned[s].kept]
+        held = in_flight + sum(self.sizes[s] for s in unstored)
+        assert win.held == held
+        batches = win.in_flight() + len(unstored)
         assert held <= LIMIT or batches == 1, "window overfilled"
+        kept = sum(self.sizes[s] for s in win._kept)
+        assert kept <= KEEP_LIMIT or win.keeping() == 1, "kept past its limit"
+        kept_unstored = sum(self.sizes[s] for s in self.unstored if win._returned[s].kept)
+        assert win.kept == kept + kept_unstored
 
 
 # -- the races this window exists for --------------------------------------------------
@@ -277,6 +316,88 @@ def test_ranges() -> None:
     assert ranges([5, 1, 2, 3, 7, 7, 8]) == [1, 3, 5, 5, 7, 8]
 
 
+def test_a_batch_taken_with_receipts_out_is_kept_out_of_the_window_until_settled() -> None:
+    """The receiver's node killed with receipts out (soak: 4,375 lost): the
+    sender keeps its copy until the receiver settles, without holding up
+    the window meanwhile."""
+    p = Pair()
+    seq = p.send(600)
+    assert seq is not None
+    p.deliver()
+    p.take(seq, settled=False)
+    p.answer()
+    p.read_answer()
+    assert p.win.held == 0 and p.win.kept == 600 and p.win.keeping() == 1
+    assert p.send(600) is not None  # the window is free for others
+    p.expire(p.now + 2 * TIMEOUT)  # the ack timeout no longer applies to it...
+    assert seq not in p.returned
+    p.settle(seq)
+    p.answer()
+    p.read_answer()
+    assert seq in p.acked and p.win.kept == 0
+
+
+def test_kept_batches_come_back_when_the_receiver_dies_or_restarts() -> None:
+    for how in ("gone", "restarted"):
+        p = Pair()
+        seq = p.send(100)
+        assert seq is not None
+        p.deliver()
+        p.take(seq, settled=False)
+        p.answer()
+        p.read_answer()
+        if how == "gone":
+            p.receiver_gone()  # its heartbeat lapsed
+        else:  # a new process answers (its first word: what it never saw)
+            p.restart_receiver()
+            p.probe()
+            p.deliver()
+            p.answer()
+            p.read_answer()
+        assert p.returned == [seq], how
+        p.store(seq)
+        assert p.win.kept == 0
+
+
+def test_kept_past_the_limit_or_too_long_is_stored() -> None:
+    p = Pair()
+    seqs = []
+    for _ in range(4):  # 4 x 500 kept > KEEP_LIMIT 1500: the oldest goes
+        seq = p.send(500)
+        assert seq is not None
+        p.deliver()
+        p.take(seq, settled=False)
+        p.answer()
+        p.read_answer()
+        seqs.append(seq)
+    assert p.returned == [seqs[0]]
+    p.expire(p.now + KEEP_FOR)
+    assert p.returned == seqs  # settled by nobody in time: stored (a duplicate at worst)
+    p.settle(seqs[1])  # a late settlement changes nothing
+    p.answer()
+    p.read_answer()
+    assert seqs[1] not in p.acked
+
+
+def test_taken_acks_are_negated_runs_that_an_older_sender_ignores() -> None:
+    rx = ReceiveState()
+    for seq in (1, 2, 3, 4):
+        rx.arrived("a1", seq, seq)
+    rx.taken("a1", 1)
+    rx.taken("a1", 2, settled=False)
+    rx.taken("a1", 3, settled=False)
+    _, acks, _ = rx.drain()
+    assert acks == [1, 1, -2, -3]
+    assert split_acks(acks) == ([1, 1], [2, 3])
+    assert split_acks([1, 4]) == ([1, 4], [])
+    old = SendWindow[int](LIMIT, TIMEOUT)
+    for _ in range(3):
+        old.admit(10)
+        old.dispatch(0, 10, 0.0)
+    old.acked(acks)  # what a node from before kept batches does with it
+    assert old.in_flight() == 2  # 2 and 3 wait for their settlement (or time out)
+
+
 # -- random interleavings ----------------------------------------------------------------
 
 
@@ -308,9 +429,18 @@ class Interleavings(RuleBasedStateMachine):
         self.p.wire.popleft()
 
     @precondition(lambda self: self.p.taking)
+    @rule(data=st.data(), settled=st.booleans())
+    def take(self, data: st.DataObject, settled: bool) -> None:
+        self.p.take(data.draw(st.sampled_from(sorted(self.p.taking))), settled)
+
+    @precondition(lambda self: self.p.holding)
     @rule(data=st.data())
-    def take(self, data: st.DataObject) -> None:
-        self.p.take(data.draw(st.sampled_from(sorted(self.p.taking))))
+    def settle(self, data: st.DataObject) -> None:
+        self.p.settle(data.draw(st.sampled_from(sorted(self.p.holding))))
+
+    @rule()
+    def receiver_gone(self) -> None:
+        self.p.receiver_gone()
 
     @rule()
     def answer(self) -> None:
@@ -326,7 +456,7 @@ class Interleavings(RuleBasedStateMachine):
     def drop_answer(self) -> None:
         self.p.back.popleft()
 
-    @rule(dt=st.floats(min_value=0.0, max_value=TIMEOUT * 1.5))
+    @rule(dt=st.floats(min_value=0.0, max_value=KEEP_FOR * 0.6))
     def time_passes(self, dt: float) -> None:
         self.p.expire(self.p.now + dt)
 
@@ -350,7 +480,9 @@ class Interleavings(RuleBasedStateMachine):
         old ones. (The old process's batches died with it: not tracked further.)"""
         old = self.p
         self.retired.append(old)
-        self.p = Pair(rx=old.rx, epoch=f"a{len(self.retired) + 1}", now=old.now)
+        self.p = Pair(
+            rx=old.rx, epoch=f"a{len(self.retired) + 1}", rx_epoch=old.rx_epoch, now=old.now
+        )
 
     @precondition(lambda self: self.p.unstored)
     @rule(data=st.data())
@@ -368,6 +500,7 @@ class Interleavings(RuleBasedStateMachine):
         ended = p.acked | set(p.returned)
         assert ended == set(p.sizes), f"batches that never ended: {set(p.sizes) - ended}"
         assert p.win.held == 0 and p.win.in_flight() == 0
+        assert p.win.kept == 0 and p.win.keeping() == 0
 
 
 Interleavings.TestCase.settings = settings(max_examples=400, stateful_step_count=60)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator, Sequence
 from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterchat.budget import Budget
+from clusterchat.bus.base import Settlement
 from clusterchat.config import Settings
 from clusterchat.protocol.framing import FrameDecoder
 from clusterchat.server.core import LINGER, QUEUE_PAUSE, ConnectionCore
@@ -71,7 +72,13 @@ class FakeService:
     def internal_error(self, s: Session, frame: bytes = b"") -> None:
         self.failed.append(frame)
 
-    def spill(self, s: Session, payloads: list[bytes], cut_off: bool = True) -> None:
+    def spill(
+        self,
+        s: Session,
+        payloads: list[bytes],
+        cut_off: bool = True,
+        settlements: Sequence[Settlement] = (),
+    ) -> None:
         self.spilled.append((payloads, cut_off))
 
     def disconnected(self, s: Session) -> None:

@@ -1,7 +1,9 @@
 """Receipts, with no socket and no loop: whatever the interleaving of
 pushes, writes, acknowledgements, pauses and the end, nothing the client
 did not acknowledge is lost, nothing it acknowledged is stored, order is
-kept and the window's bounds hold."""
+kept and the window's bounds hold. A message from another node's batch
+settles that batch exactly when the client acknowledges it, or is handed
+back unsettled with what is to be stored."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterchat.budget import Budget
+from clusterchat.bus.base import Settlement
 from clusterchat.server.outbox import FIRST, OVER, QUEUED, REFUSED, End, Outbox
 from clusterchat.server.receipts import Unacked, stamp, unstamp
 
@@ -91,6 +94,9 @@ class World:
     written: int = 0
     acked: int = 0
     stored: list[bytes] | None = None
+    #: One per accepted message: as if each came in its own batch from another node.
+    settlements: list[Settlement] = field(default_factory=list)
+    unsettled: list[Settlement] | None = None
 
     def deliver(self, data: bytes) -> None:
         verdict = self.box.deliver(data)
@@ -98,8 +104,17 @@ class World:
         if verdict == REFUSED:
             return
         self.accepted.append(data)
+        settlement = Settlement()
+        self.box.keep(settlement)
+        self.settlements.append(settlement)
         if verdict == OVER:
             self.end(End.CUT_OFF)
+
+    def check_settled(self) -> None:
+        """Settled exactly what the client acknowledged, nothing after it."""
+        assert [s.settled_or_then(lambda: None) for s in self.settlements] == [
+            i < self.acked for i in range(len(self.settlements))
+        ]
 
     def take(self) -> None:
         wire = self.box.take()
@@ -120,9 +135,11 @@ class World:
         if self.seen:
             self.acked = max(self.acked, min(k, self.seen))
             assert self.box.ack(min(k, self.seen))
+        self.check_settled()
 
     def end(self, how: End) -> None:
         self.stored = self.box.end(how)
+        self.unsettled = self.box.unsettled()
 
 
 ops = st.lists(
@@ -169,6 +186,9 @@ def test_nothing_unacknowledged_is_lost_nothing_acknowledged_is_stored(
     assert w.stored == w.accepted[w.acked :]
     assert budget.used == 0
     assert box.deliver(doc(999)) == REFUSED
+    # And the batches of what is to be stored come back unsettled, to be released once it is.
+    w.check_settled()
+    assert w.unsettled == w.settlements[w.acked :]
 
 
 @settings(max_examples=200, deadline=None)
@@ -192,6 +212,7 @@ def test_logout_midway_stores_exactly_the_unacknowledged(ops: list[tuple[str, in
     if w.stored is not None:
         return
     assert box.stop_receipts() == w.accepted[w.acked :]
+    assert box.unsettled() == w.settlements[w.acked :]
     assert budget.used == box.held_bytes
 
 
@@ -223,3 +244,29 @@ def test_acknowledging_in_small_steps_through_compactions_keeps_the_count_and_by
         assert r.nbytes == sum(map(len, docs[seq:])) == budget.used
     assert r.drain() == docs[1497:]
     assert r.count == 0 and budget.used == 0
+
+
+def test_without_receipts_a_batch_is_settled_as_written() -> None:
+    box = Outbox(LIMIT)
+    settlement = Settlement()
+    assert box.deliver(doc(1)) == FIRST
+    box.keep(settlement)
+    assert settlement.settled_or_then(lambda: None)
+    assert box.end(End.PEER_CLOSED) == [doc(1)]
+    assert box.unsettled() == []
+
+
+def test_a_settlement_held_by_several_messages_settles_at_the_last() -> None:
+    """A group batch: three members on one connection's window (or three
+    connections), settled when the last of them is acknowledged."""
+    box = Outbox(LIMIT)
+    box.start_receipts(Unacked())
+    settlement = Settlement()
+    done: list[bool] = []
+    for i in range(3):
+        box.deliver(doc(i))
+        box.keep(settlement)
+    assert box.take() is not None
+    assert not settlement.settled_or_then(lambda: done.append(True))
+    assert box.ack(2) and not done
+    assert box.ack(3) and done == [True]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from clusterchat.bus.base import Settlement
 from clusterchat.bus.local import LocalPresence, NoBus
 from clusterchat.protocol import codec
 from clusterchat.service.chat import ChatService
@@ -39,7 +40,7 @@ class Peer(NoReceipts):
         self.wire.append("send " + _normal(data))
         return True
 
-    def deliver(self, data: bytes) -> bool:
+    def deliver(self, data: bytes, settlement: Settlement | None = None) -> bool:
         self.wire.append("deliver " + _normal(data))
         return True
 

@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clusterchat.bus.base import Settlement
 from clusterchat.bus.local import LocalPresence, NoBus
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import PUSHED
@@ -56,7 +57,8 @@ class Peer(NoReceipts):
             self.replies.append(msg)
         return True
 
-    deliver = send
+    def deliver(self, data: bytes, settlement: Settlement | None = None) -> bool:
+        return self.send(data)
 
     def closing(self) -> bool:
         return False

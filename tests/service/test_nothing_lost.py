@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from clusterchat.bus.base import Settlement
 from clusterchat.bus.local import LocalPresence, NoBus
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
@@ -36,7 +37,8 @@ class Peer(NoReceipts):
         self.sent.append(codec.loads(data))
         return True
 
-    deliver = send
+    def deliver(self, data: bytes, settlement: Settlement | None = None) -> bool:
+        return self.send(data)
 
     def closing(self) -> bool:
         return not self.open

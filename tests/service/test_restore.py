@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from clusterchat.budget import Budget
+from clusterchat.bus.base import Settlement
 from clusterchat.protocol import codec
 from clusterchat.service.restore import Restorer
 from clusterchat.storage.sql import SqlStore
@@ -110,3 +111,30 @@ async def test_shutdown_writes_what_is_left_before_it_returns(store: SqlStore) -
     restorer.add(uid, [payload(i) for i in range(50)])
     assert await restorer.close(10) == 0
     assert len(await store.offline(uid)) == 50
+
+
+async def test_settlements_are_released_once_their_rows_are_written(
+    store_via_proxy: SqlStore, proxy: CuttableProxy
+) -> None:
+    """Another node keeps its copy of a batch until what held it here is
+    stored: released after the write (through an outage), never before."""
+    store = store_via_proxy
+    (uid,) = await _users(store, 1)
+    restorer = Restorer(store)
+    nothing, first, second = Settlement(), Settlement(), Settlement()
+    for s in (nothing, first, second):
+        s.hold()
+    restorer.add(uid, [], [nothing])  # nothing to write, nothing queued: at once
+    assert nothing.settled_or_then(lambda: None)
+    await proxy.cut()
+    restorer.add(uid, [payload(1)], [first])
+    restorer.add(uid, [], [second])  # after what is queued before it
+    async with asyncio.timeout(20):
+        while restorer.failures < 1:  # noqa: ASYNC110 - polled with a deadline
+            await asyncio.sleep(0.05)
+    assert not first.settled_or_then(lambda: None)
+    assert not second.settled_or_then(lambda: None)
+    await proxy.start()
+    assert await restorer.drain(30)
+    assert first.settled_or_then(lambda: None) and second.settled_or_then(lambda: None)
+    assert await restorer.close(5) == 0

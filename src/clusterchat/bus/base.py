@@ -34,11 +34,46 @@ class Presence(Protocol):
         :meth:`release`."""
 
 
+class Settlement:
+    r"""A batch from another node whose messages wait for clients' receipts.
+
+    The sending node keeps its copy of the batch until this node says the
+    batch is *settled*: every message in it that went to a client with
+    receipts was confirmed by that client, or stored once its connection
+    ended. Until then this node's memory is the only other copy, and a
+    SIGKILL would take it. Each such message :meth:`hold`\s it once and
+    :meth:`release`\s it once (receipt, or stored); plain connections never
+    hold it (written is settled for them)."""
+
+    __slots__ = ("_done", "_open")
+
+    def __init__(self) -> None:
+        self._open = 0
+        self._done: Callable[[], None] | None = None
+
+    def hold(self) -> None:
+        self._open += 1
+
+    def release(self) -> None:
+        self._open -= 1
+        if not self._open and self._done is not None:
+            done, self._done = self._done, None
+            done()
+
+    def settled_or_then(self, done: Callable[[], None]) -> bool:
+        """True if nothing holds it now; else ``done`` is called when the last lets go."""
+        if not self._open:
+            return True
+        self._done = done
+        return False
+
+
 class Inbox(Protocol):
     """What a bus calls on the service for traffic from other nodes."""
 
-    def deliver(self, uid: int, payload: bytes) -> bool:
-        """Write to a local user; False if the user is not (or no longer) here."""
+    def deliver(self, uid: int, payload: bytes, settlement: Settlement | None = None) -> bool:
+        """Write to a local user; False if the user is not (or no longer) here.
+        ``settlement``: held until the user's receipt for it, if they have receipts."""
         ...
 
     async def store_offline(self, uids: Sequence[int], payload: bytes) -> None:

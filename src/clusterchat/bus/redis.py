@@ -46,8 +46,8 @@ from redis.exceptions import RedisError
 
 from clusterchat import errors
 from clusterchat.bus import resp, scripts
-from clusterchat.bus.base import Inbox, WindowStats
-from clusterchat.bus.window import Flight, ReceiveState, SendWindow
+from clusterchat.bus.base import Inbox, Settlement, WindowStats
+from clusterchat.bus.window import Flight, ReceiveState, SendWindow, split_acks
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,13 @@ Batch = tuple[str, str, int, int, str, list[int], list[int], list[Item]]
 Work = tuple[list[tuple[list[int], bytes, int]], Callable[[], None] | None]
 
 DEFAULT_WINDOW = 4 * 1024 * 1024
+#: Seconds a batch another node took stays kept here while its receipts are
+#: out (that node settles it within its receipt timeout, 30 s by default,
+#: plus storing): past it, stored (a duplicate at worst).
+DEFAULT_KEEP_FOR = 120.0
+#: Kept bytes per destination, as a multiple of the window: past it the
+#: oldest kept batches are stored.
+KEEP_WINDOWS = 8
 #: Connections for presence and control (the hot path has its own: bus/resp.py),
 #: and the seconds a call waits for one before it fails as unavailable.
 POOL_SIZE = 64
@@ -98,6 +105,7 @@ class RedisCluster:
         prefix: str = "clusterchat:",
         presence_ttl: float = 10.0,
         window: int = DEFAULT_WINDOW,
+        keep_for: float = DEFAULT_KEEP_FOR,
     ) -> None:
         self.node_id = node_id
         self.epoch = secrets.token_hex(4)
@@ -164,6 +172,7 @@ class RedisCluster:
         #: Bytes in flight per destination; a sender past it waits this long, then is refused.
         self.window = window
         self.room_wait = 2 * self.ack_timeout
+        self.keep_for = keep_for
         self._windows: dict[str, SendWindow[list[Item]]] = {}
         self._receiving: dict[str, ReceiveState] = {}
         self._answer: set[str] = set()  # sources owed acks or gap reports
@@ -225,6 +234,12 @@ class RedisCluster:
 
     async def close(self) -> None:
         self._closing = True
+        # What stopping settled (receipt windows stored) goes out before we
+        # vanish; else the senders store those batches again (duplicates).
+        for _ in range(20):
+            if not (self._answer or self._wake.is_set()):
+                break
+            await asyncio.sleep(0.05)
         with contextlib.suppress(RedisError, OSError):
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.delete(f"{self.prefix}node:{self.node_id}", self._members_key)
@@ -447,7 +462,9 @@ class RedisCluster:
     def _window(self, node: str) -> SendWindow[list[Item]]:
         window = self._windows.get(node)
         if window is None:
-            window = self._windows[node] = SendWindow(self.window, self.ack_timeout)
+            window = self._windows[node] = SendWindow(
+                self.window, self.ack_timeout, self.keep_for, KEEP_WINDOWS * self.window
+            )
         return window
 
     def _admit(self, node: str, size: int) -> bool:
@@ -596,6 +613,24 @@ class RedisCluster:
             # within our epoch, or a receiver would take new batches for old ones.
             for node, window in list(self._windows.items()):
                 self._returned(node, window.expire(now), "did not acknowledge")
+            keeping = [node for node, w in self._windows.items() if w.keeping()]
+            if keeping:
+                await self._check_keepers(keeping)
+
+    async def _check_keepers(self, nodes: list[str]) -> None:
+        """Nodes holding batches of ours until receipts come: one whose
+        heartbeat lapsed died with them, so we store them."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for node in nodes:
+                    pipe.exists(f"{self.prefix}node:{node}")
+                alive = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.debug("could not check the nodes holding our batches: %s", exc)
+            return
+        for node, up in zip(nodes, alive, strict=True):
+            if not up:
+                self._returned(node, self._window(node).lost_kept(), "died holding")
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -670,10 +705,16 @@ class RedisCluster:
         except msgspec.ValidationError:
             self._take_unsequenced(data)
             return
-        if ack_epoch == self.epoch and (acks or nacks):
-            window = self._windows.get(source)
-            if window is not None:
-                window.acked(acks)
+        window = self._windows.get(source)
+        if window is not None:
+            if epoch != window.peer:  # it restarted: what its old self kept is ours to store
+                self._returned(source, window.heard(epoch), "restarted holding")
+            if ack_epoch == self.epoch and (acks or nacks):
+                done, took = split_acks(acks)
+                window.acked(done)
+                if took:
+                    now = asyncio.get_running_loop().time()
+                    self._returned(source, window.taken(took, now), "kept too much of")
                 self._returned(source, window.missing(nacks), "never saw")
                 self._released(source)
         rx = self._receiving.get(source)
@@ -686,19 +727,28 @@ class RedisCluster:
         if not fresh:
             return
         work: list[tuple[list[int], bytes, int]] = []
+        settlement = Settlement()  # held by deliveries to clients with receipts
+        deliver = inbox.deliver
         for kind, uids, payload, hops in items:
             if kind == NUDGE:
                 for uid in uids:
                     inbox.nudged(uid)
                 continue
-            missed = [uid for uid in uids if not inbox.deliver(uid, payload)]
+            missed = [uid for uid in uids if not deliver(uid, payload, settlement)]
             if missed:
                 work.append((missed, payload, hops))
 
-        def taken() -> None:
-            rx.taken(epoch, seq)
+        def answer() -> None:
             self._answer.add(source)
             self._wake.set()
+
+        def settled() -> None:
+            rx.settled(epoch, seq)
+            answer()
+
+        def taken() -> None:
+            rx.taken(epoch, seq, settlement.settled_or_then(settled))
+            answer()
 
         if work:  # acknowledged once re-routed or stored
             self._misdeliver((work, taken))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from clusterchat.bus.base import Bus, Presence
 from clusterchat.bus.local import LocalPresence, NoBus
-from clusterchat.bus.redis import RedisCluster
+from clusterchat.bus.redis import DEFAULT_KEEP_FOR, RedisCluster
 from clusterchat.config import Settings
 from clusterchat.storage.base import Store
 from clusterchat.storage.sql import SqlStore
@@ -38,5 +38,7 @@ def open_backends(settings: Settings, node_id: str, store: Store | None = None) 
         settings.redis_prefix,
         settings.presence_ttl,
         settings.bus_window,
+        # Past the receiving node's receipt timeout (it settles within that), with room.
+        keep_for=max(DEFAULT_KEEP_FOR, 4 * settings.limits.receipt_timeout),
     )
     return Backends(store, cluster, cluster)

@@ -30,18 +30,19 @@ import asyncio
 import logging
 from asyncio import Future
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clusterchat.protocol import codec, proxy
 from clusterchat.protocol.framing import NEWLINE, NUL, FrameDecoder, FrameTooLarge
 from clusterchat.protocol.messages import ErrCode
-from clusterchat.server.outbox import FIRST, OVER, QUEUED, RECEIVE_MARGIN, End, Outbox
+from clusterchat.server.outbox import FIRST, OVER, QUEUED, RECEIVE_MARGIN, REFUSED, End, Outbox
 from clusterchat.server.receipts import Unacked
 from clusterchat.service.session import Session
 
 if TYPE_CHECKING:
     from clusterchat.budget import Budget
+    from clusterchat.bus.base import Settlement
     from clusterchat.config import Settings
     from clusterchat.protocol.codec import BadRequest
     from clusterchat.protocol.messages import Request
@@ -121,7 +122,13 @@ class Service(Protocol):
     def handle(self, s: Session, request: Request | BadRequest, legacy: bool) -> Work: ...
     def frame_too_large(self, s: Session, limit: int) -> None: ...
     def internal_error(self, s: Session, frame: bytes = b"") -> None: ...
-    def spill(self, s: Session, payloads: list[bytes], cut_off: bool = True) -> None: ...
+    def spill(
+        self,
+        s: Session,
+        payloads: list[bytes],
+        cut_off: bool = True,
+        settlements: Sequence[Settlement] = (),
+    ) -> None: ...
     def disconnected(self, s: Session) -> None: ...
 
 
@@ -464,9 +471,11 @@ class ConnectionCore:
         out.append(data)
         return True
 
-    def deliver(self, data: bytes) -> bool:
+    def deliver(self, data: bytes, settlement: Settlement | None = None) -> bool:
         outbox = self.outbox or self._new_outbox()
         verdict = outbox.deliver(data)
+        if settlement is not None and verdict != REFUSED:
+            outbox.keep(settlement)
         if verdict == QUEUED:
             return True
         if verdict == FIRST:
@@ -510,11 +519,13 @@ class ConnectionCore:
             return False
         return True if receipts.released != released else None  # None: nothing new
 
-    def stop_receipts(self) -> list[bytes]:
+    def stop_receipts(self) -> tuple[list[bytes], list[Settlement]]:
         if self.room is not None:
             self.room.set()
         outbox = self.outbox
-        return outbox.stop_receipts() if outbox is not None else []
+        if outbox is None:
+            return [], []
+        return outbox.stop_receipts(), outbox.unsettled()
 
     def overflowed(self) -> None:
         """Receipts: too much written and not acknowledged: cut off, all kept."""
@@ -666,10 +677,11 @@ class ConnectionCore:
         if outbox is None:
             return
         unread = outbox.end(how, in_flight)
+        settlements = outbox.unsettled()
         if self.room is not None:
             self.room.set()
-        if unread:
-            self._service.spill(self.session, unread, cut_off=cut_off)
+        if unread or settlements:
+            self._service.spill(self.session, unread, cut_off, settlements)
 
     def _cut_off(self, why: bytes | None = None) -> None:
         """Past the output limit (or, with receipts, the unacknowledged

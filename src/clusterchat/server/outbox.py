@@ -76,6 +76,7 @@ from enum import Enum
 from itertools import accumulate, islice
 
 from clusterchat.budget import Budget
+from clusterchat.bus.base import Settlement
 from clusterchat.server.receipts import Unacked
 
 #: Bytes a peer's kernel may have acknowledged without its program having
@@ -113,6 +114,7 @@ class Outbox:
         "_paused",
         "_pending_bytes",
         "_since",
+        "_unsettled",
         "_window",
         "_window_bytes",
         "limit",
@@ -159,6 +161,8 @@ class Outbox:
         self.receipts: Unacked | None = None
         #: Receipts: a write was refused as over the window's bounds.
         self.overflowed = False
+        # Settlements taken from receipts that stopped (see unsettled()).
+        self._unsettled: list[Settlement] | None = None
 
     # -- what the service calls ---------------------------------------------------
 
@@ -182,6 +186,22 @@ class Outbox:
         pending.append(data)
         return QUEUED
 
+    def keep(self, settlement: Settlement) -> None:
+        """The message just accepted came in a batch from another node: with
+        receipts, the batch is settled only when the peer confirms it (or it
+        is stored); without, as soon as it is written."""
+        receipts = self.receipts
+        if receipts is not None and not self._ended:
+            receipts.keep(settlement, len(self.pending or ()) + len(self._held or ()))
+
+    def unsettled(self) -> list[Settlement]:
+        """After :meth:`end` or :meth:`stop_receipts`: the settlements the
+        messages they returned still hold; release each once those are stored."""
+        out, self._unsettled = self._unsettled or [], None
+        if self.receipts is not None:
+            out += self.receipts.unsettled()
+        return out
+
     def has_room(self, nbytes: int) -> bool:
         """Receipts: whether one more message of ``nbytes`` fits beside what
         is unacknowledged or not yet written (or nothing waits at all)."""
@@ -204,6 +224,7 @@ class Outbox:
         receipts, self.receipts = self.receipts, None
         if receipts is None:
             return []
+        self._unsettled = receipts.unsettled()
         out = receipts.drain()
         out += self.pending or ()
         out += self._held or ()

@@ -20,9 +20,11 @@ Sans-I/O: the clock is whatever the caller passes to :meth:`overdue`.
 
 from __future__ import annotations
 
+from collections import deque
 from itertools import islice
 
 from clusterchat.budget import Budget
+from clusterchat.bus.base import Settlement
 
 #: Defaults of the server options (cli.py): unacknowledged messages, their
 #: bytes, and seconds without progress before a connection is declared dead.
@@ -64,6 +66,7 @@ class Unacked:
     __slots__ = (
         "_budget",
         "_head",
+        "_marks",
         "_since",
         "_window",
         "max_bytes",
@@ -93,6 +96,9 @@ class Unacked:
         self.released = 0
         # When the window was first seen waiting without progress (0: not yet).
         self._since = 0.0
+        # (number, settlement) of messages from other nodes' batches, in order:
+        # the batch is settled once the client confirms that number.
+        self._marks: deque[tuple[int, Settlement]] | None = None
 
     @property
     def count(self) -> int:
@@ -150,7 +156,25 @@ class Unacked:
         self._since = 0.0  # progress: the clock starts again
         if self._budget is not None:
             self._budget.release(dropped)
+        marks = self._marks
+        while marks and marks[0][0] <= seq:
+            marks.popleft()[1].release()
         return True
+
+    def keep(self, settlement: Settlement, waiting: int) -> None:
+        """The message just accepted (``waiting`` accepted and not yet
+        written, itself included) settles ``settlement`` when confirmed."""
+        settlement.hold()
+        marks = self._marks
+        if marks is None:
+            marks = self._marks = deque()
+        marks.append((self.sent + waiting, settlement))
+
+    def unsettled(self) -> list[Settlement]:
+        """Settlements still waiting (the connection ended): the caller
+        releases them once what :meth:`drain` gave is stored."""
+        marks, self._marks = self._marks, None
+        return [m for _, m in marks] if marks else []
 
     def overdue(self, now: float) -> bool:
         """Called now and then (about twice a second): whether the window has

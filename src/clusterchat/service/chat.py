@@ -28,7 +28,7 @@ from typing import Any
 
 from clusterchat import errors, logs
 from clusterchat.budget import Budget
-from clusterchat.bus.base import Bus, Presence
+from clusterchat.bus.base import Bus, Presence, Settlement
 from clusterchat.bus.counters import Tallies
 from clusterchat.protocol import codec, dialect, names
 from clusterchat.protocol.codec import BadRequest
@@ -506,10 +506,17 @@ class ChatService:
         self.refusals.note(s, f"request failed: {frame[:200]!r}", exc_info=True)
         self.reply(s, Error(ErrCode.INTERNAL, "internal error"))
 
-    def spill(self, s: Session, payloads: list[bytes], cut_off: bool = True) -> None:
+    def spill(
+        self,
+        s: Session,
+        payloads: list[bytes],
+        cut_off: bool = True,
+        settlements: Sequence[Settlement] = (),
+    ) -> None:
         """Messages accepted for a peer that may not have got them (it stopped
         reading and was cut off, or its connection closed under them): keep
-        them. Chat only: events and notices are never kept."""
+        them, then release ``settlements``. Chat only: events and notices
+        are never kept."""
         payloads = [p for p in payloads if pushes.is_chat(p)]
         if s.uid and payloads:
             log.log(
@@ -518,7 +525,7 @@ class ChatService:
                 len(payloads),
                 s.uid,
             )
-            self.restorer.add(s.uid, payloads)
+        self.restorer.add(s.uid, payloads if s.uid else [], settlements)
 
     def disconnected(self, s: Session) -> None:
         held = s.race.ended(closed=True)
@@ -752,7 +759,8 @@ class ChatService:
         except BaseException as exc:
             if s.receipts:  # the reply's offline messages are still in the store
                 s.receipts = False
-                s.peer.stop_receipts()
+                for settlement in s.peer.stop_receipts()[1]:  # none: deliveries were held
+                    settlement.release()
             held = self._forget(s, closed=race.closed)
             if not isinstance(exc, _TicketRaced):
                 self._spawn(self.store_offline_each(uid, held))
@@ -955,10 +963,10 @@ class ChatService:
         """End a ticket session for a password login: as a displaced one
         (told so, its unacknowledged messages kept), the user not released."""
         uid = s.uid
-        unacked = self._stop_receipts(s)
+        unacked, settlements = self._stop_receipts(s)
         held = [*unacked, *self._forget(s, closed=True)]
-        if held:
-            self._spawn(self.store_offline_each(uid, held))
+        if held or settlements:
+            self._spawn(self.store_offline_each(uid, held, settlements))
         self.reply(s, DISPLACED)
         s.peer.close()
 
@@ -1062,10 +1070,10 @@ class ChatService:
     async def _leave(self, s: Session, logout: bool = False, held: Sequence[bytes] = ()) -> None:
         """Log out (the ticket is revoked) or drop (it stays, for reconnecting)."""
         uid = s.uid
-        unacked = self._stop_receipts(s)
+        unacked, settlements = self._stop_receipts(s)
         held = [*unacked, *held, *self._forget(s, closed=not logout)]
         try:
-            await self.store_offline_each(uid, held)
+            await self.store_offline_each(uid, held, settlements)
             if logout:
                 await self.store.end_session(uid)
             else:
@@ -1087,13 +1095,15 @@ class ChatService:
             refill = (self._burst - tokens) / self._rate
             await self._tallies.keep_bucket(uid, tokens, time.time(), refill + 1)
 
-    def _stop_receipts(self, s: Session) -> list[bytes]:
+    def _stop_receipts(self, s: Session) -> tuple[list[bytes], list[Settlement]]:
         """Chat messages written to the session and not acknowledged (its
-        receipts end with it), and those not yet written: to be stored."""
+        receipts end with it), and those not yet written: to be stored; and
+        the settlements to release once they are."""
         if not s.receipts:
-            return []
+            return [], []
         s.receipts = False
-        return [p for p in s.peer.stop_receipts() if pushes.is_chat(p)]
+        unacked, settlements = s.peer.stop_receipts()
+        return [p for p in unacked if pushes.is_chat(p)], settlements
 
     def _received(self, s: Session, req: Received) -> None:
         """RECEIVED: the client has every pushed message up to ``seq``. Never
@@ -1464,13 +1474,13 @@ class ChatService:
 
     # -- the bus's inbox: traffic from other nodes ---------------------------------------
 
-    def deliver(self, uid: int, payload: bytes) -> bool:
+    def deliver(self, uid: int, payload: bytes, settlement: Settlement | None = None) -> bool:
         target = self.sessions.get(uid)
         if target is None:
             return False
         if payload[0] != _JSON:  # an event or control message (service/pushes.py)
             return pushes.arrived(self, target, payload)
-        if target.deliver(payload):
+        if target.deliver(payload, settlement):
             self.counts.relayed_from_nodes += 1
             return True
         return False
@@ -1535,13 +1545,13 @@ class ChatService:
                 await in_doubt.settle(self.store, items, self.settle_timeout)
             await self._after_store(uids)
 
-    async def store_offline_each(self, uid: int, payloads: list[bytes]) -> None:
+    async def store_offline_each(
+        self, uid: int, payloads: list[bytes], settlements: Sequence[Settlement] = ()
+    ) -> None:
         """Keep messages a session held but never wrote: queued for the
-        re-store writer, which retries until the store takes them. Chat
-        only: events and notices are never kept."""
-        payloads = [p for p in payloads if pushes.is_chat(p)]
-        if payloads:
-            self.restorer.add(uid, payloads)
+        re-store writer, which retries until the store takes them, then
+        releases ``settlements``. Chat only: events and notices are never kept."""
+        self.restorer.add(uid, [p for p in payloads if pushes.is_chat(p)], settlements)
 
     async def _after_store(self, uids: Sequence[int]) -> None:
         """Close the race with a login that read its offline messages just

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from clusterchat.budget import Budget
+from clusterchat.bus.base import Settlement
 from clusterchat.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class Restorer:
         self._budget = budget
         self._stored = stored
         self._rows: deque[tuple[int, bytes]] = deque()
+        # Settlements to release once ``written`` reaches the row count given
+        # (other nodes' batches, kept until what ended connections held is stored).
+        self._after: deque[tuple[int, Sequence[Settlement]]] = deque()
         # Queued rows per payload: a payload shared by many rows is charged once.
         self._copies: dict[bytes, int] = {}
         self._wake = asyncio.Event()
@@ -64,9 +68,17 @@ class Restorer:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def add(self, uid: int, payloads: Sequence[bytes]) -> None:
+    def add(
+        self, uid: int, payloads: Sequence[bytes], settlements: Sequence[Settlement] = ()
+    ) -> None:
         """Queue messages for ``uid``; they are written as soon as the store
-        takes them, in the order queued."""
+        takes them, in the order queued; then ``settlements`` are released."""
+        if settlements:
+            if not payloads and not self._rows:
+                for settlement in settlements:
+                    settlement.release()
+            else:  # after these rows and all before them
+                self._after.append((self.written + len(self._rows) + len(payloads), settlements))
         if not payloads:
             return
         charge = 0
@@ -118,6 +130,10 @@ class Restorer:
                 self._rows.popleft()
             self._release(batch)
             self.written += len(batch)
+            after = self._after
+            while after and after[0][0] <= self.written:
+                for settlement in after.popleft()[1]:
+                    settlement.release()
             if self._stored is not None:
                 try:
                     await self._stored(sorted({uid for uid, _ in batch}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Set
 from typing import Protocol, TypeAlias
 
+from clusterchat.bus.base import Settlement
 from clusterchat.service.login_race import LoginRace
 
 #: ``blocked_by`` of the many sessions nobody blocks: one shared empty set,
@@ -44,10 +45,13 @@ class Peer(Protocol):
         leaves at the end of the loop iteration)."""
         ...
 
-    def deliver(self, data: bytes) -> bool:
+    def deliver(self, data: bytes, settlement: Settlement | None = None) -> bool:
         """Queue a chat message for the peer; False if it cannot take it (the
         caller stores it offline). A peer that stops reading is cut off and
-        what it had not been sent comes back through ``ChatService.spill``."""
+        what it had not been sent comes back through ``ChatService.spill``.
+        ``settlement``: the message came from another node's batch (see
+        :class:`~clusterchat.bus.base.Settlement`); held until the client
+        confirms it, if it has receipts."""
         ...
 
     def close(self) -> None: ...
@@ -70,9 +74,9 @@ class Peer(Protocol):
         window (the client acknowledges); False if the connection ended."""
         ...
 
-    def stop_receipts(self) -> list[bytes]:
+    def stop_receipts(self) -> tuple[list[bytes], list[Settlement]]:
         """Receipts end (logout): what was delivered and not acknowledged,
-        oldest first, for storing."""
+        oldest first, for storing; and the settlements to release once it is."""
         ...
 
 
@@ -90,8 +94,8 @@ class NoReceipts:
     async def receipt_room(self, nbytes: int) -> bool:
         return True
 
-    def stop_receipts(self) -> list[bytes]:
-        return []
+    def stop_receipts(self) -> tuple[list[bytes], list[Settlement]]:
+        return [], []
 
 
 class Session:
@@ -171,9 +175,9 @@ class Session:
         elif by in self.blocked_by:
             self.blocked_by = self.blocked_by - {by} or NOBODY
 
-    def deliver(self, payload: bytes) -> bool:
+    def deliver(self, payload: bytes, settlement: Settlement | None = None) -> bool:
         held = self.race.held
-        if held is not None:
+        if held is not None:  # a login being answered (held for a moment: settled as held)
             held.append(payload)
             return True
-        return self.peer.deliver(payload)
+        return self.peer.deliver(payload, settlement)
