@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
@@ -22,9 +24,20 @@ from tests.conftest import PASSWORD, unique
 from tests.e2e.test_receipts import send_chats
 from tests.helpers import StallingProxy
 
+SAME_NODE = pytest.param(
+    "node1",
+    marks=pytest.mark.xfail(
+        strict=True,
+        reason="open: the killed node held the only copy (docs/RELIABILITY.md, 'Not covered')",
+    ),
+)
 
-async def test_acknowledged_chats_survive_the_receivers_node_killed(cluster: Cluster) -> None:
-    sender = (await cluster.user_on("node0")).conn
+
+@pytest.mark.parametrize("sender_on", ["node0", SAME_NODE])
+async def test_acknowledged_chats_survive_the_receivers_node_killed(
+    cluster: Cluster, sender_on: str
+) -> None:
+    sender = (await cluster.user_on(sender_on)).conn
     proxy = StallingProxy(cluster.port)  # the client reads nothing: in flight, unconfirmed
     await proxy.start()
     phone: ChatConnection | None = None

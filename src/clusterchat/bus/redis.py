@@ -178,6 +178,8 @@ class RedisCluster:
         self._answer: set[str] = set()  # sources owed acks or gap reports
         self._probe: set[str] = set()  # destinations to send an empty batch (they resubscribed)
         self._freed: dict[str, asyncio.Future[None]] = {}
+        #: Nodes holding batches of ours whose heartbeat was found missing, since when.
+        self._silent: dict[str, float] = {}
 
     def _user_key(self, uid: int) -> str:
         return f"{self.prefix}user:{uid}"
@@ -628,8 +630,14 @@ class RedisCluster:
         except (RedisError, OSError) as exc:
             log.debug("could not check the nodes holding our batches: %s", exc)
             return
+        now = asyncio.get_running_loop().time()
         for node, up in zip(nodes, alive, strict=True):
-            if not up:
+            if up:
+                self._silent.pop(node, None)
+            elif now - self._silent.setdefault(node, now) >= self.presence_ttl / 2:
+                # Still gone half a TTL later: not a Redis that restarted empty
+                # (its nodes beat again within a third of a TTL), but dead.
+                del self._silent[node]
                 self._returned(node, self._window(node).lost_kept(), "died holding")
 
     # -- receiving -----------------------------------------------------------------------

@@ -135,8 +135,8 @@ class SendWindow(Generic[T]):
         return self.lost_kept()
 
     def lost_kept(self) -> list[Flight[T]]:
-        """The receiver died: every kept batch comes back for storing."""
-        return [self._return(seq, self._kept) for seq in list(self._kept)]
+        """The receiver died: every kept batch comes back for storing, in seq order."""
+        return [self._return(seq, self._kept) for seq in sorted(self._kept)]
 
     def refused(self, seq: int) -> Flight[T] | None:
         """Publishing the batch failed or reached nobody: it comes back."""
@@ -147,12 +147,17 @@ class SendWindow(Generic[T]):
         return [self._return(seq) for seq in self._within(runs, self._flights)]
 
     def expire(self, now: float) -> list[Flight[T]]:
-        """Batches unacknowledged (or kept) past their deadline come back for storing."""
+        """Batches unacknowledged (or kept) past their deadline come back for
+        storing, in seq order; with a late one in flight, so do the kept
+        batches before it (the receiver is likely dead: they are stored
+        first, so a receiver gets the batches in the order sent)."""
         late = [seq for seq, f in self._flights.items() if f.deadline <= now]
         out = [self._return(seq) for seq in late]
         if self._kept:
-            late = [seq for seq, f in self._kept.items() if f.deadline <= now]
-            out += [self._return(seq, self._kept) for seq in late]
+            top = max(late, default=0)
+            early = [seq for seq, f in self._kept.items() if seq < top or f.deadline <= now]
+            out += [self._return(seq, self._kept) for seq in early]
+            out.sort(key=_seq)
         return out
 
     def stored(self, seq: int) -> None:
@@ -263,6 +268,10 @@ def split_acks(runs: list[int]) -> tuple[list[int], list[int]]:
         return runs, []
     at = next(i for i in range(0, len(runs), 2) if runs[i] < 0)
     return runs[:at], [-s for s in runs[at:]]
+
+
+def _seq(flight: Flight[T]) -> int:
+    return flight.seq
 
 
 def ranges(seqs: list[int]) -> list[int]:
