@@ -56,6 +56,7 @@ class Client:
         self.conn: ChatConnection | None = None
         self.task: asyncio.Task[None] | None = None
         self.node = ""
+        self.first_node = ""  # where it was at the fault (it may log in elsewhere after)
         self.proxy: StallingProxy | None = None
 
 
@@ -105,6 +106,7 @@ class World:
 
         self.pingers.add(asyncio.ensure_future(pinger()))
         c.node = str((await asyncio.wait_for(fut, 30))["node"])
+        c.first_node = c.first_node or c.node
         ack = await asyncio.wait_for(
             conn.call({"msgid": MsgId.LOGIN, "id": c.uid, "password": PW, "receipts": True}), 60
         )
@@ -445,6 +447,7 @@ async def main() -> int:
         dup_other = 0
         order_bad = 0
         lost_by: Counter[str] = Counter()
+        nodes_of = {c.uid: c.first_node for c in users}
         examples: list[str] = []
         for u, exp in w.expect.items():
             got = w.got.get(u, [])
@@ -457,7 +460,8 @@ async def main() -> int:
             for m, (t, key) in exp.items():
                 if m not in cnt:
                     lost += 1
-                    lost_by[m.rsplit("-", 1)[0]] += 1
+                    # sender's node (the mid's prefix) -> the receiver's node at the fault
+                    lost_by[f"{m.rsplit('-', 1)[0]}->{nodes_of.get(u, '?')}"] += 1
                     if len(examples) < 5:
                         examples.append(f"user {u} missing {m} tag {t} from {key}")
         for (pkey, u), mids in w.order.items():
