@@ -60,6 +60,11 @@ class Settlement:
             done, self._done = self._done, None
             done()
 
+    @property
+    def held(self) -> bool:
+        """Some message still holds it."""
+        return self._open > 0
+
     def settled_or_then(self, done: Callable[[], None]) -> bool:
         """True if nothing holds it now; else ``done`` is called when the last lets go."""
         if not self._open:
@@ -144,6 +149,23 @@ class Bus(Protocol):
         no node took it, and then the caller stores it (the bus does not).
         False, with nothing queued, where :meth:`post` would say False, or
         while earlier messages are being stored (:meth:`send` waits for them)."""
+        ...
+
+    def copy(
+        self,
+        uids: list[int],
+        payload: bytes,
+        settlement: Settlement,
+        copied: Callable[[bool], None],
+    ) -> bool:
+        """A message delivered here to clients with receipts (``uids``), who
+        have not confirmed it: keep a copy outside this node until
+        ``settlement`` is released, so that a SIGKILL of this node does not
+        take the only one (another node stores it for them). True if no
+        copy is needed (nothing holds the settlement, or no other node could
+        take it: a lone node); else False, and ``copied(ok)`` is called once
+        the copy is kept (``ok``) or could not be (``not ok``: then there is
+        no copy; the caller acknowledges all the same)."""
         ...
 
     async def nudge(self, uids: Sequence[int]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable, Sequence
 
-from clusterchat.bus.base import Inbox, WindowStats
+from clusterchat.bus.base import Inbox, Settlement, WindowStats
 
 
 class LocalPresence:
@@ -55,6 +55,15 @@ class NoBus:
 
     def post_reported(self, uid: int, payload: bytes, published: Callable[[bool], None]) -> bool:
         return False
+
+    def copy(
+        self,
+        uids: list[int],
+        payload: bytes,
+        settlement: Settlement,
+        copied: Callable[[bool], None],
+    ) -> bool:
+        return True  # no other node: a lone node killed is the whole service down
 
     async def nudge(self, uids: Sequence[int]) -> None:
         return None

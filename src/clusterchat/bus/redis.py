@@ -180,6 +180,15 @@ class RedisCluster:
         self._freed: dict[str, asyncio.Future[None]] = {}
         #: Nodes holding batches of ours whose heartbeat was found missing, since when.
         self._silent: dict[str, float] = {}
+        #: Copies of local deliveries awaiting receipts (see copy()): a hash
+        #: field per message, written and deleted with the next PUBLISH round.
+        self._keep_key = f"{prefix}keep:{node_id}"
+        self._copies = 0
+        self._to_copy: list[bytes] = []
+        self._copied: list[Callable[[bool], None]] = []
+        self._to_uncopy: list[bytes] = []
+        self._copy_decoder = msgspec.msgpack.Decoder(tuple[list[int], bytes])
+        self._claim_keep = self.client.register_script(scripts.CLAIM_KEEP)
 
     def _user_key(self, uid: int) -> str:
         return f"{self.prefix}user:{uid}"
@@ -207,6 +216,11 @@ class RedisCluster:
             self._tasks.append(asyncio.ensure_future(work))
         async with asyncio.timeout(10):
             await self.connected.wait()
+        # Our id's previous process, killed, may have left copies to store.
+        claimed = f"{self._keep_key}:reaped-by:{self.node_id}:{self.epoch}"
+        with contextlib.suppress(RedisError, OSError):
+            if await self._claim_keep(keys=[self._keep_key, claimed]):
+                await self._take_copies(claimed)
 
     async def _fit_window(self) -> None:
         """Stay under the subscriber buffer limit of the Redis we are given
@@ -275,8 +289,14 @@ class RedisCluster:
                 if self._unnudged:
                     uids, self._unnudged = list(self._unnudged), set()
                     await self.nudge(uids)
-                if await self._reap(keys=[self._nodes_key], args=[self.prefix, grace]):
-                    log.info("cleaned up after a node that died")
+                reaped = await self._reap(
+                    keys=[self._nodes_key], args=[self.prefix, grace, self.node_id]
+                )
+                if reaped:
+                    log.info("cleaned up after %d nodes that died", len(reaped))
+                for name in reaped:
+                    if name:
+                        await self._take_copies(name.decode())
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -449,6 +469,63 @@ class RedisCluster:
                 self._forget_node(node)
         return undelivered
 
+    def copy(
+        self,
+        uids: list[int],
+        payload: bytes,
+        settlement: Settlement,
+        copied: Callable[[bool], None],
+    ) -> bool:
+        if not settlement.held:
+            return True
+        self._copies += 1
+        field = b"%d" % self._copies
+        value = self._encoder.encode((uids, payload))
+        self._to_copy.append(resp.command(b"HSET", self._keep_key.encode(), field, value))
+        self._copied.append(copied)
+        settlement.settled_or_then(functools.partial(self._uncopy, field))
+        self._wake.set()
+        return False
+
+    def _uncopy(self, field: bytes) -> None:
+        """Confirmed (or stored): the copy goes with the next round."""
+        self._to_uncopy.append(field)
+        self._wake.set()
+
+    async def _take_copies(self, name: str) -> None:
+        """Store, in order, the copies a dead node (or our id's previous
+        process) kept of messages its clients had not confirmed; then drop them."""
+        entries = await self.client.hgetall(name)
+        work: list[tuple[list[int], bytes, int]] = []
+        for field in sorted(entries, key=int):
+            value = entries[field]
+            try:
+                if isinstance(value, str):  # the client decodes nothing: never, but typed so
+                    raise msgspec.ValidationError("text, not bytes")
+                uids, payload = self._copy_decoder.decode(value)
+            except msgspec.ValidationError as exc:
+                log.warning("skipped a copy in no known format in %s: %s", name, exc)
+                continue
+            work.append((uids, payload, 1))  # hops 1: stored, not routed
+        if work:
+            log.warning(
+                "storing %d messages a node that died had delivered and not seen confirmed",
+                len(work),
+            )
+
+        def stored() -> None:
+            task = asyncio.ensure_future(self._forget_copies(name))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+
+        self._misdeliver((work, stored))
+
+    async def _forget_copies(self, name: str) -> None:
+        try:
+            await self.client.delete(name)
+        except (RedisError, OSError) as exc:
+            log.warning("could not delete %s (its messages are stored): %s", name, exc)
+
     async def nudge(self, uids: Sequence[int]) -> None:
         try:
             where = await self._where(list(uids))
@@ -523,7 +600,14 @@ class RedisCluster:
             reported, self._reported = self._reported, {}
             answer, self._answer = self._answer, set()
             probe, self._probe = self._probe, set()
+            more, self._to_copy = self._to_copy, []
+            copied, self._copied = self._copied, []
+            if self._to_uncopy:
+                fields, self._to_uncopy = self._to_uncopy, []
+                more.append(resp.command(b"HDEL", self._keep_key.encode(), *fields))
             nodes = list(outbox.keys() | answer | probe)
+            if not nodes and not more:
+                continue
             now = loop.time()
             seqs, frames = [], []
             for node in nodes:
@@ -546,10 +630,14 @@ class RedisCluster:
                 frames.append(self._encoder.encode(batch))
             try:
                 channels = [self._channel(node) for node in nodes]
-                counts = await self._publisher.publish(list(zip(channels, frames, strict=True)))
+                counts = await self._publisher.publish(
+                    list(zip(channels, frames, strict=True)), more
+                )
             except (RedisError, OSError) as exc:
                 log.warning("publish of %d batches failed: %s", len(nodes), exc)
-                counts = [0] * len(nodes)
+                counts = [0] * (len(nodes) + len(more))
+            if copied:
+                self._report_copies(copied, counts[len(nodes) : len(nodes) + len(copied)])
             for node, seq, count in zip(nodes, seqs, counts, strict=True):
                 if not count:
                     self._forget_node(node)
@@ -563,6 +651,17 @@ class RedisCluster:
                         published(bool(count))
                     except Exception:  # the caller's bug must not stop the flusher
                         log.exception("a published() callback failed")
+
+    def _report_copies(self, copied: list[Callable[[bool], None]], answers: list[int]) -> None:
+        failed = 0
+        for done, answer in zip(copied, answers, strict=True):
+            failed += answer != 1
+            try:
+                done(answer == 1)
+            except Exception:  # the caller's bug must not stop the flusher
+                log.exception("a copied() callback failed")
+        if failed:
+            log.warning("could not keep %d copies in Redis (acknowledged without)", failed)
 
     def _refused(self, node: str, seq: int, posted: list[Item]) -> None:
         """Nobody took a batch: awaited senders store theirs; posted items are ours to store."""

@@ -127,22 +127,25 @@ class Publisher:
         self._setup = 0  # answers to the login commands, not ours to hand on
         self._watchdog: asyncio.TimerHandle | None = None
 
-    async def publish(self, messages: list[tuple[bytes, bytes]]) -> list[int]:
-        """Each ``(channel, data)`` published, in order: how many subscribers got it."""
+    async def publish(
+        self, messages: list[tuple[bytes, bytes]], more: list[bytes] | None = None
+    ) -> list[int]:
+        """Each ``(channel, data)`` published, in order: how many subscribers
+        got it; then ``more`` (commands made with :func:`command`, answered
+        with integers) in the same write: their answers follow."""
         wire = self._wire
         if wire is None or wire.closed:
             wire = await self._connect()
         assert wire.transport is not None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[int]] = loop.create_future()
-        self._waiting.append((fut, [], len(messages), loop.time()))
-        wire.transport.write(
-            b"".join(
-                b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-                % (len(channel), channel, len(data), data)
-                for channel, data in messages
-            )
+        self._waiting.append((fut, [], len(messages) + len(more or ()), loop.time()))
+        out = b"".join(
+            b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+            % (len(channel), channel, len(data), data)
+            for channel, data in messages
         )
+        wire.transport.write(out + b"".join(more) if more else out)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout / 4, self._watch)
         # Not shielded: fut is ours alone; if our caller is cancelled, the

@@ -49,12 +49,15 @@ redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return alive
 """
 
-# KEYS: nodes zset. ARGV: prefix, grace ms. Deletes what nodes silent past the
-# grace left behind: their users' presence (if still theirs) and member sets.
+# KEYS: nodes zset. ARGV: prefix, grace ms, reaper's node id. Deletes what
+# nodes silent past the grace left behind: their users' presence (if still
+# theirs) and member sets. Their copies of local deliveries awaiting receipts
+# (``keep:<id>``) are renamed for the reaper to store: returns those names
+# (and one entry, "", per node reaped without one).
 REAP = """
 local now = redis.call('TIME')
 local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[2])
-local reaped = 0
+local reaped = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)) do
   if redis.call('EXISTS', ARGV[1] .. 'node:' .. id) == 0 then
     local members = ARGV[1] .. 'members:' .. id
@@ -67,8 +70,25 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)) do
     end
     redis.call('DEL', members)
     redis.call('ZREM', KEYS[1], id)
-    reaped = reaped + 1
+    local keep = ARGV[1] .. 'keep:' .. id
+    if redis.call('EXISTS', keep) == 1 then
+      local claimed = keep .. ':reaped-by:' .. ARGV[3] .. ':' .. now[1] .. now[2]
+      redis.call('RENAME', keep, claimed)
+      reaped[#reaped + 1] = claimed
+    else
+      reaped[#reaped + 1] = ''
+    end
   end
 end
 return reaped
+"""
+
+# KEYS: a node's keep hash, the name to claim it under. At a node's start:
+# what its previous process (same id) left to store, claimed by exactly one.
+CLAIM_KEEP = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
 """
