@@ -54,7 +54,13 @@ _IDLE_TIMEOUT = codec.error(ErrCode.TIMEOUT, "silent for too long; closing the c
 #: Seconds between in-flight reports to connections' outboxes.
 REPORT_EVERY = 0.5
 _GOODBYE = codec.encode(
-    {"msgid": MsgId.NOTICE, "text": "this server is shutting down; reconnect to carry on"}
+    {
+        "msgid": MsgId.NOTICE,
+        "text": "this server is shutting down; reconnect to carry on",
+        # For clients that reconnect by themselves (the web page) and say so
+        # in their own words instead of the text.
+        "event": "shutdown",
+    }
 )
 
 

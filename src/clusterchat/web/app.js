@@ -17,6 +17,7 @@ const state = {
   invites: [],            // open invitations: { groupid, groupname, by, byname }
   inviteOnly: new Map(),  // group id -> bool, as last heard (events, my own changes)
   everOnline: false,
+  restartingSince: 0,     // when the node said it was shutting down (ms; 0: it did not)
   groupsAt: 0,            // when the group list was last read whole (ms)
   groupPages: 1,          // how many LIST_GROUPS pages it took
 };
@@ -131,6 +132,14 @@ function eventText(msg) {
 
 function onPush(msg) {
   if (msg.msgid === Msg.NOTICE) {
+    if (msg.event === "shutdown") {
+      // The node is going away; this page reconnects by itself (to it once
+      // it is back, or to another behind the same address), so the text
+      // for people who must reconnect themselves is not shown: a calm state.
+      state.restartingSince = Date.now();
+      banner(RESTARTING, "info");
+      return;
+    }
     toast(String(msg.text ?? ""), "info");
     return;
   }
@@ -765,6 +774,12 @@ setInterval(() => refresh(false), REFRESH_MS);
 
 // -- connection state --------------------------------------------------------------------
 
+// What the page says while the node that said it was shutting down is away
+// (NOTICE event "shutdown"); past RESTART_PATIENCE_MS it says what it says of
+// any lost connection.
+const RESTARTING = "Server restarting, reconnecting…";
+const RESTART_PATIENCE_MS = 60000;
+
 function onState(s, why, retryMs) {
   document.body.classList.toggle("offline", s !== "online");
   if (state.me) renderSidebar(); // presence: known again, or no longer
@@ -772,6 +787,10 @@ function onState(s, why, retryMs) {
     banner("");
     state.everOnline = true;
     state.wasOffline = false;
+    state.restartingSince = 0;
+  } else if (state.restartingSince && Date.now() - state.restartingSince < RESTART_PATIENCE_MS) {
+    state.wasOffline = true;
+    banner(RESTARTING, "info");
   } else if (s === "offline") {
     state.wasOffline = true;
     const secs = Math.max(1, Math.round(retryMs / 1000));
