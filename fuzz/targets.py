@@ -76,6 +76,7 @@ def requests(data: bytes) -> None:
 
 class _Peer(NoReceipts):
     address = "fuzz"
+    limit_key = "fuzz"
 
     def __init__(self) -> None:
         self.replies = 0

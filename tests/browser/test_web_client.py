@@ -189,8 +189,12 @@ async def test_reconnects_with_its_ticket_after_the_node_restarts(
     await expect(bob.locator('[data-key^="u:"] .badge')).to_have_text("1")
 
     await web_node.stop()
+    # The node said it was shutting down: the page, which reconnects by
+    # itself, says that calmly, not the node's "reconnect to carry on".
     for page in (ann, bob):
-        await expect(page.locator("#banner")).to_contain_text("Disconnected")
+        await expect(page.locator("#banner")).to_have_text("Server restarting, reconnecting…")
+        await expect(page.locator("#banner")).to_have_class("banner info")
+        await expect(page.locator("#toast")).not_to_contain_text("reconnect to carry on")
     restarted = Node(replace(web_node.settings, port=port, http_port=http_port))
     await restarted.start()
     try:

@@ -11,6 +11,7 @@ from playwright.async_api import expect
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.server.node import Node
+from clusterchat.server.websocket import WsConnection
 from tests.browser.conftest import NewPage, add_friend, register, web_settings
 from tests.conftest import PASSWORD, unique
 
@@ -62,7 +63,6 @@ async def test_presence_is_not_claimed_while_disconnected(
 ) -> None:
     node = Node(web_settings(tmp_path))
     await node.start()
-    running = True
     try:
         ann = await new_page(node.http.port)
         ann_id = await register(ann, unique("ann"))
@@ -73,16 +73,20 @@ async def test_presence_is_not_claimed_while_disconnected(
         await expect(item.locator(".sub")).to_have_text("online")
         await item.click()
         await expect(bob.locator("#conv-sub")).to_have_text("online")
-        await node.stop()
-        running = False
+        # The connections drop with no word from the node (a node that was
+        # stopped says so first: test_web_client.py, the restart), and new
+        # ones are not taken.
+        node.http.close()
+        for conn in list(node.connections):
+            if isinstance(conn, WsConnection) and conn.transport is not None:
+                conn.transport.abort()
         await expect(bob.locator("#banner")).to_contain_text("Disconnected")
         # Whether ann is still there nobody knows now: the page said "online".
         await expect(item.locator(".sub")).to_have_text("not connected")
         await expect(item.locator(".dot")).to_have_class("dot off")
         await expect(bob.locator("#conv-sub")).to_have_text("not connected")
     finally:
-        if running:
-            await node.stop()
+        await node.stop()
 
 
 async def test_a_server_without_history_says_so_atop_a_conversation(

@@ -14,7 +14,7 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Limits
 from clusterchat.protocol.messages import ErrCode, ListGroups, MsgId
 from clusterchat.server.node import Node
-from tests.browser.conftest import NewPage, log_in, web_settings
+from tests.browser.conftest import NewPage, log_in, register, web_settings
 from tests.conftest import PASSWORD, unique
 from tests.helpers import big_groups
 
@@ -94,3 +94,46 @@ async def test_a_long_group_list_is_not_read_again_every_five_seconds(
     # The friends' refresh runs every 5 s; the list of 3 pages is due every 12.5 s.
     await page.wait_for_timeout(11_000)
     assert requests.get(ListGroups, 0) - listed <= 3, "the 3 pages were read again at each 5 s tick"
+
+
+async def test_the_member_panel_is_drawn_again_only_when_members_change(
+    web_node: Node, new_page: NewPage
+) -> None:
+    """Every message redraws the sidebar and the conversation's head; the
+    member panel was built again from the whole member list each time (1,000
+    list items a message in a big group). It is now drawn only when the
+    members or their presence change, and still is then."""
+    page = await new_page(web_node.http.port)
+    await register(page, "Ann")
+    await page.click("#group-btn")
+    await page.fill("#group-name", unique("g"))
+    await page.click("#create-group button")
+    group = page.locator('#groups [data-key^="g:"]')
+    await expect(group).to_have_count(1)
+    gid = int((await group.get_attribute("data-key") or "g:0")[2:])
+
+    bob = await ChatConnection.open("127.0.0.1", web_node.port)
+    name = unique("bob")
+    bob_id = await bob.register(name, PASSWORD)
+    assert (await bob.login(bob_id, PASSWORD))["errno"] == 0
+    await bob.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    await group.click()
+    await page.click("#members-btn")
+    row = page.locator("#member-list .member", has_text=name)
+    await expect(row.locator(".dot.on")).to_have_count(1)  # at the page's next refresh
+    await expect(page.locator("#conv-sub")).to_have_text(f"group #{gid} · 2 members, 2 online")
+
+    await page.evaluate("window.drawnRow = document.querySelector('#member-list .member')")
+    for n in range(5):
+        doc = {"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": f"message {n}"}
+        await bob.request(doc, MsgId.CHAT_ACK)
+    await expect(page.locator("#messages .msg.theirs .bubble")).to_have_count(5)
+    same = "document.querySelector('#member-list .member') === window.drawnRow"
+    assert await page.evaluate(same), "the member panel was built again for a message"
+
+    # Bob leaves: the next refresh reads him offline, and the panel says so.
+    await bob.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    await bob.close()
+    await expect(row.locator(".dot.off")).to_have_count(1)
+    await expect(page.locator("#conv-sub")).to_have_text(f"group #{gid} · 2 members, 1 online")
+    assert not await page.evaluate(same)

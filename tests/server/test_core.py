@@ -128,7 +128,7 @@ class FakeLink:
     """The transport, recorded."""
 
     def __init__(self) -> None:
-        self.address = "192.0.2.1"
+        self.address = self.limit_key = "192.0.2.1"
         self.written: list[bytes] = []
         self.reading = True
         self.closed = False

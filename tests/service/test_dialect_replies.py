@@ -31,6 +31,7 @@ class Peer(NoReceipts):
     """Records every write, raw, as ``send`` (a reply) or ``deliver`` (a push)."""
 
     address = "dialect"
+    limit_key = "dialect"
 
     def __init__(self) -> None:
         self.wire: list[str] = []

@@ -44,6 +44,7 @@ requests = st.one_of(
 
 class Peer(NoReceipts):
     address = "fuzz"
+    limit_key = "fuzz"
 
     def __init__(self) -> None:
         self.replies: list[dict[str, Any]] = []

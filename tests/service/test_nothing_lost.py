@@ -26,6 +26,7 @@ class Peer(NoReceipts):
     """A connection whose far end can vanish between two writes."""
 
     address = "test"
+    limit_key = "test"
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []

@@ -13,6 +13,14 @@ writes and waits. It is read two ways:
   runs on this.
 
 ``legacy=True`` ends each request with NUL, as the original C++ client does.
+
+However the connection ends (the node's FIN, a reset, a write that fails
+with a broken pipe, a timeout), it ends for the caller the same way: a read
+sees the end (``recv`` raises :class:`ConnectionClosed`, ``listen``
+returns), a write or a request made then raises :class:`ConnectionClosed`,
+and requests still waiting fail with it. No OSError from inside asyncio
+escapes a read or a write (:meth:`ChatConnection.open` raises OSError when
+it cannot connect at all).
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ OnEvent = Callable[[Event[Waiter]], None]
 
 
 class ConnectionClosed(Exception):
-    pass
+    """The connection ended (the OSError that ended it, if any, is its
+    ``__cause__``)."""
 
 
 class ChatConnection:
@@ -57,6 +66,11 @@ class ChatConnection:
         self._inbox: deque[dict[str, Any]] = deque()  # pulled: what arrived, unread
         self._on_event: OnEvent | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
+        #: The connection ended (the reading side saw it, or we closed it):
+        #: a request made now could never be answered.
+        self._ended = False
+        #: The OSError that ended it, if one did (a reset, a broken pipe).
+        self._error: OSError | None = None
 
     @classmethod
     async def open(
@@ -81,16 +95,37 @@ class ChatConnection:
         await self.send_raw(self.core.send(doc))
 
     async def send_raw(self, data: bytes) -> None:
-        """Bytes as they are, around the core (its FIFO does not know them)."""
-        self._writer.write(data)
-        await self._writer.drain()
+        """Bytes as they are, around the core (its FIFO does not know them).
+        Raises :class:`ConnectionClosed` if the connection has ended."""
+        self._check_open()
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except OSError as exc:  # a broken pipe, a reset: the node is gone
+            self._error = self._error or exc
+            raise self._closed() from exc
 
     def call(self, doc: dict[str, Any]) -> Waiter:
-        """Send a request now; its reply, matched in request order."""
+        """Send a request now; its reply, matched in request order. Raises
+        :class:`ConnectionClosed` if the connection has ended; the reply
+        fails with it if the connection ends before the reply comes (while
+        :meth:`listen` reads)."""
+        self._check_open()
         fut: Waiter = asyncio.get_running_loop().create_future()
         data = self.core.send(doc, fut)
         self._writer.write(data)
         return fut
+
+    def _check_open(self) -> None:
+        """Raise ConnectionClosed if nothing can be sent: the end was read
+        (a write would be lost, or fail), or the transport is closing (uvloop
+        raises RuntimeError for a write on a closed one, asyncio drops it)."""
+        if self._ended or self._writer.is_closing():
+            raise self._closed() from self._error
+
+    def _closed(self) -> ConnectionClosed:
+        why = f": {self._error!r}" if self._error is not None else ""
+        return ConnectionClosed(f"connection lost{why}")
 
     def _flush(self) -> None:
         """What the core wants written of its own accord (receipts)."""
@@ -109,12 +144,15 @@ class ChatConnection:
     # -- reading -------------------------------------------------------------------
 
     async def _read(self) -> bool:
-        """One read through the core; False at the end of the stream (a
-        reset too: the server's FIN crossed a request we sent after it, and
-        its kernel answered that with RST)."""
+        """One read through the core; False at the end of the stream, or if
+        the stream failed: a reset (the server's FIN crossed a request we
+        sent after it, and its kernel answered that with RST), a broken pipe
+        (a write failed first: asyncio's reader raises that error from then
+        on), a timeout."""
         try:
             data = await self._reader.read(65536)
-        except ConnectionResetError:
+        except OSError as exc:
+            self._error = self._error or exc
             return False
         if not data:
             return False
@@ -146,12 +184,15 @@ class ChatConnection:
             self._lost()
 
     def _lost(self) -> None:
+        self._ended = True
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
         for fut in self.core.connection_lost():
             if fut is not None and not fut.done():
-                fut.set_exception(ConnectionClosed("connection lost"))
+                exc = self._closed()
+                exc.__cause__ = self._error
+                fut.set_exception(exc)
 
     async def recv(self, timeout: float | None = 10.0) -> dict[str, Any]:
         """The next message from the server, in arrival order."""
@@ -193,10 +234,12 @@ class ChatConnection:
         await self.send({"msgid": MsgId.RECEIVED, "seq": seq})
 
     async def at_eof(self, timeout: float = 10.0) -> bool:
-        """Wait for the server to close; True if it did (any data before is discarded)."""
+        """Wait for the server to close; True if it did (any data before is
+        discarded; a reset or a broken pipe is a close too)."""
         async with asyncio.timeout(timeout):
-            while await self._reader.read(65536):
-                pass
+            with contextlib.suppress(OSError):
+                while await self._reader.read(65536):
+                    pass
         return True
 
     # -- the end -------------------------------------------------------------------
@@ -210,5 +253,5 @@ class ChatConnection:
     async def abort(self) -> None:
         """Go away at once, as a crashed client does: whatever arrived unread is lost."""
         self._writer.transport.abort()
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):
             await self._writer.wait_closed()

@@ -29,7 +29,7 @@ _WRITE_HIGH = 64 * 1024
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_id", "_linger", "address", "core", "node", "transport")
+    __slots__ = ("_id", "_linger", "address", "core", "limit_key", "node", "transport")
     #: Refused at once while the node sheds load (see server/load.py).
     sheds_at_accept = True
 
@@ -37,6 +37,8 @@ class Connection(asyncio.Protocol):
         self.node = node
         self.transport: asyncio.Transport | None = None
         self.address = ""
+        #: What per-address limits count it under (service/limits.py ``limit_key``).
+        self.limit_key = ""
         now = node.clock()
         self.core = ConnectionCore(node, self, now)
         self._linger: asyncio.TimerHandle | None = None
@@ -61,8 +63,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = t.get_extra_info("peername")
-        self.address = self.node.intern_address(peer[0] if peer else "")
-        refusal = self.node.admit(self.address, self.sheds_at_accept)
+        refusal = self.node.admit(self, peer[0] if peer else "", self.sheds_at_accept)
         if refusal is not None:
             t.set_protocol(Refused(t, self.refusal(refusal)))
             self.transport = None

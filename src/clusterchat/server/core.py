@@ -78,6 +78,8 @@ class Link(Protocol):
 
     #: The client's address (a trusted proxy's PROXY line may change it).
     address: str
+    #: What per-address limits count it under (an IPv6 address's /64).
+    limit_key: str
 
     def write(self, data: bytes) -> bool:
         """Hand whole documents to the peer (a WebSocket frames each one).
@@ -437,6 +439,10 @@ class ConnectionCore:
     @property
     def address(self) -> str:
         return self._link.address
+
+    @property
+    def limit_key(self) -> str:
+        return self._link.limit_key
 
     def closing(self) -> bool:
         return self._link.closing()

@@ -32,6 +32,7 @@ from clusterchat.server.load import LoopLag
 from clusterchat.server.metrics import Ops
 from clusterchat.server.sockets import tune_listener
 from clusterchat.service.chat import ChatService
+from clusterchat.service.limits import limit_key
 from clusterchat.service.passwords import Passwords
 from clusterchat.storage.base import Store
 
@@ -53,7 +54,13 @@ _IDLE_TIMEOUT = codec.error(ErrCode.TIMEOUT, "silent for too long; closing the c
 #: Seconds between in-flight reports to connections' outboxes.
 REPORT_EVERY = 0.5
 _GOODBYE = codec.encode(
-    {"msgid": MsgId.NOTICE, "text": "this server is shutting down; reconnect to carry on"}
+    {
+        "msgid": MsgId.NOTICE,
+        "text": "this server is shutting down; reconnect to carry on",
+        # For clients that reconnect by themselves (the web page) and say so
+        # in their own words instead of the text.
+        "event": "shutdown",
+    }
 )
 
 
@@ -91,7 +98,11 @@ class Node:
         self._watched: list[ConnectionCore] = []
         self._reporter: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any connection
+        #: One string per client address and per limit key (an IPv6
+        #: address's /64; an IPv4 address is its own key), while connected.
         self._addresses: dict[str, str] = {}
+        #: Connections per address and per limit key (one entry where they
+        #: are one string); the per-address cap reads the key's.
         self._per_address: dict[str, int] = {}
         self._trusted = TrustedProxies(settings.trusted_proxies)
         self.service.exempt_address = self.trusts
@@ -113,22 +124,22 @@ class Node:
         self._connection_ids += 1
         return self._connection_ids
 
-    def intern_address(self, address: str) -> str:
-        """One string per client address, however many connections it has."""
-        return self._addresses.setdefault(address, address)
-
-    def admit(self, address: str, sheds: bool = True) -> bytes | None:
-        """None to accept a new connection, else the refusal to send it.
-        ``sheds`` False: taken even while shedding load (the HTTP port, whose
-        static files are served then; it asks :meth:`shed` per request)."""
+    def admit(self, conn: Connection, address: str, sheds: bool = True) -> bytes | None:
+        """None to accept a new connection from ``address`` (then counted,
+        and ``conn.address`` and ``conn.limit_key`` set), else the refusal to
+        send it. ``sheds`` False: taken even while shedding load (the HTTP
+        port, whose static files are served then; it asks :meth:`shed` per
+        request)."""
+        conn.address = address  # for a refusal's log line; interned once admitted
         if len(self.connections) >= self.max_connections and not self._make_room():
             return _SERVER_FULL
         if sheds and (refusal := self.shed()) is not None:
             return refusal
+        key = limit_key(address)
         limit = self.settings.max_connections_per_address
-        if limit and address not in self._trusted and self._per_address.get(address, 0) >= limit:
+        if limit and address not in self._trusted and self._per_address.get(key, 0) >= limit:
             return _ADDRESS_FULL
-        self._per_address[address] = self._per_address.get(address, 0) + 1
+        conn.address, conn.limit_key = self._hold(address, key)
         return None
 
     def shed(self) -> bytes | None:
@@ -150,14 +161,26 @@ class Node:
     def readdress(self, conn: Connection, address: str) -> bytes | None:
         """A trusted proxy named the client (a PROXY line, X-Forwarded-For):
         count it under its real address."""
-        address = self.intern_address(address)
+        key = limit_key(address)
         limit = self.settings.max_connections_per_address
-        if limit and address not in self._trusted and self._per_address.get(address, 0) >= limit:
+        if limit and address not in self._trusted and self._per_address.get(key, 0) >= limit:
             return _ADDRESS_FULL
-        self._release(conn.address)
-        conn.address = address
-        self._per_address[address] = self._per_address.get(address, 0) + 1
+        self._release(conn.address, conn.limit_key)
+        conn.address, conn.limit_key = self._hold(address, key)
         return None
+
+    def _hold(self, address: str, key: str) -> tuple[str, str]:
+        """Count one more connection from ``address`` (and under its limit
+        key, where that is another string: an IPv6 address's /64); the one
+        string for each, however many connections have it."""
+        interned, counts = self._addresses, self._per_address
+        address = interned.setdefault(address, address)
+        counts[address] = counts.get(address, 0) + 1
+        if key == address:
+            return address, address
+        key = interned.setdefault(key, key)
+        counts[key] = counts.get(key, 0) + 1
+        return address, key
 
     def _make_room(self) -> bool:
         """At the limit, close the oldest connection that has not logged in for
@@ -182,17 +205,22 @@ class Node:
 
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        self._release(conn.address)
+        self._release(conn.address, conn.limit_key)
         if not self.connections:
             self._drained.set()
 
-    def _release(self, address: str) -> None:
-        left = self._per_address.get(address, 1) - 1
+    def _release(self, address: str, key: str) -> None:
+        self._drop(address)
+        if key is not address:
+            self._drop(key)
+
+    def _drop(self, counted: str) -> None:
+        left = self._per_address.get(counted, 1) - 1
         if left > 0:
-            self._per_address[address] = left
+            self._per_address[counted] = left
         else:
-            self._per_address.pop(address, None)
-            self._addresses.pop(address, None)
+            self._per_address.pop(counted, None)
+            self._addresses.pop(counted, None)
 
     def flush_soon(self) -> None:
         """Flush the cores in ``unflushed`` once this loop iteration's reads

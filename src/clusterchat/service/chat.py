@@ -82,7 +82,7 @@ from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.refusals import RefusalLog, Sampled
 from clusterchat.service.restore import Restorer
 from clusterchat.service.rosters import Roster, Rosters
-from clusterchat.service.session import RESUMED, Session, Work
+from clusterchat.service.session import RESUMED, Peer, Session, Work
 from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
 log = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ class ChatService:
                 wait = (1.0 - tokens) / self._rate if tokens < 1.0 else 0.0
                 by_address = 0.0
                 if not wait or s.legacy:  # a refusal costs the address nothing
-                    by_address = self._address_wait(s.peer.address, now, bool(s.legacy))
+                    by_address = self._address_wait(s.peer, now, bool(s.legacy))
                 if not wait and not by_address:
                     s.tokens = tokens - 1.0
                 else:
@@ -394,16 +394,18 @@ class ChatService:
     def _room_again(self) -> None:
         self._room.set()
 
-    def _address_wait(self, address: str, now: float, debt: bool = False) -> float:
-        """Take a token from ``address``'s bucket of requests before login;
+    def _address_wait(self, peer: Peer, now: float, debt: bool = False) -> float:
+        """Take a token from the bucket of requests before login of
+        ``peer``'s address (its limit key: an IPv6 address's /64);
         0 if there was one, else the seconds until there is. ``debt``: a
         request that will wait its turn (the original client's) takes its
         token now, so the address's other waiting requests queue behind it.
         Addresses that are trusted proxies (or tools on them) are not metered
         so."""
         burst = self._address_burst
-        if not burst or self.exempt_address(address):
+        if not burst or self.exempt_address(peer.address):
             return 0.0
+        address = peer.limit_key
         bucket = self._anonymous.get(address)
         if bucket is None:
             if len(self._anonymous) >= _MAX_METERED_ADDRESSES:
@@ -647,7 +649,7 @@ class ChatService:
         except names.BadName as exc:
             self._reg_refused(s, RegErr.FAILED, str(exc))
             return
-        async with self._turns(("register", s.peer.address)):  # see limits.Turns
+        async with self._turns(("register", s.peer.limit_key)):  # see limits.Turns
             digest = await self._metered_hash(s, req.password)
         if digest is None:
             return
@@ -666,7 +668,7 @@ class ChatService:
     async def _metered_hash(self, s: Session, password: str) -> str | None:
         """The new account's password hash, counted against the address's
         registrations; None if refused (the reply is sent)."""
-        wait = await self._registrations.wait(s.peer.address)
+        wait = await self._registrations.wait(s.peer.limit_key)
         if wait:
             text = (
                 f"too many registrations from your address (at most "
@@ -679,7 +681,7 @@ class ChatService:
         except errors.Busy:
             self._reg_refused(s, RegErr.UNAVAILABLE, _REG_BUSY)
             return None
-        await self._registrations.hit(s.peer.address)  # counted once it cost a hash
+        await self._registrations.hit(s.peer.limit_key)  # counted once it cost a hash
         return digest
 
     async def _login(self, s: Session, req: Login) -> None:
@@ -796,7 +798,7 @@ class ChatService:
     async def _admit(self, s: Session, req: Login) -> Admitted | None:
         """Check the secret, claim the user and register the session. Returns
         None if refused (the reply is sent), else what the login read."""
-        address = s.peer.address
+        address = s.peer.limit_key
         if req.ticket is None:
             checking = self._checking.get(address, 0)
             if checking >= self.passwords.share:
@@ -838,7 +840,7 @@ class ChatService:
         """The brute-force guard around :meth:`_authenticate`: the user's name
         (and, for a ticket login, what it read), or None if refused (the
         reply is sent)."""
-        address = s.peer.address
+        address = s.peer.limit_key  # an IPv6 address's /64: its owner has them all
         pair = (req.id, address)
         # A valid ticket always works: it cannot be guessed, and checking it
         # costs a digest, not a hash. Failed ones count against the address.

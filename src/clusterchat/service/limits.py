@@ -10,10 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
 
 from clusterchat.config import Limits as Limits  # re-exported: its home was here
+
+
+def limit_key(address: str) -> str:
+    """What per-address limits count ``address`` under. An IPv4 address is
+    itself, and so is an IPv4-mapped IPv6 one (``::ffff:a.b.c.d``, how a
+    dual-stack listener sees IPv4 clients) as its IPv4 address. Any other
+    IPv6 address counts as its /64 (``2001:db8:1:2::/64``): the block one
+    subscriber is given, so whoever has one address has 2^64, and per /128
+    a limit would hold nobody. Anything else (not an IP address) is itself.
+    Called once per connection (and per readdressing), not per request."""
+    if ":" not in address:
+        return address  # IPv4: the common case, no parsing
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    mapped = ip.ipv4_mapped
+    if mapped is not None:
+        return str(mapped)
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
 
 
 class FailureLimiter:

@@ -48,7 +48,7 @@ class RefusalLog:
         if now < after:
             s.log_state = (after, quiet + 1)
             return
-        gate = self._gate(s.peer.address, now)
+        gate = self._gate(s.peer.limit_key, now)  # an IPv6 address's /64
         if gate[1] >= PER_ADDRESS:
             gate[2] += 1  # in the address's next line, not this connection's
             return

@@ -32,7 +32,13 @@ class Peer(Protocol):
 
     @property
     def address(self) -> str:
-        """The client's address, for per-address limits."""
+        """The client's address, for the log and for trust."""
+        ...
+
+    @property
+    def limit_key(self) -> str:
+        """What per-address limits count the client under: its address, or
+        an IPv6 address's /64 (service/limits.py ``limit_key``)."""
         ...
 
     def send(self, data: bytes) -> bool:

@@ -225,18 +225,7 @@ async def _tally(conn: AsyncConnection, deltas: dict[int, tuple[int, int]]) -> N
     if not deltas:
         return
     rows = [{"userid": u, "n": n, "bytes": b} for u, (n, b) in sorted(deltas.items())]
-    if conn.dialect.name == "sqlite":
-        ins = sqlite_insert(mailbox)
-        stmt: Any = ins.on_conflict_do_update(
-            index_elements=[mailbox.c.userid],
-            set_={"n": mailbox.c.n + ins.excluded.n, "bytes": mailbox.c.bytes + ins.excluded.bytes},
-        )
-    else:
-        mins = mysql_insert(mailbox)
-        stmt = mins.on_duplicate_key_update(
-            n=mailbox.c.n + mins.inserted.n, bytes=mailbox.c.bytes + mins.inserted.bytes
-        )
-    await conn.execute(stmt, rows)
+    await _add_counts(conn, mailbox, rows)
 
 
 async def _share_tally(
@@ -251,21 +240,25 @@ async def _share_tally(
         for (u, snd), (n, b) in sorted(deltas.items())
         if snd
     ]
-    if not rows:
-        return
+    if rows:
+        await _add_counts(conn, mailboxshare, rows)
+
+
+async def _add_counts(conn: AsyncConnection, table: Table, rows: list[dict[str, int]]) -> None:
+    """Add each row's ``n`` and ``bytes`` to ``table``'s row of the same
+    primary key (``mailbox``: the user; ``mailboxshare``: receiver and
+    sender), inserting the row where there is none: one upsert for all
+    ``rows``, in their order (which the callers sort: see ``_tally``)."""
     if conn.dialect.name == "sqlite":
-        ins = sqlite_insert(mailboxshare)
+        ins = sqlite_insert(table)
         stmt: Any = ins.on_conflict_do_update(
-            index_elements=[mailboxshare.c.userid, mailboxshare.c.sender],
-            set_={
-                "n": mailboxshare.c.n + ins.excluded.n,
-                "bytes": mailboxshare.c.bytes + ins.excluded.bytes,
-            },
+            index_elements=list(table.primary_key),
+            set_={"n": table.c.n + ins.excluded.n, "bytes": table.c.bytes + ins.excluded.bytes},
         )
     else:
-        mins = mysql_insert(mailboxshare)
+        mins = mysql_insert(table)
         stmt = mins.on_duplicate_key_update(
-            n=mailboxshare.c.n + mins.inserted.n, bytes=mailboxshare.c.bytes + mins.inserted.bytes
+            n=table.c.n + mins.inserted.n, bytes=table.c.bytes + mins.inserted.bytes
         )
     await conn.execute(stmt, rows)
 

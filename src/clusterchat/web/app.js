@@ -17,6 +17,7 @@ const state = {
   invites: [],            // open invitations: { groupid, groupname, by, byname }
   inviteOnly: new Map(),  // group id -> bool, as last heard (events, my own changes)
   everOnline: false,
+  restartingSince: 0,     // when the node said it was shutting down (ms; 0: it did not)
   groupsAt: 0,            // when the group list was last read whole (ms)
   groupPages: 1,          // how many LIST_GROUPS pages it took
 };
@@ -131,6 +132,14 @@ function eventText(msg) {
 
 function onPush(msg) {
   if (msg.msgid === Msg.NOTICE) {
+    if (msg.event === "shutdown") {
+      // The node is going away; this page reconnects by itself (to it once
+      // it is back, or to another behind the same address), so the text
+      // for people who must reconnect themselves is not shown: a calm state.
+      state.restartingSince = Date.now();
+      banner(RESTARTING, "info");
+      return;
+    }
     toast(String(msg.text ?? ""), "info");
     return;
   }
@@ -352,24 +361,57 @@ function renderHead(c) {
     $("members-btn").hidden = true;
   } else {
     const g = state.groups.get(c.id);
-    const users = g?.users || [];
-    const online = users.filter((u) => presence(u.state) === "online").length;
+    const online = renderMembers(c.id, g);
     $("conv-sub").textContent = sock.ready
-      ? `group #${c.id} · ${members(users.length)}, ${online} online`
-      : `group #${c.id} · ${members(users.length)}`;
+      ? `group #${c.id} · ${members(online.of)}, ${online.n} online`
+      : `group #${c.id} · ${members(online.of)}`;
     $("members-btn").hidden = false;
-    const items = users.map((u) => {
-      const li = el("li", "member");
-      li.append(el("span", `dot ${presence(u.state) === "online" ? "on" : "off"}`));
-      li.append(el("span", "name", u.name));
-      if (u.role === "creator" || u.role === "admin") li.append(el("span", "role", u.role));
-      const acts = memberActions(g, u);
-      if (acts) li.append(acts);
-      return li;
-    });
-    $("member-list").replaceChildren(...items);
   }
   renderActions(c);
+}
+
+// The member panel as last drawn, and what from: it is drawn again only when
+// the group, its member list (a new array only when a refresh read a change:
+// see sameMembers), whether presence is known, or who I am changed. Every
+// message redraws the sidebar and the head; a group of 1,000 was 1,000 list
+// items built again for each message.
+const NO_USERS = Object.freeze([]);
+let drawn = { gid: 0, users: null, ready: null, me: null, online: { n: 0, of: 0 } };
+
+function renderMembers(gid, g) {
+  const users = g?.users || NO_USERS;
+  const me = state.me?.id ?? null;
+  if (gid === drawn.gid && users === drawn.users && sock.ready === drawn.ready && me === drawn.me) {
+    return drawn.online;
+  }
+  let n = 0;
+  const items = users.map((u) => {
+    const on = presence(u.state) === "online";
+    if (on) n += 1;
+    const li = el("li", "member");
+    li.append(el("span", `dot ${on ? "on" : "off"}`));
+    li.append(el("span", "name", u.name));
+    if (u.role === "creator" || u.role === "admin") li.append(el("span", "role", u.role));
+    const acts = memberActions(g, u);
+    if (acts) li.append(acts);
+    return li;
+  });
+  $("member-list").replaceChildren(...items);
+  drawn = { gid, users, ready: sock.ready, me, online: { n, of: users.length } };
+  return drawn.online;
+}
+
+// A group's members as read again are the ones it has (its array kept, so
+// its panel is not drawn again) unless one came, went, or changed name, role
+// or presence.
+function sameMembers(old, users) {
+  if (!old || old.length !== users.length) return false;
+  for (let i = 0; i < users.length; i += 1) {
+    const a = old[i];
+    const b = users[i];
+    if (a.id !== b.id || a.name !== b.name || a.state !== b.state || a.role !== b.role) return false;
+  }
+  return true;
 }
 
 // -- managing friends and groups --------------------------------------------------------
@@ -711,11 +753,17 @@ async function refreshOnce(withGroups) {
     }
     if (groups) {
       state.groupsAt = Date.now();
-      state.groups = new Map(groups.map((g) => [Number(g.id), {
-        id: Number(g.id), groupname: String(g.groupname), groupdesc: String(g.groupdesc ?? ""),
-        users: (g.users || []).map((u) => ({ id: Number(u.id), name: String(u.name),
-          state: String(u.state), role: String(u.role) })),
-      }]));
+      const before = state.groups;
+      state.groups = new Map(groups.map((g) => {
+        const id = Number(g.id);
+        const users = (g.users || []).map((u) => ({ id: Number(u.id), name: String(u.name),
+          state: String(u.state), role: String(u.role) }));
+        const old = before.get(id)?.users;
+        return [id, {
+          id, groupname: String(g.groupname), groupdesc: String(g.groupdesc ?? ""),
+          users: sameMembers(old, users) ? old : users,
+        }];
+      }));
     }
     renderSidebar();
     const c = activeConv();
@@ -726,6 +774,12 @@ setInterval(() => refresh(false), REFRESH_MS);
 
 // -- connection state --------------------------------------------------------------------
 
+// What the page says while the node that said it was shutting down is away
+// (NOTICE event "shutdown"); past RESTART_PATIENCE_MS it says what it says of
+// any lost connection.
+const RESTARTING = "Server restarting, reconnecting…";
+const RESTART_PATIENCE_MS = 60000;
+
 function onState(s, why, retryMs) {
   document.body.classList.toggle("offline", s !== "online");
   if (state.me) renderSidebar(); // presence: known again, or no longer
@@ -733,6 +787,10 @@ function onState(s, why, retryMs) {
     banner("");
     state.everOnline = true;
     state.wasOffline = false;
+    state.restartingSince = 0;
+  } else if (state.restartingSince && Date.now() - state.restartingSince < RESTART_PATIENCE_MS) {
+    state.wasOffline = true;
+    banner(RESTARTING, "info");
   } else if (s === "offline") {
     state.wasOffline = true;
     const secs = Math.max(1, Math.round(retryMs / 1000));
