@@ -3,11 +3,14 @@ the receiver has not confirmed (receipts). Found by bench/soak.py: 4,375
 of 99,600 acknowledged deliveries lost when node1 was killed mid-burst.
 
 node1 keeps what its client has not confirmed in the receipt window, in
-memory only; it used to acknowledge node0's batch once written to the
-connection, so node0 let go of its copy and the kill took the only one.
-Now node1 acknowledges the batch as *taken* and, once the receipts (or
-storing) cover it, as *settled*; node0 keeps taken batches until then and
-stores them when node1's heartbeat lapses."""
+memory only. From another node: node1 used to acknowledge the batch once
+written to the connection, so the sender's node let go of its copy and the
+kill took the only one; now node1 acknowledges it as *taken* and, once the
+receipts (or storing) cover it, as *settled*, and the sender's node keeps
+it until then and stores it when node1's heartbeat lapses. From node1
+itself (1:1 or a group): node1 copies the message into Redis before it
+tells the sender, deletes the copy at the receipt, and the node that reaps
+node1 stores what is left."""
 
 from __future__ import annotations
 
@@ -19,23 +22,21 @@ import pytest
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import PRESENCE_TTL, Cluster
 from tests.conftest import PASSWORD, unique
 from tests.e2e.test_receipts import send_chats
 from tests.helpers import StallingProxy
 
-SAME_NODE = pytest.param(
-    "node1",
-    marks=pytest.mark.xfail(
-        strict=True,
-        reason="open: the killed node held the only copy (docs/RELIABILITY.md, 'Not covered')",
-    ),
+#: Survivors reap a dead node (and store its copies) 3 presence TTLs after
+#: its last heartbeat; a stored message is then pushed to its receiver.
+REAPED = 3 * PRESENCE_TTL + 6
+
+
+@pytest.mark.parametrize(
+    ("sender_on", "kind"), [("node0", "chat"), ("node1", "chat"), ("node1", "group")]
 )
-
-
-@pytest.mark.parametrize("sender_on", ["node0", SAME_NODE])
 async def test_acknowledged_chats_survive_the_receivers_node_killed(
-    cluster: Cluster, sender_on: str
+    cluster: Cluster, sender_on: str, kind: str
 ) -> None:
     sender = (await cluster.user_on(sender_on)).conn
     proxy = StallingProxy(cluster.port)  # the client reads nothing: in flight, unconfirmed
@@ -51,8 +52,22 @@ async def test_acknowledged_chats_survive_the_receivers_node_killed(
     uid = await phone.register(unique(), PASSWORD)
     assert (await phone.login(uid, PASSWORD, receipts=True))["receipts"] is True
     try:
-        proxy.stall()
-        mids = await send_chats(sender, uid, [f"m{i}" for i in range(5)])
+        if kind == "group":
+            gid = (
+                await sender.request({"msgid": 8, "groupname": unique("g")}, MsgId.CREATE_GROUP_ACK)
+            )["groupid"]
+            await phone.request({"msgid": 9, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+            proxy.stall()
+            mids = []
+            for i in range(5):
+                ack = await sender.request(
+                    {"msgid": 10, "groupid": gid, "msg": f"g{i}"}, MsgId.CHAT_ACK
+                )
+                assert ack["errno"] == 0, ack
+                mids.append(ack["mid"])
+        else:
+            proxy.stall()
+            mids = await send_chats(sender, uid, [f"m{i}" for i in range(5)])
         await cluster.kill("node1")
     finally:
         await proxy.close()
@@ -65,10 +80,11 @@ async def test_acknowledged_chats_survive_the_receivers_node_killed(
                 break
             await again.close()
             await asyncio.sleep(0.5)
+    pushed = {MsgId.ONE_CHAT, MsgId.GROUP_CHAT}
     got = [codec.loads(m)["mid"] for m in ack.get("offlinemsg", ())]
-    with contextlib.suppress(TimeoutError):  # then pushed ones, until 5 s pass with none
+    with contextlib.suppress(TimeoutError):  # then pushed ones, until node1 is surely reaped
         while len(got) < len(mids):
-            msg = await again.recv(timeout=5)
-            if msg["msgid"] == MsgId.ONE_CHAT:
+            msg = await again.recv(timeout=REAPED)
+            if msg["msgid"] in pushed:
                 got.append(msg["mid"])
     assert got == mids, f"acknowledged {len(mids)}, arrived {len(got)}"

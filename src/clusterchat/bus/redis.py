@@ -638,7 +638,7 @@ class RedisCluster:
                 counts = [0] * (len(nodes) + len(more))
             if copied:
                 self._report_copies(copied, counts[len(nodes) : len(nodes) + len(copied)])
-            for node, seq, count in zip(nodes, seqs, counts, strict=True):
+            for node, seq, count in zip(nodes, seqs, counts[: len(nodes)], strict=True):
                 if not count:
                     self._forget_node(node)
                     if seq:

@@ -759,28 +759,38 @@ class ChatService:
             assert shown is not None  # every dialect has its login reply
             wire = shown.wire()
         except BaseException as exc:
+            unsettled: list[Settlement] = []
             if s.receipts:  # the reply's offline messages are still in the store
                 s.receipts = False
-                for settlement in s.peer.stop_receipts()[1]:  # none: deliveries were held
-                    settlement.release()
+                unsettled = s.peer.stop_receipts()[1]  # none: deliveries were held
             held = self._forget(s, closed=race.closed)
+            unsettled += [st for _, st in race.take_settlements()]
             if not isinstance(exc, _TicketRaced):
-                self._spawn(self.store_offline_each(uid, held))
+                self._spawn(self.store_offline_each(uid, held, unsettled))
             await self.presence.release(uid)
             if isinstance(exc, _TicketRaced):
-                await self.store_offline_each(uid, held)  # accepted for them: kept
+                await self.store_offline_each(uid, held, unsettled)  # accepted for them: kept
                 self.reply(s, LoginRefused(LoginErr.BAD_CREDENTIALS, "wrong id or ticket"))
                 return
             raise
         held = race.reply_sent()
+        kept = race.take_settlements()
         sent = s.peer.send(wire)
-        for payload in held:
-            sent = s.peer.deliver(payload) and sent
+        if kept:  # from other nodes' batches: settled by the receipt, from here on
+            marks = dict(kept)
+            for i, payload in enumerate(held):
+                sent = s.peer.deliver(payload, marks.get(i)) and sent
+        else:
+            for payload in held:
+                sent = s.peer.deliver(payload) and sent
+        unsettled = [st for _, st in kept]
         if not sent:  # gone before it got them: keep everything for next time
-            await self.store_offline_each(uid, held)
+            await self.store_offline_each(uid, held, unsettled)
             if self.sessions.get(uid) is s:
                 await self._leave(s)
             return
+        for settlement in unsettled:  # the deliveries hold them now, where they must
+            settlement.release()
         if s.receipts:  # it waits for receipts, which come as requests after this one
             self._spawn(self._flush_offline(s, race, written=view.offline))
             return
@@ -965,8 +975,10 @@ class ChatService:
         """End a ticket session for a password login: as a displaced one
         (told so, its unacknowledged messages kept), the user not released."""
         uid = s.uid
+        race = s.race
         unacked, settlements = self._stop_receipts(s)
         held = [*unacked, *self._forget(s, closed=True)]
+        settlements += [st for _, st in race.take_settlements()]
         if held or settlements:
             self._spawn(self.store_offline_each(uid, held, settlements))
         self.reply(s, DISPLACED)
@@ -1072,8 +1084,10 @@ class ChatService:
     async def _leave(self, s: Session, logout: bool = False, held: Sequence[bytes] = ()) -> None:
         """Log out (the ticket is revoked) or drop (it stays, for reconnecting)."""
         uid = s.uid
+        race = s.race
         unacked, settlements = self._stop_receipts(s)
         held = [*unacked, *held, *self._forget(s, closed=not logout)]
+        settlements += [st for _, st in race.take_settlements()]
         try:
             await self.store_offline_each(uid, held, settlements)
             if logout:
@@ -1256,13 +1270,23 @@ class ChatService:
         mid = f"{self.node_id}-{n}"
         payload = codec.one_chat(s.uid, s.name, toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(toid)
-        if target is not None and target.deliver(payload):
-            self.counts.relayed_local += 1
-            if self.history is not None:
-                self.history.add(s.uid, toid, s.uid, mid, ts, req.msg)
-            if not s.legacy:  # the original is shown no CHAT_ACK (see reply)
-                s.peer.send(self._delivered_ack % (n, ts))
-            return None
+        if target is not None:
+            # A receiver with receipts, in a cluster: what it has not confirmed
+            # is copied out of this node before the sender is told (Bus.copy).
+            settlement = Settlement() if target.receipts and self.bus.shared else None
+            if target.deliver(payload, settlement):
+                self.counts.relayed_local += 1
+                if self.history is not None:
+                    self.history.add(s.uid, toid, s.uid, mid, ts, req.msg)
+                copying = None if settlement is None else self._copy([toid], payload, settlement)
+                if s.legacy:  # the original is shown no CHAT_ACK (see reply)
+                    return None
+                ack = self._delivered_ack % (n, ts)
+                if copying is None:
+                    s.peer.send(ack)
+                    return None
+                copying.add_done_callback(lambda _: s.peer.send(ack))
+                return copying
         # On another node: the original client expects no reply (it is shown
         # no CHAT_ACK), so do not wait for Redis (the bus stores the message
         # if no node takes it).
@@ -1403,19 +1427,50 @@ class ChatService:
         sessions = self.sessions
         if s.blocked_by:  # who blocks the sender gets none of their messages
             members = members - s.blocked_by
+        copy = self.bus.shared  # members with receipts: see _one_chat
+        settlement: Settlement | None = None
+        kept: list[int] = []
         for uid in members:
             if uid != s.uid:
                 target = sessions.get(uid)
-                if target is None or not target.deliver(payload):
+                if target is None:
                     away.append(uid)
+                elif not (copy and target.receipts):
+                    if not target.deliver(payload):
+                        away.append(uid)
+                else:
+                    if settlement is None:
+                        settlement = Settlement()
+                    if target.deliver(payload, settlement):
+                        kept.append(uid)
+                    else:
+                        away.append(uid)
         self.counts.relayed_local += len(members) - 1 - len(away)
+        copying = None if settlement is None else self._copy(kept, payload, settlement)
         if not away:
             if self.history is not None:
                 self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
-            self.reply(s, ChatAck(mid, ts, ChatStatus.SENT))
-            return None
+            if copying is None:
+                self.reply(s, ChatAck(mid, ts, ChatStatus.SENT))
+                return None
+            copying.add_done_callback(lambda _: self.reply(s, ChatAck(mid, ts, ChatStatus.SENT)))
+            return copying
         reached = len(members) - 1 - len(away)  # written to members here
-        return self._fan_out_away(s, req, away, payload, mid, ts, reached)
+        return self._fan_out_away(s, req, away, payload, mid, ts, reached, copying)
+
+    def _copy(
+        self, uids: list[int], payload: bytes, settlement: Settlement
+    ) -> asyncio.Future[None] | None:
+        """Have the bus copy a message delivered here to clients with
+        receipts (``uids``) out of this node; a future done once it is (or
+        could not be), None if there is nothing to wait for."""
+        copied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(ok: bool) -> None:
+            if not copied.done():
+                copied.set_result(None)
+
+        return None if self.bus.copy(uids, payload, settlement, done) else copied
 
     async def _fan_out_away(
         self,
@@ -1426,6 +1481,7 @@ class ChatService:
         mid: str,
         ts: int,
         reached: int,
+        copying: asyncio.Future[None] | None = None,
     ) -> None:
         try:
             left = await self._send_away(s, away, payload)
@@ -1456,11 +1512,15 @@ class ChatService:
                 log.warning("group chat %s reached %d members, not %s: %s", mid, reached, left, exc)
                 if self.history is not None:
                     self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
+                if copying is not None:
+                    await copying
                 self.reply(s, ChatAck(mid, ts, ChatStatus.PARTIAL, missed=left))
                 return
             await self._after_store([u for u in left if u not in full])
         if self.history is not None:
             self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
+        if copying is not None:
+            await copying
         # Members whose mailbox is full do not get it: say who.
         self.reply(s, ChatAck(mid, ts, ChatStatus.SENT, full=full or None))
 

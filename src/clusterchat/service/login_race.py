@@ -33,6 +33,8 @@ from __future__ import annotations
 import enum
 from typing import Generic, TypeVar
 
+from clusterchat.bus.base import Settlement
+
 #: What is held: encoded messages in the service, names in the tests.
 P = TypeVar("P")
 
@@ -54,12 +56,31 @@ class LoginRace(Generic[P]):
     offline table must be read (again) before the user can be left ONLINE.
     """
 
-    __slots__ = ("held", "phase", "recheck")
+    __slots__ = ("held", "phase", "recheck", "settlements")
 
     def __init__(self) -> None:
         self.phase = Phase.ANONYMOUS
         self.held: list[P] | None = None
         self.recheck = False
+        #: (index in ``held``, settlement) of held messages from other nodes'
+        #: batches for a client with receipts: the batch is settled only once
+        #: the message is confirmed or stored, wherever it goes from here.
+        self.settlements: list[tuple[int, Settlement]] | None = None
+
+    def hold(self, settlement: Settlement) -> None:
+        """The message about to be held settles ``settlement`` (held till
+        :meth:`take_settlements`'s caller lets it go)."""
+        assert self.held is not None
+        settlement.hold()
+        if self.settlements is None:
+            self.settlements = []
+        self.settlements.append((len(self.held), settlement))
+
+    def take_settlements(self) -> list[tuple[int, Settlement]]:
+        """After :meth:`reply_sent` or :meth:`ended`: what held messages hold;
+        release each once its message is delivered with it, or stored."""
+        out, self.settlements = self.settlements or [], None
+        return out
 
     def __repr__(self) -> str:
         held = len(self.held) if self.held is not None else None

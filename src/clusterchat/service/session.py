@@ -183,7 +183,9 @@ class Session:
 
     def deliver(self, payload: bytes, settlement: Settlement | None = None) -> bool:
         held = self.race.held
-        if held is not None:  # a login being answered (held for a moment: settled as held)
+        if held is not None:  # a login being answered: held until its reply is written
+            if settlement is not None and self.receipts:
+                self.race.hold(settlement)
             held.append(payload)
             return True
         return self.peer.deliver(payload, settlement)
