@@ -220,3 +220,57 @@ async def test_a_nudge_that_cannot_be_routed_is_sent_again(redis_url: str) -> No
     finally:
         await admin.aclose()
         await a.close()
+
+
+class Receipts(Inbox):
+    """Every delivery goes to a client with receipts that has not confirmed it."""
+
+    def __init__(self) -> None:
+        super().__init__(here=True)
+        self.held: list[Settlement] = []
+
+    def deliver(self, uid: int, payload: bytes, settlement: Settlement | None = None) -> bool:
+        if settlement is not None:
+            settlement.hold()
+            self.held.append(settlement)
+        return super().deliver(uid, payload, settlement)
+
+
+async def test_a_batch_waiting_for_receipts_is_kept_by_its_sender_until_settled(
+    redis_url: str,
+) -> None:
+    a, b_inbox = RedisCluster(redis_url, "a", "t:", presence_ttl=10), Receipts()
+    b = RedisCluster(redis_url, "b", "t:", presence_ttl=10)
+    await a.start(Inbox(here=True))
+    await b.start(b_inbox)
+    try:
+        assert await b.claim(BOB)
+        assert await a.send([BOB], b"hello\n") == []
+        window = a._windows["b"]
+        await _until(lambda: window.keeping() == 1)  # taken, out of the window
+        assert window.held == 0 and window.kept == len(b"hello\n")
+        b_inbox.held.pop().release()  # the client's RECEIVED
+        await _until(lambda: window.keeping() == 0 and window.kept == 0)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_sender_from_before_keeping_gets_its_ack_at_taken(redis_url: str) -> None:
+    """A rolling upgrade: the old sender ignores taken-acks, so it is
+    acknowledged as it was (else it stored every such batch at its ack
+    timeout, and its window filled meanwhile)."""
+    a, b_inbox = RedisCluster(redis_url, "a", "t:", presence_ttl=10), Receipts()
+    a.epoch = "0123abcd"  # as a node before kept batches names itself
+    b = RedisCluster(redis_url, "b", "t:", presence_ttl=10)
+    await a.start(Inbox(here=True))
+    await b.start(b_inbox)
+    try:
+        assert await b.claim(BOB)
+        assert await a.send([BOB], b"hello\n") == []
+        window = a._windows["b"]
+        await _until(lambda: window.in_flight() == 0)
+        assert window.keeping() == 0 and window.held == 0 and b_inbox.held
+    finally:
+        await a.close()
+        await b.close()

@@ -70,6 +70,22 @@ def test_no_progress_for_the_timeout_is_overdue() -> None:
     assert r.overdue(121.5)
 
 
+def test_a_client_confirming_a_little_now_and_then_is_overdue_all_the_same() -> None:
+    """One message confirmed every 9 s (timeout 10) is progress, but the rest
+    waits: it would hold them, and another node's copy, for ever."""
+    r = Unacked(timeout=10)
+    assert not r.overdue(0.0)
+    r.written([doc(i) for i in range(1, 11)], 10 * len(doc(1)))
+    now, seq = 0.0, 0
+    while not r.overdue(now):
+        now += 0.5
+        if now % 9 == 0:
+            seq += 1
+            assert r.ack(seq)
+        assert now < 30, "never overdue"
+    assert now > 20  # twice the timeout: the first message waited that long
+
+
 def test_logout_returns_unacknowledged_and_unwritten_then_plain() -> None:
     box = Outbox(LIMIT)
     box.start_receipts(Unacked())

@@ -69,6 +69,8 @@ DEFAULT_KEEP_FOR = 120.0
 #: Kept bytes per destination, as a multiple of the window: past it the
 #: oldest kept batches are stored.
 KEEP_WINDOWS = 8
+#: The first letter of the epoch of a node that keeps taken batches.
+KEEPS = "K"
 #: Connections for presence and control (the hot path has its own: bus/resp.py),
 #: and the seconds a call waits for one before it fails as unavailable.
 POOL_SIZE = 64
@@ -108,7 +110,11 @@ class RedisCluster:
         keep_for: float = DEFAULT_KEEP_FOR,
     ) -> None:
         self.node_id = node_id
-        self.epoch = secrets.token_hex(4)
+        #: New per process. Its first letter says this node keeps batches a
+        #: receiver took until they are settled (``K``, not a hex digit): a
+        #: receiver sends taken-acks only to such senders, and plain acks at
+        #: taken to a node from before, which ignores taken-acks.
+        self.epoch = KEEPS + secrets.token_hex(4)
         self.prefix = prefix
         self.presence_ttl = presence_ttl
         # Presence calls wait for one of the pool's connections rather than
@@ -180,6 +186,7 @@ class RedisCluster:
         self._freed: dict[str, asyncio.Future[None]] = {}
         #: Nodes holding batches of ours whose heartbeat was found missing, since when.
         self._silent: dict[str, float] = {}
+        self._publishing_now = False  # the flusher awaits Redis's answers
         #: Copies of local deliveries awaiting receipts (see copy()): a hash
         #: field per message, written and deleted with the next PUBLISH round.
         self._keep_key = f"{prefix}keep:{node_id}"
@@ -253,7 +260,7 @@ class RedisCluster:
         # What stopping settled (receipt windows stored) goes out before we
         # vanish; else the senders store those batches again (duplicates).
         for _ in range(20):
-            if not (self._answer or self._wake.is_set()):
+            if not (self._answer or self._wake.is_set() or self._publishing_now):
                 break
             await asyncio.sleep(0.05)
         with contextlib.suppress(RedisError, OSError):
@@ -628,6 +635,7 @@ class RedisCluster:
                 )
                 seqs.append(seq)
                 frames.append(self._encoder.encode(batch))
+            self._publishing_now = True
             try:
                 channels = [self._channel(node) for node in nodes]
                 counts = await self._publisher.publish(
@@ -636,6 +644,8 @@ class RedisCluster:
             except (RedisError, OSError) as exc:
                 log.warning("publish of %d batches failed: %s", len(nodes), exc)
                 counts = [0] * (len(nodes) + len(more))
+            finally:
+                self._publishing_now = False
             if copied:
                 self._report_copies(copied, counts[len(nodes) : len(nodes) + len(copied)])
             for node, seq, count in zip(nodes, seqs, counts[: len(nodes)], strict=True):
@@ -712,11 +722,16 @@ class RedisCluster:
             now = loop.time()
             # Windows are kept (a few hundred bytes each): a seq must never restart
             # within our epoch, or a receiver would take new batches for old ones.
-            for node, window in list(self._windows.items()):
-                self._returned(node, window.expire(now), "did not acknowledge")
-            keeping = [node for node, w in self._windows.items() if w.keeping()]
-            if keeping:
-                await self._check_keepers(keeping)
+            try:
+                for node, window in list(self._windows.items()):
+                    self._returned(node, window.expire(now), "did not acknowledge")
+                keeping = [node for node, w in self._windows.items() if w.keeping()]
+                for node in [n for n in self._silent if n not in keeping]:
+                    del self._silent[node]  # keeps nothing of ours now: start afresh
+                if keeping:
+                    await self._check_keepers(keeping)
+            except Exception:  # a bug here must not end the sweeping for good
+                log.exception("sweeping the delivery windows failed")
 
     async def _check_keepers(self, nodes: list[str]) -> None:
         """Nodes holding batches of ours until receipts come: one whose
@@ -854,7 +869,10 @@ class RedisCluster:
             answer()
 
         def taken() -> None:
-            rx.taken(epoch, seq, settlement.settled_or_then(settled))
+            if epoch[:1] != KEEPS:  # a node from before keeps nothing: acked as taken
+                rx.taken(epoch, seq)
+            else:
+                rx.taken(epoch, seq, settlement.settled_or_then(settled))
             answer()
 
         if work:  # acknowledged once re-routed or stored

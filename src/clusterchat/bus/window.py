@@ -28,7 +28,9 @@ The rules, each enforced here and nowhere else:
   passed (the sender stores that one).
 - Bytes held per destination (in flight, or returned and not yet stored) stay
   under ``limit``; past it :meth:`SendWindow.admit` says no and the sender
-  waits or refuses. One batch larger than the limit may go alone.
+  waits or refuses. One batch larger than the limit may go alone, and kept
+  batches that come back for storing join what is held however much they
+  are (senders wait until they are stored).
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+#: Timeouts more that a batch in flight after kept ones waits (see expire):
+#: longer than a dead receiver takes to be found so (its heartbeat lapsing).
+PATIENCE = 4
 
 
 class Outcome(enum.Enum):
@@ -56,7 +62,7 @@ class Flight(Generic[T]):
     size: int
     deadline: float
     outcome: Outcome = Outcome.IN_FLIGHT
-    kept: bool = False  # its bytes count in ``kept``, not ``held``
+    kept: bool = False  # was taken and kept: its bytes count in ``kept`` until returned
 
 
 @dataclass
@@ -119,10 +125,10 @@ class SendWindow(Generic[T]):
         over: list[Flight[T]] = []
         if self.kept > self.keep_limit:
             room = self.kept - self.keep_limit
-            for seq, flight in list(self._kept.items()):
+            for seq in sorted(self._kept):
                 if room <= 0:
                     break
-                room -= flight.size
+                room -= self._kept[seq].size
                 over.append(self._return(seq, self._kept))
         return over
 
@@ -148,10 +154,17 @@ class SendWindow(Generic[T]):
 
     def expire(self, now: float) -> list[Flight[T]]:
         """Batches unacknowledged (or kept) past their deadline come back for
-        storing, in seq order; with a late one in flight, so do the kept
-        batches before it (the receiver is likely dead: they are stored
-        first, so a receiver gets the batches in the order sent)."""
-        late = [seq for seq, f in self._flights.items() if f.deadline <= now]
+        storing, in seq order. A batch in flight after kept ones waits
+        ``PATIENCE`` timeouts more: if the receiver died, its kept batches
+        come back first (:meth:`lost_kept`, :meth:`heard`), so its users get
+        them in the order sent; if it did not, it is merely slow (its store
+        failing, say), and its kept batches stay kept."""
+        flights = self._flights
+        late = [seq for seq, f in flights.items() if f.deadline <= now]
+        if late and self._kept:
+            first = min(self._kept)
+            grace = PATIENCE * self.timeout
+            late = [seq for seq in late if seq < first or flights[seq].deadline + grace <= now]
         out = [self._return(seq) for seq in late]
         if self._kept:
             top = max(late, default=0)
@@ -164,10 +177,7 @@ class SendWindow(Generic[T]):
         """A returned batch is kept elsewhere now: its room is free."""
         flight = self._returned.pop(seq, None)
         if flight is not None:
-            if flight.kept:
-                self.kept -= flight.size
-            else:
-                self.held -= flight.size
+            self.held -= flight.size
 
     def in_flight(self) -> int:
         return len(self._flights)
@@ -190,6 +200,9 @@ class SendWindow(Generic[T]):
     def _return(self, seq: int, table: dict[int, Flight[T]] | None = None) -> Flight[T]:
         flight = (self._flights if table is None else table).pop(seq)
         flight.outcome = Outcome.RETURNED
+        if flight.kept:  # waiting to be stored holds up senders, whatever it was
+            self.kept -= flight.size
+            self.held += flight.size
         self._returned[seq] = flight
         return flight
 

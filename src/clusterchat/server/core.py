@@ -480,7 +480,7 @@ class ConnectionCore:
     def deliver(self, data: bytes, settlement: Settlement | None = None) -> bool:
         outbox = self.outbox or self._new_outbox()
         verdict = outbox.deliver(data)
-        if settlement is not None and verdict != REFUSED:
+        if settlement is not None and verdict != REFUSED and outbox.receipts is not None:
             outbox.keep(settlement)
         if verdict == QUEUED:
             return True

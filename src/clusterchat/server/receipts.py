@@ -12,8 +12,9 @@ is stored for the next login, oldest first.
 
 The window is bounded: past ``max_count`` messages or ``max_bytes`` bytes
 not acknowledged the peer is cut off (ERROR 187), and if the window has
-made no progress for ``timeout`` seconds it is declared dead (ERROR 186);
-both store the window. Its bytes count against the node's memory budget.
+made no progress for ``timeout`` seconds, or a message in it has waited
+about twice that, it is declared dead (ERROR 186); both store the window.
+Its bytes count against the node's memory budget.
 
 Sans-I/O: the clock is whatever the caller passes to :meth:`overdue`.
 """
@@ -64,6 +65,7 @@ class Unacked:
     """
 
     __slots__ = (
+        "_aged",
         "_budget",
         "_head",
         "_marks",
@@ -96,6 +98,9 @@ class Unacked:
         self.released = 0
         # When the window was first seen waiting without progress (0: not yet).
         self._since = 0.0
+        # (number, when): every message up to that number was written by then;
+        # once all are confirmed a new mark is set, else they have waited since.
+        self._aged = (0, 0.0)
         # (number, settlement) of messages from other nodes' batches, in order:
         # the batch is settled once the client confirms that number.
         self._marks: deque[tuple[int, Settlement]] | None = None
@@ -178,13 +183,21 @@ class Unacked:
 
     def overdue(self, now: float) -> bool:
         """Called now and then (about twice a second): whether the window has
-        waited ``timeout`` seconds without any acknowledgement."""
+        waited ``timeout`` seconds without any acknowledgement, or a message
+        in it has waited twice that (a client confirming one message now and
+        then must not keep the rest, and another node's copy of them, for ever)."""
         if len(self._window) == self._head:
             self._since = 0.0
+            self._aged = (self.sent, now)
             return False
         if not self._since:
             self._since = now
             return False
+        confirmed = self.sent - (len(self._window) - self._head)
+        if confirmed >= self._aged[0]:  # all outstanding at the last mark is confirmed
+            self._aged = (self.sent, now)
+        elif now - self._aged[1] > 2 * self.timeout:
+            return True
         return now - self._since > self.timeout
 
     def drain(self) -> list[bytes]:
