@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from clusterchat import errors, logs
 from clusterchat.budget import Budget
@@ -86,6 +86,7 @@ from clusterchat.service.session import RESUMED, Peer, Session, Work
 from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
 log = logging.getLogger(__name__)
+
 
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
@@ -1271,22 +1272,17 @@ class ChatService:
         payload = codec.one_chat(s.uid, s.name, toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(toid)
         if target is not None:
-            # A receiver with receipts, in a cluster: what it has not confirmed
-            # is copied out of this node before the sender is told (Bus.copy).
-            settlement = Settlement() if target.receipts and self.bus.shared else None
-            if target.deliver(payload, settlement):
+            if target.receipts and self.bus.shared:
+                work = self._one_chat_copied(s, req, target, payload, mid, n, ts)
+                if work is not False:
+                    return work
+            elif target.deliver(payload):
                 self.counts.relayed_local += 1
                 if self.history is not None:
                     self.history.add(s.uid, toid, s.uid, mid, ts, req.msg)
-                copying = None if settlement is None else self._copy([toid], payload, settlement)
-                if s.legacy:  # the original is shown no CHAT_ACK (see reply)
-                    return None
-                ack = self._delivered_ack % (n, ts)
-                if copying is None:
-                    s.peer.send(ack)
-                    return None
-                copying.add_done_callback(lambda _: s.peer.send(ack))
-                return copying
+                if not s.legacy:  # the original is shown no CHAT_ACK (see reply)
+                    s.peer.send(self._delivered_ack % (n, ts))
+                return None
         # On another node: the original client expects no reply (it is shown
         # no CHAT_ACK), so do not wait for Redis (the bus stores the message
         # if no node takes it).
@@ -1300,6 +1296,29 @@ class ChatService:
             if posted is not None:
                 return posted
         return self._one_chat_away(s, req.toid, payload, mid, ts, req.msg)
+
+    def _one_chat_copied(
+        self, s: Session, req: OneChat, target: Session, payload: bytes, mid: str, n: int, ts: int
+    ) -> Work | Literal[False]:
+        """To a receiver here with receipts, in a cluster: what it has not
+        confirmed is copied out of this node (Bus.copy) before the sender is
+        told, so that this node's SIGKILL does not take the only copy.
+        False if the receiver could not take it after all."""
+        settlement = Settlement()
+        if not target.deliver(payload, settlement):
+            return False
+        self.counts.relayed_local += 1
+        if self.history is not None:
+            self.history.add(s.uid, req.toid, s.uid, mid, ts, req.msg)
+        copying = self._copy([req.toid], payload, settlement)
+        if s.legacy:  # the original is shown no CHAT_ACK (see reply)
+            return None
+        ack = self._delivered_ack % (n, ts)
+        if copying is None:
+            s.peer.send(ack)
+            return None
+        copying.add_done_callback(lambda _: s.peer.send(ack))
+        return copying
 
     def _one_chat_posted(
         self, s: Session, req: OneChat, payload: bytes, mid: str, ts: int
