@@ -24,6 +24,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python")
+#: This checkout's code, first on the path of every process these scripts
+#: start: a worktree's ``.venv`` may be another checkout's (a link to
+#: main's), whose editable install would otherwise run *that* checkout's
+#: code, not the one being measured. A ``--before`` interpreter of another
+#: checkout runs without it (``node_cmd``).
+SRC = str(ROOT / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p)
 MARIADB = "127.0.0.1:3306"
 REDIS = "redis://127.0.0.1:6379/0"
 #: Where the C load generator's sources are, if not passed (``--loadgen-src``).
@@ -78,8 +85,10 @@ def process(cmd: list[str], port: int, cpu: str | None = "0") -> Iterator[subpro
 
 
 def node_cmd(port: int, db: str, *extra: str, python: str = PY) -> list[str]:
-    """A node for measuring: quiet, no message rate limit, no registration limit."""
+    """A node for measuring: quiet, no message rate limit, no registration limit.
+    ``python`` other than ``PY`` (another checkout's) runs its own code."""
     return [
+        *([] if python == PY else ["env", "-u", "PYTHONPATH"]),
         python,
         "-m",
         "clusterchat",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import sys
 import tempfile
@@ -28,6 +29,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import procs
 from bench.relay_cpu import Relay, _tick
 from clusterchat.server.connection import Connection
 
@@ -49,12 +51,20 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000, help="chats counted")
     ap.add_argument("--batch", type=int, default=1, help="chats a read (16: a window of 16)")
     ap.add_argument("--ticks", action="store_true", help="bare loop iterations instead")
+    ap.add_argument("--history-days", type=float, default=0, help="history on (0: off)")
+    ap.add_argument("--mariadb", action="store_true", help="a scratch MariaDB, not SQLite")
+    ap.add_argument("--pace", type=float, help="the history writer's pace, seconds")
     args = ap.parse_args()
     reads = args.n // args.batch
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    with tempfile.TemporaryDirectory() as tmp:
-        relay = loop.run_until_complete(Relay.start(tmp, args.dialect))
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        db = stack.enter_context(procs.scratch_db("instr")) if args.mariadb else ""
+        relay = loop.run_until_complete(Relay.start(tmp, args.dialect, args.history_days, db))
+        history = relay.node.service.history
+        if history is not None and args.pace is not None:
+            history.pace = args.pace
         peers = relay.peers
         data = [f * args.batch for f in relay.frames]
         loop.run_until_complete(_chats(peers, data, 200))  # warm
