@@ -2,6 +2,7 @@
 
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \\
         .venv/bin/python bench/relay_instr.py [--dialect nul|modern] [-n 2000] [--batch 1] [--ticks]
+        [--history-days 90 [--mariadb] [--pace 1000]]
 
 bench/relay_cpu.py's set-up (its ``Relay``: a node on SQLite, two users
 logged in over TCP, their server-side transports swapped for ones that
@@ -12,7 +13,10 @@ counts it alone. ``--ticks`` runs as many bare loop iterations instead (as
 many as there are reads): subtract it, divide by ``-n``, and what is left
 is the node's instructions per chat, repeatable to ~0.3% (PYTHONHASHSEED=0)
 however loaded the machine. Like relay_cpu, it leaves out the kernel and
-uvloop's socket code.
+uvloop's socket code. ``--history-days`` turns history on (on SQLite, or a
+scratch MariaDB database with ``--mariadb``); ``--pace 1000`` keeps the
+writer from running a round while counting, so the difference to history off
+is the hot path's share alone (the writer's rounds: bench/history_writer_cost.py).
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ def main() -> None:
         else:
             counted = functools.partial(loop.run_until_complete, _chats(peers, data, reads))
         functools.reduce(lambda _, __: counted(), [0, 1])
+        if history is not None:  # what is queued is written now, not at --pace
+            history.pace = 0.0
+            history.hurry()
         loop.run_until_complete(relay.stop())
 
 
