@@ -6,12 +6,12 @@ C loadgen: BENCHMARKS.md, "History on vs off".
         [--stores shared,private] [--private-cpu 1]
         [--mariadb-port 3306] [--mariadb-pid PID]
 
-Each run starts a fresh node (CPU 0, a fresh MariaDB database) per store and
-variant, in turn: history off (``CLUSTERCHAT_HISTORY_DAYS=0``), history on,
-and with ``--before`` history on with another checkout's interpreter (the
-code before a change; "on" and "before" swap places every run), each next
-to a C forwarder ceiling run; the loadgen
-runs on CPU 1. Stores: ``shared`` is the shared MariaDB, which floats over
+Each run starts a fresh node (CPU 0, a fresh MariaDB database) per store,
+dialect and variant, in turn: history off (``CLUSTERCHAT_HISTORY_DAYS=0``),
+history on, and with ``--before`` history on with another checkout's
+interpreter (the code before a change; "on" and "before" swap places every
+run, and so do the dialects), each next to a C forwarder ceiling run; the
+loadgen runs on CPU 1. Stores: ``shared`` is the shared MariaDB, which floats over
 both cores (``--mariadb-port``/``--mariadb-pid`` point at another instance);
 ``private`` is one this script starts for itself, pinned to
 ``--private-cpu`` (bench/private_mariadb.py), so that mariadbd does not take
@@ -33,6 +33,7 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -129,68 +130,32 @@ def bench(args: argparse.Namespace, stores: list[Store]) -> None:
     variants = [("off", procs.PY), ("on", procs.PY)] + (
         [("before", args.before)] if args.before else []
     )
+    dialects = args.dialects.split(",")
     rates: dict[tuple[int, str, str, str], float] = {}
     costs: dict[tuple[int, str, str, str], Costs] = {}
     fwd, port_fwd = lg.forwarder()
-    cheap = ("--hash-cost", "1,8,1")
     with procs.process(fwd, port_fwd):
         for run in range(args.runs):
             for store in stores:
-                # The on variants swap places every run: a node run later in a
-                # run found mariadbd 10-18% dearer per delivery in an A/A test
-                # (the same code as "on" and "before"; BENCHMARKS.md).
-                on = variants[1:] if run % 2 == 0 else variants[:0:-1]
-                for name, python in variants[:1] + on:
-                    # process() passes this environment on to the node
-                    if name == "off":
-                        os.environ["CLUSTERCHAT_HISTORY_DAYS"] = "0"
-                    else:
-                        os.environ.pop("CLUSTERCHAT_HISTORY_DAYS", None)
-                    port, http = procs.free_port(), procs.free_port()
-                    extra = (*cheap, "--http-port", str(http))
-                    with (
-                        procs.scratch_db("hist", f"127.0.0.1:{store.port}") as db,
-                        procs.process(procs.node_cmd(port, db, *extra, python=python), port) as p,
-                    ):
-                        for d in args.dialects.split(","):
-                            common = ["--scenario", "chat", "-p", "50", "-w", args.window]
-                            common += ["-t", args.seconds, *procs.DIALECT_FLAGS[d]]
-                            ceil = lg.run(*common, "--targets", f"127.0.0.1:{port_fwd}")
-                            refused = refusals(http)
-                            r = lg.run(
-                                *common,
-                                "--targets",
-                                f"127.0.0.1:{port}",
-                                "--server-pid",
-                                f"{p.pid},{store.pid}",
+                # Each dialect has nodes and databases of its own, and the
+                # dialects swap places every run: a dialect measured second on
+                # a node found mariadbd 30-40% dearer per delivery, whichever
+                # it was (the first one's writes still being flushed; BENCHMARKS.md).
+                for d in dialects if run % 2 == 0 else dialects[::-1]:
+                    # The on variants swap places every run too: a node run
+                    # later in a run found mariadbd 10-18% dearer per delivery
+                    # in an A/A test (the same code as "on" and "before").
+                    on = variants[1:] if run % 2 == 0 else variants[:0:-1]
+                    for name, python in variants[:1] + on:
+                        row = one(args, lg, port_fwd, store, d, name, python)
+                        print(json.dumps({"run": run, **row}), flush=True)
+                        rates[(run, store.name, d, name)] = row["ops"]
+                        if row["ops"]:
+                            cpu = ("node_cpu_pct", "mariadbd_cpu_pct", "loadgen_cpu_pct")
+                            costs[(run, store.name, d, name)] = Costs(
+                                *(float(row[k]) * 1e4 / row["ops"] for k in cpu)
                             )
-                            ops = float(r["ops_per_s"])
-                            node_cpu, md_cpu = r["server_cpu_pct"]
-                            refused = {k: v - refused[k] for k, v in refusals(http).items()}
-                            rates[(run, store.name, d, name)] = ops
-                            if ops:
-                                lg_cpu = float(r["loadgen_cpu_pct"])
-                                costs[(run, store.name, d, name)] = Costs(
-                                    *(pct * 1e4 / ops for pct in (node_cpu, md_cpu, lg_cpu))
-                                )
-                            row = {
-                                "run": run,
-                                "store": store.name,
-                                "dialect": d,
-                                "history": name,
-                                "ops": ops,
-                                "ceiling": ceil["ops_per_s"],
-                                "lost": r["lost"],
-                                "p99_us": r["p99_us"],
-                                "refused": refused,
-                                "node_cpu_pct": node_cpu,
-                                "mariadbd_cpu_pct": md_cpu,
-                                "loadgen_cpu_pct": r["loadgen_cpu_pct"],
-                                "node_us": round(node_cpu * 1e4 / ops, 2) if ops else None,
-                                "mariadbd_us": round(md_cpu * 1e4 / ops, 2) if ops else None,
-                            }
-                            print(json.dumps(row), flush=True)
-                for d in args.dialects.split(","):
+                for d in dialects:
                     off = rates[(run, store.name, d, "off")]
                     ratios = {
                         n: round(rates[(run, store.name, d, n)] / off, 3) for n, _ in variants[1:]
@@ -198,6 +163,55 @@ def bench(args: argparse.Namespace, stores: list[Store]) -> None:
                     doc = {"run": run, "store": store.name, "dialect": d, "of_off": ratios}
                     doc.update(derived(costs, (run, store.name, d), [n for n, _ in variants[1:]]))
                     print(json.dumps(doc), flush=True)
+
+
+def one(
+    args: argparse.Namespace,
+    lg: procs.Loadgen,
+    port_fwd: int,
+    store: Store,
+    dialect: str,
+    name: str,
+    python: str,
+) -> dict[str, Any]:
+    """One variant in one dialect: the ceiling, then a fresh node on a fresh
+    database under the same load; its row."""
+    # process() passes this environment on to the node
+    if name == "off":
+        os.environ["CLUSTERCHAT_HISTORY_DAYS"] = "0"
+    else:
+        os.environ.pop("CLUSTERCHAT_HISTORY_DAYS", None)
+    port, http = procs.free_port(), procs.free_port()
+    extra = ("--hash-cost", "1,8,1", "--http-port", str(http))
+    common = ["--scenario", "chat", "-p", "50", "-w", args.window]
+    common += ["-t", args.seconds, *procs.DIALECT_FLAGS[dialect]]
+    with (
+        procs.scratch_db("hist", f"127.0.0.1:{store.port}") as db,
+        procs.process(procs.node_cmd(port, db, *extra, python=python), port) as p,
+    ):
+        ceil = lg.run(*common, "--targets", f"127.0.0.1:{port_fwd}")
+        refused = refusals(http)
+        r = lg.run(
+            *common, "--targets", f"127.0.0.1:{port}", "--server-pid", f"{p.pid},{store.pid}"
+        )
+        refused = {k: v - refused[k] for k, v in refusals(http).items()}
+    ops = float(r["ops_per_s"])
+    node_cpu, md_cpu = r["server_cpu_pct"]
+    return {
+        "store": store.name,
+        "dialect": dialect,
+        "history": name,
+        "ops": ops,
+        "ceiling": ceil["ops_per_s"],
+        "lost": r["lost"],
+        "p99_us": r["p99_us"],
+        "refused": refused,
+        "node_cpu_pct": node_cpu,
+        "mariadbd_cpu_pct": md_cpu,
+        "loadgen_cpu_pct": r["loadgen_cpu_pct"],
+        "node_us": round(node_cpu * 1e4 / ops, 2) if ops else None,
+        "mariadbd_us": round(md_cpu * 1e4 / ops, 2) if ops else None,
+    }
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+# This checkout's code, not that of the checkout whose .venv this may be (bench/procs.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from clusterchat.service.history import HistoryWriter
 from clusterchat.storage.base import Conversations

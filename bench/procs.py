@@ -24,6 +24,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python")
+#: This checkout's code, first on the path of every process these scripts
+#: start (``env``): a worktree's ``.venv`` may be another checkout's (a link
+#: to main's), whose editable install would otherwise run *that* checkout's
+#: code, not the one being measured. A ``--before`` interpreter of another
+#: checkout runs without it (``node_cmd``).
+SRC = str(ROOT / "src")
 MARIADB = "127.0.0.1:3306"
 REDIS = "redis://127.0.0.1:6379/0"
 #: Where the C load generator's sources are, if not passed (``--loadgen-src``).
@@ -35,8 +41,14 @@ DIALECT_FLAGS: dict[str, list[str]] = {"nul": [], "modern": ["--newline"]}
 Row = dict[str, Any]
 
 
+def env() -> dict[str, str]:
+    """This process's environment as it is now, with ``SRC`` first on PYTHONPATH."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{path}" if path else SRC}
+
+
 def sh(cmd: list[str]) -> str:
-    return subprocess.run(cmd, check=True, text=True, capture_output=True).stdout
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, env=env()).stdout
 
 
 def free_port() -> int:
@@ -61,7 +73,11 @@ def process(cmd: list[str], port: int, cpu: str | None = "0") -> Iterator[subpro
     process group is stopped after."""
     full = (["taskset", "-c", cpu] if cpu else []) + cmd
     p = subprocess.Popen(
-        full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env(),
     )
     try:
         wait_port(port)
@@ -78,8 +94,10 @@ def process(cmd: list[str], port: int, cpu: str | None = "0") -> Iterator[subpro
 
 
 def node_cmd(port: int, db: str, *extra: str, python: str = PY) -> list[str]:
-    """A node for measuring: quiet, no message rate limit, no registration limit."""
+    """A node for measuring: quiet, no message rate limit, no registration limit.
+    ``python`` other than ``PY`` (another checkout's) runs its own code."""
     return [
+        *([] if python == PY else ["env", "-u", "PYTHONPATH"]),
         python,
         "-m",
         "clusterchat",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+
+# This checkout's code, not that of the checkout whose .venv this may be (bench/procs.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import HashCost, Settings
@@ -71,17 +75,19 @@ class Relay:
     real: list[Any]  # the transports swapped out, put back by stop()
 
     @classmethod
-    async def start(cls, tmp: str, dialect: str) -> Relay:
+    async def start(cls, tmp: str, dialect: str, history_days: float = 0, db: str = "") -> Relay:
+        """``history_days``: 0, history off; ``db``: a store's URL (SQLite in
+        ``tmp`` if empty)."""
         legacy = dialect == "nul"
         node = Node(
             Settings(
                 host="127.0.0.1",
                 port=0,
-                db_url=f"sqlite+aiosqlite:///{Path(tmp) / 'chat.db'}",
+                db_url=db or f"sqlite+aiosqlite:///{Path(tmp) / 'chat.db'}",
                 hash_cost=HashCost(time_cost=1, memory_kib=8, parallelism=1),
                 limits=Limits(registrations_per_address=0, message_rate=0),
                 trusted_proxies=(),
-                history_days=0,
+                history_days=history_days,
                 shed_lag=0,  # no lag timer: callgrind's counts stay repeatable
             )
         )

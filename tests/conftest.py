@@ -33,6 +33,13 @@ PASSWORD = "s3cret"
 # meter is tested on its own (tests/e2e/test_registration.py). Servers
 # started as processes inherit this.
 os.environ.setdefault("CLUSTERCHAT_REGISTRATIONS", "0")
+# Processes started by tests (`python -m clusterchat ...`) run this checkout's
+# code, as the test process does (pyproject.toml, pythonpath): a worktree's
+# .venv may be main's, whose editable install would run main's.
+_SRC = str(Path(__file__).resolve().parent.parent / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_SRC, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _SRC)]
+)
 
 
 # In-process tests run on the standard event loop: uvloop's loop.close() was
