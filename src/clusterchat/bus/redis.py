@@ -191,6 +191,9 @@ class RedisCluster:
         #: field per message, written and deleted with the next PUBLISH round.
         self._keep_key = f"{prefix}keep:{node_id}"
         self._copies = 0
+        #: Copies whose settlement is still held: at a graceful stop, none
+        #: means whatever the hash still holds is stale and may go.
+        self._unsettled_copies = 0
         self._to_copy: list[bytes] = []
         self._copied: list[Callable[[bool], None]] = []
         self._to_uncopy: list[bytes] = []
@@ -267,6 +270,8 @@ class RedisCluster:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.delete(f"{self.prefix}node:{self.node_id}", self._members_key)
                 pipe.zrem(self._nodes_key, self.node_id)
+                if not self._unsettled_copies:  # what is left is stale (an HDEL lost)
+                    pipe.delete(self._keep_key)
                 await pipe.execute()
         for task in self._tasks:
             task.cancel()
@@ -486,6 +491,7 @@ class RedisCluster:
         if not settlement.held:
             return True
         self._copies += 1
+        self._unsettled_copies += 1
         field = b"%d" % self._copies
         value = self._encoder.encode((uids, payload))
         self._to_copy.append(resp.command(b"HSET", self._keep_key.encode(), field, value))
@@ -496,6 +502,7 @@ class RedisCluster:
 
     def _uncopy(self, field: bytes) -> None:
         """Confirmed (or stored): the copy goes with the next round."""
+        self._unsettled_copies -= 1
         self._to_uncopy.append(field)
         self._wake.set()
 
