@@ -27,6 +27,7 @@ class Inbox:
         self.here = here  # False: every delivery finds the user gone
         self.offered: list[bytes] = []
         self.stored: list[tuple[list[int], bytes]] = []
+        self.writes = 0  # calls to store (one write each in the service)
         self.gate = asyncio.Event()
         self.gate.set()
 
@@ -36,7 +37,13 @@ class Inbox:
 
     async def store_offline(self, uids: Sequence[int], payload: bytes) -> None:
         await self.gate.wait()
+        self.writes += 1
         self.stored.append((list(uids), payload))
+
+    async def store_offline_many(self, messages: Sequence[tuple[Sequence[int], bytes]]) -> None:
+        await self.gate.wait()
+        self.writes += 1
+        self.stored.extend((list(uids), payload) for uids, payload in messages)
 
     def nudged(self, uid: int) -> None:
         return None
@@ -274,3 +281,30 @@ async def test_a_sender_from_before_keeping_gets_its_ack_at_taken(redis_url: str
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_dead_receivers_kept_batches_are_stored_in_order_in_few_writes(
+    redis_url: str,
+) -> None:
+    """A node's death returns every batch it kept (a second of traffic):
+    stored one write each, they held their receivers' next messages for
+    seconds (a soak's senders timed out)."""
+    a_inbox, b_inbox = Inbox(here=True), Receipts()
+    a_inbox.gate.set()
+    a = RedisCluster(redis_url, "a", "t:", presence_ttl=1)
+    b = RedisCluster(redis_url, "b", "t:", presence_ttl=1)
+    await a.start(a_inbox)
+    await b.start(b_inbox)
+    try:
+        assert await b.claim(BOB)
+        sent = [b"m%d\n" % i for i in range(300)]
+        for payload in sent:  # one batch each: each awaits its PUBLISH
+            assert await a.send([BOB], payload) == []
+        window = a._windows["b"]
+        await _until(lambda: window.keeping() == 300)
+        await b.close()  # its heartbeat key goes: as a SIGKILL's lapses
+        await _until(lambda: len(a_inbox.stored) == 300)
+        assert a_inbox.stored == [([BOB], p) for p in sent]
+        assert a_inbox.writes <= 3
+    finally:
+        await a.close()

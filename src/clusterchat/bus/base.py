@@ -85,6 +85,11 @@ class Inbox(Protocol):
         """Keep a message no node could deliver."""
         ...
 
+    async def store_offline_many(self, messages: Sequence[tuple[Sequence[int], bytes]]) -> None:
+        """Keep messages no node could deliver, each for its receivers, in
+        order, in as few writes as the store allows."""
+        ...
+
     def nudged(self, uid: int) -> None:
         """Messages were stored for a local user after their login read them."""
         ...

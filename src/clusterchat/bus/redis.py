@@ -71,6 +71,9 @@ DEFAULT_KEEP_FOR = 120.0
 KEEP_WINDOWS = 8
 #: The first letter of the epoch of a node that keeps taken batches.
 KEEPS = "K"
+#: Messages stored in one write at most when batches come back (a guide:
+#: queued work is taken whole).
+STORE_TOGETHER = 2000
 #: Connections for presence and control (the hot path has its own: bus/resp.py),
 #: and the seconds a call waits for one before it fails as unavailable.
 POOL_SIZE = 64
@@ -907,19 +910,56 @@ class RedisCluster:
 
     async def _redeliver(self) -> None:
         """Messages for users who left this node, and batches others did not take:
-        follow them once, else store. In order."""
+        follow them once, else store. In order. What is only to be stored
+        (batches that came back, a dead node's copies), queued together, is
+        stored together: a node's death returns hundreds of batches at once,
+        and one write each held their receivers' next messages for seconds."""
         assert self._inbox is not None
+        queue = self._misdelivered
         while True:
-            work = await self._misdelivered.get()
-            items, done = work
+            works = [await queue.get()]
+            while not queue.empty() and sum(len(w[0]) for w in works) < STORE_TOGETHER:
+                works.append(queue.get_nowait())
             try:
-                for uids, payload, hops in items:
-                    await self._reroute(uids, payload, hops)
-                if done is not None:
-                    done()
+                i = 0
+                while i < len(works):
+                    j = i
+                    while j < len(works) and all(hops for _, _, hops in works[j][0]):
+                        j += 1
+                    if j > i:  # works[i:j] are stores only: one write for them
+                        await self._store_all([it for w in works[i:j] for it in w[0]])
+                        for _, done in works[i:j]:
+                            if done is not None:
+                                done()
+                        i = j
+                        continue
+                    items, done = works[i]
+                    for uids, payload, hops in items:
+                        await self._reroute(uids, payload, hops)
+                    if done is not None:
+                        done()
+                    i += 1
             finally:
-                self._unhold(work)
-                self._misdelivered.task_done()
+                for work in works:
+                    self._unhold(work)
+                    queue.task_done()
+
+    async def _store_all(self, items: list[tuple[list[int], bytes, int]]) -> None:
+        """Store messages for their receivers, in order, retrying until the store takes them."""
+        assert self._inbox is not None
+        messages = [(uids, payload) for uids, payload, _ in items if uids]
+        for uids, _ in messages:
+            for uid in uids:
+                self._routes.pop(uid, None)
+        delay = 0.05
+        while messages:
+            try:
+                await self._inbox.store_offline_many(messages)
+                return
+            except errors.Unavailable as exc:
+                log.warning("storing %d returned messages failed, retrying: %s", len(messages), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _reroute(self, uids: list[int], payload: bytes, hops: int) -> None:
         assert self._inbox is not None

@@ -87,6 +87,9 @@ from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
 log = logging.getLogger(__name__)
 
+#: Messages a store_offline_many write carries at most (rows are one per receiver).
+_STORE_ROWS = 500
+
 
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
@@ -1625,6 +1628,19 @@ class ChatService:
             except errors.InDoubt:  # kept or not? find out before answering
                 await in_doubt.settle(self.store, items, self.settle_timeout)
             await self._after_store(uids)
+
+    async def store_offline_many(self, messages: Sequence[tuple[Sequence[int], bytes]]) -> None:
+        kept = [(uids, payload) for uids, payload in messages if uids and payload[0] == _JSON]
+        for k in range(0, len(kept), _STORE_ROWS):  # each write within a bound
+            part = kept[k : k + _STORE_ROWS]
+            items = [
+                (u, text) for uids, payload in part for text in (_text(payload),) for u in uids
+            ]
+            try:
+                await self.store.store_offline_many(items)
+            except errors.InDoubt:  # kept or not? find out before answering
+                await in_doubt.settle(self.store, items, self.settle_timeout)
+            await self._after_store(sorted({u for uids, _ in part for u in uids}))
 
     async def store_offline_each(
         self, uid: int, payloads: list[bytes], settlements: Sequence[Settlement] = ()
