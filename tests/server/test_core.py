@@ -624,3 +624,30 @@ def test_a_client_over_its_limit_behind_a_proxy_is_refused_and_ignored() -> None
     assert link.refused == [b"too many\n"]
     core.receive_data(b"more\n", 2.0)
     assert served(host) == []
+
+
+def test_a_reply_made_later_keeps_its_place_without_holding_up_requests() -> None:
+    """A CHAT_ACK waiting for its message's copy (a receiver with receipts,
+    in a cluster): replies to later requests wait behind it, in order, while
+    those requests are served at once."""
+    core, link, host = make()
+    first = core.reply_later()
+    assert core.send(b"r2")
+    second = core.reply_later()
+    assert core.send(b"r4")
+    host.tick()
+    assert link.written == []  # nothing may overtake the first
+    second(b"r3")
+    host.tick()
+    assert link.written == []
+    first(b"r1")
+    host.tick()
+    assert link.written == [b"r1r2r3r4"]
+    nothing = core.reply_later()
+    assert core.send(b"r6")
+    nothing(None)  # the original client is shown no CHAT_ACK: the rest goes on
+    host.tick()
+    assert link.written == [b"r1r2r3r4", b"r6"]
+    assert core.send(b"r7")  # and no longer waits
+    host.tick()
+    assert link.written[-1] == b"r7"

@@ -179,6 +179,7 @@ class ConnectionCore:
     __slots__ = (
         "_due",
         "_host",
+        "_later",
         "_link",
         "_out",
         "_paused",
@@ -217,6 +218,9 @@ class ConnectionCore:
         # Bytes of _out that send() took from the outbox (written by then, as
         # far as the outbox knows).
         self._taken = 0
+        # Replies in order while one made with reply_later() is not yet known:
+        # each a one-item list, [None] until filled (None: nothing waits).
+        self._later: deque[list[bytes | None]] | None = None
         self._paused = False  # reading paused because the queue is long
         # A flush is asked of the node for this loop iteration (one is enough).
         # One is whenever the outbox has messages pending (deliver's FIRST,
@@ -447,7 +451,43 @@ class ConnectionCore:
     def closing(self) -> bool:
         return self._link.closing()
 
+    def reply_later(self) -> Callable[[bytes | None], None]:
+        """A reply whose bytes are known later (a CHAT_ACK waiting for the
+        message's copy): replies sent meanwhile wait behind it, so the
+        client sees them in the order of its requests, while its next
+        requests are served at once. Call what this returns once, with the
+        reply (None: nothing to send)."""
+        slot: list[bytes | None] = [None]
+        later = self._later
+        if later is None:
+            later = self._later = deque()
+        later.append(slot)
+
+        def fill(data: bytes | None) -> None:
+            slot[0] = data if data is not None else b""
+            self._release_later()
+
+        return fill
+
+    def _release_later(self) -> None:
+        later = self._later
+        while later and later[0][0] is not None:
+            data = later.popleft()[0]
+            if data:
+                self._send_now(data)
+        if not later:
+            self._later = None
+
     def send(self, data: bytes) -> bool:
+        """Write a reply, after what was accepted for the peer before it.
+        (After a :meth:`reply_later` not yet filled, it waits for that.)"""
+        later = self._later
+        if later is not None:
+            later.append([data])
+            return not self._link.closing()
+        return self._send_now(data)
+
+    def _send_now(self, data: bytes) -> bool:
         """Write a reply, after what was accepted for the peer before it.
         Replies leave at the end of this loop iteration, in one write with
         what the outbox has by then: a CHAT_ACK and the partner's message

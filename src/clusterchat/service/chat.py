@@ -1319,9 +1319,10 @@ class ChatService:
         ack = self._delivered_ack % (n, ts)
         if copying is None:
             s.peer.send(ack)
-            return None
-        copying.add_done_callback(lambda _: s.peer.send(ack))
-        return copying
+        else:  # the ack waits for the copy; the sender's next requests do not
+            fill = s.peer.reply_later()
+            copying.add_done_callback(lambda _: fill(ack))
+        return None
 
     def _one_chat_posted(
         self, s: Session, req: OneChat, payload: bytes, mid: str, ts: int
@@ -1472,11 +1473,12 @@ class ChatService:
         if not away:
             if self.history is not None:
                 self.history.add(0, req.groupid, s.uid, mid, ts, req.msg)
-            if copying is None:
+            if copying is None or s.legacy:  # the original is shown no CHAT_ACK
                 self.reply(s, ChatAck(mid, ts, ChatStatus.SENT))
                 return None
-            copying.add_done_callback(lambda _: self.reply(s, ChatAck(mid, ts, ChatStatus.SENT)))
-            return copying
+            fill = s.peer.reply_later()  # the ack waits for the copy, as in _one_chat_copied
+            copying.add_done_callback(lambda _: fill(ChatAck(mid, ts, ChatStatus.SENT).wire()))
+            return None
         reached = len(members) - 1 - len(away)  # written to members here
         return self._fan_out_away(s, req, away, payload, mid, ts, reached, copying)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Set
+from collections.abc import Awaitable, Callable, Set
 from typing import Protocol, TypeAlias
 
 from clusterchat.bus.base import Settlement
@@ -43,6 +43,11 @@ class Peer(Protocol):
 
     def send(self, data: bytes) -> bool:
         """Queue a reply for the peer; False if the connection is closing."""
+        ...
+
+    def reply_later(self) -> Callable[[bytes | None], None]:
+        """A reply known later: replies sent meanwhile wait behind it. Call
+        what this returns once, with the reply's bytes (None: nothing)."""
         ...
 
     def closing(self) -> bool:
@@ -102,6 +107,9 @@ class NoReceipts:
 
     def stop_receipts(self) -> tuple[list[bytes], list[Settlement]]:
         return [], []
+
+    def reply_later(self) -> Callable[[bytes | None], None]:
+        raise NotImplementedError("only a receiver with receipts makes a reply wait")
 
 
 class Session:
