@@ -5,6 +5,7 @@ handed nothing on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -243,44 +244,49 @@ class Receipts(Inbox):
         return super().deliver(uid, payload, settlement)
 
 
-async def test_a_batch_waiting_for_receipts_is_kept_by_its_sender_until_settled(
-    redis_url: str,
-) -> None:
-    a, b_inbox = RedisCluster(redis_url, "a", "t:", presence_ttl=10), Receipts()
-    b = RedisCluster(redis_url, "b", "t:", presence_ttl=10)
-    await a.start(Inbox(here=True))
+@contextlib.asynccontextmanager
+async def sender_and_receiver(
+    redis_url: str, a_inbox: Inbox, b_inbox: Inbox, ttl: float = 10, a_epoch: str = ""
+) -> AsyncIterator[tuple[RedisCluster, RedisCluster]]:
+    """Node a (``a_epoch``: as a node of that epoch names itself) sends to
+    node b, which holds BOB."""
+    a = RedisCluster(redis_url, "a", "t:", presence_ttl=ttl)
+    a.epoch = a_epoch or a.epoch
+    b = RedisCluster(redis_url, "b", "t:", presence_ttl=ttl)
+    await a.start(a_inbox)
     await b.start(b_inbox)
     try:
         assert await b.claim(BOB)
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_batch_waiting_for_receipts_is_kept_by_its_sender_until_settled(
+    redis_url: str,
+) -> None:
+    b_inbox = Receipts()
+    async with sender_and_receiver(redis_url, Inbox(here=True), b_inbox) as (a, _):
         assert await a.send([BOB], b"hello\n") == []
         window = a._windows["b"]
         await _until(lambda: window.keeping() == 1)  # taken, out of the window
         assert window.held == 0 and window.kept == len(b"hello\n")
         b_inbox.held.pop().release()  # the client's RECEIVED
         await _until(lambda: window.keeping() == 0 and window.kept == 0)
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_sender_from_before_keeping_gets_its_ack_at_taken(redis_url: str) -> None:
     """A rolling upgrade: the old sender ignores taken-acks, so it is
     acknowledged as it was (else it stored every such batch at its ack
     timeout, and its window filled meanwhile)."""
-    a, b_inbox = RedisCluster(redis_url, "a", "t:", presence_ttl=10), Receipts()
-    a.epoch = "0123abcd"  # as a node before kept batches names itself
-    b = RedisCluster(redis_url, "b", "t:", presence_ttl=10)
-    await a.start(Inbox(here=True))
-    await b.start(b_inbox)
-    try:
-        assert await b.claim(BOB)
+    b_inbox = Receipts()
+    old = "0123abcd"  # as a node before kept batches names itself
+    async with sender_and_receiver(redis_url, Inbox(here=True), b_inbox, a_epoch=old) as (a, _):
         assert await a.send([BOB], b"hello\n") == []
         window = a._windows["b"]
         await _until(lambda: window.in_flight() == 0)
         assert window.keeping() == 0 and window.held == 0 and b_inbox.held
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_dead_receivers_kept_batches_are_stored_in_order_in_few_writes(
@@ -289,14 +295,9 @@ async def test_a_dead_receivers_kept_batches_are_stored_in_order_in_few_writes(
     """A node's death returns every batch it kept (a second of traffic):
     stored one write each, they held their receivers' next messages for
     seconds (a soak's senders timed out)."""
-    a_inbox, b_inbox = Inbox(here=True), Receipts()
+    a_inbox = Inbox(here=True)
     a_inbox.gate.set()
-    a = RedisCluster(redis_url, "a", "t:", presence_ttl=1)
-    b = RedisCluster(redis_url, "b", "t:", presence_ttl=1)
-    await a.start(a_inbox)
-    await b.start(b_inbox)
-    try:
-        assert await b.claim(BOB)
+    async with sender_and_receiver(redis_url, a_inbox, Receipts(), ttl=1) as (a, b):
         sent = [b"m%d\n" % i for i in range(300)]
         for payload in sent:  # one batch each: each awaits its PUBLISH
             assert await a.send([BOB], payload) == []
@@ -306,5 +307,3 @@ async def test_a_dead_receivers_kept_batches_are_stored_in_order_in_few_writes(
         await _until(lambda: len(a_inbox.stored) == 300)
         assert a_inbox.stored == [([BOB], p) for p in sent]
         assert a_inbox.writes <= 3
-    finally:
-        await a.close()

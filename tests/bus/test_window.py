@@ -85,6 +85,17 @@ class Pair:
         self.rx.taken(self.rx.epoch, seq, settled)
         (self.settled if settled else self.holding).add(seq)
 
+    def round_trip(self, size: int, settled: bool = True) -> int:
+        """Send a batch, the receiver takes it (its receipts out unless
+        ``settled``) and the sender reads the answer: its seq."""
+        seq = self.send(size)
+        assert seq is not None
+        self.deliver()
+        self.take(seq, settled)
+        self.answer()
+        self.read_answer()
+        return seq
+
     def settle(self, seq: int) -> None:
         self.holding.remove(seq)
         self.settled.add(seq)
@@ -331,19 +342,9 @@ def test_a_batch_taken_with_receipts_out_is_kept_out_of_the_window_until_settled
     sender keeps its copy until the receiver settles, without holding up
     the window meanwhile."""
     p = Pair()
-    seq = p.send(600)
-    assert seq is not None
-    p.deliver()
-    p.take(seq, settled=False)
-    p.answer()
-    p.read_answer()
+    seq = p.round_trip(600, settled=False)
     assert p.win.held == 0 and p.win.kept == 600 and p.win.keeping() == 1
-    other = p.send(600)  # the window is free for others
-    assert other is not None
-    p.deliver()
-    p.take(other)
-    p.answer()
-    p.read_answer()
+    other = p.round_trip(600)  # the window is free for others
     assert other in p.acked
     p.expire(p.now + 2 * TIMEOUT)  # the ack timeout no longer applies to it
     assert seq not in p.returned
@@ -356,12 +357,7 @@ def test_a_batch_taken_with_receipts_out_is_kept_out_of_the_window_until_settled
 def test_kept_batches_come_back_when_the_receiver_dies_or_restarts() -> None:
     for how in ("gone", "restarted"):
         p = Pair()
-        seq = p.send(100)
-        assert seq is not None
-        p.deliver()
-        p.take(seq, settled=False)
-        p.answer()
-        p.read_answer()
+        seq = p.round_trip(100, settled=False)
         if how == "gone":
             p.receiver_gone()  # its heartbeat lapsed
         else:  # a new process answers (its first word: what it never saw)
@@ -406,13 +402,7 @@ def test_kept_past_the_limit_or_too_long_is_stored() -> None:
     p = Pair()
     seqs = []
     for _ in range(4):  # 4 x 500 kept > KEEP_LIMIT 1500: the oldest goes
-        seq = p.send(500)
-        assert seq is not None
-        p.deliver()
-        p.take(seq, settled=False)
-        p.answer()
-        p.read_answer()
-        seqs.append(seq)
+        seqs.append(p.round_trip(500, settled=False))
     assert p.returned == [seqs[0]]
     p.expire(p.now + KEEP_FOR)
     assert p.returned == seqs  # settled by nobody in time: stored (a duplicate at worst)
