@@ -307,3 +307,57 @@ async def test_a_dead_receivers_kept_batches_are_stored_in_order_in_few_writes(
         await _until(lambda: len(a_inbox.stored) == 300)
         assert a_inbox.stored == [([BOB], p) for p in sent]
         assert a_inbox.writes <= 3
+
+
+async def _die(node: RedisCluster) -> None:
+    """As a SIGKILL: its loops stop and nothing is cleaned up."""
+    for task in node._tasks:
+        task.cancel()
+    await asyncio.gather(*node._tasks, return_exceptions=True)
+    node._publisher.close()
+    await node.client.aclose()
+
+
+@pytest.mark.parametrize("found_by", ["its next process", "a survivor"])
+async def test_a_dead_nodes_copies_are_stored_by_whoever_finds_them(
+    redis_url: str, found_by: str
+) -> None:
+    """Copies of messages delivered on a node to clients that had not
+    confirmed them: released, they go; the node killed, its next process
+    (same id) or the survivor that reaps it stores them, in order, once."""
+    r = aioredis.Redis.from_url(redis_url)
+    survivor_inbox = Inbox(here=True)
+    survivor_inbox.gate.set()
+    survivor = RedisCluster(redis_url, "a", "t:", presence_ttl=1)
+    await survivor.start(survivor_inbox)
+    b = RedisCluster(redis_url, "b", "t:", presence_ttl=1)
+    await b.start(Inbox(here=True))
+    try:
+        copied: list[bool] = []
+        confirmed, waiting = Settlement(), Settlement()
+        for i, settlement in enumerate((confirmed, waiting, waiting)):
+            settlement.hold()
+            assert not b.copy([BOB], b"m%d\n" % i, settlement, copied.append)
+        await _until(lambda: copied == [True, True, True])
+        assert await r.hlen("t:keep:b") == 3
+        confirmed.release()  # the client's RECEIVED
+        async with asyncio.timeout(10):
+            while await r.hlen("t:keep:b") != 2:  # noqa: ASYNC110 - Redis state, polled
+                await asyncio.sleep(0.01)
+        await _die(b)
+        if found_by == "a survivor":
+            inbox = survivor_inbox  # reaps b 3 TTLs after its last heartbeat
+        else:
+            inbox = Inbox(here=True)
+            inbox.gate.set()
+            b = RedisCluster(redis_url, "b", "t:", presence_ttl=1)
+            await b.start(inbox)
+        await _until(lambda: inbox.stored == [([BOB], b"m1\n"), ([BOB], b"m2\n")])
+        async with asyncio.timeout(10):
+            while await r.keys("t:keep:*"):  # noqa: ASYNC110 - Redis state, polled
+                await asyncio.sleep(0.01)
+    finally:
+        await survivor.close()
+        if found_by != "a survivor":
+            await b.close()
+        await r.aclose()
