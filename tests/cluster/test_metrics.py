@@ -125,6 +125,9 @@ async def test_counters_move_as_the_workload_did(mariadb_url: str, shared_redis:
         assert value(a2, "clusterchat_login_queue") == 0
         assert ("clusterchat_event_loop_lag_seconds", ()) in a2
         assert ("clusterchat_bus_unacked_batches", ()) in a2
+        # Nobody here asked for receipts: nothing kept for them, nothing copied.
+        assert value(a2, "clusterchat_bus_kept_bytes") == 0
+        assert value(a2, "clusterchat_bus_copies") == 0
         assert ("clusterchat_slow_consumer_bytes", ()) in a2
         names = {name for name, _ in a2}
         for panel in json.loads(DASHBOARD.read_text())["panels"]:

@@ -129,6 +129,8 @@ class WindowStats:
     batches: int  # batches published with messages, ever
     unacked: int  # batches sent and not yet acknowledged
     held: int  # bytes handed on and not yet acknowledged or stored
+    kept: int = 0  # bytes other nodes took and whose receipts are still out
+    copies: int = 0  # same-node deliveries copied into Redis, receipts still out
 
 
 class Bus(Protocol):

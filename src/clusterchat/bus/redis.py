@@ -259,6 +259,8 @@ class RedisCluster:
             batches=sum(w.last for w in windows),
             unacked=sum(w.in_flight() for w in windows),
             held=sum(w.held for w in windows),
+            kept=sum(w.kept for w in windows),
+            copies=self._unsettled_copies,
         )
 
     async def close(self) -> None:

@@ -230,6 +230,16 @@ class NodeCollector(Collector):
                 "Bytes handed to other nodes and not yet acknowledged or stored (--bus-window)",
                 value=windows.held,
             )
+            yield GaugeMetricFamily(
+                "clusterchat_bus_kept_bytes",
+                "Bytes other nodes took for clients whose receipts are still out (kept here)",
+                value=windows.kept,
+            )
+            yield GaugeMetricFamily(
+                "clusterchat_bus_copies",
+                "Same-node deliveries to clients with receipts, copied into Redis till confirmed",
+                value=windows.copies,
+            )
 
         passwords = service.passwords
         yield GaugeMetricFamily(
