@@ -262,6 +262,8 @@ class ChatService:
         self.settle_timeout = in_doubt.SETTLE_TIMEOUT  # a store in doubt, before closing
         self.history_patience = HISTORY_PATIENCE
         self._logging_in: dict[int, list[LoginRace[bytes]]] = {}  # not yet registered
+        #: Sessions whose last CHAT_ACK waits for its message's copy (Bus.copy), and that wait.
+        self._copying: dict[Session, asyncio.Future[None]] = {}
         self._handlers: dict[type, Handler] = {
             Login: self._login,
             Logout: self._logout,
@@ -689,6 +691,9 @@ class ChatService:
         return digest
 
     async def _login(self, s: Session, req: Login) -> None:
+        copying = self._copying.get(s)
+        if copying is not None:  # a CHAT_ACK from before a LOGOUT waits for its copy:
+            await copying  # this login's reply, and the pushes after it, go after that
         refusal = self._precheck_login(s, req)
         if refusal is not None:
             self._login_refused(s, *refusal)
@@ -1319,9 +1324,8 @@ class ChatService:
         ack = self._delivered_ack % (n, ts)
         if copying is None:
             s.peer.send(ack)
-        else:  # the ack waits for the copy; the sender's next requests do not
-            fill = s.peer.reply_later()
-            copying.add_done_callback(lambda _: fill(ack))
+        else:
+            self._reply_when_copied(s, copying, ack)
         return None
 
     def _one_chat_posted(
@@ -1476,8 +1480,7 @@ class ChatService:
             if copying is None or s.legacy:  # the original is shown no CHAT_ACK
                 self.reply(s, ChatAck(mid, ts, ChatStatus.SENT))
                 return None
-            fill = s.peer.reply_later()  # the ack waits for the copy, as in _one_chat_copied
-            copying.add_done_callback(lambda _: fill(ChatAck(mid, ts, ChatStatus.SENT).wire()))
+            self._reply_when_copied(s, copying, ChatAck(mid, ts, ChatStatus.SENT).wire())
             return None
         reached = len(members) - 1 - len(away)  # written to members here
         return self._fan_out_away(s, req, away, payload, mid, ts, reached, copying)
@@ -1495,6 +1498,20 @@ class ChatService:
                 copied.set_result(None)
 
         return None if self.bus.copy(uids, payload, settlement, done) else copied
+
+    def _reply_when_copied(self, s: Session, copying: asyncio.Future[None], ack: bytes) -> None:
+        """The CHAT_ACK keeps its place among the session's replies and
+        leaves once the copy is made; the sender's next requests go on."""
+        fill = s.peer.reply_later()
+        copying.add_done_callback(lambda _: fill(ack))
+        copies = self._copying
+        copies[s] = copying  # the latest: copies complete in order
+
+        def forget(_: object) -> None:
+            if copies.get(s) is copying:
+                del copies[s]
+
+        copying.add_done_callback(forget)
 
     async def _fan_out_away(
         self,
