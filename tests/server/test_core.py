@@ -78,6 +78,7 @@ class FakeService:
         payloads: list[bytes],
         cut_off: bool = True,
         settlements: Sequence[Settlement] = (),
+        held: bool = False,
     ) -> None:
         self.spilled.append((payloads, cut_off))
 

@@ -286,3 +286,28 @@ def test_a_settlement_held_by_several_messages_settles_at_the_last() -> None:
     assert not settlement.settled_or_then(lambda: done.append(True))
     assert box.ack(2) and not done
     assert box.ack(3) and done == [True]
+
+
+def test_a_batch_is_not_pinned_by_a_client_slow_to_confirm() -> None:
+    """A client confirming its own messages late (inside every bound) held
+    other nodes' batches, with other people's messages, until their sender
+    stored them whole: duplicates for everyone (found by attack). Past the
+    grace what it leaves unconfirmed is stored for it, and the batch settled."""
+    box = Outbox(LIMIT)
+    box.start_receipts(Unacked(timeout=30))
+    early, later = Settlement(), Settlement()
+    for i, settlement in ((1, early), (2, None), (3, later)):
+        box.deliver(doc(i))
+        if settlement is not None:
+            box.keep(settlement)
+    box.deliver(doc(4))
+    box.keep(later)  # a group's batch: two of its messages here
+    assert box.take() is not None
+    receipts = box.receipts
+    assert receipts is not None
+    assert receipts.late(0.0, 10) == ([], [])  # first seen now
+    assert receipts.late(9.0, 10) == ([], [])
+    assert receipts.late(10.5, 10) == ([doc(1), doc(3), doc(4)], [early, later, later])
+    assert box.ack(1)  # the client's receipt comes after all: nothing twice
+    assert receipts.late(30.0, 10) == ([], [])
+    assert box.end(End.PEER_CLOSED) == [doc(2), doc(3), doc(4)]  # the window is its own

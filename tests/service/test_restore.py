@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -137,4 +137,22 @@ async def test_settlements_are_released_once_their_rows_are_written(
     await proxy.start()
     assert await restorer.drain(30)
     assert first.settled_or_then(lambda: None) and second.settled_or_then(lambda: None)
+    assert await restorer.close(5) == 0
+
+
+async def test_a_copy_of_what_a_session_holds_is_not_pushed_to_it(store: SqlStore) -> None:
+    """Stored for a slow client's next login while it still holds them: the
+    user's node is not told (it would push them to that session again)."""
+    a, b = await _users(store, 2)
+    told: list[int] = []
+
+    async def stored(uids: Sequence[int]) -> None:
+        told.extend(uids)
+
+    restorer = Restorer(store, stored=stored)
+    restorer.add(a, [payload(1)], nudge=False)
+    restorer.add(b, [payload(2)])
+    assert await restorer.drain(10)
+    assert told == [b]
+    assert [json.loads(m)["mid"] for _, m in await store.offline(a)] == ["x-1"]
     assert await restorer.close(5) == 0

@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 QUEUE_PAUSE = 64
 #: Seconds a cut-off connection may take to drain before it is aborted.
 LINGER = 10.0
+#: Seconds a client with receipts may leave a message from another node's
+#: batch (or copied into Redis) unconfirmed before it is stored for it anyway
+#: (at most the receipt timeout): a batch is not pinned on its sender for long.
+SETTLE_GRACE = 10.0
 _OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit
 _WINDOW_FULL = codec.error(
     ErrCode.RECEIPT_WINDOW_FULL,
@@ -130,6 +134,7 @@ class Service(Protocol):
         payloads: list[bytes],
         cut_off: bool = True,
         settlements: Sequence[Settlement] = (),
+        held: bool = False,
     ) -> None: ...
     def disconnected(self, s: Session) -> None: ...
 
@@ -667,10 +672,14 @@ class ConnectionCore:
             self._watched = False
             return False
         receipts = outbox.receipts
-        if receipts is not None and receipts.overdue(now):
-            self._watched = False
-            self._receipts_failed(ErrCode.RECEIPT_TIMEOUT, _RECEIPT_TIMEOUT)
-            return False
+        if receipts is not None:
+            if receipts.overdue(now):
+                self._watched = False
+                self._receipts_failed(ErrCode.RECEIPT_TIMEOUT, _RECEIPT_TIMEOUT)
+                return False
+            late, settlements = receipts.late(now, min(SETTLE_GRACE, receipts.timeout))
+            if settlements:  # stored for it now: their batches need not wait for it
+                self._service.spill(self.session, late, False, settlements, held=True)
         outbox.measured(self._link.in_flight())
         if outbox.idle:
             self._watched = False

@@ -70,6 +70,7 @@ class Unacked:
         "_head",
         "_marks",
         "_since",
+        "_stamps",
         "_window",
         "max_bytes",
         "max_count",
@@ -104,6 +105,8 @@ class Unacked:
         # (number, settlement) of messages from other nodes' batches, in order:
         # the batch is settled once the client confirms that number.
         self._marks: deque[tuple[int, Settlement]] | None = None
+        # (number, when): every mark up to that number was made by then.
+        self._stamps: deque[tuple[int, float]] | None = None
 
     @property
     def count(self) -> int:
@@ -174,6 +177,37 @@ class Unacked:
         if marks is None:
             marks = self._marks = deque()
         marks.append((self.sent + waiting, settlement))
+
+    def late(self, now: float, grace: float) -> tuple[list[bytes], list[Settlement]]:
+        """Messages from other nodes' batches (or copied into Redis) that the
+        client has left unconfirmed for more than ``grace`` seconds: to store
+        now (a duplicate for this client at worst), and their settlements to
+        release once stored. Called with the report (about twice a second).
+        A slow or hostile client must not pin a batch, with other people's
+        messages in it, on the sending node for long (past its bounds that
+        node stores the whole batch: duplicates for everyone in it)."""
+        marks = self._marks
+        if not marks:
+            self._stamps = None
+            return [], []
+        stamps = self._stamps
+        if stamps is None:
+            stamps = self._stamps = deque()
+        if not stamps or stamps[-1][0] < marks[-1][0]:
+            stamps.append((marks[-1][0], now))
+        while stamps and stamps[0][0] < marks[0][0]:  # all confirmed since
+            stamps.popleft()
+        if not stamps or now - stamps[0][1] <= grace:
+            return [], []
+        upto = min(stamps.popleft()[0], self.sent)  # written ones: not what waits to be
+        first = self.sent - (len(self._window) - self._head) + 1  # the oldest kept's number
+        payloads: list[bytes] = []
+        settlements: list[Settlement] = []
+        while marks and marks[0][0] <= upto:
+            number, settlement = marks.popleft()
+            payloads.append(self._window[self._head + number - first])
+            settlements.append(settlement)
+        return payloads, settlements
 
     def unsettled(self) -> list[Settlement]:
         """Settlements still waiting (the connection ended): the caller

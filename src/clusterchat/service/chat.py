@@ -520,11 +520,13 @@ class ChatService:
         payloads: list[bytes],
         cut_off: bool = True,
         settlements: Sequence[Settlement] = (),
+        held: bool = False,
     ) -> None:
         """Messages accepted for a peer that may not have got them (it stopped
         reading and was cut off, or its connection closed under them): keep
         them, then release ``settlements``. Chat only: events and notices
-        are never kept."""
+        are never kept. ``held``: the session still holds them (a copy, for
+        its next login: not delivered to it now)."""
         payloads = [p for p in payloads if pushes.is_chat(p)]
         if s.uid and payloads:
             log.log(
@@ -533,7 +535,7 @@ class ChatService:
                 len(payloads),
                 s.uid,
             )
-        self.restorer.add(s.uid, payloads if s.uid else [], settlements)
+        self.restorer.add(s.uid, payloads if s.uid else [], settlements, nudge=not held)
 
     def disconnected(self, s: Session) -> None:
         held = s.race.ended(closed=True)

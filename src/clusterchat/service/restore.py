@@ -50,7 +50,8 @@ class Restorer:
         self._store = store
         self._budget = budget
         self._stored = stored
-        self._rows: deque[tuple[int, bytes]] = deque()
+        # (receiver, payload, whether to tell the receiver's node once stored)
+        self._rows: deque[tuple[int, bytes, bool]] = deque()
         # Settlements to release once ``written`` reaches the row count given
         # (other nodes' batches, kept until what ended connections held is stored).
         self._after: deque[tuple[int, Sequence[Settlement]]] = deque()
@@ -69,10 +70,16 @@ class Restorer:
         return len(self._rows)
 
     def add(
-        self, uid: int, payloads: Sequence[bytes], settlements: Sequence[Settlement] = ()
+        self,
+        uid: int,
+        payloads: Sequence[bytes],
+        settlements: Sequence[Settlement] = (),
+        nudge: bool = True,
     ) -> None:
         """Queue messages for ``uid``; they are written as soon as the store
-        takes them, in the order queued; then ``settlements`` are released."""
+        takes them, in the order queued; then ``settlements`` are released.
+        ``nudge``: then have them delivered if the user is online (not for a
+        copy of what its session still holds, which would push it again)."""
         if settlements:
             if not payloads and not self._rows:
                 for settlement in settlements:
@@ -84,7 +91,7 @@ class Restorer:
         charge = 0
         copies = self._copies
         for p in payloads:
-            self._rows.append((uid, p))
+            self._rows.append((uid, p, nudge))
             n = copies.get(p, 0)
             copies[p] = n + 1
             charge += ROW_COST if n else ROW_COST + len(p)
@@ -106,7 +113,7 @@ class Restorer:
             batch = self._batch()
             texts: dict[bytes, str] = {}
             rows = []
-            for uid, p in batch:
+            for uid, p, _ in batch:
                 text = texts.get(p)
                 if text is None:
                     text = texts[p] = p[:-1].decode()  # stored without the newline
@@ -136,13 +143,13 @@ class Restorer:
                     settlement.release()
             if self._stored is not None:
                 try:
-                    await self._stored(sorted({uid for uid, _ in batch}))
+                    await self._stored(sorted({uid for uid, _, nudge in batch if nudge}))
                 except Exception:  # stored all the same; the next login finds them
                     log.exception("after storing %d messages again", len(batch))
 
-    def _batch(self) -> list[tuple[int, bytes]]:
+    def _batch(self) -> list[tuple[int, bytes, bool]]:
         """The oldest rows, up to the row and byte bounds (at least one)."""
-        batch: list[tuple[int, bytes]] = []
+        batch: list[tuple[int, bytes, bool]] = []
         size = 0
         for row in self._rows:
             size += len(row[1])
@@ -151,10 +158,10 @@ class Restorer:
             batch.append(row)
         return batch
 
-    def _release(self, batch: list[tuple[int, bytes]]) -> None:
+    def _release(self, batch: list[tuple[int, bytes, bool]]) -> None:
         release = 0
         copies = self._copies
-        for _, p in batch:
+        for _, p, _ in batch:
             n = copies[p] - 1
             if n:
                 copies[p] = n
@@ -180,7 +187,7 @@ class Restorer:
         done = await self.drain(timeout) if self._rows else True
         left = len(self._rows)
         if not done and left:
-            users = len({uid for uid, _ in self._rows})
+            users = len({uid for uid, _, _ in self._rows})
             log.error(
                 "shutting down with %d acknowledged messages for %d users NOT stored "
                 "(the store did not take them within %.0f s); they are lost",
