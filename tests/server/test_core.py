@@ -652,3 +652,18 @@ def test_a_reply_made_later_keeps_its_place_without_holding_up_requests() -> Non
     assert core.send(b"r7")  # and no longer waits
     host.tick()
     assert link.written[-1] == b"r7"
+
+
+def test_closing_writes_the_replies_behind_a_reply_still_unknown() -> None:
+    """A CHAT_ACK waits for its copy when the server says goodbye (displaced,
+    kicked, shutting down): the goodbye and the replies before it still go
+    (found by review: they were dropped with the connection)."""
+    core, link, host = make()
+    assert core.send(b"r1")
+    ack = core.reply_later()
+    assert core.send(b"bye")
+    core.close()
+    assert b"".join(link.written) == b"r1bye"
+    ack(b"late")  # the copy comes after all: nothing more
+    host.tick()
+    assert b"".join(link.written) == b"r1bye"

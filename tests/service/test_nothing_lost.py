@@ -183,3 +183,18 @@ async def test_message_stored_while_the_login_reads_is_delivered_after_it(
         await task
     assert bob_peer.sent[-1].get("msg") == "x", bob_peer.sent[-2:]
     assert await service.store.offline(uid) == []
+
+
+def test_a_message_held_while_a_login_is_answered_keeps_its_settlement() -> None:
+    """Whether the login asked for receipts is known only late in the login
+    (after the session is registered): a message from another node's batch
+    held meanwhile keeps the batch unsettled until it is delivered with it
+    or stored (found by review: held then, it settled at once, and the
+    receipts window that took it was the only copy)."""
+    s = Session(Peer())
+    assert s.race.login_started() and s.race.claimed()
+    settlement = Settlement()
+    assert s.deliver(b"held\n", settlement)
+    assert settlement.held
+    assert s.race.reply_sent() == [b"held\n"]
+    assert s.race.take_settlements() == [(0, settlement)]

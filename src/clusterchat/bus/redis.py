@@ -36,6 +36,7 @@ import contextlib
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Callable, Container, Iterable, Sequence
 
 import msgspec
@@ -71,8 +72,8 @@ DEFAULT_KEEP_FOR = 120.0
 KEEP_WINDOWS = 8
 #: The first letter of the epoch of a node that keeps taken batches.
 KEEPS = "K"
-#: Messages stored in one write at most when batches come back (a guide:
-#: queued work is taken whole).
+#: Rows (a message for one receiver) stored in one write at most when batches
+#: come back; the work gathered for it is counted in messages, a guide.
 STORE_TOGETHER = 2000
 #: Connections for presence and control (the hot path has its own: bus/resp.py),
 #: and the seconds a call waits for one before it fails as unavailable.
@@ -84,6 +85,14 @@ REAP_AFTER = 3
 
 def _translate(exc: BaseException) -> errors.Unavailable:
     return errors.Unavailable(f"redis unavailable: {exc.__class__.__name__}: {exc}")
+
+
+def _field_order(field: bytes | str) -> int:
+    """Copies' fields are numbers, in the order copied (anything else last)."""
+    try:
+        return int(field)
+    except ValueError:
+        return 1 << 62
 
 
 def pubsub_limit(config: dict[str, str]) -> int:
@@ -193,7 +202,9 @@ class RedisCluster:
         #: Copies of local deliveries awaiting receipts (see copy()): a hash
         #: field per message, written and deleted with the next PUBLISH round.
         self._keep_key = f"{prefix}keep:{node_id}"
-        self._copies = 0
+        # Copies' field numbers: from the clock, so a process that could not
+        # claim its predecessor's hash never reuses (overwrites) a field of it.
+        self._copies = time.time_ns() // 1000
         #: Copies whose settlement is still held: at a graceful stop, none
         #: means whatever the hash still holds is stale and may go.
         self._unsettled_copies = 0
@@ -233,7 +244,7 @@ class RedisCluster:
         claimed = f"{self._keep_key}:reaped-by:{self.node_id}:{self.epoch}"
         with contextlib.suppress(RedisError, OSError):
             if await self._claim_keep(keys=[self._keep_key, claimed]):
-                await self._take_copies(claimed)
+                await self._take_copies_safely(claimed)
 
     async def _fit_window(self) -> None:
         """Stay under the subscriber buffer limit of the Redis we are given
@@ -313,7 +324,7 @@ class RedisCluster:
                     log.info("cleaned up after %d nodes that died", len(reaped))
                 for name in reaped:
                     if name:
-                        await self._take_copies(name.decode())
+                        await self._take_copies_safely(name.decode())
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -516,13 +527,13 @@ class RedisCluster:
         process) kept of messages its clients had not confirmed; then drop them."""
         entries = await self.client.hgetall(name)
         work: list[tuple[list[int], bytes, int]] = []
-        for field in sorted(entries, key=int):
+        for field in sorted(entries, key=_field_order):
             value = entries[field]
             try:
                 if isinstance(value, str):  # the client decodes nothing: never, but typed so
-                    raise msgspec.ValidationError("text, not bytes")
+                    raise msgspec.DecodeError("text, not bytes")
                 uids, payload = self._copy_decoder.decode(value)
-            except msgspec.ValidationError as exc:
+            except msgspec.DecodeError as exc:  # a ValidationError is one too
                 log.warning("skipped a copy in no known format in %s: %s", name, exc)
                 continue
             work.append((uids, payload, 1))  # hops 1: stored, not routed
@@ -538,6 +549,14 @@ class RedisCluster:
             task.add_done_callback(self._tasks.remove)
 
         self._misdeliver((work, stored))
+
+    async def _take_copies_safely(self, name: str) -> None:
+        """:meth:`_take_copies`, for the heartbeat and the start: a failure is
+        logged (the copies stay under ``name`` in Redis), never raised."""
+        try:
+            await self._take_copies(name)
+        except Exception:
+            log.exception("could not store the copies in %s (they stay there)", name)
 
     async def _forget_copies(self, name: str) -> None:
         try:
@@ -621,6 +640,7 @@ class RedisCluster:
             probe, self._probe = self._probe, set()
             more, self._to_copy = self._to_copy, []
             copied, self._copied = self._copied, []
+            fields: list[bytes] = []
             if self._to_uncopy:
                 fields, self._to_uncopy = self._to_uncopy, []
                 more.append(resp.command(b"HDEL", self._keep_key.encode(), *fields))
@@ -656,6 +676,7 @@ class RedisCluster:
             except (RedisError, OSError) as exc:
                 log.warning("publish of %d batches failed: %s", len(nodes), exc)
                 counts = [0] * (len(nodes) + len(more))
+                self._to_uncopy[:0] = fields  # deleted with a later round (twice is harmless)
             finally:
                 self._publishing_now = False
             if copied:
@@ -928,18 +949,23 @@ class RedisCluster:
                     j = i
                     while j < len(works) and all(hops for _, _, hops in works[j][0]):
                         j += 1
-                    if j > i:  # works[i:j] are stores only: one write for them
-                        await self._store_all([it for w in works[i:j] for it in w[0]])
-                        for _, done in works[i:j]:
-                            if done is not None:
-                                done()
-                        i = j
+                    try:
+                        if j > i:  # works[i:j] are stores only: written together
+                            await self._store_all([it for w in works[i:j] for it in w[0]])
+                            for _, done in works[i:j]:
+                                if done is not None:
+                                    done()
+                            i = j
+                            continue
+                        items, done = works[i]
+                        for uids, payload, hops in items:
+                            await self._reroute(uids, payload, hops)
+                        if done is not None:
+                            done()
+                    except Exception:  # a bug must not end redelivery for good
+                        log.exception("redelivering %d messages failed", len(works[i][0]))
+                        i = max(i + 1, j)
                         continue
-                    items, done = works[i]
-                    for uids, payload, hops in items:
-                        await self._reroute(uids, payload, hops)
-                    if done is not None:
-                        done()
                     i += 1
             finally:
                 for work in works:
@@ -953,15 +979,21 @@ class RedisCluster:
         for uids, _ in messages:
             for uid in uids:
                 self._routes.pop(uid, None)
-        delay = 0.05
-        while messages:
-            try:
-                await self._inbox.store_offline_many(messages)
-                return
-            except errors.Unavailable as exc:
-                log.warning("storing %d returned messages failed, retrying: %s", len(messages), exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        while messages:  # at most STORE_TOGETHER rows (one per receiver) a write
+            rows = n = 0
+            while n < len(messages) and (not n or rows + len(messages[n][0]) <= STORE_TOGETHER):
+                rows += len(messages[n][0])
+                n += 1
+            part, messages = messages[:n], messages[n:]
+            delay = 0.05
+            while True:
+                try:
+                    await self._inbox.store_offline_many(part)
+                    break
+                except errors.Unavailable as exc:
+                    log.warning("storing %d returned messages failed, retrying: %s", len(part), exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
 
     async def _reroute(self, uids: list[int], payload: bytes, hops: int) -> None:
         assert self._inbox is not None

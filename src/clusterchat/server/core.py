@@ -313,6 +313,7 @@ class ConnectionCore:
         acknowledged (else it would have sent RST); only what crossed its
         close is stored again. It may still read: the replies to its last
         requests are written first."""
+        self._give_up_later()
         self._write_replies()
         self._end(End.PEER_FINISHED, self._link.in_flight())
 
@@ -474,6 +475,15 @@ class ConnectionCore:
 
         return fill
 
+    def _give_up_later(self) -> None:
+        """The connection is closing: what is known of the replies waiting
+        behind a :meth:`reply_later` goes now, in order (the server's own
+        goodbye among them); a reply still unknown is not waited for."""
+        later, self._later = self._later, None
+        for (data,) in later or ():
+            if data:
+                self._send_now(data)
+
     def _release_later(self) -> None:
         later = self._later
         while later and later[0][0] is not None:
@@ -592,6 +602,7 @@ class ConnectionCore:
         what was written, then FIN; what it may not get is stored. Requests
         still unread are not served."""
         self._queue = _DROPPED
+        self._give_up_later()
         if self.ended:
             self._link.shut()
             return
@@ -746,6 +757,7 @@ class ConnectionCore:
         a duplicate (same mid), never a loss."""
         self._end(End.CUT_OFF, cut_off=True)
         if not self._link.closing():
+            self._give_up_later()
             self._write_replies()  # this iteration's replies, not yet written
             if why is not None:
                 self._link.write(why)

@@ -87,9 +87,6 @@ from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 
 log = logging.getLogger(__name__)
 
-#: Messages a store_offline_many write carries at most (rows are one per receiver).
-_STORE_ROWS = 500
-
 
 #: Offline messages carried in a login reply at most (the original client
 #: reads 1024 bytes at a time; ours reads frames up to 1 MiB).
@@ -1282,7 +1279,8 @@ class ChatService:
         payload = codec.one_chat(s.uid, s.name, toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(toid)
         if target is not None:
-            if target.receipts and self.bus.shared:
+            # Receipts, or a login being answered (receipts or not, not yet known).
+            if (target.receipts or target.race.held is not None) and self.bus.shared:
                 work = self._one_chat_copied(s, req, target, payload, mid, n, ts)
                 if work is not False:
                     return work
@@ -1464,7 +1462,7 @@ class ChatService:
                 target = sessions.get(uid)
                 if target is None:
                     away.append(uid)
-                elif not (copy and target.receipts):
+                elif not (copy and (target.receipts or target.race.held is not None)):
                     if not target.deliver(payload):
                         away.append(uid)
                 else:
@@ -1651,17 +1649,15 @@ class ChatService:
             await self._after_store(uids)
 
     async def store_offline_many(self, messages: Sequence[tuple[Sequence[int], bytes]]) -> None:
-        kept = [(uids, payload) for uids, payload in messages if uids and payload[0] == _JSON]
-        for k in range(0, len(kept), _STORE_ROWS):  # each write within a bound
-            part = kept[k : k + _STORE_ROWS]
-            items = [
-                (u, text) for uids, payload in part for text in (_text(payload),) for u in uids
-            ]
-            try:
-                await self.store.store_offline_many(items)
-            except errors.InDoubt:  # kept or not? find out before answering
-                await in_doubt.settle(self.store, items, self.settle_timeout)
-            await self._after_store(sorted({u for uids, _ in part for u in uids}))
+        kept = [(uids, p) for uids, p in messages if uids and p and p[0] == _JSON]
+        items = [(u, text) for uids, p in kept for text in (_text(p),) for u in uids]
+        if not items:
+            return
+        try:  # one write: the bus bounds what it hands over at once
+            await self.store.store_offline_many(items)
+        except errors.InDoubt:  # kept or not? find out before answering
+            await in_doubt.settle(self.store, items, self.settle_timeout)
+        await self._after_store(sorted({u for uids, _ in kept for u in uids}))
 
     async def store_offline_each(
         self, uid: int, payloads: list[bytes], settlements: Sequence[Settlement] = ()

@@ -192,7 +192,7 @@ class Session:
     def deliver(self, payload: bytes, settlement: Settlement | None = None) -> bool:
         held = self.race.held
         if held is not None:  # a login being answered: held until its reply is written
-            if settlement is not None and self.receipts:
+            if settlement is not None:  # (whether it asked for receipts may not be known yet)
                 self.race.hold(settlement)
             held.append(payload)
             return True
