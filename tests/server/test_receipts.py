@@ -311,3 +311,21 @@ def test_a_batch_is_not_pinned_by_a_client_slow_to_confirm() -> None:
     assert box.ack(1)  # the client's receipt comes after all: nothing twice
     assert receipts.late(30.0, 10) == ([], [])
     assert box.end(End.PEER_CLOSED) == [doc(2), doc(3), doc(4)]  # the window is its own
+
+
+def test_a_copy_in_redis_is_not_stored_early_it_pins_nobody() -> None:
+    box = Outbox(LIMIT)
+    box.start_receipts(Unacked(timeout=30))
+    copy, batch = Settlement(pins=False), Settlement()
+    box.deliver(doc(1))
+    box.keep(copy)
+    box.deliver(doc(2))
+    box.keep(batch)
+    assert box.take() is not None
+    receipts = box.receipts
+    assert receipts is not None
+    assert receipts.late(0.0, 10) == ([], [])
+    assert receipts.late(10.5, 10) == ([doc(2)], [batch])
+    assert receipts.late(30.0, 10) == ([], [])  # the copy waits for the receipt
+    assert copy.held
+    assert box.ack(2) and not copy.held

@@ -45,11 +45,14 @@ class Settlement:
     :meth:`release`\s it once (receipt, or stored); plain connections never
     hold it (written is settled for them)."""
 
-    __slots__ = ("_done", "_open")
+    __slots__ = ("_done", "_open", "pins")
 
-    def __init__(self) -> None:
+    def __init__(self, pins: bool = True) -> None:
         self._open = 0
         self._done: Callable[[], None] | None = None
+        #: Whether it holds up others: a batch, with other people's messages
+        #: in it, kept on its sender's node (a copy in Redis holds up nobody).
+        self.pins = pins
 
     def hold(self) -> None:
         self._open += 1

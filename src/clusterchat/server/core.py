@@ -57,7 +57,7 @@ QUEUE_PAUSE = 64
 #: Seconds a cut-off connection may take to drain before it is aborted.
 LINGER = 10.0
 #: Seconds a client with receipts may leave a message from another node's
-#: batch (or copied into Redis) unconfirmed before it is stored for it anyway
+#: batch unconfirmed before it is stored for it anyway
 #: (at most the receipt timeout): a batch is not pinned on its sender for long.
 SETTLE_GRACE = 10.0
 _OVERSIZE = (b"", -1)  # queue marker: the peer sent a frame over the limit

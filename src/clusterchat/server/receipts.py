@@ -179,7 +179,7 @@ class Unacked:
         marks.append((self.sent + waiting, settlement))
 
     def late(self, now: float, grace: float) -> tuple[list[bytes], list[Settlement]]:
-        """Messages from other nodes' batches (or copied into Redis) that the
+        """Messages from other nodes' batches (settlements that pin) that the
         client has left unconfirmed for more than ``grace`` seconds: to store
         now (a duplicate for this client at worst), and their settlements to
         release once stored. Called with the report (about twice a second).
@@ -200,13 +200,19 @@ class Unacked:
         if not stamps or now - stamps[0][1] <= grace:
             return [], []
         upto = min(stamps.popleft()[0], self.sent)  # written ones: not what waits to be
+        if not any(m[1].pins for m in marks if m[0] <= upto):
+            return [], []  # copies in Redis pin nobody: they wait for the receipt
         first = self.sent - (len(self._window) - self._head) + 1  # the oldest kept's number
         payloads: list[bytes] = []
         settlements: list[Settlement] = []
-        while marks and marks[0][0] <= upto:
-            number, settlement = marks.popleft()
-            payloads.append(self._window[self._head + number - first])
-            settlements.append(settlement)
+        rest: deque[tuple[int, Settlement]] = deque()
+        for number, settlement in marks:
+            if number <= upto and settlement.pins:
+                payloads.append(self._window[self._head + number - first])
+                settlements.append(settlement)
+            else:
+                rest.append((number, settlement))
+        self._marks = rest
         return payloads, settlements
 
     def unsettled(self) -> list[Settlement]:

@@ -1312,7 +1312,7 @@ class ChatService:
         confirmed is copied out of this node (Bus.copy) before the sender is
         told, so that this node's SIGKILL does not take the only copy.
         False if the receiver could not take it after all."""
-        settlement = Settlement()
+        settlement = Settlement(pins=False)
         if not target.deliver(payload, settlement):
             return False
         self.counts.relayed_local += 1
@@ -1467,7 +1467,7 @@ class ChatService:
                         away.append(uid)
                 else:
                     if settlement is None:
-                        settlement = Settlement()
+                        settlement = Settlement(pins=False)
                     if target.deliver(payload, settlement):
                         kept.append(uid)
                     else:
