@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from clusterchat import errors
+from clusterchat.bus import scripts
 from clusterchat.bus.base import Settlement
 from clusterchat.bus.redis import RedisCluster
 from tests.helpers import OwnRedis
@@ -360,4 +361,40 @@ async def test_a_dead_nodes_copies_are_stored_by_whoever_finds_them(
         await survivor.close()
         if found_by != "a survivor":
             await b.close()
+        await r.aclose()
+
+
+async def test_copies_claimed_by_a_reaper_that_died_are_stored_by_the_next(
+    redis_url: str,
+) -> None:
+    """Node z reaped node b and claimed its copies, then died before storing
+    them: whoever reaps z takes over its claims (they were orphaned for good)."""
+    r = aioredis.Redis.from_url(redis_url)
+    b = RedisCluster(redis_url, "b", "t:", presence_ttl=1)
+    await b.start(Inbox(here=True))
+    copied: list[bool] = []
+    waiting = Settlement()
+    waiting.hold()
+    assert not b.copy([BOB], b"m\n", waiting, copied.append)
+    await _until(lambda: copied == [True])
+    await _die(b)
+    async with asyncio.timeout(10):  # its heartbeat lapses
+        while await r.exists("t:node:b"):  # noqa: ASYNC110 - Redis state, polled
+            await asyncio.sleep(0.05)
+    await r.zadd("t:nodes", {"b": 0})  # silent since long ago
+    reap = r.register_script(scripts.REAP)
+    assert await reap(keys=["t:nodes"], args=["t:", 0, "z"])  # z claims b's copies...
+    assert await r.scard("t:claims:z") == 1
+    await r.zadd("t:nodes", {"z": 0})  # ...and dies before storing them
+    inbox = Inbox(here=True)
+    inbox.gate.set()
+    a = RedisCluster(redis_url, "a", "t:", presence_ttl=1)
+    await a.start(inbox)
+    try:
+        await _until(lambda: inbox.stored == [([BOB], b"m\n")])
+        async with asyncio.timeout(10):
+            while await r.keys("t:keep:*") or await r.keys("t:claims:*"):  # noqa: ASYNC110 - Redis state, polled
+                await asyncio.sleep(0.05)
+    finally:
+        await a.close()
         await r.aclose()

@@ -212,6 +212,9 @@ class RedisCluster:
         self._copied: list[Callable[[bool], None]] = []
         self._to_uncopy: list[bytes] = []
         self._copy_decoder = msgspec.msgpack.Decoder(tuple[list[int], bytes])
+        #: Copies this node claimed and is to store (dead nodes', its predecessor's).
+        self._claims_key = f"{prefix}claims:{node_id}"
+        self._storing: set[str] = set()  # claims being stored now
         self._claim_keep = self.client.register_script(scripts.CLAIM_KEEP)
 
     def _user_key(self, uid: int) -> str:
@@ -243,8 +246,8 @@ class RedisCluster:
         # Our id's previous process, killed, may have left copies to store.
         claimed = f"{self._keep_key}:reaped-by:{self.node_id}:{self.epoch}"
         with contextlib.suppress(RedisError, OSError):
-            if await self._claim_keep(keys=[self._keep_key, claimed]):
-                await self._take_copies_safely(claimed)
+            await self._claim_keep(keys=[self._keep_key, claimed, self._claims_key])
+            await self._take_claims()
 
     async def _fit_window(self) -> None:
         """Stay under the subscriber buffer limit of the Redis we are given
@@ -322,9 +325,7 @@ class RedisCluster:
                 )
                 if reaped:
                     log.info("cleaned up after %d nodes that died", len(reaped))
-                for name in reaped:
-                    if name:
-                        await self._take_copies_safely(name.decode())
+                await self._take_claims()  # theirs, and any of ours not yet stored
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -550,19 +551,30 @@ class RedisCluster:
 
         self._misdeliver((work, stored))
 
-    async def _take_copies_safely(self, name: str) -> None:
-        """:meth:`_take_copies`, for the heartbeat and the start: a failure is
-        logged (the copies stay under ``name`` in Redis), never raised."""
-        try:
-            await self._take_copies(name)
-        except Exception:
-            log.exception("could not store the copies in %s (they stay there)", name)
+    async def _take_claims(self) -> None:
+        """Store the copies this node claimed (a dead node's, or its own
+        predecessor's) and has not stored yet: listed in Redis until stored,
+        so a failure here, or this node's own death, only delays them."""
+        for raw in await self.client.smembers(self._claims_key):
+            name = raw.decode() if isinstance(raw, bytes) else raw
+            if name in self._storing:
+                continue
+            self._storing.add(name)
+            try:
+                await self._take_copies(name)
+            except Exception:
+                self._storing.discard(name)  # tried again at the next heartbeat
+                log.exception("could not store the copies in %s (tried again)", name)
 
     async def _forget_copies(self, name: str) -> None:
         try:
-            await self.client.delete(name)
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(name)
+                pipe.srem(self._claims_key, name)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.warning("could not delete %s (its messages are stored): %s", name, exc)
+            log.warning("could not delete %s (stored; it may be stored again): %s", name, exc)
+        self._storing.discard(name)
 
     async def nudge(self, uids: Sequence[int]) -> None:
         try:

@@ -52,14 +52,15 @@ return alive
 # KEYS: nodes zset. ARGV: prefix, grace ms, reaper's node id. Deletes what
 # nodes silent past the grace left behind: their users' presence (if still
 # theirs) and member sets. Their copies of local deliveries awaiting receipts
-# (``keep:<id>``) are renamed for the reaper to store: returns those names
-# (and one entry, "", per node reaped without one).
+# (``keep:<id>``) are renamed for the reaper to store and listed in its
+# ``claims:<reaper>`` set, with the claims the dead node had not finished
+# storing: returns one entry per node reaped.
 REAP = """
 local now = redis.call('TIME')
 local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[2])
 local reaped = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)) do
-  if redis.call('EXISTS', ARGV[1] .. 'node:' .. id) == 0 then
+  if id ~= ARGV[3] and redis.call('EXISTS', ARGV[1] .. 'node:' .. id) == 0 then
     local members = ARGV[1] .. 'members:' .. id
     for _, uid in ipairs(redis.call('SMEMBERS', members)) do
       local key = ARGV[1] .. 'user:' .. uid
@@ -71,23 +72,30 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)) do
     redis.call('DEL', members)
     redis.call('ZREM', KEYS[1], id)
     local keep = ARGV[1] .. 'keep:' .. id
+    local mine = ARGV[1] .. 'claims:' .. ARGV[3]
     if redis.call('EXISTS', keep) == 1 then
       local claimed = keep .. ':reaped-by:' .. ARGV[3] .. ':' .. now[1] .. now[2]
       redis.call('RENAME', keep, claimed)
-      reaped[#reaped + 1] = claimed
-    else
-      reaped[#reaped + 1] = ''
+      redis.call('SADD', mine, claimed)
     end
+    local theirs = ARGV[1] .. 'claims:' .. id
+    for _, name in ipairs(redis.call('SMEMBERS', theirs)) do
+      redis.call('SADD', mine, name)
+    end
+    redis.call('DEL', theirs)
+    reaped[#reaped + 1] = id
   end
 end
 return reaped
 """
 
-# KEYS: a node's keep hash, the name to claim it under. At a node's start:
-# what its previous process (same id) left to store, claimed by exactly one.
+# KEYS: a node's keep hash, the name to claim it under, the node's claims
+# set. At a node's start: what its previous process (same id) left to store,
+# claimed by exactly one, and listed with the claims it had not finished.
 CLAIM_KEEP = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('SADD', KEYS[3], KEYS[2])
   return 1
 end
 return 0
