@@ -126,7 +126,7 @@ async def test_client_reconnects_and_logs_back_in_after_a_node_restart(
     ann, ann_id = await registered(port, "ann", scripted)
     bob, bob_id = await registered(port, "bob", scripted)
     await lone_node.stop()
-    await ann.expect(r"\*\*\* this server is shutting down; reconnect to carry on")
+    await ann.expect(r"\*\*\* The server is restarting; reconnecting")  # it does so itself
     await ann.expect("Connection lost; reconnecting")
     # A script's line written while the node is away waits for the reconnect
     # (it used to fail at once: "Not done: the connection is down").

@@ -113,6 +113,8 @@ def refusal(msg: dict[str, Any]) -> str:
 
 
 def notice(msg: dict[str, Any]) -> str:
+    if msg.get("event") == "shutdown":  # this client reconnects by itself
+        return "*** The server is restarting; reconnecting..."
     return f"*** {clean(msg.get('text', ''))}"
 
 
