@@ -403,14 +403,17 @@ async def main() -> int:
             for c in vanish:  # log in again elsewhere (directly via nginx)
                 await w.open(c)
             log("vanished re-logged in")
+
         # wait for quiet
-        last = -1
-        while True:
-            now = sum(len(v) for v in w.got.values())
-            if now == last:
-                break
-            last = now
-            await asyncio.sleep(a.quiet)
+        async def quiet() -> int:
+            """Arrivals so far, once none came for --quiet seconds."""
+            last = -1
+            while (now := sum(len(v) for v in w.got.values())) != last:
+                last = now
+                await asyncio.sleep(a.quiet)
+            return last
+
+        last = await quiet()
         log("live arrivals", last)
 
         async def bye(c: Client) -> None:
@@ -429,13 +432,7 @@ async def main() -> int:
         # everyone logs in again
         for k in range(0, len(users), 50):
             await asyncio.gather(*(w.open(c) for c in users[k : k + 50]))
-        last = -1
-        while True:
-            now = sum(len(v) for v in w.got.values())
-            if now == last:
-                break
-            last = now
-            await asyncio.sleep(a.quiet)
+        await quiet()
         await asyncio.gather(*(bye(c) for c in users))
         for c in users:
             if c.conn:

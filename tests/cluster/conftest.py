@@ -142,3 +142,17 @@ async def cluster_on_own_redis(
 ) -> AsyncIterator[Cluster]:
     async with running_cluster(tmp_path, mariadb_url, own_redis.url) as c:
         yield c
+
+
+async def receipts_user_via(port: int, node: str) -> tuple[ChatConnection, int]:
+    """A new user logged in with receipts on ``node``, connected to nginx's
+    ``port`` (through a test's proxy, say): nginx's round robin is retried
+    until a connection lands on that node."""
+    for _ in range(10):
+        conn = await ChatConnection.open("127.0.0.1", port)
+        if (await conn.request({"msgid": MsgId.PING}, MsgId.PONG))["node"] == node:
+            uid = await conn.register(unique(), PASSWORD)
+            assert (await conn.login(uid, PASSWORD, receipts=True))["receipts"] is True
+            return conn, uid
+        await conn.close()
+    raise AssertionError(f"10 connections through nginx, none landed on {node}")

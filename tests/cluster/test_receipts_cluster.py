@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import MsgId
-from tests.cluster.conftest import Cluster, running_cluster
-from tests.conftest import PASSWORD, unique
+from tests.cluster.conftest import Cluster, receipts_user_via, running_cluster
+from tests.conftest import PASSWORD
 from tests.e2e.test_receipts import arrivals, chats, send_chats
 from tests.helpers import StallingProxy
 
@@ -31,16 +30,7 @@ async def test_a_receiver_on_another_node_that_vanishes_loses_nothing(rcluster: 
     sender = (await rcluster.user_on("node0")).conn
     proxy = StallingProxy(rcluster.port)
     await proxy.start()
-    phone: ChatConnection | None = None
-    for _ in range(10):  # through nginx's round robin, until it lands on node1
-        conn = await ChatConnection.open("127.0.0.1", proxy.port)
-        if (await conn.request({"msgid": MsgId.PING}, MsgId.PONG))["node"] == "node1":
-            phone = conn
-            break
-        await conn.close()
-    assert phone is not None
-    uid = await phone.register(unique(), PASSWORD)
-    assert (await phone.login(uid, PASSWORD, receipts=True))["receipts"] is True
+    phone, uid = await receipts_user_via(proxy.port, "node1")
     try:
         before = await send_chats(sender, uid, ["one", "two", "three"])
         assert [m["mid"] for m in await chats(phone, 3)] == before  # via Redis

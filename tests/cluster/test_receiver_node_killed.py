@@ -19,10 +19,9 @@ import contextlib
 
 import pytest
 
-from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import MsgId
-from tests.cluster.conftest import PRESENCE_TTL, Cluster
+from tests.cluster.conftest import PRESENCE_TTL, Cluster, receipts_user_via
 from tests.conftest import PASSWORD, unique
 from tests.e2e.test_receipts import send_chats
 from tests.helpers import StallingProxy
@@ -41,16 +40,7 @@ async def test_acknowledged_chats_survive_the_receivers_node_killed(
     sender = (await cluster.user_on(sender_on)).conn
     proxy = StallingProxy(cluster.port)  # the client reads nothing: in flight, unconfirmed
     await proxy.start()
-    phone: ChatConnection | None = None
-    for _ in range(10):  # through nginx's round robin, until it lands on node1
-        conn = await ChatConnection.open("127.0.0.1", proxy.port)
-        if (await conn.request({"msgid": MsgId.PING}, MsgId.PONG))["node"] == "node1":
-            phone = conn
-            break
-        await conn.close()
-    assert phone is not None
-    uid = await phone.register(unique(), PASSWORD)
-    assert (await phone.login(uid, PASSWORD, receipts=True))["receipts"] is True
+    phone, uid = await receipts_user_via(proxy.port, "node1")
     try:
         if kind == "group":
             gid = (
