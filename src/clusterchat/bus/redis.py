@@ -49,6 +49,7 @@ from clusterchat import errors
 from clusterchat.bus import resp, scripts
 from clusterchat.bus.base import Inbox, Settlement, WindowStats
 from clusterchat.bus.window import Flight, ReceiveState, SendWindow, split_acks
+from clusterchat.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +293,7 @@ class RedisCluster:
                 if not self._unsettled_copies:  # what is left is stale (an HDEL lost)
                     pipe.delete(self._keep_key)
                 await pipe.execute()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         self._publisher.close()
         await self.client.aclose()
 
@@ -309,7 +308,7 @@ class RedisCluster:
 
     async def _heartbeat(self) -> None:
         grace = int(REAP_AFTER * self.presence_ttl * 1000)
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.presence_ttl / 3)
             try:
                 if not await self._heartbeat_once() and self.connected.is_set():

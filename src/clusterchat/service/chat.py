@@ -16,7 +16,6 @@ client may see is decided there, not in each handler.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
@@ -84,6 +83,7 @@ from clusterchat.service.restore import Restorer
 from clusterchat.service.rosters import Roster, Rosters
 from clusterchat.service.session import RESUMED, Peer, Session, Work
 from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
+from clusterchat.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -547,9 +547,7 @@ class ChatService:
         for uid in uids:
             self.presence.unregistered(uid)
         if self._purging is not None:
-            self._purging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purging
+            await cancel_and_wait([self._purging])
             self._purging = None
         if self._background:  # one deadline for all of them, then give up on the rest
             _, stuck = await asyncio.wait(list(self._background), timeout=5)

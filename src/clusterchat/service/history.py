@@ -43,6 +43,7 @@ from clusterchat.service.context import Handler, Service
 from clusterchat.service.restore import RETRY_FIRST, RETRY_MAX
 from clusterchat.service.session import Session
 from clusterchat.storage.base import Conversations, Entry, Store
+from clusterchat.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +297,7 @@ class HistoryWriter:
                 timeout,
             )
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         return left
 

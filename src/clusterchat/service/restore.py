@@ -17,7 +17,6 @@ a payload once (group messages share one copy), plus a row's bookkeeping.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from clusterchat.budget import Budget
 from clusterchat.bus.base import Settlement
 from clusterchat.storage.base import Store
+from clusterchat.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,6 @@ class Restorer:
                 timeout,
             )
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         return left
