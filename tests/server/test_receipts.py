@@ -18,6 +18,7 @@ from clusterchat.budget import Budget
 from clusterchat.bus.base import Settlement
 from clusterchat.server.outbox import FIRST, OVER, QUEUED, REFUSED, End, Outbox
 from clusterchat.server.receipts import Unacked, stamp, unstamp
+from clusterchat.service.stored_rows import StoredRow
 
 MAX_COUNT = 12
 MAX_BYTES = 3000
@@ -113,23 +114,44 @@ class World:
     #: One per accepted message: as if each came in its own batch from another node.
     settlements: list[Settlement] = field(default_factory=list)
     unsettled: list[Settlement] | None = None
+    #: Of each accepted message: whether a login read it from the store
+    #: (its row stays there until the receipt), and those whose row the
+    #: receipt deleted.
+    in_store: list[bool] = field(default_factory=list)
+    confirmed_rows: list[int] = field(default_factory=list)
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes, from_store: bool = False) -> None:
         verdict = self.box.deliver(data)
         assert verdict in (QUEUED, FIRST, OVER, REFUSED)
         if verdict == REFUSED:
             return
+        i = len(self.accepted)
         self.accepted.append(data)
-        settlement = Settlement()
+        self.in_store.append(from_store)
+        settlement = (
+            StoredRow(lambda: self.confirmed_rows.append(i)) if from_store else Settlement()
+        )
         self.box.keep(settlement)
         self.settlements.append(settlement)
         if verdict == OVER:
             self.end(End.CUT_OFF)
 
     def check_settled(self) -> None:
-        """Settled exactly what the client acknowledged, nothing after it."""
-        assert [s.settled_or_then(lambda: None) for s in self.settlements] == [
+        """Settled exactly what the client acknowledged, nothing after it;
+        rows deleted for exactly the acknowledged of those from the store."""
+        assert [not s.held for s in self.settlements] == [
             i < self.acked for i in range(len(self.settlements))
+        ]
+        assert self.confirmed_rows == [i for i in range(self.acked) if self.in_store[i]]
+
+    def to_store(self) -> list[bytes]:
+        """What must be stored at the end: the unacknowledged, less those
+        still in the store."""
+        return [m for i, m in enumerate(self.accepted) if i >= self.acked and not self.in_store[i]]
+
+    def to_settle(self) -> list[Settlement]:
+        return [
+            st for i, st in enumerate(self.settlements) if i >= self.acked and not self.in_store[i]
         ]
 
     def take(self) -> None:
@@ -161,6 +183,7 @@ class World:
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("deliver"), st.integers(0, 400)),
+        st.tuples(st.just("deliver stored"), st.integers(0, 400)),
         st.tuples(st.just("take"), st.just(0)),
         st.tuples(st.just("receive"), st.integers(0, 10)),
         st.tuples(st.just("ack"), st.integers(0, 40)),
@@ -183,8 +206,8 @@ def test_nothing_unacknowledged_is_lost_nothing_acknowledged_is_stored(
     for i, (op, arg) in enumerate(ops):
         if w.stored is not None:
             break
-        if op == "deliver":
-            w.deliver(doc(i, arg))
+        if op.startswith("deliver"):
+            w.deliver(doc(i, arg), from_store=op == "deliver stored")
         elif op == "take":
             w.take()
         elif op == "receive":  # the client reads some of what was written
@@ -198,13 +221,14 @@ def test_nothing_unacknowledged_is_lost_nothing_acknowledged_is_stored(
     if w.stored is None:
         w.end(how)
     assert w.stored is not None
-    # Exactly what was not acknowledged, in order: nothing lost, nothing acked kept.
-    assert w.stored == w.accepted[w.acked :]
+    # Exactly what was not acknowledged, in order: nothing lost, nothing acked
+    # kept, nothing still in the store stored twice.
+    assert w.stored == w.to_store()
     assert budget.used == 0
     assert box.deliver(doc(999)) == REFUSED
     # And the batches of what is to be stored come back unsettled, to be released once it is.
     w.check_settled()
-    assert w.unsettled == w.settlements[w.acked :]
+    assert w.unsettled == w.to_settle()
 
 
 @settings(max_examples=200, deadline=None)
@@ -217,8 +241,8 @@ def test_logout_midway_stores_exactly_the_unacknowledged(ops: list[tuple[str, in
     for i, (op, arg) in enumerate(ops):
         if w.stored is not None:
             return  # cut off: the first test's case
-        if op == "deliver":
-            w.deliver(doc(i, arg))
+        if op.startswith("deliver"):
+            w.deliver(doc(i, arg), from_store=op == "deliver stored")
         elif op == "take":
             w.take()
         elif op == "receive":
@@ -227,8 +251,9 @@ def test_logout_midway_stores_exactly_the_unacknowledged(ops: list[tuple[str, in
             w.ack(arg)
     if w.stored is not None:
         return
-    assert box.stop_receipts() == w.accepted[w.acked :]
-    assert box.unsettled() == w.settlements[w.acked :]
+    assert box.stop_receipts() == w.to_store()
+    assert box.unsettled() == w.to_settle()
+    w.check_settled()
     assert budget.used == box.held_bytes
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 
 class Presence(Protocol):
@@ -46,6 +46,12 @@ class Settlement:
     hold it (written is settled for them)."""
 
     __slots__ = ("_done", "_open", "pins")
+
+    #: The message is still in the store (a login read it there, see
+    #: ``service.stored_rows``): if its connection ends before the receipt
+    #: it is left there, not stored again, and its release means only that
+    #: the client confirmed it.
+    in_store: ClassVar[bool] = False
 
     def __init__(self, pins: bool = True) -> None:
         self._open = 0

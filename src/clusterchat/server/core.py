@@ -552,11 +552,13 @@ class ConnectionCore:
             return True
         return False  # ended: the caller keeps it
 
-    def start_receipts(self, carried: list[bytes]) -> bool:
+    def start_receipts(self, carried: list[bytes], marks: Sequence[Settlement] = ()) -> bool:
         lim = self._host.settings.limits
         unacked = Unacked(
             self._host.budget, lim.receipt_window, lim.receipt_bytes, lim.receipt_timeout
         )
+        for number, mark in enumerate(marks, 1):  # before any is written: 1 to n
+            unacked.keep(mark, number)
         if carried:  # in the login reply, unnumbered there: 1 to n
             unacked.written(carried, sum(map(len, carried)))
         (self.outbox or self._new_outbox()).start_receipts(unacked)

@@ -224,10 +224,8 @@ class Outbox:
         receipts, self.receipts = self.receipts, None
         if receipts is None:
             return []
+        out = receipts.drain([*(self.pending or ()), *(self._held or ())])
         self._unsettled = receipts.unsettled()
-        out = receipts.drain()
-        out += self.pending or ()
-        out += self._held or ()
         self.pending = None
         self._pending_bytes = 0
         if self._held is not None:
@@ -405,10 +403,8 @@ class Outbox:
         unsafe = min(unsafe, len(window))
         self.settled += len(window) - unsafe
         out = list(window)[len(window) - unsafe :] if unsafe else []
-        if self.receipts is not None:
-            out += self.receipts.drain()
-        out += self.pending or ()
-        out += self._held or ()
+        waiting = [*(self.pending or ()), *(self._held or ())]
+        out += self.receipts.drain(waiting) if self.receipts is not None else waiting
         if self._budget is not None and self._held_bytes:
             self._budget.release(self._held_bytes)
         self._window = None

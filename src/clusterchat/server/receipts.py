@@ -217,9 +217,10 @@ class Unacked:
 
     def unsettled(self) -> list[Settlement]:
         """Settlements still waiting (the connection ended): the caller
-        releases them once what :meth:`drain` gave is stored."""
+        releases them once what :meth:`drain` gave is stored. Those of
+        messages still in the store are dropped, unreleased."""
         marks, self._marks = self._marks, None
-        return [m for _, m in marks] if marks else []
+        return [m for _, m in marks if not m.in_store] if marks else []
 
     def overdue(self, now: float) -> bool:
         """Called now and then (about twice a second): whether the window has
@@ -240,10 +241,20 @@ class Unacked:
             return True
         return now - self._since > self.timeout
 
-    def drain(self) -> list[bytes]:
-        """Everything not acknowledged, oldest first; the window is emptied
-        (numbering goes on)."""
+    def drain(self, waiting: list[bytes] | None = None) -> list[bytes]:
+        """Everything not acknowledged, then ``waiting`` (accepted, not yet
+        written), oldest first, less the messages still in the store (a
+        login read them there: they stay, and are not stored twice); the
+        window is emptied (numbering goes on)."""
+        first = self.sent - (len(self._window) - self._head) + 1
         out = self._window[self._head :]
+        if waiting:
+            out += waiting
+        marks = self._marks
+        if marks and any(m.in_store for _, m in marks):
+            stored = {n - first for n, m in marks if m.in_store}
+            out = [data for i, data in enumerate(out) if i not in stored]
+            self._marks = deque(mark for mark in marks if not mark[1].in_store)
         self._window = []
         self._head = 0
         if self._budget is not None and self.nbytes:

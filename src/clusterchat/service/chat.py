@@ -82,6 +82,7 @@ from clusterchat.service.refusals import RefusalLog, Sampled
 from clusterchat.service.restore import Restorer
 from clusterchat.service.rosters import Roster, Rosters
 from clusterchat.service.session import RESUMED, Peer, Session, Work
+from clusterchat.service.stored_rows import ConfirmedRows
 from clusterchat.storage.base import Group, LoginView, Quota, Resume, Store
 from clusterchat.tasks import cancel_and_wait
 
@@ -226,6 +227,8 @@ class ChatService:
         self.sessions: dict[int, Session] = {}
         self.refusals = RefusalLog(log)
         self.outages = Sampled(log)
+        #: Deletes the stored rows clients with receipts confirmed.
+        self._rows = ConfirmedRows(self.store.delete_offline, self._spawn)
         self.quota = Quota(
             lim.max_offline_messages,
             lim.max_offline_bytes,
@@ -629,10 +632,11 @@ class ChatService:
             self.refusals.note(s, f"handler failed for {req!r}", exc_info=True)
             self._refuse(s, req, ErrCode.INTERNAL, "internal error")
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = logs.start_task(coro)
         self._background.add(task)
         task.add_done_callback(self._finished)
+        return task
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
@@ -756,7 +760,10 @@ class ChatService:
                 view = LoginView(friends, groups, fits)
             if receipts:  # before anything is delivered to this session
                 carried = [codec.encode_text(m) for _, m in view.offline]
-                s.receipts = s.peer.start_receipts(carried)
+                # Their rows stay stored until the client confirms them.
+                unconfirmed = race.unconfirmed = set()
+                rows = [self._rows.mark(uid, row, unconfirmed) for row, _ in view.offline]
+                s.receipts = s.peer.start_receipts(carried, rows)
             reply = await self._login_reply(
                 s, view, rosters, ticket, ticket_login, more, s.receipts
             )
@@ -798,7 +805,7 @@ class ChatService:
         for settlement in unsettled:  # the deliveries hold them now, where they must
             settlement.release()
         if s.receipts:  # it waits for receipts, which come as requests after this one
-            self._spawn(self._flush_offline(s, race, written=view.offline))
+            self._spawn(self._flush_offline(s, race))
             return
         written = view.offline
         if written:
@@ -1034,10 +1041,16 @@ class ChatService:
         did not yet know of the login; first delete the rows already
         ``written`` (the login reply's). Runs when the race says so (after
         the login reply, or on a store noticed while ONLINE): one at a time.
-        If the store fails it goes on later, in the background."""
+        If the store fails it goes on later, in the background.
+
+        With receipts a row is deleted only when the client confirms it
+        (service/stored_rows.py), so the reads page on by id past those
+        delivered, and skip them; a pass starts again from the oldest when a
+        store was noticed meanwhile (MariaDB may commit a lower id later)."""
         uid = uid or s.uid
         if delay:
             await asyncio.sleep(delay)
+        after = 0
         try:
             while True:
                 try:
@@ -1046,7 +1059,7 @@ class ChatService:
                         written = ()
                     if not race.next_read():
                         return
-                    rows = await self.store.offline(uid)
+                    rows = await self.store.offline(uid, after)
                 except errors.Unavailable as exc:
                     if race.read_failed():
                         why = f"offline delivery to user {uid} failed, retrying: {exc}"
@@ -1055,32 +1068,46 @@ class ChatService:
                         self._spawn(self._flush_offline(s, race, written, later, uid))
                     return
                 if not rows or s.race is not race:
+                    after = 0
                     continue
-                if not await self._deliver_page(s, race, rows):
-                    race.flush_stopped()  # closing: the rows stay stored
-                    return
-                written = rows
-                race.page_written(full=len(rows) >= self.store.offline_page)
+                full = len(rows) >= self.store.offline_page
+                unconfirmed = race.unconfirmed
+                if unconfirmed is None:
+                    if not await self._deliver_page(s, race, rows):
+                        race.flush_stopped()  # closing: the rows stay stored
+                        return
+                    written = rows
+                else:
+                    new = [row for row in rows if row[0] not in unconfirmed]
+                    if not await self._deliver_page(s, race, new, unconfirmed):
+                        race.flush_stopped()  # closing: the rows stay stored
+                        return
+                    after = rows[-1][0] if full and not race.recheck else 0
+                race.page_written(full)
         except BaseException:
             race.flush_stopped()
             raise
 
     async def _deliver_page(
-        self, s: Session, race: LoginRace[bytes], rows: Sequence[tuple[int, str]]
+        self,
+        s: Session,
+        race: LoginRace[bytes],
+        rows: Sequence[tuple[int, str]],
+        unconfirmed: set[int] | None = None,
     ) -> bool:
         """Offline messages to a logged-in session; False if it is closing
         (the rows stay stored). With receipts, each waits for room in the
-        unacknowledged window: a full mailbox must not overflow it (and be
-        cut off, and stored, at every login)."""
-        if not s.receipts:
+        unacknowledged window (a full mailbox must not overflow it, and be
+        cut off at every login), and its row stays until it is confirmed."""
+        if unconfirmed is None:
             return all([s.peer.deliver(codec.encode_text(m)) for _, m in rows])
-        for _, m in rows:
+        for row, m in rows:
             payload = codec.encode_text(m)
             if not await s.peer.receipt_room(len(payload)):
                 return False
             if s.race is not race or not s.receipts:  # logged out meanwhile
                 return False
-            if not s.peer.deliver(payload):
+            if not s.peer.deliver(payload, self._rows.mark(s.uid, row, unconfirmed)):
                 return False
         return True
 
@@ -1096,6 +1123,9 @@ class ChatService:
         settlements += [st for _, st in race.take_settlements()]
         try:
             await self.store_offline_each(uid, held, settlements)
+            # What it confirmed of its stored messages must be gone before
+            # its next login reads them.
+            await self._rows.deleted(uid, RESTORE_DEADLINE)
             if logout:
                 await self.store.end_session(uid)
             else:

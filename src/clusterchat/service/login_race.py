@@ -56,7 +56,7 @@ class LoginRace(Generic[P]):
     offline table must be read (again) before the user can be left ONLINE.
     """
 
-    __slots__ = ("held", "phase", "recheck", "settlements")
+    __slots__ = ("held", "phase", "recheck", "settlements", "unconfirmed")
 
     def __init__(self) -> None:
         self.phase = Phase.ANONYMOUS
@@ -66,6 +66,10 @@ class LoginRace(Generic[P]):
         #: batches for a client with receipts: the batch is settled only once
         #: the message is confirmed or stored, wherever it goes from here.
         self.settlements: list[tuple[int, Settlement]] | None = None
+        #: With receipts: ids of stored rows this login delivered and has not
+        #: yet deleted (the client has not confirmed them, or the delete is
+        #: under way); its reads skip them (service/stored_rows.py).
+        self.unconfirmed: set[int] | None = None
 
     def hold(self, settlement: Settlement) -> None:
         """The message about to be held settles ``settlement`` (held till

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Set
+from collections.abc import Awaitable, Callable, Sequence, Set
 from typing import Protocol, TypeAlias
 
 from clusterchat.bus.base import Settlement
@@ -67,11 +67,12 @@ class Peer(Protocol):
 
     def close(self) -> None: ...
 
-    def start_receipts(self, carried: list[bytes]) -> bool:
+    def start_receipts(self, carried: list[bytes], marks: Sequence[Settlement] = ()) -> bool:
         """Number what is delivered from now on and keep it until the client
         acknowledges it (RECEIVED); False if this transport cannot.
         ``carried``: the offline messages the login reply carries, numbered
-        1 to n before any push."""
+        1 to n before any push; ``marks``: the settlement of each of them
+        (their rows, left in the store until the receipt)."""
         ...
 
     def received(self, seq: int) -> bool | None:
@@ -96,7 +97,7 @@ class NoReceipts:
     nothing (the service's fakes in tests and fuzz targets): receipts are
     refused at login, so the rest is never asked for."""
 
-    def start_receipts(self, carried: list[bytes]) -> bool:
+    def start_receipts(self, carried: list[bytes], marks: Sequence[Settlement] = ()) -> bool:
         return False
 
     def received(self, seq: int) -> bool | None:

@@ -247,8 +247,9 @@ class Store(Protocol):
     #: Most offline messages one read returns.
     offline_page: int
 
-    async def offline(self, uid: int) -> list[tuple[int, str]]:
-        """The oldest page of a user's offline messages, as (id, text)."""
+    async def offline(self, uid: int, after: int = 0) -> list[tuple[int, str]]:
+        """The oldest page of a user's offline messages (those with an id
+        past ``after``), as (id, text) in id order."""
         ...
 
     async def offline_users(self, uids: Sequence[int]) -> set[int]:

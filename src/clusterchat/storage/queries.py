@@ -58,13 +58,15 @@ RESUME_MANY = select(
 OFFLINE_PAGE = 200
 
 _page = bindparam("page", type_=Integer)
+#: Rows after this id only (0: from the oldest).
+_after = bindparam("after", type_=Integer)
 
-#: A user's oldest page: their own rows' texts and their shared rows' (userid
+#: A user's oldest page (after an id): their own rows' texts and their shared rows' (userid
 #: = minus theirs, the text in offlinebody), each side one range of the
 #: (userid, id) index read in order, merged by id.
 _INLINE = (
     select(offlinemessage.c.id, offlinemessage.c.message)
-    .where(offlinemessage.c.userid == _uid)
+    .where((offlinemessage.c.userid == _uid) & (offlinemessage.c.id > _after))
     .order_by(offlinemessage.c.id)
     .limit(_page)
     .subquery()
@@ -72,7 +74,7 @@ _INLINE = (
 _SHARED = (
     select(offlinemessage.c.id, offlinebody.c.message)
     .join(offlinebody, offlinebody.c.id == offlinemessage.c.bodyid)
-    .where(offlinemessage.c.userid == -_uid)
+    .where((offlinemessage.c.userid == -_uid) & (offlinemessage.c.id > _after))
     .order_by(offlinemessage.c.id)
     .limit(_page)
     .subquery()

@@ -718,7 +718,7 @@ class SqlStore(SocialQueries, HistoryQueries):
         async with self._tx() as conn:
             friends = await _friends(conn, uid)
             groups, more_groups = await _groups(conn, uid, known=known)
-            page = {"uid": uid, "page": self.offline_page}
+            page = {"uid": uid, "page": self.offline_page, "after": 0}
             offline = (await conn.execute(q.OFFLINE, page)).all()
             if ticket_digest is None:
                 await conn.execute(q.ONLINE, {"uid": uid})
@@ -942,9 +942,9 @@ class SqlStore(SocialQueries, HistoryQueries):
         if unknown := await _again_if_deadlocked(once):
             raise errors.NoSuchUser(unknown[0])
 
-    async def offline(self, uid: int) -> list[tuple[int, str]]:
+    async def offline(self, uid: int, after: int = 0) -> list[tuple[int, str]]:
         async with self._tx() as conn:
-            page = {"uid": uid, "page": self.offline_page}
+            page = {"uid": uid, "page": self.offline_page, "after": after}
             rows = (await conn.execute(q.OFFLINE, page)).all()
         return [(r.id, r.message) for r in rows]
 
