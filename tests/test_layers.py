@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 #: Each layer may import only layers of a lower rank (and itself).
 RANKS = {
-    "protocol": 0, "errors": 0, "budget": 0, "logs": 0,
+    "protocol": 0, "errors": 0, "budget": 0, "logs": 0, "tasks": 0,
     "config": 1, "options": 2,
     "storage": 3, "bus": 3,
     "service": 4,

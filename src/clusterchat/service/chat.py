@@ -76,7 +76,7 @@ from clusterchat.service.friends import Friends
 from clusterchat.service.groups import Groups
 from clusterchat.service.history import QUEUE_ROWS, HistoryRequests, HistoryWriter, Purger
 from clusterchat.service.limits import FailureLimiter, Limits, Turns
-from clusterchat.service.login_race import LoginRace
+from clusterchat.service.login_race import Delivered, LoginRace
 from clusterchat.service.passwords import Passwords, is_plain
 from clusterchat.service.refusals import RefusalLog, Sampled
 from clusterchat.service.restore import Restorer
@@ -761,7 +761,7 @@ class ChatService:
             if receipts:  # before anything is delivered to this session
                 carried = [codec.encode_text(m) for _, m in view.offline]
                 # Their rows stay stored until the client confirms them.
-                unconfirmed = race.unconfirmed = set()
+                unconfirmed = race.unconfirmed = Delivered()
                 rows = [self._rows.mark(uid, row, unconfirmed) for row, _ in view.offline]
                 s.receipts = s.peer.start_receipts(carried, rows)
             reply = await self._login_reply(
@@ -1059,6 +1059,8 @@ class ChatService:
                         written = ()
                     if not race.next_read():
                         return
+                    unconfirmed = race.unconfirmed
+                    skip = unconfirmed.reading() if unconfirmed is not None else ()
                     rows = await self.store.offline(uid, after)
                 except errors.Unavailable as exc:
                     if race.read_failed():
@@ -1071,14 +1073,13 @@ class ChatService:
                     after = 0
                     continue
                 full = len(rows) >= self.store.offline_page
-                unconfirmed = race.unconfirmed
                 if unconfirmed is None:
                     if not await self._deliver_page(s, race, rows):
                         race.flush_stopped()  # closing: the rows stay stored
                         return
                     written = rows
                 else:
-                    new = [row for row in rows if row[0] not in unconfirmed]
+                    new = [row for row in rows if row[0] not in skip]
                     if not await self._deliver_page(s, race, new, unconfirmed):
                         race.flush_stopped()  # closing: the rows stay stored
                         return
@@ -1093,7 +1094,7 @@ class ChatService:
         s: Session,
         race: LoginRace[bytes],
         rows: Sequence[tuple[int, str]],
-        unconfirmed: set[int] | None = None,
+        unconfirmed: Delivered | None = None,
     ) -> bool:
         """Offline messages to a logged-in session; False if it is closing
         (the rows stay stored). With receipts, each waits for room in the

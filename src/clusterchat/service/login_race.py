@@ -31,6 +31,7 @@ through every interleaving of small scenarios and random longer histories.
 from __future__ import annotations
 
 import enum
+from collections.abc import Container, Iterable
 from typing import Generic, TypeVar
 
 from clusterchat.bus.base import Settlement
@@ -46,6 +47,31 @@ class Phase(enum.Enum):
     FLUSHING = "flushing"  # reply written; one offline delivery running
     ONLINE = "online"  # nothing known to be waiting in the store
     CLOSED = "closed"  # the connection is gone (terminal)
+
+
+class Delivered:
+    """With receipts: the stored rows one login delivered and has not yet seen deleted: its reads
+    skip them. A row whose delete has committed is forgotten only when the
+    next read starts: one already under way may still return it."""
+
+    __slots__ = ("_gone", "_rows")
+
+    def __init__(self) -> None:
+        self._rows: set[int] = set()
+        self._gone: list[int] = []
+
+    def add(self, row: int) -> None:
+        self._rows.add(row)
+
+    def deleted(self, rows: Iterable[int]) -> None:
+        self._gone.extend(rows)
+
+    def reading(self) -> Container[int]:
+        """A read starts: the rows it must skip."""
+        if self._gone:
+            self._rows.difference_update(self._gone)
+            self._gone.clear()
+        return self._rows
 
 
 class LoginRace(Generic[P]):
@@ -69,7 +95,7 @@ class LoginRace(Generic[P]):
         #: With receipts: ids of stored rows this login delivered and has not
         #: yet deleted (the client has not confirmed them, or the delete is
         #: under way); its reads skip them (service/stored_rows.py).
-        self.unconfirmed: set[int] | None = None
+        self.unconfirmed: Delivered | None = None
 
     def hold(self, settlement: Settlement) -> None:
         """The message about to be held settles ``settlement`` (held till

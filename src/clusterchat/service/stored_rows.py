@@ -19,6 +19,7 @@ from typing import Any
 
 from clusterchat import errors
 from clusterchat.bus.base import Settlement
+from clusterchat.service.login_race import Delivered
 from clusterchat.service.refusals import Sampled
 
 log = logging.getLogger(__name__)
@@ -50,18 +51,18 @@ class ConfirmedRows:
     ) -> None:
         self._delete = delete
         self._spawn = spawn
-        self._due: dict[int, list[tuple[int, set[int]]]] = {}
+        self._due: dict[int, list[tuple[int, Delivered]]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
         self._outages = Sampled(log)
 
-    def mark(self, uid: int, row: int, unconfirmed: set[int]) -> StoredRow:
+    def mark(self, uid: int, row: int, delivered: Delivered) -> StoredRow:
         """The mark of row ``row`` of ``uid``'s, delivered by the login whose
-        reads skip ``unconfirmed``: it stays there until deleted."""
-        unconfirmed.add(row)
-        return StoredRow(lambda: self._confirmed(uid, row, unconfirmed))
+        reads skip ``delivered``: it stays there until deleted."""
+        delivered.add(row)
+        return StoredRow(lambda: self._confirmed(uid, row, delivered))
 
-    def _confirmed(self, uid: int, row: int, unconfirmed: set[int]) -> None:
-        self._due.setdefault(uid, []).append((row, unconfirmed))
+    def _confirmed(self, uid: int, row: int, delivered: Delivered) -> None:
+        self._due.setdefault(uid, []).append((row, delivered))
         if uid not in self._running:
             self._running[uid] = self._spawn(self._deleting(uid))
 
@@ -78,8 +79,8 @@ class ConfirmedRows:
                     delay = min(delay * 2, RETRY_MOST)
                     continue
                 delay = RETRY_FIRST
-                for row, unconfirmed in due:
-                    unconfirmed.discard(row)
+                for row, delivered in due:
+                    delivered.deleted((row,))
         finally:
             del self._running[uid]
 
