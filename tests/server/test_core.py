@@ -10,6 +10,7 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Coroutine, Generator, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from hypothesis import given, settings
@@ -19,7 +20,8 @@ from clusterchat.budget import Budget
 from clusterchat.bus.base import Settlement
 from clusterchat.config import Settings
 from clusterchat.protocol.framing import FrameDecoder
-from clusterchat.server.core import LINGER, QUEUE_PAUSE, ConnectionCore
+from clusterchat.protocol.messages import ErrCode
+from clusterchat.server.core import LINGER, QUEUE_PAUSE, SETTLE_GRACE, ConnectionCore
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.refusals import RefusalLog
 from clusterchat.service.session import Session
@@ -667,3 +669,29 @@ def test_closing_writes_the_replies_behind_a_reply_still_unknown() -> None:
     ack(b"late")  # the copy comes after all: nothing more
     host.tick()
     assert b"".join(link.written) == b"r1bye"
+
+
+def test_a_client_always_late_to_confirm_is_cut_off() -> None:
+    """Each message from another node it leaves unconfirmed past the grace
+    is stored for it at once, a row outside its mailbox's quota: a client
+    that is late every time, while confirming enough never to time out,
+    is declared dead once more than its window's worth were stored early."""
+    core, link, host = make()
+    lim = host.settings.limits
+    host.settings = replace(host.settings, limits=replace(lim, receipt_window=3))
+    assert core.start_receipts([])
+    now = 0.0
+    for i in range(1, 5):
+        assert not link.closed
+        core.deliver(b'{"n":%d}\n' % i, Settlement())
+        host.tick()  # written: number i
+        core.report(now)
+        now += SETTLE_GRACE + 0.5
+        core.report(now)  # late: stored for it now
+        assert len(host.service.spilled) == i
+        if not link.closed:
+            assert core.received(i)  # its receipt comes after all
+    assert link.closed
+    assert b'"errno":%d' % ErrCode.RECEIPT_TIMEOUT in link.written[-1]
+    # Nothing it had not confirmed is left unstored, and nothing stored twice.
+    assert [p for p, _ in host.service.spilled] == [[b'{"n":%d}\n' % i] for i in range(1, 5)]

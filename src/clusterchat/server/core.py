@@ -70,6 +70,11 @@ _RECEIPT_TIMEOUT = codec.error(
     "nothing acknowledged (RECEIVED) for too long; closing. Unacknowledged messages are "
     "kept for your next login",
 )
+_LATE_TOO_OFTEN = codec.error(
+    ErrCode.RECEIPT_TIMEOUT,
+    "too many messages acknowledged (RECEIVED) more than 10 s late; closing. "
+    "Unacknowledged messages are kept for your next login",
+)
 #: ``_queue`` once we close: what the peer sent after is dropped unread (a
 #: flooder's 20,000 pipelined lines are not each decoded and refused).
 _DROPPED: deque[tuple[bytes, int]] = deque(maxlen=0)
@@ -693,6 +698,13 @@ class ConnectionCore:
             late, settlements = receipts.late(now, min(SETTLE_GRACE, receipts.timeout))
             if settlements:  # stored for it now: their batches need not wait for it
                 self._service.spill(self.session, late, False, settlements, held=True)
+                if receipts.stored_early > receipts.max_count:
+                    # Each is a row outside the mailbox's quota (it was
+                    # acknowledged): a client always late must not add them
+                    # for ever. It is declared dead, as one that confirms nothing.
+                    self._watched = False
+                    self._receipts_failed(ErrCode.RECEIPT_TIMEOUT, _LATE_TOO_OFTEN)
+                    return False
         outbox.measured(self._link.in_flight())
         if outbox.idle:
             self._watched = False

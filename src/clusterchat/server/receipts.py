@@ -55,6 +55,21 @@ def unstamp(data: bytes) -> bytes:
     return data if at < 0 else data[:at] + b"}\n"
 
 
+class _StoredEarly(Settlement):
+    """The mark of a message stored before its receipt (:meth:`Unacked.late`):
+    not stored again when the connection ends; its receipt changes nothing
+    (the row stays, a duplicate at the next login)."""
+
+    __slots__ = ()
+    in_store = True
+
+    def release(self) -> None:
+        pass
+
+
+STORED_EARLY = _StoredEarly(pins=False)
+
+
 class Unacked:
     """Messages written to the peer and not yet acknowledged, in order.
 
@@ -77,6 +92,7 @@ class Unacked:
         "nbytes",
         "released",
         "sent",
+        "stored_early",
         "timeout",
     )
 
@@ -97,6 +113,8 @@ class Unacked:
         self.sent = 0
         #: Messages acknowledged so far (for tests and metrics).
         self.released = 0
+        #: Messages :meth:`late` gave to be stored before their receipt.
+        self.stored_early = 0
         # When the window was first seen waiting without progress (0: not yet).
         self._since = 0.0
         # (number, when): every message up to that number was written by then;
@@ -181,8 +199,9 @@ class Unacked:
     def late(self, now: float, grace: float) -> tuple[list[bytes], list[Settlement]]:
         """Messages from other nodes' batches (settlements that pin) that the
         client has left unconfirmed for more than ``grace`` seconds: to store
-        now (a duplicate for this client at worst), and their settlements to
-        release once stored. Called with the report (about twice a second).
+        now (a duplicate for this client at worst, not stored again when the
+        connection ends), and their settlements to release once stored.
+        Called with the report (about twice a second).
         A slow or hostile client must not pin a batch, with other people's
         messages in it, on the sending node for long (past its bounds that
         node stores the whole batch: duplicates for everyone in it)."""
@@ -210,9 +229,11 @@ class Unacked:
             if number <= upto and settlement.pins:
                 payloads.append(self._window[self._head + number - first])
                 settlements.append(settlement)
+                rest.append((number, STORED_EARLY))  # stored now: not again at the end
             else:
                 rest.append((number, settlement))
         self._marks = rest
+        self.stored_early += len(payloads)
         return payloads, settlements
 
     def unsettled(self) -> list[Settlement]:
