@@ -68,3 +68,28 @@ class Budget:
             self.full = False
             if self.on_room is not None:
                 self.on_room()
+
+
+#: Past the limit, connections are cut off (what they hold stored) while
+#: what connections hold is more than this share of the limit...
+EVICT_SHARE = 0.5
+#: ...but never one holding less than this: a cut must free something.
+EVICT_LEAST = 64 * 1024
+
+
+def to_evict(holdings: list[tuple[int, int]], limit: int) -> list[int]:
+    """Which connections to cut off, given (bytes held, key) for each while
+    the budget is over its limit: the biggest first, until what the rest
+    hold is at most EVICT_SHARE of the limit. Without this, receivers that
+    never confirm (an attacker's own accounts) could hold the whole budget,
+    and every sender on the node was refused. What is left over the limit
+    is then the store's backlog, which drains at the store's pace."""
+    held = sum(n for n, _ in holdings)
+    most = int(limit * EVICT_SHARE)
+    out: list[int] = []
+    for nbytes, key in sorted(holdings, reverse=True):
+        if held <= most or nbytes < EVICT_LEAST:
+            break
+        out.append(key)
+        held -= nbytes
+    return out

@@ -1,6 +1,8 @@
 """Past the node's memory budget chats are refused ("busy, retry") and have
 no effect; the original client is slowed instead; room comes back once
-what was held reaches the store."""
+what was held reaches the store. Connections holding the most are cut
+off (what they hold stored), so receivers that never read or confirm
+cannot hold the budget and refuse everyone."""
 
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
 
 BUDGET = 256 * 1024
+#: Below what is worth cutting a connection off for (budget.EVICT_LEAST):
+#: the budget stays full while the stalled reader holds it.
+SMALL_BUDGET = 48 * 1024
 
 
 @pytest.fixture
@@ -29,9 +34,25 @@ async def small_node(settings: Settings) -> AsyncIterator[Node]:
     n = Node(
         replace(
             settings,
-            memory_budget=BUDGET,
+            memory_budget=SMALL_BUDGET,
             output_limit=16 * 1024 * 1024,  # the budget, not the limit, is reached first
             limits=Limits(message_rate=0),
+        )
+    )
+    await n.start()
+    yield n
+    await n.stop()
+
+
+@pytest.fixture
+async def budget_node(settings: Settings) -> AsyncIterator[Node]:
+    """Receipt windows far bigger than the budget: the budget is what binds."""
+    limits = Limits(message_rate=0)
+    n = Node(
+        replace(
+            settings,
+            memory_budget=BUDGET,
+            limits=replace(limits, receipt_window=100_000, receipt_bytes=64 * 1024 * 1024),
         )
     )
     await n.start()
@@ -92,7 +113,7 @@ async def test_a_full_budget_refuses_chats_without_effect_and_slows_the_original
     await carol.send({"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": "from the original"})
     # Bob got nothing: the next thing he hears is the answer to his ping.
     assert (await bob.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
-    assert budget.used > BUDGET
+    assert budget.used > SMALL_BUDGET
 
     # The stalled reader drops: what it held is stored, the budget empties,
     # and the original client's chat goes through, once.
@@ -107,4 +128,77 @@ async def test_a_full_budget_refuses_chats_without_effect_and_slows_the_original
     assert ack["status"] == "delivered"
     assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == "again"  # never "refused"
     for c in (flooder, alice, bob, carol):
+        await c.close()
+
+
+async def answer(conn: ChatConnection, doc: dict[str, Any]) -> dict[str, Any]:
+    """The reply, whatever it is (nobody sends this user anything else)."""
+    await conn.send(doc)
+    return await conn.recv()
+
+
+async def mute_receiver(port: int) -> tuple[asyncio.StreamWriter, int, asyncio.Task[None]]:
+    """Logged in with receipts; reads everything, confirms nothing."""
+    conn, uid = await ChatConnection.open("127.0.0.1", port), 0
+    uid = await conn.register(unique(), PASSWORD)
+    await conn.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    login = {"msgid": MsgId.LOGIN, "id": uid, "password": PASSWORD, "receipts": True}
+    writer.write(codec.dumps(login).encode() + b"\n")
+    assert codec.loads(await reader.readline())["errno"] == 0
+
+    async def read() -> None:
+        while await reader.readline():
+            pass
+
+    return writer, uid, asyncio.ensure_future(read())
+
+
+async def test_receivers_that_never_confirm_are_cut_off_not_everyone_refused(
+    budget_node: Node,
+) -> None:
+    """Before, an attacker's own receivers holding their windows kept the
+    budget full and every chat on the node was refused (85-95% of an
+    innocent pair's, found by attack). Now the biggest holders are cut
+    off and their windows stored; the innocent pair chats on, and the
+    mute receivers get everything at their next login."""
+    port = budget_node.port
+    mutes = [await mute_receiver(port) for _ in range(3)]
+    flooder, _ = await user(port)
+    alice, _ = await user(port)
+    bob, bob_id = await user(port)
+    sent: dict[int, list[str]] = {uid: [] for _, uid, _ in mutes}
+    async with asyncio.timeout(60):
+        i = 0
+        while not budget_node.budget.full:
+            uid = mutes[i % len(mutes)][1]
+            doc = {"msgid": MsgId.ONE_CHAT, "toid": uid, "msg": f"{i} " + "f" * 8000}
+            reply = await answer(flooder, doc)
+            if reply["msgid"] == MsgId.CHAT_ACK:
+                sent[uid].append(reply["mid"])
+            i += 1
+    # Within a few reports the biggest are cut off, and once their windows
+    # are stored the budget has room: alice's chat goes through.
+    async with asyncio.timeout(10):
+        while True:
+            reply = await answer(alice, {"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": "hi"})
+            if reply["msgid"] == MsgId.CHAT_ACK:
+                break
+            assert reply["errno"] == ErrCode.BUSY, reply
+            await asyncio.sleep(0.1)
+    assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == "hi"
+    assert budget_node.service.counts.refusals[("error", ErrCode.RECEIPT_WINDOW_FULL)] >= 1
+    for writer, _, task in mutes:
+        writer.close()
+        task.cancel()
+    for _, uid, _ in mutes:  # nothing acknowledged is lost
+        async with asyncio.timeout(10):
+            while uid in budget_node.service.sessions:  # noqa: ASYNC110 - the node's state
+                await asyncio.sleep(0.02)
+        back = await ChatConnection.open("127.0.0.1", port)
+        ack = await back.login(uid, PASSWORD)
+        got = [codec.loads(m)["mid"] for m in ack.get("offlinemsg", ())]
+        assert sorted(got) == sorted(sent[uid])
+        await back.close()
+    for c in (flooder, alice, bob):
         await c.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterchat.budget import Budget
+from clusterchat.budget import EVICT_LEAST, Budget, to_evict
 from clusterchat.server.outbox import (
     FIRST,
     OVER,
@@ -320,3 +320,13 @@ def test_what_was_written_since_the_last_report_waits_for_the_next() -> None:
     assert box.settled == 101 - 64  # then the last recent_max, or 256 KiB
     box.measured(0)
     assert box.idle  # and after a quiet period, nothing
+
+
+def test_eviction_takes_the_biggest_holders_until_half_the_budget_is_left() -> None:
+    mib = 1024 * 1024
+    # Four receivers of an attacker hold 48 of a 64 MiB budget, innocents 6.
+    holdings = [(12 * mib, k) for k in range(4)] + [(1 * mib, 10 + k) for k in range(6)]
+    assert to_evict(holdings, 64 * mib) == [3, 2]  # 54 -> 30 MiB held: at most 32
+    assert to_evict(holdings, 1024 * mib) == []  # what connections hold is not the trouble
+    # Nobody worth cutting off: small holders stay (the store's backlog fills it).
+    assert to_evict([(EVICT_LEAST - 1, k) for k in range(100)], 1 * mib) == []

@@ -70,6 +70,11 @@ _RECEIPT_TIMEOUT = codec.error(
     "nothing acknowledged (RECEIVED) for too long; closing. Unacknowledged messages are "
     "kept for your next login",
 )
+_EVICTED = codec.error(
+    ErrCode.RECEIPT_WINDOW_FULL,
+    "the server is short of memory and you hold the most of it unacknowledged (RECEIVED); "
+    "closing. Unacknowledged messages are kept for your next login",
+)
 _LATE_TOO_OFTEN = codec.error(
     ErrCode.RECEIPT_TIMEOUT,
     "too many messages acknowledged (RECEIVED) more than 10 s late; closing. "
@@ -711,6 +716,25 @@ class ConnectionCore:
             if outbox.empty:  # nothing owed: the next message makes a new one
                 self.outbox = None
         return self._watched
+
+    @property
+    def charged(self) -> int:
+        """Bytes this connection holds against the node's memory budget."""
+        outbox = self.outbox
+        return outbox.charged if outbox is not None else 0
+
+    def evict(self) -> None:
+        """The node's memory budget is over its limit and this connection
+        holds the most of it: cut it off, what it holds stored (rather than
+        refuse every sender on the node because of it)."""
+        outbox = self.outbox
+        if outbox is None or outbox.ended:
+            return
+        self._watched = False
+        if outbox.receipts is not None:
+            self._receipts_failed(ErrCode.RECEIPT_WINDOW_FULL, _EVICTED)
+        else:  # as a peer past its output limit
+            self._cut_off()
 
     # -- the end: what is stored --------------------------------------------------------
 

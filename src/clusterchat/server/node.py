@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from clusterchat import logs
-from clusterchat.budget import Budget
+from clusterchat.budget import Budget, to_evict
 from clusterchat.config import Settings, connection_limit
 from clusterchat.protocol import codec
 from clusterchat.protocol.framing import FrameDecoder
@@ -241,9 +241,28 @@ class Node:
         watched, self._watched = self._watched, []
         now = self.clock()
         self._watched = [core for core in watched if core.report(now)]
+        budget = self.budget
+        if budget.full:
+            self._evict(budget.limit)
         self._reporter = (
             self._loop.call_later(REPORT_EVERY, self._report) if self._watched else None
         )
+
+    def _evict(self, limit: int) -> None:
+        """Over the budget: cut off the connections that hold the most
+        (``budget.to_evict``), what they hold stored."""
+        cores = self._watched
+        holdings = [(core.charged, i) for i, core in enumerate(cores)]
+        chosen = to_evict(holdings, limit)
+        if not chosen:
+            return
+        log.warning(
+            "memory budget full: cutting off the %d connections holding the most (%d bytes)",
+            len(chosen),
+            sum(holdings[i][0] for i in chosen),
+        )
+        for i in chosen:
+            cores[i].evict()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = logs.start_task(coro)

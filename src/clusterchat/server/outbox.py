@@ -373,6 +373,13 @@ class Outbox:
         return self._held_bytes
 
     @property
+    def charged(self) -> int:
+        """Bytes this outbox holds against the memory budget: held for a
+        peer not reading, and written but not acknowledged (receipts)."""
+        receipts = self.receipts
+        return self._held_bytes + (receipts.nbytes if receipts is not None else 0)
+
+    @property
     def window_bytes(self) -> int:
         return self._window_bytes
 
