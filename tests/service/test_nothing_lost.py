@@ -198,3 +198,23 @@ def test_a_message_held_while_a_login_is_answered_keeps_its_settlement() -> None
     assert settlement.held
     assert s.race.reply_sent() == [b"held\n"]
     assert s.race.take_settlements() == [(0, settlement)]
+
+
+async def test_a_client_refused_receipts_gets_what_is_stored_while_it_is_online(
+    service: ChatService,
+) -> None:
+    """A login asking for receipts on a peer that cannot have them (False
+    from start_receipts: here a transport without them; on a socket, one
+    that ended meanwhile) goes on without: the offline delivery must not
+    take the receipts path (its rows waiting for receipts that never come)."""
+    peer = Peer()
+    s = Session(peer)
+    await request(service, s, {"msgid": 4, "name": "carol", "password": "pw"})
+    uid = peer.sent[-1]["id"]
+    await request(service, s, {"msgid": 1, "id": uid, "password": "pw", "receipts": True})
+    assert peer.sent[-1]["errno"] == 0 and not s.receipts
+    msg = codec.encode_text(json.dumps({"msgid": 6, "mid": "x-1", "msg": "while online"}))
+    await service.store_offline([uid], msg)  # a store that raced the login: nudged
+    async with asyncio.timeout(10):
+        while not any(m.get("msg") == "while online" for m in peer.sent):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)

@@ -761,9 +761,11 @@ class ChatService:
             if receipts:  # before anything is delivered to this session
                 carried = [codec.encode_text(m) for _, m in view.offline]
                 # Their rows stay stored until the client confirms them.
-                unconfirmed = race.unconfirmed = Delivered()
+                unconfirmed = Delivered()
                 rows = [self._rows.mark(uid, row, unconfirmed) for row, _ in view.offline]
                 s.receipts = s.peer.start_receipts(carried, rows)
+                if s.receipts:  # else none will be confirmed: delivered as without
+                    race.unconfirmed = unconfirmed
             reply = await self._login_reply(
                 s, view, rosters, ticket, ticket_login, more, s.receipts
             )
@@ -963,6 +965,9 @@ class ChatService:
             if not held.resumed:
                 return False
             self._end_displaced(held)
+            # What it confirmed of its stored messages must be gone before this
+            # login reads them (as after a logout or a drop).
+            await self._rows.deleted(uid, RESTORE_DEADLINE)
             await self.presence.release(uid)
             claimed = await self.presence.claim(uid)
         elif self.bus.shared:
@@ -1002,7 +1007,15 @@ class ChatService:
         if s is None or not s.resumed:
             return
         self._end_displaced(s)
-        self._spawn(self.presence.release(uid))
+        self._spawn(self._release_displaced(uid))
+
+    async def _release_displaced(self, uid: int) -> None:
+        """Release a user whose session a login on another node displaced,
+        once the rows it confirmed are deleted: that login reads them next.
+        Not for longer than that login waits for the claim (a store that slow
+        costs a duplicate, not the login)."""
+        await self._rows.deleted(uid, TAKEOVER_WAIT / 2)
+        await self.presence.release(uid)
 
     async def _login_reply(
         self,
