@@ -165,11 +165,6 @@ async def test_a_password_login_does_not_get_what_the_displaced_session_confirme
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite reuses the highest rowid (offlinemessage has no AUTOINCREMENT): "
-    "a late delete of a confirmed row, or a session's unconfirmed set, names a newer message",
-)
 async def test_a_late_delete_does_not_take_a_newer_message_with_the_same_id(
     node: Node, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,8 +172,9 @@ async def test_a_late_delete_does_not_take_a_newer_message_with_the_same_id(
     wait for that delete gives up (RESTORE_DEADLINE, shortened here), so S2's
     login gets M1 again (a duplicate: accepted). The delete then goes through
     and M2 is stored for the user (a store that raced the login, or S1's
-    window restored late): SQLite gives it id R. S2's flush skips it (R is
-    among its unconfirmed) and S2's receipt for M1 deletes row R: M2 is lost."""
+    window restored late): SQLite gave it id R before revision 0010, S2's
+    flush skipped it (R among its unconfirmed) and S2's receipt for M1
+    deleted row R: M2 was lost. Ids are never reused now."""
     monkeypatch.setattr(chat, "RESTORE_DEADLINE", 0.3)
     sender = await logged_in(node.port)
     uid = await sender.register(unique(), PASSWORD)

@@ -365,3 +365,42 @@ async def test_offline_rows_from_before_0009_are_read_and_counted_toward_no_send
         assert [m for _, m in await store.offline(1)] == ["old0", "old1", "new group", "new 1:1"]
     finally:
         await store.close()
+
+
+def _to_0009(conn: Connection) -> None:
+    from alembic import command
+
+    command.upgrade(schema._config(conn), "0009")
+
+
+async def test_offline_ids_are_not_reused_after_0010_and_rows_are_kept(blank_db: str) -> None:
+    """On SQLite before 0010 the newest row's id came back once it was
+    deleted; a late delete of a confirmed row (by id) could take a newer
+    message. The upgrade keeps every row."""
+    engine = create_async_engine(blank_db)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_to_0009)
+            await conn.exec_driver_sql(
+                "INSERT INTO user (id, name, namekey, password) VALUES (1, 'a', 'a', 'x')"
+            )
+            for i in range(3):
+                await conn.exec_driver_sql(
+                    f"INSERT INTO offlinemessage (userid, message, size) VALUES (1, 'm{i}', 2)"
+                )
+    finally:
+        await engine.dispose()
+    code, out = await _clusterchat("db", "upgrade", "--db", blank_db)
+    assert code == 0 and "from 0009 to revision" in out, out
+    store = SqlStore(blank_db, pool_size=2)
+    try:
+        rows = await store.offline(1)
+        assert [m for _, m in rows] == ["m0", "m1", "m2"]
+        newest = rows[-1][0]
+        await store.delete_offline(1, [newest])
+        await store.store_offline(1, "after", Quota(), sender=0)
+        again = await store.offline(1)
+        assert [m for _, m in again] == ["m0", "m1", "after"]
+        assert again[-1][0] > newest  # a new id, never the deleted one's
+    finally:
+        await store.close()

@@ -83,6 +83,17 @@ class State:
         )
 
 
+def _ids_kept(connection: Connection) -> bool:
+    """Offline ids are never reused (revision 0010): always so but on
+    SQLite, where the table must say AUTOINCREMENT."""
+    if connection.dialect.name != "sqlite":
+        return True
+    sql = connection.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'offlinemessage'"
+    ).scalar()
+    return "AUTOINCREMENT" in str(sql or "").upper()
+
+
 def _unversioned(connection: Connection) -> str | None:
     """The revision of tables made before versioning, by their columns; None if empty."""
     insp = inspect(connection)
@@ -90,7 +101,7 @@ def _unversioned(connection: Connection) -> str | None:
     if "user" not in tables:
         return None
     if "mailboxshare" in tables:
-        return "0009"
+        return "0010" if _ids_kept(connection) else "0009"
     if "mailbox" in tables:
         return "0008"
     if "history" in tables:

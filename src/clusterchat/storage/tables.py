@@ -145,6 +145,9 @@ offlinemessage = Table(
     # the per-sender share of a receiver's quota (``mailboxshare``).
     Column("sender", Integer, nullable=False, server_default="0"),
     Index("ix_offlinemessage_userid_id", "userid", "id"),
+    # Revision 0010: ids never reused (SQLite reuses the highest otherwise);
+    # a confirmed row is deleted by id, maybe late (service/stored_rows.py).
+    sqlite_autoincrement=True,
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
