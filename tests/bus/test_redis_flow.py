@@ -277,6 +277,28 @@ async def test_a_batch_waiting_for_receipts_is_kept_by_its_sender_until_settled(
         await _until(lambda: window.keeping() == 0 and window.kept == 0)
 
 
+async def test_the_receiver_knows_what_share_of_its_senders_limit_its_clients_pin(
+    redis_url: str,
+) -> None:
+    """What a sender keeps for the receiving node's clients counts against
+    its limit (8 windows); the receiver sees the share, and past a half
+    gives its clients less time to confirm (core.SETTLE_GRACE_PRESSED)."""
+    b_inbox = Receipts()
+    async with sender_and_receiver(redis_url, Inbox(here=True), b_inbox) as (a, b):
+        assert b.pinned() == 0.0
+        for _ in range(3):
+            assert await a.send([BOB], BIG) == []
+        await _until(lambda: a._windows["b"].keeping() == 3)
+        kept = a._windows["b"].kept
+        assert kept >= 3 * len(BIG)
+        assert b.pinned() == pytest.approx(b._pinned["a"] / (8 * b.window))
+        assert b._pinned["a"] >= 3 * len(BIG)
+        for settlement in b_inbox.held:  # the receipts come
+            settlement.release()
+        await _until(lambda: a._windows["b"].kept == 0)
+        assert b.pinned() == 0.0
+
+
 async def test_a_sender_from_before_keeping_gets_its_ack_at_taken(redis_url: str) -> None:
     """A rolling upgrade: the old sender ignores taken-acks, so it is
     acknowledged as it was (else it stored every such batch at its ack

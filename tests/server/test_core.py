@@ -21,7 +21,13 @@ from clusterchat.bus.base import Settlement
 from clusterchat.config import Settings
 from clusterchat.protocol.framing import FrameDecoder
 from clusterchat.protocol.messages import ErrCode
-from clusterchat.server.core import LINGER, QUEUE_PAUSE, SETTLE_GRACE, ConnectionCore
+from clusterchat.server.core import (
+    LINGER,
+    QUEUE_PAUSE,
+    SETTLE_GRACE,
+    SETTLE_GRACE_PRESSED,
+    ConnectionCore,
+)
 from clusterchat.service.counts import ServiceCounts
 from clusterchat.service.refusals import RefusalLog
 from clusterchat.service.session import Session
@@ -93,6 +99,7 @@ class FakeHost:
         self.settings = Settings(max_frame=MAX_FRAME, output_limit=output_limit)
         self.budget = Budget(0)
         self.decoder = FrameDecoder(MAX_FRAME)
+        self.settle_grace = SETTLE_GRACE
         self.service = FakeService()
         self.unflushed: list[ConnectionCore] = []
         self.flush_asked = 0  # flush_soon calls: one a tick
@@ -695,3 +702,20 @@ def test_a_client_always_late_to_confirm_is_cut_off() -> None:
     assert b'"errno":%d' % ErrCode.RECEIPT_TIMEOUT in link.written[-1]
     # Nothing it had not confirmed is left unstored, and nothing stored twice.
     assert [p for p, _ in host.service.spilled] == [[b'{"n":%d}\n' % i] for i in range(1, 5)]
+
+
+def test_clients_get_less_time_to_confirm_while_a_sender_keeps_much_for_them() -> None:
+    """The node lowers the grace (it sees a sender near its limit of kept
+    batches): a message from another node unconfirmed for over a second is
+    stored for its client, and its batch settled."""
+    core, _link, host = make()
+    assert core.start_receipts([])
+    settlement = Settlement()
+    core.deliver(b'{"n":1}\n', settlement)
+    host.tick()
+    core.report(0.0)
+    core.report(1.5)
+    assert host.service.spilled == []  # the usual 10 s grace
+    host.settle_grace = SETTLE_GRACE_PRESSED
+    core.report(3.0)
+    assert host.service.spilled == [([b'{"n":1}\n'], False)]

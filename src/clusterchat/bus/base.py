@@ -201,4 +201,10 @@ class Bus(Protocol):
         """What is in flight to other nodes; None without other nodes."""
         ...
 
+    def pinned(self) -> float:
+        """Of what other nodes keep until this node's clients confirm it, the
+        largest share of one sender's limit for that (0 without other
+        nodes); past it the sender stores whole batches."""
+        ...
+
     async def close(self) -> None: ...

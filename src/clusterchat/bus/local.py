@@ -77,5 +77,8 @@ class NoBus:
     def window_stats(self) -> WindowStats | None:
         return None
 
+    def pinned(self) -> float:
+        return 0.0
+
     async def close(self) -> None:
         return None

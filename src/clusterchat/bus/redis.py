@@ -194,6 +194,8 @@ class RedisCluster:
         self.keep_for = keep_for
         self._windows: dict[str, SendWindow[list[Item]]] = {}
         self._receiving: dict[str, ReceiveState] = {}
+        #: Bytes of each sender's batches it keeps until our clients confirm them.
+        self._pinned: dict[str, int] = {}
         self._answer: set[str] = set()  # sources owed acks or gap reports
         self._probe: set[str] = set()  # destinations to send an empty batch (they resubscribed)
         self._freed: dict[str, asyncio.Future[None]] = {}
@@ -267,6 +269,10 @@ class RedisCluster:
                 self.window, limit, limit // 2,
             )  # fmt: skip
             self.window = limit // 2
+
+    def pinned(self) -> float:
+        most = max(self._pinned.values(), default=0)
+        return most / (KEEP_WINDOWS * self.window) if most else 0.0
 
     def window_stats(self) -> WindowStats:
         windows = list(self._windows.values())
@@ -909,6 +915,7 @@ class RedisCluster:
             self._wake.set()
 
         def settled() -> None:
+            self._pinned[source] -= len(data)
             rx.settled(epoch, seq)
             answer()
 
@@ -916,7 +923,10 @@ class RedisCluster:
             if epoch[:1] != KEEPS:  # a node from before keeps nothing: acked as taken
                 rx.taken(epoch, seq)
             else:
-                rx.taken(epoch, seq, settlement.settled_or_then(settled))
+                done = settlement.settled_or_then(settled)
+                if not done:  # the sender keeps it: it counts against its limit
+                    self._pinned[source] = self._pinned.get(source, 0) + len(data)
+                rx.taken(epoch, seq, done)
             answer()
 
         if work:  # acknowledged once re-routed or stored

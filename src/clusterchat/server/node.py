@@ -26,7 +26,7 @@ from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.protocol.trusted import TrustedProxies
 from clusterchat.server.backends import Backends, open_backends
 from clusterchat.server.connection import Connection
-from clusterchat.server.core import ConnectionCore
+from clusterchat.server.core import SETTLE_GRACE, SETTLE_GRACE_PRESSED, ConnectionCore
 from clusterchat.server.http import HttpServer
 from clusterchat.server.load import LoopLag
 from clusterchat.server.metrics import Ops
@@ -53,6 +53,9 @@ _MAKING_ROOM = codec.error(
 _IDLE_TIMEOUT = codec.error(ErrCode.TIMEOUT, "silent for too long; closing the connection")
 #: Seconds between in-flight reports to connections' outboxes.
 REPORT_EVERY = 0.5
+#: Past this share of a sender's limit kept for our clients, they get less
+#: time to confirm (core.SETTLE_GRACE_PRESSED).
+PINNED_PRESSED = 0.5
 _GOODBYE = codec.encode(
     {
         "msgid": MsgId.NOTICE,
@@ -76,6 +79,7 @@ class Node:
         self.store: Store = backends.store
         #: Bytes held for other people on this node (see budget.py).
         self.budget = Budget(settings.memory_budget)
+        self.settle_grace = SETTLE_GRACE
         self.service = ChatService(
             self.store,
             Passwords(settings.hash_cost, settings.login_queue, settings.register_queue),
@@ -240,6 +244,8 @@ class Node:
     def _report(self) -> None:
         watched, self._watched = self._watched, []
         now = self.clock()
+        pressed = self.service.bus.pinned() > PINNED_PRESSED
+        self.settle_grace = SETTLE_GRACE_PRESSED if pressed else SETTLE_GRACE
         self._watched = [core for core in watched if core.report(now)]
         budget = self.budget
         if budget.full:
