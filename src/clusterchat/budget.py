@@ -74,7 +74,7 @@ class Budget:
 #: what connections hold is more than this share of the limit...
 EVICT_SHARE = 0.5
 #: ...but never one holding less than this: a cut must free something.
-EVICT_LEAST = 64 * 1024
+EVICT_LEAST = 16 * 1024
 
 
 def to_evict(holdings: list[tuple[int, int]], limit: int) -> list[int]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from clusterchat.budget import EVICT_LEAST
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
 from clusterchat.protocol import codec
@@ -24,9 +25,10 @@ from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
 
 BUDGET = 256 * 1024
-#: Below what is worth cutting a connection off for (budget.EVICT_LEAST):
-#: the budget stays full while the stalled reader holds it.
-SMALL_BUDGET = 48 * 1024
+#: With 5,000-byte messages the stalled reader holds less than is worth
+#: cutting a connection off for (budget.EVICT_LEAST) when it is full: the
+#: budget stays full while it holds it.
+SMALL_BUDGET = 8 * 1024
 
 
 @pytest.fixture
@@ -102,7 +104,7 @@ async def test_a_full_budget_refuses_chats_without_effect_and_slows_the_original
     async with asyncio.timeout(60):
         while not budget.full:
             reply = await flooder.request(
-                {"msgid": MsgId.ONE_CHAT, "toid": stalled_id, "msg": "f" * 8000}, MsgId.CHAT_ACK
+                {"msgid": MsgId.ONE_CHAT, "toid": stalled_id, "msg": "f" * 5000}, MsgId.CHAT_ACK
             )
             assert reply["status"] == "delivered"
 
@@ -113,7 +115,7 @@ async def test_a_full_budget_refuses_chats_without_effect_and_slows_the_original
     await carol.send({"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": "from the original"})
     # Bob got nothing: the next thing he hears is the answer to his ping.
     assert (await bob.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
-    assert budget.used > SMALL_BUDGET
+    assert SMALL_BUDGET < budget.used < EVICT_LEAST
 
     # The stalled reader drops: what it held is stored, the budget empties,
     # and the original client's chat goes through, once.
