@@ -20,6 +20,7 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.server.metrics import NodeCollector
 from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
@@ -190,6 +191,8 @@ async def test_receivers_that_never_confirm_are_cut_off_not_everyone_refused(
             await asyncio.sleep(0.1)
     assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == "hi"
     assert budget_node.service.counts.refusals[("error", ErrCode.RECEIPT_WINDOW_FULL)] >= 1
+    metrics = {m.name: m.samples[0].value for m in NodeCollector(budget_node).collect()}
+    assert metrics["clusterchat_budget_evictions"] >= 1
     for writer, _, task in mutes:
         writer.close()
         task.cancel()

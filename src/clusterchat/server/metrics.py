@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
         store: Store
         lag: LoopLag
+        #: Connections cut off for holding the most of a full memory budget.
+        evictions: int
 
         async def readiness(self) -> list[str]: ...
 
@@ -152,6 +154,12 @@ class NodeCollector(Collector):
             "clusterchat_budget_refusals",
             "Messages refused because the memory budget was full (ERROR 151)",
             value=budget.refused,
+        )
+        yield CounterMetricFamily(
+            "clusterchat_budget_evictions",
+            "Connections cut off because the memory budget was full and they held "
+            "the most of it (their messages stored)",
+            value=node.evictions,
         )
         history = service.history
         if history is not None:

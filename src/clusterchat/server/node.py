@@ -80,6 +80,8 @@ class Node:
         #: Bytes held for other people on this node (see budget.py).
         self.budget = Budget(settings.memory_budget)
         self.settle_grace = SETTLE_GRACE
+        #: Connections cut off because they held the most of a full budget.
+        self.evictions = 0
         self.service = ChatService(
             self.store,
             Passwords(settings.hash_cost, settings.login_queue, settings.register_queue),
@@ -269,6 +271,7 @@ class Node:
         )
         for i in chosen:
             cores[i].evict()
+        self.evictions += len(chosen)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = logs.start_task(coro)
