@@ -12,16 +12,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import func, or_, select
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import LoginErr, MsgId
 from clusterchat.server.node import Node
 from clusterchat.service import chat
-from clusterchat.storage.tables import offlinemessage
 from tests.conftest import PASSWORD, unique
+from tests.e2e.test_double_fault import stored_for
 from tests.e2e.test_receipts import logged_in, send_chats
 
 pytestmark = pytest.mark.unmetered
@@ -53,17 +51,6 @@ class Raw:
 
     def close(self) -> None:
         self.writer.close()
-
-
-async def stored_for(db_url: str, uid: int) -> int:
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            mine = or_(offlinemessage.c.userid == uid, offlinemessage.c.userid == -uid)
-            q = select(func.count()).select_from(offlinemessage).where(mine)
-            return int((await conn.execute(q)).scalar_one())
-    finally:
-        await engine.dispose()
 
 
 def gate(
