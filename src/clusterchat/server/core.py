@@ -728,11 +728,11 @@ class ConnectionCore:
                 self.outbox = None
         return self._watched
 
-    @property
-    def charged(self) -> int:
-        """Bytes this connection holds against the node's memory budget."""
+    def stalled(self, now: float) -> int:
+        """Bytes this connection holds against the node's memory budget for
+        a peer that has made no progress lately (``Outbox.stalled``)."""
         outbox = self.outbox
-        return outbox.charged if outbox is not None else 0
+        return outbox.stalled(now) if outbox is not None and not outbox.ended else 0
 
     def evict(self) -> None:
         """The node's memory budget is over its limit and this connection

@@ -251,16 +251,16 @@ class Node:
         self._watched = [core for core in watched if core.report(now)]
         budget = self.budget
         if budget.full:
-            self._evict(budget.limit)
+            self._evict(budget.limit, now)
         self._reporter = (
             self._loop.call_later(REPORT_EVERY, self._report) if self._watched else None
         )
 
-    def _evict(self, limit: int) -> None:
-        """Over the budget: cut off the connections that hold the most
-        (``budget.to_evict``), what they hold stored."""
+    def _evict(self, limit: int, now: float) -> None:
+        """Over the budget: cut off the stalled connections that hold the
+        most (``budget.to_evict``), what they hold stored."""
         cores = self._watched
-        holdings = [(core.charged, i) for i, core in enumerate(cores)]
+        holdings = [(core.stalled(now), i) for i, core in enumerate(cores)]
         chosen = to_evict(holdings, limit)
         if not chosen:
             return

@@ -75,7 +75,7 @@ from collections import deque
 from enum import Enum
 from itertools import accumulate, islice
 
-from clusterchat.budget import Budget
+from clusterchat.budget import EVICT_STALL, Budget
 from clusterchat.bus.base import Settlement
 from clusterchat.server.receipts import Unacked
 
@@ -104,6 +104,11 @@ class End(Enum):
     CLOSED_BY_US = "closed by us"  # logout, timeouts, displaced, node shutdown
 
 
+#: Reports (about twice a second) an outbox stays paused before what it
+#: holds counts as stalled (about ``budget.EVICT_STALL``).
+STALL_REPORTS = 4
+
+
 class Outbox:
     __slots__ = (
         "_budget",
@@ -112,6 +117,7 @@ class Outbox:
         "_held_bytes",
         "_in_flight",
         "_paused",
+        "_paused_reports",
         "_pending_bytes",
         "_since",
         "_unsettled",
@@ -145,6 +151,7 @@ class Outbox:
         self._held: list[bytes] | None = None  # not None while paused
         self._held_bytes = 0
         self._paused = False
+        self._paused_reports = 0  # reports seen paused (``stalled``)
         self._window: deque[bytes] | None = None
         self._window_bytes = 0
         # Messages at the window's end written since the last report.
@@ -291,6 +298,7 @@ class Outbox:
         """The transport's buffer is full: hold what comes from now on."""
         if not self._paused and not self._ended:
             self._paused = True
+            self._paused_reports = 0
             self._held = []
             self._held_bytes = 0
 
@@ -323,6 +331,8 @@ class Outbox:
         beyond ``in_flight`` (plus a margin, if the peer is behind)."""
         self._in_flight = in_flight
         self.unmeasured = 0
+        if self._paused:
+            self._paused_reports += 1
         window = self._window
         if not window:
             self._since = 0
@@ -372,12 +382,16 @@ class Outbox:
     def held_bytes(self) -> int:
         return self._held_bytes
 
-    @property
-    def charged(self) -> int:
-        """Bytes this outbox holds against the memory budget: held for a
-        peer not reading, and written but not acknowledged (receipts)."""
+    def stalled(self, now: float) -> int:
+        """Bytes this outbox holds against the memory budget for a peer that
+        has made no progress for ``EVICT_STALL`` seconds: held while it does
+        not read (paused over as many reports), written and not acknowledged
+        (receipts) while no receipt comes."""
+        stalled = self._held_bytes if self._paused_reports >= STALL_REPORTS else 0
         receipts = self.receipts
-        return self._held_bytes + (receipts.nbytes if receipts is not None else 0)
+        if receipts is not None and receipts.stalled(now, EVICT_STALL):
+            stalled += receipts.nbytes
+        return stalled
 
     @property
     def window_bytes(self) -> int:

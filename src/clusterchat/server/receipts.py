@@ -243,6 +243,11 @@ class Unacked:
         marks, self._marks = self._marks, None
         return [m for _, m in marks if not m.in_store] if marks else []
 
+    def stalled(self, now: float, after: float) -> bool:
+        """Messages have waited ``after`` seconds with no receipt at all
+        (as :meth:`overdue` last saw it)."""
+        return bool(self._since) and now - self._since >= after
+
     def overdue(self, now: float) -> bool:
         """Called now and then (about twice a second): whether the window has
         waited ``timeout`` seconds without any acknowledgement, or a message
