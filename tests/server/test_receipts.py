@@ -168,12 +168,22 @@ class World:
             self.written += 1
             assert got["seq"] == self.written  # numbered in write order...
             assert unstamp(line) == self.accepted[self.written - 1]  # ...which is accept order
+        self.check_kept_bytes()
 
     def ack(self, k: int) -> None:
         if self.seen:
             self.acked = max(self.acked, min(k, self.seen))
             assert self.box.ack(min(k, self.seen))
         self.check_settled()
+        self.check_kept_bytes()
+
+    def check_kept_bytes(self) -> None:
+        """The window keeps (and charges to the budget) the bytes of the
+        written, unacknowledged messages, less those still in the store."""
+        r = self.box.receipts
+        if r is not None and self.stored is None:
+            kept = range(self.acked, self.written)
+            assert r.nbytes == sum(len(self.accepted[i]) for i in kept if not self.in_store[i])
 
     def end(self, how: End) -> None:
         self.stored = self.box.end(how)

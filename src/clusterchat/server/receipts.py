@@ -83,6 +83,7 @@ class Unacked:
         "_aged",
         "_budget",
         "_head",
+        "_in_store",
         "_marks",
         "_since",
         "_stamps",
@@ -125,6 +126,8 @@ class Unacked:
         self._marks: deque[tuple[int, Settlement]] | None = None
         # (number, when): every mark up to that number was made by then.
         self._stamps: deque[tuple[int, float]] | None = None
+        # Marks of messages still in the store not yet written (``_blank``).
+        self._in_store = 0
 
     @property
     def count(self) -> int:
@@ -143,6 +146,8 @@ class Unacked:
         it, and return the bytes to write."""
         n = self.sent
         self._window.extend(batch)
+        if self._in_store:
+            nbytes -= self._blank(n + 1, n + len(batch))
         self.nbytes += nbytes
         if self._budget is not None:
             self._budget.charge(nbytes)
@@ -156,6 +161,27 @@ class Unacked:
                 for i, data in enumerate(batch, n + 1)
             ]
         )
+
+    def _blank(self, first: int, last: int) -> int:
+        """Messages ``first`` to ``last``, just written, that are still in the
+        store keep no bytes here: the end skips them and their receipt only
+        deletes their row. So a mailbox flowing into the window at every
+        login costs the memory budget nothing (an attacker's receivers,
+        reconnecting as they were cut off, kept it full that way). Returns
+        the bytes not kept."""
+        assert self._marks is not None
+        window = self._window
+        at = len(window) - (last - first + 1)  # where ``first`` is
+        freed = 0
+        for number, mark in self._marks:
+            if number > last:
+                break
+            if number >= first and mark.in_store:
+                i = at + number - first
+                freed += len(window[i])
+                window[i] = b""
+                self._in_store -= 1
+        return freed
 
     def ack(self, seq: int) -> bool:
         """The peer has everything up to ``seq``: let it go. False if
@@ -195,6 +221,8 @@ class Unacked:
         if marks is None:
             marks = self._marks = deque()
         marks.append((self.sent + waiting, settlement))
+        if settlement.in_store:
+            self._in_store += 1
 
     def late(self, now: float, grace: float) -> tuple[list[bytes], list[Settlement]]:
         """Messages from other nodes' batches (settlements that pin) that the
@@ -281,6 +309,7 @@ class Unacked:
             stored = {n - first for n, m in marks if m.in_store}
             out = [data for i, data in enumerate(out) if i not in stored]
             self._marks = deque(mark for mark in marks if not mark[1].in_store)
+        self._in_store = 0
         self._window = []
         self._head = 0
         if self._budget is not None and self.nbytes:
