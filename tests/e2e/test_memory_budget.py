@@ -50,7 +50,7 @@ async def small_node(settings: Settings) -> AsyncIterator[Node]:
 @pytest.fixture
 async def budget_node(settings: Settings) -> AsyncIterator[Node]:
     """Receipt windows far bigger than the budget: the budget is what binds."""
-    limits = Limits(message_rate=0)
+    limits = Limits(message_rate=0, registrations_per_address=100)
     n = Node(
         replace(
             settings,
@@ -140,12 +140,16 @@ async def answer(conn: ChatConnection, doc: dict[str, Any]) -> dict[str, Any]:
     return await conn.recv()
 
 
-async def mute_receiver(port: int) -> tuple[asyncio.StreamWriter, int, asyncio.Task[None]]:
-    """Logged in with receipts; reads everything, confirms nothing."""
+async def mute_receiver(
+    port: int, source: str | None = None
+) -> tuple[asyncio.StreamWriter, int, asyncio.Task[None]]:
+    """Logged in with receipts (from ``source``, an address of this host);
+    reads everything, confirms nothing."""
     conn, uid = await ChatConnection.open("127.0.0.1", port), 0
     uid = await conn.register(unique(), PASSWORD)
     await conn.close()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    bind = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=bind)
     login = {"msgid": MsgId.LOGIN, "id": uid, "password": PASSWORD, "receipts": True}
     writer.write(codec.dumps(login).encode() + b"\n")
     assert codec.loads(await reader.readline())["errno"] == 0
@@ -205,5 +209,45 @@ async def test_receivers_that_never_confirm_are_cut_off_not_everyone_refused(
         got = [codec.loads(m)["mid"] for m in ack.get("offlinemsg", ())]
         assert sorted(got) == sorted(sent[uid])
         await back.close()
+    for c in (flooder, alice, bob):
+        await c.close()
+
+
+async def test_many_small_holders_from_one_address_are_cut_off_together(
+    budget_node: Node,
+) -> None:
+    """Each of 25 mute receivers holds one 12,000-byte message, less than is
+    worth cutting one connection off for (EVICT_LEAST), but together more
+    than the budget. Found by attack (attack/small_holders.py): 150 such
+    holders from two addresses kept a 2 MiB budget full, 137 of an
+    innocent pair's 142 chats refused, no eviction. Counted by address,
+    they are cut off together and alice's chat goes through."""
+    port = budget_node.port
+    mutes = [await mute_receiver(port, "127.0.0.2") for _ in range(25)]
+    flooder, _ = await user(port)
+    alice, _ = await user(port)
+    bob, bob_id = await user(port)
+    for _, uid, _ in mutes:  # one each, until the budget is full (22 of them)
+        doc = {"msgid": MsgId.ONE_CHAT, "toid": uid, "msg": "s" * 12_000}
+        assert (await answer(flooder, doc))["msgid"] == MsgId.CHAT_ACK
+        if budget_node.budget.full:
+            break
+    assert budget_node.budget.full
+    held = [
+        c.outbox.receipts.nbytes for c in budget_node._watched if c.outbox and c.outbox.receipts
+    ]
+    assert 0 < max(held) < EVICT_LEAST
+    async with asyncio.timeout(10):
+        while True:
+            reply = await answer(alice, {"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": "hi"})
+            if reply["msgid"] == MsgId.CHAT_ACK:
+                break
+            assert reply["errno"] == ErrCode.BUSY, reply
+            await asyncio.sleep(0.1)
+    assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == "hi"
+    assert budget_node.service.counts.refusals[("error", ErrCode.RECEIPT_WINDOW_FULL)] >= 1
+    for writer, _, task in mutes:
+        writer.close()
+        task.cancel()
     for c in (flooder, alice, bob):
         await c.close()
