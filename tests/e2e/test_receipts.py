@@ -15,6 +15,7 @@ import pytest
 from clusterchat.client.connection import ChatConnection, ConnectionClosed
 from clusterchat.config import Settings
 from clusterchat.protocol import codec
+from clusterchat.protocol.client import ClientProtocol
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.metrics import NodeCollector
 from clusterchat.server.node import Node
@@ -267,4 +268,33 @@ async def test_logging_out_while_the_mailbox_waits_for_receipts_loses_nothing(
     assert {m["mid"] for m in got} == set(mids)  # all of them, duplicates allowed
     assert set(seen) <= {m["mid"] for m in got}
     for c in (sender, conn):
+        await c.close()
+
+
+@pytest.mark.unmetered
+async def test_big_messages_are_acknowledged_before_the_window_fills(node: Node) -> None:
+    """Two senders of 60 KB messages fill --receipt-bytes (2 MiB) in 35
+    messages, before our client's 64th or its 1-s timer: it was cut off
+    (ERROR 187) over and over (found by attack). It acknowledges by bytes
+    too now, and gets everything on one connection."""
+    first, uid = await registered(node.port)
+    await first.close()
+    # As the terminal client's (client/session.py): it acknowledges by itself.
+    receiver = await ChatConnection.open(
+        "127.0.0.1", node.port, core=ClientProtocol(acknowledge=True)
+    )
+    assert (await receiver.login(uid, PASSWORD, receipts=True))["errno"] == 0
+    senders = [await logged_in(node.port) for _ in range(2)]
+    big = "b" * 60_000
+
+    async def send(sender: ChatConnection, tag: str) -> list[str]:
+        return await send_chats(sender, uid, [f"{tag}{i} {big}" for i in range(40)])
+
+    sent = asyncio.gather(*(send(s, t) for s, t in zip(senders, "xy", strict=True)))
+    got = await chats(receiver, 80)  # an ERROR 187 and the close would end this early
+    mids = await sent
+    assert sorted(m["mid"] for m in got) == sorted(mids[0] + mids[1])
+    assert ("error", ErrCode.RECEIPT_WINDOW_FULL) not in node.service.counts.refusals
+    assert uid in node.service.sessions
+    for c in (receiver, *senders):
         await c.close()

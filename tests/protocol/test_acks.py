@@ -17,3 +17,14 @@ def test_acknowledges_every_n_and_on_the_timer_only_what_is_new() -> None:
     assert acks.take() is None
     acks.reset()  # a new login numbers from 1 again
     assert acks.saw(1) is None and acks.take() == 1
+
+
+def test_acknowledges_after_so_many_bytes_too() -> None:
+    """Big messages fill the server's --receipt-bytes long before the 64th:
+    a client counting messages alone was cut off (ERROR 187)."""
+    acks = Acks(every=64, every_bytes=1000)
+    assert acks.saw(1, 600) is None
+    assert acks.saw(2, 600) == 2  # 1,200 bytes unacknowledged
+    assert acks.saw(3, 600) is None  # counting starts again
+    assert acks.take() == 3
+    assert acks.saw(4, 999) is None and acks.saw(5, 1) == 5

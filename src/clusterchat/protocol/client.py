@@ -205,7 +205,7 @@ class ClientProtocol(Generic[T]):
             if type(msgid) is int and msgid in _PUSHED:  # (a list is unhashable)
                 if acks is not None:
                     seq = msg.get("seq")
-                    if type(seq) is int and (due := acks.saw(seq)) is not None:
+                    if type(seq) is int and (due := acks.saw(seq, len(frame))) is not None:
                         self._out.append(self._receipt(due))
                 append(Push(msg, frame))
             elif msgid == _ERROR and msg.get("re") == _RECEIVED:
@@ -225,7 +225,8 @@ class ClientProtocol(Generic[T]):
         if self.acks is not None:
             self.acks.reset()  # numbering starts again with this reply
             if ack.get("receipts"):  # the offline messages it carries are numbered 1 to n
-                due = self.acks.saw(len(ack.get("offlinemsg") or ()))
+                carried = ack.get("offlinemsg") or ()
+                due = self.acks.saw(len(carried), sum(map(len, carried)))
                 if due is not None:
                     self._out.append(self._receipt(due))
 

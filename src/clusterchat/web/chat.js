@@ -3,9 +3,9 @@
 // app once each (by mid), reconnect with backoff and a ticket login.
 // The same protocol as the terminal client: docs/PROTOCOL.md, modern dialect.
 // It asks for receipts at login and acknowledges pushes (RECEIVED, no reply):
-// every ACK_EVERY messages, each ACK_INTERVAL_MS while any are new, before
-// LOGOUT and when the page goes away; the server keeps what we did not
-// acknowledge for our next login.
+// every ACK_EVERY messages or ACK_EVERY_BYTES bytes, each ACK_INTERVAL_MS
+// while any are new, before LOGOUT and when the page goes away; the server
+// keeps what we did not acknowledge for our next login.
 
 export const Msg = Object.freeze({
   LOGIN: 1, LOGIN_ACK: 2, LOGOUT: 3, REG: 4, REG_ACK: 5, ONE_CHAT: 6, ADD_FRIEND: 7,
@@ -24,6 +24,7 @@ const KEEPALIVE_MS = 30000;
 const RELOGIN_PATIENCE_MS = 30000; // "already online": the old node may still hold us
 const SEEN_MAX = 4096;
 const ACK_EVERY = 64;
+const ACK_EVERY_BYTES = 256 * 1024; // well under the server's --receipt-bytes (2 MiB)
 const ACK_INTERVAL_MS = 1000;
 // Reconnecting waits 250 ms, then twice as long each time, up to this; each
 // wait is 50-100% of that at random, so pages a busy node refused together
@@ -60,14 +61,18 @@ export class ChatSocket {
   async _login(fields) {
     this.seenSeq = this.ackedSeq = 0;
     const ack = await this._send({ msgid: Msg.LOGIN, receipts: true, ...fields });
-    if (ack.errno === 0 && ack.receipts) this._saw((ack.offlinemsg || []).length); // 1 to n
+    if (ack.errno === 0 && ack.receipts) {
+      const carried = ack.offlinemsg || []; // numbered 1 to n
+      this._saw(carried.length, carried.reduce((n, m) => n + m.length, 0));
+    }
     return ack;
   }
 
-  _saw(seq) {
+  _saw(seq, bytes) {
     if (seq > this.seenSeq) {
       this.seenSeq = seq;
-      if (seq - this.ackedSeq >= ACK_EVERY) this._ack();
+      this.unackedBytes = (this.unackedBytes || 0) + bytes;
+      if (seq - this.ackedSeq >= ACK_EVERY || this.unackedBytes >= ACK_EVERY_BYTES) this._ack();
     }
   }
 
@@ -76,6 +81,7 @@ export class ChatSocket {
     if (this.seenSeq > this.ackedSeq && ws && ws.readyState === WebSocket.OPEN) {
       ws.send(JSON.stringify({ msgid: Msg.RECEIVED, seq: this.seenSeq }));
       this.ackedSeq = this.seenSeq;
+      this.unackedBytes = 0;
     }
   }
 
@@ -165,7 +171,7 @@ export class ChatSocket {
     }
     if (msg === null || typeof msg !== "object") return;
     if (PUSHED.has(msg.msgid)) {
-      if (typeof msg.seq === "number") this._saw(msg.seq);
+      if (typeof msg.seq === "number") this._saw(msg.seq, text.length);
       this._push(msg);
     } else if (msg.msgid === Msg.ERROR && msg.re === Msg.RECEIVED) {
       console.warn("receipt refused:", msg.errmsg); // RECEIVED has no reply: not a request's
