@@ -131,7 +131,9 @@ async def test_a_group_message_reads_rows_per_receiver_not_per_stored_message(
         async with store.engine.connect() as conn:
             after = sum(int(v) for _, v in await conn.execute(text(reads)))
         assert refused == []
-        assert after - before < 5 * members, after - before
+        # The defect read members x stored (20,000); a plan InnoDB's background
+        # statistics change under load read 1,484 once (about 5 a member).
+        assert after - before < 10 * members, after - before
     finally:
         async with store.engine.begin() as conn:
             await conn.execute(
