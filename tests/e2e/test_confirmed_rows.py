@@ -7,6 +7,7 @@ one, with a gate on one call to hold it at the moment that matters."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,8 +50,10 @@ class Raw:
     async def chats(self, n: int) -> list[dict[str, Any]]:
         return [await self.next(MsgId.ONE_CHAT) for _ in range(n)]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
 
 
 def gate(
@@ -100,7 +103,7 @@ async def test_a_row_confirmed_while_a_read_is_under_way_is_not_given_again(
     pushed = await raw.chats(50)
     assert [m["mid"] for m in pushed] == mids[100:]  # not 1..100 again
     assert [m["seq"] for m in pushed] == list(range(101, 151))
-    raw.close()
+    await raw.close()
     await sender.close()
 
 
@@ -125,7 +128,7 @@ async def test_a_password_login_does_not_get_what_the_displaced_session_confirme
         ack = await thief.next(MsgId.LOGIN_ACK)
         if ack["errno"] != LoginErr.ALREADY_ONLINE:
             break
-        thief.close()
+        await thief.close()
         await asyncio.sleep(0.05)
     assert ack["errno"] == 0 and ack["resumed"] is True, ack
     got = [json.loads(m)["mid"] for m in ack.get("offlinemsg", ())]
@@ -146,7 +149,7 @@ async def test_a_password_login_does_not_get_what_the_displaced_session_confirme
     assert relogin["errno"] == 0, relogin
     assert relogin.get("offlinemsg", []) == []  # confirmed on the other device: not again
     await again.request({"msgid": MsgId.PING}, MsgId.PONG)
-    thief.close()
+    await thief.close()
     for c in (again, sender):
         await c.close()
 
@@ -175,14 +178,14 @@ async def test_a_late_delete_does_not_take_a_newer_message_with_the_same_id(
     s1.send({"msgid": MsgId.RECEIVED, "seq": 1})
     async with asyncio.timeout(10):
         await reached.wait()
-    s1.close()  # dropped while its delete waits for the store
+    await s1.close()  # dropped while its delete waits for the store
     for _ in range(100):
         s2 = await Raw.open(node.port)
         s2.send({"msgid": MsgId.LOGIN, "id": uid, "password": PASSWORD, "receipts": True})
         ack = await s2.next(MsgId.LOGIN_ACK)
         if ack["errno"] != LoginErr.ALREADY_ONLINE:
             break
-        s2.close()
+        await s2.close()
         await asyncio.sleep(0.05)
     assert ack["errno"] == 0, ack
     assert [json.loads(m)["mid"] for m in ack["offlinemsg"]] == [m1]  # again: accepted
@@ -199,11 +202,11 @@ async def test_a_late_delete_does_not_take_a_newer_message_with_the_same_id(
             await asyncio.sleep(0.02)
     s2.send({"msgid": MsgId.LOGOUT})
     await s2.next(MsgId.LOGOUT_ACK)
-    s2.close()
+    await s2.close()
     s3 = await Raw.open(node.port)
     s3.send({"msgid": MsgId.LOGIN, "id": uid, "password": PASSWORD, "receipts": True})
     ack = await s3.next(MsgId.LOGIN_ACK)
-    s3.close()
+    await s3.close()
     await sender.close()
     got = [json.loads(m)["mid"] for m in ack.get("offlinemsg", ())]
     assert got == ["late-2"] or await stored_for(db_url, uid) == 1, got  # M2 is somewhere

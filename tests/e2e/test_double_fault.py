@@ -6,6 +6,7 @@ lost them (a double fault: they were stored because the user was away)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -71,6 +72,8 @@ async def test_unconfirmed_offline_messages_survive_a_kill_of_the_node(db_url: s
         proc.kill()  # ...and the node dies before the rest are
         await proc.wait()
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
         await sender.close()
     async with server_process(*args) as (proc, port, _):
         again = await ChatConnection.open("127.0.0.1", port)

@@ -7,6 +7,7 @@ cannot hold the budget and refuse everyone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -140,6 +141,15 @@ async def answer(conn: ChatConnection, doc: dict[str, Any]) -> dict[str, Any]:
     return await conn.recv()
 
 
+async def close_mutes(mutes: list[tuple[asyncio.StreamWriter, int, asyncio.Task[None]]]) -> None:
+    for writer, _, task in mutes:
+        writer.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
 async def mute_receiver(
     port: int, source: str | None = None
 ) -> tuple[asyncio.StreamWriter, int, asyncio.Task[None]]:
@@ -197,9 +207,7 @@ async def test_receivers_that_never_confirm_are_cut_off_not_everyone_refused(
     assert budget_node.service.counts.refusals[("error", ErrCode.RECEIPT_WINDOW_FULL)] >= 1
     metrics = {m.name: m.samples[0].value for m in NodeCollector(budget_node).collect()}
     assert metrics["clusterchat_budget_evictions"] >= 1
-    for writer, _, task in mutes:
-        writer.close()
-        task.cancel()
+    await close_mutes(mutes)
     for _, uid, _ in mutes:  # nothing acknowledged is lost
         async with asyncio.timeout(10):
             while uid in budget_node.service.sessions:  # noqa: ASYNC110 - the node's state
@@ -246,8 +254,6 @@ async def test_many_small_holders_from_one_address_are_cut_off_together(
             await asyncio.sleep(0.1)
     assert (await bob.expect(MsgId.ONE_CHAT))["msg"] == "hi"
     assert budget_node.service.counts.refusals[("error", ErrCode.RECEIPT_WINDOW_FULL)] >= 1
-    for writer, _, task in mutes:
-        writer.close()
-        task.cancel()
+    await close_mutes(mutes)
     for c in (flooder, alice, bob):
         await c.close()
