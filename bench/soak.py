@@ -70,6 +70,9 @@ class World:
         # (key, receiver) -> mids in ack order (one sender connection, pipelined)
         self.order: dict[tuple[str, int], list[str]] = defaultdict(list)
         self.tally: Counter[str] = Counter()
+        #: Logins told to retry, by errno (reported: a store or bus slow to
+        #: come back shows here rather than as a failed run).
+        self.login_retries: Counter[int] = Counter()
         self.doubt: set[str] = set()
         self.members: dict[int, list[int]] = {}
         self.pingers: set[asyncio.Task[None]] = set()
@@ -110,7 +113,10 @@ class World:
         ack = await asyncio.wait_for(
             conn.call({"msgid": MsgId.LOGIN, "id": c.uid, "password": PW, "receipts": True}), 60
         )
-        if ack.get("errno") == 2 and retry > 0:
+        # 2: the old session is still being ended; 150: the store or the bus
+        # is not back yet (after a Redis restart): both say "retry".
+        if ack.get("errno") in (2, 150) and retry > 0:
+            self.login_retries[ack["errno"]] += 1
             await conn.close()
             await asyncio.sleep(0.5)
             return await self.open(c, port, retry - 1)
@@ -472,7 +478,8 @@ async def main() -> int:
         res = {
             "scenario": a.scenario, "acked_deliveries": acked, "arrivals": delivered,
             "lost": lost, "dup_same_mid": dup_same, "dup_other_mid": dup_other,
-            "order_inversions": order_bad, "tally": dict(w.tally), "lost_by_node": dict(lost_by),
+            "order_inversions": order_bad, "tally": dict(w.tally),
+            "login_retries": dict(w.login_retries), "lost_by_node": dict(lost_by),
             "max_rss_mib": watch.max_rss, "budget_metrics_max": watch.max_budget,
         }  # fmt: skip
         log("RESULT", json.dumps(res, sort_keys=True))
