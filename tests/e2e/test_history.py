@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from clusterchat.admin import Admin
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
 from clusterchat.protocol.messages import PUSHED, ErrCode, MsgId
@@ -162,6 +163,36 @@ async def test_bad_history_requests_get_a_specific_refusal(user: UserFactory) ->
     await chat(alice, alice.id, "note to self")
     (mine,) = (await history(alice.conn, userid=alice.id))["messages"]
     assert mine["msg"] == "note to self"
+
+
+async def test_a_deleted_accounts_messages_are_not_served(user: UserFactory, node: Node) -> None:
+    """``clusterchat admin delete`` takes an account's history away (on SQLite
+    its id may be given again). What it said after the delete is not served
+    either: a lone node without Redis is not told to end the session, and in a
+    cluster a node writes what it had queued after the delete. Before, HISTORY
+    served those messages with an empty name, and the conversation with the
+    gone account to its partner."""
+    alice, bob = await user(), await user()
+    made = await alice.conn.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": unique("g"), "groupdesc": ""},
+        MsgId.CREATE_GROUP_ACK,
+    )
+    gid = made["groupid"]
+    await bob.conn.send({"msgid": MsgId.ADD_GROUP, "groupid": gid})
+    assert (await reply(bob.conn))["errno"] == 0
+    await chat(bob, alice.id, "before")
+    await group_chat(bob, gid, "before")
+    async with Admin(node.settings.db_url, None) as admin:
+        gone = await admin.delete_user(bob.id)
+    assert gone["history_messages"] == 2
+    await chat(bob, alice.id, "after")  # nobody told the node: bob's session goes on
+    await group_chat(bob, gid, "after")
+    await group_chat(alice, gid, "mine")
+    await chat(alice, bob.id, "to the gone account")
+    page = await history(alice.conn, groupid=gid)
+    assert [(m["from"], m["msg"]) for m in page["messages"]] == [(alice.id, "mine")], page
+    refused = await history(alice.conn, userid=bob.id)
+    assert refused["msgid"] == MsgId.ERROR and refused["errno"] == ErrCode.NO_SUCH_USER, refused
 
 
 async def test_the_original_client_gets_what_any_unknown_msgid_gets(

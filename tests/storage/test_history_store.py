@@ -398,6 +398,31 @@ async def test_deleting_an_account_takes_its_messages_out_of_packed_group_rows(
     assert await store.history(a, b, 0, 50, 0) == []
 
 
+async def test_what_a_deleted_account_said_after_its_delete_is_not_served(
+    store: SqlStore, db_url: str
+) -> None:
+    """Rows written after ``admin delete`` (a node's queue, a session the
+    node was not told to end) by or to the gone account: its 1:1
+    conversations read as empty, its group messages are skipped, packed or
+    not, and a page still fills up with the others' messages."""
+    a, b, c = [await store.create_user(unique(), "x") for _ in range(3)]
+    gid = await store.create_group(a, unique("g"), "")
+    async with Admin(db_url, None) as admin:
+        await admin.delete_user(b)
+    t = now_ms()
+    await store.add_history([(0, gid, a, f"a-{i}", t + i, f"a{i}") for i in range(3)])
+    await store.add_history([(0, gid, (b, c)[i % 2], f"p-{i}", t + 9, f"p{i}") for i in range(4)])
+    for i in range(20):  # plain rows, more than a batch of rows reads
+        await store.add_history([(0, gid, b, f"b-{i}", t + 10 + i, f"b{i}")])
+    await store.add_history([(a, b, b, "late", t, "late"), (a, b, a, "to b", t + 1, "to b")])
+    page = await store.history(0, gid, 0, 4, 0)
+    assert [(m.sender, m.body) for m in page] == [(c, "p3"), (c, "p1"), (a, "a2"), (a, "a1")]
+    assert all(m.name for m in page)
+    assert [m.body for m in await store.history(0, gid, page[-1].id, 50, 0)] == ["a0"]
+    assert await store.history(a, b, 0, 50, 0) == []
+    assert await store.history(b, b, 0, 50, 0) == []
+
+
 async def test_a_packed_row_whose_newest_message_is_taken_out_is_paged_by_the_one_before(
     store: SqlStore, db_url: str
 ) -> None:

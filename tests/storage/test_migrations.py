@@ -16,7 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from argon2 import PasswordHasher
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -262,6 +262,11 @@ async def test_history_kept_before_packing_pages_as_one_message_a_row_after_it(
     assert code == 0 and "from 0006 to revision" in out, out
     store = SqlStore(blank_db, pool_size=2)
     try:
+        async with store.engine.begin() as conn:  # its two people (a gone account's is not served)
+            people = [
+                {"id": i, "name": f"p{i}", "namekey": f"p{i}", "password": "x"} for i in (1, 2)
+            ]
+            await conn.execute(insert(user), people)
         await store.add_history([(1, 2, 2, f"new-{i}", 10**12 + 9, f"after {i}") for i in range(3)])
         everything = await store.history(1, 2, 0, 50, 0)
         assert [m.body for m in everything] == [

@@ -5,7 +5,9 @@ admitted and counted like a TCP one. Its first request is routed here:
 ``/ws`` becomes a WebSocket (if its ``Origin`` is allowed), a path in
 :attr:`HttpServer.routes` is answered by its coroutine, anything else is a
 static file of the web client or 404. Plain HTTP responses close the
-connection: the client is a handful of files, loaded once. While the node
+connection: the client is a handful of files, loaded once. Requests
+pipelined behind the first are not read (websocket.py ``_head``): the client
+sends them again on a new connection. While the node
 sheds load (server/load.py) only those files are served: everything else
 is answered 503, as a TCP connection is refused at once.
 """

@@ -38,6 +38,9 @@ _protocol_log = logging.getLogger("clusterchat.server.websocket.protocol")
 _protocol_log.setLevel(logging.WARNING)
 
 OPEN = State.OPEN
+CONNECTING = State.CONNECTING
+#: Where an HTTP request's head ends (the library takes no body).
+_HEAD_END = b"\r\n\r\n"
 _WAITS_FOR_A_FRAME = StreamReader.at_eof.__code__
 
 
@@ -58,7 +61,7 @@ class Router(Protocol):
 
 
 class WsConnection(Connection):
-    __slots__ = ("between", "fragments", "http", "text", "ws")
+    __slots__ = ("asked", "between", "fragments", "head_tail", "http", "text", "ws")
 
     def __init__(self, node: Host[Connection], http: Router) -> None:
         super().__init__(node)
@@ -71,6 +74,10 @@ class WsConnection(Connection):
         self.ws = ServerProtocol(max_size=node.settings.max_frame, logger=_protocol_log)
         #: The library's parser is between frames (see :func:`between_frames`).
         self.between = False
+        #: The HTTP request was read (it is being answered, or was).
+        self.asked = False
+        #: The last bytes of the request's head so far: its end may straddle reads.
+        self.head_tail = b""
 
     #: While the node sheds load, its static files are still served: they
     #: cost about what a refusal does (a request read, one write from
@@ -101,6 +108,13 @@ class WsConnection(Connection):
                 core.partial_since = 0.0
                 return  # the library was not asked for anything to send
             data = data[used:]
+        behind = b""  # what followed the request's head in this read
+        if ws.state is CONNECTING:
+            if self.asked:
+                # A route is answering the request: what comes meanwhile is
+                # not read (its answer closes the connection).
+                return
+            data, behind = self._head(data)
         ws.receive_data(data)
         upgraded = False
         for event in ws.events_received():
@@ -126,16 +140,9 @@ class WsConnection(Connection):
                             break
                         whole = True
             elif isinstance(event, Request):
-                if ws.eof_sent:
-                    # What followed the request in this read was taken for
-                    # frames, and the library gave up on them: say why
-                    # before its close, not a traceback and no answer.
-                    self._refuse_http(
-                        b"one request per connection, nothing more before its answer\n"
-                    )
-                else:
-                    self.http.route(self, event)
-                    upgraded = ws.state is OPEN
+                self.asked = True
+                self.http.route(self, event)
+                upgraded = ws.state is OPEN
         self.between = ws.state is OPEN and between_frames(ws)
         if upgraded and self.between:
             # The server's parser keeps the handshake request (its headers,
@@ -161,6 +168,27 @@ class WsConnection(Connection):
                 self.refused("closing WebSocket: message over --max-frame")
             core.receive_eof()
         self.write_out()
+        if behind and ws.state is OPEN:
+            # Frames sent right behind the upgrade request, before its answer.
+            self.data_received(behind)
+
+    def _head(self, data: bytes) -> tuple[bytes, bytes]:
+        """The request's head and what follows it in this read. The library
+        would read what follows as WebSocket frames, and fail a second
+        request pipelined behind the first before the first was answered;
+        cut there, the first is answered (with ``Connection: close``) and
+        the rest is read only if the request became a WebSocket. HTTP/1.1
+        lets a client pipeline; a server that answers ``close`` must not
+        process the requests after it (RFC 9112 section 9.6), and the
+        client sends them again on a new connection."""
+        seen = self.head_tail + data
+        end = seen.find(_HEAD_END)
+        if end < 0:
+            self.head_tail = seen[-(len(_HEAD_END) - 1) :]
+            return data, b""
+        cut = end + len(_HEAD_END) - len(self.head_tail)
+        self.head_tail = b""
+        return data[:cut], data[cut:]
 
     def _take(self, message: bytes, text: bool) -> bool:
         """A whole message for the core; a text one that is not UTF-8 fails
@@ -233,7 +261,8 @@ class WsConnection(Connection):
     def time_out(self, why: bytes | None) -> None:
         ws = self.ws
         if (
-            ws.state is State.CONNECTING
+            ws.state is CONNECTING
+            and not self.asked
             and ws.handshake_exc is None
             and not self._closing_transport()
         ):

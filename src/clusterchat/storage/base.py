@@ -137,7 +137,7 @@ class Said:
 
     id: int  # row id << 10 | index in the row: the cursor for the page before it
     sender: int
-    name: str  # the sender's name now ("" if the account is gone)
+    name: str  # the sender's name now (a deleted account's messages are not served)
     mid: str
     ts: int  # server time accepted, milliseconds since the epoch
     body: str
@@ -290,7 +290,9 @@ class Store(Protocol):
         rows unpacked. It ends at the first row older than ``since``: a
         request never scans what it does not return. Once the text passes
         ``max_chars`` (0: no bound; 100 counted for each message besides)
-        with two messages or more, no more rows are read."""
+        with two messages or more, no more rows are read. Messages of
+        deleted accounts are left out (none at all of a 1:1 conversation with
+        one)."""
         ...
 
     async def user_exists(self, uid: int) -> bool: ...

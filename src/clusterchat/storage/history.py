@@ -386,39 +386,63 @@ class HistoryQueries:
         The first row older than ``since`` ends the conversation: ids follow
         time (as purging assumes), so what is below it is older still, but for
         messages within the nodes' clock difference of ``since``; no request
-        reads more rows than it returns messages, plus one. Past ``max_chars``
+        reads more rows than it returns messages, plus one (and those of
+        deleted accounts' messages, below). Past ``max_chars``
         of text (and 100 a message) with two messages or more, it reads no
         more rows: a caller that cuts its page there need not read 200
-        messages of 64 KiB to send 128 KiB."""
+        messages of 64 KiB to send 128 KiB.
+
+        A deleted account's messages are not served, as ``clusterchat admin
+        delete`` deleted them: a 1:1 conversation with it is empty, and in a
+        group what it said is skipped. Those are the messages written after
+        the delete (a node's queue, or a session the node was not told to
+        end), found by their sender having no account: the senders' names,
+        read with each batch of rows that brings new ones, tell."""
         out: list[tuple[int, int, str, int, str]] = []
         top = (before - 1) >> INDEX_BITS if before else NEWEST
         chars = 0
+        names: dict[int, str] = {}
         async with self._tx() as conn:
+            if conva:  # 1:1: both accounts, for the check and the names
+                ends = {conva, convb}
+                names.update(
+                    {uid: name for uid, name in await conn.execute(NAMES, {"ids": list(ends)})}
+                )
+                if len(names) < len(ends):
+                    return []
+            looked = {0, *names}  # 0: a message taken out of a packed row
             while len(out) < limit and top >= 0:
                 want = min(limit - len(out), PAGE_ROWS)
                 page = {"a": conva, "b": convb, "top": top, "limit": want}
                 rows = (await conn.execute(PAGE, page)).all()
                 ended = len(rows) < want
+                unpacked: list[tuple[int, list[tuple[int, str, int, str]]]] = []
                 for r in rows:
-                    if r.ts < since or (max_chars and chars > max_chars and len(out) > 1):
+                    if r.ts < since:
                         ended = True
                         break
-                    base = r.id << INDEX_BITS
-                    msgs = _messages(r.n, r.sender, r.mid, r.ts, r.body)
+                    unpacked.append(
+                        (r.id << INDEX_BITS, _messages(r.n, r.sender, r.mid, r.ts, r.body))
+                    )
+                fresh = {m[0] for _, msgs in unpacked for m in msgs if m[0] not in looked}
+                if fresh:  # a group's senders not yet seen
+                    looked |= fresh
+                    found = await conn.execute(NAMES, {"ids": list(fresh)})
+                    names.update({uid: name for uid, name in found})
+                for base, msgs in unpacked:
+                    if max_chars and chars > max_chars and len(out) > 1:
+                        ended = True
+                        break
                     for i in range(len(msgs) - 1, -1, -1):
                         sender, mid, ts, body = msgs[i]
-                        if (not before or base | i < before) and ts >= since and sender:
+                        if (not before or base | i < before) and ts >= since and sender in names:
                             out.append((base | i, sender, mid, ts, body))
                             chars += len(body) + 100
                 if ended:
                     break
                 top = rows[-1].id - 1
             del out[limit:]
-            names: dict[int, str] = {}
-            if out:
-                found = await conn.execute(NAMES, {"ids": list({m[1] for m in out})})
-                names = {uid: name for uid, name in found}
-        return [Said(i, s, names.get(s) or "", m, t, b) for i, s, m, t, b in out]
+        return [Said(i, s, names[s], m, t, b) for i, s, m, t, b in out]
 
     async def user_exists(self, uid: int) -> bool:
         async with self._tx() as conn:
