@@ -205,9 +205,9 @@ class Admin:
     async def delete_user(self, uid: int) -> dict[str, int]:
         """The user, their friendships (both ways), memberships, blocks (both
         ways), invitations, offline messages and history (their 1:1
-        conversations, and what they said in groups: SQLite may give their id
-        to the next account, which must not inherit it); groups they created
-        stay. An online user is kicked first."""
+        conversations, and what they said in groups); groups they created
+        stay. Their id is never given to another account (revision 0011).
+        An online user is kicked first."""
         name = await self._name(uid, "delete")
         if self.redis is not None:
             await self.kick(uid, "delete")

@@ -409,3 +409,47 @@ async def test_offline_ids_are_not_reused_after_0010_and_rows_are_kept(blank_db:
         assert again[-1][0] > newest  # a new id, never the deleted one's
     finally:
         await store.close()
+
+
+def _to_0010(conn: Connection) -> None:
+    from alembic import command
+
+    command.upgrade(schema._config(conn), "0010")
+
+
+async def test_account_and_group_ids_are_not_reused_after_0011(blank_db: str) -> None:
+    """On SQLite before 0011 a deleted newest account's id went to the next
+    one who registered (and a deleted newest group's to the next group):
+    what was on its way to the old account reached a stranger. The upgrade
+    keeps every account and group."""
+    engine = create_async_engine(blank_db)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_to_0010)
+            for i in (1, 2):
+                await conn.exec_driver_sql(
+                    "INSERT INTO user (id, name, namekey, password)"
+                    f" VALUES ({i}, 'u{i}', 'u{i}', 'x')"
+                )
+                await conn.exec_driver_sql(
+                    f"INSERT INTO allgroup (id, groupname, groupkey) VALUES ({i}, 'g{i}', 'g{i}')"
+                )
+    finally:
+        await engine.dispose()
+    code, out = await _clusterchat("db", "upgrade", "--db", blank_db)
+    assert code == 0 and "from 0010 to revision" in out, out
+    engine = create_async_engine(blank_db)
+    try:
+        async with engine.begin() as conn:
+            kept = await conn.exec_driver_sql("SELECT name FROM user ORDER BY id")
+            assert [r[0] for r in kept] == ["u1", "u2"]
+            await conn.exec_driver_sql("DELETE FROM user WHERE id = 2")
+            await conn.exec_driver_sql("DELETE FROM allgroup WHERE id = 2")
+    finally:
+        await engine.dispose()
+    store = SqlStore(blank_db, pool_size=2)
+    try:
+        assert await store.create_user("newcomer", "x") == 3  # not 2, the deleted one's
+        assert await store.create_group(1, "newgroup", "") == 3
+    finally:
+        await store.close()

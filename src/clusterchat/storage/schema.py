@@ -83,13 +83,13 @@ class State:
         )
 
 
-def _ids_kept(connection: Connection) -> bool:
-    """Offline ids are never reused (revision 0010): always so but on
-    SQLite, where the table must say AUTOINCREMENT."""
+def _ids_kept(connection: Connection, table: str) -> bool:
+    """``table``'s ids are never reused: always so but on SQLite, where the
+    table must say AUTOINCREMENT (revisions 0010 and 0011)."""
     if connection.dialect.name != "sqlite":
         return True
     sql = connection.exec_driver_sql(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'offlinemessage'"
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
     ).scalar()
     return "AUTOINCREMENT" in str(sql or "").upper()
 
@@ -101,7 +101,9 @@ def _unversioned(connection: Connection) -> str | None:
     if "user" not in tables:
         return None
     if "mailboxshare" in tables:
-        return "0010" if _ids_kept(connection) else "0009"
+        if not _ids_kept(connection, "offlinemessage"):
+            return "0009"
+        return "0011" if _ids_kept(connection, "user") else "0010"
     if "mailbox" in tables:
         return "0008"
     if "history" in tables:

@@ -81,6 +81,9 @@ user = Table(
     # When that ticket stops working (seconds since the epoch); a ticket is
     # replaced at each use, so a stolen old one is dead once the owner uses theirs.
     Column("ticketexpiry", BigInteger, nullable=True),
+    # Revision 0011: ids never reused (SQLite reuses the highest otherwise):
+    # a deleted account's id must not pass to the next one who registers.
+    sqlite_autoincrement=True,
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -103,6 +106,7 @@ allgroup = Table(
     Column("groupdesc", String(200), nullable=False, server_default=""),
     # Joining needs an invitation (groupinvite) from an admin or the creator.
     Column("inviteonly", Boolean, nullable=False, server_default=false()),
+    sqlite_autoincrement=True,  # revision 0011, as ``user``
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
