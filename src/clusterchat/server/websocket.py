@@ -41,6 +41,12 @@ OPEN = State.OPEN
 CONNECTING = State.CONNECTING
 #: Where an HTTP request's head ends (the library takes no body).
 _HEAD_END = b"\r\n\r\n"
+#: Bytes an HTTP request's head (its request line and headers) may take, as
+#: nginx's default ``large_client_header_buffers 4 8k``: a browser's
+#: handshake is a few hundred bytes plus its cookies. The library alone
+#: allows 128 headers of 8 KiB, and keeps them: 100 connections from one
+#: address held 100 MiB of the node's memory for the login timeout.
+MAX_REQUEST = 32 * 1024
 _WAITS_FOR_A_FRAME = StreamReader.at_eof.__code__
 
 
@@ -61,7 +67,7 @@ class Router(Protocol):
 
 
 class WsConnection(Connection):
-    __slots__ = ("asked", "between", "fragments", "head_tail", "http", "text", "ws")
+    __slots__ = ("asked", "between", "fragments", "head_tail", "http", "requested", "text", "ws")
 
     def __init__(self, node: Host[Connection], http: Router) -> None:
         super().__init__(node)
@@ -78,6 +84,8 @@ class WsConnection(Connection):
         self.asked = False
         #: The last bytes of the request's head so far: its end may straddle reads.
         self.head_tail = b""
+        #: Bytes of the request's head so far (see MAX_REQUEST).
+        self.requested = 0
 
     #: While the node sheds load, its static files are still served: they
     #: cost about what a refusal does (a request read, one write from
@@ -115,6 +123,14 @@ class WsConnection(Connection):
                 # not read (its answer closes the connection).
                 return
             data, behind = self._head(data)
+            self.requested += len(data)
+            if self.requested > MAX_REQUEST and not ws.eof_sent:
+                self.asked = True  # answered here; nothing more is read
+                self.refused("HTTP request refused: headers over 32 KiB (431)")
+                big = b"request headers over 32 KiB\n"
+                ws.send_response(response(431, "text/plain; charset=utf-8", big))
+                self.write_out()
+                return
         ws.receive_data(data)
         upgraded = False
         for event in ws.events_received():
