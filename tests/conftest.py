@@ -78,7 +78,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(request: pytest.FixtureRequest, db_url: str) -> Settings:
-    limits = Limits(registrations_per_address=0)
+    limits = Limits(registrations_per_address=0, rejoin_after=0.0)
     if request.node.get_closest_marker("unmetered"):
         limits = replace(limits, message_rate=0)
     # Tests connect from loopback: trusting none of it keeps per-address limits on.

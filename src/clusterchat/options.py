@@ -289,6 +289,10 @@ SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
                "one off"),
         Option("--max-group-size", ("limits.max_group_size",), "N",
                "members a group may have"),
+        Option("--rejoin-after", ("limits.rejoin_after",), "SECONDS",
+               "after leaving a group, a user may join it again only this much later "
+               "(ERROR 170 before): joining and leaving in a loop costs every member; 0: "
+               "at once"),
         Option("--receipt-window", ("limits.receipt_window",), "N",
                "clients with receipts: messages written and not yet acknowledged before "
                "the client is disconnected (ERROR 187; all of them are stored for its next "

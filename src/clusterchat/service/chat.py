@@ -279,7 +279,7 @@ class ChatService:
             Received: self._received,
         }
         self.friends = Friends(self)
-        self.groups = Groups(self)
+        self.groups = Groups(self, self.limits.rejoin_after)
         self._handlers.update(self.friends.handlers())
         self._handlers.update(self.groups.handlers())
         history = HistoryRequests(self, self.history, self.history_retention)
@@ -1250,6 +1250,8 @@ class ChatService:
         self.reply(s, Ack(MsgId.CREATE_GROUP_ACK, fields))
 
     async def _add_group(self, s: Session, req: AddGroup) -> None:
+        if self.groups.rejoins_too_soon(s, req):
+            return
         await self.groups.may_join(s, req.groupid)
         name = await self.store.join_group(
             s.uid, req.groupid, self.limits.max_group_size, self.quota

@@ -9,13 +9,16 @@ receives nor may post once the change is acknowledged on their node.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from clusterchat import errors
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import (
+    AddGroup,
     DeleteGroup,
     EditGroup,
+    ErrCode,
     Invite,
     LeaveGroup,
     ListInvites,
@@ -29,13 +32,17 @@ from clusterchat.service import group_rules as rules
 from clusterchat.service import pushes
 from clusterchat.service.context import Handler, Service
 from clusterchat.service.friends import done
+from clusterchat.service.limits import FailureLimiter
 from clusterchat.service.session import Session
 from clusterchat.storage.base import Group, GroupChange, Member
 
 
 class Groups:
-    def __init__(self, svc: Service) -> None:
+    def __init__(self, svc: Service, rejoin_after: float = 0.0) -> None:
         self.svc = svc
+        #: (user, group) pairs that left within ``rejoin_after`` seconds
+        #: (per node: the loop it stops costs a reconnection to go around).
+        self._left = FailureLimiter(1 if rejoin_after > 0 else 0, rejoin_after)
 
     def handlers(self) -> dict[type, Handler]:
         return {
@@ -51,6 +58,7 @@ class Groups:
 
     async def _leave(self, s: Session, req: LeaveGroup) -> None:
         await self._change(s, MsgId.LEAVE_GROUP, req.groupid, lambda g: rules.leave(g, s.uid))
+        self._left.failed((s.uid, req.groupid))
 
     async def _remove(self, s: Session, req: RemoveMember) -> None:
         await self._change(
@@ -100,6 +108,16 @@ class Groups:
     async def _list_invites(self, s: Session, req: ListInvites) -> None:
         invites = await self.svc.store.invites(s.uid)
         self.svc.reply(s, Ack(MsgId.INVITE_LIST, {"invites": invites}))
+
+    def rejoins_too_soon(self, s: Session, req: AddGroup) -> bool:
+        """Before ADD_GROUP: one who left the group moments ago waits
+        (``Limits.rejoin_after``); refused with ERROR 170 if so."""
+        wait = self._left.wait((s.uid, req.groupid))
+        if not wait:
+            return False
+        text = f"you left group {req.groupid} moments ago; you may join it again in "
+        self.svc.refuse(s, req, ErrCode.TOO_FAST, f"{text}{math.ceil(wait)} s")
+        return True
 
     async def may_join(self, s: Session, gid: int) -> None:
         """Before ADD_GROUP: an invite-only group needs an invitation."""
