@@ -12,11 +12,14 @@ import time
 from dataclasses import replace
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from clusterchat.config import Settings
 from clusterchat.protocol.messages import ErrCode, MsgId
+from clusterchat.server.node import Node
+from clusterchat.storage.sql import SqlStore
 from tests.conftest import UserFactory
-from tests.e2e.test_manage import done, event, group_of, roles
+from tests.e2e.test_manage import done, event, group_of, refused, roles
 
 REJOIN_AFTER = 3.0
 
@@ -47,3 +50,37 @@ async def test_leaving_then_joining_again_waits(user: UserFactory) -> None:
     await asyncio.sleep(max(0.0, left + REJOIN_AFTER - time.monotonic()))
     await bob.conn.request(join, MsgId.ADD_GROUP_ACK)
     assert set(await roles(ann, gid)) == {ann.id, bob.id, carol.id}
+
+
+async def test_refusals_the_actor_decides_take_no_lock_and_read_no_roster(
+    user: UserFactory, node: Node
+) -> None:
+    """A non-member leaving, a normal member editing or removing, anyone
+    targeting themselves: refused from the actor's own row. Before, each
+    read the whole roster under the group's lock first (20 accounts doing
+    it to a 1,000-member group: others' store 23 -> 76 ms, login 28 -> 164 ms)."""
+    ann, bob, eve = await user(), await user(), await user()
+    gid = await group_of(ann, bob)
+    assert isinstance(node.store, SqlStore)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cur: object, sql: str, *_: object) -> None:
+        statements.append(sql)
+
+    engine = node.store.engine.sync_engine
+    sa_event.listen(engine, "before_cursor_execute", seen)
+    try:
+        await refused(eve, {"msgid": MsgId.LEAVE_GROUP, "groupid": gid}, ErrCode.NOT_GROUP_MEMBER)
+        edit = {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "groupdesc": "mine now"}
+        await refused(bob, edit, ErrCode.NOT_ALLOWED)
+        remove = {"msgid": MsgId.REMOVE_MEMBER, "groupid": gid, "userid": ann.id}
+        await refused(bob, remove, ErrCode.NOT_ALLOWED)
+        await refused(ann, {**remove, "userid": ann.id}, ErrCode.SELF_TARGET)
+        await refused(eve, {"msgid": MsgId.LEAVE_GROUP, "groupid": 2_000_000_000}, 130)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", seen)
+    roster = [s for s in statements if "groupuser.joined" in s or "FOR UPDATE" in s]
+    assert roster == [] and len(statements) <= 10, statements
+    # What the roster decides still goes through it: ann removes bob.
+    await done(ann, {**remove, "userid": bob.id})
+    assert set(await roles(ann, gid)) == {ann.id}

@@ -342,6 +342,11 @@ class Store(Protocol):
         """Open invitations: groupid, groupname, groupdesc, by, byname."""
         ...
 
+    async def group_role(self, uid: int, gid: int) -> str | None:
+        """``uid``'s role in group ``gid`` (None: not a member), read without
+        the group's lock; NoSuchGroup if there is no such group."""
+        ...
+
     async def change_group(
         self, gid: int, decide: Callable[[Group], GroupChange]
     ) -> tuple[Group, GroupChange]:

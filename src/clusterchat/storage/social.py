@@ -45,6 +45,11 @@ GROUP_HEAD = (
     .with_for_update()
 )
 
+ROLE = select(groupuser.c.grouprole).where(
+    (groupuser.c.groupid == _gid) & (groupuser.c.userid == _uid)
+)
+GROUP_FOUND = select(allgroup.c.id).where(allgroup.c.id == _gid)
+
 INVITE_ONLY = select(allgroup.c.inviteonly).where(allgroup.c.id == _gid)
 INVITED = select(groupinvite.c.userid).where(
     (groupinvite.c.groupid == _gid) & (groupinvite.c.userid == _uid)
@@ -162,6 +167,13 @@ class SocialQueries:
                 }
                 for r in rows
             ]
+
+    async def group_role(self, uid: int, gid: int) -> str | None:
+        async with self._tx() as conn:
+            role = (await conn.execute(ROLE, {"gid": gid, "uid": uid})).scalar()
+            if role is None and (await conn.execute(GROUP_FOUND, {"gid": gid})).first() is None:
+                raise errors.NoSuchGroup(gid)
+        return None if role is None else str(role)
 
     async def change_group(
         self, gid: int, decide: Callable[[Group], GroupChange]
