@@ -476,6 +476,12 @@ class ChatService:
             return None
         return self._throttled(s, req, wait)
 
+    def charge(self, s: Session, tokens: float) -> None:
+        """See context.Service. Into at most half a burst of debt: a client
+        that then waits as its next ERROR 170 says is never closed for it."""
+        if self._rate and tokens > 0:
+            s.tokens = max(s.tokens - tokens, min(s.tokens, -self._burst / 2))
+
     def spent(self, s: Session, topped_up: bool = False) -> bool:
         """Take a token for something that costs the node and is not served
         (a refused request, or a WebSocket ping, pong or fragment: frames

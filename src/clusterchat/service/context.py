@@ -31,6 +31,11 @@ class Service(Protocol):
         returns what was sent, None if that dialect is shown nothing."""
         ...
 
+    def charge(self, s: Session, tokens: float) -> None:
+        """Take ``tokens`` more of the flood limit for a request that cost the
+        node as much as that many (never into a debt that closes the connection)."""
+        ...
+
     def refuse(self, s: Session, req: Request, code: ErrCode, errmsg: str) -> None:
         """Refuse ``req`` with an ERROR (counted; logged for the original client)."""
         ...
