@@ -197,3 +197,23 @@ async def test_a_full_member_online_misses_group_messages_as_if_away(qnode: Node
     assert await _rows(qnode, uid) == QUOTA
     for c in (sender, member, other):
         await c.close()
+
+
+async def test_without_receipts_reading_the_mailbox_lets_live_messages_in(qnode: Node) -> None:
+    """A client without receipts (rows deleted as written) is let back in
+    once its stored messages are written to it."""
+    (sender, _), (receiver, uid) = await _sender(qnode), await _registered(qnode)
+    kept = [(await _chat(sender, uid, f"kept {i}"))["mid"] for i in range(QUOTA)]
+    ack = await receiver.login(uid, PASSWORD)
+    got = [codec.loads(m)["mid"] for m in ack.get("offlinemsg", ())]
+    while len(got) < QUOTA:
+        got.append((await receiver.expect(MsgId.ONE_CHAT))["mid"])
+    assert got == kept
+    async with asyncio.timeout(5):  # its rows deleted: below the quota
+        while uid in qnode.service._full:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    live = await _chat(sender, uid, "live again")
+    assert live["msgid"] == MsgId.CHAT_ACK and live["status"] == ChatStatus.DELIVERED, live
+    assert (await receiver.expect(MsgId.ONE_CHAT))["mid"] == live["mid"]
+    for c in (sender, receiver):
+        await c.close()
