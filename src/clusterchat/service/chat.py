@@ -229,15 +229,6 @@ class ChatService:
         self.outages = Sampled(log)
         #: Deletes the stored rows clients with receipts confirmed.
         self._rows = ConfirmedRows(self._delete_offline, self._spawn)
-        #: Users with a session here whose mailbox is at or past its quota
-        #: (its tally, read at login, after a store for them is noticed, and
-        #: after their delivered rows are deleted while in here). New
-        #: messages from this node to them are not delivered live but take
-        #: the path a message to an offline user takes, where the quota
-        #: applies: what a cut-off leaves is stored whatever the quota (it
-        #: was acknowledged), so a receiver that never confirms would
-        #: otherwise grow its mailbox by a receipt window per reconnection.
-        self._full: set[int] = set()
         self.quota = Quota(
             lim.max_offline_messages,
             lim.max_offline_bytes,
@@ -864,14 +855,14 @@ class ChatService:
             else:  # a full bucket, whatever the requests before login spent
                 s.tokens, s.stamp = 0.0, 0.0
         # Read before the session is registered, so that no message is
-        # delivered live to a full mailbox (see _full).
+        # delivered live to a full mailbox (see _mailbox_full).
         full = await self._mailbox_full(req.id)
         s.uid, s.name = req.id, name  # the race holds deliveries from here on
         # No login deadline now (nor a float kept for it); how it logged in.
         s.anonymous_since = 0.0 if resumed is None else RESUMED
         self.sessions[req.id] = s
         if full:
-            self._full.add(req.id)
+            s.race.full = True
         elif s.race.recheck:  # a store noticed since the read may have filled it
             self._spawn(self._recheck_mailbox(req.id))
         self.presence.registered(req.id, self.sessions)
@@ -1221,7 +1212,6 @@ class ChatService:
         """Unregister the session; returns what its race held, to be stored."""
         if self.sessions.get(s.uid) is s:
             del self.sessions[s.uid]
-            self._full.discard(s.uid)
             self.presence.unregistered(s.uid)  # claimed until released
         s.uid, s.name = 0, ""
         s.anonymous_since = time.monotonic()  # a new login deadline
@@ -1338,7 +1328,7 @@ class ChatService:
         payload = codec.one_chat(s.uid, s.name, toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(toid)
         if target is not None:
-            if toid in self._full:  # stored, or refused (ERROR 171/174): see _full
+            if target.race.full:  # stored, or refused (ERROR 171/174): see _mailbox_full
                 return self._one_chat_stored(s, toid, payload, mid, ts, req.msg)
             # Receipts, or a login being answered (receipts or not, not yet known).
             if (target.receipts or target.race.held is not None) and self.bus.shared:
@@ -1518,11 +1508,10 @@ class ChatService:
         copy = self.bus.shared  # members with receipts: see _one_chat
         settlement: Settlement | None = None
         kept: list[int] = []
-        full = self._full  # stored for them, within the quota: see _one_chat
         for uid in members:
             if uid != s.uid:
                 target = sessions.get(uid)
-                if target is None or uid in full:
+                if target is None or target.race.full:  # full: see _one_chat
                     away.append(uid)
                 elif not (copy and (target.receipts or target.race.held is not None)):
                     if not target.deliver(payload):
@@ -1663,7 +1652,7 @@ class ChatService:
             return False
         if s.race.stored():
             self._spawn(self._flush_offline(s, s.race))
-        if uid not in self._full and (self.quota.offline_messages or self.quota.offline_bytes):
+        if not s.race.full and (self.quota.offline_messages or self.quota.offline_bytes):
             self._spawn(self._recheck_mailbox(uid))
         return True
 
@@ -1733,7 +1722,19 @@ class ChatService:
 
     async def _mailbox_full(self, uid: int) -> bool | None:
         """Whether ``uid``'s mailbox is at or past its quota, as its tally
-        says; None if the store cannot say."""
+        says; None if the store cannot say.
+
+        Read at login (before the session is registered), after a store
+        for the user is noticed, and after their delivered (or confirmed)
+        rows are deleted while full; kept in the session's ``race.full``.
+        While it is set, new messages from this node to the user are not
+        delivered live but take the path a message to an offline user
+        takes, where the quota applies (stored, or ERROR 171/174 before
+        any acknowledgement). What a cut-off leaves is stored whatever the
+        quota (it was acknowledged), so a receiver that never confirms
+        would otherwise grow its mailbox by a receipt window at every
+        reconnection. Senders on other nodes are not covered: their
+        CHAT_ACK leaves when Redis takes the batch (docs/RELIABILITY.md)."""
         try:
             return bool(await self.store.full_mailboxes([uid], self.quota))
         except errors.Unavailable as exc:
@@ -1742,19 +1743,18 @@ class ChatService:
 
     async def _recheck_mailbox(self, uid: int) -> None:
         """Something was stored for, or deleted from, the mailbox of ``uid``
-        (a user here): read whether it is full now, and keep ``_full`` so."""
+        (a user here): read whether it is full now, and mark its session so."""
         full = await self._mailbox_full(uid)
-        if full:
-            if uid in self.sessions:
-                self._full.add(uid)
-        elif full is not None:  # not known: left as it was
-            self._full.discard(uid)
+        s = self.sessions.get(uid)
+        if s is not None and full is not None:  # not known: left as it was
+            s.race.full = full
 
     async def _delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         """Delete rows delivered (or confirmed); a user kept out of live
         delivery by a full mailbox is let back in once below its quota."""
         await self.store.delete_offline(uid, ids)
-        if uid in self._full:
+        s = self.sessions.get(uid)
+        if s is not None and s.race.full:
             await self._recheck_mailbox(uid)
 
     async def _after_store(self, uids: Sequence[int]) -> None:
