@@ -228,7 +228,7 @@ class ChatService:
         self.refusals = RefusalLog(log)
         self.outages = Sampled(log)
         #: Deletes the stored rows clients with receipts confirmed.
-        self._rows = ConfirmedRows(self.store.delete_offline, self._spawn)
+        self._rows = ConfirmedRows(self._delete_offline, self._spawn)
         self.quota = Quota(
             lim.max_offline_messages,
             lim.max_offline_bytes,
@@ -860,10 +860,17 @@ class ChatService:
                 s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
             else:  # a full bucket, whatever the requests before login spent
                 s.tokens, s.stamp = 0.0, 0.0
+        # Read before the session is registered, so that no message is
+        # delivered live to a full mailbox (see _mailbox_full).
+        full = await self._mailbox_full(req.id)
         s.uid, s.name = req.id, name  # the race holds deliveries from here on
         # No login deadline now (nor a float kept for it); how it logged in.
         s.anonymous_since = 0.0 if resumed is None else RESUMED
         self.sessions[req.id] = s
+        if full:
+            s.race.full = True
+        elif s.race.recheck:  # a store noticed since the read may have filled it
+            self._spawn(self._recheck_mailbox(req.id))
         self.presence.registered(req.id, self.sessions)
         return Admitted(resumed)
 
@@ -1074,7 +1081,7 @@ class ChatService:
             while True:
                 try:
                     if written:
-                        await self.store.delete_offline(uid, [i for i, _ in written])
+                        await self._delete_offline(uid, [i for i, _ in written])
                         written = ()
                     if not race.next_read():
                         return
@@ -1329,6 +1336,8 @@ class ChatService:
         payload = codec.one_chat(s.uid, s.name, toid, req.msg, req.time, ts, mid)
         target = self.sessions.get(toid)
         if target is not None:
+            if target.race.full:  # stored, or refused (ERROR 171/174): see _mailbox_full
+                return self._one_chat_stored(s, toid, payload, mid, ts, req.msg)
             # Receipts, or a login being answered (receipts or not, not yet known).
             if (target.receipts or target.race.held is not None) and self.bus.shared:
                 work = self._one_chat_copied(s, req, target, payload, mid, n, ts)
@@ -1510,7 +1519,7 @@ class ChatService:
         for uid in members:
             if uid != s.uid:
                 target = sessions.get(uid)
-                if target is None:
+                if target is None or target.race.full:  # full: see _one_chat
                     away.append(uid)
                 elif not (copy and (target.receipts or target.race.held is not None)):
                     if not target.deliver(payload):
@@ -1651,6 +1660,8 @@ class ChatService:
             return False
         if s.race.stored():
             self._spawn(self._flush_offline(s, s.race))
+        if not s.race.full and (self.quota.offline_messages or self.quota.offline_bytes):
+            self._spawn(self._recheck_mailbox(uid))
         return True
 
     def local_users(self) -> list[int]:
@@ -1716,6 +1727,43 @@ class ChatService:
         re-store writer, which retries until the store takes them, then
         releases ``settlements``. Chat only: events and notices are never kept."""
         self.restorer.add(uid, [p for p in payloads if pushes.is_chat(p)], settlements)
+
+    async def _mailbox_full(self, uid: int) -> bool | None:
+        """Whether ``uid``'s mailbox is at or past its quota, as its tally
+        says; None if the store cannot say.
+
+        Read at login (before the session is registered), after a store
+        for the user is noticed, and after their delivered (or confirmed)
+        rows are deleted while full; kept in the session's ``race.full``.
+        While it is set, new messages from this node to the user are not
+        delivered live but take the path a message to an offline user
+        takes, where the quota applies (stored, or ERROR 171/174 before
+        any acknowledgement). What a cut-off leaves is stored whatever the
+        quota (it was acknowledged), so a receiver that never confirms
+        would otherwise grow its mailbox by a receipt window at every
+        reconnection. Senders on other nodes are not covered: their
+        CHAT_ACK leaves when Redis takes the batch (docs/RELIABILITY.md)."""
+        try:
+            return bool(await self.store.full_mailboxes([uid], self.quota))
+        except errors.Unavailable as exc:
+            self.outages.warning(f"could not read user {uid}'s mailbox tally: {exc}")
+            return None
+
+    async def _recheck_mailbox(self, uid: int) -> None:
+        """Something was stored for, or deleted from, the mailbox of ``uid``
+        (a user here): read whether it is full now, and mark its session so."""
+        full = await self._mailbox_full(uid)
+        s = self.sessions.get(uid)
+        if s is not None and full is not None:  # not known: left as it was
+            s.race.full = full
+
+    async def _delete_offline(self, uid: int, ids: Sequence[int]) -> None:
+        """Delete rows delivered (or confirmed); a user kept out of live
+        delivery by a full mailbox is let back in once below its quota."""
+        await self.store.delete_offline(uid, ids)
+        s = self.sessions.get(uid)
+        if s is not None and s.race.full:
+            await self._recheck_mailbox(uid)
 
     async def _after_store(self, uids: Sequence[int]) -> None:
         """Close the race with a login that read its offline messages just

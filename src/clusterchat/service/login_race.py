@@ -82,7 +82,7 @@ class LoginRace(Generic[P]):
     offline table must be read (again) before the user can be left ONLINE.
     """
 
-    __slots__ = ("held", "phase", "recheck", "settlements", "unconfirmed")
+    __slots__ = ("full", "held", "phase", "recheck", "settlements", "unconfirmed")
 
     def __init__(self) -> None:
         self.phase = Phase.ANONYMOUS
@@ -96,6 +96,12 @@ class LoginRace(Generic[P]):
         #: yet deleted (the client has not confirmed them, or the delete is
         #: under way); its reads skip them (service/stored_rows.py).
         self.unconfirmed: Delivered | None = None
+        #: The user's mailbox is at its quota (``ChatService._mailbox_full``):
+        #: new messages from this node take the stored path, where the quota
+        #: applies, not the live one. A slot here, not a set of users on the
+        #: service, because the hot path reads it: two slot loads (a sixth
+        #: slot keeps this object in its 80-byte allocator block).
+        self.full = False
 
     def hold(self, settlement: Settlement) -> None:
         """The message about to be held settles ``settlement`` (held till

@@ -235,6 +235,13 @@ class Store(Protocol):
         """Keep messages already acknowledged: never refused for quota."""
         ...
 
+    async def full_mailboxes(self, uids: Sequence[int], quota: Quota) -> set[int]:
+        """Those of ``uids`` whose mailbox is at or past the quota's offline
+        bounds, as their tallies say (read, not recounted: a tally too high
+        only sends their new messages through the quota-checked store,
+        which recounts)."""
+        ...
+
     async def store_offline_missing(
         self, items: Sequence[tuple[int, str]], sender: int = 0
     ) -> None:

@@ -896,6 +896,18 @@ class SqlStore(SocialQueries, HistoryQueries):
         await _again_if_deadlocked(once)
         self.stored_rows += len(items)
 
+    async def full_mailboxes(self, uids: Sequence[int], quota: Quota) -> set[int]:
+        most_n, most_b = quota.offline_messages, quota.offline_bytes
+        if not (most_n or most_b) or not uids:
+            return set()
+        async with self._tx() as conn:
+            rows = (await conn.execute(q.TALLIES, {"uids": list(uids)})).all()
+        return {
+            int(r.userid)
+            for r in rows
+            if (most_n and r.n >= most_n) or (most_b and r.bytes >= most_b)
+        }
+
     async def store_offline_missing(
         self, items: Sequence[tuple[int, str]], sender: int = 0
     ) -> None:
