@@ -861,8 +861,13 @@ class ChatService:
             else:  # a full bucket, whatever the requests before login spent
                 s.tokens, s.stamp = 0.0, 0.0
         # Read before the session is registered, so that no message is
-        # delivered live to a full mailbox (see _mailbox_full).
-        full = await self._mailbox_full(req.id)
+        # delivered live to a full mailbox (see _mailbox_full). A ticket
+        # login's read said whether anything waits: if not, it is not full
+        # (a store since is noticed: race.recheck), and a reconnect storm
+        # costs no read more.
+        full: bool | None = False
+        if resumed is None or resumed.has_offline:
+            full = await self._mailbox_full(req.id)
         s.uid, s.name = req.id, name  # the race holds deliveries from here on
         # No login deadline now (nor a float kept for it); how it logged in.
         s.anonymous_since = 0.0 if resumed is None else RESUMED
