@@ -172,7 +172,7 @@ def bench(args: argparse.Namespace, stores: list[Store]) -> None:
             docs = [doc for doc in summary if doc["store"] == store.name and doc["dialect"] == d]
             medians = {
                 key: {
-                    n: statistics.median(doc[key][n] for doc in docs if n in doc[key])
+                    n: round(statistics.median(doc[key][n] for doc in docs if n in doc[key]), 3)
                     for n, _ in variants[1:]
                     if any(n in doc[key] for doc in docs)
                 }
