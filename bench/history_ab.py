@@ -20,7 +20,8 @@ run beside ``bench/run.py``. Prints one JSON line per node run:
 deliveries/s, the ceiling beside it, CPU percent of the node, of mariadbd
 and of the loadgen, and microseconds of CPU per delivery of node and
 mariadbd, and the chats the node refused or slowed (ERROR 151) per cause; then
-the on/off ratio per run, store and dialect.
+the on/off ratio per run, store and dialect, and at the end their medians
+per store and dialect (``"median": true``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -133,6 +135,7 @@ def bench(args: argparse.Namespace, stores: list[Store]) -> None:
     dialects = args.dialects.split(",")
     rates: dict[tuple[int, str, str, str], float] = {}
     costs: dict[tuple[int, str, str, str], Costs] = {}
+    summary: list[dict[str, Any]] = []  # the ratio lines, for their medians at the end
     fwd, port_fwd = lg.forwarder()
     with procs.process(fwd, port_fwd):
         for run in range(args.runs):
@@ -163,6 +166,19 @@ def bench(args: argparse.Namespace, stores: list[Store]) -> None:
                     doc = {"run": run, "store": store.name, "dialect": d, "of_off": ratios}
                     doc.update(derived(costs, (run, store.name, d), [n for n, _ in variants[1:]]))
                     print(json.dumps(doc), flush=True)
+                    summary.append(doc)
+    for store in stores:
+        for d in dialects:
+            docs = [doc for doc in summary if doc["store"] == store.name and doc["dialect"] == d]
+            medians = {
+                key: {
+                    n: round(statistics.median(doc[key][n] for doc in docs if n in doc[key]), 3)
+                    for n, _ in variants[1:]
+                    if any(n in doc[key] for doc in docs)
+                }
+                for key in ("of_off", "node_of_off")
+            }
+            print(json.dumps({"median": True, "store": store.name, "dialect": d, **medians}))
 
 
 def one(

@@ -148,7 +148,7 @@ class HistoryWriter:
         order: of two users (kept as the lower id, the higher) or of a group
         (0 and its id). The hot path: an append to the conversation's list
         and two comparisons; the chat service calls it directly."""
-        self._convs[(a, b) if a < b else (b, a)].append((sender, mid, ts, body))
+        self._convs[(a, b) if a < b else (b, a)].append(Entry(sender, mid, ts, body))
         self._rows += 1
         self._bytes += len(body) + ROW_COST
         if not self.full and (self._rows >= self._cap_rows or self._bytes >= self._cap_bytes):
@@ -242,7 +242,7 @@ class HistoryWriter:
             for key, msgs in convs.items():
                 i = 0
                 for m in msgs:
-                    cost = len(m[3]) + ROW_COST
+                    cost = len(m.body) + ROW_COST
                     if n and (n >= BATCH_ROWS or size + cost > BATCH_BYTES):
                         break
                     n += 1
@@ -312,7 +312,7 @@ def _without(convs: Conversations, mids: set[str]) -> Conversations:
     """``convs`` but the messages whose mid is in ``mids``."""
     out: Conversations = {}
     for key, msgs in convs.items():
-        left = [m for m in msgs if m[1] not in mids]
+        left = [m for m in msgs if m.mid not in mids]
         if left:
             out[key] = left
     return out

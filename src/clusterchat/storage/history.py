@@ -115,7 +115,7 @@ PAGE_ROWS = 16
 _pack = msgspec.json.Encoder().encode
 _unpack = msgspec.json.Decoder(list[tuple[int, str, int, str]]).decode
 _text = operator.itemgetter(5)  # of a row
-_entry_text = operator.itemgetter(3)
+_entry_text = operator.attrgetter("body")
 #: What a packed row holds in place of a message taken out of it (its
 #: sender's account deleted): no user has id 0. The row's other messages
 #: keep their index, so their ids; pages skip it.
@@ -128,7 +128,7 @@ def by_conversation(rows: Sequence[HistoryRow]) -> Conversations:
     """Rows in any order, grouped as the writer queues them."""
     convs: Conversations = {}
     for a, b, sender, mid, ts, body in rows:
-        convs.setdefault((a, b), []).append((sender, mid, ts, body))
+        convs.setdefault((a, b), []).append(Entry(sender, mid, ts, body))
     return convs
 
 
@@ -142,22 +142,23 @@ def pack(convs: Conversations) -> list[Packed]:
     out: list[Packed] = []
     for (a, b), msgs in convs.items():
         if len(msgs) == 1:
-            out.append((a, b, *msgs[0], 1))
+            m = msgs[0]
+            out.append((a, b, m.sender, m.mid, m.ts, m.body, 1))
             continue
         if len(msgs) <= PACK_MAX:
             # Encoded first: its bytes bound its characters of text, so a
             # short one needs no count of them (the common case).
             body = _pack(msgs)
             if len(body) <= PACK_TEXT or sum(map(len, map(_entry_text, msgs))) <= PACK_TEXT:
-                sender, mid, ts, _ = msgs[-1]
-                out.append((a, b, sender, mid, ts, body.decode(), len(msgs)))
+                last = msgs[-1]
+                out.append((a, b, last.sender, last.mid, last.ts, body.decode(), len(msgs)))
                 continue
         start, size = 0, 0
         for i, m in enumerate(msgs):
-            if i > start and (i - start == PACK_MAX or size + len(m[3]) > PACK_TEXT):
+            if i > start and (i - start == PACK_MAX or size + len(m.body) > PACK_TEXT):
                 out.append(_packed(a, b, msgs[start:i]))
                 start, size = i, 0
-            size += len(m[3])
+            size += len(m.body)
         out.append(_packed(a, b, msgs[start:]))
     return out
 
@@ -182,7 +183,8 @@ def statements(rows: list[Packed]) -> list[Sequence[Packed]]:
 
 
 def _packed(a: int, b: int, msgs: list[Entry]) -> Packed:
-    sender, mid, ts, body = msgs[-1]
+    last = msgs[-1]
+    sender, mid, ts, body = last.sender, last.mid, last.ts, last.body
     if len(msgs) > 1:
         body = _pack(msgs).decode()  # [[sender, mid, ts, body], ...]
     return a, b, sender, mid, ts, body, len(msgs)
@@ -369,7 +371,7 @@ class HistoryQueries:
         kept: set[str] = set()
         async with self._tx() as conn:
             for (conva, convb), msgs in convs.items():
-                mids = {m[1] for m in msgs}
+                mids = {m.mid for m in msgs}
                 for r in await conn.execute(KEPT, {"a": conva, "b": convb}):
                     if r.n > 1:
                         kept.update(mids.intersection(m[1] for m in _unpack(r.body)))
