@@ -432,7 +432,7 @@ def _why(exc: BaseException) -> str:
 def _bench(args: argparse.Namespace) -> int:
     from clusterchat.bench.conn import Closed
     from clusterchat.bench.main import run as run_bench
-    from clusterchat.bench.scenarios import BenchError, Options
+    from clusterchat.bench.scenarios import BenchError, Options, explain
 
     args.target = args.target or f"127.0.0.1:{default_port()}"
     targets = []
@@ -469,8 +469,11 @@ def _bench(args: argparse.Namespace) -> int:
 
     try:
         _run(go())
-    except (BenchError, Closed) as exc:
+    except BenchError as exc:
         print(f"clusterchat bench: {exc}", file=sys.stderr)
+        return 1
+    except Closed as exc:
+        print(f"clusterchat bench: {explain(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"clusterchat bench: {args.target}: {exc.strerror or exc}", file=sys.stderr)
