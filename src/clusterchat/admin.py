@@ -2,7 +2,7 @@
 
 Changes go to the database; sessions they must end are ended by the node
 that holds them, told through the cluster's ``{prefix}events`` channel
-(``k<uid>``, see :meth:`clusterchat.service.chat.ChatService.kicked`).
+(``k<uid>``, or ``b<uid>`` for a ban, see :meth:`clusterchat.service.chat.ChatService.kicked`).
 Every change and every refusal is logged on the ``clusterchat.audit`` logger
 with the operator's login name.
 """
@@ -158,7 +158,8 @@ class Admin:
             await conn.execute(update(user).where(user.c.id == uid).values(ticket=None))
         held = await self.redis.get(f"{self.prefix}user:{uid}")
         node = held.decode() if isinstance(held, bytes) else held
-        await self.redis.publish(f"{self.prefix}events", f"k{uid}")
+        event = "b" if action == "ban" else "k"  # the node tells the client which
+        await self.redis.publish(f"{self.prefix}events", f"{event}{uid}")
         if action == "kick":
             self._audit("kick", uid=uid, name=name, node=node)
         return node is not None

@@ -146,20 +146,24 @@ async def test_client_reconnects_and_logs_back_in_after_a_node_restart(
         await restarted.stop()
 
 
-async def test_a_kicked_client_says_it_is_not_logged_in_again(
-    lone_node: Node, scripted: list[Scripted]
+@pytest.mark.parametrize("banned", [False, True], ids=["kick", "ban"])
+async def test_a_kicked_client_says_why_and_does_not_reconnect(
+    lone_node: Node, scripted: list[Scripted], banned: bool
 ) -> None:
-    """`clusterchat admin kick` revokes the ticket and closes the session: the
-    client reconnects but its ticket is refused. It used to print "logged in
-    again" right after "Could not log in again"."""
+    """`clusterchat admin kick` (or `ban`) revokes the ticket and closes the
+    session. The client used to reconnect, try the dead ticket and print
+    "Could not log in again: wrong id or password"; now it says an operator
+    ended the session (or banned the account) and stays logged out."""
     ann, ann_id = await registered(lone_node.port, "ann", scripted)
     await lone_node.store.end_session(ann_id)  # what the operator's kick does
-    lone_node.service.kicked(ann_id)
-    await ann.expect(r"\*\*\* an operator ended this session")
-    await ann.expect("Could not log in again", timeout=15)
-    line = await ann.expect("Reconnected to .*", timeout=15)
-    assert "not logged in" in line.group(0) and "logged in again" not in line.group(0)
+    lone_node.service.kicked(ann_id, banned=banned)
+    await ann.expect(r"\*\*\* an operator (banned this account|ended this session)")
+    why = "banned this account" if banned else "ended this session"
+    await ann.expect(f"Logged out: an operator {why}.*Not reconnecting", timeout=15)
     assert await ann.quit() == 0
+    assert ann.proc.stdout is not None
+    seen = "\n".join(ann.lines) + (await ann.proc.stdout.read()).decode()
+    assert "Reconnect" not in seen and "wrong id or password" not in seen, seen
 
 
 async def test_a_displaced_client_says_so_and_does_not_reconnect(

@@ -24,7 +24,17 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.client import ClientProtocol, Event, Push, ReceiptRefused, TooLong
 from clusterchat.protocol.framing import FrameTooLarge
 from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId
-from clusterchat.protocol.replies import DISPLACED_TEXT
+from clusterchat.protocol.replies import BANNED_TEXT, DISPLACED_TEXT, KICKED_TEXT
+
+#: NOTICEs after which the session is over for good (the ticket is dead):
+#: what to say instead of reconnecting.
+_ENDED = {
+    DISPLACED_TEXT: "Logged out: this account logged in elsewhere (another window or device). "
+    "Not reconnecting; /quit, or start the client again to log in here.",
+    KICKED_TEXT: "Logged out: an operator ended this session. Not reconnecting; /quit, and "
+    "start the client again to log in with your password.",
+    BANNED_TEXT: "Logged out: an operator banned this account. Not reconnecting; /quit.",
+}
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +83,11 @@ class ChatClient:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
-        #: The server ended the session because the account logged in on
-        #: another node: reconnecting would only be refused.
+        #: The server ended the session for good (the account logged in on
+        #: another node, or an operator kicked or banned it): reconnecting
+        #: would only be refused. What to say about it.
         self.displaced = False
+        self._ended = ""
         self.connected = asyncio.Event()
         # Connected and, after a reconnect, logged in again: requests may go.
         self.ready = asyncio.Event()
@@ -118,10 +130,7 @@ class ChatClient:
         self.ready.clear()
         await conn.close()
         if self.displaced:
-            self.on_status(
-                "Logged out: this account logged in elsewhere (another window or device). "
-                "Not reconnecting; /quit, or start the client again to log in here."
-            )
+            self.on_status(self._ended)
         elif not self._closing:
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
 
@@ -139,8 +148,9 @@ class ChatClient:
             self._event(event)
 
     def _push(self, msg: dict[str, Any]) -> None:
-        if msg.get("msgid") == MsgId.NOTICE and msg.get("text") == DISPLACED_TEXT:
+        if msg.get("msgid") == MsgId.NOTICE and msg.get("text") in _ENDED:
             self.displaced = True  # the server closes the connection next
+            self._ended = _ENDED[msg["text"]]
             self.uid, self._password, self._ticket = 0, None, None
         mid = msg.get("mid")
         if mid is not None:
