@@ -294,7 +294,7 @@ def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     where = argparse.ArgumentParser(add_help=False)
     here = where.add_argument_group("where (also accepted before the action)")
     keep = argparse.SUPPRESS
-    here.add_argument("--db", metavar="URL", default=keep,
+    here.add_argument("--db", metavar="URL", default=keep, type=OPTIONS["--db"].convert,
                       help="the store [env CLUSTERCHAT_DB]")  # fmt: skip
     here.add_argument("--redis", metavar="URL", default=keep,
                       help="the cluster's Redis [env CLUSTERCHAT_REDIS]")  # fmt: skip
