@@ -70,3 +70,33 @@ def test_each_help_says_what_its_arguments_are() -> None:
     assert "-- SERVER_OPTION" in _help("cluster", "up") and "server_args" not in _help(
         "cluster", "up"
     )
+
+
+async def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    """`clusterchat admin users | head` ended in a BrokenPipeError traceback;
+    now it ends as a C program killed by SIGPIPE would: silent, 141."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'many.db'}"
+    node = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH, shed_lag=0.0))
+    await node.start()
+    await node.stop()  # the schema, then rows enough to fill a pipe many times
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "many.db") as rows:
+        rows.executemany(
+            "INSERT INTO user (name, namekey, password, state) VALUES (?, ?, 'x', 'offline')",
+            [(f"u{i}", f"u{i}") for i in range(5000)],
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERCHAT_")}
+    read, write = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "admin", "users", "--db", db,
+        stdout=write, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    os.close(write)
+    with os.fdopen(read, "rb") as head:
+        assert head.read(100).startswith(b"      id  name")  # then the reader goes away
+    assert proc.stderr is not None
+    async with asyncio.timeout(60):
+        err = await proc.stderr.read()
+        assert await proc.wait() == 141
+    assert err == b"", err.decode()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -552,6 +553,18 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`clusterchat ...`; output cut short by its reader (`| head`) ends it
+    quietly, as SIGPIPE ends a C program, instead of with a traceback."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and complain: point it at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from clusterchat.logs import setup as setup_logs
 
