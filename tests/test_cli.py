@@ -100,3 +100,34 @@ async def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> No
         err = await proc.stderr.read()
         assert await proc.wait() == 141
     assert err == b"", err.decode()
+
+
+async def _db(*args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERCHAT_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "db", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_missing_database_is_named_and_not_created(tmp_path: Path) -> None:
+    """A MariaDB database that does not exist was "database unavailable:
+    OperationalError: (1049, ...)"; an SQLite file that does not exist was
+    created, then reported as "the database is empty"."""
+    from tests.conftest import MYSQL_SERVER
+
+    missing = f"{MYSQL_SERVER}/cc_missing_{os.urandom(4).hex()}"  # never created
+    rc, _, err = await _db("status", "--db", missing)
+    assert rc == 1 and "does not exist" in err and "clusterchat db init" in err, err
+    rc, _, err = await _admin("users", "--db", missing)
+    assert rc == 1 and "does not exist" in err, err
+    nowhere = tmp_path / "no" / "such.db"
+    for run in (_admin("users", "--db", f"sqlite+aiosqlite:///{nowhere}"),
+                _db("status", "--db", f"sqlite+aiosqlite:///{nowhere}")):  # fmt: skip
+        rc, _, err = await run
+        assert rc == 1 and f"no such database file: {nowhere}" in err, err
+    assert not nowhere.parent.exists()

@@ -369,10 +369,19 @@ def _admin(args: argparse.Namespace) -> int:
                 print(f"user {args.uid} deleted: " + ", ".join(f"{n} {k}" for k, n in gone.items()))
         out.append(0)
 
+    from clusterchat.errors import Unavailable
+    from clusterchat.storage.sql import missing_file
+
+    if path := missing_file(args.db or default_db_url()):
+        print(f"clusterchat admin: no such database file: {path}", file=sys.stderr)
+        return 1
     try:
         _run(go())
     except AdminError as exc:
         print(f"clusterchat admin: {exc}", file=sys.stderr)
+        return 1
+    except Unavailable as exc:
+        print(f"clusterchat admin: {_why(exc)}", file=sys.stderr)
         return 1
     return out[0]
 
@@ -425,7 +434,15 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
 def _why(exc: BaseException) -> str:
     """An Unavailable's text with the driver's own words, if it has them."""
+    from clusterchat.storage.sql import UNKNOWN_DATABASE
+
     cause = getattr(exc.__cause__, "orig", None)
+    code = getattr(cause, "args", (None,))[:1]
+    if code == (UNKNOWN_DATABASE,):
+        return (
+            "the database does not exist on that server: `clusterchat db init` (with the "
+            f"same --db) creates it ({cause or exc})"
+        )
     text = str(exc)
     return f"{text}: {cause}" if cause is not None and str(cause) not in text else text
 
@@ -521,7 +538,14 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from clusterchat.storage.sql import SqlStore
+    from clusterchat.storage.sql import SqlStore, missing_file
+
+    if args.db_command == "status" and (path := missing_file(args.db or default_db_url())):
+        print(
+            f"clusterchat db: no such database file: {path} (`clusterchat db init` creates it)",
+            file=sys.stderr,
+        )
+        return 1
 
     out: list[int] = []
 
