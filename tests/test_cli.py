@@ -131,3 +131,25 @@ async def test_a_missing_database_is_named_and_not_created(tmp_path: Path) -> No
         rc, _, err = await run
         assert rc == 1 and f"no such database file: {nowhere}" in err, err
     assert not nowhere.parent.exists()
+
+
+async def test_kick_under_a_prefix_with_no_live_nodes_fails(tmp_path: Path) -> None:
+    """`admin kick 3` with the nodes' --redis-prefix not given printed "user
+    3: was not online" and exited 0 while the user was online under the
+    other prefix; `users --online` listed no one. Both now say no node lives
+    under that prefix, and fail."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
+    node = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH, shed_lag=0.0))
+    await node.start()
+    try:
+        conn = await ChatConnection.open("127.0.0.1", node.port)
+        uid = await conn.register(unique("kim"), PASSWORD)
+        await conn.close()
+    finally:
+        await node.stop()
+    prefix = f"nobody{os.urandom(4).hex()}:"
+    where = ("--db", db, "--redis", "redis://127.0.0.1:6379/0", "--redis-prefix", prefix)
+    for args in (("kick", str(uid)), ("users", "--online")):
+        rc, out, err = await _admin(*args, *where)
+        assert rc == 1 and f"no live nodes under prefix {prefix!r}" in err, (args, out, err)
+        assert "CLUSTERCHAT_REDIS_PREFIX" in err and "was not online" not in out

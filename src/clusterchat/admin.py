@@ -92,6 +92,16 @@ class Admin:
             out[node] = sorted(int(m) for m in members)
         return out
 
+    async def require_nodes(self) -> None:
+        """Who is online comes from the nodes' keys under our prefix: with
+        none there (a prefix not given, or mistyped), every user would look
+        offline and a kick would reach no one, all with exit status 0."""
+        if self.redis is not None and not await self.nodes():
+            raise AdminError(
+                f"no live nodes under prefix {self.prefix!r} "
+                "(set --redis-prefix / CLUSTERCHAT_REDIS_PREFIX to the nodes' own)"
+            )
+
     async def users(self, online_only: bool = False) -> list[UserRow]:
         where = {uid: node for node, uids in (await self.nodes()).items() for uid in uids}
         q = select(user.c.id, user.c.name, user.c.state, user.c.banned).order_by(user.c.id)

@@ -337,6 +337,8 @@ def _admin(args: argparse.Namespace) -> int:
     async def go() -> None:
         async with Admin(args.db or default_db_url(), args.redis or None, args.redis_prefix) as a:
             cmd = args.admin_command
+            if cmd in ("users", "kick") and (cmd == "kick" or args.online):
+                await a.require_nodes()
             if cmd == "users":
                 print_users(await a.users(args.online))
             elif cmd == "nodes":
