@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="chat from the terminal",
         description="Chat from the terminal. With a terminal: a login/register menu, then a "
         "prompt (type help). Without one (stdin a pipe or file): reads one command per line "
-        "and prints one event per line, for scripts. Reconnects by itself. The server is "
+        "and prints one event per line, for scripts; it exits 1 if any line was not done "
+        "(refused, not understood, not logged in, connection down), else 0. Reconnects by "
+        "itself. The server is "
         "nginx's port (127.0.0.1:8000, or the --listen-port chosen) when `clusterchat "
         "cluster up` runs on this machine, else 127.0.0.1:6000 (a lone node).",
     )
@@ -86,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--tls-ca", default=None, metavar="PEM",
                      help="trust this CA (or self-signed certificate) for --tls")  # fmt: skip
     cli.add_argument("--json", action="store_true",
-                     help="print each protocol message received, raw, one per line")  # fmt: skip
+                     help="print each protocol message received, raw, one per line on "
+                     "stdout; the client's own lines go to stderr")  # fmt: skip
 
     bench = sub.add_parser(
         "bench",

@@ -103,7 +103,7 @@ async def test_two_clients_chat_befriend_group_and_get_offline_messages(
     await ann.expect(r"Not done: No user has id \d+\.")
     await ann.say("nonsense")
     await ann.expect(r"Not understood: unknown command 'nonsense'")
-    assert await ann.quit() == 0
+    assert await ann.quit() == 1  # lines were refused and not understood: a script is told
     assert await bob.quit() == 0
 
 
@@ -194,3 +194,26 @@ async def test_a_piped_batch_past_the_flood_limit_is_paced_not_dropped(lone_node
     got = [(await dave.expect(MsgId.ONE_CHAT))["msg"] for _ in range(70)]
     assert got == [f"line {i}" for i in range(70)]
     await dave.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "said"),
+    [
+        ("login:1:wrong\n", "Login refused: wrong id or password"),
+        ("chat:1:hello\n", "Log in first"),
+        ("register:carol:pw\nfrobnicate\n", "Not understood"),
+    ],
+)
+async def test_a_piped_script_with_a_line_not_done_exits_1(
+    lone_node: Node, script: str, said: str
+) -> None:
+    """A script could not tell that its lines failed: the client exited 0
+    after "Login refused" or "Log in first". `client --help` says so."""
+    cli = Path(sys.executable).with_name("clusterchat")
+    proc = await asyncio.create_subprocess_exec(
+        str(cli), "client", "127.0.0.1", str(lone_node.port),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=CLIENT_ENV,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(script.encode()), 30)
+    assert said in out.decode() and proc.returncode == 1, (out, proc.returncode)

@@ -34,6 +34,13 @@ class Controller:
         self.client = client
         self.out = out
         self.ask_password = ask_password
+        #: A command was refused or not carried out: a piped script exits 1.
+        self.failed = False
+
+    def fail(self, line: str) -> None:
+        """Say why a command was not done, and remember that one was not."""
+        self.failed = True
+        self.out(line)
 
     def pushed(self, msg: dict[str, Any]) -> None:
         if msg.get("msgid") == MsgId.NOTICE:
@@ -52,7 +59,7 @@ class Controller:
         try:
             cmd = c.parse(line)
         except c.BadCommand as exc:
-            self.out(f"Not understood: {exc}.")
+            self.fail(f"Not understood: {exc}.")
             return True
         return await self.run(cmd)
 
@@ -67,16 +74,16 @@ class Controller:
         try:
             await self._run(cmd)
         except ConnectionLost:
-            self.out("Not done: the connection is down (reconnecting); try again in a moment.")
+            self.fail("Not done: the connection is down (reconnecting); try again in a moment.")
         except TooLong as exc:
-            self.out(too_long(exc))
+            self.fail(too_long(exc))
         return True
 
     async def _password(self, given: str | None) -> str | None:
         if given is not None:
             return given
         if self.ask_password is None:
-            self.out("Not done: give the password too, e.g. login:ID:PASSWORD.")
+            self.fail("Not done: give the password too, e.g. login:ID:PASSWORD.")
             return None
         return await self.ask_password("password: ")
 
@@ -84,7 +91,7 @@ class Controller:
         client = self.client
         if isinstance(cmd, c.Login):
             if client.uid:
-                self.out(
+                self.fail(
                     f"Already logged in as {render.who(client.uid, client.name)}; /logout first."
                 )
                 return
@@ -102,12 +109,14 @@ class Controller:
             self.out(f"pong from node {render.clean(pong.get('node', '?'))}")
             return
         if not client.uid:
-            self.out("Log in first: /login ID, or /register NAME.")
+            self.fail("Log in first: /login ID, or /register NAME.")
             return
         reply = await client.request(_request(cmd))
         if reply.get("msgid") == MsgId.ERROR:
-            self.out(render.refusal(reply))
+            self.fail(render.refusal(reply))
             return
+        if reply.get("errno") not in (0, None):  # an ack that refuses (its line says why)
+            self.failed = True
         if isinstance(cmd, c.Groups):
             await self._more_groups(reply)
             return
@@ -134,7 +143,7 @@ class Controller:
             after = docs[-1].get("id", 0)
             reply = await self.client.request({"msgid": MsgId.LIST_GROUPS, "after": after})
             if reply.get("msgid") == MsgId.ERROR:
-                self.out(f"(the rest of your groups were not listed) {render.refusal(reply)}")
+                self.fail(f"(the rest of your groups were not listed) {render.refusal(reply)}")
                 return
 
     async def register(self, name: str, password: str) -> bool:
@@ -143,7 +152,7 @@ class Controller:
         client = self.client
         ack = await client.request({"msgid": MsgId.REG, "name": name, "password": password})
         if ack.get("errno") != 0:
-            self.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
+            self.fail(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
             return False
         uid = int(ack["id"])
         if client.uid:
@@ -158,7 +167,7 @@ class Controller:
     async def login(self, uid: int, password: str) -> bool:
         ack = await self.client.login(uid, password)
         if ack.get("errno") != 0:
-            self.out(f"Login refused: {render.clean(ack.get('errmsg'))}.")
+            self.fail(f"Login refused: {render.clean(ack.get('errmsg'))}.")
             return False
         for line in render.login_summary(ack):
             self.out(line)
@@ -306,7 +315,7 @@ async def scripted(ctl: Controller) -> None:
         try:
             cmd = c.parse(line)
         except c.BadCommand as exc:
-            ctl.out(f"Not understood: {exc}.")
+            ctl.fail(f"Not understood: {exc}.")
             continue
         if not isinstance(cmd, c.Quit | c.Help):
             # A script cannot try again in a moment: its next line waits for
