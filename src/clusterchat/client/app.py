@@ -290,8 +290,8 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
             return render.invites(reply.get("invites"))
         case c.InviteOnly(gid, on):
             return [f"Group {gid} is {'invite-only' if on else 'open to all'} now."]
-        case c.History(target, group, count, _):
-            return render.history(target, group, count, reply)
+        case c.History(target, group, count, before):
+            return render.history(target, group, count, reply, before)
     return []
 
 
