@@ -79,6 +79,18 @@ class Controller:
             self.fail(too_long(exc))
         return True
 
+    async def new_password(self) -> str | None:
+        """A new account's password, typed twice where it is asked for (it is
+        not shown: a typo would lock the account out at once); None if the
+        two differ, or if it cannot be asked for."""
+        if self.ask_password is None:
+            return await self._password(None)
+        first = await self.ask_password("password: ")
+        if await self.ask_password("password again: ") != first:
+            self.fail("Not done: the two passwords differ; nothing registered.")
+            return None
+        return first
+
     async def _password(self, given: str | None) -> str | None:
         if given is not None:
             return given
@@ -100,7 +112,7 @@ class Controller:
                 await self.login(cmd.uid, password)
             return
         if isinstance(cmd, c.Register):
-            password = await self._password(cmd.password)
+            password = cmd.password or await self.new_password()
             if password is not None:
                 await self.register(cmd.name, password)
             return
@@ -400,7 +412,8 @@ async def _menu(ctl: Controller, choice: str, ask: Callable[..., Awaitable[str]]
             await ctl.login(uid, await ask("password: ", password=True))
             return True
         name = (await ask("name: ")).strip()
-        await ctl.register(name, await ask("password: ", password=True))
+        if (password := await ctl.new_password()) is not None:
+            await ctl.register(name, password)
     except c.BadCommand as exc:
         ctl.out(f"Not understood: {exc}.")
     except ConnectionLost:
