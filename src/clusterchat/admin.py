@@ -2,7 +2,7 @@
 
 Changes go to the database; sessions they must end are ended by the node
 that holds them, told through the cluster's ``{prefix}events`` channel
-(``k<uid>``, see :meth:`clusterchat.service.chat.ChatService.kicked`).
+(``k<uid>``, or ``b<uid>`` for a ban, see :meth:`clusterchat.service.chat.ChatService.kicked`).
 Every change and every refusal is logged on the ``clusterchat.audit`` logger
 with the operator's login name.
 """
@@ -92,6 +92,16 @@ class Admin:
             out[node] = sorted(int(m) for m in members)
         return out
 
+    async def require_nodes(self) -> None:
+        """Who is online comes from the nodes' keys under our prefix: with
+        none there (a prefix not given, or mistyped), every user would look
+        offline and a kick would reach no one, all with exit status 0."""
+        if self.redis is not None and not await self.nodes():
+            raise AdminError(
+                f"no live nodes under prefix {self.prefix!r} "
+                "(set --redis-prefix / CLUSTERCHAT_REDIS_PREFIX to the nodes' own)"
+            )
+
     async def users(self, online_only: bool = False) -> list[UserRow]:
         where = {uid: node for node, uids in (await self.nodes()).items() for uid in uids}
         q = select(user.c.id, user.c.name, user.c.state, user.c.banned).order_by(user.c.id)
@@ -158,7 +168,8 @@ class Admin:
             await conn.execute(update(user).where(user.c.id == uid).values(ticket=None))
         held = await self.redis.get(f"{self.prefix}user:{uid}")
         node = held.decode() if isinstance(held, bytes) else held
-        await self.redis.publish(f"{self.prefix}events", f"k{uid}")
+        event = "b" if action == "ban" else "k"  # the node tells the client which
+        await self.redis.publish(f"{self.prefix}events", f"{event}{uid}")
         if action == "kick":
             self._audit("kick", uid=uid, name=name, node=node)
         return node is not None

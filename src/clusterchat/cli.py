@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -65,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="chat from the terminal",
         description="Chat from the terminal. With a terminal: a login/register menu, then a "
         "prompt (type help). Without one (stdin a pipe or file): reads one command per line "
-        "and prints one event per line, for scripts. Reconnects by itself. The server is "
+        "and prints one event per line, for scripts; it exits 1 if any line was not done "
+        "(refused, not understood, not logged in, connection down), else 0. Reconnects by "
+        "itself. The server is "
         "nginx's port (127.0.0.1:8000, or the --listen-port chosen) when `clusterchat "
         "cluster up` runs on this machine, else 127.0.0.1:6000 (a lone node).",
     )
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--tls-ca", default=None, metavar="PEM",
                      help="trust this CA (or self-signed certificate) for --tls")  # fmt: skip
     cli.add_argument("--json", action="store_true",
-                     help="print each protocol message received, raw, one per line")  # fmt: skip
+                     help="print each protocol message received, raw, one per line on "
+                     "stdout; the client's own lines go to stderr")  # fmt: skip
 
     bench = sub.add_parser(
         "bench",
@@ -294,7 +298,7 @@ def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     where = argparse.ArgumentParser(add_help=False)
     here = where.add_argument_group("where (also accepted before the action)")
     keep = argparse.SUPPRESS
-    here.add_argument("--db", metavar="URL", default=keep,
+    here.add_argument("--db", metavar="URL", default=keep, type=OPTIONS["--db"].convert,
                       help="the store [env CLUSTERCHAT_DB]")  # fmt: skip
     here.add_argument("--redis", metavar="URL", default=keep,
                       help="the cluster's Redis [env CLUSTERCHAT_REDIS]")  # fmt: skip
@@ -336,6 +340,8 @@ def _admin(args: argparse.Namespace) -> int:
     async def go() -> None:
         async with Admin(args.db or default_db_url(), args.redis or None, args.redis_prefix) as a:
             cmd = args.admin_command
+            if cmd in ("users", "kick") and (cmd == "kick" or args.online):
+                await a.require_nodes()
             if cmd == "users":
                 print_users(await a.users(args.online))
             elif cmd == "nodes":
@@ -368,10 +374,19 @@ def _admin(args: argparse.Namespace) -> int:
                 print(f"user {args.uid} deleted: " + ", ".join(f"{n} {k}" for k, n in gone.items()))
         out.append(0)
 
+    from clusterchat.errors import Unavailable
+    from clusterchat.storage.sql import missing_file
+
+    if path := missing_file(args.db or default_db_url()):
+        print(f"clusterchat admin: no such database file: {path}", file=sys.stderr)
+        return 1
     try:
         _run(go())
     except AdminError as exc:
         print(f"clusterchat admin: {exc}", file=sys.stderr)
+        return 1
+    except Unavailable as exc:
+        print(f"clusterchat admin: {_why(exc)}", file=sys.stderr)
         return 1
     return out[0]
 
@@ -424,7 +439,15 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
 def _why(exc: BaseException) -> str:
     """An Unavailable's text with the driver's own words, if it has them."""
+    from clusterchat.storage.sql import UNKNOWN_DATABASE
+
     cause = getattr(exc.__cause__, "orig", None)
+    code = getattr(cause, "args", (None,))[:1]
+    if code == (UNKNOWN_DATABASE,):
+        return (
+            "the database does not exist on that server: `clusterchat db init` (with the "
+            f"same --db) creates it ({cause or exc})"
+        )
     text = str(exc)
     return f"{text}: {cause}" if cause is not None and str(cause) not in text else text
 
@@ -432,7 +455,7 @@ def _why(exc: BaseException) -> str:
 def _bench(args: argparse.Namespace) -> int:
     from clusterchat.bench.conn import Closed
     from clusterchat.bench.main import run as run_bench
-    from clusterchat.bench.scenarios import BenchError, Options
+    from clusterchat.bench.scenarios import BenchError, Options, explain
 
     args.target = args.target or f"127.0.0.1:{default_port()}"
     targets = []
@@ -469,8 +492,11 @@ def _bench(args: argparse.Namespace) -> int:
 
     try:
         _run(go())
-    except (BenchError, Closed) as exc:
+    except BenchError as exc:
         print(f"clusterchat bench: {exc}", file=sys.stderr)
+        return 1
+    except Closed as exc:
+        print(f"clusterchat bench: {explain(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"clusterchat bench: {args.target}: {exc.strerror or exc}", file=sys.stderr)
@@ -517,7 +543,14 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from clusterchat.storage.sql import SqlStore
+    from clusterchat.storage.sql import SqlStore, missing_file
+
+    if args.db_command == "status" and (path := missing_file(args.db or default_db_url())):
+        print(
+            f"clusterchat db: no such database file: {path} (`clusterchat db init` creates it)",
+            file=sys.stderr,
+        )
+        return 1
 
     out: list[int] = []
 
@@ -549,6 +582,18 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`clusterchat ...`; output cut short by its reader (`| head`) ends it
+    quietly, as SIGPIPE ends a C program, instead of with a traceback."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and complain: point it at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from clusterchat.logs import setup as setup_logs
 

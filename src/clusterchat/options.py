@@ -143,18 +143,44 @@ def _rate(text: str) -> tuple[float, int]:
     return rate, int(burst) if burst else max(1, int(rate))
 
 
+def _port(text: str) -> int:
+    """A TCP port: 0 to 65535 (0: any free one; for --http-port, off). The
+    kernel would take 70000 as 4464 and listen there."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {text!r}")
+    return port
+
+
+#: URL schemes of the stores clusterchat runs on (without a driver, the
+#: asyncio one is chosen: storage/sql.py ``async_url``).
+DB_SCHEMES = ("sqlite+aiosqlite", "sqlite", "mysql+asyncmy", "mysql", "mariadb+asyncmy", "mariadb")
+
+
+def _db_url(text: str) -> str:
+    """A store URL we can open; told at once rather than as a driver's traceback."""
+    scheme, sep, _ = text.partition("://")
+    if text and (not sep or scheme.lower() not in DB_SCHEMES):
+        raise argparse.ArgumentTypeError(
+            f"unsupported database {scheme if sep else text!r}: use "
+            "sqlite+aiosqlite:///PATH (SQLite) or mysql+asyncmy://USER@HOST:3306/DB "
+            "(MariaDB/MySQL; mysql:// works too)"
+        )
+    return text
+
+
 #: The server's options, in groups as `clusterchat server --help` shows them.
 SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
     ("where it listens", (
         Option("--host", ("host",), "ADDRESS", "address to listen on"),
-        Option("--port", ("port",), "PORT", "TCP port"),
+        Option("--port", ("port",), "PORT", "TCP port", parse=_port),
         Option("--tls-cert", ("tls_cert",), "PEM",
                "serve TLS with this certificate chain; or terminate TLS in nginx "
                "(`cluster nginx-conf --tls-cert`)"),
         Option("--tls-key", ("tls_key",), "PEM", "the certificate's private key"),
         Option("--http-port", ("http_port",), "PORT",
                "also serve the web client on this HTTP port: open http://HOST:PORT/ in a "
-               "browser; it chats over a WebSocket at /ws; 0: off"),
+               "browser; it chats over a WebSocket at /ws; 0: off", parse=_port),
         Option("--http-origins", ("http_origins",), "ORIGIN[,ORIGIN]",
                "web pages (scheme://host[:port]) allowed to open a chat WebSocket, '*' for "
                "any; default: only the page this node (or nginx in front of it) serves"),
@@ -170,7 +196,8 @@ SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
     ("store", (
         Option("--db", ("db_url",), "URL",
                "SQLAlchemy URL of the store, e.g. mysql+asyncmy://root@127.0.0.1:3306/chat",
-               shown="an SQLite file in $CLUSTERCHAT_HOME or ~/.local/share/clusterchat"),
+               shown="an SQLite file in $CLUSTERCHAT_HOME or ~/.local/share/clusterchat",
+               parse=_db_url),
         Option("--db-pool", ("db_pool",), "N", "connections to MariaDB/MySQL this node keeps"),
         Option("--history-days", ("history_days",), "DAYS",
                "keep every 1:1 and group message this long for clients to page back "

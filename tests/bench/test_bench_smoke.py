@@ -156,3 +156,21 @@ async def test_registrations_partly_refused_say_why_under_the_table(tmp_path: Pa
     got = json.loads(out.decode().strip().splitlines()[-1])
     assert got["ops"] == 20 and got["errors"] == 2, (got, err)
     assert [v for k, v in got["notes"].items() if "too many registrations" in k] == [2], got
+
+
+@pytest.mark.parametrize("args", [["chat", "-p", "5"], ["group", "-g", "5", "-s", "4"]])
+async def test_a_server_with_its_flood_limit_stops_the_bench_with_a_line(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """A node with the default --message-rate closes a flooding benchmark's
+    connections (ERROR 170); the chat senders then waited forever for window
+    slots the closed connections held, printing nothing until killed."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'f.db'}"
+    limits = Limits(registrations_per_address=0)  # the flood limit as a newcomer's node has it
+    n = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH, shed_lag=0.0, limits=limits))
+    await n.start()
+    try:
+        text = await _bench_error(*args, "-t", "2", "--target", f"127.0.0.1:{n.port}")
+    finally:
+        await n.stop()
+    assert "too many requests" in text and "--message-rate 0" in text, text

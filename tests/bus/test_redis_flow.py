@@ -62,7 +62,7 @@ class Inbox:
     def taken_over(self, uid: int) -> None:
         pass
 
-    def kicked(self, uid: int) -> None:
+    def kicked(self, uid: int, banned: bool = False) -> None:
         return None
 
     def group_changed(self, gid: int) -> None:

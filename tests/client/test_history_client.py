@@ -58,6 +58,10 @@ def test_a_page_reads_oldest_first_and_says_how_to_go_back() -> None:
     assert lines[1].endswith("ann (#3): first") and lines[2].endswith("bob\\x1b (#5): second")
     assert lines[3] == "(older messages: /history 5 2 10, the 2 before #10)"
     assert render.history(3, True, 20, {"messages": []}) == ["No messages with group 3 kept."]
+    # Past the oldest message (`/history 2 20 5`): it used to say none were kept at all.
+    assert render.history(2, False, 20, {"messages": []}, before=5) == [
+        "No older messages with user 2 kept (nothing before #5)."
+    ]
     assert "/ghistory GID [N]" in c.HELP and "/history ID [N]" in c.HELP
 
 
@@ -77,6 +81,8 @@ async def test_the_client_pages_back_through_a_conversation(
     more = await bob.expect(rf"\(older messages: /history {ann_id} 2 (\d+), the 2 before #")
     await bob.say(f"/history {ann_id} 2 {more.group(1)}")
     await bob.expect(rf"ann \(#{ann_id}\): hello 0$")
+    await bob.say(f"/history {ann_id} 2 1")  # before the first message there is
+    await bob.expect(rf"No older messages with user {ann_id} kept \(nothing before #1\)")
     await ann.say("creategroup:room:ours")
     gid = int((await ann.expect(r"Created group room with id (\d+)")).group(1))
     await ann.say(f"/g {gid} anyone?")
@@ -87,4 +93,4 @@ async def test_the_client_pages_back_through_a_conversation(
         rf"Not done: You are not a member of group {gid}; its history is for members\."
     )
     assert await ann.quit() == 0
-    assert await bob.quit() == 0
+    assert await bob.quit() == 1  # its /ghistory was refused: a script is told

@@ -103,7 +103,7 @@ async def test_two_clients_chat_befriend_group_and_get_offline_messages(
     await ann.expect(r"Not done: No user has id \d+\.")
     await ann.say("nonsense")
     await ann.expect(r"Not understood: unknown command 'nonsense'")
-    assert await ann.quit() == 0
+    assert await ann.quit() == 1  # lines were refused and not understood: a script is told
     assert await bob.quit() == 0
 
 
@@ -146,20 +146,24 @@ async def test_client_reconnects_and_logs_back_in_after_a_node_restart(
         await restarted.stop()
 
 
-async def test_a_kicked_client_says_it_is_not_logged_in_again(
-    lone_node: Node, scripted: list[Scripted]
+@pytest.mark.parametrize("banned", [False, True], ids=["kick", "ban"])
+async def test_a_kicked_client_says_why_and_does_not_reconnect(
+    lone_node: Node, scripted: list[Scripted], banned: bool
 ) -> None:
-    """`clusterchat admin kick` revokes the ticket and closes the session: the
-    client reconnects but its ticket is refused. It used to print "logged in
-    again" right after "Could not log in again"."""
+    """`clusterchat admin kick` (or `ban`) revokes the ticket and closes the
+    session. The client used to reconnect, try the dead ticket and print
+    "Could not log in again: wrong id or password"; now it says an operator
+    ended the session (or banned the account) and stays logged out."""
     ann, ann_id = await registered(lone_node.port, "ann", scripted)
     await lone_node.store.end_session(ann_id)  # what the operator's kick does
-    lone_node.service.kicked(ann_id)
-    await ann.expect(r"\*\*\* an operator ended this session")
-    await ann.expect("Could not log in again", timeout=15)
-    line = await ann.expect("Reconnected to .*", timeout=15)
-    assert "not logged in" in line.group(0) and "logged in again" not in line.group(0)
+    lone_node.service.kicked(ann_id, banned=banned)
+    await ann.expect(r"\*\*\* an operator (banned this account|ended this session)")
+    why = "banned this account" if banned else "ended this session"
+    await ann.expect(f"Logged out: an operator {why}.*Not reconnecting", timeout=15)
     assert await ann.quit() == 0
+    assert ann.proc.stdout is not None
+    seen = "\n".join(ann.lines) + (await ann.proc.stdout.read()).decode()
+    assert "Reconnect" not in seen and "wrong id or password" not in seen, seen
 
 
 async def test_a_displaced_client_says_so_and_does_not_reconnect(
@@ -190,3 +194,26 @@ async def test_a_piped_batch_past_the_flood_limit_is_paced_not_dropped(lone_node
     got = [(await dave.expect(MsgId.ONE_CHAT))["msg"] for _ in range(70)]
     assert got == [f"line {i}" for i in range(70)]
     await dave.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "said"),
+    [
+        ("login:1:wrong\n", "Login refused: wrong id or password"),
+        ("chat:1:hello\n", "Log in first"),
+        ("register:carol:pw\nfrobnicate\n", "Not understood"),
+    ],
+)
+async def test_a_piped_script_with_a_line_not_done_exits_1(
+    lone_node: Node, script: str, said: str
+) -> None:
+    """A script could not tell that its lines failed: the client exited 0
+    after "Login refused" or "Log in first". `client --help` says so."""
+    cli = Path(sys.executable).with_name("clusterchat")
+    proc = await asyncio.create_subprocess_exec(
+        str(cli), "client", "127.0.0.1", str(lone_node.port),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=CLIENT_ENV,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(script.encode()), 30)
+    assert said in out.decode() and proc.returncode == 1, (out, proc.returncode)

@@ -28,6 +28,8 @@ def register_via_menu(child: pexpect.spawn, name: str, password: str) -> int:
     child.sendline(name)
     child.expect("password:")
     child.sendline(password)
+    child.expect("password again:")  # asked twice: it is not shown
+    child.sendline(password)
     child.expect(rf"Registered {name} with id (\d+); logging you in")
     uid = int(child.match.group(1))
     child.expect(rf"{name}>")
@@ -53,6 +55,30 @@ def test_menu_login_hides_the_password_and_shows_the_user(server_port: int) -> N
     first.expect(pexpect.EOF)
     assert "hunter22" not in transcript
     assert "********" not in transcript  # not echoed at all, as the README says
+
+
+def test_registering_asks_for_the_password_twice(server_port: int) -> None:
+    """The password was asked once, unseen: a typo made an account no one
+    could log in to. Two that differ register nothing."""
+    child = spawn(server_port)
+    child.expect("choice:")
+    child.sendline("2")
+    child.expect("name:")
+    child.sendline("dot")
+    child.expect("password:")
+    child.sendline("hunter22")
+    child.expect("password again:")
+    child.sendline("hunter23")
+    child.expect("the two passwords differ; nothing registered")
+    child.expect("choice:")
+    child.sendline("/register dot")
+    child.expect("password:")
+    child.sendline("pw")
+    child.expect("password again:")
+    child.sendline("pw")
+    child.expect(r"Registered dot with id \d+; logging you in")
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
 
 
 def test_incoming_message_does_not_break_the_line_being_typed(server_port: int) -> None:

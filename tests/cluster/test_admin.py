@@ -89,7 +89,8 @@ async def test_admin_commands_on_a_live_two_node_cluster(
     # Ban alice while online on node0: kicked, and no login anywhere.
     code, out, err = await _admin(cluster, mariadb_url, "ban", str(alice.id))
     assert code == 0 and "action=ban" in err
-    await alice.conn.expect(MsgId.NOTICE)
+    notice = await alice.conn.expect(MsgId.NOTICE)
+    assert "banned" in notice["text"], notice  # the client says so, and stops there
     assert await alice.conn.at_eof()
     for node in ("node0", "node1"):
         c = await cluster.connect_to(node)

@@ -95,6 +95,27 @@ async def test_a_port_taken_fails_clearly_and_starts_nothing(
     assert launcher._port_free("127.0.0.1", base)  # node0 never started
 
 
+async def test_every_port_taken_is_named_in_one_message(tmp_path: Path) -> None:
+    """Conflicts were told one per try (free one, run again, hear of the
+    next); now all of them at once, each with the option that moves it."""
+    base = free_ports(6)
+    with socket.socket() as a, socket.socket() as b:
+        for s, port in ((a, base), (b, base + 2)):
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        with pytest.raises(RuntimeError) as refused:
+            await asyncio.to_thread(
+                launcher.up, tmp_path / "cluster", 2, base + 2, base, "127.0.0.1", [],
+                web_port=base + 5, http_base_port=base + 3,
+            )  # fmt: skip
+    text = str(refused.value)
+    assert text.startswith("2 ports are already in use"), text
+    assert f"127.0.0.1:{base} (node0, --base-port)" in text, text
+    assert f"127.0.0.1:{base + 2} (nginx, --listen-port)" in text, text
+    assert "--base-port, --listen-port" in text and "nothing started" in text, text
+    assert not (tmp_path / "cluster" / launcher.STATE).exists()
+
+
 async def test_a_port_answered_by_another_program_is_not_taken_for_our_node(
     tmp_path: Path,
 ) -> None:

@@ -4,6 +4,7 @@ or nginx's stream module terminating TLS in front of plain nodes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import subprocess
 import sys
@@ -106,3 +107,64 @@ async def test_nginx_terminates_tls_in_front_of_a_plain_node(
         nginx.terminate()
         await nginx.wait()
         await node.stop()
+
+
+async def _client(port: int, *args: str, script: bytes = b"") -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "client", "127.0.0.1", str(port), *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(script), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_a_plain_client_at_a_tls_node_is_told_to_use_tls(tls_node: Node) -> None:
+    """The node closes a plain connection at its first request without a
+    word: the client looped "Connected / Not done: the connection is down /
+    Reconnected" forever; now it says the server may require TLS and stops."""
+    _, text = await _client(tls_node.port, script=b"register:tom:pw\n/ping\n")
+    assert "it may require TLS (start the client with --tls)" in text, text
+    assert "Reconnected" not in text, text
+
+
+async def test_a_tls_client_at_a_plain_node_says_the_handshake_failed(tmp_path: Path) -> None:
+    """A plain node takes the ClientHello for the start of a request and waits
+    for its end: the client was silent for ~35 s, then printed "Cannot
+    connect to HOST:PORT: " with no reason."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}"
+    n = Node(Settings(port=0, db_url=db, hash_cost=FAST_HASH, shed_lag=0.0))
+    await n.start()
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        code, text = await _client(n.port, "--tls", script=b"/ping\n")
+        took = loop.time() - start
+    finally:
+        await n.stop()
+    assert code == 1 and "TLS handshake failed" in text and "is the server using TLS" in text, text
+    assert took < 25, took  # the handshake's own timeout (10 s), not the node's
+
+
+async def test_the_node_logs_failed_handshakes_sampled(
+    tls_node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain client at a TLS node left no trace in the node's log (asyncio
+    reports failed handshakes only in debug mode); now each is logged, at
+    most one line per interval with a count of the rest."""
+    caplog.set_level(logging.WARNING, "clusterchat.server.tls")
+    for _ in range(5):
+        plain = await ChatConnection.open("127.0.0.1", tls_node.port)
+        await plain.send({"msgid": MsgId.PING})
+        assert await plain.at_eof()
+        await plain.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "clusterchat.server.tls"]
+    assert len(lines) == 1 and "TLS handshake failed from 127.0.0.1" in lines[0], lines
+    # TLS clients still get in, and the node still counts them.
+    c = await ChatConnection.open(
+        "127.0.0.1", tls_node.port, ssl=client_ctx(tls_node.settings.tls_cert or "")
+    )
+    assert (await c.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    assert len(tls_node.connections) == 1
+    await c.close()

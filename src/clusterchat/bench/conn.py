@@ -14,13 +14,21 @@ from collections.abc import Callable
 from typing import Any
 
 from clusterchat.protocol.acks import INTERVAL
-from clusterchat.protocol.client import ClientProtocol, Event, Push, Reply
+from clusterchat.protocol.client import ClientProtocol, Event, Push, Reply, Unexpected
+from clusterchat.protocol.messages import MsgId
 
 Waiter = asyncio.Future[dict[str, Any]]
+_ERROR = int(MsgId.ERROR)
+
+
+#: Seconds a benchmark waits for a connection or a reply before it gives up:
+#: a server that stops answering ends the run with a message, never a hang.
+TIMEOUT = 30.0
 
 
 class Closed(Exception):
-    pass
+    """The connection ended (or never answered); the text says why, with
+    the server's last ERROR if it sent one before closing."""
 
 
 class BenchConn(asyncio.Protocol):
@@ -39,6 +47,8 @@ class BenchConn(asyncio.Protocol):
         self.uid = 0
         self.ticket: str | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
+        #: The errmsg of the last ERROR the server sent (it says why it closed).
+        self.last_error = ""
 
     @classmethod
     async def open(
@@ -50,7 +60,13 @@ class BenchConn(asyncio.Protocol):
         acknowledge: bool = False,
     ) -> BenchConn:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: cls(on_push, term, acknowledge), host, port)
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: cls(on_push, term, acknowledge), host, port),
+                TIMEOUT,
+            )
+        except TimeoutError:
+            raise Closed(f"could not connect to {host}:{port} within {TIMEOUT:g} s") from None
         return conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,7 +81,11 @@ class BenchConn(asyncio.Protocol):
             if type(event) is Push:
                 if on_push is not None:
                     on_push(event.msg)
+            elif type(event) is Unexpected and event.msg.get("msgid") == _ERROR:
+                self.last_error = str(event.msg.get("errmsg") or "")
             elif type(event) is Reply:
+                if event.msg.get("msgid") == _ERROR:
+                    self.last_error = str(event.msg.get("errmsg") or "")
                 fut = event.token
                 if fut is not None and not fut.done():
                     fut.set_result(event.msg)
@@ -86,27 +106,41 @@ class BenchConn(asyncio.Protocol):
         if self._ack_timer is not None:
             self._ack_timer.cancel()
         self.transport = None
+        why = self.closed_why()
         for fut in self.core.connection_lost():
             if fut is not None and not fut.done():
-                fut.set_exception(Closed("connection closed"))
+                fut.set_exception(Closed(why))
+
+    def closed_why(self) -> str:
+        """What a Closed says: the server's last ERROR, if any."""
+        if self.last_error:
+            return f"the server closed the connection: {self.last_error}"
+        return "the server closed the connection"
 
     def _write(self, data: bytes) -> None:
         if self.transport is None:
-            raise Closed("connection closed")
+            raise Closed(self.closed_why())
         self.transport.write(data)
 
     def send(self, doc: dict[str, Any]) -> None:
         """A request whose reply, if the dialect gives one, nobody waits for."""
         if self.transport is None:
-            raise Closed("connection closed")
+            raise Closed(self.closed_why())
         self._write(self.core.send(doc))
 
     def request(self, doc: dict[str, Any]) -> Waiter:
         if self.transport is None:
-            raise Closed("connection closed")
+            raise Closed(self.closed_why())
         fut: Waiter = asyncio.get_running_loop().create_future()
         self._write(self.core.send(doc, fut))
         return fut
+
+    async def ask(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A request and its reply, waited for at most :data:`TIMEOUT`."""
+        try:
+            return await asyncio.wait_for(self.request(doc), TIMEOUT)
+        except TimeoutError:
+            raise Closed(f"no reply from the server within {TIMEOUT:g} s") from None
 
     def close(self) -> None:
         if self.transport is not None:

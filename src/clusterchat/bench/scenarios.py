@@ -39,6 +39,22 @@ def _refused(what: str, ack: dict[str, Any]) -> BenchError:
     return BenchError(f"the server refused {what}: {why}{hint}")
 
 
+def explain(exc: Closed) -> str:
+    """A connection the server closed, with the flags to run it with if it
+    closed it for a limit (the flood limit: ERROR 170 "too many requests")."""
+    why = str(exc)
+    return why + (_LIMITS_HINT if "too many" in why else "")
+
+
+def _check_open(conns: Sequence[BenchConn]) -> None:
+    """A run during which the server closed connections measured nothing
+    worth a table: say why instead."""
+    closed = [c for c in conns if c.transport is None]
+    if closed:
+        why = explain(Closed(closed[0].closed_why()))
+        raise BenchError(f"{len(closed)} of {len(conns)} connections were closed: {why}")
+
+
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -119,7 +135,7 @@ async def _register_all(opts: Options, n: int, progress: Progress) -> list[int]:
         conn = conns[i % len(conns)]
         doc = {"msgid": MsgId.REG, "name": f"{prefix}{i}", "password": PASSWORD}
         for _attempt in range(_RETRIES):
-            ack = await conn.request(doc)
+            ack = await conn.ask(doc)
             if ack.get("errno") != _BUSY:
                 break
             await asyncio.sleep(0.05)  # a busy server: wait for it
@@ -140,7 +156,7 @@ async def _login(
     doc: dict[str, Any] = {"msgid": MsgId.LOGIN, "id": uid, **secret}
     if receipts:  # the connection's core acknowledges (opened with opts.receipts)
         doc["receipts"] = True
-    ack = await conn.request(doc)
+    ack = await conn.ask(doc)
     if ack.get("errno") == 0:
         conn.uid = uid
         conn.ticket = ack.get("ticket")
@@ -179,7 +195,7 @@ async def reg(opts: Options, progress: Progress) -> Result:
     async def one(i: int) -> None:
         conn = conns[i % len(conns)]
         t0 = _now_us()
-        ack = await conn.request({"msgid": MsgId.REG, "name": f"{prefix}{i}", "password": PASSWORD})
+        ack = await conn.ask({"msgid": MsgId.REG, "name": f"{prefix}{i}", "password": PASSWORD})
         result.latencies_us.append(_now_us() - t0)
         if ack.get("errno") == 0:
             result.ops += 1
@@ -327,6 +343,8 @@ class ChatFlow:
         self.seqs = itertools.count()
         self.sent = 0
         self.flooded = 0
+        #: Why the server closed a connection mid-run (the run stops at once).
+        self.closed_why = ""
 
     def on_push(self, msg: dict[str, Any]) -> None:
         sent_ns, seq_s, sender, _ = str(msg.get("msg", "")).split(":", 3)
@@ -344,7 +362,10 @@ class ChatFlow:
 
     def _replied(self, seq: int, sender: int, reply: asyncio.Future[dict[str, Any]]) -> None:
         """A refused message will never arrive: count it and free its slot."""
-        if reply.cancelled() or reply.exception() is not None:
+        if reply.cancelled():
+            return
+        if (exc := reply.exception()) is not None:
+            self._closed(str(exc))
             return
         msg = reply.result()
         if msg.get("msgid") != MsgId.ERROR:
@@ -355,6 +376,15 @@ class ChatFlow:
         if self.outstanding.pop(seq, None) is not None:
             self.window[sender].release()
 
+    def _closed(self, why: str) -> None:
+        """The server closed a connection: stop every sender now (one waiting
+        for a window slot that the closed connection's messages held would
+        wait forever)."""
+        if not self.closed_why:
+            self.closed_why = why
+            for window in self.window:
+                window.release()
+
     async def run(
         self, senders: list[tuple[BenchConn, dict[str, Any]]], progress: Progress
     ) -> None:
@@ -364,8 +394,13 @@ class ChatFlow:
         stop_at = self.measure_from + self.opts.seconds
 
         async def send_loop(k: int, conn: BenchConn, template: dict[str, Any]) -> None:
-            while time.perf_counter() < stop_at:
-                await self.window[k].acquire()
+            while (left := stop_at - time.perf_counter()) > 0 and not self.closed_why:
+                try:  # bounded: deliveries that never come end the run, not hang it
+                    await asyncio.wait_for(self.window[k].acquire(), left)
+                except TimeoutError:
+                    return
+                if self.closed_why:
+                    return
                 seq = next(self.seqs)
                 self.outstanding[seq] = self.fanout
                 doc = {**template, "msg": _payload(seq, k, self.opts.msg_size)}
@@ -375,8 +410,9 @@ class ChatFlow:
                     else:
                         reply = conn.request(doc)
                         reply.add_done_callback(functools.partial(self._replied, seq, k))
-                except Closed:
+                except Closed as exc:
                     self.result.errors += 1
+                    self._closed(str(exc))
                     return
                 self.sent += 1
 
@@ -384,6 +420,8 @@ class ChatFlow:
         busy = asyncio.ensure_future(self._cpu(stop_at))
         try:
             await asyncio.gather(*(send_loop(k, c, t) for k, (c, t) in enumerate(senders)))
+            if self.closed_why:
+                raise BenchError(explain(Closed(self.closed_why)))
             await asyncio.sleep(min(2.0, 0.5 + self.opts.seconds / 10))  # stragglers
         finally:
             ticker.cancel()
@@ -441,9 +479,12 @@ async def chat(opts: Options, progress: Progress) -> Result:
     flow = ChatFlow(opts, result, senders=len(ids), fanout=1)
     conns = await _login_all(opts, ids, progress, on_push=lambda _i: flow.on_push)
     senders = [(c, {"msgid": MsgId.ONE_CHAT, "toid": ids[i ^ 1]}) for i, c in enumerate(conns)]
-    await flow.run(senders, progress)
-    for c in conns:
-        c.close()
+    try:
+        await flow.run(senders, progress)
+        _check_open(conns)
+    finally:
+        for c in conns:
+            c.close()
     return result
 
 
@@ -456,17 +497,22 @@ async def group(opts: Options, progress: Progress) -> Result:
     flow = ChatFlow(opts, result, senders=opts.senders, fanout=opts.members - 1)
     conns = await _login_all(opts, ids, progress, on_push=lambda _i: flow.on_push)
     name = f"g{os.urandom(4).hex()}"
-    ack = await conns[0].request(
-        {"msgid": MsgId.CREATE_GROUP, "groupname": name, "groupdesc": "bench"}
-    )
+    ack = await conns[0].ask({"msgid": MsgId.CREATE_GROUP, "groupname": name, "groupdesc": "bench"})
+    if ack.get("errno", 0) != 0 or "groupid" not in ack:
+        raise _refused("creating the group", ack)
     gid = int(ack["groupid"])
-    await asyncio.gather(
-        *(c.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}) for c in conns[1:])
-    )
+    for ack in await asyncio.gather(
+        *(c.ask({"msgid": MsgId.ADD_GROUP, "groupid": gid}) for c in conns[1:])
+    ):
+        if ack.get("errno", 0) != 0:
+            raise _refused("joining the group", ack)
     senders = [(conns[k], {"msgid": MsgId.GROUP_CHAT, "groupid": gid}) for k in range(opts.senders)]
-    await flow.run(senders, progress)
-    for c in conns:
-        c.close()
+    try:
+        await flow.run(senders, progress)
+        _check_open(conns)
+    finally:
+        for c in conns:
+            c.close()
     return result
 
 

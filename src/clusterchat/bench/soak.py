@@ -106,7 +106,7 @@ class Soak:
             text = f"{time.perf_counter_ns()}:{i}:{n}"
             n += 1
             try:
-                reply = await conn.request({"msgid": MsgId.ONE_CHAT, "toid": peer.uid, "msg": text})
+                reply = await conn.ask({"msgid": MsgId.ONE_CHAT, "toid": peer.uid, "msg": text})
             except Closed:
                 continue
             self.sent += 1
@@ -127,7 +127,7 @@ class Soak:
                 conn, user.conn = user.conn, None
                 if random.random() < 0.5:
                     with contextlib.suppress(Closed):
-                        await conn.request({"msgid": MsgId.LOGOUT})
+                        await conn.ask({"msgid": MsgId.LOGOUT})
                     user.ticket = None  # a logout revokes the ticket
                 else:
                     user.drops.append(time.perf_counter_ns())

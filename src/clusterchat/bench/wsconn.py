@@ -15,7 +15,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from clusterchat.bench.conn import BenchConn, Closed
+from clusterchat.bench.conn import TIMEOUT, BenchConn, Closed
 from clusterchat.protocol import wsframes
 
 
@@ -39,8 +39,14 @@ class WsBenchConn(BenchConn):
     ) -> BenchConn:
         loop = asyncio.get_running_loop()
         uri = f"ws://{host}:{port}/ws"
-        _, conn = await loop.create_connection(lambda: cls(on_push, uri, acknowledge), host, port)
-        await conn.opened
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                _, conn = await loop.create_connection(
+                    lambda: cls(on_push, uri, acknowledge), host, port
+                )
+                await conn.opened
+        except TimeoutError:
+            raise Closed(f"could not open a WebSocket to {uri} within {TIMEOUT:g} s") from None
         return conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

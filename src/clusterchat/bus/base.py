@@ -116,8 +116,9 @@ class Inbox(Protocol):
         that session is the user's now; end the one here."""
         ...
 
-    def kicked(self, uid: int) -> None:
-        """An operator ended the user's session, if it is here."""
+    def kicked(self, uid: int, banned: bool = False) -> None:
+        """An operator ended the user's session, if it is here (``banned``:
+        and banned the account)."""
         ...
 
     def taken_over(self, uid: int) -> None:

@@ -860,8 +860,8 @@ class RedisCluster:
                 self._routes.pop(int(ident), None)
             elif event == b"g" and self._inbox is not None:
                 self._inbox.group_changed(int(ident))
-            elif event == b"k" and self._inbox is not None:  # clusterchat.admin
-                self._inbox.kicked(int(ident))
+            elif event in (b"k", b"b") and self._inbox is not None:  # clusterchat.admin: kick, ban
+                self._inbox.kicked(int(ident), banned=event == b"b")
             elif event == b"t" and self._inbox is not None:  # a password login elsewhere
                 self._inbox.taken_over(int(ident))
             elif event == b"r":

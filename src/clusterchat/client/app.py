@@ -34,6 +34,13 @@ class Controller:
         self.client = client
         self.out = out
         self.ask_password = ask_password
+        #: A command was refused or not carried out: a piped script exits 1.
+        self.failed = False
+
+    def fail(self, line: str) -> None:
+        """Say why a command was not done, and remember that one was not."""
+        self.failed = True
+        self.out(line)
 
     def pushed(self, msg: dict[str, Any]) -> None:
         if msg.get("msgid") == MsgId.NOTICE:
@@ -52,7 +59,7 @@ class Controller:
         try:
             cmd = c.parse(line)
         except c.BadCommand as exc:
-            self.out(f"Not understood: {exc}.")
+            self.fail(f"Not understood: {exc}.")
             return True
         return await self.run(cmd)
 
@@ -67,16 +74,28 @@ class Controller:
         try:
             await self._run(cmd)
         except ConnectionLost:
-            self.out("Not done: the connection is down (reconnecting); try again in a moment.")
+            self.fail("Not done: the connection is down (reconnecting); try again in a moment.")
         except TooLong as exc:
-            self.out(too_long(exc))
+            self.fail(too_long(exc))
         return True
+
+    async def new_password(self) -> str | None:
+        """A new account's password, typed twice where it is asked for (it is
+        not shown: a typo would lock the account out at once); None if the
+        two differ, or if it cannot be asked for."""
+        if self.ask_password is None:
+            return await self._password(None)
+        first = await self.ask_password("password: ")
+        if await self.ask_password("password again: ") != first:
+            self.fail("Not done: the two passwords differ; nothing registered.")
+            return None
+        return first
 
     async def _password(self, given: str | None) -> str | None:
         if given is not None:
             return given
         if self.ask_password is None:
-            self.out("Not done: give the password too, e.g. login:ID:PASSWORD.")
+            self.fail("Not done: give the password too, e.g. login:ID:PASSWORD.")
             return None
         return await self.ask_password("password: ")
 
@@ -84,7 +103,7 @@ class Controller:
         client = self.client
         if isinstance(cmd, c.Login):
             if client.uid:
-                self.out(
+                self.fail(
                     f"Already logged in as {render.who(client.uid, client.name)}; /logout first."
                 )
                 return
@@ -93,7 +112,7 @@ class Controller:
                 await self.login(cmd.uid, password)
             return
         if isinstance(cmd, c.Register):
-            password = await self._password(cmd.password)
+            password = cmd.password or await self.new_password()
             if password is not None:
                 await self.register(cmd.name, password)
             return
@@ -102,12 +121,14 @@ class Controller:
             self.out(f"pong from node {render.clean(pong.get('node', '?'))}")
             return
         if not client.uid:
-            self.out("Log in first: /login ID, or /register NAME.")
+            self.fail("Log in first: /login ID, or /register NAME.")
             return
         reply = await client.request(_request(cmd))
         if reply.get("msgid") == MsgId.ERROR:
-            self.out(render.refusal(reply))
+            self.fail(render.refusal(reply))
             return
+        if reply.get("errno") not in (0, None):  # an ack that refuses (its line says why)
+            self.failed = True
         if isinstance(cmd, c.Groups):
             await self._more_groups(reply)
             return
@@ -134,7 +155,7 @@ class Controller:
             after = docs[-1].get("id", 0)
             reply = await self.client.request({"msgid": MsgId.LIST_GROUPS, "after": after})
             if reply.get("msgid") == MsgId.ERROR:
-                self.out(f"(the rest of your groups were not listed) {render.refusal(reply)}")
+                self.fail(f"(the rest of your groups were not listed) {render.refusal(reply)}")
                 return
 
     async def register(self, name: str, password: str) -> bool:
@@ -143,7 +164,7 @@ class Controller:
         client = self.client
         ack = await client.request({"msgid": MsgId.REG, "name": name, "password": password})
         if ack.get("errno") != 0:
-            self.out(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
+            self.fail(f"Registration refused: {render.clean(ack.get('errmsg'))}.")
             return False
         uid = int(ack["id"])
         if client.uid:
@@ -158,7 +179,7 @@ class Controller:
     async def login(self, uid: int, password: str) -> bool:
         ack = await self.client.login(uid, password)
         if ack.get("errno") != 0:
-            self.out(f"Login refused: {render.clean(ack.get('errmsg'))}.")
+            self.fail(f"Login refused: {render.clean(ack.get('errmsg'))}.")
             return False
         for line in render.login_summary(ack):
             self.out(line)
@@ -281,8 +302,8 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
             return render.invites(reply.get("invites"))
         case c.InviteOnly(gid, on):
             return [f"Group {gid} is {'invite-only' if on else 'open to all'} now."]
-        case c.History(target, group, count, _):
-            return render.history(target, group, count, reply)
+        case c.History(target, group, count, before):
+            return render.history(target, group, count, reply, before)
     return []
 
 
@@ -306,7 +327,7 @@ async def scripted(ctl: Controller) -> None:
         try:
             cmd = c.parse(line)
         except c.BadCommand as exc:
-            ctl.out(f"Not understood: {exc}.")
+            ctl.fail(f"Not understood: {exc}.")
             continue
         if not isinstance(cmd, c.Quit | c.Help):
             # A script cannot try again in a moment: its next line waits for
@@ -391,7 +412,8 @@ async def _menu(ctl: Controller, choice: str, ask: Callable[..., Awaitable[str]]
             await ctl.login(uid, await ask("password: ", password=True))
             return True
         name = (await ask("name: ")).strip()
-        await ctl.register(name, await ask("password: ", password=True))
+        if (password := await ctl.new_password()) is not None:
+            await ctl.register(name, password)
     except c.BadCommand as exc:
         ctl.out(f"Not understood: {exc}.")
     except ConnectionLost:

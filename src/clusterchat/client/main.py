@@ -64,6 +64,7 @@ async def run(opts: ClientOptions) -> int:
             await interactive(ctl, client)
         else:
             await scripted(ctl)
+            return 1 if ctl.failed else 0  # a script learns that a line was not done
     finally:
         await client.close()
     return 0

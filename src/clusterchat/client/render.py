@@ -182,10 +182,16 @@ def invites(items: object) -> list[str]:
     return lines
 
 
-def history(target: int, group: bool, count: int, reply: dict[str, Any]) -> list[str]:
-    """A HISTORY_PAGE, oldest first as a conversation reads, and how to go further back."""
+def history(
+    target: int, group: bool, count: int, reply: dict[str, Any], before: int = 0
+) -> list[str]:
+    """A HISTORY_PAGE, oldest first as a conversation reads, and how to go
+    further back; an empty page asked for before message ``before`` is the
+    start of what is kept, not an empty conversation."""
     docs = _docs(reply.get("messages"))
     where = f"group {target}" if group else f"user {target}"
+    if not docs and before:
+        return [f"No older messages with {where} kept (nothing before #{before})."]
     if not docs:
         return [f"No messages with {where} kept."]
     name = next((m.get("name") for m in docs if m.get("from") == target), None)

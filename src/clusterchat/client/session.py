@@ -24,7 +24,17 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.client import ClientProtocol, Event, Push, ReceiptRefused, TooLong
 from clusterchat.protocol.framing import FrameTooLarge
 from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId
-from clusterchat.protocol.replies import DISPLACED_TEXT
+from clusterchat.protocol.replies import BANNED_TEXT, DISPLACED_TEXT, KICKED_TEXT
+
+#: NOTICEs after which the session is over for good (the ticket is dead):
+#: what to say instead of reconnecting.
+_ENDED = {
+    DISPLACED_TEXT: "Logged out: this account logged in elsewhere (another window or device). "
+    "Not reconnecting; /quit, or start the client again to log in here.",
+    KICKED_TEXT: "Logged out: an operator ended this session. Not reconnecting; /quit, and "
+    "start the client again to log in with your password.",
+    BANNED_TEXT: "Logged out: an operator banned this account. Not reconnecting; /quit.",
+}
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,12 @@ FLOOD_PAUSE = 0.05
 FLOOD_PATIENCE = 2.0
 #: Message ids remembered to drop a redelivered duplicate.
 SEEN_MIDS = 4096
+#: Seconds a TLS handshake may take (a plain server never answers one).
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+class TlsFailed(OSError):
+    """``--tls``: the TCP connection was made, the TLS handshake was not."""
 
 
 #: A request that cannot be answered: the connection is down or went down.
@@ -59,6 +75,10 @@ class ChatClient:
         self.host, self.port = host, port
         self.on_push, self.on_status, self.on_raw = on_push, on_status, on_raw
         self.tls = tls
+        #: Whether the server ever sent anything: a TLS-only node closes a
+        #: plain connection at its first request, without a word.
+        self._heard = False
+        self._asked = False
         self.uid = 0
         self.name = ""
         # What logs us in again after a reconnect: the server's session ticket
@@ -73,9 +93,11 @@ class ChatClient:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
-        #: The server ended the session because the account logged in on
-        #: another node: reconnecting would only be refused.
+        #: The server ended the session for good (the account logged in on
+        #: another node, or an operator kicked or banned it): reconnecting
+        #: would only be refused. What to say about it.
         self.displaced = False
+        self._ended = ""
         self.connected = asyncio.Event()
         # Connected and, after a reconnect, logged in again: requests may go.
         self.ready = asyncio.Event()
@@ -90,7 +112,10 @@ class ChatClient:
     # -- connection ---------------------------------------------------------------
 
     async def connect(self) -> None:
-        conn = await ChatConnection.open(self.host, self.port, core=self.core, ssl=self.tls)
+        if self.tls is None:
+            conn = await ChatConnection.open(self.host, self.port, core=self.core)
+        else:
+            conn = await self._open_tls(self.tls)
         self._conn = conn
         self._reader_task = asyncio.ensure_future(self._read(conn))
         if self._keepalive_task is None:
@@ -98,6 +123,31 @@ class ChatClient:
         self.connected.set()
         if not self.uid:  # else ready once logged in again (see _reconnect)
             self.ready.set()
+
+    async def _open_tls(self, tls: ssl.SSLContext) -> ChatConnection:
+        """A TLS connection, its handshake bounded; a plain server (which
+        takes the handshake for a request and waits for its end) or a bad
+        certificate raises :class:`TlsFailed` saying so."""
+        try:
+            return await ChatConnection.open(
+                self.host,
+                self.port,
+                core=self.core,
+                ssl=tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            )
+        except ConnectionRefusedError:
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            why = f"TLS handshake failed: {exc.verify_message or exc}"
+            raise TlsFailed(why) from exc
+        except (OSError, TimeoutError) as exc:
+            reason = exc.strerror or str(exc) if isinstance(exc, OSError) else ""
+            reason = reason or "the server closed the connection or did not answer"
+            why = (
+                f"TLS handshake failed ({reason}): is the server using TLS? (without --tls: plain)"
+            )
+            raise TlsFailed(why) from exc
 
     async def close(self) -> None:
         self._closing = True
@@ -117,15 +167,22 @@ class ChatClient:
         self.connected.clear()
         self.ready.clear()
         await conn.close()
-        if self.displaced:
-            self.on_status(
-                "Logged out: this account logged in elsewhere (another window or device). "
-                "Not reconnecting; /quit, or start the client again to log in here."
+        if self.tls is None and self._asked and not self._heard and not self._closing:
+            # A server that closes at the first request, never having said a
+            # word, is most likely a TLS node (--tls-cert): retrying is futile.
+            self.displaced = True
+            self.uid, self._password, self._ticket = 0, None, None
+            self._ended = (
+                f"The server at {self.host}:{self.port} closed the connection without "
+                "answering: it may require TLS (start the client with --tls). Not reconnecting."
             )
+        if self.displaced:
+            self.on_status(self._ended)
         elif not self._closing:
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
 
     def _event(self, event: Event[Waiter]) -> None:
+        self._heard = True
         if self.on_raw is not None:
             self.on_raw(event.frame)
         if type(event) is Push:
@@ -139,8 +196,9 @@ class ChatClient:
             self._event(event)
 
     def _push(self, msg: dict[str, Any]) -> None:
-        if msg.get("msgid") == MsgId.NOTICE and msg.get("text") == DISPLACED_TEXT:
+        if msg.get("msgid") == MsgId.NOTICE and msg.get("text") in _ENDED:
             self.displaced = True  # the server closes the connection next
+            self._ended = _ENDED[msg["text"]]
             self.uid, self._password, self._ticket = 0, None, None
         mid = msg.get("mid")
         if mid is not None:
@@ -245,6 +303,7 @@ class ChatClient:
         conn = self._conn
         if not self.connected.is_set() or conn is None:
             raise ConnectionLost("not connected")
+        self._asked = True
         return await conn.call(doc)  # TooLong if over the server's limit: nothing sent
 
     async def login(self, uid: int, password: str) -> dict[str, Any]:

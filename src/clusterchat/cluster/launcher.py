@@ -131,12 +131,21 @@ def up(
     if web_port:
         wanted += [(http_base_port + i, f"node{i} HTTP", "--http-base-port") for i in range(nodes)]
         wanted.append((web_port, "nginx HTTP", "--web-port"))
-    for port, what, option in wanted:
-        if not _port_free(host, port):
-            raise RuntimeError(
-                f"port {host}:{port} ({what}) is already in use; nothing started "
-                f"(choose another with {option})"
-            )
+    # Every conflict at once: fixing them one per try was a newcomer's loop.
+    taken = [(port, what, option) for port, what, option in wanted if not _port_free(host, port)]
+    if len(taken) == 1:
+        port, what, option = taken[0]
+        raise RuntimeError(
+            f"port {host}:{port} ({what}) is already in use; nothing started "
+            f"(choose another with {option})"
+        )
+    if taken:
+        listed = "; ".join(f"{host}:{port} ({what}, {option})" for port, what, option in taken)
+        options = ", ".join(dict.fromkeys(option for _, _, option in taken))
+        raise RuntimeError(
+            f"{len(taken)} ports are already in use: {listed}; nothing started "
+            f"(choose others with {options})"
+        )
     state = ClusterState(
         listen=f"{host}:{listen_port}", web=f"{host}:{web_port}" if web_port else ""
     )

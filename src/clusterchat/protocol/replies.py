@@ -181,7 +181,12 @@ LOGOUT_ACK = Fixed(MsgId.LOGOUT_ACK, codec.ack(MsgId.LOGOUT_ACK))
 #: The NOTICE's text; the terminal client stops reconnecting when it reads it.
 DISPLACED_TEXT = "you logged in somewhere else; this session has ended"
 DISPLACED = Fixed.of({"msgid": MsgId.NOTICE, "text": DISPLACED_TEXT})
-KICKED = Fixed.of({"msgid": MsgId.NOTICE, "text": "an operator ended this session"})
+#: An operator's `clusterchat admin kick` (or `delete`), and `ban`: the
+#: terminal client stops reconnecting when it reads either (its ticket is dead).
+KICKED_TEXT = "an operator ended this session"
+BANNED_TEXT = "an operator banned this account; this session has ended"
+KICKED = Fixed.of({"msgid": MsgId.NOTICE, "text": KICKED_TEXT})
+BANNED = Fixed.of({"msgid": MsgId.NOTICE, "text": BANNED_TEXT})
 
 #: A refusal: a reply that bumps a refusal counter (``kind``, ``errno``).
 Refusal = Error | LoginRefused | RegRefused

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from time import monotonic as _monotonic
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +31,7 @@ from clusterchat.server.http import HttpServer
 from clusterchat.server.load import LoopLag
 from clusterchat.server.metrics import Ops
 from clusterchat.server.sockets import tune_listener
+from clusterchat.server.tls import TlsHandshakes
 from clusterchat.service.chat import ChatService
 from clusterchat.service.limits import limit_key
 from clusterchat.service.passwords import Passwords
@@ -114,6 +115,7 @@ class Node:
         self.service.exempt_address = self.trusts
         self._drained = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
+        self._handshakes: TlsHandshakes | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.port = settings.port
         self.max_connections = connection_limit(settings.max_connections)
@@ -302,13 +304,16 @@ class Node:
             await self.store.reset_states()
         await self.service.start()
         loop = self._loop = asyncio.get_running_loop()
+        ctx = self._tls()
+        factory: Callable[[], asyncio.Protocol] = lambda: Connection(self)  # noqa: E731
+        if ctx is not None:  # handshakes done (and their failures logged) by us
+            self._handshakes = factory = TlsHandshakes(ctx, factory)
         self._server = await loop.create_server(
-            lambda: Connection(self),
+            factory,
             self.settings.host,
             self.settings.port,
             backlog=4096,
             reuse_port=self.settings.reuse_port or None,
-            ssl=self._tls(),
         )
         tune_listener(self._server)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -394,6 +399,8 @@ class Node:
         self.lag.stop()
         if self._server is not None:
             self._server.close()
+        if self._handshakes is not None:
+            self._handshakes.close()
         self.http.close()
         self._drained.clear()
         for conn in list(self.connections):

@@ -54,6 +54,7 @@ from clusterchat.protocol.messages import (
     Request,
 )
 from clusterchat.protocol.replies import (
+    BANNED,
     DISPLACED,
     KICKED,
     LOGOUT_ACK,
@@ -1686,14 +1687,14 @@ class ChatService:
         self._uncache_members(gid)
         self._rosters.changed(gid)
 
-    def kicked(self, uid: int) -> None:
+    def kicked(self, uid: int, banned: bool = False) -> None:
         """An operator ended the user's session (`clusterchat admin kick`, `ban`,
         `delete`); the connection closes as a drop would, nothing is lost."""
         s = self.sessions.get(uid)
         if s is None:
             return
-        log.warning("audit: user %d kicked by an operator", uid)
-        self.reply(s, KICKED)
+        log.warning("audit: user %d %s by an operator", uid, "banned" if banned else "kicked")
+        self.reply(s, BANNED if banned else KICKED)
         s.peer.close()
 
     def displaced(self, uid: int) -> None:

@@ -133,6 +133,22 @@ def async_url(url: str | URL) -> URL:
     return u.set(drivername=f"{u.drivername}+{driver}") if driver else u
 
 
+def missing_file(url: str) -> str | None:
+    """An SQLite URL's file, if it does not exist: commands that only read
+    (`db status`, `admin`) say so instead of creating an empty database."""
+    u = make_url(url)
+    path = u.database
+    if u.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    if path.startswith("file:"):  # a URI filename: leave it to SQLite
+        return None
+    return None if Path(path).exists() else path
+
+
+#: MySQL/MariaDB's "Unknown database" (ER_BAD_DB_ERROR).
+UNKNOWN_DATABASE = 1049
+
+
 def make_engine(url: URL, pool_size: int = 20) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
