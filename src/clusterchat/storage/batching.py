@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 MAX_BATCH = 500
 
@@ -52,6 +53,51 @@ class Batcher(Generic[T]):
             for fut in futs:
                 if not fut.done():
                     fut.set_result(found.get(key))
+
+
+class WriteBatcher(Generic[A, T]):
+    """Many concurrent single-key writes done by one transaction: the
+    arguments given in one event-loop tick go to ``write`` together (at most
+    MAX_BATCH keys). Two writes of one key in a tick go in separate batches,
+    so ``write`` sees each key once and the second sees what the first did."""
+
+    def __init__(self, write: Callable[[dict[int, A]], Awaitable[dict[int, T]]]) -> None:
+        self._write = write
+        self._waiting: list[tuple[int, A, asyncio.Future[T | None]]] = []
+
+    async def put(self, key: int, arg: A) -> T | None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T | None] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._start)
+        self._waiting.append((key, arg, fut))
+        return await fut
+
+    def _start(self) -> None:
+        pending, self._waiting = self._waiting, []
+        while pending:
+            batch: dict[int, tuple[A, asyncio.Future[T | None]]] = {}
+            later = []
+            for key, arg, fut in pending:
+                if key in batch or len(batch) >= MAX_BATCH:
+                    later.append((key, arg, fut))
+                else:
+                    batch[key] = (arg, fut)
+            pending = later
+            task = asyncio.ensure_future(self._run(batch))
+            task.add_done_callback(_retrieve)
+
+    async def _run(self, batch: dict[int, tuple[A, asyncio.Future[T | None]]]) -> None:
+        try:
+            done = await self._write({k: arg for k, (arg, _) in batch.items()})
+        except BaseException as exc:
+            for _, fut in batch.values():
+                if not fut.done():
+                    fut.set_exception(exc)
+            raise
+        for key, (_, fut) in batch.items():
+            if not fut.done():
+                fut.set_result(done.get(key))
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -217,6 +217,11 @@ ROTATE_TICKET = (
     .where((user.c.id == _uid) & (user.c.ticket == bindparam("old")))
     .values(state="online", ticket=bindparam("ticket"), ticketexpiry=bindparam("expiry"))
 )
+#: After ROTATE_TICKET for many users in one transaction: which now hold
+#: the new digest (an UPDATE's rowcount is not per row in an executemany).
+TICKETS_MANY = select(user.c.id, user.c.ticket).where(
+    user.c.id.in_(bindparam("uids", expanding=True))
+)
 LOGGED_OUT = (
     update(user).where(user.c.id == _uid).values(state="offline", ticket=None, ticketexpiry=None)
 )

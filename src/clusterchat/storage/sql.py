@@ -37,7 +37,7 @@ from clusterchat.storage.base import (
     Quota,
     Resume,
 )
-from clusterchat.storage.batching import Batcher
+from clusterchat.storage.batching import Batcher, WriteBatcher
 from clusterchat.storage.history import BulkConnection, HistoryQueries
 from clusterchat.storage.social import SocialQueries
 from clusterchat.storage.tables import (
@@ -531,6 +531,7 @@ class SqlStore(SocialQueries, HistoryQueries):
         )
         self._states = _StateWriter(self)
         self._resumes: Batcher[Resume] = Batcher(self._resume_many)
+        self._rotations: WriteBatcher[tuple[str, str], bool] = WriteBatcher(self._rotate_many)
         self.offline_page = q.OFFLINE_PAGE
         #: For metrics: offline rows written, and deleted after delivery.
         self.stored_rows = 0
@@ -721,10 +722,23 @@ class SqlStore(SocialQueries, HistoryQueries):
         return int(time.time() + self.ticket_lifetime)
 
     async def rotate_ticket(self, uid: int, old: str, new: str) -> bool:
+        """Ticket logins arriving together share one transaction (a storm
+        of reconnects was one commit per login, serialised on SQLite)."""
+        return bool(await self._rotations.put(uid, (old, new)))
+
+    async def _rotate_many(self, asked: dict[int, tuple[str, str]]) -> dict[int, bool]:
+        expiry = self._expiry()
+        uids = sorted(asked)  # rows locked in one order by every node
+        args = [
+            {"uid": u, "old": old, "ticket": new, "expiry": expiry}
+            for u in uids
+            for old, new in [asked[u]]
+        ]
         async with self._tx() as conn:
-            args = {"uid": uid, "old": old, "ticket": new, "expiry": self._expiry()}
-            res = await conn.execute(q.ROTATE_TICKET, args)
-        return bool(res.rowcount)
+            await conn.execute(q.ROTATE_TICKET, args)
+            rows = (await conn.execute(q.TICKETS_MANY, {"uids": uids})).all()
+        # A digest is 256 random bits: only this UPDATE stored the new one.
+        return {r.id: r.ticket == asked[r.id][1] for r in rows}
 
     async def open_session(
         self, uid: int, ticket_digest: str | None, known: Container[int] = frozenset()
