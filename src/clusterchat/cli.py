@@ -342,6 +342,16 @@ def _admin(args: argparse.Namespace) -> int:
             cmd = args.admin_command
             if cmd in ("users", "kick") and (cmd == "kick" or args.online):
                 await a.require_nodes()
+            elif cmd in ("ban", "delete") and a.redis is not None and not await a.nodes():
+                # Not refused: with every node down nobody is online, and the
+                # operator must still be able to act. But a wrong prefix kicks
+                # no one, so say it.
+                print(
+                    f"warning: no live nodes under prefix {args.redis_prefix!r}: a session "
+                    "on nodes under another prefix is not ended (set --redis-prefix / "
+                    "CLUSTERCHAT_REDIS_PREFIX to the nodes' own)",
+                    file=sys.stderr,
+                )
             if cmd == "users":
                 print_users(await a.users(args.online))
             elif cmd == "nodes":
