@@ -250,7 +250,7 @@ MODERN: dict[str, list[str]] = {
         'send {"errmsg":"request exceeds the 100-byte frame limit; closing the '
         'connection","errno":103,"msgid":11,"re":null}\n',
         'send {"errmsg":"internal error","errno":199,"msgid":11,"re":null}\n',
-        'send {"msgid":23,"text":"you logged in somewhere else; this session has ended"}\n',
+        'send {"event":"displaced","msgid":23,"text":"you logged in somewhere else; this session has ended"}\n',
     ],
     "b": [
         'send {"errno":0,"id":2,"msgid":5}\n',
@@ -273,7 +273,7 @@ MODERN: dict[str, list[str]] = {
         'deliver {"event":"unfriended","id":1,"msgid":42,"name":"alice"}\n',
         'send {"errmsg":"no group has id 1","errno":130,"msgid":11,"re":40}\n',
         'send {"errno":0,"mid":"n1-5","msgid":18,"status":"stored","ts":T}\n',
-        'send {"msgid":23,"text":"an operator ended this session"}\n',
+        'send {"event":"kicked","msgid":23,"text":"an operator ended this session"}\n',
     ],
     "c": [
         'send {"errno":0,"id":3,"msgid":5}\n',

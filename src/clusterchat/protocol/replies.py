@@ -178,15 +178,18 @@ class Fixed(Reply, frozen=True, gc=False):
 
 
 LOGOUT_ACK = Fixed(MsgId.LOGOUT_ACK, codec.ack(MsgId.LOGOUT_ACK))
-#: The NOTICE's text; the terminal client stops reconnecting when it reads it.
+# The NOTICEs that end a session for good (the connection closes next, the
+# ticket is dead): our clients stop reconnecting when they read one. Each
+# has an `event` (docs/PROTOCOL.md, NOTICE 23), which the web page matches
+# on; the terminal client matches the text (the same since before `event`).
+#: A password login elsewhere took over this session, which came by ticket.
 DISPLACED_TEXT = "you logged in somewhere else; this session has ended"
-DISPLACED = Fixed.of({"msgid": MsgId.NOTICE, "text": DISPLACED_TEXT})
-#: An operator's `clusterchat admin kick` (or `delete`), and `ban`: the
-#: terminal client stops reconnecting when it reads either (its ticket is dead).
+DISPLACED = Fixed.of({"msgid": MsgId.NOTICE, "text": DISPLACED_TEXT, "event": "displaced"})
+#: An operator's `clusterchat admin kick` (or `delete`), and `ban`.
 KICKED_TEXT = "an operator ended this session"
 BANNED_TEXT = "an operator banned this account; this session has ended"
-KICKED = Fixed.of({"msgid": MsgId.NOTICE, "text": KICKED_TEXT})
-BANNED = Fixed.of({"msgid": MsgId.NOTICE, "text": BANNED_TEXT})
+KICKED = Fixed.of({"msgid": MsgId.NOTICE, "text": KICKED_TEXT, "event": "kicked"})
+BANNED = Fixed.of({"msgid": MsgId.NOTICE, "text": BANNED_TEXT, "event": "banned"})
 
 #: A refusal: a reply that bumps a refusal counter (``kind``, ``errno``).
 Refusal = Error | LoginRefused | RegRefused

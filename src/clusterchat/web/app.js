@@ -5,6 +5,7 @@ import { ChatSocket, Disconnected, Msg } from "./chat.js";
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000; // friends' online state and group members
 const SESSION_KEY = "clusterchat.session";
+const ENDED_KEY = "clusterchat.ended"; // why the server ended the last session, until a login
 const HISTORY_PAGE = 50; // messages a history request asks for (docs/PROTOCOL.md, 60/61)
 
 const state = {
@@ -18,6 +19,7 @@ const state = {
   inviteOnly: new Map(),  // group id -> bool, as last heard (events, my own changes)
   everOnline: false,
   restartingSince: 0,     // when the node said it was shutting down (ms; 0: it did not)
+  ended: false,           // the server ended the session for good; not connected since
   groupsAt: 0,            // when the group list was last read whole (ms)
   groupPages: 1,          // how many LIST_GROUPS pages it took
 };
@@ -130,8 +132,57 @@ function eventText(msg) {
   }
 }
 
+// The NOTICEs after which the session is over for good (docs/PROTOCOL.md,
+// NOTICE 23): the server closes the connection next and the ticket no longer
+// works. What the page says, by the NOTICE's `event`; in the terminal
+// client's words (client/session.py), with the page's "log in".
+const ENDED = new Map([
+  ["displaced", "You were logged out: this account logged in elsewhere (another window or device). "
+    + "Log in again to use it here."],
+  ["kicked", "You were logged out: an operator ended this session. "
+    + "Log in again with your password."],
+  ["banned", "You were logged out: an operator banned this account."],
+]);
+// A node from before `event` sends only the text (protocol/replies.py).
+const ENDED_TEXTS = new Map([
+  ["you logged in somewhere else; this session has ended", "displaced"],
+  ["an operator ended this session", "kicked"],
+  ["an operator banned this account; this session has ended", "banned"],
+]);
+
+function endedBy(msg) {
+  if (ENDED.has(msg.event)) return msg.event;
+  return msg.event === undefined ? ENDED_TEXTS.get(msg.text) : undefined;
+}
+
+// The session is over: no resuming it (now, at the reconnect that follows,
+// or after a reload); the log-in form says why, with the user id filled in.
+function sessionEnded(why) {
+  const uid = state.me?.id;
+  sock.forget();
+  sessionStorage.removeItem(SESSION_KEY);
+  sessionStorage.setItem(ENDED_KEY, JSON.stringify({ why, id: uid ?? null }));
+  state.ended = true; // the connection's close that follows is expected: no banner
+  clearTimeout(toastTimer);
+  $("toast").hidden = true; // the session's last news ("… added you") is not news now
+  reset();
+  setMode(false);
+  showEnded(why, uid);
+}
+
+function showEnded(why, uid) {
+  if (uid) $("login-id").value = String(uid);
+  showAuth(ENDED.get(why));
+  if (uid) $("password").focus();
+}
+
 function onPush(msg) {
   if (msg.msgid === Msg.NOTICE) {
+    const ended = endedBy(msg);
+    if (ended) {
+      sessionEnded(ended);
+      return;
+    }
     if (msg.event === "shutdown") {
       // The node is going away; this page reconnects by itself (to it once
       // it is back, or to another behind the same address), so the text
@@ -788,6 +839,9 @@ function onState(s, why, retryMs) {
     state.everOnline = true;
     state.wasOffline = false;
     state.restartingSince = 0;
+    state.ended = false;
+  } else if (state.ended) {
+    banner(""); // the close after a NOTICE that ended the session: the form says why
   } else if (state.restartingSince && Date.now() - state.restartingSince < RESTART_PATIENCE_MS) {
     state.wasOffline = true;
     banner(RESTARTING, "info");
@@ -893,6 +947,7 @@ async function submitAuth(event) {
     const ack = await sock.login(uid, password);
     if (ack.errno !== 0) { err.textContent = sentence(ack.errmsg || "Wrong id or password."); return; }
     $("password").value = "";
+    sessionStorage.removeItem(ENDED_KEY);
     if (sock.ticket) {
       sessionStorage.setItem(SESSION_KEY, JSON.stringify({ id: uid, name: ack.name, ticket: sock.ticket }));
     }
@@ -916,7 +971,13 @@ async function logout() {
 async function resumeSaved() {
   let saved;
   try { saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null"); } catch { saved = null; }
-  if (!saved) { showAuth(); return; }
+  if (!saved) {
+    let ended;
+    try { ended = JSON.parse(sessionStorage.getItem(ENDED_KEY) || "null"); } catch { ended = null; }
+    if (ended && ENDED.has(ended.why)) showEnded(ended.why, Number(ended.id) || 0);
+    else showAuth();
+    return;
+  }
   // After a reload the old connection's session may take a moment to end
   // ("already online"): retry a few seconds before asking for the password.
   for (let attempt = 0; attempt < 20; attempt += 1) {

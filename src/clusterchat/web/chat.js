@@ -230,6 +230,15 @@ export class ChatSocket {
     return ack;
   }
 
+  /** The server ended the session for good (a NOTICE with `event`
+   * `displaced`, `kicked` or `banned`; it closes the connection next): the
+   * ticket is dead, so the reconnect that follows does not log in with it. */
+  forget() {
+    this._ack(); // what arrived is not stored again for the next login, as at a logout
+    this.uid = 0;
+    this.ticket = null;
+  }
+
   async logout() {
     try {
       this._ack(); // what arrived is not stored again for the next login
