@@ -10,13 +10,16 @@ Pure accounting: no loop, no I/O; waiters are told through a callback.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 #: With no --memory-budget: this share of the machine's memory...
 DEFAULT_SHARE = 0.25
 #: ...but never less than this, nor more than MAX_DEFAULT.
 MIN_DEFAULT = 64 * 1024 * 1024
 MAX_DEFAULT = 4 * 1024 * 1024 * 1024
+
+K = TypeVar("K")
 
 
 def machine_memory() -> int:
@@ -82,19 +85,33 @@ EVICT_LEAST = 16 * 1024
 EVICT_STALL = 2.0
 
 
-def to_evict(holdings: list[tuple[int, int]], limit: int) -> list[int]:
-    """Which connections to cut off, given (bytes held by a stalled peer,
-    key) for each while the budget is over its limit: the biggest first,
-    until what the rest hold is at most EVICT_SHARE of the limit. Without this, receivers that
-    never confirm (an attacker's own accounts) could hold the whole budget,
-    and every sender on the node was refused. What is left over the limit
-    is then the store's backlog, which drains at the store's pace."""
-    held = sum(n for n, _ in holdings)
+def to_evict(addresses: Sequence[Sequence[tuple[int, K]]], limit: int) -> list[K]:
+    """Which connections to cut off while the budget is over its limit,
+    given, for each address, (bytes held by a stalled peer, key) of each of
+    its connections: the addresses holding the most first, and within one
+    its connections holding the most first, until what the rest hold is at
+    most EVICT_SHARE of the limit. Without this, receivers that never
+    confirm (an attacker's own accounts) could hold the whole budget, and
+    every sender on the node was refused. Counted by address, so many
+    connections each holding less than EVICT_LEAST add up (an attacker's
+    accounts on one address); cut one by one, so the others behind the same
+    address (a NAT, an office, a proxy that hides addresses) stay connected
+    once enough is freed. What is left over the limit is then the store's
+    backlog, which drains at the store's pace."""
+    held = sum(n for conns in addresses for n, _ in conns)
     most = int(limit * EVICT_SHARE)
-    out: list[int] = []
-    for nbytes, key in sorted(holdings, reverse=True):
-        if held <= most or nbytes < EVICT_LEAST:
+    totals = sorted(((sum(n for n, _ in conns), conns) for conns in addresses), key=_first)
+    out: list[K] = []
+    for total, conns in reversed(totals):
+        if held <= most or total < EVICT_LEAST:
             break
-        out.append(key)
-        held -= nbytes
+        for nbytes, key in sorted(conns, key=_first, reverse=True):
+            if held <= most:
+                break
+            out.append(key)
+            held -= nbytes
     return out
+
+
+def _first(pair: tuple[int, object]) -> int:
+    return pair[0]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterchat.budget import EVICT_LEAST, Budget, to_evict
+from clusterchat.budget import EVICT_LEAST, EVICT_SHARE, Budget, to_evict
 from clusterchat.server.outbox import (
     FIRST,
     OVER,
@@ -324,9 +324,54 @@ def test_what_was_written_since_the_last_report_waits_for_the_next() -> None:
 
 def test_eviction_takes_the_biggest_holders_until_half_the_budget_is_left() -> None:
     mib = 1024 * 1024
-    # Four receivers of an attacker hold 48 of a 64 MiB budget, innocents 6.
-    holdings = [(12 * mib, k) for k in range(4)] + [(1 * mib, 10 + k) for k in range(6)]
+    # Four receivers of an attacker hold 48 of a 64 MiB budget, innocents 6,
+    # each on an address of its own.
+    holdings = [[(12 * mib, k)] for k in range(4)] + [[(1 * mib, 10 + k)] for k in range(6)]
     assert to_evict(holdings, 64 * mib) == [3, 2]  # 54 -> 30 MiB held: at most 32
     assert to_evict(holdings, 1024 * mib) == []  # what connections hold is not the trouble
     # Nobody worth cutting off: small holders stay (the store's backlog fills it).
-    assert to_evict([(EVICT_LEAST - 1, k) for k in range(100)], 1 * mib) == []
+    assert to_evict([[(EVICT_LEAST - 1, k)] for k in range(100)], 1 * mib) == []
+
+
+def test_small_holders_on_one_address_add_up_but_are_cut_only_as_far_as_needed() -> None:
+    mib = 1024 * 1024
+    # 100 small holders behind one address (an attacker's accounts, or an
+    # office's NAT) hold 1.5 MiB of a 1 MiB budget: counted together they
+    # are worth cutting, but only the biggest, down to half the budget.
+    sizes = [EVICT_LEAST // 2 + k * 100 for k in range(100)]
+    one_address = [list(zip(sizes, range(100), strict=True))]
+    cut = to_evict(one_address, 1 * mib)
+    assert cut == sorted(cut, reverse=True)  # the biggest first
+    left = sum(sizes) - sum(sizes[k] for k in cut)
+    assert left <= mib // 2 < left + sizes[cut[-1]]  # no more than it takes
+    assert 0 < len(cut) < 100  # the rest of that address stays connected
+
+
+holders = st.lists(
+    st.lists(st.integers(min_value=1, max_value=4 * EVICT_LEAST), min_size=1, max_size=8),
+    max_size=12,
+)
+
+
+@given(holders, st.integers(min_value=1, max_value=64 * EVICT_LEAST))
+def test_eviction_frees_what_it_must_and_no_more(sizes: list[list[int]], limit: int) -> None:
+    addresses = [[(n, (a, c)) for c, n in enumerate(conns)] for a, conns in enumerate(sizes)]
+    held = {key: n for conns in addresses for n, key in conns}
+    cut = to_evict(addresses, limit)
+    most = int(limit * EVICT_SHARE)
+    left = sum(held.values()) - sum(held[k] for k in cut)
+    assert len(set(cut)) == len(cut)
+    if not cut:  # nothing over, or nothing worth a cut
+        worth = [sum(conns) for conns in sizes if sum(conns) >= EVICT_LEAST]
+        assert left <= most or not worth
+        return
+    assert left + held[cut[-1]] > most  # the last cut was needed
+    # Within an address, those cut hold at least as much as those kept.
+    for a, conns in enumerate(sizes):
+        kept = [n for c, n in enumerate(conns) if (a, c) not in cut]
+        gone = [n for c, n in enumerate(conns) if (a, c) in cut]
+        assert not kept or not gone or min(gone) >= max(kept)
+    # Done once at most half is held, or when no whole address is left
+    # worth a cut.
+    untouched = [sum(conns) for a, conns in enumerate(sizes) if all(k[0] != a for k in cut)]
+    assert left <= most or all(total < EVICT_LEAST for total in untouched)
