@@ -58,6 +58,11 @@ class Client:
         self.node = ""
         self.first_node = ""  # where it was at the fault (it may log in elsewhere after)
         self.proxy: StallingProxy | None = None
+        #: Held while (re)opening, so a revival and the kill scenario's
+        #: re-login never log the same user in twice.
+        self.lock = asyncio.Lock()
+        #: Logged in on ``conn`` (senders wait while a revival logs in).
+        self.ready = False
 
 
 class World:
@@ -75,7 +80,9 @@ class World:
         self.login_retries: Counter[int] = Counter()
         self.doubt: set[str] = set()
         self.members: dict[int, list[int]] = {}
-        self.pingers: set[asyncio.Task[None]] = set()
+        self.pingers: set[asyncio.Task[Any]] = set()
+        #: Set once the burst is over: connections ended from then on are ours.
+        self.closing = False
 
     def on_push(self, uid: int, msg: dict[str, Any]) -> None:
         mid = msg.get("msgid")
@@ -89,6 +96,7 @@ class World:
 
     async def open(self, c: Client, port: int | None = None, retry: int = 80) -> dict[str, Any]:
         core: ClientProtocol[Any] = ClientProtocol(acknowledge=True)
+        c.ready = False
         conn = await ChatConnection.open("127.0.0.1", port or self.port, core=core)
         c.conn = conn
         fut = conn.call({"msgid": MsgId.PING})
@@ -100,6 +108,8 @@ class World:
 
         c.task = asyncio.ensure_future(conn.listen(on_event))
         task = c.task
+        if c.proxy is None:  # a vanished receiver stays away until the burst ends
+            task.add_done_callback(lambda _t: self.revive(c, conn))
 
         async def pinger() -> None:
             while not task.done():
@@ -117,6 +127,7 @@ class World:
         # is not back yet (after a Redis restart): both say "retry".
         if ack.get("errno") in (2, 150) and retry > 0:
             self.login_retries[ack["errno"]] += 1
+            c.conn = None  # closed by us: not one to revive
             await conn.close()
             await asyncio.sleep(0.5)
             return await self.open(c, port, retry - 1)
@@ -124,7 +135,29 @@ class World:
             raise RuntimeError(f"login {c.uid}: {ack}")
         for s in ack.get("offlinemsg") or []:
             self.on_push(c.uid, json.loads(s))
+        c.ready = True
         return ack
+
+    def revive(self, c: Client, dead: ChatConnection) -> None:
+        """A connection the server ended (a node killed, a memory budget's
+        cut-off): log in again a moment later, as our clients do."""
+        if not self.closing and c.conn is dead:
+            self.pingers.add(asyncio.ensure_future(self.reopen(c, dead)))
+
+    async def reopen(self, c: Client, dead: ChatConnection | None) -> bool:
+        """Log ``c`` in again unless it already was since ``dead`` ended."""
+        async with c.lock:
+            for _ in range(20):
+                if c.conn is not dead or self.closing:
+                    return False
+                await asyncio.sleep(0.3)
+                try:
+                    await self.open(c)
+                    self.tally["logged in again"] += 1
+                    return True
+                except Exception:  # a node going away: try again
+                    continue
+        return False
 
 
 async def register(port: int, n: int, tag: str) -> list[Client]:
@@ -170,7 +203,13 @@ async def sender(
     async def one(kind: str, to: int, tag: str) -> None:
         for tries in range(200):
             conn = c.conn
-            if conn is None or conn._writer.is_closing() or c.task is None or c.task.done():
+            if (
+                conn is None
+                or not c.ready
+                or conn._writer.is_closing()
+                or c.task is None
+                or c.task.done()
+            ):
                 await asyncio.sleep(0.2)
                 continue
             doc: dict[str, Any] = {"msg": f"{tag} {pad}"}
@@ -376,16 +415,11 @@ async def main() -> int:
                 victim = "node1"
                 os.kill(pids[victim], signal.SIGKILL)
                 log("killed", victim)
-                dead = [c for c in users if c.node == victim]
+                dead = [(c, c.conn) for c in users if c.node == victim]
                 await asyncio.sleep(0.5)
-                for c in dead:  # relogin elsewhere as a client would
-                    for _ in range(20):
-                        try:
-                            await w.open(c)
-                            break
-                        except Exception:
-                            await asyncio.sleep(0.3)
-                log("relogged", len(dead), Counter(c.node for c in dead))
+                for c, conn in dead:  # relogin elsewhere as a client would
+                    await w.reopen(c, conn)
+                log("relogged", len(dead), Counter(c.node for c, _ in dead))
             elif a.scenario == "redis":
                 assert own
                 await own.kill()
@@ -421,6 +455,8 @@ async def main() -> int:
 
         last = await quiet()
         log("live arrivals", last)
+
+        w.closing = True
 
         async def bye(c: Client) -> None:
             if c.conn and c.task and not c.task.done():
