@@ -335,6 +335,7 @@ async def main() -> int:
     ap.add_argument("--gcount", type=int, default=40)
     ap.add_argument("--budget", default="67108864", help="bytes")
     ap.add_argument("--quiet", type=float, default=4.0)
+    ap.add_argument("--burst-timeout", type=float, default=100.0, help="seconds")
     ap.add_argument("--env", action="append", default=[])
     ap.add_argument("--arg", action="append", default=[])
     a = ap.parse_args()
@@ -436,7 +437,7 @@ async def main() -> int:
                 log("db flows")
 
         t_burst = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(fault(), *jobs), 100)
+        await asyncio.wait_for(asyncio.gather(fault(), *jobs), a.burst_timeout)
         log("burst done in %.1fs" % (time.monotonic() - t_burst), dict(w.tally))
         if a.scenario == "vanish":
             await asyncio.sleep(2)
