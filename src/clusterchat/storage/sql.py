@@ -20,7 +20,7 @@ from sqlalchemy import Table, event, insert, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InternalError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from clusterchat import errors
@@ -55,6 +55,11 @@ from clusterchat.storage.tables import (
 log = logging.getLogger(__name__)
 
 _MYSQL_NO_SUCH_DB = 1049
+#: MariaDB's "Error on delete of '/tmp/#sql-temptable-…'": the server lost
+#: the temporary file of its own DESCRIBE (seen on the shared test machine,
+#: whose /tmp others write to); the read is harmless to try again.
+_MYSQL_TEMP_FILE_GONE = 6
+_SCHEMA_READ_TRIES = 3
 _MYSQL_TABLE_EXISTS = 1050
 #: How often a node looks again at an unstamped schema it would refuse (0.2 s apart).
 _UNSTAMPED_LOOKS = 15
@@ -564,11 +569,18 @@ class SqlStore(SocialQueries, HistoryQueries):
             return await self._schema_state()
 
     async def _schema_state(self) -> schema.State:
-        try:
-            async with asyncio.timeout(TX_TIMEOUT), self.engine.connect() as conn:
-                return await conn.run_sync(schema.state)
-        except TimeoutError:
-            raise errors.Unavailable(f"database did not answer in {TX_TIMEOUT:g} s") from None
+        for attempt in range(1, _SCHEMA_READ_TRIES + 1):
+            try:
+                async with asyncio.timeout(TX_TIMEOUT), self.engine.connect() as conn:
+                    return await conn.run_sync(schema.state)
+            except TimeoutError:
+                raise errors.Unavailable(f"database did not answer in {TX_TIMEOUT:g} s") from None
+            except InternalError as exc:
+                code = getattr(exc.orig, "args", (None,))[0]
+                if code != _MYSQL_TEMP_FILE_GONE or attempt == _SCHEMA_READ_TRIES:
+                    raise
+                log.info("reading the schema: %s; reading it again", exc.orig)
+        raise AssertionError("unreachable")
 
     async def upgrade_schema(self) -> tuple[str | None, str]:
         """Bring any earlier schema (or none) to this code's; returns (from, to)."""
