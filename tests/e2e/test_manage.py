@@ -391,6 +391,24 @@ async def test_invite_only_group(user: UserFactory) -> None:
     await carol.conn.request(join, MsgId.ADD_GROUP_ACK)
 
 
+async def test_inviting_again_tells_nobody_again(user: UserFactory) -> None:
+    """An admin may invite anyone, but an open invitation is told once: one
+    admin repeating INVITE at its flood limit sent its target an event per
+    request, and the web client refreshed its lists for each (its own
+    chats then refused as too fast; tests/browser/test_web_event_flood.py)."""
+    ann, carol = await user(), await user()
+    gid = await group_of(ann)
+    invite = {"msgid": MsgId.INVITE, "groupid": gid, "userid": carol.id}
+    await done(ann, invite)
+    await event(carol, event="invited", groupid=gid, by=ann.id)
+    for _ in range(5):
+        await done(ann, invite)  # done, as before: the invitation is open
+    # carol's next message is her own PONG: no more events came.
+    assert (await carol.conn.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    lst = await carol.conn.request({"msgid": MsgId.LIST_INVITES}, MsgId.INVITE_LIST)
+    assert [(i["groupid"], i["by"]) for i in lst["invites"]] == [(gid, ann.id)]
+
+
 async def test_block_checks_read_no_database_per_message(user: UserFactory, node: Node) -> None:
     from sqlalchemy import event as sa_event
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 
 from sqlalchemy import Integer, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -189,20 +190,21 @@ class SocialQueries:
                     for r in await conn.execute(ROSTER, {"gid": gid})
                 )
                 group = Group(gid, head.groupname, head.groupdesc, members, bool(head.inviteonly))
-                change = decide(group)
-                await _apply(conn, gid, change)
+                change = await _apply(conn, gid, decide(group))
         except IntegrityError:
             raise errors.GroupNameTaken(change.groupname) from None
         return group, change
 
 
-async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> None:
+async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> GroupChange:
+    """Apply ``change``; returns what it did (an invitation already open is
+    left as it is and not in the result's ``invite``: nothing to tell)."""
     in_group = groupuser.c.groupid == gid
     if change.delete:
         await conn.execute(delete(groupinvite).where(groupinvite.c.groupid == gid))
         await conn.execute(delete(groupuser).where(in_group))
         await conn.execute(delete(allgroup).where(allgroup.c.id == gid))
-        return
+        return change
     if change.remove:
         gone = groupuser.c.userid.in_(change.remove)
         await conn.execute(delete(groupuser).where(in_group & gone))
@@ -211,10 +213,16 @@ async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> None:
             update(groupuser).where(in_group & (groupuser.c.userid == uid)).values(grouprole=role)
         )
     if change.invite:
+        # Inviting again changes nothing (and tells nobody again: one admin
+        # re-inviting a user in a loop sent them an event per request).
         invited = groupinvite.c.userid.in_(change.invite)
-        await conn.execute(delete(groupinvite).where((groupinvite.c.groupid == gid) & invited))
-        rows = [{"groupid": gid, "userid": u, "inviter": change.by} for u in change.invite]
-        await conn.execute(insert(groupinvite), rows)
+        found = select(groupinvite.c.userid).where((groupinvite.c.groupid == gid) & invited)
+        already = set((await conn.execute(found)).scalars().all())
+        new = tuple(u for u in change.invite if u not in already)
+        if new:
+            rows = [{"groupid": gid, "userid": u, "inviter": change.by} for u in new]
+            await conn.execute(insert(groupinvite), rows)
+        change = replace(change, invite=new)
     named = (
         ("groupname", change.groupname),
         ("groupdesc", change.groupdesc),
@@ -223,3 +231,4 @@ async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> None:
     fields = {k: v for k, v in named if v is not None}
     if fields:
         await conn.execute(update(allgroup).where(allgroup.c.id == gid).values(**fields))
+    return change
