@@ -3,7 +3,8 @@
 The page refreshes its lists (friends, groups, blocked, invitations) when a
 FRIEND_EVENT or GROUP_EVENT arrives, and anyone may cause those for anyone:
 an admin of any group may INVITE any user, again and again; anyone may
-add a user as a friend and remove them again. One attacker doing either at
+add a user as a friend and remove them again (with --rejoin-after 0: it
+waits otherwise). One attacker doing either at
 15 requests a second (under its own limit, never refused) made the
 victim's page send a refresh (3 requests) per event: past the victim's own
 --message-rate its chats were refused ERROR 170 (6 of its 9 lines never
@@ -16,16 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import expect
 
 from clusterchat.client.connection import ChatConnection
+from clusterchat.config import Limits
 from clusterchat.protocol.messages import ErrCode, ListInvites, MsgId
 from clusterchat.server.node import Node
 from clusterchat.server.websocket import WsConnection
-from tests.browser.conftest import NewPage, add_friend, register, say
+from tests.browser.conftest import NewPage, add_friend, register, say, web_settings
 from tests.conftest import PASSWORD, unique
 
 ATTACK_SECONDS = 4.0
@@ -55,10 +59,22 @@ def _socket_of(node: Node, uid: int) -> WsConnection | None:
     return None
 
 
-@pytest.mark.parametrize("how", ["invite", "friend"])
+@pytest.fixture(params=["invite", "friend"])
+async def how(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[str, Node]]:
+    """The way events are caused, and the node. Befriending again waits
+    --rejoin-after now (tests/e2e/test_group_churn.py::test_befriending_again_waits);
+    the friend loop runs with it off, to show the page's own part."""
+    limits = Limits(rejoin_after=0.0) if request.param == "friend" else Limits()
+    n = Node(web_settings(tmp_path, limits=limits))
+    await n.start()
+    yield request.param, n
+    await n.stop()
+
+
 async def test_others_events_do_not_spend_the_pages_flood_allowance(
-    web_node: Node, new_page: NewPage, how: str
+    how: tuple[str, Node], new_page: NewPage
 ) -> None:
+    how_, web_node = how
     page = await new_page(web_node.http.port)
     victim = await register(page, unique("vic"))
     bob = await ChatConnection.open("127.0.0.1", web_node.port)
@@ -71,7 +87,7 @@ async def test_others_events_do_not_spend_the_pages_flood_allowance(
     eve_id = await eve.register(unique("eve"), PASSWORD)
     await eve.login(eve_id, PASSWORD)
     gids: list[int] = []
-    if how == "invite":  # three groups: three open invitations, then repeats
+    if how_ == "invite":  # three groups: three open invitations, then repeats
         for n in range(3):
             doc = {"msgid": MsgId.CREATE_GROUP, "groupname": unique(f"lure{n}")}
             gids.append(int((await eve.request(doc, MsgId.CREATE_GROUP_ACK))["groupid"]))
