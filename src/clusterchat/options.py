@@ -317,8 +317,10 @@ SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
         Option("--max-group-size", ("limits.max_group_size",), "N",
                "members a group may have"),
         Option("--rejoin-after", ("limits.rejoin_after",), "SECONDS",
-               "after leaving a group, a user may join it again only this much later "
-               "(ERROR 170 before): joining and leaving in a loop costs every member; 0: "
+               "after leaving a group, a user may join it again only this much later, "
+               "and two users whose friendship ended may befriend again only this much "
+               "later (ERROR 170 before): joining and leaving in a loop costs every member, "
+               "adding and removing a friend in a loop pushes them an event each time; 0: "
                "at once"),
         Option("--receipt-window", ("limits.receipt_window",), "N",
                "clients with receipts: messages written and not yet acknowledged before "

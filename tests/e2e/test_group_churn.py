@@ -84,3 +84,23 @@ async def test_refusals_the_actor_decides_take_no_lock_and_read_no_roster(
     # What the roster decides still goes through it: ann removes bob.
     await done(ann, {**remove, "userid": bob.id})
     assert set(await roles(ann, gid)) == {ann.id}
+
+
+async def test_befriending_again_waits(user: UserFactory) -> None:
+    """Adding and removing a user in a loop pushed them an event each time
+    (and the web client refreshed its lists for each): once a friendship
+    ends, by either, befriending again waits --rejoin-after."""
+    eve, carol, dave = await user(), await user(), await user()
+    add = {"msgid": MsgId.ADD_FRIEND, "friendid": carol.id}
+    await eve.conn.request(add, MsgId.ADD_FRIEND_ACK)
+    await carol.conn.expect(MsgId.FRIEND_ADDED)
+    await done(eve, {"msgid": MsgId.REMOVE_FRIEND, "friendid": carol.id})
+    assert (await carol.conn.expect(MsgId.FRIEND_EVENT))["event"] == "unfriended"
+    err = await refused(eve, add, ErrCode.TOO_FAST)
+    assert re.search(r"ended moments ago; you may add them again in \d+ s$", err["errmsg"]), err
+    # Either way round, and nothing reached carol.
+    await refused(carol, {"msgid": MsgId.ADD_FRIEND, "friendid": eve.id}, ErrCode.TOO_FAST)
+    assert (await carol.conn.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    # Others are not held back.
+    await dave.conn.request(add, MsgId.ADD_FRIEND_ACK)
+    await carol.conn.expect(MsgId.FRIEND_ADDED)

@@ -391,6 +391,67 @@ async def test_invite_only_group(user: UserFactory) -> None:
     await carol.conn.request(join, MsgId.ADD_GROUP_ACK)
 
 
+async def test_inviting_again_tells_nobody_again(user: UserFactory) -> None:
+    """An admin may invite anyone, but an open invitation is told once: one
+    admin repeating INVITE at its flood limit sent its target an event per
+    request, and the web client refreshed its lists for each (its own
+    chats then refused as too fast; tests/browser/test_web_event_flood.py)."""
+    ann, carol = await user(), await user()
+    gid = await group_of(ann)
+    invite = {"msgid": MsgId.INVITE, "groupid": gid, "userid": carol.id}
+    await done(ann, invite)
+    await event(carol, event="invited", groupid=gid, by=ann.id)
+    for _ in range(5):
+        await done(ann, invite)  # done, as before: the invitation is open
+    # carol's next message is her own PONG: no more events came.
+    assert (await carol.conn.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    lst = await carol.conn.request({"msgid": MsgId.LIST_INVITES}, MsgId.INVITE_LIST)
+    assert [(i["groupid"], i["by"]) for i in lst["invites"]] == [(gid, ann.id)]
+
+
+async def test_open_invitations_are_bounded_per_inviter_and_in_all(
+    user: UserFactory, node: Node
+) -> None:
+    """One inviter may hold 20 of a user's open invitations, everyone 200;
+    blocking an inviter deletes theirs. Before, nothing bounded them: admins
+    of many groups filled a user's list with thousands, which the web client
+    asks for every 5 s."""
+    from sqlalchemy import insert
+
+    from clusterchat.storage.social import MAX_INVITES, MAX_INVITES_FROM_ONE
+    from clusterchat.storage.sql import SqlStore
+    from clusterchat.storage.tables import groupinvite
+
+    eve, ann, carol, dave = await user(), await user(), await user(), await user()
+    gids = [await group_of(eve) for _ in range(MAX_INVITES_FROM_ONE + 1)]
+    for gid in gids[:-1]:
+        await done(eve, {"msgid": MsgId.INVITE, "groupid": gid, "userid": carol.id})
+        await event(carol, event="invited", groupid=gid)
+    last = {"msgid": MsgId.INVITE, "groupid": gids[-1], "userid": carol.id}
+    err = await refused(eve, last, ErrCode.QUOTA)
+    assert err["errmsg"] == f"user {carol.id} has 20 open invitations from you, the most allowed"
+    # Others still invite carol.
+    ours = await group_of(ann)
+    await done(ann, {"msgid": MsgId.INVITE, "groupid": ours, "userid": carol.id})
+    await event(carol, event="invited", groupid=ours, by=ann.id)
+    # Blocking eve deletes hers; ann's stays.
+    await done(carol, {"msgid": MsgId.BLOCK, "userid": eve.id})
+    lst = await carol.conn.request({"msgid": MsgId.LIST_INVITES}, MsgId.INVITE_LIST)
+    assert [i["groupid"] for i in lst["invites"]] == [ours]
+    # The bound on all of them (rows written straight: 200 inviters' worth).
+    assert isinstance(node.store, SqlStore)
+    async with node.store.engine.begin() as db:
+        rows = [
+            {"groupid": 10_000_000 + i, "userid": carol.id, "inviter": 10_000_000 + i}
+            for i in range(MAX_INVITES - 1)
+        ]
+        await db.execute(insert(groupinvite), rows)
+    theirs = await group_of(dave)
+    err = await refused(dave, {"msgid": MsgId.INVITE, "groupid": theirs, "userid": carol.id}, 173)
+    assert err["errmsg"].startswith(f"user {carol.id} has 200 open invitations, the most")
+    assert (await carol.conn.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+
+
 async def test_block_checks_read_no_database_per_message(user: UserFactory, node: Node) -> None:
     from sqlalchemy import event as sa_event
 

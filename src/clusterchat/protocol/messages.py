@@ -136,7 +136,7 @@ class ErrCode(IntEnum):
     TOO_FAST = 170  # over the per-user request rate; the request was not served
     MAILBOX_FULL = 171  # the receiver has as many messages waiting as they may
     TOO_LONG_TO_STORE = 172  # longer than a message kept for an offline receiver may be
-    QUOTA = 173  # as many groups, memberships or friends as a user may have
+    QUOTA = 173  # as many groups, memberships, friends or invitations as a user may have
     MAILBOX_SHARE_FULL = 174  # you have as many messages waiting for them as one sender may
     # Receipts: 185-189.
     RECEIPT_AHEAD = 185  # RECEIVED names a number not yet sent on this connection

@@ -279,7 +279,7 @@ class ChatService:
             ListGroups: self._list_groups,
             Received: self._received,
         }
-        self.friends = Friends(self)
+        self.friends = Friends(self, self.limits.rejoin_after)
         self.groups = Groups(self, self.limits.rejoin_after)
         self._handlers.update(self.friends.handlers())
         self._handlers.update(self.groups.handlers())
@@ -1243,6 +1243,8 @@ class ChatService:
             return
         if req.friendid in s.blocked_by:
             raise errors.RefusedByUser(req.friendid)
+        if self.friends.readds_too_soon(s, req):
+            return
         name = await self.store.add_friend(s.uid, req.friendid, self.quota)
         if dialect.shown(s.legacy, MsgId.ADD_FRIEND_ACK):  # else no presence to look up
             online = bool(await self.presence.online({req.friendid} - s.blocked_by))

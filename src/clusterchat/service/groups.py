@@ -91,8 +91,10 @@ class Groups:
             raise errors.RefusedByUser(req.userid)
         decide = lambda g: rules.invite(g, s.uid, req.userid)  # noqa: E731
         await self._refuse_early(s, req.groupid, decide)
-        group, _ = await self.svc.store.change_group(req.groupid, decide)
+        group, change = await self.svc.store.change_group(req.groupid, decide)
         done(self.svc, s, MsgId.INVITE, groupid=req.groupid, userid=req.userid)
+        if not change.invite:
+            return  # already invited: told then, not again
         event = {
             "msgid": MsgId.GROUP_EVENT,
             "event": "invited",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 
-from sqlalchemy import Integer, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
@@ -54,6 +55,19 @@ INVITE_ONLY = select(allgroup.c.inviteonly).where(allgroup.c.id == _gid)
 INVITED = select(groupinvite.c.userid).where(
     (groupinvite.c.groupid == _gid) & (groupinvite.c.userid == _uid)
 )
+#: Open invitations a user may hold, and of those, from one inviter (who
+#: may be an admin of up to 500 groups); past either INVITE is refused
+#: (ERROR 173) and the invitee told nothing. Before, the list had no bound:
+#: accounts made admins of many groups filled one user's invitations with
+#: thousands (a 1.3 KB entry each: the web client asks for all of them every
+#: 5 s). Blocking an inviter deletes their invitations to the blocker.
+MAX_INVITES = 200
+MAX_INVITES_FROM_ONE = 20
+_by = bindparam("by", type_=Integer)
+INVITES_HELD = select(
+    func.count(),
+    func.coalesce(func.sum(case((groupinvite.c.inviter == _by, 1), else_=0)), 0),
+).where(groupinvite.c.userid == _uid)
 _inviter = aliased(user)
 INVITES = (
     select(
@@ -106,6 +120,12 @@ class SocialQueries:
                 )
                 if have.first() is None:
                     await conn.execute(insert(blocked).values(userid=uid, blockedid=blockedid))
+                # Their invitations go too: room for others' (MAX_INVITES_FROM_ONE).
+                await conn.execute(
+                    delete(groupinvite).where(
+                        (groupinvite.c.userid == uid) & (groupinvite.c.inviter == blockedid)
+                    )
+                )
         except IntegrityError:  # a concurrent block of the same user: the same result
             pass
         return str(name)
@@ -189,20 +209,21 @@ class SocialQueries:
                     for r in await conn.execute(ROSTER, {"gid": gid})
                 )
                 group = Group(gid, head.groupname, head.groupdesc, members, bool(head.inviteonly))
-                change = decide(group)
-                await _apply(conn, gid, change)
+                change = await _apply(conn, gid, decide(group))
         except IntegrityError:
             raise errors.GroupNameTaken(change.groupname) from None
         return group, change
 
 
-async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> None:
+async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> GroupChange:
+    """Apply ``change``; returns what it did (an invitation already open is
+    left as it is and not in the result's ``invite``: nothing to tell)."""
     in_group = groupuser.c.groupid == gid
     if change.delete:
         await conn.execute(delete(groupinvite).where(groupinvite.c.groupid == gid))
         await conn.execute(delete(groupuser).where(in_group))
         await conn.execute(delete(allgroup).where(allgroup.c.id == gid))
-        return
+        return change
     if change.remove:
         gone = groupuser.c.userid.in_(change.remove)
         await conn.execute(delete(groupuser).where(in_group & gone))
@@ -211,10 +232,28 @@ async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> None:
             update(groupuser).where(in_group & (groupuser.c.userid == uid)).values(grouprole=role)
         )
     if change.invite:
+        # Inviting again changes nothing (and tells nobody again: one admin
+        # re-inviting a user in a loop sent them an event per request).
         invited = groupinvite.c.userid.in_(change.invite)
-        await conn.execute(delete(groupinvite).where((groupinvite.c.groupid == gid) & invited))
-        rows = [{"groupid": gid, "userid": u, "inviter": change.by} for u in change.invite]
-        await conn.execute(insert(groupinvite), rows)
+        found = select(groupinvite.c.userid).where((groupinvite.c.groupid == gid) & invited)
+        already = set((await conn.execute(found)).scalars().all())
+        new = tuple(u for u in change.invite if u not in already)
+        for u in new:
+            held = (await conn.execute(INVITES_HELD, {"uid": u, "by": change.by})).one()
+            n, mine = int(held[0]), int(held[1])
+            if n >= MAX_INVITES:
+                raise errors.OverQuota(
+                    f"user {u} has {n} open invitations, the most allowed; they may join "
+                    f"by one or block whoever sent the rest"
+                )
+            if mine >= MAX_INVITES_FROM_ONE:
+                raise errors.OverQuota(
+                    f"user {u} has {mine} open invitations from you, the most allowed"
+                )
+        if new:
+            rows = [{"groupid": gid, "userid": u, "inviter": change.by} for u in new]
+            await conn.execute(insert(groupinvite), rows)
+        change = replace(change, invite=new)
     named = (
         ("groupname", change.groupname),
         ("groupdesc", change.groupdesc),
@@ -223,3 +262,4 @@ async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> None:
     fields = {k: v for k, v in named if v is not None}
     if fields:
         await conn.execute(update(allgroup).where(allgroup.c.id == gid).values(**fields))
+    return change

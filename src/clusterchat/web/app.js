@@ -205,7 +205,7 @@ function onPush(msg) {
   if (msg.msgid === Msg.FRIEND_EVENT || msg.msgid === Msg.GROUP_EVENT) {
     if (msg.event === "edited") state.inviteOnly.set(Number(msg.groupid), Boolean(msg.inviteonly));
     toast(eventText(msg), "info");
-    refresh();
+    refreshForEvent();
     return;
   }
   let c;
@@ -755,6 +755,24 @@ async function listGroups() {
 let refreshing = null;
 let refreshAgain = false;
 let refreshFull = false;
+
+// Events come at whatever pace others cause them (any group's admin may
+// invite anyone, again and again): the lists are asked again at most once
+// a second for them. A refresh per event (3 requests or more) spent the
+// page's own flood allowance: its chats were refused as too fast (ERROR 170).
+const EVENT_REFRESH_MS = 1000;
+let eventRefreshAt = 0;
+let eventRefreshTimer = null;
+
+function refreshForEvent() {
+  if (eventRefreshTimer !== null) return; // one is due: it will see this event's change too
+  const wait = Math.max(0, eventRefreshAt + EVENT_REFRESH_MS - Date.now());
+  eventRefreshTimer = setTimeout(() => {
+    eventRefreshTimer = null;
+    eventRefreshAt = Date.now();
+    refresh();
+  }, wait);
+}
 
 function refresh(full = true) {
   if (!state.me || !sock.ready) return Promise.resolve();
