@@ -323,3 +323,21 @@ def test_websocket_messages_read_together_are_events_in_order() -> None:
     reply, push = core.receive_messages([pong(0).rstrip(b"\n"), chat(3)])
     assert isinstance(reply, Reply) and reply.token == "ping"
     assert isinstance(push, Push) and push.msg["msg"] == "m3"
+
+
+def test_an_error_the_server_closes_with_answers_no_request() -> None:
+    """ERROR 186/187 (receipts) close the connection of the server's own
+    accord: the chat waiting may have been served, so it is not "refused"
+    (it fails as in doubt when the connection closes). Before, it took the
+    chat's place: the soak's sender sent it again under a new mid."""
+    core: ClientProtocol[str] = ClientProtocol()
+    core.send({"msgid": MsgId.ONE_CHAT, "toid": 2, "msg": "hi"}, "chat")
+    closing = wire({"msgid": MsgId.ERROR, "errno": ErrCode.RECEIPT_WINDOW_FULL, "re": None})
+    events = core.receive_data(closing)
+    assert [type(e) for e in events] == [Unexpected]
+    assert core.connection_lost() == ["chat"]  # still waiting: in doubt at the close
+    # A refusal of the request itself still answers it.
+    core = ClientProtocol()
+    core.send({"msgid": MsgId.ONE_CHAT, "toid": 2, "msg": "hi"}, "chat")
+    events = core.receive_data(refused(MsgId.ONE_CHAT))
+    assert [type(e) for e in events] == [Reply]

@@ -21,7 +21,14 @@ from typing import Any
 
 from clusterchat.client.connection import ChatConnection, ConnectionClosed, Waiter
 from clusterchat.protocol import codec
-from clusterchat.protocol.client import ClientProtocol, Event, Push, ReceiptRefused, TooLong
+from clusterchat.protocol.client import (
+    ClientProtocol,
+    Event,
+    Push,
+    ReceiptRefused,
+    TooLong,
+    Unexpected,
+)
 from clusterchat.protocol.framing import FrameTooLarge
 from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId
 from clusterchat.protocol.replies import BANNED_TEXT, DISPLACED_TEXT, KICKED_TEXT
@@ -189,6 +196,8 @@ class ChatClient:
             self._push(event.msg)
         elif type(event) is ReceiptRefused:  # RECEIVED has no reply
             log.warning("receipt refused: %s", event.msg.get("errmsg"))
+        elif type(event) is Unexpected and event.msg.get("msgid") == MsgId.ERROR:
+            self.on_status(f"Server: {event.msg.get('errmsg')}")  # it closes next
 
     def _dispatch(self, frame: bytes) -> None:
         """One whole frame, as if it had arrived on the connection."""

@@ -20,6 +20,9 @@ export const Msg = Object.freeze({
 });
 const PUSHED = new Set([Msg.ONE_CHAT, Msg.GROUP_CHAT, Msg.NOTICE, Msg.FRIEND_ADDED,
   Msg.FRIEND_EVENT, Msg.GROUP_EVENT]);
+// ERRORs with which the server closes a connection of its own accord (186
+// receipts too late, 187 too many held): they answer no request.
+const CLOSING = new Set([186, 187]);
 const KEEPALIVE_MS = 30000;
 const RELOGIN_PATIENCE_MS = 30000; // "already online": the old node may still hold us
 const SEEN_MAX = 4096;
@@ -175,6 +178,10 @@ export class ChatSocket {
       this._push(msg);
     } else if (msg.msgid === Msg.ERROR && msg.re === Msg.RECEIVED) {
       console.warn("receipt refused:", msg.errmsg); // RECEIVED has no reply: not a request's
+    } else if (msg.msgid === Msg.ERROR && msg.re == null && CLOSING.has(msg.errno)) {
+      // The server closes next, of its own accord: this answers no request
+      // (what waits is in doubt, as at any close; the page reconnects).
+      console.warn("server closing:", msg.errmsg);
     } else if (this.pending.length) this.pending.shift().resolve(msg);
   }
 
