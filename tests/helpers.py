@@ -173,6 +173,7 @@ class StallingProxy:
         self._flowing.set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -193,17 +194,29 @@ class StallingProxy:
         self._flowing.set()
 
     async def close(self) -> None:
+        """Abort every flow, also one whose upstream was being opened (left
+        open, its transport was collected during a later test, which failed
+        on the ResourceWarning)."""
+        self._closed = True
         if self._server is not None:
             self._server.close()
             self._server = None
         for t in list(self._tasks):
             t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for w in list(self._writers):
             w.transport.abort()
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if self._closed:
+            w.transport.abort()
+            return
         ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers.update((w, uw))
+        if self._closed:  # closed while the upstream was being opened
+            w.transport.abort()
+            uw.transport.abort()
+            return
 
         flowing = self._flowing  # a stall_existing() later holds this flow for ever
 
