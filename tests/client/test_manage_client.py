@@ -39,6 +39,8 @@ from tests.client.test_scripted import registered
         ("/invite 3 4", c.Invite(3, 4)),
         ("invite:3:4", c.Invite(3, 4)),
         ("/invites", c.Invites()),
+        ("/decline 3", c.Decline(3)),
+        ("decline:3", c.Decline(3)),
         ("/inviteonly 3 on", c.InviteOnly(3, True)),
         ("inviteonly:3:off", c.InviteOnly(3, False)),
     ],
@@ -66,7 +68,7 @@ def test_bad_commands_say_how_to_fix_them(line: str, says: str) -> None:
 def test_help_lists_every_command() -> None:
     for word in ("/unfriend", "/block", "/unblock", "/blocked", "/leave", "/kick", "/admin",
                  "/deadmin", "/rename", "/describe", "/owner", "/delgroup", "/invite",
-                 "/invites", "/inviteonly"):  # fmt: skip
+                 "/invites", "/inviteonly", "/decline"):  # fmt: skip
         assert word + " " in c.HELP
 
 
@@ -129,6 +131,13 @@ async def test_two_clients_manage_a_group_and_a_block(
     await bob.expect(rf"\*\*\* ann \(#{ann_id}\) invited you to group {gid} \(lounge\); /join")
     await bob.say("/invites")
     await bob.expect(rf"  \[group {gid}\] lounge, from ann \(#{ann_id}\)")
+    await bob.say(f"/decline {gid}")
+    await bob.expect(rf"You declined the invitation to group {gid}\.")
+    await bob.say("/invites")
+    await bob.expect(r"No open invitations\.")
+    await ann.say(f"/invite {gid} {bob_id}")
+    await ann.expect(rf"Invited user {bob_id} to group {gid}\.")
+    await bob.expect(rf"/join {gid} accepts, /decline {gid} turns it down")
     await bob.say(f"/join {gid}")
     await bob.expect(rf"Joined group lounge \(#{gid}\)\.")
     await ann.say(f"/delgroup {gid}")

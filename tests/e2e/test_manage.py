@@ -409,6 +409,35 @@ async def test_inviting_again_tells_nobody_again(user: UserFactory) -> None:
     assert [(i["groupid"], i["by"]) for i in lst["invites"]] == [(gid, ann.id)]
 
 
+async def test_leaving_a_group_one_is_invited_to_declines(user: UserFactory) -> None:
+    """An invitation could only be used (ADD_GROUP) or outwaited: nothing
+    let its invitee turn it down. LEAVE_GROUP by the invitee declines it,
+    silently for the group; with no invitation it is refused as before."""
+    ann, bob, carol = await user(), await user(), await user()
+    gid = await group_of(ann, bob)
+    await done(ann, {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "inviteonly": True})
+    await event(bob, event="edited")
+    await done(ann, {"msgid": MsgId.INVITE, "groupid": gid, "userid": carol.id})
+    await event(carol, event="invited", groupid=gid)
+    leave = {"msgid": MsgId.LEAVE_GROUP, "groupid": gid}
+    reply = await done(carol, leave)
+    assert reply["groupid"] == gid
+    lst = await carol.conn.request({"msgid": MsgId.LIST_INVITES}, MsgId.INVITE_LIST)
+    assert lst["invites"] == []
+    # Declined, it is gone: joining needs a new one, and nobody was told.
+    await refused(carol, {"msgid": MsgId.ADD_GROUP, "groupid": gid}, ErrCode.INVITE_ONLY)
+    await refused(carol, leave, ErrCode.NOT_GROUP_MEMBER)
+    for u in (ann, bob):
+        assert (await u.conn.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+    assert set(await roles(ann, gid)) == {ann.id, bob.id}
+    # Invited again, the invitee is told again and may join at once (a
+    # decline starts no rejoin wait: nothing was left).
+    await done(ann, {"msgid": MsgId.INVITE, "groupid": gid, "userid": carol.id})
+    await event(carol, event="invited", groupid=gid)
+    await carol.conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    assert set(await roles(carol, gid)) == {ann.id, bob.id, carol.id}
+
+
 async def test_open_invitations_are_bounded_per_inviter_and_in_all(
     user: UserFactory, node: Node
 ) -> None:

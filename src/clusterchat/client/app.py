@@ -219,7 +219,7 @@ def _request(cmd: c.Command) -> dict[str, Any]:
             return {"msgid": MsgId.UNBLOCK, "userid": uid}
         case c.Blocked():
             return {"msgid": MsgId.LIST_BLOCKED}
-        case c.Leave(gid):
+        case c.Leave(gid) | c.Decline(gid):  # leaving an invitation declines it
             return {"msgid": MsgId.LEAVE_GROUP, "groupid": gid}
         case c.Kick(gid, uid):
             return {"msgid": MsgId.REMOVE_MEMBER, "groupid": gid, "userid": uid}
@@ -283,6 +283,8 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
             return render.blocked(reply.get("blocked"))
         case c.Leave(gid):
             return [f"You left group {gid}."]
+        case c.Decline(gid):
+            return [f"You declined the invitation to group {gid}."]
         case c.Kick(gid, uid):
             return [f"Removed user {uid} from group {gid}."]
         case c.SetRole(gid, uid, role):

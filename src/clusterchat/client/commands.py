@@ -148,6 +148,11 @@ class Invite:
 
 
 @dataclass(frozen=True)
+class Decline:
+    groupid: int
+
+
+@dataclass(frozen=True)
 class Invites:
     pass
 
@@ -198,6 +203,7 @@ Command = (
     | Owner
     | DeleteGroup
     | Invite
+    | Decline
     | Invites
     | InviteOnly
     | History
@@ -232,6 +238,7 @@ Commands (the original client's form, or a slash command):
   inviteonly:GROUPID:on|off    /inviteonly GID on    joining needs an invitation (off: not)
   invite:GROUPID:ID            /invite GROUPID ID    invite a user (they accept with /join)
   invites                      /invites              your open invitations
+  decline:GROUPID              /decline GROUPID      turn an invitation down
   history:ID[:N]               /history ID [N]       the last N (20) messages with a user
   ghistory:GROUPID[:N]         /ghistory GID [N]     the last N (20) messages of a group
   loginout                     /logout               log out (then log in again)
@@ -412,6 +419,8 @@ def _managed(name: str, first: str, tail: str, how: str) -> Command | None:
         return Unblock(_int(first, "the user id"))
     if name == "leave":
         return Leave(_int(first, "the group id"))
+    if name == "decline":
+        return Decline(_int(first, "the group id"))
     if name in ("delgroup", "deletegroup"):
         return DeleteGroup(_int(first, "the group id"))
     if name == "inviteonly":

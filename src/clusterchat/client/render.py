@@ -163,7 +163,9 @@ def event(msg: dict[str, Any], me: int) -> str:
         text = f"{group} is now {name}" + (f" - {desc}" if desc else "") + f"{only} (by {by})"
     elif kind == "invited":
         name = clean(msg.get("groupname"))
-        text = f"{by} invited you to {group} ({name}); /join {clean(msg.get('groupid'))} accepts"
+        gid = clean(msg.get("groupid"))
+        how = f"/join {gid} accepts, /decline {gid} turns it down"
+        text = f"{by} invited you to {group} ({name}); {how}"
     elif kind == "deleted":
         text = f"{group} ({clean(msg.get('groupname'))}) was deleted by {by}"
     else:
@@ -175,7 +177,7 @@ def invites(items: object) -> list[str]:
     docs = _docs(items)
     if not docs:
         return ["No open invitations."]
-    lines = ["Invitations (/join GROUPID accepts):"]
+    lines = ["Invitations (/join GROUPID accepts, /decline GROUPID turns down):"]
     for d in docs:
         head = f"  [group {clean(d.get('groupid'))}] {clean(d.get('groupname'))}"
         lines.append(f"{head}, from {who(d.get('by'), d.get('byname'))}")

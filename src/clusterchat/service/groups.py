@@ -57,7 +57,16 @@ class Groups:
         }
 
     async def _leave(self, s: Session, req: LeaveGroup) -> None:
-        await self._change(s, MsgId.LEAVE_GROUP, req.groupid, lambda g: rules.leave(g, s.uid))
+        try:
+            await self._change(s, MsgId.LEAVE_GROUP, req.groupid, lambda g: rules.leave(g, s.uid))
+        except errors.NotMember:
+            # Not in it: leaving a group one is invited to declines the
+            # invitation (the inviter is not told; no rejoin wait, as
+            # nothing was joined).
+            if not await self.svc.store.decline(s.uid, req.groupid):
+                raise
+            done(self.svc, s, MsgId.LEAVE_GROUP, groupid=req.groupid)
+            return
         self._left.failed((s.uid, req.groupid))
 
     async def _remove(self, s: Session, req: RemoveMember) -> None:

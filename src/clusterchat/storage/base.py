@@ -361,6 +361,10 @@ class Store(Protocol):
         """An invitation used up by joining."""
         ...
 
+    async def decline(self, uid: int, gid: int) -> bool:
+        """``uid`` turns down its invitation to ``gid``: False if it held none."""
+        ...
+
     async def invites(self, uid: int) -> list[dict[str, object]]:
         """Open invitations: groupid, groupname, groupdesc, by, byname."""
         ...

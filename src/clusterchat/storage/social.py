@@ -167,12 +167,16 @@ class SocialQueries:
             return (await conn.execute(INVITED, {"gid": gid, "uid": uid})).first() is not None
 
     async def joined(self, uid: int, gid: int) -> None:
+        await self.decline(uid, gid)
+
+    async def decline(self, uid: int, gid: int) -> bool:
         async with self._tx() as conn:
-            await conn.execute(
+            gone = await conn.execute(
                 delete(groupinvite).where(
                     (groupinvite.c.groupid == gid) & (groupinvite.c.userid == uid)
                 )
             )
+            return bool(gone.rowcount)
 
     async def invites(self, uid: int) -> list[dict[str, object]]:
         async with self._tx() as conn:

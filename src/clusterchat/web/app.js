@@ -561,6 +561,9 @@ function renderManaged() {
       }
     });
     li.append(join);
+    // Leaving a group one is only invited to declines the invitation.
+    li.append(actButton("Decline", `decline-${i.groupid}`, { msgid: Msg.LEAVE_GROUP, groupid: i.groupid },
+      `Invitation to ${i.groupname} declined`));
     return li;
   });
   $("invites").replaceChildren(...invites);
