@@ -60,6 +60,7 @@ async def test_roles_removal_invitations_and_blocking(web_node: Node, new_page: 
     await ann.fill("#invite-id", str(bob_id))
     await ann.press("#invite-id", "Enter")
     await expect(bob.locator("#invites")).to_contain_text("Novel club")
+    await expect(bob.locator("#toast")).to_contain_text("Join or Decline it under Invitations")
     # Bob declines it; the invitation goes, and Ann may invite him again.
     await bob.click(f'[data-testid="decline-{gid}"]')
     await expect(bob.locator("#toast")).to_have_text("Invitation to Novel club declined")

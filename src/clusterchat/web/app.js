@@ -127,7 +127,7 @@ function eventText(msg) {
     }
     case "edited": return `${by} renamed or re-described group ${msg.groupid}: ${msg.groupname}`;
     case "deleted": return `${group} was deleted by ${by}`;
-    case "invited": return `${by} invited you to ${msg.groupname} (#${msg.groupid}): join it with +`;
+    case "invited": return `${by} invited you to ${msg.groupname} (#${msg.groupid}): Join or Decline it under Invitations`;
     default: return `${group}: ${msg.event}`;
   }
 }
