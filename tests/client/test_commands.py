@@ -120,3 +120,20 @@ def test_the_login_summary_lists_a_few_members_of_each_group() -> None:
         == 2
     )
     assert len(render.groups([big])) == 1002  # the `groups` command: every member
+
+
+def test_what_was_stored_is_shown_in_the_order_the_server_took_it() -> None:
+    """Stored messages can come after later ones (a connection with receipts
+    that ended, a batch lost between nodes): the login summary puts them
+    back by ts, and within one millisecond by the node's count in the mid."""
+    ann = {"msgid": 6, "id": 2, "name": "bob", "toid": 3}
+    stored = [
+        {**ann, "msg": "third", "ts": 2_000, "mid": "n1-12"},
+        {**ann, "msg": "first", "ts": 1_000, "mid": "n1-9"},
+        {**ann, "msg": "second", "ts": 2_000, "mid": "n1-10"},
+    ]
+    ack = {"msgid": 2, "errno": 0, "id": 3, "name": "ann", "offlinemsg": stored}
+    lines = render.login_summary(ack)
+    away = lines.index("While you were away (3):")
+    shown = [line.rsplit(": ", 1)[1] for line in lines[away + 1 :]]
+    assert shown == ["first", "second", "third"]

@@ -22,6 +22,7 @@ from clusterchat.protocol.client import (
     TooLong,
     Undecodable,
     Unexpected,
+    taken_order,
 )
 from clusterchat.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from clusterchat.protocol.messages import ErrCode, MsgId
@@ -341,3 +342,15 @@ def test_an_error_the_server_closes_with_answers_no_request() -> None:
     core.send({"msgid": MsgId.ONE_CHAT, "toid": 2, "msg": "hi"}, "chat")
     events = core.receive_data(refused(MsgId.ONE_CHAT))
     assert [type(e) for e in events] == [Reply]
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["a", "b-1"]), st.integers(0, 99))))
+def test_taken_order_sorts_by_time_then_one_nodes_count(
+    taken: list[tuple[int, str, int]],
+) -> None:
+    """Whatever order stored chats come in, one node's chats of one
+    millisecond come out by their count (not as text: 10 after 9)."""
+    docs = [{"ts": ts, "mid": f"{node}-{n}"} for ts, node, n in taken]
+    keys = [taken_order(d) for d in sorted(docs, key=taken_order)]
+    assert keys == sorted((ts, node, n) for ts, node, n in taken)
+    assert taken_order({"msg": "from an older server"}) == (0, "", 0)

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from clusterchat.protocol.client import taken_order
 from clusterchat.protocol.messages import MsgId
 
 
@@ -99,7 +100,7 @@ def login_summary(ack: dict[str, Any]) -> list[str]:
     lines += groups(ack.get("groups"), SUMMARY_MEMBERS)
     for what in ack.get("more") or ():
         lines.append(f"  (more {clean(what)}: type `{clean(what)}` to list them all)")
-    offline = _docs(ack.get("offlinemsg"))
+    offline = sorted(_docs(ack.get("offlinemsg")), key=taken_order)
     if offline:
         lines.append(f"While you were away ({len(offline)}):")
         lines += ["  " + chat(m) for m in offline]

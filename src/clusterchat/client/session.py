@@ -28,6 +28,7 @@ from clusterchat.protocol.client import (
     ReceiptRefused,
     TooLong,
     Unexpected,
+    taken_order,
 )
 from clusterchat.protocol.framing import FrameTooLarge
 from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId
@@ -265,12 +266,16 @@ class ChatClient:
                 ticket = ack.get("ticket")  # tickets rotate: the old one is dead now
                 if isinstance(ticket, str):
                     self._ticket = ticket
-                # Stored while we were away: shown as if they had just arrived.
+                # Stored while we were away: shown as if they had just
+                # arrived, in the order the server took them.
+                docs = []
                 for item in ack.get("offlinemsg") or []:
                     with contextlib.suppress(ValueError):
                         doc = codec.loads(item) if isinstance(item, str) else item
                         if isinstance(doc, dict):
-                            self._push(doc)
+                            docs.append(doc)
+                for doc in sorted(docs, key=taken_order):
+                    self._push(doc)
                 return True
             retry = ack.get("errno") in (LoginErr.ALREADY_ONLINE, LoginErr.UNAVAILABLE)
             if not retry or asyncio.get_running_loop().time() > deadline:

@@ -277,3 +277,14 @@ class ClientProtocol(Generic[T]):
             # connection before its login and was refused "log in first".
             self.acks.reset()
         return tokens
+
+
+def taken_order(doc: dict[str, Any]) -> tuple[int, str, int]:
+    """A sort key for chats that arrive together, such as what was stored
+    while one was away: the time the server took each, then, within one
+    millisecond, one node's count (mids are ``<node>-<n>``). Stored messages
+    can come after later ones (README, "Order"); ``ts`` and ``mid`` are what
+    the server gives to put them back in order."""
+    ts = doc.get("ts")
+    node, _, n = str(doc.get("mid", "")).rpartition("-")
+    return (ts if isinstance(ts, int) else 0, node, int(n) if n.isdigit() else 0)

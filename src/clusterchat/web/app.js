@@ -228,11 +228,51 @@ function onPush(msg) {
     text: String(msg.msg ?? ""), ts: Number(msg.ts) || Date.parse(msg.time) || Date.now(),
     mid: msg.mid,
   };
-  c.messages.push(entry);
-  if (state.active === c.key && !document.hidden) appendMessage(c, entry);
-  else c.unread += 1;
+  const at = placeOf(c.messages, entry);
+  c.messages.splice(at, 0, entry);
+  if (state.active === c.key && !document.hidden) {
+    if (at === c.messages.length - 1) appendMessage(c, entry);
+    else showPlaced(c);
+  } else c.unread += 1;
   renderSidebar();
   renderTitle();
+}
+
+// What was stored for a while (a batch lost between nodes, or what a
+// connection with receipts held when it ended) can arrive after messages
+// sent later: it is placed by the time the server took it, before others'
+// later messages, as history pages are. One's own messages stay where they
+// were typed (their time is this computer's until the server answers).
+function placeOf(messages, m) {
+  let i = messages.length;
+  while (i > 0 && !messages[i - 1].mine && later(messages[i - 1], m)) i -= 1;
+  return i;
+}
+
+// Whether a was taken after b: by time, then, within one millisecond of one
+// node ("<node>-<n>" mids), by the node's count.
+function later(a, b) {
+  if (a.ts !== b.ts) return a.ts > b.ts;
+  const [na, sa] = midParts(a.mid);
+  const [nb, sb] = midParts(b.mid);
+  return na !== null && na === nb && sa > sb;
+}
+
+function midParts(mid) {
+  const s = String(mid ?? "");
+  const dash = s.lastIndexOf("-");
+  const n = Number(s.slice(dash + 1));
+  return dash > 0 && Number.isInteger(n) ? [s.slice(0, dash), n] : [null, 0];
+}
+
+// A message placed before others: the conversation drawn again, the reader
+// left where they were (at the bottom if they were there).
+function showPlaced(c) {
+  const list = $("messages");
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  const atBottom = fromBottom - list.clientHeight < 80;
+  renderMessages(c);
+  list.scrollTop = atBottom ? list.scrollHeight : list.scrollHeight - fromBottom;
 }
 
 function renderTitle() {
