@@ -331,3 +331,8 @@ async def test_a_history_request_does_not_wait_for_the_writers_pace(
     page = await history(bob.conn, userid=alice.id)
     assert loop.time() - start < 0.5 and len(page["messages"]) == 3
     assert writer.pending(alice.id, carol.id) and len(writer) == 1
+    # Shutting down writes it at once, not after the pace (which, longer than
+    # the deadline, left it unwritten and the node 10 s in stopping).
+    start = loop.time()
+    assert await writer.close(5.0) == 0
+    assert loop.time() - start < 1.0 and len(writer) == 0

@@ -293,6 +293,7 @@ class HistoryWriter:
         """At shutdown: write what is left within ``timeout``, then stop.
         Returns the rows that could not be written (logged as an error)."""
         if len(self):
+            self.hurry()  # a round waiting for its pace goes now
             await self.drain(timeout)
         left = len(self)
         if left:
