@@ -15,8 +15,17 @@ from typing import ClassVar, Protocol
 
 
 class Presence(Protocol):
-    async def claim(self, uid: int) -> bool:
-        """Mark a user online cluster-wide; False if already online somewhere."""
+    async def claim(self, uid: int, full: bool = False) -> bool:
+        """Mark a user online cluster-wide; False if already online somewhere.
+        ``full``: their mailbox is at its quota (see :meth:`mark_full`),
+        marked in the same step."""
+        ...
+
+    async def mark_full(self, uid: int, full: bool) -> None:
+        """A user claimed here has a mailbox at its quota (or no longer):
+        say so to other nodes, whose messages to them then take the stored
+        path, where the quota applies, instead of being delivered live
+        (and acknowledged) before this node could refuse them."""
         ...
 
     async def release(self, uid: int) -> None: ...

@@ -19,11 +19,14 @@ class LocalPresence:
         self._sessions: Container[int] = frozenset()
         self._unseated: set[int] = set()  # claimed, and not in the table
 
-    async def claim(self, uid: int) -> bool:
+    async def claim(self, uid: int, full: bool = False) -> bool:
         if uid in self._unseated or uid in self._sessions:
             return False
         self._unseated.add(uid)
         return True
+
+    async def mark_full(self, uid: int, full: bool) -> None:
+        pass  # every sender is here, and reads the session's own mark
 
     async def release(self, uid: int) -> None:
         self._unseated.discard(uid)

@@ -82,6 +82,10 @@ POOL_SIZE = 64
 POOL_WAIT = 5.0
 #: Survivors clean up after a node silent for this many presence TTLs.
 REAP_AFTER = 3
+#: The route cached for a user whose node marked their mailbox full
+#: (scripts.MARK): no node, so a message to them takes the stored path,
+#: where the quota applies, before any acknowledgement. Node ids are never empty.
+FULL = ""
 
 
 def _translate(exc: BaseException) -> errors.Unavailable:
@@ -148,6 +152,7 @@ class RedisCluster:
         self._publisher = resp.Publisher(url, timeout=2)
         self._claim = self.client.register_script(scripts.CLAIM)
         self._release = self.client.register_script(scripts.RELEASE)
+        self._mark = self.client.register_script(scripts.MARK)
         self._locate = self.client.register_script(scripts.LOCATE)
         self._beat = self.client.register_script(scripts.HEARTBEAT)
         self._reap = self.client.register_script(scripts.REAP)
@@ -183,6 +188,13 @@ class RedisCluster:
         #: again at the heartbeat, or what was stored for them would wait for
         #: their next login although they are online.
         self._unnudged: set[int] = set()
+        #: Local users whose mailbox is full, as the service last said
+        #: (mark_full): marked in Redis with their claim, and again after
+        #: a resync; those whose mark is being written, and those whose
+        #: write failed (written again at the heartbeat).
+        self._marked: set[int] = set()
+        self._marking: set[int] = set()
+        self._unmarked: set[int] = set()
         self._closing = False
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(Batch)
@@ -222,6 +234,9 @@ class RedisCluster:
 
     def _user_key(self, uid: int) -> str:
         return f"{self.prefix}user:{uid}"
+
+    def _full_key(self, uid: int) -> str:
+        return f"{self.prefix}full:{uid}"
 
     def _channel(self, node: str) -> bytes:
         return f"{self.prefix}to:{node}".encode()
@@ -325,6 +340,10 @@ class RedisCluster:
                 if self._unnudged:
                     uids, self._unnudged = list(self._unnudged), set()
                     await self.nudge(uids)
+                if self._unmarked:
+                    uids, self._unmarked = list(self._unmarked), set()
+                    for uid in uids:
+                        await self.mark_full(uid, uid in self._marked)
                 reaped = await self._reap(
                     keys=[self._nodes_key], args=[self.prefix, grace, self.node_id]
                 )
@@ -336,22 +355,56 @@ class RedisCluster:
 
     # -- presence ------------------------------------------------------------------------
 
-    async def claim(self, uid: int) -> bool:
+    async def claim(self, uid: int, full: bool = False) -> bool:
         if uid in self._unreleased:  # not while a retry may release it
             async with self._retrying:
                 self._unreleased.discard(uid)
-                return await self._claim_once(uid)
-        return await self._claim_once(uid)
+                return await self._claim_once(uid, full)
+        return await self._claim_once(uid, full)
 
-    async def _claim_once(self, uid: int) -> bool:
+    async def _claim_once(self, uid: int, full: bool) -> bool:
         try:
             got = await self._claim(
-                keys=[self._user_key(uid), self._members_key],
-                args=[self.prefix, self.node_id, uid, self._members_ttl],
+                keys=[self._user_key(uid), self._members_key, self._full_key(uid)],
+                args=[self.prefix, self.node_id, uid, self._members_ttl, int(full)],
             )
         except (RedisError, OSError) as exc:
             raise _translate(exc) from exc
+        if got:
+            if full:
+                self._marked.add(uid)
+            else:
+                self._marked.discard(uid)
         return bool(got)
+
+    async def mark_full(self, uid: int, full: bool) -> None:
+        """Mark (or clear) in Redis, next to the claim of ``uid`` (a user
+        here), that their mailbox is full: other nodes then send them
+        messages down the stored path. Writes for one user go one at a
+        time, the last one with the latest state; a failed one is retried
+        at the heartbeat."""
+        if full:
+            self._marked.add(uid)
+        else:
+            self._marked.discard(uid)
+        if uid in self._marking:  # the write under way writes the latest state after
+            return
+        self._marking.add(uid)
+        try:
+            while True:
+                want = uid in self._marked
+                await self._mark(
+                    keys=[self._user_key(uid), self._full_key(uid)],
+                    args=[self.prefix, self.node_id, uid, int(want)],
+                )
+                if (uid in self._marked) == want:
+                    return
+        except (RedisError, OSError) as exc:
+            if not self._unmarked:  # one line per heartbeat, not one per user
+                log.warning("could not mark user %d's mailbox (retried): %s", uid, exc)
+            self._unmarked.add(uid)
+        finally:
+            self._marking.discard(uid)
 
     async def release(self, uid: int) -> None:
         try:
@@ -362,9 +415,12 @@ class RedisCluster:
             self._unreleased.add(uid)
 
     async def _release_key(self, uid: int) -> None:
-        """Delete the user's presence if it is still ours (scripts.RELEASE)."""
+        """Delete the user's presence (and full mark) if it is still ours
+        (scripts.RELEASE)."""
+        self._marked.discard(uid)
         await self._release(
-            keys=[self._user_key(uid), self._members_key], args=[self.prefix, self.node_id, uid]
+            keys=[self._user_key(uid), self._members_key, self._full_key(uid)],
+            args=[self.prefix, self.node_id, uid],
         )
 
     async def _release_again(self) -> None:
@@ -391,11 +447,20 @@ class RedisCluster:
         return {uid for uid, node in zip(ids, where, strict=True) if node is not None}
 
     async def _where(self, uids: list[int]) -> list[str | None]:
+        return [node for node, _ in await self._located(uids)]
+
+    async def _located(self, uids: list[int]) -> list[tuple[str | None, bool]]:
+        """For each user: the node holding them (None: offline), and whether
+        that node marked their mailbox full."""
+        keys = [self._user_key(u) for u in uids] + [self._full_key(u) for u in uids]
         try:
-            found = await self._locate(keys=[self._user_key(u) for u in uids], args=[self.prefix])
+            found = await self._locate(keys=keys, args=[self.prefix])
         except (RedisError, OSError) as exc:
             raise _translate(exc) from exc
-        return [n.decode() if n else None for n in found]
+        return [
+            (n.decode() if n else None, bool(full))
+            for n, full in zip(found[::2], found[1::2], strict=True)
+        ]
 
     # -- sending -------------------------------------------------------------------------
 
@@ -424,7 +489,7 @@ class RedisCluster:
         """The node a message posted for ``uid`` goes to, its room taken;
         None if that node is not known or its window is full."""
         node = self._routes.get(uid)
-        if node is None or node == self.node_id:
+        if not node or node == self.node_id:  # None, FULL (see _send), or here
             return None
         return node if self._admit(node, size) else None
 
@@ -461,17 +526,21 @@ class RedisCluster:
         unknown = [uid for uid in uids if uid not in routes]
         if unknown:
             try:
-                where = await self._where(unknown)
+                where = await self._located(unknown)
             except errors.Unavailable:
-                where = [None] * len(unknown)
-            for uid, node in zip(unknown, where, strict=True):
+                where = [(None, False)] * len(unknown)
+            for uid, (node, full) in zip(unknown, where, strict=True):
                 if node is not None:
-                    routes[uid] = node
+                    routes[uid] = FULL if full else node
         undelivered: list[int] = []
         for uid in uids:
             node = routes.get(uid)
-            if node is None or node == self.node_id:
-                undelivered.append(uid)  # offline, or said to be here but is not
+            # Offline, or said to be here but is not, or online with a full
+            # mailbox: the caller stores it, within the quota (ERROR 171/174
+            # before any acknowledgement); a re-routed message, already
+            # acknowledged, is stored whatever the quota.
+            if not node or node == self.node_id:
+                undelivered.append(uid)
             else:
                 by_node.setdefault(node, []).append(uid)
         size = len(payload)
@@ -848,7 +917,7 @@ class RedisCluster:
         for uid in listed - local:
             await self._release_key(uid)
         for uid in local:
-            if not await self.claim(uid):
+            if not await self.claim(uid, uid in self._marked):
                 log.warning("user %d logged in elsewhere while we were cut off", uid)
                 self._inbox.displaced(uid)
         log.info("connected to Redis as node %s (%d local users)", self.node_id, len(local))

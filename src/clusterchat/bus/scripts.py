@@ -4,35 +4,73 @@ Presence (claim, release, locate) must not race between nodes; the heartbeat
 and the reaping of dead nodes must see one consistent view of who is alive.
 """
 
+# KEYS: the user's presence, the node's members set, the user's full mark.
+# ARGV: prefix, node id, uid, members ttl ms, 1 if the user's mailbox is
+# full (else 0). The mark (the node's id, so a stale one never matches a
+# later holder) is set or cleared with the claim: no sender sees the claim
+# without it.
 CLAIM = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'node:' .. holder) == 1 then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[5] == '1' then
+  redis.call('SET', KEYS[3], ARGV[2])
+else
+  redis.call('DEL', KEYS[3])
+end
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. ARGV[3])
 return 1
 """
 
+# KEYS: the user's presence, the node's members set, the user's full mark.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[3])
 end
 redis.call('SREM', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. ARGV[3])
 return 1
 """
 
+# KEYS: the user's presence, the user's full mark. ARGV: prefix, node id,
+# uid, 1 to mark the mailbox full (0 to clear it). Only by the node holding
+# the user; senders drop their cached route (the 'p' event) and look again.
+MARK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  return 0
+end
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. ARGV[3])
+return 1
+"""
+
+# KEYS: n users' presence keys, then the same users' full marks. ARGV:
+# prefix. Two entries per user: the node holding them (false if none, or
+# that node is dead), and 1 if that node marked their mailbox full (MARK).
 LOCATE = """
 local out = {}
-for i, key in ipairs(KEYS) do
-  local holder = redis.call('GET', key)
+local n = #KEYS / 2
+for i = 1, n do
+  local holder = redis.call('GET', KEYS[i])
   if holder and redis.call('EXISTS', ARGV[1] .. 'node:' .. holder) == 1 then
-    out[i] = holder
+    out[2 * i - 1] = holder
+    if redis.call('GET', KEYS[n + i]) == holder then
+      out[2 * i] = 1
+    else
+      out[2 * i] = 0
+    end
   else
-    out[i] = false
+    out[2 * i - 1] = false
+    out[2 * i] = 0
   end
 end
 return out
@@ -66,6 +104,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)) do
       local key = ARGV[1] .. 'user:' .. uid
       if redis.call('GET', key) == id then
         redis.call('DEL', key)
+        redis.call('DEL', ARGV[1] .. 'full:' .. uid)
         redis.call('PUBLISH', ARGV[1] .. 'events', 'p' .. uid)
       end
     end

@@ -852,7 +852,16 @@ class ChatService:
         if who is None:
             return None
         name, resumed = who
-        if not await self._claim(s, req.id, password=req.ticket is None):
+        # Read before the claim, so that other nodes see the user's mailbox
+        # marked full with the claim (Presence.claim): none of their messages
+        # is delivered live to a full mailbox either (see _mailbox_full). A
+        # ticket login's read said whether anything waits: if not, it is not
+        # full (a store since is noticed: race.recheck), and a reconnect
+        # storm costs no read more.
+        full: bool | None = False
+        if resumed is None or resumed.has_offline:
+            full = await self._mailbox_full(req.id)
+        if not await self._claim(s, req.id, password=req.ticket is None, full=bool(full)):
             return None
         if self._rate:  # what the last session left of the flood bucket
             kept = await self._tallies.take_bucket(req.id)
@@ -861,14 +870,6 @@ class ChatService:
                 s.tokens, s.stamp = min(tokens, self._burst), time.monotonic()
             else:  # a full bucket, whatever the requests before login spent
                 s.tokens, s.stamp = 0.0, 0.0
-        # Read before the session is registered, so that no message is
-        # delivered live to a full mailbox (see _mailbox_full). A ticket
-        # login's read said whether anything waits: if not, it is not full
-        # (a store since is noticed: race.recheck), and a reconnect storm
-        # costs no read more.
-        full: bool | None = False
-        if resumed is None or resumed.has_offline:
-            full = await self._mailbox_full(req.id)
         s.uid, s.name = req.id, name  # the race holds deliveries from here on
         # No login deadline now (nor a float kept for it); how it logged in.
         s.anonymous_since = 0.0 if resumed is None else RESUMED
@@ -955,12 +956,15 @@ class ChatService:
         except errors.Unavailable as exc:
             log.warning("user %d: plaintext password kept until next login: %s", uid, exc)
 
-    async def _claim(self, s: Session, uid: int, password: bool = False) -> bool:
+    async def _claim(
+        self, s: Session, uid: int, password: bool = False, full: bool = False
+    ) -> bool:
         """Mark the user online here and cluster-wide, unless they already
-        are; a ``password`` login takes over a session that came by ticket."""
+        are; a ``password`` login takes over a session that came by ticket.
+        ``full``: their mailbox is at its quota (Presence.claim)."""
         if s.logged_in or not (
-            (uid not in self.sessions and await self.presence.claim(uid))
-            or (password and await self._take_over(uid))
+            (uid not in self.sessions and await self.presence.claim(uid, full))
+            or (password and await self._take_over(uid, full))
         ):
             self._login_refused(s, LoginErr.ALREADY_ONLINE, _ONLINE_ELSEWHERE)
             return False
@@ -973,7 +977,7 @@ class ChatService:
             return False
         return True
 
-    async def _take_over(self, uid: int) -> bool:
+    async def _take_over(self, uid: int, full: bool = False) -> bool:
         """A login with the password, for a user online: end their session
         if it came by ticket (a thief's copy of a ticket must not keep the
         owner out), here or on another node, and claim the user; revoke the
@@ -988,12 +992,12 @@ class ChatService:
             # login reads them (as after a logout or a drop).
             await self._rows.deleted(uid, RESTORE_DEADLINE)
             await self.presence.release(uid)
-            claimed = await self.presence.claim(uid)
+            claimed = await self.presence.claim(uid, full)
         elif self.bus.shared:
             await self.bus.take_over(uid)  # ends it, if its node holds it by ticket
             loop = asyncio.get_running_loop()
             deadline = loop.time() + TAKEOVER_WAIT
-            while not (claimed := await self.presence.claim(uid)):
+            while not (claimed := await self.presence.claim(uid, full)):
                 if loop.time() >= deadline:
                     return False
                 await asyncio.sleep(0.05)
@@ -1749,8 +1753,10 @@ class ChatService:
         any acknowledgement). What a cut-off leaves is stored whatever the
         quota (it was acknowledged), so a receiver that never confirms
         would otherwise grow its mailbox by a receipt window at every
-        reconnection. Senders on other nodes are not covered: their
-        CHAT_ACK leaves when Redis takes the batch (docs/RELIABILITY.md)."""
+        reconnection. Senders on other nodes, whose CHAT_ACK leaves when
+        Redis takes the batch, see it too: the mark is set in Redis with the
+        user's claim and by :meth:`_recheck_mailbox` (Presence.mark_full),
+        and their nodes send new messages down the stored path."""
         try:
             return bool(await self.store.full_mailboxes([uid], self.quota))
         except errors.Unavailable as exc:
@@ -1762,8 +1768,9 @@ class ChatService:
         (a user here): read whether it is full now, and mark its session so."""
         full = await self._mailbox_full(uid)
         s = self.sessions.get(uid)
-        if s is not None and full is not None:  # not known: left as it was
+        if s is not None and full is not None and s.race.full != full:  # None: left as it was
             s.race.full = full
+            await self.presence.mark_full(uid, full)  # for senders on other nodes
 
     async def _delete_offline(self, uid: int, ids: Sequence[int]) -> None:
         """Delete rows delivered (or confirmed); a user kept out of live

@@ -1,0 +1,252 @@
+"""A receiver's cut-offs cannot grow its mailbox past the quota, whichever
+node its senders are on.
+
+tests/e2e/test_full_mailbox_cutoffs.py covers senders on the receiver's own
+node. A sender on another node used to get its CHAT_ACK as soon as Redis
+took the batch, so the receiver's node could not refuse the message: it was
+delivered live, and a receiver that reads and never confirms was cut off
+and what it held stored past the quota, at every round (20 rounds against
+a 5-message quota: 83 rows, 20 cut-offs). Now the receiver's node marks a full mailbox
+next to the user's presence in Redis, and a sender's node that sees the
+mark sends the message down the stored path, where the quota refuses it
+before any acknowledgement (ERROR 171)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import func, select
+
+from clusterchat.client.connection import ChatConnection
+from clusterchat.config import Limits, Settings
+from clusterchat.protocol import codec
+from clusterchat.protocol.messages import ChatStatus, ErrCode, MsgId
+from clusterchat.server.node import Node
+from clusterchat.storage.sql import SqlStore
+from clusterchat.storage.tables import offlinemessage
+from tests.cluster.conftest import PRESENCE_TTL
+from tests.conftest import FAST_HASH, PASSWORD, unique
+
+QUOTA = 20  # --offline-quota's messages
+WINDOW = 10  # --receipt-window
+SMALL = 5  # a quota below the window
+ROUNDS = 20
+REFUSED = (ErrCode.MAILBOX_FULL, ErrCode.MAILBOX_SHARE_FULL)
+
+
+def _settings(db_url: str, redis_url: str, prefix: str, name: str, quota: int) -> Settings:
+    limits = replace(
+        Limits(registrations_per_address=0, rejoin_after=0.0),
+        message_rate=0,
+        max_offline_messages=quota,
+        max_offline_bytes=1 << 20,
+        offline_share=0,  # one sender may fill it: the bound under test is the whole mailbox
+        receipt_window=WINDOW,
+    )
+    return Settings(
+        host="127.0.0.1",
+        port=0,
+        db_url=db_url,
+        hash_cost=FAST_HASH,
+        limits=limits,
+        trusted_proxies=(),
+        shed_lag=0.0,
+        redis_url=redis_url,
+        redis_prefix=prefix,
+        presence_ttl=PRESENCE_TTL,
+        node_id=name,
+    )
+
+
+async def _pair(db_url: str, redis_url: str, quota: int) -> AsyncIterator[tuple[Node, Node]]:
+    """Two nodes of one cluster: the senders' and the receiver's."""
+    prefix = f"ccfull:{secrets.token_hex(4)}:"
+    senders = Node(_settings(db_url, redis_url, prefix, "a", quota))
+    receivers = Node(_settings(db_url, redis_url, prefix, "b", quota))
+    await senders.start()
+    await receivers.start()
+    try:
+        yield senders, receivers
+    finally:
+        await receivers.stop()
+        await senders.stop()
+        r = aioredis.Redis.from_url(redis_url)
+        try:
+            stale = [k async for k in r.scan_iter(match=f"{prefix}*")]
+            if stale:
+                await r.delete(*stale)
+        finally:
+            await r.aclose()
+
+
+@pytest.fixture
+async def small_pair(mariadb_url: str, shared_redis: str) -> AsyncIterator[tuple[Node, Node]]:
+    """A quota smaller than the window, as in the same-node test."""
+    async for pair in _pair(mariadb_url, shared_redis, SMALL):
+        yield pair
+
+
+@pytest.fixture
+async def qpair(mariadb_url: str, shared_redis: str) -> AsyncIterator[tuple[Node, Node]]:
+    async for pair in _pair(mariadb_url, shared_redis, QUOTA):
+        yield pair
+
+
+async def _registered(node: Node) -> tuple[ChatConnection, int]:
+    conn = await ChatConnection.open("127.0.0.1", node.port)
+    return conn, await conn.register(unique(), PASSWORD)
+
+
+async def _sender(node: Node) -> tuple[ChatConnection, int]:
+    conn, uid = await _registered(node)
+    assert (await conn.login(uid, PASSWORD))["errno"] == 0
+    return conn, uid
+
+
+async def _rows(node: Node, uid: int) -> int:
+    """Messages stored for ``uid``, counted in the table (not the tally)."""
+    store = node.service.store
+    assert isinstance(store, SqlStore)
+    async with store.engine.connect() as conn:
+        q = select(func.count()).where(offlinemessage.c.userid.in_((uid, -uid)))
+        return int((await conn.execute(q)).scalar_one())
+
+
+async def _settled(senders: Node, receivers: Node, uid: int) -> None:
+    """The receiver's session is over, what it left is stored, and every
+    batch the senders' node sent is acknowledged and settled (so whatever
+    was in flight is delivered or stored, and counted)."""
+    async with asyncio.timeout(20):
+        while uid in receivers.service.sessions:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        assert await receivers.service.restorer.drain(10)
+        while True:
+            stats = senders.service.bus.window_stats()
+            assert stats is not None
+            if not (stats.unacked or stats.held or stats.kept):
+                break
+            await asyncio.sleep(0.02)
+        assert await receivers.service.restorer.drain(10)
+
+
+async def _chat(sender: ChatConnection, toid: int, msg: str) -> dict[str, Any]:
+    await sender.send({"msgid": MsgId.ONE_CHAT, "toid": toid, "msg": msg})
+    return await sender.recv()
+
+
+async def test_senders_on_another_node_cannot_grow_a_full_mailbox(
+    small_pair: tuple[Node, Node],
+) -> None:
+    """As the same-node test, with the senders on node a and the receiver on
+    node b: rounds of log in with receipts, read, confirm nothing while two
+    senders send past a window, leave. Once the mailbox is at its quota,
+    node a sees it marked full and refuses: the first round's cut-off is
+    the only one."""
+    a, b = small_pair
+    senders = [await _sender(a), await _sender(a)]
+    first, uid = await _registered(b)
+    await first.close()
+    refused = cut_offs = 0
+    rows: list[int] = []
+    for r in range(ROUNDS):
+        mute = await ChatConnection.open("127.0.0.1", b.port)
+        ack = await mute.login(uid, PASSWORD, receipts=True)
+        assert ack["errno"] == 0 and ack["receipts"] is True, ack
+        for i in range(WINDOW + 2):
+            reply = await _chat(senders[i % 2][0], uid, f"r{r} m{i}")
+            if reply["msgid"] == MsgId.ERROR:
+                assert reply["errno"] in REFUSED, reply
+                assert "not sent" in reply["errmsg"]
+                refused += 1
+            else:
+                assert reply["msgid"] == MsgId.CHAT_ACK and reply["errno"] == 0, reply
+        await asyncio.sleep(0.05)  # what node a published reaches node b (or not)
+        if uid in b.service.sessions:  # not cut off: it leaves (confirming nothing)
+            await mute.abort()
+        else:
+            cut_offs += 1
+            await mute.close()
+        await _settled(a, b, uid)
+        rows.append(await _rows(b, uid))
+    print(f"rows after each round: {rows}; cut-offs {cut_offs}, refused {refused}")
+    assert max(rows) <= SMALL + WINDOW + 1, rows
+    assert cut_offs == 1, rows  # the first round's window overflowed; no other
+    assert refused >= (ROUNDS - 1) * (WINDOW + 2)  # from the second round on, all refused
+    for c, _ in senders:
+        await c.close()
+
+
+async def test_an_honest_receiver_gets_live_messages_from_another_node_again(
+    qpair: tuple[Node, Node],
+) -> None:
+    """Full: a sender on the other node is refused as for an offline
+    receiver. Once the receiver confirms what it was kept, the mark goes and
+    that sender's next message is delivered live."""
+    a, b = qpair
+    (sender, _), (receiver, uid) = await _sender(a), await _registered(b)
+    kept = []
+    for i in range(QUOTA):
+        ack = await _chat(sender, uid, f"kept {i}")
+        assert ack["status"] == ChatStatus.STORED, ack
+        kept.append(ack["mid"])
+    ack = await receiver.login(uid, PASSWORD, receipts=True)
+    got = [codec.loads(m) for m in ack.get("offlinemsg", ())]
+    refusal = await _chat(sender, uid, "while full")
+    assert refusal["msgid"] == MsgId.ERROR and refusal["errno"] == ErrCode.MAILBOX_FULL, refusal
+    while len(got) < QUOTA:
+        if got:
+            await receiver.received(len(got))
+        got.append(await receiver.expect(MsgId.ONE_CHAT))
+    assert [m["mid"] for m in got] == kept
+    await receiver.received(QUOTA)
+    async with asyncio.timeout(10):  # below the quota: node a routes to node b again
+        while True:
+            live = await _chat(sender, uid, "live again")
+            if live["msgid"] == MsgId.CHAT_ACK:
+                break
+            assert live["errno"] == ErrCode.MAILBOX_FULL, live
+            await asyncio.sleep(0.05)
+    assert live["status"] == ChatStatus.DELIVERED, live
+    assert (await receiver.expect(MsgId.ONE_CHAT))["mid"] == live["mid"]
+    assert await _rows(b, uid) == 0
+    for c in (sender, receiver):
+        await c.close()
+
+
+async def test_a_full_member_on_another_node_is_listed_in_full(
+    qpair: tuple[Node, Node],
+) -> None:
+    """A group message from node a to a member on node b whose mailbox is
+    full: kept within the quota as for a member away, so refused for them
+    and listed in the CHAT_ACK's ``full``; the other member gets it live."""
+    a, b = qpair
+    (sender, _), (other, _) = await _sender(a), await _sender(b)
+    member, uid = await _sender(b)
+    made = await sender.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": unique()}, MsgId.CREATE_GROUP_ACK
+    )
+    gid = made["groupid"]
+    for conn in (member, other):
+        joined = await conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+        assert joined["errno"] == 0, joined
+    await member.close()
+    async with asyncio.timeout(10):
+        while uid in b.service.sessions:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    for i in range(QUOTA):
+        assert (await _chat(sender, uid, f"kept {i}"))["status"] == ChatStatus.STORED
+    member = await ChatConnection.open("127.0.0.1", b.port)
+    assert (await member.login(uid, PASSWORD, receipts=True))["errno"] == 0
+    post = {"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": "to the group"}
+    ack = await sender.request(post, MsgId.CHAT_ACK)
+    assert ack["status"] == ChatStatus.SENT and ack["full"] == [uid], ack
+    assert (await other.expect(MsgId.GROUP_CHAT))["mid"] == ack["mid"]
+    assert await _rows(b, uid) == QUOTA
+    for c in (sender, member, other):
+        await c.close()
