@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
+from clusterchat.bus.redis import RedisCluster
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Limits, Settings
 from clusterchat.protocol import codec
@@ -86,15 +87,15 @@ async def _pair(db_url: str, redis_url: str, quota: int) -> AsyncIterator[tuple[
 
 
 @pytest.fixture
-async def small_pair(mariadb_url: str, shared_redis: str) -> AsyncIterator[tuple[Node, Node]]:
+async def small_pair(db_url: str, shared_redis: str) -> AsyncIterator[tuple[Node, Node]]:
     """A quota smaller than the window, as in the same-node test."""
-    async for pair in _pair(mariadb_url, shared_redis, SMALL):
+    async for pair in _pair(db_url, shared_redis, SMALL):
         yield pair
 
 
 @pytest.fixture
-async def qpair(mariadb_url: str, shared_redis: str) -> AsyncIterator[tuple[Node, Node]]:
-    async for pair in _pair(mariadb_url, shared_redis, QUOTA):
+async def qpair(db_url: str, shared_redis: str) -> AsyncIterator[tuple[Node, Node]]:
+    async for pair in _pair(db_url, shared_redis, QUOTA):
         yield pair
 
 
@@ -249,4 +250,37 @@ async def test_a_full_member_on_another_node_is_listed_in_full(
     assert (await other.expect(MsgId.GROUP_CHAT))["mid"] == ack["mid"]
     assert await _rows(b, uid) == QUOTA
     for c in (sender, member, other):
+        await c.close()
+
+
+async def test_a_mailbox_filled_during_a_session_is_marked_for_the_other_node(
+    qpair: tuple[Node, Node],
+) -> None:
+    """The mark follows the tally during a session too: stores noticed for
+    a receiver online on node b fill its mailbox, node b marks it in Redis,
+    and node a's next message to it is refused instead of delivered live."""
+    a, b = qpair
+    (sender, sid), (receiver, uid) = await _sender(a), await _registered(b)
+    assert (await receiver.login(uid, PASSWORD, receipts=True))["receipts"] is True
+    first = await _chat(sender, uid, "live")
+    assert first["status"] == ChatStatus.DELIVERED, first
+    assert (await receiver.expect(MsgId.ONE_CHAT))["mid"] == first["mid"]
+    service = b.service
+    for i in range(QUOTA):  # stored for it while it is online (a store racing its login)
+        text = codec.one_chat(sid, "s", uid, f"stored {i}", "", 0, f"x-{i}")[:-1].decode()
+        await service.store.store_offline(uid, text, service.quota, sid)
+    await service._after_store([uid])  # noticed: the tally is read again
+    bus = a.service.bus
+    assert isinstance(bus, RedisCluster)
+    r = aioredis.Redis.from_url(bus._url)
+    try:
+        async with asyncio.timeout(10):  # marked in Redis, and node a has the event
+            while await r.get(f"{bus.prefix}full:{uid}") != b"b" or bus._routes.get(uid):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    finally:
+        await r.aclose()
+    reply = await _chat(sender, uid, "after it filled")
+    assert reply["msgid"] == MsgId.ERROR and reply["errno"] == ErrCode.MAILBOX_FULL, reply
+    assert await _rows(b, uid) == QUOTA
+    for c in (sender, receiver):
         await c.close()
