@@ -6,7 +6,7 @@ node. A sender on another node used to get its CHAT_ACK as soon as Redis
 took the batch, so the receiver's node could not refuse the message: it was
 delivered live, and a receiver that reads and never confirms was cut off
 and what it held stored past the quota, at every round (20 rounds against
-a 5-message quota: 83 rows, 20 cut-offs). Now the receiver's node marks a full mailbox
+a 5-message quota: 62-95 rows, 20 cut-offs). Now the receiver's node marks a full mailbox
 next to the user's presence in Redis, and a sender's node that sees the
 mark sends the message down the stored path, where the quota refuses it
 before any acknowledgement (ERROR 171)."""
