@@ -237,6 +237,7 @@ class ChatService:
             lim.max_memberships,
             lim.max_friends,
             lim.offline_share,
+            lim.offline_group_share,
         )
         #: Group members for the fan-out (``_cache_members``), and what they
         #: count against ``max_cached_members``.
