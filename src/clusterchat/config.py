@@ -97,6 +97,13 @@ class Limits:
     #: in one receiver's mailbox: a stranger cannot fill it for everyone
     #: else. A quarter: 1,250 messages or 4 MiB by default.
     offline_share: float = 0.25
+    #: The fraction of those bounds group messages may fill, all groups and
+    #: writers together; the rest is room only 1:1 messages take. Without
+    #: it, five accounts posting in a public group filled every away
+    #: member's mailbox at once (each writer a share, times every member),
+    #: and their friends' messages were refused (ERROR 171) until they came
+    #: back. A group message not kept for a member is in the group's history.
+    offline_group_share: float = 0.5
     max_groups_created: int = 100
     max_memberships: int = 500
     max_friends: int = 1000

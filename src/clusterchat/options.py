@@ -310,6 +310,11 @@ SERVER_OPTIONS: tuple[tuple[str, tuple[Option, ...]], ...] = (
                "may fill; past it that sender gets ERROR 174 (in a group, the member is "
                "listed in the ack's `full`) while others can still leave messages; group "
                "messages count toward their writer's share; 0 or 1 turns it off"),
+        Option("--offline-group-share", ("limits.offline_group_share",), "FRACTION",
+               "the part of one receiver's --offline-quota group messages may fill, all "
+               "groups and writers together; past it a group message is not kept for "
+               "that member (listed in the ack's `full`; it is in the group's history), "
+               "and the rest stays for 1:1 messages; 0 or 1 turns it off"),
         Option("--user-quota", ("limits.max_groups_created", "limits.max_memberships",
                                 "limits.max_friends"), "GROUPS_CREATED,MEMBERSHIPS,FRIENDS",
                "what one user may create, join and befriend (ERROR 173 past it); 0 turns "

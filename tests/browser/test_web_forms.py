@@ -105,3 +105,22 @@ async def test_a_server_without_history_says_so_atop_a_conversation(
         await expect(bob.locator("#history-edge")).to_have_text("This server keeps no history.")
     finally:
         await node.stop()
+
+
+async def test_a_refusal_is_readable_white_on_red(web_node: Node, new_page: NewPage) -> None:
+    """An error toast ("No group has id 999.") was red text on a red
+    background: `.error` (the log-in form's red text) came after `.toast` in
+    the style sheet and set its colour too. Every refusal a web user met was
+    an empty red box (seen on a screenshot, following the README)."""
+    page = await new_page(web_node.http.port)
+    await register(page, unique("ann"))
+    await page.locator("#toast").evaluate("t => { t.hidden = true; }")  # the "Welcome!"
+    await page.click("#group-btn")
+    await page.fill("#join-id", "999999")
+    await page.press("#join-id", "Enter")
+    toast = page.locator("#toast.error")
+    await expect(toast).to_have_text("No group has id 999999.")
+    colour, background = await toast.evaluate(
+        "t => [getComputedStyle(t).color, getComputedStyle(t).backgroundColor]"
+    )
+    assert (colour, background) == ("rgb(255, 255, 255)", "rgb(229, 72, 77)")

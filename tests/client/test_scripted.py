@@ -217,3 +217,34 @@ async def test_a_piped_script_with_a_line_not_done_exits_1(
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(script.encode()), 30)
     assert said in out.decode() and proc.returncode == 1, (out, proc.returncode)
+
+
+async def test_a_script_that_quits_at_once_acknowledges_what_it_showed(lone_node: Node) -> None:
+    """`printf 'login:2:pw\\nquit\\n' | clusterchat client` showed the
+    messages waiting for it and quit inside the client's one-second receipt
+    timer, without acknowledging them: the server stored them again, and
+    every later login showed them again "while you were away" (found by
+    following the README). It acknowledges at the close now, as at a logout."""
+    port = lone_node.port
+    dave, _ = await dave_online(port)
+    bob = await ChatConnection.open("127.0.0.1", port)
+    bob_id = await bob.register("bob", "pw")
+    await bob.close()
+
+    async def logged_out() -> None:  # bob's session is gone: he may log in again
+        async with asyncio.timeout(10):
+            while bob_id in lone_node.service.sessions:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+
+    for end in ("quit\n", ""):  # a quit line, or the end of stdin
+        chat = {"msgid": MsgId.ONE_CHAT, "toid": bob_id, "msg": f"before {end!r}"}
+        assert (await dave.request(chat, MsgId.CHAT_ACK))["status"] == "stored"
+        text = await piped(port, f"login:{bob_id}:pw\n{end}")
+        assert "While you were away (1)" in text, text
+        await logged_out()
+        again = await ChatConnection.open("127.0.0.1", port)
+        ack = await again.login(bob_id, "pw", receipts=True)
+        await again.close()
+        assert ack["errno"] == 0 and "offlinemsg" not in ack, ack
+        await logged_out()
+    await dave.close()

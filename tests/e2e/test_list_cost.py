@@ -1,9 +1,10 @@
-"""A long BLOCKED_LIST costs the flood limit what a HISTORY page of its size
-does. Blocks have no quota (a harassed user may need many), so one account
-that blocked 20,000 users and asked for the list at its limit (20 a second)
-had the node send it 30 MB a second: 72% of a core, others' chats p99
-0.7 -> 15 ms, their logins 5 -> 34 ms (/tmp/atk/h.py listflood, in the
-commit message). A short list costs one token, as before."""
+"""A long BLOCKED_LIST, or a LIST_GROUPS page of big groups, costs the flood
+limit what a HISTORY page of its size does. Blocks have no quota (a
+harassed user may need many), so one account that blocked 20,000 users and
+asked for the list at its limit (20 a second) had the node send it 30 MB a
+second: 72% of a core, others' chats p99 0.7 -> 15 ms, their logins
+5 -> 34 ms (/tmp/atk/h.py listflood, in the commit message). A short list
+costs one token, as before."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy import insert, select
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
 from clusterchat.storage.sql import SqlStore
-from clusterchat.storage.tables import blocked, user
+from clusterchat.storage.tables import allgroup, blocked, groupuser, user
 from tests.conftest import UserFactory, unique
 
 LIST = {"msgid": MsgId.LIST_BLOCKED}
@@ -50,3 +51,43 @@ async def test_a_long_blocked_list_costs_its_size(user: UserFactory, node: Node)
     for _ in range(10):
         reply = await ann.conn.request(LIST, MsgId.BLOCKED_LIST)
         assert len(reply["blocked"]) == 3
+
+
+async def _big_group(node: Node, members: list[int], n: int) -> None:
+    """A group of ``members`` and ``n`` new users with 50-character names
+    (rows written straight to the store, as above)."""
+    assert isinstance(node.store, SqlStore)
+    tag = unique("m")
+    async with node.store.engine.begin() as db:
+        names = [f"{tag}{i:0{50 - len(tag)}d}" for i in range(n)]
+        await db.execute(insert(user), [{"name": x, "namekey": x, "password": "x"} for x in names])
+        found = await db.execute(select(user.c.id).where(user.c.name.like(f"{tag}%")))
+        ids = [*members, *found.scalars().all()]
+        gid = (await db.execute(insert(allgroup).values(groupname=tag, groupkey=tag))).lastrowid
+        await db.execute(insert(groupuser), [{"groupid": gid, "userid": u} for u in ids])
+
+
+async def test_a_page_of_big_groups_costs_its_size(user: UserFactory, node: Node) -> None:
+    """Five accounts in three groups of 1,000 asking LIST_GROUPS at their
+    limit got 35 pages of 218 KB a second: the node's CPU 10.1 s of 15,
+    others' chats p99 6 -> 91 ms, their logins p50 9 -> 388 ms
+    (/tmp/hunt-atk/lgflood.py, in the commit message)."""
+    eve, ann = await user(), await user()
+    for _ in range(3):
+        await _big_group(node, [eve.id], 999)  # ~360 KB of members: pages of ~240 KB
+    served = 0
+    for _ in range(10):  # without a cost, 10 of a burst of 50 tokens
+        await eve.conn.send({"msgid": MsgId.LIST_GROUPS})
+        reply = await eve.conn.recv()
+        if reply["msgid"] != MsgId.GROUP_LIST:
+            break
+        assert reply["more"] and len(reply["groups"]) == 2
+        served += 1
+    assert 2 <= served <= 5, served  # ~15 tokens a page
+    assert reply["errno"] == ErrCode.TOO_FAST and reply["re"] == MsgId.LIST_GROUPS, reply
+    assert "retry in" in reply["errmsg"], reply
+    # Someone in a small group asks as often as any request allows.
+    await _big_group(node, [ann.id], 3)
+    for _ in range(10):
+        reply = await ann.conn.request({"msgid": MsgId.LIST_GROUPS}, MsgId.GROUP_LIST)
+        assert len(reply["groups"]) == 1 and len(reply["groups"][0]["users"]) == 4

@@ -23,12 +23,14 @@ from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import offlinebody, offlinemessage
 from tests.conftest import PASSWORD, unique
 
-#: 8 messages a receiver, a quarter (2) of them from any one sender.
+#: 8 messages a receiver, a quarter (2) of them from any one sender, half
+#: (4) of them group messages.
 LIMITS = Limits(
     registrations_per_address=0,
     message_rate=0,
     max_offline_messages=8,
     offline_share=0.25,
+    offline_group_share=0.5,
 )
 
 
@@ -160,3 +162,44 @@ async def test_a_group_message_to_many_away_members_is_kept_once(
     opened.append(orig)
     login = await orig.login(legacy.id, PASSWORD)
     assert [codec.loads(x) for x in login["offlinemsg"]] == [live]
+
+
+async def test_group_messages_fill_only_their_part_of_the_mailbox(
+    share_node: Node, opened: list[ChatConnection]
+) -> None:
+    """Each writer may fill a share of a member's mailbox, and a group
+    multiplies that by its members: five accounts posting in a public group
+    of 300 filled every away member's mailbox (16 MiB each) in 49 s, after
+    which their friends' messages got ERROR 171. Group messages, all writers
+    together, now fill half of it; the other half takes only 1:1 messages."""
+    writers = [await _user(share_node, opened) for _ in range(4)]
+    away = await _user(share_node, opened)
+    gid = (
+        await writers[0].req(
+            {"msgid": MsgId.CREATE_GROUP, "groupname": unique("g")}, MsgId.CREATE_GROUP_ACK
+        )
+    )["groupid"]
+    for m in (*writers[1:], away):
+        await m.req({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+    await away.req({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+    fulls = []
+    for n, w in enumerate(writers):  # each within its share (2): 8 without the group part
+        for k in range(2):
+            doc = {"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": f"w{n}.{k}"}
+            await w.conn.send(doc)
+            while (ack := await w.conn.recv())["msgid"] == MsgId.GROUP_CHAT:
+                pass  # another writer's, live
+            assert ack["msgid"] == MsgId.CHAT_ACK, ack
+            fulls.append(ack.get("full"))
+    assert fulls == [None] * 4 + [[away.id]] * 4
+    # Two strangers' 1:1 messages still get in, each within its share.
+    strangers = [await _user(share_node, opened) for _ in range(3)]
+    for n, s in enumerate(strangers[:2]):
+        for k in range(2):
+            ack = await s.req(_chat(away.id, f"s{n}.{k}"), MsgId.CHAT_ACK)
+            assert ack["status"] == "stored", ack
+    # Now it is full, for everyone.
+    err = await strangers[2].req(_chat(away.id, "one more"), MsgId.ERROR)
+    assert err["errno"] == ErrCode.MAILBOX_FULL, err
+    kept = ["w0.0", "w0.1", "w1.0", "w1.1", "s0.0", "s0.1", "s1.0", "s1.1"]
+    assert await _texts(share_node, away.conn, away.id) == kept

@@ -27,6 +27,7 @@ LIMITS = Limits(
     max_memberships=3,
     max_friends=2,
     offline_share=0,  # the whole quota's bounds, one sender at a time (test_offline_share.py)
+    offline_group_share=0,  # group messages too
 )
 
 

@@ -141,6 +141,14 @@ class ChatConnection:
         self.core.acknowledge()
         self._flush()
 
+    def acknowledge(self) -> None:
+        """Acknowledge now what arrived (before closing: the server would
+        otherwise store it again for the next login), without the timer."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+        if not self._ended:
+            self._acknowledge()
+
     # -- reading -------------------------------------------------------------------
 
     async def _read(self) -> bool:

@@ -159,6 +159,12 @@ class ChatClient:
 
     async def close(self) -> None:
         self._closing = True
+        if self._conn is not None:
+            # What was shown is acknowledged before the close, as before a
+            # LOGOUT: a script that quit at once (`login:2:pw` then `quit`,
+            # inside the one-second timer) had every message waiting for it
+            # stored again, and shown again at each later login.
+            self._conn.acknowledge()
         for task in (self._keepalive_task, self._reconnect_task, self._reader_task):
             if task is not None:
                 task.cancel()

@@ -100,6 +100,21 @@ class Quota:
     #: The fraction of a receiver's offline bounds one sender may fill
     #: (``--offline-share``); 0 (or 1 and more) switches the share off.
     offline_share: float = 0.0
+    #: The fraction of a receiver's offline bounds group messages may fill,
+    #: all writers together (``--offline-group-share``); 0 (or 1 and more):
+    #: the whole of them.
+    group_share: float = 0.0
+
+    @property
+    def group_messages(self) -> int:
+        """Most messages a receiver may have waiting when a group message
+        comes (all kinds counted); 0: no bound."""
+        return _part(self.offline_messages, self.group_share) or self.offline_messages
+
+    @property
+    def group_bytes(self) -> int:
+        """Most bytes a receiver may have waiting when a group message comes; 0: no bound."""
+        return _part(self.offline_bytes, self.group_share) or self.offline_bytes
 
     @property
     def share_messages(self) -> int:
@@ -243,8 +258,9 @@ class Store(Protocol):
     async def store_offline_within(
         self, uids: Sequence[int], message: str, quota: Quota, sender: int = 0
     ) -> list[int]:
-        """Keep a message for those of ``uids`` it leaves within the quota and
-        ``sender``'s share of it; returns the others (not stored)."""
+        """Keep a group message for those of ``uids`` it leaves within the
+        quota's part for group messages and ``sender``'s share of the quota;
+        returns the others (not stored)."""
         ...
 
     async def store_offline_many(self, items: Sequence[tuple[int, str]]) -> None:

@@ -347,7 +347,11 @@ def _both(uids: Sequence[int]) -> list[int]:
 
 
 async def _over_mailbox(
-    conn: AsyncConnection, uids: Sequence[int], size: int, quota: Quota
+    conn: AsyncConnection,
+    uids: Sequence[int],
+    size: int,
+    quota: Quota,
+    bounds: tuple[int, int] | None = None,
 ) -> set[int]:
     """Those of ``uids`` that one more message of ``size`` bytes would take
     past the offline quota. Concurrent stores may overshoot it by as many
@@ -356,8 +360,9 @@ async def _over_mailbox(
     Reads each receiver's tally, not its mailbox. One the tally says is
     full is recounted exactly (and its tally set right) unless a recount
     confirmed it within MAILBOX_RECHECK seconds, so a tally left too high
-    (a node on older code deleting, say) cannot refuse a user for good."""
-    bounds = (quota.offline_messages, quota.offline_bytes)
+    (a node on older code deleting, say) cannot refuse a user for good.
+    ``bounds``: (messages, bytes) other than the quota's own."""
+    bounds = bounds or (quota.offline_messages, quota.offline_bytes)
     return await _over_tallies(conn, uids, size, bounds, q.TALLIES, q.MAILBOXES, mailbox)
 
 
@@ -902,9 +907,13 @@ class SqlStore(SocialQueries, HistoryQueries):
     ) -> list[int]:
         size = len(message.encode())
 
+        # Group messages fill only their part of a mailbox: the rest stays for
+        # 1:1 messages, however many members post.
+        bounds = (quota.group_messages, quota.group_bytes)
+
         async def once() -> tuple[set[int], int]:
             async with self._tx() as conn:
-                full = await _over_mailbox(conn, uids, size, quota)
+                full = await _over_mailbox(conn, uids, size, quota, bounds)
                 room = [u for u in uids if u not in full]
                 full |= await _over_share(conn, room, sender, size, quota)
                 items = [(u, message, size, sender) for u in sorted(uids) if u not in full]

@@ -25,7 +25,7 @@ const state = {
 };
 
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
-const sock = new ChatSocket(wsUrl, { onPush, onState, onRelogin });
+const sock = new ChatSocket(wsUrl, { onPush, onState, onRelogin, onClosing });
 
 // -- helpers -------------------------------------------------------------------------
 
@@ -917,6 +917,14 @@ function onState(s, why, retryMs) {
   } else if (state.everOnline) {
     banner("Reconnecting…", "warn");
   }
+}
+
+// The server closes this connection of its own accord (ERROR 186/187:
+// receipts not confirmed in time, too many held, or the node short of
+// memory) and says why; the page reconnects and gets what it had not
+// confirmed. A chat waiting for its reply then is in doubt, not refused.
+function onClosing(why) {
+  toast(`The server closed the connection: ${sentence(why)} Reconnecting…`, "info");
 }
 
 function onRelogin(ack) {

@@ -21,7 +21,8 @@ export const Msg = Object.freeze({
 const PUSHED = new Set([Msg.ONE_CHAT, Msg.GROUP_CHAT, Msg.NOTICE, Msg.FRIEND_ADDED,
   Msg.FRIEND_EVENT, Msg.GROUP_EVENT]);
 // ERRORs with which the server closes a connection of its own accord (186
-// receipts too late, 187 too many held): they answer no request.
+// receipts too late, 187 too many held, or the node short of memory), `re`
+// null: they answer no request (docs/PROTOCOL.md, Receipts).
 const CLOSING = new Set([186, 187]);
 const KEEPALIVE_MS = 30000;
 const RELOGIN_PATIENCE_MS = 30000; // "already online": the old node may still hold us
@@ -37,11 +38,13 @@ const RETRY_MAX_MS = 8000;
 export class Disconnected extends Error {}
 
 export class ChatSocket {
-  constructor(url, { onPush, onState, onRelogin }) {
+  constructor(url, { onPush, onState, onRelogin, onClosing }) {
     this.url = url;
     this.onPush = onPush;       // (msg) => void, once per mid
     this.onState = onState;     // ("connecting"|"online"|"offline", why, retry in ms) => void
     this.onRelogin = onRelogin; // (ack | null) => void after a reconnect's login
+    this.onClosing = onClosing; // (errmsg) => void: the server is closing, saying why
+    this.closing = "";          // ...which the close that follows is put down to
     this.ws = null;
     this.pending = [];
     this.seen = new Map();
@@ -112,8 +115,11 @@ export class ChatSocket {
       this.ws = null;
       this._setReady(false);
       this._failPending();
+      const closing = this.closing;
+      this.closing = "";
       if (this.closedByUs) return;
-      const why = event.reason || (event.code === 1006 ? "connection lost" : `closed (${event.code})`);
+      const why = (closing && "closed by the server") || event.reason ||
+        (event.code === 1006 ? "connection lost" : `closed (${event.code})`);
       const wait = Math.round(this.delay * (0.5 + Math.random() / 2));
       this.onState("offline", why, wait);
       clearTimeout(this.timer);
@@ -181,7 +187,10 @@ export class ChatSocket {
     } else if (msg.msgid === Msg.ERROR && msg.re == null && CLOSING.has(msg.errno)) {
       // The server closes next, of its own accord: this answers no request
       // (what waits is in doubt, as at any close; the page reconnects).
-      console.warn("server closing:", msg.errmsg);
+      // Taken for the oldest request's reply, a chat the server had served
+      // was shown refused.
+      this.closing = String(msg.errmsg ?? "closing");
+      if (this.onClosing) this.onClosing(this.closing);
     } else if (this.pending.length) this.pending.shift().resolve(msg);
   }
 
