@@ -6,7 +6,6 @@ the stored path (where the quota applies) instead of the bus."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import secrets
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from clusterchat.bus import scripts
 from clusterchat.bus.redis import RedisCluster
 from tests.bus.test_redis_flow import Inbox, _until
 from tests.cluster.conftest import SHARED_REDIS
-from tests.helpers import OwnRedis
+from tests.helpers import OwnRedis, ScriptGate
 
 NODES = ("a", "b", "c")
 UIDS = (1, 2)
@@ -188,72 +187,6 @@ async def test_a_mark_survives_a_resync(own_redis: OwnRedis) -> None:
         await b.close()
 
 
-class ReplyGate:
-    """A TCP proxy to a redis-server that, once armed, holds the replies on
-    the connection whose client sends ``marker`` (a script's SHA) until
-    opened; every other connection (the subscription among them) flows.
-    The reply is held after Redis ran the command: what the client learns
-    late is what was true when it ran."""
-
-    def __init__(self, target_port: int, marker: bytes) -> None:
-        self.target_port = target_port
-        self.marker = marker
-        self.port = 0
-        self.armed = False
-        self.held = asyncio.Event()  # a reply is being held
-        self._open = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def open(self) -> None:
-        self._open.set()
-
-    async def close(self) -> None:
-        self._open.set()
-        if self._server is not None:
-            self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for w in self._writers:
-            w.transport.abort()
-
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers += [w, uw]
-        gated = False
-
-        async def up() -> None:
-            nonlocal gated
-            with contextlib.suppress(OSError):
-                while data := await r.read(65536):
-                    if self.armed and self.marker in data:
-                        gated = True  # before Redis can answer it
-                    uw.write(data)
-                    await uw.drain()
-
-        async def down() -> None:
-            with contextlib.suppress(OSError):
-                while data := await ur.read(65536):
-                    if gated and not self._open.is_set():
-                        self.held.set()
-                        await self._open.wait()
-                    w.write(data)
-                    await w.drain()
-
-        for t in (asyncio.ensure_future(up()), asyncio.ensure_future(down())):
-            self._tasks.add(t)
-
-
 async def test_a_route_looked_up_as_an_unmark_passes_is_not_cached_full(
     own_redis: OwnRedis,
 ) -> None:
@@ -270,7 +203,7 @@ async def test_a_route_looked_up_as_an_unmark_passes_is_not_cached_full(
             seen.append(gid)
 
     sha = hashlib.sha1(scripts.LOCATE.encode()).hexdigest().encode()
-    gate = ReplyGate(own_redis.port, sha)
+    gate = ScriptGate(own_redis.port, sha, hold="reply")
     await gate.start()
     a_inbox, b_inbox = Watching(here=True), Inbox(here=True)
     a = RedisCluster(gate.url, "a", "t:", presence_ttl=10)
