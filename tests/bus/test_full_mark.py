@@ -196,16 +196,10 @@ async def test_a_route_looked_up_as_an_unmark_passes_is_not_cached_full(
     cached as FULL, or every later message from a to BOB takes the stored
     path for as long as BOB stays logged in (no misdelivery corrects a
     route that sends nothing to a node)."""
-    seen: list[int] = []
-
-    class Watching(Inbox):
-        def group_changed(self, gid: int) -> None:
-            seen.append(gid)
-
     sha = hashlib.sha1(scripts.LOCATE.encode()).hexdigest().encode()
     gate = ScriptGate(own_redis.port, sha, hold="reply")
     await gate.start()
-    a_inbox, b_inbox = Watching(here=True), Inbox(here=True)
+    a_inbox, b_inbox = Inbox(here=True), Inbox(here=True)
     a = RedisCluster(gate.url, "a", "t:", presence_ttl=10)
     b = RedisCluster(own_redis.url, "b", "t:", presence_ttl=10)
     await a.start(a_inbox)
@@ -219,7 +213,7 @@ async def test_a_route_looked_up_as_an_unmark_passes_is_not_cached_full(
             await gate.held.wait()  # LOCATE ran (BOB full); a has not read its answer
         await b.mark_full(BOB, False)
         await b.client.publish("t:events", "g99")  # after the 'p' event, in order
-        await _until(lambda: seen == [99])  # a has handled the 'p' event
+        await _until(lambda: a_inbox.groups == [99])  # a has handled the 'p' event
         gate.open()
         assert await sending == [BOB]  # full when LOCATE ran: stored, within the quota
         assert await b._located([BOB]) == [("b", False)]
