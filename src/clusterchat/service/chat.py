@@ -877,11 +877,12 @@ class ChatService:
         self.sessions[req.id] = s
         if full:
             s.race.full = True
-        elif s.race.recheck or (read and self._quota_on):
+        elif s.race.recheck or (read and self.bus.shared and self._quota_on):
             # A store noticed since the read may have filled it; so may one
             # from another node between the read and the claim, unnoticed (its
             # nudge found the user offline): read again, now that later
-            # stores are noticed, and mark it if so.
+            # stores are noticed, and mark it if so. (A lone node notices
+            # every store: they are its own.)
             self._spawn(self._recheck_mailbox(req.id))
         self.presence.registered(req.id, self.sessions)
         return Admitted(resumed)
