@@ -231,6 +231,79 @@ class StallingProxy:
             self._tasks.add(t)
 
 
+class ScriptGate:
+    """A TCP proxy to a redis-server that, once ``armed``, holds one command
+    on the connection whose client sends ``marker`` (a script's SHA): its
+    request before Redis runs it (``hold="request"``), or its reply after
+    (``hold="reply"``), until :meth:`open`. Every other connection (a
+    subscription among them) flows, so a test orders one node's script
+    against what other nodes do meanwhile."""
+
+    def __init__(self, target_port: int, marker: bytes, hold: str = "request") -> None:
+        assert hold in ("request", "reply")
+        self.target_port = target_port
+        self.marker = marker
+        self.hold = hold
+        self.port = 0
+        self.armed = False
+        self.held = asyncio.Event()  # the command is being held
+        self._open = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def close(self) -> None:
+        self._open.set()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in self._writers:
+            w.transport.abort()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [w, uw]
+        gated = False
+
+        async def up() -> None:
+            nonlocal gated
+            with contextlib.suppress(OSError):
+                while data := await r.read(65536):
+                    if self.armed and not self._open.is_set() and self.marker in data:
+                        gated = True  # before Redis can answer it
+                        if self.hold == "request":
+                            self.held.set()
+                            await self._open.wait()
+                    uw.write(data)
+                    await uw.drain()
+
+        async def down() -> None:
+            with contextlib.suppress(OSError):
+                while data := await ur.read(65536):
+                    if gated and self.hold == "reply" and not self._open.is_set():
+                        self.held.set()
+                        await self._open.wait()
+                    w.write(data)
+                    await w.drain()
+
+        for t in (asyncio.ensure_future(up()), asyncio.ensure_future(down())):
+            self._tasks.add(t)
+
+
 async def stalling_mariadb(url: str) -> tuple[StallingProxy, str]:
     """A started :class:`StallingProxy` in front of the MariaDB of ``url``,
     and ``url`` through it."""

@@ -5,6 +5,8 @@ the stored path (where the quota applies) instead of the bus."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import secrets
 from collections.abc import Iterator
 
@@ -17,7 +19,7 @@ from clusterchat.bus import scripts
 from clusterchat.bus.redis import RedisCluster
 from tests.bus.test_redis_flow import Inbox, _until
 from tests.cluster.conftest import SHARED_REDIS
-from tests.helpers import OwnRedis
+from tests.helpers import OwnRedis, ScriptGate
 
 NODES = ("a", "b", "c")
 UIDS = (1, 2)
@@ -183,3 +185,41 @@ async def test_a_mark_survives_a_resync(own_redis: OwnRedis) -> None:
         assert await b._located([BOB]) == [("b", True)]
     finally:
         await b.close()
+
+
+async def test_a_route_looked_up_as_an_unmark_passes_is_not_cached_full(
+    own_redis: OwnRedis,
+) -> None:
+    """Node a's LOCATE runs while BOB is marked full; node b clears the mark
+    and its presence event reaches a before LOCATE's answer does. The event
+    dropped nothing (nothing was cached yet); the answer must not then be
+    cached as FULL, or every later message from a to BOB takes the stored
+    path for as long as BOB stays logged in (no misdelivery corrects a
+    route that sends nothing to a node)."""
+    sha = hashlib.sha1(scripts.LOCATE.encode()).hexdigest().encode()
+    gate = ScriptGate(own_redis.port, sha, hold="reply")
+    await gate.start()
+    a_inbox, b_inbox = Inbox(here=True), Inbox(here=True)
+    a = RedisCluster(gate.url, "a", "t:", presence_ttl=10)
+    b = RedisCluster(own_redis.url, "b", "t:", presence_ttl=10)
+    await a.start(a_inbox)
+    await b.start(b_inbox)
+    try:
+        await b.client.script_load(scripts.LOCATE)  # EVALSHA finds it: one round trip
+        assert await b.claim(BOB, full=True)
+        gate.armed = True
+        sending = asyncio.ensure_future(a.send([BOB], b"while full"))
+        async with asyncio.timeout(10):
+            await gate.held.wait()  # LOCATE ran (BOB full); a has not read its answer
+        await b.mark_full(BOB, False)
+        await b.client.publish("t:events", "g99")  # after the 'p' event, in order
+        await _until(lambda: a_inbox.groups == [99])  # a has handled the 'p' event
+        gate.open()
+        assert await sending == [BOB]  # full when LOCATE ran: stored, within the quota
+        assert await b._located([BOB]) == [("b", False)]
+        assert await a.send([BOB], b"under the quota") == []
+        await _until(lambda: b_inbox.offered == [b"under the quota"])
+    finally:
+        await a.close()
+        await b.close()
+        await gate.close()

@@ -30,6 +30,7 @@ class Inbox:
         self.offered: list[bytes] = []
         self.stored: list[tuple[list[int], bytes]] = []
         self.writes = 0  # calls to store (one write each in the service)
+        self.groups: list[int] = []  # 'g' events handled (a marker after other events)
         self.gate = asyncio.Event()
         self.gate.set()
 
@@ -66,7 +67,7 @@ class Inbox:
         return None
 
     def group_changed(self, gid: int) -> None:
-        return None
+        self.groups.append(gid)
 
 
 @pytest.fixture
@@ -129,6 +130,9 @@ async def test_post_reported_tells_the_outcome_and_leaves_storing_to_the_caller(
     try:
         assert not a.post_reported(BOB, b"unknown", lambda ok: outcomes.append((b"?", ok)))
         assert await b.claim(BOB)
+        # A lookup its claim's event crosses is not cached: a has the event first.
+        await b.client.publish("t:events", "g1")
+        await _until(lambda: a_inbox.groups == [1])
         assert await a.send([BOB], b"warm") == []  # the route is known now
         assert a.post_reported(BOB, b"one", lambda ok: outcomes.append((b"one", ok)))
         assert a.post_reported(BOB, b"two", lambda ok: outcomes.append((b"two", ok)))

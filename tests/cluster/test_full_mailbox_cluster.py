@@ -14,6 +14,7 @@ before any acknowledgement (ERROR 171)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -23,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
+from clusterchat.bus import scripts
 from clusterchat.bus.redis import RedisCluster
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Limits, Settings
@@ -33,6 +35,7 @@ from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import offlinemessage
 from tests.cluster.conftest import PRESENCE_TTL
 from tests.conftest import FAST_HASH, PASSWORD, unique
+from tests.helpers import ScriptGate
 
 QUOTA = 20  # --offline-quota's messages
 WINDOW = 10  # --receipt-window
@@ -206,16 +209,31 @@ async def test_an_honest_receiver_gets_live_messages_from_another_node_again(
         got.append(await receiver.expect(MsgId.ONE_CHAT))
     assert [m["mid"] for m in got] == kept
     await receiver.received(QUOTA)
-    async with asyncio.timeout(10):  # below the quota: node a routes to node b again
+    # Below the quota: node a routes to node b again once the mark's clearing
+    # reaches it. Until then its messages take the stored path: refused
+    # while the confirmed rows are not yet deleted, stored (and delivered
+    # from the store) once they are and the mark is not yet cleared.
+    stored: list[str] = []
+    async with asyncio.timeout(10):
         while True:
             live = await _chat(sender, uid, "live again")
-            if live["msgid"] == MsgId.CHAT_ACK:
+            if live["msgid"] == MsgId.CHAT_ACK and live["status"] == ChatStatus.DELIVERED:
                 break
-            assert live["errno"] == ErrCode.MAILBOX_FULL, live
+            if live["msgid"] == MsgId.CHAT_ACK:
+                assert live["status"] == ChatStatus.STORED, live
+                stored.append(live["mid"])
+            else:
+                assert live["errno"] == ErrCode.MAILBOX_FULL, live
             await asyncio.sleep(0.05)
-    assert live["status"] == ChatStatus.DELIVERED, live
-    assert (await receiver.expect(MsgId.ONE_CHAT))["mid"] == live["mid"]
-    assert await _rows(b, uid) == 0
+    arrived: list[str] = []
+    async with asyncio.timeout(10):
+        while not {live["mid"], *stored} <= set(arrived):
+            arrived.append((await receiver.expect(MsgId.ONE_CHAT))["mid"])
+    assert len(arrived) == len(stored) + 1, arrived  # each once
+    await receiver.received(QUOTA + len(arrived))
+    async with asyncio.timeout(10):  # confirmed: the stored ones' rows go too
+        while await _rows(b, uid):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     for c in (sender, receiver):
         await c.close()
 
@@ -284,3 +302,56 @@ async def test_a_mailbox_filled_during_a_session_is_marked_for_the_other_node(
     assert await _rows(b, uid) == QUOTA
     for c in (sender, receiver):
         await c.close()
+
+
+async def test_a_mailbox_filled_from_another_node_while_logging_in_is_marked(
+    db_url: str, shared_redis: str
+) -> None:
+    """Node b reads the receiver's tally (one under the quota), and before
+    its CLAIM runs node a stores one more for them (offline, as far as
+    Redis says: its nudge finds nobody). Once logged in, the receiver's
+    mailbox is full: node a's next message must be refused, not delivered
+    live (and stored past the quota at a cut-off). Node b reads the tally
+    again once it holds the user (a store from then on is noticed there)
+    and marks the mailbox; node a refuses from then on."""
+    sha = hashlib.sha1(scripts.CLAIM.encode()).hexdigest().encode()
+    gate = ScriptGate(int(shared_redis.rsplit(":", 1)[1].split("/")[0]), sha)
+    await gate.start()
+    prefix = f"ccfull:{secrets.token_hex(4)}:"
+    a = Node(_settings(db_url, shared_redis, prefix, "a", QUOTA))
+    b = Node(_settings(db_url, gate.url, prefix, "b", QUOTA))
+    await a.start()
+    await b.start()
+    r = aioredis.Redis.from_url(shared_redis)
+    try:
+        await r.script_load(scripts.CLAIM)  # b's EVALSHA finds it: one command to hold
+        (sender, _), (first, uid) = await _sender(a), await _registered(b)
+        await first.close()
+        for i in range(QUOTA - 1):
+            assert (await _chat(sender, uid, f"kept {i}"))["status"] == ChatStatus.STORED
+        receiver = await ChatConnection.open("127.0.0.1", b.port)
+        gate.armed = True
+        login = asyncio.ensure_future(receiver.login(uid, PASSWORD, receipts=True))
+        async with asyncio.timeout(10):
+            await gate.held.wait()  # b read the tally; its CLAIM has not run
+        last = await _chat(sender, uid, "fills it")
+        assert last["status"] == ChatStatus.STORED, last
+        gate.open()
+        assert (await login)["errno"] == 0
+        bus = a.service.bus
+        assert isinstance(bus, RedisCluster)
+        async with asyncio.timeout(5):  # b re-read the tally and marked it; a has the event
+            while await r.get(f"{prefix}full:{uid}") != b"b" or bus._routes.get(uid):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        reply = await _chat(sender, uid, "after the login")
+        assert reply["msgid"] == MsgId.ERROR and reply["errno"] == ErrCode.MAILBOX_FULL, reply
+        for c in (sender, receiver):
+            await c.close()
+    finally:
+        await b.stop()
+        await a.stop()
+        await gate.close()
+        stale = [k async for k in r.scan_iter(match=f"{prefix}*")]
+        if stale:
+            await r.delete(*stale)
+        await r.aclose()

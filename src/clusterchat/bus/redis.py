@@ -163,6 +163,14 @@ class RedisCluster:
         self._events = f"{prefix}events".encode()
         self._inbox: Inbox | None = None
         self._routes: dict[int, str] = {}
+        #: Users whose route is being looked up (LOCATE under way; how many
+        #: lookups), and those of them whose presence changed meanwhile (a
+        #: 'p' event, or a resync): their answer routes the message it was
+        #: read for, but is not cached. A stale node route costs a
+        #: misdelivery that corrects it; a stale FULL one sends nothing to a
+        #: node, so nothing would correct it while the user stays.
+        self._looking: dict[int, int] = {}
+        self._moved: set[int] = set()
         self._outbox: dict[str, list[Item]] = {}
         self._queued: dict[str, int] = {}  # bytes admitted into _outbox, per node
         self._posted: dict[str, list[Item]] = {}  # queued by post(): nobody awaits them
@@ -524,17 +532,31 @@ class RedisCluster:
         routes = self._routes
         by_node: dict[str, list[int]] = {}
         unknown = [uid for uid in uids if uid not in routes]
+        found: dict[int, str] = {}
         if unknown:
+            looking = self._looking
+            for uid in unknown:
+                looking[uid] = looking.get(uid, 0) + 1
             try:
                 where = await self._located(unknown)
             except errors.Unavailable:
                 where = [(None, False)] * len(unknown)
+            finally:
+                stale = self._moved.intersection(unknown) if self._moved else set()
+                for uid in unknown:
+                    if looking[uid] > 1:
+                        looking[uid] -= 1
+                    else:
+                        del looking[uid]
+                        self._moved.discard(uid)
             for uid, (node, full) in zip(unknown, where, strict=True):
                 if node is not None:
-                    routes[uid] = FULL if full else node
+                    found[uid] = FULL if full else node
+                    if uid not in stale:  # else a presence event came before the answer
+                        routes[uid] = found[uid]
         undelivered: list[int] = []
         for uid in uids:
-            node = routes.get(uid)
+            node = found.get(uid) if uid in found else routes.get(uid)
             # Offline, or said to be here but is not, or online with a full
             # mailbox: the caller stores it, within the quota (ERROR 171/174
             # before any acknowledgement); a re-routed message, already
@@ -911,6 +933,7 @@ class RedisCluster:
         """After (re)connecting: Redis may have lost everything, and events were missed."""
         assert self._inbox is not None
         self._routes.clear()
+        self._moved.update(self._looking)  # events were missed
         await self._heartbeat_once()
         local = set(self._inbox.local_users())
         listed = {int(u) for u in await self.client.smembers(self._members_key)}
@@ -926,7 +949,10 @@ class RedisCluster:
         if channel == self._events:
             event, ident = data[:1], data[1:]
             if event == b"p":
-                self._routes.pop(int(ident), None)
+                uid = int(ident)
+                self._routes.pop(uid, None)
+                if uid in self._looking:
+                    self._moved.add(uid)
             elif event == b"g" and self._inbox is not None:
                 self._inbox.group_changed(int(ident))
             elif event in (b"k", b"b") and self._inbox is not None:  # clusterchat.admin: kick, ban

@@ -866,7 +866,8 @@ class ChatService:
         # full (a store since is noticed: race.recheck), and a reconnect
         # storm costs no read more.
         full: bool | None = False
-        if resumed is None or resumed.has_offline:
+        read = resumed is None or resumed.has_offline
+        if read:
             full = await self._mailbox_full(req.id)
         if not await self._claim(s, req.id, password=req.ticket is None, full=bool(full)):
             return None
@@ -883,7 +884,12 @@ class ChatService:
         self.sessions[req.id] = s
         if full:
             s.race.full = True
-        elif s.race.recheck:  # a store noticed since the read may have filled it
+        elif s.race.recheck or (read and self.bus.shared and self._quota_on):
+            # A store noticed since the read may have filled it; so may one
+            # from another node between the read and the claim, unnoticed (its
+            # nudge found the user offline): read again, now that later
+            # stores are noticed, and mark it if so. (A lone node notices
+            # every store: they are its own.)
             self._spawn(self._recheck_mailbox(req.id))
         self.presence.registered(req.id, self.sessions)
         return Admitted(resumed)
@@ -1685,7 +1691,7 @@ class ChatService:
             return False
         if s.race.stored():
             self._spawn(self._flush_offline(s, s.race))
-        if not s.race.full and (self.quota.offline_messages or self.quota.offline_bytes):
+        if not s.race.full and self._quota_on:
             self._spawn(self._recheck_mailbox(uid))
         return True
 
@@ -1752,6 +1758,11 @@ class ChatService:
         re-store writer, which retries until the store takes them, then
         releases ``settlements``. Chat only: events and notices are never kept."""
         self.restorer.add(uid, [p for p in payloads if pushes.is_chat(p)], settlements)
+
+    @property
+    def _quota_on(self) -> bool:
+        """Whether a mailbox can be full (a message or byte quota is set)."""
+        return bool(self.quota.offline_messages or self.quota.offline_bytes)
 
     async def _mailbox_full(self, uid: int) -> bool | None:
         """Whether ``uid``'s mailbox is at or past its quota, as its tally
