@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import func, select
 
 from clusterchat.bus import scripts
 from clusterchat.bus.redis import RedisCluster
@@ -31,11 +30,10 @@ from clusterchat.config import Limits, Settings
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ChatStatus, ErrCode, MsgId
 from clusterchat.server.node import Node
-from clusterchat.storage.sql import SqlStore
-from clusterchat.storage.tables import offlinemessage
 from tests.cluster.conftest import PRESENCE_TTL
 from tests.conftest import FAST_HASH, PASSWORD, unique
 from tests.helpers import ScriptGate
+from tests.mailboxes import logged_in, registered, stored_rows
 
 QUOTA = 20  # --offline-quota's messages
 WINDOW = 10  # --receipt-window
@@ -102,26 +100,6 @@ async def qpair(db_url: str, shared_redis: str) -> AsyncIterator[tuple[Node, Nod
         yield pair
 
 
-async def _registered(node: Node) -> tuple[ChatConnection, int]:
-    conn = await ChatConnection.open("127.0.0.1", node.port)
-    return conn, await conn.register(unique(), PASSWORD)
-
-
-async def _sender(node: Node) -> tuple[ChatConnection, int]:
-    conn, uid = await _registered(node)
-    assert (await conn.login(uid, PASSWORD))["errno"] == 0
-    return conn, uid
-
-
-async def _rows(node: Node, uid: int) -> int:
-    """Messages stored for ``uid``, counted in the table (not the tally)."""
-    store = node.service.store
-    assert isinstance(store, SqlStore)
-    async with store.engine.connect() as conn:
-        q = select(func.count()).where(offlinemessage.c.userid.in_((uid, -uid)))
-        return int((await conn.execute(q)).scalar_one())
-
-
 async def _settled(senders: Node, receivers: Node, uid: int) -> None:
     """The receiver's session is over, what it left is stored, and every
     batch the senders' node sent is acknowledged and settled (so whatever
@@ -153,8 +131,8 @@ async def test_senders_on_another_node_cannot_grow_a_full_mailbox(
     node a sees it marked full and refuses: the first round's cut-off is
     the only one."""
     a, b = small_pair
-    senders = [await _sender(a), await _sender(a)]
-    first, uid = await _registered(b)
+    senders = [await logged_in(a), await logged_in(a)]
+    first, uid = await registered(b)
     await first.close()
     refused = cut_offs = 0
     rows: list[int] = []
@@ -177,7 +155,7 @@ async def test_senders_on_another_node_cannot_grow_a_full_mailbox(
             cut_offs += 1
             await mute.close()
         await _settled(a, b, uid)
-        rows.append(await _rows(b, uid))
+        rows.append(await stored_rows(b, uid))
     print(f"rows after each round: {rows}; cut-offs {cut_offs}, refused {refused}")
     assert max(rows) <= SMALL + WINDOW + 1, rows
     assert cut_offs == 1, rows  # the first round's window overflowed; no other
@@ -193,7 +171,7 @@ async def test_an_honest_receiver_gets_live_messages_from_another_node_again(
     receiver. Once the receiver confirms what it was kept, the mark goes and
     that sender's next message is delivered live."""
     a, b = qpair
-    (sender, _), (receiver, uid) = await _sender(a), await _registered(b)
+    (sender, _), (receiver, uid) = await logged_in(a), await registered(b)
     kept = []
     for i in range(QUOTA):
         ack = await _chat(sender, uid, f"kept {i}")
@@ -232,7 +210,7 @@ async def test_an_honest_receiver_gets_live_messages_from_another_node_again(
     assert len(arrived) == len(stored) + 1, arrived  # each once
     await receiver.received(QUOTA + len(arrived))
     async with asyncio.timeout(10):  # confirmed: the stored ones' rows go too
-        while await _rows(b, uid):  # noqa: ASYNC110
+        while await stored_rows(b, uid):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
     for c in (sender, receiver):
         await c.close()
@@ -245,8 +223,8 @@ async def test_a_full_member_on_another_node_is_listed_in_full(
     full: kept within the quota as for a member away, so refused for them
     and listed in the CHAT_ACK's ``full``; the other member gets it live."""
     a, b = qpair
-    (sender, _), (other, _) = await _sender(a), await _sender(b)
-    member, uid = await _sender(b)
+    (sender, _), (other, _) = await logged_in(a), await logged_in(b)
+    member, uid = await logged_in(b)
     made = await sender.request(
         {"msgid": MsgId.CREATE_GROUP, "groupname": unique()}, MsgId.CREATE_GROUP_ACK
     )
@@ -266,7 +244,7 @@ async def test_a_full_member_on_another_node_is_listed_in_full(
     ack = await sender.request(post, MsgId.CHAT_ACK)
     assert ack["status"] == ChatStatus.SENT and ack["full"] == [uid], ack
     assert (await other.expect(MsgId.GROUP_CHAT))["mid"] == ack["mid"]
-    assert await _rows(b, uid) == QUOTA
+    assert await stored_rows(b, uid) == QUOTA
     for c in (sender, member, other):
         await c.close()
 
@@ -278,7 +256,7 @@ async def test_a_mailbox_filled_during_a_session_is_marked_for_the_other_node(
     a receiver online on node b fill its mailbox, node b marks it in Redis,
     and node a's next message to it is refused instead of delivered live."""
     a, b = qpair
-    (sender, sid), (receiver, uid) = await _sender(a), await _registered(b)
+    (sender, sid), (receiver, uid) = await logged_in(a), await registered(b)
     assert (await receiver.login(uid, PASSWORD, receipts=True))["receipts"] is True
     first = await _chat(sender, uid, "live")
     assert first["status"] == ChatStatus.DELIVERED, first
@@ -299,7 +277,7 @@ async def test_a_mailbox_filled_during_a_session_is_marked_for_the_other_node(
         await r.aclose()
     reply = await _chat(sender, uid, "after it filled")
     assert reply["msgid"] == MsgId.ERROR and reply["errno"] == ErrCode.MAILBOX_FULL, reply
-    assert await _rows(b, uid) == QUOTA
+    assert await stored_rows(b, uid) == QUOTA
     for c in (sender, receiver):
         await c.close()
 
@@ -325,7 +303,7 @@ async def test_a_mailbox_filled_from_another_node_while_logging_in_is_marked(
     r = aioredis.Redis.from_url(shared_redis)
     try:
         await r.script_load(scripts.CLAIM)  # b's EVALSHA finds it: one command to hold
-        (sender, _), (first, uid) = await _sender(a), await _registered(b)
+        (sender, _), (first, uid) = await logged_in(a), await registered(b)
         await first.close()
         for i in range(QUOTA - 1):
             assert (await _chat(sender, uid, f"kept {i}"))["status"] == ChatStatus.STORED

@@ -18,16 +18,14 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ChatStatus, ErrCode, MsgId
 from clusterchat.server.node import Node
-from clusterchat.storage.sql import SqlStore
-from clusterchat.storage.tables import offlinemessage
 from tests.conftest import PASSWORD, unique
+from tests.mailboxes import logged_in, registered, stored_rows
 
 QUOTA = 20  # --offline-quota's messages
 WINDOW = 10  # --receipt-window
@@ -66,26 +64,6 @@ async def small_node(settings: Settings) -> AsyncIterator[Node]:
     await n.stop()
 
 
-async def _registered(node: Node) -> tuple[ChatConnection, int]:
-    conn = await ChatConnection.open("127.0.0.1", node.port)
-    return conn, await conn.register(unique(), PASSWORD)
-
-
-async def _sender(node: Node) -> tuple[ChatConnection, int]:
-    conn, uid = await _registered(node)
-    assert (await conn.login(uid, PASSWORD))["errno"] == 0
-    return conn, uid
-
-
-async def _rows(node: Node, uid: int) -> int:
-    """Messages stored for ``uid``, counted in the table (not the tally)."""
-    store = node.service.store
-    assert isinstance(store, SqlStore)
-    async with store.engine.connect() as conn:
-        q = select(func.count()).where(offlinemessage.c.userid.in_((uid, -uid)))
-        return int((await conn.execute(q)).scalar_one())
-
-
 async def _gone(node: Node, uid: int) -> None:
     """The session is over and what it left is stored."""
     async with asyncio.timeout(10):
@@ -113,8 +91,8 @@ async def test_a_receiver_that_never_confirms_is_held_to_its_quota(small_node: N
     new messages are refused and there is no cut-off to store: it stops at
     the quota plus the one cut-off's window and the message that overflowed it."""
     node = small_node
-    senders = [await _sender(node), await _sender(node)]
-    first, uid = await _registered(node)
+    senders = [await logged_in(node), await logged_in(node)]
+    first, uid = await registered(node)
     await first.close()
     refused = cut_offs = 0
     most = 0
@@ -136,7 +114,7 @@ async def test_a_receiver_that_never_confirms_is_held_to_its_quota(small_node: N
             cut_offs += 1
             await mute.close()
         await _gone(node, uid)
-        most = max(most, await _rows(node, uid))
+        most = max(most, await stored_rows(node, uid))
     assert cut_offs == 1  # the first round's window overflowed, as before; no other
     assert refused >= (ROUNDS - 1) * (WINDOW + 2)  # from the second round on, all refused
     assert most <= SMALL + WINDOW + 1, most
@@ -149,7 +127,7 @@ async def test_an_honest_receiver_with_a_full_mailbox_gets_live_messages_again(
 ) -> None:
     """The quota's own refusals go on while it is full, its messages come in
     order, and once it confirms them the next message is delivered live."""
-    (sender, _), (receiver, uid) = await _sender(qnode), await _registered(qnode)
+    (sender, _), (receiver, uid) = await logged_in(qnode), await registered(qnode)
     kept = []
     for i in range(QUOTA):
         ack = await _chat(sender, uid, f"kept {i}")
@@ -174,7 +152,7 @@ async def test_an_honest_receiver_with_a_full_mailbox_gets_live_messages_again(
     assert live["msgid"] == MsgId.CHAT_ACK and live["status"] == ChatStatus.DELIVERED, live
     assert (await receiver.expect(MsgId.ONE_CHAT))["mid"] == live["mid"]
     async with asyncio.timeout(5):  # the last confirmed rows' delete may still be under way
-        while await _rows(qnode, uid):  # noqa: ASYNC110
+        while await stored_rows(qnode, uid):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
     for c in (sender, receiver):
         await c.close()
@@ -184,7 +162,7 @@ async def test_a_full_member_online_misses_group_messages_as_if_away(qnode: Node
     """A group message to a member here whose mailbox is full is kept for
     them within the quota like one to a member away: the sender's CHAT_ACK
     lists them in ``full``, and the others get it live."""
-    (sender, _), (member, uid), (other, _) = [await _sender(qnode) for _ in range(3)]
+    (sender, _), (member, uid), (other, _) = [await logged_in(qnode) for _ in range(3)]
     made = await sender.request(
         {"msgid": MsgId.CREATE_GROUP, "groupname": unique()}, MsgId.CREATE_GROUP_ACK
     )
@@ -202,7 +180,7 @@ async def test_a_full_member_online_misses_group_messages_as_if_away(qnode: Node
     ack = await sender.request(post, MsgId.CHAT_ACK)
     assert ack["status"] == ChatStatus.SENT and ack["full"] == [uid], ack
     assert (await other.expect(MsgId.GROUP_CHAT))["mid"] == ack["mid"]
-    assert await _rows(qnode, uid) == QUOTA
+    assert await stored_rows(qnode, uid) == QUOTA
     for c in (sender, member, other):
         await c.close()
 
@@ -210,7 +188,7 @@ async def test_a_full_member_online_misses_group_messages_as_if_away(qnode: Node
 async def test_without_receipts_reading_the_mailbox_lets_live_messages_in(qnode: Node) -> None:
     """A client without receipts (rows deleted as written) is let back in
     once its stored messages are written to it."""
-    (sender, _), (receiver, uid) = await _sender(qnode), await _registered(qnode)
+    (sender, _), (receiver, uid) = await logged_in(qnode), await registered(qnode)
     kept = [(await _chat(sender, uid, f"kept {i}"))["mid"] for i in range(QUOTA)]
     ack = await receiver.login(uid, PASSWORD)
     got = [codec.loads(m)["mid"] for m in ack.get("offlinemsg", ())]
