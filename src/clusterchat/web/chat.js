@@ -3,8 +3,8 @@
 // app once each (by mid), reconnect with backoff and a ticket login.
 // The same protocol as the terminal client: docs/PROTOCOL.md, modern dialect.
 // It asks for receipts at login and acknowledges pushes (RECEIVED, no reply):
-// every ACK_EVERY messages or ACK_EVERY_BYTES bytes, each ACK_INTERVAL_MS
-// while any are new, before LOGOUT and when the page goes away; the server
+// every ACK_EVERY messages or ACK_EVERY_BYTES bytes, ACK_INTERVAL_MS after
+// the first new one, before LOGOUT and when the page goes away; the server
 // keeps what we did not acknowledge for our next login.
 
 export const Msg = Object.freeze({
@@ -59,7 +59,12 @@ export class ChatSocket {
     this.ackedSeq = 0; // ...and acknowledged
     setInterval(() => { if (this.ready) this.request({ msgid: Msg.PING }).catch(() => {}); },
       KEEPALIVE_MS);
-    setInterval(() => this._ack(), ACK_INTERVAL_MS);
+    // A one-shot timer set when a message arrives, not an interval: Chrome
+    // runs a hidden tab's chained timers (an interval's every tick) once a
+    // minute after 5 minutes, and a message waiting that long for its
+    // receipt is past the server's --receipt-timeout (30 s): the tab would
+    // be cut off (ERROR 186) for every message that came while it was hidden.
+    this.ackTimer = null;
     if (typeof window !== "undefined") window.addEventListener("pagehide", () => this._ack());
   }
 
@@ -79,10 +84,13 @@ export class ChatSocket {
       this.seenSeq = seq;
       this.unackedBytes = (this.unackedBytes || 0) + bytes;
       if (seq - this.ackedSeq >= ACK_EVERY || this.unackedBytes >= ACK_EVERY_BYTES) this._ack();
+      else if (this.ackTimer === null) this.ackTimer = setTimeout(() => this._ack(), ACK_INTERVAL_MS);
     }
   }
 
   _ack() {
+    clearTimeout(this.ackTimer);
+    this.ackTimer = null;
     const ws = this.ws;
     if (this.seenSeq > this.ackedSeq && ws && ws.readyState === WebSocket.OPEN) {
       ws.send(JSON.stringify({ msgid: Msg.RECEIVED, seq: this.seenSeq }));
