@@ -3,9 +3,13 @@ and across nodes)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from sqlalchemy import func, select
 
 from clusterchat.client.connection import ChatConnection
+from clusterchat.protocol.messages import ChatStatus, MsgId
 from clusterchat.server.node import Node
 from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import offlinemessage
@@ -31,3 +35,46 @@ async def stored_rows(node: Node, uid: int) -> int:
     async with store.engine.connect() as conn:
         q = select(func.count()).where(offlinemessage.c.userid.in_((uid, -uid)))
         return int((await conn.execute(q)).scalar_one())
+
+
+async def chat(sender: ChatConnection, toid: int, msg: str) -> dict[str, Any]:
+    """A ONE_CHAT and what answers it (a CHAT_ACK or an ERROR)."""
+    await sender.send({"msgid": MsgId.ONE_CHAT, "toid": toid, "msg": msg})
+    return await sender.recv()
+
+
+async def gone(node: Node, uid: int) -> None:
+    """The session is over and what it left is stored."""
+    async with asyncio.timeout(10):
+        while uid in node.service.sessions:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    assert await node.service.restorer.drain(10)
+
+
+async def a_full_member_misses_a_group_message(at: Node, members_at: Node, quota: int) -> None:
+    """A group message from a sender on ``at`` to a member on ``members_at``
+    whose mailbox holds ``quota`` messages is kept for them within the
+    quota, as for a member away: not kept, listed in the CHAT_ACK's
+    ``full``, while the other member gets it live."""
+    (sender, _), (other, _) = await logged_in(at), await logged_in(members_at)
+    member, uid = await logged_in(members_at)
+    made = await sender.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": unique()}, MsgId.CREATE_GROUP_ACK
+    )
+    gid = made["groupid"]
+    for conn in (member, other):
+        joined = await conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
+        assert joined["errno"] == 0, joined
+    await member.close()
+    await gone(members_at, uid)
+    for i in range(quota):
+        assert (await chat(sender, uid, f"kept {i}"))["status"] == ChatStatus.STORED
+    member = await ChatConnection.open("127.0.0.1", members_at.port)
+    assert (await member.login(uid, PASSWORD, receipts=True))["errno"] == 0
+    post = {"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": "to the group"}
+    ack = await sender.request(post, MsgId.CHAT_ACK)
+    assert ack["status"] == ChatStatus.SENT and ack["full"] == [uid], ack
+    assert (await other.expect(MsgId.GROUP_CHAT))["mid"] == ack["mid"]
+    assert await stored_rows(members_at, uid) == quota
+    for c in (sender, member, other):
+        await c.close()

@@ -18,7 +18,6 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -31,9 +30,15 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ChatStatus, ErrCode, MsgId
 from clusterchat.server.node import Node
 from tests.cluster.conftest import PRESENCE_TTL
-from tests.conftest import FAST_HASH, PASSWORD, unique
+from tests.conftest import FAST_HASH, PASSWORD
 from tests.helpers import ScriptGate
-from tests.mailboxes import logged_in, registered, stored_rows
+from tests.mailboxes import (
+    a_full_member_misses_a_group_message,
+    chat,
+    logged_in,
+    registered,
+    stored_rows,
+)
 
 QUOTA = 20  # --offline-quota's messages
 WINDOW = 10  # --receipt-window
@@ -117,11 +122,6 @@ async def _settled(senders: Node, receivers: Node, uid: int) -> None:
         assert await receivers.service.restorer.drain(10)
 
 
-async def _chat(sender: ChatConnection, toid: int, msg: str) -> dict[str, Any]:
-    await sender.send({"msgid": MsgId.ONE_CHAT, "toid": toid, "msg": msg})
-    return await sender.recv()
-
-
 async def test_senders_on_another_node_cannot_grow_a_full_mailbox(
     small_pair: tuple[Node, Node],
 ) -> None:
@@ -141,7 +141,7 @@ async def test_senders_on_another_node_cannot_grow_a_full_mailbox(
         ack = await mute.login(uid, PASSWORD, receipts=True)
         assert ack["errno"] == 0 and ack["receipts"] is True, ack
         for i in range(WINDOW + 2):
-            reply = await _chat(senders[i % 2][0], uid, f"r{r} m{i}")
+            reply = await chat(senders[i % 2][0], uid, f"r{r} m{i}")
             if reply["msgid"] == MsgId.ERROR:
                 assert reply["errno"] in REFUSED, reply
                 assert "not sent" in reply["errmsg"]
@@ -174,12 +174,12 @@ async def test_an_honest_receiver_gets_live_messages_from_another_node_again(
     (sender, _), (receiver, uid) = await logged_in(a), await registered(b)
     kept = []
     for i in range(QUOTA):
-        ack = await _chat(sender, uid, f"kept {i}")
+        ack = await chat(sender, uid, f"kept {i}")
         assert ack["status"] == ChatStatus.STORED, ack
         kept.append(ack["mid"])
     ack = await receiver.login(uid, PASSWORD, receipts=True)
     got = [codec.loads(m) for m in ack.get("offlinemsg", ())]
-    refusal = await _chat(sender, uid, "while full")
+    refusal = await chat(sender, uid, "while full")
     assert refusal["msgid"] == MsgId.ERROR and refusal["errno"] == ErrCode.MAILBOX_FULL, refusal
     while len(got) < QUOTA:
         if got:
@@ -194,7 +194,7 @@ async def test_an_honest_receiver_gets_live_messages_from_another_node_again(
     stored: list[str] = []
     async with asyncio.timeout(10):
         while True:
-            live = await _chat(sender, uid, "live again")
+            live = await chat(sender, uid, "live again")
             if live["msgid"] == MsgId.CHAT_ACK and live["status"] == ChatStatus.DELIVERED:
                 break
             if live["msgid"] == MsgId.CHAT_ACK:
@@ -223,30 +223,7 @@ async def test_a_full_member_on_another_node_is_listed_in_full(
     full: kept within the quota as for a member away, so refused for them
     and listed in the CHAT_ACK's ``full``; the other member gets it live."""
     a, b = qpair
-    (sender, _), (other, _) = await logged_in(a), await logged_in(b)
-    member, uid = await logged_in(b)
-    made = await sender.request(
-        {"msgid": MsgId.CREATE_GROUP, "groupname": unique()}, MsgId.CREATE_GROUP_ACK
-    )
-    gid = made["groupid"]
-    for conn in (member, other):
-        joined = await conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
-        assert joined["errno"] == 0, joined
-    await member.close()
-    async with asyncio.timeout(10):
-        while uid in b.service.sessions:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-    for i in range(QUOTA):
-        assert (await _chat(sender, uid, f"kept {i}"))["status"] == ChatStatus.STORED
-    member = await ChatConnection.open("127.0.0.1", b.port)
-    assert (await member.login(uid, PASSWORD, receipts=True))["errno"] == 0
-    post = {"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": "to the group"}
-    ack = await sender.request(post, MsgId.CHAT_ACK)
-    assert ack["status"] == ChatStatus.SENT and ack["full"] == [uid], ack
-    assert (await other.expect(MsgId.GROUP_CHAT))["mid"] == ack["mid"]
-    assert await stored_rows(b, uid) == QUOTA
-    for c in (sender, member, other):
-        await c.close()
+    await a_full_member_misses_a_group_message(a, b, QUOTA)
 
 
 async def test_a_mailbox_filled_during_a_session_is_marked_for_the_other_node(
@@ -258,7 +235,7 @@ async def test_a_mailbox_filled_during_a_session_is_marked_for_the_other_node(
     a, b = qpair
     (sender, sid), (receiver, uid) = await logged_in(a), await registered(b)
     assert (await receiver.login(uid, PASSWORD, receipts=True))["receipts"] is True
-    first = await _chat(sender, uid, "live")
+    first = await chat(sender, uid, "live")
     assert first["status"] == ChatStatus.DELIVERED, first
     assert (await receiver.expect(MsgId.ONE_CHAT))["mid"] == first["mid"]
     service = b.service
@@ -275,7 +252,7 @@ async def test_a_mailbox_filled_during_a_session_is_marked_for_the_other_node(
                 await asyncio.sleep(0.02)
     finally:
         await r.aclose()
-    reply = await _chat(sender, uid, "after it filled")
+    reply = await chat(sender, uid, "after it filled")
     assert reply["msgid"] == MsgId.ERROR and reply["errno"] == ErrCode.MAILBOX_FULL, reply
     assert await stored_rows(b, uid) == QUOTA
     for c in (sender, receiver):
@@ -306,13 +283,13 @@ async def test_a_mailbox_filled_from_another_node_while_logging_in_is_marked(
         (sender, _), (first, uid) = await logged_in(a), await registered(b)
         await first.close()
         for i in range(QUOTA - 1):
-            assert (await _chat(sender, uid, f"kept {i}"))["status"] == ChatStatus.STORED
+            assert (await chat(sender, uid, f"kept {i}"))["status"] == ChatStatus.STORED
         receiver = await ChatConnection.open("127.0.0.1", b.port)
         gate.armed = True
         login = asyncio.ensure_future(receiver.login(uid, PASSWORD, receipts=True))
         async with asyncio.timeout(10):
             await gate.held.wait()  # b read the tally; its CLAIM has not run
-        last = await _chat(sender, uid, "fills it")
+        last = await chat(sender, uid, "fills it")
         assert last["status"] == ChatStatus.STORED, last
         gate.open()
         assert (await login)["errno"] == 0
@@ -321,7 +298,7 @@ async def test_a_mailbox_filled_from_another_node_while_logging_in_is_marked(
         async with asyncio.timeout(5):  # b re-read the tally and marked it; a has the event
             while await r.get(f"{prefix}full:{uid}") != b"b" or bus._routes.get(uid):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        reply = await _chat(sender, uid, "after the login")
+        reply = await chat(sender, uid, "after the login")
         assert reply["msgid"] == MsgId.ERROR and reply["errno"] == ErrCode.MAILBOX_FULL, reply
         for c in (sender, receiver):
             await c.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
@@ -24,8 +23,15 @@ from clusterchat.config import Settings
 from clusterchat.protocol import codec
 from clusterchat.protocol.messages import ChatStatus, ErrCode, MsgId
 from clusterchat.server.node import Node
-from tests.conftest import PASSWORD, unique
-from tests.mailboxes import logged_in, registered, stored_rows
+from tests.conftest import PASSWORD
+from tests.mailboxes import (
+    a_full_member_misses_a_group_message,
+    chat,
+    gone,
+    logged_in,
+    registered,
+    stored_rows,
+)
 
 QUOTA = 20  # --offline-quota's messages
 WINDOW = 10  # --receipt-window
@@ -64,23 +70,10 @@ async def small_node(settings: Settings) -> AsyncIterator[Node]:
     await n.stop()
 
 
-async def _gone(node: Node, uid: int) -> None:
-    """The session is over and what it left is stored."""
-    async with asyncio.timeout(10):
-        while uid in node.service.sessions:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-    assert await node.service.restorer.drain(10)
-
-
 def _marked_full(node: Node, uid: int) -> bool:
     """The node sends ``uid``'s new messages through the store."""
     s = node.service.sessions.get(uid)
     return s is not None and s.race.full
-
-
-async def _chat(sender: ChatConnection, toid: int, msg: str) -> dict[str, Any]:
-    await sender.send({"msgid": MsgId.ONE_CHAT, "toid": toid, "msg": msg})
-    return await sender.recv()
 
 
 async def test_a_receiver_that_never_confirms_is_held_to_its_quota(small_node: Node) -> None:
@@ -101,7 +94,7 @@ async def test_a_receiver_that_never_confirms_is_held_to_its_quota(small_node: N
         ack = await mute.login(uid, PASSWORD, receipts=True)
         assert ack["errno"] == 0 and ack["receipts"] is True
         for i in range(WINDOW + 2):
-            reply = await _chat(senders[i % 2][0], uid, f"r{r} m{i}")
+            reply = await chat(senders[i % 2][0], uid, f"r{r} m{i}")
             if reply["msgid"] == MsgId.ERROR:
                 assert reply["errno"] in REFUSED, reply
                 assert "not sent" in reply["errmsg"]
@@ -113,7 +106,7 @@ async def test_a_receiver_that_never_confirms_is_held_to_its_quota(small_node: N
         else:
             cut_offs += 1
             await mute.close()
-        await _gone(node, uid)
+        await gone(node, uid)
         most = max(most, await stored_rows(node, uid))
     assert cut_offs == 1  # the first round's window overflowed, as before; no other
     assert refused >= (ROUNDS - 1) * (WINDOW + 2)  # from the second round on, all refused
@@ -130,13 +123,13 @@ async def test_an_honest_receiver_with_a_full_mailbox_gets_live_messages_again(
     (sender, _), (receiver, uid) = await logged_in(qnode), await registered(qnode)
     kept = []
     for i in range(QUOTA):
-        ack = await _chat(sender, uid, f"kept {i}")
+        ack = await chat(sender, uid, f"kept {i}")
         assert ack["status"] == ChatStatus.STORED, ack
         kept.append(ack["mid"])
     ack = await receiver.login(uid, PASSWORD, receipts=True)
     got = [codec.loads(m) for m in ack.get("offlinemsg", ())]
     # Full: a new message is refused as for an offline receiver, not delivered.
-    refusal = await _chat(sender, uid, "while full")
+    refusal = await chat(sender, uid, "while full")
     assert refusal["msgid"] == MsgId.ERROR and refusal["errno"] == ErrCode.MAILBOX_FULL
     while len(got) < QUOTA:
         if got:
@@ -148,7 +141,7 @@ async def test_an_honest_receiver_with_a_full_mailbox_gets_live_messages_again(
     async with asyncio.timeout(5):  # the confirmed rows deleted: below the quota
         while _marked_full(qnode, uid):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-    live = await _chat(sender, uid, "live again")
+    live = await chat(sender, uid, "live again")
     assert live["msgid"] == MsgId.CHAT_ACK and live["status"] == ChatStatus.DELIVERED, live
     assert (await receiver.expect(MsgId.ONE_CHAT))["mid"] == live["mid"]
     async with asyncio.timeout(5):  # the last confirmed rows' delete may still be under way
@@ -162,34 +155,14 @@ async def test_a_full_member_online_misses_group_messages_as_if_away(qnode: Node
     """A group message to a member here whose mailbox is full is kept for
     them within the quota like one to a member away: the sender's CHAT_ACK
     lists them in ``full``, and the others get it live."""
-    (sender, _), (member, uid), (other, _) = [await logged_in(qnode) for _ in range(3)]
-    made = await sender.request(
-        {"msgid": MsgId.CREATE_GROUP, "groupname": unique()}, MsgId.CREATE_GROUP_ACK
-    )
-    gid = made["groupid"]
-    for conn in (member, other):
-        joined = await conn.request({"msgid": MsgId.ADD_GROUP, "groupid": gid}, MsgId.ADD_GROUP_ACK)
-        assert joined["errno"] == 0, joined
-    await member.close()
-    await _gone(qnode, uid)
-    for i in range(QUOTA):
-        assert (await _chat(sender, uid, f"kept {i}"))["status"] == ChatStatus.STORED
-    member = await ChatConnection.open("127.0.0.1", qnode.port)
-    assert (await member.login(uid, PASSWORD, receipts=True))["errno"] == 0
-    post = {"msgid": MsgId.GROUP_CHAT, "groupid": gid, "msg": "to the group"}
-    ack = await sender.request(post, MsgId.CHAT_ACK)
-    assert ack["status"] == ChatStatus.SENT and ack["full"] == [uid], ack
-    assert (await other.expect(MsgId.GROUP_CHAT))["mid"] == ack["mid"]
-    assert await stored_rows(qnode, uid) == QUOTA
-    for c in (sender, member, other):
-        await c.close()
+    await a_full_member_misses_a_group_message(qnode, qnode, QUOTA)
 
 
 async def test_without_receipts_reading_the_mailbox_lets_live_messages_in(qnode: Node) -> None:
     """A client without receipts (rows deleted as written) is let back in
     once its stored messages are written to it."""
     (sender, _), (receiver, uid) = await logged_in(qnode), await registered(qnode)
-    kept = [(await _chat(sender, uid, f"kept {i}"))["mid"] for i in range(QUOTA)]
+    kept = [(await chat(sender, uid, f"kept {i}"))["mid"] for i in range(QUOTA)]
     ack = await receiver.login(uid, PASSWORD)
     got = [codec.loads(m)["mid"] for m in ack.get("offlinemsg", ())]
     while len(got) < QUOTA:
@@ -198,7 +171,7 @@ async def test_without_receipts_reading_the_mailbox_lets_live_messages_in(qnode:
     async with asyncio.timeout(5):  # its rows deleted: below the quota
         while _marked_full(qnode, uid):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-    live = await _chat(sender, uid, "live again")
+    live = await chat(sender, uid, "live again")
     assert live["msgid"] == MsgId.CHAT_ACK and live["status"] == ChatStatus.DELIVERED, live
     assert (await receiver.expect(MsgId.ONE_CHAT))["mid"] == live["mid"]
     for c in (sender, receiver):
