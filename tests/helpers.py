@@ -8,7 +8,9 @@ import os
 import random
 import shutil
 import socket
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -158,19 +160,16 @@ async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
     dst.close()
 
 
-class StallingProxy:
-    """Forwards 127.0.0.1:port to a target until stalled; then it forwards
-    nothing more either way and closes nothing: no FIN, no RST. Both ends
-    see a connection that is open and silent, as when a phone enters a
-    tunnel or a NAT forgets the flow. What the server writes meanwhile is
-    acknowledged by this process's kernel and never reaches the client."""
+class _Relay:
+    """What the relaying proxies below share: a port on 127.0.0.1, a flow to
+    the target per connection, and a close that aborts every flow, also one
+    whose upstream was being opened (left open, its transport was collected
+    during a later test, which failed on the ResourceWarning)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._flowing = asyncio.Event()
-        self._flowing.set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -178,6 +177,52 @@ class StallingProxy:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in list(self._writers):
+            w.transport.abort()
+
+    async def _upstream(
+        self, w: asyncio.StreamWriter
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The target's end of a new flow; None if closed meanwhile."""
+        if self._closed:
+            w.transport.abort()
+            return None
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.update((w, uw))
+        if self._closed:  # closed while the upstream was being opened
+            w.transport.abort()
+            uw.transport.abort()
+            return None
+        return ur, uw
+
+    def _run(self, *pumps: Coroutine[Any, Any, None]) -> None:
+        for p in pumps:
+            self._tasks.add(asyncio.ensure_future(p))
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class StallingProxy(_Relay):
+    """Forwards 127.0.0.1:port to a target until stalled; then it forwards
+    nothing more either way and closes nothing: no FIN, no RST. Both ends
+    see a connection that is open and silent, as when a phone enters a
+    tunnel or a NAT forgets the flow. What the server writes meanwhile is
+    acknowledged by this process's kernel and never reaches the client."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     def stall(self) -> None:
         self._flowing.clear()
@@ -193,31 +238,11 @@ class StallingProxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
 
-    async def close(self) -> None:
-        """Abort every flow, also one whose upstream was being opened (left
-        open, its transport was collected during a later test, which failed
-        on the ResourceWarning)."""
-        self._closed = True
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for w in list(self._writers):
-            w.transport.abort()
-
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        if self._closed:
-            w.transport.abort()
+        ends = await self._upstream(w)
+        if ends is None:
             return
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers.update((w, uw))
-        if self._closed:  # closed while the upstream was being opened
-            w.transport.abort()
-            uw.transport.abort()
-            return
-
+        ur, uw = ends
         flowing = self._flowing  # a stall_existing() later holds this flow for ever
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -227,11 +252,10 @@ class StallingProxy:
                     dst.write(data)
                     await dst.drain()
 
-        for t in (asyncio.ensure_future(pump(r, uw)), asyncio.ensure_future(pump(ur, w))):
-            self._tasks.add(t)
+        self._run(pump(r, uw), pump(ur, w))
 
 
-class ScriptGate:
+class ScriptGate(_Relay):
     """A TCP proxy to a redis-server that, once ``armed``, holds one command
     on the connection whose client sends ``marker`` (a script's SHA): its
     request before Redis runs it (``hold="request"``), or its reply after
@@ -241,42 +265,29 @@ class ScriptGate:
 
     def __init__(self, target_port: int, marker: bytes, hold: str = "request") -> None:
         assert hold in ("request", "reply")
-        self.target_port = target_port
+        super().__init__(target_port)
         self.marker = marker
         self.hold = hold
-        self.port = 0
         self.armed = False
         self.held = asyncio.Event()  # the command is being held
         self._open = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
 
     def open(self) -> None:
         self._open.set()
 
     async def close(self) -> None:
         self._open.set()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for w in self._writers:
-            w.transport.abort()
+        await super().close()
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers += [w, uw]
+        ends = await self._upstream(w)
+        if ends is None:
+            return
+        ur, uw = ends
         gated = False
 
         async def up() -> None:
@@ -300,8 +311,7 @@ class ScriptGate:
                     w.write(data)
                     await w.drain()
 
-        for t in (asyncio.ensure_future(up()), asyncio.ensure_future(down())):
-            self._tasks.add(t)
+        self._run(up(), down())
 
 
 async def stalling_mariadb(url: str) -> tuple[StallingProxy, str]:
