@@ -4,16 +4,37 @@ and across nodes)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import func, select
 
 from clusterchat.client.connection import ChatConnection
+from clusterchat.config import Limits
 from clusterchat.protocol.messages import ChatStatus, MsgId
 from clusterchat.server.node import Node
 from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import offlinemessage
 from tests.conftest import PASSWORD, unique
+
+QUOTA = 20  # --offline-quota's messages
+WINDOW = 10  # --receipt-window
+SMALL = 5  # a quota below the window
+ROUNDS = 20
+
+
+def quota_limits(base: Limits, quota: int) -> Limits:
+    """``base`` with a mailbox of ``quota`` messages (1 MiB) and a receipt
+    window of WINDOW, unmetered; no sender's share: the bound under test is
+    the whole mailbox."""
+    return replace(
+        base,
+        message_rate=0,
+        max_offline_messages=quota,
+        max_offline_bytes=1 << 20,
+        offline_share=0,
+        receipt_window=WINDOW,
+    )
 
 
 async def registered(node: Node) -> tuple[ChatConnection, int]:

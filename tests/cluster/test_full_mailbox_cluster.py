@@ -17,7 +17,6 @@ import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
@@ -33,29 +32,23 @@ from tests.cluster.conftest import PRESENCE_TTL
 from tests.conftest import FAST_HASH, PASSWORD
 from tests.helpers import ScriptGate
 from tests.mailboxes import (
+    QUOTA,
+    ROUNDS,
+    SMALL,
+    WINDOW,
     a_full_member_misses_a_group_message,
     chat,
     logged_in,
+    quota_limits,
     registered,
     stored_rows,
 )
 
-QUOTA = 20  # --offline-quota's messages
-WINDOW = 10  # --receipt-window
-SMALL = 5  # a quota below the window
-ROUNDS = 20
 REFUSED = (ErrCode.MAILBOX_FULL, ErrCode.MAILBOX_SHARE_FULL)
 
 
 def _settings(db_url: str, redis_url: str, prefix: str, name: str, quota: int) -> Settings:
-    limits = replace(
-        Limits(registrations_per_address=0, rejoin_after=0.0),
-        message_rate=0,
-        max_offline_messages=quota,
-        max_offline_bytes=1 << 20,
-        offline_share=0,  # one sender may fill it: the bound under test is the whole mailbox
-        receipt_window=WINDOW,
-    )
+    limits = quota_limits(Limits(registrations_per_address=0, rejoin_after=0.0), quota)
     return Settings(
         host="127.0.0.1",
         port=0,

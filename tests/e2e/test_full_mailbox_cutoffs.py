@@ -25,30 +25,24 @@ from clusterchat.protocol.messages import ChatStatus, ErrCode, MsgId
 from clusterchat.server.node import Node
 from tests.conftest import PASSWORD
 from tests.mailboxes import (
+    QUOTA,
+    ROUNDS,
+    SMALL,
+    WINDOW,
     a_full_member_misses_a_group_message,
     chat,
     gone,
     logged_in,
+    quota_limits,
     registered,
     stored_rows,
 )
 
-QUOTA = 20  # --offline-quota's messages
-WINDOW = 10  # --receipt-window
-SMALL = 5  # a quota below the window
-ROUNDS = 20
 REFUSED = (ErrCode.MAILBOX_FULL, ErrCode.MAILBOX_SHARE_FULL)
 
 
 def _limits(settings: Settings, quota: int) -> Settings:
-    limits = replace(
-        settings.limits,
-        message_rate=0,
-        max_offline_messages=quota,
-        max_offline_bytes=1 << 20,
-        offline_share=0,  # one sender may fill it: the bound under test is the whole mailbox
-        receipt_window=WINDOW,
-    )
+    limits = quota_limits(settings.limits, quota)
     return replace(settings, limits=limits)
 
 
