@@ -593,7 +593,18 @@ def _db(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`clusterchat ...`; output cut short by its reader (`| head`) ends it
-    quietly, as SIGPIPE ends a C program, instead of with a traceback."""
+    quietly, as SIGPIPE ends a C program, instead of with a traceback.
+
+    Ctrl-C ends any command with one line, not a traceback. A server asked
+    to stop (SIGINT or SIGTERM) exits 0 whenever the signal comes, as it
+    does once it serves: while it starts (imports take a while on a busy
+    machine) it has no handler of its own yet, so SIGTERM is made to
+    interrupt it as SIGINT does. Any other command interrupted did not do
+    its job: 130, the shell's code for SIGINT."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = words[0] if words else ""
+    if command == "server":
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _main(argv)
     except BrokenPipeError:
@@ -601,6 +612,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        if command == "server":
+            print("clusterchat server: signal received while starting; stopped", file=sys.stderr)
+            return 0
+        what = f"clusterchat {command}" if command else "clusterchat"
+        print(f"{what}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
