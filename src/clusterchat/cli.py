@@ -428,7 +428,14 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         reuse_port=worker,
     )
     from clusterchat.errors import SchemaMismatch, Unavailable
+    from clusterchat.server import storelock
 
+    try:
+        address = f"{settings.host}:{settings.port}"
+        _held = storelock.hold(settings.db_url, not settings.redis_url, address)
+    except storelock.StoreInUse as exc:
+        print(f"clusterchat server: cannot start: {exc}", file=sys.stderr)
+        return 1
     try:
         backends = open_backends(settings, settings.node_id)
         _run(Node(settings, backends=backends).run_until_signalled())

@@ -7,12 +7,14 @@ import os
 import secrets
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
 from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import MsgId
 from tests.conftest import FAST_HASH, PASSWORD, unique
+from tests.e2e.test_process import server_process
 from tests.helpers import free_ports, wait_port
 
 
@@ -96,3 +98,24 @@ async def test_a_signal_stops_the_workers_quietly_and_with_status_0(
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert f"{sig.name} received, stopping 2 workers" in text, text
     assert text.rstrip().endswith("workers stopped"), text
+
+
+async def test_cluster_nodes_may_share_an_sqlite_store_but_not_with_a_lone_one(
+    tmp_path: Path, shared_redis: str
+) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    joined = ("--port", "0", "--db", db, "--redis", shared_redis, "--redis-prefix")
+    async with (
+        server_process(*joined, f"cctest:{unique()}:") as (a, _, _),
+        server_process(*joined, f"cctest:{unique()}:") as (b, _, _),
+    ):
+        lone = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clusterchat", "server", "--port", "0", "--db", db,
+            env={**os.environ, "CLUSTERCHAT_REDIS": ""}, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            _, err = await lone.communicate()
+        assert lone.returncode == 1 and "is in use by nodes of a cluster (--redis)" in err.decode()
+        for p in (a, b):
+            p.terminate()
+            assert await p.wait() == 0
