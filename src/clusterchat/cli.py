@@ -334,6 +334,7 @@ def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _admin(args: argparse.Namespace) -> int:
     from clusterchat.admin import Admin, AdminError, print_users
+    from clusterchat.server.storelock import sqlite_file
 
     out: list[int] = []
 
@@ -350,6 +351,12 @@ def _admin(args: argparse.Namespace) -> int:
                     f"warning: no live nodes under prefix {args.redis_prefix!r}: a session "
                     "on nodes under another prefix is not ended (set --redis-prefix / "
                     "CLUSTERCHAT_REDIS_PREFIX to the nodes' own)",
+                    file=sys.stderr,
+                )
+            elif cmd in ("ban", "delete") and a.redis is None and not sqlite_file(a.db_url):
+                print(
+                    "warning: without --redis a session on a node is not ended (only a node "
+                    "alone on an SQLite file is reached without it): pass the nodes' --redis",
                     file=sys.stderr,
                 )
             if cmd == "users":
