@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -20,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from clusterchat.cluster import launcher
 from tests.conftest import FAST_HASH
-from tests.helpers import CuttableProxy, free_ports
+from tests.helpers import CuttableProxy, free_ports, redis_prefix
 
 
 class LateProxy(CuttableProxy):
@@ -48,7 +47,7 @@ async def late_db(mariadb_url: str) -> AsyncIterator[tuple[str, LateProxy]]:
 def _args(db: str, redis_url: str) -> list[str]:
     cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
     return ["--db", db, "--redis", redis_url, "--hash-cost", cost,
-            "--redis-prefix", f"ccup:{secrets.token_hex(4)}:"]  # fmt: skip
+            "--redis-prefix", redis_prefix("ccup")]  # fmt: skip
 
 
 async def test_a_slow_node_is_waited_for_until_ready(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import MsgId
 from tests.conftest import FAST_HASH, PASSWORD, unique
 from tests.e2e.test_process import server_process
-from tests.helpers import free_ports, wait_port
+from tests.helpers import free_ports, redis_prefix, wait_port
 
 
 async def test_workers_share_the_port_and_relay_between_each_other(
@@ -26,7 +25,7 @@ async def test_workers_share_the_port_and_relay_between_each_other(
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "clusterchat", "server", "--port", str(port), "--workers", "2",
         "--db", mariadb_url, "--redis", shared_redis,
-        "--redis-prefix", f"cctest:{secrets.token_hex(4)}:", "--hash-cost", cost,
+        "--redis-prefix", redis_prefix(), "--hash-cost", cost,
         env={**os.environ}, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     conns: list[ChatConnection] = []
@@ -71,7 +70,7 @@ async def test_a_signal_stops_the_workers_quietly_and_with_status_0(
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "clusterchat", "server", "--port", str(port), "--workers", "2",
         "--db", mariadb_url, "--redis", shared_redis,
-        "--redis-prefix", f"cctest:{secrets.token_hex(4)}:", "--hash-cost", cost,
+        "--redis-prefix", redis_prefix(), "--hash-cost", cost,
         stderr=asyncio.subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     assert proc.stderr is not None
@@ -106,8 +105,8 @@ async def test_cluster_nodes_may_share_an_sqlite_store_but_not_with_a_lone_one(
     db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     joined = ("--port", "0", "--db", db, "--redis", shared_redis, "--redis-prefix")
     async with (
-        server_process(*joined, f"cctest:{unique()}:") as (a, _, _),
-        server_process(*joined, f"cctest:{unique()}:") as (b, _, _),
+        server_process(*joined, redis_prefix()) as (a, _, _),
+        server_process(*joined, redis_prefix()) as (b, _, _),
     ):
         lone = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "clusterchat", "server", "--port", "0", "--db", db,
