@@ -440,6 +440,10 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     try:
         address = f"{settings.host}:{settings.port}"
         _held = storelock.hold(settings.db_url, not settings.redis_url, address)
+        if _held is not None and not settings.redis_url:
+            # Our pid is in the lock file now: `clusterchat admin`'s SIGUSR1
+            # (server/control.py) must not end us before the node listens for it.
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     except storelock.StoreInUse as exc:
         print(f"clusterchat server: cannot start: {exc}", file=sys.stderr)
         return 1

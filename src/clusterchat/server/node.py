@@ -452,6 +452,7 @@ class Node:
         db = None if self.settings.redis_url else storelock.sqlite_file(self.settings.db_url)
         if db is not None:  # alone: `clusterchat admin` reaches us this way (server/control.py)
             loop.add_signal_handler(signal.SIGUSR1, lambda: self.spawn(self.admin_events(db)))
+            self.spawn(self.admin_events(db))  # any left while we started
         await self.start()
         try:
             await stop.wait()
