@@ -6,13 +6,54 @@ import asyncio
 import contextlib
 import os
 import random
+import re
+import secrets
 import shutil
 import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import redis
 from sqlalchemy.engine import make_url
+
+#: The Redis every developer and CI share (tests that need to stop Redis start their own).
+SHARED_REDIS = os.environ.get("CLUSTERCHAT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+#: Key prefixes this test process gave out on the shared Redis. The session
+#: removes their keys at its end (tests/conftest.py): nodes killed on
+#: purpose leave their presence behind (the ``nodes`` set has no expiry),
+#: and so do limit counters and metrics until they expire. Only these
+#: prefixes: other runs use that Redis at the same time.
+GIVEN_PREFIXES: set[str] = set()
+
+
+def redis_prefix(kind: str = "cctest") -> str:
+    """A fresh ``--redis-prefix`` on the shared Redis, cleaned up after the run."""
+    prefix = f"{kind}:{secrets.token_hex(4)}:"
+    GIVEN_PREFIXES.add(prefix)
+    return prefix
+
+
+def forget_prefixes(url: str, prefixes: set[str]) -> int:
+    """Delete every key under ``prefixes`` (SCAN, not KEYS: the server stays
+    responsive for everyone else); how many went."""
+    gone = 0
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        for prefix in sorted(prefixes):
+            pattern = re.sub(r"([\\[\]*?])", r"\\\1", prefix) + "*"
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    gone += client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                gone += client.unlink(*batch)
+    finally:
+        client.close()
+    return gone
 
 
 def port_is_free(port: int) -> bool:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from sqlalchemy import and_, delete, func, or_, select, update
 
+from clusterchat.server import control
+from clusterchat.server.storelock import sqlite_file
 from clusterchat.service.passwords import HashCost, Passwords
 from clusterchat.storage.history import forget_in_packed_groups
 from clusterchat.storage.queries import DROP_BODIES, UNREF_BODY
@@ -55,6 +57,7 @@ class UserRow:
 
 class Admin:
     def __init__(self, db_url: str, redis_url: str | None, prefix: str = "clusterchat:") -> None:
+        self.db_url = db_url
         self.store = SqlStore(db_url, pool_size=2)
         self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=5) if redis_url else None
         self.prefix = prefix
@@ -162,13 +165,22 @@ class Admin:
         """End the user's session wherever it is (their ticket is revoked, so
         the client cannot resume it); False if they were not online."""
         name = await self._name(uid, action)
-        if self.redis is None:
+        if self.redis is None and sqlite_file(self.db_url) is None:
             raise self._refuse(action, "kick needs --redis: sessions are ended by their node")
         async with self.store.engine.begin() as conn:
             await conn.execute(update(user).where(user.c.id == uid).values(ticket=None))
+        event = "b" if action == "ban" else "k"  # the node tells the client which
+        if self.redis is None:  # a node alone on this SQLite file, if one runs
+            async with self.store.engine.connect() as conn:
+                state = await conn.scalar(select(user.c.state).where(user.c.id == uid))
+            posted = await control.post(self.db_url, [f"{event}{uid}"])
+            if posted is False:
+                raise self._refuse(action, f"the node did not end user {uid}'s session", uid=uid)
+            if action == "kick":
+                self._audit("kick", uid=uid, name=name, node="alone" if posted else None)
+            return bool(posted) and state == "online"
         held = await self.redis.get(f"{self.prefix}user:{uid}")
         node = held.decode() if isinstance(held, bytes) else held
-        event = "b" if action == "ban" else "k"  # the node tells the client which
         await self.redis.publish(f"{self.prefix}events", f"{event}{uid}")
         if action == "kick":
             self._audit("kick", uid=uid, name=name, node=node)
@@ -195,7 +207,8 @@ class Admin:
             if banned:
                 values["ticket"] = None
             await conn.execute(update(user).where(user.c.id == uid).values(**values))
-        was_online = await self.kick(uid, action) if banned and self.redis is not None else None
+        reach = self.redis is not None or sqlite_file(self.db_url) is not None
+        was_online = await self.kick(uid, action) if banned and reach else None
         self._audit(action, uid=uid, name=name, kicked=was_online)
 
     async def reset_password(self, uid: int, password: str | None) -> str:
@@ -220,7 +233,9 @@ class Admin:
         stay. Their id is never given to another account (revision 0011).
         An online user is kicked first."""
         name = await self._name(uid, "delete")
-        if self.redis is not None:
+        if self.redis is None and sqlite_file(self.db_url) is not None:
+            await self.kick(uid, "delete")  # the lone node's answer: the session is gone
+        elif self.redis is not None:
             await self.kick(uid, "delete")
             if not await self.wait_gone(uid):
                 raise self._refuse("delete", f"user {uid} is still online; try again", uid=uid)
@@ -271,6 +286,8 @@ class Admin:
         if self.redis is not None:  # nodes drop the groups' cached members (login replies)
             for gid in groups:
                 await self.redis.publish(f"{self.prefix}events", f"g{gid}")
+        elif groups:
+            await control.post(self.db_url, [f"g{gid}" for gid in groups])
         self._audit("delete", uid=uid, name=name, **gone)
         return gone
 

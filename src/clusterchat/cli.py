@@ -334,6 +334,7 @@ def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _admin(args: argparse.Namespace) -> int:
     from clusterchat.admin import Admin, AdminError, print_users
+    from clusterchat.server.storelock import sqlite_file
 
     out: list[int] = []
 
@@ -350,6 +351,12 @@ def _admin(args: argparse.Namespace) -> int:
                     f"warning: no live nodes under prefix {args.redis_prefix!r}: a session "
                     "on nodes under another prefix is not ended (set --redis-prefix / "
                     "CLUSTERCHAT_REDIS_PREFIX to the nodes' own)",
+                    file=sys.stderr,
+                )
+            elif cmd in ("ban", "delete") and a.redis is None and not sqlite_file(a.db_url):
+                print(
+                    "warning: without --redis a session on a node is not ended (only a node "
+                    "alone on an SQLite file is reached without it): pass the nodes' --redis",
                     file=sys.stderr,
                 )
             if cmd == "users":
@@ -428,7 +435,18 @@ def _server(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         reuse_port=worker,
     )
     from clusterchat.errors import SchemaMismatch, Unavailable
+    from clusterchat.server import storelock
 
+    try:
+        address = f"{settings.host}:{settings.port}"
+        _held = storelock.hold(settings.db_url, not settings.redis_url, address)
+        if _held is not None and not settings.redis_url:
+            # Our pid is in the lock file now: `clusterchat admin`'s SIGUSR1
+            # (server/control.py) must not end us before the node listens for it.
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    except storelock.StoreInUse as exc:
+        print(f"clusterchat server: cannot start: {exc}", file=sys.stderr)
+        return 1
     try:
         backends = open_backends(settings, settings.node_id)
         _run(Node(settings, backends=backends).run_until_signalled())
@@ -593,7 +611,18 @@ def _db(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`clusterchat ...`; output cut short by its reader (`| head`) ends it
-    quietly, as SIGPIPE ends a C program, instead of with a traceback."""
+    quietly, as SIGPIPE ends a C program, instead of with a traceback.
+
+    Ctrl-C ends any command with one line, not a traceback. A server asked
+    to stop (SIGINT or SIGTERM) exits 0 whenever the signal comes, as it
+    does once it serves: while it starts (imports take a while on a busy
+    machine) it has no handler of its own yet, so SIGTERM is made to
+    interrupt it as SIGINT does. Any other command interrupted did not do
+    its job: 130, the shell's code for SIGINT."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = words[0] if words else ""
+    if command == "server":
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _main(argv)
     except BrokenPipeError:
@@ -601,6 +630,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        if command == "server":
+            print("clusterchat server: signal received while starting; stopped", file=sys.stderr)
+            return 0
+        what = f"clusterchat {command}" if command else "clusterchat"
+        print(f"{what}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

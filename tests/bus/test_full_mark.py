@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -18,8 +17,7 @@ from hypothesis import strategies as st
 from clusterchat.bus import scripts
 from clusterchat.bus.redis import RedisCluster
 from tests.bus.test_redis_flow import Inbox, _until
-from tests.cluster.conftest import SHARED_REDIS
-from tests.helpers import OwnRedis, ScriptGate
+from tests.helpers import SHARED_REDIS, OwnRedis, ScriptGate, redis_prefix
 
 NODES = ("a", "b", "c")
 UIDS = (1, 2)
@@ -88,7 +86,7 @@ def test_locate_says_full_only_for_the_live_holders_own_mark(
     """Against a model: the holder is whoever claimed last while the one
     before was dead or gone; its mark is what it last claimed or marked;
     a mark set by a node that no longer holds the user never shows."""
-    p = f"ccmark:{secrets.token_hex(4)}:"
+    p = redis_prefix("ccmark")
     s = Scripts(client, p)
     alive = set(NODES)
     holder: dict[int, str] = {}

@@ -82,7 +82,7 @@ async def test_the_client_pages_back_through_a_conversation(
     await bob.say(f"/history {ann_id} 2 {more.group(1)}")
     await bob.expect(rf"ann \(#{ann_id}\): hello 0$")
     await bob.say(f"/history {ann_id} 2 1")  # before the first message there is
-    await bob.expect(rf"No older messages with user {ann_id} kept \(nothing before #1\)")
+    await bob.expect(rf"No older messages with ann \(#{ann_id}\) kept \(nothing before #1\)")
     await ann.say("creategroup:room:ours")
     gid = int((await ann.expect(r"Created group room with id (\d+)")).group(1))
     await ann.say(f"/g {gid} anyone?")
@@ -94,3 +94,21 @@ async def test_the_client_pages_back_through_a_conversation(
     )
     assert await ann.quit() == 0
     assert await bob.quit() == 1  # its /ghistory was refused: a script is told
+
+
+async def test_a_conversation_where_only_i_spoke_is_headed_by_the_partners_name(
+    lone_node: Node, scripted: list[Scripted]
+) -> None:
+    """The page names the partner: the heading used to fall back to "user ID"
+    when none of the page's messages was theirs."""
+    port = lone_node.port
+    ann, ann_id = await registered(port, "ann", scripted)
+    bob, bob_id = await registered(port, "bob", scripted)
+    await ann.say(f"/history {bob_id}")
+    await ann.expect(rf"No messages with bob \(#{bob_id}\) kept\.")
+    await ann.say(f"/msg {bob_id} are you there?")
+    await bob.expect(rf"ann \(#{ann_id}\): are you there\?$")
+    await ann.say(f"/history {bob_id}")
+    await ann.expect(rf"History with bob \(#{bob_id}\):")
+    await ann.expect(rf"ann \(#{ann_id}\): are you there\?$")
+    assert await ann.quit() == 0 and await bob.quit() == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,10 +18,9 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.cluster import launcher
 from clusterchat.protocol.messages import MsgId
 from tests.conftest import FAST_HASH, PASSWORD, User, unique
-from tests.helpers import OwnRedis, free_ports
+from tests.helpers import SHARED_REDIS, OwnRedis, free_ports, redis_prefix
 
 PRESENCE_TTL = 2.0
-SHARED_REDIS = os.environ.get("CLUSTERCHAT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +105,7 @@ class Cluster:
 
 async def start_cluster(tmp_path: Path, db_url: str, redis_url: str) -> Cluster:
     base = free_ports(3)
-    prefix = f"cctest:{secrets.token_hex(4)}:"
+    prefix = redis_prefix()
     cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
     # Ordering and outage tests send bursts far past the default flood limit.
     args = ["--db", db_url, "--redis", redis_url, "--redis-prefix", prefix,

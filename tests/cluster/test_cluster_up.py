@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import socket
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from clusterchat.cluster import launcher
 from tests.conftest import FAST_HASH
-from tests.helpers import CuttableProxy, free_ports
+from tests.helpers import CuttableProxy, free_ports, redis_prefix
 
 
 class LateProxy(CuttableProxy):
@@ -47,7 +47,7 @@ async def late_db(mariadb_url: str) -> AsyncIterator[tuple[str, LateProxy]]:
 def _args(db: str, redis_url: str) -> list[str]:
     cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
     return ["--db", db, "--redis", redis_url, "--hash-cost", cost,
-            "--redis-prefix", f"ccup:{secrets.token_hex(4)}:"]  # fmt: skip
+            "--redis-prefix", redis_prefix("ccup")]  # fmt: skip
 
 
 async def test_a_slow_node_is_waited_for_until_ready(
@@ -135,3 +135,36 @@ async def test_a_port_answered_by_another_program_is_not_taken_for_our_node(
             await asyncio.to_thread(
                 launcher._check_node, "127.0.0.1", port, "node0", tmp_path / "node-0.log"
             )
+
+
+async def test_ctrl_c_during_up_says_so_and_leaves_nothing_running(
+    tmp_path: Path, late_db: tuple[str, LateProxy], shared_redis: str
+) -> None:
+    """Interrupted while it waits for its nodes (their store answers late),
+    `cluster up` stops what it started and says it was interrupted, in one
+    line and with status 130, not a traceback and not 0: it did not come up."""
+    db, _ = late_db
+    base = free_ports(3)
+    run_dir = tmp_path / "cluster"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clusterchat", "cluster", "up", "--nodes", "2",
+        "--base-port", str(base), "--listen-port", str(base + 2), "--web-port", "0",
+        "--dir", str(run_dir), "--db", db, "--redis", shared_redis,
+        "--", *_args(db, shared_redis)[4:],
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):  # both nodes started: `up` waits for them now
+            while not (run_dir / "node-1.log").exists():  # noqa: ASYNC110 - polled with a deadline
+                await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends it (the nodes have their own session)
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert err.decode().strip() == "clusterchat cluster: interrupted", err
+    assert not (run_dir / launcher.STATE).exists()
+    assert launcher._port_free("127.0.0.1", base) and launcher._port_free("127.0.0.1", base + 1)

@@ -16,7 +16,7 @@ from clusterchat.config import Settings
 from clusterchat.protocol.messages import MsgId
 from clusterchat.server.node import Node
 from tests.conftest import FAST_HASH, PASSWORD, unique
-from tests.helpers import StallingProxy
+from tests.helpers import StallingProxy, redis_prefix
 
 
 async def test_the_ack_waits_for_the_copy_and_later_replies_wait_behind_it(
@@ -25,7 +25,7 @@ async def test_the_ack_waits_for_the_copy_and_later_replies_wait_behind_it(
     redis_port = int(shared_redis.rsplit(":", 1)[1].split("/")[0])
     proxy = StallingProxy(redis_port)
     await proxy.start()
-    prefix = f"cccopy:{tmp_path.name}:"
+    prefix = redis_prefix("cccopy")
     node = Node(
         Settings(
             port=0,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
@@ -30,7 +29,7 @@ from clusterchat.protocol.messages import ChatStatus, ErrCode, MsgId
 from clusterchat.server.node import Node
 from tests.cluster.conftest import PRESENCE_TTL
 from tests.conftest import FAST_HASH, PASSWORD
-from tests.helpers import ScriptGate
+from tests.helpers import ScriptGate, redis_prefix
 from tests.mailboxes import (
     QUOTA,
     ROUNDS,
@@ -66,7 +65,7 @@ def _settings(db_url: str, redis_url: str, prefix: str, name: str, quota: int) -
 
 async def _pair(db_url: str, redis_url: str, quota: int) -> AsyncIterator[tuple[Node, Node]]:
     """Two nodes of one cluster: the senders' and the receiver's."""
-    prefix = f"ccfull:{secrets.token_hex(4)}:"
+    prefix = redis_prefix("ccfull")
     senders = Node(_settings(db_url, redis_url, prefix, "a", quota))
     receivers = Node(_settings(db_url, redis_url, prefix, "b", quota))
     await senders.start()
@@ -265,7 +264,7 @@ async def test_a_mailbox_filled_from_another_node_while_logging_in_is_marked(
     sha = hashlib.sha1(scripts.CLAIM.encode()).hexdigest().encode()
     gate = ScriptGate(int(shared_redis.rsplit(":", 1)[1].split("/")[0]), sha)
     await gate.start()
-    prefix = f"ccfull:{secrets.token_hex(4)}:"
+    prefix = redis_prefix("ccfull")
     a = Node(_settings(db_url, shared_redis, prefix, "a", QUOTA))
     b = Node(_settings(db_url, gate.url, prefix, "b", QUOTA))
     await a.start()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.protocol.messages import MsgId
 from tests.conftest import PASSWORD, unique
 from tests.e2e.test_process import server_process
-from tests.helpers import free_ports
+from tests.helpers import free_ports, redis_prefix
 
 DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana-dashboard.json"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -61,7 +60,7 @@ async def _user(port: int) -> tuple[ChatConnection, int]:
 
 async def test_counters_move_as_the_workload_did(mariadb_url: str, shared_redis: str) -> None:
     http = free_ports(2)
-    prefix = f"ccmetrics:{secrets.token_hex(4)}:"
+    prefix = redis_prefix("ccmetrics")
     common = ["--port", "0", "--db", mariadb_url, "--redis", shared_redis,
               "--redis-prefix", prefix, "--message-rate", "0"]  # fmt: skip
     async with (

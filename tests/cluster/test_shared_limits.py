@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from clusterchat.protocol.messages import ErrCode, LoginErr, MsgId, RegErr
 from clusterchat.server.node import Node
 from clusterchat.service.limits import Limits
 from tests.conftest import PASSWORD, unique
-from tests.helpers import OwnRedis
+from tests.helpers import OwnRedis, redis_prefix
 
 REDIS = "redis://127.0.0.1:6379/0"
 FREE, REGS = 3, 3
@@ -28,7 +27,7 @@ FREE, REGS = 3, 3
 @contextlib.asynccontextmanager
 async def _two_nodes(settings: Settings, limits: Limits) -> AsyncIterator[tuple[Node, Node]]:
     """Nodes a and b sharing a Redis under a prefix of their own (deleted after)."""
-    prefix = f"cctest:{secrets.token_hex(4)}:"
+    prefix = redis_prefix()
     shared = replace(settings, redis_url=REDIS, redis_prefix=prefix, limits=limits)
     nodes = (Node(replace(shared, node_id="a")), Node(replace(shared, node_id="b")))
     for n in nodes:

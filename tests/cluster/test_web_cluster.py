@@ -4,7 +4,6 @@ and WebSockets on any node, chatting with each other and with TCP clients."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from clusterchat.client.connection import ChatConnection
 from clusterchat.cluster import launcher
 from clusterchat.protocol.messages import MsgId
 from tests.conftest import FAST_HASH, PASSWORD, unique
-from tests.helpers import free_ports
+from tests.helpers import free_ports, redis_prefix
 from tests.web.conftest import WsChat
 
 
@@ -33,7 +32,7 @@ async def test_websockets_through_nginx_reach_every_node(
     base = free_ports(6)
     cost = f"{FAST_HASH.time_cost},{FAST_HASH.memory_kib},{FAST_HASH.parallelism}"
     args = ["--db", mariadb_url, "--redis", shared_redis, "--hash-cost", cost,
-            "--redis-prefix", f"cctest:{secrets.token_hex(4)}:"]  # fmt: skip
+            "--redis-prefix", redis_prefix()]  # fmt: skip
     run_dir = tmp_path / "cluster"
     state = await asyncio.to_thread(
         launcher.up, run_dir, 2, base + 2, base, "127.0.0.1", args,

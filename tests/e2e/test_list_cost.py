@@ -8,12 +8,15 @@ costs one token, as before."""
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import insert, select
 
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.server.node import Node
 from clusterchat.storage.sql import SqlStore
 from clusterchat.storage.tables import allgroup, blocked, groupuser, user
+from clusterchat.storage.tables import user as user_table
 from tests.conftest import UserFactory, unique
 
 LIST = {"msgid": MsgId.LIST_BLOCKED}
@@ -76,6 +79,7 @@ async def test_a_page_of_big_groups_costs_its_size(user: UserFactory, node: Node
     for _ in range(3):
         await _big_group(node, [eve.id], 999)  # ~360 KB of members: pages of ~240 KB
     served = 0
+    start = time.monotonic()
     for _ in range(10):  # without a cost, 10 of a burst of 50 tokens
         await eve.conn.send({"msgid": MsgId.LIST_GROUPS})
         reply = await eve.conn.recv()
@@ -83,7 +87,11 @@ async def test_a_page_of_big_groups_costs_its_size(user: UserFactory, node: Node
             break
         assert reply["more"] and len(reply["groups"]) == 2
         served += 1
-    assert 2 <= served <= 5, served  # ~15 tokens a page
+    # The first page costs 1 (eve had none of these lists yet), each one
+    # after ~16 of the burst's 50 and of what came back meanwhile (20 a
+    # second: a slow machine's pages take long enough to matter).
+    earned = int(20 * (time.monotonic() - start))
+    assert 2 <= served <= 2 + (49 + earned) // 15, (served, earned)
     assert reply["errno"] == ErrCode.TOO_FAST and reply["re"] == MsgId.LIST_GROUPS, reply
     assert "retry in" in reply["errmsg"], reply
     # Someone in a small group asks as often as any request allows.
@@ -91,3 +99,48 @@ async def test_a_page_of_big_groups_costs_its_size(user: UserFactory, node: Node
     for _ in range(10):
         reply = await ann.conn.request({"msgid": MsgId.LIST_GROUPS}, MsgId.GROUP_LIST)
         assert len(reply["groups"]) == 1 and len(reply["groups"][0]["users"]) == 4
+
+
+async def test_reading_each_list_once_costs_only_the_requests(
+    user: UserFactory, node: Node
+) -> None:
+    """An honest member of many big groups paid a token per 16 KiB to read
+    its list even once: 500 groups of 1,000 took ~2,000 tokens, 100 s of the
+    limit. Each list is charged its size only when sent again to the same
+    user within LIST_WINDOW (what the attack above does), so a first read
+    of 30 groups of 1,000 (15 pages of ~240 KB, ~225 tokens before) fits in
+    the burst; reading it all again right away is refused within it."""
+    eve = await user()
+    assert isinstance(node.store, SqlStore)
+    tag = unique("m")
+    async with node.store.engine.begin() as db:
+        names = [f"{tag}{i:0{50 - len(tag)}d}" for i in range(999)]
+        await db.execute(
+            insert(user_table), [{"name": x, "namekey": x, "password": "x"} for x in names]
+        )
+        found = await db.execute(select(user_table.c.id).where(user_table.c.name.like(f"{tag}%")))
+        ids = [eve.id, *found.scalars().all()]
+        for g in range(30):
+            name = f"{tag}g{g}"
+            res = await db.execute(insert(allgroup).values(groupname=name, groupkey=name))
+            rows = [{"groupid": res.lastrowid, "userid": u} for u in ids]
+            await db.execute(insert(groupuser), rows)
+
+    async def read_all() -> int | None:
+        """Pages read, or None once one is refused."""
+        after, pages = 0, 0
+        while True:
+            doc = {"msgid": MsgId.LIST_GROUPS, **({"after": after} if after else {})}
+            await eve.conn.send(doc)
+            reply = await eve.conn.recv()
+            if reply["msgid"] != MsgId.GROUP_LIST:
+                assert reply["errno"] == ErrCode.TOO_FAST, reply
+                return None
+            pages += 1
+            assert all(len(g["users"]) == 1000 for g in reply["groups"])
+            if not reply.get("more"):
+                return pages
+            after = reply["groups"][-1]["id"]
+
+    assert await read_all() == 15
+    assert await read_all() is None

@@ -224,3 +224,32 @@ async def test_a_url_without_a_driver_gets_the_async_one(tmp_path: Path) -> None
         c = await ChatConnection.open("127.0.0.1", port)
         assert await c.register(unique(), PASSWORD) > 0
         await c.close()
+
+
+async def test_a_second_lone_node_on_the_default_store_is_refused(tmp_path: Path) -> None:
+    """Two `clusterchat server` with no --db and no --redis shared one SQLite
+    file, each taking every user for its own (the second marked the first's
+    users offline). The second is refused with the file, the first node's
+    pid and the option to pass; once the first is gone, even killed, the
+    file is free again."""
+    env = {"CLUSTERCHAT_HOME": str(tmp_path), "CLUSTERCHAT_DB": "", "CLUSTERCHAT_REDIS": ""}
+    full_env = {**os.environ, **env}
+    async with server_process("--port", "0", env=env) as (first, _, _):
+        second = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clusterchat", "server", "--port", "0",
+            env=full_env, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            _, err = await second.communicate()
+        text = err.decode()
+        assert second.returncode == 1, text
+        assert text.startswith("clusterchat server: cannot start: "), text
+        assert f"{tmp_path / 'chat.db'} is in use by another node running without --redis" in text
+        assert f"(pid {first.pid}, " in text and "--db sqlite+aiosqlite:///" in text, text
+        assert "Traceback" not in text, text
+        first.kill()  # a crash frees the file too
+        await first.wait()
+    async with server_process("--port", "0", env=env) as (again, _, store):
+        assert store == f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
+        again.terminate()
+        assert await again.wait() == 0

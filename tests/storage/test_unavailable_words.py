@@ -14,6 +14,6 @@ async def test_an_unavailable_store_names_the_drivers_reason(mariadb_url: str) -
     store = SqlStore(missing, pool_size=1)
     try:
         with pytest.raises(errors.Unavailable, match=r"OperationalError: .*Unknown database"):
-            await store.user_exists(1)
+            await store.user_name(1)
     finally:
         await store.close()

@@ -192,13 +192,16 @@ def history(
     further back; an empty page asked for before message ``before`` is the
     start of what is kept, not an empty conversation."""
     docs = _docs(reply.get("messages"))
-    where = f"group {target}" if group else f"user {target}"
+    # The page names the partner (`name`): a page where only we spoke has
+    # no message of theirs to take it from. An older server's page may not.
+    name = None if group else reply.get("name")
+    name = name or next((m.get("name") for m in docs if m.get("from") == target), None)
+    where = f"group {target}" if group else (who(target, name) if name else f"user {target}")
     if not docs and before:
         return [f"No older messages with {where} kept (nothing before #{before})."]
     if not docs:
         return [f"No messages with {where} kept."]
-    name = next((m.get("name") for m in docs if m.get("from") == target), None)
-    lines = [f"History with {who(target, name) if name and not group else where}:"]
+    lines = [f"History with {where}:"]
     for m in sorted(docs, key=lambda m: (m.get("ts") or 0, m.get("id") or 0)):
         sender = who(m.get("from"), m.get("name"))
         lines.append(f"[{_day_clock(m)}] {sender}: {clean(m.get('msg', ''))}")

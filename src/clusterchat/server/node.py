@@ -13,6 +13,7 @@ import os
 import signal
 import ssl
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from time import monotonic as _monotonic
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +25,7 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.framing import FrameDecoder
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.protocol.trusted import TrustedProxies
+from clusterchat.server import control, storelock
 from clusterchat.server.backends import Backends, open_backends
 from clusterchat.server.connection import Connection
 from clusterchat.server.core import SETTLE_GRACE, SETTLE_GRACE_PRESSED, ConnectionCore
@@ -419,12 +421,38 @@ class Node:
         await self.store.close()
         log.info("stopped")
 
+    async def admin_events(self, db: Path) -> None:
+        """End the sessions `clusterchat admin` asked to end (and drop groups'
+        cached members), then tell it by deleting each request once the
+        sessions it names are gone."""
+        svc = self.service
+        for path, events in control.pending(db):
+            uids = []
+            for event in events:
+                kind, ident = event[:1], event[1:]
+                if not ident.isdigit():
+                    continue
+                if kind in ("k", "b"):
+                    svc.kicked(int(ident), banned=kind == "b")
+                    uids.append(int(ident))
+                elif kind == "g":
+                    svc.group_changed(int(ident))
+            deadline = _monotonic() + control.PATIENCE
+            # A session's end sets no event to wait on; this is rare and short.
+            while any(u in svc.sessions for u in uids) and _monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            path.unlink(missing_ok=True)
+
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         # Before start(): a signal arriving while it runs must still stop us cleanly.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        db = None if self.settings.redis_url else storelock.sqlite_file(self.settings.db_url)
+        if db is not None:  # alone: `clusterchat admin` reaches us this way (server/control.py)
+            loop.add_signal_handler(signal.SIGUSR1, lambda: self.spawn(self.admin_events(db)))
+            self.spawn(self.admin_events(db))  # any left while we started
         await self.start()
         try:
             await stop.wait()

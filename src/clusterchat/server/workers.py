@@ -31,6 +31,9 @@ def supervise(argv: Sequence[str], workers: int) -> int:
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
+        if not stopping:
+            name = signal.Signals(signum).name
+            log.info("%s received, stopping %d workers", name, len(procs))
         stopping = True
         for p in procs.values():
             if p.poll() is None:
@@ -47,5 +50,13 @@ def supervise(argv: Sequence[str], workers: int) -> int:
                 log.warning("worker %d exited with %s; restarting", slot, p.returncode)
                 spawn(slot)
         time.sleep(0.2)
+    # A worker still starting Python when the signal came dies of it (no
+    # handler yet): asked to stop, it stopped.
     codes = [p.wait() for p in procs.values()]
+    codes = [0 if c in (-signal.SIGINT, -signal.SIGTERM) else c for c in codes]
+    failed = [c for c in codes if c]
+    if failed:
+        log.warning("workers stopped; %d exited with %s", len(failed), failed)
+    else:
+        log.info("workers stopped")
     return max(codes, default=0)

@@ -252,6 +252,10 @@ class ChatService:
         self.max_cached_members = MAX_CACHED_MEMBERS
         #: Group members as login replies show them (service/rosters.py).
         self._rosters = Rosters()
+        #: Per user, the groups whose member lists LIST_GROUPS sent them and
+        #: when (most recent user last): a list sent again within
+        #: LIST_WINDOW costs its size (see _list_groups).
+        self._listed: dict[int, dict[int, float]] = {}
         self._mids = itertools.count(1)
         #: The CHAT_ACK of a chat delivered here, but for the mid's number and ts.
         self._delivered_ack = codec.delivered_ack_template(self.node_id)
@@ -1308,12 +1312,14 @@ class ChatService:
     async def _list_groups(self, s: Session, req: ListGroups) -> None:
         every, beyond = await self.store.groups(s.uid, req.after)
         groups = _groups_fitting(every)  # a page; the client asks for the next
-        # A page of big groups costs the flood limit what a HISTORY page of
-        # its size does (BLOCKED_LIST too). Five accounts in three groups of
-        # 1,000 asking at their limit got 35 pages (218 KB) a second: the
-        # node's CPU 10.1 s of 15, others' chats p99 6 -> 91 ms, logins p50
-        # 9 -> 388 ms. A page of a few small groups costs nothing more.
-        self.charge(s, _groups_size(groups) // PAGE_COST_BYTES)
+        # A list the user had within LIST_WINDOW costs the flood limit what
+        # a HISTORY page of its size does (BLOCKED_LIST too). Five accounts
+        # in three groups of 1,000 asking at their limit got 35 pages
+        # (218 KB) a second: the node's CPU 10.1 s of 15, others' chats p99
+        # 6 -> 91 ms, logins p50 9 -> 388 ms. Reading each list once costs
+        # only the request: an honest member of 500 groups of 1,000 paid
+        # ~2,000 tokens (100 s of the limit) to read them at all.
+        self.charge(s, self._relisted(s.uid, groups) // PAGE_COST_BYTES)
         online = await self.presence.online({m.id for g in groups for m in g.members})
         online -= s.blocked_by
         docs = [
@@ -1332,6 +1338,27 @@ class ChatService:
             self.reply(s, Ack(MsgId.GROUP_LIST, {"groups": docs, "more": True}))
         else:
             self.reply(s, Ack(MsgId.GROUP_LIST, {"groups": docs}))
+
+    def _relisted(self, uid: int, groups: list[Group]) -> int:
+        """The bytes of ``groups``' documents that ``uid`` was sent within
+        LIST_WINDOW; the others are noted as sent now. Per node: a user
+        asking each node of a cluster gets each list once per node."""
+        now = time.monotonic()
+        sent = self._listed.pop(uid, None) or {}
+        self._listed[uid] = sent  # most recent last
+        if len(self._listed) > LISTED_USERS:
+            del self._listed[next(iter(self._listed))]
+        if len(sent) > LISTED_GROUPS:
+            for gid in [g for g, t in sent.items() if now - t >= LIST_WINDOW]:
+                del sent[gid]
+        size = 0
+        for g in groups:
+            t = sent.get(g.id)
+            if t is not None and now - t < LIST_WINDOW:
+                size += _group_size(g)
+            else:
+                sent[g.id] = now
+        return size
 
     def _cache_members(self, gid: int, members: frozenset[int]) -> None:
         """Keep a group's members for the fan-out, within
@@ -1833,13 +1860,18 @@ class _TicketRaced(Exception):
     """The ticket was replaced between its check and its use (used twice at once)."""
 
 
+#: Seconds within which a group's member list sent again costs its size.
+LIST_WINDOW = 300.0
+#: Users whose lists sent are remembered (each about as many entries as
+#: groups they are in); past it the longest quiet is forgotten.
+LISTED_USERS = 20_000
+#: Entries of one user's before the expired ones are dropped.
+LISTED_GROUPS = 1_000
+
+
 def _group_size(g: Group) -> int:
     """About the bytes of a group's document, its members' from ``members``."""
     return 80 + len(g.name) + len(g.desc) + sum(70 + len(m.name) for m in g.members)
-
-
-def _groups_size(groups: list[Group]) -> int:
-    return sum(map(_group_size, groups))
 
 
 def _groups_fitting(

@@ -404,8 +404,16 @@ class HistoryRequests:
         # The store stops reading past the page's bytes (one message more
         # than fit: cut there, the page says ``more``).
         rows = await svc.store.history(a, b, req.before, req.limit + 1, since, PAGE_BYTES)
-        if not rows and req.userid is not None and not await svc.store.user_exists(req.userid):
-            raise errors.NoSuchUser(req.userid)
+        head: dict[str, Any] = {key: ident}
+        if req.userid is not None:
+            # The partner's name for the page's heading, even when only the
+            # asker spoke in it (clients showed "user 5" instead of a name).
+            name = next((r.name for r in rows if r.sender == req.userid), None)
+            if name is None:
+                name = await svc.store.user_name(req.userid)
+            if name is None:
+                raise errors.NoSuchUser(req.userid)
+            head["name"] = name
         more = len(rows) > req.limit
         docs: list[dict[str, Any]] = []
         size = 0
@@ -425,4 +433,4 @@ class HistoryRequests:
                 }
             )
         svc.charge(s, size // PAGE_COST_BYTES)
-        svc.reply(s, Ack(MsgId.HISTORY_PAGE, {key: ident, "messages": docs, "more": more}))
+        svc.reply(s, Ack(MsgId.HISTORY_PAGE, {**head, "messages": docs, "more": more}))

@@ -334,7 +334,9 @@ class Store(Protocol):
         one)."""
         ...
 
-    async def user_exists(self, uid: int) -> bool: ...
+    async def user_name(self, uid: int) -> str | None:
+        """The user's name; None if there is no such user."""
+        ...
 
     async def group_joined(self, uid: int, gid: int) -> int | None:
         """When ``uid`` joined group ``gid`` (microseconds since the epoch),

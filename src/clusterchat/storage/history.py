@@ -74,7 +74,7 @@ JOINED = select(groupuser.c.joined).where(
     & (groupuser.c.userid == bindparam("uid", type_=Integer))
 )
 GROUP_EXISTS = select(exists().where(allgroup.c.id == bindparam("gid", type_=Integer)))
-USER_EXISTS = select(exists().where(user.c.id == bindparam("uid", type_=Integer)))
+USER_NAME = select(user.c.name).where(user.c.id == bindparam("uid", type_=Integer))
 #: A write in doubt is looked for among this many newest rows of each of its
 #: conversations: kept, its rows are there unless that many came after them.
 KEPT_SCAN = 1000
@@ -446,9 +446,10 @@ class HistoryQueries:
             del out[limit:]
         return [Said(i, s, names[s], m, t, b) for i, s, m, t, b in out]
 
-    async def user_exists(self, uid: int) -> bool:
+    async def user_name(self, uid: int) -> str | None:
         async with self._tx() as conn:
-            return bool(await conn.scalar(USER_EXISTS, {"uid": uid}))
+            name = await conn.scalar(USER_NAME, {"uid": uid})
+        return None if name is None else str(name)
 
     async def group_joined(self, uid: int, gid: int) -> int | None:
         async with self._tx() as conn:
