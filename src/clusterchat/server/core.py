@@ -267,6 +267,12 @@ class ConnectionCore:
 
     # -- what arrives ------------------------------------------------------------------
 
+    @property
+    def input_held(self) -> bool:
+        """The node stopped reading this peer: its requests wait behind one
+        of its own that awaits I/O. Its silence meanwhile is the node's."""
+        return self._paused
+
     def expect_proxy(self) -> None:
         """The peer is a trusted proxy: it may begin with a PROXY line."""
         self._proxy = b""
