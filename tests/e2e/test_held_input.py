@@ -67,3 +67,53 @@ async def test_a_request_held_behind_a_slow_store_is_not_timed_out(mariadb_url: 
         await conn.close()
         await node.stop()
         await proxy.close()
+
+
+async def test_receipts_waiting_behind_a_slow_store_are_not_overdue(mariadb_url: str) -> None:
+    """A client with receipts confirms a message while its own chat waits
+    for the store: its RECEIVED queues behind that chat, unread by the
+    service. Before, the receipt timeout ran meanwhile and the node cut the
+    client off (ERROR 186) for the node's slowness (the fan-in soak: ~100
+    honest senders cut off; their chats in flight left in doubt)."""
+    proxy, url = await stalling_mariadb(mariadb_url)
+    settings = Settings(
+        port=0,
+        db_url=url,
+        hash_cost=FAST_HASH,
+        shed_lag=0.0,
+        limits=Limits(message_rate=0, receipt_timeout=1.0),
+    )
+    node = Node(settings)
+    await node.start()
+    a = await ChatConnection.open("127.0.0.1", node.port)
+    b = await ChatConnection.open("127.0.0.1", node.port)
+    try:
+        away = await a.register(unique(), PASSWORD)
+        ua = await a.register(unique(), PASSWORD)
+        ub = await b.register(unique(), PASSWORD)
+        assert (await a.login(ua, PASSWORD, receipts=True))["errno"] == 0
+        assert (await b.login(ub, PASSWORD))["errno"] == 0
+        proxy.stall()
+        await a.send({"msgid": MsgId.ONE_CHAT, "toid": away, "msg": "to the store"})
+        (core,) = [c.core for c in node.connections if c.core.session.uid == ua]
+        async with asyncio.timeout(10):
+            while core._queue is None:  # noqa: ASYNC110 - a's chat awaits the store, polled
+                await asyncio.sleep(0.01)
+        await b.send({"msgid": MsgId.ONE_CHAT, "toid": ua, "msg": "live"})
+        push = await a.expect(MsgId.ONE_CHAT)
+        await a.received(push["seq"])  # queued behind a's chat
+        # Three receipt timeouts of the node not reading a's receipt.
+        await asyncio.sleep(3 * settings.limits.receipt_timeout)
+        proxy.flow()
+        ack = await a.recv(timeout=20)
+        assert ack["msgid"] == MsgId.CHAT_ACK and ack["status"] == "stored", ack
+        assert (await a.request({"msgid": MsgId.PING}, MsgId.PONG))["msgid"] == MsgId.PONG
+        # The receipt counted: nothing is stored for a's next login.
+        await a.request({"msgid": MsgId.LOGOUT}, MsgId.LOGOUT_ACK)
+        again = await a.login(ua, PASSWORD, receipts=True)
+        assert not again.get("offlinemsg"), again
+    finally:
+        await a.close()
+        await b.close()
+        await node.stop()
+        await proxy.close()
