@@ -261,6 +261,9 @@ async def sender(
             try:
                 fut = conn.call(doc)
                 r = await asyncio.wait_for(asyncio.shield(fut), 20)
+            except asyncio.CancelledError:  # the burst timed out: sent, outcome unknown
+                w.doubt.add(tag)
+                raise
             except (ConnectionClosed, TimeoutError, OSError) as e:
                 w.tally[f"no reply {type(e).__name__}"] += 1
                 if isinstance(e, TimeoutError):
