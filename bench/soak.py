@@ -38,13 +38,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+# The nodes run this checkout's code too (a worktree's .venv may be another's,
+# its clusterchat installed from there).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 os.environ.setdefault("CLUSTERCHAT_REGISTRATIONS", "0")
 
 from tests.helpers import OwnRedis, StallingProxy, free_ports, stalling_mariadb  # noqa: E402
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+from websockets.protocol import State  # noqa: E402
 
 from clusterchat.client.connection import ChatConnection, ConnectionClosed  # noqa: E402
 from clusterchat.cluster import launcher  # noqa: E402
-from clusterchat.protocol.client import ClientProtocol, Push  # noqa: E402
+from clusterchat.protocol.acks import INTERVAL  # noqa: E402
+from clusterchat.protocol.client import ClientProtocol, Push, Reply  # noqa: E402
 from clusterchat.protocol.messages import MsgId  # noqa: E402
 
 PW = "s3cret"
@@ -56,11 +64,105 @@ def log(*a: Any) -> None:
     print(f"[{time.monotonic() - T0:7.1f}]", *a, flush=True)
 
 
+class _WsWriter:
+    """What the soak asks of a connection's writer, for a WebSocket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.transport = ws.transport
+
+    def is_closing(self) -> bool:
+        return self.ws.state is not State.OPEN
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.transport.get_extra_info(name)
+
+
+class WsConn:
+    """The soak's ChatConnection over a WebSocket, as the web page talks:
+    one text message per request, receipts as ChatConnection sends them."""
+
+    def __init__(self, ws: ClientConnection, core: ClientProtocol[Any]) -> None:
+        self.ws = ws
+        self.core = core
+        self._writer = _WsWriter(ws)
+        self._out: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._sender = asyncio.ensure_future(self._send_all())
+        self._timer: asyncio.TimerHandle | None = None
+        self._ended = False
+
+    @classmethod
+    async def open(cls, port: int, core: ClientProtocol[Any]) -> WsConn:
+        ws = await connect(f"ws://127.0.0.1:{port}/ws", max_size=None, compression=None)
+        return cls(ws, core)
+
+    async def _send_all(self) -> None:
+        """One writer, so requests and receipts leave in the order made."""
+        while (data := await self._out.get()) is not None:
+            for one in data.split(b"\n"):
+                if one:
+                    try:
+                        await self.ws.send(one.decode())
+                    except Exception:
+                        return
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self._out.put_nowait(data)
+
+    def call(self, doc: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        if self._ended or self._writer.is_closing():
+            raise ConnectionClosed("connection lost")
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._write(self.core.send(doc, fut))
+        return fut
+
+    def _acknowledge(self) -> None:
+        self._timer = None
+        self.core.acknowledge()
+        self._flush()
+
+    def _flush(self) -> None:
+        self._write(self.core.data_to_send())
+        if self.core.unacknowledged and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(INTERVAL, self._acknowledge)
+
+    async def listen(self, on_event: Any) -> None:
+        try:
+            while True:
+                try:
+                    text = await self.ws.recv(decode=False)
+                except Exception:
+                    return
+                events = self.core.receive_message(bytes(text))
+                self._flush()
+                for ev in events:
+                    if type(ev) is Reply and ev.token is not None and not ev.token.done():
+                        ev.token.set_result(ev.msg)
+                    on_event(ev)
+        finally:
+            self._lost()
+
+    def _lost(self) -> None:
+        self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._out.put_nowait(None)
+        for fut in self.core.connection_lost():
+            if fut is not None and not fut.done():
+                fut.set_exception(ConnectionClosed("connection lost"))
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 5)
+        self._lost()
+
+
 class Client:
     def __init__(self, uid: int, name: str) -> None:
         self.uid = uid
         self.name = name
-        self.conn: ChatConnection | None = None
+        self.conn: ChatConnection | WsConn | None = None
         self.task: asyncio.Task[None] | None = None
         self.node = ""
         self.first_node = ""  # where it was at the fault (it may log in elsewhere after)
@@ -70,14 +172,18 @@ class Client:
         self.lock = asyncio.Lock()
         #: Logged in on ``conn`` (senders wait while a revival logs in).
         self.ready = False
+        #: Talks over a WebSocket (through nginx's web port) instead of TCP.
+        self.ws = False
         #: Confirms what it reads (False: reads with receipts on and never
         #: sends RECEIVED, as a client that withholds them).
         self.ack = True
 
 
 class World:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, web: dict[int, int]) -> None:
         self.port = port
+        #: TCP port (nginx's, a node's) -> the WebSocket port in front of it.
+        self.web = web
         # receiver -> list of (mid, tag, key) in arrival order
         self.got: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
         # receiver -> {mid: (tag, key)} acknowledged
@@ -109,7 +215,11 @@ class World:
     async def open(self, c: Client, port: int | None = None, retry: int = 80) -> dict[str, Any]:
         core: ClientProtocol[Any] = ClientProtocol(acknowledge=c.ack)
         c.ready = False
-        conn = await ChatConnection.open("127.0.0.1", port or self.port, core=core)
+        conn: ChatConnection | WsConn
+        if c.ws:
+            conn = await WsConn.open(self.web[port or self.port], core)
+        else:
+            conn = await ChatConnection.open("127.0.0.1", port or self.port, core=core)
         c.conn = conn
         fut = conn.call({"msgid": MsgId.PING})
         uid = c.uid
@@ -140,7 +250,7 @@ class World:
             raise RuntimeError(f"ping {c.uid}: {pong}")
         c.node = str(pong["node"])
         c.first_node = c.first_node or c.node
-        ack = await asyncio.wait_for(
+        ack: dict[str, Any] = await asyncio.wait_for(
             conn.call({"msgid": MsgId.LOGIN, "id": c.uid, "password": PW, "receipts": True}), 60
         )
         # 2: the old session is still being ended; 4: too many logins at once
@@ -159,7 +269,7 @@ class World:
         c.ready = True
         return ack
 
-    def revive(self, c: Client, dead: ChatConnection) -> None:
+    def revive(self, c: Client, dead: ChatConnection | WsConn) -> None:
         """A connection the server ended (a node killed, a memory budget's
         cut-off): log in again a moment later, as our clients do."""
         if not self.closing and c.conn is dead:
@@ -185,7 +295,7 @@ class World:
             await conn.close()
         self.tally[f"dropped {how}"] += 1
 
-    async def reopen(self, c: Client, dead: ChatConnection | None) -> bool:
+    async def reopen(self, c: Client, dead: ChatConnection | WsConn | None) -> bool:
         """Log ``c`` in again unless it already was since ``dead`` ended."""
         async with c.lock:
             for _ in range(20):
@@ -454,6 +564,7 @@ async def main() -> int:
         "--churn", type=float, default=0.25, help="withhold/hop: fraction of users that churn"
     )
     ap.add_argument("--fanin", type=int, default=5, help="fanin: receivers that stop reading")
+    ap.add_argument("--ws", type=float, default=0.0, help="fraction of users on WebSockets")
     ap.add_argument("--period", type=float, default=2.0, help="withhold/hop: seconds between")
     ap.add_argument("--burst-timeout", type=float, default=100.0, help="seconds")
     ap.add_argument("--env", action="append", default=[])
@@ -497,12 +608,15 @@ async def main() -> int:
     pids = {p.name: p.pid for p in state.procs if p.name.startswith("node")}
     watch = Watch(pids, {f"node{i}": httpb + i for i in range(a.nodes)})
     wt = asyncio.ensure_future(watch.run())
-    w = World(port)
+    web = {port: httpb + a.nodes} | {base + i: httpb + i for i in range(a.nodes)}
+    w = World(port, web)
     rc = 1
     try:
         log("cluster up", run, pids)
         users = await register(port, a.users, f"s{secrets.token_hex(2)}_")
         log("registered", len(users))
+        for c in random.sample(users, int(len(users) * a.ws)):
+            c.ws = True
         vanish: list[Client] = []
         if a.scenario in ("vanish", "fanin"):
             vanish = users[: len(users) // 4 if a.scenario == "vanish" else a.fanin]
