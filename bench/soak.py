@@ -197,6 +197,8 @@ class World:
         self.doubt: set[str] = set()
         #: The latest a reply came after the soak stopped waiting (s).
         self.late_max = 0.0
+        #: Seconds a sender waits for a reply before it sends again.
+        self.reply_timeout = 20.0
         self.members: dict[int, list[int]] = {}
         self.pingers: set[asyncio.Task[Any]] = set()
         #: Set once the burst is over: connections ended from then on are ours.
@@ -370,7 +372,7 @@ async def sender(
                 doc.update(msgid=MsgId.GROUP_CHAT, groupid=to)
             try:
                 fut = conn.call(doc)
-                r = await asyncio.wait_for(asyncio.shield(fut), 20)
+                r = await asyncio.wait_for(asyncio.shield(fut), w.reply_timeout)
             except asyncio.CancelledError:  # the burst timed out: sent, outcome unknown
                 w.doubt.add(tag)
                 raise
@@ -397,7 +399,7 @@ async def sender(
             w.tally["late: none"] += 1
             return
         r = fut.result()
-        w.late_max = max(w.late_max, 20 + time.monotonic() - t0)
+        w.late_max = max(w.late_max, w.reply_timeout + time.monotonic() - t0)
         if r.get("msgid") == MsgId.CHAT_ACK:
             w.tally[f"late ack {r.get('status')}"] += 1
             expect(kind, to, tag, r, ordered=False)
@@ -565,6 +567,7 @@ async def main() -> int:
     )
     ap.add_argument("--fanin", type=int, default=5, help="fanin: receivers that stop reading")
     ap.add_argument("--ws", type=float, default=0.0, help="fraction of users on WebSockets")
+    ap.add_argument("--reply-timeout", type=float, default=20.0, help="seconds, then resend")
     ap.add_argument("--period", type=float, default=2.0, help="withhold/hop: seconds between")
     ap.add_argument("--burst-timeout", type=float, default=100.0, help="seconds")
     ap.add_argument("--env", action="append", default=[])
@@ -610,6 +613,7 @@ async def main() -> int:
     wt = asyncio.ensure_future(watch.run())
     web = {port: httpb + a.nodes} | {base + i: httpb + i for i in range(a.nodes)}
     w = World(port, web)
+    w.reply_timeout = a.reply_timeout
     rc = 1
     try:
         log("cluster up", run, pids)
