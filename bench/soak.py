@@ -2,7 +2,9 @@
 cluster of its own (private MariaDB database, Redis prefix, optionally its own
 redis-server), bursts of 1:1 and group chats with a window of requests in
 flight, one fault per scenario (vanished receivers behind a stalling proxy,
-kill -9 of a node, Redis killed and restarted, MariaDB stalled); then every
+kill -9 of a node, Redis killed and restarted, MariaDB stalled or killed and
+restarted, receivers that withhold receipts and drop, users hopping between
+nodes with messages in flight); then every
 user logs in again and each acknowledged mid must have arrived (duplicates
 counted by mid; a tag arriving under two mids is a violation). Node RSS and
 /metrics are sampled every 0.5 s.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -22,7 +25,11 @@ import random
 import secrets
 import shutil
 import signal
+import socket
+import struct
+import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter, defaultdict
@@ -31,13 +38,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+# The nodes run this checkout's code too (a worktree's .venv may be another's,
+# its clusterchat installed from there).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 os.environ.setdefault("CLUSTERCHAT_REGISTRATIONS", "0")
 
 from tests.helpers import OwnRedis, StallingProxy, free_ports, stalling_mariadb  # noqa: E402
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+from websockets.protocol import State  # noqa: E402
 
 from clusterchat.client.connection import ChatConnection, ConnectionClosed  # noqa: E402
 from clusterchat.cluster import launcher  # noqa: E402
-from clusterchat.protocol.client import ClientProtocol, Push  # noqa: E402
+from clusterchat.protocol.acks import INTERVAL  # noqa: E402
+from clusterchat.protocol.client import ClientProtocol, Push, Reply  # noqa: E402
 from clusterchat.protocol.messages import MsgId  # noqa: E402
 
 PW = "s3cret"
@@ -49,11 +64,105 @@ def log(*a: Any) -> None:
     print(f"[{time.monotonic() - T0:7.1f}]", *a, flush=True)
 
 
+class _WsWriter:
+    """What the soak asks of a connection's writer, for a WebSocket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.transport = ws.transport
+
+    def is_closing(self) -> bool:
+        return self.ws.state is not State.OPEN
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.transport.get_extra_info(name)
+
+
+class WsConn:
+    """The soak's ChatConnection over a WebSocket, as the web page talks:
+    one text message per request, receipts as ChatConnection sends them."""
+
+    def __init__(self, ws: ClientConnection, core: ClientProtocol[Any]) -> None:
+        self.ws = ws
+        self.core = core
+        self._writer = _WsWriter(ws)
+        self._out: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._sender = asyncio.ensure_future(self._send_all())
+        self._timer: asyncio.TimerHandle | None = None
+        self._ended = False
+
+    @classmethod
+    async def open(cls, port: int, core: ClientProtocol[Any]) -> WsConn:
+        ws = await connect(f"ws://127.0.0.1:{port}/ws", max_size=None, compression=None)
+        return cls(ws, core)
+
+    async def _send_all(self) -> None:
+        """One writer, so requests and receipts leave in the order made."""
+        while (data := await self._out.get()) is not None:
+            for one in data.split(b"\n"):
+                if one:
+                    try:
+                        await self.ws.send(one.decode())
+                    except Exception:
+                        return
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self._out.put_nowait(data)
+
+    def call(self, doc: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        if self._ended or self._writer.is_closing():
+            raise ConnectionClosed("connection lost")
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._write(self.core.send(doc, fut))
+        return fut
+
+    def _acknowledge(self) -> None:
+        self._timer = None
+        self.core.acknowledge()
+        self._flush()
+
+    def _flush(self) -> None:
+        self._write(self.core.data_to_send())
+        if self.core.unacknowledged and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(INTERVAL, self._acknowledge)
+
+    async def listen(self, on_event: Any) -> None:
+        try:
+            while True:
+                try:
+                    text = await self.ws.recv(decode=False)
+                except Exception:
+                    return
+                events = self.core.receive_message(bytes(text))
+                self._flush()
+                for ev in events:
+                    if type(ev) is Reply and ev.token is not None and not ev.token.done():
+                        ev.token.set_result(ev.msg)
+                    on_event(ev)
+        finally:
+            self._lost()
+
+    def _lost(self) -> None:
+        self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._out.put_nowait(None)
+        for fut in self.core.connection_lost():
+            if fut is not None and not fut.done():
+                fut.set_exception(ConnectionClosed("connection lost"))
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 5)
+        self._lost()
+
+
 class Client:
     def __init__(self, uid: int, name: str) -> None:
         self.uid = uid
         self.name = name
-        self.conn: ChatConnection | None = None
+        self.conn: ChatConnection | WsConn | None = None
         self.task: asyncio.Task[None] | None = None
         self.node = ""
         self.first_node = ""  # where it was at the fault (it may log in elsewhere after)
@@ -63,11 +172,18 @@ class Client:
         self.lock = asyncio.Lock()
         #: Logged in on ``conn`` (senders wait while a revival logs in).
         self.ready = False
+        #: Talks over a WebSocket (through nginx's web port) instead of TCP.
+        self.ws = False
+        #: Confirms what it reads (False: reads with receipts on and never
+        #: sends RECEIVED, as a client that withholds them).
+        self.ack = True
 
 
 class World:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, web: dict[int, int]) -> None:
         self.port = port
+        #: TCP port (nginx's, a node's) -> the WebSocket port in front of it.
+        self.web = web
         # receiver -> list of (mid, tag, key) in arrival order
         self.got: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
         # receiver -> {mid: (tag, key)} acknowledged
@@ -79,6 +195,10 @@ class World:
         #: come back shows here rather than as a failed run).
         self.login_retries: Counter[int] = Counter()
         self.doubt: set[str] = set()
+        #: The latest a reply came after the soak stopped waiting (s).
+        self.late_max = 0.0
+        #: Seconds a sender waits for a reply before it sends again.
+        self.reply_timeout = 20.0
         self.members: dict[int, list[int]] = {}
         self.pingers: set[asyncio.Task[Any]] = set()
         #: Set once the burst is over: connections ended from then on are ours.
@@ -95,9 +215,13 @@ class World:
         self.got[uid].append((str(msg["mid"]), str(msg["msg"]).split(" ", 1)[0], key))
 
     async def open(self, c: Client, port: int | None = None, retry: int = 80) -> dict[str, Any]:
-        core: ClientProtocol[Any] = ClientProtocol(acknowledge=True)
+        core: ClientProtocol[Any] = ClientProtocol(acknowledge=c.ack)
         c.ready = False
-        conn = await ChatConnection.open("127.0.0.1", port or self.port, core=core)
+        conn: ChatConnection | WsConn
+        if c.ws:
+            conn = await WsConn.open(self.web[port or self.port], core)
+        else:
+            conn = await ChatConnection.open("127.0.0.1", port or self.port, core=core)
         c.conn = conn
         fut = conn.call({"msgid": MsgId.PING})
         uid = c.uid
@@ -115,17 +239,26 @@ class World:
             while not task.done():
                 await asyncio.sleep(2)
                 if not task.done() and c.conn is conn and not (c.proxy and port == c.proxy.port):
-                    conn.call({"msgid": MsgId.PING})
+                    try:
+                        ping = conn.call({"msgid": MsgId.PING})
+                    except ConnectionClosed:  # it ended between the read and now
+                        return
+                    ping.add_done_callback(lambda f: f.cancelled() or f.exception())
 
         self.pingers.add(asyncio.ensure_future(pinger()))
-        c.node = str((await asyncio.wait_for(fut, 30))["node"])
+        pong = await asyncio.wait_for(fut, 30)
+        if "node" not in pong:  # refused (too many connections, too fast)
+            await conn.close()
+            raise RuntimeError(f"ping {c.uid}: {pong}")
+        c.node = str(pong["node"])
         c.first_node = c.first_node or c.node
-        ack = await asyncio.wait_for(
+        ack: dict[str, Any] = await asyncio.wait_for(
             conn.call({"msgid": MsgId.LOGIN, "id": c.uid, "password": PW, "receipts": True}), 60
         )
-        # 2: the old session is still being ended; 150: the store or the bus
-        # is not back yet (after a Redis restart): both say "retry".
-        if ack.get("errno") in (2, 150) and retry > 0:
+        # 2: the old session is still being ended; 4: too many logins at once
+        # (from our one address); 150: the store or the bus is not back yet
+        # (after a Redis restart): all say "retry".
+        if ack.get("errno") in (2, 4, 150) and retry > 0:
             self.login_retries[ack["errno"]] += 1
             c.conn = None  # closed by us: not one to revive
             await conn.close()
@@ -138,13 +271,33 @@ class World:
         c.ready = True
         return ack
 
-    def revive(self, c: Client, dead: ChatConnection) -> None:
+    def revive(self, c: Client, dead: ChatConnection | WsConn) -> None:
         """A connection the server ended (a node killed, a memory budget's
         cut-off): log in again a moment later, as our clients do."""
         if not self.closing and c.conn is dead:
             self.pingers.add(asyncio.ensure_future(self.reopen(c, dead)))
 
-    async def reopen(self, c: Client, dead: ChatConnection | None) -> bool:
+    async def drop(self, c: Client, how: str) -> None:
+        """End ``c``'s connection ourselves, as a client going away: "rst"
+        (a reset: nothing more is read), "fin" (a close), "logout"."""
+        conn, c.conn, c.ready = c.conn, None, False  # ours: not one to revive
+        if conn is None:
+            return
+        if how == "logout":
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.call({"msgid": MsgId.LOGOUT}), 5)
+        if how == "rst":
+            sock = conn._writer.get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn._writer.transport.abort()
+            with contextlib.suppress(Exception):
+                await conn.close()
+        else:
+            await conn.close()
+        self.tally[f"dropped {how}"] += 1
+
+    async def reopen(self, c: Client, dead: ChatConnection | WsConn | None) -> bool:
         """Log ``c`` in again unless it already was since ``dead`` ended."""
         async with c.lock:
             for _ in range(20):
@@ -219,32 +372,55 @@ async def sender(
                 doc.update(msgid=MsgId.GROUP_CHAT, groupid=to)
             try:
                 fut = conn.call(doc)
-                r = await asyncio.wait_for(asyncio.shield(fut), 20)
+                r = await asyncio.wait_for(asyncio.shield(fut), w.reply_timeout)
+            except asyncio.CancelledError:  # the burst timed out: sent, outcome unknown
+                w.doubt.add(tag)
+                raise
             except (ConnectionClosed, TimeoutError, OSError) as e:
                 w.tally[f"no reply {type(e).__name__}"] += 1
+                if isinstance(e, TimeoutError):
+                    fut.add_done_callback(functools.partial(late, kind, to, tag, time.monotonic()))
                 w.doubt.add(tag)
                 tag = f"{tag}r"
                 await asyncio.sleep(0.3)
                 continue
             if r.get("msgid") == MsgId.CHAT_ACK:
                 w.tally[f"ack {r.get('status')}"] += 1
-                mid = str(r["mid"])
-                if kind == "u":
-                    rcv = [to]
-                    key = f"u{c.uid}"
-                else:
-                    skip = set(r.get("missed") or []) | set(r.get("full") or [])
-                    if skip:
-                        w.tally["group skipped members"] += len(skip)
-                    rcv = [m for m in w.members[to] if m != c.uid and m not in skip]
-                    key = f"g{to}:{c.uid}"
-                for u in rcv:
-                    w.expect[u][mid] = (tag, key)
-                    w.order[(key, u)].append(mid)
+                expect(kind, to, tag, r)
                 return
             w.tally[f"refused {r.get('errno')}"] += 1
             await asyncio.sleep(min(0.05 * (tries + 1), 1.0))
         w.tally["gave up"] += 1
+
+    def late(kind: str, to: int, tag: str, t0: float, fut: asyncio.Future[Any]) -> None:
+        """A reply that came after we stopped waiting (and sent the message
+        again under a new tag): an acknowledged one must arrive all the same."""
+        if fut.cancelled() or fut.exception() is not None:
+            w.tally["late: none"] += 1
+            return
+        r = fut.result()
+        w.late_max = max(w.late_max, w.reply_timeout + time.monotonic() - t0)
+        if r.get("msgid") == MsgId.CHAT_ACK:
+            w.tally[f"late ack {r.get('status')}"] += 1
+            expect(kind, to, tag, r, ordered=False)
+        else:
+            w.tally[f"late refused {r.get('errno')}"] += 1
+
+    def expect(kind: str, to: int, tag: str, r: dict[str, Any], ordered: bool = True) -> None:
+        mid = str(r["mid"])
+        if kind == "u":
+            rcv = [to]
+            key = f"u{c.uid}"
+        else:
+            skip = set(r.get("missed") or []) | set(r.get("full") or [])
+            if skip:
+                w.tally["group skipped members"] += len(skip)
+            rcv = [m for m in w.members[to] if m != c.uid and m not in skip]
+            key = f"g{to}:{c.uid}"
+        for u in rcv:
+            w.expect[u][mid] = (tag, key)
+            if ordered:  # (a late reply's message was sent again: no order to check)
+                w.order[(key, u)].append(mid)
 
     tasks = []
     for n in range(count):
@@ -309,11 +485,57 @@ class Watch:
             await asyncio.sleep(0.5)
 
 
-async def mysql(sql: str) -> None:
+class OwnMariaDB:
+    """A mariadbd of the soak's own on a free port, to SIGKILL and restart
+    with its data (the shared one at 3306 must never be stopped)."""
+
+    def __init__(self) -> None:
+        self.datadir = Path(tempfile.mkdtemp(prefix="ccsoak-mariadb-"))
+        self.port = free_ports(1)
+        self.proc: subprocess.Popen[bytes] | None = None
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", "--user=root",
+             "--auth-root-authentication-method=normal", "--skip-test-db"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"mysql+asyncmy://root@127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        d = self.datadir
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            ["mariadbd", "--no-defaults", f"--datadir={d}", f"--port={self.port}",
+             f"--socket={d / 'mysqld.sock'}", f"--pid-file={d / 'mysqld.pid'}",
+             f"--log-error={d / 'error.log'}", "--bind-address=127.0.0.1",
+             "--skip-name-resolve", "--character-set-server=utf8mb4",
+             "--collation-server=utf8mb4_general_ci", "--user=root"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        probe = ["mariadb", "-h127.0.0.1", f"-P{self.port}", "-uroot", "-e", "SELECT 1"]
+        for _ in range(300):
+            r = await asyncio.to_thread(subprocess.run, probe, capture_output=True, check=False)
+            if r.returncode == 0:
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"own mariadbd on {self.port} did not answer")
+
+    async def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)
+
+    async def remove(self) -> None:
+        await self.kill()
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+async def mysql(sql: str, url: str = MYSQL) -> None:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    e = create_async_engine(MYSQL + "/")
+    e = create_async_engine(url + "/")
     try:
         async with e.begin() as c:
             await c.execute(text(sql))
@@ -323,7 +545,9 @@ async def mysql(sql: str) -> None:
 
 async def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["burst", "vanish", "kill", "redis", "dbstall"])
+    scenarios = ["burst", "vanish", "kill", "redis", "dbstall", "dbkill"]
+    scenarios += ["withhold", "hop", "fanin"]
+    ap.add_argument("scenario", choices=scenarios)
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--count", type=int, default=40)
@@ -335,6 +559,16 @@ async def main() -> int:
     ap.add_argument("--gcount", type=int, default=40)
     ap.add_argument("--budget", default="67108864", help="bytes")
     ap.add_argument("--quiet", type=float, default=4.0)
+    ap.add_argument(
+        "--away", type=float, default=0.0, help="fraction of users away during the burst"
+    )
+    ap.add_argument(
+        "--churn", type=float, default=0.25, help="withhold/hop: fraction of users that churn"
+    )
+    ap.add_argument("--fanin", type=int, default=5, help="fanin: receivers that stop reading")
+    ap.add_argument("--ws", type=float, default=0.0, help="fraction of users on WebSockets")
+    ap.add_argument("--reply-timeout", type=float, default=20.0, help="seconds, then resend")
+    ap.add_argument("--period", type=float, default=2.0, help="withhold/hop: seconds between")
     ap.add_argument("--burst-timeout", type=float, default=100.0, help="seconds")
     ap.add_argument("--env", action="append", default=[])
     ap.add_argument("--arg", action="append", default=[])
@@ -343,7 +577,13 @@ async def main() -> int:
     run = Path(f"/tmp/soak/run-{a.scenario}-{secrets.token_hex(3)}")
     run.mkdir(parents=True)  # noqa: ASYNC240 - before anything runs
     dbname = f"cc_soak_{secrets.token_hex(4)}"
-    db_url = f"{MYSQL}/{dbname}"
+    server = MYSQL
+    owndb: OwnMariaDB | None = None
+    if a.scenario == "dbkill":
+        owndb = OwnMariaDB()
+        await owndb.start()
+        server = owndb.url
+    db_url = f"{server}/{dbname}"
     prefix = f"ccsoak:{secrets.token_hex(4)}:"
     own: OwnRedis | None = None
     redis_url = "redis://127.0.0.1:6379/0"
@@ -355,7 +595,7 @@ async def main() -> int:
     dbproxy: StallingProxy | None = None
     if a.scenario == "dbstall":
         # the store must exist first: create through the direct url by a node start
-        await mysql(f"CREATE DATABASE `{dbname}`")
+        await mysql(f"CREATE DATABASE `{dbname}`", server)
         dbproxy, node_db = await stalling_mariadb(db_url)
     base = free_ports(a.nodes + 1)
     httpb = free_ports(a.nodes + 1)
@@ -371,15 +611,19 @@ async def main() -> int:
     pids = {p.name: p.pid for p in state.procs if p.name.startswith("node")}
     watch = Watch(pids, {f"node{i}": httpb + i for i in range(a.nodes)})
     wt = asyncio.ensure_future(watch.run())
-    w = World(port)
+    web = {port: httpb + a.nodes} | {base + i: httpb + i for i in range(a.nodes)}
+    w = World(port, web)
+    w.reply_timeout = a.reply_timeout
     rc = 1
     try:
         log("cluster up", run, pids)
         users = await register(port, a.users, f"s{secrets.token_hex(2)}_")
         log("registered", len(users))
+        for c in random.sample(users, int(len(users) * a.ws)):
+            c.ws = True
         vanish: list[Client] = []
-        if a.scenario == "vanish":
-            vanish = users[: len(users) // 4]
+        if a.scenario in ("vanish", "fanin"):
+            vanish = users[: len(users) // 4 if a.scenario == "vanish" else a.fanin]
             for c in vanish:
                 c.proxy = StallingProxy(port)
                 await c.proxy.start()
@@ -395,19 +639,59 @@ async def main() -> int:
         log("groups", [g for g, _ in gids])
         n = len(users)
         jobs = []
-        quiet_ids = {id(c) for c in vanish}
+        churn = users[: int(len(users) * a.churn)] if a.scenario in ("withhold", "hop") else []
+        away = users[len(users) - int(len(users) * a.away) :] if a.away else []
+        for c in away:  # they come back only for the final login
+            await w.drop(c, "logout")
+        quiet_ids = {id(c) for c in vanish + away}
+        if a.scenario == "withhold":
+            quiet_ids |= {id(c) for c in churn}  # receivers only
         for i, c in enumerate(users):
             if id(c) in quiet_ids:
                 continue  # vanished users only receive
             targets = [("u", users[(i + d) % n].uid) for d in (1, 7, 31)]
+            if a.scenario == "fanin":  # everyone to the few that stop reading
+                targets = [("u", v.uid) for v in vanish]
             jobs.append(sender(w, c, targets, a.count, a.size, a.window))
         for gid, mem in gids:
             for s in [m for m in mem if id(m) not in quiet_ids][: a.gsenders]:
                 jobs.append(sender(w, s, [("g", gid)], a.gcount, a.size, a.window))
 
+        burst_over = asyncio.Event()
+
+        async def churner(c: Client) -> None:
+            """Drop and come back, again and again, while messages to ``c`` are
+            in flight: withhold, through nginx, confirming or not at random;
+            hop, directly on another node than the last."""
+            ports = [base + i for i in range(a.nodes)]
+            while not burst_over.is_set():
+                await asyncio.sleep(random.uniform(0.5, 1.5) * a.period)
+                if burst_over.is_set():
+                    break
+                async with c.lock:
+                    await w.drop(c, random.choice(["rst", "rst", "fin", "logout"]))
+                    if a.scenario == "withhold":
+                        c.ack = random.random() < 0.3
+                        port = None
+                    else:
+                        last = ports[int(c.node.removeprefix("node") or 0)]
+                        port = random.choice([p for p in ports if p != last])
+                    for _ in range(20):
+                        try:
+                            await w.open(c, port)
+                            break
+                        except Exception as e:  # a node busy: try again
+                            w.tally[f"churn open failed {str(e)[:60]}"] += 1
+                            await asyncio.sleep(0.3)
+                    w.tally["churned"] += 1
+            c.ack = True
+
         async def fault() -> None:
+            if churn:
+                await asyncio.gather(*(churner(c) for c in churn))
+                return
             await asyncio.sleep(1.0)
-            if a.scenario == "vanish":
+            if vanish:
                 for c in vanish:
                     assert c.proxy
                     c.proxy.stall_existing()
@@ -428,6 +712,13 @@ async def main() -> int:
                 await asyncio.sleep(3)
                 await own.start()
                 log("redis back")
+            elif a.scenario == "dbkill":
+                assert owndb
+                await owndb.kill()
+                log("db killed")
+                await asyncio.sleep(3)
+                await owndb.start()
+                log("db back")
             elif a.scenario == "dbstall":
                 assert dbproxy
                 dbproxy.stall()
@@ -437,9 +728,20 @@ async def main() -> int:
                 log("db flows")
 
         t_burst = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(fault(), *jobs), a.burst_timeout)
+        faulting = asyncio.ensure_future(fault())
+        sending = asyncio.gather(*jobs)
+        try:
+            await asyncio.wait_for(asyncio.shield(sending), a.burst_timeout)
+        except TimeoutError:  # what was acknowledged must arrive all the same
+            log("burst timed out", dict(w.tally))
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+            w.tally["burst timed out"] += 1
+        burst_over.set()
+        await asyncio.wait_for(faulting, 60)
         log("burst done in %.1fs" % (time.monotonic() - t_burst), dict(w.tally))
-        if a.scenario == "vanish":
+        if vanish:
             await asyncio.sleep(2)
             for c in vanish:  # log in again elsewhere (directly via nginx)
                 await w.open(c)
@@ -487,8 +789,18 @@ async def main() -> int:
         dup_other = 0
         order_bad = 0
         lost_by: Counter[str] = Counter()
-        nodes_of = {c.uid: c.first_node for c in users}
         examples: list[str] = []
+        nodes_of = {c.uid: c.first_node for c in users}
+        # A refusal (or a group member listed missed or full) means no effect:
+        # such a message must not arrive (a request left unanswered may).
+        unexpected = 0
+        for u, got_u in w.got.items():
+            exp_u = w.expect.get(u, {})
+            for m, t, _ in got_u:
+                if m not in exp_u and t not in w.doubt:
+                    unexpected += 1
+                    if len(examples) < 10:
+                        examples.append(f"user {u} got {m} tag {t}, never acknowledged to it")
         for u, exp in w.expect.items():
             got = w.got.get(u, [])
             cnt = Counter(m for m, _, _ in got)
@@ -515,14 +827,16 @@ async def main() -> int:
         res = {
             "scenario": a.scenario, "acked_deliveries": acked, "arrivals": delivered,
             "lost": lost, "dup_same_mid": dup_same, "dup_other_mid": dup_other,
+            "refused_but_arrived": unexpected,
             "order_inversions": order_bad, "tally": dict(w.tally),
             "login_retries": dict(w.login_retries), "lost_by_node": dict(lost_by),
+            "latest_reply_s": round(w.late_max, 1),
             "max_rss_mib": watch.max_rss, "budget_metrics_max": watch.max_budget,
         }  # fmt: skip
         log("RESULT", json.dumps(res, sort_keys=True))
         for e in examples:
             log(e)
-        rc = 0 if lost == 0 and dup_other == 0 else 2
+        rc = 0 if lost == 0 and dup_other == 0 and unexpected == 0 else 2
     finally:
         watch.stop = True
         await wt
@@ -531,7 +845,10 @@ async def main() -> int:
             await dbproxy.close()
         if own:
             await own.kill()
-        await mysql(f"DROP DATABASE IF EXISTS `{dbname}`")
+        if owndb:
+            await owndb.remove()
+        else:
+            await mysql(f"DROP DATABASE IF EXISTS `{dbname}`")
         if not own:
             import redis.asyncio as aioredis
 

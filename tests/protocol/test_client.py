@@ -326,14 +326,19 @@ def test_websocket_messages_read_together_are_events_in_order() -> None:
     assert isinstance(push, Push) and push.msg["msg"] == "m3"
 
 
-def test_an_error_the_server_closes_with_answers_no_request() -> None:
-    """ERROR 186/187 (receipts) close the connection of the server's own
-    accord: the chat waiting may have been served, so it is not "refused"
-    (it fails as in doubt when the connection closes). Before, it took the
-    chat's place: the soak's sender sent it again under a new mid."""
+@pytest.mark.parametrize(
+    "errno", [ErrCode.RECEIPT_TIMEOUT, ErrCode.RECEIPT_WINDOW_FULL, ErrCode.TIMEOUT]
+)
+def test_an_error_the_server_closes_with_answers_no_request(errno: ErrCode) -> None:
+    """ERROR 186/187 (receipts) and 161 (a timeout: a request half-sent, or
+    silence) close the connection of the server's own accord: the chat
+    waiting may have been served, so it is not "refused" (it fails as in
+    doubt when the connection closes). Before, it took the chat's place: the
+    soak's sender sent it again under a new mid (161: a chat the server had
+    stored was shown refused)."""
     core: ClientProtocol[str] = ClientProtocol()
     core.send({"msgid": MsgId.ONE_CHAT, "toid": 2, "msg": "hi"}, "chat")
-    closing = wire({"msgid": MsgId.ERROR, "errno": ErrCode.RECEIPT_WINDOW_FULL, "re": None})
+    closing = wire({"msgid": MsgId.ERROR, "errno": errno, "re": None})
     events = core.receive_data(closing)
     assert [type(e) for e in events] == [Unexpected]
     assert core.connection_lost() == ["chat"]  # still waiting: in doubt at the close

@@ -51,11 +51,14 @@ _encode = msgspec.json.Encoder(order="sorted").encode
 
 _ERROR, _RECEIVED, _LOGIN_ACK = int(MsgId.ERROR), int(MsgId.RECEIVED), int(MsgId.LOGIN_ACK)
 #: The ERRORs with which the server closes a connection of its own accord
-#: (receipts not confirmed in time, or too many held): they answer no
-#: request. Taken as the oldest waiting request's reply, a chat the server
-#: had served was shown refused, and sent again under a new mid (found by a
-#: soak: 2,997 messages delivered twice); it is in doubt, as at any close.
-_CLOSING = frozenset({int(ErrCode.RECEIPT_TIMEOUT), int(ErrCode.RECEIPT_WINDOW_FULL)})
+#: (receipts not confirmed in time, or too many held; a timeout: no login, a
+#: request half-sent, silence): they answer no request. Taken as the oldest
+#: waiting request's reply, a chat the server had served was shown refused,
+#: and sent again under a new mid (found by a soak: 2,997 messages delivered
+#: twice); it is in doubt, as at any close.
+_CLOSING = frozenset(
+    {int(ErrCode.RECEIPT_TIMEOUT), int(ErrCode.RECEIPT_WINDOW_FULL), int(ErrCode.TIMEOUT)}
+)
 _LOGOUT = int(MsgId.LOGOUT)
 _PUSHED = frozenset(int(m) for m in PUSHED)
 #: What the original (NUL) dialect answers at all.

@@ -267,6 +267,12 @@ class ConnectionCore:
 
     # -- what arrives ------------------------------------------------------------------
 
+    @property
+    def input_held(self) -> bool:
+        """The node stopped reading this peer: its requests wait behind one
+        of its own that awaits I/O. Its silence meanwhile is the node's."""
+        return self._paused
+
     def expect_proxy(self) -> None:
         """The peer is a trusted proxy: it may begin with a PROXY line."""
         self._proxy = b""
@@ -708,7 +714,11 @@ class ConnectionCore:
             self._watched = False
             return False
         receipts = outbox.receipts
-        if receipts is not None:
+        if receipts is not None and self._queue is not None:
+            # Its requests wait behind one of its own that awaits our store
+            # or bus, RECEIVED among them: silence meanwhile is ours.
+            receipts.unread(now)
+        elif receipts is not None:
             if receipts.overdue(now):
                 self._watched = False
                 self._receipts_failed(ErrCode.RECEIPT_TIMEOUT, _RECEIPT_TIMEOUT)

@@ -365,6 +365,13 @@ class Node:
                 if not session.uid and now - session.anonymous_since > s.login_timeout:
                     # From accept: a PING does not extend it.
                     conn.time_out(None if legacy else _LOGIN_TIMEOUT)
+                elif core.input_held:
+                    # We are not reading it (its requests wait for our store
+                    # or bus): a request half-read and its silence are ours,
+                    # and its clocks start again when we read.
+                    core.last_seen = now
+                    if core.partial_since:
+                        core.partial_since = now
                 elif core.partial_since and now - core.partial_since > s.frame_timeout:
                     # One byte every few seconds is not a request.
                     conn.time_out(None if legacy else _FRAME_TIMEOUT)

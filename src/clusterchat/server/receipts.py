@@ -276,6 +276,14 @@ class Unacked:
         (as :meth:`overdue` last saw it)."""
         return bool(self._since) and now - self._since >= after
 
+    def unread(self, now: float) -> None:
+        """The node is not serving the client's requests (they queue behind
+        one that awaits I/O): whatever receipts it sent wait unread, so the
+        time does not count toward :meth:`overdue`."""
+        if self._since:
+            self._since = now
+        self._aged = (self._aged[0], now)
+
     def overdue(self, now: float) -> bool:
         """Called now and then (about twice a second): whether the window has
         waited ``timeout`` seconds without any acknowledgement, or a message

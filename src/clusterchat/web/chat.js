@@ -21,9 +21,9 @@ export const Msg = Object.freeze({
 const PUSHED = new Set([Msg.ONE_CHAT, Msg.GROUP_CHAT, Msg.NOTICE, Msg.FRIEND_ADDED,
   Msg.FRIEND_EVENT, Msg.GROUP_EVENT]);
 // ERRORs with which the server closes a connection of its own accord (186
-// receipts too late, 187 too many held, or the node short of memory), `re`
-// null: they answer no request (docs/PROTOCOL.md, Receipts).
-const CLOSING = new Set([186, 187]);
+// receipts too late, 187 too many held, or the node short of memory; 161 a
+// timeout), `re` null: they answer no request (docs/PROTOCOL.md, Receipts).
+const CLOSING = new Set([161, 186, 187]);
 const KEEPALIVE_MS = 30000;
 const RELOGIN_PATIENCE_MS = 30000; // "already online": the old node may still hold us
 const SEEN_MAX = 4096;
