@@ -10,6 +10,7 @@ from pathlib import Path
 from playwright.async_api import expect
 
 from clusterchat.client.connection import ChatConnection
+from clusterchat.protocol.messages import MsgId
 from clusterchat.server.node import Node
 from clusterchat.server.websocket import WsConnection
 from tests.browser.conftest import NewPage, add_friend, register, web_settings
@@ -124,3 +125,32 @@ async def test_a_refusal_is_readable_white_on_red(web_node: Node, new_page: NewP
         "t => [getComputedStyle(t).color, getComputedStyle(t).backgroundColor]"
     )
     assert (colour, background) == ("rgb(255, 255, 255)", "rgb(229, 72, 77)")
+
+
+async def test_a_long_last_message_does_not_widen_the_list_on_a_phone(
+    web_node: Node, new_page: NewPage
+) -> None:
+    """On a phone-sized window the list is the one column; a friend's last
+    message, shown under their name, is cut with an ellipsis as on a wide
+    window. The column used to grow to the whole line's width: Log out, the
+    + buttons and the unread badges were pushed off the right edge (seen on
+    a screenshot at 390 px after a long group message)."""
+    ann = await new_page(web_node.http.port, width=390, height=760)
+    ann_id = await register(ann, unique("ann"))
+    conn = await ChatConnection.open("127.0.0.1", web_node.port)
+    bob_id = await conn.register(unique("bob"), PASSWORD)
+    assert (await conn.login(bob_id, PASSWORD))["errno"] == 0
+    await ann.click("#add-friend-btn")
+    await ann.fill("#friend-id", str(bob_id))
+    await ann.press("#friend-id", "Enter")
+    await ann.click("#back")  # adding opened the conversation, which takes the screen
+    long = "lorem ipsum dolor sit amet " * 12
+    await conn.send({"msgid": MsgId.ONE_CHAT, "toid": ann_id, "msg": long})
+    entry = ann.locator(f'[data-key="u:{bob_id}"]')
+    await expect(entry.locator(".badge")).to_have_text("1")
+    overflow = await ann.evaluate("() => document.documentElement.scrollWidth - innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than the window"
+    for selector in ("#logout", "#add-friend-btn", f'[data-key="u:{bob_id}"] .badge'):
+        box = await ann.locator(selector).bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 390, (selector, box)
+    await conn.close()
