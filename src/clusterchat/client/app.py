@@ -73,8 +73,8 @@ class Controller:
             return True
         try:
             await self._run(cmd)
-        except ConnectionLost:
-            self.fail("Not done: the connection is down (reconnecting); try again in a moment.")
+        except ConnectionLost as exc:
+            self.fail(down(self.client, exc))
         except TooLong as exc:
             self.fail(too_long(exc))
         return True
@@ -184,6 +184,14 @@ class Controller:
         for line in render.login_summary(ack):
             self.out(line)
         return True
+
+
+def down(client: ChatClient, exc: ConnectionLost) -> str:
+    """Why a command was not done with no connection: a reconnect is under
+    way, or none is (the server ended the session) and connecting failed."""
+    if client.displaced:
+        return f"Not done: {exc}; /login ID to try again, or /quit."
+    return "Not done: the connection is down (reconnecting); try again in a moment."
 
 
 def too_long(exc: TooLong) -> str:
@@ -418,6 +426,6 @@ async def _menu(ctl: Controller, choice: str, ask: Callable[..., Awaitable[str]]
             await ctl.register(name, password)
     except c.BadCommand as exc:
         ctl.out(f"Not understood: {exc}.")
-    except ConnectionLost:
-        ctl.out("Not done: the connection is down (reconnecting); try again in a moment.")
+    except ConnectionLost as exc:
+        ctl.out(down(ctl.client, exc))
     return True
