@@ -154,3 +154,18 @@ async def test_a_long_last_message_does_not_widen_the_list_on_a_phone(
         box = await ann.locator(selector).bounding_box()
         assert box is not None and box["x"] + box["width"] <= 390, (selector, box)
     await conn.close()
+
+
+async def test_what_you_type_in_the_log_in_form_is_in_the_text_colour(
+    web_node: Node, new_page: NewPage
+) -> None:
+    """The id and password fields sit inside their labels and took the
+    labels' muted grey, bold: a typed id looked like a placeholder (seen on
+    a screenshot following the README). They are in the text colour now."""
+    page = await new_page(web_node.http.port)
+    await page.fill("#login-id", "42")
+    for field in ("#login-id", "#password", "#reg-name"):
+        colour, weight = await page.locator(field).evaluate(
+            "f => [getComputedStyle(f).color, getComputedStyle(f).fontWeight]"
+        )
+        assert (colour, weight) == ("rgb(29, 32, 48)", "400"), field
