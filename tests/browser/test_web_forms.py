@@ -169,3 +169,18 @@ async def test_what_you_type_in_the_log_in_form_is_in_the_text_colour(
             "f => [getComputedStyle(f).color, getComputedStyle(f).fontWeight]"
         )
         assert (colour, weight) == ("rgb(29, 32, 48)", "400"), field
+
+
+async def test_a_toast_on_a_phone_is_not_squeezed_into_half_the_window(
+    web_node: Node, new_page: NewPage
+) -> None:
+    """Placed from the window's middle, a toast could only take the other
+    half: "Welcome! Your user id is 1: you log in with it." ran over three
+    narrow lines on a 390 px window (seen on a screenshot)."""
+    page = await new_page(web_node.http.port, width=390, height=700)
+    await register(page, unique("ann"))
+    toast = page.locator("#toast")
+    await expect(toast).to_contain_text("Welcome!")
+    box = await toast.bounding_box()
+    assert box is not None and box["width"] > 300, box
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390, box
