@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--target",
         default=None,
+        type=_targets,
         metavar="HOST:PORT[,HOST:PORT]",
         help="server(s); connections alternate between them [default 127.0.0.1:8000 (nginx, "
         "or its --listen-port) when `clusterchat cluster up` runs on this machine, else "
@@ -462,16 +463,27 @@ def _why(exc: BaseException) -> str:
     return f"{text}: {cause}" if cause is not None and str(cause) not in text else text
 
 
+def _targets(value: str) -> list[tuple[str, int]]:
+    """``--target HOST:PORT[,HOST:PORT]``: a word that is not one is an
+    argparse error naming it ("nonsense" ended in a traceback)."""
+    targets = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not HOST:PORT (e.g. 127.0.0.1:6000; PORT 1-65535)"
+            )
+        targets.append((host or "127.0.0.1", int(port)))
+    return targets
+
+
 def _bench(args: argparse.Namespace) -> int:
     from clusterchat.bench.conn import Closed
     from clusterchat.bench.main import run as run_bench
     from clusterchat.bench.scenarios import BenchError, Options, explain
 
-    args.target = args.target or f"127.0.0.1:{default_port()}"
-    targets = []
-    for t in args.target.split(","):
-        host, _, port = t.rpartition(":")
-        targets.append((host or "127.0.0.1", int(port)))
+    targets = args.target or [("127.0.0.1", default_port())]
+    where = ",".join(f"{host}:{port}" for host, port in targets)
     opts = Options(
         targets=targets,
         users=args.users,
@@ -509,7 +521,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"clusterchat bench: {explain(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"clusterchat bench: {args.target}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"clusterchat bench: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0 if results and not results[0].errors and not results[0].lost else 1
 
