@@ -69,6 +69,8 @@ def test_each_help_says_what_its_arguments_are() -> None:
     assert "End the user's session" in kick and "USER_ID" in kick and "--db URL" in kick
     assert "GROUP_ID" in _help("admin", "group")
     assert "SCENARIO" in _help("bench") and "{reg,login" not in _help("bench")
+    # The README's soak is `bench soak -n 200 -t 3600`: both said they were for others.
+    assert "reconnect, soak)" in _help("bench") and "soak: how long it runs" in _help("bench")
     assert "-- SERVER_OPTION" in _help("cluster", "up") and "server_args" not in _help(
         "cluster", "up"
     )

@@ -119,14 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
         "127.0.0.1:6000]",
     )
     bench.add_argument("-n", "--users", type=int, default=200,
-                       help="users (reg, login, reconnect) [default 200]")  # fmt: skip
+                       help="users (reg, login, reconnect, soak) [default 200]")  # fmt: skip
     bench.add_argument("-c", "--concurrency", type=int, default=16,
                        help="requests in flight (reg, login) [default 16]")  # fmt: skip
     bench.add_argument("-p", "--pairs", type=int, default=10, help="chat pairs [default 10]")
     bench.add_argument("-w", "--window", type=int, default=1,
                        help="messages in flight per sender [default 1]")  # fmt: skip
     bench.add_argument("-t", "--seconds", type=float, default=5.0,
-                       help="measured seconds (chat, group) [default 5]")  # fmt: skip
+                       help="measured seconds (chat, group); soak: how long it runs "
+                            "[default 5]")  # fmt: skip
     bench.add_argument("--warmup", type=float, default=1.0,
                        help="unmeasured seconds first [default 1]")  # fmt: skip
     bench.add_argument("-g", "--members", type=int, default=20,
