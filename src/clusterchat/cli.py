@@ -478,6 +478,35 @@ def _targets(value: str) -> list[tuple[str, int]]:
     return targets
 
 
+def _await_targets(targets: list[tuple[str, int]], pid: int, patience: float) -> bool:
+    """With --server-pid, the server may have just been started (the README's
+    `clusterchat server … & clusterchat bench soak … --server-pid $!`): wait,
+    while that process lives, until every target accepts a connection. The
+    benchmark used to start at once and fail with "Connection refused"."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + patience
+    waiting = list(targets)
+    while waiting:
+        try:
+            with socket.create_connection(waiting[0], timeout=1.0):
+                waiting.pop(0)
+                continue
+        except OSError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # someone else's process: alive
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _bench(args: argparse.Namespace) -> int:
     from clusterchat.bench.conn import Closed
     from clusterchat.bench.main import run as run_bench
@@ -508,6 +537,10 @@ def _bench(args: argparse.Namespace) -> int:
         print("clusterchat bench: --dialect nul is for reg, login, reconnect and chat over tcp",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.server_pid and not _await_targets(targets, args.server_pid, 30.0):
+        print(f"clusterchat bench: {where}: not accepting connections (process "
+              f"{args.server_pid} gone, or 30 s passed)", file=sys.stderr)  # fmt: skip
+        return 1
     results = []
 
     async def go() -> None:
