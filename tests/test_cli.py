@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from clusterchat.cli import build_parser
 from clusterchat.client.connection import ChatConnection
 from clusterchat.config import Settings
@@ -67,6 +69,8 @@ def test_each_help_says_what_its_arguments_are() -> None:
     assert "End the user's session" in kick and "USER_ID" in kick and "--db URL" in kick
     assert "GROUP_ID" in _help("admin", "group")
     assert "SCENARIO" in _help("bench") and "{reg,login" not in _help("bench")
+    # The README's soak is `bench soak -n 200 -t 3600`: both said they were for others.
+    assert "reconnect, soak)" in _help("bench") and "soak: how long it runs" in _help("bench")
     assert "-- SERVER_OPTION" in _help("cluster", "up") and "server_args" not in _help(
         "cluster", "up"
     )
@@ -158,3 +162,16 @@ async def test_kick_under_a_prefix_with_no_live_nodes_fails(tmp_path: Path) -> N
     for args in (("ban", str(uid)), ("delete", str(uid))):
         rc, out, err = await _admin(*args, *where)
         assert rc == 0 and f"warning: no live nodes under prefix {prefix!r}" in err, (args, err)
+
+
+def test_a_bench_target_that_is_not_host_port_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench chat --target nonsense` ended in a traceback (int('nonsense')),
+    and a port past 65535 in "Connection refused"."""
+    for bad in ("nonsense", "127.0.0.1:99999", "127.0.0.1:6000,:x"):
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args(["bench", "chat", "--target", bad])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert "is not HOST:PORT" in err and "Traceback" not in err, err
+    args = build_parser().parse_args(["bench", "chat", "--target", "10.0.0.5:8000,:6001"])
+    assert args.target == [("10.0.0.5", 8000), ("127.0.0.1", 6001)]

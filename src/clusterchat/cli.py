@@ -112,20 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--target",
         default=None,
+        type=_targets,
         metavar="HOST:PORT[,HOST:PORT]",
         help="server(s); connections alternate between them [default 127.0.0.1:8000 (nginx, "
         "or its --listen-port) when `clusterchat cluster up` runs on this machine, else "
         "127.0.0.1:6000]",
     )
     bench.add_argument("-n", "--users", type=int, default=200,
-                       help="users (reg, login, reconnect) [default 200]")  # fmt: skip
+                       help="users (reg, login, reconnect, soak) [default 200]")  # fmt: skip
     bench.add_argument("-c", "--concurrency", type=int, default=16,
                        help="requests in flight (reg, login) [default 16]")  # fmt: skip
     bench.add_argument("-p", "--pairs", type=int, default=10, help="chat pairs [default 10]")
     bench.add_argument("-w", "--window", type=int, default=1,
                        help="messages in flight per sender [default 1]")  # fmt: skip
     bench.add_argument("-t", "--seconds", type=float, default=5.0,
-                       help="measured seconds (chat, group) [default 5]")  # fmt: skip
+                       help="measured seconds (chat, group); soak: how long it runs "
+                            "[default 5]")  # fmt: skip
     bench.add_argument("--warmup", type=float, default=1.0,
                        help="unmeasured seconds first [default 1]")  # fmt: skip
     bench.add_argument("-g", "--members", type=int, default=20,
@@ -480,16 +482,56 @@ def _why(exc: BaseException) -> str:
     return f"{text}: {cause}" if cause is not None and str(cause) not in text else text
 
 
+def _targets(value: str) -> list[tuple[str, int]]:
+    """``--target HOST:PORT[,HOST:PORT]``: a word that is not one is an
+    argparse error naming it ("nonsense" ended in a traceback)."""
+    targets = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not HOST:PORT (e.g. 127.0.0.1:6000; PORT 1-65535)"
+            )
+        targets.append((host or "127.0.0.1", int(port)))
+    return targets
+
+
+def _await_targets(targets: list[tuple[str, int]], pid: int, patience: float) -> bool:
+    """With --server-pid, the server may have just been started (the README's
+    `clusterchat server … & clusterchat bench soak … --server-pid $!`): wait,
+    while that process lives, until every target accepts a connection. The
+    benchmark used to start at once and fail with "Connection refused"."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + patience
+    waiting = list(targets)
+    while waiting:
+        try:
+            with socket.create_connection(waiting[0], timeout=1.0):
+                waiting.pop(0)
+                continue
+        except OSError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # someone else's process: alive
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _bench(args: argparse.Namespace) -> int:
     from clusterchat.bench.conn import Closed
     from clusterchat.bench.main import run as run_bench
     from clusterchat.bench.scenarios import BenchError, Options, explain
 
-    args.target = args.target or f"127.0.0.1:{default_port()}"
-    targets = []
-    for t in args.target.split(","):
-        host, _, port = t.rpartition(":")
-        targets.append((host or "127.0.0.1", int(port)))
+    targets = args.target or [("127.0.0.1", default_port())]
+    where = ",".join(f"{host}:{port}" for host, port in targets)
     opts = Options(
         targets=targets,
         users=args.users,
@@ -513,6 +555,10 @@ def _bench(args: argparse.Namespace) -> int:
         print("clusterchat bench: --dialect nul is for reg, login, reconnect and chat over tcp",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.server_pid and not _await_targets(targets, args.server_pid, 30.0):
+        print(f"clusterchat bench: {where}: not accepting connections (process "
+              f"{args.server_pid} gone, or 30 s passed)", file=sys.stderr)  # fmt: skip
+        return 1
     results = []
 
     async def go() -> None:
@@ -527,7 +573,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"clusterchat bench: {explain(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"clusterchat bench: {args.target}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"clusterchat bench: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0 if results and not results[0].errors and not results[0].lost else 1
 

@@ -174,3 +174,34 @@ async def test_a_server_with_its_flood_limit_stops_the_bench_with_a_line(
     finally:
         await n.stop()
     assert "too many requests" in text and "--message-rate 0" in text, text
+
+
+async def test_a_soak_started_with_its_server_waits_for_it(tmp_path: Path) -> None:
+    """The README's soak is `clusterchat server … & clusterchat bench soak …
+    --server-pid $!`: the benchmark started before the node listened and
+    failed at once, "Connection refused". With --server-pid it now waits for
+    the target while that process lives; once it is gone, it says so."""
+    from tests.helpers import free_ports, server_cmd
+
+    port = free_ports(1)
+    db = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+    server = await asyncio.create_subprocess_exec(
+        *server_cmd(port, db, "--registrations", "0"), stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        bench = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clusterchat", "bench", "soak", "-n", "4", "-t", "1",
+            "--target", f"127.0.0.1:{port}", "--server-pid", str(server.pid), "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(bench.communicate(), 90)
+        assert bench.returncode == 0, err.decode()
+        assert json.loads(out)["lost"] == 0
+    finally:
+        server.terminate()
+        await server.wait()
+    text = await _bench_error(
+        "soak", "-n", "4", "-t", "1", "--target", f"127.0.0.1:{port}",
+        "--server-pid", str(server.pid),
+    )  # fmt: skip
+    assert "not accepting connections" in text and f"process {server.pid} gone" in text

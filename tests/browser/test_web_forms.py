@@ -10,6 +10,7 @@ from pathlib import Path
 from playwright.async_api import expect
 
 from clusterchat.client.connection import ChatConnection
+from clusterchat.protocol.messages import MsgId
 from clusterchat.server.node import Node
 from clusterchat.server.websocket import WsConnection
 from tests.browser.conftest import NewPage, add_friend, register, web_settings
@@ -124,3 +125,62 @@ async def test_a_refusal_is_readable_white_on_red(web_node: Node, new_page: NewP
         "t => [getComputedStyle(t).color, getComputedStyle(t).backgroundColor]"
     )
     assert (colour, background) == ("rgb(255, 255, 255)", "rgb(229, 72, 77)")
+
+
+async def test_a_long_last_message_does_not_widen_the_list_on_a_phone(
+    web_node: Node, new_page: NewPage
+) -> None:
+    """On a phone-sized window the list is the one column; a friend's last
+    message, shown under their name, is cut with an ellipsis as on a wide
+    window. The column used to grow to the whole line's width: Log out, the
+    + buttons and the unread badges were pushed off the right edge (seen on
+    a screenshot at 390 px after a long group message)."""
+    ann = await new_page(web_node.http.port, width=390, height=760)
+    ann_id = await register(ann, unique("ann"))
+    conn = await ChatConnection.open("127.0.0.1", web_node.port)
+    bob_id = await conn.register(unique("bob"), PASSWORD)
+    assert (await conn.login(bob_id, PASSWORD))["errno"] == 0
+    await ann.click("#add-friend-btn")
+    await ann.fill("#friend-id", str(bob_id))
+    await ann.press("#friend-id", "Enter")
+    await ann.click("#back")  # adding opened the conversation, which takes the screen
+    long = "lorem ipsum dolor sit amet " * 12
+    await conn.send({"msgid": MsgId.ONE_CHAT, "toid": ann_id, "msg": long})
+    entry = ann.locator(f'[data-key="u:{bob_id}"]')
+    await expect(entry.locator(".badge")).to_have_text("1")
+    overflow = await ann.evaluate("() => document.documentElement.scrollWidth - innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than the window"
+    for selector in ("#logout", "#add-friend-btn", f'[data-key="u:{bob_id}"] .badge'):
+        box = await ann.locator(selector).bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 390, (selector, box)
+    await conn.close()
+
+
+async def test_what_you_type_in_the_log_in_form_is_in_the_text_colour(
+    web_node: Node, new_page: NewPage
+) -> None:
+    """The id and password fields sit inside their labels and took the
+    labels' muted grey, bold: a typed id looked like a placeholder (seen on
+    a screenshot following the README). They are in the text colour now."""
+    page = await new_page(web_node.http.port)
+    await page.fill("#login-id", "42")
+    for field in ("#login-id", "#password", "#reg-name"):
+        colour, weight = await page.locator(field).evaluate(
+            "f => [getComputedStyle(f).color, getComputedStyle(f).fontWeight]"
+        )
+        assert (colour, weight) == ("rgb(29, 32, 48)", "400"), field
+
+
+async def test_a_toast_on_a_phone_is_not_squeezed_into_half_the_window(
+    web_node: Node, new_page: NewPage
+) -> None:
+    """Placed from the window's middle, a toast could only take the other
+    half: "Welcome! Your user id is 1: you log in with it." ran over three
+    narrow lines on a 390 px window (seen on a screenshot)."""
+    page = await new_page(web_node.http.port, width=390, height=700)
+    await register(page, unique("ann"))
+    toast = page.locator("#toast")
+    await expect(toast).to_contain_text("Welcome!")
+    box = await toast.bounding_box()
+    assert box is not None and box["width"] > 300, box
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390, box

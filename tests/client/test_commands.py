@@ -137,3 +137,21 @@ def test_what_was_stored_is_shown_in_the_order_the_server_took_it() -> None:
     away = lines.index("While you were away (3):")
     shown = [line.rsplit(": ", 1)[1] for line in lines[away + 1 :]]
     assert shown == ["first", "second", "third"]
+
+
+def test_a_message_of_several_lines_reads_as_lines_at_a_terminal() -> None:
+    """A web user's Shift+Enter makes a message of two lines; at a terminal
+    it showed as "line one\\x0aline two" (seen in tmux following the
+    README). A person now sees indented lines, so that no line can pass for
+    an event of its own; a script, reading one event a line, still gets it
+    escaped on one line."""
+    msg = {"msgid": 6, "id": 5, "name": "eve", "msg": "line one\r\nline two\n\x1b[2Jthree", "ts": 0}
+    shown = render.chat(msg, multiline=True)
+    first, *rest = shown.split("\n")
+    assert first.endswith("eve (#5): line one")
+    assert rest == ["    line two", "    \\x1b[2Jthree"]
+    assert all(line.isprintable() for line in shown.split("\n"))
+    assert "\n" not in render.chat(msg)  # a script's one line
+    assert render.chat(msg).endswith("line one\\x0d\\x0aline two\\x0a\\x1b[2Jthree")
+    page = {"messages": [{"id": 1, "from": 5, "name": "eve", "msg": "a\nb", "ts": 0}]}
+    assert render.history(5, False, 20, page, multiline=True)[-1].endswith("eve (#5): a\n    b")

@@ -166,6 +166,28 @@ async def test_a_kicked_client_says_why_and_does_not_reconnect(
     assert "Reconnect" not in seen and "wrong id or password" not in seen, seen
 
 
+async def test_a_kicked_client_logs_in_again_when_asked(
+    lone_node: Node, scripted: list[Scripted]
+) -> None:
+    """After an operator's kick the client said "Not reconnecting; /quit, and
+    start the client again", then offered its menu; every login from it
+    answered "the connection is down (reconnecting); try again in a moment",
+    forever (seen following the README's cluster section). A login the user
+    asks for now connects again and logs in."""
+    dave, dave_id = await dave_online(lone_node.port)
+    ann, ann_id = await registered(lone_node.port, "ann", scripted)
+    await lone_node.store.end_session(ann_id)  # what the operator's kick does
+    lone_node.service.kicked(ann_id, banned=False)
+    await ann.expect("Logged out: an operator ended this session.*/login ID", timeout=15)
+    await ann.say(f"login:{ann_id}:pw")
+    await ann.expect(rf"Logged in as ann \(#{ann_id}\)", timeout=15)
+    assert not any("connection is down" in line for line in ann.lines), ann.lines
+    await ann.say(f"chat:{dave_id}:back again")  # a request on the new connection is served
+    assert (await dave.expect(MsgId.ONE_CHAT, timeout=15))["msg"] == "back again"
+    assert await ann.quit() == 0
+    await dave.close()
+
+
 async def test_a_displaced_client_says_so_and_does_not_reconnect(
     lone_node: Node, scripted: list[Scripted]
 ) -> None:

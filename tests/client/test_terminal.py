@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import sys
 
 import pexpect
 
+from clusterchat.protocol.messages import MsgId
 from tests.client.conftest import CLIENT_ENV
 
 
@@ -101,6 +104,26 @@ def test_incoming_message_does_not_break_the_line_being_typed(server_port: int) 
     for child in (ann, bob):
         child.sendline("/quit")
         child.expect(pexpect.EOF)
+
+
+def test_a_message_of_several_lines_shows_as_lines(server_port: int) -> None:
+    """What a web user writes with Shift+Enter came out as "one\\x0atwo"."""
+    ann = spawn(server_port)
+    ann_id = register_via_menu(ann, "ann", "pw")
+    with socket.create_connection(("127.0.0.1", server_port), timeout=10) as web:
+        lines = web.makefile("rwb")
+
+        def call(doc: dict[str, object]) -> dict[str, object]:
+            lines.write(json.dumps(doc).encode() + b"\n")
+            lines.flush()
+            return json.loads(lines.readline())  # type: ignore[no-any-return]
+
+        eve_id = call({"msgid": MsgId.REG, "name": "eve", "password": "pw"})["id"]
+        assert call({"msgid": MsgId.LOGIN, "id": eve_id, "password": "pw"})["errno"] == 0
+        call({"msgid": MsgId.ONE_CHAT, "toid": ann_id, "msg": "line one\nline two"})
+    ann.expect(rf"eve \(#{eve_id}\): line one\r\n    line two")
+    ann.sendline("/quit")
+    ann.expect(pexpect.EOF)
 
 
 def test_help_lists_original_and_slash_commands(server_port: int) -> None:

@@ -168,3 +168,31 @@ async def test_ctrl_c_during_up_says_so_and_leaves_nothing_running(
     assert err.decode().strip() == "clusterchat cluster: interrupted", err
     assert not (run_dir / launcher.STATE).exists()
     assert launcher._port_free("127.0.0.1", base) and launcher._port_free("127.0.0.1", base + 1)
+
+
+async def test_no_nginx_is_said_before_anything_starts(tmp_path: Path) -> None:
+    """`cluster up --nginx /no/such/nginx` (or no nginx installed) started the
+    nodes, then ended in a FileNotFoundError traceback."""
+    base = free_ports(3)
+    with pytest.raises(RuntimeError, match=r"no nginx at /no/such/nginx: install it.*--nginx"):
+        await asyncio.to_thread(
+            launcher.up, tmp_path / "cluster", 2, base + 2, base, "127.0.0.1", [],
+            nginx="/no/such/nginx",
+        )  # fmt: skip
+    assert not (tmp_path / "cluster" / "node-0.log").exists()  # nothing started
+
+
+async def test_a_node_that_exits_at_start_is_told_with_its_reason(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    """A node that could not start (here: no Redis on that port) was reported
+    as "node-0.log: exited with 1; see …/node-0.log"; its reason is in the
+    message now."""
+    base = free_ports(4)
+    no_redis = f"redis://127.0.0.1:{base + 3}/0"
+    with pytest.raises(RuntimeError, match=r"exited with 1: .*redis unavailable.*; see "):
+        await asyncio.to_thread(
+            launcher.up, tmp_path / "cluster", 1, base + 2, base, "127.0.0.1",
+            _args(mariadb_url, no_redis),
+        )  # fmt: skip
+    assert not (tmp_path / "cluster" / launcher.STATE).exists()

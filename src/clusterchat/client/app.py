@@ -36,6 +36,9 @@ class Controller:
         self.ask_password = ask_password
         #: A command was refused or not carried out: a piped script exits 1.
         self.failed = False
+        #: A person at a terminal: a message's line breaks start new lines
+        #: (a script reads one event a line: they are escaped for it).
+        self.multiline = False
 
     def fail(self, line: str) -> None:
         """Say why a command was not done, and remember that one was not."""
@@ -50,7 +53,7 @@ class Controller:
         elif msg.get("msgid") in (MsgId.FRIEND_EVENT, MsgId.GROUP_EVENT):
             self.out(render.event(msg, self.client.uid))
         else:
-            self.out(render.chat(msg))
+            self.out(render.chat(msg, self.multiline))
 
     async def run_line(self, line: str) -> bool:
         """Parse and carry out a typed line; False when the user asked to quit."""
@@ -73,8 +76,8 @@ class Controller:
             return True
         try:
             await self._run(cmd)
-        except ConnectionLost:
-            self.fail("Not done: the connection is down (reconnecting); try again in a moment.")
+        except ConnectionLost as exc:
+            self.fail(down(self.client, exc))
         except TooLong as exc:
             self.fail(too_long(exc))
         return True
@@ -132,7 +135,7 @@ class Controller:
         if isinstance(cmd, c.Groups):
             await self._more_groups(reply)
             return
-        for line in _done(cmd, reply):
+        for line in _done(cmd, reply, self.multiline):
             self.out(line)
         if isinstance(cmd, c.Logout):
             client.forget()
@@ -181,9 +184,17 @@ class Controller:
         if ack.get("errno") != 0:
             self.fail(f"Login refused: {render.clean(ack.get('errmsg'))}.")
             return False
-        for line in render.login_summary(ack):
+        for line in render.login_summary(ack, self.multiline):
             self.out(line)
         return True
+
+
+def down(client: ChatClient, exc: ConnectionLost) -> str:
+    """Why a command was not done with no connection: a reconnect is under
+    way, or none is (the server ended the session) and connecting failed."""
+    if client.displaced:
+        return f"Not done: {exc}; /login ID to try again, or /quit."
+    return "Not done: the connection is down (reconnecting); try again in a moment."
 
 
 def too_long(exc: TooLong) -> str:
@@ -245,7 +256,7 @@ def _request(cmd: c.Command) -> dict[str, Any]:
     raise AssertionError(cmd)
 
 
-def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
+def _done(cmd: c.Command, reply: dict[str, Any], multiline: bool = False) -> list[str]:
     match cmd:
         case c.Chat(toid, _) if reply.get("status") == ChatStatus.STORED:
             return [f"(user {toid} is offline: they get it at their next login)"]
@@ -305,7 +316,7 @@ def _done(cmd: c.Command, reply: dict[str, Any]) -> list[str]:
         case c.InviteOnly(gid, on):
             return [f"Group {gid} is {'invite-only' if on else 'open to all'} now."]
         case c.History(target, group, count, before):
-            return render.history(target, group, count, reply, before)
+            return render.history(target, group, count, reply, before, multiline)
     return []
 
 
@@ -418,6 +429,6 @@ async def _menu(ctl: Controller, choice: str, ask: Callable[..., Awaitable[str]]
             await ctl.register(name, password)
     except c.BadCommand as exc:
         ctl.out(f"Not understood: {exc}.")
-    except ConnectionLost:
-        ctl.out("Not done: the connection is down (reconnecting); try again in a moment.")
+    except ConnectionLost as exc:
+        ctl.out(down(ctl.client, exc))
     return True

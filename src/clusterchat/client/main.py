@@ -46,6 +46,7 @@ async def run(opts: ClientOptions) -> int:
         tls=ssl.create_default_context(cafile=opts.tls_ca) if opts.tls else None,
     )
     ctl = Controller(client, out, ask_password=None)
+    ctl.multiline = sys.stdin.isatty()
     holder.append(ctl)
     try:
         await client.connect()

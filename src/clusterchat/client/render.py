@@ -29,6 +29,21 @@ def clean(text: object) -> str:
     return "".join(out)
 
 
+#: Where a message's second and later lines start, at a terminal: indented,
+#: so that no line a peer writes can pass for an event line of its own.
+CONTINUED = "\n    "
+
+
+def text(value: object, multiline: bool = False) -> str:
+    """A message's text, escaped. With ``multiline`` (a person at a
+    terminal) its line breaks, which the web client's Shift+Enter makes,
+    start indented lines instead of showing as ``\\x0a``; without it (a
+    script reads one event a line) they are escaped like any control."""
+    if not multiline:
+        return clean(value)
+    return CONTINUED.join(clean(part) for part in str(value).replace("\r\n", "\n").split("\n"))
+
+
 def _clock(msg: dict[str, Any]) -> str:
     ts = msg.get("ts")
     if isinstance(ts, int):
@@ -40,12 +55,12 @@ def who(uid: object, name: object) -> str:
     return f"{clean(name)} (#{clean(uid)})"
 
 
-def chat(msg: dict[str, Any]) -> str:
+def chat(msg: dict[str, Any], multiline: bool = False) -> str:
     sender = who(msg.get("id"), msg.get("name"))
-    text = clean(msg.get("msg", ""))
+    body = text(msg.get("msg", ""), multiline)
     if msg.get("msgid") == MsgId.GROUP_CHAT:
-        return f"[{_clock(msg)}] [group {clean(msg.get('groupid'))}] {sender}: {text}"
-    return f"[{_clock(msg)}] {sender}: {text}"
+        return f"[{_clock(msg)}] [group {clean(msg.get('groupid'))}] {sender}: {body}"
+    return f"[{_clock(msg)}] {sender}: {body}"
 
 
 def _docs(items: object) -> list[dict[str, Any]]:
@@ -94,7 +109,7 @@ def groups(items: object, members: int | None = None) -> list[str]:
     return lines
 
 
-def login_summary(ack: dict[str, Any]) -> list[str]:
+def login_summary(ack: dict[str, Any], multiline: bool = False) -> list[str]:
     lines = [f"Logged in as {who(ack.get('id'), ack.get('name'))}."]
     lines += friends(ack.get("friends"))
     lines += groups(ack.get("groups"), SUMMARY_MEMBERS)
@@ -103,7 +118,7 @@ def login_summary(ack: dict[str, Any]) -> list[str]:
     offline = sorted(_docs(ack.get("offlinemsg")), key=taken_order)
     if offline:
         lines.append(f"While you were away ({len(offline)}):")
-        lines += ["  " + chat(m) for m in offline]
+        lines += ["  " + chat(m, multiline).replace(CONTINUED, CONTINUED + "  ") for m in offline]
     return lines
 
 
@@ -186,7 +201,12 @@ def invites(items: object) -> list[str]:
 
 
 def history(
-    target: int, group: bool, count: int, reply: dict[str, Any], before: int = 0
+    target: int,
+    group: bool,
+    count: int,
+    reply: dict[str, Any],
+    before: int = 0,
+    multiline: bool = False,
 ) -> list[str]:
     """A HISTORY_PAGE, oldest first as a conversation reads, and how to go
     further back; an empty page asked for before message ``before`` is the
@@ -204,7 +224,7 @@ def history(
     lines = [f"History with {where}:"]
     for m in sorted(docs, key=lambda m: (m.get("ts") or 0, m.get("id") or 0)):
         sender = who(m.get("from"), m.get("name"))
-        lines.append(f"[{_day_clock(m)}] {sender}: {clean(m.get('msg', ''))}")
+        lines.append(f"[{_day_clock(m)}] {sender}: {text(m.get('msg', ''), multiline)}")
     if reply.get("more"):
         oldest = min(int(m.get("id") or 0) for m in docs)
         cmd = "ghistory" if group else "history"

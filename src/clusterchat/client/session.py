@@ -38,9 +38,9 @@ from clusterchat.protocol.replies import BANNED_TEXT, DISPLACED_TEXT, KICKED_TEX
 #: what to say instead of reconnecting.
 _ENDED = {
     DISPLACED_TEXT: "Logged out: this account logged in elsewhere (another window or device). "
-    "Not reconnecting; /quit, or start the client again to log in here.",
-    KICKED_TEXT: "Logged out: an operator ended this session. Not reconnecting; /quit, and "
-    "start the client again to log in with your password.",
+    "Not reconnecting; /login ID to log in here, or /quit.",
+    KICKED_TEXT: "Logged out: an operator ended this session. Not reconnecting; /login ID "
+    "to log in with your password, or /quit.",
     BANNED_TEXT: "Logged out: an operator banned this account. Not reconnecting; /quit.",
 }
 
@@ -250,6 +250,19 @@ class ChatClient:
             self.ready.set()
             return
 
+    async def _reopen(self) -> None:
+        """The server ended the session for good and no reconnect is under
+        way: a login or registration the user asks for opens a connection
+        again. Without it the menu offered "1. login" and every try said
+        "the connection is down (reconnecting)", which it never was."""
+        if not self.displaced or self._closing or self.connected.is_set():
+            return
+        try:
+            await self.connect()
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        self.displaced, self._ended = False, ""
+
     async def reconnected(self, timeout: float) -> None:
         """Wait, at most ``timeout`` seconds, for a reconnect under way to
         finish; at once if none is (connected, closing, or displaced)."""
@@ -308,6 +321,8 @@ class ChatClient:
         """Send ``doc`` and return its reply. A request refused as over the
         flood limit was not served: it is sent again after a pause (doubling,
         about 3 s in all), so a script piping a batch is paced, not cut."""
+        if doc.get("msgid") in (MsgId.REG, MsgId.PING):
+            await self._reopen()
         if not self.ready.is_set():
             raise ConnectionLost("not connected (reconnecting)")
         pause = FLOOD_PAUSE
@@ -327,6 +342,7 @@ class ChatClient:
         return await conn.call(doc)  # TooLong if over the server's limit: nothing sent
 
     async def login(self, uid: int, password: str) -> dict[str, Any]:
+        await self._reopen()
         if not self.ready.is_set():
             raise ConnectionLost("not connected (reconnecting)")
         ack = await self._login_request({"id": uid, "password": password})

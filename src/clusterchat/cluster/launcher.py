@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,13 +43,24 @@ class ClusterState:
     web: str = ""
 
 
+def _exited(proc: subprocess.Popen[bytes], log: Path) -> RuntimeError:
+    """A process that ended early, with its log's last line: the reason
+    ("redis unavailable: ...") was one `cat` away from the message."""
+    try:
+        lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        lines = []
+    why = f": {lines[-1].strip()[:300]}" if lines else ""
+    return RuntimeError(f"{log.name}: exited with {proc.returncode}{why}; see {log}")
+
+
 def _wait_port(
     host: str, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{log.name}: exited with {proc.returncode}; see {log}")
+            raise _exited(proc, log)
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -95,7 +107,7 @@ def _wait_ready(
     why = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{log.name}: exited with {proc.returncode}; see {log}")
+            raise _exited(proc, log)
         try:
             with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=3) as res:
                 if res.status == 200:
@@ -125,6 +137,13 @@ def up(
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / STATE).exists():
         raise RuntimeError(f"a cluster is already up in {run_dir}; run `clusterchat cluster down`")
+    if shutil.which(nginx) is None:
+        # Found before anything starts: it was a traceback once the nodes ran.
+        raise RuntimeError(
+            f"no nginx at {nginx}: install it with its stream module (Debian: apt-get "
+            "install nginx libnginx-mod-stream; scripts/services does), or give its path "
+            "with --nginx; nothing started"
+        )
     # Each port, what uses it, and the option that moves it.
     wanted = [(base_port + i, f"node{i}", "--base-port") for i in range(nodes)]
     wanted.append((listen_port, "nginx", "--listen-port"))
