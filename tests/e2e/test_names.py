@@ -87,3 +87,43 @@ async def test_group_names_follow_the_same_rule(user: UserFactory) -> None:
             {"msgid": MsgId.CREATE_GROUP, "groupname": f"{tag}{emoji}"}, MsgId.CREATE_GROUP_ACK
         )
         assert ack["errno"] == 0
+
+
+async def test_renaming_a_group_follows_the_same_rule(user: UserFactory) -> None:
+    # Before: EDIT_GROUP stored the name as sent (a text-direction override,
+    # a bell, a zero-width space, only spaces, full-width letters all taken)
+    # and kept the old name's key, so "Crew", "CREW" and "crew" were three
+    # groups and the old name stayed taken by a group no longer called so.
+    alice = await user()
+    tag = unique("r")
+
+    async def create(name: str) -> int:
+        ack = await alice.conn.request(
+            {"msgid": MsgId.CREATE_GROUP, "groupname": name}, MsgId.CREATE_GROUP_ACK
+        )
+        return int(ack["groupid"])
+
+    async def rename(gid: int, name: str, reply: MsgId) -> dict[str, object]:
+        edit = {"msgid": MsgId.EDIT_GROUP, "groupid": gid, "groupname": name}
+        return await alice.conn.request(edit, reply)
+
+    first, second = await create(f"{tag}Old"), await create(f"{tag}Other")
+    for bad, why in (
+        (f"x\u202e{tag}", "text-direction"),
+        (f"\x07{tag}", "control"),
+        (f"a\u200b{tag}", "invisible"),
+        ("   ", "only spaces"),
+    ):
+        err = await rename(first, bad, MsgId.ERROR)
+        assert err["errno"] == ErrCode.INVALID_FIELD and why in str(err["errmsg"]), (bad, err)
+    await rename(first, f"  {FULL_WIDTH_WIDE} {tag}Crew ", MsgId.DONE)
+    err = await rename(second, f"wide {tag}CREW", MsgId.ERROR)  # one name, however cased
+    assert err["errno"] == ErrCode.GROUP_NAME_TAKEN, err
+    err = await alice.conn.request(
+        {"msgid": MsgId.CREATE_GROUP, "groupname": f"WIDE {tag}crew"}, MsgId.ERROR
+    )
+    assert err["errno"] == ErrCode.GROUP_NAME_TAKEN, err
+    await create(f"{tag}old")  # the old name is free again
+    listed = await alice.conn.request({"msgid": MsgId.LIST_GROUPS}, MsgId.GROUP_LIST)
+    shown = {g["id"]: g["groupname"] for g in listed["groups"]}
+    assert shown[first] == f"wide {tag}Crew", shown
