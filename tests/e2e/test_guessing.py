@@ -107,6 +107,38 @@ async def test_one_address_cannot_fill_the_login_queue(settings: Settings) -> No
         await node.stop()
 
 
+async def test_logins_queued_by_one_address_do_not_hold_up_another(settings: Settings) -> None:
+    # Before: checks waited first come first served, so 30 password logins
+    # queued by one address (its own accounts logging in and out as fast as
+    # the request limit allows: never a failure, every one a full hash) made
+    # the owner, from another address, wait behind all 30. Now addresses
+    # take turns: the owner waits for the checks running and one more.
+    cost = HashCost(time_cost=2, memory_kib=16384, parallelism=1)
+    node = Node(replace(settings, hash_cost=cost))
+    await node.start()
+    try:
+        owner = await _open(node, OWNER)
+        uid = await owner.register(unique(), PASSWORD)
+        bots = [await _open(node, ATTACKER) for _ in range(30)]
+        accounts = [await b.register(unique(), PASSWORD) for b in bots]
+        flood = [
+            asyncio.ensure_future(b.login(a, PASSWORD)) for b, a in zip(bots, accounts, strict=True)
+        ]
+        passwords = node.service.passwords
+        async with asyncio.timeout(10):
+            while passwords.queued < 25:  # noqa: ASYNC110 - the node's state, polled
+                await asyncio.sleep(0.005)
+        assert (await owner.login(uid, PASSWORD))["errno"] == LoginErr.OK
+        ahead = sum(f.done() for f in flood)
+        assert ahead <= 10, f"{ahead} of the other address's 30 logins went first"
+        assert all(r["errno"] == LoginErr.OK for r in await asyncio.gather(*flood))
+        print(f"the owner's login came after {ahead} of the other address's 30")
+        for c in (*bots, owner):
+            await c.close()
+    finally:
+        await node.stop()
+
+
 async def test_a_valid_ticket_works_even_from_the_guessers_address(guarded: Node) -> None:
     owner = await _open(guarded, ATTACKER)
     victim = await owner.register(unique(), PASSWORD)

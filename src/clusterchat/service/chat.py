@@ -956,7 +956,8 @@ class ChatService:
             return found.name, found
         assert req.password is not None
         creds = await self.store.credentials(req.id)
-        if not await self.passwords.verify(creds.password_hash if creds else None, req.password):
+        stored = creds.password_hash if creds else None
+        if not await self.passwords.verify(stored, req.password, s.peer.limit_key):
             return None
         assert creds is not None
         if creds.banned:

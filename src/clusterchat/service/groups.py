@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 
 from clusterchat import errors
-from clusterchat.protocol import codec
+from clusterchat.protocol import codec, names
 from clusterchat.protocol.messages import (
     AddGroup,
     DeleteGroup,
@@ -83,11 +83,18 @@ class Groups:
         )
 
     async def _edit(self, s: Session, req: EditGroup) -> None:
+        name = req.groupname
+        if name is not None:  # the rule CREATE_GROUP applies (protocol/names.py)
+            try:
+                name = names.normalise(name, "group name")
+            except names.BadName as exc:
+                self.svc.refuse(s, req, ErrCode.INVALID_FIELD, f"field 'groupname': {exc}")
+                return
         await self._change(
             s,
             MsgId.EDIT_GROUP,
             req.groupid,
-            lambda g: rules.edit(g, s.uid, req.groupname, req.groupdesc, req.inviteonly),
+            lambda g: rules.edit(g, s.uid, name, req.groupdesc, req.inviteonly),
         )
 
     async def _transfer(self, s: Session, req: TransferGroup) -> None:

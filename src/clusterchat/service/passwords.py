@@ -5,6 +5,14 @@ front of it: in a login storm the first few hundred wait their turn (each
 knows its wait is bounded) and the rest are told at once that the server is
 busy, instead of every login timing out behind an ever longer queue.
 
+Checks waiting for a thread are served one client address at a time in
+turn, not first come first served: an address with 30 logins queued (its
+own accounts logging in and out, never a failure, every one a full hash)
+made everyone's login wait behind all 30; now another address's waits for
+the checks running and at most one of each other address waiting. A thread
+that finishes a check takes the next itself (:class:`FairPool`), so the
+threads never wait for the event loop between checks.
+
 Registrations hash on a pool and queue of their own, half as many threads:
 a registration flood fills its own queue and is told "busy" while password
 logins keep their threads (at worst they share the cores two to one).
@@ -16,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -49,7 +59,7 @@ class Passwords:
             type=Type.ID,
         )
         threads = os.cpu_count() or 1
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="argon2")
+        self._pool = FairPool(threads, "argon2")
         self._capacity = threads + max(0, queue) if queue else 1 << 30
         self._pending = 0
         self.seconds = Histogram(
@@ -90,17 +100,13 @@ class Passwords:
         finally:
             self._reg_pending -= 1
 
-    async def verify(self, stored: str | None, password: str) -> bool:
-        return await self._run(self._verify, stored, password)
-
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    async def verify(self, stored: str | None, password: str, by: Hashable = None) -> bool:
+        """``by``: the client address asking; waiting checks take turns by it."""
         if self.busy:
             raise errors.Busy("too many password checks queued")
         self._pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._timed, fn, *args
-            )
+            return await self._pool.run(by, self._timed, self._verify, stored, password)
         finally:
             self._pending -= 1
 
@@ -127,5 +133,70 @@ class Passwords:
         return stored is not None
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
         self._reg_pool.shutdown(wait=False, cancel_futures=True)
+
+
+class FairPool:
+    """Threads that run waiting jobs one key (a client address) at a time in
+    turn, oldest first within a key. A thread done with a job takes the next
+    at once, as a ThreadPoolExecutor's does."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._cond = threading.Condition()
+        #: Jobs waiting, by key, in the order the keys take their turns.
+        self._jobs: dict[Hashable, deque[_Job]] = {}
+        self._closed = False
+        for n in range(threads):
+            threading.Thread(target=self._work, name=f"{name}_{n}", daemon=True).start()
+
+    async def run(self, key: Hashable, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        with self._cond:
+            self._jobs.setdefault(key, deque()).append((loop, done, fn, args))
+            self._cond.notify()
+        return await done
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                key = next(iter(self._jobs))
+                queue = self._jobs.pop(key)
+                loop, done, fn, args = queue.popleft()
+                if queue:
+                    self._jobs[key] = queue  # to the back of the line
+            if done.cancelled():  # its login went away while it waited
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the waiting coroutine
+                loop.call_soon_threadsafe(_fail, done, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._jobs.clear()
+            self._cond.notify_all()
+
+
+#: The loop to answer on, the future it waits on, and the call to make.
+_Job = tuple[
+    asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[object, ...]
+]
+
+
+def _settle(done: asyncio.Future[Any], result: object) -> None:
+    if not done.done():
+        done.set_result(result)
+
+
+def _fail(done: asyncio.Future[Any], exc: BaseException) -> None:
+    if not done.done():
+        done.set_exception(exc)

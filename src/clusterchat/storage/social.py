@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
 from clusterchat import errors
+from clusterchat.protocol import names
 from clusterchat.storage.base import Group, GroupChange, Member
 from clusterchat.storage.batching import Batcher
 from clusterchat.storage.tables import allgroup, blocked, friend, groupinvite, groupuser, user
@@ -263,7 +264,9 @@ async def _apply(conn: AsyncConnection, gid: int, change: GroupChange) -> GroupC
         ("groupdesc", change.groupdesc),
         ("inviteonly", change.inviteonly),
     )
-    fields = {k: v for k, v in named if v is not None}
+    fields: dict[str, object] = {k: v for k, v in named if v is not None}
+    if change.groupname is not None:  # unique by its key: the new name's, not the old
+        fields["groupkey"] = names.key(change.groupname)
     if fields:
         await conn.execute(update(allgroup).where(allgroup.c.id == gid).values(**fields))
     return change
