@@ -180,10 +180,16 @@ class FairPool:
                 loop.call_soon_threadsafe(_settle, done, result)
 
     def close(self) -> None:
+        """Stop the threads; checks still waiting are cancelled (as the
+        executor's ``cancel_futures`` did), so no login awaits them forever."""
         with self._cond:
             self._closed = True
+            waiting = [job for queue in self._jobs.values() for job in queue]
             self._jobs.clear()
             self._cond.notify_all()
+        for loop, done, _, _ in waiting:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(done.cancel)
 
 
 #: The loop to answer on, the future it waits on, and the call to make.
