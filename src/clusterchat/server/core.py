@@ -180,7 +180,7 @@ class CoreHost(Protocol):
     #: tick, itself, without a call (:meth:`ConnectionCore._write_soon`).
     unflushed: list[ConnectionCore]
 
-    def flush_soon(self) -> None:
+    def flush_soon(self) -> object:
         """Call ``flush()`` on each core in ``unflushed`` once this loop
         iteration's reads are done (asked by the first to join it)."""
 

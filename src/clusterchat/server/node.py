@@ -7,6 +7,7 @@ let the service mark its users offline, then close the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -70,6 +71,10 @@ _GOODBYE = codec.encode(
 )
 
 
+def _not_started() -> None:
+    raise RuntimeError("the node is not started")
+
+
 class Node:
     def __init__(
         self, settings: Settings, store: Store | None = None, backends: Backends | None = None
@@ -102,6 +107,9 @@ class Node:
         self.decoder = FrameDecoder(settings.max_frame)  # see CoreHost.decoder
         self.connections: set[Connection] = set()
         self.unflushed: list[ConnectionCore] = []  # see CoreHost.unflushed
+        #: Flushes the cores in ``unflushed`` once this loop iteration's
+        #: reads are all handled (CoreHost.flush_soon); set by start().
+        self.flush_soon: Callable[[], object] = _not_started
         # Connections whose outbox remembers written messages: asked twice a
         # second how much is still in flight (see outbox.py).
         self._watched: list[ConnectionCore] = []
@@ -232,11 +240,6 @@ class Node:
             self._per_address.pop(counted, None)
             self._addresses.pop(counted, None)
 
-    def flush_soon(self) -> None:
-        """Flush the cores in ``unflushed`` once this loop iteration's reads
-        are all handled (CoreHost.unflushed)."""
-        self._loop.call_soon(self._flush)
-
     def _flush(self) -> None:
         conns, self.unflushed = self.unflushed, []
         for core in conns:
@@ -304,6 +307,9 @@ class Node:
             await self.store.reset_states()
         await self.service.start()
         loop = self._loop = asyncio.get_running_loop()
+        # CoreHost.flush_soon: the loop's call_soon itself, not a method of
+        # ours calling it (a Python call less each loop iteration).
+        self.flush_soon = functools.partial(loop.call_soon, self._flush)
         ctx = self._tls()
         factory: Callable[[], asyncio.Protocol] = lambda: Connection(self)  # noqa: E731
         if ctx is not None:  # handshakes done (and their failures logged) by us
