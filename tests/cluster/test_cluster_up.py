@@ -143,7 +143,8 @@ async def test_ctrl_c_during_up_says_so_and_leaves_nothing_running(
     """Interrupted while it waits for its nodes (their store answers late),
     `cluster up` stops what it started and says it was interrupted, in one
     line and with status 130, not a traceback and not 0: it did not come up."""
-    db, _ = late_db
+    db, proxy = late_db
+    proxy.opens_at = time.monotonic() + 3600  # never, here: `up` is still waiting at the signal
     base = free_ports(3)
     run_dir = tmp_path / "cluster"
     proc = await asyncio.create_subprocess_exec(

@@ -227,7 +227,7 @@ MODERN: dict[str, list[str]] = {
         'send {"errmsg":"user 2 is not a member of group 1","errno":127,"msgid":11,"re":39}\n',
         'send {"errmsg":"user 3 is not a member of group 1","errno":127,"msgid":11,"re":36}\n',
         'send {"errno":0,"messages":[{"from":1,"id":1024,"mid":"n1-1","msg":"hi '
-        'bob","name":"alice","ts":T}],"more":false,"msgid":61,"userid":2}\n',
+        'bob","name":"alice","ts":T}],"more":false,"msgid":61,"name":"bob","userid":2}\n',
         'send {"errno":0,"groupid":1,"messages":[{"from":1,"id":3072,"mid":"n1-4","msg":"all '
         'of you","name":"alice","ts":T}],"more":false,"msgid":61}\n',
         'send {"errmsg":"give exactly one of userid and groupid","errno":182,"msgid":11,"re":60}\n',
