@@ -21,11 +21,10 @@ import redis.asyncio as aioredis
 from sqlalchemy import and_, delete, func, or_, select, update
 
 from clusterchat.server import control
-from clusterchat.server.storelock import sqlite_file
 from clusterchat.service.passwords import HashCost, Passwords
 from clusterchat.storage.history import forget_in_packed_groups
 from clusterchat.storage.queries import DROP_BODIES, UNREF_BODY
-from clusterchat.storage.sql import SqlStore
+from clusterchat.storage.sql import SqlStore, sqlite_file
 from clusterchat.storage.tables import (
     allgroup,
     blocked,

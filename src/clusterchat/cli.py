@@ -336,7 +336,7 @@ def _admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _admin(args: argparse.Namespace) -> int:
     from clusterchat.admin import Admin, AdminError, print_users
-    from clusterchat.server.storelock import sqlite_file
+    from clusterchat.storage.sql import sqlite_file
 
     out: list[int] = []
 

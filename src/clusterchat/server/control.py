@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 
 from clusterchat.server import storelock
+from clusterchat.storage.sql import sqlite_file
 
 #: How long a session being ended may take to go (s).
 PATIENCE = 10.0
@@ -29,7 +30,7 @@ async def post(url: str, events: list[str], timeout: float = PATIENCE) -> bool |
     """Hand ``events`` to the lone node on this store; True once it acted on
     them, False if it did not in ``timeout``, None if no lone node runs
     there (or the store is no SQLite file: then only Redis reaches nodes)."""
-    db = storelock.sqlite_file(url)
+    db = sqlite_file(url)
     node = storelock.lone_node(url) if db else None
     if db is None or node is None:
         return None

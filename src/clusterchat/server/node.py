@@ -26,7 +26,7 @@ from clusterchat.protocol import codec
 from clusterchat.protocol.framing import FrameDecoder
 from clusterchat.protocol.messages import ErrCode, MsgId
 from clusterchat.protocol.trusted import TrustedProxies
-from clusterchat.server import control, storelock
+from clusterchat.server import control
 from clusterchat.server.backends import Backends, open_backends
 from clusterchat.server.connection import Connection
 from clusterchat.server.core import SETTLE_GRACE, SETTLE_GRACE_PRESSED, ConnectionCore
@@ -39,6 +39,7 @@ from clusterchat.service.chat import ChatService
 from clusterchat.service.limits import limit_key
 from clusterchat.service.passwords import Passwords
 from clusterchat.storage.base import Store
+from clusterchat.storage.sql import sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +463,7 @@ class Node:
         # Before start(): a signal arriving while it runs must still stop us cleanly.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        db = None if self.settings.redis_url else storelock.sqlite_file(self.settings.db_url)
+        db = None if self.settings.redis_url else sqlite_file(self.settings.db_url)
         if db is not None:  # alone: `clusterchat admin` reaches us this way (server/control.py)
             loop.add_signal_handler(signal.SIGUSR1, lambda: self.spawn(self.admin_events(db)))
             self.spawn(self.admin_events(db))  # any left while we started

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy.engine import make_url
+from clusterchat.storage.sql import sqlite_file
 
 
 class StoreInUse(Exception):
@@ -33,17 +33,6 @@ class LoneNode:
 
     pid: int
     address: str
-
-
-def sqlite_file(url: str) -> Path | None:
-    """An SQLite URL's file; None for other stores, memory and URI filenames."""
-    u = make_url(url)
-    path = u.database
-    if u.get_backend_name() != "sqlite" or not path or path == ":memory:":
-        return None
-    if path.startswith("file:"):  # a URI filename: leave it to SQLite
-        return None
-    return Path(path).absolute()
 
 
 def lock_path(db: Path) -> Path:

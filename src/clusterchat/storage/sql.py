@@ -138,16 +138,22 @@ def async_url(url: str | URL) -> URL:
     return u.set(drivername=f"{u.drivername}+{driver}") if driver else u
 
 
-def missing_file(url: str) -> str | None:
-    """An SQLite URL's file, if it does not exist: commands that only read
-    (`db status`, `admin`) say so instead of creating an empty database."""
+def sqlite_file(url: str) -> Path | None:
+    """An SQLite URL's file; None for other stores, memory and URI filenames."""
     u = make_url(url)
     path = u.database
     if u.get_backend_name() != "sqlite" or not path or path == ":memory:":
         return None
     if path.startswith("file:"):  # a URI filename: leave it to SQLite
         return None
-    return None if Path(path).exists() else path
+    return Path(path).absolute()
+
+
+def missing_file(url: str) -> str | None:
+    """An SQLite URL's file, if it does not exist: commands that only read
+    (`db status`, `admin`) say so instead of creating an empty database."""
+    path = sqlite_file(url)
+    return None if path is None or path.exists() else make_url(url).database
 
 
 #: MySQL/MariaDB's "Unknown database" (ER_BAD_DB_ERROR).
